@@ -1,0 +1,3 @@
+//! The CI pipelines.
+#![forbid(unsafe_code)]
+fn main() {}

@@ -1,0 +1,3 @@
+//! petri: the harness CLI.
+#![forbid(unsafe_code)]
+fn main() {}

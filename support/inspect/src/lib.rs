@@ -1,0 +1,3 @@
+//! Diagnostics tree: #[derive(Inspect)], path queries, JSON output.
+
+#![forbid(unsafe_code)]

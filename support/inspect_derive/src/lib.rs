@@ -1,0 +1,3 @@
+//! The `#[derive(Inspect)]` macro for the `inspect` crate.
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! Hardened Hyper-V VMBus ring buffer over an untrusted shared-memory region.
+
+#![forbid(unsafe_code)]
