@@ -1,3 +1,26 @@
 //! VMBus packets, transactions and channels over ring pairs or in memory.
+//!
+//! This crate sits between the ring buffer (`vmbus_ring`) and the protocols (vPCI):
+//!
+//! - [`packet`]: the [`Packet`] model (kind, flags, transaction id, payload) and its limits;
+//! - [`channel`]: the poll-based [`Channel`] trait, its `async` conveniences ([`ChannelExt`])
+//!   and typed errors; how a channel ends (closed or revoked);
+//! - [`transactions`]: request/response matching, sans-IO ([`Transactions`]) and awaitable
+//!   ([`AsyncTransactions`]);
+//! - [`memory`]: an in-memory pair of ends for tests and the deterministic simulator.
+//!
+//! The crate is runtime-free: it uses `futures` types only, and any executor can drive it.
 
 #![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod memory;
+pub mod packet;
+pub mod transactions;
+
+pub use channel::{Channel, ChannelError, ChannelExt, ChannelState, EndReason};
+pub use memory::{MemoryChannel, MemoryChannelConfig, channel_pair, channel_pair_with};
+pub use packet::{Packet, PacketError, PacketFlags, PacketKind, PacketLimits};
+pub use transactions::{
+    AsyncTransactions, Response, TransactionConfig, TransactionError, Transactions,
+};
