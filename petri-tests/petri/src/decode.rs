@@ -1,0 +1,91 @@
+//! `petri decode`: one vPCI payload, given as hex, printed as one JSON object.
+
+use serde_json::Value;
+use vpci_protocol::{DecodeError, MessageType, ProtocolVersion, Sender};
+
+/// Why `petri decode` could not decode its input.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeCliError {
+    /// The hex text is malformed.
+    #[error("bad hex at offset {offset}: {reason}")]
+    Hex {
+        /// Byte offset (in the decoded bytes) where the bad digit would have gone.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `--completion-of` names no message type.
+    #[error("unknown message type name {0:?} for --completion-of")]
+    UnknownTypeName(String),
+    /// The bytes are not a valid vPCI payload.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Parses hex digits, ignoring whitespace (and a leading `0x` per group); the result is the
+/// payload's bytes.
+pub fn parse_hex(text: &str) -> Result<Vec<u8>, DecodeCliError> {
+    let mut digits = Vec::with_capacity(text.len());
+    for group in text.split_whitespace() {
+        let group = group
+            .strip_prefix("0x")
+            .or_else(|| group.strip_prefix("0X"))
+            .unwrap_or(group);
+        for c in group.chars() {
+            let nibble = c.to_digit(16).ok_or_else(|| DecodeCliError::Hex {
+                offset: digits.len() / 2,
+                reason: format!("{c:?} is not a hex digit"),
+            })?;
+            digits.push(nibble as u8);
+        }
+    }
+    if digits.len() % 2 != 0 {
+        return Err(DecodeCliError::Hex {
+            offset: digits.len() / 2,
+            reason: "odd number of hex digits".into(),
+        });
+    }
+    Ok(digits.chunks_exact(2).map(|p| (p[0] << 4) | p[1]).collect())
+}
+
+/// Decodes `bytes` as a message from `from`, or as the completion of `completion_of`, and
+/// returns its JSON form.
+pub fn decode_to_json(
+    bytes: &[u8],
+    version: ProtocolVersion,
+    from: Sender,
+    completion_of: Option<&str>,
+) -> Result<Value, DecodeCliError> {
+    let value = match completion_of {
+        Some(name) => {
+            let request = MessageType::from_name(name)
+                .ok_or_else(|| DecodeCliError::UnknownTypeName(name.to_owned()))?;
+            let completion = vpci_protocol::decode_completion(bytes, request, version)?;
+            serde_json::to_value(completion)
+        }
+        None => serde_json::to_value(vpci_protocol::decode(bytes, from, version)?),
+    };
+    // Serializing our own types into a Value cannot fail (string keys, finite numbers).
+    Ok(value.unwrap_or(Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whitespace and 0x prefixes are allowed; bad digits name their byte offset.
+    #[test]
+    fn hex_forms() {
+        assert_eq!(parse_hex("0b 00 49 42").unwrap(), [0x0b, 0, 0x49, 0x42]);
+        assert_eq!(parse_hex("0x0b004942").unwrap(), [0x0b, 0, 0x49, 0x42]);
+        assert_eq!(parse_hex("").unwrap(), Vec::<u8>::new());
+        match parse_hex("0b 0g") {
+            Err(DecodeCliError::Hex { offset: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_hex("abc"),
+            Err(DecodeCliError::Hex { offset: 1, .. })
+        ));
+    }
+}

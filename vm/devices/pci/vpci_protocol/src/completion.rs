@@ -1,0 +1,276 @@
+//! Completions: the replies a host sends (VMBus packet type COMP) to requests that asked for
+//! one. A completion carries no message type, so decoding needs the request's type.
+
+use crate::error::DecodeError;
+use crate::message::{Direction, Fixed, ResourcesAssigned, TdispCommand, hex, rules};
+use crate::reader::Reader;
+use crate::types::{MessageType, ProtocolVersion, Status};
+use crate::wire::*;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use zerocopy::IntoBytes;
+use zerocopy::little_endian::{U32, U64};
+
+/// A decoded completion: the status every completion starts with, and what follows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The type of the request this completes.
+    pub request: MessageType,
+    /// The status; negative (as i32) is failure.
+    pub status: Status,
+    /// The rest of the completion.
+    pub body: CompletionBody,
+}
+
+/// What follows a completion's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompletionBody {
+    /// Only the status (and these bytes after it, if any). Requests such as BUS_D0ENTRY get
+    /// nothing more; a failed request may be answered with its status alone; Linux reads only
+    /// the status of QUERY_PROTOCOL_VERSION and RESOURCES_ASSIGNED.
+    StatusOnly(Vec<u8>),
+    /// QUERY_PROTOCOL_VERSION, with the version the host speaks (OpenVMM's 8-byte reply).
+    ProtocolVersion(Fixed<VersionReply>),
+    /// QUERY_RESOURCE_REQUIREMENTS: the probed BARs.
+    ResourceRequirements(Fixed<ResourceRequirementsReply>),
+    /// RESOURCES_ASSIGNED(2,3) as OpenVMM answers it: the translated resources.
+    ResourcesAssigned(ResourcesAssigned),
+    /// CREATE_INTERRUPT_MESSAGE(1,2,3): the translated interrupt.
+    CreateInterrupt(Fixed<CreateInterruptReply>),
+    /// POWER_STATE_CHANGE: the resulting state.
+    PowerStateChange(Fixed<PowerStateReply>),
+    /// READ_BLOCK: the bytes read.
+    ReadBlock(Vec<u8>),
+    /// TDISP_COMMAND: slot and response data.
+    Tdisp(TdispCommand),
+    /// QUERY_ISOLATED_RESOURCES: per-BAR and DMA isolation.
+    IsolatedResources(Fixed<IsolatedResourcesReply>),
+}
+
+/// What a completion of `request` carries after its status, or `None` when the request gets
+/// no completion at all.
+fn completion_shape(request: MessageType) -> Option<Shape> {
+    use MessageType as T;
+    Some(match request {
+        T::QUERY_PROTOCOL_VERSION => Shape::OptionalBody,
+        T::QUERY_RESOURCE_REQUIREMENTS
+        | T::CREATE_INTERRUPT_MESSAGE
+        | T::CREATE_INTERRUPT_MESSAGE2
+        | T::CREATE_INTERRUPT_MESSAGE3
+        | T::POWER_STATE_CHANGE
+        | T::TDISP_COMMAND
+        | T::QUERY_ISOLATED_RESOURCES => Shape::Body,
+        T::RESOURCES_ASSIGNED | T::RESOURCES_ASSIGNED2 | T::RESOURCES_ASSIGNED3 => {
+            Shape::OptionalBody
+        }
+        T::READ_BLOCK => Shape::Body,
+        // Fire-and-forget requests: Linux never asks for their completion.
+        T::QUERY_BUS_RELATIONS
+        | T::DELETE_INTERRUPT_MESSAGE
+        | T::DELETE_INTERRUPT_MESSAGE2
+        | T::RESOURCES_RELEASED
+        | T::EJECTION_COMPLETE => return None,
+        other => match rules(other) {
+            Some((Direction::HostToGuest, _)) | None => return None,
+            Some(_) => Shape::StatusOnly,
+        },
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    StatusOnly,
+    /// A typed body, which may be absent (status only) whatever the status.
+    OptionalBody,
+    /// A typed body, which only a failure may leave out.
+    Body,
+}
+
+/// Decodes the payload of a completion of a `request` sent on a channel that negotiated
+/// `version`. Never panics; allocates at most what the payload holds.
+pub fn decode_completion(
+    bytes: &[u8],
+    request: MessageType,
+    version: ProtocolVersion,
+) -> Result<Completion, DecodeError> {
+    let (_, min) = rules(request).ok_or(DecodeError::UnknownType {
+        message_type: request.0,
+    })?;
+    let shape = completion_shape(request).ok_or(DecodeError::NoCompletion { request })?;
+    if version < min && request != MessageType::QUERY_PROTOCOL_VERSION {
+        return Err(DecodeError::VersionTooLow {
+            message: request,
+            required: min,
+            negotiated: version,
+        });
+    }
+    let mut r = Reader::new(bytes);
+    let status = Status(r.read::<StatusHead>("status")?.status.get());
+    let status_only = match shape {
+        Shape::StatusOnly => true,
+        Shape::OptionalBody => {
+            r.remaining() == 0
+                || (request == MessageType::QUERY_PROTOCOL_VERSION
+                    && r.remaining() < VersionReply::SIZE)
+        }
+        Shape::Body => !status.is_success() && r.remaining() == 0,
+    };
+    let body = if status_only {
+        CompletionBody::StatusOnly(r.rest().to_vec())
+    } else {
+        decode_body(request, &mut r)?
+    };
+    Ok(Completion {
+        request,
+        status,
+        body,
+    })
+}
+
+fn decode_body(request: MessageType, r: &mut Reader<'_>) -> Result<CompletionBody, DecodeError> {
+    fn fixed<B>(r: &mut Reader<'_>, what: &'static str) -> Result<Fixed<B>, DecodeError>
+    where
+        B: zerocopy::FromBytes
+            + zerocopy::KnownLayout
+            + zerocopy::Immutable
+            + zerocopy::Unaligned
+            + Reserved,
+    {
+        let body = r.read(what)?;
+        Ok(Fixed {
+            body,
+            trailing: r.rest().to_vec(),
+        })
+    }
+    use MessageType as T;
+    Ok(match request {
+        T::QUERY_PROTOCOL_VERSION => CompletionBody::ProtocolVersion(fixed(r, "protocol_version")?),
+        T::QUERY_RESOURCE_REQUIREMENTS => {
+            CompletionBody::ResourceRequirements(fixed(r, "probed_bar")?)
+        }
+        T::CREATE_INTERRUPT_MESSAGE
+        | T::CREATE_INTERRUPT_MESSAGE2
+        | T::CREATE_INTERRUPT_MESSAGE3 => {
+            CompletionBody::CreateInterrupt(fixed(r, "interrupt reply")?)
+        }
+        T::POWER_STATE_CHANGE => CompletionBody::PowerStateChange(fixed(r, "power reply")?),
+        T::QUERY_ISOLATED_RESOURCES => {
+            CompletionBody::IsolatedResources(fixed(r, "isolation reply")?)
+        }
+        T::RESOURCES_ASSIGNED => {
+            CompletionBody::ResourcesAssigned(ResourcesAssigned::decode(r, MSI_RESOURCE_SIZES[0])?)
+        }
+        T::RESOURCES_ASSIGNED2 => {
+            CompletionBody::ResourcesAssigned(ResourcesAssigned::decode(r, MSI_RESOURCE_SIZES[1])?)
+        }
+        T::RESOURCES_ASSIGNED3 => {
+            CompletionBody::ResourcesAssigned(ResourcesAssigned::decode(r, MSI_RESOURCE_SIZES[2])?)
+        }
+        T::READ_BLOCK => CompletionBody::ReadBlock(r.rest().to_vec()),
+        T::TDISP_COMMAND => {
+            let head: TdispHead = r.read("TDISP reply head")?;
+            let len = r.fit_count("data_length", 8, head.data_length.get(), 1, MAX_TDISP_DATA)?;
+            let data = r.take(len, "TDISP reply data")?.to_vec();
+            CompletionBody::Tdisp(TdispCommand {
+                wslot: head.wslot,
+                data,
+                trailing: r.rest().to_vec(),
+            })
+        }
+        _ => CompletionBody::StatusOnly(r.rest().to_vec()),
+    })
+}
+
+impl Completion {
+    /// A completion with only a status.
+    pub fn status_only(request: MessageType, status: Status) -> Self {
+        Self {
+            request,
+            status,
+            body: CompletionBody::StatusOnly(Vec::new()),
+        }
+    }
+
+    /// Encodes the completion's payload, appending to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(U32::new(self.status.0).as_bytes());
+        match &self.body {
+            CompletionBody::StatusOnly(rest) | CompletionBody::ReadBlock(rest) => {
+                out.extend_from_slice(rest)
+            }
+            CompletionBody::ProtocolVersion(f) => fixed_into(f, out),
+            CompletionBody::ResourceRequirements(f) => fixed_into(f, out),
+            CompletionBody::ResourcesAssigned(m) => m.encode(out),
+            CompletionBody::CreateInterrupt(f) => fixed_into(f, out),
+            CompletionBody::PowerStateChange(f) => fixed_into(f, out),
+            CompletionBody::Tdisp(m) => {
+                let head = TdispHead {
+                    wslot: m.wslot,
+                    data_length: U64::new(m.data.len() as u64),
+                };
+                out.extend_from_slice(head.as_bytes());
+                out.extend_from_slice(&m.data);
+                out.extend_from_slice(&m.trailing);
+            }
+            CompletionBody::IsolatedResources(f) => fixed_into(f, out),
+        }
+    }
+
+    /// Encodes the completion's payload into a new buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+fn fixed_into<B: IntoBytes + zerocopy::Immutable>(f: &Fixed<B>, out: &mut Vec<u8>) {
+    out.extend_from_slice(f.body.as_bytes());
+    out.extend_from_slice(&f.trailing);
+}
+
+impl Serialize for Completion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        fn fixed<M: SerializeMap, B: Fields>(map: &mut M, f: &Fixed<B>) -> Result<(), M::Error> {
+            f.body.serialize_fields(map)?;
+            trailing(map, &f.trailing)
+        }
+        fn trailing<M: SerializeMap>(map: &mut M, bytes: &[u8]) -> Result<(), M::Error> {
+            if bytes.is_empty() {
+                Ok(())
+            } else {
+                map.serialize_entry("trailing", &hex(bytes))
+            }
+        }
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("type", "COMPLETION")?;
+        map.serialize_entry("completion_of", self.request.name().unwrap_or("?"))?;
+        map.serialize_entry("status", &self.status.0)?;
+        if let Some(name) = self.status.name() {
+            map.serialize_entry("status_name", name)?;
+        }
+        match &self.body {
+            CompletionBody::StatusOnly(rest) => trailing(&mut map, rest)?,
+            CompletionBody::ProtocolVersion(f) => fixed(&mut map, f)?,
+            CompletionBody::ResourceRequirements(f) => fixed(&mut map, f)?,
+            CompletionBody::ResourcesAssigned(m) => {
+                m.head.serialize_fields(&mut map)?;
+                if !m.msi_resources.is_empty() {
+                    map.serialize_entry("msi_resources", &hex(&m.msi_resources))?;
+                }
+                trailing(&mut map, &m.trailing)?
+            }
+            CompletionBody::CreateInterrupt(f) => fixed(&mut map, f)?,
+            CompletionBody::PowerStateChange(f) => fixed(&mut map, f)?,
+            CompletionBody::ReadBlock(bytes) => map.serialize_entry("bytes", &hex(bytes))?,
+            CompletionBody::Tdisp(m) => {
+                map.serialize_entry("wslot", &m.wslot)?;
+                map.serialize_entry("data_length", &m.data.len())?;
+                map.serialize_entry("data", &hex(&m.data))?;
+                trailing(&mut map, &m.trailing)?
+            }
+            CompletionBody::IsolatedResources(f) => fixed(&mut map, f)?,
+        }
+        map.end()
+    }
+}
