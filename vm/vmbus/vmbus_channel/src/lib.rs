@@ -24,3 +24,4 @@ pub use packet::{Packet, PacketError, PacketFlags, PacketKind, PacketLimits};
 pub use transactions::{
     AsyncTransactions, Response, TransactionConfig, TransactionError, Transactions,
 };
+pub mod ring;

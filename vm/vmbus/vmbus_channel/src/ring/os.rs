@@ -1,0 +1,328 @@
+//! Operating-system plumbing of the ring backend: eventfd doorbells, the notifier thread that
+//! turns a doorbell into a task wake-up, and passing descriptors over a Unix socket.
+
+use futures::task::AtomicWaker;
+use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
+};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+/// An eventfd used as a doorbell: one end rings, the other waits.
+#[derive(Debug)]
+pub(crate) struct Doorbell {
+    fd: OwnedFd,
+}
+
+impl Doorbell {
+    /// A new non-blocking, close-on-exec doorbell.
+    pub(crate) fn new() -> io::Result<Self> {
+        let fd = eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
+        Ok(Self { fd })
+    }
+
+    /// Wraps a received descriptor. The descriptor is only written and polled, so a
+    /// descriptor that is not an eventfd yields errors or spurious wake-ups, never unsoundness.
+    pub(crate) fn from_fd(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+
+    /// Rings the doorbell. A counter at its maximum (`EAGAIN`) already means "rung".
+    pub(crate) fn ring(&self) -> io::Result<()> {
+        match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
+            Ok(_) | Err(Errno::AGAIN) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Resets the counter; returns whether it had been rung.
+    pub(crate) fn drain(&self) -> io::Result<bool> {
+        let mut buf = [0u8; 8];
+        match rustix::io::read(&self.fd, &mut buf) {
+            Ok(_) => Ok(true),
+            Err(Errno::AGAIN) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The descriptor, for passing it to another process.
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// What the notifier thread shares with the channel end.
+#[derive(Debug, Default)]
+pub(crate) struct NotifyState {
+    /// The task waiting to receive.
+    pub(crate) recv: AtomicWaker,
+    /// The task waiting for room to send.
+    pub(crate) send: AtomicWaker,
+    /// Set when the liveness socket reports that the peer went away.
+    pub(crate) peer_gone: AtomicBool,
+    /// Set when polling failed; the end treats it as the peer going away.
+    pub(crate) failed: AtomicBool,
+}
+
+impl NotifyState {
+    fn wake_all(&self) {
+        self.recv.wake();
+        self.send.wake();
+    }
+}
+
+/// A thread that waits on a doorbell (and optionally a liveness socket) and wakes the tasks
+/// of one channel end. This is what keeps the crate runtime-free: no reactor is needed, any
+/// executor's waker works.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    state: Arc<NotifyState>,
+    stop: Arc<Doorbell>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Notifier {
+    /// Starts the thread. `incoming` is the doorbell the peer rings for this end; `liveness`,
+    /// if given, is a stream socket whose hang-up means the peer has gone.
+    pub(crate) fn start(incoming: Arc<Doorbell>, liveness: Option<OwnedFd>) -> io::Result<Self> {
+        let state = Arc::new(NotifyState::default());
+        let stop = Arc::new(Doorbell::new()?);
+        let thread = {
+            let state = state.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("vmbus-ring-notify".into())
+                .spawn(move || {
+                    if let Err(err) = notify_loop(&state, &incoming, &stop, liveness) {
+                        tracing::warn!(error = %err, "ring channel notifier failed");
+                        state.failed.store(true, Ordering::Release);
+                        state.wake_all();
+                    }
+                })?
+        };
+        Ok(Self {
+            state,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The state shared with the thread.
+    pub(crate) fn state(&self) -> &NotifyState {
+        &self.state
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        // If ringing fails the thread cannot be told to stop; leave it detached rather than
+        // hang the dropping thread.
+        if self.stop.ring().is_ok() {
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn notify_loop(
+    state: &NotifyState,
+    incoming: &Doorbell,
+    stop: &Doorbell,
+    mut liveness: Option<OwnedFd>,
+) -> io::Result<()> {
+    loop {
+        let (doorbell_ready, stop_ready, socket_ready) = {
+            let mut fds = vec![
+                PollFd::new(&incoming.fd, PollFlags::IN),
+                PollFd::new(&stop.fd, PollFlags::IN),
+            ];
+            if let Some(socket) = &liveness {
+                fds.push(PollFd::new(socket, PollFlags::IN | PollFlags::RDHUP));
+            }
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(err) => return Err(err.into()),
+            }
+            (
+                !fds[0].revents().is_empty(),
+                !fds[1].revents().is_empty(),
+                fds.get(2).is_some_and(|fd| !fd.revents().is_empty()),
+            )
+        };
+        if stop_ready {
+            return Ok(());
+        }
+        if doorbell_ready {
+            incoming.drain()?;
+            state.wake_all();
+        }
+        if socket_ready {
+            if let Some(socket) = &liveness {
+                if peer_hung_up(socket) {
+                    liveness = None;
+                    state.peer_gone.store(true, Ordering::Release);
+                    state.wake_all();
+                }
+            }
+        }
+    }
+}
+
+/// Reads (and discards) what is readable on the liveness socket; true when the peer hung up.
+fn peer_hung_up(socket: &OwnedFd) -> bool {
+    let mut buf = [0u8; 64];
+    match rustix::net::recv(socket, &mut buf, RecvFlags::DONTWAIT) {
+        Ok((0, _)) => true,
+        Ok(_) | Err(Errno::AGAIN) | Err(Errno::INTR) => false,
+        Err(_) => true,
+    }
+}
+
+/// The most descriptors one handoff message carries.
+pub(crate) const MAX_FDS: usize = 8;
+
+/// Sends `data` and `fds` as one message over a Unix stream or seqpacket socket.
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors",
+        ));
+    }
+    let sent = sendmsg(
+        socket,
+        &[IoSlice::new(data)],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    if sent != data.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short handoff message",
+        ));
+    }
+    Ok(())
+}
+
+/// Receives one message sent by [`send_with_fds`]: fills `data` and returns the descriptors.
+/// A message of any other length, or a truncated descriptor list, is an error; the received
+/// descriptors are then closed.
+pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, data: &mut [u8]) -> io::Result<Vec<OwnedFd>> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let expected = data.len();
+    let msg = loop {
+        match recvmsg(
+            socket,
+            &mut [IoSliceMut::new(data)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL,
+        ) {
+            Err(Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "handoff carried too many descriptors",
+        ));
+    }
+    if msg.bytes != expected {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "handoff message of {} bytes, expected {expected}",
+                msg.bytes
+            ),
+        ));
+    }
+    Ok(fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::task::{Wake, Waker};
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn wait_for(flag: &Flag) {
+        for _ in 0..1000 {
+            if flag.0.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("not woken");
+    }
+
+    /// Ringing the doorbell wakes the registered task; drain resets it.
+    #[test]
+    fn doorbell_wakes_registered_task() {
+        let bell = Arc::new(Doorbell::new().unwrap());
+        let notifier = Notifier::start(bell.clone(), None).unwrap();
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        notifier.state().recv.register(&Waker::from(flag.clone()));
+        bell.ring().unwrap();
+        wait_for(&flag);
+        drop(notifier);
+        assert!(!bell.drain().unwrap());
+    }
+
+    /// Closing the liveness socket's other end reads as the peer going away.
+    #[test]
+    fn liveness_hangup_is_peer_gone() {
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        let bell = Arc::new(Doorbell::new().unwrap());
+        let notifier = Notifier::start(bell, Some(OwnedFd::from(mine))).unwrap();
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        notifier.state().send.register(&Waker::from(flag.clone()));
+        drop(theirs);
+        wait_for(&flag);
+        assert!(notifier.state().peer_gone.load(Ordering::Acquire));
+    }
+
+    /// Descriptors and bytes cross a socket together.
+    #[test]
+    fn fds_cross_a_socket() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let bell = Doorbell::new().unwrap();
+        send_with_fds(a.as_fd(), b"hello", &[bell.as_fd()]).unwrap();
+        let mut buf = [0u8; 5];
+        let fds = recv_with_fds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+        assert_eq!(fds.len(), 1);
+        let received = Doorbell::from_fd(fds.into_iter().next().unwrap());
+        received.ring().unwrap();
+        assert!(bell.drain().unwrap());
+    }
+}
