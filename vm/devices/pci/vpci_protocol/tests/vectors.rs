@@ -1,7 +1,6 @@
 //! Byte vectors for every message, built by hand from the spec's field offsets (never from
 //! the encoder), decoded, checked field by field, and re-encoded to the same bytes.
 
-use vpci_protocol::wire::*;
 use vpci_protocol::*;
 
 const V: ProtocolVersion = ProtocolVersion::V1_7;
