@@ -1,0 +1,193 @@
+//! The writing end of a ring.
+
+use crate::error::RingError;
+use crate::error::WriteError;
+use crate::layout::INTERRUPT_MASK_OFFSET;
+use crate::layout::PENDING_SEND_SIZE_OFFSET;
+use crate::layout::READ_INDEX_OFFSET;
+use crate::layout::Ring;
+use crate::layout::WRITE_INDEX_OFFSET;
+use crate::packet::PACKET_ALIGN;
+use crate::packet::PacketMeta;
+use crate::packet::TRAILER_SIZE;
+use crate::packet::encode_descriptor;
+use crate::packet::parse_descriptor;
+use shared_mem::SharedMem;
+use std::sync::atomic::Ordering;
+use std::sync::atomic::fence;
+use zerocopy::IntoBytes;
+
+/// What a successful write asks of the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct WriteOutcome {
+    /// The reader must be signalled: it had consumed everything before this packet and has
+    /// not masked interrupts.
+    pub signal_reader: bool,
+}
+
+/// The writing end of a ring.
+///
+/// Keeps its write index privately (the shared one is only ever published, never read back)
+/// and reads the peer's read index, validated, only when the space it last saw is not enough.
+#[derive(Debug)]
+pub struct RingWriter<M> {
+    ring: Ring<M>,
+    /// Where the next packet goes; authoritative.
+    write_index: u32,
+    /// The last validated read index seen; free space computed from it is a lower bound.
+    read_index: u32,
+    /// Whether we set `pending_send_sz` and have not cleared it yet.
+    pending: bool,
+}
+
+impl<M: SharedMem> RingWriter<M> {
+    /// Opens the writing end of the ring in `mem`, starting at its current write index (zero
+    /// on a fresh ring; see [`Ring::initialize`]).
+    pub fn new(mem: M) -> Result<Self, RingError> {
+        Self::from_ring(Ring::new(mem)?)
+    }
+
+    /// Opens the writing end of a checked ring.
+    pub fn from_ring(ring: Ring<M>) -> Result<Self, RingError> {
+        let write_index = ring.load_write_index()?;
+        let read_index = ring.load_read_index()?;
+        Ok(Self {
+            ring,
+            write_index,
+            read_index,
+            pending: false,
+        })
+    }
+
+    /// The ring's layout and memory.
+    pub fn ring(&self) -> &Ring<M> {
+        &self.ring
+    }
+
+    /// The largest framed packet this ring can ever take (the writer needs strictly more free
+    /// bytes than packet plus trailer).
+    pub fn max_packet_len(&self) -> usize {
+        (self.ring.data_size() - TRAILER_SIZE - PACKET_ALIGN).min(crate::MAX_PACKET_SIZE)
+    }
+
+    /// Writes a packet made of a standard 16-byte descriptor built from `meta` and `payload`
+    /// (zero-padded to 8 bytes).
+    pub fn write_packet(
+        &mut self,
+        meta: &PacketMeta,
+        payload: &[u8],
+    ) -> Result<WriteOutcome, WriteError> {
+        let Some(desc) = encode_descriptor(meta, payload.len()) else {
+            return Err(WriteError::TooLarge {
+                needed: payload
+                    .len()
+                    .saturating_add(crate::DESCRIPTOR_SIZE + TRAILER_SIZE),
+                data_size: self.ring.data_size(),
+            });
+        };
+        let len = usize::from(desc.len8) * PACKET_ALIGN;
+        let padding = [0u8; PACKET_ALIGN];
+        let pad_len = len - crate::DESCRIPTOR_SIZE - payload.len();
+        self.write_parts(
+            len,
+            &[
+                desc.as_bytes(),
+                payload,
+                padding.get(..pad_len).unwrap_or_default(),
+            ],
+        )
+    }
+
+    /// Writes one already framed packet (descriptor, payload and padding; no trailer), for
+    /// example one received from another ring. It is validated first: its length must be a
+    /// multiple of 8 and exactly the descriptor's `len8 * 8`.
+    pub fn write_framed(&mut self, framed: &[u8]) -> Result<WriteOutcome, WriteError> {
+        let header = parse_descriptor(framed)?;
+        if header.packet_len() != framed.len() {
+            return Err(WriteError::Packet(crate::PacketError::Truncated {
+                len8: header.len8,
+                available: framed.len(),
+            }));
+        }
+        self.write_parts(framed.len(), &[framed])
+    }
+
+    /// Bytes free for writing now (re-reading the peer's read index), trailer space included.
+    /// The writer can write `n` bytes plus trailer only if this is strictly greater.
+    pub fn free_bytes(&mut self) -> Result<usize, RingError> {
+        self.read_index = self.ring.load_read_index()?;
+        Ok(self.free_from_cache())
+    }
+
+    fn free_from_cache(&self) -> usize {
+        self.ring.data_size() - self.ring.distance(self.read_index, self.write_index) as usize
+    }
+
+    /// Asks the reader to signal once more than `needed` bytes are free (as reported by
+    /// [`WriteError::Full`]), then checks again. Returns `true` if the space is already there:
+    /// the reader may have freed it before seeing the request, so the caller must retry rather
+    /// than wait. Successful writes clear the request.
+    pub fn set_pending_send_size(&mut self, needed: usize) -> Result<bool, RingError> {
+        let value = u32::try_from(needed).unwrap_or(u32::MAX);
+        self.ring.store(PENDING_SEND_SIZE_OFFSET, value)?;
+        self.pending = true;
+        // Order the store before the re-read of the read index: pairs with the reader's
+        // fence between publishing its read index and reading pending_send_sz.
+        fence(Ordering::SeqCst);
+        Ok(self.free_bytes()? > needed)
+    }
+
+    /// Withdraws a pending-send-size request (for example when giving up on a write).
+    pub fn clear_pending_send_size(&mut self) -> Result<(), RingError> {
+        self.ring.store(PENDING_SEND_SIZE_OFFSET, 0)?;
+        self.pending = false;
+        Ok(())
+    }
+
+    fn write_parts(&mut self, len: usize, parts: &[&[u8]]) -> Result<WriteOutcome, WriteError> {
+        let needed = len + TRAILER_SIZE;
+        let data_size = self.ring.data_size();
+        if needed >= data_size || len > crate::MAX_PACKET_SIZE {
+            return Err(WriteError::TooLarge { needed, data_size });
+        }
+        if self.free_from_cache() <= needed {
+            let free = self.free_bytes()?;
+            if free <= needed {
+                return Err(WriteError::Full { needed, free });
+            }
+        }
+        let start = self.write_index;
+        let mut pos = start;
+        for part in parts {
+            self.ring.write_data(pos, part)?;
+            pos = self.ring.advance(pos, part.len());
+        }
+        let trailer = u64::from(start) << 32;
+        self.ring.write_data(pos, &trailer.to_le_bytes())?;
+        let end = self.ring.advance(pos, TRAILER_SIZE);
+        // Release: the packet bytes are visible before the index that publishes them.
+        self.ring.store(WRITE_INDEX_OFFSET, end)?;
+        self.write_index = end;
+        if self.pending {
+            self.clear_pending_send_size()?;
+        }
+        // The signalling decision reads the mask and read index after publishing; the fence
+        // keeps those loads from moving before the store (the reader unmasks, fences, then
+        // re-checks the write index, so one of us sees the other).
+        fence(Ordering::SeqCst);
+        if self.ring.load(INTERRUPT_MASK_OFFSET)? != 0 {
+            return Ok(WriteOutcome {
+                signal_reader: false,
+            });
+        }
+        // Compared only, never used as an index: an invalid value just means "no signal".
+        let read_index = self.ring.load(READ_INDEX_OFFSET)?;
+        if self.ring.index_ok(read_index) {
+            self.read_index = read_index;
+        }
+        Ok(WriteOutcome {
+            signal_reader: read_index == start,
+        })
+    }
+}
