@@ -86,6 +86,12 @@ enum Shape {
     Body,
 }
 
+/// Whether a request of this type gets a completion when it asks for one (QUERY_BUS_RELATIONS,
+/// DELETE_INTERRUPT_MESSAGE, RESOURCES_RELEASED, EJECTION_COMPLETE and host messages get none).
+pub fn gets_completion(request: MessageType) -> bool {
+    rules(request).is_some() && completion_shape(request).is_some()
+}
+
 /// Decodes the payload of a completion of a `request` sent on a channel that negotiated
 /// `version`. Never panics; allocates at most what the payload holds.
 pub fn decode_completion(

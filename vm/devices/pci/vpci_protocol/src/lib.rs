@@ -38,7 +38,7 @@ mod reader;
 mod types;
 pub mod wire;
 
-pub use completion::{Completion, CompletionBody, decode_completion};
+pub use completion::{Completion, CompletionBody, decode_completion, gets_completion};
 pub use error::DecodeError;
 pub use message::{
     BusRelations, Direction, Fixed, Message, ResourcesAssigned, TdispCommand, WriteBlock, decode,

@@ -1,0 +1,136 @@
+//! The relay's configuration: which functions the guest may see, timing, and limits.
+
+use std::time::Duration;
+use vpci_protocol::wire::FunctionDescription2;
+
+/// One allow-list rule; `None` fields match anything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowRule {
+    /// Vendor id.
+    pub vendor_id: Option<u16>,
+    /// Device id.
+    pub device_id: Option<u16>,
+    /// Base class code.
+    pub base_class: Option<u8>,
+    /// Subclass code.
+    pub subclass: Option<u8>,
+}
+
+impl AllowRule {
+    /// A rule that matches every function.
+    pub const ANY: Self = Self {
+        vendor_id: None,
+        device_id: None,
+        base_class: None,
+        subclass: None,
+    };
+
+    /// Whether a function matches this rule.
+    pub fn matches(&self, d: &FunctionDescription2) -> bool {
+        let Self {
+            vendor_id,
+            device_id,
+            base_class,
+            subclass,
+        } = *self;
+        vendor_id.is_none_or(|v| v == d.v_id.get())
+            && device_id.is_none_or(|v| v == d.d_id.get())
+            && base_class.is_none_or(|v| v == d.base_class)
+            && subclass.is_none_or(|v| v == d.subclass)
+    }
+}
+
+/// Bounds that keep a hostile peer from growing the relay's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The most functions one bus may hold (the wire allows 256 slots).
+    pub max_functions: usize,
+    /// The most guest requests outstanding at the host at once.
+    pub max_outstanding_requests: usize,
+    /// The most config-space dwords remembered per function for the removal shield.
+    pub max_config_cache: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_functions: 32,
+            max_outstanding_requests: 256,
+            max_config_cache: 1024,
+        }
+    }
+}
+
+/// Configuration of one bus relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Functions the guest may see. Empty means all; otherwise a function must match one rule.
+    /// Hidden functions never reach the guest, and the relay completes their ejects itself.
+    pub allow: Vec<AllowRule>,
+    /// How long a function must be quiet (no guest traffic for it) before it counts as
+    /// settled, and how long the bus must be quiet before its probe path counts as done.
+    pub settle: Duration,
+    /// The longest the relay waits for the guest to finish one change before it moves on
+    /// regardless (liveness against a stuck guest; Hyper-V itself gives up after 60 s).
+    pub max_hold: Duration,
+    /// How long a request forwarded for a function the host is removing may stay unanswered
+    /// before the relay answers it itself.
+    pub departed_request_timeout: Duration,
+    /// Memory and count bounds.
+    pub limits: Limits,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            settle: Duration::from_millis(100),
+            max_hold: Duration::from_secs(30),
+            departed_request_timeout: Duration::from_secs(1),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Whether the guest may see this function.
+    pub fn allows(&self, d: &FunctionDescription2) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|r| r.matches(d))
+    }
+}
+
+/// Switches for the relay's safeguards, so tests can show each one matters. All on by
+/// default; only the test-only `safeguard-switches` feature can turn one off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Safeguards {
+    /// Guarantee 1: one host change outstanding at the guest at a time.
+    pub one_change_at_a_time: bool,
+    /// Guarantee 2: hold an eject until the function is settled.
+    pub hold_eject_until_settled: bool,
+    /// Guarantee 3: never show the guest a function removed before it was announced.
+    pub coalesce: bool,
+    /// Guarantee 4: answer requests for departed functions locally.
+    pub local_answers: bool,
+    /// Guarantee 5: close the guest channel only at a safe point after a rescind.
+    pub rescind_at_safe_point: bool,
+    /// Guarantee 8: shield BARs and config space of a removed function until the guest lets go.
+    pub removal_shield: bool,
+}
+
+impl Default for Safeguards {
+    fn default() -> Self {
+        Self::ALL_ON
+    }
+}
+
+impl Safeguards {
+    /// Every safeguard on (the only production setting).
+    pub const ALL_ON: Self = Self {
+        one_change_at_a_time: true,
+        hold_eject_until_settled: true,
+        coalesce: true,
+        local_answers: true,
+        rescind_at_safe_point: true,
+        removal_shield: true,
+    };
+}

@@ -1,0 +1,142 @@
+//! What the relay reports: events for logs and tests, counters for inspection.
+
+use std::time::Duration;
+use vpci_protocol::{DecodeError, MessageType, WinSlot};
+
+/// Which side of the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The host (the VSP the relay is a client of).
+    Host,
+    /// The guest (the VSC the relay serves).
+    Guest,
+}
+
+/// What kind of host change is outstanding at the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A relations update (the survey answer or a hot-add).
+    Relations,
+    /// An eject of one function.
+    Eject(WinSlot),
+}
+
+/// Why a packet was malformed or refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PacketFault {
+    /// The vPCI payload did not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A VMBus packet type vPCI does not use.
+    #[error("packet type {0} is not used by vPCI")]
+    PacketKind(u16),
+    /// A completion for a transaction the relay never started (or already finished).
+    #[error("completion for unknown transaction id {0:#x}")]
+    UnknownTransaction(u64),
+    /// A host relations message listing more functions than the relay's limit.
+    #[error("{count} functions exceed the limit of {limit}")]
+    TooManyFunctions {
+        /// Functions listed.
+        count: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A host relations message listing one slot twice.
+    #[error("slot {0} listed twice")]
+    DuplicateSlot(WinSlot),
+    /// An eject for a function the host never listed.
+    #[error("eject for unknown slot {0}")]
+    UnknownSlot(WinSlot),
+    /// More guest requests outstanding than the relay's limit.
+    #[error("more than {0} requests outstanding")]
+    TooManyRequests(usize),
+}
+
+/// Something the relay did or saw, for logs and tests. Every event is also emitted as a
+/// `tracing` event with the same fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// A host change was delivered to the guest.
+    ChangeDelivered(ChangeKind),
+    /// The guest finished a change.
+    ChangeFinished(ChangeKind),
+    /// The guest did not finish a change within `max_hold`; the relay moved on.
+    ChangeTimedOut(ChangeKind),
+    /// An eject is held because the function is not settled.
+    EjectHeld {
+        /// The function.
+        slot: WinSlot,
+    },
+    /// A relations update is held behind an outstanding change or the guest's probe.
+    RelationsHeld,
+    /// A function the guest never saw was added and removed; the relay completed the host's
+    /// eject itself.
+    Coalesced {
+        /// The function.
+        slot: WinSlot,
+    },
+    /// A relations message that changed nothing for the guest was absorbed.
+    RelationsSuperseded,
+    /// The relay answered a guest request itself.
+    AnsweredLocally {
+        /// The function, if the request named one.
+        slot: Option<WinSlot>,
+        /// The request.
+        request: MessageType,
+    },
+    /// A host completion arrived for a request the relay had already answered.
+    LateCompletion {
+        /// The request.
+        request: MessageType,
+    },
+    /// A malformed packet was dropped.
+    Malformed {
+        /// Who sent it.
+        side: Side,
+        /// What was wrong.
+        fault: PacketFault,
+    },
+    /// The host broke the protocol or went away: the bus is being wound down.
+    HostLost {
+        /// True for a rescind or close, false for a protocol violation.
+        rescinded: bool,
+    },
+    /// A function's BARs and config space changed backing.
+    Backing {
+        /// The function.
+        slot: WinSlot,
+        /// The new backing.
+        backing: crate::Backing,
+    },
+    /// The guest channel was closed (the rescind reached the guest).
+    GuestClosed,
+    /// A timer fired at this time.
+    Timer(Duration),
+}
+
+/// Counters kept per bus; each one says what happened to a packet or event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets forwarded from the guest to the host.
+    pub relayed_to_host: u64,
+    /// Packets forwarded from the host to the guest.
+    pub relayed_to_guest: u64,
+    /// Times an eject or relations update was held.
+    pub held: u64,
+    /// Held changes later delivered.
+    pub released: u64,
+    /// Functions added and removed before the guest saw them.
+    pub coalesced: u64,
+    /// Host relations messages absorbed because a newer one or the guest's view covered them.
+    pub superseded: u64,
+    /// Guest requests the relay answered itself.
+    pub answered_locally: u64,
+    /// Host completions for requests already answered locally.
+    pub late_completions: u64,
+    /// Malformed or refused packets from the host.
+    pub malformed_host: u64,
+    /// Malformed or refused packets from the guest.
+    pub malformed_guest: u64,
+    /// Changes the guest did not finish within `max_hold`.
+    pub timed_out: u64,
+}

@@ -1,0 +1,174 @@
+//! Per-function state: what the host has done with a function, what the guest knows of it,
+//! and how far the guest's probe of it has come.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use vpci_protocol::WinSlot;
+use vpci_protocol::wire::FunctionDescription2;
+
+/// How far one guest request of a kind has come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stage {
+    /// Not sent yet.
+    #[default]
+    NotStarted,
+    /// Sent, not completed.
+    Pending,
+    /// Completed (by the host or locally).
+    Done,
+}
+
+/// The host's side of a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostState {
+    /// Listed in the host's relations; no eject.
+    Listed,
+    /// The host sent EJECT and waits for EJECTION_COMPLETE.
+    Ejecting,
+    /// The host no longer has it (its eject was completed, it dropped it from its relations
+    /// without an eject, or the host itself is gone).
+    Gone,
+}
+
+/// The guest's side of a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestState {
+    /// Never announced to the guest.
+    Hidden,
+    /// Announced in a relations message.
+    Announced,
+    /// EJECT delivered; waiting for EJECTION_COMPLETE.
+    Ejecting,
+}
+
+/// Where a function's BARs and config space are backed for the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// By the device itself (the host's mapping).
+    Device,
+    /// By the relay's shield: config reads from the relay's copy, BAR reads all ones, writes
+    /// dropped. Installed when the host removes a function the guest still holds.
+    Shield,
+    /// Not backed: the guest sent EJECTION_COMPLETE and holds no reference.
+    Released,
+}
+
+/// One function on the bus.
+#[derive(Clone, Debug)]
+pub struct Function {
+    /// The function's slot.
+    pub slot: WinSlot,
+    /// Its description (a BUS_RELATIONS description is widened with zero flags).
+    pub desc: FunctionDescription2,
+    /// Whether the allow-list lets the guest see it.
+    pub allowed: bool,
+    /// The host's side.
+    pub host: HostState,
+    /// The guest's side.
+    pub guest: GuestState,
+    /// QUERY_RESOURCE_REQUIREMENTS progress.
+    pub requirements: Stage,
+    /// RESOURCES_ASSIGNED progress.
+    pub resources: Stage,
+    /// Whether the guest's probe path will send RESOURCES_ASSIGNED for it (it was announced
+    /// before the bus was installed).
+    pub needs_resources: bool,
+    /// CREATE_INTERRUPT_MESSAGE requests outstanding.
+    pub interrupts_pending: u32,
+    /// Forwarded requests for it still outstanding at the host.
+    pub requests_pending: u32,
+    /// The last guest traffic for it (a request or a config access).
+    pub last_activity: Option<Duration>,
+    /// When an eject for it became pending (the host's EJECT, or the relay's own).
+    pub eject_since: Option<Duration>,
+    /// The eject was the relay's (rescind, or a host that dropped the function without
+    /// one): the guest's EJECTION_COMPLETE is not forwarded.
+    pub synthesized_eject: bool,
+    /// Whether the hold of its eject has been reported (one event per hold).
+    pub hold_reported: bool,
+    /// The probed BARs the host reported.
+    pub probed_bars: Option<[u32; 6]>,
+    /// Config-space dwords seen through the window, for answering after removal.
+    pub config: BTreeMap<u16, u32>,
+    /// Current backing.
+    pub backing: Backing,
+}
+
+impl Function {
+    /// A function the host just listed.
+    pub fn new(desc: FunctionDescription2, allowed: bool) -> Self {
+        Self {
+            slot: desc.wslot,
+            desc,
+            allowed,
+            host: HostState::Listed,
+            guest: GuestState::Hidden,
+            requirements: Stage::NotStarted,
+            resources: Stage::NotStarted,
+            needs_resources: false,
+            interrupts_pending: 0,
+            requests_pending: 0,
+            last_activity: None,
+            eject_since: None,
+            synthesized_eject: false,
+            hold_reported: false,
+            probed_bars: None,
+            config: BTreeMap::new(),
+            backing: Backing::Released,
+        }
+    }
+
+    /// Whether the guest can see it (announced, possibly being ejected).
+    pub fn guest_visible(&self) -> bool {
+        self.guest != GuestState::Hidden
+    }
+
+    /// Whether an eject is waiting to be delivered to the guest.
+    pub fn eject_pending(&self) -> bool {
+        self.guest == GuestState::Announced && self.eject_since.is_some()
+    }
+
+    /// Whether the guest's probe of it is settled (guarantee 2): requirements queried,
+    /// resources assigned and completed where the probe path assigns them, nothing
+    /// outstanding, and quiet for `settle`.
+    pub fn settled(&self, now: Duration, settle: Duration) -> bool {
+        let Self {
+            requirements,
+            resources,
+            needs_resources,
+            interrupts_pending,
+            requests_pending,
+            last_activity,
+            ..
+        } = self;
+        *requirements == Stage::Done
+            && *resources != Stage::Pending
+            && (!needs_resources || *resources == Stage::Done)
+            && *interrupts_pending == 0
+            && *requests_pending == 0
+            && last_activity.is_none_or(|t| now >= t.saturating_add(settle))
+    }
+
+    /// When it will be quiet long enough, if that is still ahead.
+    pub fn quiet_at(&self, settle: Duration) -> Option<Duration> {
+        self.last_activity.map(|t| t.saturating_add(settle))
+    }
+
+    /// The config dword at `offset` (dword-aligned) as the relay answers it once the host
+    /// has removed the function: the description's identity fields, else what the guest last
+    /// read through the window, else all ones.
+    pub fn config_copy(&self, offset: u16) -> u32 {
+        let d = &self.desc;
+        match offset {
+            0x00 => u32::from(d.v_id.get()) | (u32::from(d.d_id.get()) << 16),
+            0x08 => {
+                u32::from(d.rev)
+                    | (u32::from(d.prog_intf) << 8)
+                    | (u32::from(d.subclass) << 16)
+                    | (u32::from(d.base_class) << 24)
+            }
+            0x2c => d.subsystem_id.get(),
+            _ => self.config.get(&offset).copied().unwrap_or(u32::MAX),
+        }
+    }
+}
