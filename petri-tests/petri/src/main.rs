@@ -36,6 +36,27 @@ enum Command {
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         hex: Vec<String>,
     },
+    /// Work with captured VMBus ring images.
+    Ring {
+        #[command(subcommand)]
+        command: RingCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RingCommand {
+    /// Print every unread packet of a ring image (4 KiB control page, then the data area) as
+    /// one JSON object per line, validating it as a hardened reader would.
+    Dump {
+        /// Negotiated vPCI protocol version for decoding payloads, 1.0 to 1.7.
+        #[arg(long = "version", default_value = "1.4", value_parser = parse_version)]
+        protocol_version: ProtocolVersion,
+        /// Who wrote the ring.
+        #[arg(long, value_enum, default_value_t = From::Host)]
+        from: From,
+        /// The ring image.
+        file: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,9 +70,35 @@ fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
         .map_err(|e: vpci_protocol::ParseVersionError| e.to_string())
 }
 
+fn sender(from: From) -> Sender {
+    match from {
+        From::Host => Sender::Host,
+        From::Guest => Sender::Guest,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Ring {
+            command:
+                RingCommand::Dump {
+                    protocol_version,
+                    from,
+                    file,
+                },
+        } => {
+            let result = petri::ring_dump::dump_file(&file, protocol_version, sender(from), |v| {
+                println!("{v}");
+            });
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("petri ring dump: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Decode {
             protocol_version,
             from,
@@ -59,10 +106,7 @@ fn main() -> ExitCode {
             pretty,
             hex,
         } => {
-            let from = match from {
-                From::Host => Sender::Host,
-                From::Guest => Sender::Guest,
-            };
+            let from = sender(from);
             let result = petri::decode::parse_hex(&hex.join(" ")).and_then(|bytes| {
                 petri::decode::decode_to_json(
                     &bytes,
