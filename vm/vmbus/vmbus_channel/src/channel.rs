@@ -26,6 +26,7 @@
 //! ended with [`Channel::state`].
 
 use crate::packet::{Packet, PacketError};
+use crate::transactions::TransactionError;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -74,9 +75,13 @@ pub enum ChannelError {
     #[error("packet rejected")]
     Packet(#[from] PacketError),
     /// The peer broke the transport's rules (for a ring: a bad index or length). The channel
-    /// can no longer be trusted and has been closed.
-    #[error("peer broke the transport protocol: {0}")]
-    Protocol(String),
+    /// can no longer be trusted and this end has closed it. The source is the transport's own
+    /// typed error (for the ring backend, `vmbus_ring::RingError`).
+    #[error("peer broke the transport protocol")]
+    Protocol(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Request bookkeeping refused the operation.
+    #[error("transaction error")]
+    Transaction(#[from] TransactionError),
     /// An operating-system call failed.
     #[error("i/o error")]
     Io(#[from] std::io::Error),

@@ -218,6 +218,13 @@ pub enum PacketError {
         /// The configured limit.
         max: usize,
     },
+    /// The transport cannot carry packets of this raw type (a ring carries only the types
+    /// VMBus defines).
+    #[error("packet type {raw} cannot be carried")]
+    UnsupportedKind {
+        /// The raw packet type.
+        raw: u16,
+    },
     /// A payload limit that is zero or not a multiple of 8.
     #[error("payload limit {max_payload} is not a non-zero multiple of 8")]
     BadLimit {

@@ -235,7 +235,7 @@ impl AsyncTransactions {
     ) -> Result<Response, ChannelError> {
         let (id, response) = self.begin().map_err(|err| match err {
             TransactionError::Ended(reason) => reason.error(),
-            other => ChannelError::Protocol(other.to_string()),
+            other => ChannelError::Transaction(other),
         })?;
         let packet = Packet::request(id, payload);
         if let Err(err) = channel.send(&packet).await {

@@ -84,6 +84,7 @@ impl NotifyState {
 #[derive(Debug)]
 pub(crate) struct Notifier {
     state: Arc<NotifyState>,
+    incoming: Arc<Doorbell>,
     stop: Arc<Doorbell>,
     thread: Option<JoinHandle<()>>,
 }
@@ -97,6 +98,7 @@ impl Notifier {
         let thread = {
             let state = state.clone();
             let stop = stop.clone();
+            let incoming = incoming.clone();
             std::thread::Builder::new()
                 .name("vmbus-ring-notify".into())
                 .spawn(move || {
@@ -109,9 +111,15 @@ impl Notifier {
         };
         Ok(Self {
             state,
+            incoming,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// The doorbell the thread waits on.
+    pub(crate) fn doorbell(&self) -> &Arc<Doorbell> {
+        &self.incoming
     }
 
     /// The state shared with the thread.
