@@ -26,6 +26,7 @@ const CHILD_ENV: &str = "VMBUS_CHANNEL_CHILD";
 const SEED_ENV: &str = "VMBUS_CHANNEL_SEED";
 const COUNT_ENV: &str = "VMBUS_CHANNEL_COUNT";
 const CORRUPT_ENV: &str = "VMBUS_CHANNEL_CORRUPT";
+const DIE_ENV: &str = "VMBUS_CHANNEL_DIE";
 
 const COUNT: u64 = 100_000;
 const MAX_PAYLOAD: usize = 4096;
@@ -125,6 +126,12 @@ fn child_server() {
     let corrupt: Option<u64> = std::env::var(CORRUPT_ENV).ok().map(|v| v.parse().unwrap());
     let socket = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
     let mut channel = RingChannel::open_from(socket).unwrap();
+    if std::env::var_os(DIE_ENV).is_some() {
+        // Say hello, then exit without closing: `exit` runs no destructors, so the channel's
+        // end word is never written and only the socket's hang-up tells the parent.
+        block_on(channel.send(&Packet::in_band(77, vec![7]))).unwrap();
+        std::process::exit(0);
+    }
     let mut served = 0u64;
     block_on(async {
         loop {
@@ -158,6 +165,15 @@ fn child_server() {
 
 /// Spawns the child server and returns the parent's channel end and the child.
 fn spawn_child(seed: u64, count: u64, corrupt: Option<u64>) -> (RingChannel, std::process::Child) {
+    spawn_child_with(seed, count, corrupt, false)
+}
+
+fn spawn_child_with(
+    seed: u64,
+    count: u64,
+    corrupt: Option<u64>,
+    die: bool,
+) -> (RingChannel, std::process::Child) {
     let (mine, theirs) = UnixStream::pair().unwrap();
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
@@ -172,6 +188,9 @@ fn spawn_child(seed: u64, count: u64, corrupt: Option<u64>) -> (RingChannel, std
         command
             .env(CORRUPT_ENV, id.to_string())
             .stderr(Stdio::null());
+    }
+    if die {
+        command.env(DIE_ENV, "1");
     }
     let child = command.spawn().unwrap();
     let channel = RingChannel::create_over(OwnedFd::from(mine), config()).unwrap();
@@ -262,4 +281,22 @@ fn pattern_checker_is_strict() {
     }
     assert_ne!(payload(key(1, 2, REQUEST)), payload(key(1, 3, REQUEST)));
     assert_ne!(payload(key(1, 2, REQUEST)), payload(key(1, 2, RESPONSE)));
+}
+
+/// A peer process that exits without closing the channel is seen as `Closed` (through the
+/// socket's hang-up), after the packets it sent.
+#[test]
+fn peer_process_exit_reads_as_closed() {
+    let (mut channel, mut child) = spawn_child_with(0, 0, None, true);
+    let hello = block_on(channel.recv()).unwrap();
+    assert_eq!(hello.transaction_id, 77);
+    assert!(matches!(
+        block_on(channel.recv()),
+        Err(ChannelError::Closed)
+    ));
+    assert!(child.wait().unwrap().success());
+    assert!(matches!(
+        block_on(channel.send(&Packet::in_band(1, vec![]))),
+        Err(ChannelError::Closed)
+    ));
 }

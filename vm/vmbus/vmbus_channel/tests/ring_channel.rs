@@ -267,3 +267,28 @@ fn socket_handoff_and_liveness() {
     drop(b);
     assert!(matches!(block_on(a.recv()), Err(ChannelError::Closed)));
 }
+
+/// A peer that sends more than the creator's payload limit has its packet dropped with a
+/// typed error; the channel stays usable. (The peer is made to believe in a larger limit by
+/// editing the header before it opens.)
+#[test]
+fn oversized_packet_from_peer_is_dropped() {
+    let (mut a, peer) = RingChannel::create(config(16 * 1024, 64)).unwrap();
+    let [memfd, opener_bell, creator_bell] = peer.into_fds();
+    let scribbler = MemfdMem::from_fd(memfd.try_clone().unwrap()).unwrap();
+    // The payload limit field of the header.
+    scribbler.store_u32(16, 1024).unwrap();
+    let mut b = RingChannelPeer::from_fds([memfd, opener_bell, creator_bell])
+        .open()
+        .unwrap();
+    block_on(async {
+        b.send(&Packet::in_band(1, vec![1; 512])).await.unwrap();
+        b.send(&Packet::in_band(2, vec![2; 64])).await.unwrap();
+        let err = a.recv().await.unwrap_err();
+        assert!(matches!(
+            err,
+            ChannelError::Packet(PacketError::PayloadTooLarge { len: 512, max: 64 })
+        ));
+        assert_eq!(a.recv().await.unwrap().transaction_id, 2);
+    });
+}
