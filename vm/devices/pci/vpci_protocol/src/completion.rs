@@ -77,6 +77,25 @@ fn completion_shape(request: MessageType) -> Option<Shape> {
     })
 }
 
+/// The fewest bytes after the status that make a body for `request`'s completion.
+fn min_body(request: MessageType) -> usize {
+    use MessageType as T;
+    match request {
+        T::QUERY_PROTOCOL_VERSION => VersionReply::SIZE,
+        T::QUERY_RESOURCE_REQUIREMENTS => ResourceRequirementsReply::SIZE,
+        T::CREATE_INTERRUPT_MESSAGE
+        | T::CREATE_INTERRUPT_MESSAGE2
+        | T::CREATE_INTERRUPT_MESSAGE3 => CreateInterruptReply::SIZE,
+        T::POWER_STATE_CHANGE => PowerStateReply::SIZE,
+        T::QUERY_ISOLATED_RESOURCES => IsolatedResourcesReply::SIZE,
+        T::RESOURCES_ASSIGNED | T::RESOURCES_ASSIGNED2 | T::RESOURCES_ASSIGNED3 => {
+            ResourcesHead::SIZE
+        }
+        T::TDISP_COMMAND => TdispHead::SIZE,
+        _ => 0,
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Shape {
     StatusOnly,
@@ -112,14 +131,13 @@ pub fn decode_completion(
     }
     let mut r = Reader::new(bytes);
     let status = Status(r.read::<StatusHead>("status")?.status.get());
+    // VMBus pads every payload to 8 bytes, so "status only" arrives with up to 4 zero bytes
+    // after it: anything shorter than the body counts as no body (and is kept as trailing).
+    let short = r.remaining() < min_body(request);
     let status_only = match shape {
         Shape::StatusOnly => true,
-        Shape::OptionalBody => {
-            r.remaining() == 0
-                || (request == MessageType::QUERY_PROTOCOL_VERSION
-                    && r.remaining() < VersionReply::SIZE)
-        }
-        Shape::Body => !status.is_success() && r.remaining() == 0,
+        Shape::OptionalBody => short,
+        Shape::Body => !status.is_success() && short,
     };
     let body = if status_only {
         CompletionBody::StatusOnly(r.rest().to_vec())

@@ -557,6 +557,9 @@ fn resource_requirements_completion() {
     let fail = B::default().u32(0xC000_0001).done();
     let c = comp_round_trip(&fail, MessageType::QUERY_RESOURCE_REQUIREMENTS);
     assert!(!c.status.is_success());
+    let padded_fail = B::default().u32(0xC000_0001).zeros(4).done();
+    let c = comp_round_trip(&padded_fail, MessageType::CREATE_INTERRUPT_MESSAGE2);
+    assert!(matches!(c.body, CompletionBody::StatusOnly(_)));
 }
 
 /// CREATE_INTERRUPT_MESSAGE completion: status, reserved, tran_int_desc (24 bytes).
@@ -615,6 +618,10 @@ fn resources_assigned_completion() {
     let status = B::default().u32(0).done();
     let c = comp_round_trip(&status, MessageType::RESOURCES_ASSIGNED2);
     assert!(matches!(c.body, CompletionBody::StatusOnly(_)));
+    // As VMBus delivers it: padded to 8 bytes.
+    let padded = B::default().u32(0).zeros(4).done();
+    let c = comp_round_trip(&padded, MessageType::RESOURCES_ASSIGNED2);
+    assert_eq!(c.body, CompletionBody::StatusOnly(vec![0; 4]));
     let full = B::default()
         .u32(0)
         .u32(slot(1, 0))
