@@ -47,6 +47,9 @@ pub enum PacketFault {
     /// An eject for a function the host never listed.
     #[error("eject for unknown slot {0}")]
     UnknownSlot(WinSlot),
+    /// The transport carrying the packets broke its rules (ring corruption, oversized packet).
+    #[error("the transport broke its rules")]
+    Transport,
     /// More guest requests outstanding than the relay's limit.
     #[error("more than {0} requests outstanding")]
     TooManyRequests(usize),

@@ -46,12 +46,14 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod driver;
 mod events;
 mod function;
 mod local;
 mod relay;
 
 pub use config::{AllowRule, Limits, RelayConfig, Safeguards};
+pub use driver::{BarControl, BusDriver, Clock, ConfigPort, DriverExit, SystemClock, VirtualClock};
 pub use events::{ChangeKind, Counters, PacketFault, RelayEvent, Side};
 pub use function::{Backing, Function, GuestState, HostState, Stage};
 pub use local::local_completion;

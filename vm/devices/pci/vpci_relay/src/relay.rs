@@ -376,6 +376,16 @@ impl BusRelay {
         }
     }
 
+    /// The host's transport broke its rules (a corrupt ring, an oversized packet): the host
+    /// loses its bus, as for a malformed packet.
+    pub fn handle_host_transport_error(&mut self, now: Duration) {
+        self.tick(now);
+        if self.host == HostLink::Up {
+            self.host_fault(PacketFault::Transport);
+        }
+        self.progress();
+    }
+
     /// A timer armed from [`poll_timeout`](Self::poll_timeout) fired.
     pub fn handle_timeout(&mut self, now: Duration) {
         self.tick(now);

@@ -12,6 +12,12 @@ use zerocopy::FromZeros;
 
 pub const MS: Duration = Duration::from_millis(1);
 
+/// Pads a payload to 8 bytes, as VMBus delivers every payload.
+pub fn padded(mut payload: Vec<u8>) -> Vec<u8> {
+    payload.resize(payload.len().div_ceil(8) * 8, 0);
+    payload
+}
+
 pub fn slot(dev: u8) -> WinSlot {
     WinSlot::new(dev, 0)
 }
@@ -193,8 +199,10 @@ impl Bus {
             .find(|p| p.completion_requested() && message_type(p) == Some(ty))
             .unwrap_or_else(|| panic!("no {ty} forwarded to the host"))
             .clone();
-        self.relay
-            .handle_host(self.now, Packet::completion(p.transaction_id, payload));
+        self.relay.handle_host(
+            self.now,
+            Packet::completion(p.transaction_id, padded(payload)),
+        );
         self.drain();
     }
 

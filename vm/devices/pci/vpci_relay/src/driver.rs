@@ -1,0 +1,406 @@
+//! The async driver: one task per bus that owns the bus's two channels and a clock, feeds the
+//! [`BusRelay`] and carries out what it asks for.
+//!
+//! The driver is generic over the channels ([`vmbus_channel::Channel`]: in-memory pairs in
+//! tests and simulation, rings across threads or processes in production) and over the
+//! [`Clock`] ([`SystemClock`] for real time, [`VirtualClock`] for deterministic simulation).
+//! It needs no particular executor. Buses share nothing: each driver owns its relay, its
+//! channels and its timers, so a stuck guest on one bus cannot delay another.
+
+use crate::{Backing, BusRelay, ConfigAccess, ConfigAction, RelayEvent, Transmit};
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, StreamExt};
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+use vmbus_channel::{Channel, ChannelError, Packet};
+use vpci_protocol::WinSlot;
+
+/// A source of time and timers. Time is a [`Duration`] since the clock's own epoch.
+pub trait Clock {
+    /// The current time.
+    fn now(&self) -> Duration;
+    /// A future that completes once [`now`](Self::now) has reached `deadline`.
+    fn sleep_until(&self, deadline: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// Real time, from the monotonic clock; timers from `futures-timer` (no runtime needed).
+#[derive(Clone, Debug)]
+pub struct SystemClock {
+    epoch: Instant,
+}
+
+impl SystemClock {
+    /// A clock whose epoch is now.
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    fn sleep_until(&self, deadline: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let wait = deadline.saturating_sub(self.now());
+        Box::pin(futures_timer::Delay::new(wait))
+    }
+}
+
+/// Virtual time for deterministic simulation: it moves only when [`advance_to`] is called,
+/// and then wakes every sleeper whose deadline has come.
+///
+/// [`advance_to`]: VirtualClock::advance_to
+#[derive(Clone, Debug, Default)]
+pub struct VirtualClock {
+    inner: Arc<Mutex<VirtualInner>>,
+}
+
+#[derive(Debug, Default)]
+struct VirtualInner {
+    now: Duration,
+    sleepers: Vec<(Duration, Waker)>,
+}
+
+impl VirtualClock {
+    /// A clock at time zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VirtualInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves time forward to `t` (never backwards) and wakes the sleepers that are due.
+    pub fn advance_to(&self, t: Duration) {
+        let due: Vec<Waker> = {
+            let mut inner = self.lock();
+            inner.now = inner.now.max(t);
+            let now = inner.now;
+            let (due, rest) = inner.sleepers.drain(..).partition(|(d, _)| *d <= now);
+            inner.sleepers = rest;
+            due.into_iter().map(|(_, w)| w).collect()
+        };
+        due.into_iter().for_each(Waker::wake);
+    }
+
+    /// The earliest deadline anyone sleeps until, if any.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.lock().sleepers.iter().map(|(d, _)| *d).min()
+    }
+}
+
+impl Clock for VirtualClock {
+    fn now(&self) -> Duration {
+        self.lock().now
+    }
+
+    fn sleep_until(&self, deadline: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let clock = self.clone();
+        Box::pin(poll_fn(move |cx| {
+            let mut inner = clock.lock();
+            if inner.now >= deadline {
+                Poll::Ready(())
+            } else {
+                inner.sleepers.push((deadline, cx.waker().clone()));
+                Poll::Pending
+            }
+        }))
+    }
+}
+
+/// Carries out backing changes for a function's BARs and config space (map the device, map
+/// the shield, unmap).
+pub trait BarControl {
+    /// Back `slot` as `backing` from now on.
+    fn set_backing(&mut self, slot: WinSlot, backing: Backing);
+}
+
+/// A `BarControl` that only records (for tests, and buses whose BARs the paravisor does not
+/// map).
+#[derive(Clone, Debug, Default)]
+pub struct RecordedBacking(pub Arc<Mutex<Vec<(WinSlot, Backing)>>>);
+
+impl BarControl for RecordedBacking {
+    fn set_backing(&mut self, slot: WinSlot, backing: Backing) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((slot, backing));
+    }
+}
+
+enum ConfigRequest {
+    Access(ConfigAccess, oneshot::Sender<ConfigAction>),
+    ReadResult {
+        slot: WinSlot,
+        offset: u16,
+        len: u8,
+        value: u32,
+    },
+}
+
+/// The config-window trap's handle on one bus's driver: each guest config access is asked
+/// here before it is carried out.
+#[derive(Clone, Debug)]
+pub struct ConfigPort {
+    tx: mpsc::Sender<ConfigRequest>,
+}
+
+impl std::fmt::Debug for ConfigRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigRequest::Access(a, _) => f.debug_tuple("Access").field(a).finish(),
+            ConfigRequest::ReadResult { slot, offset, .. } => f
+                .debug_struct("ReadResult")
+                .field("slot", slot)
+                .field("offset", offset)
+                .finish(),
+        }
+    }
+}
+
+/// The driver has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverExit {
+    /// The relay closed the guest channel after the host's rescind (the normal end).
+    GuestClosedByRelay,
+    /// The guest closed or revoked its channel.
+    GuestGone,
+}
+
+impl ConfigPort {
+    /// Asks what to do with a guest config access. `None` if the bus's driver has stopped
+    /// (treat the function as absent).
+    pub async fn access(&mut self, access: ConfigAccess) -> Option<ConfigAction> {
+        let (tx, rx) = oneshot::channel();
+        futures::SinkExt::send(&mut self.tx, ConfigRequest::Access(access, tx))
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Reports the value a forwarded config read returned.
+    pub async fn read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
+        let _ = futures::SinkExt::send(
+            &mut self.tx,
+            ConfigRequest::ReadResult {
+                slot,
+                offset,
+                len,
+                value,
+            },
+        )
+        .await;
+    }
+}
+
+/// How many packets may wait for one side before the driver stops reading from the other
+/// (so a peer that does not drain its channel cannot make the relay queue without bound).
+const MAX_QUEUED: usize = 64;
+
+/// The driver for one bus.
+pub struct BusDriver<H, G, C, B> {
+    relay: BusRelay,
+    host: H,
+    guest: G,
+    clock: C,
+    bars: B,
+    config_rx: mpsc::Receiver<ConfigRequest>,
+    to_host: VecDeque<Packet>,
+    to_guest: VecDeque<Packet>,
+    host_open: bool,
+    close_guest: bool,
+    timer: Option<(Duration, Pin<Box<dyn Future<Output = ()> + Send>>)>,
+    on_event: Box<dyn FnMut(&RelayEvent) + Send>,
+}
+
+impl<H, G, C, B> BusDriver<H, G, C, B>
+where
+    H: Channel,
+    G: Channel,
+    C: Clock,
+    B: BarControl,
+{
+    /// A driver for `relay` between the host and guest channels of one bus. Returns it with
+    /// the handle the config-window trap uses.
+    pub fn new(relay: BusRelay, host: H, guest: G, clock: C, bars: B) -> (Self, ConfigPort) {
+        let (tx, config_rx) = mpsc::channel(16);
+        let driver = Self {
+            relay,
+            host,
+            guest,
+            clock,
+            bars,
+            config_rx,
+            to_host: VecDeque::new(),
+            to_guest: VecDeque::new(),
+            host_open: true,
+            close_guest: false,
+            timer: None,
+            on_event: Box::new(|_| {}),
+        };
+        (driver, ConfigPort { tx })
+    }
+
+    /// Calls `f` for every relay event (for logs, metrics or tests).
+    pub fn on_event(mut self, f: impl FnMut(&RelayEvent) + Send + 'static) -> Self {
+        self.on_event = Box::new(f);
+        self
+    }
+
+    /// The relay, for inspection.
+    pub fn relay(&self) -> &BusRelay {
+        &self.relay
+    }
+
+    /// Runs the bus until the guest channel ends.
+    pub async fn run(&mut self) -> DriverExit {
+        poll_fn(|cx| self.poll_run(cx)).await
+    }
+
+    fn drain_relay(&mut self) {
+        while let Some(t) = self.relay.poll_transmit() {
+            match t {
+                Transmit::ToHost(p) => self.to_host.push_back(p),
+                Transmit::ToGuest(p) => self.to_guest.push_back(p),
+                Transmit::CloseGuest => self.close_guest = true,
+            }
+        }
+        while let Some((slot, backing)) = self.relay.poll_backing() {
+            self.bars.set_backing(slot, backing);
+        }
+        while let Some(e) = self.relay.poll_event() {
+            (self.on_event)(&e);
+        }
+    }
+
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<DriverExit> {
+        loop {
+            self.drain_relay();
+            let mut progress = false;
+
+            // Send what is queued, as far as each channel takes it.
+            while let Some(p) = self.to_host.front() {
+                if !self.host_open {
+                    self.to_host.clear();
+                    break;
+                }
+                match self.host.poll_send(cx, p) {
+                    Poll::Ready(Ok(())) => {
+                        self.to_host.pop_front();
+                        progress = true;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        // The host end is gone; the relay treats it as a rescind.
+                        self.host_open = false;
+                        self.relay.handle_host_closed(self.clock.now());
+                        progress = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            while let Some(p) = self.to_guest.front() {
+                match self.guest.poll_send(cx, p) {
+                    Poll::Ready(Ok(())) => {
+                        self.to_guest.pop_front();
+                        progress = true;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(DriverExit::GuestGone),
+                    Poll::Pending => break,
+                }
+            }
+            if self.close_guest && self.to_guest.is_empty() {
+                self.guest.revoke();
+                return Poll::Ready(DriverExit::GuestClosedByRelay);
+            }
+
+            // Receive, unless the other side is backed up.
+            if self.host_open && self.to_guest.len() < MAX_QUEUED {
+                match self.host.poll_recv(cx) {
+                    Poll::Ready(Ok(p)) => {
+                        self.relay.handle_host(self.clock.now(), p);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        match e {
+                            ChannelError::Closed | ChannelError::Revoked => {
+                                self.relay.handle_host_closed(self.clock.now());
+                            }
+                            // Anything else (a corrupt ring, an oversized packet) is the host
+                            // breaking the rules: it loses its bus.
+                            _ => self.relay.handle_host_transport_error(self.clock.now()),
+                        }
+                        self.host_open = false;
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if self.to_host.len() < MAX_QUEUED {
+                match self.guest.poll_recv(cx) {
+                    Poll::Ready(Ok(p)) => {
+                        self.relay.handle_guest(self.clock.now(), p);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(ChannelError::Packet(_))) => progress = true,
+                    Poll::Ready(Err(_)) => return Poll::Ready(DriverExit::GuestGone),
+                    Poll::Pending => {}
+                }
+            }
+            match self.config_rx.poll_next_unpin(cx) {
+                Poll::Ready(Some(ConfigRequest::Access(access, reply))) => {
+                    let action = self.relay.handle_config_access(self.clock.now(), access);
+                    let _ = reply.send(action);
+                    progress = true;
+                }
+                Poll::Ready(Some(ConfigRequest::ReadResult {
+                    slot,
+                    offset,
+                    len,
+                    value,
+                })) => {
+                    self.relay
+                        .handle_config_read_result(slot, offset, len, value);
+                    progress = true;
+                }
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+
+            // Timers: keep one armed for the relay's next deadline.
+            match self.relay.poll_timeout() {
+                Some(deadline) => {
+                    if self.timer.as_ref().is_none_or(|(d, _)| *d != deadline) {
+                        self.timer = Some((deadline, self.clock.sleep_until(deadline)));
+                    }
+                    if let Some((_, sleep)) = &mut self.timer {
+                        if sleep.poll_unpin(cx).is_ready() {
+                            self.timer = None;
+                            self.relay.handle_timeout(self.clock.now());
+                            progress = true;
+                        }
+                    }
+                }
+                None => self.timer = None,
+            }
+
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
