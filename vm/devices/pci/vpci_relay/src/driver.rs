@@ -19,12 +19,15 @@ use std::time::{Duration, Instant};
 use vmbus_channel::{Channel, ChannelError, Packet};
 use vpci_protocol::WinSlot;
 
+/// A timer future, as a [`Clock`] hands it out.
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// A source of time and timers. Time is a [`Duration`] since the clock's own epoch.
 pub trait Clock {
     /// The current time.
     fn now(&self) -> Duration;
     /// A future that completes once [`now`](Self::now) has reached `deadline`.
-    fn sleep_until(&self, deadline: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    fn sleep_until(&self, deadline: Duration) -> Sleep;
 }
 
 /// Real time, from the monotonic clock; timers from `futures-timer` (no runtime needed).
@@ -53,7 +56,7 @@ impl Clock for SystemClock {
         self.epoch.elapsed()
     }
 
-    fn sleep_until(&self, deadline: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn sleep_until(&self, deadline: Duration) -> Sleep {
         let wait = deadline.saturating_sub(self.now());
         Box::pin(futures_timer::Delay::new(wait))
     }
@@ -108,7 +111,7 @@ impl Clock for VirtualClock {
         self.lock().now
     }
 
-    fn sleep_until(&self, deadline: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn sleep_until(&self, deadline: Duration) -> Sleep {
         let clock = self.clone();
         Box::pin(poll_fn(move |cx| {
             let mut inner = clock.lock();
@@ -224,7 +227,7 @@ pub struct BusDriver<H, G, C, B> {
     to_guest: VecDeque<Packet>,
     host_open: bool,
     close_guest: bool,
-    timer: Option<(Duration, Pin<Box<dyn Future<Output = ()> + Send>>)>,
+    timer: Option<(Duration, Sleep)>,
     on_event: Box<dyn FnMut(&RelayEvent) + Send>,
 }
 
