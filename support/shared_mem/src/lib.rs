@@ -15,12 +15,14 @@
 //! Rust's memory model a plain (non-atomic) read racing with a write is undefined behaviour,
 //! and so is a volatile read (volatile is not a synchronisation primitive). This crate
 //! therefore never creates `&[u8]` or `&mut [u8]` over the region and never uses
-//! `copy_nonoverlapping` on it: every access is an atomic operation on `AtomicU8`, `AtomicU32`
-//! or `AtomicU64`. Byte copies use relaxed 8-byte atomics for the 8-byte-aligned middle of the
-//! range and relaxed 1-byte atomics for the unaligned head and tail, which on x86-64 and
-//! AArch64 compile to ordinary loads and stores. A peer in another process is outside Rust's
-//! model altogether; to it the region is plain memory, and a torn or changing value is the
-//! caller's problem to validate (which is what `vmbus_ring` does), never UB here.
+//! `copy_nonoverlapping` on it: every access is an atomic operation on `AtomicU32` or
+//! `AtomicU64`. Byte copies work in whole aligned 8-byte words with relaxed ordering (a
+//! partial word at either end of the range is loaded whole, or updated with `fetch_and` then
+//! `fetch_or` on just the bytes written), which on x86-64 compiles to ordinary moves for the
+//! aligned part. Two copies thus never race as atomics of different sizes, which Rust (and
+//! Miri) would treat as UB. A peer in another process is outside Rust's model altogether; to
+//! it the region is plain memory, and a torn or changing value is the caller's to validate
+//! (which is what `vmbus_ring` does), never UB here.
 //!
 //! Ordering: `load_*` are `Acquire`, `store_*` are `Release`, byte copies are `Relaxed`. So a
 //! writer that copies data and then `store_u32`s an index publishes the data to a reader that
@@ -28,15 +30,14 @@
 //! decisions) need a full fence between the two, `std::sync::atomic::fence(SeqCst)`, which
 //! the caller issues.
 //!
-//! Mixed-size atomic accesses to the same bytes (say a byte copy over a word another thread
-//! is `store_u32`-ing) are only defined in Rust when they do not race; a caller that lays
-//! its structures out in disjoint fields (as a ring's control page and data area are) never
-//! does that.
+//! The `u32` accessors are 4-byte atomics: a caller must not race them against byte copies or
+//! `u64` accesses of the same bytes (mixed-size races); a caller that keeps its structures in
+//! disjoint fields (as a ring's control page and data area are) never does.
 //!
-//! The crate is the only one of the workspace with `unsafe`. All of it sits in the private
-//! `Raw` view: three blocks that turn a bounds- and alignment-checked range into atomic
-//! references, the `Send`/`Sync` assertions, and the two places ([`HeapMem::new`] and the
-//! memfd mapping) that vouch for a pointer's validity when building a `Raw`.
+//! The crate is the only one of the workspace with `unsafe`, in nine small blocks: two in the
+//! private `Raw` view that turn the region into atomic references (the word slice and one
+//! `AtomicU32`), two where [`HeapMem::new`] and the memfd mapping vouch for a pointer when
+//! building a `Raw`, the heap region's deallocation, and four `Send`/`Sync` assertions.
 
 use std::fs::File;
 use std::io;
@@ -45,7 +46,6 @@ use std::os::fd::BorrowedFd;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU8;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -80,8 +80,8 @@ pub enum MemError {
 ///
 /// Offsets are bytes from the start of the region. Every method checks its range and returns
 /// [`MemError`] rather than panicking. Loads are `Acquire`, stores are `Release`, byte copies
-/// are relaxed and atomic per byte or per aligned word (see the crate documentation); a byte
-/// copy racing with a peer's write may see any mix of old and new bytes, never UB.
+/// are relaxed and atomic per aligned 8-byte word (see the crate documentation); a copy
+/// racing with a peer's write may see any mix of old and new words, never UB.
 pub trait SharedMem: Send + Sync {
     /// The region's length in bytes.
     fn len(&self) -> usize;
@@ -142,16 +142,24 @@ forward_shared_mem!(&T, Box<T>, Arc<T>);
 
 /// A checked view of `len` bytes at `base`, accessed only through atomics.
 ///
-/// Invariant (established by [`Raw::new`]'s caller): `base..base + len` is valid for reads
-/// and writes for as long as the `Raw` exists, and nothing in this process accesses those
-/// bytes other than through atomics.
+/// Invariant (established by [`Raw::new`]'s caller): `base` is 8-aligned; the whole 8-byte
+/// words covering `base..base + len` (that is, `len` rounded up to 8) are valid for reads and
+/// writes for as long as the `Raw` exists; and nothing in this process accesses those bytes
+/// other than through atomics.
+///
+/// Byte copies are done in whole aligned words: a word fully inside the range is loaded or
+/// stored with one relaxed `AtomicU64` operation; a partial word at either end is loaded whole
+/// (and the wanted bytes picked out) or updated with `fetch_and` + `fetch_or` on exactly the
+/// bytes written, which leaves the neighbours untouched and never loops. Keeping every copy at
+/// 8-byte granularity means two copies never race as atomics of different sizes (which Rust,
+/// and Miri, treat as undefined).
 struct Raw {
     base: NonNull<u8>,
     len: usize,
 }
 
 // SAFETY: `Raw` only hands out shared references to atomics, which are `Sync`; the memory it
-// points to is owned by the containing region type, which is itself `Send`.
+// points to is owned by the containing region type, which keeps it alive while `Raw` lives.
 unsafe impl Send for Raw {}
 // SAFETY: as above: all access through `&Raw` is atomic.
 unsafe impl Sync for Raw {}
@@ -159,10 +167,12 @@ unsafe impl Sync for Raw {}
 impl Raw {
     /// # Safety
     ///
-    /// `base` must be valid for reads and writes of `len` bytes for the whole life of the
-    /// returned value, and the bytes must only be accessed through atomics while it lives
-    /// (no `&[u8]`/`&mut [u8]` over them anywhere in the process).
+    /// `base` must be 8-aligned, the `len.div_ceil(8)` words at `base` must be valid for reads
+    /// and writes for the whole life of the returned value, and the bytes must only be
+    /// accessed through atomics while it lives (no `&[u8]`/`&mut [u8]` over them anywhere in
+    /// the process).
     unsafe fn new(base: NonNull<u8>, len: usize) -> Self {
+        debug_assert!(base.as_ptr() as usize % 8 == 0);
         Self { base, len }
     }
 
@@ -178,111 +188,129 @@ impl Raw {
         }
     }
 
-    /// The address of `offset`, which the caller has checked is in bounds (or one past).
-    fn addr(&self, offset: usize) -> *mut u8 {
-        self.base.as_ptr().wrapping_add(offset)
-    }
-
-    /// The bytes `offset..offset + len` as atomics.
-    fn bytes(&self, offset: usize, len: usize) -> Result<&[AtomicU8], MemError> {
-        self.check(offset, len)?;
-        let ptr = self.addr(offset).cast::<AtomicU8>();
-        // SAFETY: the range is in bounds (checked above) and valid for the life of `self` (type
-        // invariant); `AtomicU8` has the size and alignment of `u8`; the bytes are only ever
-        // accessed atomically (type invariant), so shared references to atomics over them are
-        // sound even while another thread or process writes them.
-        Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
-    }
-
-    /// `count` 8-byte words starting at `offset` as atomics; `offset` must be 8-aligned.
-    fn words(&self, offset: usize, count: usize) -> Result<&[AtomicU64], MemError> {
-        let len = count.checked_mul(8).ok_or(MemError::OutOfBounds {
-            offset,
-            len: usize::MAX,
-            region_len: self.len,
-        })?;
-        self.check(offset, len)?;
-        if count == 0 {
-            return Ok(&[]);
-        }
-        let ptr = self.addr(offset);
-        if (ptr as usize) % 8 != 0 {
-            return Err(MemError::Misaligned { offset, size: 8 });
-        }
-        // SAFETY: in bounds and 8-aligned (both checked above), valid for the life of `self`
-        // and only accessed atomically (type invariant); `AtomicU64` has the size of `u64`.
-        Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), count) })
+    /// Every word of the region, the last one possibly extending past `len`.
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: by the type invariant, `base` is 8-aligned and the `len.div_ceil(8)` words
+        // there are valid for the life of `self` and only ever accessed atomically, so shared
+        // references to `AtomicU64`s over them are sound even while another thread or process
+        // writes them (the atomics' `UnsafeCell` permits the mutation).
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast(), self.len.div_ceil(8)) }
     }
 
     /// The 4-byte word at `offset` as an atomic; `offset` must be 4-aligned.
     fn word32(&self, offset: usize) -> Result<&AtomicU32, MemError> {
         self.check(offset, 4)?;
-        let ptr = self.addr(offset);
-        if (ptr as usize) % 4 != 0 {
+        if offset % 4 != 0 {
             return Err(MemError::Misaligned { offset, size: 4 });
         }
-        // SAFETY: in bounds and 4-aligned (checked above), valid for the life of `self` and
-        // only accessed atomically (type invariant).
-        Ok(unsafe { AtomicU32::from_ptr(ptr.cast::<u32>()) })
+        let ptr = self.base.as_ptr().wrapping_add(offset).cast::<u32>();
+        // SAFETY: in bounds and 4-aligned (checked above, `base` being 8-aligned), valid for the
+        // life of `self` and only accessed atomically (type invariant).
+        Ok(unsafe { AtomicU32::from_ptr(ptr) })
     }
 
-    /// Splits `offset..offset + len` into an unaligned head, 8-byte words and a tail.
+    /// The 8-byte word at `offset` as an atomic; `offset` must be 8-aligned.
+    fn word64(&self, offset: usize) -> Result<&AtomicU64, MemError> {
+        self.check(offset, 8)?;
+        if offset % 8 != 0 {
+            return Err(MemError::Misaligned { offset, size: 8 });
+        }
+        self.words().get(offset / 8).ok_or(MemError::OutOfBounds {
+            offset,
+            len: 8,
+            region_len: self.len,
+        })
+    }
+
+    /// Splits the checked range `offset..offset + len` into (head word, first byte in it,
+    /// byte count), the whole words, and (tail word, byte count); partial words are `None`
+    /// when the range starts or ends on a word boundary.
     fn split(&self, offset: usize, len: usize) -> Result<Split<'_>, MemError> {
         self.check(offset, len)?;
-        let misalign = (self.addr(offset) as usize) % 8;
-        let head_len = if misalign == 0 { 0 } else { 8 - misalign }.min(len);
-        let word_count = (len - head_len) / 8;
-        let tail_start = offset + head_len + word_count * 8;
-        Ok((
-            self.bytes(offset, head_len)?,
-            self.words(offset + head_len, word_count)?,
-            self.bytes(tail_start, len - head_len - word_count * 8)?,
-        ))
+        let words = self.words();
+        let oob = MemError::OutOfBounds {
+            offset,
+            len,
+            region_len: self.len,
+        };
+        let skip = offset % 8;
+        let head_len = if skip == 0 { 0 } else { (8 - skip).min(len) };
+        let first_whole = offset.div_ceil(8);
+        let whole = (len - head_len) / 8;
+        let tail_len = len - head_len - whole * 8;
+        let head = match head_len {
+            0 => None,
+            n => Some((words.get(offset / 8).ok_or(oob)?, skip, n)),
+        };
+        let middle = words.get(first_whole..first_whole + whole).ok_or(oob)?;
+        let tail = match tail_len {
+            0 => None,
+            n => Some((words.get(first_whole + whole).ok_or(oob)?, n)),
+        };
+        Ok((head, middle, tail))
     }
 
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), MemError> {
-        let (head, words, tail) = self.split(offset, buf.len())?;
-        let (buf_head, rest) = buf.split_at_mut(head.len());
-        let (buf_words, buf_tail) = rest.split_at_mut(words.len() * 8);
-        for (dst, src) in buf_head.iter_mut().zip(head) {
-            *dst = src.load(Ordering::Relaxed);
+        let (head, middle, tail) = self.split(offset, buf.len())?;
+        let mut buf = buf;
+        if let Some((word, skip, n)) = head {
+            let bytes = word.load(Ordering::Relaxed).to_ne_bytes();
+            let (dst, rest) = buf.split_at_mut(n);
+            dst.copy_from_slice(&bytes[skip..skip + n]);
+            buf = rest;
         }
-        for (dst, src) in buf_words.chunks_exact_mut(8).zip(words) {
+        let (dst_middle, dst_tail) = buf.split_at_mut(middle.len() * 8);
+        for (dst, src) in dst_middle.chunks_exact_mut(8).zip(middle) {
             dst.copy_from_slice(&src.load(Ordering::Relaxed).to_ne_bytes());
         }
-        for (dst, src) in buf_tail.iter_mut().zip(tail) {
-            *dst = src.load(Ordering::Relaxed);
+        if let Some((word, n)) = tail {
+            let bytes = word.load(Ordering::Relaxed).to_ne_bytes();
+            dst_tail.copy_from_slice(&bytes[..n]);
         }
         Ok(())
     }
 
     fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), MemError> {
-        let (head, words, tail) = self.split(offset, data.len())?;
-        let (data_head, rest) = data.split_at(head.len());
-        let (data_words, data_tail) = rest.split_at(words.len() * 8);
-        for (src, dst) in data_head.iter().zip(head) {
-            dst.store(*src, Ordering::Relaxed);
+        let (head, middle, tail) = self.split(offset, data.len())?;
+        let mut data = data;
+        if let Some((word, skip, n)) = head {
+            let (src, rest) = data.split_at(n);
+            store_bytes(word, skip, src);
+            data = rest;
         }
-        for (src, dst) in data_words.chunks_exact(8).zip(words) {
+        let (src_middle, src_tail) = data.split_at(middle.len() * 8);
+        for (src, dst) in src_middle.chunks_exact(8).zip(middle) {
             let mut word = [0; 8];
             word.copy_from_slice(src);
             dst.store(u64::from_ne_bytes(word), Ordering::Relaxed);
         }
-        for (src, dst) in data_tail.iter().zip(tail) {
-            dst.store(*src, Ordering::Relaxed);
+        if let Some((word, _)) = tail {
+            store_bytes(word, 0, src_tail);
         }
         Ok(())
     }
-
-    fn word64(&self, offset: usize) -> Result<&AtomicU64, MemError> {
-        self.words(offset, 1)?
-            .first()
-            .ok_or(MemError::Misaligned { offset, size: 8 })
-    }
 }
 
-/// A range split into its unaligned head bytes, aligned words and tail bytes.
-type Split<'a> = (&'a [AtomicU8], &'a [AtomicU64], &'a [AtomicU8]);
+/// Stores `src` into bytes `at..at + src.len()` of `word` (at most 8 bytes in all), leaving the
+/// other bytes as they are, with two atomic read-modify-writes and no loop.
+fn store_bytes(word: &AtomicU64, at: usize, src: &[u8]) {
+    let mut mask = [0u8; 8];
+    let mut value = [0u8; 8];
+    for ((m, v), s) in mask.iter_mut().zip(&mut value).skip(at).zip(src) {
+        *m = 0xff;
+        *v = *s;
+    }
+    word.fetch_and(!u64::from_ne_bytes(mask), Ordering::Relaxed);
+    word.fetch_or(u64::from_ne_bytes(value), Ordering::Relaxed);
+}
+
+/// A range split into its partial head word (word, first byte, count), whole words, and
+/// partial tail word (word, count).
+type Split<'a> = (
+    Option<(&'a AtomicU64, usize, usize)>,
+    &'a [AtomicU64],
+    Option<(&'a AtomicU64, usize)>,
+);
 
 /// Implements [`SharedMem`] for a type with a `raw: Raw` field.
 macro_rules! impl_shared_mem_for_raw {
@@ -318,24 +346,38 @@ macro_rules! impl_shared_mem_for_raw {
 /// A zero-filled region on the heap, 8-byte aligned, shareable between threads (for example
 /// through an `Arc`). Used by tests and by in-process ring pairs.
 pub struct HeapMem {
-    // Declared before `_words` only for readability: `Raw` has no drop glue.
     raw: Raw,
-    /// The backing storage. Never read or written except through `raw`'s atomics.
-    _words: Box<[AtomicU64]>,
+    /// The allocation, leaked from a `Box<[AtomicU64]>` so that moving a `HeapMem` never
+    /// asserts unique ownership of the bytes (which would invalidate `raw`'s pointer); freed
+    /// in `drop`.
+    words: NonNull<[AtomicU64]>,
 }
 
 impl HeapMem {
     /// Allocates a zero-filled region of `len` bytes.
     pub fn new(len: usize) -> Self {
         let words: Box<[AtomicU64]> = (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
-        let base = NonNull::from(&*words).cast::<u8>();
-        // SAFETY: the boxed slice holds at least `len` bytes (rounded up to whole words), lives
-        // as long as `self` (it is moved into the same struct, and moving a `Box` does not move
-        // its heap allocation), and is only ever accessed through atomics: `_words` is never
-        // read again except by dropping it. Its interior mutability (`UnsafeCell` inside the
-        // atomics) makes writing through a pointer derived from a shared borrow sound.
-        let raw = unsafe { Raw::new(base, len) };
-        Self { raw, _words: words }
+        let words = NonNull::from(Box::leak(words));
+        // SAFETY: the leaked slice holds at least `len` bytes (rounded up to whole words) and
+        // is freed only in `drop`, after which `raw` is gone too; it is only ever accessed
+        // through `raw`'s atomics. Its interior mutability (the `UnsafeCell` inside each
+        // atomic) makes mutating through this pointer sound.
+        let raw = unsafe { Raw::new(words.cast::<u8>(), len) };
+        Self { raw, words }
+    }
+}
+
+// SAFETY: `HeapMem` owns its allocation (like a `Box<[AtomicU64]>`, which is `Send` and
+// `Sync`) and only accesses it through atomics.
+unsafe impl Send for HeapMem {}
+// SAFETY: as above.
+unsafe impl Sync for HeapMem {}
+
+impl Drop for HeapMem {
+    fn drop(&mut self) {
+        // SAFETY: `words` came from `Box::leak` in `new` and is reclaimed exactly once, here;
+        // `&mut self` proves no reference handed out by `raw` is still alive.
+        drop(unsafe { Box::from_raw(self.words.as_ptr()) });
     }
 }
 
@@ -545,6 +587,23 @@ mod tests {
         assert!(HeapMem::new(0).is_empty());
     }
 
+    /// A copy covering part of a word leaves the word's other bytes as they were.
+    #[test]
+    fn partial_word_writes_keep_neighbours() {
+        let mem = HeapMem::new(24);
+        mem.write_at(0, &[0xee; 24]).unwrap();
+        mem.write_at(3, &[1, 2]).unwrap();
+        mem.write_at(6, &[3, 4, 5, 6, 7]).unwrap();
+        mem.write_at(21, &[8]).unwrap();
+        let mut all = [0; 24];
+        mem.read_at(0, &mut all).unwrap();
+        let mut want = [0xee; 24];
+        want[3..5].copy_from_slice(&[1, 2]);
+        want[6..11].copy_from_slice(&[3, 4, 5, 6, 7]);
+        want[21] = 8;
+        assert_eq!(all, want);
+    }
+
     /// A length that is not a multiple of 8 is honoured exactly.
     #[test]
     fn heap_odd_length() {
@@ -554,8 +613,10 @@ mod tests {
         assert!(mem.load_u64(8).is_err());
     }
 
-    /// Two threads hammer the same bytes through the trait: no UB (Miri checks this), and the
-    /// release/acquire pair publishes data copied before the flag store.
+    /// Two threads hammer the same bytes through the trait, with unaligned and overlapping
+    /// copies: no UB (Miri checks this), and the release/acquire pair publishes data copied
+    /// before the flag store. (The flag lives in its own word: `u32` accessors must not race
+    /// with copies of the same bytes.)
     #[test]
     fn heap_concurrent_writers_and_publication() {
         let mem = Arc::new(HeapMem::new(64));
@@ -567,14 +628,14 @@ mod tests {
                     let byte = (i % 251) as u8;
                     mem.write_at(8, &[byte; 24]).unwrap();
                     mem.write_at(3, &[byte; 5]).unwrap();
-                    mem.store_u32(0, i + 1).unwrap();
+                    mem.store_u32(60, i + 1).unwrap();
                 }
             })
         };
         let mut seen = 0;
         let mut buf = [0; 24];
         while seen < rounds {
-            let now = mem.load_u32(0).unwrap();
+            let now = mem.load_u32(60).unwrap();
             // Racing copy: any mix of bytes is allowed, it just must not be UB.
             mem.read_at(3, &mut buf).unwrap();
             seen = now;

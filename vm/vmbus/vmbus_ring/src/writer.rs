@@ -87,16 +87,19 @@ impl<M: SharedMem> RingWriter<M> {
             });
         };
         let len = usize::from(desc.len8) * PACKET_ALIGN;
-        let padding = [0u8; PACKET_ALIGN];
-        let pad_len = len - crate::DESCRIPTOR_SIZE - payload.len();
-        self.write_parts(
-            len,
-            &[
-                desc.as_bytes(),
-                payload,
-                padding.get(..pad_len).unwrap_or_default(),
-            ],
-        )
+        // The payload's last partial word and the padding go out as one whole word, so every
+        // store into the ring is a full aligned word (no read-modify-write of shared memory).
+        let whole = payload.len() - payload.len() % PACKET_ALIGN;
+        let (body, rest) = payload.split_at(whole);
+        let mut last = [0u8; PACKET_ALIGN];
+        let last = match rest.len() {
+            0 => &[][..],
+            n => {
+                last[..n].copy_from_slice(rest);
+                &last[..]
+            }
+        };
+        self.write_parts(len, &[desc.as_bytes(), body, last])
     }
 
     /// Writes one already framed packet (descriptor, payload and padding; no trailer), for
