@@ -215,8 +215,8 @@ impl RingChannel {
             OPENER,
             config,
             mem,
-            Doorbell::from_fd(opener_doorbell),
-            Doorbell::from_fd(creator_doorbell),
+            Doorbell::from_fd(opener_doorbell)?,
+            Doorbell::from_fd(creator_doorbell)?,
             liveness,
         )
     }
@@ -304,8 +304,13 @@ impl RingChannel {
         ChannelError::Protocol(Box::new(error))
     }
 
-    fn ring_peer(&self) -> Result<(), ChannelError> {
-        self.peer_doorbell.ring().map_err(ChannelError::Io)
+    /// Rings the peer's doorbell because the ring said so. If that fails the peer may wait
+    /// forever, so the channel is ended; the packet that caused the signal still counts.
+    fn signal_peer(&mut self) {
+        if let Err(error) = self.peer_doorbell.ring() {
+            tracing::warn!(side = self.side, %error, "cannot signal the peer; closing");
+            self.end(EndReason::Closed);
+        }
     }
 
     /// Reads one packet if there is one.
@@ -319,7 +324,7 @@ impl RingChannel {
             Err(err) => return Err(self.broke(err)),
         };
         if read.signal_writer {
-            self.ring_peer()?;
+            self.signal_peer();
         }
         if !self.masked {
             // We are reading anyway; the writer need not signal until we unmask before waiting.
@@ -356,7 +361,7 @@ impl RingChannel {
         match self.writer.write_packet(&meta, &packet.payload) {
             Ok(outcome) => {
                 if outcome.signal_reader {
-                    self.ring_peer()?;
+                    self.signal_peer();
                 }
                 Ok(Ok(()))
             }

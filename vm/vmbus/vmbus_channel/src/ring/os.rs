@@ -10,7 +10,7 @@ use rustix::net::{
 };
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -28,10 +28,23 @@ impl Doorbell {
         Ok(Self { fd })
     }
 
-    /// Wraps a received descriptor. The descriptor is only written and polled, so a
-    /// descriptor that is not an eventfd yields errors or spurious wake-ups, never unsoundness.
-    pub(crate) fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd }
+    /// Wraps a received descriptor after checking that it is an eventfd: anything else (a
+    /// regular file is always "readable") would make the notifier spin. Where `/proc` cannot
+    /// tell, the descriptor is accepted; a wrong one then yields errors, never unsoundness.
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        if let Ok(target) = std::fs::read_link(link) {
+            if target.as_os_str() != "anon_inode:[eventfd]" {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "doorbell descriptor is {}, not an eventfd",
+                        target.display()
+                    ),
+                ));
+            }
+        }
+        Ok(Self { fd })
     }
 
     /// Rings the doorbell. A counter at its maximum (`EAGAIN`) already means "rung".
@@ -319,6 +332,15 @@ mod tests {
         assert!(notifier.state().peer_gone.load(Ordering::Acquire));
     }
 
+    /// A descriptor that is not an eventfd is refused as a doorbell.
+    #[test]
+    fn non_eventfd_doorbell_is_refused() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(Doorbell::from_fd(OwnedFd::from(a)).is_err());
+        let bell = Doorbell::new().unwrap();
+        assert!(Doorbell::from_fd(bell.as_fd().try_clone_to_owned().unwrap()).is_ok());
+    }
+
     /// Descriptors and bytes cross a socket together.
     #[test]
     fn fds_cross_a_socket() {
@@ -329,7 +351,7 @@ mod tests {
         let fds = recv_with_fds(b.as_fd(), &mut buf).unwrap();
         assert_eq!(&buf, b"hello");
         assert_eq!(fds.len(), 1);
-        let received = Doorbell::from_fd(fds.into_iter().next().unwrap());
+        let received = Doorbell::from_fd(fds.into_iter().next().unwrap()).unwrap();
         received.ring().unwrap();
         assert!(bell.drain().unwrap());
     }
