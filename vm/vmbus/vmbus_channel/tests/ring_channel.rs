@@ -292,3 +292,24 @@ fn oversized_packet_from_peer_is_dropped() {
         assert_eq!(a.recv().await.unwrap().transaction_id, 2);
     });
 }
+
+/// A peer end, once seen, stays: a peer rewriting its end word cannot reopen the channel.
+#[test]
+fn observed_end_cannot_be_undone() {
+    let (mut a, peer) = RingChannel::create(RingChannelConfig::default()).unwrap();
+    let [memfd, opener_bell, creator_bell] = peer.into_fds();
+    let scribbler = MemfdMem::from_fd(memfd.try_clone().unwrap()).unwrap();
+    let b = RingChannelPeer::from_fds([memfd, opener_bell, creator_bell])
+        .open()
+        .unwrap();
+    // The opener's end word is at offset 128 of the channel page.
+    scribbler.store_u32(128, 2).unwrap();
+    assert_eq!(a.state(), ChannelState::Ended(EndReason::Revoked));
+    scribbler.store_u32(128, 0).unwrap();
+    assert_eq!(a.state(), ChannelState::Ended(EndReason::Revoked));
+    assert!(matches!(
+        block_on(a.send(&Packet::in_band(1, vec![]))),
+        Err(ChannelError::Revoked)
+    ));
+    drop(b);
+}

@@ -48,7 +48,7 @@ use shared_mem::{MemfdMem, SharedMem};
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use vmbus_ring::{PacketMeta, Ring, RingReader, RingWriter, WriteError};
 
@@ -142,6 +142,9 @@ pub struct RingChannel {
     masked: bool,
     /// How this end ended the channel, if it did.
     local_end: Option<EndReason>,
+    /// The first end this side observed from the peer, latched so that a peer rewriting its
+    /// end word cannot reopen the channel (0: none, else [`encode_end`]).
+    peer_end: AtomicU8,
     /// Set when the peer broke the ring's rules: the rings are not touched again.
     broken: bool,
 }
@@ -247,6 +250,7 @@ impl RingChannel {
             buf,
             masked: false,
             local_end: None,
+            peer_end: AtomicU8::new(0),
             broken: false,
         })
     }
@@ -268,21 +272,34 @@ impl RingChannel {
     }
 
     /// How the channel has ended as seen from here: our own end first, then the peer's end
-    /// word, then the peer process going away.
+    /// word, then the peer process going away. A peer end, once seen, stays.
     fn end_state(&self) -> Option<EndReason> {
         if let Some(reason) = self.local_end {
             return Some(reason);
         }
-        match load_end(&self.control, self.peer()) {
-            Ok(Some(reason)) => return Some(reason),
-            Ok(None) => {}
-            Err(_) => return Some(EndReason::Closed),
+        if let Some(reason) = decode_end(self.peer_end.load(Ordering::Acquire)) {
+            return Some(reason);
         }
         let notify = self.notifier.state();
-        if notify.peer_gone.load(Ordering::Acquire) || notify.failed.load(Ordering::Acquire) {
-            return Some(EndReason::Closed);
-        }
-        None
+        let seen = match load_end(&self.control, self.peer()) {
+            Ok(Some(reason)) => reason,
+            Err(_) => EndReason::Closed,
+            Ok(None)
+                if notify.peer_gone.load(Ordering::Acquire)
+                    || notify.failed.load(Ordering::Acquire) =>
+            {
+                EndReason::Closed
+            }
+            Ok(None) => return None,
+        };
+        // Keep the first reason seen if another thread raced us (`state` takes `&self`).
+        let _ = self.peer_end.compare_exchange(
+            0,
+            encode_end(seen),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        decode_end(self.peer_end.load(Ordering::Acquire))
     }
 
     fn end(&mut self, reason: EndReason) {
@@ -374,6 +391,21 @@ impl RingChannel {
             }
             Err(err @ (WriteError::Packet(_) | WriteError::Ring(_))) => Err(self.broke(err)),
         }
+    }
+}
+
+fn encode_end(reason: EndReason) -> u8 {
+    match reason {
+        EndReason::Closed => 1,
+        EndReason::Revoked => 2,
+    }
+}
+
+fn decode_end(value: u8) -> Option<EndReason> {
+    match value {
+        0 => None,
+        2 => Some(EndReason::Revoked),
+        _ => Some(EndReason::Closed),
     }
 }
 
