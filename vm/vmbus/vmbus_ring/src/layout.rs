@@ -103,9 +103,24 @@ impl<M: SharedMem> Ring<M> {
     /// the pending-send-size feature advertised. Only the side that creates the ring calls
     /// this, before either end starts using it.
     pub fn initialize(&self) -> Result<(), RingError> {
-        self.mem.write_at(0, &[0; CONTROL_PAGE_SIZE])?;
-        self.mem
-            .store_u32(FEATURE_BITS_OFFSET, FEATURE_PENDING_SEND_SIZE)?;
+        // The fields are only ever accessed as `u32` atomics, so they are reset the same way
+        // (mixing access sizes on the same bytes is best avoided); the reserved words between
+        // them are cleared as bytes.
+        for offset in [
+            WRITE_INDEX_OFFSET,
+            READ_INDEX_OFFSET,
+            INTERRUPT_MASK_OFFSET,
+            PENDING_SEND_SIZE_OFFSET,
+            FEATURE_BITS_OFFSET + 4,
+        ] {
+            self.store(offset, 0)?;
+        }
+        self.mem.write_at(16, &[0; FEATURE_BITS_OFFSET - 16])?;
+        self.mem.write_at(
+            FEATURE_BITS_OFFSET + 8,
+            &[0; CONTROL_PAGE_SIZE - FEATURE_BITS_OFFSET - 8],
+        )?;
+        self.store(FEATURE_BITS_OFFSET, FEATURE_PENDING_SEND_SIZE)?;
         Ok(())
     }
 
