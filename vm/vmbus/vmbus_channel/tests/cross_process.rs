@@ -229,15 +229,32 @@ fn run_client(channel: &mut RingChannel, seed: u64, count: u64) -> Result<(), St
     })
 }
 
+/// Kills the child if the test has not finished within `limit`: its socket then hangs up and
+/// the parent's channel reads as closed, so a lost wake-up fails the test instead of hanging
+/// it. Dropping the returned sender disarms the watchdog.
+fn watchdog(child: &std::process::Child, limit: Duration) -> std::sync::mpsc::Sender<()> {
+    let pid = rustix::process::Pid::from_child(child);
+    let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
+            eprintln!("watchdog: killing the child after {limit:?}");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    });
+    disarm
+}
+
 /// 100,000 request/completion pairs between two processes, every byte checked.
 #[test]
 fn cross_process_requests_complete() {
     let seed = 0x1234_5678_9abc_def0;
     let start = Instant::now();
     let (mut channel, mut child) = spawn_child(seed, COUNT, None);
+    let guard = watchdog(&child, Duration::from_secs(60));
     let result = run_client(&mut channel, seed, COUNT);
     channel.close();
     let status = child.wait().unwrap();
+    drop(guard);
     result.unwrap();
     assert!(status.success(), "child failed: {status}");
     let elapsed = start.elapsed();
