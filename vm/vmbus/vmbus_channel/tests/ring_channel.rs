@@ -313,3 +313,20 @@ fn observed_end_cannot_be_undone() {
     ));
     drop(b);
 }
+
+/// Both backends and the futures of `ChannelExt` can move between threads, so a multi-threaded
+/// executor can run the relay's tasks.
+#[test]
+fn channels_and_their_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let (mut ring, _peer) = ring_channel_pair(RingChannelConfig::default()).unwrap();
+    let (mut memory, _other) = vmbus_channel::channel_pair();
+    assert_send(&ring);
+    assert_send(&memory);
+    let packet = Packet::in_band(0, vec![]);
+    assert_send(&ring.recv());
+    assert_send(&ring.send(&packet));
+    assert_send(&memory.recv());
+    let boxed: Box<dyn Channel + Send> = Box::new(memory);
+    assert_send(&boxed);
+}
