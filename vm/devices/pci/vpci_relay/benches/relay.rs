@@ -1,0 +1,210 @@
+//! The relay's cost per packet on a realistic steady-state mix, next to a bare forward
+//! (decode and re-encode every packet, keep no state) in the same run. The ratio of the two is
+//! the figure (target <= 1.2); see the README's performance table.
+//!
+//! The mix, per round on a bus with two probed functions: the guest creates an interrupt and
+//! the host completes it, the guest deletes it, the guest queries requirements and the host
+//! answers, and the host repeats its (identical) relations.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::time::Duration;
+use vmbus_channel::{Packet, PacketKind};
+use vpci_protocol::wire::*;
+use vpci_protocol::*;
+use vpci_relay::{BusRelay, RelayConfig, Transmit};
+use zerocopy::FromZeros;
+
+fn pad(mut v: Vec<u8>) -> Vec<u8> {
+    v.resize(v.len().div_ceil(8) * 8, 0);
+    v
+}
+
+fn relations() -> Vec<u8> {
+    let functions = [1u8, 2]
+        .iter()
+        .map(|&d| {
+            let mut f = FunctionDescription2::new_zeroed();
+            f.v_id = 0x1414.into();
+            f.wslot = WinSlot::new(d, 0);
+            f
+        })
+        .collect();
+    pad(encode(&Message::BusRelations2(BusRelations {
+        functions,
+        trailing: Vec::new(),
+    })))
+}
+
+fn slot_msg(f: fn(Fixed<SlotBody>) -> Message, d: u8) -> Vec<u8> {
+    pad(encode(&f(Fixed::new(SlotBody {
+        wslot: WinSlot::new(d, 0),
+    }))))
+}
+
+fn create_interrupt(d: u8) -> Vec<u8> {
+    let mut b = CreateInterrupt2Body::new_zeroed();
+    b.wslot = WinSlot::new(d, 0);
+    b.int_desc.vector = 0x30;
+    b.int_desc.vector_count = 1.into();
+    pad(encode(&Message::CreateInterruptMessage2(Fixed::new(b))))
+}
+
+fn delete_interrupt(d: u8) -> Vec<u8> {
+    let mut b = DeleteInterruptBody::new_zeroed();
+    b.wslot = WinSlot::new(d, 0);
+    pad(encode(&Message::DeleteInterruptMessage(Fixed::new(b))))
+}
+
+fn reply(len: usize) -> Vec<u8> {
+    pad(vec![0; len])
+}
+
+struct Setup {
+    relay: BusRelay,
+    t: Duration,
+    last_host: u64,
+}
+
+impl Setup {
+    /// The guest sends `guest`; the host answers the forwarded request with `host_reply`.
+    fn step(&mut self, guest: Packet, host_reply: Option<Vec<u8>>) {
+        self.t += Duration::from_millis(1);
+        self.relay.handle_guest(self.t, guest);
+        while let Some(x) = self.relay.poll_transmit() {
+            if let Transmit::ToHost(p) = x {
+                if p.completion_requested() {
+                    self.last_host = p.transaction_id;
+                }
+            }
+        }
+        if let Some(payload) = host_reply {
+            self.relay
+                .handle_host(self.t, Packet::completion(self.last_host, payload));
+        }
+        while self.relay.poll_transmit().is_some() {}
+    }
+}
+
+/// A relay past the guest's probe of two functions.
+fn installed_relay() -> BusRelay {
+    let mut s = Setup {
+        relay: BusRelay::new(RelayConfig::default()),
+        t: Duration::ZERO,
+        last_host: 0,
+    };
+    let version = pad(encode(&Message::QueryProtocolVersion(Fixed::new(
+        VersionBody {
+            protocol_version: ProtocolVersion::V1_4.0.into(),
+        },
+    ))));
+    s.step(Packet::request(1, version), Some(reply(4)));
+    let query = pad(encode(&Message::QueryBusRelations(Fixed::new(Empty {}))));
+    s.step(Packet::in_band(0, query), None);
+    s.relay.handle_host(s.t, Packet::in_band(0, relations()));
+    for d in [1, 2] {
+        let q = slot_msg(Message::QueryResourceRequirements, d);
+        s.step(Packet::request(2, q), Some(reply(28)));
+    }
+    let d0 = pad(encode(&Message::BusD0Entry(Fixed::new(
+        D0EntryBody::new_zeroed(),
+    ))));
+    s.step(Packet::request(3, d0), Some(reply(4)));
+    for d in [1, 2] {
+        let mut head = ResourcesHead::new_zeroed();
+        head.wslot = WinSlot::new(d, 0);
+        let ra = pad(encode(&Message::ResourcesAssigned2(ResourcesAssigned {
+            head,
+            msi_resources: Vec::new(),
+            trailing: vec![0; 66],
+        })));
+        s.step(Packet::request(4, ra), Some(reply(4)));
+    }
+    s.t += Duration::from_secs(1);
+    let mut r = s.relay;
+    r.handle_timeout(s.t);
+    while r.poll_transmit().is_some() {}
+    while r.poll_event().is_some() {}
+    assert!(r.installed(), "bench setup must reach steady state");
+    r
+}
+
+/// One round of the mix through the relay; returns packets out.
+fn relay_round(r: &mut BusRelay, t: &mut Duration, guest: &[Packet; 3], rel: &Packet) -> usize {
+    let mut out = 0;
+    let mut host_ids = [0u64; 2];
+    for (i, p) in guest.iter().enumerate() {
+        *t += Duration::from_micros(1);
+        r.handle_guest(*t, p.clone());
+        while let Some(x) = r.poll_transmit() {
+            if let Transmit::ToHost(p) = &x {
+                if p.completion_requested() && i < 2 {
+                    host_ids[i] = p.transaction_id;
+                }
+            }
+            out += 1;
+        }
+    }
+    r.handle_host(*t, Packet::completion(host_ids[0], reply(24)));
+    r.handle_host(*t, Packet::completion(host_ids[1], reply(28)));
+    r.handle_host(*t, rel.clone());
+    while r.poll_transmit().is_some() {
+        out += 1;
+    }
+    while r.poll_event().is_some() {}
+    out
+}
+
+/// The same packets through a stateless decode + encode.
+fn bare_round(guest: &[Packet; 3], rel: &Packet, version: ProtocolVersion) -> usize {
+    let mut out = 0;
+    for p in guest {
+        if let Ok(m) = decode(&p.payload, Sender::Guest, version) {
+            out += encode(&m).len();
+        }
+    }
+    for (ty, len) in [
+        (MessageType::CREATE_INTERRUPT_MESSAGE2, 24),
+        (MessageType::QUERY_RESOURCE_REQUIREMENTS, 28),
+    ] {
+        if let Ok(c) = decode_completion(&reply(len), ty, version) {
+            out += c.encode().len();
+        }
+    }
+    if let Ok(m) = decode(&rel.payload, Sender::Host, version) {
+        out += encode(&m).len();
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let guest = [
+        Packet::request(10, create_interrupt(1)),
+        Packet::request(11, slot_msg(Message::QueryResourceRequirements, 2)),
+        Packet::in_band(0, delete_interrupt(1)),
+    ];
+    let rel = Packet {
+        kind: PacketKind::InBand,
+        ..Packet::in_band(0, relations())
+    };
+    let mut group = c.benchmark_group("relay_vs_bare_forward");
+    group.throughput(Throughput::Elements(6));
+    group.bench_function("bare_forward", |b| {
+        b.iter(|| black_box(bare_round(black_box(&guest), &rel, ProtocolVersion::V1_4)))
+    });
+    let mut relay = installed_relay();
+    let mut t = Duration::from_secs(10);
+    group.bench_function("bus_relay", |b| {
+        b.iter(|| black_box(relay_round(&mut relay, &mut t, black_box(&guest), &rel)))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
