@@ -244,6 +244,12 @@ fn descriptor_is_fetched_once() {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: if cfg!(miri) { 4 } else { 512 },
+        // Miri's isolation has no getcwd, which the failure file needs.
+        failure_persistence: if cfg!(miri) {
+            None
+        } else {
+            ProptestConfig::default().failure_persistence
+        },
         ..ProptestConfig::default()
     })]
 

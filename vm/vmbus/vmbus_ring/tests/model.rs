@@ -158,6 +158,12 @@ fn run(start: u32, data_pages: usize, ops: Vec<Op>) -> Result<(), TestCaseError>
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: if cfg!(miri) { 4 } else { 256 },
+        // Miri's isolation has no getcwd, which the failure file needs.
+        failure_persistence: if cfg!(miri) {
+            None
+        } else {
+            ProptestConfig::default().failure_persistence
+        },
         ..ProptestConfig::default()
     })]
 
