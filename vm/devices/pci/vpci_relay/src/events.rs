@@ -118,7 +118,7 @@ pub enum RelayEvent {
 }
 
 /// Counters kept per bus; each one says what happened to a packet or event.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, inspect::Inspect)]
 pub struct Counters {
     /// Packets forwarded from the guest to the host.
     pub relayed_to_host: u64,

@@ -1,13 +1,14 @@
 //! Per-function state: what the host has done with a function, what the guest knows of it,
 //! and how far the guest's probe of it has come.
 
+use inspect::{Inspect, Node};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use vpci_protocol::WinSlot;
 use vpci_protocol::wire::FunctionDescription2;
 
 /// How far one guest request of a kind has come.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Inspect)]
 pub enum Stage {
     /// Not sent yet.
     #[default]
@@ -19,7 +20,7 @@ pub enum Stage {
 }
 
 /// The host's side of a function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Inspect)]
 pub enum HostState {
     /// Listed in the host's relations; no eject.
     Listed,
@@ -31,7 +32,7 @@ pub enum HostState {
 }
 
 /// The guest's side of a function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Inspect)]
 pub enum GuestState {
     /// Never announced to the guest.
     Hidden,
@@ -42,7 +43,7 @@ pub enum GuestState {
 }
 
 /// Where a function's BARs and config space are backed for the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Inspect)]
 pub enum Backing {
     /// By the device itself (the host's mapping).
     Device,
@@ -54,11 +55,13 @@ pub enum Backing {
 }
 
 /// One function on the bus.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Inspect)]
 pub struct Function {
     /// The function's slot.
+    #[inspect(display)]
     pub slot: WinSlot,
     /// Its description (a BUS_RELATIONS description is widened with zero flags).
+    #[inspect(with = "description_node")]
     pub desc: FunctionDescription2,
     /// Whether the allow-list lets the guest see it.
     pub allowed: bool,
@@ -87,11 +90,32 @@ pub struct Function {
     /// Whether the hold of its eject has been reported (one event per hold).
     pub hold_reported: bool,
     /// The probed BARs the host reported.
+    #[inspect(hex)]
     pub probed_bars: Option<[u32; 6]>,
     /// Config-space dwords seen through the window, for answering after removal.
+    #[inspect(with = "cache_size")]
     pub config: BTreeMap<u16, u32>,
     /// Current backing.
     pub backing: Backing,
+}
+
+fn description_node(d: &FunctionDescription2) -> Node {
+    Node::dir()
+        .hex("vendor_id", d.v_id.get().into())
+        .hex("device_id", d.d_id.get().into())
+        .hex("revision", d.rev.into())
+        .hex(
+            "class",
+            (u64::from(d.base_class) << 16) | (u64::from(d.subclass) << 8) | u64::from(d.prog_intf),
+        )
+        .hex("subsystem_id", d.subsystem_id.get().into())
+        .field("serial", &d.ser.get())
+        .field("numa_node", &d.virtual_numa_node.get())
+        .build()
+}
+
+fn cache_size(c: &BTreeMap<u16, u32>) -> Node {
+    c.len().inspect()
 }
 
 impl Function {

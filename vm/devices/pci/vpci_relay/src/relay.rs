@@ -290,6 +290,69 @@ impl BusRelay {
             .count()
     }
 
+    fn inspect_tree(&self) -> inspect::Node {
+        use inspect::{Inspect, Node};
+        let host = match self.host {
+            HostLink::Up => Node::str("up"),
+            HostLink::Lost { since, rescinded } => Node::dir()
+                .field("state", if rescinded { "rescinded" } else { "failed" })
+                .field("since", &since)
+                .build(),
+        };
+        let outstanding = match &self.outstanding {
+            None => Node::Value(inspect::Value::None),
+            Some(o) => Node::dir()
+                .field(
+                    "change",
+                    &match o.kind {
+                        ChangeKind::Relations => "relations".to_owned(),
+                        ChangeKind::Eject(slot) => format!("eject {slot}"),
+                    },
+                )
+                .field("since", &o.since)
+                .field("initial", &o.initial)
+                .build(),
+        };
+        let held: Vec<String> = self.eject_order.iter().map(|s| s.to_string()).collect();
+        let functions = Node::Dir(
+            self.functions
+                .values()
+                .map(|f| (f.slot.to_string(), f.inspect()))
+                .collect(),
+        );
+        let requests = Node::Dir(
+            self.requests
+                .iter()
+                .map(|(id, r)| {
+                    let node = Node::dir()
+                        .field("request", &r.request.message_type().to_string())
+                        .field("slot", &r.slot.map(|s| s.to_string()))
+                        .hex("guest_txid", r.guest_txid)
+                        .field("sent_at", &r.sent_at)
+                        .field("answered_locally", &r.answered_locally)
+                        .build();
+                    (format!("{id:#x}"), node)
+                })
+                .collect(),
+        );
+        Node::dir()
+            .field("version", &self.version.to_string())
+            .child("host", host)
+            .field("guest_closed", &self.guest_closed)
+            .field("surveyed", &self.surveyed)
+            .field("survey_requested", &self.survey_requested)
+            .field("d0", &self.d0)
+            .field("installed", &self.installed)
+            .field("now", &self.now)
+            .child("outstanding_change", outstanding)
+            .field("held_ejects", &held)
+            .field("relations_pending", &self.host_relations.is_some())
+            .child("functions", functions)
+            .child("requests", requests)
+            .field("counters", &self.counters)
+            .build()
+    }
+
     // ---- inputs ----
 
     /// A packet from the host.
@@ -1280,5 +1343,13 @@ fn extract(dword: u32, offset: u16, len: u8) -> u32 {
         1 => value & 0xff,
         2 => value & 0xffff,
         _ => value,
+    }
+}
+
+/// The relay's state as an inspect tree: the bus, every function with its host and guest state,
+/// held ejects, outstanding requests and counters.
+impl inspect::Inspect for BusRelay {
+    fn inspect(&self) -> inspect::Node {
+        self.inspect_tree()
     }
 }

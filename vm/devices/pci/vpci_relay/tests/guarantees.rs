@@ -492,3 +492,25 @@ fn g9_outstanding_requests_are_bounded() {
     assert_eq!(bus.relay.requests_outstanding(), 4);
     assert_eq!(bus.relay.counters().malformed_guest, 6);
 }
+
+// ---- inspection ----
+
+/// Every bus, function (both states), held eject, outstanding request and counter shows in
+/// the inspect tree.
+#[test]
+fn inspect_shows_the_bus() {
+    use inspect::Inspect;
+    let (bus, _) = interrupt_during_held_eject(Safeguards::ALL_ON);
+    let tree = bus.relay.inspect();
+    let json = tree.to_json();
+    assert_eq!(json["version"], "1.4");
+    assert_eq!(json["host"], "up");
+    assert_eq!(json["functions"]["01.0"]["host"], "Ejecting");
+    assert_eq!(json["functions"]["01.0"]["guest"], "Announced");
+    assert_eq!(json["functions"]["01.0"]["desc"]["vendor_id"], "0x1414");
+    assert_eq!(json["held_ejects"]["0"], "01.0");
+    assert_eq!(json["counters"]["answered_locally"], 1);
+    let requests = tree.query("requests").unwrap().to_json();
+    assert_eq!(requests.as_object().unwrap().len(), 1, "{requests}");
+    assert!(tree.query("functions/01.0/interrupts_pending").is_ok());
+}
