@@ -64,6 +64,8 @@ impl Default for Limits {
 /// Configuration of one bus relay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayConfig {
+    /// The bus's name in logs (its VMBus instance id, for one).
+    pub name: String,
     /// Functions the guest may see. Empty means all; otherwise a function must match one rule.
     /// Hidden functions never reach the guest, and the relay completes their ejects itself.
     pub allow: Vec<AllowRule>,
@@ -83,6 +85,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
+            name: "vpci".to_owned(),
             allow: Vec::new(),
             settle: Duration::from_millis(100),
             max_hold: Duration::from_secs(30),

@@ -594,7 +594,7 @@ impl BusRelay {
             self.complete_host_eject(slot);
             self.counters.coalesced += 1;
             self.event(RelayEvent::Coalesced { slot });
-            tracing::info!(%slot, "coalesced: function removed before the guest saw it");
+            tracing::info!(bus = %self.config.name, %slot, message = "PCI_EJECT", "coalesced: function removed before the guest saw it");
             return;
         }
         if f.guest_visible() {
@@ -753,7 +753,7 @@ impl BusRelay {
             rescinded,
         };
         self.event(RelayEvent::HostLost { rescinded });
-        tracing::warn!(rescinded, "host lost: winding the bus down");
+        tracing::warn!(bus = %self.config.name, rescinded, "host lost: winding the bus down");
         // Nobody will answer what is outstanding: answer it now.
         let ids: Vec<u64> = self.requests.keys().copied().collect();
         for id in ids {
@@ -875,7 +875,7 @@ impl BusRelay {
             slot,
             request: completion.request,
         });
-        tracing::info!(?slot, request = %completion.request, "answered locally");
+        tracing::info!(bus = %self.config.name, ?slot, request = %completion.request, "answered locally");
         self.tx.push_back(Transmit::ToGuest(Packet::completion(
             guest_txid,
             completion.encode(),
@@ -963,7 +963,7 @@ impl BusRelay {
                 return;
             }
         }
-        tracing::error!("relay progress did not settle");
+        tracing::error!(bus = %self.config.name, "relay progress did not settle");
     }
 
     fn step(&mut self) -> bool {
@@ -985,7 +985,7 @@ impl BusRelay {
                 self.outstanding = None;
                 self.counters.timed_out += 1;
                 self.event(RelayEvent::ChangeTimedOut(kind));
-                tracing::warn!(?kind, "guest did not finish a change in time; moving on");
+                tracing::warn!(bus = %self.config.name, ?kind, "guest did not finish a change in time; moving on");
                 return true;
             }
         }
@@ -1047,7 +1047,7 @@ impl BusRelay {
         let idle = self.requests.values().all(|r| r.answered_locally);
         if quiet && assigned && idle {
             self.installed = true;
-            tracing::info!("guest probe path done");
+            tracing::info!(bus = %self.config.name, "guest probe path done");
         }
     }
 
@@ -1107,7 +1107,7 @@ impl BusRelay {
             }
             self.counters.held += 1;
             self.event(RelayEvent::EjectHeld { slot });
-            tracing::info!(%slot, "eject held: function not settled");
+            tracing::info!(bus = %self.config.name, %slot, message = "PCI_EJECT", "eject held: function not settled");
         }
         let Some(slot) = chosen else {
             return false;
@@ -1116,7 +1116,8 @@ impl BusRelay {
             return false;
         };
         f.guest = GuestState::Ejecting;
-        if f.hold_reported {
+        let was_held = f.hold_reported;
+        if was_held {
             self.counters.released += 1;
         }
         self.eject_order.retain(|s| *s != slot);
@@ -1131,7 +1132,7 @@ impl BusRelay {
             initial: false,
         });
         self.event(RelayEvent::ChangeDelivered(ChangeKind::Eject(slot)));
-        tracing::info!(%slot, "eject delivered to the guest");
+        tracing::info!(bus = %self.config.name, %slot, message = "PCI_EJECT", released = was_held, "eject delivered to the guest");
         true
     }
 
@@ -1189,7 +1190,7 @@ impl BusRelay {
                 self.relations_held_reported = true;
                 self.counters.held += 1;
                 self.event(RelayEvent::RelationsHeld);
-                tracing::info!("relations held behind the guest's probe");
+                tracing::info!(bus = %self.config.name, message = "PCI_BUS_RELATIONS", "relations held behind the guest's probe");
             }
             return false;
         }
@@ -1233,7 +1234,7 @@ impl BusRelay {
             initial,
         });
         self.event(RelayEvent::ChangeDelivered(ChangeKind::Relations));
-        tracing::info!(functions = view_len, "relations delivered to the guest");
+        tracing::info!(bus = %self.config.name, message = "PCI_BUS_RELATIONS", functions = view_len, "relations delivered to the guest");
         true
     }
 
@@ -1279,7 +1280,7 @@ impl BusRelay {
         self.guest_closed = true;
         self.tx.push_back(Transmit::CloseGuest);
         self.event(RelayEvent::GuestClosed);
-        tracing::info!("guest channel closed after the host's rescind");
+        tracing::info!(bus = %self.config.name, "guest channel closed after the host's rescind");
         true
     }
 
@@ -1310,7 +1311,7 @@ impl BusRelay {
             Side::Host => self.counters.malformed_host += 1,
             Side::Guest => self.counters.malformed_guest += 1,
         }
-        tracing::warn!(?side, %fault, "malformed packet");
+        tracing::warn!(bus = %self.config.name, ?side, %fault, "malformed packet");
         self.event(RelayEvent::Malformed { side, fault });
     }
 

@@ -514,3 +514,77 @@ fn inspect_shows_the_bus() {
     assert_eq!(requests.as_object().unwrap().len(), 1, "{requests}");
     assert!(tree.query("functions/01.0/interrupts_pending").is_ok());
 }
+
+// ---- configuration and pass-through ----
+
+/// A function off the allow-list never reaches the guest, its requests never reach the host,
+/// and the relay completes its eject itself.
+#[test]
+fn allow_list_hides_functions() {
+    let config = RelayConfig {
+        allow: vec![AllowRule {
+            vendor_id: Some(0x1414),
+            ..AllowRule::ANY
+        }],
+        ..RelayConfig::default()
+    };
+    let mut bus = Bus::with(config, Safeguards::ALL_ON);
+    let v = bus.guest_requests(query_version(ProtocolVersion::V1_4));
+    bus.host_completes(MessageType::QUERY_PROTOCOL_VERSION, status(Status::SUCCESS));
+    assert!(bus.guest_completion(v).is_some());
+    bus.guest_sends(query_relations());
+    let mut hidden = desc2(2, 0x8086);
+    hidden.d_id = 0x1234.into();
+    bus.host_sends(encode(&Message::BusRelations2(BusRelations {
+        functions: vec![desc2(1, 0x1414), hidden],
+        trailing: Vec::new(),
+    })));
+    assert_eq!(bus.guest_relations(), [vec![slot(1)]]);
+    bus.to_host.clear();
+    let id = bus.guest_requests(qrr(2));
+    assert!(bus.guest_completion(id).is_some(), "answered locally");
+    assert!(bus.to_host.is_empty());
+    bus.host_sends(eject(2));
+    assert!(
+        bus.host_messages()
+            .iter()
+            .any(|m| matches!(m, Message::EjectionComplete(e) if e.body.wslot == slot(2)))
+    );
+    assert!(bus.guest_ejects().is_empty());
+}
+
+/// What the relay forwards goes byte for byte: a guest request in OpenVMM's padded dialect,
+/// the host's completion, and the host's relations with trailing bytes.
+#[test]
+fn pass_through_is_byte_for_byte() {
+    let mut bus = Bus::new();
+    let v = bus.guest_requests(query_version(ProtocolVersion::V1_4));
+    bus.host_completes(MessageType::QUERY_PROTOCOL_VERSION, status(Status::SUCCESS));
+    assert!(bus.guest_completion(v).is_some());
+    bus.guest_sends(query_relations());
+    let mut relations = relations2(&[1]);
+    relations.extend_from_slice(&[0xaa; 8]);
+    bus.host_sends(relations.clone());
+    assert_eq!(bus.to_guest.last().unwrap().payload, padded(relations));
+    bus.guest_requests(qrr(1));
+    bus.host_completes(
+        MessageType::QUERY_RESOURCE_REQUIREMENTS,
+        requirements_reply(),
+    );
+    bus.finish_probe(&[1]);
+    let mut ci = create_interrupt2(1, 0x33);
+    ci.extend_from_slice(&[0x5a, 0xa5]); // OpenVMM's two reserved bytes, non-zero on purpose
+    let id = bus.guest_requests(ci.clone());
+    let forwarded = bus.to_host.last().unwrap().clone();
+    assert_eq!(forwarded.payload, padded(ci));
+    let mut reply = status(Status::SUCCESS);
+    reply.extend_from_slice(&[
+        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+    ]);
+    bus.relay.handle_host(
+        bus.now,
+        vmbus_channel::Packet::completion(forwarded.transaction_id, reply.clone()),
+    );
+    bus.drain();
+    assert_eq!(bus.guest_completion(id).unwrap().payload, reply);
+}

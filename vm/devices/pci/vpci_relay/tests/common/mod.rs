@@ -170,7 +170,7 @@ impl Bus {
 
     pub fn host_sends(&mut self, payload: Vec<u8>) {
         self.relay
-            .handle_host(self.now, Packet::in_band(0, payload));
+            .handle_host(self.now, Packet::in_band(0, padded(payload)));
         self.drain();
     }
 
@@ -179,14 +179,14 @@ impl Bus {
         self.next_guest_txid += 1;
         let id = self.next_guest_txid;
         self.relay
-            .handle_guest(self.now, Packet::request(id, payload));
+            .handle_guest(self.now, Packet::request(id, padded(payload)));
         self.drain();
         id
     }
 
     pub fn guest_sends(&mut self, payload: Vec<u8>) {
         self.relay
-            .handle_guest(self.now, Packet::in_band(0, payload));
+            .handle_guest(self.now, Packet::in_band(0, padded(payload)));
         self.drain();
     }
 
