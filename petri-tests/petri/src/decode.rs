@@ -48,6 +48,19 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, DecodeCliError> {
     Ok(digits.chunks_exact(2).map(|p| (p[0] << 4) | p[1]).collect())
 }
 
+/// A message type by spec name (`PCI_EJECT` or `EJECT`) or number (`0x4249000b`).
+pub fn parse_type(text: &str) -> Option<MessageType> {
+    let text = text.trim();
+    let number = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    };
+    match number {
+        Some(n) => Some(MessageType(n)).filter(|t| t.name().is_some()),
+        None => MessageType::from_name(text),
+    }
+}
+
 /// Decodes `bytes` as a message from `from`, or as the completion of `completion_of`, and
 /// returns its JSON form.
 pub fn decode_to_json(
@@ -58,7 +71,7 @@ pub fn decode_to_json(
 ) -> Result<Value, DecodeCliError> {
     let value = match completion_of {
         Some(name) => {
-            let request = MessageType::from_name(name)
+            let request = parse_type(name)
                 .ok_or_else(|| DecodeCliError::UnknownTypeName(name.to_owned()))?;
             let completion = vpci_protocol::decode_completion(bytes, request, version)?;
             serde_json::to_value(completion)
@@ -72,6 +85,18 @@ pub fn decode_to_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Types are found by spec name, bare name or number.
+    #[test]
+    fn type_names() {
+        let eject = Some(MessageType::EJECT);
+        assert_eq!(parse_type("PCI_EJECT"), eject);
+        assert_eq!(parse_type("EJECT"), eject);
+        assert_eq!(parse_type("0x4249000b"), eject);
+        assert_eq!(parse_type("1112080395"), eject);
+        assert_eq!(parse_type("0x4249001f"), None);
+        assert_eq!(parse_type("PCI_NOPE"), None);
+    }
 
     /// Whitespace and 0x prefixes are allowed; bad digits name their byte offset.
     #[test]
