@@ -476,7 +476,7 @@ impl BusRelay {
                 self.host_relations(packet, descs, false);
             }
             Message::BusRelations2(m) => {
-                self.host_relations(packet, m.functions.clone(), true);
+                self.host_relations(packet, m.functions, true);
             }
             Message::Eject(m) => self.host_eject(m.body.wslot),
             other => {
