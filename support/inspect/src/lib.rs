@@ -2,8 +2,20 @@
 //! `#[derive(Inspect)]`), callers query it by path and print it as JSON or text.
 //!
 //! The model is a snapshot: [`Inspect::inspect`] builds the tree of a value as it is now. A
-//! node is a value (bool, integer shown in decimal or hex, string, or nothing) or a directory
-//! of named children in a fixed order, so output is deterministic.
+//! node is a [`Value`] (nothing, a bool, an integer shown in decimal or hex, or a string) or a
+//! directory of named children in a fixed order, so every output is deterministic: structs
+//! list their fields in declaration order, `BTreeMap`s in key order, `HashMap`s in a sorted
+//! order (numeric keys numerically, see [`Inspect`]).
+//!
+//! - Build: `#[derive(Inspect)]` (attributes below), or by hand with [`Node::dir`]
+//!   (`Node::dir().field("a", &x).hex("id", id).child("sub", node).build()`).
+//! - Query: [`Node::query`] (`"functions/1/state"`; `""` and `"/"` are the root) returns the
+//!   node or a [`QueryError`] naming the first missing segment; [`Node::get`] is the same as
+//!   an `Option`.
+//! - Print: [`Node::to_json`] / [`to_json`] (a `serde_json::Value`: hex integers as `"0x2a"`
+//!   strings, other integers as numbers, nothing as `null`, directories as objects in the
+//!   tree's order), [`Node::to_json_pretty`], and [`Node::to_text`] (or `Display`): indented
+//!   `name: value` lines for a CLI.
 //!
 //! ```
 //! use inspect::Inspect;
@@ -33,28 +45,110 @@
 //!
 //! let bus = Bus {
 //!     instance: 0x2a,
-//!     functions: BTreeMap::from([(1, Function { state: State::Probing, interrupts_pending: 2 })]),
+//!     functions: BTreeMap::from([
+//!         (1, Function { state: State::Probing, interrupts_pending: 2 }),
+//!         (3, Function { state: State::Ejecting { since_ms: 40 }, interrupts_pending: 0 }),
+//!     ]),
 //!     _scratch: vec![],
 //! };
 //! let tree = bus.inspect();
+//!
+//! // Query one node by path; a missing path is an error that names the missing segment.
 //! assert_eq!(tree.query("functions/1/interrupts").unwrap().to_json(), 2);
-//! assert_eq!(tree.to_json()["instance"], "0x2a");
-//! assert_eq!(tree.to_json()["functions"]["1"]["state"], "Probing");
+//! assert_eq!(tree.query("functions/7/state").unwrap_err().missing, "7");
+//!
+//! // JSON: hex ids as strings, unit variants by name, variants with data as directories.
+//! assert_eq!(
+//!     tree.to_json(),
+//!     serde_json::json!({
+//!         "instance": "0x2a",
+//!         "functions": {
+//!             "1": {"state": "Probing", "interrupts": 2},
+//!             "3": {"state": {"state": "Ejecting", "since_ms": 40}, "interrupts": 0},
+//!         }
+//!     })
+//! );
+//!
+//! // Text, for people.
+//! assert_eq!(
+//!     tree.query("functions/3").unwrap().to_text(),
+//!     "state:\n  state: Ejecting\n  since_ms: 40\ninterrupts: 0\n"
+//! );
+//! ```
+//!
+//! # The derive
+//!
+//! `#[derive(Inspect)]` (re-exported here from `inspect_derive`) supports:
+//!
+//! - structs with named fields: a directory with one child per field, named after the field,
+//!   in declaration order; a unit struct is an empty directory;
+//! - tuple structs: children `"0"`, `"1"`, ...; a tuple struct with exactly one field (a
+//!   newtype) is transparent: it inspects as its field;
+//! - enums whose variants carry no data: the variant's name **as written** (`Probing`) as a
+//!   string; `#[inspect(rename_all = "snake_case")]` (or `"lowercase"`) on the enum changes
+//!   that, `#[inspect(rename = "x")]` on a variant names it explicitly;
+//! - enums with data: a variant without data is still its name; a variant with data is a
+//!   directory whose first child `state` (change it with `#[inspect(tag = "kind")]` on the
+//!   enum) is the variant's name, followed by the variant's fields (named, or `"0"`, `"1"`...).
+//!
+//! Field attributes (combine them in one `#[inspect(...)]` or several):
+//!
+//! | attribute | effect |
+//! | --- | --- |
+//! | `hex` | integers (also inside options, arrays, maps...) shown in hex |
+//! | `skip` | not shown |
+//! | `rename = "x"` | shown as `x` |
+//! | `display` | a string from the field's `Display` |
+//! | `debug` | a string from the field's `Debug` |
+//! | `with = "path::to::f"` | a node from `fn f(&T) -> inspect::Node` (may be combined with `hex`) |
+//! | `flatten` | the field's children are merged into this directory |
+//!
+//! Container attributes: `transparent` (a struct with one field inspects as that field; the
+//! field may still carry `hex`, `display`, `debug` or `with`), and on enums `tag = "name"` and
+//! `rename_all = "snake_case" | "lowercase"`. Type parameters get an `Inspect` bound.
+//! Anything else is a compile error pointing at the offending attribute:
+//!
+//! ```compile_fail
+//! #[derive(inspect::Inspect)]
+//! struct S {
+//!     #[inspect(hexadecimal)] // error: unknown inspect attribute
+//!     id: u32,
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! #[derive(inspect::Inspect)]
+//! struct S {
+//!     #[inspect(display, debug)] // error: only one of display, debug and with
+//!     id: u32,
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! #[derive(inspect::Inspect)]
+//! #[inspect(transparent)] // error: transparent needs exactly one field
+//! struct S(u8, u8);
+//! ```
+//!
+//! ```compile_fail
+//! #[derive(inspect::Inspect)]
+//! union U { a: u32 } // error: unions are not supported
 //! ```
 
 #![forbid(unsafe_code)]
 
-pub use inspect_derive::Inspect;
+mod impls;
+mod render;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::{Display, Write};
-use std::sync::Arc;
-use std::time::Duration;
+pub use inspect_derive::Inspect;
+pub use render::to_json;
+
+use std::fmt::{Debug, Display};
 
 /// A leaf value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
-    /// Nothing (an empty `Option`).
+    /// Nothing: an empty `Option`. JSON `null`, text `-`.
     None,
     /// A boolean.
     Bool(bool),
@@ -67,6 +161,8 @@ pub enum Value {
     },
     /// A signed integer.
     Signed(i64),
+    /// A signed integer printed in hex (`0x2a`, `-0x2a`).
+    SignedHex(i64),
     /// A string.
     Str(String),
 }
@@ -76,7 +172,7 @@ pub enum Value {
 pub enum Node {
     /// A leaf.
     Value(Value),
-    /// Named children.
+    /// Named children, in the order they are shown.
     Dir(Vec<(String, Node)>),
 }
 
@@ -84,13 +180,21 @@ pub enum Node {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("no node {missing:?} under {parent:?}")]
 pub struct QueryError {
-    /// The path up to the last node found.
+    /// The path up to the last node found (`"/"` for the root).
     pub parent: String,
     /// The first segment that was not found.
     pub missing: String,
 }
 
 /// A type that can describe its state as a [`Node`].
+///
+/// Implemented for integers (unsigned and signed up to 64 bits, their `NonZero` forms and
+/// atomics), `bool`, `char`, `str`/`String`/`Cow<str>`, `Duration` (its `Debug` form, e.g.
+/// `"1.5s"`), `()` (nothing), `Option<T>` (`None` is [`Value::None`]), slices, arrays,
+/// `Vec` and `VecDeque` (children `"0"`, `"1"`, ...), `BTreeMap` (in key order) and
+/// `HashMap` (keys whose text is an integer first, in numeric order, then the rest in text
+/// order) with `Display` keys, `BTreeSet`/`HashSet` (like a list, in the same orders),
+/// references, `Box`, `Rc`, `Arc`, and [`Node`] itself.
 pub trait Inspect {
     /// The value's tree as it is now.
     fn inspect(&self) -> Node;
@@ -102,27 +206,38 @@ impl Node {
         DirBuilder::default()
     }
 
+    /// The empty value ([`Value::None`]).
+    pub fn none() -> Self {
+        Node::Value(Value::None)
+    }
+
     /// A string leaf.
     pub fn str(s: impl Into<String>) -> Self {
         Node::Value(Value::Str(s.into()))
     }
 
+    /// An unsigned leaf shown in hex.
+    pub fn hex_value(value: u64) -> Self {
+        Node::Value(Value::Unsigned { value, hex: true })
+    }
+
     /// A leaf holding the value's `Display` form.
-    pub fn display(v: &impl Display) -> Self {
+    pub fn display(v: &(impl Display + ?Sized)) -> Self {
         Node::str(v.to_string())
     }
 
     /// A leaf holding the value's `Debug` form.
-    pub fn debug(v: &impl std::fmt::Debug) -> Self {
+    pub fn debug(v: &(impl Debug + ?Sized)) -> Self {
         Node::str(format!("{v:?}"))
     }
 
-    /// The same tree with every unsigned integer shown in hex.
+    /// The same tree with every integer shown in hex.
     pub fn hex(self) -> Self {
         match self {
             Node::Value(Value::Unsigned { value, .. }) => {
                 Node::Value(Value::Unsigned { value, hex: true })
             }
+            Node::Value(Value::Signed(v)) => Node::Value(Value::SignedHex(v)),
             Node::Dir(children) => {
                 Node::Dir(children.into_iter().map(|(k, n)| (k, n.hex())).collect())
             }
@@ -130,28 +245,49 @@ impl Node {
         }
     }
 
-    /// The node at `path` (segments separated by `/`; empty or `/` is the root).
+    /// The leaf value, if this is one.
+    pub fn as_value(&self) -> Option<&Value> {
+        match self {
+            Node::Value(v) => Some(v),
+            Node::Dir(_) => None,
+        }
+    }
+
+    /// The children, if this is a directory.
+    pub fn children(&self) -> Option<&[(String, Node)]> {
+        match self {
+            Node::Dir(c) => Some(c),
+            Node::Value(_) => None,
+        }
+    }
+
+    /// The direct child called `name`, if this is a directory that has one.
+    pub fn child(&self, name: &str) -> Option<&Node> {
+        self.children()?
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, n)| n)
+    }
+
+    /// The node at `path`: segments separated by `/`, empty segments ignored, so `""` and
+    /// `"/"` are the root and `"/a/b/"` is `"a/b"`. A name that itself contains `/` cannot
+    /// be reached. If a directory holds two children of one name, the first one is found.
     pub fn query(&self, path: &str) -> Result<&Node, QueryError> {
         let mut node = self;
         let mut walked = String::new();
         for segment in path.split('/').filter(|s| !s.is_empty()) {
-            let child = match node {
-                Node::Dir(children) => children.iter().find(|(k, _)| k == segment),
-                Node::Value(_) => None,
-            };
-            match child {
-                Some((_, n)) => {
+            match node.child(segment) {
+                Some(n) => {
                     walked.push('/');
                     walked.push_str(segment);
                     node = n;
                 }
                 None => {
+                    if walked.is_empty() {
+                        walked.push('/');
+                    }
                     return Err(QueryError {
-                        parent: if walked.is_empty() {
-                            "/".into()
-                        } else {
-                            walked
-                        },
+                        parent: walked,
                         missing: segment.into(),
                     });
                 }
@@ -160,65 +296,13 @@ impl Node {
         Ok(node)
     }
 
-    /// JSON: directories as objects in order, hex integers as `"0x.."` strings, nothing as
-    /// `null`.
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::Value as J;
-        match self {
-            Node::Value(Value::None) => J::Null,
-            Node::Value(Value::Bool(b)) => J::Bool(*b),
-            Node::Value(Value::Unsigned { value, hex: true }) => J::String(format!("{value:#x}")),
-            Node::Value(Value::Unsigned { value, hex: false }) => J::from(*value),
-            Node::Value(Value::Signed(v)) => J::from(*v),
-            Node::Value(Value::Str(s)) => J::String(s.clone()),
-            Node::Dir(children) => J::Object(
-                children
-                    .iter()
-                    .map(|(k, n)| (k.clone(), n.to_json()))
-                    .collect(),
-            ),
-        }
-    }
-
-    /// Indented `name: value` lines, for people.
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        self.write_text(&mut out, 0);
-        out
-    }
-
-    fn write_text(&self, out: &mut String, depth: usize) {
-        if let Node::Dir(children) = self {
-            for (k, n) in children {
-                let _ = write!(out, "{:indent$}{k}:", "", indent = depth * 2);
-                match n {
-                    Node::Dir(_) => {
-                        out.push('\n');
-                        n.write_text(out, depth + 1);
-                    }
-                    Node::Value(v) => {
-                        let _ = writeln!(out, " {}", value_text(v));
-                    }
-                }
-            }
-        } else if let Node::Value(v) = self {
-            let _ = writeln!(out, "{}", value_text(v));
-        }
+    /// [`Node::query`] as an `Option`.
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.query(path).ok()
     }
 }
 
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::None => "-".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Unsigned { value, hex: true } => format!("{value:#x}"),
-        Value::Unsigned { value, hex: false } => value.to_string(),
-        Value::Signed(v) => v.to_string(),
-        Value::Str(s) => s.clone(),
-    }
-}
-
-/// Builds a directory node child by child.
+/// Builds a directory node child by child, in the order of the calls.
 #[derive(Debug, Default)]
 pub struct DirBuilder {
     children: Vec<(String, Node)>,
@@ -233,10 +317,13 @@ impl DirBuilder {
 
     /// Adds an integer child shown in hex.
     pub fn hex(mut self, name: impl Into<String>, value: u64) -> Self {
-        self.children.push((
-            name.into(),
-            Node::Value(Value::Unsigned { value, hex: true }),
-        ));
+        self.children.push((name.into(), Node::hex_value(value)));
+        self
+    }
+
+    /// Adds a string child from the value's `Display` form.
+    pub fn display(mut self, name: impl Into<String>, value: &(impl Display + ?Sized)) -> Self {
+        self.children.push((name.into(), Node::display(value)));
         self
     }
 
@@ -261,140 +348,6 @@ impl DirBuilder {
     }
 }
 
-macro_rules! unsigned {
-    ($($t:ty),*) => {$(
-        impl Inspect for $t {
-            fn inspect(&self) -> Node {
-                Node::Value(Value::Unsigned { value: *self as u64, hex: false })
-            }
-        }
-    )*};
-}
-unsigned!(u8, u16, u32, u64, usize);
-
-macro_rules! signed {
-    ($($t:ty),*) => {$(
-        impl Inspect for $t {
-            fn inspect(&self) -> Node {
-                Node::Value(Value::Signed(*self as i64))
-            }
-        }
-    )*};
-}
-signed!(i8, i16, i32, i64, isize);
-
-impl Inspect for bool {
-    fn inspect(&self) -> Node {
-        Node::Value(Value::Bool(*self))
-    }
-}
-
-impl Inspect for str {
-    fn inspect(&self) -> Node {
-        Node::str(self)
-    }
-}
-
-impl Inspect for String {
-    fn inspect(&self) -> Node {
-        Node::str(self.clone())
-    }
-}
-
-impl Inspect for Duration {
-    fn inspect(&self) -> Node {
-        Node::str(format!("{self:?}"))
-    }
-}
-
-impl Inspect for Node {
-    fn inspect(&self) -> Node {
-        self.clone()
-    }
-}
-
-impl<T: Inspect> Inspect for Option<T> {
-    fn inspect(&self) -> Node {
-        match self {
-            Some(v) => v.inspect(),
-            None => Node::Value(Value::None),
-        }
-    }
-}
-
-impl<T: Inspect> Inspect for [T] {
-    fn inspect(&self) -> Node {
-        Node::Dir(
-            self.iter()
-                .enumerate()
-                .map(|(i, v)| (i.to_string(), v.inspect()))
-                .collect(),
-        )
-    }
-}
-
-impl<T: Inspect, const N: usize> Inspect for [T; N] {
-    fn inspect(&self) -> Node {
-        self.as_slice().inspect()
-    }
-}
-
-impl<T: Inspect> Inspect for Vec<T> {
-    fn inspect(&self) -> Node {
-        self.as_slice().inspect()
-    }
-}
-
-impl<T: Inspect> Inspect for VecDeque<T> {
-    fn inspect(&self) -> Node {
-        Node::Dir(
-            self.iter()
-                .enumerate()
-                .map(|(i, v)| (i.to_string(), v.inspect()))
-                .collect(),
-        )
-    }
-}
-
-impl<K: Display, V: Inspect> Inspect for BTreeMap<K, V> {
-    fn inspect(&self) -> Node {
-        Node::Dir(
-            self.iter()
-                .map(|(k, v)| (k.to_string(), v.inspect()))
-                .collect(),
-        )
-    }
-}
-
-impl<K: Display, V: Inspect, S> Inspect for HashMap<K, V, S> {
-    fn inspect(&self) -> Node {
-        let mut children: Vec<(String, Node)> = self
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.inspect()))
-            .collect();
-        children.sort_by(|a, b| a.0.cmp(&b.0));
-        Node::Dir(children)
-    }
-}
-
-impl<T: Inspect + ?Sized> Inspect for &T {
-    fn inspect(&self) -> Node {
-        (**self).inspect()
-    }
-}
-
-impl<T: Inspect + ?Sized> Inspect for Box<T> {
-    fn inspect(&self) -> Node {
-        (**self).inspect()
-    }
-}
-
-impl<T: Inspect + ?Sized> Inspect for Arc<T> {
-    fn inspect(&self) -> Node {
-        (**self).inspect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,51 +364,79 @@ mod tests {
             .build()
     }
 
-    /// Paths find nodes; a missing segment names itself and its parent.
+    /// Paths find nodes; the root is `""` or `"/"`; a missing segment names itself and its
+    /// parent.
     #[test]
     fn query_paths() {
         let n = sample();
         assert_eq!(n.query("").unwrap(), &n);
-        assert_eq!(n.query("/sub/on").unwrap(), &true.inspect());
+        assert_eq!(n.query("/").unwrap(), &n);
+        assert_eq!(n.query("/sub/on/").unwrap(), &true.inspect());
+        assert_eq!(n.get("sub//name"), Some(&Node::str("x")));
         let err = n.query("sub/nope/deeper").unwrap_err();
         assert_eq!(
             (err.parent.as_str(), err.missing.as_str()),
             ("/sub", "nope")
         );
-        assert!(n.query("count/x").is_err());
+        assert_eq!(err.to_string(), r#"no node "nope" under "/sub""#);
+        let err = n.query("nope").unwrap_err();
+        assert_eq!(err.parent, "/");
+        // A value has no children.
+        assert_eq!(n.query("count/x").unwrap_err().parent, "/count");
+        assert_eq!(n.get("none/x"), None);
     }
 
-    /// JSON keeps the order, prints hex as strings and nothing as null.
+    /// No path, however odd, panics.
     #[test]
-    fn json_output() {
-        let j = sample().to_json();
+    fn odd_paths_do_not_panic() {
+        let n = sample();
+        for path in [
+            "//",
+            "///sub",
+            "..",
+            "sub/..",
+            "sub/on/x/y",
+            "\0",
+            "é/ü",
+            " ",
+            "sub/ name",
+            "0",
+        ] {
+            let _ = n.query(path);
+        }
+        assert!(n.get("sub/ name").is_none());
+    }
+
+    /// `hex` reaches integers at any depth, signed ones too, and leaves the rest alone.
+    #[test]
+    fn hex_is_deep() {
+        let n = Node::dir()
+            .field("list", &[1u8, 255])
+            .field("neg", &-31i32)
+            .field("name", "x")
+            .build()
+            .hex();
         assert_eq!(
-            j,
-            serde_json::json!({"count": 3, "id": "0x1f", "sub": {"on": true, "name": "x"}, "none": null})
+            n.to_json(),
+            serde_json::json!({"list": {"0": "0x1", "1": "0xff"}, "neg": "-0x1f", "name": "x"})
         );
-        let keys: Vec<&String> = j.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["count", "id", "sub", "none"]);
     }
 
-    /// Text output indents directories.
+    /// The builder's helpers and merge.
     #[test]
-    fn text_output() {
+    fn builder() {
+        let n = Node::dir()
+            .display("addr", &std::net::Ipv4Addr::LOCALHOST)
+            .merge("ignored", Node::dir().field("a", &1u8).build())
+            .merge("leaf", Node::str("v"))
+            .build();
         assert_eq!(
-            sample().to_text(),
-            "count: 3\nid: 0x1f\nsub:\n  on: true\n  name: x\nnone: -\n"
+            n.to_json(),
+            serde_json::json!({"addr": "127.0.0.1", "a": 1, "leaf": "v"})
         );
-    }
-
-    /// Hash maps print in key order.
-    #[test]
-    fn hashmap_is_sorted() {
-        let m: HashMap<u8, u8> = (0..20).map(|i| (i, i)).collect();
-        let Node::Dir(children) = m.inspect() else {
-            panic!()
-        };
-        let keys: Vec<String> = children.into_iter().map(|(k, _)| k).collect();
-        let mut sorted = keys.clone();
-        sorted.sort();
-        assert_eq!(keys, sorted);
+        assert_eq!(n.child("a"), Some(&1u8.inspect()));
+        assert_eq!(n.children().map(<[_]>::len), Some(3));
+        assert_eq!(n.as_value(), None);
+        assert_eq!(Node::none().as_value(), Some(&Value::None));
     }
 }

@@ -1,18 +1,16 @@
 //! `#[derive(Inspect)]` through the public re-export, every attribute exercised on a
-//! realistic nested structure.
+//! realistic nested structure: a bus with functions keyed by slot, counters, enum states and
+//! hex ids.
 
-use inspect::{Inspect, Node};
+use inspect::{Inspect, Node, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
 
-#[derive(Inspect)]
-enum State {
-    Announced,
-    Ejecting { since_ms: u64 },
-    Failed(String),
-}
-
-#[derive(Clone, Copy)]
+/// A PCI slot, shown through its `Display` form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Slot(u8);
 
 impl fmt::Display for Slot {
@@ -21,18 +19,45 @@ impl fmt::Display for Slot {
     }
 }
 
+#[derive(Debug)]
+enum Kind {
+    Nic,
+}
+
+/// Where a function is: unit variants by name, data variants as a directory.
+#[derive(Inspect)]
+enum State {
+    Announced,
+    Ejecting {
+        since: Duration,
+        #[inspect(hex)]
+        txid: u64,
+        #[inspect(skip)]
+        _waker: (),
+    },
+    Failed(#[inspect(rename = "reason")] String),
+}
+
 #[derive(Inspect)]
 struct Counters {
     relayed: u64,
     held: u64,
 }
 
+/// A newtype: transparent without being asked.
+#[derive(Inspect)]
+struct Generation(u32);
+
+/// Asked to be transparent, with hex on its field.
 #[derive(Inspect)]
 #[inspect(transparent)]
-struct Version(u32);
+struct InstanceId {
+    #[inspect(hex)]
+    raw: u64,
+}
 
-fn double(v: &u32) -> Node {
-    (v * 2).inspect()
+fn cache_size(c: &BTreeMap<u16, u32>) -> Node {
+    c.len().inspect()
 }
 
 #[derive(Inspect)]
@@ -41,54 +66,65 @@ struct Function {
     slot: Slot,
     #[inspect(hex, rename = "vendor")]
     vendor_id: u16,
+    #[inspect(hex)]
+    #[inspect(rename = "device")]
+    device_id: u16,
     state: State,
     #[inspect(debug)]
-    kind: Option<u8>,
-    #[inspect(with = "double")]
-    doubled: u32,
+    kind: Kind,
+    #[inspect(with = "cache_size")]
+    config: BTreeMap<u16, u32>,
+    #[inspect(hex)]
+    bars: Option<[u32; 2]>,
+    generation: Generation,
 }
 
 #[derive(Inspect)]
 struct Bus<T> {
-    #[inspect(hex)]
-    instance: u32,
-    version: Version,
-    functions: BTreeMap<u8, Function>,
+    instance: InstanceId,
+    functions: BTreeMap<Slot, Function>,
     #[inspect(flatten)]
     counters: Counters,
     extra: T,
     #[inspect(skip)]
     _secret: Vec<u8>,
+    r#type: &'static str,
 }
 
+/// A tuple struct of two fields names them by index.
 #[derive(Inspect)]
 struct Pair(u8, bool);
 
+fn function(slot: u8, state: State) -> Function {
+    Function {
+        slot: Slot(slot),
+        vendor_id: 0x1414,
+        device_id: 0xb5,
+        state,
+        kind: Kind::Nic,
+        config: BTreeMap::from([(0, 0x00b5_1414), (4, 0)]),
+        bars: (slot == 1).then_some([0xfe00_0000, 0]),
+        generation: Generation(3),
+    }
+}
+
 fn bus() -> Bus<Pair> {
     Bus {
-        instance: 0xab,
-        version: Version(0x10004),
+        instance: InstanceId { raw: 0xab },
         functions: BTreeMap::from([
+            (Slot(1), function(1, State::Announced)),
             (
-                1,
-                Function {
-                    slot: Slot(1),
-                    vendor_id: 0x1414,
-                    state: State::Announced,
-                    kind: Some(3),
-                    doubled: 21,
-                },
+                Slot(2),
+                function(
+                    2,
+                    State::Ejecting {
+                        since: Duration::from_millis(250),
+                        txid: 0x1f,
+                        _waker: (),
+                    },
+                ),
             ),
-            (
-                2,
-                Function {
-                    slot: Slot(2),
-                    vendor_id: 0x8086,
-                    state: State::Ejecting { since_ms: 5 },
-                    kind: None,
-                    doubled: 1,
-                },
-            ),
+            (Slot(0x10), function(0x10, State::Failed("timeout".into()))),
         ]),
         counters: Counters {
             relayed: 7,
@@ -96,51 +132,233 @@ fn bus() -> Bus<Pair> {
         },
         extra: Pair(9, true),
         _secret: vec![1, 2, 3],
+        r#type: "vpci",
     }
 }
 
-/// Every attribute and shape lands in the JSON as documented.
+/// Every attribute and shape lands in the JSON as documented, in declaration order.
 #[test]
 fn derive_json() {
     let json = bus().inspect().to_json();
+    let function = |slot: &str, state, bars| {
+        json!({
+            "slot": slot, "vendor": "0x1414", "device": "0xb5", "state": state, "kind": "Nic",
+            "config": 2, "bars": bars, "generation": 3
+        })
+    };
     assert_eq!(
         json,
-        serde_json::json!({
+        json!({
             "instance": "0xab",
-            "version": 65540,
             "functions": {
-                "1": {"slot": "01.0", "vendor": "0x1414", "state": "Announced", "kind": "Some(3)", "doubled": 42},
-                "2": {"slot": "02.0", "vendor": "0x8086", "state": {"state": "Ejecting", "since_ms": 5}, "kind": "None", "doubled": 2}
+                "01.0": function("01.0", json!("Announced"), json!({"0": "0xfe000000", "1": "0x0"})),
+                "02.0": function(
+                    "02.0",
+                    json!({"state": "Ejecting", "since": "250ms", "txid": "0x1f"}),
+                    json!(null),
+                ),
+                "10.0": function("10.0", json!({"state": "Failed", "reason": "timeout"}), json!(null)),
             },
             "relayed": 7,
             "held": 1,
-            "extra": {"0": 9, "1": true}
+            "extra": {"0": 9, "1": true},
+            "type": "vpci",
         })
+    );
+    let keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["instance", "functions", "relayed", "held", "extra", "type"]
     );
 }
 
-/// Paths reach into derived trees; tuple variants name their fields by index.
+/// Paths reach into derived trees; skipped fields are not there; a missing segment is named.
 #[test]
 fn derive_query() {
     let tree = bus().inspect();
     assert_eq!(
-        tree.query("functions/2/state/since_ms").unwrap().to_json(),
-        5
+        tree.query("functions/02.0/state/txid").unwrap(),
+        &Node::hex_value(0x1f)
     );
-    assert!(tree.query("_secret").is_err());
-    let failed = State::Failed("boom".into()).inspect();
-    assert_eq!(failed.query("0").unwrap().to_json(), "boom");
-    assert_eq!(failed.query("state").unwrap().to_json(), "Failed");
+    assert_eq!(
+        tree.get("/functions/10.0/state/reason"),
+        Some(&Node::str("timeout"))
+    );
+    assert_eq!(
+        tree.get("functions/01.0/state").and_then(Node::as_value),
+        Some(&Value::Str("Announced".into()))
+    );
+    assert!(tree.get("_secret").is_none());
+    assert!(tree.get("counters").is_none(), "flattened away");
+    let err = tree.query("functions/03.0/state").unwrap_err();
+    assert_eq!(
+        (err.parent.as_str(), err.missing.as_str()),
+        ("/functions", "03.0")
+    );
 }
 
-/// The text rendering of a derived tree.
+/// The text rendering of a derived tree, for a CLI.
 #[test]
 fn derive_text() {
-    let text = Counters {
-        relayed: 1,
-        held: 2,
+    let tree = bus().inspect();
+    assert_eq!(
+        tree.query("functions/02.0").unwrap().to_text(),
+        "\
+slot: 02.0
+vendor: 0x1414
+device: 0xb5
+state:
+  state: Ejecting
+  since: 250ms
+  txid: 0x1f
+kind: Nic
+config: 2
+bars: -
+generation: 3
+"
+    );
+}
+
+/// `rename_all`, variant `rename` and `tag` change how enums are named.
+#[test]
+fn enum_naming() {
+    #[derive(Inspect)]
+    #[inspect(rename_all = "snake_case", tag = "kind")]
+    enum Stage {
+        NotStarted,
+        #[inspect(rename = "in-flight")]
+        Pending,
+        TimedOut {
+            after_ms: u32,
+        },
     }
-    .inspect()
-    .to_text();
-    assert_eq!(text, "relayed: 1\nheld: 2\n");
+    assert_eq!(Stage::NotStarted.inspect().to_json(), json!("not_started"));
+    assert_eq!(Stage::Pending.inspect().to_json(), json!("in-flight"));
+    assert_eq!(
+        Stage::TimedOut { after_ms: 5 }.inspect().to_json(),
+        json!({"kind": "timed_out", "after_ms": 5})
+    );
+
+    #[derive(Inspect)]
+    #[inspect(rename_all = "lowercase")]
+    enum Link {
+        Up,
+        LostAt(#[inspect(hex)] u8, u8),
+    }
+    assert_eq!(Link::Up.inspect().to_json(), json!("up"));
+    assert_eq!(
+        Link::LostAt(16, 16).inspect().to_json(),
+        json!({"state": "lostat", "0": "0x10", "1": 16})
+    );
+}
+
+/// Flattening an enum with data merges its tag and fields; flattening a leaf keeps its name.
+#[test]
+fn flatten_shapes() {
+    #[derive(Inspect)]
+    struct Outer {
+        #[inspect(flatten)]
+        state: State,
+        #[inspect(flatten)]
+        leaf: u8,
+        #[inspect(flatten)]
+        list: Vec<u8>,
+    }
+    let o = Outer {
+        state: State::Failed("x".into()),
+        leaf: 4,
+        list: vec![7],
+    };
+    assert_eq!(
+        o.inspect().to_json(),
+        json!({"state": "Failed", "reason": "x", "leaf": 4, "0": 7})
+    );
+}
+
+/// Generic parameters get an `Inspect` bound; lifetimes and where clauses are kept.
+#[test]
+fn generics() {
+    #[derive(Inspect)]
+    struct Holder<'a, T, U: Copy, const N: usize>
+    where
+        T: Clone,
+    {
+        borrowed: &'a T,
+        array: [U; N],
+    }
+    #[derive(Inspect)]
+    enum Either<L, R> {
+        Left(L),
+        Right { value: R },
+    }
+    let x = String::from("s");
+    let h = Holder {
+        borrowed: &x,
+        array: [1u8, 2],
+    };
+    assert_eq!(
+        h.inspect().to_json(),
+        json!({"borrowed": "s", "array": {"0": 1, "1": 2}})
+    );
+    assert_eq!(
+        Either::<u8, bool>::Left(1).inspect().to_json(),
+        json!({"state": "Left", "0": 1})
+    );
+    assert_eq!(
+        Either::<u8, bool>::Right { value: true }
+            .inspect()
+            .to_json(),
+        json!({"state": "Right", "value": true})
+    );
+    // Every type parameter is bounded, even one used only by a skipped field.
+    #[derive(Inspect)]
+    struct Marked<T> {
+        id: u8,
+        #[inspect(skip)]
+        _marker: PhantomData<T>,
+    }
+    assert_eq!(
+        Marked::<u8> {
+            id: 1,
+            _marker: PhantomData
+        }
+        .inspect()
+        .to_json(),
+        json!({"id": 1})
+    );
+}
+
+/// Unit structs are empty directories; an enum with no variants still derives.
+#[test]
+fn degenerate_shapes() {
+    #[derive(Inspect)]
+    struct Unit;
+    #[derive(Inspect)]
+    #[allow(dead_code)]
+    enum Never {}
+    #[derive(Inspect)]
+    struct Empty {}
+    assert_eq!(Unit.inspect(), Node::Dir(vec![]));
+    assert_eq!(Empty {}.inspect().to_text(), "");
+    fn _never_inspects(n: &Never) -> Node {
+        n.inspect()
+    }
+    #[derive(Inspect)]
+    #[inspect(transparent)]
+    struct Skipping {
+        #[inspect(skip)]
+        _cache: Vec<u8>,
+        #[inspect(display)]
+        slot: Slot,
+    }
+    let s = Skipping {
+        _cache: vec![],
+        slot: Slot(3),
+    };
+    assert_eq!(s.inspect(), Node::str("03.0"));
 }

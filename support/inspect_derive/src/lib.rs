@@ -1,21 +1,27 @@
-//! The `#[derive(Inspect)]` macro for the `inspect` crate.
+//! The `#[derive(Inspect)]` macro for the `inspect` crate: it writes `inspect::Inspect` for a
+//! struct or enum from its shape and `#[inspect(...)]` attributes.
 //!
-//! Structs become directories of their fields; tuple structs name children `0`, `1`, ...;
-//! enums without data become their variant's name (as written); enums with data become a
-//! directory whose `state` child is the variant's name, followed by the variant's fields.
+//! Use it through `inspect` (`#[derive(inspect::Inspect)]`), whose crate documentation
+//! describes the generated trees. In short:
 //!
-//! Field attributes: `#[inspect(hex)]` (integers in hex), `#[inspect(skip)]`,
-//! `#[inspect(rename = "name")]`, `#[inspect(display)]` / `#[inspect(debug)]` (a string from
-//! `Display` / `Debug`), `#[inspect(flatten)]` (merge a child's directory into this one),
-//! `#[inspect(with = "path::to::fn")]` (a `fn(&T) -> inspect::Node`). Container attribute:
-//! `#[inspect(transparent)]` for a newtype that inspects as its one field.
+//! - structs become directories of their fields; unit structs empty directories;
+//! - tuple structs name children `0`, `1`, ...; a tuple struct of one field is transparent;
+//! - a variant without data is its name as written (or per `rename_all` / `rename`);
+//! - a variant with data is a directory whose `state` child (or the `tag = "..."` name) is
+//!   the variant's name, followed by its fields.
+//!
+//! Field attributes: `hex`, `skip`, `rename = "name"`, `display`, `debug`, `flatten`,
+//! `with = "path::to::fn"` (a `fn(&T) -> inspect::Node`). Variant attribute: `rename`.
+//! Container attributes: `transparent` (structs), `tag = "name"` and `rename_all =
+//! "snake_case" | "lowercase"` (enums). Unknown or conflicting attributes and unions are
+//! compile errors pointing at the offending tokens.
 
 #![forbid(unsafe_code)]
 
-use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Fields, parse_macro_input};
+use syn::{Attribute, Data, DeriveInput, Fields, parse_macro_input};
 
 /// Derives `inspect::Inspect`; see the crate documentation for the attributes.
 #[proc_macro_derive(Inspect, attributes(inspect))]
@@ -26,102 +32,334 @@ pub fn derive_inspect(input: proc_macro::TokenStream) -> proc_macro::TokenStream
         .into()
 }
 
-#[derive(Default)]
-struct FieldAttrs {
-    hex: bool,
-    skip: bool,
-    rename: Option<String>,
-    display: bool,
-    debug: bool,
-    flatten: bool,
-    with: Option<syn::Path>,
+/// How a field's value becomes a node.
+enum Render {
+    Inspect,
+    Display,
+    Debug,
+    With(syn::Path),
 }
 
-fn field_attrs(attrs: &[syn::Attribute]) -> syn::Result<FieldAttrs> {
-    let mut out = FieldAttrs::default();
+struct FieldAttrs {
+    hex: Option<Span>,
+    skip: Option<Span>,
+    rename: Option<(String, Span)>,
+    flatten: Option<Span>,
+    render: Render,
+}
+
+fn set_flag(slot: &mut Option<Span>, meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(meta.error("duplicate inspect attribute"));
+    }
+    *slot = Some(meta.path.span());
+    Ok(())
+}
+
+fn field_attrs(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
+    let mut out = FieldAttrs {
+        hex: None,
+        skip: None,
+        rename: None,
+        flatten: None,
+        render: Render::Inspect,
+    };
     for attr in attrs.iter().filter(|a| a.path().is_ident("inspect")) {
         attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("hex") {
-                out.hex = true;
-            } else if meta.path.is_ident("skip") {
-                out.skip = true;
-            } else if meta.path.is_ident("display") {
-                out.display = true;
+            let mut render = |r: Render| {
+                if !matches!(out.render, Render::Inspect) {
+                    return Err(meta.error("only one of display, debug and with may be given"));
+                }
+                out.render = r;
+                Ok(())
+            };
+            if meta.path.is_ident("display") {
+                render(Render::Display)
             } else if meta.path.is_ident("debug") {
-                out.debug = true;
-            } else if meta.path.is_ident("flatten") {
-                out.flatten = true;
-            } else if meta.path.is_ident("rename") {
-                let s: syn::LitStr = meta.value()?.parse()?;
-                out.rename = Some(s.value());
+                render(Render::Debug)
             } else if meta.path.is_ident("with") {
                 let s: syn::LitStr = meta.value()?.parse()?;
-                out.with = Some(s.parse()?);
+                render(Render::With(s.parse()?))
+            } else if meta.path.is_ident("hex") {
+                set_flag(&mut out.hex, &meta)
+            } else if meta.path.is_ident("skip") {
+                set_flag(&mut out.skip, &meta)
+            } else if meta.path.is_ident("flatten") {
+                set_flag(&mut out.flatten, &meta)
+            } else if meta.path.is_ident("rename") {
+                if out.rename.is_some() {
+                    return Err(meta.error("duplicate inspect attribute"));
+                }
+                let s: syn::LitStr = meta.value()?.parse()?;
+                out.rename = Some((s.value(), s.span()));
+                Ok(())
             } else {
-                return Err(meta.error(
-                    "unknown inspect attribute (expected hex, skip, rename, display, debug, flatten or with)",
-                ));
+                Err(meta.error(
+                    "unknown inspect attribute (expected hex, skip, rename, display, debug, \
+                     flatten or with)",
+                ))
             }
-            Ok(())
+        })?;
+    }
+    if let Some(span) = out.hex {
+        if matches!(out.render, Render::Display | Render::Debug) {
+            return Err(syn::Error::new(
+                span,
+                "hex applies to integers, not to a display or debug string",
+            ));
+        }
+    }
+    if let (Some(span), Some(_)) = (out.flatten, &out.rename) {
+        return Err(syn::Error::new(
+            span,
+            "a flattened field has no name of its own to rename",
+        ));
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+enum RenameAll {
+    AsWritten,
+    Snake,
+    Lower,
+}
+
+struct ContainerAttrs {
+    transparent: Option<Span>,
+    tag: Option<String>,
+    rename_all: RenameAll,
+    /// Where `tag` or `rename_all` was given, for the error on a struct.
+    enum_only: Option<Span>,
+}
+
+fn container_attrs(attrs: &[Attribute]) -> syn::Result<ContainerAttrs> {
+    let mut out = ContainerAttrs {
+        transparent: None,
+        tag: None,
+        rename_all: RenameAll::AsWritten,
+        enum_only: None,
+    };
+    for attr in attrs.iter().filter(|a| a.path().is_ident("inspect")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("transparent") {
+                set_flag(&mut out.transparent, &meta)
+            } else if meta.path.is_ident("tag") {
+                let s: syn::LitStr = meta.value()?.parse()?;
+                out.tag = Some(s.value());
+                out.enum_only = Some(meta.path.span());
+                Ok(())
+            } else if meta.path.is_ident("rename_all") {
+                let s: syn::LitStr = meta.value()?.parse()?;
+                out.rename_all = match s.value().as_str() {
+                    "snake_case" => RenameAll::Snake,
+                    "lowercase" => RenameAll::Lower,
+                    _ => {
+                        return Err(syn::Error::new(
+                            s.span(),
+                            "expected rename_all = \"snake_case\" or \"lowercase\"",
+                        ));
+                    }
+                };
+                out.enum_only = Some(meta.path.span());
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "unknown inspect container attribute (expected transparent, tag or \
+                     rename_all)",
+                ))
+            }
         })?;
     }
     Ok(out)
 }
 
-fn container_transparent(attrs: &[syn::Attribute]) -> syn::Result<bool> {
-    let mut transparent = false;
+/// A variant's attributes: only `rename`.
+fn variant_rename(attrs: &[Attribute]) -> syn::Result<Option<String>> {
+    let mut rename = None;
     for attr in attrs.iter().filter(|a| a.path().is_ident("inspect")) {
         attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("transparent") {
-                transparent = true;
+            if meta.path.is_ident("rename") {
+                let s: syn::LitStr = meta.value()?.parse()?;
+                rename = Some(s.value());
                 Ok(())
             } else {
-                Err(meta.error("unknown inspect container attribute (expected transparent)"))
+                Err(meta.error("unknown inspect variant attribute (expected rename)"))
             }
         })?;
     }
-    Ok(transparent)
+    Ok(rename)
 }
 
-/// The expression for one field's node, given an expression referring to the field.
-fn field_node(attrs: &FieldAttrs, access: &TokenStream) -> TokenStream {
-    let base = if let Some(with) = &attrs.with {
-        quote!(#with(#access))
-    } else if attrs.display {
-        quote!(::inspect::Node::display(#access))
-    } else if attrs.debug {
-        quote!(::inspect::Node::debug(#access))
-    } else {
-        quote!(::inspect::Inspect::inspect(#access))
+fn snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_uppercase() {
+            let prev = i.checked_sub(1).and_then(|p| chars.get(p));
+            let next = chars.get(i + 1);
+            // A word starts after a lower-case letter or digit, or at the last capital of an
+            // acronym followed by a lower-case letter (`HTTPServer` -> `http_server`).
+            let starts_word = prev.is_some_and(|p| p.is_lowercase() || p.is_ascii_digit())
+                || (prev.is_some_and(|p| p.is_uppercase())
+                    && next.is_some_and(|n| n.is_lowercase()));
+            if starts_word {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The expression for one field's node, given an expression of type `&T` for the field. A
+/// missing `Inspect` impl is reported at the field's type.
+fn field_node(attrs: &FieldAttrs, field: &syn::Field, access: &TokenStream) -> TokenStream {
+    let base = match &attrs.render {
+        Render::Inspect => {
+            quote_spanned!(field.ty.span()=> ::inspect::Inspect::inspect(#access))
+        }
+        Render::Display => quote!(::inspect::Node::display(#access)),
+        Render::Debug => quote!(::inspect::Node::debug(#access)),
+        Render::With(with) => quote!(#with(#access)),
     };
-    if attrs.hex { quote!(#base.hex()) } else { base }
+    if attrs.hex.is_some() {
+        quote!(#base.hex())
+    } else {
+        base
+    }
 }
 
-/// Builder calls adding `fields`, each reached through `access(index, ident)`.
+fn field_name(f: &syn::Field, index: usize) -> String {
+    f.ident.as_ref().map_or_else(
+        || index.to_string(),
+        |id| id.to_string().trim_start_matches("r#").to_owned(),
+    )
+}
+
+/// Builder calls adding `fields`, each reached through `access(index, field)`.
 fn fields_to_builder(
     fields: &Fields,
-    access: impl Fn(usize, Option<&syn::Ident>) -> TokenStream,
+    access: impl Fn(usize, &syn::Field) -> TokenStream,
 ) -> syn::Result<TokenStream> {
     let mut calls = TokenStream::new();
     for (i, f) in fields.iter().enumerate() {
         let attrs = field_attrs(&f.attrs)?;
-        if attrs.skip {
+        if attrs.skip.is_some() {
             continue;
         }
-        let name = attrs.rename.clone().unwrap_or_else(|| {
-            f.ident.as_ref().map_or_else(
-                || i.to_string(),
-                |id| id.to_string().trim_start_matches("r#").to_owned(),
-            )
-        });
-        let node = field_node(&attrs, &access(i, f.ident.as_ref()));
-        calls.extend(if attrs.flatten {
+        let name = attrs
+            .rename
+            .as_ref()
+            .map_or_else(|| field_name(f, i), |(n, _)| n.clone());
+        let node = field_node(&attrs, f, &access(i, f));
+        calls.extend(if attrs.flatten.is_some() {
             quote!(.merge(#name, #node))
         } else {
             quote!(.child(#name, #node))
         });
     }
     Ok(calls)
+}
+
+fn struct_body(
+    input: &DeriveInput,
+    fields: &Fields,
+    container: &ContainerAttrs,
+) -> syn::Result<TokenStream> {
+    if let Some(span) = container.enum_only {
+        return Err(syn::Error::new(span, "tag and rename_all apply to enums"));
+    }
+    let access = |i: usize, f: &syn::Field| match &f.ident {
+        Some(id) => quote!(&self.#id),
+        None => {
+            let idx = syn::Index::from(i);
+            quote!(&self.#idx)
+        }
+    };
+    let newtype = matches!(fields, Fields::Unnamed(u) if u.unnamed.len() == 1);
+    if container.transparent.is_some() || newtype {
+        let mut present = Vec::new();
+        for (i, f) in fields.iter().enumerate() {
+            let attrs = field_attrs(&f.attrs)?;
+            if attrs.skip.is_none() {
+                present.push((i, f, attrs));
+            }
+        }
+        let [(i, f, attrs)] = present.as_slice() else {
+            return Err(syn::Error::new(
+                container.transparent.unwrap_or_else(|| input.ident.span()),
+                "#[inspect(transparent)] needs exactly one field that is not skipped",
+            ));
+        };
+        if let Some((_, span)) = &attrs.rename {
+            return Err(syn::Error::new(
+                *span,
+                "the field of a transparent struct has no name to rename",
+            ));
+        }
+        if let Some(span) = attrs.flatten {
+            return Err(syn::Error::new(
+                span,
+                "the field of a transparent struct cannot be flattened",
+            ));
+        }
+        return Ok(field_node(attrs, f, &access(*i, f)));
+    }
+    let calls = fields_to_builder(fields, access)?;
+    Ok(quote!(::inspect::Node::dir() #calls .build()))
+}
+
+fn enum_body(e: &syn::DataEnum, container: &ContainerAttrs) -> syn::Result<TokenStream> {
+    if let Some(span) = container.transparent {
+        return Err(syn::Error::new(
+            span,
+            "#[inspect(transparent)] applies to structs",
+        ));
+    }
+    let tag = container.tag.as_deref().unwrap_or("state");
+    let mut arms = TokenStream::new();
+    for v in &e.variants {
+        let vname = &v.ident;
+        let written = vname.to_string();
+        let written = written.trim_start_matches("r#");
+        let label = match variant_rename(&v.attrs)? {
+            Some(name) => name,
+            None => match container.rename_all {
+                RenameAll::AsWritten => written.to_owned(),
+                RenameAll::Snake => snake_case(written),
+                RenameAll::Lower => written.to_lowercase(),
+            },
+        };
+        let binding = |i: usize| format_ident!("__inspect_field_{i}");
+        let calls = fields_to_builder(&v.fields, |i, _| {
+            let id = binding(i);
+            quote!(#id)
+        })?;
+        let dir = quote!(::inspect::Node::dir().child(#tag, ::inspect::Node::str(#label)) #calls .build());
+        arms.extend(match &v.fields {
+            Fields::Unit => quote!(Self::#vname => ::inspect::Node::str(#label),),
+            Fields::Named(named) => {
+                let pats = named.named.iter().enumerate().map(|(i, f)| {
+                    let id = &f.ident;
+                    let b = binding(i);
+                    quote!(#id: #b)
+                });
+                quote!(Self::#vname { #(#pats),* } => #dir,)
+            }
+            Fields::Unnamed(unnamed) => {
+                let ids = (0..unnamed.unnamed.len()).map(binding);
+                quote!(Self::#vname ( #(#ids),* ) => #dir,)
+            }
+        });
+    }
+    if e.variants.is_empty() {
+        // `match self {}` is refused on a reference to an empty enum.
+        return Ok(quote!(match *self {}));
+    }
+    Ok(quote!(match self { #arms }))
 }
 
 fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
@@ -131,76 +369,19 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         param.bounds.push(syn::parse_quote!(::inspect::Inspect));
     }
     let (impl_g, ty_g, where_g) = generics.split_for_impl();
-    let transparent = container_transparent(&input.attrs)?;
+    let container = container_attrs(&input.attrs)?;
     let body = match &input.data {
-        Data::Struct(s) => {
-            if transparent {
-                if s.fields.len() != 1 {
-                    return Err(syn::Error::new(
-                        input.span(),
-                        "#[inspect(transparent)] needs exactly one field",
-                    ));
-                }
-                let access = match s.fields.iter().next().and_then(|f| f.ident.clone()) {
-                    Some(id) => quote!(&self.#id),
-                    None => quote!(&self.0),
-                };
-                quote!(::inspect::Inspect::inspect(#access))
-            } else {
-                let calls = fields_to_builder(&s.fields, |i, id| match id {
-                    Some(id) => quote!(&self.#id),
-                    None => {
-                        let idx = syn::Index::from(i);
-                        quote!(&self.#idx)
-                    }
-                })?;
-                quote!(::inspect::Node::dir() #calls .build())
-            }
-        }
-        Data::Enum(e) => {
-            if transparent {
-                return Err(syn::Error::new(
-                    input.span(),
-                    "#[inspect(transparent)] applies to structs",
-                ));
-            }
-            let mut arms = TokenStream::new();
-            for v in &e.variants {
-                let vname = &v.ident;
-                let label = vname.to_string();
-                let arm = match &v.fields {
-                    Fields::Unit => quote!(Self::#vname => ::inspect::Node::str(#label),),
-                    Fields::Named(named) => {
-                        let ids: Vec<_> =
-                            named.named.iter().filter_map(|f| f.ident.clone()).collect();
-                        let calls = fields_to_builder(&v.fields, |_, id| quote!(#id))?;
-                        quote!(Self::#vname { #(#ids),* } => ::inspect::Node::dir()
-                            .child("state", ::inspect::Node::str(#label)) #calls .build(),)
-                    }
-                    Fields::Unnamed(unnamed) => {
-                        let ids: Vec<_> = (0..unnamed.unnamed.len())
-                            .map(|i| format_ident!("f{i}"))
-                            .collect();
-                        let calls = fields_to_builder(&v.fields, |i, _| {
-                            let id = format_ident!("f{i}");
-                            quote!(#id)
-                        })?;
-                        quote!(Self::#vname ( #(#ids),* ) => ::inspect::Node::dir()
-                            .child("state", ::inspect::Node::str(#label)) #calls .build(),)
-                    }
-                };
-                arms.extend(arm);
-            }
-            quote!(match self { #arms })
-        }
-        Data::Union(_) => {
+        Data::Struct(s) => struct_body(input, &s.fields, &container)?,
+        Data::Enum(e) => enum_body(e, &container)?,
+        Data::Union(u) => {
             return Err(syn::Error::new(
-                input.span(),
+                u.union_token.span(),
                 "#[derive(Inspect)] does not support unions",
             ));
         }
     };
     Ok(quote! {
+        #[automatically_derived]
         impl #impl_g ::inspect::Inspect for #name #ty_g #where_g {
             #[allow(unused_variables)]
             fn inspect(&self) -> ::inspect::Node {
@@ -208,4 +389,20 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snake_case;
+
+    /// Variant names convert to snake case at case changes, keeping acronyms together.
+    #[test]
+    fn snake() {
+        assert_eq!(snake_case("NotStarted"), "not_started");
+        assert_eq!(snake_case("Done"), "done");
+        assert_eq!(snake_case("D3Hot"), "d3_hot");
+        assert_eq!(snake_case("HTTPServer"), "http_server");
+        assert_eq!(snake_case("IO"), "io");
+        assert_eq!(snake_case("already_snake"), "already_snake");
+    }
 }
