@@ -113,24 +113,31 @@ pub trait SharedMem: Send + Sync {
 macro_rules! forward_shared_mem {
     ($($ty:ty),*) => {$(
         impl<T: SharedMem + ?Sized> SharedMem for $ty {
+            #[inline]
             fn len(&self) -> usize {
                 (**self).len()
             }
+            #[inline]
             fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), MemError> {
                 (**self).read_at(offset, buf)
             }
+            #[inline]
             fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), MemError> {
                 (**self).write_at(offset, data)
             }
+            #[inline]
             fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
                 (**self).load_u32(offset)
             }
+            #[inline]
             fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
                 (**self).store_u32(offset, value)
             }
+            #[inline]
             fn load_u64(&self, offset: usize) -> Result<u64, MemError> {
                 (**self).load_u64(offset)
             }
+            #[inline]
             fn store_u64(&self, offset: usize, value: u64) -> Result<(), MemError> {
                 (**self).store_u64(offset, value)
             }
@@ -177,6 +184,7 @@ impl Raw {
     }
 
     /// Checks that `offset..offset + len` is within the region.
+    #[inline]
     fn check(&self, offset: usize, len: usize) -> Result<(), MemError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
@@ -189,6 +197,7 @@ impl Raw {
     }
 
     /// Every word of the region, the last one possibly extending past `len`.
+    #[inline]
     fn words(&self) -> &[AtomicU64] {
         // SAFETY: by the type invariant, `base` is 8-aligned and the `len.div_ceil(8)` words
         // there are valid for the life of `self` and only ever accessed atomically, so shared
@@ -198,6 +207,7 @@ impl Raw {
     }
 
     /// The 4-byte word at `offset` as an atomic; `offset` must be 4-aligned.
+    #[inline]
     fn word32(&self, offset: usize) -> Result<&AtomicU32, MemError> {
         self.check(offset, 4)?;
         if offset % 4 != 0 {
@@ -210,6 +220,7 @@ impl Raw {
     }
 
     /// The 8-byte word at `offset` as an atomic; `offset` must be 8-aligned.
+    #[inline]
     fn word64(&self, offset: usize) -> Result<&AtomicU64, MemError> {
         self.check(offset, 8)?;
         if offset % 8 != 0 {
@@ -225,6 +236,7 @@ impl Raw {
     /// Splits the checked range `offset..offset + len` into (head word, first byte in it,
     /// byte count), the whole words, and (tail word, byte count); partial words are `None`
     /// when the range starts or ends on a word boundary.
+    #[inline]
     fn split(&self, offset: usize, len: usize) -> Result<Split<'_>, MemError> {
         self.check(offset, len)?;
         let words = self.words();
@@ -250,6 +262,7 @@ impl Raw {
         Ok((head, middle, tail))
     }
 
+    #[inline]
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), MemError> {
         let (head, middle, tail) = self.split(offset, buf.len())?;
         let mut buf = buf;
@@ -270,6 +283,7 @@ impl Raw {
         Ok(())
     }
 
+    #[inline]
     fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), MemError> {
         let (head, middle, tail) = self.split(offset, data.len())?;
         let mut data = data;
@@ -293,6 +307,7 @@ impl Raw {
 
 /// Stores `src` into bytes `at..at + src.len()` of `word` (at most 8 bytes in all), leaving the
 /// other bytes as they are, with two atomic read-modify-writes and no loop.
+#[inline]
 fn store_bytes(word: &AtomicU64, at: usize, src: &[u8]) {
     let mut mask = [0u8; 8];
     let mut value = [0u8; 8];
@@ -316,25 +331,32 @@ type Split<'a> = (
 macro_rules! impl_shared_mem_for_raw {
     ($ty:ty) => {
         impl SharedMem for $ty {
+            #[inline]
             fn len(&self) -> usize {
                 self.raw.len
             }
+            #[inline]
             fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), MemError> {
                 self.raw.read_at(offset, buf)
             }
+            #[inline]
             fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), MemError> {
                 self.raw.write_at(offset, data)
             }
+            #[inline]
             fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
                 Ok(self.raw.word32(offset)?.load(Ordering::Acquire))
             }
+            #[inline]
             fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
                 self.raw.word32(offset)?.store(value, Ordering::Release);
                 Ok(())
             }
+            #[inline]
             fn load_u64(&self, offset: usize) -> Result<u64, MemError> {
                 Ok(self.raw.word64(offset)?.load(Ordering::Acquire))
             }
+            #[inline]
             fn store_u64(&self, offset: usize, value: u64) -> Result<(), MemError> {
                 self.raw.word64(offset)?.store(value, Ordering::Release);
                 Ok(())

@@ -153,7 +153,9 @@ impl<M: SharedMem> Ring<M> {
         let first = buf.len().min(self.data_size().saturating_sub(pos as usize));
         let (a, b) = buf.split_at_mut(first);
         self.mem.read_at(CONTROL_PAGE_SIZE + pos as usize, a)?;
-        self.mem.read_at(CONTROL_PAGE_SIZE, b)?;
+        if !b.is_empty() {
+            self.mem.read_at(CONTROL_PAGE_SIZE, b)?;
+        }
         Ok(())
     }
 
@@ -164,7 +166,9 @@ impl<M: SharedMem> Ring<M> {
             .min(self.data_size().saturating_sub(pos as usize));
         let (a, b) = data.split_at(first);
         self.mem.write_at(CONTROL_PAGE_SIZE + pos as usize, a)?;
-        self.mem.write_at(CONTROL_PAGE_SIZE, b)?;
+        if !b.is_empty() {
+            self.mem.write_at(CONTROL_PAGE_SIZE, b)?;
+        }
         Ok(())
     }
 

@@ -100,22 +100,26 @@ pub struct PacketHeader {
 
 impl PacketHeader {
     /// Byte offset of the payload from the packet's start.
+    #[inline]
     pub fn data_offset(&self) -> usize {
         usize::from(self.offset8) * PACKET_ALIGN
     }
 
     /// The packet's length in bytes, descriptor and padding included, trailer excluded.
+    #[inline]
     pub fn packet_len(&self) -> usize {
         usize::from(self.len8) * PACKET_ALIGN
     }
 
     /// The payload's length in bytes. VMBus does not record the unpadded length, so this
     /// includes up to 7 bytes of padding; protocols above know their own message sizes.
+    #[inline]
     pub fn payload_len(&self) -> usize {
         self.packet_len() - self.data_offset()
     }
 
     /// Whether the sender asked for a completion.
+    #[inline]
     pub fn completion_requested(&self) -> bool {
         self.meta.flags & FLAG_COMPLETION_REQUESTED != 0
     }
@@ -159,6 +163,7 @@ pub enum PacketError {
 
 /// Parses and validates the descriptor at the start of `bytes`, where `bytes` holds all
 /// the bytes available to this packet (the packet must fit in them).
+#[inline]
 pub fn parse_descriptor(bytes: &[u8]) -> Result<PacketHeader, PacketError> {
     parse_descriptor_with_available(bytes, bytes.len())
 }
@@ -166,6 +171,7 @@ pub fn parse_descriptor(bytes: &[u8]) -> Result<PacketHeader, PacketError> {
 /// Parses the descriptor at the start of `bytes` for a packet that may span `available`
 /// bytes (which may be more than `bytes` holds: the reader parses its 16-byte copy of the
 /// descriptor against the bytes the writer published).
+#[inline]
 pub(crate) fn parse_descriptor_with_available(
     bytes: &[u8],
     available: usize,
@@ -206,6 +212,7 @@ pub(crate) fn parse_descriptor_with_available(
 /// header and payload. The payload runs from the data offset to `len8 * 8` and includes
 /// the padding; bytes past `len8 * 8` are ignored; bytes between the descriptor and the
 /// data offset (GPA ranges, for example) are at `&bytes[16..header.data_offset()]`.
+#[inline]
 pub fn split_packet(bytes: &[u8]) -> Result<(PacketHeader, &[u8]), PacketError> {
     let header = parse_descriptor(bytes)?;
     let payload =
@@ -220,6 +227,7 @@ pub fn split_packet(bytes: &[u8]) -> Result<(PacketHeader, &[u8]), PacketError> 
 
 /// The framed length (descriptor plus payload padded to 8, trailer excluded) of a packet with
 /// a `payload_len`-byte payload, or `None` if no descriptor can describe it.
+#[inline]
 pub fn framed_len(payload_len: usize) -> Option<usize> {
     let len = DESCRIPTOR_SIZE
         .checked_add(payload_len)?
@@ -229,6 +237,7 @@ pub fn framed_len(payload_len: usize) -> Option<usize> {
 
 /// The descriptor for a packet with `meta` and a `payload_len`-byte payload right after the
 /// descriptor, or `None` if the payload is too large for a descriptor.
+#[inline]
 pub fn encode_descriptor(meta: &PacketMeta, payload_len: usize) -> Option<PacketDescriptor> {
     let len8 = u16::try_from(framed_len(payload_len)? / PACKET_ALIGN).ok()?;
     Some(PacketDescriptor {

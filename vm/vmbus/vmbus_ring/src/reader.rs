@@ -16,6 +16,9 @@ use shared_mem::SharedMem;
 use std::sync::atomic::Ordering;
 use std::sync::atomic::fence;
 
+/// How many bytes `peek` fetches at once before it knows the packet's length.
+const PREFIX_SIZE: usize = 128;
+
 /// A packet copied out of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacketInfo {
@@ -145,11 +148,16 @@ impl<M: SharedMem> RingReader<M> {
                 available,
             });
         }
-        let mut desc = [0u8; DESCRIPTOR_SIZE];
-        self.ring.read_data(start, &mut desc)?;
-        // Validate our one copy of the descriptor; the packet and its trailer must fit in what
-        // the writer published.
-        let header = parse_descriptor_with_available(&desc, available as usize - TRAILER_SIZE)
+        // Fetch a prefix of the published bytes once: the descriptor is parsed from this copy
+        // and the same copy lands in `buf`, so what we validated is what the caller gets.
+        // Small packets (and their trailers) are entirely in the prefix: one copy in all.
+        let mut prefix = [0u8; PREFIX_SIZE];
+        let prefix = prefix
+            .get_mut(..PREFIX_SIZE.min(available as usize))
+            .unwrap_or_default();
+        self.ring.read_data(start, prefix)?;
+        // The packet and its trailer must fit in what the writer published.
+        let header = parse_descriptor_with_available(prefix, available as usize - TRAILER_SIZE)
             .map_err(|error| RingError::BadPacket {
                 offset: start,
                 error,
@@ -162,13 +170,20 @@ impl<M: SharedMem> RingReader<M> {
                 capacity: buf.len(),
             });
         };
-        let (out_desc, out_rest) = out.split_at_mut(DESCRIPTOR_SIZE);
-        out_desc.copy_from_slice(&desc);
-        self.ring
-            .read_data(self.ring.advance(start, DESCRIPTOR_SIZE), out_rest)?;
+        let from_prefix = len.min(prefix.len());
+        let (out_head, out_rest) = out.split_at_mut(from_prefix);
+        out_head.copy_from_slice(prefix.get(..from_prefix).unwrap_or_default());
+        if !out_rest.is_empty() {
+            self.ring
+                .read_data(self.ring.advance(start, from_prefix), out_rest)?;
+        }
         let mut trailer = [0u8; TRAILER_SIZE];
-        self.ring
-            .read_data(self.ring.advance(start, len), &mut trailer)?;
+        match prefix.get(len..len + TRAILER_SIZE) {
+            Some(t) => trailer.copy_from_slice(t),
+            None => self
+                .ring
+                .read_data(self.ring.advance(start, len), &mut trailer)?,
+        }
         let trailer = u64::from_le_bytes(trailer);
         if self.check_trailer && (trailer >> 32) as u32 != start {
             return Err(RingError::BadTrailer {
