@@ -440,3 +440,57 @@ mod tests {
         assert_eq!(Node::none().as_value(), Some(&Value::None));
     }
 }
+
+/// More misuses of the derive that must not compile (the crate page shows the common ones).
+///
+/// `hex` on a string rendering:
+/// ```compile_fail
+/// #[derive(inspect::Inspect)]
+/// struct S { #[inspect(hex, display)] id: u32 }
+/// ```
+/// An attribute given twice:
+/// ```compile_fail
+/// #[derive(inspect::Inspect)]
+/// struct S { #[inspect(skip, skip)] id: u32 }
+/// ```
+/// A renamed flattened field:
+/// ```compile_fail
+/// #[derive(inspect::Inspect)]
+/// struct S { #[inspect(flatten, rename = "x")] id: u32 }
+/// ```
+/// Enum attributes on a struct, `transparent` on an enum, unknown variant attributes and
+/// unknown `rename_all` styles:
+/// ```compile_fail
+/// #[derive(inspect::Inspect)]
+/// #[inspect(tag = "kind")]
+/// struct S { id: u32 }
+/// ```
+/// ```compile_fail
+/// #[derive(inspect::Inspect)]
+/// #[inspect(transparent)]
+/// enum E { A }
+/// ```
+/// ```compile_fail
+/// #[derive(inspect::Inspect)]
+/// enum E { #[inspect(hex)] A }
+/// ```
+/// ```compile_fail
+/// #[derive(inspect::Inspect)]
+/// #[inspect(rename_all = "camelCase")]
+/// enum E { A }
+/// ```
+/// A field whose type does not implement `Inspect`:
+/// ```compile_fail
+/// #[derive(inspect::Inspect)]
+/// struct S { id: std::cell::Cell<u8> }
+/// ```
+/// The same shapes, well formed, compile:
+/// ```
+/// fn double(v: &u32) -> inspect::Node { inspect::Inspect::inspect(&(u64::from(*v) * 2)) }
+///
+/// #[derive(inspect::Inspect)]
+/// #[inspect(tag = "kind", rename_all = "snake_case")]
+/// enum E { #[inspect(rename = "a")] A, B { #[inspect(hex, with = "double")] id: u32 } }
+/// ```
+#[cfg(doctest)]
+mod compile_errors {}

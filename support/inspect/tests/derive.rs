@@ -362,3 +362,29 @@ fn degenerate_shapes() {
     };
     assert_eq!(s.inspect(), Node::str("03.0"));
 }
+
+/// `with` and `hex` combine: the function's node, in hex; `debug` shows the `Debug` form.
+#[test]
+fn with_and_hex() {
+    fn double(v: &u32) -> Node {
+        (u64::from(*v) * 2).inspect()
+    }
+    #[derive(Inspect)]
+    struct Regs {
+        #[inspect(with = "double", hex)]
+        bar: u32,
+        #[inspect(debug)]
+        pending: Option<u8>,
+        #[inspect(with = "double")]
+        plain: u32,
+    }
+    let r = Regs {
+        bar: 0x80,
+        pending: None,
+        plain: 4,
+    };
+    assert_eq!(
+        r.inspect().to_json(),
+        json!({"bar": "0x100", "pending": "None", "plain": 8})
+    );
+}
