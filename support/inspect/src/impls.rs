@@ -1,6 +1,6 @@
 //! `Inspect` for standard types.
 
-use crate::{Inspect, Node, Value};
+use crate::{Inspect, Node, Value, descend};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Display;
@@ -131,6 +131,14 @@ impl Inspect for Node {
     fn inspect(&self) -> Node {
         self.clone()
     }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        let mut node = self;
+        for segment in segments {
+            node = node.child(segment)?;
+        }
+        Some(node.clone())
+    }
 }
 
 impl<T: Inspect> Inspect for Option<T> {
@@ -138,6 +146,13 @@ impl<T: Inspect> Inspect for Option<T> {
         match self {
             Some(v) => v.inspect(),
             None => Node::none(),
+        }
+    }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        match self {
+            Some(v) => v.inspect_at(segments),
+            None => descend(Node::none(), segments),
         }
     }
 }
@@ -151,9 +166,28 @@ fn list<'a, T: Inspect + 'a>(items: impl Iterator<Item = &'a T>) -> Node {
     )
 }
 
+/// The element at index `segments[0]`, written as `list` writes it (no sign, no leading zero).
+fn list_at<'a, T: Inspect + 'a>(
+    mut items: impl Iterator<Item = &'a T>,
+    segments: &[&str],
+) -> Option<Node> {
+    let Some((first, rest)) = segments.split_first() else {
+        return Some(list(items));
+    };
+    let index: usize = first.parse().ok()?;
+    if index.to_string() != *first {
+        return None;
+    }
+    items.nth(index)?.inspect_at(rest)
+}
+
 impl<T: Inspect> Inspect for [T] {
     fn inspect(&self) -> Node {
         list(self.iter())
+    }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        list_at(self.iter(), segments)
     }
 }
 
@@ -161,17 +195,29 @@ impl<T: Inspect, const N: usize> Inspect for [T; N] {
     fn inspect(&self) -> Node {
         list(self.iter())
     }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        list_at(self.iter(), segments)
+    }
 }
 
 impl<T: Inspect> Inspect for Vec<T> {
     fn inspect(&self) -> Node {
         list(self.iter())
     }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        list_at(self.iter(), segments)
+    }
 }
 
 impl<T: Inspect> Inspect for VecDeque<T> {
     fn inspect(&self) -> Node {
         list(self.iter())
+    }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        list_at(self.iter(), segments)
     }
 }
 
@@ -198,6 +244,15 @@ impl<K: Display, V: Inspect> Inspect for BTreeMap<K, V> {
                 .collect(),
         )
     }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        let Some((first, rest)) = segments.split_first() else {
+            return Some(self.inspect());
+        };
+        // The first key of that name, as a query of the whole tree finds.
+        let (_, v) = self.iter().find(|(k, _)| k.to_string() == *first)?;
+        v.inspect_at(rest)
+    }
 }
 
 /// Keys whose text is an integer come first in numeric order, then the others in text order.
@@ -214,11 +269,28 @@ impl<K: Display, V: Inspect, S> Inspect for HashMap<K, V, S> {
         });
         Node::Dir(children)
     }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        let Some((first, rest)) = segments.split_first() else {
+            return Some(self.inspect());
+        };
+        let mut found = self.iter().filter(|(k, _)| k.to_string() == *first);
+        match (found.next(), found.next()) {
+            (Some((_, v)), None) => v.inspect_at(rest),
+            // Two keys print alike: which one the tree shows first is up to the sort.
+            (Some(_), Some(_)) => descend(self.inspect(), segments),
+            (None, _) => None,
+        }
+    }
 }
 
 impl<T: Inspect + ?Sized> Inspect for &T {
     fn inspect(&self) -> Node {
         (**self).inspect()
+    }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        (**self).inspect_at(segments)
     }
 }
 
@@ -226,11 +298,19 @@ impl<T: Inspect + ?Sized> Inspect for &mut T {
     fn inspect(&self) -> Node {
         (**self).inspect()
     }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        (**self).inspect_at(segments)
+    }
 }
 
 impl<T: Inspect + ?Sized> Inspect for Box<T> {
     fn inspect(&self) -> Node {
         (**self).inspect()
+    }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        (**self).inspect_at(segments)
     }
 }
 
@@ -238,11 +318,19 @@ impl<T: Inspect + ?Sized> Inspect for Rc<T> {
     fn inspect(&self) -> Node {
         (**self).inspect()
     }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        (**self).inspect_at(segments)
+    }
 }
 
 impl<T: Inspect + ?Sized> Inspect for Arc<T> {
     fn inspect(&self) -> Node {
         (**self).inspect()
+    }
+
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        (**self).inspect_at(segments)
     }
 }
 

@@ -11,7 +11,8 @@
 //!   (`Node::dir().field("a", &x).hex("id", id).child("sub", node).build()`).
 //! - Query: [`Node::query`] (`"functions/1/state"`; `""` and `"/"` are the root) returns the
 //!   node or a [`QueryError`] naming the first missing segment; [`Node::get`] is the same as
-//!   an `Option`.
+//!   an `Option`. [`query`] does the same on a value without building the whole tree: derived
+//!   types and the standard containers build only the nodes on the path.
 //! - Print: [`Node::to_json`] / [`to_json`] (a `serde_json::Value`: hex integers as `"0x2a"`
 //!   strings, other integers as numbers, nothing as `null`, directories as objects in the
 //!   tree's order), [`Node::to_json_pretty`], and [`Node::to_text`] (or `Display`): indented
@@ -195,9 +196,59 @@ pub struct QueryError {
 /// `HashMap` (keys whose text is an integer first, in numeric order, then the rest in text
 /// order) with `Display` keys, `BTreeSet`/`HashSet` (like a list, in the same orders),
 /// references, `Box`, `Rc`, `Arc`, and [`Node`] itself.
+///
+/// To read one node, [`query`] asks [`Inspect::inspect_at`], which derived types and the
+/// containers here answer by building only the nodes on the path and the node found.
 pub trait Inspect {
     /// The value's tree as it is now.
     fn inspect(&self) -> Node;
+
+    /// The node at `segments` below this value (none: the value's own node), or `None` if
+    /// there is none; always the node `self.inspect()` has at that path. The default builds
+    /// the whole tree and looks; an implementation may go straight to the child named by the
+    /// first segment.
+    fn inspect_at(&self, segments: &[&str]) -> Option<Node> {
+        descend(self.inspect(), segments)
+    }
+}
+
+/// The node at `path` below `value` (as [`Node::query`] on `value.inspect()`), built without
+/// building the rest of the tree where the types allow it (see [`Inspect::inspect_at`]).
+///
+/// ```
+/// #[derive(inspect::Inspect)]
+/// struct Bus { functions: Vec<Function> }
+/// #[derive(inspect::Inspect)]
+/// struct Function { #[inspect(hex)] vendor_id: u16, pending: u32 }
+///
+/// let bus = Bus { functions: vec![Function { vendor_id: 0x1414, pending: 2 }] };
+/// assert_eq!(inspect::query(&bus, "functions/0/vendor_id").unwrap().to_json(), "0x1414");
+/// assert_eq!(inspect::query(&bus, "functions/1").unwrap_err().missing, "1");
+/// ```
+pub fn query(value: &(impl Inspect + ?Sized), path: &str) -> Result<Node, QueryError> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match value.inspect_at(&segments) {
+        Some(node) => Ok(node),
+        // Rare: build the whole tree once to name the missing segment.
+        None => match value.inspect().query(path) {
+            Err(e) => Err(e),
+            // Only reached by an `inspect_at` that disagrees with `inspect`.
+            Ok(node) => Ok(node.clone()),
+        },
+    }
+}
+
+/// The node at `segments` below `node`, taken out of it. Used by [`Inspect::inspect_at`]
+/// implementations for nodes they build whole.
+pub fn descend(node: Node, segments: &[&str]) -> Option<Node> {
+    let mut node = node;
+    for segment in segments {
+        let Node::Dir(children) = node else {
+            return None;
+        };
+        node = children.into_iter().find(|(k, _)| k == segment)?.1;
+    }
+    Some(node)
 }
 
 impl Node {

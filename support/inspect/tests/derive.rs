@@ -136,9 +136,40 @@ fn bus() -> Bus<Pair> {
     }
 }
 
+/// Every path of the tree, each with a missing child below it, and a few odd ones.
+fn paths(node: &Node, prefix: &str, out: &mut Vec<String>) {
+    out.push(prefix.to_owned());
+    out.push(format!("{prefix}/nope"));
+    out.push(format!("{prefix}/0"));
+    out.push(format!("{prefix}/state"));
+    for (k, n) in node.children().unwrap_or_default() {
+        paths(n, &format!("{prefix}/{k}"), out);
+    }
+}
+
+/// `inspect::query`, which builds only the path, finds what a query of the whole tree finds.
+fn check_query_agrees(value: &(impl Inspect + ?Sized)) {
+    let tree = value.inspect();
+    let mut all = vec![
+        "".to_owned(),
+        "/".to_owned(),
+        "//".to_owned(),
+        "01".to_owned(),
+    ];
+    paths(&tree, "", &mut all);
+    for p in &all {
+        assert_eq!(
+            inspect::query(value, p),
+            tree.query(p).cloned(),
+            "path {p:?}"
+        );
+    }
+}
+
 /// Every attribute and shape lands in the JSON as documented, in declaration order.
 #[test]
 fn derive_json() {
+    check_query_agrees(&bus());
     let json = bus().inspect().to_json();
     let function = |slot: &str, state, bars| {
         json!({
@@ -237,6 +268,14 @@ fn enum_naming() {
             after_ms: u32,
         },
     }
+    for s in [
+        Stage::NotStarted,
+        Stage::Pending,
+        Stage::TimedOut { after_ms: 1 },
+    ] {
+        check_query_agrees(&s);
+    }
+    check_query_agrees(&Link::LostAt(1, 2));
     assert_eq!(Stage::NotStarted.inspect().to_json(), json!("not_started"));
     assert_eq!(Stage::Pending.inspect().to_json(), json!("in-flight"));
     assert_eq!(
@@ -274,6 +313,7 @@ fn flatten_shapes() {
         leaf: 4,
         list: vec![7],
     };
+    check_query_agrees(&o);
     assert_eq!(
         o.inspect().to_json(),
         json!({"state": "Failed", "reason": "x", "leaf": 4, "0": 7})
@@ -301,6 +341,10 @@ fn generics() {
         borrowed: &x,
         array: [1u8, 2],
     };
+    check_query_agrees(&h);
+    check_query_agrees(&Either::<u8, Pair>::Right {
+        value: Pair(1, false),
+    });
     assert_eq!(
         h.inspect().to_json(),
         json!({"borrowed": "s", "array": {"0": 1, "1": 2}})
@@ -361,6 +405,8 @@ fn degenerate_shapes() {
         slot: Slot(3),
     };
     assert_eq!(s.inspect(), Node::str("03.0"));
+    check_query_agrees(&s);
+    check_query_agrees(&Unit);
 }
 
 /// `with` and `hex` combine: the function's node, in hex; `debug` shows the `Debug` form.
@@ -383,8 +429,78 @@ fn with_and_hex() {
         pending: None,
         plain: 4,
     };
+    check_query_agrees(&r);
     assert_eq!(
         r.inspect().to_json(),
         json!({"bar": "0x100", "pending": "None", "plain": 8})
     );
+}
+
+/// Two children of one name: both the tree and the direct query find the first.
+#[test]
+fn duplicate_names_find_the_first() {
+    #[derive(Inspect)]
+    enum Tagged {
+        V {
+            #[inspect(rename = "state")]
+            shadow: u8,
+            a: u8,
+            #[inspect(rename = "a")]
+            b: u8,
+        },
+    }
+    let t = Tagged::V {
+        shadow: 1,
+        a: 2,
+        b: 3,
+    };
+    check_query_agrees(&t);
+    assert_eq!(inspect::query(&t, "a"), Ok(2u8.inspect()));
+    assert_eq!(inspect::query(&t, "state"), Ok(Node::str("V")));
+}
+
+/// A direct query builds the node it finds and not its siblings.
+#[test]
+fn query_builds_only_the_path() {
+    use std::cell::Cell;
+    struct Counted<'a>(&'a Cell<u32>);
+    impl Inspect for Counted<'_> {
+        fn inspect(&self) -> Node {
+            self.0.set(self.0.get() + 1);
+            Node::str("built")
+        }
+    }
+    #[derive(Inspect)]
+    struct Function<'a> {
+        a: Counted<'a>,
+        b: Counted<'a>,
+    }
+    #[derive(Inspect)]
+    struct Bus<'a> {
+        functions: BTreeMap<u8, Function<'a>>,
+        list: Vec<Option<Box<Counted<'a>>>>,
+    }
+    let built = Cell::new(0);
+    let bus = Bus {
+        functions: (0..10)
+            .map(|i| {
+                (
+                    i,
+                    Function {
+                        a: Counted(&built),
+                        b: Counted(&built),
+                    },
+                )
+            })
+            .collect(),
+        list: (0..10).map(|_| Some(Box::new(Counted(&built)))).collect(),
+    };
+    assert_eq!(
+        inspect::query(&bus, "functions/7/b"),
+        Ok(Node::str("built"))
+    );
+    assert_eq!(inspect::query(&bus, "list/9"), Ok(Node::str("built")));
+    assert_eq!(built.get(), 2);
+    let _ = bus.inspect();
+    assert_eq!(built.get(), 2 + 30);
 }

@@ -73,6 +73,12 @@ proptest! {
         }
     }
 
+    /// `inspect::query` on a tree finds what `Node::query` finds, errors included.
+    #[test]
+    fn direct_query_agrees(t in tree(), p in path()) {
+        prop_assert_eq!(inspect::query(&t, &p), t.query(&p).cloned());
+    }
+
     /// JSON objects list a directory's names in the tree's order (first appearance of a
     /// repeated name), and pretty JSON parses back to the same value.
     #[test]

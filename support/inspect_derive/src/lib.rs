@@ -264,11 +264,70 @@ fn fields_to_builder(
     Ok(calls)
 }
 
+/// The expression for the node at `rest` below one field (an `Option<Node>`): straight
+/// into the field's own `inspect_at` when it is shown as it inspects, else through its node.
+fn field_at(
+    attrs: &FieldAttrs,
+    field: &syn::Field,
+    access: &TokenStream,
+    rest: &TokenStream,
+) -> TokenStream {
+    if matches!(attrs.render, Render::Inspect) && attrs.hex.is_none() {
+        quote_spanned!(field.ty.span()=> ::inspect::Inspect::inspect_at(#access, #rest))
+    } else {
+        let node = field_node(attrs, field, access);
+        quote!(::inspect::descend(#node, #rest))
+    }
+}
+
+/// Match arms from a child's name to the node below it, or `None` when a flattened field
+/// makes the names unknown here.
+fn fields_at(
+    fields: &Fields,
+    access: impl Fn(usize, &syn::Field) -> TokenStream,
+) -> syn::Result<Option<TokenStream>> {
+    let mut arms = TokenStream::new();
+    for (i, f) in fields.iter().enumerate() {
+        let attrs = field_attrs(&f.attrs)?;
+        if attrs.skip.is_some() {
+            continue;
+        }
+        if attrs.flatten.is_some() {
+            return Ok(None);
+        }
+        let name = attrs
+            .rename
+            .as_ref()
+            .map_or_else(|| field_name(f, i), |(n, _)| n.clone());
+        let at = field_at(&attrs, f, &access(i, f), &quote!(__inspect_rest));
+        arms.extend(quote!(#name => #at,));
+    }
+    Ok(Some(arms))
+}
+
+/// Splits the segments; none means the whole node.
+fn split_segments() -> TokenStream {
+    quote! {
+        let ::core::option::Option::Some((__inspect_first, __inspect_rest)) =
+            __inspect_segments.split_first()
+        else {
+            return ::core::option::Option::Some(::inspect::Inspect::inspect(self));
+        };
+    }
+}
+
+/// The bodies of `inspect` and (unless the default serves) `inspect_at`, which sees the
+/// path as `__inspect_segments`.
+struct Bodies {
+    inspect: TokenStream,
+    inspect_at: Option<TokenStream>,
+}
+
 fn struct_body(
     input: &DeriveInput,
     fields: &Fields,
     container: &ContainerAttrs,
-) -> syn::Result<TokenStream> {
+) -> syn::Result<Bodies> {
     if let Some(span) = container.enum_only {
         return Err(syn::Error::new(span, "tag and rename_all apply to enums"));
     }
@@ -306,21 +365,46 @@ fn struct_body(
                 "the field of a transparent struct cannot be flattened",
             ));
         }
-        return Ok(field_node(attrs, f, &access(*i, f)));
+        let access = access(*i, f);
+        return Ok(Bodies {
+            inspect: field_node(attrs, f, &access),
+            inspect_at: Some(field_at(attrs, f, &access, &quote!(__inspect_segments))),
+        });
     }
     let calls = fields_to_builder(fields, access)?;
-    Ok(quote!(::inspect::Node::dir() #calls .build()))
+    let inspect_at = fields_at(fields, access)?.map(|arms| {
+        let split = split_segments();
+        quote! {
+            #split
+            match *__inspect_first {
+                #arms
+                _ => ::core::option::Option::None,
+            }
+        }
+    });
+    Ok(Bodies {
+        inspect: quote!(::inspect::Node::dir() #calls .build()),
+        inspect_at,
+    })
 }
 
-fn enum_body(e: &syn::DataEnum, container: &ContainerAttrs) -> syn::Result<TokenStream> {
+fn enum_body(e: &syn::DataEnum, container: &ContainerAttrs) -> syn::Result<Bodies> {
     if let Some(span) = container.transparent {
         return Err(syn::Error::new(
             span,
             "#[inspect(transparent)] applies to structs",
         ));
     }
+    if e.variants.is_empty() {
+        // `match self {}` is refused on a reference to an empty enum.
+        return Ok(Bodies {
+            inspect: quote!(match *self {}),
+            inspect_at: Some(quote!(match *self {})),
+        });
+    }
     let tag = container.tag.as_deref().unwrap_or("state");
     let mut arms = TokenStream::new();
+    let mut at_arms = TokenStream::new();
     for v in &e.variants {
         let vname = &v.ident;
         let written = vname.to_string();
@@ -338,28 +422,56 @@ fn enum_body(e: &syn::DataEnum, container: &ContainerAttrs) -> syn::Result<Token
             let id = binding(i);
             quote!(#id)
         })?;
-        let dir = quote!(::inspect::Node::dir().child(#tag, ::inspect::Node::str(#label)) #calls .build());
-        arms.extend(match &v.fields {
-            Fields::Unit => quote!(Self::#vname => ::inspect::Node::str(#label),),
+        let label_node = quote!(::inspect::Node::str(#label));
+        let pattern = match &v.fields {
+            Fields::Unit => quote!(Self::#vname),
             Fields::Named(named) => {
                 let pats = named.named.iter().enumerate().map(|(i, f)| {
                     let id = &f.ident;
                     let b = binding(i);
                     quote!(#id: #b)
                 });
-                quote!(Self::#vname { #(#pats),* } => #dir,)
+                quote!(Self::#vname { #(#pats),* })
             }
             Fields::Unnamed(unnamed) => {
                 let ids = (0..unnamed.unnamed.len()).map(binding);
-                quote!(Self::#vname ( #(#ids),* ) => #dir,)
+                quote!(Self::#vname ( #(#ids),* ))
             }
+        };
+        if matches!(v.fields, Fields::Unit) {
+            arms.extend(quote!(#pattern => #label_node,));
+            at_arms
+                .extend(quote!(#pattern => ::inspect::descend(#label_node, __inspect_segments),));
+            continue;
+        }
+        arms.extend(quote!(#pattern => ::inspect::Node::dir()
+            .child(#tag, #label_node) #calls .build(),));
+        let field_arms = fields_at(&v.fields, |i, _| {
+            let id = binding(i);
+            quote!(#id)
+        })?;
+        at_arms.extend(match field_arms {
+            Some(field_arms) => {
+                let split = split_segments();
+                quote!(#pattern => {
+                    #split
+                    match *__inspect_first {
+                        #tag => ::inspect::descend(#label_node, __inspect_rest),
+                        #field_arms
+                        _ => ::core::option::Option::None,
+                    }
+                })
+            }
+            None => quote!(#pattern => ::inspect::descend(
+                ::inspect::Inspect::inspect(self),
+                __inspect_segments,
+            ),),
         });
     }
-    if e.variants.is_empty() {
-        // `match self {}` is refused on a reference to an empty enum.
-        return Ok(quote!(match *self {}));
-    }
-    Ok(quote!(match self { #arms }))
+    Ok(Bodies {
+        inspect: quote!(match self { #arms }),
+        inspect_at: Some(quote!(match self { #at_arms })),
+    })
 }
 
 fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
@@ -370,7 +482,10 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     }
     let (impl_g, ty_g, where_g) = generics.split_for_impl();
     let container = container_attrs(&input.attrs)?;
-    let body = match &input.data {
+    let Bodies {
+        inspect,
+        inspect_at,
+    } = match &input.data {
         Data::Struct(s) => struct_body(input, &s.fields, &container)?,
         Data::Enum(e) => enum_body(e, &container)?,
         Data::Union(u) => {
@@ -380,13 +495,27 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             ));
         }
     };
+    let inspect_at = inspect_at.map(|body| {
+        quote! {
+            // Two children of one name: the first is found, as in a query of the tree.
+            #[allow(unused_variables, unreachable_patterns)]
+            fn inspect_at(
+                &self,
+                __inspect_segments: &[&str],
+            ) -> ::core::option::Option<::inspect::Node> {
+                #body
+            }
+        }
+    });
     Ok(quote! {
         #[automatically_derived]
         impl #impl_g ::inspect::Inspect for #name #ty_g #where_g {
             #[allow(unused_variables)]
             fn inspect(&self) -> ::inspect::Node {
-                #body
+                #inspect
             }
+
+            #inspect_at
         }
     })
 }
