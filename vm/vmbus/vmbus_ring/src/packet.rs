@@ -156,6 +156,14 @@ pub enum PacketError {
         /// The bytes available.
         available: usize,
     },
+    /// Bytes meant to hold exactly one framed packet are not `len8 * 8` long.
+    #[error("packet length {len8} (x8) does not match the {len} bytes given")]
+    LengthMismatch {
+        /// The descriptor's `len8`.
+        len8: u16,
+        /// The bytes given.
+        len: usize,
+    },
     /// The packet type is not one VMBus defines.
     #[error("unknown packet type {0}")]
     UnknownType(u16),

@@ -107,14 +107,14 @@ impl<M: SharedMem> RingWriter<M> {
     }
 
     /// Writes one already framed packet (descriptor, payload and padding; no trailer), for
-    /// example one received from another ring. It is validated first: its length must be a
-    /// multiple of 8 and exactly the descriptor's `len8 * 8`.
+    /// example one received from another ring. It is validated first ([`crate::split_packet`]'s
+    /// rules), and its length must be exactly the descriptor's `len8 * 8`.
     pub fn write_framed(&mut self, framed: &[u8]) -> Result<WriteOutcome, WriteError> {
         let header = parse_descriptor(framed)?;
         if header.packet_len() != framed.len() {
-            return Err(WriteError::Packet(crate::PacketError::Truncated {
+            return Err(WriteError::Packet(crate::PacketError::LengthMismatch {
                 len8: header.len8,
-                available: framed.len(),
+                len: framed.len(),
             }));
         }
         self.write_parts(framed.len(), &[framed])

@@ -240,10 +240,13 @@ fn write_framed_roundtrip() {
     assert!(info.header.completion_requested());
     // Framed bytes must be exactly one packet.
     framed.push(0);
-    assert!(matches!(
+    assert_eq!(
         writer.write_framed(&framed),
-        Err(WriteError::Packet(PacketError::Truncated { .. }))
-    ));
+        Err(WriteError::Packet(PacketError::LengthMismatch {
+            len8: 4,
+            len: 33
+        }))
+    );
     assert!(matches!(
         writer.write_framed(&framed[..20]),
         Err(WriteError::Packet(PacketError::Truncated { .. }))
