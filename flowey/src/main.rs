@@ -1,46 +1,63 @@
 //! flowey: the project's CI pipelines, written in Rust and run as `cargo xflowey <pipeline>`.
 //!
-//! A pipeline is a list of steps; a step is a command with arguments and environment. Steps
+//! A pipeline is a list of steps; a step is a program with arguments and environment. Steps
 //! run in order from the workspace root with their output passed through; each prints its name
 //! before it starts and its duration when it ends, the first failure stops the run with the
 //! failing command line and its exit code, and a table of durations closes the run.
 //!
+//! Pipelines are data: adding one (say `fuzz-smoke`) is one more entry in [`PIPELINES`].
 //! `.ci/run` calls `cargo xflowey ci`, whose test step is exactly the README's test command.
 
 #![forbid(unsafe_code)]
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 /// One command of a pipeline.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Step {
     /// Short name shown in the log and the summary.
     name: &'static str,
-    /// The program to run.
+    /// The program to run (looked up on `PATH`).
     program: &'static str,
     /// Its arguments.
     args: &'static [&'static str],
-    /// Extra environment variables.
+    /// Extra environment variables, on top of flowey's own environment.
     env: &'static [(&'static str, &'static str)],
 }
 
 impl Step {
+    /// The step as a shell command line (environment first), quoted so it can be pasted.
     fn command_line(&self) -> String {
-        let env = self.env.iter().map(|(k, v)| format!("{k}={v} "));
-        let mut line: String = env.collect();
-        line.push_str(self.program);
-        for a in self.args {
+        let mut line = String::new();
+        for (key, value) in self.env {
+            // Writing to a String cannot fail.
+            let _ = write!(line, "{key}={} ", shell_quote(value));
+        }
+        line.push_str(&shell_quote(self.program));
+        for arg in self.args {
             line.push(' ');
-            line.push_str(a);
+            line.push_str(&shell_quote(arg));
         }
         line
     }
 }
 
+/// Quotes `word` for a POSIX shell if it holds anything but plain characters.
+fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// Formatting of every file, checked, not rewritten.
 const FMT: Step = Step {
     name: "fmt",
     program: "cargo",
@@ -48,6 +65,7 @@ const FMT: Step = Step {
     env: &[],
 };
 
+/// Clippy over every crate and target, warnings as errors.
 const CLIPPY: Step = Step {
     name: "clippy",
     program: "cargo",
@@ -70,6 +88,7 @@ const TEST: Step = Step {
     env: &[],
 };
 
+/// The workspace's own docs, rustdoc warnings as errors.
 const DOC: Step = Step {
     name: "doc",
     program: "cargo",
@@ -77,6 +96,7 @@ const DOC: Step = Step {
     env: &[("RUSTDOCFLAGS", "-D warnings")],
 };
 
+/// Every benchmark run once as a test: it builds and does not panic, no timing.
 const BENCH_SMOKE: Step = Step {
     name: "bench-smoke",
     program: "cargo",
@@ -84,39 +104,55 @@ const BENCH_SMOKE: Step = Step {
     env: &[],
 };
 
-/// Every pipeline: name, what it is for, its steps.
-const PIPELINES: &[(&str, &str, &[Step])] = &[
-    (
-        "ci",
-        "what CI runs: format, lints, tests, docs",
-        &[FMT, CLIPPY, TEST, DOC],
-    ),
-    ("test", "the workspace tests only", &[TEST]),
-    (
-        "bench-smoke",
-        "every benchmark once, as a test (no timing)",
-        &[BENCH_SMOKE],
-    ),
+/// A named list of steps.
+#[derive(Debug)]
+struct Pipeline {
+    /// What to type after `cargo xflowey`.
+    name: &'static str,
+    /// One line on what it is for, shown by `list`.
+    about: &'static str,
+    /// The steps, run in this order.
+    steps: &'static [Step],
+}
+
+/// Every pipeline. Adding a pipeline is adding an entry here.
+const PIPELINES: &[Pipeline] = &[
+    Pipeline {
+        name: "ci",
+        about: "what CI runs: format, lints, tests, docs",
+        steps: &[FMT, CLIPPY, TEST, DOC],
+    },
+    Pipeline {
+        name: "test",
+        about: "the workspace tests only",
+        steps: &[TEST],
+    },
+    Pipeline {
+        name: "bench-smoke",
+        about: "every benchmark once, as a test (no timing)",
+        steps: &[BENCH_SMOKE],
+    },
 ];
 
-/// The project's CI pipelines.
+/// The project's CI pipelines, run from the workspace root.
 #[derive(Parser, Debug)]
-#[command(name = "cargo xflowey", about)]
+#[command(name = "cargo xflowey", bin_name = "cargo xflowey", about)]
 struct Cli {
-    /// The pipeline to run (`list` shows them).
+    /// The pipeline to run, or `list` to show every pipeline and its steps.
     pipeline: String,
     /// Print the commands instead of running them.
     #[arg(long)]
     dry_run: bool,
 }
 
+/// The steps of the pipeline called `name`, or an error naming the known pipelines.
 fn pipeline(name: &str) -> anyhow::Result<&'static [Step]> {
     PIPELINES
         .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, _, steps)| *steps)
+        .find(|p| p.name == name)
+        .map(|p| p.steps)
         .with_context(|| {
-            let names: Vec<&str> = PIPELINES.iter().map(|(n, _, _)| *n).collect();
+            let names: Vec<&str> = PIPELINES.iter().map(|p| p.name).collect();
             format!(
                 "unknown pipeline {name:?}; known: {} (or `list`)",
                 names.join(", ")
@@ -124,16 +160,53 @@ fn pipeline(name: &str) -> anyhow::Result<&'static [Step]> {
         })
 }
 
-/// How a step ended.
+/// What happened to one step that ran.
 #[derive(Debug)]
 struct StepResult {
+    /// The step's name.
     name: &'static str,
+    /// Wall time from start to exit.
     duration: Duration,
+    /// Whether it exited successfully.
+    ok: bool,
 }
 
-/// Runs `steps` in `root`; stops at the first failure.
-fn run_steps(root: &Path, steps: &[Step]) -> anyhow::Result<Vec<StepResult>> {
-    let mut done = Vec::new();
+/// How a run went: every step that ran, in order; only the last can have failed.
+#[derive(Debug)]
+struct Report {
+    /// The steps that ran.
+    results: Vec<StepResult>,
+    /// Why the run stopped early, with the failing command line and exit code.
+    failure: Option<anyhow::Error>,
+}
+
+impl Report {
+    /// The table of step durations printed at the end of a run.
+    fn summary(&self, total: usize) -> String {
+        let mut out = String::from("step           result   time\n");
+        for r in &self.results {
+            let result = if r.ok { "ok" } else { "FAILED" };
+            let _ = writeln!(
+                out,
+                "{:<14} {:<8} {:>6.1}s",
+                r.name,
+                result,
+                r.duration.as_secs_f64()
+            );
+        }
+        let skipped = total - self.results.len();
+        if skipped > 0 {
+            let _ = writeln!(out, "({skipped} step(s) not run)");
+        }
+        let sum: Duration = self.results.iter().map(|r| r.duration).sum();
+        let _ = writeln!(out, "{:<23} {:>6.1}s", "total", sum.as_secs_f64());
+        out
+    }
+}
+
+/// Runs `steps` in `root`, printing each one's start and end; stops at the first failure.
+fn run_steps(root: &Path, steps: &[Step]) -> Report {
+    let mut results = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         println!(
             "==> [{}/{}] {}: {}",
@@ -143,50 +216,83 @@ fn run_steps(root: &Path, steps: &[Step]) -> anyhow::Result<Vec<StepResult>> {
             step.command_line()
         );
         let start = Instant::now();
-        let status = Command::new(step.program)
-            .args(step.args)
-            .envs(step.env.iter().copied())
-            .current_dir(root)
-            .status()
-            .with_context(|| format!("could not start `{}`", step.command_line()))?;
+        let outcome = run_step(root, step);
         let duration = start.elapsed();
-        if !status.success() {
-            let code = status.code().map_or_else(
-                || "killed by a signal".to_owned(),
-                |c| format!("exit code {c}"),
-            );
-            bail!(
-                "step {} failed after {:.1}s ({code}): {}",
-                step.name,
-                duration.as_secs_f64(),
-                step.command_line()
-            );
-        }
-        println!("<== {} ok in {:.1}s", step.name, duration.as_secs_f64());
-        done.push(StepResult {
+        let ok = outcome.is_ok();
+        results.push(StepResult {
             name: step.name,
             duration,
+            ok,
         });
+        match outcome {
+            Ok(()) => println!("<== {} ok in {:.1}s", step.name, duration.as_secs_f64()),
+            Err(e) => {
+                println!("<== {} FAILED in {:.1}s", step.name, duration.as_secs_f64());
+                return Report {
+                    results,
+                    failure: Some(e),
+                };
+            }
+        }
     }
-    Ok(done)
+    Report {
+        results,
+        failure: None,
+    }
 }
 
+/// Runs one step in `root` with inherited stdout and stderr; an error unless it exits 0.
+fn run_step(root: &Path, step: &Step) -> anyhow::Result<()> {
+    let status = Command::new(step.program)
+        .args(step.args)
+        .envs(step.env.iter().copied())
+        .current_dir(root)
+        .status()
+        .with_context(|| {
+            format!(
+                "step {} could not start: {}",
+                step.name,
+                step.command_line()
+            )
+        })?;
+    if !status.success() {
+        let code = status.code().map_or_else(
+            || "killed by a signal".to_owned(),
+            |c| format!("exit code {c}"),
+        );
+        bail!(
+            "step {} failed ({code}): {}",
+            step.name,
+            step.command_line()
+        );
+    }
+    Ok(())
+}
+
+/// The workspace root: the parent of flowey's own directory.
 fn workspace_root() -> PathBuf {
-    // flowey lives one level below the workspace root.
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Every pipeline and its steps, as `list` prints them.
+fn listing() -> String {
+    let mut out = String::new();
+    for p in PIPELINES {
+        let _ = writeln!(out, "{}: {}", p.name, p.about);
+        for s in p.steps {
+            let _ = writeln!(out, "    {}: {}", s.name, s.command_line());
+        }
+    }
+    out
+}
+
+/// Parses the command line, runs the pipeline and exits 0 only if every step passed.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.pipeline == "list" {
-        for (name, about, steps) in PIPELINES {
-            println!("{name}: {about}");
-            for s in *steps {
-                println!("    {}: {}", s.name, s.command_line());
-            }
-        }
+        print!("{}", listing());
         return ExitCode::SUCCESS;
     }
     let steps = match pipeline(&cli.pipeline) {
@@ -203,20 +309,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let start = Instant::now();
-    match run_steps(&workspace_root(), steps) {
-        Ok(results) => {
-            println!(
-                "\npipeline {} passed in {:.1}s",
-                cli.pipeline,
-                start.elapsed().as_secs_f64()
-            );
-            for r in results {
-                println!("  {:<12} {:>8.1}s", r.name, r.duration.as_secs_f64());
-            }
+    let report = run_steps(&workspace_root(), steps);
+    let elapsed = start.elapsed().as_secs_f64();
+    println!("\n{}", report.summary(steps.len()));
+    match report.failure {
+        None => {
+            println!("pipeline {} passed in {elapsed:.1}s", cli.pipeline);
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("\nflowey: {e:#}");
+        Some(e) => {
+            eprintln!("flowey: pipeline {} failed: {e:#}", cli.pipeline);
             ExitCode::FAILURE
         }
     }
@@ -226,52 +328,113 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    /// A step that succeeds.
     const TRUE: Step = Step {
         name: "true",
         program: "true",
         args: &[],
         env: &[],
     };
-    const FALSE: Step = Step {
-        name: "false",
-        program: "false",
-        args: &[],
+
+    /// A step that exits 3.
+    const EXIT_3: Step = Step {
+        name: "exit-3",
+        program: "sh",
+        args: &["-c", "exit 3"],
         env: &[],
     };
 
-    /// The run stops at the first failing step and names it; later steps do not run.
+    /// A step leaving a file named after `name` in the directory it runs in.
+    const fn touch(name: &'static str, file: &'static [&'static str]) -> Step {
+        Step {
+            name,
+            program: "touch",
+            args: file,
+            env: &[],
+        }
+    }
+
+    /// A fresh empty directory for one test.
+    fn scratch(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("flowey-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The run stops at the first failing step and reports it with its command line and
+    /// exit code; steps before it ran in the given directory, steps after it did not run.
     #[test]
     fn stops_at_first_failure() {
-        let marker = std::env::temp_dir().join(format!("flowey-{}", std::process::id()));
-        let touch: &'static str = Box::leak(marker.display().to_string().into_boxed_str());
-        let args: &'static [&'static str] = Box::leak(vec![touch].into_boxed_slice());
-        let touch_step = Step {
-            name: "touch",
-            program: "touch",
-            args,
+        let dir = scratch("stops");
+        let steps = [
+            touch("before", &["before"]),
+            TRUE,
+            EXIT_3,
+            touch("after", &["after"]),
+        ];
+        let report = run_steps(&dir, &steps);
+        let err = format!(
+            "{:#}",
+            report.failure.as_ref().expect("the run should fail")
+        );
+        assert!(err.contains("step exit-3 failed"), "{err}");
+        assert!(err.contains("exit code 3"), "{err}");
+        assert!(err.contains("sh -c 'exit 3'"), "{err}");
+        let names: Vec<_> = report.results.iter().map(|r| (r.name, r.ok)).collect();
+        assert_eq!(names, [("before", true), ("true", true), ("exit-3", false)]);
+        assert!(dir.join("before").exists(), "steps run in the given root");
+        assert!(!dir.join("after").exists(), "a step after the failure ran");
+        assert!(report.summary(steps.len()).contains("1 step(s) not run"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A program that cannot start is a failure naming the step, not a panic.
+    #[test]
+    fn missing_program_is_a_failure() {
+        let missing = Step {
+            name: "missing",
+            program: "flowey-no-such-program",
+            args: &[],
             env: &[],
         };
-        let err = run_steps(Path::new("."), &[TRUE, FALSE, touch_step]).unwrap_err();
-        assert!(err.to_string().contains("step false failed"), "{err}");
-        assert!(err.to_string().contains("exit code 1"), "{err}");
-        assert!(!marker.exists(), "a step after the failure ran");
+        let report = run_steps(Path::new("."), &[missing, TRUE]);
+        let err = format!("{:#}", report.failure.as_ref().unwrap());
+        assert!(err.contains("step missing could not start"), "{err}");
+        assert_eq!(report.results.len(), 1);
     }
 
-    /// Passing steps are all reported.
+    /// Passing steps are all reported, and their environment reaches them.
     #[test]
     fn passing_steps_are_reported() {
-        let done = run_steps(Path::new("."), &[TRUE, TRUE]).unwrap();
-        assert_eq!(done.len(), 2);
+        let with_env = Step {
+            name: "env",
+            program: "sh",
+            args: &["-c", "test \"$FLOWEY_TEST\" = 'a b'"],
+            env: &[("FLOWEY_TEST", "a b")],
+        };
+        let report = run_steps(Path::new("."), &[TRUE, with_env]);
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        assert_eq!(report.results.len(), 2);
+        assert!(report.results.iter().all(|r| r.ok));
+        assert_eq!(
+            with_env.command_line(),
+            "FLOWEY_TEST='a b' sh -c 'test \"$FLOWEY_TEST\" = '\\''a b'\\'''"
+        );
     }
 
-    /// The ci pipeline's test step is the README's test command, exactly.
+    /// The ci pipeline runs fmt, clippy, test and doc in that order, and its test step is
+    /// the README's test command, exactly.
     #[test]
     fn ci_runs_the_readme_test_command() {
         let steps = pipeline("ci").unwrap();
+        let names: Vec<_> = steps.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["fmt", "clippy", "test", "doc"]);
         let test = steps.iter().find(|s| s.name == "test").unwrap();
         assert_eq!(test.command_line(), "cargo test --workspace");
         let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
         assert!(readme.contains("cargo test --workspace"));
+        assert_eq!(pipeline("test").unwrap(), [TEST]);
     }
 
     /// An unknown pipeline is a clear error naming the known ones.
@@ -279,6 +442,18 @@ mod tests {
     fn unknown_pipeline() {
         let err = pipeline("nope").unwrap_err().to_string();
         assert!(err.contains("unknown pipeline \"nope\""), "{err}");
-        assert!(err.contains("ci"), "{err}");
+        assert!(err.contains("ci, test"), "{err}");
+    }
+
+    /// Pipeline names are unique, and `list` shows each one with its steps.
+    #[test]
+    fn listing_shows_every_pipeline() {
+        let listing = listing();
+        for (i, p) in PIPELINES.iter().enumerate() {
+            assert!(p.name != "list", "`list` is a command, not a pipeline");
+            assert!(PIPELINES[i + 1..].iter().all(|q| q.name != p.name));
+            assert!(listing.contains(&format!("{}: {}", p.name, p.about)));
+        }
+        assert!(listing.contains("RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps"));
     }
 }
