@@ -148,6 +148,7 @@ impl BarControl for RecordedBacking {
 
 enum ConfigRequest {
     Access(ConfigAccess, oneshot::Sender<ConfigAction>),
+    Inspect(oneshot::Sender<inspect::Node>),
     ReadResult {
         slot: WinSlot,
         offset: u16,
@@ -156,10 +157,10 @@ enum ConfigRequest {
     },
 }
 
-/// The config-window trap's handle on one bus's driver: each guest config access is asked
-/// here before it is carried out.
+/// A handle on one bus's running driver: the config-window trap asks it about each guest
+/// config access before carrying it out, and diagnostics ask it for the bus's inspect tree.
 #[derive(Clone, Debug)]
-pub struct ConfigPort {
+pub struct BusPort {
     tx: mpsc::Sender<ConfigRequest>,
 }
 
@@ -167,6 +168,7 @@ impl std::fmt::Debug for ConfigRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConfigRequest::Access(a, _) => f.debug_tuple("Access").field(a).finish(),
+            ConfigRequest::Inspect(_) => f.write_str("Inspect"),
             ConfigRequest::ReadResult { slot, offset, .. } => f
                 .debug_struct("ReadResult")
                 .field("slot", slot)
@@ -185,12 +187,21 @@ pub enum DriverExit {
     GuestGone,
 }
 
-impl ConfigPort {
+impl BusPort {
     /// Asks what to do with a guest config access. `None` if the bus's driver has stopped
     /// (treat the function as absent).
     pub async fn access(&mut self, access: ConfigAccess) -> Option<ConfigAction> {
         let (tx, rx) = oneshot::channel();
         futures::SinkExt::send(&mut self.tx, ConfigRequest::Access(access, tx))
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// The bus's inspect tree as the driver sees it now. `None` if the driver has stopped.
+    pub async fn inspect(&mut self) -> Option<inspect::Node> {
+        let (tx, rx) = oneshot::channel();
+        futures::SinkExt::send(&mut self.tx, ConfigRequest::Inspect(tx))
             .await
             .ok()?;
         rx.await.ok()
@@ -240,7 +251,7 @@ where
 {
     /// A driver for `relay` between the host and guest channels of one bus. Returns it with
     /// the handle the config-window trap uses.
-    pub fn new(relay: BusRelay, host: H, guest: G, clock: C, bars: B) -> (Self, ConfigPort) {
+    pub fn new(relay: BusRelay, host: H, guest: G, clock: C, bars: B) -> (Self, BusPort) {
         let (tx, config_rx) = mpsc::channel(16);
         let driver = Self {
             relay,
@@ -256,7 +267,7 @@ where
             timer: None,
             on_event: Box::new(|_| {}),
         };
-        (driver, ConfigPort { tx })
+        (driver, BusPort { tx })
     }
 
     /// Calls `f` for every relay event (for logs, metrics or tests).
@@ -369,6 +380,10 @@ where
                 Poll::Ready(Some(ConfigRequest::Access(access, reply))) => {
                     let action = self.relay.handle_config_access(self.clock.now(), access);
                     let _ = reply.send(action);
+                    progress = true;
+                }
+                Poll::Ready(Some(ConfigRequest::Inspect(reply))) => {
+                    let _ = reply.send(inspect::Inspect::inspect(&self.relay));
                     progress = true;
                 }
                 Poll::Ready(Some(ConfigRequest::ReadResult {

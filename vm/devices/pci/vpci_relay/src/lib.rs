@@ -53,7 +53,7 @@ mod local;
 mod relay;
 
 pub use config::{AllowRule, Limits, RelayConfig, Safeguards};
-pub use driver::{BarControl, BusDriver, Clock, ConfigPort, DriverExit, SystemClock, VirtualClock};
+pub use driver::{BarControl, BusDriver, BusPort, Clock, DriverExit, SystemClock, VirtualClock};
 pub use events::{ChangeKind, Counters, PacketFault, RelayEvent, Side};
 pub use function::{Backing, Function, GuestState, HostState, Stage};
 pub use local::local_completion;
