@@ -22,6 +22,20 @@
 //! wrong. Nothing here panics, loops or allocates on the peer's say-so. Each side keeps its own
 //! index privately and only publishes it: a peer overwriting *our* index cannot move us.
 //!
+//! # Signalling
+//!
+//! The ring never signals anyone itself; it tells the caller when to ring the peer's doorbell
+//! (an eventfd, a hypercall), following Linux's `ring_buffer.c`:
+//!
+//! * Writer: signal when [`WriteOutcome::signal_reader`] says so (the reader had consumed
+//!   everything before this packet and has not masked interrupts). On
+//!   [`WriteError::Full`], call [`RingWriter::set_pending_send_size`] with the bytes needed;
+//!   if it returns `false`, sleep until the reader signals, then retry.
+//! * Reader: [`ReadPacket::signal_writer`] (or [`RingReader::commit`]'s result) says a
+//!   blocked writer now has the space it asked for. A reader that polls may
+//!   [`RingReader::mask_interrupts`]; before sleeping it must call
+//!   [`RingReader::unmask_interrupts`] and read again if that returns `true`.
+//!
 //! The crate is `forbid(unsafe_code)`: all access to shared memory goes through
 //! [`shared_mem::SharedMem`].
 
