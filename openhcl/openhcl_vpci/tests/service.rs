@@ -15,11 +15,12 @@ struct Ends {
     guest: MemoryChannel,
 }
 
-fn add(service: &mut RelayService, name: &str) -> Ends {
+fn add(service: &mut RelayService, name: &str, max_hold: Duration) -> Ends {
     let (host, relay_host) = channel_pair();
     let (relay_guest, guest) = channel_pair();
     let config = RelayConfig {
         name: name.into(),
+        max_hold,
         ..RelayConfig::default()
     };
     service.add_bus(config, relay_host, relay_guest).unwrap();
@@ -42,8 +43,9 @@ fn recv_within(ch: &mut MemoryChannel, limit: Duration) -> Option<Packet> {
 #[test]
 fn buses_run_independently() {
     let mut service = RelayService::new();
-    let mut quiet = add(&mut service, "quiet");
-    let mut busy = add(&mut service, "busy");
+    // The quiet bus gives its silent guest 200 ms to start probing after a rescind.
+    let mut quiet = add(&mut service, "quiet", Duration::from_millis(200));
+    let mut busy = add(&mut service, "busy", Duration::from_secs(30));
     let version = encode(&Message::QueryProtocolVersion(Fixed::new(VersionBody {
         protocol_version: ProtocolVersion::V1_4.0.into(),
     })));
@@ -61,7 +63,7 @@ fn buses_run_independently() {
     assert_eq!(tree["busy"]["version"], "1.4");
     assert_eq!(tree["quiet"]["version"], "1.0");
 
-    // The quiet bus never had guest traffic: a rescind closes it at once.
+    // The quiet bus never had guest traffic: a rescind closes it once max_hold has passed.
     quiet.host.revoke();
     busy.guest.close();
     let exits = service.join();

@@ -1273,7 +1273,9 @@ impl BusRelay {
             || (self.outstanding.is_none()
                 && !self.survey_requested
                 && self.functions.values().all(|f| !f.guest_visible())
-                && (self.installed || self.bus_activity.is_none()));
+                // A guest that has not spoken yet may be just starting its probe: wait for
+                // its probe path too (or for max_hold, if it never speaks).
+                && self.installed);
         if !safe {
             return false;
         }
