@@ -216,6 +216,7 @@ impl BusRelay {
         }
         for f in self.functions.values() {
             if f.eject_pending() {
+                deadlines.extend(self.bus_activity.map(|t| t.saturating_add(settle)));
                 deadlines.extend(f.quiet_at(settle));
                 deadlines.extend(f.eject_since.map(|t| t.saturating_add(max_hold)));
             }
@@ -1036,9 +1037,7 @@ impl BusRelay {
         if self.installed || !self.surveyed || self.survey_requested || self.d0 != Stage::Done {
             return;
         }
-        let quiet = self
-            .bus_activity
-            .is_none_or(|t| self.now >= t.saturating_add(self.config.settle));
+        let quiet = self.bus_quiet();
         let assigned = self
             .functions
             .values()
@@ -1060,9 +1059,17 @@ impl BusRelay {
                         f.requirements == Stage::Done || f.guest != GuestState::Announced
                     })
                 });
-                queried && (!o.initial || self.installed)
+                // The guest's relations work runs on after its last request completes;
+                // quiet for the settle window is what the relay can see of it ending.
+                queried && (!o.initial || self.installed) && self.bus_quiet()
             }
         }
+    }
+
+    /// Whether the bus has had no guest traffic (and relayed no answer) for the settle window.
+    fn bus_quiet(&self) -> bool {
+        self.bus_activity
+            .is_none_or(|t| self.now >= t.saturating_add(self.config.settle))
     }
 
     fn finish_change(&mut self) {
@@ -1078,7 +1085,9 @@ impl BusRelay {
         let settle = self.config.settle;
         let max_hold = self.config.max_hold;
         let hold = self.safeguards.hold_eject_until_settled;
-        let bus_ready = self.installed || !self.surveyed;
+        // The guest's last change (an eject's work runs on after EJECTION_COMPLETE) must have
+        // gone quiet too.
+        let bus_ready = (self.installed || !self.surveyed) && self.bus_quiet();
         let mut chosen = None;
         let mut newly_held = Vec::new();
         self.eject_order.retain(|s| {
@@ -1161,7 +1170,9 @@ impl BusRelay {
         // After the first survey, further relations wait for the guest's probe path (C1, C4),
         // unless the guest asked again.
         let may = self.surveyed
-            && (self.survey_requested || self.installed || !self.safeguards.one_change_at_a_time);
+            && (self.survey_requested
+                || (self.installed && self.bus_quiet())
+                || !self.safeguards.one_change_at_a_time);
         let view = self.guest_view();
         let added: Vec<WinSlot> = view
             .iter()
