@@ -510,8 +510,10 @@ impl MemfdMem {
         })?;
         // SAFETY: `map` is a read-write `MAP_SHARED` mapping of `len` bytes of a file that is
         // sealed against shrinking (checked by both constructors), so every page stays backed;
-        // it is unmapped only when `self` drops, together with `raw`. This process never makes
-        // a `&[u8]` over it (memmap2's `MmapRaw` gives out only a raw pointer), so all accesses
+        // the mapping is page-aligned and covers whole pages, so the word holding the last
+        // byte is mapped even when `len` is not a multiple of 8 (`Raw`'s requirement). It is
+        // unmapped only when `self` drops, together with `raw`. This process never makes a
+        // `&[u8]` over it (memmap2's `MmapRaw` gives out only a raw pointer), so all accesses
         // are the atomics of `Raw`.
         let raw = unsafe { Raw::new(base, len) };
         Ok(Self {
@@ -667,6 +669,24 @@ mod tests {
         let mut last = [0; 24];
         mem.read_at(8, &mut last).unwrap();
         assert_eq!(last, [((rounds - 1) % 251) as u8; 24]);
+    }
+
+    /// A memfd whose size is not a multiple of 8 is usable up to its last byte.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn memfd_odd_size() {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create("odd", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .unwrap();
+        rustix::fs::ftruncate(&fd, 13).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+        let mem = MemfdMem::from_fd(fd).unwrap();
+        assert_eq!(mem.len(), 13);
+        mem.write_at(9, &[1, 2, 3, 4]).unwrap();
+        let mut back = [0; 5];
+        mem.read_at(8, &mut back).unwrap();
+        assert_eq!(back, [0, 1, 2, 3, 4]);
+        assert!(mem.write_at(10, &[0; 4]).is_err());
     }
 
     /// A memfd region maps, round-trips and is shared with a second mapping of its fd.
