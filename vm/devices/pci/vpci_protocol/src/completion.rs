@@ -2,14 +2,17 @@
 //! one. A completion carries no message type, so decoding needs the request's type.
 
 use crate::error::DecodeError;
-use crate::message::{Direction, Fixed, ResourcesAssigned, TdispCommand, hex, rules};
+use crate::message::{
+    Direction, Fixed, ResourcesAssigned, TdispCommand, decode_fixed, decode_tdisp, encode_fixed,
+    encode_tdisp, hex, rules, serialize_trailing,
+};
 use crate::reader::Reader;
 use crate::types::{MessageType, ProtocolVersion, Status};
 use crate::wire::*;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use zerocopy::IntoBytes;
-use zerocopy::little_endian::{U32, U64};
+use zerocopy::little_endian::U32;
 
 /// A decoded completion: the status every completion starts with, and what follows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,34 +155,22 @@ pub fn decode_completion(
 }
 
 fn decode_body(request: MessageType, r: &mut Reader<'_>) -> Result<CompletionBody, DecodeError> {
-    fn fixed<B>(r: &mut Reader<'_>, what: &'static str) -> Result<Fixed<B>, DecodeError>
-    where
-        B: zerocopy::FromBytes
-            + zerocopy::KnownLayout
-            + zerocopy::Immutable
-            + zerocopy::Unaligned
-            + Reserved,
-    {
-        let body = r.read(what)?;
-        Ok(Fixed {
-            body,
-            trailing: r.rest().to_vec(),
-        })
-    }
     use MessageType as T;
     Ok(match request {
-        T::QUERY_PROTOCOL_VERSION => CompletionBody::ProtocolVersion(fixed(r, "protocol_version")?),
+        T::QUERY_PROTOCOL_VERSION => {
+            CompletionBody::ProtocolVersion(decode_fixed(r, "protocol_version")?)
+        }
         T::QUERY_RESOURCE_REQUIREMENTS => {
-            CompletionBody::ResourceRequirements(fixed(r, "probed_bar")?)
+            CompletionBody::ResourceRequirements(decode_fixed(r, "probed_bar")?)
         }
         T::CREATE_INTERRUPT_MESSAGE
         | T::CREATE_INTERRUPT_MESSAGE2
         | T::CREATE_INTERRUPT_MESSAGE3 => {
-            CompletionBody::CreateInterrupt(fixed(r, "interrupt reply")?)
+            CompletionBody::CreateInterrupt(decode_fixed(r, "interrupt reply")?)
         }
-        T::POWER_STATE_CHANGE => CompletionBody::PowerStateChange(fixed(r, "power reply")?),
+        T::POWER_STATE_CHANGE => CompletionBody::PowerStateChange(decode_fixed(r, "power reply")?),
         T::QUERY_ISOLATED_RESOURCES => {
-            CompletionBody::IsolatedResources(fixed(r, "isolation reply")?)
+            CompletionBody::IsolatedResources(decode_fixed(r, "isolation reply")?)
         }
         T::RESOURCES_ASSIGNED => {
             CompletionBody::ResourcesAssigned(ResourcesAssigned::decode(r, MSI_RESOURCE_SIZES[0])?)
@@ -191,16 +182,7 @@ fn decode_body(request: MessageType, r: &mut Reader<'_>) -> Result<CompletionBod
             CompletionBody::ResourcesAssigned(ResourcesAssigned::decode(r, MSI_RESOURCE_SIZES[2])?)
         }
         T::READ_BLOCK => CompletionBody::ReadBlock(r.rest().to_vec()),
-        T::TDISP_COMMAND => {
-            let head: TdispHead = r.read("TDISP reply head")?;
-            let len = r.fit_count("data_length", 8, head.data_length.get(), 1, MAX_TDISP_DATA)?;
-            let data = r.take(len, "TDISP reply data")?.to_vec();
-            CompletionBody::Tdisp(TdispCommand {
-                wslot: head.wslot,
-                data,
-                trailing: r.rest().to_vec(),
-            })
-        }
+        T::TDISP_COMMAND => CompletionBody::Tdisp(decode_tdisp(r)?),
         _ => CompletionBody::StatusOnly(r.rest().to_vec()),
     })
 }
@@ -222,21 +204,13 @@ impl Completion {
             CompletionBody::StatusOnly(rest) | CompletionBody::ReadBlock(rest) => {
                 out.extend_from_slice(rest)
             }
-            CompletionBody::ProtocolVersion(f) => fixed_into(f, out),
-            CompletionBody::ResourceRequirements(f) => fixed_into(f, out),
+            CompletionBody::ProtocolVersion(f) => encode_fixed(f, out),
+            CompletionBody::ResourceRequirements(f) => encode_fixed(f, out),
             CompletionBody::ResourcesAssigned(m) => m.encode(out),
-            CompletionBody::CreateInterrupt(f) => fixed_into(f, out),
-            CompletionBody::PowerStateChange(f) => fixed_into(f, out),
-            CompletionBody::Tdisp(m) => {
-                let head = TdispHead {
-                    wslot: m.wslot,
-                    data_length: U64::new(m.data.len() as u64),
-                };
-                out.extend_from_slice(head.as_bytes());
-                out.extend_from_slice(&m.data);
-                out.extend_from_slice(&m.trailing);
-            }
-            CompletionBody::IsolatedResources(f) => fixed_into(f, out),
+            CompletionBody::CreateInterrupt(f) => encode_fixed(f, out),
+            CompletionBody::PowerStateChange(f) => encode_fixed(f, out),
+            CompletionBody::Tdisp(m) => encode_tdisp(m, out),
+            CompletionBody::IsolatedResources(f) => encode_fixed(f, out),
         }
     }
 
@@ -248,24 +222,8 @@ impl Completion {
     }
 }
 
-fn fixed_into<B: IntoBytes + zerocopy::Immutable>(f: &Fixed<B>, out: &mut Vec<u8>) {
-    out.extend_from_slice(f.body.as_bytes());
-    out.extend_from_slice(&f.trailing);
-}
-
 impl Serialize for Completion {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        fn fixed<M: SerializeMap, B: Fields>(map: &mut M, f: &Fixed<B>) -> Result<(), M::Error> {
-            f.body.serialize_fields(map)?;
-            trailing(map, &f.trailing)
-        }
-        fn trailing<M: SerializeMap>(map: &mut M, bytes: &[u8]) -> Result<(), M::Error> {
-            if bytes.is_empty() {
-                Ok(())
-            } else {
-                map.serialize_entry("trailing", &hex(bytes))
-            }
-        }
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("type", "COMPLETION")?;
         map.serialize_entry("completion_of", self.request.name().unwrap_or("?"))?;
@@ -274,26 +232,15 @@ impl Serialize for Completion {
             map.serialize_entry("status_name", name)?;
         }
         match &self.body {
-            CompletionBody::StatusOnly(rest) => trailing(&mut map, rest)?,
-            CompletionBody::ProtocolVersion(f) => fixed(&mut map, f)?,
-            CompletionBody::ResourceRequirements(f) => fixed(&mut map, f)?,
-            CompletionBody::ResourcesAssigned(m) => {
-                m.head.serialize_fields(&mut map)?;
-                if !m.msi_resources.is_empty() {
-                    map.serialize_entry("msi_resources", &hex(&m.msi_resources))?;
-                }
-                trailing(&mut map, &m.trailing)?
-            }
-            CompletionBody::CreateInterrupt(f) => fixed(&mut map, f)?,
-            CompletionBody::PowerStateChange(f) => fixed(&mut map, f)?,
+            CompletionBody::StatusOnly(rest) => serialize_trailing(&mut map, rest)?,
+            CompletionBody::ProtocolVersion(f) => f.serialize_into(&mut map)?,
+            CompletionBody::ResourceRequirements(f) => f.serialize_into(&mut map)?,
+            CompletionBody::ResourcesAssigned(m) => m.serialize_into(&mut map)?,
+            CompletionBody::CreateInterrupt(f) => f.serialize_into(&mut map)?,
+            CompletionBody::PowerStateChange(f) => f.serialize_into(&mut map)?,
             CompletionBody::ReadBlock(bytes) => map.serialize_entry("bytes", &hex(bytes))?,
-            CompletionBody::Tdisp(m) => {
-                map.serialize_entry("wslot", &m.wslot)?;
-                map.serialize_entry("data_length", &m.data.len())?;
-                map.serialize_entry("data", &hex(&m.data))?;
-                trailing(&mut map, &m.trailing)?
-            }
-            CompletionBody::IsolatedResources(f) => fixed(&mut map, f)?,
+            CompletionBody::Tdisp(m) => m.serialize_into(&mut map)?,
+            CompletionBody::IsolatedResources(f) => f.serialize_into(&mut map)?,
         }
         map.end()
     }

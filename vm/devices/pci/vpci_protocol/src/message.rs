@@ -26,7 +26,10 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn serialize_trailing<M: SerializeMap>(map: &mut M, trailing: &[u8]) -> Result<(), M::Error> {
+pub(crate) fn serialize_trailing<M: SerializeMap>(
+    map: &mut M,
+    trailing: &[u8],
+) -> Result<(), M::Error> {
     if trailing.is_empty() {
         Ok(())
     } else {
@@ -56,7 +59,7 @@ impl<B> Fixed<B> {
 }
 
 impl<B: Fields> Fixed<B> {
-    fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+    pub(crate) fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         self.body.serialize_fields(map)?;
         serialize_trailing(map, &self.trailing)
     }
@@ -73,7 +76,7 @@ pub struct BusRelations<D> {
 }
 
 impl<D: Serialize> BusRelations<D> {
-    fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+    pub(crate) fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         map.serialize_entry("device_count", &self.functions.len())?;
         map.serialize_entry("description", &self.functions)?;
         serialize_trailing(map, &self.trailing)
@@ -96,7 +99,7 @@ pub struct ResourcesAssigned {
 }
 
 impl ResourcesAssigned {
-    fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+    pub(crate) fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         self.head.serialize_fields(map)?;
         if !self.msi_resources.is_empty() {
             map.serialize_entry("msi_resources", &hex(&self.msi_resources))?;
@@ -141,7 +144,7 @@ pub struct WriteBlock {
 }
 
 impl WriteBlock {
-    fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+    pub(crate) fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         self.head.serialize_fields(map)?;
         map.serialize_entry("bytes", &hex(&self.bytes))?;
         serialize_trailing(map, &self.trailing)
@@ -160,7 +163,7 @@ pub struct TdispCommand {
 }
 
 impl TdispCommand {
-    fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+    pub(crate) fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         map.serialize_entry("wslot", &self.wslot)?;
         map.serialize_entry("data_length", &self.data.len())?;
         map.serialize_entry("data", &hex(&self.data))?;
@@ -190,7 +193,10 @@ impl Direction {
     }
 }
 
-fn decode_fixed<B>(r: &mut Reader<'_>, what: &'static str) -> Result<Fixed<B>, DecodeError>
+pub(crate) fn decode_fixed<B>(
+    r: &mut Reader<'_>,
+    what: &'static str,
+) -> Result<Fixed<B>, DecodeError>
 where
     B: zerocopy::FromBytes
         + zerocopy::KnownLayout
@@ -205,7 +211,7 @@ where
     })
 }
 
-fn encode_fixed<B: IntoBytes + zerocopy::Immutable>(f: &Fixed<B>, out: &mut Vec<u8>) {
+pub(crate) fn encode_fixed<B: IntoBytes + zerocopy::Immutable>(f: &Fixed<B>, out: &mut Vec<u8>) {
     out.extend_from_slice(f.body.as_bytes());
     out.extend_from_slice(&f.trailing);
 }
@@ -286,7 +292,7 @@ fn encode_write_block(m: &WriteBlock, out: &mut Vec<u8>) {
     out.extend_from_slice(&m.trailing);
 }
 
-fn decode_tdisp(r: &mut Reader<'_>) -> Result<TdispCommand, DecodeError> {
+pub(crate) fn decode_tdisp(r: &mut Reader<'_>) -> Result<TdispCommand, DecodeError> {
     let head: TdispHead = r.read("TDISP_COMMAND head")?;
     let len = r.fit_count("data_length", 8, head.data_length.get(), 1, MAX_TDISP_DATA)?;
     let data = r.take(len, "TDISP data")?.to_vec();
@@ -297,7 +303,7 @@ fn decode_tdisp(r: &mut Reader<'_>) -> Result<TdispCommand, DecodeError> {
     })
 }
 
-fn encode_tdisp(m: &TdispCommand, out: &mut Vec<u8>) {
+pub(crate) fn encode_tdisp(m: &TdispCommand, out: &mut Vec<u8>) {
     let head = TdispHead {
         wslot: m.wslot,
         data_length: U64::new(m.data.len() as u64),
