@@ -71,8 +71,8 @@ pub fn decode_to_json(
 ) -> Result<Value, DecodeCliError> {
     let value = match completion_of {
         Some(name) => {
-            let request = parse_type(name)
-                .ok_or_else(|| DecodeCliError::UnknownTypeName(name.to_owned()))?;
+            let request =
+                parse_type(name).ok_or_else(|| DecodeCliError::UnknownTypeName(name.to_owned()))?;
             let completion = vpci_protocol::decode_completion(bytes, request, version)?;
             serde_json::to_value(completion)
         }
