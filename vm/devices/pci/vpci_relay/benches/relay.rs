@@ -155,10 +155,12 @@ fn relay_round(r: &mut BusRelay, t: &mut Duration, guest: &[Packet; 3], rel: &Pa
     out
 }
 
-/// The same packets through a stateless decode + encode.
+/// The same packets through a stateless decode + encode. Like the relay, it receives each
+/// packet as an owned buffer (as a channel hands it over), so both pay for the same copies.
 fn bare_round(guest: &[Packet; 3], rel: &Packet, version: ProtocolVersion) -> usize {
     let mut out = 0;
     for p in guest {
+        let p = p.clone();
         if let Ok(m) = decode(&p.payload, Sender::Guest, version) {
             out += encode(&m).len();
         }
@@ -171,6 +173,7 @@ fn bare_round(guest: &[Packet; 3], rel: &Packet, version: ProtocolVersion) -> us
             out += c.encode().len();
         }
     }
+    let rel = rel.clone();
     if let Ok(m) = decode(&rel.payload, Sender::Host, version) {
         out += encode(&m).len();
     }
