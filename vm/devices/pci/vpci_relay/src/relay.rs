@@ -1011,6 +1011,9 @@ impl BusRelay {
         if !self.safeguards.local_answers {
             return false;
         }
+        if self.requests.is_empty() {
+            return false;
+        }
         let deadline = self.config.departed_request_timeout;
         let stale: Vec<u64> = self
             .requests
@@ -1081,6 +1084,9 @@ impl BusRelay {
     /// Delivers the first eject the rules allow (none while `gated`: another change is
     /// outstanding), and reports each newly held one.
     fn try_deliver_eject(&mut self, gated: bool) -> bool {
+        if self.eject_order.is_empty() {
+            return false;
+        }
         let now = self.now;
         let settle = self.config.settle;
         let max_hold = self.config.max_hold;
