@@ -268,6 +268,51 @@ impl Bounds {
         surprise_removal: false,
         two_at_boot: false,
     };
+
+    /// The bound of the default check: a hot-add, two ejects, a re-add after an eject, a
+    /// rescind, four relations messages.
+    pub const DEFAULT: Self = Self {
+        relations: 4,
+        ejects: 2,
+        hot_adds: 1,
+        re_adds: 1,
+        rescinds: 1,
+        surprise_removal: false,
+        two_at_boot: false,
+    };
+
+    /// A larger bound: five relations messages, three ejects, two re-adds.
+    pub const LARGE: Self = Self {
+        relations: 5,
+        ejects: 3,
+        hot_adds: 1,
+        re_adds: 2,
+        rescinds: 1,
+        surprise_removal: false,
+        two_at_boot: false,
+    };
+
+    /// Both functions present at boot (no hot-add), two ejects and a re-add.
+    pub const TWO_AT_BOOT: Self = Self {
+        relations: 4,
+        ejects: 2,
+        hot_adds: 0,
+        re_adds: 1,
+        rescinds: 1,
+        surprise_removal: false,
+        two_at_boot: true,
+    };
+
+    /// Surprise removals (a relations message leaving out a listed function) with a re-add.
+    pub const SURPRISE: Self = Self {
+        relations: 4,
+        ejects: 2,
+        hot_adds: 1,
+        re_adds: 1,
+        rescinds: 1,
+        surprise_removal: true,
+        two_at_boot: false,
+    };
 }
 
 // ---- the host ----
@@ -637,6 +682,18 @@ impl State {
     }
 }
 
+impl State {
+    /// Whether the guest holds exactly the functions the host has announced and still has, and
+    /// no host eject waits for an answer.
+    pub fn views_agree(&self) -> bool {
+        let host: Vec<u8> = (1..=2)
+            .filter(|&s| self.host.get(s) == HostFn::Listed { announced: true })
+            .collect();
+        let guest: Vec<u8> = self.guest.children.keys().copied().collect();
+        host == guest && !self.host.fns.contains(&HostFn::Ejecting)
+    }
+}
+
 impl fmt::Debug for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("State")
@@ -868,11 +925,13 @@ impl Step {
                 .get_or_insert(format!("EJECT({s}) while on {c:?}"));
         }
         g.change = Some(Change::Eject(s));
+        // Settled at the guest: the probe path is done (so resources were assigned where it
+        // assigns them), the function is linked (its requirements were queried), and its
+        // driver is not setting up its interrupt.
         let settled = g.probe == Probe::Done
-            && g.children.get(&s).is_some_and(|c| {
-                (c.assigned || !g.probe_children.contains(&s))
-                    && !matches!(c.driver, Driver::Probe | Driver::WaitInterrupt)
-            });
+            && g.children
+                .get(&s)
+                .is_some_and(|c| !matches!(c.driver, Driver::Probe | Driver::WaitInterrupt));
         if !settled {
             self.s.seen.g2.get_or_insert(s);
         }
@@ -1170,6 +1229,32 @@ impl RelayModel {
         Self { bounds, safeguards }
     }
 
+    /// Takes one action, which must be enabled (for scripted scenarios).
+    pub fn step(&self, s: &State, a: Action) -> State {
+        let mut enabled = Vec::new();
+        self.actions(s, &mut enabled);
+        assert!(enabled.contains(&a), "{a:?} is not enabled in {s:?}");
+        self.next_state(s, a).expect("enabled action")
+    }
+
+    /// Lets the guest run, the host answer everything (dropping interrupt requests for
+    /// functions it has removed) and time pass, until nothing more happens by itself.
+    pub fn settle(&self, mut s: State) -> State {
+        loop {
+            let mut enabled = Vec::new();
+            self.actions(&s, &mut enabled);
+            let next = enabled.into_iter().find(|a| match a {
+                Action::Guest(_) | Action::AdvanceTime => true,
+                Action::HostComplete { outcome, .. } => *outcome != Outcome::Fail,
+                _ => false,
+            });
+            match next {
+                Some(a) => s = self.next_state(&s, a).expect("enabled action"),
+                None => return s,
+            }
+        }
+    }
+
     fn relay(&self) -> BusRelay {
         BusRelay::with_safeguards(RelayConfig::default(), self.safeguards)
     }
@@ -1359,6 +1444,12 @@ impl Model for RelayModel {
             }),
             Property::always("G5 rescind ends with CloseGuest", |_, s: &State| {
                 !s.quiescent() || !s.host.rescinded || s.guest.closed
+            }),
+            Property::always("G7 the host's functions reach the guest", |_, s: &State| {
+                !s.quiescent() || s.host.rescinded || s.guest.closed || s.views_agree()
+            }),
+            Property::always("no change runs into max_hold", |_, s: &State| {
+                !s.seen.change_timed_out
             }),
             Property::always("host sees no stray EJECTION_COMPLETE", |_, s: &State| {
                 !s.host.stray_ejection_complete
