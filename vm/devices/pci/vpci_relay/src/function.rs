@@ -97,6 +97,10 @@ pub struct Function {
     pub config: BTreeMap<u16, u32>,
     /// Current backing.
     pub backing: Backing,
+    /// The host listed this slot again while the guest still holds the function leaving it:
+    /// the new function, announced once the guest has let go of the old one.
+    #[inspect(with = "successor_node")]
+    pub successor: Option<FunctionDescription2>,
 }
 
 fn description_node(d: &FunctionDescription2) -> Node {
@@ -112,6 +116,13 @@ fn description_node(d: &FunctionDescription2) -> Node {
         .field("serial", &d.ser.get())
         .field("numa_node", &d.virtual_numa_node.get())
         .build()
+}
+
+fn successor_node(d: &Option<FunctionDescription2>) -> Node {
+    match d {
+        Some(d) => description_node(d),
+        None => Node::Value(inspect::Value::None),
+    }
 }
 
 fn cache_size(c: &BTreeMap<u16, u32>) -> Node {
@@ -139,6 +150,7 @@ impl Function {
             probed_bars: None,
             config: BTreeMap::new(),
             backing: Backing::Released,
+            successor: None,
         }
     }
 

@@ -137,6 +137,9 @@ pub struct BusRelay {
     eject_order: VecDeque<WinSlot>,
     outstanding: Option<Outstanding>,
     relations_held_reported: bool,
+    /// The guest's view must be refreshed though no host relations are pending (a function
+    /// re-added while its predecessor was being ejected is now free to announce).
+    relations_dirty: bool,
     requests: BTreeMap<u64, Forwarded>,
     next_txid: u64,
     /// Host packets that asked for a completion, forwarded to the guest: relay id -> host id.
@@ -167,6 +170,7 @@ impl BusRelay {
             eject_order: VecDeque::new(),
             outstanding: None,
             relations_held_reported: false,
+            relations_dirty: false,
             requests: BTreeMap::new(),
             next_txid: 1,
             host_requests: BTreeMap::new(),
@@ -531,6 +535,12 @@ impl BusRelay {
                 Status::SUCCESS.0.to_le_bytes().to_vec(),
             )));
         }
+        // A slot re-added while its predecessor leaves, and now dropped again: forget it.
+        for f in self.functions.values_mut() {
+            if f.successor.is_some() && !slots.contains(&f.slot) {
+                f.successor = None;
+            }
+        }
         // Functions the host no longer lists.
         let gone: Vec<u32> = self
             .functions
@@ -558,6 +568,9 @@ impl BusRelay {
             let allowed = self.config.allows(&d);
             match self.functions.get_mut(&d.wslot.raw()) {
                 Some(f) if !f.guest_visible() => *f = Function::new(d, allowed),
+                // Listed again while the guest still holds the function leaving this slot: the
+                // new one waits for the guest to let go of the old.
+                Some(f) if f.host != HostState::Listed => f.successor = Some(d),
                 Some(_) => {}
                 None => {
                     self.functions
@@ -586,7 +599,14 @@ impl BusRelay {
             return;
         };
         if f.host != HostState::Listed {
-            return; // A repeated eject: the first one is being handled.
+            if f.successor.take().is_some() {
+                // The host takes back a re-added function the guest was never shown.
+                self.complete_host_eject(slot);
+                self.counters.coalesced += 1;
+                self.event(RelayEvent::Coalesced { slot });
+                tracing::info!(bus = %self.config.name, %slot, message = "PCI_EJECT", "coalesced: re-added function removed before the guest saw it");
+            }
+            return; // Otherwise a repeated eject: the first one is being handled.
         }
         f.host = HostState::Ejecting;
         if !f.guest_visible() && (self.safeguards.coalesce || !f.allowed) {
@@ -768,6 +788,7 @@ impl BusRelay {
                 continue;
             };
             f.host = HostState::Gone;
+            f.successor = None;
             f.requests_pending = 0;
             f.interrupts_pending = 0;
             if f.guest == GuestState::Announced {
@@ -905,7 +926,13 @@ impl BusRelay {
             return self.guest_fault(&packet, PacketFault::UnknownSlot(slot));
         }
         let forward = f.host == HostState::Ejecting && !f.synthesized_eject;
+        let successor = f.successor.take();
         self.functions.remove(&slot.raw());
+        if let Some(d) = successor {
+            let allowed = self.config.allows(&d);
+            self.functions.insert(slot.raw(), Function::new(d, allowed));
+            self.relations_dirty = true;
+        }
         self.backing.push_back((slot, Backing::Released));
         self.event(RelayEvent::Backing {
             slot,
@@ -1165,12 +1192,12 @@ impl BusRelay {
     }
 
     fn try_deliver_relations(&mut self) -> bool {
-        let wanted = self.survey_requested || self.host_relations.is_some();
+        let wanted = self.survey_requested || self.host_relations.is_some() || self.relations_dirty;
         if !wanted {
             return false;
         }
         let host_up = self.host == HostLink::Up;
-        if host_up && self.host_relations.is_none() {
+        if host_up && self.host_relations.is_none() && !self.relations_dirty {
             return false; // the survey waits for the host's answer
         }
         // After the first survey, further relations wait for the guest's probe path (C1, C4),
@@ -1192,13 +1219,15 @@ impl BusRelay {
             let identical = self.host_relations.as_ref().is_some_and(|h| {
                 h.slots.len() == view.len() && h.slots.iter().zip(&view).all(|(s, f)| *s == f.slot)
             });
-            let relations = self.host_relations.take();
-            if let Some(h) = relations.filter(|_| identical && self.outstanding.is_none() && may) {
-                self.counters.relayed_to_guest += 1;
-                self.tx
-                    .push_back(Transmit::ToGuest(Packet::in_band(0, h.raw)));
-            } else {
-                self.superseded();
+            self.relations_dirty = false;
+            match self.host_relations.take() {
+                Some(h) if identical && self.outstanding.is_none() && may => {
+                    self.counters.relayed_to_guest += 1;
+                    self.tx
+                        .push_back(Transmit::ToGuest(Packet::in_band(0, h.raw)));
+                }
+                Some(_) => self.superseded(),
+                None => {}
             }
             return false;
         }
@@ -1240,6 +1269,7 @@ impl BusRelay {
             self.relations_held_reported = false;
         }
         self.survey_requested = false;
+        self.relations_dirty = false;
         self.host_relations = None;
         self.counters.relayed_to_guest += 1;
         self.tx

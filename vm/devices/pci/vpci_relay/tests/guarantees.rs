@@ -588,3 +588,44 @@ fn pass_through_is_byte_for_byte() {
     bus.drain();
     assert_eq!(bus.guest_completion(id).unwrap().payload, reply);
 }
+
+/// A slot the host drops without an eject and lists again at once: the guest first lets go
+/// of the old function (a relay-made eject), then is shown the new one; and if the host takes
+/// the new one back before that, the relay completes that eject itself.
+#[test]
+fn re_add_while_the_old_function_leaves() {
+    let mut bus = Bus::installed_with(&[1]);
+    bus.host_sends(relations2(&[])); // surprise removal
+    bus.host_sends(relations2(&[1])); // and back at once
+    bus.advance(Duration::from_secs(1));
+    assert_eq!(bus.guest_ejects(), [slot(1)]);
+    bus.guest_sends(ejection_complete(1));
+    assert!(
+        !bus.host_messages()
+            .iter()
+            .any(|m| matches!(m, Message::EjectionComplete(_))),
+        "the host never asked for that eject"
+    );
+    bus.advance(Duration::from_secs(1));
+    assert_eq!(bus.guest_relations().last(), Some(&vec![slot(1)]));
+    assert_eq!(
+        bus.relay.function(slot(1)).unwrap().guest,
+        GuestState::Announced
+    );
+
+    // Again, but the host ejects the re-added function before the guest saw it.
+    let mut bus = Bus::installed_with(&[1]);
+    bus.host_sends(relations2(&[]));
+    bus.host_sends(relations2(&[1]));
+    bus.host_sends(eject(1));
+    assert!(
+        bus.host_messages()
+            .iter()
+            .any(|m| matches!(m, Message::EjectionComplete(e) if e.body.wslot == slot(1)))
+    );
+    bus.advance(Duration::from_secs(1));
+    bus.guest_sends(ejection_complete(1));
+    bus.advance(Duration::from_secs(1));
+    assert!(bus.relay.function(slot(1)).is_none());
+    assert_eq!(bus.guest_relations().len(), 1, "nothing new to announce");
+}
