@@ -341,9 +341,13 @@ pub struct Host {
     pub pending: BTreeMap<u64, Req>,
     /// The channel was rescinded.
     pub rescinded: bool,
+    /// Relations messages sent so far (bounded by [`Bounds::relations`]).
     pub relations_sent: u8,
+    /// EJECTs sent so far.
     pub ejects: u8,
+    /// Hot-adds so far.
     pub hot_adds: u8,
+    /// Re-adds so far.
     pub re_adds: u8,
     /// An EJECTION_COMPLETE arrived for a function the host was not ejecting.
     pub stray_ejection_complete: bool,
@@ -366,6 +370,14 @@ impl Host {
     fn listed(&self) -> Vec<u8> {
         (1..=2)
             .filter(|&s| matches!(self.get(s), HostFn::Listed { .. }))
+            .collect()
+    }
+
+    /// What its relations messages list: what it has, including a function it is ejecting
+    /// (dropped only once its EJECTION_COMPLETE arrives).
+    fn relations(&self) -> Vec<u8> {
+        (1..=2)
+            .filter(|&s| matches!(self.get(s), HostFn::Listed { .. } | HostFn::Ejecting))
             .collect()
     }
 }
@@ -396,15 +408,25 @@ pub enum Failure {
 /// The probe path (hv_pci_probe).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Probe {
+    /// Channel not opened yet; QUERY_PROTOCOL_VERSION next.
     Start,
+    /// Waiting for the version's completion.
     WaitVersion,
+    /// QUERY_BUS_RELATIONS next.
     SendSurvey,
+    /// Waiting on the survey completion (`survey_event`).
     WaitSurvey,
+    /// BUS_D0ENTRY next.
     SendD0,
+    /// Waiting for D0 entry's completion.
     WaitD0,
+    /// RESOURCES_ASSIGNED2 for the next child linked at the survey, or root-bus creation.
     AssignNext,
+    /// Waiting for a RESOURCES_ASSIGNED2 completion.
     WaitAssigned(u8),
+    /// Root-bus creation next (scans config space, starts drivers).
     CreateRootBus,
+    /// The bus is installed.
     Done,
 }
 
@@ -424,15 +446,20 @@ pub enum Driver {
 /// A linked child (hpdev).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Child {
+    /// The probe path assigned its resources.
     pub assigned: bool,
+    /// Its driver.
     pub driver: Driver,
+    /// Marked ejecting by the channel callback.
     pub ejecting: bool,
 }
 
 /// A work item on the bus's ordered workqueue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Work {
+    /// `pci_devices_present_work`.
     Relations,
+    /// `hv_eject_device_work`.
     Eject(u8),
 }
 
@@ -453,9 +480,8 @@ pub enum Running {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Change {
     /// A relations update; `with_probe` when it arrived before the probe path was done.
-    Relations {
-        with_probe: bool,
-    },
+    Relations { with_probe: bool },
+    /// An EJECT, until EJECTION_COMPLETE.
     Eject(u8),
 }
 
@@ -470,6 +496,7 @@ enum Waiter {
 /// The abstract Linux 6.2 guest.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Guest {
+    /// The probe path.
     pub probe: Probe,
     /// hbus->survey_event is set (the probe path waits on it).
     pub survey_waiting: bool,
@@ -477,6 +504,7 @@ pub struct Guest {
     pub surveyed: bool,
     /// The children the probe path will assign resources to and scan (linked at survey).
     pub probe_children: Vec<u8>,
+    /// The linked children, by slot.
     pub children: BTreeMap<u8, Child>,
     /// Children whose ejection completed before the root bus existed (C3).
     pub ejected_early: BTreeSet<u8>,
@@ -484,13 +512,19 @@ pub struct Guest {
     pub record: Option<Vec<u8>>,
     /// Whether that record changes what the guest has (a repeat is no change).
     pub record_changes: bool,
+    /// The ordered workqueue.
     pub queue: VecDeque<Work>,
+    /// The work item running.
     pub running: Option<Running>,
     /// Requests awaiting completion: guest txid -> (request, who waits).
     waiting: BTreeMap<u64, (Req, Waiter)>,
+    /// The guest's next transaction id.
     pub next_txid: u64,
+    /// The host change it is working on (for G1).
     pub change: Option<Change>,
+    /// The channel was closed (CloseGuest).
     pub closed: bool,
+    /// How it died, if it did.
     pub failure: Option<Failure>,
 }
 
@@ -600,11 +634,17 @@ pub enum GuestStep {
 /// What was seen on the way (monotone flags) and property violations found in transitions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Seen {
+    /// The relay reported a held eject.
     pub eject_held: bool,
+    /// The relay coalesced a function.
     pub coalesced: bool,
+    /// The relay answered a guest request itself.
     pub answered_locally: bool,
+    /// A change ran into the relay's `max_hold` fallback.
     pub change_timed_out: bool,
+    /// The guest channel was closed after the host's rescind.
     pub guest_closed_after_rescind: bool,
+    /// An eject work removed a driver.
     pub driver_removed: bool,
     /// G1 broken: a change delivered while the guest was on another.
     pub g1: Option<String>,
@@ -710,8 +750,11 @@ impl fmt::Debug for State {
 /// [`Backing`] as the model keeps it (the relay's type derives no `Hash`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Back {
+    /// [`Backing::Device`].
     Device,
+    /// [`Backing::Shield`].
     Shield,
+    /// [`Backing::Released`].
     Released,
 }
 
@@ -748,7 +791,9 @@ pub enum Action {
 
 /// The model: bounds and the relay's safeguards.
 pub struct RelayModel {
+    /// How far the host may go.
     pub bounds: Bounds,
+    /// The relay's safeguards (all on, or one off for the teeth).
     pub safeguards: Safeguards,
 }
 
@@ -846,10 +891,10 @@ impl Step {
         if let Some(d) = drop {
             h.set(d, HostFn::Removed);
         }
-        let list = h.listed();
-        for &s in &list {
+        for s in h.listed() {
             h.set(s, HostFn::Listed { announced: true });
         }
+        let list = h.relations();
         self.note(format!("host->RELATIONS{list:?}"));
         self.input(Input::HostRelations(list));
     }
@@ -1237,6 +1282,26 @@ impl RelayModel {
         self.next_state(s, a).expect("enabled action")
     }
 
+    /// Lets the guest run until every context waits.
+    pub fn run_guest(&self, mut s: State) -> State {
+        while let Some(&g) = s.guest.runnable().first() {
+            s = self.step(&s, Action::Guest(g));
+        }
+        s
+    }
+
+    /// The host ends the forwarded request `req` this way.
+    pub fn complete(&self, s: &State, req: Req, outcome: Outcome) -> State {
+        let txid = s
+            .host
+            .pending
+            .iter()
+            .find(|(_, r)| **r == req)
+            .map(|(&t, _)| t)
+            .unwrap_or_else(|| panic!("{req:?} is not pending at the host: {s:?}"));
+        self.step(s, Action::HostComplete { txid, outcome })
+    }
+
     /// Lets the guest run, the host answer everything (dropping interrupt requests for
     /// functions it has removed) and time pass, until nothing more happens by itself.
     pub fn settle(&self, mut s: State) -> State {
@@ -1257,6 +1322,11 @@ impl RelayModel {
 
     fn relay(&self) -> BusRelay {
         BusRelay::with_safeguards(RelayConfig::default(), self.safeguards)
+    }
+
+    /// The relay as it is in `s` (rebuilt by replay), for inspection in scripted tests.
+    pub fn relay_of(&self, s: &State) -> BusRelay {
+        self.rebuild(s)
     }
 
     fn rebuild(&self, s: &State) -> BusRelay {
