@@ -568,9 +568,11 @@ impl BusRelay {
             let allowed = self.config.allows(&d);
             match self.functions.get_mut(&d.wslot.raw()) {
                 Some(f) if !f.guest_visible() => *f = Function::new(d, allowed),
-                // Listed again while the guest still holds the function leaving this slot: the
-                // new one waits for the guest to let go of the old.
-                Some(f) if f.host != HostState::Listed => f.successor = Some(d),
+                // Listed again after the host dropped it without an eject, while the guest
+                // still holds the old one: the new one waits for the guest to let go. (A slot
+                // the host is ejecting stays in its lists until the EJECTION_COMPLETE reaches
+                // it; that is not a re-add.)
+                Some(f) if f.host == HostState::Gone => f.successor = Some(d),
                 Some(_) => {}
                 None => {
                     self.functions
