@@ -233,7 +233,7 @@ impl BusRelay {
                 );
             }
         }
-        if self.host_relations.is_some() || self.survey_requested {
+        if self.host_relations.is_some() || self.survey_requested || self.relations_dirty {
             deadlines.extend(self.bus_activity.map(|t| t.saturating_add(settle)));
         }
         if let HostLink::Lost { since, .. } = self.host {
