@@ -81,7 +81,7 @@
 //! | `model_check_all_safeguards_on` | [`Bounds::DEFAULT`]: 4 relations, 2 ejects, 1 hot-add, 1 re-add, 1 rescind | 229,402 | 49 | 20-30 s |
 //! | `model_check_two_at_boot` | [`Bounds::TWO_AT_BOOT`] | 90,969 | 49 | 8-15 s |
 //! | `model_check_surprise_removal_without_re_add` | [`Bounds::SURPRISE`] without re-add | 121,007 | 40 | 10 s |
-//! | `model_check_surprise_removal` (ignored: relay bug) | [`Bounds::SURPRISE`] | about 820,000 | 50 | 95-140 s |
+//! | `model_check_surprise_removal` (ignored) | [`Bounds::SURPRISE`] | 864,263 | 51 | 77-140 s |
 //! | `model_check_large_bound` (ignored) | [`Bounds::LARGE`]: 5 relations, 3 ejects, 2 re-adds | 2,666,405 | 62 | 7.7 min |
 //!
 //! The teeth run at [`Bounds::SMALL`] on one thread and stop at the first counterexample
@@ -205,11 +205,10 @@ fn model_check_surprise_removal_without_re_add() {
     });
 }
 
-/// The same with surprise removals and a re-add (about 820,000 states): the checker finds the
-/// relay bug pinned down by `relay_bug_successor_announced_after_eject_complete` (and, before
-/// 2c9b344, the ones the two tests before it pin down).
+/// The same with surprise removals and a re-add (864,263 states). Before 2c9b344 and 06cc642
+/// the checker found the relay bugs the three re-add tests below pin down.
 #[test]
-#[ignore = "relay bug: a successor installed at EJECTION_COMPLETE is never announced; also takes 2 minutes"]
+#[ignore = "takes 1-2 minutes in a debug build; run with --ignored (or --release)"]
 fn model_check_surprise_removal() {
     check_all_on(Bounds::SURPRISE);
 }
@@ -382,20 +381,19 @@ fn eject_of_re_added_function_is_completed() {
     assert!(s.views_agree());
 }
 
-/// Relay bug found by the model at the surprise-removal bound after the re-add fix (2c9b344):
-/// the host leaves out a function whose driver is still waiting for its interrupt (the relay
-/// holds the synthesized eject), does not answer that interrupt request, and re-adds the slot.
-/// Once the relay has answered the interrupt itself and the guest has let go of the old
-/// function, the re-added one must reach the guest. It does not: the guest's
-/// EJECTION_COMPLETE installs the successor and sets `relations_dirty`, but that same packet
-/// is bus activity, so `try_deliver_relations` finds the bus not quiet (`may` needs
-/// `installed && bus_quiet()`) and holds the relations; and `poll_timeout` arms the
-/// bus-quiet deadline only for `host_relations.is_some() || survey_requested`, not for
-/// `relations_dirty`, so no timer ever retries. The relay ends with slot 2 listed at the
-/// host, hidden from the guest, and no timer (guarantee 7 broken).
+/// A re-added function is announced once the guest lets go of its predecessor, even when
+/// that EJECTION_COMPLETE leaves the bus busy. Scenario: the host leaves out a function whose
+/// driver still waits for its interrupt (the relay holds the synthesized eject), never answers
+/// that request, and re-adds the slot; the relay answers the interrupt itself, ejects the old
+/// function, and must then announce the new one. The model found this broken at the
+/// surprise-removal bound after 2c9b344 (fixed by 06cc642): the guest's EJECTION_COMPLETE
+/// installed the successor and set `relations_dirty`, but that packet is bus activity, so
+/// `try_deliver_relations` held the relations (`may` needs `installed && bus_quiet()`), and
+/// `poll_timeout` armed the bus-quiet deadline only for `host_relations.is_some() ||
+/// survey_requested`, so no timer ever retried: slot 2 listed at the host, hidden from the
+/// guest, no timer (guarantee 7 broken).
 #[test]
-#[ignore = "relay bug: a successor installed at EJECTION_COMPLETE is never announced (no timer for relations_dirty)"]
-fn relay_bug_successor_announced_after_eject_complete() {
+fn successor_announced_after_eject_complete() {
     let bounds = Bounds {
         relations: 5,
         surprise_removal: true,
