@@ -98,6 +98,23 @@
 //! guest channel closed mid-probe: C5), `removal_shield` (the driver-remove path reads a
 //! torn-down device: C7).
 //!
+//! # Relay bugs this model found
+//!
+//! All at the surprise-removal bound (a relations message leaving out a function the guest
+//! holds, then the slot re-added); all fixed since by the relay's owners, and kept as
+//! scripted regression tests:
+//! - the re-added function was never announced
+//!   (`re_add_during_synthesized_eject_reaches_the_guest`; seen failing at bacc3b6, passes
+//!   since 2c9b344);
+//! - a host EJECT of the re-added function was dropped as a repeat, and the slot was later
+//!   re-announced with device backing, so the guest's driver read a torn-down device (C7, G3)
+//!   (`eject_of_re_added_function_is_completed`; the checker's counterexample was seen at
+//!   bacc3b6, the scripted test was written after 2c9b344 landed and has only been seen
+//!   passing);
+//! - the successor installed at the guest's EJECTION_COMPLETE waited for a bus-quiet timer
+//!   nobody armed (`successor_announced_after_eject_complete`; seen failing at 2c9b344,
+//!   passes since 06cc642).
+//!
 //! # Not modelled
 //!
 //! Version fallback (the guest asks for 1.4 only), D0 entry failure and the kdump retry,
