@@ -440,3 +440,30 @@ fn successor_announced_after_eject_complete() {
         s.guest.children.keys().collect::<Vec<_>>()
     );
 }
+
+/// The guest model itself: with the eject hold off, an EJECT that arrives while a driver waits
+/// for its CREATE_INTERRUPT_MESSAGE2 completion is 6.2's C2 (the polling loop gives up on the
+/// ejecting mark, unmask reads a NULL descriptor); with every safeguard on, the same host
+/// actions leave the guest alive, the eject delivered only after the interrupt was answered.
+#[test]
+fn guest_model_c2_eject_during_interrupt_setup() {
+    let run = |safeguards: Safeguards| {
+        let m = RelayModel::new(Bounds::SMALL, safeguards);
+        let mut s = m.settle(m.init_states().remove(0));
+        s = m.step(&s, Action::HostRelations { drop: None });
+        s = m.run_guest(s);
+        for req in [Req::Requirements(1), Req::D0Entry, Req::Assigned(1)] {
+            s = m.complete(&s, req, Outcome::Success);
+            s = m.run_guest(s);
+        }
+        assert_eq!(s.guest.children[&1].driver, Driver::WaitInterrupt);
+        s = m.step(&s, Action::HostEject(1));
+        m.settle(s)
+    };
+    let mut off = Safeguards::ALL_ON;
+    off.hold_eject_until_settled = false;
+    assert_eq!(run(off).guest.failure, Some(Failure::C2NullDescriptor(1)));
+    let s = run(Safeguards::ALL_ON);
+    assert_eq!(s.guest.failure, None);
+    assert!(s.quiescent() && s.views_agree(), "{s:?}");
+}
