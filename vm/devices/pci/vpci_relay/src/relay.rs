@@ -1181,16 +1181,14 @@ impl BusRelay {
     }
 
     /// The functions the guest should see, in slot order.
-    fn guest_view(&self) -> Vec<&Function> {
-        self.functions
-            .values()
-            .filter(|f| {
-                f.guest_visible()
-                    || (f.allowed
-                        && (f.host == HostState::Listed
-                            || (!self.safeguards.coalesce && f.host == HostState::Ejecting)))
-            })
-            .collect()
+    fn guest_view(&self) -> impl Iterator<Item = &Function> + Clone {
+        let coalesce = self.safeguards.coalesce;
+        self.functions.values().filter(move |f| {
+            f.guest_visible()
+                || (f.allowed
+                    && (f.host == HostState::Listed
+                        || (!coalesce && f.host == HostState::Ejecting)))
+        })
     }
 
     fn try_deliver_relations(&mut self) -> bool {
@@ -1208,9 +1206,8 @@ impl BusRelay {
             && (self.survey_requested
                 || (self.installed && self.bus_quiet())
                 || !self.safeguards.one_change_at_a_time);
-        let view = self.guest_view();
-        let added: Vec<WinSlot> = view
-            .iter()
+        let added: Vec<WinSlot> = self
+            .guest_view()
             .filter(|f| !f.guest_visible())
             .map(|f| f.slot)
             .collect();
@@ -1218,9 +1215,10 @@ impl BusRelay {
             // Nothing new for the guest (a repeat of what it has, or only removals that ejects
             // carry): absorb it. Pass it on byte for byte when idle and identical, as the
             // host meant it.
-            let identical = self.host_relations.as_ref().is_some_and(|h| {
-                h.slots.len() == view.len() && h.slots.iter().zip(&view).all(|(s, f)| *s == f.slot)
-            });
+            let identical = self
+                .host_relations
+                .as_ref()
+                .is_some_and(|h| h.slots.iter().eq(self.guest_view().map(|f| &f.slot)));
             self.relations_dirty = false;
             match self.host_relations.take() {
                 Some(h) if identical && self.outstanding.is_none() && may => {
@@ -1242,6 +1240,7 @@ impl BusRelay {
             }
             return false;
         }
+        let view: Vec<&Function> = self.guest_view().collect();
         let payload = self.relations_payload(&view);
         let view_len = view.len();
         let initial = !self.installed;
