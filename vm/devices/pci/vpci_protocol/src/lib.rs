@@ -23,10 +23,10 @@
 //!
 //! // EJECT of device 2, function 0, from the host.
 //! let bytes = [0x0b, 0x00, 0x49, 0x42, 0x02, 0x00, 0x00, 0x00];
-//! let msg = decode(&bytes, Sender::Host, ProtocolVersion::V1_4).unwrap();
-//! let Message::Eject(eject) = &msg else { panic!() };
-//! assert_eq!(eject.body.wslot.device(), 2);
+//! let msg = decode(&bytes, Sender::Host, ProtocolVersion::V1_4)?;
+//! assert!(matches!(&msg, Message::Eject(e) if e.body.wslot.device() == 2));
 //! assert_eq!(encode(&msg), bytes);
+//! # Ok::<(), vpci_protocol::DecodeError>(())
 //! ```
 
 #![forbid(unsafe_code)]
