@@ -104,6 +104,54 @@ const BENCH_SMOKE: Step = Step {
     env: &[],
 };
 
+/// One fuzz target for 30 seconds (needs `cargo install cargo-fuzz`; `-s none` lets it run on
+/// the stable toolchain).
+const fn fuzz(name: &'static str, args: &'static [&'static str]) -> Step {
+    Step {
+        name,
+        program: "cargo",
+        args,
+        env: &[],
+    }
+}
+
+const FUZZ_DECODE: Step = fuzz(
+    "fuzz-decode",
+    &[
+        "fuzz",
+        "run",
+        "decode",
+        "-s",
+        "none",
+        "--",
+        "-max_total_time=30",
+    ],
+);
+const FUZZ_RING: Step = fuzz(
+    "fuzz-ring-reader",
+    &[
+        "fuzz",
+        "run",
+        "ring_reader",
+        "-s",
+        "none",
+        "--",
+        "-max_total_time=30",
+    ],
+);
+const FUZZ_RELAY: Step = fuzz(
+    "fuzz-relay",
+    &[
+        "fuzz",
+        "run",
+        "relay",
+        "-s",
+        "none",
+        "--",
+        "-max_total_time=30",
+    ],
+);
+
 /// A named list of steps.
 #[derive(Debug)]
 struct Pipeline {
@@ -131,6 +179,11 @@ const PIPELINES: &[Pipeline] = &[
         name: "bench-smoke",
         about: "every benchmark once, as a test (no timing)",
         steps: &[BENCH_SMOKE],
+    },
+    Pipeline {
+        name: "fuzz-smoke",
+        about: "each fuzz target for 30 s (needs cargo-fuzz installed)",
+        steps: &[FUZZ_DECODE, FUZZ_RING, FUZZ_RELAY],
     },
 ];
 
