@@ -620,6 +620,25 @@ fn re_add_while_the_old_function_leaves() {
         GuestState::Announced
     );
 
+    // Again, with the host's re-listing absorbed before the eject goes out (the guest is busy
+    // with an interrupt request the host never answers): only the relay's own timer can
+    // announce the successor once the guest lets go.
+    let mut bus = Bus::installed_with(&[1]);
+    bus.guest_requests(create_interrupt2(1, 0x30));
+    bus.host_sends(relations2(&[]));
+    bus.host_sends(relations2(&[1]));
+    bus.advance(Duration::from_secs(2));
+    assert_eq!(bus.guest_ejects(), [slot(1)]);
+    bus.guest_sends(ejection_complete(1));
+    let wake = bus
+        .relay
+        .poll_timeout()
+        .expect("a timer for the re-added function");
+    bus.now = wake;
+    bus.relay.handle_timeout(wake);
+    bus.drain();
+    assert_eq!(bus.guest_relations().last(), Some(&vec![slot(1)]));
+
     // Again, but the host ejects the re-added function before the guest saw it.
     let mut bus = Bus::installed_with(&[1]);
     bus.host_sends(relations2(&[]));
