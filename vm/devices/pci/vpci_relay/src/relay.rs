@@ -6,7 +6,7 @@ use crate::function::{Backing, Function, GuestState, HostState, Stage};
 use crate::local::local_completion;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
-use vmbus_channel::{Packet, PacketKind};
+use vmbus_channel::{Packet, PacketFlags, PacketKind};
 use vpci_protocol::wire::{FunctionDescription, FunctionDescription2, SlotBody};
 use vpci_protocol::{
     BusRelations, Completion, CompletionBody, Fixed, Message, ProtocolVersion, Sender, Status,
@@ -505,6 +505,22 @@ impl BusRelay {
 
     fn forward_host_packet(&mut self, mut packet: Packet) {
         if packet.completion_requested() {
+            if self.host_requests.len() >= self.config.limits.max_outstanding_requests {
+                // A guest that never completes cannot make the table grow: the relay answers
+                // the host itself and the guest gets the notification without the request.
+                self.count_fault(
+                    Side::Host,
+                    PacketFault::TooManyRequests(self.config.limits.max_outstanding_requests),
+                );
+                self.tx.push_back(Transmit::ToHost(Packet::completion(
+                    packet.transaction_id,
+                    Status::SUCCESS.0.to_le_bytes().to_vec(),
+                )));
+                packet.flags = PacketFlags(packet.flags.0 & !PacketFlags::COMPLETION_REQUESTED.0);
+                self.counters.relayed_to_guest += 1;
+                self.tx.push_back(Transmit::ToGuest(packet));
+                return;
+            }
             let id = self.alloc_txid();
             self.host_requests.insert(id, packet.transaction_id);
             packet.transaction_id = id;

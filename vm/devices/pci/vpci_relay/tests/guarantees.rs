@@ -655,3 +655,37 @@ fn re_add_while_the_old_function_leaves() {
     assert!(bus.relay.function(slot(1)).is_none());
     assert_eq!(bus.guest_relations().len(), 1, "nothing new to announce");
 }
+
+/// A host that keeps asking for completions the guest never gives cannot grow the relay's
+/// table: past the limit the relay answers the host itself.
+#[test]
+fn g9_host_requests_are_bounded() {
+    let config = RelayConfig {
+        limits: Limits {
+            max_outstanding_requests: 4,
+            ..Limits::default()
+        },
+        ..RelayConfig::default()
+    };
+    let mut bus = Bus::with(config, Safeguards::ALL_ON);
+    bus.survey(&[1]);
+    bus.finish_probe(&[1]);
+    bus.to_host.clear();
+    let invalidate = encode(&Message::InvalidateBlock(Fixed::new(
+        vpci_protocol::wire::InvalidateBlockBody {
+            wslot: slot(1),
+            block_mask: 1.into(),
+        },
+    )));
+    for id in 0..10 {
+        bus.relay.handle_host(
+            bus.now,
+            Packet::request(100 + id, padded(invalidate.clone())),
+        );
+        bus.drain();
+    }
+    let answered: Vec<u64> = bus.to_host.iter().map(|p| p.transaction_id).collect();
+    assert_eq!(answered, (104..110).collect::<Vec<_>>());
+    assert_eq!(bus.relay.counters().malformed_host, 6);
+    assert_eq!(bus.relay.host_link(), HostLink::Up);
+}
