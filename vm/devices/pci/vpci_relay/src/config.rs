@@ -43,7 +43,9 @@ impl AllowRule {
 /// Bounds that keep a hostile peer from growing the relay's memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// The most functions one bus may hold (the wire allows 256 slots).
+    /// The most functions one host relations message may list (the wire allows 256 slots).
+    /// The relay holds at most twice this many: the host's current functions plus those the
+    /// guest still holds while they are being ejected.
     pub max_functions: usize,
     /// The most guest requests outstanding at the host at once.
     pub max_outstanding_requests: usize,

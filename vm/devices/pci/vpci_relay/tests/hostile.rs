@@ -119,7 +119,8 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
             }
             Step::Advance(ms) => bus.advance(Duration::from_millis(u64::from(*ms))),
         }
-        prop_assert!(bus.relay.functions().count() <= 3);
+        // The host's three plus at most three the guest still holds while they leave.
+        prop_assert!(bus.relay.functions().count() <= 6);
         prop_assert!(bus.relay.requests_outstanding() <= 8);
         // Guarantee 1, observed from outside: never two ejects for which the guest has not
         // yet sent its EJECTION_COMPLETE... counted as ejects delivered minus completions
