@@ -1,5 +1,5 @@
 //! The relay fed an arbitrary sequence of host packets, guest packets, config accesses, timer
-//! ticks and a rescind: no panic, and its bookkeeping stays within the configured limits.
+//! ticks and a rescind: no panic, and outstanding requests stay within the configured limit.
 
 #![no_main]
 
@@ -56,8 +56,6 @@ fuzz_target!(|data: &[u8]| {
         while relay.poll_transmit().is_some() {}
         while relay.poll_backing().is_some() {}
         while relay.poll_event().is_some() {}
-        // The host's eight plus at most eight the guest still holds while they leave.
-        assert!(relay.functions().count() <= 16);
         assert!(relay.requests_outstanding() <= 16);
     }
 });

@@ -44,8 +44,9 @@ impl AllowRule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// The most functions one host relations message may list (the wire allows 256 slots).
-    /// The relay holds at most twice this many: the host's current functions plus those the
-    /// guest still holds while they are being ejected.
+    /// The relay keeps one entry per slot (a function re-added while its predecessor leaves
+    /// waits inside that entry), so it never holds more than the 256 slots the wire can name,
+    /// whatever the host sends.
     pub max_functions: usize,
     /// The most guest requests outstanding at the host at once.
     pub max_outstanding_requests: usize,
