@@ -38,7 +38,7 @@ pub(crate) fn serialize_trailing<M: SerializeMap>(
 }
 
 /// A message whose layout is fixed: its body, then whatever bytes followed the layout.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Fixed<B> {
     /// The body after the message type.
     pub body: B,
@@ -67,7 +67,7 @@ impl<B: Fields> Fixed<B> {
 
 /// BUS_RELATIONS (`D` = [`FunctionDescription`]) or BUS_RELATIONS2
 /// (`D` = [`FunctionDescription2`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BusRelations<D> {
     /// The functions on the bus (the wire's `device_count` is their number).
     pub functions: Vec<D>,
@@ -88,7 +88,7 @@ impl<D: Serialize> BusRelations<D> {
 /// The head is the same in both dialects; Linux sends no MSI resources and pads with reserved
 /// bytes (to 148 or 202 bytes), OpenVMM reads `msi_descriptor_count` MSI resources after the
 /// head (16, 72 or 80 bytes each for versions 1, 2, 3).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ResourcesAssigned {
     /// Slot, BAR resources, MSI resource count and a reserved word.
     pub head: ResourcesHead,
@@ -133,7 +133,7 @@ impl ResourcesAssigned {
 }
 
 /// WRITE_BLOCK: a head, then `byte_count` bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WriteBlock {
     /// Block id, slot and byte count.
     pub head: WriteBlockHead,
@@ -152,7 +152,7 @@ impl WriteBlock {
 }
 
 /// TDISP_COMMAND: slot, then `data_length` bytes of command data (carried, not interpreted).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TdispCommand {
     /// The function's slot.
     pub wslot: WinSlot,
@@ -322,7 +322,7 @@ macro_rules! messages {
         /// A vPCI request or notification (everything but a completion).
         ///
         /// Each variant is one message type; the wire's type field is implied by the variant.
-        #[derive(Clone, Debug, PartialEq, Eq)]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash)]
         pub enum Message {
             $($(#[$doc])* $variant($body),)*
         }

@@ -113,7 +113,7 @@ macro_rules! wire_struct {
         $(#[$meta])*
         #[repr(C)]
         #[derive(
-            Clone, Copy, Debug, Default, PartialEq, Eq,
+            Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
             FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
         )]
         pub struct $name {

@@ -13,7 +13,7 @@ pub enum Side {
 }
 
 /// What kind of host change is outstanding at the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ChangeKind {
     /// A relations update (the survey answer or a hot-add).
     Relations,

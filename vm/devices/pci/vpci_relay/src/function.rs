@@ -8,7 +8,7 @@ use vpci_protocol::WinSlot;
 use vpci_protocol::wire::FunctionDescription2;
 
 /// How far one guest request of a kind has come.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Inspect)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Inspect)]
 pub enum Stage {
     /// Not sent yet.
     #[default]
@@ -20,7 +20,7 @@ pub enum Stage {
 }
 
 /// The host's side of a function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Inspect)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Inspect)]
 pub enum HostState {
     /// Listed in the host's relations; no eject.
     Listed,
@@ -32,7 +32,7 @@ pub enum HostState {
 }
 
 /// The guest's side of a function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Inspect)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Inspect)]
 pub enum GuestState {
     /// Never announced to the guest.
     Hidden,
@@ -43,7 +43,7 @@ pub enum GuestState {
 }
 
 /// Where a function's BARs and config space are backed for the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Inspect)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Inspect)]
 pub enum Backing {
     /// By the device itself (the host's mapping).
     Device,
@@ -55,7 +55,7 @@ pub enum Backing {
 }
 
 /// One function on the bus.
-#[derive(Clone, Debug, Inspect)]
+#[derive(Clone, Debug, Hash, Inspect)]
 pub struct Function {
     /// The function's slot.
     #[inspect(display)]

@@ -65,7 +65,7 @@ pub enum ConfigAction {
 }
 
 /// The relay's view of the bus as a whole.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HostLink {
     /// The host answers on the channel.
     Up,
@@ -79,7 +79,7 @@ pub enum HostLink {
 }
 
 /// A guest request forwarded to the host (by the relay's own transaction id).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 struct Forwarded {
     guest_txid: u64,
     request: Message,
@@ -92,14 +92,14 @@ struct Forwarded {
 }
 
 /// The host relations the relay has not yet reflected to the guest.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 struct HostRelations {
     v2: bool,
     raw: Vec<u8>,
     slots: Vec<WinSlot>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 struct Outstanding {
     kind: ChangeKind,
     since: Duration,
@@ -114,7 +114,7 @@ struct Outstanding {
 /// Feed it with the `handle_*` methods, then drain [`poll_transmit`](Self::poll_transmit),
 /// [`poll_backing`](Self::poll_backing) and [`poll_event`](Self::poll_event), and arm a timer
 /// for [`poll_timeout`](Self::poll_timeout). It never blocks, reads no clock and does no I/O.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct BusRelay {
     config: RelayConfig,
     safeguards: Safeguards,
@@ -246,6 +246,67 @@ impl BusRelay {
     }
 
     // ---- inspection ----
+
+    /// Feeds `state` with everything that decides the relay's future behaviour: not its
+    /// counters, its configuration or its output queues (drain those first). Two relays with
+    /// the same fingerprint input react to every input alike, which lets a model checker or
+    /// simulator merge equal states without comparing histories.
+    pub fn fingerprint<H: std::hash::Hasher>(&self, state: &mut H) {
+        use std::hash::Hash;
+        let Self {
+            config: _,
+            safeguards: _,
+            now,
+            version,
+            host,
+            guest_closed,
+            survey_requested,
+            surveyed,
+            installed,
+            d0,
+            bus_activity,
+            functions,
+            host_relations,
+            eject_order,
+            outstanding,
+            relations_held_reported,
+            relations_dirty,
+            requests,
+            next_txid,
+            host_requests,
+            tx: _,
+            backing: _,
+            events: _,
+            counters: _,
+        } = self;
+        (
+            now,
+            version,
+            host,
+            guest_closed,
+            survey_requested,
+            surveyed,
+            installed,
+            d0,
+        )
+            .hash(state);
+        (
+            bus_activity,
+            functions,
+            host_relations,
+            eject_order,
+            outstanding,
+        )
+            .hash(state);
+        (
+            relations_held_reported,
+            relations_dirty,
+            requests,
+            next_txid,
+            host_requests,
+        )
+            .hash(state);
+    }
 
     /// The bus's counters.
     pub fn counters(&self) -> &Counters {
