@@ -1,0 +1,3 @@
+//! A scriptable simulated Hyper-V host vPCI endpoint (work in progress).
+
+#![forbid(unsafe_code)]
