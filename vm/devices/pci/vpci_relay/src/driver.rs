@@ -126,24 +126,49 @@ impl Clock for VirtualClock {
     }
 }
 
-/// Carries out backing changes for a function's BARs and config space (map the device, map
-/// the shield, unmap).
+/// The memory-mapping side of a bus, implemented by the VMM: what backs each function's
+/// BARs and config space for the guest.
+///
+/// The driver turns each backing change the relay decides ([`BusRelay::poll_backing`]) into
+/// one call, in the relay's order, on the bus's own task (so an implementation for one bus
+/// is never called from another bus's task). For one function the calls follow its life:
+/// [`map_device`](Self::map_device) when the guest is told of it,
+/// [`map_shield`](Self::map_shield) when the host removes it while the guest still holds it,
+/// and [`unmap`](Self::unmap) once the guest has let it go. When the driver stops, slots
+/// still mapped stay as they are; tearing down the bus is the VMM's business. The calls cannot fail: whatever
+/// happens inside, an implementation must never leave a slot the guest still holds unbacked
+/// (guarantee 8; OpenVMM issue #3077 is a guest that faulted reading such a BAR).
 pub trait BarControl {
-    /// Back `slot` as `backing` from now on.
-    fn set_backing(&mut self, slot: WinSlot, backing: Backing);
+    /// The function in `slot` is being shown to the guest: from now on the guest's accesses
+    /// to its BARs reach the device, and its config-space accesses (through the config
+    /// window, after [`BusPort::access`] says [`ConfigAction::Forward`]) reach the device's
+    /// config space.
+    fn map_device(&mut self, slot: WinSlot);
+
+    /// The host has removed the function in `slot` but the guest still holds it: replace
+    /// the device's mapping by the shield, with no moment in between where the BARs are
+    /// unbacked. Under the shield BAR reads return all ones and BAR writes are dropped; the
+    /// device is not touched any more. Config-space accesses keep going through
+    /// [`BusPort::access`], which answers reads from the relay's copy and drops writes.
+    fn map_shield(&mut self, slot: WinSlot);
+
+    /// The guest has let the function in `slot` go (it sent EJECTION_COMPLETE): nothing
+    /// backs the slot's BARs any more and the VMM may reclaim their ranges. The relay
+    /// answers config reads for the slot as for an absent function.
+    fn unmap(&mut self, slot: WinSlot);
 }
 
-/// A `BarControl` that only records (for tests, and buses whose BARs the paravisor does not
-/// map).
-#[derive(Clone, Debug, Default)]
-pub struct RecordedBacking(pub Arc<Mutex<Vec<(WinSlot, Backing)>>>);
+impl<B: BarControl + ?Sized> BarControl for Box<B> {
+    fn map_device(&mut self, slot: WinSlot) {
+        (**self).map_device(slot)
+    }
 
-impl BarControl for RecordedBacking {
-    fn set_backing(&mut self, slot: WinSlot, backing: Backing) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((slot, backing));
+    fn map_shield(&mut self, slot: WinSlot) {
+        (**self).map_shield(slot)
+    }
+
+    fn unmap(&mut self, slot: WinSlot) {
+        (**self).unmap(slot)
     }
 }
 
@@ -272,8 +297,8 @@ where
     C: Clock,
     B: BarControl,
 {
-    /// A driver for `relay` between the host and guest channels of one bus. Returns it with
-    /// the handle the config-window trap uses.
+    /// A driver for `relay` between the host and guest channels of one bus, carrying out
+    /// backing changes on `bars`. Returns it with the handle the config-window trap uses.
     pub fn new(relay: BusRelay, host: H, guest: G, clock: C, bars: B) -> (Self, BusPort) {
         let (tx, config_rx) = mpsc::channel(16);
         let driver = Self {
@@ -333,7 +358,11 @@ where
             }
         }
         while let Some((slot, backing)) = self.relay.poll_backing() {
-            self.bars.set_backing(slot, backing);
+            match backing {
+                Backing::Device => self.bars.map_device(slot),
+                Backing::Shield => self.bars.map_shield(slot),
+                Backing::Released => self.bars.unmap(slot),
+            }
         }
         while let Some(e) = self.relay.poll_event() {
             (self.on_event)(&e);

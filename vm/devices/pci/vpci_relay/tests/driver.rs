@@ -17,7 +17,7 @@ use vmbus_channel::{
     channel_pair,
 };
 use vpci_protocol::*;
-use vpci_relay::driver::{DriverCounters, RecordedBacking};
+use vpci_relay::driver::DriverCounters;
 use vpci_relay::*;
 
 /// Faults a test plans for one of the relay's channel ends.
@@ -233,16 +233,14 @@ fn driver_relays_and_times() {
     assert!(recv_all(&mut rig.guest).is_empty(), "held until quiet");
     advance(&mut pool, &clock, Duration::from_secs(1));
     assert_eq!(types(&recv_all(&mut rig.guest)), [Some(MessageType::EJECT)]);
-    assert!(
-        rig.backing
-            .0
-            .lock()
-            .unwrap()
-            .contains(&(slot(1), Backing::Shield))
+    assert_eq!(
+        rig.backing.calls(),
+        [BarCall::MapDevice(slot(1)), BarCall::MapShield(slot(1))]
     );
 }
 
-/// After a rescind the driver ejects the function, then revokes the guest channel and ends.
+/// After a rescind the driver shields and ejects the function, unmaps it once the guest has
+/// completed the eject, then revokes the guest channel and ends.
 #[test]
 fn driver_rescind_closes_guest() {
     let mut pool = LocalPool::new();
@@ -260,6 +258,15 @@ fn driver_rescind_closes_guest() {
     advance(&mut pool, &clock, Duration::from_secs(1));
     assert_eq!(*rig.exit.borrow(), Some(DriverExit::GuestClosedByRelay));
     assert_eq!(rig.guest.state(), ChannelState::Ended(EndReason::Revoked));
+    assert_eq!(
+        rig.backing.calls(),
+        [
+            BarCall::MapDevice(slot(1)),
+            BarCall::MapShield(slot(1)),
+            BarCall::Unmap(slot(1)),
+        ],
+        "shielded at the rescind, unmapped once the guest let go"
+    );
 }
 
 /// Guarantee 6: a guest stuck on one bus (never completing its eject) does not delay another
