@@ -90,29 +90,30 @@ impl BusRelay {
                 limit,
             });
         }
-        let mut slots: Vec<WinSlot> = Vec::with_capacity(descs.len());
-        for d in &descs {
-            if slots.contains(&d.wslot) {
+        for (i, d) in descs.iter().enumerate() {
+            if descs.iter().take(i).any(|e| e.wslot == d.wslot) {
                 return self.host_fault(PacketFault::DuplicateSlot(d.wslot));
             }
-            slots.push(d.wslot);
         }
+        let listed = |slot: WinSlot| descs.iter().any(|d| d.wslot == slot);
         if packet.completion_requested() {
             // vPCI relations need no completion; answer one if asked so nothing waits.
             self.out.own_to_host(success(packet.transaction_id));
         }
-        // Functions the host no longer lists.
-        for slot in self.functions.slots() {
-            if slots.contains(&slot) {
-                continue;
-            }
-            let Some(f) = self.functions.get_mut(slot) else {
-                continue;
-            };
-            // A successor the host takes back before the guest saw it is forgotten.
-            f.successor = None;
-            if f.host == HostState::Listed {
-                self.host_dropped(slot);
+        // Functions the host no longer lists. (Checked before collecting: usually none.)
+        if self.functions.values().any(|f| !listed(f.slot)) {
+            for slot in self.functions.slots() {
+                if listed(slot) {
+                    continue;
+                }
+                let Some(f) = self.functions.get_mut(slot) else {
+                    continue;
+                };
+                // A successor the host takes back before the guest saw it is forgotten.
+                f.successor = None;
+                if f.host == HostState::Listed {
+                    self.host_dropped(slot);
+                }
             }
         }
         // Functions listed: new ones, new identities in known slots, and repeats.

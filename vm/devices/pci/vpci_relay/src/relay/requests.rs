@@ -41,7 +41,10 @@ pub(crate) struct Full(pub(crate) usize);
 /// Guest requests at the host, remembered local answers, and host requests at the guest.
 #[derive(Clone, Debug, Hash)]
 pub(crate) struct RequestTable {
-    live: BTreeMap<u64, Forwarded>,
+    /// Sorted by id. A vector rather than a map: it holds a handful of entries, keeps its
+    /// allocation when it empties (a map frees its node on every round trip), and is bounded
+    /// by `live_limit`.
+    live: Vec<(u64, Forwarded)>,
     live_limit: usize,
     answered: VecDeque<(u64, MessageType)>,
     answered_limit: usize,
@@ -53,7 +56,7 @@ pub(crate) struct RequestTable {
 impl RequestTable {
     pub(crate) fn new(live_limit: usize, answered_limit: usize) -> Self {
         Self {
-            live: BTreeMap::new(),
+            live: Vec::new(),
             live_limit,
             answered: VecDeque::new(),
             answered_limit,
@@ -74,13 +77,20 @@ impl RequestTable {
             return Err(Full(self.live_limit));
         }
         let id = self.alloc();
-        self.live.insert(id, fwd);
+        // Ids only grow (until a wrap that 2^64 requests put out of reach), so this is a push.
+        let at = self.live.partition_point(|(i, _)| *i < id);
+        self.live.insert(at, (id, fwd));
         Ok(id)
+    }
+
+    fn take_live(&mut self, id: u64) -> Option<Forwarded> {
+        let at = self.live.binary_search_by_key(&id, |(i, _)| *i).ok()?;
+        Some(self.live.remove(at).1)
     }
 
     /// Matches a host completion's transaction id, taking a live request out of the table.
     pub(crate) fn complete(&mut self, id: u64) -> Result<Forwarded, Unmatched> {
-        if let Some(fwd) = self.live.remove(&id) {
+        if let Some(fwd) = self.take_live(id) {
             return Ok(fwd);
         }
         if let Some(&(_, ty)) = self.answered.iter().find(|(a, _)| *a == id) {
@@ -96,7 +106,7 @@ impl RequestTable {
 
     /// Takes a live request out to answer it locally, remembering that it was.
     pub(crate) fn answer_locally(&mut self, id: u64) -> Option<Forwarded> {
-        let fwd = self.live.remove(&id)?;
+        let fwd = self.take_live(id)?;
         if self.answered_limit > 0 {
             if self.answered.len() >= self.answered_limit {
                 self.answered.pop_front();
@@ -108,7 +118,7 @@ impl RequestTable {
 
     /// The live requests' ids, in order.
     pub(crate) fn live_ids(&self) -> Vec<u64> {
-        self.live.keys().copied().collect()
+        self.live.iter().map(|(id, _)| *id).collect()
     }
 
     /// Live requests for functions `departed` says are gone that have waited `timeout`.
@@ -123,7 +133,7 @@ impl RequestTable {
             .filter(|(_, r)| {
                 now >= r.sent_at.saturating_add(timeout) && r.slot.is_some_and(&departed)
             })
-            .map(|(&id, _)| id)
+            .map(|(id, _)| *id)
             .collect()
     }
 
@@ -134,7 +144,8 @@ impl RequestTable {
         departed: impl Fn(WinSlot) -> bool,
     ) -> Option<Duration> {
         self.live
-            .values()
+            .iter()
+            .map(|(_, r)| r)
             .filter(|r| r.slot.is_some_and(&departed))
             .map(|r| r.sent_at.saturating_add(timeout))
             .min()
