@@ -376,8 +376,8 @@ where
     /// one packet is dropped and counted. A closed or revoked channel is the host's rescind;
     /// any other error is a broken transport, and the host loses its bus.
     ///
-    /// The relay is not told of a dropped packet: a request dropped this way is answered by
-    /// no one, as if the peer had never answered it.
+    /// The relay is told of a dropped packet, so a guest request in it is answered with a
+    /// failure rather than by no one.
     fn send_to_host(&mut self, cx: &mut Context<'_>) -> bool {
         let mut changed = false;
         while self.host_open {
@@ -387,6 +387,7 @@ where
                 Poll::Ready(Err(ChannelError::Packet(error))) => {
                     tracing::warn!(%error, "host channel refused a packet; dropped");
                     self.counters.host_send_rejected += 1;
+                    self.relay.handle_host_send_refused(self.clock.now(), p);
                 }
                 Poll::Ready(Err(error)) => {
                     self.host_open = false;

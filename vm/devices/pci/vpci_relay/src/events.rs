@@ -55,6 +55,10 @@ pub enum PacketFault {
     /// The transport carrying the packets broke its rules (ring corruption, oversized packet).
     #[error("the transport broke its rules")]
     Transport,
+    /// The host's channel refused to carry this forwarded guest request; the guest got a
+    /// failure.
+    #[error("the host channel refused a forwarded {0}")]
+    Refused(MessageType),
     /// More guest requests outstanding than the relay's limit.
     #[error("more than {0} requests outstanding")]
     TooManyRequests(usize),

@@ -321,6 +321,16 @@ fn host_send_refusal_drops_one_packet() {
         types(&rig.host_faults.borrow().refused),
         [Some(MessageType::CREATE_INTERRUPT_MESSAGE2)]
     );
+    // The guest is not left waiting for an answer the host will never give.
+    let answers: Vec<Packet> = recv_all(&mut rig.guest)
+        .into_iter()
+        .filter(|p| p.transaction_id == 20)
+        .collect();
+    assert_eq!(answers.len(), 1, "one completion for the refused request");
+    assert_eq!(
+        answers[0].payload.get(..4),
+        Some(&Status::BAD_DATA.0.to_le_bytes()[..])
+    );
 
     send(
         &mut rig.guest,

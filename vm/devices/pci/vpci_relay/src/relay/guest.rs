@@ -163,6 +163,46 @@ impl BusRelay {
         self.answer_guest(fwd.guest_txid, fwd.slot, &local);
     }
 
+    /// The host's channel refused a packet the relay sent it (`ChannelError::Packet`: nothing
+    /// was sent). A forwarded guest request in it will never be answered by the host, so the
+    /// relay answers the guest itself with a failure, as for a request it refuses (guarantee
+    /// 7: every guest request gets exactly one completion).
+    pub fn handle_host_send_refused(&mut self, now: Duration, packet: &Packet) {
+        self.tick(now);
+        if packet.kind != PacketKind::InBand || !packet.completion_requested() {
+            return;
+        }
+        let Some(fwd) = self.requests.refused(packet.transaction_id) else {
+            return;
+        };
+        if let Some(f) = fwd.slot.and_then(|s| self.functions.get_mut(s)) {
+            f.requests_pending = f.requests_pending.saturating_sub(1);
+            // The host never saw it: nothing of it is pending any more.
+            match pending_of(&fwd.request) {
+                Pending::Requirements if f.requirements == Stage::Pending => {
+                    f.requirements = Stage::NotStarted;
+                }
+                Pending::Resources if f.resources == Stage::Pending => {
+                    f.resources = Stage::NotStarted;
+                }
+                Pending::Interrupt => f.interrupts_pending = f.interrupts_pending.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if let Pending::D0Entry = pending_of(&fwd.request) {
+            self.guest.set_d0(Stage::NotStarted);
+        }
+        self.count_fault(
+            Side::Guest,
+            PacketFault::Refused(fwd.request.message_type()),
+        );
+        self.out.own_to_guest(Packet::completion(
+            fwd.guest_txid,
+            Status::BAD_DATA.0.to_le_bytes().to_vec(),
+        ));
+        self.progress();
+    }
+
     fn guest_ejection_complete(&mut self, packet: Packet, slot: WinSlot) {
         let ejecting = self
             .functions

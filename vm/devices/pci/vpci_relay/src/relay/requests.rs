@@ -116,6 +116,11 @@ impl RequestTable {
         Some(fwd)
     }
 
+    /// Takes a live request out because it never reached the host (nothing to remember).
+    pub(crate) fn refused(&mut self, id: u64) -> Option<Forwarded> {
+        self.take_live(id)
+    }
+
     /// The live requests' ids, in order.
     pub(crate) fn live_ids(&self) -> Vec<u64> {
         self.live.iter().map(|(id, _)| *id).collect()
