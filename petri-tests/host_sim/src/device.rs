@@ -58,9 +58,13 @@ pub enum UnmappedReason {
     /// The function has no BAR starting at that register.
     #[error("no such BAR")]
     NoSuchBar,
-    /// The access does not fit in the BAR or the config space.
+    /// The access does not fit in the BAR or the config space, or has a size other than
+    /// 1, 2 or 4 bytes where only those are allowed.
     #[error("out of range")]
     OutOfRange,
+    /// No function's BAR and no config window decodes the address.
+    #[error("no device decodes the address")]
+    NoDevice,
 }
 
 impl From<UnmappedReason> for Unmapped {

@@ -248,3 +248,125 @@ pub enum GuestError {
     #[error("slot {0}: too many configuration blocks")]
     TooManyBlocks(WinSlot),
 }
+
+/// The virtual time, then the event's line.
+impl std::fmt::Display for HostEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} {}", self.at, self.kind)
+    }
+}
+
+fn slot_suffix(slot: &Option<WinSlot>) -> String {
+    slot.map(|s| format!(" {s}")).unwrap_or_default()
+}
+
+impl std::fmt::Display for RemovalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemovalReason::Ejected => "ejected",
+            RemovalReason::EjectTimedOut => "eject timed out",
+            RemovalReason::Surprise => "surprise removal",
+            RemovalReason::Replaced => "replaced",
+        })
+    }
+}
+
+/// One short line per event, for traces and message sequence charts.
+impl std::fmt::Display for HostEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use HostEventKind as K;
+        match self {
+            K::Received {
+                message,
+                slot,
+                transaction_id,
+            } => write!(
+                f,
+                "received {message}{} (id {transaction_id:#x})",
+                slot_suffix(slot)
+            ),
+            K::Negotiated { version } => write!(f, "agreed protocol {version}"),
+            K::VersionRejected { offered } => write!(f, "refused protocol {offered}"),
+            K::RelationsSent { message, slots } => {
+                let list: Vec<String> = slots.iter().map(ToString::to_string).collect();
+                write!(f, "sent {message} [{}]", list.join(", "))
+            }
+            K::D0Entered { mmio_base } => write!(f, "D0 entry, config window at {mmio_base:#x}"),
+            K::D0Exited => f.write_str("D0 exit"),
+            K::Answered {
+                message,
+                slot,
+                status,
+            } => {
+                write!(f, "completed {message}{}", slot_suffix(slot))?;
+                match status {
+                    Some(s) => write!(f, ": {s}"),
+                    None => f.write_str(": (no status)"),
+                }
+            }
+            K::ResponseDelayed { message, until } => {
+                write!(f, "holding the answer to {message} until {until:?}")
+            }
+            K::ResponseWithheld { message } => write!(f, "never answering {message}"),
+            K::ResponseTampered { message } => write!(f, "answering {message} wrongly"),
+            K::DelayedResponseDropped { message } => {
+                write!(f, "dropped a delayed answer to {message}")
+            }
+            K::InterruptCreated {
+                slot,
+                address,
+                data,
+            } => write!(f, "interrupt {address:#x}/{data:#x} created for {slot}"),
+            K::InterruptDeleted {
+                slot,
+                address,
+                data,
+            } => write!(f, "interrupt {address:#x}/{data:#x} deleted for {slot}"),
+            K::ResourcesAssigned { slot } => write!(f, "resources assigned to {slot}"),
+            K::ResourcesReleased { slot } => write!(f, "resources released by {slot}"),
+            K::PowerStateChanged { slot, state } => write!(f, "{slot} to power state D{}", {
+                if *state == 1 { 0 } else { 3 }
+            }),
+            K::FunctionAdded { slot, serial } => write!(f, "{slot} added (serial {serial:#x})"),
+            K::FunctionRemoved { slot, reason } => write!(f, "{slot} removed: {reason}"),
+            K::EjectSent { slot } => write!(f, "sent PCI_EJECT {slot}"),
+            K::EjectCompleted { slot, waited } => {
+                write!(f, "eject of {slot} completed after {waited:?}")
+            }
+            K::EjectTimedOut { slot } => write!(f, "gave up waiting for the eject of {slot}"),
+            K::BarsTornDown { slot } => write!(f, "BARs of {slot} unmapped"),
+            K::UnknownSlot { message, slot } => write!(f, "{message} for unknown slot {slot}"),
+            K::GuestError(e) => write!(f, "guest error: {e}"),
+            K::IgnoredAfterRescind => f.write_str("ignored a packet after the rescind"),
+            K::HostileSent { what } => write!(f, "sent hostile packet: {what}"),
+            K::ScriptStepFired { step } => write!(f, "script step {step} fired"),
+            K::ScriptStepFailed { step, error } => write!(f, "script step {step} failed: {error}"),
+            K::Rescinded => f.write_str("rescinded the channel"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events print as one short line naming the message and the slot.
+    #[test]
+    fn events_print_as_lines() {
+        let e = HostEventKind::Answered {
+            message: MessageType::QUERY_RESOURCE_REQUIREMENTS,
+            slot: Some(WinSlot::new(1, 0)),
+            status: Some(Status::SUCCESS),
+        };
+        assert_eq!(
+            e.to_string(),
+            "completed PCI_QUERY_RESOURCE_REQUIREMENTS 01.0: SUCCESS (0x00000000)"
+        );
+        let e = HostEventKind::RelationsSent {
+            message: MessageType::BUS_RELATIONS2,
+            slots: vec![WinSlot::new(1, 0), WinSlot::new(2, 1)],
+        };
+        assert_eq!(e.to_string(), "sent PCI_BUS_RELATIONS2 [01.0, 02.1]");
+        assert!(!e.to_string().contains('\n'));
+    }
+}

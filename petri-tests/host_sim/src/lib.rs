@@ -52,7 +52,10 @@ mod spec;
 
 pub use action::{ActionError, HostAction, HostilePacket};
 pub use adapter::{HostClock, RunExit, SharedBus, Sleep, run_bus};
-pub use bus::{Counters, FunctionIdentity, HostBus, Interrupt};
+pub use bus::{
+    CONFIG_WINDOW_SIZE, CONFIG_WINDOW_SPACE, Counters, FunctionIdentity, HostBus, Interrupt,
+    MmioTarget,
+};
 pub use config::{AbsentConfig, BusConfig, ConfigError, HostPolicy, Teardown, UnknownSlot};
 pub use device::{CONFIG_SPACE_SIZE, Device, SimpleDevice, Unmapped, UnmappedReason, cfg};
 pub use event::{GuestError, HostEvent, HostEventKind, RemovalReason};

@@ -10,15 +10,17 @@
 //! state), `guest` (answers to guest messages), `host` (host actions, relations, ejects,
 //! hostile packets). This file holds the bus's own state, the timers and the output queues.
 
+mod access;
 mod function;
 mod guest;
 mod host;
 
+pub use access::{CONFIG_WINDOW_SIZE, CONFIG_WINDOW_SPACE, MmioTarget};
 pub use function::{FunctionIdentity, Interrupt};
 
 use crate::action::{ActionError, HostAction};
-use crate::config::{AbsentConfig, BusConfig, ConfigError, HostPolicy};
-use crate::device::{self, Device, SimpleDevice, Unmapped, UnmappedReason, cfg};
+use crate::config::{BusConfig, ConfigError, HostPolicy};
+use crate::device::{Device, SimpleDevice};
 use crate::event::{HostEvent, HostEventKind};
 use crate::script::{Observation, Response, ScriptRunner};
 use function::Function;
@@ -75,6 +77,8 @@ pub struct HostBus {
     version: Option<ProtocolVersion>,
     /// The config window's MMIO base while the bus is in D0.
     d0: Option<u64>,
+    /// The slot the config window's selector register names.
+    window_slot: u32,
     functions: BTreeMap<u32, Function>,
     ejects: BTreeMap<u32, PendingEject>,
     next_incarnation: u64,
@@ -120,6 +124,7 @@ impl HostBus {
             policy,
             version: None,
             d0: None,
+            window_slot: 0,
             functions: BTreeMap::new(),
             ejects: BTreeMap::new(),
             next_incarnation: 1,
@@ -274,104 +279,6 @@ impl HostBus {
     /// What the bus has counted.
     pub fn counters(&self) -> Counters {
         self.counters
-    }
-
-    /// Reads `len` bytes (1, 2 or 4) at `offset` of `slot`'s config space, as a direct guest
-    /// access. An absent function reads all ones or faults, as the policy says.
-    pub fn config_read(&mut self, slot: WinSlot, offset: u16, len: u8) -> Result<u32, Unmapped> {
-        match self.functions.get_mut(&slot.raw()) {
-            Some(f) => device::config_read_bytes(f.device.as_mut(), offset, len),
-            None => match self.policy.absent_config {
-                AbsentConfig::AllOnes => Ok(match len {
-                    1 => 0xff,
-                    2 => 0xffff,
-                    _ => 0xffff_ffff,
-                }),
-                AbsentConfig::Fault => Err(UnmappedReason::NoFunction.into()),
-            },
-        }
-    }
-
-    /// Writes `len` bytes (1, 2 or 4) of `value` at `offset` of `slot`'s config space.
-    pub fn config_write(
-        &mut self,
-        slot: WinSlot,
-        offset: u16,
-        len: u8,
-        value: u32,
-    ) -> Result<(), Unmapped> {
-        match self.functions.get_mut(&slot.raw()) {
-            Some(f) => device::config_write_bytes(f.device.as_mut(), offset, len, value),
-            None => match self.policy.absent_config {
-                AbsentConfig::AllOnes => Ok(()),
-                AbsentConfig::Fault => Err(UnmappedReason::NoFunction.into()),
-            },
-        }
-    }
-
-    /// Reads from the BAR starting in register `bar` of `slot`; an error is a guest fault.
-    pub fn bar_read(
-        &mut self,
-        slot: WinSlot,
-        bar: u8,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<(), Unmapped> {
-        self.mapped(slot)?.bar_read(bar, offset, data)
-    }
-
-    /// Writes to the BAR starting in register `bar` of `slot`; an error is a guest fault.
-    pub fn bar_write(
-        &mut self,
-        slot: WinSlot,
-        bar: u8,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), Unmapped> {
-        self.mapped(slot)?.bar_write(bar, offset, data)
-    }
-
-    /// Which function's BAR a guest physical address falls in, from the BAR registers the
-    /// guest (or RESOURCES_ASSIGNED) programmed: (slot, BAR register, offset in the BAR).
-    /// Torn-down functions still resolve (their accesses then fault); removed ones do not.
-    pub fn resolve_mmio(&mut self, address: u64) -> Option<(WinSlot, u8, u64)> {
-        for f in self.functions.values_mut() {
-            let probed = f.device.probed_bars();
-            let mut i = 0usize;
-            while i < 6 {
-                let mask = probed.get(i).copied().unwrap_or(0);
-                if mask == 0 {
-                    i += 1;
-                    continue;
-                }
-                let bits64 = mask & 0b110 == 0b100;
-                let reg = |d: &mut dyn Device, k: usize| d.config_read(cfg::BAR0 + 4 * k as u16);
-                let mut base = u64::from(reg(f.device.as_mut(), i) & !0xf);
-                let mut size_mask = u64::from(mask & !0xf) | 0xffff_ffff_0000_0000;
-                if bits64 {
-                    base |= u64::from(reg(f.device.as_mut(), i + 1)) << 32;
-                    let high = probed.get(i + 1).copied().unwrap_or(0);
-                    size_mask = (u64::from(high) << 32) | u64::from(mask & !0xf);
-                }
-                let size = (!size_mask).wrapping_add(1);
-                if base != 0 && address >= base && address - base < size {
-                    return Some((f.identity.slot, i as u8, address - base));
-                }
-                i += if bits64 { 2 } else { 1 };
-            }
-        }
-        None
-    }
-
-    fn mapped(&mut self, slot: WinSlot) -> Result<&mut dyn Device, Unmapped> {
-        let f = self
-            .functions
-            .get_mut(&slot.raw())
-            .ok_or(Unmapped::from(UnmappedReason::NoFunction))?;
-        if f.torn_down {
-            return Err(UnmappedReason::TornDown.into());
-        }
-        Ok(f.device.as_mut())
     }
 
     fn emit(&mut self, kind: HostEventKind) {
