@@ -590,3 +590,97 @@ fn config_window_and_bar_mmio() {
         UnmappedReason::NoDevice
     );
 }
+
+/// A configuration that cannot make a bus is a typed error naming the bus and the slot.
+#[test]
+fn bad_configs_are_typed_errors() {
+    let no_versions = BusConfig {
+        versions: vec![],
+        ..BusConfig::default()
+    };
+    assert!(matches!(
+        HostBus::new(no_versions),
+        Err(ConfigError::NoVersions(_))
+    ));
+    let twice = BusConfig {
+        functions: vec![FunctionSpec::nic(1), FunctionSpec::nic(1)],
+        ..BusConfig::default()
+    };
+    assert!(matches!(
+        HostBus::new(twice),
+        Err(ConfigError::DuplicateSlot { slot: 1, .. })
+    ));
+    let mut bad = FunctionSpec::nic(2);
+    bad.bars[0].size = 100;
+    let err = HostBus::new(BusConfig {
+        functions: vec![bad],
+        ..BusConfig::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("slot 0x2"), "{err}");
+}
+
+/// A device the host sees only through the `Device` trait: relations describe it from its
+/// config space, its BARs answer through it, and it cannot be re-serialed from a spec.
+#[test]
+fn custom_device_behind_the_trait() {
+    struct Counter {
+        reads: u32,
+    }
+    impl Device for Counter {
+        fn config_read(&mut self, offset: u16) -> u32 {
+            match offset {
+                0 => 0xabcd_1414,
+                8 => 0x0c03_0000,
+                _ => 0,
+            }
+        }
+        fn config_write(&mut self, _offset: u16, _value: u32, _mask: u32) {}
+        fn probed_bars(&self) -> [u32; 6] {
+            [0xffff_f000, 0, 0, 0, 0, 0]
+        }
+        fn bar_read(&mut self, bar: u8, _offset: u64, data: &mut [u8]) -> Result<(), Unmapped> {
+            if bar != 0 {
+                return Err(UnmappedReason::NoSuchBar.into());
+            }
+            self.reads += 1;
+            data.fill(self.reads as u8);
+            Ok(())
+        }
+        fn bar_write(&mut self, _bar: u8, _offset: u64, _data: &[u8]) -> Result<(), Unmapped> {
+            Ok(())
+        }
+    }
+    let mut g = Guest::new(BusConfig::default());
+    g.bus
+        .hot_add_device(
+            g.now,
+            FunctionIdentity {
+                slot: slot(3),
+                serial: 5,
+                numa_node: None,
+            },
+            Box::new(Counter { reads: 0 }),
+        )
+        .unwrap();
+    let id = g.request(query_version(ProtocolVersion::V1_4));
+    g.expect_completion(id);
+    g.send(query_relations());
+    let out = g.take();
+    let Message::BusRelations2(r) = g.decode_message(&out[0]) else {
+        panic!("{out:?}")
+    };
+    let f = &r.functions[0];
+    assert_eq!(
+        (f.v_id.get(), f.d_id.get(), f.base_class),
+        (0x1414, 0xabcd, 0x0c)
+    );
+    let mut buf = [0u8; 2];
+    g.bus.bar_read(slot(3), 0, 0, &mut buf).unwrap();
+    g.bus.bar_read(slot(3), 0, 0, &mut buf).unwrap();
+    assert_eq!(buf, [2, 2]);
+    assert_eq!(
+        g.act(HostAction::Reserial { slot: 3, serial: 1 }),
+        Err(ActionError::NoSpec(3))
+    );
+}

@@ -68,7 +68,12 @@ struct PendingEject {
     deadline: Duration,
 }
 
-/// One simulated vPCI bus, host side. See the [module documentation](self).
+/// One simulated vPCI bus, host side, as a sans-IO state machine.
+///
+/// Feed it guest packets ([`HostBus::handle_packet`]), time ([`HostBus::handle_timeout`])
+/// and host actions ([`HostBus::act`]); drain [`HostBus::poll_transmit`],
+/// [`HostBus::poll_timeout`] and [`HostBus::poll_event`]. Every input takes the current
+/// virtual time, which must not go backwards; the bus never reads a clock.
 pub struct HostBus {
     name: String,
     versions: Vec<ProtocolVersion>,
