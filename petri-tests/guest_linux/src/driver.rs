@@ -17,6 +17,13 @@ use zerocopy::little_endian::{U16, U32, U64};
 /// Where the MSI-X table sits in the driver's BAR (16 bytes per entry).
 const MSIX_TABLE: u64 = 0x2000;
 
+/// The kernel function a status-register read stands for, by [`DriverOp`]: NVMe reads CSTS
+/// when it enables the controller in probe and when it disables it in remove.
+const READ_STATUS_FN: [&str; 2] = [
+    "nvme_pci_enable (driver probe)",
+    "nvme_dev_disable (driver remove)",
+];
+
 /// What the driver was called for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DriverOp {
@@ -125,7 +132,14 @@ impl LinuxGuest {
                 })
             }
             DrvPc::ReadStatus => {
-                self.bar_read(env, ctx, cfg.name, slot, cfg.bar, cfg.status_offset);
+                self.bar_read(
+                    env,
+                    ctx,
+                    READ_STATUS_FN[d.op as usize],
+                    slot,
+                    cfg.bar,
+                    cfg.status_offset,
+                );
                 Some(DrvPc::Compose(0))
             }
             DrvPc::Compose(vec) => {
@@ -173,7 +187,14 @@ impl LinuxGuest {
             }
             DrvPc::RemoveReadStatus => {
                 if cfg.remove_reads_bar {
-                    self.bar_read(env, ctx, cfg.name, slot, cfg.bar, cfg.status_offset);
+                    self.bar_read(
+                        env,
+                        ctx,
+                        READ_STATUS_FN[d.op as usize],
+                        slot,
+                        cfg.bar,
+                        cfg.status_offset,
+                    );
                 }
                 Some(DrvPc::FreeVector(0))
             }

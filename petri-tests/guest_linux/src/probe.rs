@@ -483,7 +483,13 @@ impl LinuxGuest {
                 ProbePc::Done => return,
             };
             match next {
-                Some(pc) => self.probe.pc = pc,
+                // A wait set on the way ends the step.
+                Some(pc) => {
+                    self.probe.pc = pc;
+                    if self.probe.wait.is_some() {
+                        return;
+                    }
+                }
                 None => return,
             }
         }
