@@ -75,7 +75,7 @@ impl fmt::Display for GuestFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} in {:?} ({}) at {:?}: {}",
+            "{} in {} ({}) at {:?}: {}",
             self.kind, self.context, self.function, self.at, self.message
         )
     }
@@ -98,9 +98,9 @@ impl fmt::Display for TraceEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:>10?} {:<22} {:<28} {}",
+            "{:>10?} {:<14} {:<32} {}",
             self.at,
-            format!("{:?}", self.context),
+            self.context.to_string(),
             self.function,
             self.event
         )

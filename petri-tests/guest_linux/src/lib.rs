@@ -173,6 +173,18 @@ impl ContextId {
     }
 }
 
+impl std::fmt::Display for ContextId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContextId::ProbePath => f.write_str("probe"),
+            ContextId::ChannelCallback => f.write_str("callback"),
+            ContextId::Workqueue => f.write_str("workqueue"),
+            ContextId::Driver(slot) => write!(f, "driver[{slot}]"),
+            ContextId::Removal => f.write_str("removal"),
+        }
+    }
+}
+
 /// Everything outside the guest: the channel's far end, the config window, device memory, the
 /// hypervisor, and the clock.
 pub trait GuestEnv {

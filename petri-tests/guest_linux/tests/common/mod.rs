@@ -47,6 +47,8 @@ pub struct FakeHost {
     pub fail_interrupts: bool,
     /// eject() unmaps the function's BARs at once (the C7 host).
     pub pull_memory_on_eject: bool,
+    /// How many BUS_D0ENTRY requests fail before one succeeds.
+    pub d0_failures: u32,
     /// Functions added to the relations sent after BUS_D0ENTRY.
     pub add_at_d0: Vec<(u32, HostFunction)>,
     /// Every message the guest sent, decoded.
@@ -214,7 +216,12 @@ impl GuestEnv for FakeHost {
                     self.functions.insert(slot, f);
                 }
                 self.send_relations();
-                self.complete(ty, tid, ok(ty));
+                if self.d0_failures > 0 {
+                    self.d0_failures -= 1;
+                    self.complete(ty, tid, Completion::status_only(ty, Status::UNSUCCESSFUL));
+                } else {
+                    self.complete(ty, tid, ok(ty));
+                }
             }
             Message::BusD0Exit(_)
             | Message::ResourcesAssigned(_)
