@@ -17,18 +17,22 @@ use zerocopy::little_endian::{U16, U32, U64};
 /// Where the MSI-X table sits in the driver's BAR (16 bytes per entry).
 const MSIX_TABLE: u64 = 0x2000;
 
-/// The kernel function a status-register read stands for, by [`DriverOp`]: NVMe reads CSTS
-/// when it enables the controller in probe and when it disables it in remove.
-const READ_STATUS_FN: [&str; 2] = [
-    "nvme_pci_enable (driver probe)",
-    "nvme_dev_disable (driver remove)",
-];
-
 /// What the driver was called for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DriverOp {
     Probe,
     Remove,
+}
+
+impl DriverOp {
+    /// The kernel function a status-register read stands for: NVMe reads CSTS when it
+    /// enables the controller in probe and when it disables it in remove.
+    fn status_read_fn(self) -> &'static str {
+        match self {
+            DriverOp::Probe => "nvme_pci_enable (driver probe)",
+            DriverOp::Remove => "nvme_dev_disable (driver remove)",
+        }
+    }
 }
 
 /// Where the driver is.
@@ -135,7 +139,7 @@ impl LinuxGuest {
                 self.bar_read(
                     env,
                     ctx,
-                    READ_STATUS_FN[d.op as usize],
+                    d.op.status_read_fn(),
                     slot,
                     cfg.bar,
                     cfg.status_offset,
@@ -190,7 +194,7 @@ impl LinuxGuest {
                     self.bar_read(
                         env,
                         ctx,
-                        READ_STATUS_FN[d.op as usize],
+                        d.op.status_read_fn(),
                         slot,
                         cfg.bar,
                         cfg.status_offset,

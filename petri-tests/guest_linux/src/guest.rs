@@ -537,7 +537,8 @@ impl LinuxGuest {
     }
 
     /// `vmbus_sendpacket`: `Ok(Some(tid))` when a completion was requested. Fails with
-    /// `-ENODEV` once the channel is rescinded or closed.
+    /// `-ENODEV` once the channel is rescinded; after `vmbus_close` (not rescinded) the ring
+    /// buffers are gone and a send is a use after free.
     pub(crate) fn send_msg(
         &mut self,
         env: &mut dyn GuestEnv,
@@ -548,11 +549,23 @@ impl LinuxGuest {
     ) -> Result<Option<u64>, i32> {
         let ty = msg.message_type();
         let name = ty.name().unwrap_or("?");
-        if !self.chan.open || self.chan.closed || self.chan.rescinded {
+        if self.chan.rescinded {
             self.log(
                 ctx,
                 function,
-                format!("send {name} failed: channel gone (-ENODEV)"),
+                format!("send {name} failed: channel rescinded (-ENODEV)"),
+            );
+            return Err(errno::ENODEV);
+        }
+        if !self.chan.open || self.chan.closed {
+            // vmbus_close freed the ring buffers; hv_ringbuffer_write would use them.
+            self.fail(
+                ctx,
+                function,
+                Fault::new(
+                    FailureKind::UseAfterFree,
+                    format!("{name} sent on a channel that vmbus_close already tore down"),
+                ),
             );
             return Err(errno::ENODEV);
         }

@@ -361,8 +361,9 @@ impl LinuxGuest {
                         );
                         EjectPc::RemoveLock
                     } else {
+                        // Another CPU may create the pci_dev right after this lookup.
                         self.log(C, F, format!("no pci_dev for {slot}"));
-                        EjectPc::Unlink
+                        break EjectPc::Unlink;
                     }
                 }
                 EjectPc::RemoveLock => {

@@ -189,3 +189,23 @@ fn identity_change_without_eject_leaks_the_bound_device() {
         assert_eq!(f.kind, FailureKind::LeakedDevice);
     }
 }
+
+/// Two BUS_RELATIONS in quick succession during the survey do not reach the C1 window on
+/// their own: the first work to finish takes `survey_event`, later ones find it empty.
+#[test]
+fn two_relations_during_probe_do_not_reach_the_c1_window() {
+    for first in [ContextId::ProbePath, ContextId::Workqueue] {
+        let mut vm = Vm::new(
+            KernelModel::Linux62,
+            FakeHost::new().with_function(SLOT0, 7),
+        );
+        assert!(vm.run_until(&[ContextId::ProbePath], |vm| {
+            vm.host.sent(MessageType::QUERY_BUS_RELATIONS) == 1
+        }));
+        assert!(vm.step(ContextId::ChannelCallback));
+        vm.host.send_relations();
+        vm.run(&[first, ContextId::ChannelCallback]);
+        assert_eq!(vm.guest.failure(), None, "{}", vm.trace());
+        assert_eq!(vm.guest.probe_result(), Some(Ok(())));
+    }
+}

@@ -183,6 +183,51 @@ fn c3_eject_before_root_bus_6_3_survives() {
     assert!(vm.guest.devices().iter().all(|d| !d.pci_dev));
 }
 
+/// C3 second window: the eject work looks for the `pci_dev` just before root-bus creation
+/// scans the function, and unlinks the child just after. Script: BUS_D0ENTRY sent; the host
+/// ejects; the callback reads everything; the probe path runs until resources are assigned
+/// (state probed); the workqueue runs until the eject work found no `pci_dev`; the probe path
+/// scans the function; the workqueue finishes; then everything runs.
+fn c3_scan(model: KernelModel) -> Vm {
+    let mut vm = Vm::new(model, FakeHost::new().with_function(SLOT0, 7));
+    assert!(vm.run_until(PROMPT, |vm| vm.host.sent(MessageType::BUS_D0ENTRY) == 1));
+    vm.host.eject(SLOT0);
+    vm.drain(CALLBACK);
+    assert!(vm.run_until(&[PROBE, CALLBACK], |vm| vm.guest.bus_state()
+        == BusState::Probed));
+    vm.step_until(WQ, |vm| {
+        vm.guest
+            .trace()
+            .iter()
+            .any(|t| t.event.starts_with("no pci_dev"))
+    });
+    assert!(vm.step(PROBE), "the scan creates the pci_dev");
+    vm.drain(WQ);
+    vm.run(PROMPT);
+    vm
+}
+
+/// C3 (scan window) on 6.2: EJECTION_COMPLETE goes out while the scan creates the `pci_dev`;
+/// root-bus creation then binds the driver to a function the guest already gave back, and
+/// its probe touches the device.
+#[test]
+fn c3_eject_during_root_bus_scan_6_2_driver_probes_a_gone_device() {
+    let vm = c3_scan(KernelModel::Linux62);
+    let f = vm.guest.failure().expect("6.2 must fail");
+    assert_eq!(f.kind, FailureKind::EjectedDeviceAccess, "{}", vm.trace());
+    assert_eq!(f.context, driver0());
+}
+
+/// C3 (scan window) on 6.3: the eject work cannot start before the probe path releases
+/// `state_lock`, so the window does not exist.
+#[test]
+fn c3_eject_during_root_bus_scan_6_3_survives() {
+    let mut vm = c3_scan(KernelModel::Linux63);
+    assert_eq!(vm.guest.failure(), None, "{}", vm.trace());
+    assert_eq!(vm.host.sent(MessageType::EJECTION_COMPLETE), 1);
+    assert_eq!(vm.guest.check_end_state(), None);
+}
+
 // ---- C4: relations change during the probe path ----
 
 /// C4 script: after the survey, the relations the host sends on BUS_D0ENTRY add a second

@@ -382,6 +382,18 @@ impl Vm {
         self.run_until(prio, |_| false);
     }
 
+    /// Steps only `ctx` until `stop` holds or it cannot run; returns whether `stop` held.
+    pub fn step_until(&mut self, ctx: ContextId, stop: impl Fn(&Vm) -> bool) -> bool {
+        loop {
+            if stop(self) {
+                return true;
+            }
+            if self.guest.failure().is_some() || !self.step(ctx) {
+                return false;
+            }
+        }
+    }
+
     /// Steps `ctx` while it can run.
     pub fn drain(&mut self, ctx: ContextId) {
         while self.guest.failure().is_none() && self.step(ctx) {}
