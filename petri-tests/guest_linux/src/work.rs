@@ -81,8 +81,9 @@ impl Workqueue {
 }
 
 impl LinuxGuest {
-    /// Models `queue_work` on `hbus->wq`. Returns whether the item was queued (an eject work
-    /// already pending is not queued twice).
+    /// Models `queue_work` on `hbus->wq`. Returns whether the item was queued. Re-queuing a
+    /// child's eject work while it is still pending corrupts the worklist (the kernel runs
+    /// `INIT_WORK` on it first); re-queuing it while it runs makes it run twice.
     pub(crate) fn queue_work(
         &mut self,
         ctx: ContextId,
@@ -102,7 +103,22 @@ impl LinuxGuest {
         }
         if let WorkItem::Eject(id) = item {
             match self.objs.hpdev_mut(id) {
-                Ok(h) if h.eject_queued => return false,
+                Ok(h) if h.eject_queued => {
+                    // hv_pci_eject_device runs INIT_WORK on the child's work item while it
+                    // is still on the worklist: its list entry is reset in place.
+                    let slot = h.desc.slot;
+                    self.fail(
+                        ctx,
+                        function,
+                        Fault::new(
+                            FailureKind::ListCorruption,
+                            format!(
+                                "INIT_WORK on the eject work of {slot} while it is still queued"
+                            ),
+                        ),
+                    );
+                    return false;
+                }
                 Ok(h) => h.eject_queued = true,
                 Err(f) => {
                     self.fail(ctx, function, f);

@@ -209,3 +209,38 @@ fn two_relations_during_probe_do_not_reach_the_c1_window() {
         assert_eq!(vm.guest.probe_result(), Some(Ok(())));
     }
 }
+
+/// A second EJECT for a function whose eject work is still queued makes
+/// `hv_pci_eject_device` re-initialise a work item that is on the worklist (both kernels).
+#[test]
+fn a_second_eject_while_the_first_is_queued_corrupts_the_worklist() {
+    for model in [KernelModel::Linux62, KernelModel::Linux63] {
+        let mut vm = booted(model, FakeHost::new().with_function(SLOT0, 7));
+        vm.host.eject(SLOT0);
+        vm.host.eject(SLOT0);
+        vm.run(PROMPT);
+        let f = vm.guest.failure().expect("both kernels fail");
+        assert_eq!(f.kind, FailureKind::ListCorruption, "{}", vm.trace());
+        assert_eq!(f.context, ContextId::ChannelCallback);
+    }
+}
+
+/// A second EJECT after the first eject work started (it is removing the driver) queues the
+/// work again; its second run unlinks the child a second time (both kernels).
+#[test]
+fn a_second_eject_while_the_first_runs_unlinks_twice() {
+    for model in [KernelModel::Linux62, KernelModel::Linux63] {
+        let mut vm = booted(model, FakeHost::new().with_function(SLOT0, 7));
+        vm.host.eject(SLOT0);
+        assert!(vm.run_until(PROMPT, |vm| {
+            vm.guest
+                .runnable()
+                .contains(&ContextId::Driver(slot(SLOT0)))
+        }));
+        vm.host.eject(SLOT0);
+        vm.run(PROMPT);
+        let f = vm.guest.failure().expect("both kernels fail");
+        assert_eq!(f.kind, FailureKind::ListCorruption, "{}", vm.trace());
+        assert_eq!(f.function, "hv_eject_device_work");
+    }
+}
