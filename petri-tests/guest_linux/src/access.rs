@@ -116,7 +116,20 @@ impl LinuxGuest {
         if !self.check_not_ejected(ctx, function, slot, "config read") {
             return u32::MAX;
         }
-        env.config_read(slot, offset, len)
+        match env.config_read(slot, offset, len) {
+            Some(v) => v,
+            None => {
+                self.fail(
+                    ctx,
+                    function,
+                    Fault::new(
+                        FailureKind::UnbackedAccess,
+                        format!("config read of {slot}+{offset:#x}: nothing backs the config window (page fault)"),
+                    ),
+                );
+                u32::MAX
+            }
+        }
     }
 
     /// A config-space write through the window.
@@ -129,8 +142,17 @@ impl LinuxGuest {
         len: u8,
         value: u32,
     ) {
-        if self.check_not_ejected(ctx, function, slot, "config write") {
-            env.config_write(slot, offset, len, value);
+        if self.check_not_ejected(ctx, function, slot, "config write")
+            && !env.config_write(slot, offset, len, value)
+        {
+            self.fail(
+                ctx,
+                function,
+                Fault::new(
+                    FailureKind::UnbackedAccess,
+                    format!("config write of {slot}+{offset:#x}: nothing backs the config window (page fault)"),
+                ),
+            );
         }
     }
 

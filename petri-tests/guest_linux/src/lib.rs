@@ -193,10 +193,14 @@ pub trait GuestEnv {
     fn now(&self) -> Duration;
     /// Sends a packet on the vPCI channel (to the relay, or straight to the host).
     fn send(&mut self, packet: vmbus_channel::Packet);
-    /// Reads `len` bytes of a function's config space through the config window.
-    fn config_read(&mut self, slot: WinSlot, offset: u16, len: u8) -> u32;
-    /// Writes `len` bytes of a function's config space through the config window.
-    fn config_write(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32);
+    /// Reads `len` bytes of a function's config space through the config window (the guest
+    /// selects the slot in the window's first page, then reads at offset 0x1000 + `offset`).
+    /// `None` means nothing backs the window, so the access faults; a removed function whose
+    /// window is still backed reads all ones.
+    fn config_read(&mut self, slot: WinSlot, offset: u16, len: u8) -> Option<u32>;
+    /// Writes `len` bytes of a function's config space through the config window; `false`
+    /// means nothing backs the window, so the access faults.
+    fn config_write(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) -> bool;
     /// Reads device memory in a BAR; `None` means nothing backs it, so the access faults.
     fn bar_read(&mut self, slot: WinSlot, bar: u8, offset: u64, len: u8) -> Option<u32>;
     /// Writes device memory in a BAR; `false` means nothing backs it, so the access faults.

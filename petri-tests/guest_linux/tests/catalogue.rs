@@ -353,3 +353,32 @@ fn c7_memory_pulled_before_ejection_complete_6_3_unbacked_access() {
     assert_eq!(f.kind, FailureKind::UnbackedAccess, "{}", vm.trace());
     assert_eq!(f.context, driver0());
 }
+
+/// C7 variant script: the host unmaps the function's config window (not its BARs) as soon as
+/// it sends EJECT; the driver's remove disables the device through config space.
+fn c7_config(model: KernelModel) -> Vm {
+    let mut vm = booted(model, FakeHost::new().with_function(SLOT0, 7));
+    assert_eq!(vm.guest.failure(), None);
+    vm.host.pull_config_on_eject = true;
+    vm.host.eject(SLOT0);
+    vm.run(PROMPT);
+    vm
+}
+
+/// C7 (config window) on 6.2: `pci_disable_device` in the driver's remove faults.
+#[test]
+fn c7_config_window_pulled_before_ejection_complete_6_2_unbacked_access() {
+    let vm = c7_config(KernelModel::Linux62);
+    let f = vm.guest.failure().expect("6.2 must fail");
+    assert_eq!(f.kind, FailureKind::UnbackedAccess, "{}", vm.trace());
+    assert_eq!(f.function, "pci_disable_device");
+}
+
+/// C7 (config window) on 6.3: the same fault.
+#[test]
+fn c7_config_window_pulled_before_ejection_complete_6_3_unbacked_access() {
+    let vm = c7_config(KernelModel::Linux63);
+    let f = vm.guest.failure().expect("6.3 must fail too");
+    assert_eq!(f.kind, FailureKind::UnbackedAccess, "{}", vm.trace());
+    assert_eq!(f.function, "pci_disable_device");
+}

@@ -29,6 +29,8 @@ pub struct HostFunction {
     pub bars_backed: bool,
     /// It is still assigned to the VM (config space answers).
     pub assigned: bool,
+    /// Its config window is backed (`false`: accesses fault).
+    pub config_backed: bool,
 }
 
 /// A scripted host: answers every request at once (unless told to hold some completions),
@@ -47,6 +49,8 @@ pub struct FakeHost {
     pub fail_interrupts: bool,
     /// eject() unmaps the function's BARs at once (the C7 host).
     pub pull_memory_on_eject: bool,
+    /// eject() unmaps the function's config window at once (the other C7 host).
+    pub pull_config_on_eject: bool,
     /// How many BUS_D0ENTRY requests fail before one succeeds.
     pub d0_failures: u32,
     /// Functions added to the relations sent after BUS_D0ENTRY.
@@ -124,6 +128,9 @@ impl FakeHost {
             if self.pull_memory_on_eject {
                 f.bars_backed = false;
             }
+            if self.pull_config_on_eject {
+                f.config_backed = false;
+            }
         }
         let msg = Message::Eject(Fixed::new(SlotBody {
             wslot: WinSlot::from_raw(slot),
@@ -153,6 +160,7 @@ pub fn function(serial: u32) -> HostFunction {
         listed: true,
         bars_backed: true,
         assigned: true,
+        config_backed: true,
     }
 }
 
@@ -262,22 +270,33 @@ impl GuestEnv for FakeHost {
         }
     }
 
-    fn config_read(&mut self, slot: WinSlot, offset: u16, len: u8) -> u32 {
+    fn config_read(&mut self, slot: WinSlot, offset: u16, len: u8) -> Option<u32> {
+        if self
+            .functions
+            .get(&slot.raw())
+            .is_some_and(|f| !f.config_backed)
+        {
+            return None;
+        }
         let Some(f) = self.functions.get(&slot.raw()).filter(|f| f.assigned) else {
-            return u32::MAX;
+            return Some(u32::MAX);
         };
         let v = match offset {
             0 => u32::from(f.vendor) | (u32::from(f.device) << 16),
             _ => 0,
         };
-        match len {
+        Some(match len {
             1 => v & 0xff,
             2 => v & 0xffff,
             _ => v,
-        }
+        })
     }
 
-    fn config_write(&mut self, _slot: WinSlot, _offset: u16, _len: u8, _value: u32) {}
+    fn config_write(&mut self, slot: WinSlot, _offset: u16, _len: u8, _value: u32) -> bool {
+        self.functions
+            .get(&slot.raw())
+            .is_none_or(|f| f.config_backed)
+    }
 
     fn bar_read(&mut self, slot: WinSlot, _bar: u8, _offset: u64, _len: u8) -> Option<u32> {
         self.functions
