@@ -55,6 +55,23 @@ pub struct VmSpec {
     pub record: bool,
 }
 
+/// Something on its way to the guest over the bus's channel.
+enum Delivery {
+    /// A packet, from the host (direct) or the relay.
+    Packet(Packet, Lane),
+    /// The channel's rescind.
+    Rescind(Lane),
+}
+
+/// What the scheduler can pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// A guest context takes a step.
+    Step(usize, ContextId),
+    /// The next packet (or the rescind) in flight to a bus's guest arrives.
+    Deliver(usize),
+}
+
 /// One bus of the VM.
 struct Bus {
     host: HostBus,
@@ -66,8 +83,11 @@ struct Bus {
     to_relay_guest: VecDeque<Packet>,
     /// The guest's sends of the current step.
     outbox: Vec<Packet>,
+    /// Packets (and the rescind) on their way to the guest, in order. When each arrives is
+    /// a scheduling choice, as VMBus's latency is.
+    in_flight: VecDeque<Delivery>,
     host_rescind_sent: bool,
-    guest_rescinded: bool,
+    guest_rescind_sent: bool,
     eject_timeouts: Vec<WinSlot>,
 }
 
@@ -78,7 +98,7 @@ pub struct Vm {
     now: Duration,
     chooser: Chooser,
     choices: Vec<Choice>,
-    last: Option<(usize, ContextId)>,
+    last: Option<Action>,
     limits: RunLimits,
     trace: Option<Trace>,
     steps: u64,
@@ -283,8 +303,9 @@ impl Vm {
                 to_relay_host: VecDeque::new(),
                 to_relay_guest: VecDeque::new(),
                 outbox: Vec::new(),
+                in_flight: VecDeque::new(),
                 host_rescind_sent: false,
-                guest_rescinded: false,
+                guest_rescind_sent: false,
                 eject_timeouts: Vec::new(),
             });
         }
@@ -341,12 +362,11 @@ impl Vm {
             while let Some(p) = bus.host.poll_transmit() {
                 let p = on_the_wire(p);
                 moved = true;
-                let to = if relayed { Lane::Relay } else { Lane::Guest };
-                notes.push((Lane::Host, to, describe(&p), Mark::None));
                 if relayed {
+                    notes.push((Lane::Host, Lane::Relay, describe(&p), Mark::None));
                     bus.to_relay_host.push_back(p);
                 } else {
-                    bus.guest.receive(p);
+                    bus.in_flight.push_back(Delivery::Packet(p, Lane::Host));
                 }
             }
             while let Some(e) = bus.host.poll_event() {
@@ -371,8 +391,8 @@ impl Vm {
                 match &mut bus.relay {
                     Some(relay) => relay.host_end.revoke(),
                     None => {
-                        bus.guest_rescinded = true;
-                        bus.guest.rescind();
+                        bus.guest_rescind_sent = true;
+                        bus.in_flight.push_back(Delivery::Rescind(Lane::Host));
                     }
                 }
             }
@@ -420,15 +440,13 @@ impl Vm {
                         Poll::Ready(Ok(p)) => {
                             let p = on_the_wire(p);
                             moved = true;
-                            notes.push((Lane::Relay, Lane::Guest, describe(&p), Mark::None));
-                            bus.guest.receive(p);
+                            bus.in_flight.push_back(Delivery::Packet(p, Lane::Relay));
                         }
                         Poll::Ready(Err(ChannelError::Revoked | ChannelError::Closed)) => {
-                            if !bus.guest_rescinded {
-                                bus.guest_rescinded = true;
+                            if !bus.guest_rescind_sent {
+                                bus.guest_rescind_sent = true;
                                 moved = true;
-                                notes.push((Lane::Relay, Lane::Guest, "rescind".to_owned(), Mark::None));
-                                bus.guest.rescind();
+                                bus.in_flight.push_back(Delivery::Rescind(Lane::Relay));
                             }
                             break;
                         }
@@ -450,16 +468,39 @@ impl Vm {
         }
     }
 
-    /// The runnable guest contexts of every bus, in a stable order.
-    fn runnable(&self) -> Vec<(usize, ContextId)> {
+    /// What can happen next on every bus, in a stable order: each runnable guest context,
+    /// and the arrival of what is in flight to the guest.
+    fn runnable(&self) -> Vec<Action> {
         let mut out = Vec::new();
         for (i, bus) in self.buses.iter().enumerate() {
             if bus.guest.failure().is_some() {
                 continue;
             }
-            out.extend(bus.guest.runnable().into_iter().map(|c| (i, c)));
+            out.extend(bus.guest.runnable().into_iter().map(|c| Action::Step(i, c)));
+            if !bus.in_flight.is_empty() {
+                out.push(Action::Deliver(i));
+            }
         }
         out
+    }
+
+    fn deliver(&mut self, index: usize) {
+        let Some(bus) = self.buses.get_mut(index) else {
+            return;
+        };
+        let (from, label) = match bus.in_flight.pop_front() {
+            Some(Delivery::Packet(p, from)) => {
+                let label = describe(&p);
+                bus.guest.receive(p);
+                (from, label)
+            }
+            Some(Delivery::Rescind(from)) => {
+                bus.guest.rescind();
+                (from, "rescind".to_owned())
+            }
+            None => return,
+        };
+        self.note(from, Lane::Guest, label, Mark::None);
     }
 
     fn next_deadline(&self) -> Option<Duration> {
@@ -527,12 +568,15 @@ impl Vm {
                 });
                 index
             };
-            let Some(&(bus_index, ctx)) = runnable.get(index) else {
+            let Some(&action) = runnable.get(index) else {
                 break Some(Outcome::StepLimit);
             };
-            self.last = Some((bus_index, ctx));
+            self.last = Some(action);
             self.steps += 1;
-            self.step(bus_index, ctx);
+            match action {
+                Action::Step(bus, ctx) => self.step(bus, ctx),
+                Action::Deliver(bus) => self.deliver(bus),
+            }
             self.pump();
         };
         self.finish(outcome)
