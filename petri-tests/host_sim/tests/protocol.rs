@@ -422,6 +422,12 @@ fn teardown_timing() {
             UnmappedReason::NoFunction
         );
         assert_eq!(g.bus.config_read(slot(1), 0, 4), Ok(0xffff_ffff));
+        let unmapped: Vec<_> = g
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, HostEventKind::BarsTornDown { .. }))
+            .collect();
+        assert_eq!(unmapped.len(), 1, "{teardown:?}: unmapped once");
     }
 }
 
