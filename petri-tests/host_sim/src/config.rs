@@ -102,6 +102,9 @@ pub struct HostPolicy {
     pub absent_config: AbsentConfig,
     /// Whether the host sends BUS_RELATIONS after an ejected function is gone.
     pub relations_after_removal: bool,
+    /// How long every answer to a guest message takes to leave (a response rule's delay
+    /// replaces it). Default: none.
+    pub latency: Time,
     /// Interrupts one function may hold; more are refused with BAD_DATA.
     pub max_interrupts_per_function: usize,
     /// Configuration blocks (WRITE_BLOCK) one function keeps; more are refused.
@@ -120,6 +123,7 @@ impl Default for HostPolicy {
             unknown_slot: UnknownSlot::default(),
             absent_config: AbsentConfig::default(),
             relations_after_removal: false,
+            latency: Time::default(),
             max_interrupts_per_function: 256,
             max_config_blocks: 16,
             max_delayed_responses: 1024,
