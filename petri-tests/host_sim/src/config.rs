@@ -48,14 +48,16 @@ impl Default for BusConfig {
     }
 }
 
-/// When the host unmaps an ejected function's BARs.
+/// When the host unmaps an ejected function's BARs (and, at rescind, the config window).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Teardown {
     /// As soon as it sends EJECT (what OpenVMM did in issue #3077: the guest's remove path
-    /// then faults on a BAR read; catalogue entry C7).
+    /// then faults on a BAR read; catalogue entry C7); a rescind unmaps every BAR and the
+    /// config window at once.
     AtEject,
-    /// Only when the guest sends EJECTION_COMPLETE (or the eject times out).
+    /// Only when the guest sends EJECTION_COMPLETE (or the eject times out); a rescind
+    /// leaves the mappings as they are.
     #[default]
     AtEjectionComplete,
 }

@@ -62,6 +62,10 @@ pub enum UnmappedReason {
     /// 1, 2 or 4 bytes where only those are allowed.
     #[error("out of range")]
     OutOfRange,
+    /// The config window is not backed (the bus is not in D0, or the host has torn it
+    /// down).
+    #[error("the config window is not mapped")]
+    WindowUnmapped,
     /// No function's BAR and no config window decodes the address.
     #[error("no device decodes the address")]
     NoDevice,

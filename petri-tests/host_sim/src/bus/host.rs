@@ -54,6 +54,21 @@ impl HostBus {
             }
             HostAction::Rescind => {
                 self.rescinded = true;
+                if self.policy.teardown == Teardown::AtEject {
+                    // An eager host pulls every mapping as it removes the bus.
+                    let slots: Vec<WinSlot> = self
+                        .functions
+                        .values_mut()
+                        .filter(|f| !f.torn_down)
+                        .map(|f| {
+                            f.torn_down = true;
+                            f.identity.slot
+                        })
+                        .collect();
+                    for slot in slots {
+                        self.emit(HostEventKind::BarsTornDown { slot });
+                    }
+                }
                 self.delayed.clear();
                 self.ejects.clear();
                 self.script.stop();
