@@ -585,6 +585,12 @@ fn config_window_and_bar_mmio() {
     let mut back = [0u8; 4];
     g.bus.bar_read(slot(2), 0, 0x10, &mut back).unwrap();
     assert_eq!(back, [1, 2, 3, 4]);
+    assert_eq!(g.bus.bar_read_value(slot(2), 0, 0x11, 2), Ok(0x0302));
+    g.bus
+        .bar_write_value(slot(2), 0, 0x10, 1, 0xffff_ff09)
+        .unwrap();
+    assert_eq!(g.bus.bar_read_value(slot(2), 0, 0x10, 4), Ok(0x0403_0209));
+    assert!(g.bus.bar_read_value(slot(2), 0, 0x10, 3).is_err());
     assert_eq!(
         g.bus.mmio_read(0x1234_0000, &mut back).unwrap_err().reason,
         UnmappedReason::NoDevice

@@ -95,6 +95,42 @@ impl HostBus {
         self.mapped(slot)?.bar_write(bar, offset, data)
     }
 
+    /// Reads a little-endian value of `len` bytes (1, 2 or 4) from a BAR, as a register
+    /// read (`ioread8/16/32`); an error is a guest fault.
+    pub fn bar_read_value(
+        &mut self,
+        slot: WinSlot,
+        bar: u8,
+        offset: u64,
+        len: u8,
+    ) -> Result<u32, Unmapped> {
+        let len = checked_len(usize::from(len))?;
+        let mut bytes = [0u8; 4];
+        let buf = bytes
+            .get_mut(..usize::from(len))
+            .ok_or(Unmapped::from(UnmappedReason::OutOfRange))?;
+        self.bar_read(slot, bar, offset, buf)?;
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    /// Writes the low `len` bytes (1, 2 or 4) of `value` to a BAR, little-endian, as a
+    /// register write; an error is a guest fault.
+    pub fn bar_write_value(
+        &mut self,
+        slot: WinSlot,
+        bar: u8,
+        offset: u64,
+        len: u8,
+        value: u32,
+    ) -> Result<(), Unmapped> {
+        let len = checked_len(usize::from(len))?;
+        let bytes = value.to_le_bytes();
+        let data = bytes
+            .get(..usize::from(len))
+            .ok_or(Unmapped::from(UnmappedReason::OutOfRange))?;
+        self.bar_write(slot, bar, offset, data)
+    }
+
     /// Which function's BAR a guest physical address falls in, from the BAR registers the
     /// guest (or RESOURCES_ASSIGNED) programmed: (slot, BAR register, offset in the BAR).
     /// Torn-down functions still resolve (their accesses then fault); removed ones do not.
