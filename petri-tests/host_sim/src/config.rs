@@ -48,14 +48,16 @@ impl Default for BusConfig {
     }
 }
 
-/// When the host unmaps an ejected function's BARs.
+/// When the host unmaps an ejected function's BARs (and, at rescind, the config window).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Teardown {
     /// As soon as it sends EJECT (what OpenVMM did in issue #3077: the guest's remove path
-    /// then faults on a BAR read; catalogue entry C7).
+    /// then faults on a BAR read; catalogue entry C7); a rescind unmaps every BAR and the
+    /// config window at once.
     AtEject,
-    /// Only when the guest sends EJECTION_COMPLETE (or the eject times out).
+    /// Only when the guest sends EJECTION_COMPLETE (or the eject times out); a rescind
+    /// leaves the mappings as they are.
     #[default]
     AtEjectionComplete,
 }
@@ -102,6 +104,9 @@ pub struct HostPolicy {
     pub absent_config: AbsentConfig,
     /// Whether the host sends BUS_RELATIONS after an ejected function is gone.
     pub relations_after_removal: bool,
+    /// How long every answer to a guest message takes to leave (a response rule's delay
+    /// replaces it). Default: none.
+    pub latency: Time,
     /// Interrupts one function may hold; more are refused with BAD_DATA.
     pub max_interrupts_per_function: usize,
     /// Configuration blocks (WRITE_BLOCK) one function keeps; more are refused.
@@ -120,6 +125,7 @@ impl Default for HostPolicy {
             unknown_slot: UnknownSlot::default(),
             absent_config: AbsentConfig::default(),
             relations_after_removal: false,
+            latency: Time::default(),
             max_interrupts_per_function: 256,
             max_config_blocks: 16,
             max_delayed_responses: 1024,

@@ -62,6 +62,10 @@ pub enum UnmappedReason {
     /// 1, 2 or 4 bytes where only those are allowed.
     #[error("out of range")]
     OutOfRange,
+    /// The config window is not backed (the bus is not in D0, or the host has torn it
+    /// down).
+    #[error("the config window is not mapped")]
+    WindowUnmapped,
     /// No function's BAR and no config window decodes the address.
     #[error("no device decodes the address")]
     NoDevice,
@@ -100,6 +104,10 @@ pub trait Device: Send {
 }
 
 const PAGE: u64 = 4096;
+
+/// The most BAR pages a [`SimpleDevice`] keeps (16 MiB); writes that would need more are
+/// dropped, so a guest cannot grow the host without bound.
+pub const MAX_BAR_PAGES: usize = 4096;
 
 /// A plain device: a type-0 header with the identity of its [`FunctionSpec`], writable BAR
 /// registers that size themselves, an optional MSI-X capability, and BAR memory that reads
@@ -265,11 +273,20 @@ impl Device for SimpleDevice {
         self.check_range(bar, offset, data.len())?;
         for (i, &byte) in data.iter().enumerate() {
             let at = offset + i as u64;
-            let page = self
+            let key = (bar, at / PAGE);
+            if !self.memory.contains_key(&key) {
+                if byte == 0 || self.memory.len() >= MAX_BAR_PAGES {
+                    // Unwritten bytes read as zero already; past the bound, writes drop.
+                    continue;
+                }
+                self.memory
+                    .insert(key, vec![0u8; PAGE as usize].into_boxed_slice());
+            }
+            if let Some(slot) = self
                 .memory
-                .entry((bar, at / PAGE))
-                .or_insert_with(|| vec![0u8; PAGE as usize].into_boxed_slice());
-            if let Some(slot) = page.get_mut((at % PAGE) as usize) {
+                .get_mut(&key)
+                .and_then(|page| page.get_mut((at % PAGE) as usize))
+            {
                 *slot = byte;
             }
         }
@@ -424,5 +441,26 @@ mod tests {
             d.bar_write(0, u64::MAX, &[1]).unwrap_err().reason,
             UnmappedReason::OutOfRange
         );
+    }
+
+    /// BAR memory is bounded: zeros allocate nothing, and past the page bound writes drop.
+    #[test]
+    fn bar_memory_is_bounded() {
+        let mut spec = FunctionSpec::nic(0);
+        spec.bars[0].size = 1 << 40;
+        spec.msix = None;
+        let mut d = SimpleDevice::new(&spec).unwrap();
+        d.bar_write(0, 0, &[0; 64]).unwrap();
+        assert_eq!(d.memory.len(), 0);
+        for page in 0..(MAX_BAR_PAGES as u64 + 10) {
+            d.bar_write(0, page * PAGE, &[7]).unwrap();
+        }
+        assert_eq!(d.memory.len(), MAX_BAR_PAGES);
+        let mut b = [0u8];
+        d.bar_read(0, (MAX_BAR_PAGES as u64 + 5) * PAGE, &mut b)
+            .unwrap();
+        assert_eq!(b, [0]);
+        d.bar_read(0, 5 * PAGE, &mut b).unwrap();
+        assert_eq!(b, [7]);
     }
 }

@@ -57,7 +57,9 @@ pub use bus::{
     MmioTarget,
 };
 pub use config::{AbsentConfig, BusConfig, ConfigError, HostPolicy, Teardown, UnknownSlot};
-pub use device::{CONFIG_SPACE_SIZE, Device, SimpleDevice, Unmapped, UnmappedReason, cfg};
+pub use device::{
+    CONFIG_SPACE_SIZE, Device, MAX_BAR_PAGES, SimpleDevice, Unmapped, UnmappedReason, cfg,
+};
 pub use event::{GuestError, HostEvent, HostEventKind, RemovalReason};
 pub use script::{MessageMatch, Response, ResponseRule, Script, ScriptStep, Trigger};
 pub use serde_util::{HexBytes, MessageName, Time};

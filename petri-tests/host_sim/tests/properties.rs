@@ -183,3 +183,120 @@ proptest! {
         }
     }
 }
+
+fn rule(which: usize, message: usize) -> ResponseRule {
+    let types = [
+        vpci_protocol::MessageType::QUERY_PROTOCOL_VERSION,
+        vpci_protocol::MessageType::QUERY_BUS_RELATIONS,
+        vpci_protocol::MessageType::QUERY_RESOURCE_REQUIREMENTS,
+        vpci_protocol::MessageType::BUS_D0ENTRY,
+        vpci_protocol::MessageType::CREATE_INTERRUPT_MESSAGE2,
+    ];
+    let response = match which % 7 {
+        0 => Response::Delay(Time(Duration::from_millis(3))),
+        1 => Response::Never,
+        2 => Response::Duplicate,
+        3 => Response::Truncate(2),
+        4 => Response::Extend(9),
+        5 => Response::Status(0xC000_0001),
+        _ => Response::UnknownTransactionId,
+    };
+    ResponseRule {
+        message: MessageName(types[message % types.len()]),
+        slot: None,
+        nth: None,
+        response,
+    }
+}
+
+fn hostile(which: usize) -> HostilePacket {
+    match which % 7 {
+        0 => HostilePacket::Empty,
+        1 => HostilePacket::TruncatedRelations,
+        2 => HostilePacket::RelationsCountOverflow { claimed: u32::MAX },
+        3 => HostilePacket::CompletionForUnknownTransaction {
+            transaction_id: 1,
+            status: 0,
+        },
+        4 => HostilePacket::RepeatLastCompletion,
+        5 => HostilePacket::EjectUnknownSlot { slot: 0xff },
+        _ => HostilePacket::UnknownMessageType { message_type: 0 },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// With response rules, a latency, timed and milestone steps and hostile actions in play,
+    /// arbitrary input still never panics the host, and the delayed queue stays bounded.
+    #[test]
+    fn hostile_modes_never_panic(
+        inputs in prop::collection::vec(input(), 0..60),
+        rules in prop::collection::vec((0usize..7, 0usize..5), 0..4),
+        hostiles in prop::collection::vec((0u64..200, 0usize..7), 0..4),
+        latency in 0u64..3,
+    ) {
+        let mut steps: Vec<ScriptStep> = hostiles
+            .into_iter()
+            .map(|(at, w)| ScriptStep {
+                when: Trigger::At(Time(Duration::from_millis(at))),
+                after: Time::default(),
+                action: HostAction::Hostile { packet: hostile(w) },
+            })
+            .collect();
+        steps.push(ScriptStep {
+            when: Trigger::Negotiated,
+            after: Time(Duration::from_millis(1)),
+            action: HostAction::Eject { slot: 1 },
+        });
+        let mut bus = HostBus::new(BusConfig {
+            functions: vec![FunctionSpec::nic(1), FunctionSpec::nic(2)],
+            policy: HostPolicy {
+                latency: Time(Duration::from_millis(latency)),
+                max_delayed_responses: 8,
+                ..HostPolicy::default()
+            },
+            script: Script {
+                steps,
+                responses: rules.into_iter().map(|(w, m)| rule(w, m)).collect(),
+            },
+            ..BusConfig::default()
+        }).unwrap();
+        let mut now = Duration::ZERO;
+        for (i, input) in inputs.into_iter().enumerate() {
+            let txid = 1000 + i as u64;
+            match input {
+                Input::Raw { kind, flags, payload } => bus.handle_packet(now, Packet {
+                    kind: PacketKind::from_raw(kind),
+                    flags: PacketFlags(flags),
+                    transaction_id: txid,
+                    payload,
+                }),
+                Input::Mutated { which, dev, flips, .. } => {
+                    let mut payload = valid(which, dev);
+                    for (at, byte) in flips {
+                        if let Some(b) = payload.get_mut(at) {
+                            *b ^= byte;
+                        }
+                    }
+                    bus.handle_packet(now, Packet::request(txid, padded(payload)));
+                }
+                Input::Advance(ms) => {
+                    now += Duration::from_millis(ms);
+                    bus.handle_timeout(now);
+                }
+                Input::Act(w, d) => {
+                    let _ = bus.act(now, action(w, d));
+                }
+            }
+            while bus.poll_transmit().is_some() {}
+            while bus.poll_event().is_some() {}
+            if let Some(t) = bus.poll_timeout() {
+                prop_assert!(t > now);
+            }
+            let tree = inspect::Inspect::inspect(&bus);
+            let delayed = tree.query("delayed_responses").unwrap().to_json();
+            prop_assert!(delayed.as_u64().unwrap() <= 8);
+        }
+    }
+}

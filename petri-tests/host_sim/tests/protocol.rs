@@ -177,6 +177,7 @@ fn unknown_slot_policy() {
 fn resources_assigned_programs_bars() {
     let mut g = Guest::with_functions(&[1]);
     g.probe_to_survey(ProtocolVersion::V1_4);
+    g.enter_d0(0xfe00_0000);
     let id = g.request(resources_assigned2(1, 0x1_0000_0000, 1 << 20));
     let c = g.expect_completion(id);
     assert_eq!(c.status, Status::SUCCESS);
@@ -398,6 +399,7 @@ fn teardown_timing() {
             ..BusConfig::default()
         });
         g.probe_to_survey(ProtocolVersion::V1_4);
+        g.enter_d0(0xfe00_0000);
         g.bus.bar_write(slot(1), 0, 0x10, &[0xab]).unwrap();
         g.act(HostAction::Eject { slot: 1 }).unwrap();
         let mut buf = [0u8; 1];
@@ -422,6 +424,12 @@ fn teardown_timing() {
             UnmappedReason::NoFunction
         );
         assert_eq!(g.bus.config_read(slot(1), 0, 4), Ok(0xffff_ffff));
+        let unmapped: Vec<_> = g
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, HostEventKind::BarsTornDown { .. }))
+            .collect();
+        assert_eq!(unmapped.len(), 1, "{teardown:?}: unmapped once");
     }
 }
 
@@ -435,6 +443,8 @@ fn absent_config_can_fault() {
         },
         ..BusConfig::default()
     });
+    g.probe_to_survey(ProtocolVersion::V1_4);
+    g.enter_d0(0xfe00_0000);
     assert_eq!(
         g.bus.config_read(slot(3), 0, 4).unwrap_err().reason,
         UnmappedReason::NoFunction
@@ -575,6 +585,12 @@ fn config_window_and_bar_mmio() {
     let mut back = [0u8; 4];
     g.bus.bar_read(slot(2), 0, 0x10, &mut back).unwrap();
     assert_eq!(back, [1, 2, 3, 4]);
+    assert_eq!(g.bus.bar_read_value(slot(2), 0, 0x11, 2), Ok(0x0302));
+    g.bus
+        .bar_write_value(slot(2), 0, 0x10, 1, 0xffff_ff09)
+        .unwrap();
+    assert_eq!(g.bus.bar_read_value(slot(2), 0, 0x10, 4), Ok(0x0403_0209));
+    assert!(g.bus.bar_read_value(slot(2), 0, 0x10, 3).is_err());
     assert_eq!(
         g.bus.mmio_read(0x1234_0000, &mut back).unwrap_err().reason,
         UnmappedReason::NoDevice
@@ -683,4 +699,47 @@ fn custom_device_behind_the_trait() {
         g.act(HostAction::Reserial { slot: 3, serial: 1 }),
         Err(ActionError::NoSpec(3))
     );
+}
+
+/// The config window is backed only in D0: before D0 entry and after D0 exit a config
+/// access faults. At rescind, an eager host (teardown at EJECT) pulls the window and every
+/// BAR; a patient one leaves them.
+#[test]
+fn config_window_mapping() {
+    for teardown in [Teardown::AtEject, Teardown::AtEjectionComplete] {
+        let mut g = Guest::new(BusConfig {
+            functions: vec![FunctionSpec::nic(1)],
+            policy: HostPolicy {
+                teardown,
+                ..HostPolicy::default()
+            },
+            ..BusConfig::default()
+        });
+        g.probe_to_survey(ProtocolVersion::V1_4);
+        assert_eq!(
+            g.bus.config_read(slot(1), 0, 4).unwrap_err().reason,
+            UnmappedReason::WindowUnmapped
+        );
+        g.enter_d0(0xfe00_0000);
+        assert_eq!(g.bus.config_read(slot(1), 0, 2), Ok(0x15b3));
+        g.act(HostAction::Rescind).unwrap();
+        let mut b = [0u8];
+        match teardown {
+            Teardown::AtEject => {
+                assert_eq!(
+                    g.bus.config_read(slot(1), 0, 2).unwrap_err().reason,
+                    UnmappedReason::WindowUnmapped
+                );
+                assert_eq!(
+                    g.bus.bar_read(slot(1), 0, 0, &mut b).unwrap_err().reason,
+                    UnmappedReason::TornDown
+                );
+                assert!(g.has_event(|e| matches!(e, HostEventKind::BarsTornDown { .. })));
+            }
+            Teardown::AtEjectionComplete => {
+                assert_eq!(g.bus.config_read(slot(1), 0, 2), Ok(0x15b3));
+                g.bus.bar_read(slot(1), 0, 0, &mut b).unwrap();
+            }
+        }
+    }
 }

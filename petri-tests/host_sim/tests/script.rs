@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use host_sim::*;
+use std::time::Duration;
 use vmbus_channel::PacketKind;
 use vpci_protocol::*;
 
@@ -300,4 +301,54 @@ fn script_from_a_scenario_file() {
     g.send(ejection_complete(1));
     let out = g.take();
     assert_eq!(relation_serials(&g.decode_message(&out[0])), [42]);
+}
+
+/// The policy's latency holds every answer; a rule's delay replaces it rather than adding.
+#[test]
+fn latency_holds_every_answer() {
+    let mut g = Guest::new(BusConfig {
+        functions: vec![FunctionSpec::nic(1)],
+        policy: HostPolicy {
+            latency: Time(MS),
+            ..HostPolicy::default()
+        },
+        script: Script {
+            steps: vec![],
+            responses: vec![ResponseRule {
+                message: MessageName(MessageType::QUERY_RESOURCE_REQUIREMENTS),
+                slot: None,
+                nth: None,
+                response: Response::Delay(Time(5 * MS)),
+            }],
+        },
+        ..BusConfig::default()
+    });
+    let id = g.request(query_version(ProtocolVersion::V1_4));
+    assert!(g.take().is_empty());
+    g.advance(MS);
+    g.expect_completion(id);
+    let id = g.request(qrr(1));
+    g.advance(5 * MS - Duration::from_nanos(1));
+    assert!(g.take().is_empty());
+    g.advance(Duration::from_nanos(1));
+    g.expect_completion(id);
+}
+
+/// Delayed answers are bounded: past the bound they are dropped and reported.
+#[test]
+fn delayed_answers_are_bounded() {
+    let mut g = Guest::new(BusConfig {
+        functions: vec![FunctionSpec::nic(1)],
+        policy: HostPolicy {
+            latency: Time(MS),
+            max_delayed_responses: 1,
+            ..HostPolicy::default()
+        },
+        ..BusConfig::default()
+    });
+    g.request(query_version(ProtocolVersion::V1_4));
+    g.request(query_version(ProtocolVersion::V1_4));
+    g.advance(MS);
+    assert_eq!(g.take().len(), 1);
+    assert!(g.has_event(|e| matches!(e, HostEventKind::DelayedResponseDropped { .. })));
 }

@@ -6,7 +6,7 @@
 //! writes that function's config space at offset 0x1000 + register.
 
 use super::HostBus;
-use crate::config::AbsentConfig;
+use crate::config::{AbsentConfig, Teardown};
 use crate::device::{self, Device, Unmapped, UnmappedReason, cfg};
 use vpci_protocol::WinSlot;
 
@@ -25,9 +25,20 @@ pub enum MmioTarget {
 }
 
 impl HostBus {
-    /// Reads `len` bytes (1, 2 or 4) at `offset` of `slot`'s config space, as a direct guest
-    /// access. An absent function reads all ones or faults, as the policy says.
+    /// Whether the config window is backed: the bus is in D0, and (for a host that tears
+    /// down eagerly) the channel has not been rescinded.
+    pub fn window_mapped(&self) -> bool {
+        self.d0.is_some() && !(self.rescinded && self.policy.teardown == Teardown::AtEject)
+    }
+
+    /// Reads `len` bytes (1, 2 or 4) at `offset` of `slot`'s config space, as a guest access
+    /// through the config window. It faults while the window is not backed
+    /// ([`HostBus::window_mapped`]); an absent function reads all ones or faults, as the
+    /// policy says.
     pub fn config_read(&mut self, slot: WinSlot, offset: u16, len: u8) -> Result<u32, Unmapped> {
+        if !self.window_mapped() {
+            return Err(UnmappedReason::WindowUnmapped.into());
+        }
         match self.functions.get_mut(&slot.raw()) {
             Some(f) => device::config_read_bytes(f.device.as_mut(), offset, len),
             None => match self.policy.absent_config {
@@ -41,7 +52,8 @@ impl HostBus {
         }
     }
 
-    /// Writes `len` bytes (1, 2 or 4) of `value` at `offset` of `slot`'s config space.
+    /// Writes `len` bytes (1, 2 or 4) of `value` at `offset` of `slot`'s config space,
+    /// through the config window (see [`HostBus::config_read`]).
     pub fn config_write(
         &mut self,
         slot: WinSlot,
@@ -49,6 +61,9 @@ impl HostBus {
         len: u8,
         value: u32,
     ) -> Result<(), Unmapped> {
+        if !self.window_mapped() {
+            return Err(UnmappedReason::WindowUnmapped.into());
+        }
         match self.functions.get_mut(&slot.raw()) {
             Some(f) => device::config_write_bytes(f.device.as_mut(), offset, len, value),
             None => match self.policy.absent_config {
@@ -78,6 +93,42 @@ impl HostBus {
         data: &[u8],
     ) -> Result<(), Unmapped> {
         self.mapped(slot)?.bar_write(bar, offset, data)
+    }
+
+    /// Reads a little-endian value of `len` bytes (1, 2 or 4) from a BAR, as a register
+    /// read (`ioread8/16/32`); an error is a guest fault.
+    pub fn bar_read_value(
+        &mut self,
+        slot: WinSlot,
+        bar: u8,
+        offset: u64,
+        len: u8,
+    ) -> Result<u32, Unmapped> {
+        let len = checked_len(usize::from(len))?;
+        let mut bytes = [0u8; 4];
+        let buf = bytes
+            .get_mut(..usize::from(len))
+            .ok_or(Unmapped::from(UnmappedReason::OutOfRange))?;
+        self.bar_read(slot, bar, offset, buf)?;
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    /// Writes the low `len` bytes (1, 2 or 4) of `value` to a BAR, little-endian, as a
+    /// register write; an error is a guest fault.
+    pub fn bar_write_value(
+        &mut self,
+        slot: WinSlot,
+        bar: u8,
+        offset: u64,
+        len: u8,
+        value: u32,
+    ) -> Result<(), Unmapped> {
+        let len = checked_len(usize::from(len))?;
+        let bytes = value.to_le_bytes();
+        let data = bytes
+            .get(..usize::from(len))
+            .ok_or(Unmapped::from(UnmappedReason::OutOfRange))?;
+        self.bar_write(slot, bar, offset, data)
     }
 
     /// Which function's BAR a guest physical address falls in, from the BAR registers the
@@ -126,7 +177,7 @@ impl HostBus {
     /// What a guest MMIO address falls in: the config window (while in D0) or a BAR the
     /// guest programmed.
     pub fn mmio_target(&mut self, address: u64) -> Option<MmioTarget> {
-        if let Some(base) = self.d0 {
+        if let Some(base) = self.d0.filter(|_| self.window_mapped()) {
             if address >= base && address - base < CONFIG_WINDOW_SIZE {
                 return Some(MmioTarget::ConfigWindow(address - base));
             }

@@ -5,6 +5,15 @@
 //! (undecodable, wrong slot, refused interrupt) is completed with BAD_DATA; QUERY_BUS_RELATIONS
 //! is completed (if asked) before the relations go out; BUS_D0ENTRY sends the relations again
 //! and completes after them; RESET_DEVICE and TDISP are NOT_SUPPORTED.
+//!
+//! Where this host differs from OpenVMM's, on purpose:
+//! - QUERY_PROTOCOL_VERSION after a version was agreed is answered again (and may change
+//!   the version); OpenVMM stops serving the channel. Linux never sends it twice.
+//! - The version reply names the accepted version (or, on REVISION_MISMATCH, the host's
+//!   highest); OpenVMM always names 1.3. Linux reads only the status.
+//! - QUERY_RESOURCE_RESOURCES is NOT_SUPPORTED (OpenVMM answers with a resource list that
+//!   has no status); Linux never sends it.
+//! - Requests before a version is agreed get BAD_DATA; OpenVMM stops serving the channel.
 
 use super::function::{Interrupt, msi_address};
 use super::{HostBus, Out};

@@ -38,10 +38,11 @@ impl HostBus {
                 self.replace(spec.with_serial(serial))
             }
             HostAction::SurpriseRemove { slot } => {
-                self.functions
+                let f = self
+                    .functions
                     .remove(&slot)
                     .ok_or(ActionError::NoSuchSlot(slot))?;
-                self.removed(WinSlot::from_raw(slot), RemovalReason::Surprise);
+                self.removed(f, RemovalReason::Surprise);
                 self.send_relations_if_negotiated();
                 Ok(())
             }
@@ -53,6 +54,21 @@ impl HostBus {
             }
             HostAction::Rescind => {
                 self.rescinded = true;
+                if self.policy.teardown == Teardown::AtEject {
+                    // An eager host pulls every mapping as it removes the bus.
+                    let slots: Vec<WinSlot> = self
+                        .functions
+                        .values_mut()
+                        .filter(|f| !f.torn_down)
+                        .map(|f| {
+                            f.torn_down = true;
+                            f.identity.slot
+                        })
+                        .collect();
+                    for slot in slots {
+                        self.emit(HostEventKind::BarsTornDown { slot });
+                    }
+                }
                 self.delayed.clear();
                 self.ejects.clear();
                 self.script.stop();
@@ -90,15 +106,20 @@ impl HostBus {
             return Err(ActionError::NoSuchSlot(slot));
         }
         let device = SimpleDevice::new(&spec)?;
-        self.functions.remove(&slot);
-        self.removed(WinSlot::from_raw(slot), RemovalReason::Replaced);
+        if let Some(old) = self.functions.remove(&slot) {
+            self.removed(old, RemovalReason::Replaced);
+        }
         self.insert(identity_of(&spec), Some(spec), Box::new(device));
         self.send_relations_if_negotiated();
         Ok(())
     }
 
-    fn removed(&mut self, slot: WinSlot, reason: RemovalReason) {
-        self.emit(HostEventKind::BarsTornDown { slot });
+    /// Reports a function that has left the bus (its device is dropped with it).
+    fn removed(&mut self, f: Function, reason: RemovalReason) {
+        let slot = f.identity.slot;
+        if !f.torn_down {
+            self.emit(HostEventKind::BarsTornDown { slot });
+        }
         self.emit(HostEventKind::FunctionRemoved { slot, reason });
     }
 
@@ -222,8 +243,9 @@ impl HostBus {
             .get(&slot.raw())
             .is_some_and(|f| f.incarnation == e.incarnation);
         if same {
-            self.functions.remove(&slot.raw());
-            self.removed(slot, reason);
+            if let Some(f) = self.functions.remove(&slot.raw()) {
+                self.removed(f, reason);
+            }
             if self.policy.relations_after_removal {
                 self.send_relations_if_negotiated();
             }

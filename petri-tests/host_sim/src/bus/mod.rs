@@ -387,8 +387,9 @@ impl HostBus {
 
     /// Queues the answers to a message as its response rule says.
     fn queue_answers(&mut self, message: MessageType, mut outs: Vec<Out>, rule: Option<Response>) {
+        let latency = self.policy.latency.0;
         let Some(rule) = rule else {
-            outs.into_iter().for_each(|o| self.release(o));
+            self.hold(message, outs, latency);
             return;
         };
         self.counters.tampered_responses += 1;
@@ -400,20 +401,7 @@ impl HostBus {
             Response::Delay(d) => {
                 let until = self.now.saturating_add(d.0);
                 self.emit(HostEventKind::ResponseDelayed { message, until });
-                for out in outs {
-                    if self.delayed.len() >= self.policy.max_delayed_responses {
-                        self.emit(HostEventKind::DelayedResponseDropped { message });
-                        continue;
-                    }
-                    let seq = self.next_seq();
-                    self.delayed.push(Delayed {
-                        due: until,
-                        seq,
-                        out,
-                    });
-                }
-                // A zero delay is due at once.
-                self.advance(self.now);
+                self.hold(message, outs, d.0);
                 return;
             }
             Response::Never => {
@@ -454,7 +442,24 @@ impl HostBus {
             }
         }
         self.emit(HostEventKind::ResponseTampered { message });
-        outs.into_iter().for_each(|o| self.release(o));
+        self.hold(message, outs, latency);
+    }
+
+    /// Sends answers after `delay` (at once if it is zero), within the delayed bound.
+    fn hold(&mut self, message: MessageType, outs: Vec<Out>, delay: Duration) {
+        if delay.is_zero() {
+            outs.into_iter().for_each(|o| self.release(o));
+            return;
+        }
+        let due = self.now.saturating_add(delay);
+        for out in outs {
+            if self.delayed.len() >= self.policy.max_delayed_responses {
+                self.emit(HostEventKind::DelayedResponseDropped { message });
+                continue;
+            }
+            let seq = self.next_seq();
+            self.delayed.push(Delayed { due, seq, out });
+        }
     }
 
     fn insert(

@@ -254,6 +254,16 @@ impl Guest {
         slots
     }
 
+    /// BUS_D0ENTRY with this config window base; drops the relations and completion.
+    pub fn enter_d0(&mut self, mmio_base: u64) {
+        let id = self.request(d0_entry(mmio_base));
+        let out = self.take();
+        assert!(
+            out.iter()
+                .any(|p| p.transaction_id == id && p.kind == PacketKind::Completion)
+        );
+    }
+
     pub fn has_event(&self, f: impl Fn(&HostEventKind) -> bool) -> bool {
         self.events.iter().any(|e| f(&e.kind))
     }
