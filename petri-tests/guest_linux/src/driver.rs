@@ -89,6 +89,14 @@ impl DriverState {
     pub(crate) fn is_polling(&self) -> bool {
         matches!(self.pc, DrvPc::Poll { .. })
     }
+
+    /// The request a polling driver waits for.
+    pub(crate) fn poll_request(&self) -> Option<u64> {
+        match self.pc {
+            DrvPc::Poll { tid, .. } => Some(tid),
+            _ => None,
+        }
+    }
 }
 
 impl LinuxGuest {

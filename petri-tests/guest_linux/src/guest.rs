@@ -251,6 +251,24 @@ impl LinuxGuest {
         out
     }
 
+    /// Contexts that are runnable but cannot make progress on their own: a driver
+    /// busy-polling for a CREATE_INTERRUPT_MESSAGE completion that has not arrived, with no
+    /// packet queued for its inline callback. When every runnable context is spinning and
+    /// nothing outside the guest is pending, the run is a livelock (report it with
+    /// [`LinuxGuest::declare_hang`]).
+    pub fn spinning(&self) -> Vec<ContextId> {
+        self.drivers
+            .values()
+            .filter(|d| match d.poll_request() {
+                Some(tid) => {
+                    !self.reply_ready(tid) && self.chan.inbound.is_empty() && !self.chan.rescinded
+                }
+                None => false,
+            })
+            .map(|d| ContextId::Driver(d.slot))
+            .collect()
+    }
+
     /// Records a hang (the scheduler found that nothing can ever run again while contexts
     /// wait). Names the first blocked context.
     pub fn declare_hang(&mut self) {
@@ -466,6 +484,9 @@ impl LinuxGuest {
     }
 
     pub(crate) fn log(&mut self, ctx: ContextId, function: &'static str, event: impl Into<String>) {
+        if !self.cfg.trace {
+            return;
+        }
         self.trace.push(TraceEntry {
             at: self.now,
             context: ctx,

@@ -125,6 +125,9 @@ pub struct GuestConfig {
     pub mmio_base: u64,
     /// Device drivers; the first matching binding binds to a function when it is added.
     pub drivers: Vec<DriverBinding>,
+    /// Whether [`LinuxGuest::trace`] records what each context does (turn it off for long
+    /// benchmark runs; the failure is recorded either way).
+    pub trace: bool,
 }
 
 impl GuestConfig {
@@ -140,6 +143,7 @@ impl GuestConfig {
                 device_id: None,
                 driver: DriverConfig::default(),
             }],
+            trace: true,
         }
     }
 }

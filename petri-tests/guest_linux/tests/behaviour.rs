@@ -244,3 +244,28 @@ fn a_second_eject_while_the_first_runs_unlinks_twice() {
         assert_eq!(f.function, "hv_eject_device_work");
     }
 }
+
+/// A host that never answers CREATE_INTERRUPT_MESSAGE leaves 6.3's driver spinning: it stays
+/// runnable but cannot progress, which `spinning` reports so a scheduler can call it a hang.
+#[test]
+fn an_unanswered_interrupt_request_spins() {
+    let mut host = FakeHost::new().with_function(SLOT0, 7);
+    host.hold.insert(MessageType::CREATE_INTERRUPT_MESSAGE3);
+    let mut vm = Vm::new(KernelModel::Linux63, host);
+    assert!(vm.run_until(
+        PROMPT,
+        |vm| vm.host.sent(MessageType::CREATE_INTERRUPT_MESSAGE3) == 1
+    ));
+    let driver = ContextId::Driver(slot(SLOT0));
+    for _ in 0..3 {
+        assert!(vm.step(driver));
+    }
+    assert_eq!(vm.guest.runnable(), vec![driver]);
+    assert_eq!(vm.guest.spinning(), vec![driver]);
+    vm.host.release_held();
+    vm.deliver();
+    assert!(vm.guest.spinning().is_empty());
+    vm.run(PROMPT);
+    assert_eq!(vm.guest.failure(), None, "{}", vm.trace());
+    assert_eq!(vm.guest.probe_result(), Some(Ok(())));
+}
