@@ -415,7 +415,7 @@ impl LinuxGuest {
             None => DrvPc::Poll { vec, hp, tid },
             Some(why) => {
                 self.chan.tasklet_disabled = false;
-                self.chan.requests.remove(&tid);
+                self.forget_request(tid);
                 self.log(ctx, F, format!("{why}: giving up, no interrupt descriptor"));
                 self.put_child(ctx, F, hp);
                 DrvPc::WriteMsg(vec)

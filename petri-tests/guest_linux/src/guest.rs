@@ -17,6 +17,7 @@ pub(crate) mod errno {
     pub(crate) const ENODEV: i32 = -19;
     pub(crate) const ENOTEMPTY: i32 = -39;
     pub(crate) const EPROTO: i32 = -71;
+    pub(crate) const EAGAIN: i32 = -11;
     pub(crate) const ETIMEDOUT: i32 = -110;
 }
 
@@ -64,8 +65,33 @@ pub(crate) struct ChannelState {
     /// The channel tasklet is disabled (`hv_compose_msi_msg` polls inline).
     pub(crate) tasklet_disabled: bool,
     pub(crate) version: Option<ProtocolVersion>,
-    pub(crate) next_tid: u64,
+    /// Requests with a completion requested, by handle (what waiters hold).
     pub(crate) requests: BTreeMap<u64, Request>,
+    pub(crate) next_handle: u64,
+    /// The channel's requestor: transaction id on the wire -> request handle.
+    pub(crate) rqstor: BTreeMap<u64, u64>,
+    /// Freed transaction ids, most recently freed last (reused first).
+    pub(crate) free_ids: Vec<u64>,
+    /// The next never-used transaction id.
+    pub(crate) next_fresh_id: u64,
+}
+
+/// How many requests the channel's requestor tracks at once (`HV_PCI_RQSTOR_SIZE`).
+const RQSTOR_SIZE: u64 = 64;
+
+impl ChannelState {
+    /// `vmbus_next_request_id`: the most recently freed id first, else the next fresh one.
+    pub(crate) fn alloc_request_id(&mut self) -> Option<u64> {
+        if let Some(id) = self.free_ids.pop() {
+            return Some(id);
+        }
+        if self.next_fresh_id > RQSTOR_SIZE {
+            return None;
+        }
+        let id = self.next_fresh_id;
+        self.next_fresh_id += 1;
+        Some(id)
+    }
 }
 
 /// `struct hv_pcibus_device`, the parts the model needs.
@@ -111,7 +137,8 @@ impl LinuxGuest {
             cfg: config,
             now: Duration::ZERO,
             chan: ChannelState {
-                next_tid: 1,
+                next_handle: 1,
+                next_fresh_id: 1,
                 ..ChannelState::default()
             },
             bus: BusData {

@@ -213,7 +213,7 @@ impl LinuxGuest {
                         let _ = self.take_reply(tid);
                         return BxStep::Done(0);
                     }
-                    self.chan.requests.remove(&tid);
+                    self.forget_request(tid);
                     self.log(ctx, F, "BUS_D0EXIT timed out");
                     return BxStep::Done(errno::ETIMEDOUT);
                 }

@@ -269,3 +269,34 @@ fn an_unanswered_interrupt_request_spins() {
     assert_eq!(vm.guest.failure(), None, "{}", vm.trace());
     assert_eq!(vm.guest.probe_result(), Some(Ok(())));
 }
+
+/// Transaction ids are reused most-recently-freed first, as the channel's requestor does, so
+/// a duplicated completion completes whichever request holds the id now: here a second copy
+/// of the QUERY_RESOURCE_REQUIREMENTS completion ends the wait for BUS_D0ENTRY, and the guest
+/// moves on to RESOURCES_ASSIGNED while the host has not answered D0 entry.
+#[test]
+fn a_duplicated_completion_completes_the_request_that_reused_its_id() {
+    let mut host = FakeHost::new().with_function(SLOT0, 7);
+    host.hold.insert(MessageType::QUERY_RESOURCE_REQUIREMENTS);
+    host.hold.insert(MessageType::BUS_D0ENTRY);
+    let mut vm = Vm::new(KernelModel::Linux63, host);
+    assert!(vm.run_until(PROMPT, |vm| !vm.host.held.is_empty()));
+    let qrr = vm.host.held.remove(0);
+    vm.guest.receive(qrr.clone());
+    assert!(vm.run_until(PROMPT, |vm| vm.host.sent(MessageType::BUS_D0ENTRY) == 1));
+    vm.run(PROMPT);
+    assert_eq!(vm.host.sent(MessageType::RESOURCES_ASSIGNED2), 0);
+    vm.guest.receive(qrr);
+    vm.run(PROMPT);
+    assert_eq!(
+        vm.host.sent(MessageType::RESOURCES_ASSIGNED2),
+        1,
+        "{}",
+        vm.trace()
+    );
+    assert_eq!(
+        vm.host.held.len(),
+        1,
+        "the real D0 completion is still held"
+    );
+}
