@@ -56,7 +56,7 @@ pub struct DeviceView {
 }
 
 /// The channel as the driver sees it.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct ChannelState {
     pub(crate) open: bool,
     pub(crate) closed: bool,
@@ -95,7 +95,7 @@ impl ChannelState {
 }
 
 /// `struct hv_pcibus_device`, the parts the model needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct BusData {
     pub(crate) state: BusState,
     pub(crate) freed: bool,
@@ -111,7 +111,9 @@ pub(crate) struct BusData {
 }
 
 /// One vPCI bus of a modelled Linux guest. See the crate documentation.
-#[derive(Debug)]
+///
+/// It is `Clone`, so a scheduler can fork a run at a choice point instead of replaying it.
+#[derive(Debug, Clone)]
 pub struct LinuxGuest {
     pub(crate) cfg: GuestConfig,
     pub(crate) now: Duration,

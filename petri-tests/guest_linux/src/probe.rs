@@ -70,7 +70,7 @@ pub(crate) enum ProbePc {
 }
 
 /// The probe thread.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ProbeState {
     pub(crate) pc: ProbePc,
     pub(crate) wait: Option<Wait>,

@@ -60,7 +60,7 @@ pub(crate) enum WorkState {
 }
 
 /// `hbus->wq`, an ordered workqueue.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Workqueue {
     pub(crate) items: VecDeque<(u64, WorkItem)>,
     pub(crate) current: Option<(u64, WorkState)>,

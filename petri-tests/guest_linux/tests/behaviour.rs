@@ -300,3 +300,38 @@ fn a_duplicated_completion_completes_the_request_that_reused_its_id() {
         "the real D0 completion is still held"
     );
 }
+
+/// A cloned guest continues exactly like the original: forking at a choice point and taking
+/// the same choices gives the same run.
+#[test]
+fn a_cloned_guest_runs_like_the_original() {
+    let mut host = FakeHost::new().with_function(SLOT0, 7);
+    host.hold.insert(MessageType::CREATE_INTERRUPT_MESSAGE3);
+    let mut vm = Vm::new(KernelModel::Linux62, host);
+    assert!(vm.run_until(
+        PROMPT,
+        |vm| vm.host.sent(MessageType::CREATE_INTERRUPT_MESSAGE3) == 1
+    ));
+    let mut twin = vm.guest.clone();
+    vm.host.eject(SLOT0);
+    for p in vm.host.to_guest.iter().cloned() {
+        twin.receive(p);
+    }
+    vm.deliver();
+    let mut host_a = FakeHost::new().with_function(SLOT0, 7);
+    let mut host_b = FakeHost::new().with_function(SLOT0, 7);
+    for _ in 0..20 {
+        let (Some(a), Some(b)) = (
+            vm.guest.runnable().first().copied(),
+            twin.runnable().first().copied(),
+        ) else {
+            break;
+        };
+        assert_eq!(a, b);
+        vm.guest.step(a, &mut host_a);
+        twin.step(b, &mut host_b);
+    }
+    assert_eq!(vm.guest.trace(), twin.trace());
+    assert_eq!(vm.failure_kind(), Some(FailureKind::NullDeref));
+    assert_eq!(vm.guest.failure(), twin.failure());
+}
