@@ -100,7 +100,8 @@ impl DriverState {
 }
 
 impl LinuxGuest {
-    /// Runs the driver call for `raw` to its next scheduling point.
+    /// Runs the driver call for `raw` (a `pci_driver`'s probe or remove, called by the PCI
+    /// core) to its next scheduling point.
     pub(crate) fn step_driver(&mut self, raw: u32, env: &mut dyn GuestEnv) {
         let Some(mut d) = self.drivers.remove(&raw) else {
             return;
@@ -129,7 +130,10 @@ impl LinuxGuest {
         }
     }
 
-    /// One scheduling point of the driver. `None`: the call returned.
+    /// One scheduling point of the driver's `probe` (`nvme_probe`-like: `pci_enable_device`,
+    /// a status read, `pci_alloc_irq_vectors` and `request_irq` per vector) or `remove`
+    /// (`nvme_remove`-like: a status read, `pci_free_irq_vectors`, `pci_disable_device`).
+    /// `None`: the call returned.
     fn driver_step(&mut self, env: &mut dyn GuestEnv, d: &DriverState) -> Option<DrvPc> {
         let ctx = ContextId::Driver(d.slot);
         let slot = d.slot;

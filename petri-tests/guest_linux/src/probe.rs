@@ -527,7 +527,8 @@ impl LinuxGuest {
         Some(ProbePc::Unwind { stage, ret })
     }
 
-    /// One stage of the probe's error path.
+    /// One stage of `hv_pci_probe`'s error labels (`exit_d0`, `release_state_lock`, `close`,
+    /// `destroy_wq`, `free_bus`).
     fn unwind_step(&mut self, env: &mut dyn GuestEnv, stage: Unwind, ret: i32) -> Option<ProbePc> {
         match stage {
             Unwind::ExitD0 => {

@@ -224,3 +224,47 @@ fn explore_memory_pulled_at_eject() {
         );
     }
 }
+
+/// Hostile input never panics the model: random packets (random kinds, transaction ids and
+/// payloads, some of them valid message headers) delivered at random moments of a boot end
+/// in a survived run or a recorded guest failure, never a Rust panic.
+#[test]
+fn hostile_packets_never_panic_the_model() {
+    use vmbus_channel::{Packet, PacketFlags, PacketKind};
+    for seed in 0..300u64 {
+        let mut rng = Rng::new(seed);
+        for model in [KernelModel::Linux62, KernelModel::Linux63] {
+            let mut vm = Vm::new(model, one_function());
+            for _ in 0..400 {
+                if rng.below(5) == 0 {
+                    let len = rng.below(64);
+                    let mut payload: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+                    if len >= 4 && rng.below(2) == 0 {
+                        let ty = 0x4249_0000u32 + rng.below(0x20) as u32;
+                        payload[..4].copy_from_slice(&ty.to_le_bytes());
+                    }
+                    let kind = [
+                        PacketKind::InBand,
+                        PacketKind::Completion,
+                        PacketKind::Other(3),
+                    ][rng.below(3)];
+                    vm.guest.receive(Packet {
+                        kind,
+                        flags: PacketFlags::NONE,
+                        transaction_id: rng.below(8) as u64,
+                        payload,
+                    });
+                }
+                let runnable = vm.guest.runnable();
+                if runnable.is_empty() && vm.host.to_guest.is_empty() {
+                    break;
+                }
+                let pick = rng.below(runnable.len() + 1);
+                match runnable.get(pick) {
+                    Some(ctx) => vm.guest.step(*ctx, &mut vm.host),
+                    None => vm.deliver(),
+                }
+            }
+        }
+    }
+}
