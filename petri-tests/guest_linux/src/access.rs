@@ -71,10 +71,21 @@ impl LinuxGuest {
         }
         let payload = encode(msg);
         let (packet, tid) = if want_completion {
-            let tid = self.chan.next_tid;
-            self.chan.next_tid += 1;
-            self.chan.requests.insert(tid, Request { ty, reply: None });
-            (Packet::request(tid, payload), Some(tid))
+            let Some(id) = self.chan.alloc_request_id() else {
+                self.log(
+                    ctx,
+                    function,
+                    format!("send {name} failed: requestor full (-EAGAIN)"),
+                );
+                return Err(errno::EAGAIN);
+            };
+            let handle = self.chan.next_handle;
+            self.chan.next_handle += 1;
+            self.chan
+                .requests
+                .insert(handle, Request { ty, reply: None });
+            self.chan.rqstor.insert(id, handle);
+            (Packet::request(id, payload), Some(handle))
         } else {
             (Packet::in_band(0, payload), None)
         };
@@ -87,7 +98,8 @@ impl LinuxGuest {
         Ok(tid)
     }
 
-    /// Consumes the outcome of a `wait_for_response`: the reply, or `-ENODEV` on rescind.
+    /// Consumes the outcome of a `wait_for_response` on the request `tid` (a handle, not the
+    /// wire id): the reply, or `-ENODEV` on rescind.
     pub(crate) fn take_reply(&mut self, tid: u64) -> Result<Reply, i32> {
         match self.chan.requests.get(&tid).and_then(|r| r.reply) {
             Some(reply) => {
@@ -95,11 +107,27 @@ impl LinuxGuest {
                 Ok(reply)
             }
             None => {
-                // The waiter gives up; its requestor slot stays mapped in the kernel, but no
-                // callback runs after a rescind, so nothing can complete it any more.
-                self.chan.requests.remove(&tid);
+                // The waiter gives up (rescind). Its requestor slot stays mapped in the
+                // kernel, but no callback runs after a rescind, so nothing can complete it.
+                self.forget_request(tid);
                 Err(errno::ENODEV)
             }
+        }
+    }
+
+    /// The waiter gives up on a request: `vmbus_request_addr_match` unmaps its transaction id
+    /// (which becomes free for the next request) so a late completion finds nothing.
+    pub(crate) fn forget_request(&mut self, handle: u64) {
+        self.chan.requests.remove(&handle);
+        let id = self
+            .chan
+            .rqstor
+            .iter()
+            .find(|(_, h)| **h == handle)
+            .map(|(id, _)| *id);
+        if let Some(id) = id {
+            self.chan.rqstor.remove(&id);
+            self.chan.free_ids.push(id);
         }
     }
 

@@ -62,14 +62,21 @@ impl LinuxGuest {
         const F: &str = "hv_pci_onchannelcallback";
         let tid = packet.transaction_id;
         let version = self.chan.version.unwrap_or(ProtocolVersion::V1_1);
-        let Some(req) = self.chan.requests.get_mut(&tid) else {
+        // The requestor maps the id back to the request and frees the id at once: the next
+        // request reuses it, so a late or duplicated completion reaches whoever holds it now.
+        let Some(handle) = self.chan.rqstor.remove(&tid) else {
             self.log(ctx, F, format!("invalid transaction id {tid:#x}"));
             return;
         };
-        if req.reply.is_some() {
-            self.log(ctx, F, format!("second completion for {tid:#x} ignored"));
+        self.chan.free_ids.push(tid);
+        let Some(req) = self.chan.requests.get_mut(&handle) else {
+            self.log(
+                ctx,
+                F,
+                format!("completion {tid:#x} for a request nobody waits for"),
+            );
             return;
-        }
+        };
         let ty = req.ty;
         let reply = match decode_completion(&packet.payload, ty, version) {
             Ok(c) => {

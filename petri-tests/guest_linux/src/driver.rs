@@ -89,10 +89,19 @@ impl DriverState {
     pub(crate) fn is_polling(&self) -> bool {
         matches!(self.pc, DrvPc::Poll { .. })
     }
+
+    /// The request a polling driver waits for.
+    pub(crate) fn poll_request(&self) -> Option<u64> {
+        match self.pc {
+            DrvPc::Poll { tid, .. } => Some(tid),
+            _ => None,
+        }
+    }
 }
 
 impl LinuxGuest {
-    /// Runs the driver call for `raw` to its next scheduling point.
+    /// Runs the driver call for `raw` (a `pci_driver`'s probe or remove, called by the PCI
+    /// core) to its next scheduling point.
     pub(crate) fn step_driver(&mut self, raw: u32, env: &mut dyn GuestEnv) {
         let Some(mut d) = self.drivers.remove(&raw) else {
             return;
@@ -121,7 +130,10 @@ impl LinuxGuest {
         }
     }
 
-    /// One scheduling point of the driver. `None`: the call returned.
+    /// One scheduling point of the driver's `probe` (`nvme_probe`-like: `pci_enable_device`,
+    /// a status read, `pci_alloc_irq_vectors` and `request_irq` per vector) or `remove`
+    /// (`nvme_remove`-like: a status read, `pci_free_irq_vectors`, `pci_disable_device`).
+    /// `None`: the call returned.
     fn driver_step(&mut self, env: &mut dyn GuestEnv, d: &DriverState) -> Option<DrvPc> {
         let ctx = ContextId::Driver(d.slot);
         let slot = d.slot;
@@ -407,7 +419,7 @@ impl LinuxGuest {
             None => DrvPc::Poll { vec, hp, tid },
             Some(why) => {
                 self.chan.tasklet_disabled = false;
-                self.chan.requests.remove(&tid);
+                self.forget_request(tid);
                 self.log(ctx, F, format!("{why}: giving up, no interrupt descriptor"));
                 self.put_child(ctx, F, hp);
                 DrvPc::WriteMsg(vec)

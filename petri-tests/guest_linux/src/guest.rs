@@ -17,6 +17,7 @@ pub(crate) mod errno {
     pub(crate) const ENODEV: i32 = -19;
     pub(crate) const ENOTEMPTY: i32 = -39;
     pub(crate) const EPROTO: i32 = -71;
+    pub(crate) const EAGAIN: i32 = -11;
     pub(crate) const ETIMEDOUT: i32 = -110;
 }
 
@@ -55,7 +56,7 @@ pub struct DeviceView {
 }
 
 /// The channel as the driver sees it.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct ChannelState {
     pub(crate) open: bool,
     pub(crate) closed: bool,
@@ -64,12 +65,37 @@ pub(crate) struct ChannelState {
     /// The channel tasklet is disabled (`hv_compose_msi_msg` polls inline).
     pub(crate) tasklet_disabled: bool,
     pub(crate) version: Option<ProtocolVersion>,
-    pub(crate) next_tid: u64,
+    /// Requests with a completion requested, by handle (what waiters hold).
     pub(crate) requests: BTreeMap<u64, Request>,
+    pub(crate) next_handle: u64,
+    /// The channel's requestor: transaction id on the wire -> request handle.
+    pub(crate) rqstor: BTreeMap<u64, u64>,
+    /// Freed transaction ids, most recently freed last (reused first).
+    pub(crate) free_ids: Vec<u64>,
+    /// The next never-used transaction id.
+    pub(crate) next_fresh_id: u64,
+}
+
+/// How many requests the channel's requestor tracks at once (`HV_PCI_RQSTOR_SIZE`).
+const RQSTOR_SIZE: u64 = 64;
+
+impl ChannelState {
+    /// `vmbus_next_request_id`: the most recently freed id first, else the next fresh one.
+    pub(crate) fn alloc_request_id(&mut self) -> Option<u64> {
+        if let Some(id) = self.free_ids.pop() {
+            return Some(id);
+        }
+        if self.next_fresh_id > RQSTOR_SIZE {
+            return None;
+        }
+        let id = self.next_fresh_id;
+        self.next_fresh_id += 1;
+        Some(id)
+    }
 }
 
 /// `struct hv_pcibus_device`, the parts the model needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct BusData {
     pub(crate) state: BusState,
     pub(crate) freed: bool,
@@ -85,7 +111,9 @@ pub(crate) struct BusData {
 }
 
 /// One vPCI bus of a modelled Linux guest. See the crate documentation.
-#[derive(Debug)]
+///
+/// It is `Clone`, so a scheduler can fork a run at a choice point instead of replaying it.
+#[derive(Debug, Clone)]
 pub struct LinuxGuest {
     pub(crate) cfg: GuestConfig,
     pub(crate) now: Duration,
@@ -111,7 +139,8 @@ impl LinuxGuest {
             cfg: config,
             now: Duration::ZERO,
             chan: ChannelState {
-                next_tid: 1,
+                next_handle: 1,
+                next_fresh_id: 1,
                 ..ChannelState::default()
             },
             bus: BusData {
@@ -249,6 +278,24 @@ impl LinuxGuest {
         }
         out.sort_by_key(|(c, _)| c.order_key());
         out
+    }
+
+    /// Contexts that are runnable but cannot make progress on their own: a driver
+    /// busy-polling for a CREATE_INTERRUPT_MESSAGE completion that has not arrived, with no
+    /// packet queued for its inline callback. When every runnable context is spinning and
+    /// nothing outside the guest is pending, the run is a livelock (report it with
+    /// [`LinuxGuest::declare_hang`]).
+    pub fn spinning(&self) -> Vec<ContextId> {
+        self.drivers
+            .values()
+            .filter(|d| match d.poll_request() {
+                Some(tid) => {
+                    !self.reply_ready(tid) && self.chan.inbound.is_empty() && !self.chan.rescinded
+                }
+                None => false,
+            })
+            .map(|d| ContextId::Driver(d.slot))
+            .collect()
     }
 
     /// Records a hang (the scheduler found that nothing can ever run again while contexts
@@ -466,6 +513,9 @@ impl LinuxGuest {
     }
 
     pub(crate) fn log(&mut self, ctx: ContextId, function: &'static str, event: impl Into<String>) {
+        if !self.cfg.trace {
+            return;
+        }
         self.trace.push(TraceEntry {
             at: self.now,
             context: ctx,

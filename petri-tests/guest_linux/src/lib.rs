@@ -16,6 +16,40 @@
 //! back, an access to device memory nothing backs. The first such event is recorded as the
 //! guest's [`GuestFailure`] ("panic") and the guest stops.
 //!
+//! A scheduler drives it like this (here against a host that never answers, so the probe
+//! path ends up waiting for its first completion):
+//!
+//! ```
+//! use guest_linux::{ContextId, GuestConfig, GuestEnv, KernelModel, LinuxGuest};
+//! use std::time::Duration;
+//! use vmbus_channel::Packet;
+//! use vpci_protocol::WinSlot;
+//!
+//! struct Silent(Vec<Packet>);
+//! impl GuestEnv for Silent {
+//!     fn now(&self) -> Duration { Duration::ZERO }
+//!     fn send(&mut self, packet: Packet) { self.0.push(packet) }
+//!     fn config_read(&mut self, _: WinSlot, _: u16, _: u8) -> Option<u32> { Some(u32::MAX) }
+//!     fn config_write(&mut self, _: WinSlot, _: u16, _: u8, _: u32) -> bool { true }
+//!     fn bar_read(&mut self, _: WinSlot, _: u8, _: u64, _: u8) -> Option<u32> { None }
+//!     fn bar_write(&mut self, _: WinSlot, _: u8, _: u64, _: u8, _: u32) -> bool { false }
+//!     fn retarget_interrupt(&mut self, _: WinSlot, _: u32) {}
+//! }
+//!
+//! let mut guest = LinuxGuest::new(GuestConfig::new(KernelModel::Linux62));
+//! let mut host = Silent(Vec::new());
+//! while let Some(ctx) = guest.runnable().first().copied() {
+//!     guest.step(ctx, &mut host);
+//! }
+//! assert_eq!(host.0.len(), 1, "QUERY_PROTOCOL_VERSION for 1.4");
+//! assert_eq!(
+//!     guest.blocked(),
+//!     vec![(ContextId::ProbePath, "wait_for_response: QUERY_PROTOCOL_VERSION completion")]
+//! );
+//! guest.declare_hang();
+//! assert!(guest.failure().is_some());
+//! ```
+//!
 //! What differs between the models follows the six patches of the series:
 //! - patch 1: the probe path flushes the bus workqueue before leaving `hv_pci_query_relations`;
 //! - patch 2: the interrupt polling loop no longer gives up when the child is being ejected,
@@ -125,6 +159,9 @@ pub struct GuestConfig {
     pub mmio_base: u64,
     /// Device drivers; the first matching binding binds to a function when it is added.
     pub drivers: Vec<DriverBinding>,
+    /// Whether [`LinuxGuest::trace`] records what each context does (turn it off for long
+    /// benchmark runs; the failure is recorded either way).
+    pub trace: bool,
 }
 
 impl GuestConfig {
@@ -140,6 +177,7 @@ impl GuestConfig {
                 device_id: None,
                 driver: DriverConfig::default(),
             }],
+            trace: true,
         }
     }
 }

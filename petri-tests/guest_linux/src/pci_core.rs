@@ -79,7 +79,8 @@ impl LinuxGuest {
         }
     }
 
-    /// The driver that binds to a device with these ids, if any.
+    /// Models driver matching (`pci_bus_match` over the id tables): the driver that binds to
+    /// a device with these ids, if any.
     fn match_driver(&self, vendor: u16, device: u16) -> Option<DriverConfig> {
         self.cfg
             .drivers

@@ -70,7 +70,7 @@ pub(crate) enum ProbePc {
 }
 
 /// The probe thread.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ProbeState {
     pub(crate) pc: ProbePc,
     pub(crate) wait: Option<Wait>,
@@ -213,7 +213,7 @@ impl LinuxGuest {
                         let _ = self.take_reply(tid);
                         return BxStep::Done(0);
                     }
-                    self.chan.requests.remove(&tid);
+                    self.forget_request(tid);
                     self.log(ctx, F, "BUS_D0EXIT timed out");
                     return BxStep::Done(errno::ETIMEDOUT);
                 }
@@ -527,7 +527,8 @@ impl LinuxGuest {
         Some(ProbePc::Unwind { stage, ret })
     }
 
-    /// One stage of the probe's error path.
+    /// One stage of `hv_pci_probe`'s error labels (`exit_d0`, `release_state_lock`, `close`,
+    /// `destroy_wq`, `free_bus`).
     fn unwind_step(&mut self, env: &mut dyn GuestEnv, stage: Unwind, ret: i32) -> Option<ProbePc> {
         match stage {
             Unwind::ExitD0 => {

@@ -22,7 +22,7 @@ pub(crate) enum RemPc {
 }
 
 /// The removal context.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct RemovalState {
     pub(crate) pc: RemPc,
     pub(crate) wait: Option<Wait>,

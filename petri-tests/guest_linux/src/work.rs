@@ -60,7 +60,7 @@ pub(crate) enum WorkState {
 }
 
 /// `hbus->wq`, an ordered workqueue.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Workqueue {
     pub(crate) items: VecDeque<(u64, WorkItem)>,
     pub(crate) current: Option<(u64, WorkState)>,
@@ -132,8 +132,8 @@ impl LinuxGuest {
         true
     }
 
-    /// Runs the workqueue's current item (starting the next one if none runs) to its next
-    /// scheduling point.
+    /// Models the ordered workqueue's worker (`process_one_work` on `hbus->wq`): runs the
+    /// current item (starting the next one if none runs) to its next scheduling point.
     pub(crate) fn step_work(&mut self, env: &mut dyn GuestEnv) {
         self.wq.wait = None;
         let (seq, state) = match self.wq.current.take() {

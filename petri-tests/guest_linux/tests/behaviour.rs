@@ -244,3 +244,94 @@ fn a_second_eject_while_the_first_runs_unlinks_twice() {
         assert_eq!(f.function, "hv_eject_device_work");
     }
 }
+
+/// A host that never answers CREATE_INTERRUPT_MESSAGE leaves 6.3's driver spinning: it stays
+/// runnable but cannot progress, which `spinning` reports so a scheduler can call it a hang.
+#[test]
+fn an_unanswered_interrupt_request_spins() {
+    let mut host = FakeHost::new().with_function(SLOT0, 7);
+    host.hold.insert(MessageType::CREATE_INTERRUPT_MESSAGE3);
+    let mut vm = Vm::new(KernelModel::Linux63, host);
+    assert!(vm.run_until(
+        PROMPT,
+        |vm| vm.host.sent(MessageType::CREATE_INTERRUPT_MESSAGE3) == 1
+    ));
+    let driver = ContextId::Driver(slot(SLOT0));
+    for _ in 0..3 {
+        assert!(vm.step(driver));
+    }
+    assert_eq!(vm.guest.runnable(), vec![driver]);
+    assert_eq!(vm.guest.spinning(), vec![driver]);
+    vm.host.release_held();
+    vm.deliver();
+    assert!(vm.guest.spinning().is_empty());
+    vm.run(PROMPT);
+    assert_eq!(vm.guest.failure(), None, "{}", vm.trace());
+    assert_eq!(vm.guest.probe_result(), Some(Ok(())));
+}
+
+/// Transaction ids are reused most-recently-freed first, as the channel's requestor does, so
+/// a duplicated completion completes whichever request holds the id now: here a second copy
+/// of the QUERY_RESOURCE_REQUIREMENTS completion ends the wait for BUS_D0ENTRY, and the guest
+/// moves on to RESOURCES_ASSIGNED while the host has not answered D0 entry.
+#[test]
+fn a_duplicated_completion_completes_the_request_that_reused_its_id() {
+    let mut host = FakeHost::new().with_function(SLOT0, 7);
+    host.hold.insert(MessageType::QUERY_RESOURCE_REQUIREMENTS);
+    host.hold.insert(MessageType::BUS_D0ENTRY);
+    let mut vm = Vm::new(KernelModel::Linux63, host);
+    assert!(vm.run_until(PROMPT, |vm| !vm.host.held.is_empty()));
+    let qrr = vm.host.held.remove(0);
+    vm.guest.receive(qrr.clone());
+    assert!(vm.run_until(PROMPT, |vm| vm.host.sent(MessageType::BUS_D0ENTRY) == 1));
+    vm.run(PROMPT);
+    assert_eq!(vm.host.sent(MessageType::RESOURCES_ASSIGNED2), 0);
+    vm.guest.receive(qrr);
+    vm.run(PROMPT);
+    assert_eq!(
+        vm.host.sent(MessageType::RESOURCES_ASSIGNED2),
+        1,
+        "{}",
+        vm.trace()
+    );
+    assert_eq!(
+        vm.host.held.len(),
+        1,
+        "the real D0 completion is still held"
+    );
+}
+
+/// A cloned guest continues exactly like the original: forking at a choice point and taking
+/// the same choices gives the same run.
+#[test]
+fn a_cloned_guest_runs_like_the_original() {
+    let mut host = FakeHost::new().with_function(SLOT0, 7);
+    host.hold.insert(MessageType::CREATE_INTERRUPT_MESSAGE3);
+    let mut vm = Vm::new(KernelModel::Linux62, host);
+    assert!(vm.run_until(
+        PROMPT,
+        |vm| vm.host.sent(MessageType::CREATE_INTERRUPT_MESSAGE3) == 1
+    ));
+    let mut twin = vm.guest.clone();
+    vm.host.eject(SLOT0);
+    for p in vm.host.to_guest.iter().cloned() {
+        twin.receive(p);
+    }
+    vm.deliver();
+    let mut host_a = FakeHost::new().with_function(SLOT0, 7);
+    let mut host_b = FakeHost::new().with_function(SLOT0, 7);
+    for _ in 0..20 {
+        let (Some(a), Some(b)) = (
+            vm.guest.runnable().first().copied(),
+            twin.runnable().first().copied(),
+        ) else {
+            break;
+        };
+        assert_eq!(a, b);
+        vm.guest.step(a, &mut host_a);
+        twin.step(b, &mut host_b);
+    }
+    assert_eq!(vm.guest.trace(), twin.trace());
+    assert_eq!(vm.failure_kind(), Some(FailureKind::NullDeref));
+    assert_eq!(vm.guest.failure(), twin.failure());
+}

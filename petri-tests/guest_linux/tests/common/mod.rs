@@ -121,10 +121,10 @@ impl FakeHost {
     }
 
     /// The host wants the function back: EJECT goes to the guest (and, for a C7 host, the
-    /// BARs are unmapped at once).
+    /// BARs are unmapped at once). Like Hyper-V, the host keeps listing the function in
+    /// relations until the guest's EJECTION_COMPLETE.
     pub fn eject(&mut self, slot: u32) {
         if let Some(f) = self.functions.get_mut(&slot) {
-            f.listed = false;
             if self.pull_memory_on_eject {
                 f.bars_backed = false;
             }
@@ -262,6 +262,7 @@ impl GuestEnv for FakeHost {
             Message::EjectionComplete(m) => {
                 // The host removes the device once the guest let go.
                 if let Some(f) = self.functions.get_mut(&m.body.wslot.raw()) {
+                    f.listed = false;
                     f.assigned = false;
                     f.bars_backed = false;
                 }
