@@ -87,9 +87,15 @@ impl std::fmt::Display for Outcome {
                 context,
                 function,
                 message,
-            } => write!(f, "bus {bus}: guest {failure} in {context} ({function}): {message}"),
+            } => write!(
+                f,
+                "bus {bus}: guest {failure} in {context} ({function}): {message}"
+            ),
             Self::EjectUnanswered { bus, slot } => {
-                write!(f, "bus {bus}: EJECT of {slot} never answered; the host gave up")
+                write!(
+                    f,
+                    "bus {bus}: EJECT of {slot} never answered; the host gave up"
+                )
             }
             Self::LostDevice { bus, slot } => {
                 write!(f, "bus {bus}: the host has {slot}, the guest never got it")

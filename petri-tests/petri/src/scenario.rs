@@ -348,7 +348,10 @@ pub fn catalogue() -> Vec<Scenario> {
         ("c5", include_str!("../scenarios/c5.toml")),
         ("c7", include_str!("../scenarios/c7.toml")),
         ("re-add", include_str!("../scenarios/re-add.toml")),
-        ("drop-then-eject", include_str!("../scenarios/drop-then-eject.toml")),
+        (
+            "drop-then-eject",
+            include_str!("../scenarios/drop-then-eject.toml"),
+        ),
     ];
     FILES
         .iter()

@@ -136,7 +136,9 @@ mod tests {
     fn seeds_replay() {
         let picks = |seed| {
             let mut c = Chooser::seeded(seed);
-            (0..64).map(|i| c.choose(3, Some(i % 3))).collect::<Vec<_>>()
+            (0..64)
+                .map(|i| c.choose(3, Some(i % 3)))
+                .collect::<Vec<_>>()
         };
         assert_eq!(picks(7), picks(7));
         assert_ne!(picks(7), picks(8));

@@ -69,7 +69,12 @@ impl fmt::Display for Line {
         };
         let at = self.at.as_secs_f64() * 1000.0;
         if self.from == self.to {
-            write!(f, "{at:>10.3} ms  {}   {}{mark}", lane(self.from), self.label)
+            write!(
+                f,
+                "{at:>10.3} ms  {}   {}{mark}",
+                lane(self.from),
+                self.label
+            )
         } else {
             write!(
                 f,

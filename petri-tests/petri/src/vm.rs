@@ -201,7 +201,10 @@ impl GuestEnv for Env<'_> {
                 self.now,
                 Lane::Guest,
                 Lane::Guest,
-                format!("bus {}: retarget interrupt {slot} vector {vector:#x}", self.bus),
+                format!(
+                    "bus {}: retarget interrupt {slot} vector {vector:#x}",
+                    self.bus
+                ),
                 Mark::None,
             );
         }
@@ -271,12 +274,19 @@ fn relay_note(event: &RelayEvent) -> Option<(String, Mark)> {
         RelayEvent::EjectAnsweredLocally { slot } => {
             (format!("EJECT({slot}) answered locally"), Mark::Local)
         }
-        RelayEvent::Backing { slot, backing } => (format!("{slot} backed by {backing:?}"), Mark::None),
+        RelayEvent::Backing { slot, backing } => {
+            (format!("{slot} backed by {backing:?}"), Mark::None)
+        }
         RelayEvent::HostLost { rescinded } => (
-            format!("host lost ({})", if *rescinded { "rescind" } else { "fault" }),
+            format!(
+                "host lost ({})",
+                if *rescinded { "rescind" } else { "fault" }
+            ),
             Mark::None,
         ),
-        RelayEvent::Malformed { side, fault } => (format!("{side:?} packet refused: {fault}"), Mark::None),
+        RelayEvent::Malformed { side, fault } => {
+            (format!("{side:?} packet refused: {fault}"), Mark::None)
+        }
         _ => return None,
     })
 }
@@ -373,13 +383,28 @@ impl Vm {
                 match e.kind {
                     HostEventKind::EjectTimedOut { slot } => {
                         bus.eject_timeouts.push(slot);
-                        notes.push((Lane::Host, Lane::Host, format!("EJECT({slot}) timed out: removed by force"), Mark::None));
+                        notes.push((
+                            Lane::Host,
+                            Lane::Host,
+                            format!("EJECT({slot}) timed out: removed by force"),
+                            Mark::None,
+                        ));
                     }
                     HostEventKind::BarsTornDown { slot } => {
-                        notes.push((Lane::Host, Lane::Host, format!("{slot} device memory torn down"), Mark::None));
+                        notes.push((
+                            Lane::Host,
+                            Lane::Host,
+                            format!("{slot} device memory torn down"),
+                            Mark::None,
+                        ));
                     }
                     HostEventKind::ScriptStepFired { step } => {
-                        notes.push((Lane::Host, Lane::Host, format!("script step {step}"), Mark::None));
+                        notes.push((
+                            Lane::Host,
+                            Lane::Host,
+                            format!("script step {step}"),
+                            Mark::None,
+                        ));
                     }
                     _ => {}
                 }
@@ -422,17 +447,12 @@ impl Vm {
                     }
                 }
                 relay.poll();
-                loop {
-                    match relay.host_end.poll_recv(&mut cx) {
-                        Poll::Ready(Ok(p)) => {
-                            let p = on_the_wire(p);
-                            moved = true;
-                            notes.push((Lane::Relay, Lane::Host, describe(&p), Mark::None));
-                            if !bus.host.rescinded() {
-                                bus.host.handle_packet(now, p);
-                            }
-                        }
-                        Poll::Ready(Err(_)) | Poll::Pending => break,
+                while let Poll::Ready(Ok(p)) = relay.host_end.poll_recv(&mut cx) {
+                    let p = on_the_wire(p);
+                    moved = true;
+                    notes.push((Lane::Relay, Lane::Host, describe(&p), Mark::None));
+                    if !bus.host.rescinded() {
+                        bus.host.handle_packet(now, p);
                     }
                 }
                 loop {
@@ -482,6 +502,17 @@ impl Vm {
             }
         }
         out
+    }
+
+    /// Whether every runnable action is a driver spinning on a reply that is not there.
+    fn only_spinning(&self, runnable: &[Action]) -> bool {
+        runnable.iter().all(|a| match a {
+            Action::Step(bus, ctx) => self
+                .buses
+                .get(*bus)
+                .is_some_and(|b| b.guest.spinning().contains(ctx)),
+            Action::Deliver(_) => false,
+        })
     }
 
     fn deliver(&mut self, index: usize) {
@@ -541,6 +572,19 @@ impl Vm {
                 break None;
             }
             let runnable = self.runnable();
+            // Drivers busy-polling for a reply nothing will bring are runnable forever, but
+            // only time (a host delay, a relay timer) can change anything for them.
+            if !runnable.is_empty() && self.only_spinning(&runnable) {
+                match self.next_deadline() {
+                    Some(t) if t <= self.limits.max_time => {
+                        self.advance_to(t);
+                        self.pump();
+                        continue;
+                    }
+                    Some(_) => break Some(Outcome::TimeLimit),
+                    None => break None,
+                }
+            }
             if runnable.is_empty() {
                 match self.next_deadline() {
                     Some(t) if t <= self.limits.max_time => {
@@ -609,7 +653,8 @@ impl Vm {
         // A guest that waits on something nothing will ever bring is hung.
         if early.is_none() {
             for bus in &mut self.buses {
-                if bus.guest.failure().is_none() && !bus.guest.blocked().is_empty() {
+                let stuck = !bus.guest.blocked().is_empty() || !bus.guest.spinning().is_empty();
+                if bus.guest.failure().is_none() && stuck {
                     bus.guest.declare_hang();
                 }
             }

@@ -37,7 +37,11 @@ fn quiet_boot_is_ok() {
                         eprintln!("{l}");
                     }
                 }
-                assert_eq!(r.outcome, Outcome::Ok, "{model:?} relay={relay} seed={seed}");
+                assert_eq!(
+                    r.outcome,
+                    Outcome::Ok,
+                    "{model:?} relay={relay} seed={seed}"
+                );
             }
         }
     }
