@@ -1,0 +1,65 @@
+//! Build script: fetches `pci-hyperv.c` from Debian's `linux-source-5.10` and `linux-source-6.1`
+//! packages (cached under the target directory), then compiles each against our own kernel shim
+//! and runtime into one guest executable per version.
+#![forbid(unsafe_code)]
+
+#[path = "build/fetch.rs"]
+mod fetch;
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    if let Err(message) = run() {
+        eprintln!("error: kernel_shim build failed: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=build");
+    println!("cargo:rerun-if-env-changed=KERNEL_SHIM_CACHE_DIR");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    let cache = cache_dir()?;
+    for pkg in &fetch::PACKAGES {
+        let fetched = fetch::fetch(&cache, pkg)
+            .map_err(|e| format!("fetching the {} driver from Debian: {e}", pkg.key))?;
+        println!("cargo:rerun-if-changed={}", fetched.source.display());
+        let macro_key = pkg.key.replace('.', "_");
+        println!(
+            "cargo:rustc-env=KERNEL_SHIM_DEBIAN_VERSION_{macro_key}={}",
+            fetched.version
+        );
+    }
+    Ok(())
+}
+
+/// `$KERNEL_SHIM_CACHE_DIR`, else `$CARGO_TARGET_DIR/kernel-src`, else `target/kernel-src`
+/// found from `OUT_DIR` (`target/<profile>/build/<pkg>-<hash>/out`), so that every profile and
+/// every rebuild of this crate shares one download.
+fn cache_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = env::var_os("KERNEL_SHIM_CACHE_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = env::var_os("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        let dir = if dir.is_absolute() {
+            dir
+        } else {
+            PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?)
+                .ancestors()
+                .find(|a| a.join("Cargo.lock").exists())
+                .map(|root| root.join(&dir))
+                .unwrap_or(dir)
+        };
+        return Ok(dir.join("kernel-src"));
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
+    // out -> <pkg>-<hash> -> build -> <profile> -> target (or target/<triple>).
+    let target = out
+        .ancestors()
+        .nth(4)
+        .ok_or_else(|| format!("unexpected OUT_DIR layout: {}", out.display()))?;
+    Ok(target.join("kernel-src"))
+}

@@ -1,0 +1,56 @@
+//! Runs the real Linux `pci-hyperv.c` (Debian 11's 5.10, Debian 12's 6.1) in user space.
+//!
+//! The driver source is fetched from Debian's package registry by the build script and never
+//! committed; it is compiled against this crate's own minimal kernel headers (`shim/`) and C
+//! runtime.
+#![forbid(unsafe_code)]
+
+/// A real driver version this crate builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DriverVersion {
+    /// Debian 11's `linux-source-5.10`: query-relations and unmask fixes, no per-bus `state_lock`.
+    Debian5_10,
+    /// Debian 12's `linux-source-6.1`: the whole 2023 fix series.
+    Debian6_1,
+}
+
+impl DriverVersion {
+    /// Both versions.
+    pub const ALL: [DriverVersion; 2] = [DriverVersion::Debian5_10, DriverVersion::Debian6_1];
+
+    /// The exact Debian package version the driver source was extracted from.
+    pub fn package_version(self) -> &'static str {
+        match self {
+            DriverVersion::Debian5_10 => env!("KERNEL_SHIM_DEBIAN_VERSION_5_10"),
+            DriverVersion::Debian6_1 => env!("KERNEL_SHIM_DEBIAN_VERSION_6_1"),
+        }
+    }
+
+    /// The Debian package the driver source comes from.
+    pub fn package_name(self) -> &'static str {
+        match self {
+            DriverVersion::Debian5_10 => "linux-source-5.10",
+            DriverVersion::Debian6_1 => "linux-source-6.1",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The recorded package versions belong to the kernel series each package is named after.
+    #[test]
+    fn package_versions_match_their_series() {
+        assert!(
+            DriverVersion::Debian5_10
+                .package_version()
+                .starts_with("5.10.")
+        );
+        assert!(
+            DriverVersion::Debian6_1
+                .package_version()
+                .starts_with("6.1.")
+        );
+    }
+}
