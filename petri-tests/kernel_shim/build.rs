@@ -3,6 +3,8 @@
 //! and runtime into one guest executable per version.
 #![forbid(unsafe_code)]
 
+#[path = "build/compile.rs"]
+mod compile;
 #[path = "build/fetch.rs"]
 mod fetch;
 
@@ -19,9 +21,13 @@ fn main() {
 fn run() -> Result<(), String> {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build");
+    println!("cargo:rerun-if-changed=shim");
     println!("cargo:rerun-if-env-changed=KERNEL_SHIM_CACHE_DIR");
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
     let cache = cache_dir()?;
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let shim = manifest.join("shim");
+    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
     for pkg in &fetch::PACKAGES {
         let fetched = fetch::fetch(&cache, pkg)
             .map_err(|e| format!("fetching the {} driver from Debian: {e}", pkg.key))?;
@@ -31,6 +37,10 @@ fn run() -> Result<(), String> {
             "cargo:rustc-env=KERNEL_SHIM_DEBIAN_VERSION_{macro_key}={}",
             fetched.version
         );
+        let kver = compile::kver(pkg.key)?;
+        let obj_dir = out.join(format!("v{kver}"));
+        std::fs::create_dir_all(&obj_dir).map_err(|e| e.to_string())?;
+        compile::compile_driver(&shim, kver, &fetched.source, &obj_dir)?;
     }
     Ok(())
 }
