@@ -52,3 +52,71 @@ pub(crate) fn compile_driver(
         .try_compile_intermediates()
         .map_err(|e| format!("compiling {} failed: {e}", source.display()))
 }
+
+/// The runtime's kernel-side C files (compiled like the driver) under `shim/runtime`.
+const RUNTIME_FILES: [&str; 8] = [
+    "proto.c", "sched.c", "mem.c", "sync.c", "vmbus.c", "pci.c", "msi.c", "main.c",
+];
+
+/// Compiles the kernel-side runtime for one version.
+pub(crate) fn compile_runtime(
+    shim: &Path,
+    kver: u32,
+    debian_version: &str,
+    out: &Path,
+) -> Result<Vec<PathBuf>, String> {
+    let mut build = kernel_build(shim, kver);
+    build
+        .include(shim.join("runtime"))
+        .define(
+            "KSHIM_DEBIAN_VERSION",
+            format!("\"{}\"", debian_version.replace(['"', '\\'], "")).as_str(),
+        )
+        .out_dir(out);
+    for file in RUNTIME_FILES {
+        build.file(shim.join("runtime").join(file));
+    }
+    build
+        .try_compile_intermediates()
+        .map_err(|e| format!("compiling the kernel shim runtime failed: {e}"))
+}
+
+/// Compiles `os.c`, the one runtime file built against the C library.
+pub(crate) fn compile_os(shim: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut build = cc::Build::new();
+    build
+        .cargo_metadata(false)
+        .include(shim.join("runtime"))
+        .file(shim.join("runtime").join("os.c"))
+        .debug(true)
+        .opt_level(1)
+        .out_dir(out);
+    build
+        .try_compile_intermediates()
+        .map_err(|e| format!("compiling the runtime's os.c failed: {e}"))
+}
+
+/// Links a guest executable from the driver, the runtime and the OS layer.
+pub(crate) fn link(objects: &[PathBuf], exe: &Path) -> Result<(), String> {
+    let compiler = cc::Build::new()
+        .cargo_metadata(false)
+        .try_get_compiler()
+        .map_err(|e| format!("no C compiler: {e}"))?;
+    let output = compiler
+        .to_command()
+        .args(objects)
+        .arg("-o")
+        .arg(exe)
+        .arg("-lpthread")
+        .output()
+        .map_err(|e| format!("cannot run the linker: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "linking {} failed: {}",
+            exe.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
