@@ -5,6 +5,11 @@
 //! runtime.
 #![forbid(unsafe_code)]
 
+pub mod guest;
+pub mod protocol;
+
+use std::path::Path;
+
 /// A real driver version this crate builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DriverVersion {
@@ -24,6 +29,14 @@ impl DriverVersion {
             DriverVersion::Debian5_10 => env!("KERNEL_SHIM_DEBIAN_VERSION_5_10"),
             DriverVersion::Debian6_1 => env!("KERNEL_SHIM_DEBIAN_VERSION_6_1"),
         }
+    }
+
+    /// The guest executable: this version's driver linked with the shim runtime.
+    pub fn guest_executable(self) -> &'static Path {
+        Path::new(match self {
+            DriverVersion::Debian5_10 => env!("KERNEL_SHIM_GUEST_510"),
+            DriverVersion::Debian6_1 => env!("KERNEL_SHIM_GUEST_601"),
+        })
     }
 
     /// The Debian package the driver source comes from.
