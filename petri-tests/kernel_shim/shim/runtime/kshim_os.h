@@ -8,6 +8,13 @@
 #ifndef KSHIM_OS_H
 #define KSHIM_OS_H
 
+/*
+ * Called first: re-executes the process once with address-space randomisation off (where
+ * the system allows it), so that heap and stack addresses, and with them 5.10's raw-pointer
+ * transaction ids, repeat from run to run.
+ */
+void kshim_os_init(void);
+
 /* ---- memory from the C library (the runtime's own bookkeeping, never the driver's) ---- */
 void *kshim_os_alloc(unsigned long size, unsigned long align);
 void kshim_os_free(void *ptr);

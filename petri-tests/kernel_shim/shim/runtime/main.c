@@ -177,6 +177,7 @@ int main(void)
 {
 	struct kshim_wbuf w;
 
+	kshim_os_init();
 	kshim_wbuf_init(&w);
 	kshim_put_u32(&w, KSHIM_KVER);
 	kshim_put_str(&w, KSHIM_DEBIAN_VERSION);

@@ -13,6 +13,8 @@
 
 struct alloc_rec {
 	struct alloc_rec *next;
+	/* All records in allocation order, so reports do not depend on addresses. */
+	struct alloc_rec *all_next;
 	void *ptr;
 	size_t size;
 	void *site;
@@ -21,6 +23,8 @@ struct alloc_rec {
 
 #define BUCKETS 1024
 static struct alloc_rec *buckets[BUCKETS];
+static struct alloc_rec *all_head;
+static struct alloc_rec **all_tail = &all_head;
 
 static unsigned int bucket_of(const void *p)
 {
@@ -65,6 +69,9 @@ static void *alloc(size_t size, gfp_t flags, void *site)
 	r->freed = false;
 	r->next = buckets[bucket_of(p)];
 	buckets[bucket_of(p)] = r;
+	r->all_next = NULL;
+	*all_tail = r;
+	all_tail = &r->all_next;
 	return p;
 }
 
@@ -105,14 +112,13 @@ u32 kshim_leak_report(void)
 {
 	u32 leaks = 0;
 
-	for (int b = 0; b < BUCKETS; b++)
-		for (struct alloc_rec *r = buckets[b]; r; r = r->next) {
-			if (r->freed)
-				continue;
-			leaks++;
-			kshim_event(EV_LEAK, "%zu bytes allocated at exe+%#lx", r->size,
-				    site_offset(r->site));
-		}
+	for (struct alloc_rec *r = all_head; r; r = r->all_next) {
+		if (r->freed)
+			continue;
+		leaks++;
+		kshim_event(EV_LEAK, "%zu bytes allocated at exe+%#lx", r->size,
+			    site_offset(r->site));
+	}
 	return leaks;
 }
 
