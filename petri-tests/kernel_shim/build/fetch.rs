@@ -465,3 +465,81 @@ fn mkdir(dir: &Path) -> Result<(), String> {
 fn write(path: &Path, text: &str) -> Result<(), String> {
     fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MACHINE: &str = "\
+Types: deb
+# a comment
+URIs: http://mirror.invalid/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.invalid/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb
+URIs: http://other.invalid/node
+Suites: nodistro
+Components: main
+
+Types: deb-src
+URIs: http://mirror.invalid/debian
+Suites: bookworm
+Components: main
+
+Enabled: no
+Types: deb
+URIs: http://off.invalid/debian
+Suites: bookworm
+Components: main
+";
+
+    /// The machine's Debian entries are renamed to the target release, keeping URIs, keys,
+    /// components and the -updates/-security suffixes; other suites, deb-src and disabled
+    /// entries are dropped.
+    #[test]
+    fn machine_sources_are_renamed_to_the_target_suite() {
+        let out: Vec<String> = parse_deb822(MACHINE)
+            .iter()
+            .filter_map(|s| s.for_suite("bookworm", "bullseye"))
+            .collect();
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert!(out[0].contains("Suites: bullseye bullseye-updates\n"));
+        assert!(out[0].contains("URIs: http://mirror.invalid/debian\n"));
+        assert!(out[0].contains("Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"));
+        assert!(out[1].contains("Suites: bullseye-security\n"));
+        assert!(
+            !out.iter()
+                .any(|s| s.contains("nodistro") || s.contains("off.invalid"))
+        );
+    }
+
+    /// A one-line entry keeps its signed-by option and components.
+    #[test]
+    fn one_line_entries_parse() {
+        let s = parse_one_line(
+            "deb [arch=amd64 signed-by=/k.gpg] http://m.invalid/debian bookworm main contrib",
+        )
+        .unwrap();
+        let out = s.for_suite("bookworm", "bullseye").unwrap();
+        assert!(out.contains("Suites: bullseye\n"));
+        assert!(out.contains("Signed-By: /k.gpg\n"));
+        assert!(out.contains("Architectures: amd64\n"));
+        assert!(out.contains("Components: main contrib\n"));
+        assert!(parse_one_line("deb-src http://m.invalid/debian bookworm main").is_none());
+        assert!(parse_one_line("# deb http://m.invalid/debian bookworm main").is_none());
+    }
+
+    /// Package keys map to the shim's version macro.
+    #[test]
+    fn package_keys_are_known() {
+        let keys: Vec<&str> = PACKAGES.iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["5.10", "6.1"]);
+    }
+}

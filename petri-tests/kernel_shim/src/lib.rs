@@ -48,6 +48,12 @@ impl DriverVersion {
     }
 }
 
+/// The build script's fetch logic, compiled here too so that its parsing is unit-tested.
+#[cfg(test)]
+#[allow(dead_code, unreachable_pub)]
+#[path = "../build/fetch.rs"]
+mod fetch;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -392,15 +392,15 @@ impl Host {
                 self.complete(bus, id, 0u32.to_le_bytes().to_vec());
             }
             CREATE_INTERRUPT_MESSAGE | CREATE_INTERRUPT_MESSAGE2 | CREATE_INTERRUPT_MESSAGE3 => {
-                let vector = if msg == CREATE_INTERRUPT_MESSAGE3 {
-                    u32_at(p, 8)
+                let (vector, count) = if msg == CREATE_INTERRUPT_MESSAGE3 {
+                    (u32_at(p, 8), u16::from_le_bytes([p[14], p[15]]))
                 } else {
-                    u32::from(p[8])
+                    (u32::from(p[8]), u16::from_le_bytes([p[10], p[11]]))
                 };
                 let mut r = 0u32.to_le_bytes().to_vec(); // status
                 r.extend_from_slice(&0u32.to_le_bytes()); // reserved
                 r.extend_from_slice(&0u16.to_le_bytes());
-                r.extend_from_slice(&1u16.to_le_bytes()); // vector count
+                r.extend_from_slice(&count.to_le_bytes()); // vector count
                 r.extend_from_slice(&vector.to_le_bytes()); // data
                 r.extend_from_slice(&0xfee0_0000u64.to_le_bytes()); // address
                 self.complete(bus, id, r);
