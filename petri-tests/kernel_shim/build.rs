@@ -42,6 +42,12 @@ fn run() -> Result<(), String> {
         let obj_dir = out.join(format!("v{kver}"));
         std::fs::create_dir_all(&obj_dir).map_err(|e| e.to_string())?;
         let mut objects = compile::compile_driver(&shim, kver, &fetched.source, &obj_dir)?;
+        if let Some(driver) = objects.first() {
+            println!(
+                "cargo:rustc-env=KERNEL_SHIM_DRIVER_OBJECT_{kver}={}",
+                driver.display()
+            );
+        }
         objects.extend(compile::compile_runtime(
             &shim,
             kver,

@@ -1,8 +1,18 @@
 //! Runs the real Linux `pci-hyperv.c` (Debian 11's 5.10, Debian 12's 6.1) in user space.
 //!
 //! The driver source is fetched from Debian's package registry by the build script and never
-//! committed; it is compiled against this crate's own minimal kernel headers (`shim/`) and C
-//! runtime.
+//! committed; it is compiled against this crate's own minimal kernel headers (`shim/include`)
+//! and linked with a C runtime (`shim/runtime`) into one guest executable per version. See
+//! `shim/SYMBOLS.md` for every symbol the runtime provides and the kernel semantics it follows.
+//!
+//! A guest runs as a child process ([`guest::Session`]) that talks to a [`guest::Controller`]
+//! over a framed protocol ([`protocol`]): the controller is the host (packets, config window,
+//! BARs, hypercalls), the scenario (commands such as probe and remove) and the scheduler. In
+//! the guest every kernel context is a thread, but exactly one runs at a time; at each
+//! scheduling point (blocking, waking, locking, channel, MMIO) the controller chooses which
+//! context runs next, so a run is a pure function of the controller's answers. Keeping the C
+//! in its own process is also what keeps this crate free of `unsafe`: no FFI, and a crash of
+//! the kernel code is an exit status, not a crash of the harness.
 #![forbid(unsafe_code)]
 
 pub mod guest;
