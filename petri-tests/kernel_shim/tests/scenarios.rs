@@ -135,3 +135,70 @@ fn rescind_during_d0_entry_leaks_the_child() {
         );
     }
 }
+
+/// EJECT arrives while the probe path scans the new root bus (catalogue C3: after the
+/// function's resources were assigned, before the bus is installed). 5.10, without the per-bus
+/// state_lock, runs the eject work at once: it finds no pci_dev yet, completes the eject, and
+/// the probe path goes on to create the device and bind a driver to a function the host has
+/// let go (its interrupts cannot even be unmasked). 6.1's eject work waits on state_lock for the
+/// probe path, then removes the bound device properly before completing the eject.
+#[test]
+fn eject_during_scan_binds_a_gone_device_on_5_10_only() {
+    let script = vec![
+        Step::Command(Command::Init),
+        Step::Command(Command::Probe {
+            bus: 0,
+            instance: INSTANCE,
+        }),
+        Step::Command(Command::Remove { bus: 0 }),
+        Step::Command(Command::Exit),
+    ];
+    let faults = Faults {
+        // The first BAR0 read of the scan's BAR sizing.
+        eject_on_config_read: Some(0x10),
+        ..Faults::default()
+    };
+    let mut failing = Vec::new();
+    for seed in 0..20 {
+        let (host, outcome) = run(
+            DriverVersion::Debian5_10,
+            seed,
+            script.clone(),
+            faults.clone(),
+        );
+        assert_eq!(outcome.ending, Ending::Done { leaks: 0 }, "{:#?}", host.log);
+        if host
+            .violations
+            .iter()
+            .any(|v| v.contains("a driver bound to the function after EJECTION_COMPLETE"))
+        {
+            assert!(host.log.iter().any(|l| l.contains("can not unmask irq")));
+            failing.push(seed);
+        }
+    }
+    assert!(!failing.is_empty(), "5.10 never reached C3");
+
+    for seed in 0..20 {
+        let (host, outcome) = run(
+            DriverVersion::Debian6_1,
+            seed,
+            script.clone(),
+            faults.clone(),
+        );
+        assert_eq!(outcome.ending, Ending::Done { leaks: 0 }, "{:#?}", host.log);
+        assert!(
+            host.violations.is_empty(),
+            "seed {seed}: {:?}",
+            host.violations
+        );
+        assert_eq!(host.count(EJECTION_COMPLETE), 1);
+        // The bound device was removed first: its interrupts were deleted before the eject
+        // completed.
+        let complete = host
+            .sent
+            .iter()
+            .position(|&m| m == EJECTION_COMPLETE)
+            .unwrap();
+        assert!(host.sent[..complete].contains(&DELETE_INTERRUPT_MESSAGE));
+    }
+}

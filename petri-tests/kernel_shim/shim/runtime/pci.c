@@ -191,10 +191,19 @@ int pci_scan_root_bus_bridge(struct pci_host_bridge *bridge)
 	return 0;
 }
 
+/*
+ * drivers/pci/access.c pci_bus_read_config_*: a failed read yields 0 in 5.10 and all ones
+ * (PCI_ERROR_RESPONSE) from 5.17 on.
+ */
 static int cfg_read(struct pci_bus *bus, unsigned int devfn, int where, int size, u32 *val)
 {
-	*val = ~0u;
-	return bus->ops->read(bus, devfn, where, size, val);
+	u32 data = KSHIM_KVER >= 517 ? ~0u : 0;
+	int ret = bus->ops->read(bus, devfn, where, size, &data);
+
+	if (ret && KSHIM_KVER >= 517)
+		data = ~0u;
+	*val = data;
+	return ret;
 }
 
 static void cfg_write(struct pci_bus *bus, unsigned int devfn, int where, int size, u32 val)
@@ -297,9 +306,13 @@ static struct kshim_pci_dev *scan_device(struct pci_bus *bus, unsigned int devfn
 	kd->pdev.kshim = kd;
 	refcount_set(&kd->refs, 1);
 	__mutex_init(&kd->msi_mutex, "msi_lock", NULL);
-	list_add_tail(&kd->pdev.bus_list, &bus->devices);
+	/*
+	 * pci_scan_device/pci_setup_device read the BARs and capabilities first; only then does
+	 * pci_device_add link the device where pci_get_domain_bus_and_slot finds it.
+	 */
 	size_bars(kd);
 	find_caps(kd);
+	list_add_tail(&kd->pdev.bus_list, &bus->devices);
 	kshim_event(EV_NOTE, "pci %04x:00:%02x.%d [%04x:%04x] found", kb->domain,
 		    PCI_SLOT(devfn), PCI_FUNC(devfn), kd->pdev.vendor, kd->pdev.device);
 	return kd;

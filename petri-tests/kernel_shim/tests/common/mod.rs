@@ -150,6 +150,8 @@ pub struct Host {
     pub trace: Vec<String>,
     /// The virtual time of the last scheduling point.
     pub now_ns: u64,
+    /// Guest accesses to the function after its EJECTION_COMPLETE (the host has let it go).
+    pub violations: Vec<String>,
 }
 
 /// Ways the scripted host misbehaves.
@@ -161,6 +163,10 @@ pub struct Faults {
     pub swallow: Option<u32>,
     /// Rescind bus 0 once virtual time reaches this.
     pub rescind_at_ns: Option<u64>,
+    /// Send EJECT for the function as soon as the guest sends this vPCI message type.
+    pub eject_on: Option<u32>,
+    /// Send EJECT for the function when the guest first reads this config-space offset of it.
+    pub eject_on_config_read: Option<u64>,
 }
 
 impl Host {
@@ -188,6 +194,7 @@ impl Host {
             log: Vec::new(),
             trace: Vec::new(),
             now_ns: 0,
+            violations: Vec::new(),
         }
     }
 
@@ -217,6 +224,22 @@ impl Host {
             trans_id,
             payload,
         });
+    }
+
+    fn eject_packet(&mut self) -> Action {
+        let mut p = EJECT.to_le_bytes().to_vec();
+        p.extend_from_slice(&WSLOT.to_le_bytes());
+        Action::Packet {
+            bus: 0,
+            packet_type: VM_PKT_DATA_INBAND,
+            flags: 0,
+            trans_id: 0,
+            payload: p,
+        }
+    }
+
+    fn ejected(&self) -> bool {
+        self.count(EJECTION_COMPLETE) > 0
     }
 
     fn inband(&mut self, bus: u32, payload: Vec<u8>) {
@@ -299,6 +322,10 @@ impl Controller for Host {
     }
 
     fn event(&mut self, kind: EventKind, ctx: u32, text: &str) {
+        if self.ejected() && text.starts_with("endpoint probe") {
+            self.violations
+                .push("a driver bound to the function after EJECTION_COMPLETE".to_string());
+        }
         self.trace.push(format!("event [{ctx}] {kind:?}: {text}"));
         self.log.push(format!("[{ctx}] {kind:?}: {text}"));
         self.events.push((kind, text.to_string()));
@@ -332,15 +359,7 @@ impl Host {
                     }
                     Step::Eject => {
                         self.wait = Wait::EjectionComplete;
-                        let mut p = EJECT.to_le_bytes().to_vec();
-                        p.extend_from_slice(&WSLOT.to_le_bytes());
-                        Action::Packet {
-                            bus: 0,
-                            packet_type: VM_PKT_DATA_INBAND,
-                            flags: 0,
-                            trans_id: 0,
-                            payload: p,
-                        }
+                        self.eject_packet()
                     }
                 };
             }
@@ -361,7 +380,27 @@ impl Host {
     fn on_packet(&mut self, packet: GuestPacket) {
         let p = &packet.payload;
         let msg = u32_at(p, 0);
+        let names_slot = matches!(
+            msg,
+            QUERY_RESOURCE_REQUIREMENTS
+                | RESOURCES_ASSIGNED
+                | RESOURCES_ASSIGNED2
+                | RESOURCES_RELEASED
+                | CREATE_INTERRUPT_MESSAGE
+                | CREATE_INTERRUPT_MESSAGE2
+                | CREATE_INTERRUPT_MESSAGE3
+                | DELETE_INTERRUPT_MESSAGE
+                | EJECTION_COMPLETE
+        );
+        if names_slot && self.ejected() && p.len() >= 8 && u32_at(p, 4) == WSLOT {
+            self.violations
+                .push(format!("message {:#x} after EJECTION_COMPLETE", msg - BASE));
+        }
         self.sent.push(msg);
+        if self.faults.eject_on == Some(msg) {
+            let eject = self.eject_packet();
+            self.pending.push_back(eject);
+        }
         if self.faults.swallow == Some(msg) {
             return;
         }
@@ -418,6 +457,18 @@ impl Host {
                 if self.selected != WSLOT {
                     return u64::MAX;
                 }
+                if self.ejected() {
+                    self.violations.push(format!(
+                        "config read {:#x} after EJECTION_COMPLETE",
+                        addr - base
+                    ));
+                    return u64::MAX;
+                }
+                if self.faults.eject_on_config_read == Some(addr - base - 0x1000) {
+                    self.faults.eject_on_config_read = None;
+                    let eject = self.eject_packet();
+                    self.pending.push_back(eject);
+                }
                 return self
                     .config
                     .read((addr - base - 0x1000) as usize, size as usize);
@@ -426,6 +477,11 @@ impl Host {
         let bar0 = self.config.bar0();
         if bar0 != 0 && (bar0..bar0 + BAR0_SIZE).contains(&addr) {
             self.bar_reads += 1;
+            if self.ejected() {
+                self.violations
+                    .push(format!("BAR read {addr:#x} after EJECTION_COMPLETE"));
+                return u64::MAX;
+            }
             return 0;
         }
         self.unbacked.push(addr);
@@ -439,6 +495,13 @@ impl Host {
                 return;
             }
             if (base + 0x1000..base + 0x2000).contains(&addr) {
+                if self.selected == WSLOT && self.ejected() {
+                    self.violations.push(format!(
+                        "config write {:#x} after EJECTION_COMPLETE",
+                        addr - base
+                    ));
+                    return;
+                }
                 if self.selected == WSLOT {
                     self.config
                         .write((addr - base - 0x1000) as usize, size as usize, value);
@@ -496,6 +559,11 @@ pub fn run_smoke(version: DriverVersion, seed: u64) -> Host {
         host.all_results.iter().all(|&(_, r)| r == 0),
         "{version:?} seed {seed}: {:?}",
         host.all_results
+    );
+    assert!(
+        host.violations.is_empty(),
+        "{version:?} seed {seed}: {:?}",
+        host.violations
     );
     let trouble: Vec<_> = host
         .events
