@@ -202,3 +202,26 @@ fn eject_during_scan_binds_a_gone_device_on_5_10_only() {
         assert!(host.sent[..complete].contains(&DELETE_INTERRUPT_MESSAGE));
     }
 }
+
+/// A host that unmaps the function's BARs as soon as it sends EJECT (catalogue C7, OpenVMM
+/// issue #3077): both drivers' eject work removes the bound device first, and the endpoint's
+/// remove reads a BAR register, which would fault. No kernel version fixes this; only the
+/// host side (the relay's removal shield) can.
+#[test]
+fn bars_pulled_at_eject_are_read_by_both_versions() {
+    for version in DriverVersion::ALL {
+        let faults = Faults {
+            unmap_bars_on_eject: true,
+            ..Faults::default()
+        };
+        let (host, outcome) = run(version, 2, smoke_script(), faults);
+        assert_eq!(outcome.ending, Ending::Done { leaks: 0 }, "{:#?}", host.log);
+        assert_eq!(
+            host.violations.len(),
+            1,
+            "{version:?}: {:?}",
+            host.violations
+        );
+        assert!(host.violations[0].contains("after the host unmapped it"));
+    }
+}

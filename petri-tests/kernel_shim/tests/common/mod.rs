@@ -150,8 +150,10 @@ pub struct Host {
     pub trace: Vec<String>,
     /// The virtual time of the last scheduling point.
     pub now_ns: u64,
-    /// Guest accesses to the function after its EJECTION_COMPLETE (the host has let it go).
+    /// Guest accesses to the function after its EJECTION_COMPLETE (the host has let it go),
+    /// or to BARs the host has unmapped.
     pub violations: Vec<String>,
+    eject_sent: bool,
 }
 
 /// Ways the scripted host misbehaves.
@@ -167,6 +169,9 @@ pub struct Faults {
     pub eject_on: Option<u32>,
     /// Send EJECT for the function when the guest first reads this config-space offset of it.
     pub eject_on_config_read: Option<u64>,
+    /// Unmap the function's BARs as soon as EJECT is sent, instead of at EJECTION_COMPLETE
+    /// (OpenVMM issue #3077): a BAR access after that would fault on real hardware.
+    pub unmap_bars_on_eject: bool,
 }
 
 impl Host {
@@ -195,6 +200,7 @@ impl Host {
             trace: Vec::new(),
             now_ns: 0,
             violations: Vec::new(),
+            eject_sent: false,
         }
     }
 
@@ -227,6 +233,7 @@ impl Host {
     }
 
     fn eject_packet(&mut self) -> Action {
+        self.eject_sent = true;
         let mut p = EJECT.to_le_bytes().to_vec();
         p.extend_from_slice(&WSLOT.to_le_bytes());
         Action::Packet {
@@ -240,6 +247,10 @@ impl Host {
 
     fn ejected(&self) -> bool {
         self.count(EJECTION_COMPLETE) > 0
+    }
+
+    fn bars_unmapped(&self) -> bool {
+        self.faults.unmap_bars_on_eject && self.eject_sent
     }
 
     fn inband(&mut self, bus: u32, payload: Vec<u8>) {
@@ -477,6 +488,11 @@ impl Host {
         let bar0 = self.config.bar0();
         if bar0 != 0 && (bar0..bar0 + BAR0_SIZE).contains(&addr) {
             self.bar_reads += 1;
+            if self.bars_unmapped() {
+                self.violations
+                    .push(format!("BAR read {addr:#x} after the host unmapped it"));
+                return u64::MAX;
+            }
             if self.ejected() {
                 self.violations
                     .push(format!("BAR read {addr:#x} after EJECTION_COMPLETE"));
