@@ -28,7 +28,6 @@ fn run() -> Result<(), String> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
     let shim = manifest.join("shim");
     let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
-    let os_objects = compile::compile_os(&shim, &out)?;
     for pkg in &fetch::PACKAGES {
         let fetched = fetch::fetch(&cache, pkg)
             .map_err(|e| format!("fetching the {} driver from Debian: {e}", pkg.key))?;
@@ -39,25 +38,33 @@ fn run() -> Result<(), String> {
             fetched.version
         );
         let kver = compile::kver(pkg.key)?;
-        let obj_dir = out.join(format!("v{kver}"));
-        std::fs::create_dir_all(&obj_dir).map_err(|e| e.to_string())?;
-        let mut objects = compile::compile_driver(&shim, kver, &fetched.source, &obj_dir)?;
-        if let Some(driver) = objects.first() {
+        for flavor in compile::Flavor::ALL {
+            let suffix = flavor.suffix();
+            let obj_dir = out.join(format!("v{kver}{suffix}"));
+            std::fs::create_dir_all(&obj_dir).map_err(|e| e.to_string())?;
+            let mut objects =
+                compile::compile_driver(&shim, kver, flavor, &fetched.source, &obj_dir)?;
+            if let (compile::Flavor::Plain, Some(driver)) = (flavor, objects.first()) {
+                println!(
+                    "cargo:rustc-env=KERNEL_SHIM_DRIVER_OBJECT_{kver}={}",
+                    driver.display()
+                );
+            }
+            objects.extend(compile::compile_runtime(
+                &shim,
+                kver,
+                flavor,
+                &fetched.version,
+                &obj_dir,
+            )?);
+            objects.extend(compile::compile_os(&shim, flavor, &obj_dir)?);
+            let exe = out.join(format!("kshim-guest-{kver}{suffix}"));
+            compile::link(&objects, flavor, &exe)?;
             println!(
-                "cargo:rustc-env=KERNEL_SHIM_DRIVER_OBJECT_{kver}={}",
-                driver.display()
+                "cargo:rustc-env=KERNEL_SHIM_GUEST_{kver}{suffix}={}",
+                exe.display()
             );
         }
-        objects.extend(compile::compile_runtime(
-            &shim,
-            kver,
-            &fetched.version,
-            &obj_dir,
-        )?);
-        objects.extend(os_objects.iter().cloned());
-        let exe = out.join(format!("kshim-guest-{kver}"));
-        compile::link(&objects, &exe)?;
-        println!("cargo:rustc-env=KERNEL_SHIM_GUEST_{kver}={}", exe.display());
     }
     Ok(())
 }

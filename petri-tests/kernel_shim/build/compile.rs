@@ -6,6 +6,38 @@
 
 use std::path::{Path, PathBuf};
 
+/// How a guest executable is instrumented.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// No instrumentation: the fast one for exploring many schedules.
+    Plain,
+    /// AddressSanitizer on the driver and the runtime: heap and stack use after free (and
+    /// after return) become crashes with a report; the runtime poisons freed blocks for it.
+    Asan,
+}
+
+impl Flavor {
+    /// Both flavors.
+    pub(crate) const ALL: [Flavor; 2] = [Flavor::Plain, Flavor::Asan];
+
+    /// The suffix of object directories, executables and environment variables.
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            Flavor::Plain => "",
+            Flavor::Asan => "_ASAN",
+        }
+    }
+
+    fn apply(self, build: &mut cc::Build) {
+        if self == Flavor::Asan {
+            build
+                .flag("-fsanitize=address")
+                .flag("-fno-omit-frame-pointer")
+                .define("KSHIM_ASAN", None);
+        }
+    }
+}
+
 /// The shim's version macro value for a package key (`5.10` -> `510`, `6.1` -> `601`).
 pub(crate) fn kver(key: &str) -> Result<u32, String> {
     let (major, minor) = key
@@ -43,10 +75,12 @@ pub(crate) fn kernel_build(shim: &Path, kver: u32) -> cc::Build {
 pub(crate) fn compile_driver(
     shim: &Path,
     kver: u32,
+    flavor: Flavor,
     source: &Path,
     out: &Path,
 ) -> Result<Vec<PathBuf>, String> {
     let mut build = kernel_build(shim, kver);
+    flavor.apply(&mut build);
     build.file(source).out_dir(out);
     build
         .try_compile_intermediates()
@@ -62,10 +96,12 @@ const RUNTIME_FILES: [&str; 8] = [
 pub(crate) fn compile_runtime(
     shim: &Path,
     kver: u32,
+    flavor: Flavor,
     debian_version: &str,
     out: &Path,
 ) -> Result<Vec<PathBuf>, String> {
     let mut build = kernel_build(shim, kver);
+    flavor.apply(&mut build);
     build
         .include(shim.join("runtime"))
         .define(
@@ -82,8 +118,9 @@ pub(crate) fn compile_runtime(
 }
 
 /// Compiles `os.c`, the one runtime file built against the C library.
-pub(crate) fn compile_os(shim: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn compile_os(shim: &Path, flavor: Flavor, out: &Path) -> Result<Vec<PathBuf>, String> {
     let mut build = cc::Build::new();
+    flavor.apply(&mut build);
     build
         .cargo_metadata(false)
         .include(shim.join("runtime"))
@@ -97,13 +134,16 @@ pub(crate) fn compile_os(shim: &Path, out: &Path) -> Result<Vec<PathBuf>, String
 }
 
 /// Links a guest executable from the driver, the runtime and the OS layer.
-pub(crate) fn link(objects: &[PathBuf], exe: &Path) -> Result<(), String> {
+pub(crate) fn link(objects: &[PathBuf], flavor: Flavor, exe: &Path) -> Result<(), String> {
     let compiler = cc::Build::new()
         .cargo_metadata(false)
         .try_get_compiler()
         .map_err(|e| format!("no C compiler: {e}"))?;
-    let output = compiler
-        .to_command()
+    let mut command = compiler.to_command();
+    if flavor == Flavor::Asan {
+        command.arg("-fsanitize=address");
+    }
+    let output = command
         .args(objects)
         .arg("-o")
         .arg(exe)

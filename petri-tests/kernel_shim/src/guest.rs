@@ -11,11 +11,11 @@ use std::thread::JoinHandle;
 
 use thiserror::Error;
 
-use crate::DriverVersion;
 use crate::protocol::{
     Command, ContextKind, ControllerFrame, EventKind, GuestFrame, GuestPacket, MAX_FRAME,
     ProtocolError, SchedPoint,
 };
+use crate::{DriverVersion, Instrumentation};
 
 /// Why a guest process could not be run to an outcome.
 #[derive(Debug, Error)]
@@ -150,9 +150,24 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts the guest executable for `version` and reads its greeting.
+    /// Starts the plain guest executable for `version` and reads its greeting.
     pub fn spawn(version: DriverVersion) -> Result<Self, GuestError> {
-        let mut child = Process::new(version.guest_executable())
+        Self::spawn_with(version, Instrumentation::Plain)
+    }
+
+    /// Starts the guest executable for `version` with the given instrumentation.
+    pub fn spawn_with(
+        version: DriverVersion,
+        instrumentation: Instrumentation,
+    ) -> Result<Self, GuestError> {
+        let mut child = Process::new(version.guest_executable_with(instrumentation))
+            // AddressSanitizer: abort (a crash the session reports), find writes to dead stack
+            // frames, leave leak checking to the runtime, keep the runtime's crash handler.
+            .env(
+                "ASAN_OPTIONS",
+                "abort_on_error=1:detect_stack_use_after_return=1:detect_leaks=0:\
+                 allow_user_segv_handler=1",
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

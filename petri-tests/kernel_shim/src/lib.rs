@@ -20,6 +20,16 @@ pub mod protocol;
 
 use std::path::Path;
 
+/// How the guest executable is instrumented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Instrumentation {
+    /// None: the fast build for exploring many schedules.
+    Plain,
+    /// AddressSanitizer on the driver and the runtime: a use after free (heap, or a dead stack
+    /// frame) aborts the guest with a report on its stderr.
+    Asan,
+}
+
 /// A real driver version this crate builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DriverVersion {
@@ -43,9 +53,20 @@ impl DriverVersion {
 
     /// The guest executable: this version's driver linked with the shim runtime.
     pub fn guest_executable(self) -> &'static Path {
-        Path::new(match self {
-            DriverVersion::Debian5_10 => env!("KERNEL_SHIM_GUEST_510"),
-            DriverVersion::Debian6_1 => env!("KERNEL_SHIM_GUEST_601"),
+        self.guest_executable_with(Instrumentation::Plain)
+    }
+
+    /// The guest executable built with the given instrumentation.
+    pub fn guest_executable_with(self, instrumentation: Instrumentation) -> &'static Path {
+        Path::new(match (self, instrumentation) {
+            (DriverVersion::Debian5_10, Instrumentation::Plain) => env!("KERNEL_SHIM_GUEST_510"),
+            (DriverVersion::Debian6_1, Instrumentation::Plain) => env!("KERNEL_SHIM_GUEST_601"),
+            (DriverVersion::Debian5_10, Instrumentation::Asan) => {
+                env!("KERNEL_SHIM_GUEST_510_ASAN")
+            }
+            (DriverVersion::Debian6_1, Instrumentation::Asan) => {
+                env!("KERNEL_SHIM_GUEST_601_ASAN")
+            }
         })
     }
 

@@ -6,9 +6,9 @@ mod common;
 use std::process::Command as Process;
 
 use common::*;
-use kernel_shim::DriverVersion;
-use kernel_shim::guest::Ending;
+use kernel_shim::guest::{Ending, Session};
 use kernel_shim::protocol::{Command, EventKind};
+use kernel_shim::{DriverVersion, Instrumentation};
 
 const ENODEV: i32 = -19;
 const SECOND: u64 = 1_000_000_000;
@@ -223,5 +223,72 @@ fn bars_pulled_at_eject_are_read_by_both_versions() {
             host.violations
         );
         assert!(host.violations[0].contains("after the host unmapped it"));
+    }
+}
+
+/// The host answers a suspend's D0 exit only after the guest gave up waiting (10 s): 5.10
+/// sent a pointer into hv_pci_bus_exit's stack frame as the transaction id and, when the late
+/// completion arrives, calls through that dead frame (AddressSanitizer: stack-use-after-return);
+/// 6.1 had scrubbed the id from its requestor and rejects the completion.
+#[test]
+fn late_completion_after_timeout_hits_a_dead_stack_frame_on_5_10() {
+    let script = vec![
+        Step::Command(Command::Init),
+        Step::Command(Command::Probe {
+            bus: 0,
+            instance: INSTANCE,
+        }),
+        Step::Command(Command::Suspend { bus: 0 }),
+        Step::Command(Command::Exit),
+    ];
+    let faults = Faults {
+        late_first_d0exit: true,
+        ..Faults::default()
+    };
+    for version in DriverVersion::ALL {
+        let mut host = Host::new(0, script.clone());
+        host.faults = faults.clone();
+        let outcome = Session::spawn_with(version, Instrumentation::Asan)
+            .unwrap()
+            .run(&mut host)
+            .unwrap();
+        // The suspend timed out after 10 virtual seconds.
+        assert!(
+            host.all_results.contains(&(4, -110)),
+            "{:?}",
+            host.all_results
+        );
+        assert!(host.now_ns >= 10 * SECOND);
+        match version {
+            DriverVersion::Debian5_10 => {
+                assert!(
+                    matches!(outcome.ending, Ending::Crash { signal: 6, .. }),
+                    "{:?} {:#?}",
+                    outcome.ending,
+                    host.log
+                );
+                // The callback reads the completion function from the dead frame.
+                for needle in [
+                    "stack-use-after-return",
+                    "in hv_pci_onchannelcallback",
+                    "in hv_pci_bus_exit",
+                ] {
+                    assert!(outcome.stderr.contains(needle), "{}", outcome.stderr);
+                }
+            }
+            DriverVersion::Debian6_1 => {
+                assert!(
+                    matches!(outcome.ending, Ending::Done { .. }),
+                    "{:?}\n{}",
+                    outcome.ending,
+                    outcome.stderr
+                );
+                assert!(
+                    host.log
+                        .iter()
+                        .any(|l| l.contains("Invalid transaction ID"))
+                );
+            }
+        }
     }
 }

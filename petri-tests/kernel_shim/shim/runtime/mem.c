@@ -11,6 +11,11 @@
  */
 #include "rt.h"
 
+#ifdef KSHIM_ASAN
+/* AddressSanitizer's interface: quarantined blocks become unaddressable. */
+void __asan_poison_memory_region(void const volatile *addr, size_t size);
+#endif
+
 struct alloc_rec {
 	struct alloc_rec *next;
 	/* All records in allocation order, so reports do not depend on addresses. */
@@ -106,6 +111,9 @@ void kfree(const void *ptr)
 	}
 	memset(r->ptr, 0x6b, r->size);
 	r->freed = true;
+#ifdef KSHIM_ASAN
+	__asan_poison_memory_region(r->ptr, r->size);
+#endif
 }
 
 u32 kshim_leak_report(void)

@@ -154,6 +154,7 @@ pub struct Host {
     /// or to BARs the host has unmapped.
     pub violations: Vec<String>,
     eject_sent: bool,
+    held_d0exit: Option<(u32, u64)>,
 }
 
 /// Ways the scripted host misbehaves.
@@ -172,6 +173,9 @@ pub struct Faults {
     /// Unmap the function's BARs as soon as EJECT is sent, instead of at EJECTION_COMPLETE
     /// (OpenVMM issue #3077): a BAR access after that would fault on real hardware.
     pub unmap_bars_on_eject: bool,
+    /// Leave the first BUS_D0EXIT unanswered until the guest's command that sent it has
+    /// returned, then complete it with the id the guest gave.
+    pub late_first_d0exit: bool,
 }
 
 impl Host {
@@ -201,6 +205,7 @@ impl Host {
             now_ns: 0,
             violations: Vec::new(),
             eject_sent: false,
+            held_d0exit: None,
         }
     }
 
@@ -323,6 +328,9 @@ impl Controller for Host {
 
     fn result(&mut self, command: u32, result: i32) {
         self.trace.push(format!("result {command} = {result}"));
+        if let Some((bus, id)) = self.held_d0exit.take() {
+            self.complete(bus, id, 0u32.to_le_bytes().to_vec());
+        }
         self.results.push((command, result));
         self.all_results.push((command, result));
     }
@@ -413,6 +421,11 @@ impl Host {
             self.pending.push_back(eject);
         }
         if self.faults.swallow == Some(msg) {
+            return;
+        }
+        if msg == BUS_D0EXIT && self.faults.late_first_d0exit {
+            self.faults.late_first_d0exit = false;
+            self.held_d0exit = Some((packet.bus, packet.trans_id));
             return;
         }
         let bus = packet.bus;
