@@ -106,8 +106,13 @@ impl ConfigSpace {
 /// What the scenario does next.
 #[derive(Clone, Debug)]
 pub enum Step {
+    /// A command for the guest's process context; the next step waits for its result.
     Command(Command),
+    /// EJECT for the function; the next step waits for EJECTION_COMPLETE.
     Eject,
+    /// BUS_RELATIONS2 listing the function (present, with a new serial number) or not; the next
+    /// step waits until the guest is idle.
+    Relations { present: bool },
 }
 
 /// What the current step waits for before the next one starts.
@@ -116,6 +121,7 @@ pub enum Wait {
     Nothing,
     Result(u32),
     EjectionComplete,
+    Idle,
 }
 
 /// A scripted vPCI host with one function, plus a seeded scheduler.
@@ -155,6 +161,12 @@ pub struct Host {
     pub violations: Vec<String>,
     eject_sent: bool,
     held_d0exit: Option<(u32, u64)>,
+    /// The function has been ejected (EJECTION_COMPLETE received) and not re-added.
+    gone: bool,
+    /// The function is listed in bus relations.
+    present: bool,
+    /// How many times the function was (re-)added: its serial number changes each time.
+    generation: u32,
 }
 
 /// Ways the scripted host misbehaves.
@@ -206,6 +218,9 @@ impl Host {
             violations: Vec::new(),
             eject_sent: false,
             held_d0exit: None,
+            gone: false,
+            present: true,
+            generation: 0,
         }
     }
 
@@ -251,7 +266,7 @@ impl Host {
     }
 
     fn ejected(&self) -> bool {
-        self.count(EJECTION_COMPLETE) > 0
+        self.gone
     }
 
     fn bars_unmapped(&self) -> bool {
@@ -271,13 +286,17 @@ impl Host {
     fn relations(&mut self, bus: u32) {
         let mut p = Vec::new();
         p.extend_from_slice(&BUS_RELATIONS2.to_le_bytes());
-        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&u32::from(self.present).to_le_bytes());
+        if !self.present {
+            self.inband(bus, p);
+            return;
+        }
         p.extend_from_slice(&VENDOR.to_le_bytes());
         p.extend_from_slice(&DEVICE.to_le_bytes());
         p.extend_from_slice(&[0, 0, 0, 2]); // rev, prog_intf, subclass, base_class
         p.extend_from_slice(&0u32.to_le_bytes()); // subsystem id
         p.extend_from_slice(&WSLOT.to_le_bytes());
-        p.extend_from_slice(&SERIAL.to_le_bytes());
+        p.extend_from_slice(&(SERIAL + self.generation).to_le_bytes());
         p.extend_from_slice(&0u32.to_le_bytes()); // flags
         p.extend_from_slice(&0u16.to_le_bytes()); // numa node
         p.extend_from_slice(&0u16.to_le_bytes());
@@ -366,7 +385,8 @@ impl Host {
         let step_done = match self.wait {
             Wait::Nothing => true,
             Wait::Result(cmd) => self.results.iter().any(|&(c, _)| c == cmd),
-            Wait::EjectionComplete => self.count(EJECTION_COMPLETE) > 0,
+            Wait::EjectionComplete => self.ejected(),
+            Wait::Idle => sched.runnable.is_empty(),
         };
         if step_done {
             if let Some(step) = self.script.pop_front() {
@@ -379,6 +399,21 @@ impl Host {
                     Step::Eject => {
                         self.wait = Wait::EjectionComplete;
                         self.eject_packet()
+                    }
+                    Step::Relations { present } => {
+                        self.wait = Wait::Idle;
+                        if present {
+                            self.generation += 1;
+                            self.gone = false;
+                            self.eject_sent = false;
+                            self.config = ConfigSpace::new();
+                        }
+                        self.present = present;
+                        self.relations(0);
+                        match self.pending.pop_back() {
+                            Some(action) => action,
+                            None => Action::Stop("no relations packet".to_string()),
+                        }
                     }
                 };
             }
@@ -416,6 +451,9 @@ impl Host {
                 .push(format!("message {:#x} after EJECTION_COMPLETE", msg - BASE));
         }
         self.sent.push(msg);
+        if msg == EJECTION_COMPLETE && p.len() >= 8 && u32_at(p, 4) == WSLOT {
+            self.gone = true;
+        }
         if self.faults.eject_on == Some(msg) {
             let eject = self.eject_packet();
             self.pending.push_back(eject);
