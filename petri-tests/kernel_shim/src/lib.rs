@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod guest;
+pub mod host;
 pub mod protocol;
 
 use std::path::Path;

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use kernel_shim::DriverVersion;
 use kernel_shim::guest::Ending;
+use kernel_shim::host::RetargetTarget;
 use kernel_shim::protocol::{Command, EventKind};
 
 /// Both drivers probe a bus with one function, bind the endpoint with two MSI-X vectors
@@ -38,10 +39,21 @@ fn probe_msix_eject_remove_is_clean() {
             // Two retargets, device id from GUID bytes 5, 4, 7, 6 (masked) and the function,
             // through a processor set of one bank.
             assert_eq!(host.retargets.len(), 2);
-            for &(device_id, vector, flags, var_size) in &host.retargets {
-                assert_eq!(device_id, 0x1234_0600);
-                assert!((0x21..0xef).contains(&vector), "vector {vector:#x}");
-                assert_eq!((flags, var_size), (2, 2));
+            for r in &host.retargets {
+                assert_eq!(r.device_id, 0x1234_0600);
+                assert!((0x21..0xef).contains(&r.vector), "vector {:#x}", r.vector);
+                assert_eq!(r.flags, 2);
+                // One bank; the vectors went to CPUs 0 and 1 in turn.
+                let RetargetTarget::VpSet {
+                    valid_bank_mask,
+                    banks,
+                } = &r.target
+                else {
+                    panic!("{r:?}");
+                };
+                assert_eq!(*valid_bank_mask, 1);
+                assert!(banks == &[1] || banks == &[2], "{banks:?}");
+                assert_eq!(r.msi_address, 0xfee0_0000);
             }
         }
     }

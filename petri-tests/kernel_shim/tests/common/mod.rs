@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use kernel_shim::DriverVersion;
 use kernel_shim::guest::{Action, Controller, Ending, Outcome, Sched, Session};
+use kernel_shim::host::{ConfigWindow, HypercallError, RetargetRequest, WindowAccess};
 use kernel_shim::protocol::{Command, EventKind, GuestPacket};
 
 pub const BASE: u32 = 0x4249_0000;
@@ -139,15 +140,14 @@ pub struct Host {
     /// Every command result, in order.
     pub all_results: Vec<(u32, i32)>,
     results: Vec<(u32, i32)>,
-    window: Option<u64>,
-    selected: u32,
+    window: ConfigWindow,
     config: ConfigSpace,
     /// Reads of the endpoint's BAR0.
     pub bar_reads: u32,
     /// Accesses to addresses nothing backs.
     pub unbacked: Vec<u64>,
-    /// Retarget hypercalls: device id, vector, flags, var-size.
-    pub retargets: Vec<(u64, u32, u32, u64)>,
+    /// Retarget hypercalls, decoded.
+    pub retargets: Vec<RetargetRequest>,
     /// Runtime events.
     pub events: Vec<(EventKind, String)>,
     /// Kernel log lines and events, with the context that produced them.
@@ -205,8 +205,7 @@ impl Host {
             sent: Vec::new(),
             all_results: Vec::new(),
             results: Vec::new(),
-            window: None,
-            selected: u32::MAX,
+            window: ConfigWindow::new(),
             config: ConfigSpace::new(),
             bar_reads: 0,
             unbacked: Vec::new(),
@@ -335,14 +334,15 @@ impl Controller for Host {
     fn hypercall(&mut self, control: u64, input: &[u8]) -> u64 {
         self.trace
             .push(format!("hypercall {control:#x} {input:x?}"));
-        // HvCallRetargetDeviceInterrupt: device id, target vector and flags, var-size.
-        self.retargets.push((
-            u64_at(input, 8),
-            u32_at(input, 40),
-            u32_at(input, 44),
-            (control >> 17) & 0x3ff,
-        ));
-        0
+        match RetargetRequest::decode(control, input) {
+            Ok(request) => {
+                self.retargets.push(request);
+                0
+            }
+            // HV_STATUS_INVALID_HYPERCALL_CODE / INVALID_PARAMETER.
+            Err(HypercallError::NotRetarget(_)) => 2,
+            Err(HypercallError::TooShort(_)) => 5,
+        }
     }
 
     fn result(&mut self, command: u32, result: i32) {
@@ -434,6 +434,7 @@ impl Host {
     fn on_packet(&mut self, packet: GuestPacket) {
         let p = &packet.payload;
         let msg = u32_at(p, 0);
+        self.window.observe_guest_message(p);
         let names_slot = matches!(
             msg,
             QUERY_RESOURCE_REQUIREMENTS
@@ -486,7 +487,6 @@ impl Host {
                 self.complete(bus, id, r);
             }
             BUS_D0ENTRY => {
-                self.window = Some(u64_at(p, 8));
                 self.complete(bus, id, 0u32.to_le_bytes().to_vec());
             }
             RESOURCES_ASSIGNED | RESOURCES_ASSIGNED2 | BUS_D0EXIT => {
@@ -511,30 +511,25 @@ impl Host {
     }
 
     fn on_mmio_read(&mut self, addr: u64, size: u32) -> u64 {
-        if let Some(base) = self.window {
-            if addr == base {
-                return u64::from(self.selected);
-            }
-            if (base + 0x1000..base + 0x2000).contains(&addr) {
-                if self.selected != WSLOT {
+        match self.window.decode(addr, size) {
+            WindowAccess::Config { slot, offset } => {
+                if slot != Some(WSLOT) {
                     return u64::MAX;
                 }
                 if self.ejected() {
-                    self.violations.push(format!(
-                        "config read {:#x} after EJECTION_COMPLETE",
-                        addr - base
-                    ));
+                    self.violations
+                        .push(format!("config read {offset:#x} after EJECTION_COMPLETE"));
                     return u64::MAX;
                 }
-                if self.faults.eject_on_config_read == Some(addr - base - 0x1000) {
+                if self.faults.eject_on_config_read == Some(u64::from(offset)) {
                     self.faults.eject_on_config_read = None;
                     let eject = self.eject_packet();
                     self.pending.push_back(eject);
                 }
-                return self
-                    .config
-                    .read((addr - base - 0x1000) as usize, size as usize);
+                return self.config.read(usize::from(offset), size as usize);
             }
+            WindowAccess::SlotSelect | WindowAccess::WindowOther => return 0,
+            WindowAccess::Outside => {}
         }
         let bar0 = self.config.bar0();
         if bar0 != 0 && (bar0..bar0 + BAR0_SIZE).contains(&addr) {
@@ -556,25 +551,18 @@ impl Host {
     }
 
     fn on_mmio_write(&mut self, addr: u64, size: u32, value: u64) {
-        if let Some(base) = self.window {
-            if addr == base {
-                self.selected = value as u32;
-                return;
-            }
-            if (base + 0x1000..base + 0x2000).contains(&addr) {
-                if self.selected == WSLOT && self.ejected() {
-                    self.violations.push(format!(
-                        "config write {:#x} after EJECTION_COMPLETE",
-                        addr - base
-                    ));
-                    return;
-                }
-                if self.selected == WSLOT {
-                    self.config
-                        .write((addr - base - 0x1000) as usize, size as usize, value);
+        match self.window.write(addr, size, value) {
+            WindowAccess::Config { slot, offset } => {
+                if slot == Some(WSLOT) && self.ejected() {
+                    self.violations
+                        .push(format!("config write {offset:#x} after EJECTION_COMPLETE"));
+                } else if slot == Some(WSLOT) {
+                    self.config.write(usize::from(offset), size as usize, value);
                 }
                 return;
             }
+            WindowAccess::SlotSelect | WindowAccess::WindowOther => return,
+            WindowAccess::Outside => {}
         }
         let bar0 = self.config.bar0();
         if !(bar0 != 0 && (bar0..bar0 + BAR0_SIZE).contains(&addr)) {
