@@ -90,17 +90,26 @@ fn cached(dir: &Path) -> Result<Option<Fetched>, String> {
 /// Downloads the package into `work` and leaves `work/out/{pci-hyperv.c,version}`.
 fn fetch_into(work: &Path, pkg: &Package) -> Result<(), String> {
     let apt = AptConfig::create(work, pkg.codename)?;
-    apt.run(&["update"], work).map_err(|e| {
+    let update = apt.run(&["update"], work).map_err(|e| {
         format!(
             "apt-get update for Debian suite `{}` failed (sources derived from {}): {e}",
             pkg.codename, apt.derived_from
         )
     })?;
+    // apt-get update exits 0 even when no index could be fetched: check that some arrived.
+    if !has_package_lists(&work.join("lists")) {
+        return Err(format!(
+            "apt-get update for Debian suite `{}` fetched no package lists (is Debian's package \
+             registry reachable? sources derived from {}):\n{update}",
+            pkg.codename, apt.derived_from
+        ));
+    }
     let dl = work.join("dl");
     mkdir(&dl)?;
     apt.run(&["download", pkg.name], &dl).map_err(|e| {
         format!(
-            "apt-get download {} from Debian suite `{}` failed: {e}",
+            "apt-get download {} from Debian suite `{}` failed: {e}\n--- apt-get update said ---\n\
+             {update}",
             pkg.name, pkg.codename
         )
     })?;
@@ -169,8 +178,9 @@ impl AptConfig {
         })
     }
 
-    /// Runs `apt-get -q OPTIONS ARGS` in `cwd`; on failure returns its output.
-    fn run(&self, args: &[&str], cwd: &Path) -> Result<(), String> {
+    /// Runs `apt-get -q OPTIONS ARGS` in `cwd`; returns its output, or on failure its status
+    /// and output.
+    fn run(&self, args: &[&str], cwd: &Path) -> Result<String, String> {
         let output = Command::new("apt-get")
             .arg("-q")
             .args(&self.options)
@@ -180,7 +190,11 @@ impl AptConfig {
             .output()
             .map_err(|e| format!("cannot run apt-get (is this a Debian machine?): {e}"))?;
         if output.status.success() {
-            Ok(())
+            Ok(format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
         } else {
             Err(format!(
                 "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -190,6 +204,17 @@ impl AptConfig {
             ))
         }
     }
+}
+
+/// Whether apt left at least one `..._Packages` index in its lists directory.
+fn has_package_lists(lists: &Path) -> bool {
+    fs::read_dir(lists).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.contains("_Packages"))
+        })
+    })
 }
 
 /// `VERSION_CODENAME` from `/etc/os-release`.
