@@ -28,9 +28,23 @@ fn run() -> Result<(), String> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
     let shim = manifest.join("shim");
     let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
-    for pkg in &fetch::PACKAGES {
-        let fetched = fetch::fetch(&cache, pkg)
-            .map_err(|e| format!("fetching the {} driver from Debian: {e}", pkg.key))?;
+    // Both packages at once: a fresh clone spends most of its build time in download and xz.
+    let fetched: Vec<Result<fetch::Fetched, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = fetch::PACKAGES
+            .iter()
+            .map(|pkg| scope.spawn(|| fetch::fetch(&cache, pkg)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("the fetch thread panicked".to_string()))
+            })
+            .collect()
+    });
+    for (pkg, fetched) in fetch::PACKAGES.iter().zip(fetched) {
+        let fetched =
+            fetched.map_err(|e| format!("fetching the {} driver from Debian: {e}", pkg.key))?;
         println!("cargo:rerun-if-changed={}", fetched.source.display());
         let macro_key = pkg.key.replace('.', "_");
         println!(
