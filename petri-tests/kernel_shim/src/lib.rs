@@ -15,6 +15,7 @@
 //! the kernel code is an exit status, not a crash of the harness.
 #![forbid(unsafe_code)]
 
+pub mod channel;
 pub mod guest;
 pub mod host;
 pub mod protocol;
