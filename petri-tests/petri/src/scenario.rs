@@ -295,6 +295,7 @@ impl Scenario {
     /// The VM a run of this scenario builds.
     pub fn vm_spec(&self, guest: GuestKind, relay: bool, record: bool) -> VmSpec {
         let mut config = GuestConfig::new(guest.model());
+        config.trace = record;
         config.drivers = vec![DriverBinding {
             vendor_id: None,
             device_id: None,

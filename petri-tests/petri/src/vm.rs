@@ -638,6 +638,7 @@ impl Vm {
             outbox,
             ..
         } = bus;
+        let before = guest.trace().len();
         let mut env = Env {
             now,
             bus: index,
@@ -647,6 +648,12 @@ impl Vm {
             trace: self.trace.as_mut(),
         };
         guest.step(ctx, &mut env);
+        if let Some(trace) = &mut self.trace {
+            for t in guest.trace().iter().skip(before) {
+                let label = format!("bus {index} {} {}: {}", t.context, t.function, t.event);
+                trace.push(t.at, Lane::Guest, Lane::Guest, label, Mark::None);
+            }
+        }
     }
 
     fn finish(mut self, early: Option<Outcome>) -> RunResult {
