@@ -11,8 +11,8 @@ use vmbus_channel::{MemoryChannel, channel_pair};
 use vpci_protocol::WinSlot;
 use vpci_relay::driver::BarControl;
 use vpci_relay::{
-    Backing, BusDriver, BusPort, BusRelay, ConfigAccess, ConfigAction, DriverExit, RelayConfig,
-    RelayEvent, VirtualClock,
+    Backing, BusDriver, BusPort, BusRelay, ConfigAccess, ConfigAction, DriverExit, RelayEvent,
+    VirtualClock,
 };
 
 /// How the relay backs each function's BARs, as the VMM in a paravisor would carry it out.
@@ -77,20 +77,14 @@ impl std::fmt::Debug for RelayRig {
 }
 
 impl RelayRig {
-    /// Starts a relay with `config` on `clock`.
-    pub fn new(config: RelayConfig, clock: VirtualClock) -> Self {
+    /// Starts a driver for `relay` on `clock`.
+    pub fn new(relay: BusRelay, clock: VirtualClock) -> Self {
         let (host_end, relay_host) = channel_pair();
         let (relay_guest, guest_end) = channel_pair();
         let bars = SimBars::default();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
-        let (driver, port) = BusDriver::new(
-            BusRelay::new(config),
-            relay_host,
-            relay_guest,
-            clock,
-            bars.clone(),
-        );
+        let (driver, port) = BusDriver::new(relay, relay_host, relay_guest, clock, bars.clone());
         let mut driver = driver.on_event(move |e| {
             sink.lock()
                 .unwrap_or_else(PoisonError::into_inner)

@@ -319,6 +319,8 @@ impl Scenario {
                 max_time: self.limits.max_time.0,
             },
             record,
+            #[cfg(feature = "safeguard-switches")]
+            safeguards: vpci_relay::Safeguards::ALL_ON,
         }
     }
 }

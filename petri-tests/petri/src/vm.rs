@@ -53,6 +53,9 @@ pub struct VmSpec {
     pub limits: RunLimits,
     /// Whether to record the message trace (charts and replays need it; exploration not).
     pub record: bool,
+    /// The relay's safeguards (test builds only: every one is on otherwise).
+    #[cfg(feature = "safeguard-switches")]
+    pub safeguards: vpci_relay::Safeguards,
 }
 
 /// Something on its way to the guest over the bus's channel.
@@ -298,13 +301,15 @@ impl Vm {
         let mut buses = Vec::with_capacity(spec.buses.len());
         for config in &spec.buses {
             let relay = spec.relay.as_ref().map(|r| {
-                RelayRig::new(
-                    RelayConfig {
-                        name: config.name.clone(),
-                        ..r.clone()
-                    },
-                    clock.clone(),
-                )
+                let config = RelayConfig {
+                    name: config.name.clone(),
+                    ..r.clone()
+                };
+                #[cfg(feature = "safeguard-switches")]
+                let relay = vpci_relay::BusRelay::with_safeguards(config, spec.safeguards);
+                #[cfg(not(feature = "safeguard-switches"))]
+                let relay = vpci_relay::BusRelay::new(config);
+                RelayRig::new(relay, clock.clone())
             });
             buses.push(Bus {
                 host: HostBus::new(config.clone())?,
