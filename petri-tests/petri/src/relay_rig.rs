@@ -77,8 +77,9 @@ impl std::fmt::Debug for RelayRig {
 }
 
 impl RelayRig {
-    /// Starts a driver for `relay` on `clock`.
-    pub fn new(relay: BusRelay, clock: VirtualClock) -> Self {
+    /// Starts a driver for `relay` on `clock`; `record` keeps the relay's events for the
+    /// trace.
+    pub fn new(relay: BusRelay, clock: VirtualClock, record: bool) -> Self {
         let (host_end, relay_host) = channel_pair();
         let (relay_guest, guest_end) = channel_pair();
         let bars = SimBars::default();
@@ -86,9 +87,11 @@ impl RelayRig {
         let sink = events.clone();
         let (driver, port) = BusDriver::new(relay, relay_host, relay_guest, clock, bars.clone());
         let mut driver = driver.on_event(move |e| {
-            sink.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(e.clone());
+            if record {
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(e.clone());
+            }
         });
         let future: DriverFuture = Box::pin(async move { driver.run().await });
         Self {
@@ -150,6 +153,25 @@ impl RelayRig {
                 self.exit = Some(exit);
             }
         }
+    }
+
+    /// The bus's inspect tree (the relay's and the driver's), running the driver until it
+    /// answers. `None` if the driver has stopped.
+    pub fn inspect(&mut self) -> Option<inspect::Node> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut request = Box::pin(self.port.inspect());
+        for _ in 0..16 {
+            if let Poll::Ready(answer) = request.as_mut().poll(&mut cx) {
+                return answer;
+            }
+            if self.exit.is_some() {
+                return None;
+            }
+            if let Poll::Ready(exit) = self.driver.as_mut().poll(&mut cx) {
+                self.exit = Some(exit);
+            }
+        }
+        None
     }
 
     /// The relay events since the last call.

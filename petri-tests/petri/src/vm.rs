@@ -92,6 +92,11 @@ struct Bus {
     host_rescind_sent: bool,
     guest_rescind_sent: bool,
     eject_timeouts: Vec<WinSlot>,
+    /// When the guest's probe path returned successfully.
+    probed_at: Option<Duration>,
+    /// The relay may have something to do (time moved, a config access, a host action), so
+    /// the next pump polls it even if no packet moved.
+    relay_dirty: bool,
 }
 
 /// A VM run in progress.
@@ -115,6 +120,8 @@ struct Env<'a> {
     relay: Option<&'a mut RelayRig>,
     outbox: &'a mut Vec<Packet>,
     trace: Option<&'a mut Trace>,
+    /// The step asked the relay about a config access (the relay may have acted on it).
+    touched_relay: bool,
 }
 
 fn all_ones(len: u8) -> u32 {
@@ -138,6 +145,7 @@ impl GuestEnv for Env<'_> {
         let Some(relay) = self.relay.as_deref_mut() else {
             return self.host.config_read(slot, offset, len).ok();
         };
+        self.touched_relay = true;
         match relay.access(ConfigAccess::Read { slot, offset, len }) {
             Some(ConfigAction::Forward) => {
                 let value = self.host.config_read(slot, offset, len).ok()?;
@@ -154,6 +162,7 @@ impl GuestEnv for Env<'_> {
         let Some(relay) = self.relay.as_deref_mut() else {
             return self.host.config_write(slot, offset, len, value).is_ok();
         };
+        self.touched_relay = true;
         let access = ConfigAccess::Write {
             slot,
             offset,
@@ -309,7 +318,7 @@ impl Vm {
                 let relay = vpci_relay::BusRelay::with_safeguards(config, spec.safeguards);
                 #[cfg(not(feature = "safeguard-switches"))]
                 let relay = vpci_relay::BusRelay::new(config);
-                RelayRig::new(relay, clock.clone())
+                RelayRig::new(relay, clock.clone(), spec.record)
             });
             buses.push(Bus {
                 host: HostBus::new(config.clone())?,
@@ -322,6 +331,8 @@ impl Vm {
                 host_rescind_sent: false,
                 guest_rescind_sent: false,
                 eject_timeouts: Vec::new(),
+                probed_at: None,
+                relay_dirty: true,
             });
         }
         Ok(Self {
@@ -354,9 +365,17 @@ impl Vm {
     fn pump_bus(&mut self, index: usize) {
         let now = self.now;
         let mut cx = Context::from_waker(noop_waker_ref());
+        let recording = self.trace.is_some();
         for _ in 0..10_000 {
             let mut moved = false;
+            // Notes for the trace; built only when recording (formatting is most of a
+            // long run's cost otherwise).
             let mut notes: Vec<(Lane, Lane, String, Mark)> = Vec::new();
+            let mut note = |from: Lane, to: Lane, label: &dyn Fn() -> String, mark: Mark| {
+                if recording {
+                    notes.push((from, to, label(), mark));
+                }
+            };
             let Some(bus) = self.buses.get_mut(index) else {
                 return;
             };
@@ -366,7 +385,7 @@ impl Vm {
                 let p = on_the_wire(p);
                 moved = true;
                 let to = if relayed { Lane::Relay } else { Lane::Host };
-                notes.push((Lane::Guest, to, describe(&p), Mark::None));
+                note(Lane::Guest, to, &|| describe(&p), Mark::None);
                 if relayed {
                     bus.to_relay_guest.push_back(p);
                 } else {
@@ -378,7 +397,7 @@ impl Vm {
                 let p = on_the_wire(p);
                 moved = true;
                 if relayed {
-                    notes.push((Lane::Host, Lane::Relay, describe(&p), Mark::None));
+                    note(Lane::Host, Lane::Relay, &|| describe(&p), Mark::None);
                     bus.to_relay_host.push_back(p);
                 } else {
                     bus.in_flight.push_back(Delivery::Packet(p, Lane::Host));
@@ -388,28 +407,28 @@ impl Vm {
                 match e.kind {
                     HostEventKind::EjectTimedOut { slot } => {
                         bus.eject_timeouts.push(slot);
-                        notes.push((
+                        note(
                             Lane::Host,
                             Lane::Host,
-                            format!("EJECT({slot}) timed out: removed by force"),
+                            &|| format!("EJECT({slot}) timed out: removed by force"),
                             Mark::None,
-                        ));
+                        );
                     }
                     HostEventKind::BarsTornDown { slot } => {
-                        notes.push((
+                        note(
                             Lane::Host,
                             Lane::Host,
-                            format!("{slot} device memory torn down"),
+                            &|| format!("{slot} device memory torn down"),
                             Mark::None,
-                        ));
+                        );
                     }
                     HostEventKind::ScriptStepFired { step } => {
-                        notes.push((
+                        note(
                             Lane::Host,
                             Lane::Host,
-                            format!("script step {step}"),
+                            &|| format!("script step {step}"),
                             Mark::None,
-                        ));
+                        );
                     }
                     _ => {}
                 }
@@ -417,7 +436,7 @@ impl Vm {
             if bus.host.rescinded() && !bus.host_rescind_sent && bus.to_relay_host.is_empty() {
                 bus.host_rescind_sent = true;
                 moved = true;
-                notes.push((Lane::Host, Lane::Host, "rescind".to_owned(), Mark::None));
+                note(Lane::Host, Lane::Host, &|| "rescind".to_owned(), Mark::None);
                 match &mut bus.relay {
                     Some(relay) => relay.host_end.revoke(),
                     None => {
@@ -426,7 +445,12 @@ impl Vm {
                     }
                 }
             }
-            if let Some(relay) = &mut bus.relay {
+            let poll_relay = moved
+                || bus.relay_dirty
+                || !bus.to_relay_host.is_empty()
+                || !bus.to_relay_guest.is_empty();
+            bus.relay_dirty = false;
+            if let Some(relay) = bus.relay.as_mut().filter(|_| poll_relay) {
                 while let Some(p) = bus.to_relay_host.front() {
                     match relay.host_end.poll_send(&mut cx, p) {
                         Poll::Ready(Ok(())) => {
@@ -455,7 +479,7 @@ impl Vm {
                 while let Poll::Ready(Ok(p)) = relay.host_end.poll_recv(&mut cx) {
                     let p = on_the_wire(p);
                     moved = true;
-                    notes.push((Lane::Relay, Lane::Host, describe(&p), Mark::None));
+                    note(Lane::Relay, Lane::Host, &|| describe(&p), Mark::None);
                     if !bus.host.rescinded() {
                         bus.host.handle_packet(now, p);
                     }
@@ -480,7 +504,7 @@ impl Vm {
                 }
                 for e in relay.take_events() {
                     if let Some((label, mark)) = relay_note(&e) {
-                        notes.push((Lane::Relay, Lane::Relay, label, mark));
+                        note(Lane::Relay, Lane::Relay, &|| label.clone(), mark);
                     }
                 }
             }
@@ -560,6 +584,7 @@ impl Vm {
         self.now = self.now.max(t);
         self.clock.advance_to(self.now);
         for bus in &mut self.buses {
+            bus.relay_dirty = true;
             bus.host.handle_timeout(self.now);
             bus.guest.advance_time(self.now);
         }
@@ -571,10 +596,19 @@ impl Vm {
 
     /// Runs to the end and reports how it ended.
     pub fn run(mut self) -> RunResult {
+        let outcome = self.settle();
+        self.finish(outcome)
+    }
+
+    /// Runs until nothing can happen any more: no context can run, nothing is in flight and
+    /// no deadline is due. Returns early with the outcome that stopped it (a bound) or `None`
+    /// (quiescent, or a guest failure: see [`Vm::failure`]). Call it again after
+    /// [`Vm::host_act`] to go on.
+    pub fn settle(&mut self) -> Option<Outcome> {
         self.pump();
-        let outcome = loop {
+        loop {
             if self.failed() {
-                break None;
+                return None;
             }
             let runnable = self.runnable();
             // Drivers busy-polling for a reply nothing will bring are runnable forever, but
@@ -586,8 +620,8 @@ impl Vm {
                         self.pump();
                         continue;
                     }
-                    Some(_) => break Some(Outcome::TimeLimit),
-                    None => break None,
+                    Some(_) => return Some(Outcome::TimeLimit),
+                    None => return None,
                 }
             }
             if runnable.is_empty() {
@@ -597,12 +631,12 @@ impl Vm {
                         self.pump();
                         continue;
                     }
-                    Some(_) => break Some(Outcome::TimeLimit),
-                    None => break None,
+                    Some(_) => return Some(Outcome::TimeLimit),
+                    None => return None,
                 }
             }
             if self.steps >= self.limits.max_steps {
-                break Some(Outcome::StepLimit);
+                return Some(Outcome::StepLimit);
             }
             let index = if runnable.len() == 1 {
                 0
@@ -618,7 +652,7 @@ impl Vm {
                 index
             };
             let Some(&action) = runnable.get(index) else {
-                break Some(Outcome::StepLimit);
+                return Some(Outcome::StepLimit);
             };
             self.last = Some(action);
             self.steps += 1;
@@ -627,8 +661,65 @@ impl Vm {
                 Action::Deliver(bus) => self.deliver(bus),
             }
             self.pump();
-        };
-        self.finish(outcome)
+        }
+    }
+
+    /// Has the host of bus `bus` carry out `action` now (a hot-add, an eject...).
+    pub fn host_act(
+        &mut self,
+        bus: usize,
+        action: host_sim::HostAction,
+    ) -> Result<(), host_sim::ActionError> {
+        let now = self.now;
+        if let Some(b) = self.buses.get_mut(bus) {
+            b.host.act(now, action)?;
+            b.relay_dirty = true;
+        }
+        self.pump();
+        Ok(())
+    }
+
+    /// The first guest failure so far, as an outcome.
+    pub fn failure(&self) -> Option<Outcome> {
+        self.buses
+            .iter()
+            .enumerate()
+            .find_map(|(i, b)| b.guest.failure().map(|f| Outcome::from_failure(i, f)))
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// The guest's view of bus `bus`'s functions.
+    pub fn guest_devices(&self, bus: usize) -> Vec<guest_linux::DeviceView> {
+        self.buses
+            .get(bus)
+            .map(|b| b.guest.devices())
+            .unwrap_or_default()
+    }
+
+    /// Whether the guest of bus `bus` has finished probing (its root bus exists).
+    pub fn guest_installed(&self, bus: usize) -> bool {
+        self.buses
+            .get(bus)
+            .is_some_and(|b| b.guest.bus_state() == guest_linux::BusState::Installed)
+    }
+
+    /// When the guest of bus `bus` finished its probe path (`hv_pci_probe` returned success).
+    pub fn probed_at(&self, bus: usize) -> Option<Duration> {
+        self.buses.get(bus)?.probed_at
+    }
+
+    /// The relay's inspect tree for bus `bus` (`None` for a direct run).
+    pub fn relay_inspect(&mut self, bus: usize) -> Option<inspect::Node> {
+        self.buses.get_mut(bus)?.relay.as_mut()?.inspect()
+    }
+
+    /// Forgets the choices made so far (a long run keeps memory flat).
+    pub fn forget_choices(&mut self) {
+        self.choices.clear();
     }
 
     fn step(&mut self, index: usize, ctx: ContextId) {
@@ -641,6 +732,8 @@ impl Vm {
             guest,
             relay,
             outbox,
+            probed_at,
+            relay_dirty,
             ..
         } = bus;
         let before = guest.trace().len();
@@ -651,8 +744,13 @@ impl Vm {
             relay: relay.as_mut(),
             outbox,
             trace: self.trace.as_mut(),
+            touched_relay: false,
         };
         guest.step(ctx, &mut env);
+        *relay_dirty |= env.touched_relay;
+        if probed_at.is_none() && guest.probe_result() == Some(Ok(())) {
+            *probed_at = Some(now);
+        }
         if let Some(trace) = &mut self.trace {
             for t in guest.trace().iter().skip(before) {
                 let label = format!("bus {index} {} {}: {}", t.context, t.function, t.event);
