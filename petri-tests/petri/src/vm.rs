@@ -801,9 +801,9 @@ impl Vm {
         }
     }
 
-    /// What the host can see went wrong once the guest survived: an EJECT nobody answered,
-    /// or a function the host has that the guest never got.
-    fn host_visible_outcome(&mut self) -> Outcome {
+    /// What the host can see went wrong so far once the guest survived: an EJECT nobody
+    /// answered, or a function the host has that the guest (probed and quiet) never got.
+    pub fn host_visible_outcome(&mut self) -> Outcome {
         for (i, bus) in self.buses.iter().enumerate() {
             if let Some(slot) = bus.eject_timeouts.first() {
                 return Outcome::EjectUnanswered {
