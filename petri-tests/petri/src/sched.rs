@@ -85,7 +85,7 @@ fn bounded(rng: &mut ChaCha8Rng, of: usize) -> usize {
     }
 }
 
-/// Depth-first enumeration of schedules: each call to [`Systematic::next`] gives the prefix of
+/// Depth-first enumeration of schedules: each call to [`Systematic::next_prefix`] gives the prefix of
 /// the next unexplored schedule, given the choices the previous run made.
 #[derive(Clone, Debug, Default)]
 pub struct Systematic {
