@@ -519,18 +519,31 @@ impl Vm {
 
     /// What can happen next on every bus, in a stable order: each runnable guest context,
     /// and the arrival of what is in flight to the guest.
+    ///
+    /// A driver spinning on a reply that is not there changes nothing by stepping, so it is
+    /// offered only when nothing else can happen (then only time can help it): otherwise a
+    /// scheduler that kept picking it would starve the delivery of that very reply, which
+    /// real hardware never does.
     fn runnable(&self) -> Vec<Action> {
         let mut out = Vec::new();
+        let mut spinning = Vec::new();
         for (i, bus) in self.buses.iter().enumerate() {
             if bus.guest.failure().is_some() {
                 continue;
             }
-            out.extend(bus.guest.runnable().into_iter().map(|c| Action::Step(i, c)));
+            let spins = bus.guest.spinning();
+            for c in bus.guest.runnable() {
+                if spins.contains(&c) {
+                    spinning.push(Action::Step(i, c));
+                } else {
+                    out.push(Action::Step(i, c));
+                }
+            }
             if !bus.in_flight.is_empty() {
                 out.push(Action::Deliver(i));
             }
         }
-        out
+        if out.is_empty() { spinning } else { out }
     }
 
     /// Whether every runnable action is a driver spinning on a reply that is not there.
