@@ -18,7 +18,7 @@ use host_sim::{BusConfig, HostBus, HostEventKind};
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use vmbus_channel::{Channel, ChannelError, Packet, PacketKind};
+use vmbus_channel::{Channel, ChannelError, MemoryChannel, Packet, PacketKind};
 use vpci_protocol::{MessageType, WinSlot};
 use vpci_relay::{Backing, ConfigAccess, ConfigAction, RelayConfig, RelayEvent, VirtualClock};
 
@@ -221,6 +221,23 @@ impl GuestEnv for Env<'_> {
             );
         }
     }
+}
+
+/// Sends what `queue` holds into `channel` as far as it takes it; a channel that has ended
+/// takes nothing more. Returns whether anything was sent.
+fn flush(queue: &mut VecDeque<Packet>, channel: &mut MemoryChannel, cx: &mut Context<'_>) -> bool {
+    let mut sent = false;
+    while let Some(p) = queue.front() {
+        match channel.poll_send(cx, p) {
+            Poll::Ready(Ok(())) => {
+                queue.pop_front();
+                sent = true;
+            }
+            Poll::Ready(Err(_)) => queue.clear(),
+            Poll::Pending => break,
+        }
+    }
+    sent
 }
 
 /// The packet as VMBus delivers it: the payload padded with zeros to a multiple of 8 bytes
@@ -451,30 +468,8 @@ impl Vm {
                 || !bus.to_relay_guest.is_empty();
             bus.relay_dirty = false;
             if let Some(relay) = bus.relay.as_mut().filter(|_| poll_relay) {
-                while let Some(p) = bus.to_relay_host.front() {
-                    match relay.host_end.poll_send(&mut cx, p) {
-                        Poll::Ready(Ok(())) => {
-                            bus.to_relay_host.pop_front();
-                            moved = true;
-                        }
-                        Poll::Ready(Err(_)) => {
-                            bus.to_relay_host.clear();
-                        }
-                        Poll::Pending => break,
-                    }
-                }
-                while let Some(p) = bus.to_relay_guest.front() {
-                    match relay.guest_end.poll_send(&mut cx, p) {
-                        Poll::Ready(Ok(())) => {
-                            bus.to_relay_guest.pop_front();
-                            moved = true;
-                        }
-                        Poll::Ready(Err(_)) => {
-                            bus.to_relay_guest.clear();
-                        }
-                        Poll::Pending => break,
-                    }
-                }
+                moved |= flush(&mut bus.to_relay_host, &mut relay.host_end, &mut cx);
+                moved |= flush(&mut bus.to_relay_guest, &mut relay.guest_end, &mut cx);
                 relay.poll();
                 while let Poll::Ready(Ok(p)) = relay.host_end.poll_recv(&mut cx) {
                     let p = on_the_wire(p);
@@ -624,20 +619,9 @@ impl Vm {
                 return None;
             }
             let runnable = self.runnable();
-            // Drivers busy-polling for a reply nothing will bring are runnable forever, but
-            // only time (a host delay, a relay timer) can change anything for them.
-            if !runnable.is_empty() && self.only_spinning(&runnable) {
-                match self.next_deadline() {
-                    Some(t) if t <= self.limits.max_time => {
-                        self.advance_to(t);
-                        self.pump();
-                        continue;
-                    }
-                    Some(_) => return Some(Outcome::TimeLimit),
-                    None => return None,
-                }
-            }
-            if runnable.is_empty() {
+            // With nothing to run, or only drivers busy-polling for a reply nothing will
+            // bring (runnable forever), only time (a host delay, a relay timer) can help.
+            if runnable.is_empty() || self.only_spinning(&runnable) {
                 match self.next_deadline() {
                     Some(t) if t <= self.limits.max_time => {
                         self.advance_to(t);
