@@ -342,7 +342,7 @@ fn located(text: &str, e: &toml::de::Error) -> String {
 
 /// The built-in scenarios: the race catalogue and the host orders the relay must survive.
 pub fn catalogue() -> Vec<Scenario> {
-    const FILES: [(&str, &str); 9] = [
+    const FILES: [(&str, &str); 10] = [
         ("c1", include_str!("../scenarios/c1.toml")),
         ("c2", include_str!("../scenarios/c2.toml")),
         ("c2-failed", include_str!("../scenarios/c2-failed.toml")),
@@ -354,6 +354,10 @@ pub fn catalogue() -> Vec<Scenario> {
         (
             "drop-then-eject",
             include_str!("../scenarios/drop-then-eject.toml"),
+        ),
+        (
+            "hostile-host",
+            include_str!("../scenarios/hostile-host.toml"),
         ),
     ];
     FILES

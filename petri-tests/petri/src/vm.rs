@@ -810,7 +810,10 @@ impl Vm {
             }
         }
         for (i, bus) in self.buses.iter_mut().enumerate() {
-            if bus.host.rescinded() || bus.guest.probe_result() != Some(Ok(())) {
+            // A guest whose channel ended (the host rescinded it, or the relay closed it after
+            // the host broke the protocol) holds nothing, rightly.
+            let channel_ended = bus.host.rescinded() || bus.guest_rescind_sent;
+            if channel_ended || bus.guest.probe_result() != Some(Ok(())) {
                 continue;
             }
             let devices = bus.guest.devices();

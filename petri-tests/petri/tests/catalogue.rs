@@ -54,7 +54,7 @@ fn check_all(scenario: &petri::scenario::Scenario) {
 /// Every built-in scenario file parses.
 #[test]
 fn builtins_parse() {
-    assert_eq!(catalogue().len(), 9);
+    assert_eq!(catalogue().len(), 10);
 }
 
 #[test]
@@ -92,4 +92,8 @@ fn re_add() {
 #[test]
 fn drop_then_eject() {
     run("drop-then-eject");
+}
+#[test]
+fn hostile_host() {
+    run("hostile-host");
 }
