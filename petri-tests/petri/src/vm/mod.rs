@@ -8,19 +8,22 @@
 //! response delay, a relay timer, a guest timed wait). When there is none, the run is over.
 //! The same chooser choices always give the same run.
 
+mod bus;
+mod env;
+
 use crate::outcome::{Outcome, RunResult};
 use crate::relay_rig::RelayRig;
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
-use futures::task::noop_waker_ref;
-use guest_linux::{ContextId, GuestConfig, GuestEnv, LinuxGuest};
-use host_sim::{BusConfig, HostBus, HostEventKind};
+use bus::{Bus, Delivery};
+use env::Env;
+use guest_linux::{ContextId, GuestConfig, LinuxGuest};
+use host_sim::{BusConfig, HostBus};
 use std::collections::VecDeque;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use vmbus_channel::{Channel, ChannelError, MemoryChannel, Packet, PacketKind};
-use vpci_protocol::{MessageType, WinSlot};
-use vpci_relay::{Backing, ConfigAccess, ConfigAction, RelayConfig, RelayEvent, VirtualClock};
+use vpci_relay::{RelayConfig, VirtualClock};
+
+pub use bus::describe;
 
 /// Bounds that end a run that would not end by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,14 +61,6 @@ pub struct VmSpec {
     pub safeguards: vpci_relay::Safeguards,
 }
 
-/// Something on its way to the guest over the bus's channel.
-enum Delivery {
-    /// A packet, from the host (direct) or the relay.
-    Packet(Packet, Lane),
-    /// The channel's rescind.
-    Rescind(Lane),
-}
-
 /// What the scheduler can pick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
@@ -73,30 +68,6 @@ enum Action {
     Step(usize, ContextId),
     /// The next packet (or the rescind) in flight to a bus's guest arrives.
     Deliver(usize),
-}
-
-/// One bus of the VM.
-struct Bus {
-    host: HostBus,
-    guest: LinuxGuest,
-    relay: Option<RelayRig>,
-    /// Packets waiting for room in a relay channel: towards the relay's host side and guest
-    /// side.
-    to_relay_host: VecDeque<Packet>,
-    to_relay_guest: VecDeque<Packet>,
-    /// The guest's sends of the current step.
-    outbox: Vec<Packet>,
-    /// Packets (and the rescind) on their way to the guest, in order. When each arrives is
-    /// a scheduling choice, as VMBus's latency is.
-    in_flight: VecDeque<Delivery>,
-    host_rescind_sent: bool,
-    guest_rescind_sent: bool,
-    eject_timeouts: Vec<WinSlot>,
-    /// When the guest's probe path returned successfully.
-    probed_at: Option<Duration>,
-    /// The relay may have something to do (time moved, a config access, a host action), so
-    /// the next pump polls it even if no packet moved.
-    relay_dirty: bool,
 }
 
 /// A VM run in progress.
@@ -110,214 +81,6 @@ pub struct Vm {
     limits: RunLimits,
     trace: Option<Trace>,
     steps: u64,
-}
-
-/// The guest's view of everything outside it during one step.
-struct Env<'a> {
-    now: Duration,
-    bus: usize,
-    host: &'a mut HostBus,
-    relay: Option<&'a mut RelayRig>,
-    outbox: &'a mut Vec<Packet>,
-    trace: Option<&'a mut Trace>,
-    /// The step asked the relay about a config access (the relay may have acted on it).
-    touched_relay: bool,
-}
-
-fn all_ones(len: u8) -> u32 {
-    match len {
-        1 => 0xff,
-        2 => 0xffff,
-        _ => u32::MAX,
-    }
-}
-
-impl GuestEnv for Env<'_> {
-    fn now(&self) -> Duration {
-        self.now
-    }
-
-    fn send(&mut self, packet: Packet) {
-        self.outbox.push(packet);
-    }
-
-    fn config_read(&mut self, slot: WinSlot, offset: u16, len: u8) -> Option<u32> {
-        let Some(relay) = self.relay.as_deref_mut() else {
-            return self.host.config_read(slot, offset, len).ok();
-        };
-        self.touched_relay = true;
-        match relay.access(ConfigAccess::Read { slot, offset, len }) {
-            Some(ConfigAction::Forward) => {
-                let value = self.host.config_read(slot, offset, len).ok()?;
-                relay.read_result(slot, offset, len, value);
-                Some(value)
-            }
-            Some(ConfigAction::Answer(value)) => Some(value),
-            // A stopped relay (or a dropped read) leaves nothing there: a master abort.
-            Some(ConfigAction::Drop) | None => Some(all_ones(len)),
-        }
-    }
-
-    fn config_write(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) -> bool {
-        let Some(relay) = self.relay.as_deref_mut() else {
-            return self.host.config_write(slot, offset, len, value).is_ok();
-        };
-        self.touched_relay = true;
-        let access = ConfigAccess::Write {
-            slot,
-            offset,
-            len,
-            value,
-        };
-        match relay.access(access) {
-            Some(ConfigAction::Forward) => self.host.config_write(slot, offset, len, value).is_ok(),
-            _ => true,
-        }
-    }
-
-    fn bar_read(&mut self, slot: WinSlot, bar: u8, offset: u64, len: u8) -> Option<u32> {
-        let direct = |host: &mut HostBus| {
-            let mut data = [0u8; 4];
-            let n = usize::from(len.clamp(1, 4));
-            let buf = data.get_mut(..n)?;
-            host.bar_read(slot, bar, offset, buf).ok()?;
-            Some(u32::from_le_bytes(data))
-        };
-        let Some(relay) = self.relay.as_deref_mut() else {
-            return direct(self.host);
-        };
-        match relay.bars.get(slot) {
-            Backing::Device => direct(self.host),
-            Backing::Shield => Some(all_ones(len)),
-            Backing::Released => None,
-        }
-    }
-
-    fn bar_write(&mut self, slot: WinSlot, bar: u8, offset: u64, len: u8, value: u32) -> bool {
-        let bytes = value.to_le_bytes();
-        let n = usize::from(len.clamp(1, 4));
-        let data = bytes.get(..n).unwrap_or(&bytes);
-        let Some(relay) = self.relay.as_deref_mut() else {
-            return self.host.bar_write(slot, bar, offset, data).is_ok();
-        };
-        match relay.bars.get(slot) {
-            Backing::Device => self.host.bar_write(slot, bar, offset, data).is_ok(),
-            Backing::Shield => true,
-            Backing::Released => false,
-        }
-    }
-
-    fn retarget_interrupt(&mut self, slot: WinSlot, vector: u32) {
-        if let Some(trace) = self.trace.as_deref_mut() {
-            trace.push(
-                self.now,
-                Lane::Guest,
-                Lane::Guest,
-                format!(
-                    "bus {}: retarget interrupt {slot} vector {vector:#x}",
-                    self.bus
-                ),
-                Mark::None,
-            );
-        }
-    }
-}
-
-/// Sends what `queue` holds into `channel` as far as it takes it; a channel that has ended
-/// takes nothing more. Returns whether anything was sent.
-fn flush(queue: &mut VecDeque<Packet>, channel: &mut MemoryChannel, cx: &mut Context<'_>) -> bool {
-    let mut sent = false;
-    while let Some(p) = queue.front() {
-        match channel.poll_send(cx, p) {
-            Poll::Ready(Ok(())) => {
-                queue.pop_front();
-                sent = true;
-            }
-            Poll::Ready(Err(_)) => queue.clear(),
-            Poll::Pending => break,
-        }
-    }
-    sent
-}
-
-/// The packet as VMBus delivers it: the payload padded with zeros to a multiple of 8 bytes
-/// (the ring stores whole 8-byte units, and the reader gets them all).
-fn on_the_wire(mut packet: Packet) -> Packet {
-    let padded = packet.payload.len().div_ceil(8) * 8;
-    packet.payload.resize(padded, 0);
-    packet
-}
-
-/// A short description of a vPCI packet for traces: the message type and its slot, or the
-/// completion's status.
-pub fn describe(packet: &Packet) -> String {
-    let word = |at: usize| {
-        packet
-            .payload
-            .get(at..at + 4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_le_bytes)
-    };
-    match packet.kind {
-        PacketKind::Completion => match word(0) {
-            Some(status) => format!("completion {status:#010x}"),
-            None => "completion (short)".to_owned(),
-        },
-        PacketKind::InBand => {
-            let Some(ty) = word(0) else {
-                return "empty packet".to_owned();
-            };
-            let ty = MessageType(ty);
-            let name = ty.to_string();
-            let name = name.strip_prefix("PCI_").unwrap_or(&name).to_owned();
-            let has_slot = !matches!(
-                ty,
-                MessageType::BUS_RELATIONS
-                    | MessageType::BUS_RELATIONS2
-                    | MessageType::QUERY_BUS_RELATIONS
-                    | MessageType::QUERY_PROTOCOL_VERSION
-                    | MessageType::BUS_D0ENTRY
-                    | MessageType::BUS_D0EXIT
-            );
-            match word(4) {
-                Some(slot) if has_slot => format!("{name}({slot})"),
-                _ => name,
-            }
-        }
-        other => format!("packet kind {}", other.to_raw()),
-    }
-}
-
-fn relay_note(event: &RelayEvent) -> Option<(String, Mark)> {
-    Some(match event {
-        RelayEvent::EjectHeld { slot } => (format!("EJECT({slot}) held: not settled"), Mark::Held),
-        RelayEvent::RelationsHeld => ("relations held".to_owned(), Mark::Held),
-        RelayEvent::Coalesced { slot } => (
-            format!("slot {slot} added and removed unseen: coalesced"),
-            Mark::Coalesced,
-        ),
-        RelayEvent::AnsweredLocally { slot, request } => {
-            let slot = slot.map(|s| format!("({s})")).unwrap_or_default();
-            (format!("{request}{slot} answered locally"), Mark::Local)
-        }
-        RelayEvent::EjectAnsweredLocally { slot } => {
-            (format!("EJECT({slot}) answered locally"), Mark::Local)
-        }
-        RelayEvent::Backing { slot, backing } => {
-            (format!("{slot} backed by {backing:?}"), Mark::None)
-        }
-        RelayEvent::HostLost { rescinded } => (
-            format!(
-                "host lost ({})",
-                if *rescinded { "rescind" } else { "fault" }
-            ),
-            Mark::None,
-        ),
-        RelayEvent::Malformed { side, fault } => {
-            (format!("{side:?} packet refused: {fault}"), Mark::None)
-        }
-        _ => return None,
-    })
 }
 
 impl Vm {
@@ -374,141 +137,9 @@ impl Vm {
     /// Moves packets between the host, the relay and the guest of every bus until nothing
     /// moves.
     fn pump(&mut self) {
-        for index in 0..self.buses.len() {
-            self.pump_bus(index);
-        }
-    }
-
-    fn pump_bus(&mut self, index: usize) {
         let now = self.now;
-        let mut cx = Context::from_waker(noop_waker_ref());
-        let recording = self.trace.is_some();
-        for _ in 0..10_000 {
-            let mut moved = false;
-            // Notes for the trace; built only when recording (formatting is most of a
-            // long run's cost otherwise).
-            let mut notes: Vec<(Lane, Lane, String, Mark)> = Vec::new();
-            let mut note = |from: Lane, to: Lane, label: &dyn Fn() -> String, mark: Mark| {
-                if recording {
-                    notes.push((from, to, label(), mark));
-                }
-            };
-            let Some(bus) = self.buses.get_mut(index) else {
-                return;
-            };
-            let relayed = bus.relay.is_some();
-            // The guest's sends.
-            for p in bus.outbox.drain(..) {
-                let p = on_the_wire(p);
-                moved = true;
-                let to = if relayed { Lane::Relay } else { Lane::Host };
-                note(Lane::Guest, to, &|| describe(&p), Mark::None);
-                if relayed {
-                    bus.to_relay_guest.push_back(p);
-                } else {
-                    bus.host.handle_packet(now, p);
-                }
-            }
-            // The host's sends, and its rescind once they are out.
-            while let Some(p) = bus.host.poll_transmit() {
-                let p = on_the_wire(p);
-                moved = true;
-                if relayed {
-                    note(Lane::Host, Lane::Relay, &|| describe(&p), Mark::None);
-                    bus.to_relay_host.push_back(p);
-                } else {
-                    bus.in_flight.push_back(Delivery::Packet(p, Lane::Host));
-                }
-            }
-            while let Some(e) = bus.host.poll_event() {
-                match e.kind {
-                    HostEventKind::EjectTimedOut { slot } => {
-                        bus.eject_timeouts.push(slot);
-                        note(
-                            Lane::Host,
-                            Lane::Host,
-                            &|| format!("EJECT({slot}) timed out: removed by force"),
-                            Mark::None,
-                        );
-                    }
-                    HostEventKind::BarsTornDown { slot } => {
-                        note(
-                            Lane::Host,
-                            Lane::Host,
-                            &|| format!("{slot} device memory torn down"),
-                            Mark::None,
-                        );
-                    }
-                    HostEventKind::ScriptStepFired { step } => {
-                        note(
-                            Lane::Host,
-                            Lane::Host,
-                            &|| format!("script step {step}"),
-                            Mark::None,
-                        );
-                    }
-                    _ => {}
-                }
-            }
-            if bus.host.rescinded() && !bus.host_rescind_sent && bus.to_relay_host.is_empty() {
-                bus.host_rescind_sent = true;
-                moved = true;
-                note(Lane::Host, Lane::Host, &|| "rescind".to_owned(), Mark::None);
-                match &mut bus.relay {
-                    Some(relay) => relay.host_end.revoke(),
-                    None => {
-                        bus.guest_rescind_sent = true;
-                        bus.in_flight.push_back(Delivery::Rescind(Lane::Host));
-                    }
-                }
-            }
-            let poll_relay = moved
-                || bus.relay_dirty
-                || !bus.to_relay_host.is_empty()
-                || !bus.to_relay_guest.is_empty();
-            bus.relay_dirty = false;
-            if let Some(relay) = bus.relay.as_mut().filter(|_| poll_relay) {
-                moved |= flush(&mut bus.to_relay_host, &mut relay.host_end, &mut cx);
-                moved |= flush(&mut bus.to_relay_guest, &mut relay.guest_end, &mut cx);
-                relay.poll();
-                while let Poll::Ready(Ok(p)) = relay.host_end.poll_recv(&mut cx) {
-                    let p = on_the_wire(p);
-                    moved = true;
-                    note(Lane::Relay, Lane::Host, &|| describe(&p), Mark::None);
-                    if !bus.host.rescinded() {
-                        bus.host.handle_packet(now, p);
-                    }
-                }
-                loop {
-                    match relay.guest_end.poll_recv(&mut cx) {
-                        Poll::Ready(Ok(p)) => {
-                            let p = on_the_wire(p);
-                            moved = true;
-                            bus.in_flight.push_back(Delivery::Packet(p, Lane::Relay));
-                        }
-                        Poll::Ready(Err(ChannelError::Revoked | ChannelError::Closed)) => {
-                            if !bus.guest_rescind_sent {
-                                bus.guest_rescind_sent = true;
-                                moved = true;
-                                bus.in_flight.push_back(Delivery::Rescind(Lane::Relay));
-                            }
-                            break;
-                        }
-                        Poll::Ready(Err(_)) | Poll::Pending => break,
-                    }
-                }
-                for e in relay.take_events() {
-                    if let Some((label, mark)) = relay_note(&e) {
-                        note(Lane::Relay, Lane::Relay, &|| label.clone(), mark);
-                    }
-                }
-            }
-            for (from, to, label, mark) in notes {
-                self.note(from, to, label, mark);
-            }
-            if !moved {
-                return;
-            }
+        for bus in &mut self.buses {
+            bus.pump(now, self.trace.as_mut());
         }
     }
 
