@@ -44,10 +44,11 @@ impl LinuxGuest {
         let ty = msg.message_type();
         let name = ty.name().unwrap_or("?");
         if self.chan.rescinded {
-            self.log(
+            crate::tlog!(
+                self,
                 ctx,
                 function,
-                format!("send {name} failed: channel rescinded (-ENODEV)"),
+                "send {name} failed: channel rescinded (-ENODEV)"
             );
             return Err(errno::ENODEV);
         }
@@ -72,10 +73,11 @@ impl LinuxGuest {
         let payload = encode(msg);
         let (packet, tid) = if want_completion {
             let Some(id) = self.chan.alloc_request_id() else {
-                self.log(
+                crate::tlog!(
+                    self,
                     ctx,
                     function,
-                    format!("send {name} failed: requestor full (-EAGAIN)"),
+                    "send {name} failed: requestor full (-EAGAIN)"
                 );
                 return Err(errno::EAGAIN);
             };
@@ -210,11 +212,7 @@ impl LinuxGuest {
                 ),
             );
         } else {
-            self.log(
-                ctx,
-                function,
-                format!("read BAR{bar}+{offset:#x} of {slot}"),
-            );
+            crate::tlog!(self, ctx, function, "read BAR{bar}+{offset:#x} of {slot}");
         }
         v
     }

@@ -52,7 +52,7 @@ impl LinuxGuest {
         match packet.kind {
             PacketKind::Completion => self.complete_request(ctx, &packet),
             PacketKind::InBand => self.handle_host_message(ctx, &packet.payload),
-            other => self.log(ctx, F, format!("unhandled packet type {}", other.to_raw())),
+            other => crate::tlog!(self, ctx, F, "unhandled packet type {}", other.to_raw()),
         }
     }
 
@@ -65,15 +65,16 @@ impl LinuxGuest {
         // The requestor maps the id back to the request and frees the id at once: the next
         // request reuses it, so a late or duplicated completion reaches whoever holds it now.
         let Some(handle) = self.chan.rqstor.remove(&tid) else {
-            self.log(ctx, F, format!("invalid transaction id {tid:#x}"));
+            crate::tlog!(self, ctx, F, "invalid transaction id {tid:#x}");
             return;
         };
         self.chan.free_ids.push(tid);
         let Some(req) = self.chan.requests.get_mut(&handle) else {
-            self.log(
+            crate::tlog!(
+                self,
                 ctx,
                 F,
-                format!("completion {tid:#x} for a request nobody waits for"),
+                "completion {tid:#x} for a request nobody waits for"
             );
             return;
         };
@@ -110,10 +111,12 @@ impl LinuxGuest {
         };
         req.reply = Some(reply);
         let name = ty.name().unwrap_or("?");
-        self.log(
+        crate::tlog!(
+            self,
             ctx,
             F,
-            format!("completion of {name} (status {:#x})", reply.status as u32),
+            "completion of {name} (status {:#x})",
+            reply.status as u32
         );
     }
 
@@ -124,7 +127,7 @@ impl LinuxGuest {
         let msg = match decode(payload, Sender::Host, ProtocolVersion::V1_7) {
             Ok(m) => m,
             Err(e) => {
-                self.log(ctx, F, format!("malformed host message dropped: {e}"));
+                crate::tlog!(self, ctx, F, "malformed host message dropped: {e}");
                 return;
             }
         };
@@ -163,7 +166,7 @@ impl LinuxGuest {
             }
             other => {
                 let name = other.message_type().name().unwrap_or("?");
-                self.log(ctx, F, format!("unimplemented protocol message {name}"));
+                crate::tlog!(self, ctx, F, "unimplemented protocol message {name}");
             }
         }
     }
@@ -179,16 +182,18 @@ impl LinuxGuest {
         let pending = !self.bus.dr_list.is_empty();
         self.bus.dr_list.push(funcs);
         if pending {
-            self.log(
+            crate::tlog!(
+                self,
                 ctx,
                 function,
-                format!("relations record ({n} functions) queued behind a pending one"),
+                "relations record ({n} functions) queued behind a pending one"
             );
         } else {
-            self.log(
+            crate::tlog!(
+                self,
                 ctx,
                 function,
-                format!("relations record ({n} functions) queued with a work item"),
+                "relations record ({n} functions) queued with a work item"
             );
             self.queue_work(ctx, function, WorkItem::Relations);
         }
@@ -198,7 +203,7 @@ impl LinuxGuest {
     fn eject_message(&mut self, ctx: ContextId, slot: WinSlot) {
         const F: &str = "hv_pci_eject_device";
         let Some(id) = self.get_pcichild_wslot(slot) else {
-            self.log(ctx, F, format!("EJECT for unknown function {slot} ignored"));
+            crate::tlog!(self, ctx, F, "EJECT for unknown function {slot} ignored");
             return;
         };
         if self.bus.state == BusState::Removing {
@@ -217,7 +222,7 @@ impl LinuxGuest {
             if self.check(ctx, F, r).is_none() {
                 return;
             }
-            self.log(ctx, F, format!("EJECT {slot}: eject work queued"));
+            crate::tlog!(self, ctx, F, "EJECT {slot}: eject work queued");
             self.queue_work(ctx, F, WorkItem::Eject(id));
         }
         self.put_child(ctx, "hv_pci_onchannelcallback", id);

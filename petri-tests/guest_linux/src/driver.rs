@@ -121,10 +121,12 @@ impl LinuxGuest {
                     DriverOp::Probe => "probe",
                     DriverOp::Remove => "remove",
                 };
-                self.log(
+                crate::tlog!(
+                    self,
                     ContextId::Driver(d.slot),
                     d.cfg.name,
-                    format!("{what} returns to {:?}", d.caller),
+                    "{what} returns to {:?}",
+                    d.caller
                 );
             }
         }
@@ -264,10 +266,11 @@ impl LinuxGuest {
         set: u32,
     ) {
         let Some(id) = self.get_pcichild_wslot(slot) else {
-            self.log(
+            crate::tlog!(
+                self,
                 ctx,
                 function,
-                format!("config access to {slot}: device not found"),
+                "config access to {slot}: device not found"
             );
             return;
         };
@@ -292,10 +295,11 @@ impl LinuxGuest {
     ) -> DrvPc {
         const F: &str = "hv_compose_msi_msg";
         let Some(hp) = self.get_pcichild_wslot(slot) else {
-            self.log(
+            crate::tlog!(
+                self,
                 ctx,
                 F,
-                format!("no child for {slot}: NULL message, no interrupt descriptor"),
+                "no child for {slot}: NULL message, no interrupt descriptor"
             );
             return DrvPc::WriteMsg(vec);
         };
@@ -376,13 +380,15 @@ impl LinuxGuest {
                     if let Some(irq) = self.irq_mut(slot, vec) {
                         irq.chip_data = r.int_desc;
                     }
-                    self.log(ctx, F, format!("interrupt {vec} of {slot} composed"));
+                    crate::tlog!(self, ctx, F, "interrupt {vec} of {slot} composed");
                 }
                 Ok(r) => {
-                    self.log(
+                    crate::tlog!(
+                        self,
                         ctx,
                         F,
-                        format!("request for interrupt failed: {:#x}", r.status as u32),
+                        "request for interrupt failed: {:#x}",
+                        r.status as u32
                     );
                 }
                 Err(_) => {}
@@ -420,7 +426,7 @@ impl LinuxGuest {
             Some(why) => {
                 self.chan.tasklet_disabled = false;
                 self.forget_request(tid);
-                self.log(ctx, F, format!("{why}: giving up, no interrupt descriptor"));
+                crate::tlog!(self, ctx, F, "{why}: giving up, no interrupt descriptor");
                 self.put_child(ctx, F, hp);
                 DrvPc::WriteMsg(vec)
             }
@@ -445,14 +451,15 @@ impl LinuxGuest {
         };
         match chip {
             Some(_) => {
-                self.log(ctx, F, format!("retarget interrupt {vec} of {slot}"));
+                crate::tlog!(self, ctx, F, "retarget interrupt {vec} of {slot}");
                 env.retarget_interrupt(slot, vector);
             }
             None if self.fixed() => {
-                self.log(
+                crate::tlog!(
+                    self,
                     ctx,
                     F,
-                    format!("can not unmask irq {vec} of {slot} (no descriptor)"),
+                    "can not unmask irq {vec} of {slot} (no descriptor)"
                 );
             }
             None => {
@@ -485,10 +492,11 @@ impl LinuxGuest {
             return;
         };
         let Some(hp) = self.get_pcichild_wslot(slot) else {
-            self.log(
+            crate::tlog!(
+                self,
                 ctx,
                 F,
-                format!("child {slot} gone: descriptor freed without telling the host"),
+                "child {slot} gone: descriptor freed without telling the host"
             );
             return;
         };

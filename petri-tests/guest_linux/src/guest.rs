@@ -512,6 +512,8 @@ impl LinuxGuest {
         self.cfg.model.fixed()
     }
 
+    /// Records what a context did (when tracing is on). Use [`tlog!`](crate::tlog) for a
+    /// formatted message, so nothing is formatted while tracing is off.
     pub(crate) fn log(&mut self, ctx: ContextId, function: &'static str, event: impl Into<String>) {
         if !self.cfg.trace {
             return;
@@ -526,10 +528,13 @@ impl LinuxGuest {
 
     /// Records the first failure; the guest stops.
     pub(crate) fn fail(&mut self, ctx: ContextId, function: &'static str, fault: Fault) {
-        self.log(
+        crate::tlog!(
+            self,
             ctx,
             function,
-            format!("PANIC {}: {}", fault.kind, fault.message),
+            "PANIC {}: {}",
+            fault.kind,
+            fault.message
         );
         if self.failure.is_none() {
             self.failure = Some(GuestFailure {
@@ -568,14 +573,14 @@ impl LinuxGuest {
             return false;
         }
         self.locks.insert(lock, ctx);
-        self.log(ctx, "mutex_lock", format!("took {}", lock.name()));
+        crate::tlog!(self, ctx, "mutex_lock", "took {}", lock.name());
         true
     }
 
     /// Releases a mutex.
     pub(crate) fn unlock(&mut self, ctx: ContextId, lock: LockId) {
         if self.locks.remove(&lock).is_some() {
-            self.log(ctx, "mutex_unlock", format!("released {}", lock.name()));
+            crate::tlog!(self, ctx, "mutex_unlock", "released {}", lock.name());
         }
     }
 
@@ -602,7 +607,7 @@ impl LinuxGuest {
         if let Some(true) = self.check(ctx, function, r)
             && let Some(slot) = self.objs.hpdevs.get(id).map(|h| h.desc.slot)
         {
-            self.log(ctx, function, format!("child {slot} freed"));
+            crate::tlog!(self, ctx, function, "child {slot} freed");
         }
     }
 

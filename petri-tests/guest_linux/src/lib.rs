@@ -64,6 +64,16 @@
 
 #![forbid(unsafe_code)]
 
+/// Logs a formatted trace entry for a context, formatting only when tracing is on.
+macro_rules! tlog {
+    ($guest:expr, $ctx:expr, $function:expr, $($fmt:tt)+) => {
+        if $guest.cfg.trace {
+            $guest.log($ctx, $function, format!($($fmt)+));
+        }
+    };
+}
+pub(crate) use tlog;
+
 mod access;
 mod callback;
 mod driver;

@@ -59,13 +59,13 @@ impl LinuxGuest {
                 irqs: Vec::new(),
             },
         );
-        self.log(
+        crate::tlog!(
+            self,
             ctx,
             function,
-            format!(
-                "pci_dev {slot} ({:04x}:{:04x}) scanned",
-                desc.vendor, desc.device
-            ),
+            "pci_dev {slot} ({:04x}:{:04x}) scanned",
+            desc.vendor,
+            desc.device
         );
         true
     }
@@ -112,7 +112,7 @@ impl LinuxGuest {
         };
         let slot = WinSlot::from_raw(raw);
         let Some(driver) = self.match_driver(vendor, device) else {
-            self.log(ctx, function, format!("pci_dev {slot} added, no driver"));
+            crate::tlog!(self, ctx, function, "pci_dev {slot} added, no driver");
             return Some(None);
         };
         let resourced = self
@@ -135,10 +135,12 @@ impl LinuxGuest {
             );
             return Some(None);
         }
-        self.log(
+        crate::tlog!(
+            self,
             ctx,
             function,
-            format!("pci_dev {slot} added: driver {} probes", driver.name),
+            "pci_dev {slot} added: driver {} probes",
+            driver.name
         );
         self.drivers
             .insert(raw, DriverState::probe(slot, driver, ctx));
@@ -158,10 +160,12 @@ impl LinuxGuest {
         let driver = self
             .match_driver(dev.vendor, dev.device)
             .unwrap_or_default();
-        self.log(
+        crate::tlog!(
+            self,
             ctx,
             "pci_stop_bus_device",
-            format!("driver {} removes {slot}", driver.name),
+            "driver {} removes {slot}",
+            driver.name
         );
         self.drivers
             .insert(slot.raw(), DriverState::remove(slot, driver, ctx));
@@ -171,7 +175,7 @@ impl LinuxGuest {
     /// Models the removal half of `pci_stop_and_remove_bus_device`: the `pci_dev` goes away.
     pub(crate) fn remove_device(&mut self, ctx: ContextId, function: &'static str, slot: WinSlot) {
         if self.pci_devs.remove(&slot.raw()).is_some() {
-            self.log(ctx, function, format!("pci_dev {slot} removed"));
+            crate::tlog!(self, ctx, function, "pci_dev {slot} removed");
         }
     }
 }

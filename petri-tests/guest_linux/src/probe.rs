@@ -270,11 +270,7 @@ impl LinuxGuest {
                             .copied()
                             .unwrap_or(ProtocolVersion::V1_1);
                         self.chan.version = Some(v);
-                        self.log(
-                            C,
-                            "hv_pci_protocol_negotiation",
-                            format!("using version {v}"),
-                        );
+                        crate::tlog!(self, C, "hv_pci_protocol_negotiation", "using version {v}");
                         Some(ProbePc::QueryRelations)
                     }
                     Ok(r) if r.status as u32 == Status::REVISION_MISMATCH.0 => {
@@ -306,7 +302,7 @@ impl LinuxGuest {
                 }
                 ProbePc::QueryFlush { frame, ret } => {
                     self.objs.pop_frame(frame);
-                    self.log(C, "hv_pci_query_relations", format!("returns {ret}"));
+                    crate::tlog!(self, C, "hv_pci_query_relations", "returns {ret}");
                     if ret != 0 {
                         self.unwind(Unwind::Close, ret)
                     } else if self.fixed() {
@@ -335,10 +331,12 @@ impl LinuxGuest {
                 ProbePc::D0Wait(tid) => match self.take_reply(tid) {
                     Err(e) => self.d0_failed(e),
                     Ok(r) if r.status < 0 => {
-                        self.log(
+                        crate::tlog!(
+                            self,
                             C,
                             "hv_pci_enter_d0",
-                            format!("D0 entry failed with status {:#x}", r.status as u32),
+                            "D0 entry failed with status {:#x}",
+                            r.status as u32
                         );
                         if self.probe.d0_retry {
                             self.probe.d0_retry = false;
@@ -425,10 +423,12 @@ impl LinuxGuest {
                 ProbePc::ResWait { slot, hp, tid } => match self.take_reply(tid) {
                     Err(e) => self.unwind(Unwind::ExitD0, e),
                     Ok(r) if r.status < 0 => {
-                        self.log(
+                        crate::tlog!(
+                            self,
                             C,
                             "hv_send_resources_allocated",
-                            format!("resource allocated returned {:#x}", r.status as u32),
+                            "resource allocated returned {:#x}",
+                            r.status as u32
                         );
                         self.unwind(Unwind::ExitD0, errno::EPROTO)
                     }
@@ -520,7 +520,7 @@ impl LinuxGuest {
 
     /// Starts the error path.
     fn unwind(&mut self, stage: Unwind, ret: i32) -> Option<ProbePc> {
-        self.log(C, "hv_pci_probe", format!("failed ({ret}): unwinding"));
+        crate::tlog!(self, C, "hv_pci_probe", "failed ({ret}): unwinding");
         if stage == Unwind::ExitD0 {
             self.probe.bus_exit = Some(BusExit::new(true));
         }
@@ -580,7 +580,7 @@ impl LinuxGuest {
             Unwind::Free => {
                 self.bus.freed = true;
                 self.probe.result = Some(Err(ret));
-                self.log(C, "hv_pci_probe", format!("hbus freed; returns {ret}"));
+                crate::tlog!(self, C, "hv_pci_probe", "hbus freed; returns {ret}");
                 Some(ProbePc::Done)
             }
         }

@@ -174,7 +174,11 @@ impl LinuxGuest {
             pc = match pc {
                 RelPc::Start => {
                     if self.bus.freed {
-                        self.fail(C, F, Fault::new(FailureKind::UseAfterFree, "relations work on a freed hbus"));
+                        self.fail(
+                            C,
+                            F,
+                            Fault::new(FailureKind::UseAfterFree, "relations work on a freed hbus"),
+                        );
                         return None;
                     }
                     // Take every record; only the newest one is processed.
@@ -184,12 +188,18 @@ impl LinuxGuest {
                         self.log(C, F, "no relations record left: nothing to do");
                         return None;
                     };
-                    self.log(
+                    crate::tlog!(
+                        self,
                         C,
                         F,
-                        format!("processing relations record ({} functions, {dropped} older ones dropped)", dr.len()),
+                        "processing relations record ({} functions, {dropped} older ones dropped)",
+                        dr.len()
                     );
-                    if self.fixed() { RelPc::Lock(dr) } else { RelPc::Mark(dr) }
+                    if self.fixed() {
+                        RelPc::Lock(dr)
+                    } else {
+                        RelPc::Mark(dr)
+                    }
                 }
                 RelPc::Lock(dr) => {
                     if !self.try_lock(C, LockId::StateLock) {
@@ -225,7 +235,9 @@ impl LinuxGuest {
                         // new_pcichild_device: allocate, then ask for the probed BARs.
                         let hp = self.objs.alloc_hpdev(desc);
                         self.slot_reused(desc.slot);
-                        let msg = Message::QueryResourceRequirements(Fixed::new(SlotBody { wslot: desc.slot }));
+                        let msg = Message::QueryResourceRequirements(Fixed::new(SlotBody {
+                            wslot: desc.slot,
+                        }));
                         match self.send_msg(env, C, "new_pcichild_device", &msg, true) {
                             Ok(Some(tid)) => {
                                 self.wq.wait = Some(Wait::Response(tid));
@@ -233,7 +245,13 @@ impl LinuxGuest {
                             }
                             _ => {
                                 self.objs.free_unreferenced(hp);
-                                self.log(C, F, format!("couldn't record a child device ({})", desc.slot));
+                                crate::tlog!(
+                                    self,
+                                    C,
+                                    F,
+                                    "couldn't record a child device ({})",
+                                    desc.slot
+                                );
                                 RelPc::Func { dr, idx: idx + 1 }
                             }
                         }
@@ -243,7 +261,12 @@ impl LinuxGuest {
                     match self.take_reply(tid) {
                         Err(e) => {
                             self.objs.free_unreferenced(hp);
-                            self.log(C, "new_pcichild_device", format!("wait failed ({e}): child dropped"));
+                            crate::tlog!(
+                                self,
+                                C,
+                                "new_pcichild_device",
+                                "wait failed ({e}): child dropped"
+                            );
                         }
                         Ok(reply) => {
                             if let Ok(h) = self.objs.hpdev_mut(hp) {
@@ -258,10 +281,13 @@ impl LinuxGuest {
                             }
                             self.bus.children.push(hp);
                             let slot = dr.get(idx).map(|d| d.slot);
-                            self.log(
+                            crate::tlog!(
+                                self,
                                 C,
                                 "new_pcichild_device",
-                                format!("child {} linked (requirements status {:#x})", slot.unwrap_or_default(), reply.status as u32),
+                                "child {} linked (requirements status {:#x})",
+                                slot.unwrap_or_default(),
+                                reply.status as u32
                             );
                         }
                     }
@@ -283,7 +309,7 @@ impl LinuxGuest {
                         if let Ok(h) = self.objs.hpdev_mut(id) {
                             h.has_slot = false;
                             let slot = h.desc.slot;
-                            self.log(C, F, format!("child {slot} no longer reported: removed"));
+                            crate::tlog!(self, C, F, "child {slot} no longer reported: removed");
                         }
                         self.put_child(C, F, id);
                     }
@@ -370,15 +396,11 @@ impl LinuxGuest {
                     let r = self.objs.hpdev(id).map(|h| h.desc.slot);
                     let slot = self.check(C, F, r)?;
                     if self.pci_devs.contains_key(&slot.raw()) {
-                        self.log(
-                            C,
-                            F,
-                            format!("pci_dev for {slot} found: stop and remove it"),
-                        );
+                        crate::tlog!(self, C, F, "pci_dev for {slot} found: stop and remove it");
                         EjectPc::RemoveLock
                     } else {
                         // Another CPU may create the pci_dev right after this lookup.
-                        self.log(C, F, format!("no pci_dev for {slot}"));
+                        crate::tlog!(self, C, F, "no pci_dev for {slot}");
                         break EjectPc::Unlink;
                     }
                 }

@@ -74,7 +74,7 @@ pub fn explore(
         outcomes: BTreeMap::new(),
         first_failure: None,
     };
-    let mut systematic = Systematic::new();
+    let mut systematic = Systematic::new(usize::try_from(schedules).unwrap_or(usize::MAX));
     for i in 0..schedules {
         let (chooser, seed) = match strategy {
             Strategy::Random { first_seed } => {

@@ -5,15 +5,17 @@
 //! under a deterministic scheduler over virtual time ([`sched`]): a seed names one
 //! interleaving and replays it exactly. Scenarios ([`scenario`], with the race catalogue
 //! built in) say what the host does and what must or must not happen; [`explore`] runs many
-//! schedules of one; the CLI prints tables, JSON and message sequence charts.
+//! schedules of one; the CLI prints tables, JSON and message sequence charts ([`chart`]).
 //! `petri decode` and `petri ring dump` ([`decode`], [`ring_dump`]) look at packets and rings.
 
 #![forbid(unsafe_code)]
 
+pub mod chart;
 pub mod decode;
 pub mod explore;
 pub mod outcome;
 pub mod relay_rig;
+pub mod report;
 pub mod ring_dump;
 pub mod scenario;
 pub mod sched;

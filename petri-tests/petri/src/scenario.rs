@@ -295,6 +295,7 @@ impl Scenario {
     /// The VM a run of this scenario builds.
     pub fn vm_spec(&self, guest: GuestKind, relay: bool, record: bool) -> VmSpec {
         let mut config = GuestConfig::new(guest.model());
+        config.trace = record;
         config.drivers = vec![DriverBinding {
             vendor_id: None,
             device_id: None,
@@ -318,6 +319,8 @@ impl Scenario {
                 max_time: self.limits.max_time.0,
             },
             record,
+            #[cfg(feature = "safeguard-switches")]
+            safeguards: vpci_relay::Safeguards::ALL_ON,
         }
     }
 }
@@ -339,7 +342,7 @@ fn located(text: &str, e: &toml::de::Error) -> String {
 
 /// The built-in scenarios: the race catalogue and the host orders the relay must survive.
 pub fn catalogue() -> Vec<Scenario> {
-    const FILES: [(&str, &str); 9] = [
+    const FILES: [(&str, &str); 10] = [
         ("c1", include_str!("../scenarios/c1.toml")),
         ("c2", include_str!("../scenarios/c2.toml")),
         ("c2-failed", include_str!("../scenarios/c2-failed.toml")),
@@ -351,6 +354,10 @@ pub fn catalogue() -> Vec<Scenario> {
         (
             "drop-then-eject",
             include_str!("../scenarios/drop-then-eject.toml"),
+        ),
+        (
+            "hostile-host",
+            include_str!("../scenarios/hostile-host.toml"),
         ),
     ];
     FILES

@@ -18,6 +18,7 @@ fn spec(model: KernelModel, relay: bool) -> VmSpec {
         relay: relay.then(RelayConfig::default),
         limits: RunLimits::default(),
         record: true,
+        safeguards: vpci_relay::Safeguards::ALL_ON,
     }
 }
 
@@ -44,5 +45,40 @@ fn quiet_boot_is_ok() {
                 );
             }
         }
+    }
+}
+
+/// Teeth in a whole VM: with one relay safeguard switched off, the unfixed guest fails again
+/// through the relay on the catalogue entry that safeguard covers.
+#[test]
+fn each_relay_safeguard_has_teeth_in_a_vm() {
+    use petri::scenario::{GuestKind, catalogue};
+    use vpci_relay::Safeguards;
+    type SwitchOff = fn(&mut Safeguards);
+    let cases: [(&str, SwitchOff); 5] = [
+        ("c2", |s| s.hold_eject_until_settled = false),
+        ("c2-failed", |s| s.local_answers = false),
+        ("c4", |s| s.one_change_at_a_time = false),
+        ("c5", |s| s.rescind_at_safe_point = false),
+        ("c7", |s| s.removal_shield = false),
+    ];
+    for (name, switch_off) in cases {
+        let scenario = catalogue().into_iter().find(|s| s.name == name).unwrap();
+        let mut failures = [0u64; 2];
+        for (i, off) in [false, true].into_iter().enumerate() {
+            let mut spec = scenario.vm_spec(GuestKind::Linux62, true, false);
+            if off {
+                switch_off(&mut spec.safeguards);
+            }
+            for seed in 0..60 {
+                let r = Vm::new(&spec, Chooser::seeded(seed)).unwrap().run();
+                failures[i] += u64::from(r.outcome.failed());
+            }
+        }
+        assert_eq!(failures[0], 0, "{name}: all safeguards on");
+        assert!(
+            failures[1] > 0,
+            "{name}: the safeguard off must let the race through"
+        );
     }
 }
