@@ -35,6 +35,25 @@ fn probe_msix_eject_remove_is_clean() {
             assert_eq!(host.count(RESOURCES_RELEASED), 0);
             // The endpoint's remove read its BAR while the device was still backed.
             assert_eq!(host.bar_reads, 1);
+            // The MSI-X table (BAR0 + 0x2000, 16 bytes an entry) got each vector's message
+            // (the host's address and the vector as data), was unmasked by the unmask, and
+            // masked again at teardown.
+            for entry in [0x2000u64, 0x2010] {
+                let writes: Vec<u64> = host
+                    .bar_writes
+                    .iter()
+                    .filter(|(o, _)| (entry..entry + 16).contains(o))
+                    .map(|&(o, v)| (o - entry) << 32 | v)
+                    .collect();
+                assert!(writes.contains(&0xfee0_0000), "{entry:#x}: {writes:x?}");
+                let ctrl: Vec<u64> = writes
+                    .iter()
+                    .filter(|w| *w >> 32 == 12)
+                    .map(|w| w & 0xffff_ffff)
+                    .collect();
+                assert!(ctrl.contains(&0), "{entry:#x} never unmasked: {writes:x?}");
+                assert_eq!(ctrl.last(), Some(&1), "{entry:#x} not masked at the end");
+            }
             assert!(host.unbacked.is_empty(), "{:x?}", host.unbacked);
             // Two retargets, device id from GUID bytes 5, 4, 7, 6 (masked) and the function,
             // through a processor set of one bank.

@@ -259,14 +259,72 @@ int pci_msi_prepare(struct irq_domain *domain, struct device *dev, int nvec,
 	return 0;
 }
 
-/* The per-vector mask bit (MSI-X vector control or the MSI mask register). */
+/*
+ * ---- the MSI-X table (drivers/pci/msi/msi.c, include/uapi/linux/pci_regs.h) ----
+ * Each entry is 16 bytes in a BAR: address low, address high, data, vector control (bit 0
+ * masks). The kernel writes it through an ioremap of the table, so these are MMIO accesses of
+ * the function's BAR: to a device the host has torn down, they fault.
+ */
+#define PCI_MSIX_FLAGS 2
+#define PCI_MSIX_FLAGS_QSIZE 0x07ff
+#define PCI_MSIX_FLAGS_MASKALL 0x4000
+#define PCI_MSIX_FLAGS_ENABLE 0x8000
+#define PCI_MSIX_TABLE 4
+#define PCI_MSIX_TABLE_BIR 0x7
+#define PCI_MSIX_ENTRY_SIZE 16
+#define PCI_MSIX_ENTRY_LOWER_ADDR 0
+#define PCI_MSIX_ENTRY_UPPER_ADDR 4
+#define PCI_MSIX_ENTRY_DATA 8
+#define PCI_MSIX_ENTRY_VECTOR_CTRL 12
+#define PCI_MSIX_ENTRY_CTRL_MASKBIT 0x1
+
+static void msix_ctrl(struct pci_dev *pdev, u16 clear, u16 set)
+{
+	u8 cap = kshim_pci_msix_cap(pdev);
+	u32 ctrl;
+
+	if (!cap)
+		return;
+	kshim_pci_read(pdev, cap + PCI_MSIX_FLAGS, 2, &ctrl);
+	kshim_pci_write(pdev, cap + PCI_MSIX_FLAGS, 2, (ctrl & ~clear) | set);
+}
+
+/* msix_map_region: the table's BAR and offset from the capability; NULL without one. */
+static void __iomem *msix_map(struct pci_dev *pdev, unsigned int *entries)
+{
+	u8 cap = kshim_pci_msix_cap(pdev);
+	u32 ctrl, table;
+	u64 bar;
+
+	*entries = 0;
+	if (!cap)
+		return NULL;
+	kshim_pci_read(pdev, cap + PCI_MSIX_FLAGS, 2, &ctrl);
+	kshim_pci_read(pdev, cap + PCI_MSIX_TABLE, 4, &table);
+	bar = kshim_pci_bar_addr(pdev, table & PCI_MSIX_TABLE_BIR);
+	if (!bar)
+		return NULL;
+	*entries = (ctrl & PCI_MSIX_FLAGS_QSIZE) + 1;
+	return ioremap(bar + (table & ~PCI_MSIX_TABLE_BIR), *entries * PCI_MSIX_ENTRY_SIZE);
+}
+
+static void msix_write_ctrl(struct msi_desc *desc, bool masked)
+{
+	if (desc->kshim_entry)
+		writel(masked ? PCI_MSIX_ENTRY_CTRL_MASKBIT : 0,
+		       (char __iomem *)desc->kshim_entry + PCI_MSIX_ENTRY_VECTOR_CTRL);
+}
+
+/* The per-vector mask bit (MSI-X vector control; MSI without a mask register: nothing). */
 void pci_msi_mask_irq(struct irq_data *data)
 {
 	struct kshim_irq *irq = irq_of(data->irq);
 
 	KSHIM_CALL("pci_msi_mask_irq");
-	if (irq)
-		irq->masked = true;
+	if (!irq)
+		return;
+	irq->masked = true;
+	msix_write_ctrl(irq->common.msi_desc, true);
 }
 
 void pci_msi_unmask_irq(struct irq_data *data)
@@ -274,8 +332,10 @@ void pci_msi_unmask_irq(struct irq_data *data)
 	struct kshim_irq *irq = irq_of(data->irq);
 
 	KSHIM_CALL("pci_msi_unmask_irq");
-	if (irq)
-		irq->masked = false;
+	if (!irq)
+		return;
+	irq->masked = false;
+	msix_write_ctrl(irq->common.msi_desc, false);
 }
 
 /* irq_chip_compose_msi_msg: the deepest level whose chip composes. */
@@ -291,13 +351,23 @@ static void compose(struct kshim_irq *irq, struct msi_msg *msg)
 		pos->chip->irq_compose_msi_msg(pos, msg);
 }
 
-/* pci_msi_domain_write_msg: only the descriptor's first irq writes (multi-MSI). */
+/*
+ * pci_msi_domain_write_msg -> __pci_write_msi_msg: only the descriptor's first irq writes
+ * (multi-MSI); the message is cached in the descriptor and, for MSI-X, written to the table.
+ */
 static void write_msg(struct kshim_irq *irq, const struct msi_msg *msg)
 {
 	struct msi_desc *desc = irq->common.msi_desc;
+	char __iomem *entry = desc->kshim_entry;
 
-	if (desc->irq == irq->msi_level.irq)
-		desc->msg = *msg;
+	if (desc->irq != irq->msi_level.irq)
+		return;
+	desc->msg = *msg;
+	if (entry) {
+		writel(msg->address_lo, entry + PCI_MSIX_ENTRY_LOWER_ADDR);
+		writel(msg->address_hi, entry + PCI_MSIX_ENTRY_UPPER_ADDR);
+		writel(msg->data, entry + PCI_MSIX_ENTRY_DATA);
+	}
 }
 
 /* x86_vector_activate: a reservation gets the shutdown vector; else a real one on a CPU. */
@@ -359,9 +429,19 @@ int kshim_pci_alloc_irq_vectors(struct pci_dev *pdev, unsigned int nvec, bool ms
 	unsigned int virq;
 	int ret;
 
+	void __iomem *table = NULL;
+	unsigned int entries = 0;
+
 	if (!domain || !nvec)
 		return -ENOSPC;
 	info = domain->info;
+	if (msix) {
+		/* msix_capability_init: enabled with every vector masked while it is set up. */
+		msix_ctrl(pdev, 0, PCI_MSIX_FLAGS_MASKALL | PCI_MSIX_FLAGS_ENABLE);
+		table = msix_map(pdev, &entries);
+		if (table && nvec > entries)
+			nvec = entries;
+	}
 	/* The descriptors (drivers/pci/msi/msi.c msix_setup_msi_descs / msi_setup_msi_desc). */
 	for (unsigned int i = 0; i < (msix ? nvec : 1); i++) {
 		struct msi_desc *desc = kzalloc(sizeof(*desc), GFP_KERNEL);
@@ -373,6 +453,10 @@ int kshim_pci_alloc_irq_vectors(struct pci_dev *pdev, unsigned int nvec, bool ms
 		desc->dev = &pdev->dev;
 		desc->nvec_used = msix ? 1 : nvec;
 		desc->msi_index = i;
+		if (table) {
+			desc->kshim_entry = (char __iomem *)table + i * PCI_MSIX_ENTRY_SIZE;
+			msix_write_ctrl(desc, true);
+		}
 		KSHIM_MSI_ATTRIB(desc).is_msix = msix;
 		KSHIM_MSI_ATTRIB(desc).is_64 = 1;
 		KSHIM_MSI_ATTRIB(desc).can_mask = 1;
@@ -424,10 +508,12 @@ int kshim_pci_alloc_irq_vectors(struct pci_dev *pdev, unsigned int nvec, bool ms
 		activate(&irqs[virq + i], true);
 		kshim_atomic_exit();
 	}
-	if (msix)
+	if (msix) {
 		pdev->msix_enabled = 1;
-	else
+		msix_ctrl(pdev, PCI_MSIX_FLAGS_MASKALL, 0);
+	} else {
 		pdev->msi_enabled = 1;
+	}
 	kshim_event(EV_NOTE, "%u %s vectors from irq %u", nvec, msix ? "MSI-X" : "MSI", virq);
 	return nvec;
 }
@@ -484,10 +570,19 @@ void kshim_pci_free_irq_vectors(struct pci_dev *pdev)
 	unsigned int virqs[64];
 	unsigned int n = 0;
 
-	list_for_each_entry(desc, &pdev->dev.msi_list, list)
+	void __iomem *table = NULL;
+
+	/* pci_msix_shutdown: mask every vector, then disable MSI-X. */
+	list_for_each_entry(desc, &pdev->dev.msi_list, list) {
+		if (desc->kshim_entry && !table)
+			table = desc->kshim_entry;
+		msix_write_ctrl(desc, true);
 		for (unsigned int i = 0; i < desc->nvec_used && n < 64; i++)
 			if (desc->irq)
 				virqs[n++] = desc->irq + i;
+	}
+	if (pdev->msix_enabled)
+		msix_ctrl(pdev, PCI_MSIX_FLAGS_ENABLE, 0);
 	for (unsigned int i = 0; i < n; i++) {
 		struct kshim_irq *irq = irq_of(virqs[i]);
 
@@ -498,6 +593,8 @@ void kshim_pci_free_irq_vectors(struct pci_dev *pdev)
 		irq->used = false;
 	}
 	free_descs(pdev);
+	if (table)
+		iounmap(table);
 	pdev->msi_enabled = 0;
 	pdev->msix_enabled = 0;
 }

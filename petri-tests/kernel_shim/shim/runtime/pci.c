@@ -211,6 +211,26 @@ static void cfg_write(struct pci_bus *bus, unsigned int devfn, int where, int si
 	bus->ops->write(bus, devfn, where, size, val);
 }
 
+int kshim_pci_read(struct pci_dev *pdev, int where, int size, u32 *val)
+{
+	return cfg_read(pdev->bus, pdev->devfn, where, size, val);
+}
+
+void kshim_pci_write(struct pci_dev *pdev, int where, int size, u32 val)
+{
+	cfg_write(pdev->bus, pdev->devfn, where, size, val);
+}
+
+u64 kshim_pci_bar_addr(struct pci_dev *pdev, unsigned int bar)
+{
+	return bar < PCI_STD_NUM_BARS ? kdev(pdev)->bar_addr[bar] : 0;
+}
+
+u8 kshim_pci_msix_cap(struct pci_dev *pdev)
+{
+	return kdev(pdev)->msix_cap;
+}
+
 static struct kshim_pci_dev *find_dev(struct pci_bus *bus, unsigned int devfn)
 {
 	struct pci_dev *pdev;

@@ -112,6 +112,13 @@ struct kshim_endpoint_config {
 };
 extern struct kshim_endpoint_config kshim_endpoint;
 
+/* Config access through the bus's ops, as drivers/pci/access.c does (pci.c). */
+int kshim_pci_read(struct pci_dev *pdev, int where, int size, u32 *val);
+void kshim_pci_write(struct pci_dev *pdev, int where, int size, u32 val);
+/* The address a BAR was assigned (0 if none), and where the MSI-X capability is (0: none). */
+u64 kshim_pci_bar_addr(struct pci_dev *pdev, unsigned int bar);
+u8 kshim_pci_msix_cap(struct pci_dev *pdev);
+
 /* ---- MSI core (msi.c) ---- */
 int kshim_pci_alloc_irq_vectors(struct pci_dev *pdev, unsigned int nvec, bool msix);
 void kshim_pci_free_irq_vectors(struct pci_dev *pdev);

@@ -146,6 +146,8 @@ pub struct Host {
     pub bar_reads: u32,
     /// Accesses to addresses nothing backs.
     pub unbacked: Vec<u64>,
+    /// Writes to BAR0: offset in the BAR and value.
+    pub bar_writes: Vec<(u64, u64)>,
     /// Retarget hypercalls, decoded.
     pub retargets: Vec<RetargetRequest>,
     /// Runtime events.
@@ -209,6 +211,7 @@ impl Host {
             config: ConfigSpace::new(),
             bar_reads: 0,
             unbacked: Vec::new(),
+            bar_writes: Vec::new(),
             retargets: Vec::new(),
             events: Vec::new(),
             log: Vec::new(),
@@ -565,7 +568,9 @@ impl Host {
             WindowAccess::Outside => {}
         }
         let bar0 = self.config.bar0();
-        if !(bar0 != 0 && (bar0..bar0 + BAR0_SIZE).contains(&addr)) {
+        if bar0 != 0 && (bar0..bar0 + BAR0_SIZE).contains(&addr) {
+            self.bar_writes.push((addr - bar0, value));
+        } else {
             self.unbacked.push(addr);
         }
     }

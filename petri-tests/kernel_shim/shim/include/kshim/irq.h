@@ -91,6 +91,8 @@ struct msi_desc {
 #else
 	struct kshim_msi_attrib msi_attrib;
 #endif
+	/* The runtime's: this vector's MSI-X table entry (mapped), or NULL. */
+	void __iomem *kshim_entry;
 };
 #if KSHIM_KVER >= 601
 #define KSHIM_MSI_ATTRIB(desc) ((desc)->pci.msi_attrib)
