@@ -39,6 +39,7 @@ struct SimHost {
     trouble: Vec<String>,
     sent: Vec<u32>,
     now: Duration,
+    points: u64,
 }
 
 impl SimHost {
@@ -57,6 +58,7 @@ impl SimHost {
             trouble: Vec::new(),
             sent: Vec::new(),
             now: Duration::ZERO,
+            points: 0,
         }
     }
 
@@ -77,6 +79,10 @@ impl Controller for SimHost {
     fn schedule(&mut self, sched: &Sched) -> Action {
         let now = now(sched);
         self.now = now;
+        self.points += 1;
+        if self.points > 2_000_000 {
+            return Action::Stop("livelock: too many scheduling points".to_string());
+        }
         if self.bus.poll_timeout().is_some_and(|t| t <= now) {
             self.bus.handle_timeout(now);
         }

@@ -9,6 +9,9 @@ use kernel_shim::guest::{Action, Controller, Ending, Outcome, Sched, Session};
 use kernel_shim::host::{ConfigWindow, HypercallError, RetargetRequest, WindowAccess};
 use kernel_shim::protocol::{Command, EventKind, GuestPacket};
 
+/// A run that needs more scheduling points than this is stuck (a guest spinning forever).
+pub const MAX_POINTS: u64 = 2_000_000;
+
 pub const BASE: u32 = 0x4249_0000;
 pub const BUS_RELATIONS2: u32 = BASE + 0x19;
 pub const QUERY_BUS_RELATIONS: u32 = BASE + 1;
@@ -167,6 +170,7 @@ pub struct Host {
     gone: bool,
     /// The function is listed in bus relations.
     present: bool,
+    points: u64,
     /// How many times the function was (re-)added: its serial number changes each time.
     generation: u32,
 }
@@ -222,6 +226,7 @@ impl Host {
             held_d0exit: None,
             gone: false,
             present: true,
+            points: 0,
             generation: 0,
         }
     }
@@ -376,6 +381,10 @@ impl Controller for Host {
 impl Host {
     fn decide(&mut self, sched: &Sched) -> Action {
         self.now_ns = sched.now_ns;
+        self.points += 1;
+        if self.points > MAX_POINTS {
+            return Action::Stop(format!("livelock: {MAX_POINTS} scheduling points"));
+        }
         if let Some(at) = self.faults.rescind_at_ns {
             if !self.rescinded && sched.now_ns >= at {
                 self.rescinded = true;
