@@ -12,6 +12,8 @@ use kernel_shim::protocol::{Command, EventKind, GuestPacket};
 use kernel_shim::{DriverVersion, Instrumentation};
 use vpci_protocol::WinSlot;
 
+const BUS_D0ENTRY: u32 = 0x4249_0007;
+const RESOURCES_ASSIGNED2: u32 = 0x4249_0016;
 const CREATE_INTERRUPT_MESSAGE2: u32 = 0x4249_0017;
 const CREATE_INTERRUPT_MESSAGE3: u32 = 0x4249_001b;
 
@@ -22,6 +24,11 @@ const INSTANCE: [u8; 16] = [
 enum Step {
     Command(Command),
     Host(HostAction),
+    /// Carry out the action as soon as the guest sends this vPCI message type (the step
+    /// itself completes at once).
+    HostWhen(u32, HostAction),
+    /// Wait until no guest context can run and the host has nothing to send.
+    Idle,
 }
 
 /// host_sim behind a seeded scheduler and a script of guest commands and host actions.
@@ -30,6 +37,7 @@ struct SimHost {
     script: VecDeque<Step>,
     waiting_for: Option<u32>,
     ejecting: Option<WinSlot>,
+    waiting_idle: bool,
     rescinded: bool,
     rng: u64,
     results: Vec<(u32, i32)>,
@@ -40,6 +48,12 @@ struct SimHost {
     sent: Vec<u32>,
     now: Duration,
     points: u64,
+    armed: Vec<(u32, HostAction)>,
+    /// Slots the guest sent RESOURCES_ASSIGNED(2) for.
+    assigned: Vec<u32>,
+    /// Functions the guest found but could not use: a driver bound without RESOURCES_ASSIGNED
+    /// for the slot, or one that could not enable the device (its BAR left unassigned).
+    unusable: Vec<String>,
 }
 
 impl SimHost {
@@ -49,6 +63,7 @@ impl SimHost {
             script: script.into(),
             waiting_for: None,
             ejecting: None,
+            waiting_idle: false,
             rescinded: false,
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
             results: Vec::new(),
@@ -59,6 +74,9 @@ impl SimHost {
             sent: Vec::new(),
             now: Duration::ZERO,
             points: 0,
+            armed: Vec::new(),
+            assigned: Vec::new(),
+            unusable: Vec::new(),
         }
     }
 
@@ -96,11 +114,12 @@ impl Controller for SimHost {
         let step_done = match (self.waiting_for, self.ejecting) {
             (Some(cmd), _) => self.results.iter().any(|&(c, _)| c == cmd),
             (None, Some(slot)) => !self.bus.eject_outstanding(slot),
-            (None, None) => true,
+            (None, None) => !self.waiting_idle || sched.runnable.is_empty(),
         };
         if step_done {
             self.waiting_for = None;
             self.ejecting = None;
+            self.waiting_idle = false;
             if let Some(step) = self.script.pop_front() {
                 match step {
                     Step::Command(cmd) => {
@@ -112,6 +131,14 @@ impl Controller for SimHost {
                             self.ejecting = Some(WinSlot::from_raw(slot));
                         }
                         self.bus.act(now, action).unwrap();
+                        return self.schedule(sched);
+                    }
+                    Step::HostWhen(message, action) => {
+                        self.armed.push((message, action));
+                        return self.schedule(sched);
+                    }
+                    Step::Idle => {
+                        self.waiting_idle = true;
                         return self.schedule(sched);
                     }
                 }
@@ -137,12 +164,26 @@ impl Controller for SimHost {
     }
 
     fn packet(&mut self, packet: GuestPacket) {
-        if let Some(kind) = packet.payload.get(0..4) {
-            self.sent
-                .push(u32::from_le_bytes([kind[0], kind[1], kind[2], kind[3]]));
+        let word = |at: usize| {
+            packet
+                .payload
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let kind = word(0).unwrap_or_default();
+        self.sent.push(kind);
+        if kind == RESOURCES_ASSIGNED2 {
+            self.assigned.extend(word(4));
         }
         // Virtual time moves only at scheduling points: the bus sees the latest one.
         self.bus.handle_packet(self.now, packet.to_packet());
+        let (fire, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.armed)
+            .into_iter()
+            .partition(|(m, _)| *m == kind);
+        self.armed = keep;
+        for (_, action) in fire {
+            self.bus.act(self.now, action).unwrap();
+        }
     }
 
     fn mmio_read(&mut self, addr: u64, size: u32) -> u64 {
@@ -184,6 +225,19 @@ impl Controller for SimHost {
 
     fn event(&mut self, kind: EventKind, ctx: u32, text: &str) {
         self.log.push(format!("[{ctx}] {kind:?}: {text}"));
+        // "endpoint probe SS.F": the function in wslot SS (function 0) got a driver.
+        if let Some(slot) = text
+            .strip_prefix("endpoint probe ")
+            .and_then(|s| s.split('.').next())
+            .and_then(|s| u32::from_str_radix(s, 16).ok())
+        {
+            if !self.assigned.contains(&slot) {
+                self.unusable.push(text.to_string());
+            }
+        }
+        if text.contains("can't enable device") {
+            self.unusable.push(text.to_string());
+        }
         if matches!(kind, EventKind::Warn | EventKind::Bug | EventKind::Leak) {
             self.trouble.push(text.to_string());
         }
@@ -271,6 +325,67 @@ fn host_sim_teardown_at_eject_faults_both_drivers() {
             host.faults.iter().any(|f| f.contains("TornDown")),
             "{version:?}: {:?}",
             host.faults
+        );
+    }
+}
+
+/// A second function is hot-added while the probe path runs (at its D0 entry, after the
+/// survey): catalogue C4. 5.10 has no per-bus state_lock, so its relations work races the
+/// probe path: the new function is linked after the windows were sized and resources
+/// assigned, then scanned and offered to a driver that cannot enable it (its BAR fits no
+/// window), or it is lost (never scanned). 6.1's relations work waits for the probe path,
+/// then rescans: the function is found, and no driver meets it unusable.
+#[test]
+fn hot_add_during_probe_races_on_5_10_only() {
+    let script = || {
+        vec![
+            Step::HostWhen(BUS_D0ENTRY, HostAction::HotAdd(FunctionSpec::nic(1))),
+            Step::Command(Command::Init),
+            Step::Command(Command::Probe {
+                bus: 0,
+                instance: INSTANCE,
+            }),
+            Step::Idle,
+            Step::Command(Command::Remove { bus: 0 }),
+            Step::Command(Command::Exit),
+        ]
+    };
+    let found = |host: &SimHost| {
+        host.log
+            .iter()
+            .any(|l| l.contains(":00:01.0 [15b3:101a] found"))
+    };
+    let mut failing = Vec::new();
+    for seed in 0..20 {
+        let mut host = SimHost::new(config(Teardown::AtEjectionComplete), seed, script());
+        let outcome = Session::spawn(DriverVersion::Debian5_10)
+            .unwrap()
+            .run(&mut host)
+            .unwrap();
+        assert!(
+            matches!(outcome.ending, Ending::Done { .. }),
+            "{:#?}",
+            host.log
+        );
+        if !host.unusable.is_empty() || !found(&host) {
+            failing.push(seed);
+        }
+    }
+    assert!(!failing.is_empty(), "5.10 never reached C4");
+
+    for seed in 0..20 {
+        let mut host = SimHost::new(config(Teardown::AtEjectionComplete), seed, script());
+        let outcome = Session::spawn(DriverVersion::Debian6_1)
+            .unwrap()
+            .run(&mut host)
+            .unwrap();
+        assert_eq!(outcome.ending, Ending::Done { leaks: 0 }, "{:#?}", host.log);
+        assert!(host.unusable.is_empty(), "seed {seed}: {:?}", host.unusable);
+        assert!(
+            found(&host),
+            "seed {seed}: {:#?} {:x?}",
+            host.log,
+            host.sent
         );
     }
 }

@@ -28,6 +28,8 @@ struct kshim_pci_dev {
 	u64 bar_addr[PCI_STD_NUM_BARS];
 	u64 bar_size[PCI_STD_NUM_BARS];
 	bool bar_64[PCI_STD_NUM_BARS];
+	/* The BAR was placed inside a bridge window (a claimed resource). */
+	bool bar_assigned[PCI_STD_NUM_BARS];
 	u8 msi_cap;
 	u8 msix_cap;
 	/* Test endpoint state. */
@@ -406,6 +408,7 @@ void pci_bus_assign_resources(const struct pci_bus *cbus)
 					continue;
 				}
 				kd->bar_addr[i] = at;
+				kd->bar_assigned[i] = true;
 				next[high] = at + size;
 				cfg_write(bus, pdev->devfn, PCI_BASE_ADDRESS_0 + 4 * i, 4,
 					  (u32)at);
@@ -418,12 +421,21 @@ void pci_bus_assign_resources(const struct pci_bus *cbus)
 }
 
 /* ---- the test endpoint driver: MSI/MSI-X in probe, a BAR read in remove ---- */
-static void endpoint_probe(struct kshim_pci_dev *kd)
+/* Binds the test driver; false if its probe failed (the device stays without a driver). */
+static bool endpoint_probe(struct kshim_pci_dev *kd)
 {
 	struct pci_dev *pdev = &kd->pdev;
 	u32 cmd;
 	int n;
 
+	/* pci_enable_device -> pci_enable_resources: every BAR must have been assigned. */
+	for (int i = 0; i < PCI_STD_NUM_BARS; i++) {
+		if (kd->bar_size[i] && !kd->bar_assigned[i]) {
+			kshim_event(EV_NOTE, "endpoint %02x.%d: can't enable device: BAR %d not assigned",
+				    PCI_SLOT(pdev->devfn), PCI_FUNC(pdev->devfn), i);
+			return false;
+		}
+	}
 	kshim_event(EV_NOTE, "endpoint probe %02x.%d", PCI_SLOT(pdev->devfn),
 		    PCI_FUNC(pdev->devfn));
 	cfg_read(pdev->bus, pdev->devfn, PCI_COMMAND, 2, &cmd);
@@ -434,11 +446,12 @@ static void endpoint_probe(struct kshim_pci_dev *kd)
 	n = kshim_pci_alloc_irq_vectors(pdev, kshim_endpoint.nvec, kshim_endpoint.msix);
 	if (n < 0) {
 		kshim_event(EV_NOTE, "endpoint: no interrupt vectors (%d)", n);
-		return;
+		return true;
 	}
 	kd->nvec = n;
 	for (int i = 0; i < n; i++)
 		kshim_request_irq(pdev, i);
+	return true;
 }
 
 static void endpoint_remove(struct kshim_pci_dev *kd)
@@ -476,8 +489,7 @@ void pci_bus_add_devices(const struct pci_bus *cbus)
 		if (kd->added)
 			continue;
 		kd->added = true;
-		kd->bound = true;
-		endpoint_probe(kd);
+		kd->bound = endpoint_probe(kd);
 	}
 }
 
