@@ -54,7 +54,7 @@ fn check_all(scenario: &petri::scenario::Scenario) {
 /// Every built-in scenario file parses.
 #[test]
 fn builtins_parse() {
-    assert_eq!(catalogue().len(), 10);
+    assert_eq!(catalogue().len(), 11);
 }
 
 #[test]
@@ -96,4 +96,8 @@ fn drop_then_eject() {
 #[test]
 fn hostile_host() {
     run("hostile-host");
+}
+#[test]
+fn chaos() {
+    run("chaos");
 }

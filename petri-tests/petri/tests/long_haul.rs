@@ -25,6 +25,7 @@ fn spec(model: KernelModel) -> VmSpec {
             max_time: Duration::from_secs(1_000_000),
         },
         record: false,
+        chaos: None,
         safeguards: vpci_relay::Safeguards::ALL_ON,
     }
 }

@@ -9,6 +9,7 @@
 //! The same chooser choices always give the same run.
 
 mod bus;
+mod chaos;
 mod env;
 
 use crate::outcome::{Outcome, RunResult};
@@ -24,6 +25,7 @@ use std::time::Duration;
 use vpci_relay::{RelayConfig, VirtualClock};
 
 pub use bus::describe;
+pub use chaos::ChaosSpec;
 
 /// Bounds that end a run that would not end by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct VmSpec {
     pub limits: RunLimits,
     /// Whether to record the message trace (charts and replays need it; exploration not).
     pub record: bool,
+    /// A host that acts at random moments (besides its script), if any.
+    pub chaos: Option<ChaosSpec>,
     /// The relay's safeguards (test builds only: every one is on otherwise).
     #[cfg(feature = "safeguard-switches")]
     pub safeguards: vpci_relay::Safeguards,
@@ -81,6 +85,7 @@ pub struct Vm {
     limits: RunLimits,
     trace: Option<Trace>,
     steps: u64,
+    chaos: Option<chaos::Chaos>,
 }
 
 impl Vm {
@@ -125,6 +130,7 @@ impl Vm {
             limits: spec.limits,
             trace: spec.record.then(Trace::default),
             steps: 0,
+            chaos: spec.chaos.map(chaos::Chaos::new),
         })
     }
 
@@ -250,9 +256,13 @@ impl Vm {
                 return None;
             }
             let runnable = self.runnable();
+            let stuck = runnable.is_empty() || self.only_spinning(&runnable);
+            if self.chaos_acts(stuck) {
+                continue;
+            }
             // With nothing to run, or only drivers busy-polling for a reply nothing will
             // bring (runnable forever), only time (a host delay, a relay timer) can help.
-            if runnable.is_empty() || self.only_spinning(&runnable) {
+            if stuck {
                 match self.next_deadline() {
                     Some(t) if t <= self.limits.max_time => {
                         self.advance_to(t);
@@ -290,6 +300,28 @@ impl Vm {
             }
             self.pump();
         }
+    }
+
+    /// Lets the chaotic host act, if it does now; returns whether it did.
+    fn chaos_acts(&mut self, stuck: bool) -> bool {
+        let Some(chaos) = self.chaos.as_mut() else {
+            return false;
+        };
+        if !chaos.acts_now(stuck) {
+            return false;
+        }
+        let index = chaos.bus(self.buses.len());
+        let Some(bus) = self.buses.get_mut(index) else {
+            return false;
+        };
+        let action = chaos.action(&bus.host);
+        let label = format!("bus {index}: chaos {action:?}");
+        // An action the host refuses (a slot it does not have) is just not taken.
+        let _ = bus.host.act(self.now, action);
+        bus.relay_dirty = true;
+        self.note(Lane::Host, Lane::Host, label, Mark::None);
+        self.pump();
+        true
     }
 
     /// Has the host of bus `bus` carry out `action` now (a hot-add, an eject...).
