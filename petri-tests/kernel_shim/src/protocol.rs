@@ -439,6 +439,11 @@ pub enum Command {
     },
     /// `cleanup_module()`, the leak report, then exit.
     Exit,
+    /// Fault injection: the `nth` allocation from now fails (0 cancels).
+    FailAlloc {
+        /// Which allocation, counting from 1.
+        nth: u32,
+    },
 }
 
 impl Command {
@@ -452,6 +457,7 @@ impl Command {
             Command::Resume { .. } => 5,
             Command::Exit => 6,
             Command::Endpoint { .. } => 7,
+            Command::FailAlloc { .. } => 8,
         }
     }
 }
@@ -531,6 +537,7 @@ impl ControllerFrame {
                         p.extend_from_slice(&nvec.to_le_bytes());
                         p.extend_from_slice(&u32::from(*msix).to_le_bytes());
                     }
+                    Command::FailAlloc { nth } => p.extend_from_slice(&nth.to_le_bytes()),
                     _ => {}
                 }
                 C_COMMAND

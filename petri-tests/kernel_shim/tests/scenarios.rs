@@ -79,7 +79,7 @@ fn wrong_completion_id_crashes_5_10_only() {
     );
 }
 
-/// Resolves an `exe+0x...` leak site to the innermost function with addr2line.
+/// Resolves an `exe+0x...` allocation site to the innermost function with addr2line.
 fn leak_function(version: DriverVersion, text: &str) -> String {
     let offset = text.rsplit("exe+").next().unwrap().trim();
     let offset = u64::from_str_radix(offset.trim_start_matches("0x"), 16).unwrap();
@@ -290,5 +290,89 @@ fn late_completion_after_timeout_hits_a_dead_stack_frame_on_5_10() {
                 );
             }
         }
+    }
+}
+
+/// Fault injection over the whole probe: for each n, the n-th allocation after init fails.
+/// Neither driver crashes or trips a WARN or BUG, but both have real error-path defects:
+/// - when the channel callback cannot allocate the relations record or its work item
+///   (GFP_NOWAIT), the BUS_RELATIONS is dropped and the probe waits for its survey forever
+///   (until a rescind);
+/// - any failure after the survey (D0 entry, MMIO, RESOURCES_ASSIGNED, the root bus) leaks
+///   the child that query-relations created (`new_pcichild_device`), and 5.10 also leaks its
+///   bridge-window resource entries (its error path never frees `resources_for_children`;
+///   6.1's windows belong to a devres-managed bridge).
+#[test]
+fn allocation_failures_during_probe_hang_or_leak() {
+    for version in DriverVersion::ALL {
+        let (mut hangs, mut leaking_runs) = (0, 0);
+        for nth in 1.. {
+            let script = vec![
+                Step::Command(Command::Init),
+                Step::Command(Command::FailAlloc { nth }),
+                Step::Command(Command::Probe {
+                    bus: 0,
+                    instance: INSTANCE,
+                }),
+                Step::Command(Command::Remove { bus: 0 }),
+                Step::Command(Command::Exit),
+            ];
+            let faults = Faults {
+                time_limit_ns: Some(30 * SECOND),
+                ..Faults::default()
+            };
+            let (host, outcome) = run(version, 0, script, faults);
+            let injected: Vec<&String> = host
+                .events
+                .iter()
+                .filter(|(_, t)| t.starts_with("injected allocation failure"))
+                .map(|(_, t)| t)
+                .collect();
+            let [injected] = injected.as_slice() else {
+                // The probe, remove and exit made fewer than nth allocations: done.
+                assert!(nth > 10, "{version:?}: only {nth} allocations");
+                break;
+            };
+            let trouble: Vec<_> = host
+                .events
+                .iter()
+                .filter(|(k, _)| matches!(k, EventKind::Warn | EventKind::Bug))
+                .collect();
+            assert!(trouble.is_empty(), "{version:?} n={nth}: {trouble:?}");
+            match &outcome.ending {
+                Ending::Stopped(why) if why.starts_with("hang") => {
+                    let site = leak_function(version, injected);
+                    assert!(
+                        [
+                            "hv_pci_devices_present",
+                            "hv_pci_devices_present2",
+                            "hv_pci_start_relations_work"
+                        ]
+                        .contains(&site.as_str()),
+                        "{version:?} n={nth}: a hang after failing {injected} in {site}"
+                    );
+                    hangs += 1;
+                }
+                Ending::Done { leaks: 0 } => {}
+                Ending::Done { .. } => {
+                    leaking_runs += 1;
+                    for (_, leak) in host.events.iter().filter(|(k, _)| *k == EventKind::Leak) {
+                        let child = leak_function(version, leak) == "new_pcichild_device";
+                        let window = version == DriverVersion::Debian5_10
+                            && leak.contains("after pci_add_resource");
+                        assert!(child || window, "{version:?} n={nth}: {leak}");
+                    }
+                }
+                other => panic!(
+                    "{version:?} n={nth} ({injected}): {other:?} {:#?}",
+                    host.log
+                ),
+            }
+        }
+        assert_eq!(
+            hangs, 2,
+            "{version:?}: the relations record and its work item"
+        );
+        assert!(leaking_runs > 0, "{version:?}");
     }
 }

@@ -155,6 +155,12 @@ static int run_command(const struct command *c)
 				      (u32)c->arg[3] << 24;
 		kshim_endpoint.msix = c->arg[4] != 0;
 		return 0;
+	case CMD_FAIL_ALLOC:
+		if (c->len < 4)
+			return -EINVAL;
+		kshim_fail_alloc(c->arg[0] | c->arg[1] << 8 | c->arg[2] << 16 |
+				 (u32)c->arg[3] << 24);
+		return 0;
 	case CMD_EXIT: {
 		struct kshim_wbuf w;
 

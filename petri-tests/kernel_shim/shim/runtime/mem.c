@@ -23,6 +23,8 @@ struct alloc_rec {
 	void *ptr;
 	size_t size;
 	void *site;
+	/* The shim call made just before (the runtime function that allocated, if any). */
+	const char *call;
 	bool freed;
 };
 
@@ -54,13 +56,27 @@ static unsigned long site_offset(const void *site)
 	return (unsigned long)((const char *)site - __executable_start);
 }
 
+/* Fault injection: counts down to the allocation that fails. */
+static u32 fail_countdown;
+
+void kshim_fail_alloc(u32 n)
+{
+	fail_countdown = n;
+}
+
 static void *alloc(size_t size, gfp_t flags, void *site)
 {
+	const char *call = kshim_last_call;
 	size_t align = 16;
 	struct alloc_rec *r;
 	void *p;
 
 	KSHIM_CALL("kmalloc");
+	if (fail_countdown && --fail_countdown == 0) {
+		kshim_event(EV_NOTE, "injected allocation failure: %zu bytes at exe+%#lx", size,
+			    site_offset(site));
+		return NULL;
+	}
 	if (size && (size & (size - 1)) == 0)
 		align = size > PAGE_SIZE ? PAGE_SIZE : (size < 16 ? 16 : size);
 	p = kshim_os_alloc(size, align);
@@ -71,6 +87,7 @@ static void *alloc(size_t size, gfp_t flags, void *site)
 	r->ptr = p;
 	r->size = size;
 	r->site = site;
+	r->call = call;
 	r->freed = false;
 	r->next = buckets[bucket_of(p)];
 	buckets[bucket_of(p)] = r;
@@ -124,8 +141,8 @@ u32 kshim_leak_report(void)
 		if (r->freed)
 			continue;
 		leaks++;
-		kshim_event(EV_LEAK, "%zu bytes allocated at exe+%#lx", r->size,
-			    site_offset(r->site));
+		kshim_event(EV_LEAK, "%zu bytes allocated after %s at exe+%#lx", r->size,
+			    r->call ? r->call : "?", site_offset(r->site));
 	}
 	return leaks;
 }
@@ -244,7 +261,8 @@ char *kasprintf(gfp_t gfp, const char *fmt, ...)
 	if (n >= (int)sizeof(tmp))
 		kshim_internal_error("kasprintf result too long");
 	s = alloc(n + 1, gfp, __builtin_return_address(0));
-	memcpy(s, tmp, n + 1);
+	if (s)
+		memcpy(s, tmp, n + 1);
 	return s;
 }
 

@@ -56,9 +56,10 @@ static struct kshim_pci_dev *kdev(struct pci_dev *pdev)
 /* ---- resource lists (drivers/pci/bus.c, kernel/resource.c) ---- */
 void pci_add_resource(struct list_head *resources, struct resource *res)
 {
-	struct resource_entry *e = kzalloc(sizeof(*e), GFP_KERNEL);
+	struct resource_entry *e;
 
 	KSHIM_CALL("pci_add_resource");
+	e = kzalloc(sizeof(*e), GFP_KERNEL);
 	if (!e) {
 		printk(KERN_ERR "PCI: can't add host bridge window %pR\n", res);
 		return;

@@ -99,6 +99,8 @@ void kshim_command_push(u32 cmd, u32 bus, const u8 *arg, u32 len);
 
 /* ---- memory (mem.c) ---- */
 u32 kshim_leak_report(void);
+/* Makes the n-th allocation from now fail (0: none), as fault injection. */
+void kshim_fail_alloc(u32 n);
 int kshim_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 
 /* ---- MMIO (vmbus.c) ---- */

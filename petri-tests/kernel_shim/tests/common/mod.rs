@@ -194,6 +194,8 @@ pub struct Faults {
     /// Leave the first BUS_D0EXIT unanswered until the guest's command that sent it has
     /// returned, then complete it with the id the guest gave.
     pub late_first_d0exit: bool,
+    /// End the run as a hang once virtual time passes this.
+    pub time_limit_ns: Option<u64>,
 }
 
 impl Host {
@@ -384,6 +386,9 @@ impl Host {
         self.points += 1;
         if self.points > MAX_POINTS {
             return Action::Stop(format!("livelock: {MAX_POINTS} scheduling points"));
+        }
+        if self.faults.time_limit_ns.is_some_and(|t| sched.now_ns > t) {
+            return Action::Stop(format!("hang: still running at {} ns", sched.now_ns));
         }
         if let Some(at) = self.faults.rescind_at_ns {
             if !self.rescinded && sched.now_ns >= at {
