@@ -636,3 +636,32 @@ fn hot_add_during_probe_is_harmless_through_the_relay() {
         }
     }
 }
+
+/// host_sim ejects slot 0 as soon as the guest asks for the bus relations, before the guest
+/// has linked the function as a child. Both real drivers drop an EJECT for a slot they do not
+/// know yet, so direct the host is left waiting for an EJECTION_COMPLETE that never comes
+/// (Hyper-V would remove the device by force after 60 s, under a guest that then finds it).
+/// Through the relay the eject never gets lost: the relay answers it (the function was never
+/// shown to the guest, or is shown and ejected once settled).
+#[test]
+fn eject_before_the_child_is_known_is_lost_only_direct() {
+    let script = || {
+        probe_idle_remove(Step::HostOnMessage(
+            0x4249_0001, // QUERY_BUS_RELATIONS
+            HostAction::Eject { slot: 0 },
+        ))
+    };
+    for version in DriverVersion::ALL {
+        for seed in 0..4 {
+            let (rig, ending) = run(version, false, seed, script());
+            assert_eq!(ending, Ending::Done { leaks: 0 }, "{:#?}", rig.log);
+            assert!(rig.host.eject_outstanding(WinSlot::from_raw(0)));
+            assert!(!rig.guest_ejected);
+
+            let (rig, ending) = run(version, true, seed, script());
+            assert_eq!(ending, Ending::Done { leaks: 0 }, "{:#?}", rig.log);
+            assert!(!rig.host.eject_outstanding(WinSlot::from_raw(0)));
+            assert!(rig.broken.is_empty() && rig.faults.is_empty() && rig.trouble.is_empty());
+        }
+    }
+}
