@@ -576,14 +576,12 @@ fn eject_during_scan_is_harmless_through_the_relay() {
     }
 }
 
-/// While the relay holds an eject it answers the function's config space from its copy and
-/// drops writes, so a guest that sizes the BARs then (the scan of a probe path) reads back
-/// the old BAR values instead of the size mask, computes a BAR the windows cannot hold, and
-/// its driver cannot enable the device. The function should look normal until the guest is
-/// told: the copy needs to answer BAR sizing from the sizes QUERY_RESOURCE_REQUIREMENTS
-/// reported (or forward while the host still backs the device).
+/// While the relay holds an eject of a device the host has torn down, it answers the
+/// function's config space from its copy, and the copy takes writes as the device would: a
+/// guest that sizes the BARs then (the scan of a probe path) reads back the size masks
+/// QUERY_RESOURCE_REQUIREMENTS reported, and its driver can enable the device. (Before the
+/// relay kept writes, both real drivers read back the old BAR values and could not.)
 #[test]
-#[ignore = "vpci_relay: BAR sizing during a held eject reads a bogus size (see kernel_shim report)"]
 fn held_eject_keeps_bar_sizing_working() {
     for version in DriverVersion::ALL {
         let (rig, _) = run(version, true, 0, eject_during_scan());

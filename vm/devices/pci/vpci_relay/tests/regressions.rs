@@ -438,3 +438,60 @@ fn repeated_eject_keeps_the_slots_new_function() {
     );
     assert_eq!(last_guest_relations(&bus), [new_identity(1)]);
 }
+
+/// While an eject is held and the device is gone, config writes land in the relay's copy as
+/// the device would take them: a driver sizing BAR0 (all ones written, size mask read back,
+/// then the address written) sees what a device would show, so it can still enable the
+/// function. (The real Linux drivers, run in user space, could not before.)
+#[test]
+fn held_eject_keeps_bar_sizing_working() {
+    let mut bus = Bus::installed_with(&[1]);
+    bus.guest_requests(qrr(1)); // keep the function busy, so the eject is held
+    bus.host_sends(eject(1));
+    assert_eq!(bus.guest_ejects(), Vec::<WinSlot>::new(), "held");
+    let write = |value| ConfigAccess::Write {
+        slot: slot(1),
+        offset: 0x10,
+        len: 4,
+        value,
+    };
+    let read = ConfigAccess::Read {
+        slot: slot(1),
+        offset: 0x10,
+        len: 4,
+    };
+    let now = bus.now;
+    assert_eq!(
+        bus.relay.handle_config_access(now, write(u32::MAX)),
+        ConfigAction::Drop
+    );
+    // requirements_reply() probes BAR0 as 0xffff_c000: 16 KiB of 32-bit memory.
+    assert_eq!(
+        bus.relay.handle_config_access(now, read),
+        ConfigAction::Answer(0xffff_c000)
+    );
+    bus.relay.handle_config_access(now, write(0xfe01_2345));
+    assert_eq!(
+        bus.relay.handle_config_access(now, read),
+        ConfigAction::Answer(0xfe01_0000)
+    );
+    // An unimplemented BAR stays zero.
+    let bar1 = ConfigAccess::Read {
+        slot: slot(1),
+        offset: 0x14,
+        len: 4,
+    };
+    bus.relay.handle_config_access(
+        now,
+        ConfigAccess::Write {
+            slot: slot(1),
+            offset: 0x14,
+            len: 4,
+            value: u32::MAX,
+        },
+    );
+    assert_eq!(
+        bus.relay.handle_config_access(now, bar1),
+        ConfigAction::Answer(0)
+    );
+}

@@ -56,6 +56,7 @@ impl BusRelay {
         };
         let host_up = self.host == HostLink::Up;
         let shield = self.safeguards.removal_shield;
+        let limit = self.config.limits.max_config_cache;
         self.guest.touch(now);
         let action = match self.functions.get_mut(slot) {
             Some(f) if f.guest_visible() => {
@@ -71,6 +72,11 @@ impl BusRelay {
                     };
                     ConfigAction::Answer(extract(dword, offset, len))
                 } else {
+                    // The device is gone: the write lands in the relay's copy, as the device
+                    // would have taken it (a driver sizing its BARs reads the sizes back).
+                    if let ConfigAccess::Write { value, .. } = access {
+                        f.shadow_write(offset, len, value, limit);
+                    }
                     ConfigAction::Drop
                 }
             }
