@@ -3,9 +3,10 @@
 //!
 //! In an OpenHCL-style paravisor every vPCI bus the host offers arrives as a VMBus channel;
 //! the paravisor offers the guest a channel of its own for it and relays between the two.
-//! [`RelayService::add_bus`] takes such a pair and starts the bus. Buses share no thread,
-//! executor, lock or queue (guarantee 6 of the relay): a guest stuck on one bus cannot delay
-//! another, and buses probe concurrently.
+//! [`RelayService::add_bus`] takes such a pair, with the VMM's [`BarControl`] for the bus's
+//! BAR and config-space backing, and starts the bus. Buses share no thread, executor, lock or
+//! queue (guarantee 6 of the relay): a guest stuck on one bus cannot delay another, and buses
+//! probe concurrently.
 //!
 //! The process binary that opens the real channels arrives with the simulated host; this crate
 //! is the part of it that is independent of where the channels come from.
@@ -16,8 +17,7 @@ use futures::executor::block_on;
 use inspect::Node;
 use std::thread::JoinHandle;
 use vmbus_channel::Channel;
-use vpci_relay::driver::RecordedBacking;
-use vpci_relay::{BusDriver, BusPort, BusRelay, DriverExit, RelayConfig, SystemClock};
+use vpci_relay::{BarControl, BusDriver, BusPort, BusRelay, DriverExit, RelayConfig, SystemClock};
 
 /// One running bus.
 #[derive(Debug)]
@@ -40,21 +40,29 @@ impl RelayService {
     }
 
     /// Starts relaying one bus between its host-facing and guest-facing channels, on a new
-    /// thread named after the bus. BAR backing changes are recorded (the memory-mapping side
-    /// of the paravisor plugs in here).
-    pub fn add_bus<H, G>(&mut self, config: RelayConfig, host: H, guest: G) -> std::io::Result<()>
+    /// thread named after the bus.
+    ///
+    /// `bars` is the VMM's memory-mapping side for this bus: the driver calls its
+    /// [`BarControl::map_device`], [`BarControl::map_shield`] and [`BarControl::unmap`] as the
+    /// relay decides, on the bus's thread. It is a value rather than a factory because the
+    /// caller knows the bus (its MMIO ranges, its config window) when it adds it; it moves to
+    /// the bus's thread, so buses share no backing object unless the caller puts shared state
+    /// inside one (which guarantee 6 asks it not to lock across buses).
+    pub fn add_bus<H, G, B>(
+        &mut self,
+        config: RelayConfig,
+        host: H,
+        guest: G,
+        bars: B,
+    ) -> std::io::Result<()>
     where
         H: Channel + Send + 'static,
         G: Channel + Send + 'static,
+        B: BarControl + Send + 'static,
     {
         let name = config.name.clone();
-        let (mut driver, port) = BusDriver::new(
-            BusRelay::new(config),
-            host,
-            guest,
-            SystemClock::new(),
-            RecordedBacking::default(),
-        );
+        let (mut driver, port) =
+            BusDriver::new(BusRelay::new(config), host, guest, SystemClock::new(), bars);
         let thread_name = name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vpci-{name}"))
@@ -68,8 +76,9 @@ impl RelayService {
         Ok(())
     }
 
-    /// The inspect tree of every bus, by name. A bus whose driver has stopped shows as
-    /// `"stopped"`.
+    /// The inspect tree of every bus, by name (each as [`BusPort::inspect`] gives it: the
+    /// relay's tree with the driver's counters under `driver`). A bus whose driver has
+    /// stopped shows as `"stopped"`.
     pub fn inspect(&mut self) -> Node {
         let mut root = Node::dir();
         for bus in &mut self.buses {

@@ -2,7 +2,10 @@
 
 #![forbid(unsafe_code)]
 
+mod commands;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use petri::scenario::GuestKind;
 use std::process::ExitCode;
 use vpci_protocol::{ProtocolVersion, Sender};
 
@@ -16,6 +19,68 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the race catalogue on both guest models, directly and through the relay, and print
+    /// the table of failures per schedules explored.
+    Demo {
+        /// Schedules per scenario and column (default: each scenario's own number).
+        #[arg(long)]
+        schedules: Option<u64>,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print one JSON object per scenario and column instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the built-in scenarios.
+    List,
+    /// Run a scenario (built-in name or TOML file) over many schedules.
+    Run {
+        /// A built-in scenario's name, or a scenario file.
+        scenario: String,
+        /// Only this guest (`6.2` or `6.3`); both if not given.
+        #[arg(long, value_parser = parse_guest)]
+        guest: Option<GuestKind>,
+        /// Only through the relay.
+        #[arg(long, conflicts_with = "direct")]
+        relay: bool,
+        /// Only without the relay.
+        #[arg(long)]
+        direct: bool,
+        /// Schedules to explore (default: the scenario's own number).
+        #[arg(long)]
+        schedules: Option<u64>,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Walk the choice tree depth first instead of drawing seeded schedules.
+        #[arg(long)]
+        systematic: bool,
+        /// Print one JSON object per run set.
+        #[arg(long)]
+        json: bool,
+        /// Write a message sequence chart (SVG) of one run: the first failing schedule, or
+        /// the first seed if none fails. Needs one guest and one mode.
+        #[arg(long, value_name = "FILE")]
+        chart: Option<String>,
+    },
+    /// Replay one seed of a scenario step by step.
+    Replay {
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// A built-in scenario's name, or a scenario file.
+        scenario: String,
+        /// The guest (`6.2` or `6.3`).
+        #[arg(long, value_parser = parse_guest, default_value = "6.2")]
+        guest: GuestKind,
+        /// Through the relay (direct if not given).
+        #[arg(long)]
+        relay: bool,
+        /// Also write the run's message sequence chart (SVG).
+        #[arg(long, value_name = "FILE")]
+        chart: Option<String>,
+    },
     /// Decode one vPCI payload (the bytes after the VMBus packet descriptor) and print it as
     /// one JSON object.
     Decode {
@@ -65,6 +130,10 @@ enum From {
     Guest,
 }
 
+fn parse_guest(s: &str) -> Result<GuestKind, String> {
+    GuestKind::parse(s).ok_or_else(|| format!("unknown guest {s:?} (expected 6.2 or 6.3)"))
+}
+
 fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
     s.parse()
         .map_err(|e: vpci_protocol::ParseVersionError| e.to_string())
@@ -80,6 +149,43 @@ fn sender(from: From) -> Sender {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo {
+            schedules,
+            seed,
+            json,
+        } => commands::demo(schedules, seed, json),
+        Command::List => commands::list(),
+        Command::Run {
+            scenario,
+            guest,
+            relay,
+            direct,
+            schedules,
+            seed,
+            systematic,
+            json,
+            chart,
+        } => commands::run(commands::RunArgs {
+            scenario,
+            guest,
+            mode: match (relay, direct) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            schedules,
+            seed,
+            systematic,
+            json,
+            chart,
+        }),
+        Command::Replay {
+            seed,
+            scenario,
+            guest,
+            relay,
+            chart,
+        } => commands::replay(&scenario, guest, relay, seed, chart.as_deref()),
         Command::Ring {
             command:
                 RingCommand::Dump {

@@ -48,10 +48,20 @@ pub struct Limits {
     /// waits inside that entry), so it never holds more than the 256 slots the wire can name,
     /// whatever the host sends.
     pub max_functions: usize,
-    /// The most guest requests outstanding at the host at once.
+    /// The most guest requests outstanding at the host at once (requests the relay has
+    /// answered itself never count), and the most host requests outstanding at the guest.
     pub max_outstanding_requests: usize,
+    /// The most requests answered locally that the relay remembers, so that the host's late
+    /// completion of one is recognised as late (older ones are forgotten first; a completion
+    /// for a forgotten one is counted and dropped, never forwarded).
+    pub max_remembered_answers: usize,
     /// The most config-space dwords remembered per function for the removal shield.
     pub max_config_cache: usize,
+    /// The most steps the relay takes after one input (each delivers, finishes or answers
+    /// something). A correct relay stays far below; reaching it is counted
+    /// ([`Counters::progress_stalls`](crate::Counters)) and the relay resumes at the next
+    /// input, so a logic error can never become a hang.
+    pub max_progress_steps: usize,
 }
 
 impl Default for Limits {
@@ -59,7 +69,9 @@ impl Default for Limits {
         Self {
             max_functions: 32,
             max_outstanding_requests: 256,
+            max_remembered_answers: 256,
             max_config_cache: 1024,
+            max_progress_steps: 1024,
         }
     }
 }

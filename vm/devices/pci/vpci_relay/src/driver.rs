@@ -10,6 +10,7 @@
 use crate::{Backing, BusRelay, ConfigAccess, ConfigAction, RelayEvent, Transmit};
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
+use inspect::Inspect;
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -125,24 +126,49 @@ impl Clock for VirtualClock {
     }
 }
 
-/// Carries out backing changes for a function's BARs and config space (map the device, map
-/// the shield, unmap).
+/// The memory-mapping side of a bus, implemented by the VMM: what backs each function's
+/// BARs and config space for the guest.
+///
+/// The driver turns each backing change the relay decides ([`BusRelay::poll_backing`]) into
+/// one call, in the relay's order, on the bus's own task (so an implementation for one bus
+/// is never called from another bus's task). For one function the calls follow its life:
+/// [`map_device`](Self::map_device) when the guest is told of it,
+/// [`map_shield`](Self::map_shield) when the host removes it while the guest still holds it,
+/// and [`unmap`](Self::unmap) once the guest has let it go. When the driver stops, slots
+/// still mapped stay as they are; tearing down the bus is the VMM's business. The calls cannot fail: whatever
+/// happens inside, an implementation must never leave a slot the guest still holds unbacked
+/// (guarantee 8; OpenVMM issue #3077 is a guest that faulted reading such a BAR).
 pub trait BarControl {
-    /// Back `slot` as `backing` from now on.
-    fn set_backing(&mut self, slot: WinSlot, backing: Backing);
+    /// The function in `slot` is being shown to the guest: from now on the guest's accesses
+    /// to its BARs reach the device, and its config-space accesses (through the config
+    /// window, after [`BusPort::access`] says [`ConfigAction::Forward`]) reach the device's
+    /// config space.
+    fn map_device(&mut self, slot: WinSlot);
+
+    /// The host has removed the function in `slot` but the guest still holds it: replace
+    /// the device's mapping by the shield, with no moment in between where the BARs are
+    /// unbacked. Under the shield BAR reads return all ones and BAR writes are dropped; the
+    /// device is not touched any more. Config-space accesses keep going through
+    /// [`BusPort::access`], which answers reads from the relay's copy and drops writes.
+    fn map_shield(&mut self, slot: WinSlot);
+
+    /// The guest has let the function in `slot` go (it sent EJECTION_COMPLETE): nothing
+    /// backs the slot's BARs any more and the VMM may reclaim their ranges. The relay
+    /// answers config reads for the slot as for an absent function.
+    fn unmap(&mut self, slot: WinSlot);
 }
 
-/// A `BarControl` that only records (for tests, and buses whose BARs the paravisor does not
-/// map).
-#[derive(Clone, Debug, Default)]
-pub struct RecordedBacking(pub Arc<Mutex<Vec<(WinSlot, Backing)>>>);
+impl<B: BarControl + ?Sized> BarControl for Box<B> {
+    fn map_device(&mut self, slot: WinSlot) {
+        (**self).map_device(slot)
+    }
 
-impl BarControl for RecordedBacking {
-    fn set_backing(&mut self, slot: WinSlot, backing: Backing) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((slot, backing));
+    fn map_shield(&mut self, slot: WinSlot) {
+        (**self).map_shield(slot)
+    }
+
+    fn unmap(&mut self, slot: WinSlot) {
+        (**self).unmap(slot)
     }
 }
 
@@ -198,7 +224,9 @@ impl BusPort {
         rx.await.ok()
     }
 
-    /// The bus's inspect tree as the driver sees it now. `None` if the driver has stopped.
+    /// The bus's inspect tree as the driver sees it now ([`BusDriver::inspect_tree`]: the
+    /// relay's tree plus a `driver` child with the [`DriverCounters`]). `None` if the driver
+    /// has stopped.
     pub async fn inspect(&mut self) -> Option<inspect::Node> {
         let (tx, rx) = oneshot::channel();
         futures::SinkExt::send(&mut self.tx, ConfigRequest::Inspect(tx))
@@ -222,6 +250,25 @@ impl BusPort {
     }
 }
 
+/// What the driver counts itself: packets a channel refused, which the relay never sees.
+///
+/// A packet the host's channel rejects on *receive* is not here: that is the host breaking
+/// the transport's rules, which the relay handles (and counts as `PacketFault::Transport`)
+/// by taking the host's bus away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Inspect)]
+pub struct DriverCounters {
+    /// Packets for the host that its channel refused on send (`ChannelError::Packet`: too
+    /// large for its limits, or of a kind it cannot carry). Each was dropped; nothing reached
+    /// the host, and the host link stayed up.
+    pub host_send_rejected: u64,
+    /// Packets for the guest that its channel refused on send; each was dropped, and the
+    /// guest channel stayed open.
+    pub guest_send_rejected: u64,
+    /// Packets from the guest that its channel rejected on receive (`ChannelError::Packet`:
+    /// consumed and dropped by the channel, never seen by the relay).
+    pub guest_recv_rejected: u64,
+}
+
 /// How many packets may wait for one side before the driver stops reading from the other
 /// (so a peer that does not drain its channel cannot make the relay queue without bound).
 const MAX_QUEUED: usize = 64;
@@ -240,6 +287,7 @@ pub struct BusDriver<H, G, C, B> {
     close_guest: bool,
     timer: Option<(Duration, Sleep)>,
     on_event: Box<dyn FnMut(&RelayEvent) + Send>,
+    counters: DriverCounters,
 }
 
 impl<H, G, C, B> BusDriver<H, G, C, B>
@@ -249,8 +297,8 @@ where
     C: Clock,
     B: BarControl,
 {
-    /// A driver for `relay` between the host and guest channels of one bus. Returns it with
-    /// the handle the config-window trap uses.
+    /// A driver for `relay` between the host and guest channels of one bus, carrying out
+    /// backing changes on `bars`. Returns it with the handle the config-window trap uses.
     pub fn new(relay: BusRelay, host: H, guest: G, clock: C, bars: B) -> (Self, BusPort) {
         let (tx, config_rx) = mpsc::channel(16);
         let driver = Self {
@@ -266,6 +314,7 @@ where
             close_guest: false,
             timer: None,
             on_event: Box::new(|_| {}),
+            counters: DriverCounters::default(),
         };
         (driver, BusPort { tx })
     }
@@ -279,6 +328,20 @@ where
     /// The relay, for inspection.
     pub fn relay(&self) -> &BusRelay {
         &self.relay
+    }
+
+    /// What the driver itself has counted (packets the channels refused).
+    pub fn counters(&self) -> &DriverCounters {
+        &self.counters
+    }
+
+    /// The bus's inspect tree: the relay's tree, with the driver's counters added as its
+    /// `driver` child (so every path of the relay's own tree stays where it was).
+    pub fn inspect_tree(&self) -> inspect::Node {
+        inspect::Node::dir()
+            .merge("relay", inspect::Inspect::inspect(&self.relay))
+            .field("driver", &self.counters)
+            .build()
     }
 
     /// Runs the bus until the guest channel ends.
@@ -295,11 +358,80 @@ where
             }
         }
         while let Some((slot, backing)) = self.relay.poll_backing() {
-            self.bars.set_backing(slot, backing);
+            match backing {
+                Backing::Device => self.bars.map_device(slot),
+                Backing::Shield => self.bars.map_shield(slot),
+                Backing::Released => self.bars.unmap(slot),
+            }
         }
         while let Some(e) = self.relay.poll_event() {
             (self.on_event)(&e);
         }
+    }
+
+    /// Sends queued host packets until the channel has no room; true if anything changed (a
+    /// packet sent or dropped, or the host link ended).
+    ///
+    /// A `ChannelError::Packet` means nothing was sent and the channel is still usable: that
+    /// one packet is dropped and counted. A closed or revoked channel is the host's rescind;
+    /// any other error is a broken transport, and the host loses its bus.
+    ///
+    /// The relay is told of a dropped packet, so a guest request in it is answered with a
+    /// failure rather than by no one.
+    fn send_to_host(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut changed = false;
+        while self.host_open {
+            let Some(p) = self.to_host.front() else { break };
+            match self.host.poll_send(cx, p) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(ChannelError::Packet(error))) => {
+                    tracing::warn!(%error, "host channel refused a packet; dropped");
+                    self.counters.host_send_rejected += 1;
+                    self.relay.handle_host_send_refused(self.clock.now(), p);
+                }
+                Poll::Ready(Err(error)) => {
+                    self.host_open = false;
+                    let now = self.clock.now();
+                    if error.end_reason().is_some() {
+                        self.relay.handle_host_closed(now);
+                    } else {
+                        tracing::warn!(%error, "host channel failed on send");
+                        self.relay.handle_host_transport_error(now);
+                    }
+                    changed = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+            self.to_host.pop_front();
+            changed = true;
+        }
+        if !self.host_open && !self.to_host.is_empty() {
+            self.to_host.clear();
+            changed = true;
+        }
+        changed
+    }
+
+    /// Sends queued guest packets until the channel has no room; `Ok(true)` if any was sent or
+    /// dropped. As for the host, a `ChannelError::Packet` drops and counts that one packet;
+    /// any other error ends the driver (the guest is gone).
+    fn send_to_guest(&mut self, cx: &mut Context<'_>) -> Result<bool, DriverExit> {
+        let mut changed = false;
+        while let Some(p) = self.to_guest.front() {
+            match self.guest.poll_send(cx, p) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(ChannelError::Packet(error))) => {
+                    tracing::warn!(%error, "guest channel refused a packet; dropped");
+                    self.counters.guest_send_rejected += 1;
+                }
+                Poll::Ready(Err(_)) => return Err(DriverExit::GuestGone),
+                Poll::Pending => break,
+            }
+            self.to_guest.pop_front();
+            changed = true;
+        }
+        Ok(changed)
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<DriverExit> {
@@ -308,35 +440,10 @@ where
             let mut progress = false;
 
             // Send what is queued, as far as each channel takes it.
-            while let Some(p) = self.to_host.front() {
-                if !self.host_open {
-                    self.to_host.clear();
-                    break;
-                }
-                match self.host.poll_send(cx, p) {
-                    Poll::Ready(Ok(())) => {
-                        self.to_host.pop_front();
-                        progress = true;
-                    }
-                    Poll::Ready(Err(_)) => {
-                        // The host end is gone; the relay treats it as a rescind.
-                        self.host_open = false;
-                        self.relay.handle_host_closed(self.clock.now());
-                        progress = true;
-                        break;
-                    }
-                    Poll::Pending => break,
-                }
-            }
-            while let Some(p) = self.to_guest.front() {
-                match self.guest.poll_send(cx, p) {
-                    Poll::Ready(Ok(())) => {
-                        self.to_guest.pop_front();
-                        progress = true;
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(DriverExit::GuestGone),
-                    Poll::Pending => break,
-                }
+            progress |= self.send_to_host(cx);
+            match self.send_to_guest(cx) {
+                Ok(sent) => progress |= sent,
+                Err(exit) => return Poll::Ready(exit),
             }
             if self.close_guest && self.to_guest.is_empty() {
                 self.guest.revoke();
@@ -371,7 +478,13 @@ where
                         self.relay.handle_guest(self.clock.now(), p);
                         progress = true;
                     }
-                    Poll::Ready(Err(ChannelError::Packet(_))) => progress = true,
+                    Poll::Ready(Err(ChannelError::Packet(error))) => {
+                        // The channel consumed and dropped an oversized packet; it stays
+                        // usable. The relay never saw the packet, so the driver counts it.
+                        tracing::warn!(%error, "guest channel rejected a packet on receive; dropped");
+                        self.counters.guest_recv_rejected += 1;
+                        progress = true;
+                    }
                     Poll::Ready(Err(_)) => return Poll::Ready(DriverExit::GuestGone),
                     Poll::Pending => {}
                 }
@@ -383,7 +496,7 @@ where
                     progress = true;
                 }
                 Poll::Ready(Some(ConfigRequest::Inspect(reply))) => {
-                    let _ = reply.send(inspect::Inspect::inspect(&self.relay));
+                    let _ = reply.send(self.inspect_tree());
                     progress = true;
                 }
                 Poll::Ready(Some(ConfigRequest::ReadResult {

@@ -30,9 +30,14 @@ pub enum PacketFault {
     /// A VMBus packet type vPCI does not use.
     #[error("packet type {0} is not used by vPCI")]
     PacketKind(u16),
-    /// A completion for a transaction the relay never started (or already finished).
+    /// A completion for a transaction the relay never started.
     #[error("completion for unknown transaction id {0:#x}")]
     UnknownTransaction(u64),
+    /// A host completion for a transaction the relay started and already finished, and no
+    /// longer remembers answering itself (a repeated completion, or one later than the
+    /// late-completion memory reaches). Dropped; the bus is kept.
+    #[error("completion for finished transaction id {0:#x}")]
+    StaleTransaction(u64),
     /// A host relations message listing more functions than the relay's limit.
     #[error("{count} functions exceed the limit of {limit}")]
     TooManyFunctions {
@@ -50,17 +55,27 @@ pub enum PacketFault {
     /// The transport carrying the packets broke its rules (ring corruption, oversized packet).
     #[error("the transport broke its rules")]
     Transport,
+    /// The host's channel refused to carry this forwarded guest request; the guest got a
+    /// failure.
+    #[error("the host channel refused a forwarded {0}")]
+    Refused(MessageType),
     /// More guest requests outstanding than the relay's limit.
     #[error("more than {0} requests outstanding")]
     TooManyRequests(usize),
 }
 
 /// Something the relay did or saw, for logs and tests. Every event is also emitted as a
-/// `tracing` event with the same fields.
+/// `tracing` event with the same fields, and bumps the counter that belongs to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RelayEvent {
     /// A host change was delivered to the guest.
-    ChangeDelivered(ChangeKind),
+    ChangeDelivered {
+        /// The change.
+        kind: ChangeKind,
+        /// It had been held (and reported with [`RelayEvent::EjectHeld`] or
+        /// [`RelayEvent::RelationsHeld`]) before.
+        released: bool,
+    },
     /// The guest finished a change.
     ChangeFinished(ChangeKind),
     /// The guest did not finish a change within `max_hold`; the relay moved on.
@@ -80,6 +95,12 @@ pub enum RelayEvent {
     },
     /// A relations message that changed nothing for the guest was absorbed.
     RelationsSuperseded,
+    /// The relay answered a host EJECT itself because the guest no longer holds (or never
+    /// held) the function: a repeated EJECT, or one for a function already let go.
+    EjectAnsweredLocally {
+        /// The function's slot.
+        slot: WinSlot,
+    },
     /// The relay answered a guest request itself.
     AnsweredLocally {
         /// The function, if the request named one.
@@ -113,7 +134,12 @@ pub enum RelayEvent {
     },
     /// The guest channel was closed (the rescind reached the guest).
     GuestClosed,
-    /// A timer fired at this time.
+    /// The guest's probe path is done: D0 entered, resources assigned, the bus quiet.
+    Installed,
+    /// The relay's progress loop hit its step bound (a logic error; the relay stays usable
+    /// and resumes at the next input).
+    ProgressStalled,
+    /// A timer armed from `poll_timeout` fired at this time.
     Timer(Duration),
 }
 
@@ -142,4 +168,8 @@ pub struct Counters {
     pub malformed_guest: u64,
     /// Changes the guest did not finish within `max_hold`.
     pub timed_out: u64,
+    /// Host EJECTs the relay answered itself for a function the guest no longer held.
+    pub ejects_answered_locally: u64,
+    /// Times the progress loop hit its step bound (always 0 for a correct relay).
+    pub progress_stalls: u64,
 }

@@ -24,9 +24,10 @@ pub enum Stage {
 pub enum HostState {
     /// Listed in the host's relations; no eject.
     Listed,
-    /// The host sent EJECT and waits for EJECTION_COMPLETE.
+    /// The host sent EJECT and waits for EJECTION_COMPLETE: the relay owes it exactly one,
+    /// the guest's own when the guest holds the function.
     Ejecting,
-    /// The host no longer has it (its eject was completed, it dropped it from its relations
+    /// The host no longer has it and waits for nothing (it dropped it from its relations
     /// without an eject, or the host itself is gone).
     Gone,
 }
@@ -84,9 +85,6 @@ pub struct Function {
     pub last_activity: Option<Duration>,
     /// When an eject for it became pending (the host's EJECT, or the relay's own).
     pub eject_since: Option<Duration>,
-    /// The eject was the relay's (rescind, or a host that dropped the function without
-    /// one): the guest's EJECTION_COMPLETE is not forwarded.
-    pub synthesized_eject: bool,
     /// Whether the hold of its eject has been reported (one event per hold).
     pub hold_reported: bool,
     /// The probed BARs the host reported.
@@ -97,10 +95,16 @@ pub struct Function {
     pub config: BTreeMap<u16, u32>,
     /// Current backing.
     pub backing: Backing,
-    /// The host listed this slot again while the guest still holds the function leaving it:
-    /// the new function, announced once the guest has let go of the old one.
+    /// The host listed this slot again, with this identity, while the guest still holds the
+    /// function leaving it: the host's current function in the slot, announced once the
+    /// guest has let go of the old one.
     #[inspect(with = "successor_node")]
     pub successor: Option<FunctionDescription2>,
+}
+
+/// Whether two descriptions name the same function: slot, vendor id, device id and serial.
+pub(crate) fn same_identity(a: &FunctionDescription2, b: &FunctionDescription2) -> bool {
+    a.wslot == b.wslot && a.v_id == b.v_id && a.d_id == b.d_id && a.ser == b.ser
 }
 
 fn description_node(d: &FunctionDescription2) -> Node {
@@ -145,13 +149,19 @@ impl Function {
             requests_pending: 0,
             last_activity: None,
             eject_since: None,
-            synthesized_eject: false,
             hold_reported: false,
             probed_bars: None,
             config: BTreeMap::new(),
             backing: Backing::Released,
             successor: None,
         }
+    }
+
+    /// Whether `d` describes this same function: a function is its slot and its identity
+    /// (vendor, device and serial number), as Linux's relations work and OpenVMM's vPCI
+    /// client match them.
+    pub fn is(&self, d: &FunctionDescription2) -> bool {
+        same_identity(&self.desc, d)
     }
 
     /// Whether the guest can see it (announced, possibly being ejected).

@@ -57,4 +57,4 @@ pub use driver::{BarControl, BusDriver, BusPort, Clock, DriverExit, SystemClock,
 pub use events::{ChangeKind, Counters, PacketFault, RelayEvent, Side};
 pub use function::{Backing, Function, GuestState, HostState, Stage};
 pub use local::local_completion;
-pub use relay::{BusRelay, ConfigAccess, ConfigAction, HostLink, Transmit};
+pub use relay::{BusRelay, ConfigAccess, ConfigAction, HostLink, ProbePhase, Transmit};

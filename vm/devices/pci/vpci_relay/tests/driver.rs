@@ -1,5 +1,6 @@
 //! The async driver over in-memory channels and virtual time: packets flow both ways, timers
-//! fire, a rescind closes the guest channel, and buses do not wait on each other.
+//! fire, a rescind closes the guest channel, buses do not wait on each other, and a packet a
+//! channel refuses costs that one packet (counted), not the channel.
 
 mod common;
 
@@ -9,29 +10,105 @@ use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use vmbus_channel::{
-    Channel, ChannelExt, ChannelState, EndReason, MemoryChannel, Packet, channel_pair,
+    Channel, ChannelError, ChannelExt, ChannelState, EndReason, MemoryChannel, Packet, PacketError,
+    channel_pair,
 };
 use vpci_protocol::*;
-use vpci_relay::driver::RecordedBacking;
+use vpci_relay::driver::DriverCounters;
 use vpci_relay::*;
+
+/// Faults a test plans for one of the relay's channel ends.
+#[derive(Debug, Default)]
+struct FaultPlan {
+    /// Refuse this many of the next sends with `ChannelError::Packet` (nothing is sent).
+    refuse_sends: usize,
+    /// Fail this many of the next receives with `ChannelError::Packet` (as a ring does for
+    /// an oversized packet it consumed and dropped).
+    reject_recvs: usize,
+    /// The packets refused so far.
+    refused: Vec<Packet>,
+}
+
+/// The relay's end of an in-memory channel, with faults the test injects on demand.
+struct Faulty {
+    inner: MemoryChannel,
+    plan: Rc<RefCell<FaultPlan>>,
+}
+
+impl Channel for Faulty {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Packet, ChannelError>> {
+        let mut plan = self.plan.borrow_mut();
+        if plan.reject_recvs > 0 {
+            plan.reject_recvs -= 1;
+            return Poll::Ready(Err(ChannelError::Packet(PacketError::PayloadTooLarge {
+                len: 1 << 20,
+                max: 16 << 10,
+            })));
+        }
+        drop(plan);
+        self.inner.poll_recv(cx)
+    }
+
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        packet: &Packet,
+    ) -> Poll<Result<(), ChannelError>> {
+        let mut plan = self.plan.borrow_mut();
+        if plan.refuse_sends > 0 {
+            plan.refuse_sends -= 1;
+            plan.refused.push(packet.clone());
+            return Poll::Ready(Err(ChannelError::Packet(PacketError::PayloadTooLarge {
+                len: packet.payload.len(),
+                max: 0,
+            })));
+        }
+        drop(plan);
+        self.inner.poll_send(cx, packet)
+    }
+
+    fn close(&mut self) {
+        self.inner.close()
+    }
+
+    fn revoke(&mut self) {
+        self.inner.revoke()
+    }
+
+    fn state(&self) -> ChannelState {
+        self.inner.state()
+    }
+}
 
 struct Rig {
     host: MemoryChannel,
     guest: MemoryChannel,
     exit: Rc<RefCell<Option<DriverExit>>>,
     backing: RecordedBacking,
+    port: BusPort,
+    host_faults: Rc<RefCell<FaultPlan>>,
+    guest_faults: Rc<RefCell<FaultPlan>>,
 }
 
 fn spawn_bus(pool: &LocalPool, clock: &VirtualClock) -> Rig {
     let (host_end, relay_host) = channel_pair();
     let (relay_guest, guest_end) = channel_pair();
+    let host_faults = Rc::new(RefCell::new(FaultPlan::default()));
+    let guest_faults = Rc::new(RefCell::new(FaultPlan::default()));
     let backing = RecordedBacking::default();
-    let (mut driver, _config) = BusDriver::new(
+    let (mut driver, port) = BusDriver::new(
         BusRelay::new(RelayConfig::default()),
-        relay_host,
-        relay_guest,
+        Faulty {
+            inner: relay_host,
+            plan: host_faults.clone(),
+        },
+        Faulty {
+            inner: relay_guest,
+            plan: guest_faults.clone(),
+        },
         clock.clone(),
         backing.clone(),
     );
@@ -48,6 +125,31 @@ fn spawn_bus(pool: &LocalPool, clock: &VirtualClock) -> Rig {
         guest: guest_end,
         exit,
         backing,
+        port,
+        host_faults,
+        guest_faults,
+    }
+}
+
+/// The bus's inspect tree, through its port.
+fn inspect_tree(pool: &mut LocalPool, rig: &mut Rig) -> inspect::Node {
+    pool.run_until(rig.port.inspect()).expect("driver running")
+}
+
+/// The driver's counters as the inspect tree shows them.
+fn driver_counters(pool: &mut LocalPool, rig: &mut Rig) -> DriverCounters {
+    let tree = inspect_tree(pool, rig);
+    let count = |name: &str| match tree
+        .get(&format!("driver/{name}"))
+        .and_then(|n| n.as_value())
+    {
+        Some(inspect::Value::Unsigned { value, .. }) => *value,
+        other => panic!("driver/{name}: {other:?}"),
+    };
+    DriverCounters {
+        host_send_rejected: count("host_send_rejected"),
+        guest_send_rejected: count("guest_send_rejected"),
+        guest_recv_rejected: count("guest_recv_rejected"),
     }
 }
 
@@ -131,16 +233,14 @@ fn driver_relays_and_times() {
     assert!(recv_all(&mut rig.guest).is_empty(), "held until quiet");
     advance(&mut pool, &clock, Duration::from_secs(1));
     assert_eq!(types(&recv_all(&mut rig.guest)), [Some(MessageType::EJECT)]);
-    assert!(
-        rig.backing
-            .0
-            .lock()
-            .unwrap()
-            .contains(&(slot(1), Backing::Shield))
+    assert_eq!(
+        rig.backing.calls(),
+        [BarCall::MapDevice(slot(1)), BarCall::MapShield(slot(1))]
     );
 }
 
-/// After a rescind the driver ejects the function, then revokes the guest channel and ends.
+/// After a rescind the driver shields and ejects the function, unmaps it once the guest has
+/// completed the eject, then revokes the guest channel and ends.
 #[test]
 fn driver_rescind_closes_guest() {
     let mut pool = LocalPool::new();
@@ -158,6 +258,15 @@ fn driver_rescind_closes_guest() {
     advance(&mut pool, &clock, Duration::from_secs(1));
     assert_eq!(*rig.exit.borrow(), Some(DriverExit::GuestClosedByRelay));
     assert_eq!(rig.guest.state(), ChannelState::Ended(EndReason::Revoked));
+    assert_eq!(
+        rig.backing.calls(),
+        [
+            BarCall::MapDevice(slot(1)),
+            BarCall::MapShield(slot(1)),
+            BarCall::Unmap(slot(1)),
+        ],
+        "shielded at the rescind, unmapped once the guest let go"
+    );
 }
 
 /// Guarantee 6: a guest stuck on one bus (never completing its eject) does not delay another
@@ -191,4 +300,124 @@ fn g6_buses_are_independent() {
         [Some(MessageType::EJECTION_COMPLETE)]
     );
     assert!(recv_all(&mut stuck.host).is_empty());
+}
+
+/// A packet the host channel refuses (`ChannelError::Packet`: nothing sent, channel usable)
+/// is dropped and counted; the host link stays up and the next guest request reaches the host.
+#[test]
+fn host_send_refusal_drops_one_packet() {
+    let mut pool = LocalPool::new();
+    let clock = VirtualClock::new();
+    let mut rig = spawn_bus(&pool, &clock);
+    probe(&mut pool, &mut rig);
+    rig.host_faults.borrow_mut().refuse_sends = 1;
+    send(
+        &mut rig.guest,
+        Packet::request(20, create_interrupt2(1, 0x30)),
+    );
+    pool.run_until_stalled();
+    assert!(recv_all(&mut rig.host).is_empty(), "refused by the channel");
+    assert_eq!(
+        types(&rig.host_faults.borrow().refused),
+        [Some(MessageType::CREATE_INTERRUPT_MESSAGE2)]
+    );
+    // The guest is not left waiting for an answer the host will never give.
+    let answers: Vec<Packet> = recv_all(&mut rig.guest)
+        .into_iter()
+        .filter(|p| p.transaction_id == 20)
+        .collect();
+    assert_eq!(answers.len(), 1, "one completion for the refused request");
+    assert_eq!(
+        answers[0].payload.get(..4),
+        Some(&Status::BAD_DATA.0.to_le_bytes()[..])
+    );
+
+    send(
+        &mut rig.guest,
+        Packet::request(21, create_interrupt2(1, 0x31)),
+    );
+    pool.run_until_stalled();
+    assert_eq!(
+        types(&recv_all(&mut rig.host)),
+        [Some(MessageType::CREATE_INTERRUPT_MESSAGE2)],
+        "the host link survived the refusal"
+    );
+    let tree = inspect_tree(&mut pool, &mut rig);
+    assert_eq!(tree.get("host"), Some(&inspect::Node::str("up")));
+    assert_eq!(
+        driver_counters(&mut pool, &mut rig),
+        DriverCounters {
+            host_send_rejected: 1,
+            ..DriverCounters::default()
+        }
+    );
+    assert_eq!(*rig.exit.borrow(), None);
+}
+
+/// A packet the guest channel refuses is dropped and counted; the driver keeps running and
+/// the next completion reaches the guest.
+#[test]
+fn guest_send_refusal_drops_one_packet() {
+    let mut pool = LocalPool::new();
+    let clock = VirtualClock::new();
+    let mut rig = spawn_bus(&pool, &clock);
+    probe(&mut pool, &mut rig);
+    rig.guest_faults.borrow_mut().refuse_sends = 1;
+    // The guest queries the function's requirements twice; the completion of the first is
+    // refused by the guest channel.
+    for id in [30, 31] {
+        send(&mut rig.guest, Packet::request(id, qrr(1)));
+        pool.run_until_stalled();
+        let fwd = recv_all(&mut rig.host);
+        assert_eq!(
+            types(&fwd),
+            [Some(MessageType::QUERY_RESOURCE_REQUIREMENTS)]
+        );
+        send(
+            &mut rig.host,
+            Packet::completion(fwd[0].transaction_id, requirements_reply()),
+        );
+        pool.run_until_stalled();
+    }
+    assert_eq!(rig.guest_faults.borrow().refused[0].transaction_id, 30);
+    let got = recv_all(&mut rig.guest);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].transaction_id, 31,
+        "the guest channel is still in use"
+    );
+    assert_eq!(*rig.exit.borrow(), None);
+    assert_eq!(
+        driver_counters(&mut pool, &mut rig),
+        DriverCounters {
+            guest_send_rejected: 1,
+            ..DriverCounters::default()
+        }
+    );
+}
+
+/// A packet the guest channel rejects on receive (consumed and dropped by the channel) is
+/// counted, and the guest's next packet is relayed.
+#[test]
+fn guest_recv_rejection_is_counted() {
+    let mut pool = LocalPool::new();
+    let clock = VirtualClock::new();
+    let mut rig = spawn_bus(&pool, &clock);
+    rig.guest_faults.borrow_mut().reject_recvs = 1;
+    send(
+        &mut rig.guest,
+        Packet::request(1, query_version(ProtocolVersion::V1_4)),
+    );
+    pool.run_until_stalled();
+    assert_eq!(
+        types(&recv_all(&mut rig.host)),
+        [Some(MessageType::QUERY_PROTOCOL_VERSION)]
+    );
+    assert_eq!(
+        driver_counters(&mut pool, &mut rig),
+        DriverCounters {
+            guest_recv_rejected: 1,
+            ..DriverCounters::default()
+        }
+    );
 }

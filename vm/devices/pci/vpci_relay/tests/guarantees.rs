@@ -508,9 +508,10 @@ fn inspect_shows_the_bus() {
     assert_eq!(json["functions"]["01.0"]["host"], "Ejecting");
     assert_eq!(json["functions"]["01.0"]["guest"], "Announced");
     assert_eq!(json["functions"]["01.0"]["desc"]["vendor_id"], "0x1414");
-    assert_eq!(json["held_ejects"]["0"], "01.0");
+    assert_eq!(json["changes"]["held_ejects"]["0"], "01.0");
+    assert_eq!(json["guest"]["phase"], "installed");
     assert_eq!(json["counters"]["answered_locally"], 1);
-    let requests = tree.query("requests").unwrap().to_json();
+    let requests = tree.query("requests/live").unwrap().to_json();
     assert_eq!(requests.as_object().unwrap().len(), 1, "{requests}");
     assert!(tree.query("functions/01.0/interrupts_pending").is_ok());
 }

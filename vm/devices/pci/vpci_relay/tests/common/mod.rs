@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::wire::*;
@@ -104,6 +105,43 @@ pub fn requirements_reply() -> Vec<u8> {
     v.extend_from_slice(&0xffff_c000u32.to_le_bytes());
     v.extend_from_slice(&[0; 20]);
     v
+}
+
+/// One call a [`BarControl`] received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarCall {
+    MapDevice(WinSlot),
+    MapShield(WinSlot),
+    Unmap(WinSlot),
+}
+
+/// A [`BarControl`] that only records its calls, for driver tests.
+#[derive(Clone, Debug, Default)]
+pub struct RecordedBacking(pub Arc<Mutex<Vec<BarCall>>>);
+
+impl RecordedBacking {
+    /// The calls so far, in order.
+    pub fn calls(&self) -> Vec<BarCall> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn push(&self, call: BarCall) {
+        self.0.lock().unwrap().push(call);
+    }
+}
+
+impl BarControl for RecordedBacking {
+    fn map_device(&mut self, slot: WinSlot) {
+        self.push(BarCall::MapDevice(slot));
+    }
+
+    fn map_shield(&mut self, slot: WinSlot) {
+        self.push(BarCall::MapShield(slot));
+    }
+
+    fn unmap(&mut self, slot: WinSlot) {
+        self.push(BarCall::Unmap(slot));
+    }
 }
 
 /// A bus under test: the relay, a clock, and what came out of it.

@@ -1,0 +1,187 @@
+//! A message sequence chart of one run as SVG: three lanes (host, relay, guest), one arrow
+//! per message in the order they arrived, the relay's holds, coalescing and local answers
+//! marked in colour, and the guest's crash marked in red.
+
+use crate::trace::{Lane, Line, Mark, Trace};
+use std::fmt::Write;
+
+const LANE_X: [f64; 3] = [140.0, 420.0, 700.0];
+const TOP: f64 = 90.0;
+const ROW: f64 = 22.0;
+const WIDTH: f64 = 1000.0;
+
+fn lane_x(lane: Lane) -> f64 {
+    match lane {
+        Lane::Host => LANE_X[0],
+        Lane::Relay => LANE_X[1],
+        Lane::Guest => LANE_X[2],
+    }
+}
+
+fn colour(mark: Mark) -> &'static str {
+    match mark {
+        Mark::None => "#333333",
+        Mark::Held => "#d97706",
+        Mark::Coalesced => "#7c3aed",
+        Mark::Local => "#2563eb",
+        Mark::Crash => "#dc2626",
+    }
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether a line belongs on the chart: messages between lanes, the relay's notes, the
+/// host's notes and the crash (not the guest's every step).
+fn charted(line: &Line) -> bool {
+    line.from != line.to || line.from != Lane::Guest || line.mark == Mark::Crash
+}
+
+/// The chart of `trace`, titled `title`. `relay` says whether the relay lane is drawn.
+pub fn svg(title: &str, trace: &Trace, relay: bool) -> String {
+    let lines: Vec<&Line> = trace.lines.iter().filter(|l| charted(l)).collect();
+    let height = TOP + ROW * (lines.len() as f64 + 2.0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="monospace" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="context-stroke"/></marker></defs>"##
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="20" y="24" font-size="15" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    let legend = [
+        (Mark::Held, "held"),
+        (Mark::Coalesced, "coalesced"),
+        (Mark::Local, "answered locally"),
+        (Mark::Crash, "crash"),
+    ];
+    for (i, (mark, name)) in legend.iter().enumerate() {
+        let x = 20.0 + 170.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="36" width="12" height="12" fill="{}"/><text x="{}" y="46">{name}</text>"#,
+            colour(*mark),
+            x + 18.0
+        );
+    }
+    let lanes: &[(Lane, &str)] = if relay {
+        &[
+            (Lane::Host, "host (host_sim)"),
+            (Lane::Relay, "relay"),
+            (Lane::Guest, "guest"),
+        ]
+    } else {
+        &[(Lane::Host, "host (host_sim)"), (Lane::Guest, "guest")]
+    };
+    for (lane, name) in lanes {
+        let x = lane_x(*lane);
+        let _ = writeln!(
+            s,
+            r##"<text x="{x}" y="{}" text-anchor="middle" font-weight="bold">{name}</text><line x1="{x}" y1="{}" x2="{x}" y2="{height}" stroke="#999" stroke-dasharray="4 3"/>"##,
+            TOP - 14.0,
+            TOP - 8.0
+        );
+    }
+    for (i, line) in lines.iter().enumerate() {
+        let y = TOP + ROW * (i as f64 + 1.0);
+        let c = colour(line.mark);
+        let time = format!("{:.3} ms", line.at.as_secs_f64() * 1000.0);
+        let _ = writeln!(
+            s,
+            r##"<text x="8" y="{y}" fill="#777" font-size="10">{time}</text>"##
+        );
+        let (x1, x2) = (lane_x(line.from), lane_x(line.to));
+        if line.from == line.to {
+            // A note on one lane.
+            let anchor = if line.from == Lane::Guest {
+                "end"
+            } else {
+                "start"
+            };
+            let x = if line.from == Lane::Guest {
+                x1 - 6.0
+            } else {
+                x1 + 6.0
+            };
+            let weight = if line.mark == Mark::Crash {
+                "bold"
+            } else {
+                "normal"
+            };
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{x1}" cy="{}" r="4" fill="{c}"/><text x="{x}" y="{y}" fill="{c}" text-anchor="{anchor}" font-weight="{weight}">{}</text>"#,
+                y - 4.0,
+                escape(&line.label)
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                r#"<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="{c}" stroke-width="1.5" marker-end="url(#arrow)"/><text x="{}" y="{}" fill="{c}" text-anchor="middle">{}</text>"#,
+                (x1 + x2) / 2.0,
+                y - 4.0,
+                escape(&line.label)
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The chart is one SVG document with an arrow per message and the crash in red, and
+    /// text is escaped.
+    #[test]
+    fn chart_has_arrows_and_marks() {
+        let mut t = Trace::default();
+        t.push(
+            Duration::ZERO,
+            Lane::Host,
+            Lane::Relay,
+            "EJECT(01.0)".into(),
+            Mark::None,
+        );
+        t.push(
+            Duration::ZERO,
+            Lane::Relay,
+            Lane::Relay,
+            "held <not settled>".into(),
+            Mark::Held,
+        );
+        t.push(
+            Duration::from_millis(1),
+            Lane::Guest,
+            Lane::Guest,
+            "panic".into(),
+            Mark::Crash,
+        );
+        let svg = svg("c2 & co", &t, true);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("marker-end").count(), 1);
+        assert!(svg.contains("held &lt;not settled&gt;"));
+        assert!(svg.contains("c2 &amp; co"));
+        assert!(svg.contains(colour(Mark::Crash)));
+    }
+}

@@ -1,0 +1,386 @@
+//! Scenarios: what the host does, to which guest, and what must (not) happen. Written as
+//! TOML files; the race catalogue is built in (`scenarios/*.toml`, compiled into the binary).
+//!
+//! ```toml
+//! name = "c2-eject-during-interrupt-setup"
+//! title = "EJECT while a driver sets up its interrupt"
+//! catalogue = "C2"
+//! schedules = 200
+//!
+//! [[bus]]                       # a host_sim bus: functions, policy, script
+//! functions = [{ slot = 1 }]
+//! [[bus.script.steps]]
+//! when = { received = { message = "CREATE_INTERRUPT_MESSAGE3", slot = 1 } }
+//! action = { kind = "eject", slot = 1 }
+//!
+//! [[expect]]                    # checked by `petri run` and the test suite
+//! guest = "linux-6.2"
+//! relay = false
+//! result = "fail"
+//! kinds = ["null_deref"]
+//! ```
+
+use crate::vm::{RunLimits, VmSpec};
+use guest_linux::{DriverBinding, DriverConfig, GuestConfig, KernelModel};
+use host_sim::{BusConfig, Time};
+use serde::Deserialize;
+use std::fmt;
+use std::time::Duration;
+use thiserror::Error;
+use vpci_relay::RelayConfig;
+
+/// A guest petri can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GuestKind {
+    /// The Linux 6.2 model (before the 2023 series).
+    Linux62,
+    /// The Linux 6.3 model (after it).
+    Linux63,
+}
+
+impl GuestKind {
+    /// Every guest, in table order.
+    pub const ALL: [GuestKind; 2] = [GuestKind::Linux62, GuestKind::Linux63];
+
+    /// The guest's name (`linux-6.2`, `linux-6.3`).
+    pub fn name(self) -> &'static str {
+        self.model().name()
+    }
+
+    /// The model behind it.
+    pub fn model(self) -> KernelModel {
+        match self {
+            GuestKind::Linux62 => KernelModel::Linux62,
+            GuestKind::Linux63 => KernelModel::Linux63,
+        }
+    }
+
+    /// Parses `linux-6.2`, `6.2`, `linux-6.3` or `6.3`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().trim_start_matches("linux-") {
+            "6.2" => Some(GuestKind::Linux62),
+            "6.3" => Some(GuestKind::Linux63),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for GuestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for GuestKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        GuestKind::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown guest {text:?} (expected \"linux-6.2\" or \"linux-6.3\")"
+            ))
+        })
+    }
+}
+
+/// What a guest's device driver does (the NVMe-like driver of the models).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuestOptions {
+    /// MSI-X vectors the driver sets up in probe.
+    pub vectors: u8,
+    /// Whether the driver's remove path reads its BAR (NVMe's does: that is how C7 bites).
+    pub remove_reads_bar: bool,
+    /// Whether the driver's probe reads its BAR.
+    pub probe_reads_bar: bool,
+}
+
+impl Default for GuestOptions {
+    fn default() -> Self {
+        let d = DriverConfig::default();
+        Self {
+            vectors: d.vectors,
+            remove_reads_bar: d.remove_reads_bar,
+            probe_reads_bar: d.probe_reads_bar,
+        }
+    }
+}
+
+/// The relay's tunables for a scenario (the rest as in production).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayOptions {
+    /// Quiet time before a function counts as settled.
+    pub settle: Time,
+    /// The longest a change is held for a guest that does not finish it.
+    pub max_hold: Time,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        let c = RelayConfig::default();
+        Self {
+            settle: Time(c.settle),
+            max_hold: Time(c.max_hold),
+        }
+    }
+}
+
+/// The result a run set must have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expected {
+    /// No schedule fails.
+    Pass,
+    /// At least one schedule fails (the harness has teeth).
+    Fail,
+}
+
+/// One expectation: for this guest, with or without the relay.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    /// The guest.
+    pub guest: GuestKind,
+    /// Through the relay (`true`) or direct.
+    pub relay: bool,
+    /// What the runs must show.
+    pub result: Expected,
+    /// For `fail`: the failure kinds that count (`null_deref`, `hang`, ...); any if empty.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+}
+
+/// Run bounds, as a scenario file writes them.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// The most guest steps and deliveries per run.
+    pub max_steps: u64,
+    /// The latest virtual time.
+    pub max_time: Time,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let d = RunLimits::default();
+        Self {
+            max_steps: d.max_steps,
+            max_time: Time(d.max_time),
+        }
+    }
+}
+
+fn default_schedules() -> u64 {
+    100
+}
+
+/// A scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name (what `petri run NAME` takes).
+    pub name: String,
+    /// A one-line title.
+    #[serde(default)]
+    pub title: String,
+    /// The catalogue entry it reproduces (`C1`...), if any.
+    #[serde(default)]
+    pub catalogue: Option<String>,
+    /// What happens, in prose.
+    #[serde(default)]
+    pub description: String,
+    /// How many schedules a run explores by default.
+    #[serde(default = "default_schedules")]
+    pub schedules: u64,
+    /// The guest's device driver.
+    #[serde(default)]
+    pub guest: GuestOptions,
+    /// The relay's tunables.
+    #[serde(default)]
+    pub relay: RelayOptions,
+    /// Run bounds.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The host's buses (at least one).
+    #[serde(rename = "bus")]
+    pub buses: Vec<BusConfig>,
+    /// What must (not) happen.
+    #[serde(default)]
+    pub expect: Vec<Expectation>,
+}
+
+/// Why a scenario file cannot be used.
+#[derive(Debug, Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or does not describe a scenario (the message names the line).
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file (or built-in scenario).
+        origin: String,
+        /// The parser's message, with the line and column.
+        message: String,
+    },
+    /// The scenario is well-formed but cannot run.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The file (or built-in scenario).
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Scenario {
+    /// Parses a scenario from TOML text; `origin` names it in errors.
+    pub fn from_toml(origin: &str, text: &str) -> Result<Self, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            origin: origin.to_owned(),
+            message: located(text, &e),
+        })?;
+        scenario.validate(origin)?;
+        Ok(scenario)
+    }
+
+    /// Reads and parses a scenario file.
+    pub fn from_file(path: &str) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ScenarioError> {
+        let invalid = |message: String| ScenarioError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        };
+        if self.buses.is_empty() {
+            return Err(invalid("a scenario needs at least one [[bus]]".to_owned()));
+        }
+        if self.schedules == 0 {
+            return Err(invalid("schedules must be at least 1".to_owned()));
+        }
+        for (i, bus) in self.buses.iter().enumerate() {
+            host_sim::HostBus::new(bus.clone())
+                .map_err(|e| invalid(format!("bus {} ({}): {e}", i + 1, bus.name)))?;
+        }
+        for e in &self.expect {
+            if e.result == Expected::Pass && !e.kinds.is_empty() {
+                return Err(invalid(format!(
+                    "expectation for {} ({}): kinds are only for result = \"fail\"",
+                    e.guest,
+                    if e.relay { "relay" } else { "direct" }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The expectation for a guest and mode, if the scenario states one.
+    pub fn expectation(&self, guest: GuestKind, relay: bool) -> Option<&Expectation> {
+        self.expect
+            .iter()
+            .find(|e| e.guest == guest && e.relay == relay)
+    }
+
+    /// The VM a run of this scenario builds.
+    pub fn vm_spec(&self, guest: GuestKind, relay: bool, record: bool) -> VmSpec {
+        let mut config = GuestConfig::new(guest.model());
+        config.trace = record;
+        config.drivers = vec![DriverBinding {
+            vendor_id: None,
+            device_id: None,
+            driver: DriverConfig {
+                vectors: self.guest.vectors,
+                remove_reads_bar: self.guest.remove_reads_bar,
+                probe_reads_bar: self.guest.probe_reads_bar,
+                ..DriverConfig::default()
+            },
+        }];
+        VmSpec {
+            buses: self.buses.clone(),
+            guest: config,
+            relay: relay.then(|| RelayConfig {
+                settle: self.relay.settle.0,
+                max_hold: self.relay.max_hold.0,
+                ..RelayConfig::default()
+            }),
+            limits: RunLimits {
+                max_steps: self.limits.max_steps,
+                max_time: self.limits.max_time.0,
+            },
+            record,
+            #[cfg(feature = "safeguard-switches")]
+            safeguards: vpci_relay::Safeguards::ALL_ON,
+        }
+    }
+}
+
+/// The parser's message with its line: toml's own message names the line and column; when it
+/// has only a byte span, the line is worked out here.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_owned();
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(1, |before| before.matches('\n').count() + 1);
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// The built-in scenarios: the race catalogue and the host orders the relay must survive.
+pub fn catalogue() -> Vec<Scenario> {
+    const FILES: [(&str, &str); 9] = [
+        ("c1", include_str!("../scenarios/c1.toml")),
+        ("c2", include_str!("../scenarios/c2.toml")),
+        ("c2-failed", include_str!("../scenarios/c2-failed.toml")),
+        ("c3", include_str!("../scenarios/c3.toml")),
+        ("c4", include_str!("../scenarios/c4.toml")),
+        ("c5", include_str!("../scenarios/c5.toml")),
+        ("c7", include_str!("../scenarios/c7.toml")),
+        ("re-add", include_str!("../scenarios/re-add.toml")),
+        (
+            "drop-then-eject",
+            include_str!("../scenarios/drop-then-eject.toml"),
+        ),
+    ];
+    FILES
+        .iter()
+        .filter_map(|(name, text)| Scenario::from_toml(name, text).ok())
+        .collect()
+}
+
+/// A scenario by built-in name or file path.
+pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
+    if let Some(s) = catalogue().into_iter().find(|s| s.name == name_or_path) {
+        return Ok(s);
+    }
+    if std::path::Path::new(name_or_path).exists() {
+        return Scenario::from_file(name_or_path);
+    }
+    let names: Vec<String> = catalogue().into_iter().map(|s| s.name).collect();
+    Err(ScenarioError::Invalid {
+        origin: name_or_path.to_owned(),
+        message: format!(
+            "no such built-in scenario or file (built in: {})",
+            names.join(", ")
+        ),
+    })
+}
+
+/// A duration for reports.
+pub fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

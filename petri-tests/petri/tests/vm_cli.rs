@@ -1,0 +1,212 @@
+//! `petri run`, `replay`, `list` and `demo` as a user runs them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn petri(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_petri"))
+        .args(args)
+        .output()
+        .expect("run petri")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A file in a fresh temporary directory of this test.
+fn temp(name: &str, test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("petri-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// `run --json` prints one object per run set with the documented fields, and the failures
+/// of the unfixed guest on C2.
+#[test]
+fn run_json_has_the_documented_fields() {
+    let out = petri(&[
+        "run",
+        "c2",
+        "--guest",
+        "6.2",
+        "--direct",
+        "--schedules",
+        "20",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["scenario"], "c2");
+    assert_eq!(v["guest"], "linux-6.2");
+    assert_eq!(v["relay"], false);
+    assert_eq!(v["schedules"], 20);
+    let failures = v["failures"].as_u64().unwrap();
+    assert!(failures > 0);
+    assert!(v["first_failing_seed"].is_u64());
+    let outcomes = v["outcomes"].as_object().unwrap();
+    let total: u64 = outcomes.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(total, 20);
+    assert_eq!(outcomes["null_deref"].as_u64().unwrap(), failures);
+}
+
+/// Through the relay the same scenario never fails, and `first_failing_seed` is null.
+#[test]
+fn run_json_through_the_relay() {
+    let out = petri(&[
+        "run",
+        "c2",
+        "--guest",
+        "6.2",
+        "--relay",
+        "--schedules",
+        "20",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["failures"], 0);
+    assert!(v["first_failing_seed"].is_null());
+}
+
+/// A replay of a failing seed prints the same run, byte for byte, every time, and ends with
+/// the failure `run` reported for that seed.
+#[test]
+fn replay_reproduces_a_failure_bit_for_bit() {
+    let out = petri(&[
+        "run",
+        "c2",
+        "--guest",
+        "6.2",
+        "--direct",
+        "--schedules",
+        "20",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let seed = v["first_failing_seed"].as_u64().unwrap().to_string();
+    let a = petri(&["replay", "--seed", &seed, "c2", "--guest", "6.2"]);
+    let b = petri(&["replay", "--seed", &seed, "c2", "--guest", "6.2"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert_eq!(a.stdout, b.stdout);
+    let text = stdout(&a);
+    assert!(text.contains("[CRASH]"));
+    assert!(text.lines().last().unwrap().contains("null_deref"));
+}
+
+/// `--chart` writes one SVG document with the three lanes and the crash marked.
+#[test]
+fn chart_is_an_svg_with_lanes() {
+    let path = temp("c2.svg", "chart");
+    let out = petri(&[
+        "replay",
+        "--seed",
+        "1",
+        "c2",
+        "--guest",
+        "6.2",
+        "--relay",
+        "--chart",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg"));
+    assert!(svg.trim_end().ends_with("</svg>"));
+    for lane in ["host (host_sim)", "relay", "guest", "EJECT(1)"] {
+        assert!(svg.contains(lane), "{lane}");
+    }
+}
+
+/// A scenario file with a mistake is refused with exit code 2 and a message naming its line.
+#[test]
+fn bad_scenario_file_names_the_line() {
+    let path = temp("bad.toml", "bad");
+    std::fs::write(
+        &path,
+        "name = \"bad\"\n\n[[bus]]\nfunctions = [{ slot = 1, colour = \"blue\" }]\n",
+    )
+    .unwrap();
+    let out = petri(&["run", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("colour"), "{err}");
+    assert!(!err.contains("panicked"));
+}
+
+/// A scenario with no bus, or an unknown built-in name, is a clear error too.
+#[test]
+fn unusable_scenarios_are_clear_errors() {
+    let path = temp("nobus.toml", "nobus");
+    std::fs::write(&path, "name = \"x\"\nbus = []\n").unwrap();
+    let out = petri(&["run", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("at least one [[bus]]"));
+    let out = petri(&["run", "no-such-scenario"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("built in: c1"));
+}
+
+/// A user's scenario file runs like a built-in one, and its expectations decide the exit
+/// code.
+#[test]
+fn user_scenario_file_runs() {
+    let path = temp("mine.toml", "mine");
+    std::fs::write(
+        &path,
+        r#"name = "mine"
+schedules = 10
+
+[[bus]]
+functions = [{ slot = 1 }, { slot = 2, serial = 9 }]
+policy = { teardown = "at_eject" }
+
+[[bus.script.steps]]
+when = { at = "2s" }
+action = { kind = "eject", slot = 2 }
+
+[[expect]]
+guest = "6.3"
+relay = true
+result = "pass"
+
+[[expect]]
+guest = "6.3"
+relay = false
+result = "fail"
+kinds = ["unbacked_access"]
+"#,
+    )
+    .unwrap();
+    let out = petri(&["run", path.to_str().unwrap(), "--guest", "6.3"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(stdout(&out).matches("as expected").count(), 2);
+}
+
+/// `list` names every built-in scenario.
+#[test]
+fn list_names_the_catalogue() {
+    let out = petri(&["list"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for name in [
+        "c1",
+        "c2",
+        "c3",
+        "c4",
+        "c5",
+        "c7",
+        "re-add",
+        "drop-then-eject",
+    ] {
+        assert!(text.contains(name), "{name}");
+    }
+}

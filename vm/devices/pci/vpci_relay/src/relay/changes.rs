@@ -1,0 +1,154 @@
+//! The change queue: the one host change outstanding at the guest (guarantee 1), the ejects
+//! waiting for their turn, and the host relations not yet reflected to the guest.
+
+use crate::events::ChangeKind;
+use std::collections::VecDeque;
+use std::time::Duration;
+use vpci_protocol::WinSlot;
+use vpci_protocol::wire::FunctionDescription2;
+
+/// The host change the guest is working on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Outstanding {
+    /// A relations message.
+    Relations {
+        since: Duration,
+        /// Functions it announced.
+        added: Vec<WinSlot>,
+        /// It answered the guest's survey before the probe path was done.
+        initial: bool,
+    },
+    /// An EJECT of one function.
+    Eject { slot: WinSlot, since: Duration },
+}
+
+impl Outstanding {
+    pub(crate) fn kind(&self) -> ChangeKind {
+        match self {
+            Self::Relations { .. } => ChangeKind::Relations,
+            Self::Eject { slot, .. } => ChangeKind::Eject(*slot),
+        }
+    }
+
+    pub(crate) fn since(&self) -> Duration {
+        match self {
+            Self::Relations { since, .. } | Self::Eject { since, .. } => *since,
+        }
+    }
+}
+
+/// The latest host relations the relay has not yet reflected to the guest.
+#[derive(Clone, Debug, Hash)]
+pub(crate) struct HostRelations {
+    /// BUS_RELATIONS2 (else BUS_RELATIONS).
+    pub(crate) v2: bool,
+    /// The host's payload, passed on byte for byte when it says exactly what the guest needs.
+    pub(crate) raw: Vec<u8>,
+    /// The functions it lists, in its order.
+    pub(crate) functions: Vec<FunctionDescription2>,
+}
+
+/// The change queue of one bus.
+#[derive(Clone, Debug, Hash)]
+pub(crate) struct ChangeQueue {
+    pub(crate) outstanding: Option<Outstanding>,
+    /// Ejects waiting to be delivered, in the order they began.
+    pub(crate) ejects: VecDeque<WinSlot>,
+    /// Host relations waiting to be reflected.
+    pub(crate) host_relations: Option<HostRelations>,
+    /// The guest's view must be refreshed though no host relations wait (a function re-added
+    /// while its predecessor left is now free to announce).
+    pub(crate) relations_dirty: bool,
+    /// The current hold of a relations update has been reported.
+    pub(crate) relations_held_reported: bool,
+}
+
+impl HostRelations {
+    /// Whether it lists exactly these functions, in this order, with these descriptions
+    /// (so its bytes can be passed on as they are).
+    pub(crate) fn says<'a>(&self, view: impl Iterator<Item = &'a FunctionDescription2>) -> bool {
+        self.functions.iter().eq(view)
+    }
+}
+
+impl ChangeQueue {
+    pub(crate) fn new() -> Self {
+        Self {
+            outstanding: None,
+            ejects: VecDeque::new(),
+            host_relations: None,
+            relations_dirty: false,
+            relations_held_reported: false,
+        }
+    }
+
+    /// Whether relations are to be delivered (host relations wait, or the view is dirty).
+    pub(crate) fn relations_wanted(&self) -> bool {
+        self.host_relations.is_some() || self.relations_dirty
+    }
+
+    /// Queues an eject, once.
+    pub(crate) fn queue_eject(&mut self, slot: WinSlot) {
+        if !self.ejects.contains(&slot) {
+            self.ejects.push_back(slot);
+        }
+    }
+
+    /// When the outstanding change runs out of `max_hold`.
+    pub(crate) fn deadline(&self, max_hold: Duration) -> Option<Duration> {
+        self.outstanding
+            .as_ref()
+            .map(|o| o.since().saturating_add(max_hold))
+    }
+
+    pub(crate) fn inspect(&self) -> inspect::Node {
+        use inspect::Node;
+        let Self {
+            outstanding,
+            ejects,
+            host_relations,
+            relations_dirty,
+            relations_held_reported,
+        } = self;
+        let outstanding = match outstanding {
+            None => Node::Value(inspect::Value::None),
+            Some(o) => {
+                let node = Node::dir()
+                    .field(
+                        "change",
+                        &match o.kind() {
+                            ChangeKind::Relations => "relations".to_owned(),
+                            ChangeKind::Eject(slot) => format!("eject {slot}"),
+                        },
+                    )
+                    .field("since", &o.since());
+                match o {
+                    Outstanding::Relations { added, initial, .. } => {
+                        let added: Vec<String> = added.iter().map(|s| s.to_string()).collect();
+                        node.field("added", &added).field("initial", initial)
+                    }
+                    Outstanding::Eject { .. } => node,
+                }
+                .build()
+            }
+        };
+        let held: Vec<String> = ejects.iter().map(|s| s.to_string()).collect();
+        let host_relations = match host_relations {
+            None => Node::Value(inspect::Value::None),
+            Some(h) => {
+                let slots: Vec<String> = h.functions.iter().map(|d| d.wslot.to_string()).collect();
+                Node::dir()
+                    .field("v2", &h.v2)
+                    .field("slots", &slots)
+                    .build()
+            }
+        };
+        Node::dir()
+            .child("outstanding", outstanding)
+            .field("held_ejects", &held)
+            .child("pending_host_relations", host_relations)
+            .field("relations_dirty", relations_dirty)
+            .field("relations_held_reported", relations_held_reported)
+            .build()
+    }
+}

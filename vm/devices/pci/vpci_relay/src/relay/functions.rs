@@ -1,0 +1,71 @@
+//! The function table: one entry per slot (a function re-added while its predecessor leaves
+//! waits inside that entry as its successor), and the set of slots the host ever listed.
+
+use crate::function::Function;
+use std::collections::BTreeMap;
+use vpci_protocol::WinSlot;
+
+/// The functions of one bus, by slot.
+#[derive(Clone, Debug, Default, Hash)]
+pub(crate) struct FunctionTable {
+    map: BTreeMap<u32, Function>,
+    /// Every slot the host has listed since the bus opened (the wire names 256).
+    ever_listed: [u64; 4],
+}
+
+fn bit(slot: WinSlot) -> (usize, u64) {
+    let index = (slot.raw() & 0xff) as usize;
+    (index / 64, 1u64 << (index % 64))
+}
+
+impl FunctionTable {
+    pub(crate) fn get(&self, slot: WinSlot) -> Option<&Function> {
+        self.map.get(&slot.raw())
+    }
+
+    pub(crate) fn get_mut(&mut self, slot: WinSlot) -> Option<&mut Function> {
+        self.map.get_mut(&slot.raw())
+    }
+
+    pub(crate) fn insert(&mut self, f: Function) {
+        let slot = f.slot;
+        self.mark_listed(slot);
+        self.map.insert(slot.raw(), f);
+    }
+
+    pub(crate) fn remove(&mut self, slot: WinSlot) -> Option<Function> {
+        self.map.remove(&slot.raw())
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Function> + Clone {
+        self.map.values()
+    }
+
+    pub(crate) fn slots(&self) -> Vec<WinSlot> {
+        self.map.values().map(|f| f.slot).collect()
+    }
+
+    /// Records that the host listed `slot`.
+    pub(crate) fn mark_listed(&mut self, slot: WinSlot) {
+        let (word, mask) = bit(slot);
+        if let Some(w) = self.ever_listed.get_mut(word) {
+            *w |= mask;
+        }
+    }
+
+    /// Whether the host ever listed `slot`.
+    pub(crate) fn ever_listed(&self, slot: WinSlot) -> bool {
+        let (word, mask) = bit(slot);
+        self.ever_listed.get(word).is_some_and(|w| w & mask != 0)
+    }
+
+    pub(crate) fn inspect(&self) -> inspect::Node {
+        use inspect::{Inspect, Node};
+        Node::Dir(
+            self.map
+                .values()
+                .map(|f| (f.slot.to_string(), f.inspect()))
+                .collect(),
+        )
+    }
+}

@@ -1,0 +1,260 @@
+//! Packets from the guest: requests (forwarded, or answered by the relay), completions of
+//! host requests, and EJECTION_COMPLETE.
+
+use super::requests::{Forwarded, Full};
+use super::{BusRelay, HostLink};
+use crate::events::{PacketFault, RelayEvent, Side};
+use crate::function::{Backing, Function, GuestState, HostState, Stage};
+use crate::local::local_completion;
+use std::time::Duration;
+use vmbus_channel::{Packet, PacketKind};
+use vpci_protocol::{Completion, Message, Sender, Status, WinSlot, decode, gets_completion};
+
+/// What admitting a forwarded request means for its function while the host works on it.
+#[derive(Clone, Copy)]
+enum Pending {
+    Requirements,
+    Resources,
+    Interrupt,
+    D0Entry,
+    Nothing,
+}
+
+fn pending_of(message: &Message) -> Pending {
+    match message {
+        Message::QueryResourceRequirements(_) => Pending::Requirements,
+        Message::ResourcesAssigned(_)
+        | Message::ResourcesAssigned2(_)
+        | Message::ResourcesAssigned3(_) => Pending::Resources,
+        Message::CreateInterruptMessage(_)
+        | Message::CreateInterruptMessage2(_)
+        | Message::CreateInterruptMessage3(_) => Pending::Interrupt,
+        Message::BusD0Entry(_) => Pending::D0Entry,
+        _ => Pending::Nothing,
+    }
+}
+
+impl BusRelay {
+    /// A packet from the guest.
+    pub fn handle_guest(&mut self, now: Duration, packet: Packet) {
+        self.tick(now);
+        if self.guest_closed {
+            return;
+        }
+        match packet.kind {
+            PacketKind::Completion => self.guest_completion(packet),
+            PacketKind::InBand => match decode(&packet.payload, Sender::Guest, self.version) {
+                Ok(message) => self.guest_message(packet, message),
+                Err(e) => self.guest_fault(&packet, e.into()),
+            },
+            other => self.guest_fault(&packet, PacketFault::PacketKind(other.to_raw())),
+        }
+        self.progress();
+    }
+
+    fn guest_message(&mut self, packet: Packet, message: Message) {
+        let now = self.now;
+        self.guest.touch(now);
+        let slot = message.wslot();
+        if let Some(f) = slot.and_then(|s| self.functions.get_mut(s)) {
+            f.last_activity = Some(now);
+        }
+        match &message {
+            Message::EjectionComplete(m) => {
+                return self.guest_ejection_complete(packet, m.body.wslot);
+            }
+            Message::QueryBusRelations(_) => self.guest.query_relations(),
+            _ => {}
+        }
+        let local = self.host != HostLink::Up
+            || slot.is_some_and(|s| self.safeguards.local_answers && self.departed(s));
+        if local {
+            if matches!(message, Message::QueryBusRelations(_)) {
+                // No host to answer the survey: the relay answers it with what it has.
+                self.changes.relations_dirty = true;
+                return;
+            }
+            return self.answer_locally(&packet, &message);
+        }
+        self.forward_guest_request(packet, message);
+    }
+
+    /// Forwards a request to the host. A request that asks for a completion is admitted to
+    /// the request table first, and only an admitted request changes the function's state.
+    fn forward_guest_request(&mut self, mut packet: Packet, message: Message) {
+        let tracked = packet.completion_requested() && gets_completion(message.message_type());
+        if tracked {
+            let pending = pending_of(&message);
+            let slot = message.wslot();
+            let fwd = Forwarded {
+                guest_txid: packet.transaction_id,
+                request: message,
+                slot,
+                sent_at: self.now,
+            };
+            match self.requests.admit(fwd) {
+                Ok(id) => packet.transaction_id = id,
+                Err(Full(limit)) => {
+                    return self.guest_fault(&packet, PacketFault::TooManyRequests(limit));
+                }
+            }
+            self.mark_pending(slot, pending);
+        }
+        self.out.relay_to_host(packet);
+    }
+
+    fn mark_pending(&mut self, slot: Option<WinSlot>, pending: Pending) {
+        if let Pending::D0Entry = pending {
+            self.guest.set_d0(Stage::Pending);
+        }
+        let Some(f) = slot.and_then(|s| self.functions.get_mut(s)) else {
+            return;
+        };
+        f.requests_pending += 1;
+        match pending {
+            Pending::Requirements => f.requirements = Stage::Pending,
+            Pending::Resources => f.resources = Stage::Pending,
+            Pending::Interrupt => f.interrupts_pending += 1,
+            Pending::D0Entry | Pending::Nothing => {}
+        }
+    }
+
+    /// Answers a request the relay does not forward (guarantee 4).
+    fn answer_locally(&mut self, packet: &Packet, message: &Message) {
+        let slot = message.wslot();
+        let local = local_completion(message, slot.and_then(|s| self.function(s)));
+        self.apply_completion(message, &local, false);
+        if packet.completion_requested() {
+            self.answer_guest(packet.transaction_id, slot, &local);
+        } else {
+            self.out.emit(RelayEvent::AnsweredLocally {
+                slot,
+                request: message.message_type(),
+            });
+        }
+    }
+
+    /// Sends the guest the relay's own completion of one of its requests.
+    pub(super) fn answer_guest(
+        &mut self,
+        guest_txid: u64,
+        slot: Option<WinSlot>,
+        completion: &Completion,
+    ) {
+        self.out.emit(RelayEvent::AnsweredLocally {
+            slot,
+            request: completion.request,
+        });
+        self.out
+            .own_to_guest(Packet::completion(guest_txid, completion.encode()));
+    }
+
+    /// Answers a forwarded request the host has not answered (it is gone, or slow for a
+    /// departed function); the host's completion, if it comes, is recognised as late.
+    pub(super) fn answer_forwarded_locally(&mut self, id: u64) {
+        let Some(fwd) = self.requests.answer_locally(id) else {
+            return;
+        };
+        if let Some(f) = fwd.slot.and_then(|s| self.functions.get_mut(s)) {
+            f.requests_pending = f.requests_pending.saturating_sub(1);
+        }
+        let local = local_completion(&fwd.request, fwd.slot.and_then(|s| self.function(s)));
+        self.apply_completion(&fwd.request, &local, true);
+        self.answer_guest(fwd.guest_txid, fwd.slot, &local);
+    }
+
+    /// The host's channel refused a packet the relay sent it (`ChannelError::Packet`: nothing
+    /// was sent). A forwarded guest request in it will never be answered by the host, so the
+    /// relay answers the guest itself with a failure, as for a request it refuses (guarantee
+    /// 7: every guest request gets exactly one completion).
+    pub fn handle_host_send_refused(&mut self, now: Duration, packet: &Packet) {
+        self.tick(now);
+        if packet.kind != PacketKind::InBand || !packet.completion_requested() {
+            return;
+        }
+        let Some(fwd) = self.requests.refused(packet.transaction_id) else {
+            return;
+        };
+        if let Some(f) = fwd.slot.and_then(|s| self.functions.get_mut(s)) {
+            f.requests_pending = f.requests_pending.saturating_sub(1);
+            // The host never saw it: nothing of it is pending any more.
+            match pending_of(&fwd.request) {
+                Pending::Requirements if f.requirements == Stage::Pending => {
+                    f.requirements = Stage::NotStarted;
+                }
+                Pending::Resources if f.resources == Stage::Pending => {
+                    f.resources = Stage::NotStarted;
+                }
+                Pending::Interrupt => f.interrupts_pending = f.interrupts_pending.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if let Pending::D0Entry = pending_of(&fwd.request) {
+            self.guest.set_d0(Stage::NotStarted);
+        }
+        self.count_fault(
+            Side::Guest,
+            PacketFault::Refused(fwd.request.message_type()),
+        );
+        self.out.own_to_guest(Packet::completion(
+            fwd.guest_txid,
+            Status::BAD_DATA.0.to_le_bytes().to_vec(),
+        ));
+        self.progress();
+    }
+
+    fn guest_ejection_complete(&mut self, packet: Packet, slot: WinSlot) {
+        let ejecting = self
+            .functions
+            .get(slot)
+            .is_some_and(|f| f.guest == GuestState::Ejecting);
+        let Some(f) = self.functions.remove(slot).filter(|_| ejecting) else {
+            return self.guest_fault(&packet, PacketFault::UnknownSlot(slot));
+        };
+        // The host's EJECT (if it sent one, and the relay has not answered it yet) is
+        // answered by the guest's own completion.
+        let forward = f.host == HostState::Ejecting;
+        if let Some(d) = f.successor {
+            let allowed = self.config.allows(&d);
+            self.functions.insert(Function::new(d, allowed));
+            self.changes.relations_dirty = true;
+        }
+        self.out.set_backing(slot, Backing::Released);
+        if forward && self.host == HostLink::Up {
+            self.out.relay_to_host(packet);
+        }
+        if self
+            .changes
+            .outstanding
+            .as_ref()
+            .is_some_and(|o| o.kind() == crate::ChangeKind::Eject(slot))
+        {
+            self.finish_change();
+        }
+    }
+
+    fn guest_completion(&mut self, packet: Packet) {
+        match self.requests.take_host_request(packet.transaction_id) {
+            Some(host_id) if self.host == HostLink::Up => {
+                self.out
+                    .relay_to_host(Packet::completion(host_id, packet.payload));
+            }
+            Some(_) => {}
+            None => {
+                let id = packet.transaction_id;
+                self.count_fault(Side::Guest, PacketFault::UnknownTransaction(id));
+            }
+        }
+    }
+
+    fn guest_fault(&mut self, packet: &Packet, fault: PacketFault) {
+        self.count_fault(Side::Guest, fault);
+        if packet.kind == PacketKind::InBand && packet.completion_requested() {
+            // The guest waits for an answer to whatever it sent: give it a failure.
+            self.out.own_to_guest(Packet::completion(
+                packet.transaction_id,
+                Status::BAD_DATA.0.to_le_bytes().to_vec(),
+            ));
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Packets from the host: relations, ejects, completions of forwarded requests, and the
+//! rarer notifications; and what losing the host means for the bus.
+
+use super::changes::HostRelations;
+use super::requests::Unmatched;
+use super::{BusRelay, HostLink, widen};
+use crate::events::{PacketFault, RelayEvent, Side};
+use crate::function::{Backing, Function, GuestState, HostState, Stage};
+use crate::local::local_completion;
+use vmbus_channel::{Packet, PacketFlags, PacketKind};
+use vpci_protocol::wire::{EjectionCompleteBody, FunctionDescription2};
+use vpci_protocol::{
+    Completion, CompletionBody, Fixed, Message, ProtocolVersion, Sender, Status, WinSlot, decode,
+    decode_completion, encode,
+};
+use zerocopy::little_endian::U32;
+
+/// A status-only success completion for the host.
+fn success(transaction_id: u64) -> Packet {
+    Packet::completion(transaction_id, Status::SUCCESS.0.to_le_bytes().to_vec())
+}
+
+impl BusRelay {
+    /// A packet from the host.
+    pub fn handle_host(&mut self, now: std::time::Duration, packet: Packet) {
+        self.tick(now);
+        if matches!(self.host, HostLink::Lost { .. }) {
+            // The host is gone: nothing it sends can matter any more.
+            return;
+        }
+        match packet.kind {
+            PacketKind::Completion => self.host_completion(packet),
+            PacketKind::InBand => match decode(&packet.payload, Sender::Host, self.version) {
+                Ok(message) => self.host_message(packet, message),
+                Err(e) => self.host_fault(e.into()),
+            },
+            other => self.host_fault(PacketFault::PacketKind(other.to_raw())),
+        }
+        self.progress();
+    }
+
+    fn host_message(&mut self, packet: Packet, message: Message) {
+        match message {
+            Message::BusRelations(m) => {
+                let descs = m.functions.iter().map(widen).collect();
+                self.host_relations(packet, descs, false);
+            }
+            Message::BusRelations2(m) => self.host_relations(packet, m.functions, true),
+            Message::Eject(m) => self.host_eject(m.body.wslot),
+            other => {
+                // INVALIDATE_BLOCK and the rarely used host notifications: pass them on for
+                // functions the guest holds, drop them otherwise.
+                let visible = other
+                    .wslot()
+                    .and_then(|s| self.functions.get(s))
+                    .is_some_and(Function::guest_visible);
+                if visible {
+                    self.forward_host_packet(packet);
+                } else if packet.completion_requested() {
+                    self.out.own_to_host(success(packet.transaction_id));
+                }
+            }
+        }
+    }
+
+    fn forward_host_packet(&mut self, mut packet: Packet) {
+        if packet.completion_requested() {
+            match self.requests.forward_host_request(packet.transaction_id) {
+                Some(id) => packet.transaction_id = id,
+                None => {
+                    // A guest that never completes cannot make the table grow: the relay
+                    // answers the host itself and the guest gets the notification without
+                    // the request.
+                    let limit = self.config.limits.max_outstanding_requests;
+                    self.count_fault(Side::Host, PacketFault::TooManyRequests(limit));
+                    self.out.own_to_host(success(packet.transaction_id));
+                    packet.flags =
+                        PacketFlags(packet.flags.0 & !PacketFlags::COMPLETION_REQUESTED.0);
+                }
+            }
+        }
+        self.out.relay_to_guest(packet);
+    }
+
+    fn host_relations(&mut self, packet: Packet, descs: Vec<FunctionDescription2>, v2: bool) {
+        let limit = self.config.limits.max_functions;
+        if descs.len() > limit {
+            return self.host_fault(PacketFault::TooManyFunctions {
+                count: descs.len(),
+                limit,
+            });
+        }
+        for (i, d) in descs.iter().enumerate() {
+            if descs.iter().take(i).any(|e| e.wslot == d.wslot) {
+                return self.host_fault(PacketFault::DuplicateSlot(d.wslot));
+            }
+        }
+        let listed = |slot: WinSlot| descs.iter().any(|d| d.wslot == slot);
+        if packet.completion_requested() {
+            // vPCI relations need no completion; answer one if asked so nothing waits.
+            self.out.own_to_host(success(packet.transaction_id));
+        }
+        // Functions the host no longer lists. (Checked before collecting: usually none.)
+        if self.functions.values().any(|f| !listed(f.slot)) {
+            for slot in self.functions.slots() {
+                if listed(slot) {
+                    continue;
+                }
+                let Some(f) = self.functions.get_mut(slot) else {
+                    continue;
+                };
+                // A successor the host takes back before the guest saw it is forgotten.
+                f.successor = None;
+                if f.host == HostState::Listed {
+                    self.host_dropped(slot);
+                }
+            }
+        }
+        // Functions listed: new ones, new identities in known slots, and repeats.
+        for d in &descs {
+            self.host_lists(*d);
+        }
+        let relations = HostRelations {
+            v2,
+            raw: packet.payload,
+            functions: descs,
+        };
+        if self.changes.host_relations.replace(relations).is_some() {
+            self.out.emit(RelayEvent::RelationsSuperseded);
+        }
+    }
+
+    /// The host no longer lists a function it had listed, and sent no EJECT for it.
+    fn host_dropped(&mut self, slot: WinSlot) {
+        let Some(f) = self.functions.get_mut(slot) else {
+            return;
+        };
+        if f.guest_visible() {
+            // The guest still holds it: the relay ejects it through the same serialization
+            // as a host eject. The host waits for no answer.
+            f.host = HostState::Gone;
+            self.begin_eject(slot);
+        } else {
+            self.functions.remove(slot);
+        }
+    }
+
+    /// The host lists `d` in its relations.
+    fn host_lists(&mut self, d: FunctionDescription2) {
+        let allowed = self.config.allows(&d);
+        let slot = d.wslot;
+        self.functions.mark_listed(slot);
+        let Some(f) = self.functions.get_mut(slot) else {
+            self.functions.insert(Function::new(d, allowed));
+            return;
+        };
+        let same = f.is(&d);
+        match (f.guest_visible(), f.host) {
+            // The guest never saw it: the host's newest description is the function.
+            (false, HostState::Listed) => {
+                if same {
+                    f.desc = d;
+                    f.allowed = allowed;
+                } else {
+                    *f = Function::new(d, allowed);
+                }
+            }
+            // A function the guest holds, listed again as it is: nothing changes (a slot the
+            // host is ejecting stays in its lists until EJECTION_COMPLETE reaches it).
+            (true, HostState::Listed | HostState::Ejecting) if same => {}
+            // A new identity in a slot the guest holds (a device replaced without an eject):
+            // the old function leaves like a dropped one, the new one waits for it.
+            (true, HostState::Listed) => {
+                f.successor = Some(d);
+                self.host_dropped(slot);
+            }
+            // Listed (again) while the function in the slot leaves: the host's current
+            // function there, announced once the guest has let go of the old one.
+            _ => f.successor = Some(d),
+        }
+    }
+
+    fn host_eject(&mut self, slot: WinSlot) {
+        let Some(f) = self.functions.get_mut(slot) else {
+            // Nothing the guest holds: answer so the host does not wait 60 seconds. A slot
+            // the host never listed is its mistake; one it listed before is a late or repeated
+            // eject, within its rights.
+            if !self.functions.ever_listed(slot) {
+                self.count_fault(Side::Host, PacketFault::UnknownSlot(slot));
+            }
+            return self.answer_host_eject(slot);
+        };
+        if f.successor.take().is_some() {
+            // The EJECT names the host's current function in the slot: the successor the
+            // guest was never shown. It never will be.
+            self.complete_host_eject(slot);
+            self.out.emit(RelayEvent::Coalesced { slot });
+            return;
+        }
+        match f.host {
+            HostState::Listed => {}
+            // Dropped earlier without an eject; the guest is being (or has been asked to be)
+            // ejected by the relay. The host now waits for the guest's EJECTION_COMPLETE.
+            HostState::Gone => {
+                f.host = HostState::Ejecting;
+                return;
+            }
+            // A repeated EJECT: the first is answered when the guest lets go; this one now.
+            HostState::Ejecting => return self.answer_host_eject(slot),
+        }
+        f.host = HostState::Ejecting;
+        if !f.guest_visible() && (self.safeguards.coalesce || !f.allowed) {
+            // Guarantee 3: the guest never saw it, so it never will.
+            self.functions.remove(slot);
+            self.complete_host_eject(slot);
+            self.out.emit(RelayEvent::Coalesced { slot });
+            return;
+        }
+        if f.guest_visible() {
+            self.begin_eject(slot);
+        }
+        // (With coalescing off, a hidden function stays listed as ejecting; it is announced
+        // and then ejected, as a plain pass-through would do.)
+    }
+
+    /// Answers a host EJECT for a function the guest does not hold.
+    fn answer_host_eject(&mut self, slot: WinSlot) {
+        self.complete_host_eject(slot);
+        self.out.emit(RelayEvent::EjectAnsweredLocally { slot });
+    }
+
+    /// Starts the relay's eject of a function the guest holds: queue it for delivery, and
+    /// shield its BARs and config space from now on (the host may tear the device down).
+    pub(super) fn begin_eject(&mut self, slot: WinSlot) {
+        let now = self.now;
+        let shield = self.safeguards.removal_shield;
+        let Some(f) = self.functions.get_mut(slot) else {
+            return;
+        };
+        if f.eject_since.is_none() {
+            f.eject_since = Some(now);
+            f.hold_reported = false;
+            self.changes.queue_eject(slot);
+        }
+        if shield && f.backing == Backing::Device {
+            f.backing = Backing::Shield;
+            self.out.set_backing(slot, Backing::Shield);
+        }
+    }
+
+    /// Sends the host an EJECTION_COMPLETE of the relay's own.
+    pub(super) fn complete_host_eject(&mut self, slot: WinSlot) {
+        if self.host != HostLink::Up {
+            return;
+        }
+        let body = EjectionCompleteBody {
+            wslot: slot,
+            status: U32::ZERO,
+        };
+        let payload = encode(&Message::EjectionComplete(Fixed::new(body)));
+        self.out.own_to_host(Packet::in_band(0, payload));
+    }
+
+    fn host_completion(&mut self, packet: Packet) {
+        let id = packet.transaction_id;
+        let fwd = match self.requests.complete(id) {
+            Ok(fwd) => fwd,
+            Err(Unmatched::Late(request)) => {
+                // The guest already has its answer; whatever the host says now is moot.
+                return self.out.emit(RelayEvent::LateCompletion { request });
+            }
+            Err(Unmatched::Stale) => {
+                // Finished before: a repeat, or later than the relay remembers. Nobody waits.
+                return self.count_fault(Side::Host, PacketFault::StaleTransaction(id));
+            }
+            Err(Unmatched::Unknown) => return self.host_fault(PacketFault::UnknownTransaction(id)),
+        };
+        if let Some(f) = fwd.slot.and_then(|s| self.functions.get_mut(s)) {
+            f.requests_pending = f.requests_pending.saturating_sub(1);
+        }
+        let request_type = fwd.request.message_type();
+        let completion = match decode_completion(&packet.payload, request_type, self.version) {
+            Ok(c) => c,
+            Err(e) => {
+                // The guest still gets an answer: a host that breaks the protocol loses its
+                // bus, and the relay answers the request itself.
+                let local = local_completion(&fwd.request, fwd.slot.and_then(|s| self.function(s)));
+                self.apply_completion(&fwd.request, &local, true);
+                self.answer_guest(fwd.guest_txid, fwd.slot, &local);
+                return self.host_fault(e.into());
+            }
+        };
+        self.apply_completion(&fwd.request, &completion, true);
+        let departed = fwd.slot.is_some_and(|s| self.departed(s));
+        let is_interrupt = matches!(
+            fwd.request,
+            Message::CreateInterruptMessage(_)
+                | Message::CreateInterruptMessage2(_)
+                | Message::CreateInterruptMessage3(_)
+        );
+        if departed
+            && is_interrupt
+            && !completion.status.is_success()
+            && self.safeguards.local_answers
+        {
+            // The host refused an interrupt for a function it is removing: a failure here is
+            // Linux 6.2's NULL chip_data (race C2), so the guest gets a plausible success.
+            let local = local_completion(&fwd.request, fwd.slot.and_then(|s| self.function(s)));
+            self.answer_guest(fwd.guest_txid, fwd.slot, &local);
+            return;
+        }
+        self.out
+            .relay_to_guest(Packet::completion(fwd.guest_txid, packet.payload));
+    }
+
+    /// Records what a completed request means for the bus and its functions. `was_pending`:
+    /// the request had been admitted to the request table (and so counted as pending).
+    pub(super) fn apply_completion(
+        &mut self,
+        request: &Message,
+        completion: &Completion,
+        was_pending: bool,
+    ) {
+        // The guest acts on what it is answered: that starts its next step, so the quiet
+        // window runs from here.
+        self.guest.touch(self.now);
+        let ok = completion.status.is_success();
+        match request {
+            Message::QueryProtocolVersion(m) if ok => {
+                self.version = ProtocolVersion(m.body.protocol_version.get());
+            }
+            Message::BusD0Entry(_) => {
+                self.guest
+                    .set_d0(if ok { Stage::Done } else { Stage::NotStarted })
+            }
+            Message::BusD0Exit(_) if ok => self.guest.d0_exit(),
+            _ => {}
+        }
+        let Some(f) = request.wslot().and_then(|s| self.functions.get_mut(s)) else {
+            return;
+        };
+        f.last_activity = Some(self.now);
+        match request {
+            Message::QueryResourceRequirements(_) => {
+                // A failed query still ends the guest's wait for it; the guest drops the
+                // function, so it counts as done for settling.
+                f.requirements = Stage::Done;
+                if let CompletionBody::ResourceRequirements(r) = &completion.body {
+                    f.probed_bars = Some(r.body.probed_bar.map(|b| b.get()));
+                }
+            }
+            Message::ResourcesAssigned(_)
+            | Message::ResourcesAssigned2(_)
+            | Message::ResourcesAssigned3(_) => f.resources = Stage::Done,
+            Message::CreateInterruptMessage(_)
+            | Message::CreateInterruptMessage2(_)
+            | Message::CreateInterruptMessage3(_)
+                if was_pending =>
+            {
+                f.interrupts_pending = f.interrupts_pending.saturating_sub(1);
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn host_fault(&mut self, fault: PacketFault) {
+        self.count_fault(Side::Host, fault);
+        // Guarantee 9: a host that breaks the protocol loses its bus, not the VM.
+        self.lose_host(false);
+    }
+
+    pub(super) fn lose_host(&mut self, rescinded: bool) {
+        if matches!(self.host, HostLink::Lost { .. }) {
+            return;
+        }
+        self.host = HostLink::Lost {
+            since: self.now,
+            rescinded,
+        };
+        self.out.emit(RelayEvent::HostLost { rescinded });
+        // Nobody will answer what is outstanding: answer it now.
+        for id in self.requests.live_ids() {
+            self.answer_forwarded_locally(id);
+        }
+        self.changes.host_relations = None;
+        for slot in self.functions.slots() {
+            let Some(f) = self.functions.get_mut(slot) else {
+                continue;
+            };
+            f.host = HostState::Gone;
+            f.successor = None;
+            f.requests_pending = 0;
+            f.interrupts_pending = 0;
+            match f.guest {
+                GuestState::Announced => self.begin_eject(slot),
+                GuestState::Hidden => {
+                    self.functions.remove(slot);
+                }
+                GuestState::Ejecting => {}
+            }
+        }
+    }
+
+    pub(super) fn count_fault(&mut self, side: Side, fault: PacketFault) {
+        self.out.emit(RelayEvent::Malformed { side, fault });
+    }
+}

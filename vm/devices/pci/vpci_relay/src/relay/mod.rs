@@ -1,0 +1,377 @@
+//! `BusRelay`: the sans-IO state machine for one vPCI bus.
+//!
+//! The relay's state is split into sub-states that each own their data, their methods and
+//! their deadlines, in the manner of quinn-proto's `Connection`:
+//!
+//! - [`functions`]: the function table (one entry per slot) and the slots ever listed;
+//! - [`requests`]: guest requests at the host, remembered local answers, host requests at the
+//!   guest, transaction ids;
+//! - [`probe`]: the guest's probe phase and bus activity;
+//! - [`changes`]: the outstanding change, held ejects, pending host relations;
+//! - [`output`]: transmit, backing, events and counters.
+//!
+//! The handlers that move between them live in [`host`] (host packets), [`guest`] (guest
+//! packets), [`window`] (config-window accesses) and [`progress`] (delivering held changes,
+//! timers). [`BusRelay::poll_timeout`] is the minimum of the sub-states' deadlines.
+
+mod changes;
+mod functions;
+mod guest;
+mod host;
+mod output;
+mod probe;
+mod progress;
+mod requests;
+mod window;
+
+pub use probe::ProbePhase;
+pub use window::{ConfigAccess, ConfigAction};
+
+use crate::config::{RelayConfig, Safeguards};
+use crate::events::{ChangeKind, Counters, RelayEvent};
+use crate::function::{Backing, Function, HostState};
+use changes::ChangeQueue;
+use functions::FunctionTable;
+use output::Outputs;
+use probe::GuestBus;
+use requests::RequestTable;
+use std::time::Duration;
+use vmbus_channel::Packet;
+use vpci_protocol::wire::{FunctionDescription, FunctionDescription2};
+use vpci_protocol::{ProtocolVersion, WinSlot};
+use zerocopy::{FromZeros, IntoBytes};
+
+/// Something the driver must send, or do to a channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// Send this packet to the host.
+    ToHost(Packet),
+    /// Send this packet to the guest.
+    ToGuest(Packet),
+    /// Close the guest channel: the host's rescind reaches the guest (at a safe point).
+    CloseGuest,
+}
+
+/// The relay's view of the bus as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HostLink {
+    /// The host answers on the channel.
+    Up,
+    /// The host rescinded or closed the channel, or broke the protocol, at this time.
+    Lost {
+        /// When.
+        since: Duration,
+        /// True for a rescind or close, false for a protocol violation.
+        rescinded: bool,
+    },
+}
+
+/// The relay for one vPCI bus. See the crate documentation for its guarantees.
+///
+/// Feed it with the `handle_*` methods, then drain [`poll_transmit`](Self::poll_transmit),
+/// [`poll_backing`](Self::poll_backing) and [`poll_event`](Self::poll_event), and arm a timer
+/// for [`poll_timeout`](Self::poll_timeout). It never blocks, reads no clock and does no I/O.
+#[derive(Clone, Debug)]
+pub struct BusRelay {
+    config: RelayConfig,
+    safeguards: Safeguards,
+    now: Duration,
+    version: ProtocolVersion,
+    host: HostLink,
+    guest_closed: bool,
+    guest: GuestBus,
+    functions: FunctionTable,
+    changes: ChangeQueue,
+    requests: RequestTable,
+    out: Outputs,
+}
+
+impl BusRelay {
+    /// A relay for a bus whose channels have just opened.
+    pub fn new(config: RelayConfig) -> Self {
+        let requests = RequestTable::new(
+            config.limits.max_outstanding_requests,
+            config.limits.max_remembered_answers,
+        );
+        Self {
+            out: Outputs::new(config.name.clone()),
+            config,
+            safeguards: Safeguards::ALL_ON,
+            now: Duration::ZERO,
+            version: ProtocolVersion::V1_0,
+            host: HostLink::Up,
+            guest_closed: false,
+            guest: GuestBus::new(),
+            functions: FunctionTable::default(),
+            changes: ChangeQueue::new(),
+            requests,
+        }
+    }
+
+    /// A relay with some safeguards switched off, so a test can show what each one prevents.
+    #[cfg(any(test, feature = "safeguard-switches"))]
+    pub fn with_safeguards(config: RelayConfig, safeguards: Safeguards) -> Self {
+        Self {
+            safeguards,
+            ..Self::new(config)
+        }
+    }
+
+    // ---- outputs ----
+
+    /// The next packet to send or channel action to take.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.poll_transmit()
+    }
+
+    /// The next backing change for a function's BARs and config space.
+    pub fn poll_backing(&mut self) -> Option<(WinSlot, Backing)> {
+        self.out.poll_backing()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<RelayEvent> {
+        self.out.poll_event()
+    }
+
+    /// When the relay next wants [`handle_timeout`](Self::handle_timeout) called, if ever:
+    /// the earliest of the sub-states' deadlines that is still ahead.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        if self.guest_closed {
+            return None;
+        }
+        let settle = self.config.settle;
+        let max_hold = self.config.max_hold;
+        let bus_quiet = self.guest.quiet_at(settle);
+        let mut next: Option<Duration> = None;
+        let mut consider = |t: Option<Duration>| {
+            if let Some(t) = t.filter(|&t| t > self.now) {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        // The change queue: the outstanding change's hold, and the quiet window that ends a
+        // relations change or lets held relations and ejects go.
+        consider(self.changes.deadline(max_hold));
+        if matches!(
+            self.changes.outstanding,
+            Some(changes::Outstanding::Relations { .. })
+        ) || self.changes.relations_wanted()
+            || self.guest.survey_requested()
+        {
+            consider(bus_quiet);
+        }
+        for slot in &self.changes.ejects {
+            if let Some(f) = self.functions.get(*slot).filter(|f| f.eject_pending()) {
+                consider(bus_quiet);
+                consider(f.quiet_at(settle));
+                consider(f.eject_since.map(|t| t.saturating_add(max_hold)));
+            }
+        }
+        // The probe path's own quiet window.
+        consider(self.guest.deadline(settle));
+        // Requests for departed functions the host leaves unanswered.
+        if self.safeguards.local_answers {
+            consider(
+                self.requests
+                    .deadline(self.config.departed_request_timeout, |s| self.departed(s)),
+            );
+        }
+        // A lost host: close the guest channel at a safe point, or after max_hold.
+        if let HostLink::Lost { since, .. } = self.host {
+            consider(Some(since.saturating_add(max_hold)));
+            consider(bus_quiet);
+        }
+        next
+    }
+
+    // ---- inspection ----
+
+    /// The bus's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.out.counters
+    }
+
+    /// The protocol version the guest and host agreed on (1.0 until they have).
+    pub fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// The state of the host link.
+    pub fn host_link(&self) -> HostLink {
+        self.host
+    }
+
+    /// Whether the guest channel has been closed.
+    pub fn guest_closed(&self) -> bool {
+        self.guest_closed
+    }
+
+    /// Whether the guest's probe path is done.
+    pub fn installed(&self) -> bool {
+        self.guest.installed()
+    }
+
+    /// How far the guest's probe path has come.
+    pub fn probe_phase(&self) -> ProbePhase {
+        self.guest.phase
+    }
+
+    /// The change outstanding at the guest, if any.
+    pub fn outstanding_change(&self) -> Option<ChangeKind> {
+        self.changes.outstanding.as_ref().map(|o| o.kind())
+    }
+
+    /// One function's state.
+    pub fn function(&self, slot: WinSlot) -> Option<&Function> {
+        self.functions.get(slot)
+    }
+
+    /// Every function, by slot.
+    pub fn functions(&self) -> impl Iterator<Item = &Function> {
+        self.functions.values()
+    }
+
+    /// Guest requests the host still owes an answer (requests the relay answered itself
+    /// never count here).
+    pub fn requests_outstanding(&self) -> usize {
+        self.requests.live_len()
+    }
+
+    /// Host requests forwarded to the guest that the guest has not completed.
+    pub fn host_requests_outstanding(&self) -> usize {
+        self.requests.host_requests_len()
+    }
+
+    /// Requests answered locally that are remembered so the host's late completion is
+    /// recognised (bounded by [`Limits::max_remembered_answers`](crate::Limits)).
+    pub fn remembered_local_answers(&self) -> usize {
+        self.requests.remembered()
+    }
+
+    /// Feeds `state` with everything that decides the relay's future behaviour: not its
+    /// counters, its configuration or its output queues (drain those first). Two relays with
+    /// the same fingerprint input react to every input alike, which lets a model checker or
+    /// simulator merge equal states without comparing histories.
+    pub fn fingerprint<H: std::hash::Hasher>(&self, state: &mut H) {
+        use std::hash::Hash;
+        let Self {
+            config: _,
+            safeguards: _,
+            now,
+            version,
+            host,
+            guest_closed,
+            guest,
+            functions,
+            changes,
+            requests,
+            out: _,
+        } = self;
+        (now, version, host, guest_closed, guest).hash(state);
+        (functions, changes, requests).hash(state);
+    }
+
+    // ---- inputs ----
+
+    /// A timer armed from [`poll_timeout`](Self::poll_timeout) fired.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.tick(now);
+        if !self.guest_closed {
+            self.out.emit(RelayEvent::Timer(self.now));
+        }
+        self.progress();
+    }
+
+    /// The host rescinded or closed its channel.
+    pub fn handle_host_closed(&mut self, now: Duration) {
+        self.tick(now);
+        self.lose_host(true);
+        self.progress();
+    }
+
+    /// The host's transport broke its rules (a corrupt ring, an oversized packet): the host
+    /// loses its bus, as for a malformed packet.
+    pub fn handle_host_transport_error(&mut self, now: Duration) {
+        self.tick(now);
+        if self.host == HostLink::Up {
+            self.host_fault(crate::PacketFault::Transport);
+        }
+        self.progress();
+    }
+
+    fn tick(&mut self, now: Duration) {
+        // Time never runs backwards for the relay, whatever the driver passes.
+        self.now = self.now.max(now);
+    }
+
+    // ---- helpers ----
+
+    /// Whether requests for this function must no longer reach the host (guarantee 4).
+    fn departed(&self, slot: WinSlot) -> bool {
+        self.host != HostLink::Up
+            || self
+                .functions
+                .get(slot)
+                .is_none_or(|f| f.host != HostState::Listed || !f.allowed || !f.guest_visible())
+    }
+
+    fn inspect_tree(&self) -> inspect::Node {
+        use inspect::Node;
+        let Self {
+            config,
+            safeguards: _,
+            now,
+            version,
+            host,
+            guest_closed,
+            guest,
+            functions,
+            changes,
+            requests,
+            out,
+        } = self;
+        let host = match host {
+            HostLink::Up => Node::str("up"),
+            HostLink::Lost { since, rescinded } => Node::dir()
+                .field("state", if *rescinded { "rescinded" } else { "failed" })
+                .field("since", since)
+                .build(),
+        };
+        Node::dir()
+            .field("name", &config.name)
+            .field("version", &version.to_string())
+            .field("now", now)
+            .child("host", host)
+            .field("guest_closed", guest_closed)
+            .child("guest", guest.inspect())
+            .child("changes", changes.inspect())
+            .child("functions", functions.inspect())
+            .child("requests", requests.inspect())
+            .field("counters", &out.counters)
+            .build()
+    }
+}
+
+/// A BUS_RELATIONS description as a BUS_RELATIONS2 one (no flags, node 0).
+fn widen(d: &FunctionDescription) -> FunctionDescription2 {
+    let mut wide = FunctionDescription2::new_zeroed();
+    wide.as_mut_bytes()[..FunctionDescription::SIZE].copy_from_slice(d.as_bytes());
+    wide
+}
+
+/// The BUS_RELATIONS part of a BUS_RELATIONS2 description.
+fn narrow(d: &FunctionDescription2) -> FunctionDescription {
+    let mut narrow = FunctionDescription::new_zeroed();
+    narrow
+        .as_mut_bytes()
+        .copy_from_slice(&d.as_bytes()[..FunctionDescription::SIZE]);
+    narrow
+}
+
+/// The relay's state as an inspect tree: the bus, the guest's probe phase, the change queue,
+/// every function with its host and guest state, the request table and counters.
+impl inspect::Inspect for BusRelay {
+    fn inspect(&self) -> inspect::Node {
+        self.inspect_tree()
+    }
+}

@@ -1,0 +1,227 @@
+//! The request table: guest requests forwarded to the host and waiting for its answer,
+//! the memory of requests the relay answered itself (to recognise the host's late answer),
+//! host requests forwarded to the guest, and the relay's transaction ids.
+//!
+//! Only requests the host still owes count against the live limit: a request the relay has
+//! answered leaves the live table at once and is remembered, in a bounded first-in first-out
+//! memory, only so that the host's late completion for it can be told from a wrong one.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use vpci_protocol::{Message, MessageType, WinSlot};
+
+/// A guest request forwarded to the host (keyed by the relay's own transaction id).
+#[derive(Clone, Debug, Hash)]
+pub(crate) struct Forwarded {
+    /// The guest's transaction id, for the answer.
+    pub(crate) guest_txid: u64,
+    /// The request, for a local answer and for what its completion means.
+    pub(crate) request: Message,
+    /// The function it names, if any.
+    pub(crate) slot: Option<WinSlot>,
+    /// When it was forwarded.
+    pub(crate) sent_at: Duration,
+}
+
+/// What a host completion's transaction id matched, when it was no live request.
+#[derive(Debug)]
+pub(crate) enum Unmatched {
+    /// A request the relay already answered itself.
+    Late(MessageType),
+    /// An id the relay issued and finished, not remembered as answered locally.
+    Stale,
+    /// An id the relay never issued.
+    Unknown,
+}
+
+/// The table is full: the request is refused.
+#[derive(Debug)]
+pub(crate) struct Full(pub(crate) usize);
+
+/// Guest requests at the host, remembered local answers, and host requests at the guest.
+#[derive(Clone, Debug, Hash)]
+pub(crate) struct RequestTable {
+    /// Sorted by id. A vector rather than a map: it holds a handful of entries, keeps its
+    /// allocation when it empties (a map frees its node on every round trip), and is bounded
+    /// by `live_limit`.
+    live: Vec<(u64, Forwarded)>,
+    live_limit: usize,
+    answered: VecDeque<(u64, MessageType)>,
+    answered_limit: usize,
+    /// Host requests forwarded to the guest: relay id -> host id.
+    host_requests: BTreeMap<u64, u64>,
+    next_txid: u64,
+}
+
+impl RequestTable {
+    pub(crate) fn new(live_limit: usize, answered_limit: usize) -> Self {
+        Self {
+            live: Vec::new(),
+            live_limit,
+            answered: VecDeque::new(),
+            answered_limit,
+            host_requests: BTreeMap::new(),
+            next_txid: 1,
+        }
+    }
+
+    fn alloc(&mut self) -> u64 {
+        let id = self.next_txid;
+        self.next_txid = self.next_txid.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Admits a guest request for forwarding; returns the relay's transaction id for it.
+    pub(crate) fn admit(&mut self, fwd: Forwarded) -> Result<u64, Full> {
+        if self.live.len() >= self.live_limit {
+            return Err(Full(self.live_limit));
+        }
+        let id = self.alloc();
+        // Ids only grow (until a wrap that 2^64 requests put out of reach), so this is a push.
+        let at = self.live.partition_point(|(i, _)| *i < id);
+        self.live.insert(at, (id, fwd));
+        Ok(id)
+    }
+
+    fn take_live(&mut self, id: u64) -> Option<Forwarded> {
+        let at = self.live.binary_search_by_key(&id, |(i, _)| *i).ok()?;
+        Some(self.live.remove(at).1)
+    }
+
+    /// Matches a host completion's transaction id, taking a live request out of the table.
+    pub(crate) fn complete(&mut self, id: u64) -> Result<Forwarded, Unmatched> {
+        if let Some(fwd) = self.take_live(id) {
+            return Ok(fwd);
+        }
+        if let Some(&(_, ty)) = self.answered.iter().find(|(a, _)| *a == id) {
+            self.answered.retain(|(a, _)| *a != id);
+            return Err(Unmatched::Late(ty));
+        }
+        if id != 0 && id < self.next_txid {
+            Err(Unmatched::Stale)
+        } else {
+            Err(Unmatched::Unknown)
+        }
+    }
+
+    /// Takes a live request out to answer it locally, remembering that it was.
+    pub(crate) fn answer_locally(&mut self, id: u64) -> Option<Forwarded> {
+        let fwd = self.take_live(id)?;
+        if self.answered_limit > 0 {
+            if self.answered.len() >= self.answered_limit {
+                self.answered.pop_front();
+            }
+            self.answered.push_back((id, fwd.request.message_type()));
+        }
+        Some(fwd)
+    }
+
+    /// Takes a live request out because it never reached the host (nothing to remember).
+    pub(crate) fn refused(&mut self, id: u64) -> Option<Forwarded> {
+        self.take_live(id)
+    }
+
+    /// The live requests' ids, in order.
+    pub(crate) fn live_ids(&self) -> Vec<u64> {
+        self.live.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Live requests for functions `departed` says are gone that have waited `timeout`.
+    pub(crate) fn stale(
+        &self,
+        now: Duration,
+        timeout: Duration,
+        departed: impl Fn(WinSlot) -> bool,
+    ) -> Vec<u64> {
+        self.live
+            .iter()
+            .filter(|(_, r)| {
+                now >= r.sent_at.saturating_add(timeout) && r.slot.is_some_and(&departed)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// When the next request for a departed function will have waited `timeout`.
+    pub(crate) fn deadline(
+        &self,
+        timeout: Duration,
+        departed: impl Fn(WinSlot) -> bool,
+    ) -> Option<Duration> {
+        self.live
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.slot.is_some_and(&departed))
+            .map(|r| r.sent_at.saturating_add(timeout))
+            .min()
+    }
+
+    /// Requests the host still owes.
+    pub(crate) fn live_len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether the host owes nothing.
+    pub(crate) fn idle(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Local answers remembered for late completions.
+    pub(crate) fn remembered(&self) -> usize {
+        self.answered.len()
+    }
+
+    /// Records a host request forwarded to the guest; `None` if the table is full.
+    pub(crate) fn forward_host_request(&mut self, host_txid: u64) -> Option<u64> {
+        if self.host_requests.len() >= self.live_limit {
+            return None;
+        }
+        let id = self.alloc();
+        self.host_requests.insert(id, host_txid);
+        Some(id)
+    }
+
+    /// The host's id for the guest's completion of a forwarded host request.
+    pub(crate) fn take_host_request(&mut self, id: u64) -> Option<u64> {
+        self.host_requests.remove(&id)
+    }
+
+    /// Host requests the guest still owes.
+    pub(crate) fn host_requests_len(&self) -> usize {
+        self.host_requests.len()
+    }
+
+    /// The inspect tree: live requests by id, counts of the rest.
+    pub(crate) fn inspect(&self) -> inspect::Node {
+        use inspect::Node;
+        let Self {
+            live,
+            live_limit,
+            answered,
+            answered_limit,
+            host_requests,
+            next_txid,
+        } = self;
+        let live_node = Node::Dir(
+            live.iter()
+                .map(|(id, r)| {
+                    let node = Node::dir()
+                        .field("request", &r.request.message_type().to_string())
+                        .field("slot", &r.slot.map(|s| s.to_string()))
+                        .hex("guest_txid", r.guest_txid)
+                        .field("sent_at", &r.sent_at)
+                        .build();
+                    (format!("{id:#x}"), node)
+                })
+                .collect(),
+        );
+        Node::dir()
+            .child("live", live_node)
+            .field("live_limit", live_limit)
+            .field("answered_locally_remembered", &answered.len())
+            .field("answered_limit", answered_limit)
+            .field("host_requests_at_guest", &host_requests.len())
+            .hex("next_txid", *next_txid)
+            .build()
+    }
+}

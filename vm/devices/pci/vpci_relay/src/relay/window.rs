@@ -1,0 +1,124 @@
+//! The config window: guest accesses to a function's config space, trapped by the
+//! paravisor, and what the relay makes of them (guarantee 8's config half).
+
+use super::{BusRelay, HostLink};
+use crate::function::{GuestState, HostState};
+use std::time::Duration;
+use vpci_protocol::WinSlot;
+
+/// A guest access to a function's config space through the config window (trapped by the
+/// paravisor). Offsets are within the function's 4 KiB config space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigAccess {
+    /// A read of `len` bytes (1, 2 or 4) at `offset`.
+    Read {
+        /// The function selected in the window's slot page.
+        slot: WinSlot,
+        /// Byte offset in config space.
+        offset: u16,
+        /// Access width in bytes.
+        len: u8,
+    },
+    /// A write of `len` bytes at `offset`.
+    Write {
+        /// The function selected in the window's slot page.
+        slot: WinSlot,
+        /// Byte offset in config space.
+        offset: u16,
+        /// Access width in bytes.
+        len: u8,
+        /// The value written.
+        value: u32,
+    },
+}
+
+/// What the driver does with a config access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigAction {
+    /// Carry it out on the device (and report a read's result with
+    /// [`BusRelay::handle_config_read_result`]).
+    Forward,
+    /// Complete the read with this value; the device is not touched.
+    Answer(u32),
+    /// Drop the write; the device is not touched.
+    Drop,
+}
+
+impl BusRelay {
+    /// A guest access to the config window. Returns what the driver must do with it.
+    pub fn handle_config_access(&mut self, now: Duration, access: ConfigAccess) -> ConfigAction {
+        self.tick(now);
+        let (slot, offset, len, read) = match access {
+            ConfigAccess::Read { slot, offset, len } => (slot, offset, len, true),
+            ConfigAccess::Write {
+                slot, offset, len, ..
+            } => (slot, offset, len, false),
+        };
+        let host_up = self.host == HostLink::Up;
+        let shield = self.safeguards.removal_shield;
+        self.guest.touch(now);
+        let action = match self.functions.get_mut(slot) {
+            Some(f) if f.guest_visible() => {
+                f.last_activity = Some(now);
+                if host_up && f.host == HostState::Listed || !shield {
+                    ConfigAction::Forward
+                } else if read {
+                    // Once the guest has been told to let go, the function reads as absent.
+                    let dword = if f.guest == GuestState::Ejecting {
+                        u32::MAX
+                    } else {
+                        f.config_copy(offset & !3)
+                    };
+                    ConfigAction::Answer(extract(dword, offset, len))
+                } else {
+                    ConfigAction::Drop
+                }
+            }
+            // A function the guest was never shown (or already let go): nothing there.
+            _ if read => ConfigAction::Answer(extract(u32::MAX, offset, len)),
+            _ => ConfigAction::Drop,
+        };
+        self.progress();
+        action
+    }
+
+    /// The result of a forwarded config read, so the relay can keep answering it after the
+    /// host has removed the function.
+    pub fn handle_config_read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
+        let limit = self.config.limits.max_config_cache;
+        if let Some(f) = self.functions.get_mut(slot) {
+            if len == 4
+                && offset % 4 == 0
+                && (f.config.len() < limit || f.config.contains_key(&offset))
+            {
+                f.config.insert(offset, value);
+            }
+        }
+    }
+}
+
+/// The `len` bytes at `offset` of a config dword (an access wider than 4 bytes reads the
+/// whole dword).
+fn extract(dword: u32, offset: u16, len: u8) -> u32 {
+    let shift = u32::from(offset & 3) * 8;
+    let value = dword.checked_shr(shift).unwrap_or(0);
+    match len {
+        1 => value & 0xff,
+        2 => value & 0xffff,
+        _ => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::extract;
+
+    /// Narrow reads take the addressed bytes of the dword.
+    #[test]
+    fn extract_takes_the_addressed_bytes() {
+        assert_eq!(extract(0x1234_5678, 0, 4), 0x1234_5678);
+        assert_eq!(extract(0x1234_5678, 2, 2), 0x1234);
+        assert_eq!(extract(0x1234_5678, 1, 1), 0x56);
+        assert_eq!(extract(u32::MAX, 0, 2), 0xffff);
+    }
+}
