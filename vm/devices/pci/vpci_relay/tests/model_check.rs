@@ -1,31 +1,63 @@
 //! A model check of the real [`BusRelay`](vpci_relay::BusRelay), unchanged and driven only
 //! through its public API, with [stateright]: every interleaving of an abstract Hyper-V host
 //! and an abstract unfixed Linux 6.2 guest, within bounds, is explored breadth first, and the
-//! relay's guarantees are checked in every state reached.
+//! relay's promises to both peers are checked in every state reached.
 //!
-//! # The model (`model/mod.rs`)
+//! # The model (`model/`)
 //!
-//! **State.** `BusRelay` is neither `Clone` nor `Hash`, so the model state keeps the
-//! *sequence of inputs* the relay was fed (a shared, persistent list) and, for identity, a
-//! 64-bit hash of the relay's full `Debug` rendering (every field of the relay: functions,
-//! requests, held changes, timers' inputs, counters, next transaction id) taken after each
-//! step. `next_state` rebuilds the relay by replaying the inputs and then feeds the new ones.
-//! Equality and hashing of a state use that fingerprint plus the abstract host, the abstract
-//! guest, the clock, the last backing the relay emitted per function and the observation
-//! flags, never the history: two histories that leave everything equal are one state. (A
-//! fingerprint finer than the relay's real state only costs states, it cannot hide one;
-//! collisions of the 64-bit hash are the one theoretical gap.)
+//! `wire.rs` (the packets), `host.rs`, `guest.rs`, `state.rs` (state and actions),
+//! `props.rs` (properties), `mod.rs` (bounds, one step, helpers for scripted scenarios).
 //!
-//! **Host** (one bus, slots 1 and 2; slot 1 present at boot, slot 2 hot-added). Its actions:
-//! send BUS_RELATIONS2 listing what it has (once the guest's QUERY_BUS_RELATIONS has reached
-//! it; again at any later time, which covers Hyper-V's repeat after D0 entry), optionally
-//! leaving a listed function out (a surprise removal, [`Bounds::surprise_removal`]); hot-add
-//! or re-add a function (announced with relations at once); EJECT an announced function (its
-//! device is torn down at once, as in OpenVMM issue #3077; when the relay forwards
-//! EJECTION_COMPLETE the function is removed and may be re-added); rescind the channel; and
-//! answer each request the relay forwarded, in any order: success, or, for an interrupt
-//! request of a function it has removed, a failure or no answer at all. Packets from the
-//! relay reach the host at once.
+//! **State.** The state holds the relay itself (`BusRelay` is `Clone`): `next_state` clones
+//! the previous state, feeds the relay one input and drains its outputs. A state's identity
+//! (`Hash`/`Eq`) is a 64-bit hash of [`BusRelay::fingerprint`](vpci_relay::BusRelay::fingerprint)
+//! (everything that decides the relay's future behaviour, taken after its outputs were
+//! drained; not its counters) plus the abstract host, the abstract guest, the clock, the
+//! relay's next timer, the last backing the relay emitted per slot and the observation flags;
+//! never the history or the trace text. Two histories that leave all that equal are one
+//! state. (Collisions of the 64-bit hash are the one theoretical gap; stateright itself keeps
+//! only 64-bit fingerprints of states.)
+//!
+//! Before, the state kept the relay's input history and rebuilt the relay by replaying it at
+//! every step, and hashed the relay's `Debug` text. Measured on the same machine, 2 threads,
+//! debug build (the machine is shared, so figures vary by up to 2x between runs):
+//!
+//! | model | bound | unique states | time | unique states/s |
+//! | --- | --- | --- | --- | --- |
+//! | replay + `Debug` hash (074d841) | old `DEFAULT` (4 relations, 2 ejects, hot-add, re-add) | 229,402 | 33.5 s | 6,850 |
+//! | clone + fingerprint (074d841 relay) | [`Bounds::RELIST`] (comparable: 4 relations, 2 ejects, 2 adds) | 262,383 | 10.8 s | 24,300 |
+//! | clone + fingerprint (074d841 relay) | [`Bounds::DEFAULT`] | 745,121 | 23.8 s | 31,300 |
+//!
+//! so a step costs about a quarter of what it did (the replay grew with the path's depth).
+//!
+//! **Host** (one bus, slots 1 and 2; slot 1 present at boot, slot 2 absent unless
+//! `two_at_boot`). Each slot holds its newest function and that function's identity: the host
+//! numbers the functions it puts in a slot 1, 2, ... and writes the number into the device id
+//! (`0xb0 + n`) and the serial number, so a re-listed slot always carries a new identity. Per
+//! slot it also counts the EJECTs it sent that still wait for an EJECTION_COMPLETE. Its
+//! actions, each bounded by a [`Bounds`] field:
+//! - `HostRelations`: BUS_RELATIONS2 with what it has, including a function it is ejecting
+//!   (the survey answer once the guest's QUERY_BUS_RELATIONS reached it; a repeat or a
+//!   duplicate at any later time);
+//! - `HostDrop(s)`: leave out the function in slot `s` (listed or being ejected) and send
+//!   relations: a surprise removal; its device is gone at once;
+//! - `HostAdd(s)`: put a new function in slot `s` and announce it: a hot-add or a re-add, and,
+//!   with `relist`, also while the old function is being ejected, or in place of a listed one
+//!   (one relations message that changes the identity in the slot; the old device is gone);
+//!   the guest may still hold the old function in each case;
+//! - `HostEject(s)`: EJECT for a slot it has ever listed (with `free_ejects`; otherwise only a
+//!   function it lists): its function is torn down at once (OpenVMM issue #3077); the slot may
+//!   also hold a function it dropped, one it is already ejecting (a duplicate), or one whose
+//!   ejection completed;
+//! - `HostRescind`;
+//! - `HostComplete`: answer a forwarded request, in any order: success; for an interrupt
+//!   request of a function it no longer has, a failure; or, for any request of such a
+//!   function, `Ignore`: never answer it, or answer it later with `HostLate`, typically after
+//!   the relay has answered it itself.
+//!
+//! Packets from the relay reach the host at once. A request the host receives is tagged with
+//! the identity of the guest function it was sent for, so "a function it no longer has" means
+//! that identity.
 //!
 //! **Guest** (Linux 6.2's `pci-hyperv`, per `/work/shared/spec/linux-guest.md`). Four kinds of
 //! context, each step of which is a separate action so that host actions interleave between
@@ -38,51 +70,85 @@
 //! per function (config and BAR reads, CREATE_INTERRUPT_MESSAGE2, wait, unmask). The channel
 //! callback runs atomically when a packet arrives: completions wake their waiter, relations
 //! become the newest record plus a work item (records collapse), EJECT marks the child and
-//! queues the eject work. The races of the catalogue become failures:
-//! C2 (EJECT while a driver sets up its interrupt, or a failed CREATE_INTERRUPT: NULL
-//! descriptor at unmask), C3 (an ejection completed before the root bus existed, and the
-//! probe path then touches the function), C4 (relations adding a function after the survey,
-//! before the root bus; or dropping one the guest holds), C1/C5 (the channel closed while the
-//! probe path is mid-flight), C7 (a BAR access to a function whose device the host removed,
-//! unless the relay emitted a Shield backing for it; a config access the relay forwards to
-//! such a device). A failed guest takes no further step: the counterexample ends there.
+//! queues the eject work. Children are matched as Linux matches them: by slot, vendor id,
+//! device id and serial; a child whose identity is not listed any more is unlinked with its
+//! driver still bound. The races of the catalogue become failures: C2 (EJECT while a driver
+//! sets up its interrupt, or a failed CREATE_INTERRUPT: NULL descriptor at unmask), C3 (an
+//! ejection completed before the root bus existed, and the probe path then touches the
+//! function), C4 (relations adding a function after the survey, before the root bus; or
+//! dropping one the guest holds, or listing its slot with another identity), C1/C5 (the
+//! channel closed while the probe path is mid-flight), C7 (a BAR access to a function whose
+//! device the host removed, unless the relay emitted a Shield backing for it; a config access
+//! the relay forwards to a removed device, or to the device that replaced it). A failed guest
+//! takes no further step: the counterexample ends there. A request refused with BAD_DATA is a
+//! property failure when fewer than the limit were really outstanding; when the limit really
+//! was reached (possible only at the model's small limits) the path ends there, outside the
+//! model.
 //!
 //! **Time.** A virtual clock; the action `AdvanceTime` moves it to the relay's
 //! `poll_timeout()` and calls `handle_timeout`, so settle windows (100 ms), the departed-request
 //! timeout (1 s) and holds (30 s) expire. Time passes only while every guest context waits and
-//! the host owes no answer: guest steps and host answers are taken to be quick next to the
-//! settle window, the assumption the relay's settle rule rests on. (Without it the model
-//! would "find" a driver that pauses 100 ms between its config reads and its interrupt
-//! request, which no quiet window can tell from a settled one.)
+//! the host owes no prompt answer (a request it ignored does not stop the clock): guest steps
+//! and host answers are taken to be quick next to the settle window, the assumption the
+//! relay's settle rule rests on.
+//!
+//! **Relay configuration.** Default, except `max_outstanding_requests`, which is
+//! [`Bounds::request_limit`]: 4 (the guest never has more than 4 requests out: probe path,
+//! relations work, two drivers), or 1 in [`Bounds::REQUEST_TABLE`] so that a table that keeps
+//! what is not live fills within the bound.
 //!
 //! # Properties
 //!
-//! Always: no guest panic or fault (C1-C5, C7); G1, at most one host change (an EJECT, or a
-//! relations message that changes what the guest has) outstanding at the guest, a relations
-//! change counting as finished when every function it lists has been queried and, for one
-//! that arrived during the probe path, the probe path is done; G2, no EJECT for a function the
-//! guest has not settled (probe path done, function linked, driver not setting up an
-//! interrupt); G3, a relations message never announces a function the host has already taken
-//! back; G7, no completion for a request the guest is not waiting for, and, at quiescence (no
-//! guest step, nothing owed by the host, no relay timer), every guest request has been
-//! answered; G7 (delivery), at quiescence the guest holds exactly the functions the host has
-//! announced and still has, and no host EJECT waits for an answer; G5, at quiescence after a
-//! rescind the guest channel is closed; and the host never gets an EJECTION_COMPLETE it did
-//! not ask for. Sometimes (so the check is not vacuous): an eject was held, a function was
-//! coalesced, a request was answered locally, an eject removed a bound driver, a rescind
-//! closed the guest.
+//! Each is a promise to a peer, checked in every state (`props.rs`); "at quiescence" means the
+//! guest has no step, the host owes no prompt answer and the relay wants no timer.
+//! - *No guest panic or fault* (C1-C5, C7).
+//! - *G1*: at most one host change (an EJECT, or a relations message that changes what the
+//!   guest has) outstanding at the guest.
+//! - *G2*: no EJECT for a function the guest has not settled.
+//! - *G3*: a relations message never announces a function (slot and identity) the host no
+//!   longer has.
+//! - *G5*: at quiescence after a rescind the guest channel is closed.
+//! - *G7, requests*: no completion for a request the guest is not waiting for; at quiescence
+//!   every guest request has been answered.
+//! - *G7, delivery*: at quiescence (host up) the guest holds exactly the functions the host
+//!   has listed and still has, each with the host's identity (slot, vendor, device id and
+//!   serial as listed).
+//! - *Every host EJECT is answered by exactly one EJECTION_COMPLETE*: none for a slot that is
+//!   owed none (never two for one EJECT, none unasked), and at quiescence (host up) none
+//!   owed. A duplicate EJECT is owed its own answer.
+//! - *No change runs into `max_hold`.*
+//! - *A conformant host is never counted malformed*: no `Malformed { side: Host }` event and
+//!   no bus dropped for a protocol violation (the model's host keeps the protocol: a late
+//!   completion, an EJECT of a dropped or ejected function are within it).
+//! - *No relay table outgrows what is live*: always, `requests_outstanding()` is at most the
+//!   number of requests the guest really waits for, and `functions().count()` at most the
+//!   two slots; at quiescence, nothing is outstanding and every function the relay keeps is
+//!   one the host lists or the guest holds. (The inspect tree is not read: its layout is the
+//!   relay's to change, and the late-completion memory the relay keeps is bounded by its own
+//!   rule, not by what is live.)
+//! - *A guest request is refused only at the limit*: BAD_DATA only when at least
+//!   `max_outstanding_requests` requests are really outstanding.
+//!
+//! Sometimes (so the check is not vacuous; asserted where the bound allows): an eject was
+//! held, a function was coalesced, a request was answered locally, an eject removed a bound
+//! driver, a rescind closed the guest, a slot was re-listed while the guest held it, a host
+//! answered after the relay did.
 //!
 //! # Bounds and cost
 //!
-//! Measured on 2 threads in a debug build (`cargo test` is unoptimized), on a shared machine:
+//! Measured on 2 threads in a debug build (`cargo test` is unoptimized), on a shared machine,
+//! against the relay of 3e768a8 (after its fixes for bugs 1-3); all five non-ignored checks
+//! together with the teeth and scripted tests take 65-75 s:
 //!
 //! | test | bound | unique states | depth | time |
 //! | --- | --- | --- | --- | --- |
-//! | `model_check_all_safeguards_on` | [`Bounds::DEFAULT`]: 4 relations, 2 ejects, 1 hot-add, 1 re-add, 1 rescind | 229,402 | 49 | 20-30 s |
-//! | `model_check_two_at_boot` | [`Bounds::TWO_AT_BOOT`] | 90,969 | 49 | 8-15 s |
-//! | `model_check_surprise_removal_without_re_add` | [`Bounds::SURPRISE`] without re-add | 121,007 | 40 | 10 s |
-//! | `model_check_surprise_removal` (ignored) | [`Bounds::SURPRISE`] | 864,263 | 51 | 77-140 s |
-//! | `model_check_large_bound` (ignored) | [`Bounds::LARGE`]: 5 relations, 3 ejects, 2 re-adds | 2,666,405 | 62 | 7.7 min |
+//! | `model_check_all_safeguards_on` | [`Bounds::DEFAULT`]: 4 relations, 2 ejects, 1 add, 1 drop, 1 ignored request answered late, 1 rescind | 765,147 | 38 | 24-28 s |
+//! | `model_check_relist` | [`Bounds::RELIST`]: 4 relations, 2 ejects, 2 adds | 517,543 | 44 | 21 s |
+//! | `model_check_two_at_boot` | [`Bounds::TWO_AT_BOOT`]: both at boot, 3 relations, 2 ejects, 1 add, 1 drop | 504,323 | 43 | 24 s |
+//! | `model_check_request_table` | [`Bounds::REQUEST_TABLE`]: request limit 1, 1 ignored request answered late | 48,427 | 35 | 2 s |
+//! | `model_check_teeth_bound` | [`Bounds::SMALL`] | 23,592 | 34 | 1 s |
+//! | `model_check_large_bound` (ignored) | [`Bounds::LARGE`]: `DEFAULT` with 2 adds | LARGE_STATES | LARGE_DEPTH | LARGE_TIME |
+//! | `model_check_large_two_at_boot` (ignored) | [`Bounds::LARGE_TWO_AT_BOOT`] | LTB_STATES | LTB_DEPTH | LTB_TIME |
 //!
 //! The teeth run at [`Bounds::SMALL`] on one thread and stop at the first counterexample
 //! (under a second each).
@@ -90,49 +156,73 @@
 //! # Teeth
 //!
 //! With one safeguard of [`Safeguards`](vpci_relay::Safeguards) switched off the checker finds
-//! a counterexample for each: `one_change_at_a_time` (a hot-add delivered during the probe
-//! path: C4, G1), `hold_eject_until_settled` (EJECT before the root bus: C3, G2),
-//! `coalesce` (a function the host took back is announced: G3; the guest itself survives
-//! it, thanks to the shield and the local answers), `local_answers` (the host's failure of a
-//! departed function's interrupt request reaches the guest: C2), `rescind_at_safe_point` (the
-//! guest channel closed mid-probe: C5), `removal_shield` (the driver-remove path reads a
-//! torn-down device: C7).
+//! a counterexample for each, at a bound that holds with all of them on
+//! (`model_check_teeth_bound`): `one_change_at_a_time` (a hot-add delivered during the probe
+//! path: C4, G1), `hold_eject_until_settled` (EJECT before the root bus: C3, G2), `coalesce`
+//! (a function the host took back is announced: G3; the guest itself survives it, thanks to
+//! the shield and the local answers), `local_answers` (the host's failure of a departed
+//! function's interrupt request reaches the guest: C2), `rescind_at_safe_point` (the guest
+//! channel closed mid-probe: C5), `removal_shield` (the driver-remove path reads a torn-down
+//! device: C7).
 //!
 //! # Relay bugs this model found
 //!
-//! All at the surprise-removal bound (a relations message leaving out a function the guest
-//! holds, then the slot re-added); all fixed since by the relay's owners, and kept as
-//! scripted regression tests:
-//! - the re-added function was never announced
-//!   (`re_add_during_synthesized_eject_reaches_the_guest`; seen failing at bacc3b6, passes
-//!   since 2c9b344);
-//! - a host EJECT of the re-added function was dropped as a repeat, and the slot was later
-//!   re-announced with device backing, so the guest's driver read a torn-down device (C7, G3)
-//!   (`eject_of_re_added_function_is_completed`; the checker's counterexample was seen at
-//!   bacc3b6, the scripted test was written after 2c9b344 landed and has only been seen
-//!   passing);
-//! - the successor installed at the guest's EJECTION_COMPLETE waited for a bus-quiet timer
-//!   nobody armed (`successor_announced_after_eject_complete`; seen failing at 2c9b344,
-//!   passes since 06cc642).
+//! With the host's new freedoms, against the relay of 074d841 (each is a scripted test below,
+//! shown failing at 074d841 and passing since the relay fixes merged from main at 3e768a8):
+//! - **Bug 1, re-listed during eject** (`bug1_relisted_during_eject_reaches_the_guest`):
+//!   boot with 1#1; `HostEject(1)`; `HostAdd(1)` (relations list 1#2 while the eject is
+//!   outstanding); the guest completes 1#1's eject; 1#2 never reaches it (G7 delivery).
+//! - **Bug 1, identity changed in place** (`bug1_identity_change_in_place_is_an_eject_and_an_add`):
+//!   boot with 1#1; `HostAdd(1)` (one relations message lists 1#2 instead); the relay ignored
+//!   the new description and passed the host's bytes through, since the slot list had not
+//!   changed: the guest unlinked 1#1 with its driver bound (C4), and a following EJECT broke
+//!   G1. Variants: with 1#1's interrupt request outstanding and ignored by the host, nobody
+//!   answered it, since the relay still took 1#1 for listed (G7 requests, `max_hold`;
+//!   `bug1_request_of_replaced_function_is_answered`); and the old model's re-add scenario,
+//!   with a new identity, fails the same way (`successor_announced_after_eject_complete`).
+//! - **Bug 2** (`bug2_eject_after_drop_is_answered`): boot; `HostDrop(1)`; `HostEject(1)`;
+//!   the guest's EJECTION_COMPLETE was taken for the relay's own eject and not forwarded: the
+//!   host's EJECT was never answered. If the EJECT comes after the guest let go
+//!   (`bug2_eject_after_drop_completed_is_not_malformed`) it was answered but counted as a
+//!   malformed `UnknownSlot` packet.
+//! - **Duplicate EJECT** (`duplicate_eject_is_answered_twice`): `HostEject(1)` twice before
+//!   the guest completes; the second was dropped as a repeat, so one EJECT went unanswered.
+//! - **Bug 3** (`bug3_answered_request_does_not_block_the_next`, at request limit 1): the
+//!   driver of 1#1 waits for its interrupt; `HostEject(1)`; the host ignores the request; the
+//!   relay answers it after 1 s but keeps it in its table; after the eject, `HostAdd(1)`: the
+//!   guest's QUERY_RESOURCE_REQUIREMENTS for 1#2 is refused with BAD_DATA with nothing
+//!   outstanding, and then the driver's interrupt request too (C2). Over cycles at limit 4,
+//!   the fourth hot-add is refused (`bug3_hot_plug_cycles_do_not_fill_the_table`).
+//!
+//! Earlier, at the surprise-removal bound of the old model (fixed by 2c9b344 and 06cc642,
+//! kept as `re_add_during_synthesized_eject_reaches_the_guest`,
+//! `eject_of_re_added_function_is_completed`, `successor_announced_after_eject_complete`): a
+//! re-added function never announced; a host EJECT of the re-added function dropped as a
+//! repeat (C7, G3); a successor waiting for a bus-quiet timer nobody armed.
 //!
 //! # Not modelled
 //!
 //! Version fallback (the guest asks for 1.4 only), D0 entry failure and the kdump retry,
 //! config writes and the relay's config cache (`handle_config_read_result`), the allow-list
-//! (every function is allowed), malformed packets (the fuzz targets cover them), more than
-//! one interrupt per function, and the guest's own reaction to a rescind beyond "a bound
-//! driver's remove path reads its BARs". Packets reach the host at once, and the guest's
-//! channel callback runs atomically with the relay's output.
+//! (every function is allowed), malformed packets and relations that list a slot twice (a
+//! protocol violation; the fuzz targets and `hostile.rs` cover them), more than one interrupt
+//! per function, the host's own requests to the guest (INVALIDATE_BLOCK), failed
+//! QUERY_RESOURCE_REQUIREMENTS (the guest model links the function anyway), a late-completion
+//! memory that overflows (it needs more ignored requests than the bound allows), and the
+//! guest's own reaction to a rescind beyond "a bound driver's remove path reads its BARs".
+//! Packets reach the host at once, and the guest's channel callback runs atomically with the
+//! relay's output.
 //!
 //! # Reading a counterexample
 //!
 //! Each failing property prints its path, one line per action: the virtual time after it, the
 //! action (`Guest(Probe)`, `Guest(Work)`, `Guest(Driver(n))` are guest steps; `Host*` are host
 //! actions; `HostComplete { txid, .. }` names the relay's transaction id of the forwarded
-//! request), and what that step made the relay deliver (`guest<-EJECT(1)`,
-//! `host<-EJECTION_COMPLETE(1)`, `guest<-done Interrupt(2) ok=true`, `guest<-CLOSE`). The last
-//! line gives the guest's failure and the observation flags (`g1`/`g2`/`g3` say which change
-//! broke the rule). Run a single test with `-- --nocapture` to see them.
+//! request), and what that step made the relay deliver (`host adds 1#2`, `guest<-EJECT(1)`,
+//! `host<-EJECTION_COMPLETE(1)`, `guest<-done Interrupt(2) ok=true`, `guest<-CLOSE`);
+//! relations show `(slot, identity)` pairs. The last line gives the guest's failure and the
+//! observation flags (`g1`/`g2`/`g3` say which change broke the rule). Run a single test with
+//! `-- --nocapture` to see them.
 
 mod model;
 
@@ -197,7 +287,7 @@ fn check_all_on(bounds: Bounds) {
 /// surprise removal, an ignored request answered late, two ejects of any slot the host has
 /// listed, a rescind) breaks a property; and the interesting cases occur.
 ///
-/// RELAY BUGS 1 AND 2: fails on the relay of 074d841 (see the module doc's counterexamples).
+/// Relay bugs 1 and 2: failed on the relay of 074d841 (see the module doc), passes since 3e768a8.
 #[test]
 fn model_check_all_safeguards_on() {
     check_all_on(Bounds::DEFAULT);
@@ -206,7 +296,7 @@ fn model_check_all_safeguards_on() {
 /// The same with two new functions in a slot (re-listed while the old one is listed,
 /// ejecting or still held by the guest).
 ///
-/// RELAY BUG 1: fails on the relay of 074d841.
+/// Relay bug 1: failed on the relay of 074d841, passes since 3e768a8.
 #[test]
 fn model_check_relist() {
     check_all_on(Bounds::RELIST);
@@ -214,7 +304,7 @@ fn model_check_relist() {
 
 /// The same with both functions present at boot.
 ///
-/// RELAY BUGS 1 AND 2: fails on the relay of 074d841.
+/// Relay bugs 1 and 2: failed on the relay of 074d841, passes since 3e768a8.
 #[test]
 fn model_check_two_at_boot() {
     check_all_on(Bounds::TWO_AT_BOOT);
@@ -223,7 +313,7 @@ fn model_check_two_at_boot() {
 /// The same with a request limit of one, so a table that keeps answered requests refuses the
 /// next one within the bound.
 ///
-/// RELAY BUGS 1, 2 AND 3: fails on the relay of 074d841.
+/// Relay bugs 1, 2 and 3: failed on the relay of 074d841, passes since 3e768a8.
 #[test]
 fn model_check_request_table() {
     check_all_on(Bounds::REQUEST_TABLE);
@@ -414,8 +504,9 @@ fn assert_promises_kept(s: &State) {
 /// slot 1 again with a new function 1#2 (another device id and serial). Once the guest has let
 /// go of 1#1, 1#2 must reach it.
 ///
-/// RELAY BUG 1: fails on the relay of 074d841 (the re-listing of a slot whose host state is
-/// Ejecting is ignored; at the guest's EJECTION_COMPLETE the slot is forgotten).
+/// Relay bug 1: failed on the relay of 074d841, passes since 3e768a8 (the re-listing of a slot
+/// whose host state is Ejecting is ignored; at the guest's EJECTION_COMPLETE the slot is
+/// forgotten).
 #[test]
 fn bug1_relisted_during_eject_reaches_the_guest() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
@@ -427,14 +518,14 @@ fn bug1_relisted_during_eject_reaches_the_guest() {
     assert_eq!(s.guest.held(), vec![(1, 2)]);
 }
 
-/// Bug 1 (identity in place): the host lists slot 1 with a new function 1#2 in place of 1#1,
-/// in one relations message. A function is its slot and identity, so that is 1#1 leaving and
-/// 1#2 arriving: the guest must be sent EJECT for 1#1 (Linux matches children by slot,
-/// vendor, device id and serial, and would otherwise unlink 1#1 with its driver bound, C4),
-/// then 1#2.
+/// Bug 1 (identity in place): the host lists slot 1 with a new function 1#2 in place of 1#1, in
+/// one relations message. A function is its slot and identity, so that is 1#1 leaving and 1#2
+/// arriving: the guest must be sent EJECT for 1#1 (Linux matches children by slot, vendor,
+/// device id and serial, and would otherwise unlink 1#1 with its driver bound, C4), then 1#2.
 ///
-/// RELAY BUG 1: fails on the relay of 074d841 (`host_relations` ignores a new description for
-/// a listed slot, and the host's relations go to the guest byte for byte: C4, G1).
+/// Relay bug 1: failed on the relay of 074d841, passes since 3e768a8 (`host_relations` ignores
+/// a new description for a listed slot, and the host's relations go to the guest byte for byte:
+/// C4, G1).
 #[test]
 fn bug1_identity_change_in_place_is_an_eject_and_an_add() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
@@ -449,8 +540,9 @@ fn bug1_identity_change_in_place_is_an_eject_and_an_add() {
 /// driver waits for its interrupt, and ignores that request (1#1 is gone). The relay must
 /// answer it itself, as for any departed function.
 ///
-/// RELAY BUG 1: fails on the relay of 074d841 (1#1 still counts as listed, so the request is
-/// never answered: the guest waits for ever, the relations change runs into max_hold).
+/// Relay bug 1: failed on the relay of 074d841, passes since 3e768a8 (1#1 still counts as
+/// listed, so the request is never answered: the guest waits for ever, the relations change
+/// runs into max_hold).
 #[test]
 fn bug1_request_of_replaced_function_is_answered() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
@@ -466,8 +558,9 @@ fn bug1_request_of_replaced_function_is_answered() {
 /// ejects it at the guest by itself), then sends EJECT for it. That EJECT must be answered by
 /// exactly one EJECTION_COMPLETE, and is no malformed packet.
 ///
-/// RELAY BUG 2: fails on the relay of 074d841 (the guest's EJECTION_COMPLETE is taken for the
-/// relay's own eject and not forwarded: the host waits 60 s).
+/// Relay bug 2: failed on the relay of 074d841, passes since 3e768a8 (the guest's
+/// EJECTION_COMPLETE is taken for the relay's own eject and not forwarded: the host waits 60
+/// s).
 #[test]
 fn bug2_eject_after_drop_is_answered() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
@@ -481,7 +574,8 @@ fn bug2_eject_after_drop_is_answered() {
 /// Bug 2 (late EJECT): the host drops function 1, the guest lets go of it, and only then does
 /// the host send EJECT for it. The relay answers it, and does not count it as malformed.
 ///
-/// RELAY BUG 2: fails on the relay of 074d841 (answered, but counted as `UnknownSlot`).
+/// Relay bug 2: failed on the relay of 074d841, passes since 3e768a8 (answered, but counted as
+/// `UnknownSlot`).
 #[test]
 fn bug2_eject_after_drop_completed_is_not_malformed() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
@@ -496,6 +590,9 @@ fn bug2_eject_after_drop_completed_is_not_malformed() {
 
 /// A duplicate EJECT (the host sends EJECT for function 1 twice before the guest completes)
 /// is answered twice: every EJECT gets exactly one EJECTION_COMPLETE.
+///
+/// Failed on the relay of 074d841 (the second EJECT was dropped as a repeat), passes since
+/// 3e768a8.
 #[test]
 fn duplicate_eject_is_answered_twice() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
@@ -511,7 +608,7 @@ fn duplicate_eject_is_answered_twice() {
 /// the next hot-add's QUERY_RESOURCE_REQUIREMENTS is then refused with BAD_DATA though
 /// nothing is outstanding.
 ///
-/// RELAY BUG 3: fails on the relay of 074d841.
+/// Relay bug 3: failed on the relay of 074d841, passes since 3e768a8.
 #[test]
 fn bug3_answered_request_does_not_block_the_next() {
     let m = RelayModel::new(
@@ -532,10 +629,11 @@ fn bug3_answered_request_does_not_block_the_next() {
     assert_promises_kept(&s);
 }
 
-/// Bug 3 over cycles, at a limit of four: hot-plug cycles in which the host ejects a
-/// function and never answers its interrupt request must not use up the request table.
+/// Bug 3 over cycles, at a limit of four: hot-plug cycles in which the host ejects a function
+/// and never answers its interrupt request must not use up the request table.
 ///
-/// RELAY BUG 3: fails on the relay of 074d841 (the fourth hot-add's QUERY_RESOURCE_REQUIREMENTS is refused).
+/// Relay bug 3: failed on the relay of 074d841, passes since 3e768a8 (the fourth hot-add's
+/// QUERY_RESOURCE_REQUIREMENTS is refused).
 #[test]
 fn bug3_hot_plug_cycles_do_not_fill_the_table() {
     let bounds = Bounds {
@@ -626,7 +724,9 @@ fn eject_of_re_added_function_is_completed() {
 /// that EJECTION_COMPLETE leaves the bus busy: the host leaves out a function whose driver
 /// still waits for its interrupt, never answers that request, and re-adds the slot. The old
 /// model found this broken after 2c9b344 (fixed by 06cc642): no timer retried the held
-/// relations.
+/// relations. With the re-added function's new identity, it failed again on the relay of
+/// 074d841 (relay bug 1: the relations listing 2#2 went to the guest byte for byte while it
+/// held 2#1, C4); passes since 3e768a8.
 #[test]
 fn successor_announced_after_eject_complete() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);

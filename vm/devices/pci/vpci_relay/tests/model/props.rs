@@ -25,7 +25,8 @@ pub const EJECTS: &str = "every host EJECT answered by exactly one EJECTION_COMP
 pub const NO_MAX_HOLD: &str = "no change runs into max_hold";
 /// Guarantee 9, turned round: a host that keeps the protocol is never treated as hostile.
 pub const HOST_NOT_BLAMED: &str = "a conformant host is never counted malformed";
-/// Guarantee 3's memory bound: no table holds more than what is live.
+/// Guarantees 3 and 9 (memory bounded by functions, not events): no table holds more than
+/// what is live.
 pub const TABLES: &str = "no relay table outgrows what is live";
 /// The request limit counts only live requests.
 pub const REFUSALS: &str = "a guest request is refused only at the limit";
