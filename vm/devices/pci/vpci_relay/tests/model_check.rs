@@ -452,6 +452,7 @@ const SCRIPT: Bounds = Bounds {
     late_answers: 2,
     rescinds: 1,
     request_limit: 4,
+    remembered_answers: 4,
     relist: true,
     free_ejects: true,
     two_at_boot: false,
@@ -630,7 +631,8 @@ fn bug3_answered_request_does_not_block_the_next() {
 }
 
 /// Bug 3 over cycles, at a limit of four: hot-plug cycles in which the host ejects a function
-/// and never answers its interrupt request must not use up the request table.
+/// and never answers its interrupt request must not use up the request table, and the memory
+/// of the relay's own answers stays within its limit (two here).
 ///
 /// Relay bug 3: failed on the relay of 074d841, passes since 3e768a8 (the fourth hot-add's
 /// QUERY_RESOURCE_REQUIREMENTS is refused).
@@ -642,6 +644,7 @@ fn bug3_hot_plug_cycles_do_not_fill_the_table() {
         adds: 10,
         ignores: 10,
         late_answers: 0,
+        remembered_answers: 2,
         ..SCRIPT
     };
     let m = RelayModel::new(bounds, Safeguards::ALL_ON);
@@ -663,6 +666,11 @@ fn bug3_hot_plug_cycles_do_not_fill_the_table() {
             "cycle {cycle}: {s:?}"
         );
         assert_eq!(m.relay_of(&s).requests_outstanding(), 1);
+        assert_eq!(
+            m.relay_of(&s).remembered_local_answers(),
+            (cycle + 1).min(2),
+            "cycle {cycle}"
+        );
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Bounds {
     /// The relay's `max_outstanding_requests` in the model: small, so that a table that fills
     /// with what is not live shows within the bound.
     pub request_limit: usize,
+    /// The relay's `max_remembered_answers` in the model (requests it answered itself and
+    /// remembers, to recognise the host's late answer).
+    pub remembered_answers: usize,
     /// Whether the host may put a new function in a slot whose old one it still lists or is
     /// ejecting (otherwise only in an empty slot, or one whose function it removed).
     pub relist: bool,
@@ -73,6 +76,7 @@ impl Bounds {
         late_answers: 0,
         rescinds: 1,
         request_limit: 4,
+        remembered_answers: 4,
         relist: false,
         free_ejects: false,
         two_at_boot: false,
@@ -89,6 +93,7 @@ impl Bounds {
         late_answers: 1,
         rescinds: 1,
         request_limit: 4,
+        remembered_answers: 4,
         relist: true,
         free_ejects: true,
         two_at_boot: false,
@@ -105,6 +110,7 @@ impl Bounds {
         late_answers: 0,
         rescinds: 1,
         request_limit: 4,
+        remembered_answers: 4,
         relist: true,
         free_ejects: true,
         two_at_boot: false,
@@ -120,6 +126,7 @@ impl Bounds {
         late_answers: 0,
         rescinds: 1,
         request_limit: 4,
+        remembered_answers: 4,
         relist: true,
         free_ejects: true,
         two_at_boot: true,
@@ -136,6 +143,7 @@ impl Bounds {
         late_answers: 1,
         rescinds: 0,
         request_limit: 1,
+        remembered_answers: 4,
         relist: true,
         free_ejects: true,
         two_at_boot: false,
@@ -152,6 +160,7 @@ impl Bounds {
         late_answers: 1,
         rescinds: 1,
         request_limit: 4,
+        remembered_answers: 4,
         relist: true,
         free_ejects: true,
         two_at_boot: false,
@@ -167,6 +176,7 @@ impl Bounds {
         late_answers: 0,
         rescinds: 1,
         request_limit: 4,
+        remembered_answers: 4,
         relist: true,
         free_ejects: true,
         two_at_boot: true,
@@ -277,6 +287,20 @@ impl Step {
                 "{outstanding} requests outstanding, the guest waits for {live}"
             ));
         }
+        let remembered = relay.remembered_local_answers();
+        if remembered > bounds.remembered_answers {
+            self.s.seen.overgrown.get_or_insert(format!(
+                "{remembered} local answers remembered, the limit is {}",
+                bounds.remembered_answers
+            ));
+        }
+        let host_requests = relay.host_requests_outstanding();
+        if host_requests > 0 {
+            // The model's host sends the guest no requests.
+            self.s.seen.overgrown.get_or_insert(format!(
+                "{host_requests} host requests outstanding, none sent"
+            ));
+        }
         let functions = relay.functions().count();
         if functions > 2 {
             self.s
@@ -299,6 +323,7 @@ impl RelayModel {
     fn relay(&self) -> BusRelay {
         let mut config = RelayConfig::default();
         config.limits.max_outstanding_requests = self.bounds.request_limit;
+        config.limits.max_remembered_answers = self.bounds.remembered_answers;
         BusRelay::with_safeguards(config, self.safeguards)
     }
 
