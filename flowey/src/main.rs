@@ -104,6 +104,41 @@ const BENCH_SMOKE: Step = Step {
     env: &[],
 };
 
+/// The race catalogue on both guest models, direct and through the relay, over 2,000 seeded
+/// schedules per scenario and column (the test suite runs fewer).
+const CATALOGUE: Step = Step {
+    name: "catalogue",
+    program: "cargo",
+    args: &[
+        "run",
+        "--release",
+        "-p",
+        "petri",
+        "--",
+        "demo",
+        "--schedules",
+        "2000",
+    ],
+    env: &[],
+};
+
+/// The hot-plug long haul: 100,000 add/eject cycles through the relay on the 6.2 model.
+const LONG_HAUL: Step = Step {
+    name: "long-haul",
+    program: "cargo",
+    args: &[
+        "test",
+        "--release",
+        "-p",
+        "petri",
+        "--test",
+        "long_haul",
+        "--",
+        "--ignored",
+    ],
+    env: &[],
+};
+
 /// One fuzz target for 30 seconds (needs `cargo install cargo-fuzz`; `-s none` lets it run on
 /// the stable toolchain).
 const fn fuzz(name: &'static str, args: &'static [&'static str]) -> Step {
@@ -179,6 +214,11 @@ const PIPELINES: &[Pipeline] = &[
         name: "bench-smoke",
         about: "every benchmark once, as a test (no timing)",
         steps: &[BENCH_SMOKE],
+    },
+    Pipeline {
+        name: "catalogue",
+        about: "the race catalogue over 2,000 schedules per cell, and a 100,000-cycle hot-plug long haul",
+        steps: &[CATALOGUE, LONG_HAUL],
     },
     Pipeline {
         name: "fuzz-smoke",

@@ -352,3 +352,41 @@ fn delayed_answers_are_bounded() {
     assert_eq!(g.take().len(), 1);
     assert!(g.has_event(|e| matches!(e, HostEventKind::DelayedResponseDropped { .. })));
 }
+
+/// The channel is FIFO: with host latency, a relations message the host sends on its own
+/// (a hot-add scripted when BUS_D0ENTRY arrives) leaves after the answers it queued before,
+/// so the newest relations the guest reads list what the host has.
+#[test]
+fn latency_keeps_host_sends_in_order() {
+    let mut g = Guest::new(BusConfig {
+        functions: vec![FunctionSpec::nic(1)],
+        policy: HostPolicy {
+            latency: Time(MS),
+            ..HostPolicy::default()
+        },
+        script: Script {
+            steps: vec![step(
+                Trigger::Received(MessageMatch::first(MessageType::BUS_D0ENTRY, None)),
+                HostAction::HotAdd(FunctionSpec::nic(2)),
+            )],
+            responses: vec![],
+        },
+        ..BusConfig::default()
+    });
+    let id = g.request(query_version(ProtocolVersion::V1_4));
+    g.advance(MS);
+    g.expect_completion(id);
+    g.request(d0_entry(0xf800_0000));
+    g.advance(5 * MS);
+    let relations: Vec<Vec<WinSlot>> = g
+        .take()
+        .iter()
+        .filter(|p| p.kind == PacketKind::InBand)
+        .map(|p| relation_slots(&g.decode_message(p)))
+        .collect();
+    assert_eq!(
+        relations.last(),
+        Some(&vec![slot(1), slot(2)]),
+        "{relations:?}"
+    );
+}

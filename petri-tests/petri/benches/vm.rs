@@ -36,6 +36,7 @@ fn spec(buses: usize, latency: Duration) -> VmSpec {
             max_time: Duration::from_secs(1 << 40),
         },
         record: false,
+        chaos: None,
         safeguards: vpci_relay::Safeguards::ALL_ON,
     }
 }

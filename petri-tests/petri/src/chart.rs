@@ -6,7 +6,7 @@ use crate::trace::{Lane, Line, Mark, Trace};
 use std::fmt::Write;
 
 const LANE_X: [f64; 3] = [140.0, 420.0, 700.0];
-const TOP: f64 = 90.0;
+const TOP: f64 = 100.0;
 const ROW: f64 = 22.0;
 const WIDTH: f64 = 1000.0;
 
@@ -42,6 +42,16 @@ fn escape(text: &str) -> String {
     out
 }
 
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// Whether a line belongs on the chart: messages between lanes, the relay's notes, the
 /// host's notes and the crash (not the guest's every step).
 fn charted(line: &Line) -> bool {
@@ -51,7 +61,7 @@ fn charted(line: &Line) -> bool {
 /// The chart of `trace`, titled `title`. `relay` says whether the relay lane is drawn.
 pub fn svg(title: &str, trace: &Trace, relay: bool) -> String {
     let lines: Vec<&Line> = trace.lines.iter().filter(|l| charted(l)).collect();
-    let height = TOP + ROW * (lines.len() as f64 + 2.0);
+    let height = TOP + ROW * (lines.len() as f64 + 3.0);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -62,11 +72,20 @@ pub fn svg(title: &str, trace: &Trace, relay: bool) -> String {
         r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="context-stroke"/></marker></defs>"##
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    // The title on up to two lines: what ran, then how it ended.
+    let (head, tail) = title.split_once(": ").unwrap_or((title, ""));
     let _ = writeln!(
         s,
-        r#"<text x="20" y="24" font-size="15" font-weight="bold">{}</text>"#,
-        escape(title)
+        r#"<text x="20" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        escape(head)
     );
+    if !tail.is_empty() {
+        let _ = writeln!(
+            s,
+            r#"<text x="20" y="40" font-size="12">{}</text>"#,
+            escape(&clip(tail, 135))
+        );
+    }
     let legend = [
         (Mark::Held, "held"),
         (Mark::Coalesced, "coalesced"),
@@ -77,7 +96,7 @@ pub fn svg(title: &str, trace: &Trace, relay: bool) -> String {
         let x = 20.0 + 170.0 * i as f64;
         let _ = writeln!(
             s,
-            r#"<rect x="{x}" y="36" width="12" height="12" fill="{}"/><text x="{}" y="46">{name}</text>"#,
+            r#"<rect x="{x}" y="50" width="12" height="12" fill="{}"/><text x="{}" y="60">{name}</text>"#,
             colour(*mark),
             x + 18.0
         );
@@ -109,7 +128,16 @@ pub fn svg(title: &str, trace: &Trace, relay: bool) -> String {
             r##"<text x="8" y="{y}" fill="#777" font-size="10">{time}</text>"##
         );
         let (x1, x2) = (lane_x(line.from), lane_x(line.to));
-        if line.from == line.to {
+        if line.mark == Mark::Crash {
+            // The crash: a dot on the guest lane and the whole message across the chart.
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{x1}" cy="{}" r="6" fill="{c}"/><text x="60" y="{}" fill="{c}" font-weight="bold">{}</text>"#,
+                y - 4.0,
+                y + 16.0,
+                escape(&clip(&line.label, 125))
+            );
+        } else if line.from == line.to {
             // A note on one lane.
             let anchor = if line.from == Lane::Guest {
                 "end"

@@ -50,7 +50,10 @@ pub fn run_seed(
     seed: u64,
     record: bool,
 ) -> Result<RunResult, host_sim::ConfigError> {
-    let spec = scenario.vm_spec(guest, relay, record);
+    let mut spec = scenario.vm_spec(guest, relay, record);
+    if let Some(chaos) = &mut spec.chaos {
+        chaos.seed = seed;
+    }
     Ok(Vm::new(&spec, Chooser::seeded(seed))?.run())
 }
 
@@ -63,7 +66,7 @@ pub fn explore(
     strategy: Strategy,
     mut progress: impl FnMut(u64),
 ) -> Result<Summary, host_sim::ConfigError> {
-    let spec = scenario.vm_spec(guest, relay, false);
+    let mut spec = scenario.vm_spec(guest, relay, false);
     let mut summary = Summary {
         scenario: scenario.name.clone(),
         guest: guest.name().to_owned(),
@@ -74,11 +77,14 @@ pub fn explore(
         outcomes: BTreeMap::new(),
         first_failure: None,
     };
-    let mut systematic = Systematic::new();
+    let mut systematic = Systematic::new(usize::try_from(schedules).unwrap_or(usize::MAX));
     for i in 0..schedules {
         let (chooser, seed) = match strategy {
             Strategy::Random { first_seed } => {
                 let seed = first_seed.wrapping_add(i);
+                if let Some(chaos) = &mut spec.chaos {
+                    chaos.seed = seed;
+                }
                 (Chooser::seeded(seed), Some(seed))
             }
             Strategy::Systematic => match systematic.next_prefix() {

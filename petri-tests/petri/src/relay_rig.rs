@@ -121,14 +121,13 @@ impl RelayRig {
         self.exit
     }
 
-    /// Asks the relay about a config-window access, running the driver until it answers.
-    /// `None` if the driver has stopped.
-    pub fn access(&mut self, access: ConfigAccess) -> Option<ConfigAction> {
+    /// Polls `request` (a request to the driver through its port) and the driver in turn
+    /// until the request completes. `None` if the driver stops first.
+    fn drive<T>(&mut self, mut request: Pin<Box<dyn Future<Output = T> + '_>>) -> Option<T> {
         let mut cx = Context::from_waker(noop_waker_ref());
-        let mut request = Box::pin(self.port.access(access));
         for _ in 0..16 {
             if let Poll::Ready(answer) = request.as_mut().poll(&mut cx) {
-                return answer;
+                return Some(answer);
             }
             if self.exit.is_some() {
                 return None;
@@ -138,40 +137,31 @@ impl RelayRig {
             }
         }
         None
+    }
+
+    /// Asks the relay about a config-window access, running the driver until it answers.
+    /// `None` if the driver has stopped.
+    pub fn access(&mut self, access: ConfigAccess) -> Option<ConfigAction> {
+        let mut port = self.port.clone();
+        self.drive(Box::pin(async move { port.access(access).await }))
+            .flatten()
     }
 
     /// Reports the value a forwarded config read returned, so the relay can answer it after
     /// the host has removed the function.
     pub fn read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
-        let mut cx = Context::from_waker(noop_waker_ref());
-        let mut report = Box::pin(self.port.read_result(slot, offset, len, value));
-        for _ in 0..16 {
-            if report.as_mut().poll(&mut cx).is_ready() || self.exit.is_some() {
-                break;
-            }
-            if let Poll::Ready(exit) = self.driver.as_mut().poll(&mut cx) {
-                self.exit = Some(exit);
-            }
-        }
+        let mut port = self.port.clone();
+        let _ = self.drive(Box::pin(async move {
+            port.read_result(slot, offset, len, value).await
+        }));
     }
 
     /// The bus's inspect tree (the relay's and the driver's), running the driver until it
     /// answers. `None` if the driver has stopped.
     pub fn inspect(&mut self) -> Option<inspect::Node> {
-        let mut cx = Context::from_waker(noop_waker_ref());
-        let mut request = Box::pin(self.port.inspect());
-        for _ in 0..16 {
-            if let Poll::Ready(answer) = request.as_mut().poll(&mut cx) {
-                return answer;
-            }
-            if self.exit.is_some() {
-                return None;
-            }
-            if let Poll::Ready(exit) = self.driver.as_mut().poll(&mut cx) {
-                self.exit = Some(exit);
-            }
-        }
-        None
+        let mut port = self.port.clone();
+        self.drive(Box::pin(async move { port.inspect().await }))
+            .flatten()
     }
 
     /// The relay events since the last call.

@@ -207,6 +207,10 @@ pub struct Scenario {
     /// What must (not) happen.
     #[serde(default)]
     pub expect: Vec<Expectation>,
+    /// A host that also acts at random moments (hot-add, eject, drop, re-list, resend,
+    /// eject what it dropped...), seeded by each run's seed.
+    #[serde(default)]
+    pub chaos: Option<crate::vm::ChaosSpec>,
 }
 
 /// Why a scenario file cannot be used.
@@ -319,6 +323,7 @@ impl Scenario {
                 max_time: self.limits.max_time.0,
             },
             record,
+            chaos: self.chaos,
             #[cfg(feature = "safeguard-switches")]
             safeguards: vpci_relay::Safeguards::ALL_ON,
         }
@@ -342,7 +347,7 @@ fn located(text: &str, e: &toml::de::Error) -> String {
 
 /// The built-in scenarios: the race catalogue and the host orders the relay must survive.
 pub fn catalogue() -> Vec<Scenario> {
-    const FILES: [(&str, &str); 9] = [
+    const FILES: &[(&str, &str)] = &[
         ("c1", include_str!("../scenarios/c1.toml")),
         ("c2", include_str!("../scenarios/c2.toml")),
         ("c2-failed", include_str!("../scenarios/c2-failed.toml")),
@@ -355,6 +360,11 @@ pub fn catalogue() -> Vec<Scenario> {
             "drop-then-eject",
             include_str!("../scenarios/drop-then-eject.toml"),
         ),
+        (
+            "hostile-host",
+            include_str!("../scenarios/hostile-host.toml"),
+        ),
+        ("chaos", include_str!("../scenarios/chaos.toml")),
     ];
     FILES
         .iter()

@@ -30,8 +30,8 @@ pub enum Chooser {
         /// The option index taken last, if any.
         last: Option<usize>,
     },
-    /// A fixed prefix of choices, then always the first option (the systematic explorer's
-    /// way of naming one schedule).
+    /// A fixed prefix of choices, then the default: the context that ran last runs on if it
+    /// can, else the first option (the systematic explorer's way of naming one schedule).
     Prefix {
         /// The choices to make first.
         prefix: Vec<usize>,
@@ -49,7 +49,7 @@ impl Chooser {
         }
     }
 
-    /// A chooser that makes `prefix` first, then takes the first option each time.
+    /// A chooser that makes `prefix` first, then the default choice each time.
     pub fn prefix(prefix: Vec<usize>) -> Self {
         Self::Prefix { prefix, used: 0 }
     }
@@ -65,7 +65,8 @@ impl Chooser {
                 index
             }
             Self::Prefix { prefix, used } => {
-                let index = prefix.get(*used).copied().unwrap_or(0).min(of - 1);
+                let default = sticky.unwrap_or(0);
+                let index = prefix.get(*used).copied().unwrap_or(default).min(of - 1);
                 *used += 1;
                 index
             }
@@ -85,45 +86,60 @@ fn bounded(rng: &mut ChaCha8Rng, of: usize) -> usize {
     }
 }
 
-/// Depth-first enumeration of schedules: each call to [`Systematic::next`] gives the prefix of
-/// the next unexplored schedule, given the choices the previous run made.
+/// Systematic enumeration of schedules by how far they deviate from the default one (the
+/// context that ran last runs on): first the default schedule, then every schedule with one
+/// deviation (at any choice point, any other option), then two, and so on (iterative
+/// deviation bounding: most concurrency bugs need only a few preemptions, so they are found
+/// early). Each call to [`Systematic::next_prefix`] gives the prefix of the next schedule;
+/// [`Systematic::record`] gives back the choices that run made.
 #[derive(Clone, Debug, Default)]
 pub struct Systematic {
     started: bool,
-    done: bool,
-    last: Vec<Choice>,
+    /// Prefixes to run, with their number of deviations, breadth first.
+    queue: std::collections::VecDeque<(Vec<usize>, usize)>,
+    /// The prefix of the run in progress.
+    current: Option<(Vec<usize>, usize)>,
+    /// The most prefixes kept waiting (a run budget can never use more).
+    max_queued: usize,
 }
 
 impl Systematic {
-    /// A fresh explorer.
-    pub fn new() -> Self {
-        Self::default()
+    /// A fresh explorer that keeps at most `max_queued` schedules waiting.
+    pub fn new(max_queued: usize) -> Self {
+        Self {
+            max_queued,
+            ..Self::default()
+        }
     }
 
     /// The prefix for the next run, or `None` once every schedule has been run.
     pub fn next_prefix(&mut self) -> Option<Vec<usize>> {
-        if self.done {
-            return None;
-        }
         if !self.started {
             self.started = true;
+            self.current = Some((Vec::new(), 0));
             return Some(Vec::new());
         }
-        // Backtrack: the deepest choice with an option left is advanced; deeper ones reset.
-        while let Some(c) = self.last.pop() {
-            if c.index + 1 < c.of {
-                let mut prefix: Vec<usize> = self.last.iter().map(|c| c.index).collect();
-                prefix.push(c.index + 1);
-                return Some(prefix);
-            }
-        }
-        self.done = true;
-        None
+        let next = self.queue.pop_front()?;
+        self.current = Some(next.clone());
+        Some(next.0)
     }
 
-    /// Records the choices the run for the last prefix made.
+    /// Records the choices the run for the last prefix made: every choice point after its
+    /// prefix, with every option it did not take, becomes a schedule with one deviation more.
     pub fn record(&mut self, choices: &[Choice]) {
-        self.last = choices.to_vec();
+        let Some((prefix, deviations)) = self.current.take() else {
+            return;
+        };
+        for (j, c) in choices.iter().enumerate().skip(prefix.len()) {
+            for alternative in (0..c.of).filter(|&a| a != c.index) {
+                if self.queue.len() >= self.max_queued {
+                    return;
+                }
+                let mut next: Vec<usize> = choices.iter().take(j).map(|c| c.index).collect();
+                next.push(alternative);
+                self.queue.push_back((next, deviations + 1));
+            }
+        }
     }
 }
 
@@ -148,7 +164,7 @@ mod tests {
     #[test]
     fn systematic_visits_every_schedule() {
         // A tree with two choice points of 2 and 3 options: 6 schedules.
-        let mut s = Systematic::new();
+        let mut s = Systematic::new(100);
         let mut seen = Vec::new();
         while let Some(prefix) = s.next_prefix() {
             let mut chooser = Chooser::prefix(prefix);
@@ -157,8 +173,12 @@ mod tests {
             seen.push((a, b));
             s.record(&[Choice { index: a, of: 2 }, Choice { index: b, of: 3 }]);
         }
+        assert_eq!(seen.len(), 6, "{seen:?}");
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen.len(), 6);
+        assert_eq!(seen.len(), 6, "each once");
+        // The default schedule first, then those with one deviation.
+        let mut s = Systematic::new(100);
+        assert_eq!(s.next_prefix(), Some(vec![]));
     }
 }

@@ -4,6 +4,7 @@
 
 use guest_linux::{GuestConfig, KernelModel};
 use host_sim::{BusConfig, FunctionSpec, HostAction};
+use petri::outcome::Outcome;
 use petri::sched::Chooser;
 use petri::vm::{RunLimits, Vm, VmSpec};
 use std::time::Duration;
@@ -24,6 +25,7 @@ fn spec(model: KernelModel) -> VmSpec {
             max_time: Duration::from_secs(1_000_000),
         },
         record: false,
+        chaos: None,
         safeguards: vpci_relay::Safeguards::ALL_ON,
     }
 }
@@ -59,13 +61,53 @@ fn hot_plug_long_haul_through_the_relay() {
                 .collect::<Vec<_>>()
         };
         assert_eq!(present(&vm), [(1, 1), (2, cycle)], "cycle {cycle}");
+        assert_eq!(vm.host_visible_outcome(), Outcome::Ok, "cycle {cycle}");
         vm.host_act(0, HostAction::Eject { slot: 2 }).unwrap();
         assert_eq!(vm.settle(), None, "cycle {cycle}");
         assert_eq!(vm.failure(), None, "cycle {cycle}");
         assert_eq!(present(&vm), [(1, 1)], "cycle {cycle}");
+        assert_eq!(vm.host_visible_outcome(), Outcome::Ok, "cycle {cycle}");
+        assert!(
+            vm.now() < Duration::from_secs(u64::from(cycle + 1)),
+            "no waits: {:?}",
+            vm.now()
+        );
         vm.forget_choices();
         let tree = vm.relay_inspect(0).expect("relay running");
         assert_eq!(count(&tree, "functions"), 1, "cycle {cycle}");
         assert_eq!(count(&tree, "requests/live"), 0, "cycle {cycle}");
+    }
+}
+
+/// The long haul at scale (the `catalogue` flowey pipeline): 100,000 cycles on each model,
+/// in a release build.
+#[test]
+#[ignore = "minutes in a debug build; run by `cargo xflowey catalogue`"]
+fn hot_plug_long_haul_100k() {
+    for model in [KernelModel::Linux62, KernelModel::Linux63] {
+        let mut vm = Vm::new(&spec(model), Chooser::seeded(11)).unwrap();
+        assert_eq!(vm.settle(), None);
+        for cycle in 0..100_000u32 {
+            vm.host_act(
+                0,
+                HostAction::HotAdd(FunctionSpec::nic(2).with_serial(cycle)),
+            )
+            .unwrap();
+            assert_eq!(vm.settle(), None, "{model:?} cycle {cycle}");
+            vm.host_act(0, HostAction::Eject { slot: 2 }).unwrap();
+            assert_eq!(vm.settle(), None, "{model:?} cycle {cycle}");
+            assert_eq!(vm.failure(), None, "{model:?} cycle {cycle}");
+            vm.forget_choices();
+        }
+        let tree = vm.relay_inspect(0).expect("relay running");
+        assert_eq!(count(&tree, "functions"), 1);
+        assert_eq!(count(&tree, "requests/live"), 0);
+        assert_eq!(
+            vm.guest_devices(0)
+                .iter()
+                .filter(|d| d.child_present)
+                .count(),
+            1
+        );
     }
 }

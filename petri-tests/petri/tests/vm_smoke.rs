@@ -18,6 +18,7 @@ fn spec(model: KernelModel, relay: bool) -> VmSpec {
         relay: relay.then(RelayConfig::default),
         limits: RunLimits::default(),
         record: true,
+        chaos: None,
         safeguards: vpci_relay::Safeguards::ALL_ON,
     }
 }

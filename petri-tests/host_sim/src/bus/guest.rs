@@ -136,7 +136,14 @@ impl HostBus {
             slot,
             transaction_id: p.transaction_id,
         });
-        if self.version.is_none() && t != MessageType::QUERY_PROTOCOL_VERSION {
+        // Before a version is agreed only the negotiation is served, and the answer to an
+        // EJECT the host itself sent (a host may eject before the guest has spoken; the
+        // guest's, or its paravisor's, EJECTION_COMPLETE then ends that eject).
+        let allowed = matches!(
+            t,
+            MessageType::QUERY_PROTOCOL_VERSION | MessageType::EJECTION_COMPLETE
+        );
+        if self.version.is_none() && !allowed {
             self.guest_error(GuestError::NotNegotiated(t));
             let out = status_only(p, t, Status::BAD_DATA, slot);
             return (Some((t, slot)), out.into_iter().collect());

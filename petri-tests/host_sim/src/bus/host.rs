@@ -49,7 +49,7 @@ impl HostBus {
             HostAction::Eject { slot } => self.eject(slot),
             HostAction::SendRelations => {
                 let out = self.relations_out(None).ok_or(ActionError::NotNegotiated)?;
-                self.release(out);
+                self.send_out(out);
                 Ok(())
             }
             HostAction::Rescind => {
@@ -125,7 +125,7 @@ impl HostBus {
 
     fn send_relations_if_negotiated(&mut self) {
         if let Some(out) = self.relations_out(None) {
-            self.release(out);
+            self.send_out(out);
         }
     }
 

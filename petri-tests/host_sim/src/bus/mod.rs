@@ -59,6 +59,9 @@ struct Delayed {
     due: Duration,
     seq: u64,
     out: Out,
+    /// Held by the host's latency (not by a response rule): the channel is FIFO, so what the
+    /// host sends later leaves after it.
+    fifo: bool,
 }
 
 #[derive(Clone, Copy, Debug, Inspect)]
@@ -377,19 +380,44 @@ impl HostBus {
         self.transmit.push_back(out.packet);
     }
 
-    /// Sends a host-originated packet now.
+    /// Sends a host-originated packet: now, or, while answers held by the host's latency are
+    /// still to leave, right after them (a VMBus channel delivers in the order written, and a
+    /// relations message queued earlier must not overtake a newer one).
     pub(crate) fn send(&mut self, packet: Packet) {
-        self.release(Out {
+        self.send_out(Out {
             packet,
             answers: None,
         });
+    }
+
+    /// [`HostBus::send`] for an output that may answer a message.
+    pub(crate) fn send_out(&mut self, out: Out) {
+        let behind = self
+            .delayed
+            .iter()
+            .filter(|d| d.fifo)
+            .map(|d| d.due)
+            .max()
+            .filter(|due| *due > self.now);
+        match behind {
+            Some(due) if self.delayed.len() < self.policy.max_delayed_responses => {
+                let seq = self.next_seq();
+                self.delayed.push(Delayed {
+                    due,
+                    seq,
+                    out,
+                    fifo: true,
+                });
+            }
+            _ => self.release(out),
+        }
     }
 
     /// Queues the answers to a message as its response rule says.
     fn queue_answers(&mut self, message: MessageType, mut outs: Vec<Out>, rule: Option<Response>) {
         let latency = self.policy.latency.0;
         let Some(rule) = rule else {
-            self.hold(message, outs, latency);
+            self.hold(message, outs, latency, true);
             return;
         };
         self.counters.tampered_responses += 1;
@@ -401,7 +429,7 @@ impl HostBus {
             Response::Delay(d) => {
                 let until = self.now.saturating_add(d.0);
                 self.emit(HostEventKind::ResponseDelayed { message, until });
-                self.hold(message, outs, d.0);
+                self.hold(message, outs, d.0, false);
                 return;
             }
             Response::Never => {
@@ -442,11 +470,12 @@ impl HostBus {
             }
         }
         self.emit(HostEventKind::ResponseTampered { message });
-        self.hold(message, outs, latency);
+        self.hold(message, outs, latency, true);
     }
 
-    /// Sends answers after `delay` (at once if it is zero), within the delayed bound.
-    fn hold(&mut self, message: MessageType, outs: Vec<Out>, delay: Duration) {
+    /// Sends answers after `delay` (at once if it is zero), within the delayed bound. `fifo`:
+    /// the host's own latency, which later sends queue behind.
+    fn hold(&mut self, message: MessageType, outs: Vec<Out>, delay: Duration, fifo: bool) {
         if delay.is_zero() {
             outs.into_iter().for_each(|o| self.release(o));
             return;
@@ -458,7 +487,12 @@ impl HostBus {
                 continue;
             }
             let seq = self.next_seq();
-            self.delayed.push(Delayed { due, seq, out });
+            self.delayed.push(Delayed {
+                due,
+                seq,
+                out,
+                fifo,
+            });
         }
     }
 

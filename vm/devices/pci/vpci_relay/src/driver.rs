@@ -11,7 +11,7 @@ use crate::{Backing, BusRelay, ConfigAccess, ConfigAction, RelayEvent, Transmit}
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 use inspect::Inspect;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -75,7 +75,10 @@ pub struct VirtualClock {
 #[derive(Debug, Default)]
 struct VirtualInner {
     now: Duration,
-    sleepers: Vec<(Duration, Waker)>,
+    next_id: u64,
+    /// Pending sleeps by id: one entry per live, not yet due [`Sleep`], whatever how often it
+    /// was polled; a sleep dropped before its time takes its entry with it.
+    sleepers: BTreeMap<u64, (Duration, Waker)>,
 }
 
 impl VirtualClock {
@@ -94,16 +97,23 @@ impl VirtualClock {
             let mut inner = self.lock();
             inner.now = inner.now.max(t);
             let now = inner.now;
-            let (due, rest) = inner.sleepers.drain(..).partition(|(d, _)| *d <= now);
-            inner.sleepers = rest;
-            due.into_iter().map(|(_, w)| w).collect()
+            let due: Vec<u64> = inner
+                .sleepers
+                .iter()
+                .filter(|(_, (d, _))| *d <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            due.iter()
+                .filter_map(|id| inner.sleepers.remove(id))
+                .map(|(_, w)| w)
+                .collect()
         };
         due.into_iter().for_each(Waker::wake);
     }
 
     /// The earliest deadline anyone sleeps until, if any.
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.lock().sleepers.iter().map(|(d, _)| *d).min()
+        self.lock().sleepers.values().map(|(d, _)| *d).min()
     }
 }
 
@@ -113,16 +123,48 @@ impl Clock for VirtualClock {
     }
 
     fn sleep_until(&self, deadline: Duration) -> Sleep {
-        let clock = self.clone();
-        Box::pin(poll_fn(move |cx| {
-            let mut inner = clock.lock();
-            if inner.now >= deadline {
-                Poll::Ready(())
-            } else {
-                inner.sleepers.push((deadline, cx.waker().clone()));
-                Poll::Pending
-            }
-        }))
+        let id = {
+            let mut inner = self.lock();
+            inner.next_id += 1;
+            inner.next_id
+        };
+        Box::pin(VirtualSleep {
+            clock: self.clone(),
+            deadline,
+            id,
+        })
+    }
+}
+
+/// A sleep on a [`VirtualClock`]: registered once under its id, re-polling only refreshes
+/// its waker, and dropping it unregisters it, so the clock's next deadline is always one a
+/// live sleeper waits for.
+struct VirtualSleep {
+    clock: VirtualClock,
+    deadline: Duration,
+    id: u64,
+}
+
+impl Future for VirtualSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.clock.lock();
+        if inner.now >= self.deadline {
+            inner.sleepers.remove(&self.id);
+            Poll::Ready(())
+        } else {
+            inner
+                .sleepers
+                .insert(self.id, (self.deadline, cx.waker().clone()));
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for VirtualSleep {
+    fn drop(&mut self) {
+        self.clock.lock().sleepers.remove(&self.id);
     }
 }
 

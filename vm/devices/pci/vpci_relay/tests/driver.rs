@@ -421,3 +421,23 @@ fn guest_recv_rejection_is_counted() {
         }
     );
 }
+
+/// A virtual sleep that is dropped (the driver re-arms its timer for a nearer deadline) no
+/// longer counts as a deadline, however often it was polled: a simulator advancing to
+/// `next_deadline` must not jump to a time nobody waits for.
+#[test]
+fn virtual_clock_forgets_dropped_sleeps() {
+    let clock = VirtualClock::new();
+    let mut far = clock.sleep_until(Duration::from_secs(30));
+    let mut near = clock.sleep_until(Duration::from_millis(100));
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    for _ in 0..100 {
+        assert!(far.as_mut().poll(&mut cx).is_pending());
+    }
+    assert!(near.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(clock.next_deadline(), Some(Duration::from_millis(100)));
+    drop(far);
+    clock.advance_to(Duration::from_millis(100));
+    assert!(near.as_mut().poll(&mut cx).is_ready());
+    assert_eq!(clock.next_deadline(), None, "nobody sleeps any more");
+}

@@ -413,3 +413,28 @@ fn every_event_has_a_tracing_twin() {
     assert!(events > 10);
     assert_eq!(count.load(Ordering::SeqCst), events);
 }
+
+/// An EJECT repeated while the host's first EJECT of the slot is still unanswered is a repeat
+/// of it, even when the host has listed the slot with a new identity since: it is answered at
+/// once, the first is answered by the guest, and the new function still reaches the guest.
+#[test]
+fn repeated_eject_keeps_the_slots_new_function() {
+    let mut bus = Bus::installed_with(&[1]);
+    bus.host_sends(eject(1));
+    bus.advance(Duration::from_secs(1));
+    bus.host_sends(relations_of(&[new_identity(1)]));
+    bus.host_sends(eject(1));
+    assert_eq!(
+        ejection_completes_to_host(&bus, 1),
+        1,
+        "the repeat, at once"
+    );
+    bus.guest_sends(ejection_complete(1));
+    bus.advance(Duration::from_secs(1));
+    assert_eq!(
+        ejection_completes_to_host(&bus, 1),
+        2,
+        "the first, by the guest"
+    );
+    assert_eq!(last_guest_relations(&bus), [new_identity(1)]);
+}

@@ -190,23 +190,24 @@ impl BusRelay {
             }
             return self.answer_host_eject(slot);
         };
+        if f.host == HostState::Ejecting {
+            // The host's own eject of the function in this slot is still unanswered: this is
+            // a repeat of it (whatever the host listed in the slot since). The first is
+            // answered when the guest lets go; this one now.
+            return self.answer_host_eject(slot);
+        }
         if f.successor.take().is_some() {
-            // The EJECT names the host's current function in the slot: the successor the
-            // guest was never shown. It never will be.
+            // Otherwise the EJECT names the host's newest function in the slot: the successor
+            // the guest was never shown. It never will be.
             self.complete_host_eject(slot);
             self.out.emit(RelayEvent::Coalesced { slot });
             return;
         }
-        match f.host {
-            HostState::Listed => {}
+        if f.host == HostState::Gone {
             // Dropped earlier without an eject; the guest is being (or has been asked to be)
             // ejected by the relay. The host now waits for the guest's EJECTION_COMPLETE.
-            HostState::Gone => {
-                f.host = HostState::Ejecting;
-                return;
-            }
-            // A repeated EJECT: the first is answered when the guest lets go; this one now.
-            HostState::Ejecting => return self.answer_host_eject(slot),
+            f.host = HostState::Ejecting;
+            return;
         }
         f.host = HostState::Ejecting;
         if !f.guest_visible() && (self.safeguards.coalesce || !f.allowed) {

@@ -1,0 +1,504 @@
+//! One VM run: the simulated host, an optional relay and a guest model per bus, under a
+//! deterministic scheduler over virtual time.
+//!
+//! Everything runs on one thread. Between two scheduling choices the run *pumps*: packets move
+//! host -> relay -> guest and back, the relay's driver is polled, and each side handles what
+//! reached it, until nothing moves. Then the chooser picks one runnable guest context to step.
+//! When no context can run, time jumps to the earliest deadline (a host script step or
+//! response delay, a relay timer, a guest timed wait). When there is none, the run is over.
+//! The same chooser choices always give the same run.
+
+mod bus;
+mod chaos;
+mod env;
+
+use crate::outcome::{Outcome, RunResult};
+use crate::relay_rig::RelayRig;
+use crate::sched::{Choice, Chooser};
+use crate::trace::{Lane, Mark, Trace};
+use bus::{Bus, Delivery};
+use env::Env;
+use guest_linux::{ContextId, GuestConfig, LinuxGuest};
+use host_sim::{BusConfig, HostBus};
+use std::collections::VecDeque;
+use std::time::Duration;
+use vpci_relay::{RelayConfig, VirtualClock};
+
+pub use bus::describe;
+pub use chaos::ChaosSpec;
+
+/// Bounds that end a run that would not end by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunLimits {
+    /// The most guest steps.
+    pub max_steps: u64,
+    /// The latest virtual time.
+    pub max_time: Duration,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        Self {
+            max_steps: 20_000,
+            max_time: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What one run is made of.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    /// The host's buses.
+    pub buses: Vec<BusConfig>,
+    /// The guest's configuration (one guest model per bus).
+    pub guest: GuestConfig,
+    /// The relay's configuration, or `None` for a direct run.
+    pub relay: Option<RelayConfig>,
+    /// Run bounds.
+    pub limits: RunLimits,
+    /// Whether to record the message trace (charts and replays need it; exploration not).
+    pub record: bool,
+    /// A host that acts at random moments (besides its script), if any.
+    pub chaos: Option<ChaosSpec>,
+    /// The relay's safeguards (test builds only: every one is on otherwise).
+    #[cfg(feature = "safeguard-switches")]
+    pub safeguards: vpci_relay::Safeguards,
+}
+
+/// What the scheduler can pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// A guest context takes a step.
+    Step(usize, ContextId),
+    /// The next packet (or the rescind) in flight to a bus's guest arrives.
+    Deliver(usize),
+}
+
+/// A VM run in progress.
+pub struct Vm {
+    buses: Vec<Bus>,
+    clock: VirtualClock,
+    now: Duration,
+    chooser: Chooser,
+    choices: Vec<Choice>,
+    last: Option<Action>,
+    limits: RunLimits,
+    trace: Option<Trace>,
+    steps: u64,
+    chaos: Option<chaos::Chaos>,
+}
+
+impl Vm {
+    /// Builds a VM for `spec` whose choices come from `chooser`.
+    pub fn new(spec: &VmSpec, chooser: Chooser) -> Result<Self, host_sim::ConfigError> {
+        let clock = VirtualClock::new();
+        let mut buses = Vec::with_capacity(spec.buses.len());
+        for config in &spec.buses {
+            let relay = spec.relay.as_ref().map(|r| {
+                let config = RelayConfig {
+                    name: config.name.clone(),
+                    ..r.clone()
+                };
+                #[cfg(feature = "safeguard-switches")]
+                let relay = vpci_relay::BusRelay::with_safeguards(config, spec.safeguards);
+                #[cfg(not(feature = "safeguard-switches"))]
+                let relay = vpci_relay::BusRelay::new(config);
+                RelayRig::new(relay, clock.clone(), spec.record)
+            });
+            buses.push(Bus {
+                host: HostBus::new(config.clone())?,
+                guest: LinuxGuest::new(spec.guest.clone()),
+                relay,
+                to_relay_host: VecDeque::new(),
+                to_relay_guest: VecDeque::new(),
+                outbox: Vec::new(),
+                in_flight: VecDeque::new(),
+                host_rescind_sent: false,
+                guest_rescind_sent: false,
+                eject_timeouts: Vec::new(),
+                probed_at: None,
+                relay_dirty: true,
+            });
+        }
+        Ok(Self {
+            buses,
+            clock,
+            now: Duration::ZERO,
+            chooser,
+            choices: Vec::new(),
+            last: None,
+            limits: spec.limits,
+            trace: spec.record.then(Trace::default),
+            steps: 0,
+            chaos: spec.chaos.map(chaos::Chaos::new),
+        })
+    }
+
+    fn note(&mut self, from: Lane, to: Lane, label: String, mark: Mark) {
+        if let Some(trace) = &mut self.trace {
+            trace.push(self.now, from, to, label, mark);
+        }
+    }
+
+    /// Moves packets between the host, the relay and the guest of every bus until nothing
+    /// moves.
+    fn pump(&mut self) {
+        let now = self.now;
+        for bus in &mut self.buses {
+            bus.pump(now, self.trace.as_mut());
+        }
+    }
+
+    /// What can happen next on every bus, in a stable order: each runnable guest context,
+    /// and the arrival of what is in flight to the guest.
+    ///
+    /// A driver spinning on a reply that is not there changes nothing by stepping, so it is
+    /// offered only when nothing else can happen (then only time can help it): otherwise a
+    /// scheduler that kept picking it would starve the delivery of that very reply, which
+    /// real hardware never does.
+    fn runnable(&self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut spinning = Vec::new();
+        for (i, bus) in self.buses.iter().enumerate() {
+            if bus.guest.failure().is_some() {
+                continue;
+            }
+            let spins = bus.guest.spinning();
+            for c in bus.guest.runnable() {
+                if spins.contains(&c) {
+                    spinning.push(Action::Step(i, c));
+                } else {
+                    out.push(Action::Step(i, c));
+                }
+            }
+            if !bus.in_flight.is_empty() {
+                out.push(Action::Deliver(i));
+            }
+        }
+        if out.is_empty() { spinning } else { out }
+    }
+
+    /// Whether every runnable action is a driver spinning on a reply that is not there.
+    fn only_spinning(&self, runnable: &[Action]) -> bool {
+        runnable.iter().all(|a| match a {
+            Action::Step(bus, ctx) => self
+                .buses
+                .get(*bus)
+                .is_some_and(|b| b.guest.spinning().contains(ctx)),
+            Action::Deliver(_) => false,
+        })
+    }
+
+    fn deliver(&mut self, index: usize) {
+        let Some(bus) = self.buses.get_mut(index) else {
+            return;
+        };
+        let (from, label) = match bus.in_flight.pop_front() {
+            Some(Delivery::Packet(p, from)) => {
+                let label = describe(&p);
+                bus.guest.receive(p);
+                (from, label)
+            }
+            Some(Delivery::Rescind(from)) => {
+                bus.guest.rescind();
+                (from, "rescind".to_owned())
+            }
+            None => return,
+        };
+        self.note(from, Lane::Guest, label, Mark::None);
+    }
+
+    fn next_deadline(&self) -> Option<Duration> {
+        let mut next: Option<Duration> = None;
+        let mut consider = |t: Option<Duration>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Duration| n.min(t)));
+            }
+        };
+        consider(self.clock.next_deadline());
+        for bus in &self.buses {
+            consider(bus.host.poll_timeout());
+            if bus.guest.failure().is_none() {
+                consider(bus.guest.next_deadline());
+            }
+        }
+        next
+    }
+
+    fn advance_to(&mut self, t: Duration) {
+        self.now = self.now.max(t);
+        self.clock.advance_to(self.now);
+        for bus in &mut self.buses {
+            bus.relay_dirty = true;
+            bus.host.handle_timeout(self.now);
+            bus.guest.advance_time(self.now);
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.buses.iter().any(|b| b.guest.failure().is_some())
+    }
+
+    /// Runs to the end and reports how it ended.
+    pub fn run(mut self) -> RunResult {
+        let outcome = self.settle();
+        self.finish(outcome)
+    }
+
+    /// Runs until nothing can happen any more: no context can run, nothing is in flight and
+    /// no deadline is due. Returns early with the outcome that stopped it (a bound) or `None`
+    /// (quiescent, or a guest failure: see [`Vm::failure`]). Call it again after
+    /// [`Vm::host_act`] to go on.
+    pub fn settle(&mut self) -> Option<Outcome> {
+        self.pump();
+        loop {
+            if self.failed() {
+                return None;
+            }
+            let runnable = self.runnable();
+            let stuck = runnable.is_empty() || self.only_spinning(&runnable);
+            if self.chaos_acts(stuck) {
+                continue;
+            }
+            // With nothing to run, or only drivers busy-polling for a reply nothing will
+            // bring (runnable forever), only time (a host delay, a relay timer) can help.
+            if stuck {
+                match self.next_deadline() {
+                    Some(t) if t <= self.limits.max_time => {
+                        self.advance_to(t);
+                        self.pump();
+                        continue;
+                    }
+                    Some(_) => return Some(Outcome::TimeLimit),
+                    None => return None,
+                }
+            }
+            if self.steps >= self.limits.max_steps {
+                return Some(Outcome::StepLimit);
+            }
+            let index = if runnable.len() == 1 {
+                0
+            } else {
+                let sticky = self
+                    .last
+                    .and_then(|l| runnable.iter().position(|r| *r == l));
+                let index = self.chooser.choose(runnable.len(), sticky);
+                self.choices.push(Choice {
+                    index,
+                    of: runnable.len(),
+                });
+                index
+            };
+            let Some(&action) = runnable.get(index) else {
+                return Some(Outcome::StepLimit);
+            };
+            self.last = Some(action);
+            self.steps += 1;
+            match action {
+                Action::Step(bus, ctx) => self.step(bus, ctx),
+                Action::Deliver(bus) => self.deliver(bus),
+            }
+            self.pump();
+        }
+    }
+
+    /// Lets the chaotic host act, if it does now; returns whether it did.
+    fn chaos_acts(&mut self, stuck: bool) -> bool {
+        let Some(chaos) = self.chaos.as_mut() else {
+            return false;
+        };
+        if !chaos.acts_now(stuck) {
+            return false;
+        }
+        let index = chaos.bus(self.buses.len());
+        let Some(bus) = self.buses.get_mut(index) else {
+            return false;
+        };
+        let action = chaos.action(&bus.host);
+        let label = format!("bus {index}: chaos {action:?}");
+        // An action the host refuses (a slot it does not have) is just not taken.
+        let _ = bus.host.act(self.now, action);
+        bus.relay_dirty = true;
+        self.note(Lane::Host, Lane::Host, label, Mark::None);
+        self.pump();
+        true
+    }
+
+    /// Has the host of bus `bus` carry out `action` now (a hot-add, an eject...).
+    pub fn host_act(
+        &mut self,
+        bus: usize,
+        action: host_sim::HostAction,
+    ) -> Result<(), host_sim::ActionError> {
+        let now = self.now;
+        if let Some(b) = self.buses.get_mut(bus) {
+            b.host.act(now, action)?;
+            b.relay_dirty = true;
+        }
+        self.pump();
+        Ok(())
+    }
+
+    /// The first guest failure so far, as an outcome.
+    pub fn failure(&self) -> Option<Outcome> {
+        self.buses
+            .iter()
+            .enumerate()
+            .find_map(|(i, b)| b.guest.failure().map(|f| Outcome::from_failure(i, f)))
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// The guest's view of bus `bus`'s functions.
+    pub fn guest_devices(&self, bus: usize) -> Vec<guest_linux::DeviceView> {
+        self.buses
+            .get(bus)
+            .map(|b| b.guest.devices())
+            .unwrap_or_default()
+    }
+
+    /// Whether the guest of bus `bus` has finished probing (its root bus exists).
+    pub fn guest_installed(&self, bus: usize) -> bool {
+        self.buses
+            .get(bus)
+            .is_some_and(|b| b.guest.bus_state() == guest_linux::BusState::Installed)
+    }
+
+    /// When the guest of bus `bus` finished its probe path (`hv_pci_probe` returned success).
+    pub fn probed_at(&self, bus: usize) -> Option<Duration> {
+        self.buses.get(bus)?.probed_at
+    }
+
+    /// The relay's inspect tree for bus `bus` (`None` for a direct run).
+    pub fn relay_inspect(&mut self, bus: usize) -> Option<inspect::Node> {
+        self.buses.get_mut(bus)?.relay.as_mut()?.inspect()
+    }
+
+    /// Forgets the choices made so far (a long run keeps memory flat).
+    pub fn forget_choices(&mut self) {
+        self.choices.clear();
+    }
+
+    fn step(&mut self, index: usize, ctx: ContextId) {
+        let now = self.now;
+        let Some(bus) = self.buses.get_mut(index) else {
+            return;
+        };
+        let Bus {
+            host,
+            guest,
+            relay,
+            outbox,
+            probed_at,
+            relay_dirty,
+            ..
+        } = bus;
+        let before = guest.trace().len();
+        let mut env = Env {
+            now,
+            bus: index,
+            host,
+            relay: relay.as_mut(),
+            outbox,
+            trace: self.trace.as_mut(),
+            touched_relay: false,
+        };
+        guest.step(ctx, &mut env);
+        *relay_dirty |= env.touched_relay;
+        if probed_at.is_none() && guest.probe_result() == Some(Ok(())) {
+            *probed_at = Some(now);
+        }
+        if let Some(trace) = &mut self.trace {
+            for t in guest.trace().iter().skip(before) {
+                let label = format!("bus {index} {} {}: {}", t.context, t.function, t.event);
+                trace.push(t.at, Lane::Guest, Lane::Guest, label, Mark::None);
+            }
+        }
+    }
+
+    fn finish(mut self, early: Option<Outcome>) -> RunResult {
+        // A guest that waits on something nothing will ever bring is hung.
+        if early.is_none() {
+            for bus in &mut self.buses {
+                let stuck = !bus.guest.blocked().is_empty() || !bus.guest.spinning().is_empty();
+                if bus.guest.failure().is_none() && stuck {
+                    bus.guest.declare_hang();
+                }
+            }
+            for bus in &mut self.buses {
+                bus.guest.check_end_state();
+            }
+        }
+        let mut outcome = early.unwrap_or(Outcome::Ok);
+        for (i, bus) in self.buses.iter().enumerate() {
+            if let Some(f) = bus.guest.failure() {
+                outcome = Outcome::from_failure(i, f);
+                if let Some(trace) = &mut self.trace {
+                    trace.push(f.at, Lane::Guest, Lane::Guest, f.to_string(), Mark::Crash);
+                }
+                break;
+            }
+        }
+        if outcome == Outcome::Ok {
+            outcome = self.host_visible_outcome();
+        }
+        let guest_trace = self
+            .buses
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| b.guest.trace().iter().map(move |t| format!("bus {i}: {t}")))
+            .collect();
+        RunResult {
+            outcome,
+            choices: self.choices,
+            steps: self.steps,
+            end: self.now,
+            trace: self.trace,
+            guest_trace,
+        }
+    }
+
+    /// What the host can see went wrong so far once the guest survived: an EJECT nobody
+    /// answered, or a function the host has that the guest (probed and quiet) never got.
+    pub fn host_visible_outcome(&mut self) -> Outcome {
+        for (i, bus) in self.buses.iter().enumerate() {
+            if let Some(slot) = bus.eject_timeouts.first() {
+                return Outcome::EjectUnanswered {
+                    bus: i,
+                    slot: slot.to_string(),
+                };
+            }
+        }
+        for (i, bus) in self.buses.iter_mut().enumerate() {
+            // A guest whose channel ended (the host rescinded it, or the relay closed it after
+            // the host broke the protocol) holds nothing, rightly.
+            let channel_ended = bus.host.rescinded() || bus.guest_rescind_sent;
+            if channel_ended || bus.guest.probe_result() != Some(Ok(())) {
+                continue;
+            }
+            let devices = bus.guest.devices();
+            for slot in bus.host.slots() {
+                let Some(identity) = bus.host.function(slot) else {
+                    continue;
+                };
+                let vendor = bus.host.config_read(slot, 0, 2).unwrap_or(u32::MAX);
+                let held = devices.iter().any(|d| {
+                    d.slot == slot
+                        && d.child_present
+                        && u32::from(d.vendor_id) == vendor
+                        && d.serial == identity.serial
+                });
+                if !held {
+                    return Outcome::LostDevice {
+                        bus: i,
+                        slot: slot.to_string(),
+                    };
+                }
+            }
+        }
+        Outcome::Ok
+    }
+}
