@@ -60,6 +60,12 @@ pub struct Bounds {
     /// Whether the host may EJECT a slot whose function it dropped or is already ejecting, or
     /// whose ejection completed (otherwise only a function it lists).
     pub free_ejects: bool,
+    /// What an EJECT for a slot whose earlier EJECT is still unanswered means. The wire names
+    /// only the slot, so after the host listed a new function in the slot it is ambiguous:
+    /// `true` (the relay's reading since 7857c65, and petri's host's), a repeat of the
+    /// unanswered one, the new function stays; `false`, an eject of the slot's newest
+    /// function.
+    pub repeat_ejects: bool,
     /// Whether slot 2 is present at boot too (otherwise only slot 1 is).
     pub two_at_boot: bool,
 }
@@ -79,6 +85,7 @@ impl Bounds {
         remembered_answers: 4,
         relist: false,
         free_ejects: false,
+        repeat_ejects: true,
         two_at_boot: false,
     };
 
@@ -96,13 +103,14 @@ impl Bounds {
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
+        repeat_ejects: true,
         two_at_boot: false,
     };
 
     /// Identities: two new functions (so a slot can be re-listed twice, while its old function
     /// is listed, ejecting or held), every request answered.
     pub const RELIST: Self = Self {
-        relations: 4,
+        relations: 3,
         ejects: 2,
         adds: 2,
         drops: 0,
@@ -113,6 +121,7 @@ impl Bounds {
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
+        repeat_ejects: true,
         two_at_boot: false,
     };
 
@@ -124,11 +133,12 @@ impl Bounds {
         drops: 1,
         ignores: 0,
         late_answers: 0,
-        rescinds: 1,
+        rescinds: 0,
         request_limit: 4,
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
+        repeat_ejects: true,
         two_at_boot: true,
     };
 
@@ -146,6 +156,7 @@ impl Bounds {
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
+        repeat_ejects: true,
         two_at_boot: false,
     };
 
@@ -163,6 +174,7 @@ impl Bounds {
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
+        repeat_ejects: true,
         two_at_boot: false,
     };
 
@@ -179,6 +191,7 @@ impl Bounds {
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
+        repeat_ejects: true,
         two_at_boot: true,
     };
 }
@@ -543,8 +556,11 @@ impl Model for RelayModel {
             Action::HostEject(sl) => {
                 st.s.host.ejects += 1;
                 let slot = st.s.host.slot_mut(sl);
+                // With `repeat_ejects`, an EJECT while one for the slot is unanswered repeats
+                // that one and leaves a function listed since alone.
+                let repeat = b.repeat_ejects && slot.owed > 0;
                 slot.owed += 1;
-                if matches!(slot.state, HostFn::Listed { .. }) {
+                if !repeat && matches!(slot.state, HostFn::Listed { .. }) {
                     slot.state = HostFn::Ejecting;
                 }
                 st.note(format!("host->EJECT({sl})"));
