@@ -7,6 +7,7 @@
 //! - `guest.rs`: the Linux 6.2 guest and the races it can die of;
 //! - `state.rs`: the state (the relay itself plus both sides) and the actions;
 //! - `props.rs`: the properties;
+//! - `scenarios.rs`: scripted scenarios, one per counterexample the checker found;
 //! - this file: the bounds, one step of the model, and helpers for scripted scenarios.
 
 #![allow(dead_code, unreachable_pub)]
@@ -14,6 +15,7 @@
 mod guest;
 mod host;
 mod props;
+mod scenarios;
 mod state;
 mod wire;
 
