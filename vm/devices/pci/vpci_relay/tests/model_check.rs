@@ -156,13 +156,14 @@
 //! | `model_check_two_at_boot` | [`Bounds::TWO_AT_BOOT`]: both at boot, 3 relations, 2 ejects, 1 add, 1 drop | 146,223 | 42 | 8-12 s |
 //! | `model_check_request_table` | [`Bounds::REQUEST_TABLE`]: request limit 1, 1 ignored request answered late | 48,427 | 35 | 2 s |
 //! | `model_check_teeth_bound` | [`Bounds::SMALL`] | 23,592 | 34 | 1 s |
-//! | `model_check_large_bound` (ignored) | [`Bounds::LARGE`]: `DEFAULT` with 2 adds | 7,706,036 (at 3e768a8) | 47 | 6.4 min (debug), LARGE_REL (release) |
-//! | `model_check_large_two_at_boot` (ignored) | [`Bounds::LARGE_TWO_AT_BOOT`]: both at boot, 4 relations, 2 ejects, 1 add, 1 drop, 1 ignored request, 1 rescind | 2,363,470 (at 3e768a8) | 46 | 1.6 min (debug), LTB_REL (release) |
+//! | `model_check_large_bound` (ignored) | [`Bounds::LARGE`]: `DEFAULT` with 2 adds | 7,613,957 | 48 | 73 s release; 6.4 min debug (3e768a8) |
+//! | `model_check_large_two_at_boot` (ignored) | [`Bounds::LARGE_TWO_AT_BOOT`]: both at boot, 4 relations, 2 ejects, 1 add, 1 drop, 1 ignored request, 1 rescind | 2,331,639 | 46 | 20 s release; 1.6 min debug (3e768a8) |
 //!
-//! A release build explores about 2.5 times as fast: at 5 relations, 3 ejects, 2 adds, 1
-//! drop, 1 ignored request answered late and a rescind, 23,969,039 states in 5.1 minutes, and
-//! at 4 relations, 2 ejects, 2 adds, 2 drops, 2 ignored requests (one answered late), request
-//! limit 2, 5,165,879 states in 75 s, both without a counterexample (relay of 3e768a8).
+//! A release build (`cargo test --release`) explores 2.5 to 5 times as fast. Two larger
+//! bounds were run that way once, both without a counterexample (relay of 3e768a8, before
+//! `repeat_ejects`): 5 relations, 3 ejects, 2 adds, 1 drop, 1 ignored request answered late
+//! and a rescind, 23,969,039 states in 5.1 minutes; 4 relations, 2 ejects, 2 adds, 2 drops,
+//! 2 ignored requests (one answered late), request limit 2, 5,165,879 states in 75 s.
 //!
 //! The teeth run at [`Bounds::SMALL`] on one thread and stop at the first counterexample
 //! (under a second each).
