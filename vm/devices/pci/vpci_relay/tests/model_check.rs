@@ -26,7 +26,7 @@
 //! | model | bound | unique states | time | unique states/s |
 //! | --- | --- | --- | --- | --- |
 //! | replay + `Debug` hash (074d841) | old `DEFAULT` (4 relations, 2 ejects, hot-add, re-add) | 229,402 | 33.5 s | 6,850 |
-//! | clone + fingerprint (074d841 relay) | [`Bounds::RELIST`] (comparable: 4 relations, 2 ejects, 2 adds) | 262,383 | 10.8 s | 24,300 |
+//! | clone + fingerprint (074d841 relay) | comparable: 4 relations, 2 ejects, 2 adds, a rescind | 262,383 | 10.8 s | 24,300 |
 //! | clone + fingerprint (074d841 relay) | [`Bounds::DEFAULT`] | 745,121 | 23.8 s | 31,300 |
 //!
 //! so a step costs about a quarter of what it did (the replay grew with the path's depth).
@@ -370,6 +370,33 @@ fn model_check_large_bound() {
 #[ignore = "takes minutes in a debug build; run with --ignored (or --release)"]
 fn model_check_large_two_at_boot() {
     check_all_on(Bounds::LARGE_TWO_AT_BOOT);
+}
+
+/// The check at a bound given in the environment, for hunting at larger bounds (best with
+/// `--release`): `MODEL_BOUNDS=relations,ejects,adds,drops,ignores,late_answers,rescinds,
+/// request_limit,two_at_boot` (the last 0 or 1), every freedom on.
+#[test]
+#[ignore = "a tool: MODEL_BOUNDS=5,3,2,1,1,1,1,4,0 cargo test --release ... -- --ignored model_check_custom"]
+fn model_check_custom() {
+    let v: Vec<u8> = std::env::var("MODEL_BOUNDS")
+        .expect("MODEL_BOUNDS")
+        .split(',')
+        .map(|x| x.trim().parse().expect("a number"))
+        .collect();
+    assert_eq!(v.len(), 9, "nine numbers");
+    check_all_on(Bounds {
+        relations: v[0],
+        ejects: v[1],
+        adds: v[2],
+        drops: v[3],
+        ignores: v[4],
+        late_answers: v[5],
+        rescinds: v[6],
+        request_limit: v[7].into(),
+        remembered_answers: usize::from(v[4]).max(4),
+        two_at_boot: v[8] != 0,
+        ..Bounds::DEFAULT
+    });
 }
 
 /// Runs the checker with one safeguard off until the first failure (one thread, so the search
