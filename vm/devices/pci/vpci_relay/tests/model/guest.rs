@@ -1,0 +1,679 @@
+//! The abstract unfixed Linux 6.2 guest (`pci-hyperv`, per
+//! `/work/shared/spec/linux-guest.md`): its probe path, ordered workqueue, drivers and channel
+//! callback, and the races of the catalogue as failures.
+
+use super::Step;
+use super::state::Back;
+use super::wire::{Ident, Input, Note, Req, ident_of, ident_of_v1, slot_dev};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use vmbus_channel::{Packet, PacketKind};
+use vpci_protocol::{Message, ProtocolVersion, Sender, Status, decode};
+use vpci_relay::ConfigAction;
+
+/// Why the guest crashed (or would have).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// C1/C5: the channel closed while the probe path was mid-flight.
+    C5CloseDuringProbe,
+    /// C2: an interrupt's descriptor is NULL at unmask (EJECT during interrupt setup, or a
+    /// failed CREATE_INTERRUPT_MESSAGE).
+    C2NullDescriptor(u8),
+    /// C3: an ejection completed before the root bus existed and the probe path then touched
+    /// the function.
+    C3TouchedEjected(u8),
+    /// C4: a relations message added a function after the survey, before the root bus existed.
+    C4AddedDuringProbe(u8),
+    /// C4 (drop variant): a relations message dropped a function the guest holds, or listed
+    /// its slot with another identity (Linux unlinks the child but leaves its driver bound).
+    C4Dropped(u8),
+    /// C7: a BAR access to a function whose device is gone and whose BARs are not shielded.
+    C7BarFault(u8),
+    /// C7: a config access to a gone device that the relay forwarded to it (or to the device
+    /// that replaced it in the slot).
+    C7ConfigFault(u8),
+}
+
+/// The probe path (hv_pci_probe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Probe {
+    /// Channel not opened yet; QUERY_PROTOCOL_VERSION next.
+    Start,
+    /// Waiting for the version's completion.
+    WaitVersion,
+    /// QUERY_BUS_RELATIONS next.
+    SendSurvey,
+    /// Waiting on the survey completion (`survey_event`).
+    WaitSurvey,
+    /// BUS_D0ENTRY next.
+    SendD0,
+    /// Waiting for D0 entry's completion.
+    WaitD0,
+    /// RESOURCES_ASSIGNED2 for the next child linked at the survey, or root-bus creation.
+    AssignNext,
+    /// Waiting for a RESOURCES_ASSIGNED2 completion.
+    WaitAssigned(u8),
+    /// Root-bus creation next (scans config space, starts drivers).
+    CreateRootBus,
+    /// The bus is installed.
+    Done,
+}
+
+/// A function's device driver (after the root bus or a rescan created its pci_dev).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Driver {
+    /// No pci_dev.
+    None,
+    /// Probing: about to read config/BARs and compose its MSI.
+    Probe,
+    /// CREATE_INTERRUPT_MESSAGE2 outstanding; busy-polling.
+    WaitInterrupt,
+    /// Bound, interrupt unmasked.
+    Bound,
+}
+
+/// A linked child (hpdev).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Child {
+    /// The identity it was listed with (vendor, device id and serial, as Linux matches them).
+    pub ident: Ident,
+    /// The probe path assigned its resources.
+    pub assigned: bool,
+    /// Its driver.
+    pub driver: Driver,
+    /// Marked ejecting by the channel callback.
+    pub ejecting: bool,
+}
+
+/// A work item on the bus's ordered workqueue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// `pci_devices_present_work`.
+    Relations,
+    /// `hv_eject_device_work`.
+    Eject(u8),
+}
+
+/// The work item running.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Running {
+    /// Relations work: functions still to query, the one being queried, those linked.
+    Relations {
+        todo: Vec<(u8, Ident)>,
+        waiting: Option<(u8, Ident)>,
+        added: Vec<u8>,
+    },
+    /// Eject work, the driver removed; EJECTION_COMPLETE next.
+    EjectRemoved(u8),
+}
+
+/// A host change the guest is working on (for G1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// A relations update; `with_probe` when it arrived before the probe path was done.
+    Relations { with_probe: bool },
+    /// An EJECT, until EJECTION_COMPLETE.
+    Eject(u8),
+}
+
+/// Who waits for a completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Waiter {
+    /// The probe path.
+    Probe,
+    /// The relations work.
+    Work,
+    /// A function's driver.
+    Driver(u8),
+}
+
+/// One internal step of the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuestStep {
+    /// The probe path's next step.
+    Probe,
+    /// The workqueue's next step.
+    Work,
+    /// A driver's probe: read config and BARs, compose the MSI.
+    Driver(u8),
+}
+
+/// The abstract Linux 6.2 guest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Guest {
+    /// The probe path.
+    pub probe: Probe,
+    /// hbus->survey_event is set (the probe path waits on it).
+    pub survey_waiting: bool,
+    /// The survey completed.
+    pub surveyed: bool,
+    /// The children the probe path will assign resources to and scan (linked at survey).
+    pub probe_children: Vec<u8>,
+    /// The linked children, by slot.
+    pub children: BTreeMap<u8, Child>,
+    /// Children whose ejection completed before the root bus existed (C3).
+    pub ejected_early: BTreeSet<u8>,
+    /// The newest relations record not yet consumed by relations work.
+    pub record: Option<Vec<(u8, Ident)>>,
+    /// Whether that record changes what the guest has (a repeat is no change).
+    pub record_changes: bool,
+    /// The ordered workqueue.
+    pub queue: VecDeque<Work>,
+    /// The work item running.
+    pub running: Option<Running>,
+    /// Requests awaiting completion: guest txid -> (request, who waits).
+    pub waiting: BTreeMap<u64, (Req, Waiter)>,
+    /// The host change it is working on (for G1).
+    pub change: Option<Change>,
+    /// The channel was closed (CloseGuest).
+    pub closed: bool,
+    /// How it died, if it did.
+    pub failure: Option<Failure>,
+    /// A request was refused with BAD_DATA while the relay's limit really was reached: with
+    /// the model's small limit this is an artefact of the bound, not a relay bug, so the path
+    /// ends here.
+    pub beyond: bool,
+}
+
+impl Guest {
+    /// A guest whose probe path is about to open the channel.
+    pub fn new() -> Self {
+        Self {
+            probe: Probe::Start,
+            survey_waiting: false,
+            surveyed: false,
+            probe_children: Vec::new(),
+            children: BTreeMap::new(),
+            ejected_early: BTreeSet::new(),
+            record: None,
+            record_changes: false,
+            queue: VecDeque::new(),
+            running: None,
+            waiting: BTreeMap::new(),
+            change: None,
+            closed: false,
+            failure: None,
+            beyond: false,
+        }
+    }
+
+    fn fail(&mut self, f: Failure) {
+        self.failure.get_or_insert(f);
+    }
+
+    /// The (slot, identity) pairs of the linked children.
+    pub fn held(&self) -> Vec<(u8, Ident)> {
+        self.children.iter().map(|(&s, c)| (s, c.ident)).collect()
+    }
+
+    /// What the guest believes it has or is about to have (for telling a real change from a
+    /// repeat).
+    fn expected_view(&self) -> Vec<(u8, Ident)> {
+        if let Some(r) = &self.record {
+            return r.clone();
+        }
+        let mut v: BTreeSet<(u8, Ident)> = self.held().into_iter().collect();
+        if let Some(Running::Relations { todo, waiting, .. }) = &self.running {
+            v.extend(todo.iter().copied());
+            v.extend(waiting.iter().copied());
+        }
+        v.into_iter().collect()
+    }
+
+    /// The steps the guest can take now.
+    pub fn runnable(&self) -> Vec<GuestStep> {
+        let mut v = Vec::new();
+        if self.closed || self.failure.is_some() || self.beyond {
+            return v;
+        }
+        if matches!(
+            self.probe,
+            Probe::Start
+                | Probe::SendSurvey
+                | Probe::SendD0
+                | Probe::AssignNext
+                | Probe::CreateRootBus
+        ) {
+            v.push(GuestStep::Probe);
+        }
+        let work = match &self.running {
+            None => !self.queue.is_empty(),
+            Some(Running::Relations { waiting, .. }) => waiting.is_none(),
+            Some(Running::EjectRemoved(_)) => true,
+        };
+        if work {
+            v.push(GuestStep::Work);
+        }
+        for (&s, c) in &self.children {
+            if c.driver == Driver::Probe {
+                v.push(GuestStep::Driver(s));
+            }
+        }
+        v
+    }
+
+    /// Whether the change the guest works on is finished.
+    pub fn update_change(&mut self) {
+        let done = match self.change {
+            Some(Change::Relations { with_probe }) => {
+                // As the relay can see it: every listed function queried (the rescan that
+                // follows sends nothing).
+                !self.record_changes
+                    && !matches!(&self.running, Some(Running::Relations { todo, waiting, .. })
+                        if !todo.is_empty() || waiting.is_some())
+                    && (!with_probe || self.probe == Probe::Done)
+            }
+            _ => false,
+        };
+        if done {
+            self.change = None;
+        }
+    }
+}
+
+impl Step {
+    /// A packet from the relay reaches the guest; its channel callback runs at once.
+    pub(super) fn guest_receives(&mut self, p: Packet) {
+        if self.s.guest.closed {
+            return;
+        }
+        match p.kind {
+            PacketKind::Completion => self.guest_completion(p),
+            PacketKind::InBand => {
+                let Ok(m) = decode(&p.payload, Sender::Host, ProtocolVersion::V1_4) else {
+                    return;
+                };
+                match m {
+                    Message::BusRelations2(r) => {
+                        let list = r
+                            .functions
+                            .iter()
+                            .map(|f| (slot_dev(f.wslot), ident_of(f).unwrap_or(0)))
+                            .collect();
+                        self.guest_relations(list);
+                    }
+                    Message::BusRelations(r) => {
+                        let list = r
+                            .functions
+                            .iter()
+                            .map(|f| (slot_dev(f.wslot), ident_of_v1(f).unwrap_or(0)))
+                            .collect();
+                        self.guest_relations(list);
+                    }
+                    Message::Eject(e) => self.guest_eject(slot_dev(e.body.wslot)),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn guest_relations(&mut self, list: Vec<(u8, Ident)>) {
+        self.note(format!("guest<-RELATIONS{list:?}"));
+        let g = &self.s.guest;
+        let expected = g.expected_view();
+        let held = g.held();
+        let real_change = list != expected;
+        // G3: a function new to the guest must still be the host's, with that identity.
+        for &(s, i) in &list {
+            if !expected.contains(&(s, i)) && !held.contains(&(s, i)) && !self.s.host.mapped(s, i) {
+                self.s.seen.g3.get_or_insert(s);
+            }
+        }
+        let g = &mut self.s.guest;
+        if real_change {
+            if let Some(c) = g.change {
+                self.s
+                    .seen
+                    .g1
+                    .get_or_insert(format!("relations {list:?} while on {c:?}"));
+            }
+            g.change = Some(Change::Relations {
+                with_probe: g.probe != Probe::Done,
+            });
+        }
+        g.record = Some(list);
+        g.record_changes |= real_change;
+        // Each message queues a work item; the first to run takes the newest record and the
+        // others find none, so one queued item stands for them all.
+        if !g.queue.contains(&Work::Relations) {
+            g.queue.push_back(Work::Relations);
+        }
+    }
+
+    fn guest_eject(&mut self, s: u8) {
+        self.note(format!("guest<-EJECT({s})"));
+        let g = &mut self.s.guest;
+        if let Some(c) = g.change {
+            self.s
+                .seen
+                .g1
+                .get_or_insert(format!("EJECT({s}) while on {c:?}"));
+        }
+        g.change = Some(Change::Eject(s));
+        // Settled at the guest: the probe path is done (so resources were assigned where it
+        // assigns them), the function is linked (its requirements were queried), and its
+        // driver is not setting up its interrupt.
+        let settled = g.probe == Probe::Done
+            && g.children
+                .get(&s)
+                .is_some_and(|c| !matches!(c.driver, Driver::Probe | Driver::WaitInterrupt));
+        if !settled {
+            self.s.seen.g2.get_or_insert(s);
+        }
+        let Some(c) = g.children.get_mut(&s) else {
+            // 6.2: an EJECT for a slot with no child is ignored.
+            return;
+        };
+        c.ejecting = true;
+        if matches!(c.driver, Driver::Probe | Driver::WaitInterrupt) {
+            // 6.2's compose loop gives up on the ejecting mark: NULL descriptor at unmask.
+            g.fail(Failure::C2NullDescriptor(s));
+        }
+        g.queue.push_back(Work::Eject(s));
+    }
+
+    fn guest_completion(&mut self, p: Packet) {
+        let g = &mut self.s.guest;
+        let Some((req, waiter)) = g.waiting.remove(&p.transaction_id) else {
+            self.s.seen.stray_completion.get_or_insert(p.transaction_id);
+            return;
+        };
+        let status = p
+            .payload
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes);
+        let ok = status == Some(Status::SUCCESS.0);
+        self.note(format!("guest<-done {req:?} ok={ok}"));
+        if status == Some(Status::BAD_DATA.0) {
+            // The relay refused it for its request limit: fair only if that many really are
+            // outstanding (guest requests not yet answered by anyone).
+            if self.s.guest.waiting.len() < self.limit {
+                self.s.seen.unjust_refusal.get_or_insert(req);
+            } else {
+                self.s.guest.beyond = true;
+                return;
+            }
+        }
+        let g = &mut self.s.guest;
+        match waiter {
+            Waiter::Probe => {
+                g.probe = match (g.probe, req) {
+                    (Probe::WaitVersion, _) => Probe::SendSurvey,
+                    (Probe::WaitD0, _) => Probe::AssignNext,
+                    (Probe::WaitAssigned(s), _) => {
+                        if let Some(c) = g.children.get_mut(&s) {
+                            c.assigned = true;
+                        }
+                        Probe::AssignNext
+                    }
+                    (p, _) => p,
+                };
+            }
+            Waiter::Work => {
+                if let Some(Running::Relations { waiting, added, .. }) = &mut g.running {
+                    if let Some((s, ident)) = waiting.take() {
+                        added.push(s);
+                        g.children.insert(
+                            s,
+                            Child {
+                                ident,
+                                assigned: false,
+                                driver: Driver::None,
+                                ejecting: false,
+                            },
+                        );
+                    }
+                }
+            }
+            Waiter::Driver(s) => {
+                if let Some(c) = g.children.get_mut(&s) {
+                    c.driver = Driver::Bound;
+                    if !ok {
+                        g.fail(Failure::C2NullDescriptor(s));
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn guest_closes(&mut self) {
+        self.note("guest<-CLOSE".to_owned());
+        if self.s.host.rescinded {
+            self.s.seen.guest_closed_after_rescind = true;
+        }
+        if self.s.guest.probe == Probe::Start {
+            // The probe path has not opened the channel yet: it fails to, and returns cleanly.
+        } else if self.s.guest.probe != Probe::Done {
+            self.s.guest.fail(Failure::C5CloseDuringProbe);
+        } else {
+            // hv_pci_remove: the root bus goes; each bound driver's remove reads its BARs.
+            let bound: Vec<u8> = self
+                .s
+                .guest
+                .children
+                .iter()
+                .filter(|(_, c)| c.driver != Driver::None)
+                .map(|(&s, _)| s)
+                .collect();
+            for s in bound {
+                self.bar_read(s);
+            }
+        }
+        self.s.guest.closed = true;
+    }
+
+    fn request(&mut self, req: Req, ident: Option<Ident>, waiter: Waiter) {
+        let g = &mut self.s.guest;
+        // The lowest id not in use: ids only need to be distinct among outstanding requests,
+        // and reusing them lets states that differ only in history merge.
+        let txid = (1001..)
+            .find(|t| !g.waiting.contains_key(t))
+            .unwrap_or(1001);
+        g.waiting.insert(txid, (req, waiter));
+        self.origin = ident;
+        self.input(Input::GuestRequest { txid, req });
+        self.origin = None;
+    }
+
+    fn child_ident(&self, s: u8) -> Option<Ident> {
+        self.s.guest.children.get(&s).map(|c| c.ident)
+    }
+
+    fn bar_read(&mut self, s: u8) {
+        let Some(ident) = self.child_ident(s) else {
+            return;
+        };
+        if !self.s.host.mapped(s, ident) && self.s.backing[usize::from(s - 1)] != Some(Back::Shield)
+        {
+            self.s.guest.fail(Failure::C7BarFault(s));
+        }
+    }
+
+    fn config_read(&mut self, s: u8) {
+        let ident = self.child_ident(s);
+        let action = self.input(Input::ConfigRead(s));
+        if action == Some(ConfigAction::Forward) && !ident.is_some_and(|i| self.s.host.mapped(s, i))
+        {
+            self.s.guest.fail(Failure::C7ConfigFault(s));
+        }
+    }
+
+    pub(super) fn guest_step(&mut self, step: GuestStep) {
+        match step {
+            GuestStep::Probe => self.probe_step(),
+            GuestStep::Work => self.work_step(),
+            GuestStep::Driver(s) => {
+                self.config_read(s);
+                self.bar_read(s);
+                if let Some(c) = self.s.guest.children.get_mut(&s) {
+                    c.driver = Driver::WaitInterrupt;
+                }
+                let ident = self.child_ident(s);
+                self.request(Req::Interrupt(s), ident, Waiter::Driver(s));
+            }
+        }
+    }
+
+    fn probe_step(&mut self) {
+        match self.s.guest.probe {
+            Probe::Start => {
+                self.s.guest.probe = Probe::WaitVersion;
+                self.request(Req::Version, None, Waiter::Probe);
+            }
+            Probe::SendSurvey => {
+                self.s.guest.probe = Probe::WaitSurvey;
+                self.s.guest.survey_waiting = true;
+                self.input(Input::GuestNote(Note::QueryRelations));
+            }
+            Probe::SendD0 => {
+                self.s.guest.probe = Probe::WaitD0;
+                self.request(Req::D0Entry, None, Waiter::Probe);
+            }
+            Probe::AssignNext => {
+                let g = &self.s.guest;
+                let next = g
+                    .probe_children
+                    .iter()
+                    .copied()
+                    .find(|s| g.children.get(s).is_none_or(|c| !c.assigned));
+                match next {
+                    Some(s) if g.ejected_early.contains(&s) || !g.children.contains_key(&s) => {
+                        self.s.guest.fail(Failure::C3TouchedEjected(s));
+                    }
+                    Some(s) => {
+                        self.s.guest.probe = Probe::WaitAssigned(s);
+                        let ident = self.child_ident(s);
+                        self.request(Req::Assigned(s), ident, Waiter::Probe);
+                    }
+                    None => self.s.guest.probe = Probe::CreateRootBus,
+                }
+            }
+            Probe::CreateRootBus => {
+                let mut slots: BTreeSet<u8> = self.s.guest.children.keys().copied().collect();
+                slots.extend(self.s.guest.probe_children.iter().copied());
+                for s in slots {
+                    if self.s.guest.ejected_early.contains(&s) {
+                        self.s.guest.fail(Failure::C3TouchedEjected(s));
+                        return;
+                    }
+                    self.config_read(s);
+                    if let Some(c) = self.s.guest.children.get_mut(&s) {
+                        c.driver = Driver::Probe;
+                    }
+                }
+                self.s.guest.probe = Probe::Done;
+            }
+            _ => {}
+        }
+    }
+
+    fn work_step(&mut self) {
+        let running = self.s.guest.running.take();
+        match running {
+            None => {
+                let Some(w) = self.s.guest.queue.pop_front() else {
+                    return;
+                };
+                match w {
+                    Work::Relations => {
+                        self.s.guest.record_changes = false;
+                        let Some(list) = self.s.guest.record.take() else {
+                            return; // collapsed into an earlier run
+                        };
+                        let g = &mut self.s.guest;
+                        // Linux matches a listed function to a child by slot, vendor, device
+                        // id and serial: a child not matched is unlinked with its driver
+                        // still bound.
+                        let dropped: Vec<u8> = g
+                            .held()
+                            .into_iter()
+                            .filter(|f| !list.contains(f))
+                            .map(|(s, _)| s)
+                            .collect();
+                        if let Some(&d) = dropped.first() {
+                            g.fail(Failure::C4Dropped(d));
+                            return;
+                        }
+                        let held = g.held();
+                        let todo: Vec<(u8, Ident)> =
+                            list.iter().copied().filter(|f| !held.contains(f)).collect();
+                        self.relations_continue(todo, Vec::new());
+                    }
+                    Work::Eject(s) => self.eject_start(s),
+                }
+            }
+            Some(Running::Relations { todo, added, .. }) => self.relations_continue(todo, added),
+            Some(Running::EjectRemoved(s)) => {
+                self.eject_finish(s);
+            }
+        }
+    }
+
+    fn relations_continue(&mut self, mut todo: Vec<(u8, Ident)>, added: Vec<u8>) {
+        if !todo.is_empty() {
+            let (s, ident) = todo.remove(0);
+            self.s.guest.running = Some(Running::Relations {
+                todo,
+                waiting: Some((s, ident)),
+                added,
+            });
+            self.request(Req::Requirements(s), Some(ident), Waiter::Work);
+            return;
+        }
+        let g = &mut self.s.guest;
+        if g.probe == Probe::Done {
+            // Installed: rescan; drivers probe the new functions.
+            for s in &added {
+                if let Some(c) = g.children.get_mut(s) {
+                    c.driver = Driver::Probe;
+                }
+            }
+        } else if g.survey_waiting {
+            // survey_child_resources: wake the probe path.
+            g.survey_waiting = false;
+            g.surveyed = true;
+            g.probe_children = g.children.keys().copied().collect();
+            if g.probe == Probe::WaitSurvey {
+                g.probe = Probe::SendD0;
+            }
+        } else if let Some(&s) = added.first() {
+            if g.surveyed {
+                g.fail(Failure::C4AddedDuringProbe(s));
+            }
+        }
+    }
+
+    fn eject_start(&mut self, s: u8) {
+        let g = &mut self.s.guest;
+        let Some(c) = g.children.get(&s).copied() else {
+            return;
+        };
+        if c.driver == Driver::None {
+            // No pci_dev (no root bus yet): complete at once.
+            if g.probe != Probe::Done {
+                g.ejected_early.insert(s);
+            }
+            self.eject_finish(s);
+            return;
+        }
+        // The driver's remove path: free the interrupt, read device registers.
+        self.s.seen.driver_removed = true;
+        if c.driver == Driver::Bound {
+            self.input(Input::GuestNote(Note::DeleteInterrupt(s)));
+        }
+        self.bar_read(s);
+        self.config_read(s);
+        self.s.guest.running = Some(Running::EjectRemoved(s));
+    }
+
+    fn eject_finish(&mut self, s: u8) {
+        let g = &mut self.s.guest;
+        g.children.remove(&s);
+        g.running = None;
+        if g.change == Some(Change::Eject(s)) {
+            g.change = None;
+        }
+        self.input(Input::GuestNote(Note::EjectionComplete(s)));
+    }
+}

@@ -1,0 +1,380 @@
+//! Scripted scenarios: each counterexample the checker found, replayed step by step through
+//! the model, with every promise to both peers asserted at its end.
+
+use super::*;
+use vpci_relay::Safeguards;
+
+/// Bounds generous enough for the scripted scenarios below.
+const SCRIPT: Bounds = Bounds {
+    relations: 8,
+    ejects: 4,
+    adds: 4,
+    drops: 2,
+    ignores: 2,
+    late_answers: 2,
+    rescinds: 1,
+    request_limit: 4,
+    remembered_answers: 4,
+    relist: true,
+    free_ejects: true,
+    repeat_ejects: true,
+    two_at_boot: false,
+};
+
+/// The state where the guest's driver of function 1 waits for its CREATE_INTERRUPT_MESSAGE2
+/// and the host has not answered it yet.
+fn driver_1_waits(m: &RelayModel) -> State {
+    let mut s = m.settle(m.init_states().remove(0));
+    s = m.step(&s, Action::HostRelations);
+    s = m.run_guest(s);
+    for req in [Req::Requirements(1), Req::D0Entry, Req::Assigned(1)] {
+        s = m.complete(&s, req, Outcome::Success);
+        s = m.run_guest(s);
+    }
+    assert_eq!(s.guest.children[&1].driver, Driver::WaitInterrupt);
+    s
+}
+
+/// Asserts that `s` is quiescent and that every promise to both peers holds in it.
+fn assert_promises_kept(s: &State) {
+    println!("{s:?}");
+    assert!(s.quiescent(), "not quiescent: {s:?}");
+    assert_eq!(s.guest.failure, None);
+    assert_eq!(s.seen.g1, None);
+    assert_eq!(s.seen.g3, None);
+    assert!(
+        s.guest.waiting.is_empty(),
+        "unanswered: {:?}",
+        s.guest.waiting
+    );
+    assert!(
+        s.views_agree(),
+        "the host lists {:?}, the guest holds {:?}",
+        s.host.announced(),
+        s.guest.held()
+    );
+    assert_eq!(s.host.stray_ejection_complete, None);
+    assert!(
+        !s.host.ejects_owed(),
+        "EJECTs unanswered: {:?}",
+        s.host.slots
+    );
+    assert_eq!(s.seen.host_blamed, None);
+    assert_eq!(s.seen.overgrown, None);
+    assert_eq!(s.seen.unjust_refusal, None);
+}
+
+/// Bug 1: the host ejects function 1#1 and, before the guest has completed that eject, lists
+/// slot 1 again with a new function 1#2 (another device id and serial). Once the guest has let
+/// go of 1#1, 1#2 must reach it.
+///
+/// Relay bug 1: failed on the relay of 074d841, passes since 3e768a8 (the re-listing of a slot
+/// whose host state is Ejecting is ignored; at the guest's EJECTION_COMPLETE the slot is
+/// forgotten).
+#[test]
+fn bug1_relisted_during_eject_reaches_the_guest() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostEject(1));
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert_eq!(s.guest.held(), vec![(1, 2)]);
+}
+
+/// Bug 1 (identity in place): the host lists slot 1 with a new function 1#2 in place of 1#1, in
+/// one relations message. A function is its slot and identity, so that is 1#1 leaving and 1#2
+/// arriving: the guest must be sent EJECT for 1#1 (Linux matches children by slot, vendor,
+/// device id and serial, and would otherwise unlink 1#1 with its driver bound, C4), then 1#2.
+///
+/// Relay bug 1: failed on the relay of 074d841, passes since 3e768a8 (`host_relations` ignores
+/// a new description for a listed slot, and the host's relations go to the guest byte for byte:
+/// C4, G1).
+#[test]
+fn bug1_identity_change_in_place_is_an_eject_and_an_add() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert_eq!(s.guest.held(), vec![(1, 2)]);
+}
+
+/// Bug 1 (identity in place, request outstanding): the host replaces 1#1 by 1#2 while 1#1's
+/// driver waits for its interrupt, and ignores that request (1#1 is gone). The relay must
+/// answer it itself, as for any departed function.
+///
+/// Relay bug 1: failed on the relay of 074d841, passes since 3e768a8 (1#1 still counts as
+/// listed, so the request is never answered: the guest waits for ever, the relations change
+/// runs into max_hold).
+#[test]
+fn bug1_request_of_replaced_function_is_answered() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = driver_1_waits(&m);
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.complete(&s, Req::Interrupt(1), Outcome::Ignore);
+    s = m.settle(s);
+    assert!(!s.seen.change_timed_out);
+    assert_promises_kept(&s);
+}
+
+/// Bug 2: the host drops function 1 from its relations while the guest holds it (the relay
+/// ejects it at the guest by itself), then sends EJECT for it. That EJECT must be answered by
+/// exactly one EJECTION_COMPLETE, and is no malformed packet.
+///
+/// Relay bug 2: failed on the relay of 074d841, passes since 3e768a8 (the guest's
+/// EJECTION_COMPLETE is taken for the relay's own eject and not forwarded: the host waits 60
+/// s).
+#[test]
+fn bug2_eject_after_drop_is_answered() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostDrop(1));
+    s = m.step(&s, Action::HostEject(1));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+}
+
+/// Bug 2 (late EJECT): the host drops function 1, the guest lets go of it, and only then does
+/// the host send EJECT for it. The relay answers it, and does not count it as malformed.
+///
+/// Relay bug 2: failed on the relay of 074d841, passes since 3e768a8 (answered, but counted as
+/// `UnknownSlot`).
+#[test]
+fn bug2_eject_after_drop_completed_is_not_malformed() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostDrop(1));
+    s = m.settle(s);
+    assert!(s.guest.children.is_empty());
+    s = m.step(&s, Action::HostEject(1));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+}
+
+/// A duplicate EJECT (the host sends EJECT for function 1 twice before the guest completes)
+/// is answered twice: every EJECT gets exactly one EJECTION_COMPLETE.
+///
+/// Failed on the relay of 074d841 (the second EJECT was dropped as a repeat), passes since
+/// 3e768a8.
+#[test]
+fn duplicate_eject_is_answered_twice() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostEject(1));
+    s = m.step(&s, Action::HostEject(1));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+}
+
+/// An EJECT repeated after the host listed a new function in the slot, while the first is
+/// unanswered, is a repeat of the first (the reading the relay took in 7857c65, after petri's
+/// chaotic host): it is answered at once, and the new function reaches the guest once the
+/// guest has let go of the old one.
+#[test]
+fn repeated_eject_after_relist_keeps_the_new_function() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostEject(1));
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.step(&s, Action::HostEject(1));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert_eq!(s.guest.held(), vec![(1, 2)]);
+}
+
+/// The other reading of the same wire sequence: the second EJECT is for the host's newest
+/// function in the slot (1#2), which the host tears down at once. Then the relay must not
+/// announce 1#2.
+///
+/// AMBIGUOUS PROTOCOL, LEAD'S CALL: EJECT names only a slot, so no relay can satisfy both
+/// this test and `repeated_eject_after_relist_keeps_the_new_function`. It passed on the relay
+/// of 3e768a8 and fails since 7857c65, which announces the torn-down 1#2: the guest's driver
+/// reads its config space through the relay (C7) and G3 breaks. The exhaustive checks use the
+/// relay's reading (`Bounds::repeat_ejects`); this test keeps the hazard of that choice in
+/// view.
+#[test]
+#[ignore = "ambiguous protocol: the opposite reading of repeated_eject_after_relist_keeps_the_new_function"]
+fn eject_after_relist_ejects_the_new_function() {
+    let m = RelayModel::new(
+        Bounds {
+            repeat_ejects: false,
+            ..SCRIPT
+        },
+        Safeguards::ALL_ON,
+    );
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostEject(1));
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.step(&s, Action::HostEject(1));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert!(s.guest.held().is_empty());
+}
+
+/// Bug 3: a request the relay answered itself (the host ejected the function and never
+/// answered its interrupt request) stays in the forwarded-request table; with a limit of one,
+/// the next hot-add's QUERY_RESOURCE_REQUIREMENTS is then refused with BAD_DATA though
+/// nothing is outstanding.
+///
+/// Relay bug 3: failed on the relay of 074d841, passes since 3e768a8.
+#[test]
+fn bug3_answered_request_does_not_block_the_next() {
+    let m = RelayModel::new(
+        Bounds {
+            request_limit: 1,
+            ..SCRIPT
+        },
+        Safeguards::ALL_ON,
+    );
+    let mut s = driver_1_waits(&m);
+    s = m.step(&s, Action::HostEject(1));
+    s = m.complete(&s, Req::Interrupt(1), Outcome::Ignore);
+    s = m.settle(s);
+    assert!(s.seen.answered_locally);
+    assert!(s.guest.children.is_empty());
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+}
+
+/// Bug 3 over cycles, at a limit of four: hot-plug cycles in which the host ejects a function
+/// and never answers its interrupt request must not use up the request table, and the memory
+/// of the relay's own answers stays within its limit (two here).
+///
+/// Relay bug 3: failed on the relay of 074d841, passes since 3e768a8 (the fourth hot-add's
+/// QUERY_RESOURCE_REQUIREMENTS is refused).
+#[test]
+fn bug3_hot_plug_cycles_do_not_fill_the_table() {
+    let bounds = Bounds {
+        relations: 20,
+        ejects: 10,
+        adds: 10,
+        ignores: 10,
+        late_answers: 0,
+        remembered_answers: 2,
+        ..SCRIPT
+    };
+    let m = RelayModel::new(bounds, Safeguards::ALL_ON);
+    let mut s = driver_1_waits(&m);
+    for cycle in 0..6 {
+        s = m.step(&s, Action::HostEject(1));
+        s = m.complete(&s, Req::Interrupt(1), Outcome::Ignore);
+        s = m.settle(s);
+        assert!(s.guest.children.is_empty(), "cycle {cycle}: {s:?}");
+        s = m.step(&s, Action::HostAdd(1));
+        s = m.run(s);
+        assert_eq!(s.seen.unjust_refusal, None, "cycle {cycle}");
+        s = m.complete(&s, Req::Requirements(1), Outcome::Success);
+        s = m.run(s);
+        assert_eq!(s.seen.unjust_refusal, None, "cycle {cycle}");
+        assert_eq!(
+            s.guest.children.get(&1).map(|c| c.driver),
+            Some(Driver::WaitInterrupt),
+            "cycle {cycle}: {s:?}"
+        );
+        assert_eq!(m.relay_of(&s).requests_outstanding(), 1);
+        assert_eq!(
+            m.relay_of(&s).remembered_local_answers(),
+            (cycle + 1).min(2),
+            "cycle {cycle}"
+        );
+    }
+}
+
+/// A host that answers a request after the relay already answered it (late) is no protocol
+/// violation: the relay drops the answer and the bus stays up.
+#[test]
+fn late_answer_after_local_answer_is_dropped() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = driver_1_waits(&m);
+    s = m.step(&s, Action::HostEject(1));
+    s = m.complete(&s, Req::Interrupt(1), Outcome::Ignore);
+    s = m.settle(s);
+    let txid = *s.host.late.keys().next().unwrap();
+    s = m.step(&s, Action::HostLate { txid });
+    assert!(s.seen.late_completion);
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert_eq!(m.relay_of(&s).host_link(), vpci_relay::HostLink::Up);
+}
+
+/// A slot re-added while the guest still holds its surprise-removed predecessor reaches the
+/// guest once the guest has let go of the old function (guarantee 7). The old model found
+/// this broken before 2c9b344.
+#[test]
+fn re_add_during_synthesized_eject_reaches_the_guest() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    assert_eq!(s.guest.probe, Probe::Done);
+    assert!(s.views_agree());
+    // Surprise removal of 1, then the host re-adds 1 at once.
+    s = m.step(&s, Action::HostDrop(1));
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+}
+
+/// After a surprise removal and a re-add of slot 2, a host EJECT of the re-added function
+/// (which the guest never saw) is completed by the relay, and a later relations message that
+/// still lists slot 2 does not announce it. The old model found this broken before 2c9b344:
+/// the guest's driver read the config space of a torn-down device (C7), and the host waited
+/// for an EJECTION_COMPLETE that never came.
+#[test]
+fn eject_of_re_added_function_is_completed() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostAdd(2));
+    s = m.settle(s);
+    assert!(s.views_agree(), "both functions bound: {s:?}");
+    s = m.step(&s, Action::HostDrop(2));
+    s = m.step(&s, Action::HostAdd(2));
+    s = m.step(&s, Action::HostEject(2));
+    s = m.settle(s);
+    s = m.step(&s, Action::HostRelations);
+    s = m.settle(s);
+    assert_promises_kept(&s);
+}
+
+/// A re-added function is announced once the guest lets go of its predecessor, even when
+/// that EJECTION_COMPLETE leaves the bus busy: the host leaves out a function whose driver
+/// still waits for its interrupt, never answers that request, and re-adds the slot. The old
+/// model found this broken after 2c9b344 (fixed by 06cc642): no timer retried the held
+/// relations. With the re-added function's new identity, it failed again on the relay of
+/// 074d841 (relay bug 1: the relations listing 2#2 went to the guest byte for byte while it
+/// held 2#1, C4); passes since 3e768a8.
+#[test]
+fn successor_announced_after_eject_complete() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostAdd(2));
+    s = m.run_guest(s);
+    s = m.complete(&s, Req::Requirements(2), Outcome::Success);
+    s = m.run_guest(s);
+    assert_eq!(s.guest.children[&2].driver, Driver::WaitInterrupt);
+    s = m.step(&s, Action::HostDrop(2));
+    s = m.complete(&s, Req::Interrupt(2), Outcome::Ignore);
+    s = m.step(&s, Action::HostAdd(2));
+    s = m.settle(s);
+    println!("{:#?}", m.relay_of(&s).functions().collect::<Vec<_>>());
+    assert_promises_kept(&s);
+}
+
+/// The guest model itself: with the eject hold off, an EJECT that arrives while a driver waits
+/// for its CREATE_INTERRUPT_MESSAGE2 completion is 6.2's C2 (the polling loop gives up on the
+/// ejecting mark, unmask reads a NULL descriptor); with every safeguard on, the same host
+/// actions leave the guest alive, the eject delivered only after the interrupt was answered.
+#[test]
+fn guest_model_c2_eject_during_interrupt_setup() {
+    let run = |safeguards: Safeguards| {
+        let m = RelayModel::new(SCRIPT, safeguards);
+        let s = driver_1_waits(&m);
+        let s = m.step(&s, Action::HostEject(1));
+        m.settle(s)
+    };
+    let mut off = Safeguards::ALL_ON;
+    off.hold_eject_until_settled = false;
+    assert_eq!(run(off).guest.failure, Some(Failure::C2NullDescriptor(1)));
+    let s = run(Safeguards::ALL_ON);
+    assert_promises_kept(&s);
+}
