@@ -145,25 +145,27 @@
 //! # Bounds and cost
 //!
 //! Measured on 2 threads in a debug build (`cargo test` is unoptimized), on a shared machine
-//! (load average about 5 on 2 cores), against the relay of 7857c65. The whole
+//! (load average about 7 on 2 cores), against the relay of 4ab6751. The whole
 //! `cargo test -p vpci_relay --test model_check` (five checks, teeth, scripted tests, run
-//! concurrently) took 36 s wall, 61 s CPU; each check alone:
+//! concurrently) took 63 s wall, 50 s CPU; the times below are each check run alone:
 //!
 //! | test | bound | unique states | depth | time |
 //! | --- | --- | --- | --- | --- |
-//! | `model_check_all_safeguards_on` | [`Bounds::DEFAULT`]: 4 relations, 2 ejects, 1 add, 1 drop, 1 ignored request answered late, 1 rescind | 762,393 | 38 | 24-36 s |
+//! | `model_check_all_safeguards_on` | [`Bounds::DEFAULT`]: 4 relations, 2 ejects, 1 add, 1 drop, 1 ignored request, 1 rescind | 402,448 | 37 | 21 s |
 //! | `model_check_relist` | [`Bounds::RELIST`]: 3 relations, 2 ejects, 2 adds, 1 rescind | 306,368 | 43 | 13 s |
 //! | `model_check_two_at_boot` | [`Bounds::TWO_AT_BOOT`]: both at boot, 3 relations, 2 ejects, 1 add, 1 drop | 146,223 | 42 | 8-12 s |
-//! | `model_check_request_table` | [`Bounds::REQUEST_TABLE`]: request limit 1, 1 ignored request answered late | 48,427 | 35 | 2 s |
+//! | `model_check_request_table` | [`Bounds::REQUEST_TABLE`]: request limit 1, 3 relations, 2 ejects, 1 add, 1 drop, 1 ignored request answered late | 144,004 | 36 | 14 s |
 //! | `model_check_teeth_bound` | [`Bounds::SMALL`] | 23,592 | 34 | 1 s |
-//! | `model_check_large_bound` (ignored) | [`Bounds::LARGE`]: `DEFAULT` with 2 adds | 7,613,957 | 48 | 73 s release; 6.4 min debug (3e768a8) |
-//! | `model_check_large_two_at_boot` (ignored) | [`Bounds::LARGE_TWO_AT_BOOT`]: both at boot, 4 relations, 2 ejects, 1 add, 1 drop, 1 ignored request, 1 rescind | 2,331,639 | 46 | 20 s release; 1.6 min debug (3e768a8) |
+//! | `model_check_large_bound` (ignored) | [`Bounds::LARGE`]: `DEFAULT` with 2 adds and a late answer | 7,613,957 (7857c65) | 48 | 73 s release; 6.4 min debug (3e768a8) |
+//! | `model_check_large_two_at_boot` (ignored) | [`Bounds::LARGE_TWO_AT_BOOT`]: both at boot, 4 relations, 2 ejects, 1 add, 1 drop, 1 ignored request, 1 rescind | 2,331,639 (7857c65) | 46 | 20 s release; 1.6 min debug (3e768a8) |
 //!
-//! A release build (`cargo test --release`) explores 2.5 to 5 times as fast. Two larger
-//! bounds were run that way once, both without a counterexample (relay of 3e768a8, before
-//! `repeat_ejects`): 5 relations, 3 ejects, 2 adds, 1 drop, 1 ignored request answered late
-//! and a rescind, 23,969,039 states in 5.1 minutes; 4 relations, 2 ejects, 2 adds, 2 drops,
-//! 2 ignored requests (one answered late), request limit 2, 5,165,879 states in 75 s.
+//! A release build (`cargo test --release`) explores 2.5 to 5 times as fast. Larger bounds
+//! run that way with `model_check_custom` (`MODEL_BOUNDS`), all without a counterexample:
+//! `5,3,2,1,1,1,1,4,0` (5 relations, 3 ejects, 2 adds, 1 drop, 1 ignored request answered
+//! late, a rescind), 23,595,871 states in 5 minutes (relay of 7857c65; 23,969,039 at
+//! 3e768a8 before `repeat_ejects`); `4,2,1,2,2,1,0,2,1` (both at boot, 2 drops, 2 ignored
+//! requests, request limit 2), 3,297,251 states in 58 s (7857c65); `4,2,2,2,2,1,0,2,0`,
+//! 5,165,879 states in 75 s (3e768a8).
 //!
 //! The teeth run at [`Bounds::SMALL`] on one thread and stop at the first counterexample
 //! (under a second each).

@@ -92,14 +92,15 @@ impl Bounds {
     };
 
     /// The default check: every freedom of the host once (a new function, a surprise
-    /// removal, an ignored request answered late), two ejects of any listed slot, a rescind.
+    /// removal, an ignored request), two ejects of any listed slot, a rescind. (Late answers
+    /// double its size: `REQUEST_TABLE` and `LARGE` have them.)
     pub const DEFAULT: Self = Self {
         relations: 4,
         ejects: 2,
         adds: 1,
         drops: 1,
         ignores: 1,
-        late_answers: 1,
+        late_answers: 0,
         rescinds: 1,
         request_limit: 4,
         remembered_answers: 4,
@@ -148,7 +149,7 @@ impl Bounds {
     /// request it already answered refuses the next one.
     pub const REQUEST_TABLE: Self = Self {
         relations: 3,
-        ejects: 1,
+        ejects: 2,
         adds: 1,
         drops: 1,
         ignores: 1,
