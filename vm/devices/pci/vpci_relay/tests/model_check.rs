@@ -61,8 +61,8 @@
 //!
 //! Packets from the relay reach the host at once. A request the host receives is tagged with
 //! the identity of the guest function it was sent for, so "a function it no longer has" means
-//! that identity. The host answers every request of a function it still has (sooner or
-//! later, as it likes): one that never did would leave the guest waiting whatever the relay
+//! that identity. The host answers every request of a function it still has (in any order,
+//! before time moves on): one that never did would leave the guest waiting whatever the relay
 //! does, so that is no freedom to check the relay against.
 //!
 //! **Guest** (Linux 6.2's `pci-hyperv`, per `/work/shared/spec/linux-guest.md`). Four kinds of
