@@ -299,6 +299,45 @@ fn late_answer_after_local_answer_is_dropped() {
     assert_eq!(m.relay_of(&s).host_link(), vpci_relay::HostLink::Up);
 }
 
+/// A late answer to a request the relay has already forgotten (its memory of its own answers
+/// holds one here, and a second local answer pushed the first out) costs the host nothing
+/// worse than a count: the bus stays up, and the guest and the next function are unaffected.
+/// (The relay counts it as a `StaleTransaction` fault, so the "conformant host" property
+/// would flag it; the exhaustive bounds keep the memory larger than the ignored requests.)
+#[test]
+fn late_answer_beyond_memory_keeps_the_bus() {
+    let m = RelayModel::new(
+        Bounds {
+            remembered_answers: 1,
+            ..SCRIPT
+        },
+        Safeguards::ALL_ON,
+    );
+    let mut s = driver_1_waits(&m);
+    s = m.step(&s, Action::HostEject(1));
+    s = m.complete(&s, Req::Interrupt(1), Outcome::Ignore);
+    s = m.settle(s);
+    let first = *s.host.late.keys().next().unwrap();
+    // A second cycle: 1#2 is added, its interrupt request ignored in turn.
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.run(s);
+    s = m.complete(&s, Req::Requirements(1), Outcome::Success);
+    s = m.run(s);
+    s = m.step(&s, Action::HostEject(1));
+    s = m.complete(&s, Req::Interrupt(1), Outcome::Ignore);
+    s = m.settle(s);
+    assert_eq!(m.relay_of(&s).remembered_local_answers(), 1);
+    s = m.step(&s, Action::HostLate { txid: first });
+    assert_eq!(m.relay_of(&s).host_link(), vpci_relay::HostLink::Up);
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.settle(s);
+    assert!(s.quiescent());
+    assert_eq!(s.guest.failure, None);
+    assert!(s.views_agree(), "{s:?}");
+    assert!(!s.host.ejects_owed());
+    assert_eq!(m.relay_of(&s).host_link(), vpci_relay::HostLink::Up);
+}
+
 /// A slot re-added while the guest still holds its surprise-removed predecessor reaches the
 /// guest once the guest has let go of the old function (guarantee 7). The old model found
 /// this broken before 2c9b344.
