@@ -244,7 +244,8 @@
 //! QUERY_RESOURCE_REQUIREMENTS (the guest model links the function anyway), a late answer
 //! to a request the relay has already forgotten (the relay counts it as a `StaleTransaction`
 //! fault, which the "conformant host" property would flag; the exhaustive bounds never
-//! overflow the memory), and the
+//! overflow the memory, and `late_answer_beyond_memory_keeps_the_bus` checks that the bus
+//! survives it), and the
 //! guest's own reaction to a rescind beyond "a bound driver's remove path reads its BARs".
 //! Packets reach the host at once, and the guest's channel callback runs atomically with the
 //! relay's output.
