@@ -166,8 +166,9 @@
 //! `5,3,2,1,1,1,1,4,0` (5 relations, 3 ejects, 2 adds, 1 drop, 1 ignored request answered
 //! late, a rescind), 23,595,871 states in 5 minutes (relay of 7857c65; 23,969,039 at
 //! 3e768a8 before `repeat_ejects`); `4,2,1,2,2,1,0,2,1` (both at boot, 2 drops, 2 ignored
-//! requests, request limit 2), 3,297,251 states in 58 s (7857c65); `4,2,2,2,2,1,0,2,0`,
-//! 5,165,879 states in 75 s (3e768a8).
+//! requests, request limit 2), 3,297,251 states in 58 s (7857c65); `4,2,2,1,1,1,1,4,1` (both
+//! at boot, `LARGE`'s freedoms), 18,490,132 states, depth 57, in 6.3 minutes (4ab6751);
+//! `4,2,2,2,2,1,0,2,0`, 5,165,879 states in 75 s (3e768a8).
 //!
 //! The teeth run at [`Bounds::SMALL`] on one thread and stop at the first counterexample
 //! (under a second each).
