@@ -52,10 +52,11 @@ pub fn ident_of(d: &FunctionDescription2) -> Option<Ident> {
     (d.v_id.get() == VENDOR && d.d_id.get() == device_id(ident)).then_some(ident)
 }
 
-/// The identity of a BUS_RELATIONS (v1) description, which has no serial-free form: the
-/// relay only sends v1 to a v1 host, which the model is not, so any v1 description is foreign.
-pub fn ident_of_v1(_d: &FunctionDescription) -> Option<Ident> {
-    None
+/// The identity a BUS_RELATIONS (v1) description carries (the relay would send one only if
+/// the host spoke v1; the model's host never does).
+pub fn ident_of_v1(d: &FunctionDescription) -> Option<Ident> {
+    let ident = u8::try_from(d.ser.get()).ok()?;
+    (d.v_id.get() == VENDOR && d.d_id.get() == device_id(ident)).then_some(ident)
 }
 
 fn status(s: Status) -> Vec<u8> {
