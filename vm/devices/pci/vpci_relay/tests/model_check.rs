@@ -149,7 +149,8 @@
 //! Measured on 2 threads in a debug build (`cargo test` is unoptimized), on a shared machine
 //! (load average about 7 on 2 cores), against the relay of 4ab6751. The whole
 //! `cargo test -p vpci_relay --test model_check` (five checks, teeth, scripted tests, run
-//! concurrently) took 63 s wall, 50 s CPU; the times below are each check run alone:
+//! concurrently) took 63 s wall, 50 s CPU (44 s wall on a quieter machine, load 1.3); the
+//! times below are each check run alone:
 //!
 //! | test | bound | unique states | depth | time |
 //! | --- | --- | --- | --- | --- |
