@@ -38,7 +38,7 @@ enum Command {
     Run {
         /// A built-in scenario's name, or a scenario file.
         scenario: String,
-        /// Only this guest (`6.2` or `6.3`); both if not given.
+        /// Only this guest (`6.2` or `6.3`, or the real driver `5.10` or `6.1`); both models if not given.
         #[arg(long, value_parser = parse_guest)]
         guest: Option<GuestKind>,
         /// Only through the relay.
@@ -71,7 +71,7 @@ enum Command {
         seed: u64,
         /// A built-in scenario's name, or a scenario file.
         scenario: String,
-        /// The guest (`6.2` or `6.3`).
+        /// The guest (`6.2` or `6.3`, or the real driver `5.10` or `6.1`).
         #[arg(long, value_parser = parse_guest, default_value = "6.2")]
         guest: GuestKind,
         /// Through the relay (direct if not given).
@@ -131,7 +131,8 @@ enum From {
 }
 
 fn parse_guest(s: &str) -> Result<GuestKind, String> {
-    GuestKind::parse(s).ok_or_else(|| format!("unknown guest {s:?} (expected 6.2 or 6.3)"))
+    GuestKind::parse(s)
+        .ok_or_else(|| format!("unknown guest {s:?} (expected 6.2, 6.3, 5.10 or 6.1)"))
 }
 
 fn parse_version(s: &str) -> Result<ProtocolVersion, String> {

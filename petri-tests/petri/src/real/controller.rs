@@ -1,0 +1,652 @@
+//! The kernel_shim [`Controller`] of a real-guest run: the host (host_sim, optionally behind
+//! the relay), the scenario's command sequence and the scheduler, in one object the guest
+//! session calls at every scheduling point.
+//!
+//! At each point the options are the guest's runnable contexts (in the order the guest lists
+//! them) and, when something is in flight to the guest, its delivery; petri's [`Chooser`]
+//! picks one. A context busy-polling with `udelay` is offered only when nothing else can
+//! happen, as in the model VM. When nothing can run, virtual time jumps to the earliest
+//! guest, host or relay deadline; when there is none, the run is quiescent and the next
+//! command of the sequence is given (or, if a command is still pending, the guest is hung).
+
+use super::bars::GuestBars;
+use super::bus::{Delivery, HostSide};
+use super::observe::Observer;
+use crate::outcome::Outcome;
+use crate::sched::{Choice, Chooser};
+use crate::trace::{Lane, Mark, Trace};
+use crate::vm::{Chaos, RunLimits, describe};
+use kernel_shim::guest::{Action, Controller, Sched};
+use kernel_shim::host::{RetargetRequest, WindowAccess};
+use kernel_shim::protocol::{Command, ContextKind, EventKind, GuestPacket, SchedPoint};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+use vpci_protocol::WinSlot;
+use vpci_relay::{Backing, ConfigAccess, ConfigAction, VirtualClock};
+
+/// One option at a scheduling point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pick {
+    /// Run this guest context.
+    Run(u32),
+    /// Deliver what is in flight to the guest.
+    Deliver,
+}
+
+/// Where the run is in its command sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Giving the boot commands (endpoint setup, init, probe).
+    Boot,
+    /// The probe is done: run until quiescent (the scenario plays out).
+    Settle,
+    /// Tearing down (remove, module exit): leaks and crashes on the way are findings.
+    Teardown,
+}
+
+/// Everything a real-guest run holds besides the guest process.
+pub(super) struct RealController {
+    pub(super) side: HostSide,
+    clock: VirtualClock,
+    pub(super) now: Duration,
+    chooser: Chooser,
+    pub(super) choices: Vec<Choice>,
+    last: Option<Pick>,
+    pub(super) steps: u64,
+    limits: RunLimits,
+    commands: VecDeque<Command>,
+    teardown: VecDeque<Command>,
+    phase: Phase,
+    waiting: Option<Command>,
+    pub(super) results: Vec<(u32, i32)>,
+    spinning: BTreeSet<u32>,
+    /// The channel callbacks' contexts.
+    tasklets: BTreeSet<u32>,
+    /// Contexts that reached `udelay` since the world last changed.
+    polled: BTreeSet<u32>,
+    /// The last answer changed the world and the guest asks again at the same point.
+    reasked: bool,
+    contexts: BTreeMap<u32, String>,
+    process: u32,
+    current: u32,
+    pub(super) trace: Option<Trace>,
+    pub(super) observer: Observer,
+    /// A bound or hang that ended the run early.
+    pub(super) early: Option<Outcome>,
+    /// What the host saw once the scenario settled (before teardown).
+    pub(super) host_visible: Outcome,
+    chaos: Option<Chaos>,
+    bars: GuestBars,
+}
+
+/// The run's boot sequence for one bus.
+pub(super) struct Plan {
+    /// Commands up to and including the probe.
+    pub(super) boot: Vec<Command>,
+    /// Commands after the scenario settled (remove if probed, then module exit).
+    pub(super) remove: Command,
+}
+
+impl RealController {
+    pub(super) fn new(
+        side: HostSide,
+        clock: VirtualClock,
+        chooser: Chooser,
+        limits: RunLimits,
+        plan: Plan,
+        record: bool,
+        chaos: Option<Chaos>,
+    ) -> Self {
+        Self {
+            side,
+            clock,
+            now: Duration::ZERO,
+            chooser,
+            choices: Vec::new(),
+            last: None,
+            steps: 0,
+            limits,
+            commands: plan.boot.into(),
+            teardown: [plan.remove, Command::Exit].into(),
+            phase: Phase::Boot,
+            waiting: None,
+            results: Vec::new(),
+            spinning: BTreeSet::new(),
+            polled: BTreeSet::new(),
+            tasklets: BTreeSet::new(),
+            reasked: false,
+            contexts: BTreeMap::new(),
+            process: 0,
+            current: 0,
+            trace: record.then(Trace::default),
+            observer: Observer::default(),
+            early: None,
+            host_visible: Outcome::Ok,
+            chaos,
+            bars: GuestBars::default(),
+        }
+    }
+
+    /// The name of a guest context, for reports.
+    pub(super) fn context_name(&self, id: u32) -> String {
+        self.contexts
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("context {id}"))
+    }
+
+    fn note(&mut self, from: Lane, to: Lane, label: String, mark: Mark) {
+        if let Some(t) = &mut self.trace {
+            t.push(self.now, from, to, label, mark);
+        }
+    }
+
+    fn pump(&mut self) {
+        self.side.pump(self.now, self.trace.as_mut());
+    }
+
+    fn result_of(&self, command: &Command) -> Option<i32> {
+        let n = command.number();
+        self.results
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == n)
+            .map(|(_, r)| *r)
+    }
+
+    fn next_deadline(&self, sched: &Sched) -> Option<u64> {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        [
+            Some(sched.next_deadline_ns).filter(|&d| d > 0),
+            self.side.host.poll_timeout().map(ns),
+            self.clock.next_deadline().map(ns),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|&t| t > sched.now_ns)
+        .min()
+    }
+
+    /// Whether what is in flight can be delivered now. A rescind waits until no channel
+    /// callback can run: Linux's `vmbus_onoffer_rescind` resets the channel callback
+    /// (`vmbus_reset_channel_cb`: the tasklet is disabled and waited for) before it sets
+    /// `channel->rescind`, so a driver that sees the rescind never has a callback still to
+    /// come. The shim's rescind only sets the flag; this ordering supplies the rest (packets
+    /// already delivered are processed first, as when the host's rescind comes a little
+    /// later).
+    fn deliverable(&self, sched: &Sched) -> bool {
+        match self.side.in_flight.front() {
+            None => false,
+            Some(Delivery::Packet(..)) => true,
+            Some(Delivery::Rescind(_)) => !sched.runnable.iter().any(|c| self.tasklets.contains(c)),
+        }
+    }
+
+    /// The options at this point, in a stable order: runnable contexts (spinning ones only
+    /// when nothing else can happen), then the delivery.
+    fn options(&self, sched: &Sched) -> (Vec<Pick>, bool) {
+        let mut out: Vec<Pick> = sched
+            .runnable
+            .iter()
+            .filter(|c| !self.spinning.contains(c))
+            .map(|&c| Pick::Run(c))
+            .collect();
+        if self.deliverable(sched) {
+            out.push(Pick::Deliver);
+        }
+        if !out.is_empty() {
+            return (out, false);
+        }
+        let spinners: Vec<Pick> = sched.runnable.iter().map(|&c| Pick::Run(c)).collect();
+        (spinners, true)
+    }
+
+    fn stop(&mut self, outcome: Outcome) -> Action {
+        let why = outcome.to_string();
+        if self.early.is_none() {
+            self.early = Some(outcome);
+        }
+        Action::Stop(why)
+    }
+
+    fn hang(&mut self, why: String) -> Action {
+        let context = self.context_name(self.process);
+        let function = match &self.waiting {
+            Some(Command::Probe { .. }) => "hv_pci_probe",
+            Some(Command::Remove { .. }) => "hv_pci_remove",
+            Some(Command::Exit) => "cleanup_module",
+            Some(Command::Init) => "init_module",
+            _ => "?",
+        };
+        let outcome = Outcome::Guest {
+            bus: 0,
+            failure: "hang".to_owned(),
+            context,
+            function: function.to_owned(),
+            message: why,
+        };
+        self.stop(outcome)
+    }
+
+    /// What the host can see went wrong once the scenario settled: an EJECT it gave up on,
+    /// or a function it has that the probed guest never got.
+    fn host_visible_now(&self, probed: bool) -> Outcome {
+        if let Some(slot) = self.side.eject_timeouts.first() {
+            return Outcome::EjectUnanswered {
+                bus: 0,
+                slot: slot.to_string(),
+            };
+        }
+        if !probed || self.side.channel_ended() {
+            return Outcome::Ok;
+        }
+        for slot in self.side.host.slots() {
+            if self.side.host.function(slot).is_none() {
+                continue;
+            }
+            if !self.observer.holds(slot) {
+                return Outcome::LostDevice {
+                    bus: 0,
+                    slot: slot.to_string(),
+                };
+            }
+        }
+        Outcome::Ok
+    }
+
+    /// Once the scenario settled, the guest must hold no device for a function the host no
+    /// longer has (it would drive memory nothing backs, as at its removal).
+    fn check_held_devices(&mut self) {
+        let host = self.side.host.slots();
+        for slot in self.observer.held_slots() {
+            if !host.contains(&slot) {
+                let context = self.context_name(self.process);
+                self.observer.fail(
+                    "leaked_device",
+                    context,
+                    "pci_stop_and_remove_bus_device (never called)".to_owned(),
+                    format!("the guest still holds {slot}, which the host no longer has"),
+                );
+                return;
+            }
+        }
+    }
+
+    /// The run is quiescent: give the next command, or find the guest hung.
+    fn quiescent(&mut self, sched: &Sched) -> Action {
+        if let Some(cmd) = self.waiting.clone() {
+            if self.result_of(&cmd).is_none() {
+                return self.hang(format!(
+                    "{cmd:?} never returns: its context waits on what nothing will bring"
+                ));
+            }
+            self.waiting = None;
+        }
+        if self.phase == Phase::Boot && self.commands.is_empty() {
+            self.phase = Phase::Settle;
+        }
+        if self.phase == Phase::Settle {
+            let probed = self.results.iter().any(|&(c, r)| {
+                c == Command::Probe {
+                    bus: 0,
+                    instance: [0; 16],
+                }
+                .number()
+                    && r == 0
+            });
+            self.host_visible = self.host_visible_now(probed);
+            self.check_held_devices();
+            if let Some(f) = self.observer.failure.clone() {
+                return self.stop(f);
+            }
+            self.phase = Phase::Teardown;
+            if !probed {
+                // Linux calls remove only for a bound driver.
+                self.teardown
+                    .retain(|c| !matches!(c, Command::Remove { .. }));
+            }
+        }
+        let next = match self.phase {
+            Phase::Boot => self.commands.pop_front(),
+            _ => self.teardown.pop_front(),
+        };
+        match next {
+            Some(cmd) => {
+                self.note(
+                    Lane::Guest,
+                    Lane::Guest,
+                    format!("command {cmd:?}"),
+                    Mark::None,
+                );
+                self.waiting = Some(cmd.clone());
+                self.world_changed();
+                Action::Command(cmd)
+            }
+            None => {
+                let _ = sched;
+                self.stop(Outcome::StepLimit)
+            }
+        }
+    }
+
+    /// Something a busy-polling context may be waiting for happened.
+    fn world_changed(&mut self) {
+        self.reasked = true;
+        self.spinning.clear();
+        self.polled.clear();
+    }
+
+    fn deliver(&mut self) -> Action {
+        // What a busy-polling context waits for may be in this delivery.
+        self.world_changed();
+        match self.side.in_flight.pop_front() {
+            Some(Delivery::Packet(p, from)) => {
+                self.note(from, Lane::Guest, describe(&p), Mark::None);
+                Action::deliver(0, &p)
+            }
+            Some(Delivery::Rescind(from)) => {
+                self.note(from, Lane::Guest, "rescind".to_owned(), Mark::None);
+                Action::Rescind(0)
+            }
+            None => Action::Run(self.current),
+        }
+    }
+
+    fn chaos_acts(&mut self, stuck: bool) -> bool {
+        let Some(chaos) = self.chaos.as_mut() else {
+            return false;
+        };
+        if self.phase == Phase::Teardown || !chaos.acts_now(stuck) {
+            return false;
+        }
+        let _ = chaos.bus(1);
+        let action = chaos.action(&self.side.host);
+        let label = format!("bus 0: chaos {action:?}");
+        self.world_changed();
+        let _ = self.side.host.act(self.now, action);
+        self.side.relay_dirty = true;
+        self.note(Lane::Host, Lane::Host, label, Mark::None);
+        self.pump();
+        true
+    }
+
+    fn config_read(&mut self, slot: WinSlot, offset: u16, len: u8) -> u32 {
+        let value = self.config_read_inner(slot, offset, len);
+        self.bars.read(slot, offset, len, value);
+        value
+    }
+
+    fn config_read_inner(&mut self, slot: WinSlot, offset: u16, len: u8) -> u32 {
+        let ones = if len >= 4 {
+            u32::MAX
+        } else {
+            (1u32 << (8 * u32::from(len))) - 1
+        };
+        let Some(relay) = self.side.relay.as_mut() else {
+            return self
+                .side
+                .host
+                .config_read(slot, offset, len)
+                .unwrap_or(ones);
+        };
+        self.side.relay_dirty = true;
+        match relay.access(ConfigAccess::Read { slot, offset, len }) {
+            Some(ConfigAction::Forward) => {
+                let value = self
+                    .side
+                    .host
+                    .config_read(slot, offset, len)
+                    .unwrap_or(ones);
+                relay.read_result(slot, offset, len, value);
+                value
+            }
+            Some(ConfigAction::Answer(value)) => value,
+            _ => ones,
+        }
+    }
+
+    fn config_write(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
+        self.bars.write(slot, offset, len, value);
+        let Some(relay) = self.side.relay.as_mut() else {
+            let _ = self.side.host.config_write(slot, offset, len, value);
+            return;
+        };
+        self.side.relay_dirty = true;
+        let access = ConfigAccess::Write {
+            slot,
+            offset,
+            len,
+            value,
+        };
+        if let Some(ConfigAction::Forward) = relay.access(access) {
+            let _ = self.side.host.config_write(slot, offset, len, value);
+        }
+    }
+
+    /// A BAR access: through the relay's backing, or straight to the device. `false` when
+    /// nothing backs the address (a fault on real hardware).
+    fn bar(&mut self, addr: u64, data: &mut [u8], write: bool) -> bool {
+        let Some((slot, bar, offset)) = self
+            .bars
+            .resolve(addr)
+            .or_else(|| self.side.host.resolve_mmio(addr))
+        else {
+            return false;
+        };
+        let backing = match &self.side.relay {
+            Some(relay) => relay.bars.get(slot),
+            None => Backing::Device,
+        };
+        match backing {
+            Backing::Device if write => self.side.host.bar_write(slot, bar, offset, data).is_ok(),
+            Backing::Device => self.side.host.bar_read(slot, bar, offset, data).is_ok(),
+            Backing::Shield => {
+                if !write {
+                    data.fill(0xff);
+                }
+                true
+            }
+            Backing::Released => false,
+        }
+    }
+
+    fn unbacked(&mut self, what: String) {
+        let context = self.context_name(self.current);
+        self.observer.fail(
+            "unbacked_access",
+            context,
+            "readl/writel (the endpoint driver)".to_owned(),
+            what,
+        );
+    }
+}
+
+impl Controller for RealController {
+    fn schedule(&mut self, sched: &Sched) -> Action {
+        let now = self.now.max(Duration::from_nanos(sched.now_ns));
+        if now > self.now {
+            // Time moved: the relay's timers may be due.
+            self.side.relay_dirty = true;
+        }
+        self.now = now;
+        self.current = sched.current;
+        self.clock.advance_to(self.now);
+        if self.side.host.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.side.host.handle_timeout(self.now);
+            self.side.relay_dirty = true;
+        }
+        self.pump();
+        if let Some(f) = self.observer.failure.clone() {
+            return self.stop(f);
+        }
+        // A context spins when it comes back to `udelay` a second time with nothing
+        // delivered and no time passed in between: its poll found nothing new.
+        // (A point asked again after a delivery or a command is the same point, not a
+        // second pass.)
+        let reasked = std::mem::take(&mut self.reasked);
+        if sched.point == SchedPoint::Udelay && !reasked && !self.polled.insert(sched.current) {
+            self.spinning.insert(sched.current);
+        }
+        // The next boot command goes as soon as the previous one returned.
+        if self.phase == Phase::Boot
+            && self
+                .waiting
+                .as_ref()
+                .is_none_or(|c| self.result_of(c).is_some())
+            && !self.commands.is_empty()
+        {
+            return self.quiescent(sched);
+        }
+        let (mut options, mut stuck) = self.options(sched);
+        if self.chaos_acts(stuck) {
+            (options, stuck) = self.options(sched);
+        }
+        if stuck {
+            match self.next_deadline(sched) {
+                Some(t) if Duration::from_nanos(t) <= self.limits.max_time => {
+                    self.world_changed();
+                    return Action::Advance(t);
+                }
+                Some(_) => return self.stop(Outcome::TimeLimit),
+                None if !options.is_empty() => {
+                    return self.hang(
+                        "spins on a reply nothing will bring (udelay loop, no deadline)".to_owned(),
+                    );
+                }
+                None => return self.quiescent(sched),
+            }
+        }
+        if self.steps >= self.limits.max_steps {
+            return self.stop(Outcome::StepLimit);
+        }
+        let index = if options.len() == 1 {
+            0
+        } else {
+            let sticky = self.last.and_then(|l| options.iter().position(|o| *o == l));
+            let index = self.chooser.choose(options.len(), sticky);
+            self.choices.push(Choice {
+                index,
+                of: options.len(),
+            });
+            index
+        };
+        let Some(&pick) = options.get(index) else {
+            return self.stop(Outcome::StepLimit);
+        };
+        self.last = Some(pick);
+        self.steps += 1;
+        match pick {
+            Pick::Run(c) => Action::Run(c),
+            Pick::Deliver => self.deliver(),
+        }
+    }
+
+    fn packet(&mut self, packet: GuestPacket) {
+        let packet = packet.to_packet();
+        self.observer.guest_sent(&packet.payload);
+        self.side.outbox.push(packet);
+        self.pump();
+    }
+
+    fn mmio_read(&mut self, addr: u64, size: u32) -> u64 {
+        let len = u8::try_from(size.clamp(1, 4)).unwrap_or(4);
+        match self.observer.window.decode(addr, size) {
+            WindowAccess::Config { slot, offset } => {
+                let Some(slot) = slot else {
+                    return u64::MAX;
+                };
+                u64::from(self.config_read(WinSlot::from_raw(slot), offset, len))
+            }
+            WindowAccess::SlotSelect | WindowAccess::WindowOther => 0,
+            WindowAccess::Outside => {
+                let mut data = [0u8; 8];
+                let n = usize::try_from(size).unwrap_or(8).min(8);
+                let ok = data.get_mut(..n).is_some_and(|d| self.bar(addr, d, false));
+                if ok {
+                    u64::from_le_bytes(data)
+                } else {
+                    self.unbacked(format!(
+                        "read of {size} bytes at {addr:#x}: nothing behind it"
+                    ));
+                    u64::MAX
+                }
+            }
+        }
+    }
+
+    fn mmio_write(&mut self, addr: u64, size: u32, value: u64) {
+        let len = u8::try_from(size.clamp(1, 4)).unwrap_or(4);
+        match self.observer.window.write(addr, size, value) {
+            WindowAccess::Config {
+                slot: Some(slot),
+                offset,
+            } => self.config_write(
+                WinSlot::from_raw(slot),
+                offset,
+                len,
+                u32::try_from(value & 0xffff_ffff).unwrap_or(u32::MAX),
+            ),
+            WindowAccess::Outside => {
+                let mut data = value.to_le_bytes();
+                let n = usize::try_from(size).unwrap_or(8).min(8);
+                let ok = data.get_mut(..n).is_some_and(|d| self.bar(addr, d, true));
+                if !ok {
+                    self.unbacked(format!(
+                        "write of {size} bytes at {addr:#x}: nothing behind it"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn hypercall(&mut self, control: u64, input: &[u8]) -> u64 {
+        match RetargetRequest::decode(control, input) {
+            Ok(r) => {
+                let label = format!(
+                    "retarget interrupt device {:#x} vector {:#x}",
+                    r.device_id, r.vector
+                );
+                self.note(Lane::Guest, Lane::Host, label, Mark::None);
+                0
+            }
+            // HV_STATUS_INVALID_HYPERCALL_CODE
+            Err(_) => 2,
+        }
+    }
+
+    fn result(&mut self, command: u32, result: i32) {
+        self.results.push((command, result));
+        self.note(
+            Lane::Guest,
+            Lane::Guest,
+            format!("command {command} returned {result}"),
+            Mark::None,
+        );
+    }
+
+    fn context(&mut self, id: u32, kind: ContextKind, name: &str) {
+        match kind {
+            ContextKind::Process => self.process = id,
+            ContextKind::Tasklet => {
+                self.tasklets.insert(id);
+            }
+            _ => {}
+        }
+        self.contexts.insert(id, format!("{name} ({kind:?})"));
+    }
+
+    fn log(&mut self, _level: u32, ctx: u32, text: &str) {
+        let line = format!("{}: {}", self.context_name(ctx), text.trim_end());
+        self.observer.guest_trace.push(line.clone());
+        self.note(Lane::Guest, Lane::Guest, line, Mark::None);
+    }
+
+    fn event(&mut self, kind: EventKind, ctx: u32, text: &str) {
+        let context = self.context_name(ctx);
+        let line = format!("{context}: {kind:?}: {text}");
+        self.observer.guest_trace.push(line.clone());
+        self.note(Lane::Guest, Lane::Guest, line, Mark::None);
+        self.observer.event(kind, context, text);
+    }
+}
