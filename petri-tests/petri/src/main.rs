@@ -19,12 +19,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the race catalogue on both guest models, directly and through the relay, and print
-    /// the table of failures per schedules explored.
+    /// Run the race catalogue on both guest models and both real drivers, directly and through
+    /// the relay, and print the table of failures per schedules explored.
     Demo {
         /// Schedules per scenario and column (default: each scenario's own number).
         #[arg(long)]
         schedules: Option<u64>,
+        /// Schedules per scenario and real-driver column (each run is a guest process).
+        #[arg(long, default_value_t = 20)]
+        real_schedules: u64,
         /// The first seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -152,9 +155,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo {
             schedules,
+            real_schedules,
             seed,
             json,
-        } => commands::demo(schedules, seed, json),
+        } => commands::demo(schedules, real_schedules, seed, json),
         Command::List => commands::list(),
         Command::Run {
             scenario,
