@@ -119,13 +119,24 @@ fn cli_replay_of_a_real_guest_is_stable() {
 #[test]
 fn run_json_for_a_real_guest() {
     let parse = |out: &Output| -> serde_json::Value {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(text.lines().count(), 1, "{text}");
         serde_json::from_str(text.trim()).unwrap()
     };
     let v = parse(&petri(&[
-        "run", "c4", "--guest", "5.10", "--direct", "--schedules", "4", "--json",
+        "run",
+        "c4",
+        "--guest",
+        "5.10",
+        "--direct",
+        "--schedules",
+        "4",
+        "--json",
     ]));
     assert_eq!(v["scenario"], "c4");
     assert_eq!(v["guest"], "debian-5.10");
@@ -138,7 +149,14 @@ fn run_json_for_a_real_guest() {
     assert!(v["first_failure"].as_str().unwrap().contains("02.0"));
 
     let v = parse(&petri(&[
-        "run", "c4", "--guest", "debian-6.1", "--relay", "--schedules", "4", "--json",
+        "run",
+        "c4",
+        "--guest",
+        "debian-6.1",
+        "--relay",
+        "--schedules",
+        "4",
+        "--json",
     ]));
     assert_eq!(v["guest"], "debian-6.1");
     assert_eq!(v["relay"], true);
@@ -159,4 +177,48 @@ fn names_and_one_bus_limit() {
     two.buses.push(two.buses[0].clone());
     let err = run_seed(&two, GuestKind::Debian61, false, 0, false).unwrap_err();
     assert!(err.to_string().contains("one bus"), "{err}");
+}
+
+/// Hot-plug cycles of the long haul: enough to show the shape in the suite, many more in the
+/// flowey pipeline (`PETRI_REAL_LONG_HAUL_CYCLES`).
+fn long_haul_cycles() -> u32 {
+    std::env::var("PETRI_REAL_LONG_HAUL_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+/// The hot-plug long haul against the real Debian 5.10 driver, with and without the relay:
+/// the host adds a function and ejects it again as fast as it can (as soon as the run is
+/// quiescent), for many cycles in one guest process; every add reaches the guest, every
+/// eject leaves it, and the driver's removal and the module's unload leave nothing behind.
+/// Prints the figures (cycles, virtual time, wall time, scheduling choices).
+#[test]
+#[ignore = "a minute or more; run by `cargo xflowey catalogue`"]
+fn hot_plug_long_haul_on_debian_5_10() {
+    let cycles = long_haul_cycles();
+    for relay in [false, true] {
+        let started = std::time::Instant::now();
+        let haul = petri::real::hot_plug_long_haul(
+            kernel_shim::DriverVersion::Debian5_10,
+            relay,
+            cycles,
+            7,
+        )
+        .unwrap();
+        let wall = started.elapsed();
+        eprintln!(
+            "long haul debian-5.10 {}: {} cycles, outcome {}, {:.1} s virtual, {:.2} s wall \
+             ({:.0} cycles/s), {} guest steps",
+            if relay { "relay" } else { "direct" },
+            haul.cycles,
+            haul.result.outcome,
+            haul.result.end.as_secs_f64(),
+            wall.as_secs_f64(),
+            f64::from(haul.cycles) / wall.as_secs_f64(),
+            haul.result.steps,
+        );
+        assert_eq!(haul.cycles, cycles, "{}", haul.result.outcome);
+        assert!(!haul.result.outcome.failed(), "{}", haul.result.outcome);
+    }
 }

@@ -77,6 +77,19 @@ pub(super) struct RealController {
     pub(super) host_visible: Outcome,
     chaos: Option<Chaos>,
     bars: GuestBars,
+    pub(super) hot_plug: Option<HotPlug>,
+}
+
+/// Hot-plug cycles the host runs once the scenario settled: add a function, wait until the
+/// run is quiescent, eject it, wait again.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct HotPlug {
+    /// The slot added and ejected.
+    pub(super) slot: u32,
+    /// How many add/eject cycles.
+    pub(super) cycles: u32,
+    /// Host actions taken so far (two per cycle).
+    pub(super) done: u32,
 }
 
 /// The run's boot sequence for one bus.
@@ -85,6 +98,8 @@ pub(super) struct Plan {
     pub(super) boot: Vec<Command>,
     /// Commands after the scenario settled (remove if probed, then module exit).
     pub(super) remove: Command,
+    /// Hot-plug cycles before the teardown, if any.
+    pub(super) hot_plug: Option<HotPlug>,
 }
 
 impl RealController {
@@ -124,6 +139,7 @@ impl RealController {
             host_visible: Outcome::Ok,
             chaos,
             bars: GuestBars::default(),
+            hot_plug: plan.hot_plug,
         }
     }
 
@@ -254,6 +270,58 @@ impl RealController {
         Outcome::Ok
     }
 
+    /// Takes the next hot-plug action, after checking the last one reached the guest; false
+    /// when there is none left.
+    fn hot_plug_step(&mut self) -> bool {
+        let Some(mut hp) = self.hot_plug else {
+            return false;
+        };
+        if hp.done >= hp.cycles.saturating_mul(2) || self.side.channel_ended() {
+            return false;
+        }
+        let slot = WinSlot::from_raw(hp.slot);
+        let context = self.context_name(self.process);
+        let adding = hp.done % 2 == 0;
+        // After an add the guest must hold the function; after an eject it must not, and the
+        // host must have had its EJECTION_COMPLETE.
+        if hp.done > 0 {
+            let held = self.observer.holds(slot);
+            if adding && (held || !self.side.eject_timeouts.is_empty()) {
+                self.observer.fail(
+                    "leaked_device",
+                    context,
+                    "hv_eject_device_work".to_owned(),
+                    format!("cycle {}: {slot} still held after its eject", hp.done / 2),
+                );
+                return true;
+            }
+            if !adding && !held {
+                self.observer.fail(
+                    "lost_device",
+                    context,
+                    "pci_devices_present_work".to_owned(),
+                    format!("cycle {}: {slot} never reached the guest", hp.done / 2),
+                );
+                return true;
+            }
+        }
+        let action = if adding {
+            host_sim::HostAction::HotAdd(
+                host_sim::FunctionSpec::nic(hp.slot).with_serial(hp.done / 2 + 1),
+            )
+        } else {
+            host_sim::HostAction::Eject { slot: hp.slot }
+        };
+        let _ = self.side.host.act(self.now, action);
+        hp.done += 1;
+        self.hot_plug = Some(hp);
+        self.side.relay_dirty = true;
+        self.world_changed();
+        self.reasked = false;
+        self.pump();
+        true
+    }
+
     /// Once the scenario settled, the guest must hold no device for a function the host no
     /// longer has (it would drive memory nothing backs, as at its removal).
     fn check_held_devices(&mut self) {
@@ -284,6 +352,12 @@ impl RealController {
         }
         if self.phase == Phase::Boot && self.commands.is_empty() {
             self.phase = Phase::Settle;
+        }
+        if self.phase == Phase::Settle && self.hot_plug_step() {
+            if let Some(f) = self.observer.failure.clone() {
+                return self.stop(f);
+            }
+            return self.schedule(sched);
         }
         if self.phase == Phase::Settle {
             let probed = self.results.iter().any(|&(c, r)| {

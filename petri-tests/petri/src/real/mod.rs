@@ -29,7 +29,7 @@ use crate::scenario::Scenario;
 use crate::sched::Chooser;
 use crate::vm::{Chaos, RunLimits};
 use bus::HostSide;
-use controller::{Plan, RealController};
+use controller::{HotPlug, Plan, RealController};
 use host_sim::HostBus;
 use kernel_shim::guest::{Ending, GuestError, Session};
 use kernel_shim::protocol::Command;
@@ -75,6 +75,65 @@ pub fn run(
     seed: u64,
     record: bool,
 ) -> Result<RunResult, RealError> {
+    run_with(scenario, version, relay, chooser, seed, record, None).map(|(r, _)| r)
+}
+
+/// What a hot-plug long haul did.
+#[derive(Clone, Debug)]
+pub struct LongHaul {
+    /// How the run ended.
+    pub result: RunResult,
+    /// Add/eject cycles completed.
+    pub cycles: u32,
+}
+
+/// A hot-plug long haul in the manner of the seed's own testing: after boot (one function in
+/// slot 1), the host adds a function in slot 2 and ejects it again as soon as the run is
+/// quiescent, `cycles` times, against one guest process; each add must reach the guest and
+/// each eject must leave it. Then the driver is removed and the module unloaded (leaks count).
+pub fn hot_plug_long_haul(
+    version: DriverVersion,
+    relay: bool,
+    cycles: u32,
+    seed: u64,
+) -> Result<LongHaul, RealError> {
+    let mut scenario = crate::scenario::load("re-add")
+        .map_err(|e| RealError::Unsupported(format!("the long haul's base scenario: {e}")))?;
+    scenario.name = "hot-plug long haul".to_owned();
+    if let Some(bus) = scenario.buses.first_mut() {
+        bus.script = host_sim::Script::default();
+    }
+    scenario.limits.max_steps = u64::MAX / STEP_FACTOR;
+    scenario.limits.max_time = host_sim::Time(Duration::from_secs(u64::from(cycles) * 3600 + 3600));
+    let hot_plug = HotPlug {
+        slot: 2,
+        cycles,
+        done: 0,
+    };
+    let (result, done) = run_with(
+        &scenario,
+        version,
+        relay,
+        Chooser::seeded(seed),
+        seed,
+        false,
+        Some(hot_plug),
+    )?;
+    Ok(LongHaul {
+        result,
+        cycles: done / 2,
+    })
+}
+
+fn run_with(
+    scenario: &Scenario,
+    version: DriverVersion,
+    relay: bool,
+    chooser: Chooser,
+    seed: u64,
+    record: bool,
+    hot_plug: Option<HotPlug>,
+) -> Result<(RunResult, u32), RealError> {
     let [bus] = scenario.buses.as_slice() else {
         return Err(RealError::Unsupported(format!(
             "{}: real guests run one bus per VM for now ({} given)",
@@ -110,6 +169,7 @@ pub fn run(
             },
         ],
         remove: Command::Remove { bus: 0 },
+        hot_plug,
     };
     let chaos = scenario.chaos.map(|mut c| {
         c.seed = seed;
@@ -142,14 +202,16 @@ pub fn run(
         outcome.sched_points,
         outcome.ending
     ));
-    Ok(RunResult {
+    let done = controller.hot_plug.map_or(0, |h| h.done);
+    let result = RunResult {
         outcome: result_outcome,
         choices: std::mem::take(&mut controller.choices),
         steps: controller.steps,
         end: end_time(&controller),
         trace: controller.trace.take(),
         guest_trace,
-    })
+    };
+    Ok((result, done))
 }
 
 fn end_time(controller: &RealController) -> Duration {

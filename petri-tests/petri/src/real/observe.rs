@@ -6,7 +6,7 @@
 use crate::outcome::Outcome;
 use kernel_shim::host::ConfigWindow;
 use kernel_shim::protocol::EventKind;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use vpci_protocol::{MessageType, WinSlot};
 
 /// The guest's state as its messages and events show it.
@@ -18,8 +18,9 @@ pub(super) struct Observer {
     assigned: BTreeSet<u32>,
     /// Slots the guest sent EJECTION_COMPLETE for and has not asked about since.
     ejected: BTreeSet<u32>,
-    /// Slots the guest's PCI core holds a device for (found, not removed).
-    held: BTreeMap<u32, bool>,
+    /// Slots the guest's PCI core found a device in and has not given back (no
+    /// EJECTION_COMPLETE since).
+    held: BTreeSet<u32>,
     /// The first failure seen.
     pub(super) failure: Option<Outcome>,
     /// Allocations left at module exit.
@@ -64,6 +65,7 @@ impl Observer {
             }
             MessageType::EJECTION_COMPLETE => {
                 self.ejected.insert(slot);
+                self.held.remove(&slot);
             }
             // The guest learns the slot afresh (a new child from relations).
             MessageType::QUERY_RESOURCE_REQUIREMENTS => {
@@ -75,15 +77,14 @@ impl Observer {
 
     /// Whether the guest's PCI core holds a device for `slot`.
     pub(super) fn holds(&self, slot: WinSlot) -> bool {
-        self.held.get(&slot.raw()).copied().unwrap_or(false)
+        self.held.contains(&slot.raw())
     }
 
     /// The slots the guest's PCI core holds a device for.
     pub(super) fn held_slots(&self) -> Vec<WinSlot> {
         self.held
             .iter()
-            .filter(|(_, held)| **held)
-            .map(|(slot, _)| WinSlot::from_raw(*slot))
+            .map(|&slot| WinSlot::from_raw(slot))
             .collect()
     }
 
@@ -120,17 +121,12 @@ impl Observer {
                 .and_then(parse_devfn)
             {
                 if text.ends_with(" found") {
-                    self.held.insert(slot, true);
+                    self.held.insert(slot);
                 }
             }
             return;
         }
-        if let Some(slot) = text.strip_prefix("endpoint remove ").and_then(parse_devfn) {
-            self.held.insert(slot, false);
-            return;
-        }
         if let Some(slot) = text.strip_prefix("endpoint probe ").and_then(parse_devfn) {
-            self.held.insert(slot, true);
             let wslot = WinSlot::from_raw(slot);
             if self.ejected.contains(&slot) {
                 self.fail(
@@ -184,10 +180,16 @@ mod tests {
             p
         };
         o.guest_sent(&msg(MessageType::RESOURCES_ASSIGNED2, 1));
+        o.event(
+            EventKind::Note,
+            "p".into(),
+            "pci 0001:00:01.0 [15b3:101a] found",
+        );
         o.event(EventKind::Note, "p".into(), "endpoint probe 01.0");
         assert_eq!(o.failure, None);
         assert!(o.holds(WinSlot::from_raw(1)));
         o.guest_sent(&msg(MessageType::EJECTION_COMPLETE, 1));
+        assert!(!o.holds(WinSlot::from_raw(1)));
         o.event(EventKind::Note, "p".into(), "endpoint probe 01.0");
         assert_eq!(
             o.failure.as_ref().map(|f| f.kind().to_owned()),
