@@ -22,7 +22,7 @@ use kernel_shim::protocol::{Command, ContextKind, EventKind, GuestPacket, SchedP
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 use vpci_protocol::WinSlot;
-use vpci_relay::{Backing, ConfigAccess, ConfigAction, VirtualClock};
+use vpci_relay::VirtualClock;
 
 /// One option at a scheduling point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +67,8 @@ pub(super) struct RealController {
     /// The last answer changed the world and the guest asks again at the same point.
     reasked: bool,
     contexts: BTreeMap<u32, String>,
-    process: u32,
-    current: u32,
+    pub(super) process: u32,
+    pub(super) current: u32,
     pub(super) trace: Option<Trace>,
     pub(super) observer: Observer,
     /// A bound or hang that ended the run early.
@@ -76,7 +76,7 @@ pub(super) struct RealController {
     /// What the host saw once the scenario settled (before teardown).
     pub(super) host_visible: Outcome,
     chaos: Option<Chaos>,
-    bars: GuestBars,
+    pub(super) bars: GuestBars,
     pub(super) hot_plug: Option<HotPlug>,
 }
 
@@ -442,96 +442,6 @@ impl RealController {
         self.note(Lane::Host, Lane::Host, label, Mark::None);
         self.pump();
         true
-    }
-
-    fn config_read(&mut self, slot: WinSlot, offset: u16, len: u8) -> u32 {
-        let value = self.config_read_inner(slot, offset, len);
-        self.bars.read(slot, offset, len, value);
-        value
-    }
-
-    fn config_read_inner(&mut self, slot: WinSlot, offset: u16, len: u8) -> u32 {
-        let ones = if len >= 4 {
-            u32::MAX
-        } else {
-            (1u32 << (8 * u32::from(len))) - 1
-        };
-        let Some(relay) = self.side.relay.as_mut() else {
-            return self
-                .side
-                .host
-                .config_read(slot, offset, len)
-                .unwrap_or(ones);
-        };
-        self.side.relay_dirty = true;
-        match relay.access(ConfigAccess::Read { slot, offset, len }) {
-            Some(ConfigAction::Forward) => {
-                let value = self
-                    .side
-                    .host
-                    .config_read(slot, offset, len)
-                    .unwrap_or(ones);
-                relay.read_result(slot, offset, len, value);
-                value
-            }
-            Some(ConfigAction::Answer(value)) => value,
-            _ => ones,
-        }
-    }
-
-    fn config_write(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
-        self.bars.write(slot, offset, len, value);
-        let Some(relay) = self.side.relay.as_mut() else {
-            let _ = self.side.host.config_write(slot, offset, len, value);
-            return;
-        };
-        self.side.relay_dirty = true;
-        let access = ConfigAccess::Write {
-            slot,
-            offset,
-            len,
-            value,
-        };
-        if let Some(ConfigAction::Forward) = relay.access(access) {
-            let _ = self.side.host.config_write(slot, offset, len, value);
-        }
-    }
-
-    /// A BAR access: through the relay's backing, or straight to the device. `false` when
-    /// nothing backs the address (a fault on real hardware).
-    fn bar(&mut self, addr: u64, data: &mut [u8], write: bool) -> bool {
-        let Some((slot, bar, offset)) = self
-            .bars
-            .resolve(addr)
-            .or_else(|| self.side.host.resolve_mmio(addr))
-        else {
-            return false;
-        };
-        let backing = match &self.side.relay {
-            Some(relay) => relay.bars.get(slot),
-            None => Backing::Device,
-        };
-        match backing {
-            Backing::Device if write => self.side.host.bar_write(slot, bar, offset, data).is_ok(),
-            Backing::Device => self.side.host.bar_read(slot, bar, offset, data).is_ok(),
-            Backing::Shield => {
-                if !write {
-                    data.fill(0xff);
-                }
-                true
-            }
-            Backing::Released => false,
-        }
-    }
-
-    fn unbacked(&mut self, what: String) {
-        let context = self.context_name(self.current);
-        self.observer.fail(
-            "unbacked_access",
-            context,
-            "readl/writel (the endpoint driver)".to_owned(),
-            what,
-        );
     }
 }
 

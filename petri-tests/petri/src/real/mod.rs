@@ -18,6 +18,7 @@
 //! will answer (`hang`), allocations left at module exit (`leaked_device`); then what the host
 //! saw: `eject_unanswered`, `lost_device`.
 
+mod access;
 mod bars;
 mod bus;
 mod controller;
