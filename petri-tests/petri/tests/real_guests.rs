@@ -23,7 +23,7 @@ fn petri(args: &[&str]) -> Output {
 }
 
 /// Every expectation a built-in scenario states for a real driver holds over the first
-/// seeds: 5.10 fails direct on C4 (no per-bus state_lock), both fail direct on C7 (no kernel
+/// seeds: 5.10 fails direct on C3 and C4 (no per-bus state_lock), both fail direct on C7 (no kernel
 /// fix), on C5 (the child the relations work recorded leaks when the probe fails) and on a
 /// dropped-then-ejected function, 5.10 crashes on a hostile host's unknown completion, and
 /// through the relay neither ever fails.
@@ -57,21 +57,22 @@ fn catalogue_expectations_hold_for_the_real_drivers() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
-/// C3 (the host ejects a function while the probe path scans it): 5.10, without the per-bus
-/// state_lock, binds a driver to the function after its eject work let the host have it
-/// back, a schedule the systematic search reaches; 6.1 never does over as many schedules.
+/// C3 (the host ejects a function while the probe path sets it up): 5.10, without the
+/// per-bus state_lock, binds a driver to the function after its eject work gave it back to
+/// the host, in many of 300 seeded schedules; 6.1 never does.
 #[test]
-#[ignore = "about a minute: 1,300 guest processes per driver; run by `cargo xflowey catalogue`"]
+#[ignore = "300 guest processes per driver; run by `cargo xflowey catalogue`"]
 fn c3_on_5_10_needs_the_state_lock() {
     let c3 = scenario("c3");
-    let on = |guest| explore(&c3, guest, false, 1300, Strategy::Systematic, |_| {}).unwrap();
-    let old = on(GuestKind::Debian510);
+    let on = |guest, strategy, n| explore(&c3, guest, false, n, strategy, |_| {}).unwrap();
+    let strategy = Strategy::Random { first_seed: 1000 };
+    let old = on(GuestKind::Debian510, strategy, 300);
     assert!(
         old.outcomes.contains_key("ejected_device_access"),
         "{:?}",
         old.outcomes
     );
-    let new = on(GuestKind::Debian61);
+    let new = on(GuestKind::Debian61, strategy, 300);
     assert_eq!(new.failures, 0, "{:?}", new.first_failure);
 }
 
@@ -79,9 +80,19 @@ fn c3_on_5_10_needs_the_state_lock() {
 #[test]
 fn real_guest_replays_bit_for_bit() {
     let c4 = scenario("c4");
-    let a = run_seed(&c4, GuestKind::Debian510, false, 3, true).unwrap();
-    let b = run_seed(&c4, GuestKind::Debian510, false, 3, true).unwrap();
-    assert_eq!(a.outcome.kind(), "unresourced_device");
+    let found = explore(
+        &c4,
+        GuestKind::Debian510,
+        false,
+        SCHEDULES,
+        Strategy::Random { first_seed: 0 },
+        |_| {},
+    )
+    .unwrap();
+    let seed = found.first_failing_seed.expect("a failing seed");
+    let a = run_seed(&c4, GuestKind::Debian510, false, seed, true).unwrap();
+    let b = run_seed(&c4, GuestKind::Debian510, false, seed, true).unwrap();
+    assert_eq!(Some(a.outcome.to_string()), found.first_failure);
     assert_eq!(a.outcome, b.outcome);
     assert_eq!(a.choices, b.choices);
     assert_eq!(a.steps, b.steps);
@@ -142,10 +153,18 @@ fn run_json_for_a_real_guest() {
     assert_eq!(v["guest"], "debian-5.10");
     assert_eq!(v["relay"], false);
     assert_eq!(v["schedules"], 4);
-    assert_eq!(v["failures"], 4);
-    assert_eq!(v["first_failing_seed"], 0);
+    let failures = v["failures"].as_u64().unwrap();
+    assert!(failures > 0);
+    assert!(v["first_failing_seed"].is_u64());
     let outcomes = v["outcomes"].as_object().unwrap();
-    assert_eq!(outcomes["unresourced_device"], 4);
+    let total: u64 = outcomes.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(total, 4);
+    // C4 on 5.10: the hot-added function is found unusable, or never found at all.
+    let c4_kinds: u64 = ["unresourced_device", "lost_device"]
+        .iter()
+        .filter_map(|k| outcomes.get(*k).and_then(serde_json::Value::as_u64))
+        .sum();
+    assert_eq!(c4_kinds, failures, "{outcomes:?}");
     assert!(v["first_failure"].as_str().unwrap().contains("02.0"));
 
     let v = parse(&petri(&[

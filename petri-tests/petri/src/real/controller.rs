@@ -24,6 +24,11 @@ use std::time::Duration;
 use vpci_protocol::WinSlot;
 use vpci_relay::VirtualClock;
 
+/// How many wake-up latencies a kernel thread draws from (none, then 4 to 1,024 points).
+const WAKEUP_CHOICES: usize = 12;
+/// The scheduling points each step of wake-up latency adds.
+const WAKEUP_STEP: u64 = 48;
+
 /// One option at a scheduling point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pick {
@@ -60,6 +65,12 @@ pub(super) struct RealController {
     waiting: Option<Command>,
     pub(super) results: Vec<(u32, i32)>,
     spinning: BTreeSet<u32>,
+    /// Scheduling points so far.
+    points: u64,
+    /// The contexts runnable at the last point.
+    was_runnable: BTreeSet<u32>,
+    /// When each newly woken kernel thread may first run.
+    ready_at: BTreeMap<u32, u64>,
     /// The channel callbacks' contexts.
     tasklets: BTreeSet<u32>,
     /// Contexts that reached `udelay` since the world last changed.
@@ -129,6 +140,9 @@ impl RealController {
             spinning: BTreeSet::new(),
             polled: BTreeSet::new(),
             tasklets: BTreeSet::new(),
+            points: 0,
+            was_runnable: BTreeSet::new(),
+            ready_at: BTreeMap::new(),
             reasked: false,
             contexts: BTreeMap::new(),
             process: 0,
@@ -201,12 +215,23 @@ impl RealController {
     /// The options at this point, in a stable order: runnable contexts (spinning ones only
     /// when nothing else can happen), then the delivery.
     fn options(&self, sched: &Sched) -> (Vec<Pick>, bool) {
+        let awake = |c: &&u32| self.ready_at.get(c).is_none_or(|&at| self.points >= at);
         let mut out: Vec<Pick> = sched
             .runnable
             .iter()
             .filter(|c| !self.spinning.contains(c))
+            .filter(awake)
             .map(|&c| Pick::Run(c))
             .collect();
+        if out.is_empty() {
+            // Nothing else can happen: a context's wake-up latency is over.
+            out = sched
+                .runnable
+                .iter()
+                .filter(|c| !self.spinning.contains(c))
+                .map(|&c| Pick::Run(c))
+                .collect();
+        }
         if self.deliverable(sched) {
             out.push(Pick::Deliver);
         }
@@ -403,6 +428,31 @@ impl RealController {
         }
     }
 
+    /// Draws, for each kernel thread that has just become runnable (a tasklet scheduled, a
+    /// worker woken for a work item), how many scheduling points pass before it may run:
+    /// wake-up latency as a choice like any other, none by default (so the systematic
+    /// explorer starts from prompt wake-ups), else 4 to 1,024 points. The real driver runs
+    /// hundreds of points between two messages; a woken worker offered at every one of them
+    /// would nearly always run at once, and the races where it runs late (C3: the eject work
+    /// in the middle of the probe path's scan) would stay out of a seeded run's reach.
+    fn draw_wakeups(&mut self, sched: &Sched) {
+        let runnable: BTreeSet<u32> = sched.runnable.iter().copied().collect();
+        self.ready_at.retain(|c, _| runnable.contains(c));
+        for &c in &sched.runnable {
+            if c == sched.current || c == self.process || self.was_runnable.contains(&c) {
+                continue;
+            }
+            let index = self.chooser.choose(WAKEUP_CHOICES, Some(0));
+            self.choices.push(Choice {
+                index,
+                of: WAKEUP_CHOICES,
+            });
+            let delay = u64::try_from(index).unwrap_or(0) * WAKEUP_STEP;
+            self.ready_at.insert(c, self.points + delay);
+        }
+        self.was_runnable = runnable;
+    }
+
     /// Something a busy-polling context may be waiting for happened.
     fn world_changed(&mut self) {
         self.reasked = true;
@@ -481,6 +531,8 @@ impl Controller for RealController {
         {
             return self.quiescent(sched);
         }
+        self.points += 1;
+        self.draw_wakeups(sched);
         let (mut options, mut stuck) = self.options(sched);
         if self.chaos_acts(stuck) {
             (options, stuck) = self.options(sched);
