@@ -104,8 +104,9 @@ const BENCH_SMOKE: Step = Step {
     env: &[],
 };
 
-/// The race catalogue on both guest models, direct and through the relay, over 2,000 seeded
-/// schedules per scenario and column (the test suite runs fewer).
+/// The race catalogue on both guest models (2,000 seeded schedules per cell) and both real
+/// drivers (200 per cell, each run a guest process), direct and through the relay (the test
+/// suite runs fewer).
 const CATALOGUE: Step = Step {
     name: "catalogue",
     program: "cargo",
@@ -118,6 +119,8 @@ const CATALOGUE: Step = Step {
         "demo",
         "--schedules",
         "2000",
+        "--real-schedules",
+        "200",
     ],
     env: &[],
 };
@@ -137,6 +140,26 @@ const LONG_HAUL: Step = Step {
         "--ignored",
     ],
     env: &[],
+};
+
+/// The real Debian 5.10 driver's hot-plug long haul (10,000 add/eject cycles, direct and
+/// through the relay) and C3 on 5.10 by systematic search, with the real drivers as petri
+/// guests.
+const REAL_LONG_HAUL: Step = Step {
+    name: "real-long-haul",
+    program: "cargo",
+    args: &[
+        "test",
+        "--release",
+        "-p",
+        "petri",
+        "--test",
+        "real_guests",
+        "--",
+        "--ignored",
+        "--nocapture",
+    ],
+    env: &[("PETRI_REAL_LONG_HAUL_CYCLES", "10000")],
 };
 
 /// One fuzz target for 30 seconds (needs `cargo install cargo-fuzz`; `-s none` lets it run on
@@ -217,8 +240,8 @@ const PIPELINES: &[Pipeline] = &[
     },
     Pipeline {
         name: "catalogue",
-        about: "the race catalogue over 2,000 schedules per cell, and a 100,000-cycle hot-plug long haul",
-        steps: &[CATALOGUE, LONG_HAUL],
+        about: "the race catalogue over 2,000 schedules per cell, a 100,000-cycle hot-plug long haul, and the real 5.10 driver's long haul",
+        steps: &[CATALOGUE, LONG_HAUL, REAL_LONG_HAUL],
     },
     Pipeline {
         name: "fuzz-smoke",

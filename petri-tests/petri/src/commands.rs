@@ -20,13 +20,20 @@ fn fail(context: &str, e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `petri demo`.
-pub(crate) fn demo(schedules: Option<u64>, seed: u64, json: bool) -> ExitCode {
+/// `petri demo`: `schedules` per model cell (default: each scenario's own), `real` per real
+/// driver cell (each run is a process, so fewer).
+pub(crate) fn demo(schedules: Option<u64>, real: u64, seed: u64, json: bool) -> ExitCode {
     let scenarios = catalogue();
-    let per = |s: &Scenario| schedules.unwrap_or(s.schedules);
+    let per = |s: &Scenario, guest: GuestKind| {
+        if guest.driver().is_some() {
+            real
+        } else {
+            schedules.unwrap_or(s.schedules)
+        }
+    };
     let total: u64 = scenarios
         .iter()
-        .map(|s| per(s) * COLUMNS.len() as u64)
+        .map(|s| COLUMNS.iter().map(|(g, _)| per(s, *g)).sum::<u64>())
         .sum();
     let bar = if json {
         ProgressBar::hidden()
@@ -47,7 +54,7 @@ pub(crate) fn demo(schedules: Option<u64>, seed: u64, json: bool) -> ExitCode {
                 scenario,
                 guest,
                 relay,
-                per(scenario),
+                per(scenario, guest),
                 Strategy::Random { first_seed: seed },
                 |n| bar.set_position(done + n),
             ) {
@@ -76,7 +83,8 @@ pub(crate) fn demo(schedules: Option<u64>, seed: u64, json: bool) -> ExitCode {
         println!();
         println!(
             "Each cell: failing schedules / schedules explored, the commonest failure and the first \
-             failing seed (replay it with `petri replay --seed S SCENARIO --guest 6.2 [--relay]`)."
+             failing seed (replay it with `petri replay --seed S SCENARIO --guest 6.2 [--relay]`). \
+             5.10 and 6.1 are the real pci-hyperv.c of Debian 11 and 12 (kernel_shim)."
         );
         if problems.is_empty() {
             println!(

@@ -7,6 +7,36 @@ use crate::sched::{Chooser, Systematic};
 use crate::vm::Vm;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// Why runs could not be made.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// A bus of the scenario is not a valid host_sim bus.
+    #[error(transparent)]
+    Config(#[from] host_sim::ConfigError),
+    /// A real-guest run could not be made.
+    #[error(transparent)]
+    Real(#[from] crate::real::RealError),
+}
+
+/// Runs one schedule named by `chooser` (and `seed`, which also seeds a chaotic host).
+fn run_one(
+    scenario: &Scenario,
+    spec: &crate::vm::VmSpec,
+    guest: GuestKind,
+    relay: bool,
+    chooser: Chooser,
+    seed: u64,
+    record: bool,
+) -> Result<RunResult, RunError> {
+    match guest.driver() {
+        Some(version) => Ok(crate::real::run(
+            scenario, version, relay, chooser, seed, record,
+        )?),
+        None => Ok(Vm::new(spec, chooser)?.run()),
+    }
+}
 
 /// How schedules are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +79,20 @@ pub fn run_seed(
     relay: bool,
     seed: u64,
     record: bool,
-) -> Result<RunResult, host_sim::ConfigError> {
+) -> Result<RunResult, RunError> {
     let mut spec = scenario.vm_spec(guest, relay, record);
     if let Some(chaos) = &mut spec.chaos {
         chaos.seed = seed;
     }
-    Ok(Vm::new(&spec, Chooser::seeded(seed))?.run())
+    run_one(
+        scenario,
+        &spec,
+        guest,
+        relay,
+        Chooser::seeded(seed),
+        seed,
+        record,
+    )
 }
 
 /// Runs `schedules` schedules; `progress` is called after each with the count so far.
@@ -65,7 +103,7 @@ pub fn explore(
     schedules: u64,
     strategy: Strategy,
     mut progress: impl FnMut(u64),
-) -> Result<Summary, host_sim::ConfigError> {
+) -> Result<Summary, RunError> {
     let mut spec = scenario.vm_spec(guest, relay, false);
     let mut summary = Summary {
         scenario: scenario.name.clone(),
@@ -92,7 +130,15 @@ pub fn explore(
                 None => break,
             },
         };
-        let result = Vm::new(&spec, chooser)?.run();
+        let result = run_one(
+            scenario,
+            &spec,
+            guest,
+            relay,
+            chooser,
+            seed.unwrap_or(i),
+            false,
+        )?;
         if strategy == Strategy::Systematic {
             systematic.record(&result.choices);
         }

@@ -14,6 +14,7 @@ pub mod chart;
 pub mod decode;
 pub mod explore;
 pub mod outcome;
+pub mod real;
 pub mod relay_rig;
 pub mod report;
 pub mod ring_dump;

@@ -19,12 +19,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the race catalogue on both guest models, directly and through the relay, and print
-    /// the table of failures per schedules explored.
+    /// Run the race catalogue on both guest models and both real drivers, directly and through
+    /// the relay, and print the table of failures per schedules explored.
     Demo {
         /// Schedules per scenario and column (default: each scenario's own number).
         #[arg(long)]
         schedules: Option<u64>,
+        /// Schedules per scenario and real-driver column (each run is a guest process).
+        #[arg(long, default_value_t = 20)]
+        real_schedules: u64,
         /// The first seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -38,7 +41,7 @@ enum Command {
     Run {
         /// A built-in scenario's name, or a scenario file.
         scenario: String,
-        /// Only this guest (`6.2` or `6.3`); both if not given.
+        /// Only this guest (`6.2` or `6.3`, or the real driver `5.10` or `6.1`); both models if not given.
         #[arg(long, value_parser = parse_guest)]
         guest: Option<GuestKind>,
         /// Only through the relay.
@@ -71,7 +74,7 @@ enum Command {
         seed: u64,
         /// A built-in scenario's name, or a scenario file.
         scenario: String,
-        /// The guest (`6.2` or `6.3`).
+        /// The guest (`6.2` or `6.3`, or the real driver `5.10` or `6.1`).
         #[arg(long, value_parser = parse_guest, default_value = "6.2")]
         guest: GuestKind,
         /// Through the relay (direct if not given).
@@ -131,7 +134,8 @@ enum From {
 }
 
 fn parse_guest(s: &str) -> Result<GuestKind, String> {
-    GuestKind::parse(s).ok_or_else(|| format!("unknown guest {s:?} (expected 6.2 or 6.3)"))
+    GuestKind::parse(s)
+        .ok_or_else(|| format!("unknown guest {s:?} (expected 6.2, 6.3, 5.10 or 6.1)"))
 }
 
 fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
@@ -151,9 +155,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo {
             schedules,
+            real_schedules,
             seed,
             json,
-        } => commands::demo(schedules, seed, json),
+        } => commands::demo(schedules, real_schedules, seed, json),
         Command::List => commands::list(),
         Command::Run {
             scenario,

@@ -3,19 +3,27 @@
 use crate::explore::{Summary, check};
 use crate::scenario::{GuestKind, Scenario};
 
-/// The four columns of the demo: each guest, direct and through the relay.
-pub const COLUMNS: [(GuestKind, bool); 4] = [
+/// The columns of the demo: each guest model, then each real driver, direct and through the
+/// relay.
+pub const COLUMNS: [(GuestKind, bool); 8] = [
     (GuestKind::Linux62, false),
     (GuestKind::Linux62, true),
     (GuestKind::Linux63, false),
     (GuestKind::Linux63, true),
+    (GuestKind::Debian510, false),
+    (GuestKind::Debian510, true),
+    (GuestKind::Debian61, false),
+    (GuestKind::Debian61, true),
 ];
 
 /// A column's heading.
 pub fn column_name(guest: GuestKind, relay: bool) -> String {
     format!(
         "{} {}",
-        guest.name().trim_start_matches("linux-"),
+        guest
+            .name()
+            .trim_start_matches("linux-")
+            .trim_start_matches("debian-"),
         if relay { "relay" } else { "direct" }
     )
 }

@@ -29,37 +29,71 @@ use std::time::Duration;
 use thiserror::Error;
 use vpci_relay::RelayConfig;
 
-/// A guest petri can run.
+/// A guest petri can run: one of our executable models, or the real Linux driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GuestKind {
     /// The Linux 6.2 model (before the 2023 series).
     Linux62,
     /// The Linux 6.3 model (after it).
     Linux63,
+    /// The real `pci-hyperv.c` of Debian 11 (5.10: no per-bus `state_lock`), in user space.
+    Debian510,
+    /// The real `pci-hyperv.c` of Debian 12 (6.1: the whole series), in user space.
+    Debian61,
 }
 
 impl GuestKind {
-    /// Every guest, in table order.
+    /// The guest models, in table order.
     pub const ALL: [GuestKind; 2] = [GuestKind::Linux62, GuestKind::Linux63];
 
-    /// The guest's name (`linux-6.2`, `linux-6.3`).
-    pub fn name(self) -> &'static str {
-        self.model().name()
-    }
+    /// The real drivers, in table order.
+    pub const REAL: [GuestKind; 2] = [GuestKind::Debian510, GuestKind::Debian61];
 
-    /// The model behind it.
-    pub fn model(self) -> KernelModel {
+    /// The guest's name (`linux-6.2`, `linux-6.3`, `debian-5.10`, `debian-6.1`).
+    pub fn name(self) -> &'static str {
         match self {
-            GuestKind::Linux62 => KernelModel::Linux62,
-            GuestKind::Linux63 => KernelModel::Linux63,
+            GuestKind::Linux62 => KernelModel::Linux62.name(),
+            GuestKind::Linux63 => KernelModel::Linux63.name(),
+            GuestKind::Debian510 => "debian-5.10",
+            GuestKind::Debian61 => "debian-6.1",
         }
     }
 
-    /// Parses `linux-6.2`, `6.2`, `linux-6.3` or `6.3`.
+    /// The model behind a model guest (`None` for a real driver).
+    pub fn model(self) -> Option<KernelModel> {
+        match self {
+            GuestKind::Linux62 => Some(KernelModel::Linux62),
+            GuestKind::Linux63 => Some(KernelModel::Linux63),
+            GuestKind::Debian510 | GuestKind::Debian61 => None,
+        }
+    }
+
+    /// The real driver behind a real guest (`None` for a model).
+    pub fn driver(self) -> Option<kernel_shim::DriverVersion> {
+        match self {
+            GuestKind::Debian510 => Some(kernel_shim::DriverVersion::Debian5_10),
+            GuestKind::Debian61 => Some(kernel_shim::DriverVersion::Debian6_1),
+            GuestKind::Linux62 | GuestKind::Linux63 => None,
+        }
+    }
+
+    /// Parses `linux-6.2`, `6.2`, `linux-6.3`, `6.3`, `debian-5.10`, `5.10`, `debian-6.1` or
+    /// `6.1`.
     pub fn parse(text: &str) -> Option<Self> {
-        match text.trim().trim_start_matches("linux-") {
-            "6.2" => Some(GuestKind::Linux62),
-            "6.3" => Some(GuestKind::Linux63),
+        let text = text.trim();
+        let version = text
+            .strip_prefix("linux-")
+            .or_else(|| text.strip_prefix("debian-"))
+            .unwrap_or(text);
+        match (
+            version,
+            text.starts_with("linux-"),
+            text.starts_with("debian-"),
+        ) {
+            ("6.2", _, false) => Some(GuestKind::Linux62),
+            ("6.3", _, false) => Some(GuestKind::Linux63),
+            ("5.10", false, _) => Some(GuestKind::Debian510),
+            ("6.1", false, _) => Some(GuestKind::Debian61),
             _ => None,
         }
     }
@@ -76,7 +110,8 @@ impl<'de> Deserialize<'de> for GuestKind {
         let text = String::deserialize(d)?;
         GuestKind::parse(&text).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "unknown guest {text:?} (expected \"linux-6.2\" or \"linux-6.3\")"
+                "unknown guest {text:?} (expected \"linux-6.2\", \"linux-6.3\", \"debian-5.10\" \
+                 or \"debian-6.1\")"
             ))
         })
     }
@@ -298,7 +333,8 @@ impl Scenario {
 
     /// The VM a run of this scenario builds.
     pub fn vm_spec(&self, guest: GuestKind, relay: bool, record: bool) -> VmSpec {
-        let mut config = GuestConfig::new(guest.model());
+        // A real guest does not use the model's configuration; the 6.3 model stands in.
+        let mut config = GuestConfig::new(guest.model().unwrap_or(KernelModel::Linux63));
         config.trace = record;
         config.drivers = vec![DriverBinding {
             vendor_id: None,

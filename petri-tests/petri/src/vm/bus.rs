@@ -111,7 +111,7 @@ pub fn describe(packet: &Packet) -> String {
     }
 }
 
-fn relay_note(event: &RelayEvent) -> Option<(String, Mark)> {
+pub(crate) fn relay_note(event: &RelayEvent) -> Option<(String, Mark)> {
     Some(match event {
         RelayEvent::EjectHeld { slot } => (format!("EJECT({slot}) held: not settled"), Mark::Held),
         RelayEvent::RelationsHeld => ("relations held".to_owned(), Mark::Held),

@@ -39,7 +39,7 @@ impl Default for ChaosSpec {
 
 /// The chaotic host's state in one run.
 #[derive(Clone, Debug)]
-pub(super) struct Chaos {
+pub(crate) struct Chaos {
     spec: ChaosSpec,
     rng: ChaCha8Rng,
     left: u32,
@@ -47,7 +47,7 @@ pub(super) struct Chaos {
 }
 
 impl Chaos {
-    pub(super) fn new(spec: ChaosSpec) -> Self {
+    pub(crate) fn new(spec: ChaosSpec) -> Self {
         Self {
             spec,
             // Its own stream, so the guest's schedule and the host's actions vary apart.
@@ -58,17 +58,17 @@ impl Chaos {
     }
 
     /// Whether the host acts now (`quiet`: nothing else would happen otherwise).
-    pub(super) fn acts_now(&mut self, quiet: bool) -> bool {
+    pub(crate) fn acts_now(&mut self, quiet: bool) -> bool {
         self.left > 0 && (quiet || self.rng.next_u32() % self.spec.every.max(1) == 0)
     }
 
     /// Which of `buses` buses acts.
-    pub(super) fn bus(&mut self, buses: usize) -> usize {
+    pub(crate) fn bus(&mut self, buses: usize) -> usize {
         usize::try_from(self.rng.next_u32()).unwrap_or(0) % buses.max(1)
     }
 
     /// The next action, given what the host has now.
-    pub(super) fn action(&mut self, host: &HostBus) -> HostAction {
+    pub(crate) fn action(&mut self, host: &HostBus) -> HostAction {
         self.left = self.left.saturating_sub(1);
         let slots = u32::from(self.spec.slots.max(1));
         let slot = 1 + self.rng.next_u32() % slots;

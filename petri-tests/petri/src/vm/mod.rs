@@ -25,6 +25,8 @@ use std::time::Duration;
 use vpci_relay::{RelayConfig, VirtualClock};
 
 pub use bus::describe;
+pub(crate) use bus::relay_note;
+pub(crate) use chaos::Chaos;
 pub use chaos::ChaosSpec;
 
 /// Bounds that end a run that would not end by itself.

@@ -1,0 +1,688 @@
+//! The kernel_shim [`Controller`] of a real-guest run: the host (host_sim, optionally behind
+//! the relay), the scenario's command sequence and the scheduler, in one object the guest
+//! session calls at every scheduling point.
+//!
+//! At each point the options are the guest's runnable contexts (in the order the guest lists
+//! them) and, when something is in flight to the guest, its delivery; petri's [`Chooser`]
+//! picks one. A context busy-polling with `udelay` is offered only when nothing else can
+//! happen, as in the model VM. When nothing can run, virtual time jumps to the earliest
+//! guest, host or relay deadline; when there is none, the run is quiescent and the next
+//! command of the sequence is given (or, if a command is still pending, the guest is hung).
+
+use super::bars::GuestBars;
+use super::bus::{Delivery, HostSide};
+use super::observe::Observer;
+use crate::outcome::Outcome;
+use crate::sched::{Choice, Chooser};
+use crate::trace::{Lane, Mark, Trace};
+use crate::vm::{Chaos, RunLimits, describe};
+use kernel_shim::guest::{Action, Controller, Sched};
+use kernel_shim::host::{RetargetRequest, WindowAccess};
+use kernel_shim::protocol::{Command, ContextKind, EventKind, GuestPacket, SchedPoint};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+use vpci_protocol::WinSlot;
+use vpci_relay::VirtualClock;
+
+/// How many wake-up latencies a kernel thread draws from (none, then 4 to 1,024 points).
+const WAKEUP_CHOICES: usize = 12;
+/// The scheduling points each step of wake-up latency adds.
+const WAKEUP_STEP: u64 = 48;
+
+/// One option at a scheduling point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pick {
+    /// Run this guest context.
+    Run(u32),
+    /// Deliver what is in flight to the guest.
+    Deliver,
+}
+
+/// Where the run is in its command sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Giving the boot commands (endpoint setup, init, probe).
+    Boot,
+    /// The probe is done: run until quiescent (the scenario plays out).
+    Settle,
+    /// Tearing down (remove, module exit): leaks and crashes on the way are findings.
+    Teardown,
+}
+
+/// Everything a real-guest run holds besides the guest process.
+pub(super) struct RealController {
+    pub(super) side: HostSide,
+    clock: VirtualClock,
+    pub(super) now: Duration,
+    chooser: Chooser,
+    pub(super) choices: Vec<Choice>,
+    last: Option<Pick>,
+    pub(super) steps: u64,
+    limits: RunLimits,
+    commands: VecDeque<Command>,
+    teardown: VecDeque<Command>,
+    phase: Phase,
+    waiting: Option<Command>,
+    pub(super) results: Vec<(u32, i32)>,
+    spinning: BTreeSet<u32>,
+    /// Scheduling points so far.
+    points: u64,
+    /// The contexts runnable at the last point.
+    was_runnable: BTreeSet<u32>,
+    /// When each newly woken kernel thread may first run.
+    ready_at: BTreeMap<u32, u64>,
+    /// The channel callbacks' contexts.
+    tasklets: BTreeSet<u32>,
+    /// Contexts that reached `udelay` since the world last changed.
+    polled: BTreeSet<u32>,
+    /// The last answer changed the world and the guest asks again at the same point.
+    reasked: bool,
+    contexts: BTreeMap<u32, String>,
+    pub(super) process: u32,
+    pub(super) current: u32,
+    pub(super) trace: Option<Trace>,
+    pub(super) observer: Observer,
+    /// A bound or hang that ended the run early.
+    pub(super) early: Option<Outcome>,
+    /// What the host saw once the scenario settled (before teardown).
+    pub(super) host_visible: Outcome,
+    chaos: Option<Chaos>,
+    pub(super) bars: GuestBars,
+    pub(super) hot_plug: Option<HotPlug>,
+}
+
+/// Hot-plug cycles the host runs once the scenario settled: add a function, wait until the
+/// run is quiescent, eject it, wait again.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct HotPlug {
+    /// The slot added and ejected.
+    pub(super) slot: u32,
+    /// How many add/eject cycles.
+    pub(super) cycles: u32,
+    /// Host actions taken so far (two per cycle).
+    pub(super) done: u32,
+}
+
+/// The run's boot sequence for one bus.
+pub(super) struct Plan {
+    /// Commands up to and including the probe.
+    pub(super) boot: Vec<Command>,
+    /// Commands after the scenario settled (remove if probed, then module exit).
+    pub(super) remove: Command,
+    /// Hot-plug cycles before the teardown, if any.
+    pub(super) hot_plug: Option<HotPlug>,
+}
+
+impl RealController {
+    pub(super) fn new(
+        side: HostSide,
+        clock: VirtualClock,
+        chooser: Chooser,
+        limits: RunLimits,
+        plan: Plan,
+        record: bool,
+        chaos: Option<Chaos>,
+    ) -> Self {
+        Self {
+            side,
+            clock,
+            now: Duration::ZERO,
+            chooser,
+            choices: Vec::new(),
+            last: None,
+            steps: 0,
+            limits,
+            commands: plan.boot.into(),
+            teardown: [plan.remove, Command::Exit].into(),
+            phase: Phase::Boot,
+            waiting: None,
+            results: Vec::new(),
+            spinning: BTreeSet::new(),
+            polled: BTreeSet::new(),
+            tasklets: BTreeSet::new(),
+            points: 0,
+            was_runnable: BTreeSet::new(),
+            ready_at: BTreeMap::new(),
+            reasked: false,
+            contexts: BTreeMap::new(),
+            process: 0,
+            current: 0,
+            trace: record.then(Trace::default),
+            observer: Observer::default(),
+            early: None,
+            host_visible: Outcome::Ok,
+            chaos,
+            bars: GuestBars::default(),
+            hot_plug: plan.hot_plug,
+        }
+    }
+
+    /// The name of a guest context, for reports.
+    pub(super) fn context_name(&self, id: u32) -> String {
+        self.contexts
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("context {id}"))
+    }
+
+    fn note(&mut self, from: Lane, to: Lane, label: String, mark: Mark) {
+        if let Some(t) = &mut self.trace {
+            t.push(self.now, from, to, label, mark);
+        }
+    }
+
+    fn pump(&mut self) {
+        self.side.pump(self.now, self.trace.as_mut());
+    }
+
+    fn result_of(&self, command: &Command) -> Option<i32> {
+        let n = command.number();
+        self.results
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == n)
+            .map(|(_, r)| *r)
+    }
+
+    fn next_deadline(&self, sched: &Sched) -> Option<u64> {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        [
+            Some(sched.next_deadline_ns).filter(|&d| d > 0),
+            self.side.host.poll_timeout().map(ns),
+            self.clock.next_deadline().map(ns),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|&t| t > sched.now_ns)
+        .min()
+    }
+
+    /// Whether what is in flight can be delivered now. A rescind waits until no channel
+    /// callback can run: Linux's `vmbus_onoffer_rescind` resets the channel callback
+    /// (`vmbus_reset_channel_cb`: the tasklet is disabled and waited for) before it sets
+    /// `channel->rescind`, so a driver that sees the rescind never has a callback still to
+    /// come. The shim's rescind only sets the flag; this ordering supplies the rest (packets
+    /// already delivered are processed first, as when the host's rescind comes a little
+    /// later).
+    fn deliverable(&self, sched: &Sched) -> bool {
+        match self.side.in_flight.front() {
+            None => false,
+            Some(Delivery::Packet(..)) => true,
+            Some(Delivery::Rescind(_)) => !sched.runnable.iter().any(|c| self.tasklets.contains(c)),
+        }
+    }
+
+    /// The options at this point, in a stable order: runnable contexts (spinning ones only
+    /// when nothing else can happen), then the delivery.
+    fn options(&self, sched: &Sched) -> (Vec<Pick>, bool) {
+        let awake = |c: &&u32| self.ready_at.get(c).is_none_or(|&at| self.points >= at);
+        let mut out: Vec<Pick> = sched
+            .runnable
+            .iter()
+            .filter(|c| !self.spinning.contains(c))
+            .filter(awake)
+            .map(|&c| Pick::Run(c))
+            .collect();
+        if out.is_empty() {
+            // Nothing else can happen: a context's wake-up latency is over.
+            out = sched
+                .runnable
+                .iter()
+                .filter(|c| !self.spinning.contains(c))
+                .map(|&c| Pick::Run(c))
+                .collect();
+        }
+        if self.deliverable(sched) {
+            out.push(Pick::Deliver);
+        }
+        if !out.is_empty() {
+            return (out, false);
+        }
+        let spinners: Vec<Pick> = sched.runnable.iter().map(|&c| Pick::Run(c)).collect();
+        (spinners, true)
+    }
+
+    fn stop(&mut self, outcome: Outcome) -> Action {
+        let why = outcome.to_string();
+        if self.early.is_none() {
+            self.early = Some(outcome);
+        }
+        Action::Stop(why)
+    }
+
+    fn hang(&mut self, why: String) -> Action {
+        let context = self.context_name(self.process);
+        let function = match &self.waiting {
+            Some(Command::Probe { .. }) => "hv_pci_probe",
+            Some(Command::Remove { .. }) => "hv_pci_remove",
+            Some(Command::Exit) => "cleanup_module",
+            Some(Command::Init) => "init_module",
+            _ => "?",
+        };
+        let outcome = Outcome::Guest {
+            bus: 0,
+            failure: "hang".to_owned(),
+            context,
+            function: function.to_owned(),
+            message: why,
+        };
+        self.stop(outcome)
+    }
+
+    /// What the host can see went wrong once the scenario settled: an EJECT it gave up on,
+    /// or a function it has that the probed guest never got.
+    fn host_visible_now(&self, probed: bool) -> Outcome {
+        if let Some(slot) = self.side.eject_timeouts.first() {
+            return Outcome::EjectUnanswered {
+                bus: 0,
+                slot: slot.to_string(),
+            };
+        }
+        if !probed || self.side.channel_ended() {
+            return Outcome::Ok;
+        }
+        for slot in self.side.host.slots() {
+            if self.side.host.function(slot).is_none() {
+                continue;
+            }
+            if !self.observer.holds(slot) {
+                return Outcome::LostDevice {
+                    bus: 0,
+                    slot: slot.to_string(),
+                };
+            }
+        }
+        Outcome::Ok
+    }
+
+    /// Takes the next hot-plug action, after checking the last one reached the guest; false
+    /// when there is none left.
+    fn hot_plug_step(&mut self) -> bool {
+        let Some(mut hp) = self.hot_plug else {
+            return false;
+        };
+        if hp.done >= hp.cycles.saturating_mul(2) || self.side.channel_ended() {
+            return false;
+        }
+        let slot = WinSlot::from_raw(hp.slot);
+        let context = self.context_name(self.process);
+        let adding = hp.done % 2 == 0;
+        // After an add the guest must hold the function; after an eject it must not, and the
+        // host must have had its EJECTION_COMPLETE.
+        if hp.done > 0 {
+            let held = self.observer.holds(slot);
+            if adding && (held || !self.side.eject_timeouts.is_empty()) {
+                self.observer.fail(
+                    "leaked_device",
+                    context,
+                    "hv_eject_device_work".to_owned(),
+                    format!("cycle {}: {slot} still held after its eject", hp.done / 2),
+                );
+                return true;
+            }
+            if !adding && !held {
+                self.observer.fail(
+                    "lost_device",
+                    context,
+                    "pci_devices_present_work".to_owned(),
+                    format!("cycle {}: {slot} never reached the guest", hp.done / 2),
+                );
+                return true;
+            }
+        }
+        let action = if adding {
+            host_sim::HostAction::HotAdd(
+                host_sim::FunctionSpec::nic(hp.slot).with_serial(hp.done / 2 + 1),
+            )
+        } else {
+            host_sim::HostAction::Eject { slot: hp.slot }
+        };
+        let _ = self.side.host.act(self.now, action);
+        hp.done += 1;
+        self.hot_plug = Some(hp);
+        self.side.relay_dirty = true;
+        self.world_changed();
+        self.reasked = false;
+        self.pump();
+        true
+    }
+
+    /// Once the scenario settled, the guest must hold no device for a function the host no
+    /// longer has (it would drive memory nothing backs, as at its removal).
+    fn check_held_devices(&mut self) {
+        let host = self.side.host.slots();
+        for slot in self.observer.held_slots() {
+            if !host.contains(&slot) {
+                let context = self.context_name(self.process);
+                self.observer.fail(
+                    "leaked_device",
+                    context,
+                    "pci_stop_and_remove_bus_device (never called)".to_owned(),
+                    format!("the guest still holds {slot}, which the host no longer has"),
+                );
+                return;
+            }
+        }
+    }
+
+    /// The run is quiescent: give the next command, or find the guest hung.
+    fn quiescent(&mut self, sched: &Sched) -> Action {
+        if let Some(cmd) = self.waiting.clone() {
+            if self.result_of(&cmd).is_none() {
+                return self.hang(format!(
+                    "{cmd:?} never returns: its context waits on what nothing will bring"
+                ));
+            }
+            self.waiting = None;
+        }
+        if self.phase == Phase::Boot && self.commands.is_empty() {
+            self.phase = Phase::Settle;
+        }
+        if self.phase == Phase::Settle && self.hot_plug_step() {
+            if let Some(f) = self.observer.failure.clone() {
+                return self.stop(f);
+            }
+            return self.schedule(sched);
+        }
+        if self.phase == Phase::Settle {
+            let probed = self.results.iter().any(|&(c, r)| {
+                c == Command::Probe {
+                    bus: 0,
+                    instance: [0; 16],
+                }
+                .number()
+                    && r == 0
+            });
+            self.host_visible = self.host_visible_now(probed);
+            self.check_held_devices();
+            if let Some(f) = self.observer.failure.clone() {
+                return self.stop(f);
+            }
+            self.phase = Phase::Teardown;
+            if !probed {
+                // Linux calls remove only for a bound driver.
+                self.teardown
+                    .retain(|c| !matches!(c, Command::Remove { .. }));
+            }
+        }
+        let next = match self.phase {
+            Phase::Boot => self.commands.pop_front(),
+            _ => self.teardown.pop_front(),
+        };
+        match next {
+            Some(cmd) => {
+                self.note(
+                    Lane::Guest,
+                    Lane::Guest,
+                    format!("command {cmd:?}"),
+                    Mark::None,
+                );
+                self.waiting = Some(cmd.clone());
+                self.world_changed();
+                Action::Command(cmd)
+            }
+            None => {
+                let _ = sched;
+                self.stop(Outcome::StepLimit)
+            }
+        }
+    }
+
+    /// Draws, for each kernel thread that has just become runnable (a tasklet scheduled, a
+    /// worker woken for a work item), how many scheduling points pass before it may run:
+    /// wake-up latency as a choice like any other, none by default (so the systematic
+    /// explorer starts from prompt wake-ups), else 4 to 1,024 points. The real driver runs
+    /// hundreds of points between two messages; a woken worker offered at every one of them
+    /// would nearly always run at once, and the races where it runs late (C3: the eject work
+    /// in the middle of the probe path's scan) would stay out of a seeded run's reach.
+    fn draw_wakeups(&mut self, sched: &Sched) {
+        let runnable: BTreeSet<u32> = sched.runnable.iter().copied().collect();
+        self.ready_at.retain(|c, _| runnable.contains(c));
+        for &c in &sched.runnable {
+            if c == sched.current || c == self.process || self.was_runnable.contains(&c) {
+                continue;
+            }
+            let index = self.chooser.choose(WAKEUP_CHOICES, Some(0));
+            self.choices.push(Choice {
+                index,
+                of: WAKEUP_CHOICES,
+            });
+            let delay = u64::try_from(index).unwrap_or(0) * WAKEUP_STEP;
+            self.ready_at.insert(c, self.points + delay);
+        }
+        self.was_runnable = runnable;
+    }
+
+    /// Something a busy-polling context may be waiting for happened.
+    fn world_changed(&mut self) {
+        self.reasked = true;
+        self.spinning.clear();
+        self.polled.clear();
+    }
+
+    fn deliver(&mut self) -> Action {
+        // What a busy-polling context waits for may be in this delivery.
+        self.world_changed();
+        match self.side.in_flight.pop_front() {
+            Some(Delivery::Packet(p, from)) => {
+                self.note(from, Lane::Guest, describe(&p), Mark::None);
+                Action::deliver(0, &p)
+            }
+            Some(Delivery::Rescind(from)) => {
+                self.note(from, Lane::Guest, "rescind".to_owned(), Mark::None);
+                Action::Rescind(0)
+            }
+            None => Action::Run(self.current),
+        }
+    }
+
+    fn chaos_acts(&mut self, stuck: bool) -> bool {
+        let Some(chaos) = self.chaos.as_mut() else {
+            return false;
+        };
+        if self.phase == Phase::Teardown || !chaos.acts_now(stuck) {
+            return false;
+        }
+        let _ = chaos.bus(1);
+        let action = chaos.action(&self.side.host);
+        let label = format!("bus 0: chaos {action:?}");
+        self.world_changed();
+        let _ = self.side.host.act(self.now, action);
+        self.side.relay_dirty = true;
+        self.note(Lane::Host, Lane::Host, label, Mark::None);
+        self.pump();
+        true
+    }
+}
+
+impl Controller for RealController {
+    fn schedule(&mut self, sched: &Sched) -> Action {
+        let now = self.now.max(Duration::from_nanos(sched.now_ns));
+        if now > self.now {
+            // Time moved: the relay's timers may be due.
+            self.side.relay_dirty = true;
+        }
+        self.now = now;
+        self.current = sched.current;
+        self.clock.advance_to(self.now);
+        if self.side.host.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.side.host.handle_timeout(self.now);
+            self.side.relay_dirty = true;
+        }
+        self.pump();
+        if let Some(f) = self.observer.failure.clone() {
+            return self.stop(f);
+        }
+        // A context spins when it comes back to `udelay` a second time with nothing
+        // delivered and no time passed in between: its poll found nothing new.
+        // (A point asked again after a delivery or a command is the same point, not a
+        // second pass.)
+        let reasked = std::mem::take(&mut self.reasked);
+        if sched.point == SchedPoint::Udelay && !reasked && !self.polled.insert(sched.current) {
+            self.spinning.insert(sched.current);
+        }
+        // The next boot command goes as soon as the previous one returned.
+        if self.phase == Phase::Boot
+            && self
+                .waiting
+                .as_ref()
+                .is_none_or(|c| self.result_of(c).is_some())
+            && !self.commands.is_empty()
+        {
+            return self.quiescent(sched);
+        }
+        self.points += 1;
+        self.draw_wakeups(sched);
+        let (mut options, mut stuck) = self.options(sched);
+        if self.chaos_acts(stuck) {
+            (options, stuck) = self.options(sched);
+        }
+        if stuck {
+            match self.next_deadline(sched) {
+                Some(t) if Duration::from_nanos(t) <= self.limits.max_time => {
+                    self.world_changed();
+                    return Action::Advance(t);
+                }
+                Some(_) => return self.stop(Outcome::TimeLimit),
+                None if !options.is_empty() => {
+                    return self.hang(
+                        "spins on a reply nothing will bring (udelay loop, no deadline)".to_owned(),
+                    );
+                }
+                None => return self.quiescent(sched),
+            }
+        }
+        if self.steps >= self.limits.max_steps {
+            return self.stop(Outcome::StepLimit);
+        }
+        let index = if options.len() == 1 {
+            0
+        } else {
+            let sticky = self.last.and_then(|l| options.iter().position(|o| *o == l));
+            let index = self.chooser.choose(options.len(), sticky);
+            self.choices.push(Choice {
+                index,
+                of: options.len(),
+            });
+            index
+        };
+        let Some(&pick) = options.get(index) else {
+            return self.stop(Outcome::StepLimit);
+        };
+        self.last = Some(pick);
+        self.steps += 1;
+        match pick {
+            Pick::Run(c) => Action::Run(c),
+            Pick::Deliver => self.deliver(),
+        }
+    }
+
+    fn packet(&mut self, packet: GuestPacket) {
+        let packet = packet.to_packet();
+        self.observer.guest_sent(&packet.payload);
+        self.side.outbox.push(packet);
+        self.pump();
+    }
+
+    fn mmio_read(&mut self, addr: u64, size: u32) -> u64 {
+        let len = u8::try_from(size.clamp(1, 4)).unwrap_or(4);
+        match self.observer.window.decode(addr, size) {
+            WindowAccess::Config { slot, offset } => {
+                let Some(slot) = slot else {
+                    return u64::MAX;
+                };
+                u64::from(self.config_read(WinSlot::from_raw(slot), offset, len))
+            }
+            WindowAccess::SlotSelect | WindowAccess::WindowOther => 0,
+            WindowAccess::Outside => {
+                let mut data = [0u8; 8];
+                let n = usize::try_from(size).unwrap_or(8).min(8);
+                let ok = data.get_mut(..n).is_some_and(|d| self.bar(addr, d, false));
+                if ok {
+                    u64::from_le_bytes(data)
+                } else {
+                    self.unbacked(format!(
+                        "read of {size} bytes at {addr:#x}: nothing behind it"
+                    ));
+                    u64::MAX
+                }
+            }
+        }
+    }
+
+    fn mmio_write(&mut self, addr: u64, size: u32, value: u64) {
+        let len = u8::try_from(size.clamp(1, 4)).unwrap_or(4);
+        match self.observer.window.write(addr, size, value) {
+            WindowAccess::Config {
+                slot: Some(slot),
+                offset,
+            } => self.config_write(
+                WinSlot::from_raw(slot),
+                offset,
+                len,
+                u32::try_from(value & 0xffff_ffff).unwrap_or(u32::MAX),
+            ),
+            WindowAccess::Outside => {
+                let mut data = value.to_le_bytes();
+                let n = usize::try_from(size).unwrap_or(8).min(8);
+                let ok = data.get_mut(..n).is_some_and(|d| self.bar(addr, d, true));
+                if !ok {
+                    self.unbacked(format!(
+                        "write of {size} bytes at {addr:#x}: nothing behind it"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn hypercall(&mut self, control: u64, input: &[u8]) -> u64 {
+        match RetargetRequest::decode(control, input) {
+            Ok(r) => {
+                let label = format!(
+                    "retarget interrupt device {:#x} vector {:#x}",
+                    r.device_id, r.vector
+                );
+                self.note(Lane::Guest, Lane::Host, label, Mark::None);
+                0
+            }
+            // HV_STATUS_INVALID_HYPERCALL_CODE
+            Err(_) => 2,
+        }
+    }
+
+    fn result(&mut self, command: u32, result: i32) {
+        self.results.push((command, result));
+        self.note(
+            Lane::Guest,
+            Lane::Guest,
+            format!("command {command} returned {result}"),
+            Mark::None,
+        );
+    }
+
+    fn context(&mut self, id: u32, kind: ContextKind, name: &str) {
+        match kind {
+            ContextKind::Process => self.process = id,
+            ContextKind::Tasklet => {
+                self.tasklets.insert(id);
+            }
+            _ => {}
+        }
+        self.contexts.insert(id, format!("{name} ({kind:?})"));
+    }
+
+    fn log(&mut self, _level: u32, ctx: u32, text: &str) {
+        let line = format!("{}: {}", self.context_name(ctx), text.trim_end());
+        self.observer.guest_trace.push(line.clone());
+        self.note(Lane::Guest, Lane::Guest, line, Mark::None);
+    }
+
+    fn event(&mut self, kind: EventKind, ctx: u32, text: &str) {
+        let context = self.context_name(ctx);
+        let line = format!("{context}: {kind:?}: {text}");
+        self.observer.guest_trace.push(line.clone());
+        self.note(Lane::Guest, Lane::Guest, line, Mark::None);
+        self.observer.event(kind, context, text);
+    }
+}

@@ -1,0 +1,343 @@
+//! Real-guest runs: the real Linux `pci-hyperv.c` (Debian 11's 5.10, Debian 12's 6.1, built by
+//! `kernel_shim`) as the guest of a VM run, in a child process under petri's scheduler.
+//!
+//! A run is one guest process ([`kernel_shim::guest::Session`]) driven by a
+//! [`controller::RealController`]: host_sim's bus from the scenario (one bus per run for now),
+//! optionally behind the real relay ([`crate::relay_rig::RelayRig`]), the command sequence
+//! (endpoint setup, `init_module`, probe; once the scenario has played out, remove and module
+//! exit), and the scheduler: at every scheduling point of the kernel code petri's
+//! [`Chooser`] picks a runnable context or the delivery of what is in flight, so a seed names
+//! one interleaving and replays it bit for bit. Virtual time jumps to the earliest guest, host
+//! or relay deadline when nothing can run.
+//!
+//! How a run ends, as an [`Outcome`]: a crash of the kernel code (classified from
+//! AddressSanitizer's report: `use_after_free`, `dead_stack_write`, `null_deref`, else
+//! `segfault`), a BUG or WARN (`bug`), a driver bound to a function the guest had ejected
+//! (`ejected_device_access`) or never assigned (`unresourced_device`), an access to unbacked
+//! device memory (`unbacked_access`), a command that never returns or a busy-poll nothing
+//! will answer (`hang`), allocations left at module exit (`leaked_device`); then what the host
+//! saw: `eject_unanswered`, `lost_device`.
+
+mod access;
+mod bars;
+mod bus;
+mod controller;
+mod observe;
+
+use crate::outcome::{Outcome, RunResult};
+use crate::relay_rig::RelayRig;
+use crate::scenario::Scenario;
+use crate::sched::Chooser;
+use crate::vm::{Chaos, RunLimits};
+use bus::HostSide;
+use controller::{HotPlug, Plan, RealController};
+use host_sim::HostBus;
+use kernel_shim::guest::{Ending, GuestError, Session};
+use kernel_shim::protocol::Command;
+use kernel_shim::{DriverVersion, Instrumentation};
+use std::time::Duration;
+use thiserror::Error;
+use vpci_relay::{BusRelay, RelayConfig, VirtualClock};
+
+/// Why a real-guest run could not be made.
+#[derive(Debug, Error)]
+pub enum RealError {
+    /// A bus of the scenario is not a valid host_sim bus.
+    #[error(transparent)]
+    Config(#[from] host_sim::ConfigError),
+    /// The guest process could not be run.
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    /// The scenario asks for something real-guest runs do not do yet.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// The VMBus instance GUID of the run's bus (bytes 4-5 give the PCI domain).
+const INSTANCE: [u8; 16] = [
+    0x5e, 0x7a, 0x11, 0x9c, 0x01, 0x00, 0x4f, 0x2b, 0x8a, 0x3d, 0x66, 0x10, 0x52, 0xe4, 0x07, 0xc1,
+];
+
+/// Real-guest runs take many more scheduling points than model steps (about 650 for a
+/// probe, eject and remove): the step bound is the scenario's times this.
+const STEP_FACTOR: u64 = 20;
+
+/// The instrumentation petri runs real guests with: AddressSanitizer, so that a use after
+/// free or a write to a dead stack frame is caught where it happens (a plain build would
+/// read poison or write silently).
+pub const INSTRUMENTATION: Instrumentation = Instrumentation::Asan;
+
+/// Runs one schedule of `scenario` with the real driver `version`.
+pub fn run(
+    scenario: &Scenario,
+    version: DriverVersion,
+    relay: bool,
+    chooser: Chooser,
+    seed: u64,
+    record: bool,
+) -> Result<RunResult, RealError> {
+    run_with(scenario, version, relay, chooser, seed, record, None).map(|(r, _)| r)
+}
+
+/// What a hot-plug long haul did.
+#[derive(Clone, Debug)]
+pub struct LongHaul {
+    /// How the run ended.
+    pub result: RunResult,
+    /// Add/eject cycles completed.
+    pub cycles: u32,
+}
+
+/// A hot-plug long haul in the manner of the seed's own testing: after boot (one function in
+/// slot 1), the host adds a function in slot 2 and ejects it again as soon as the run is
+/// quiescent, `cycles` times, against one guest process; each add must reach the guest and
+/// each eject must leave it. Then the driver is removed and the module unloaded (leaks count).
+pub fn hot_plug_long_haul(
+    version: DriverVersion,
+    relay: bool,
+    cycles: u32,
+    seed: u64,
+) -> Result<LongHaul, RealError> {
+    let mut scenario = crate::scenario::load("re-add")
+        .map_err(|e| RealError::Unsupported(format!("the long haul's base scenario: {e}")))?;
+    scenario.name = "hot-plug long haul".to_owned();
+    if let Some(bus) = scenario.buses.first_mut() {
+        bus.script = host_sim::Script::default();
+    }
+    scenario.limits.max_steps = u64::MAX / STEP_FACTOR;
+    scenario.limits.max_time = host_sim::Time(Duration::from_secs(u64::from(cycles) * 3600 + 3600));
+    let hot_plug = HotPlug {
+        slot: 2,
+        cycles,
+        done: 0,
+    };
+    let (result, done) = run_with(
+        &scenario,
+        version,
+        relay,
+        Chooser::seeded(seed),
+        seed,
+        false,
+        Some(hot_plug),
+    )?;
+    Ok(LongHaul {
+        result,
+        cycles: done / 2,
+    })
+}
+
+fn run_with(
+    scenario: &Scenario,
+    version: DriverVersion,
+    relay: bool,
+    chooser: Chooser,
+    seed: u64,
+    record: bool,
+    hot_plug: Option<HotPlug>,
+) -> Result<(RunResult, u32), RealError> {
+    let [bus] = scenario.buses.as_slice() else {
+        return Err(RealError::Unsupported(format!(
+            "{}: real guests run one bus per VM for now ({} given)",
+            scenario.name,
+            scenario.buses.len()
+        )));
+    };
+    let clock = VirtualClock::new();
+    let relay = relay.then(|| {
+        let config = RelayConfig {
+            name: bus.name.clone(),
+            settle: scenario.relay.settle.0,
+            max_hold: scenario.relay.max_hold.0,
+            ..RelayConfig::default()
+        };
+        RelayRig::new(BusRelay::new(config), clock.clone(), record)
+    });
+    let side = HostSide::new(HostBus::new(bus.clone())?, relay);
+    let limits = RunLimits {
+        max_steps: scenario.limits.max_steps.saturating_mul(STEP_FACTOR),
+        max_time: scenario.limits.max_time.0,
+    };
+    let plan = Plan {
+        boot: vec![
+            Command::Endpoint {
+                nvec: u32::from(scenario.guest.vectors.max(1)),
+                msix: true,
+            },
+            Command::Init,
+            Command::Probe {
+                bus: 0,
+                instance: INSTANCE,
+            },
+        ],
+        remove: Command::Remove { bus: 0 },
+        hot_plug,
+    };
+    let chaos = scenario.chaos.map(|mut c| {
+        c.seed = seed;
+        Chaos::new(c)
+    });
+    let mut controller = RealController::new(side, clock, chooser, limits, plan, record, chaos);
+    let session = Session::spawn_with(version, INSTRUMENTATION)?;
+    let outcome = session.run(&mut controller)?;
+    let mut result_outcome = classify(&controller, &outcome.ending, &outcome.stderr);
+    let end = end_time(&controller);
+    if let Some(trace) = &mut controller.trace {
+        if result_outcome.failed() {
+            trace.push(
+                end,
+                crate::trace::Lane::Guest,
+                crate::trace::Lane::Guest,
+                result_outcome.to_string(),
+                crate::trace::Mark::Crash,
+            );
+        }
+    }
+    if result_outcome == Outcome::Ok {
+        result_outcome = controller.host_visible.clone();
+    }
+    let mut guest_trace = std::mem::take(&mut controller.observer.guest_trace);
+    guest_trace.push(format!(
+        "driver {} ({}), {} scheduling points, ended {:?}",
+        version.package_name(),
+        outcome.package_version,
+        outcome.sched_points,
+        outcome.ending
+    ));
+    let done = controller.hot_plug.map_or(0, |h| h.done);
+    let result = RunResult {
+        outcome: result_outcome,
+        choices: std::mem::take(&mut controller.choices),
+        steps: controller.steps,
+        end: end_time(&controller),
+        trace: controller.trace.take(),
+        guest_trace,
+    };
+    Ok((result, done))
+}
+
+fn end_time(controller: &RealController) -> Duration {
+    controller.now
+}
+
+/// The failure kind of a crash, from AddressSanitizer's report when there is one.
+fn crash_kind(signal: u32, stderr: &str) -> &'static str {
+    if stderr.contains("heap-use-after-free") || stderr.contains("use-after-poison") {
+        "use_after_free"
+    } else if stderr.contains("stack-use-after-return") || stderr.contains("stack-use-after-scope")
+    {
+        "dead_stack_write"
+    } else if stderr.contains("double-free") {
+        "bug"
+    } else if let Some(addr) = segv_address(stderr) {
+        if addr < 0x1000 {
+            "null_deref"
+        } else {
+            "segfault"
+        }
+    } else if signal == 6 {
+        "bug"
+    } else {
+        "segfault"
+    }
+}
+
+/// The faulting address of an AddressSanitizer SEGV report.
+fn segv_address(stderr: &str) -> Option<u64> {
+    let rest = stderr.split("SEGV on unknown address ").nth(1)?;
+    let hex = rest.split_whitespace().next()?.trim_start_matches("0x");
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The first line of AddressSanitizer's report, and its first frame in the driver.
+fn report_summary(stderr: &str) -> String {
+    let headline = stderr
+        .lines()
+        .find(|l| l.contains("ERROR: AddressSanitizer"))
+        .map(|l| l.split("ERROR: ").nth(1).unwrap_or(l).trim().to_owned());
+    let frame = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("#0 ") || l.trim_start().starts_with("#1 "))
+        .map(|l| l.trim().to_owned());
+    match (headline, frame) {
+        (Some(h), Some(f)) => format!("{h}; {f}"),
+        (Some(h), None) => h,
+        _ => String::new(),
+    }
+}
+
+fn classify(controller: &RealController, ending: &Ending, stderr: &str) -> Outcome {
+    if let Some(f) = &controller.observer.failure {
+        return f.clone();
+    }
+    if let Some(early) = &controller.early {
+        return early.clone();
+    }
+    match ending {
+        Ending::Crash {
+            signal,
+            ctx,
+            last_call,
+        } => {
+            let summary = report_summary(stderr);
+            Outcome::Guest {
+                bus: 0,
+                failure: crash_kind(*signal, stderr).to_owned(),
+                context: controller.context_name(*ctx),
+                function: last_call.clone(),
+                message: if summary.is_empty() {
+                    format!("signal {signal} after {last_call}")
+                } else {
+                    summary
+                },
+            }
+        }
+        Ending::Done { leaks } if *leaks > 0 => Outcome::Guest {
+            bus: 0,
+            failure: "leaked_device".to_owned(),
+            context: "module exit".to_owned(),
+            function: "cleanup_module".to_owned(),
+            message: format!(
+                "{leaks} allocation(s) left: {}",
+                controller.observer.leaks.join("; ")
+            ),
+        },
+        Ending::Done { .. } | Ending::Stopped(_) => Outcome::Ok,
+        Ending::Exited(code) => Outcome::Guest {
+            bus: 0,
+            failure: "bug".to_owned(),
+            context: "guest process".to_owned(),
+            function: "?".to_owned(),
+            message: format!("exited with {code:?} without a final frame"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// AddressSanitizer's reports name the failure kinds the model uses.
+    #[test]
+    fn crash_kinds_from_reports() {
+        assert_eq!(
+            crash_kind(6, "ERROR: AddressSanitizer: heap-use-after-free on address"),
+            "use_after_free"
+        );
+        assert_eq!(
+            crash_kind(6, "ERROR: AddressSanitizer: stack-use-after-return on"),
+            "dead_stack_write"
+        );
+        assert_eq!(
+            crash_kind(
+                11,
+                "AddressSanitizer: SEGV on unknown address 0x000000000010 (pc"
+            ),
+            "null_deref"
+        );
+        assert_eq!(
+            crash_kind(11, "SEGV on unknown address 0x6b6b6b6b6b6b (pc"),
+            "segfault"
+        );
+        assert_eq!(crash_kind(11, ""), "segfault");
+    }
+}
