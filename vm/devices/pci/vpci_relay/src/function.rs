@@ -81,6 +81,9 @@ pub struct Function {
     pub interrupts_pending: u32,
     /// Forwarded requests for it still outstanding at the host.
     pub requests_pending: u32,
+    /// Host EJECTs of it that wait for an EJECTION_COMPLETE (at least 1 while `host` is
+    /// `Ejecting`: the first, and any repeats). All are answered once the guest lets go.
+    pub host_ejects_owed: u32,
     /// The last guest traffic for it (a request or a config access).
     pub last_activity: Option<Duration>,
     /// When an eject for it became pending (the host's EJECT, or the relay's own).
@@ -170,6 +173,7 @@ impl Function {
             needs_resources: false,
             interrupts_pending: 0,
             requests_pending: 0,
+            host_ejects_owed: 0,
             last_activity: None,
             eject_since: None,
             hold_reported: false,

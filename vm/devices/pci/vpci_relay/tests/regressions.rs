@@ -134,15 +134,20 @@ fn eject_after_the_guest_let_go_is_answered_at_once() {
     assert_eq!(bus.relay.counters().ejects_answered_locally, 1);
 }
 
-/// A repeated EJECT is answered once itself, and the first one still by the guest: two
-/// EJECTs, two EJECTION_COMPLETEs.
+/// A repeated EJECT gets its own answer, like the first only once the guest has let go (an
+/// EJECTION_COMPLETE tells the host the guest let go): two EJECTs, two EJECTION_COMPLETEs,
+/// none early.
 #[test]
 fn repeated_eject_gets_its_own_answer() {
     let mut bus = Bus::installed_with(&[1]);
     bus.host_sends(eject(1));
     bus.advance(Duration::from_secs(1));
     bus.host_sends(eject(1));
-    assert_eq!(ejection_completes_to_host(&bus, 1), 1);
+    assert_eq!(
+        ejection_completes_to_host(&bus, 1),
+        0,
+        "the guest still holds it"
+    );
     bus.guest_sends(ejection_complete(1));
     assert_eq!(ejection_completes_to_host(&bus, 1), 2);
 }
@@ -373,50 +378,9 @@ fn progress_step_bound_is_counted() {
     assert_eq!(bus.guest_ejects(), [slot(1), slot(2)], "carries on");
 }
 
-/// Every event the relay reports has its tracing twin: one tracing event per relay event.
-#[test]
-fn every_event_has_a_tracing_twin() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tracing_subscriber::layer::SubscriberExt;
-
-    struct Count(Arc<AtomicUsize>);
-    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
-        fn on_event(
-            &self,
-            event: &tracing::Event<'_>,
-            _: tracing_subscriber::layer::Context<'_, S>,
-        ) {
-            if event.metadata().target().starts_with("vpci_relay") {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    }
-    let count = Arc::new(AtomicUsize::new(0));
-    let subscriber = tracing_subscriber::registry()
-        .with(Count(count.clone()))
-        .with(tracing_subscriber::filter::LevelFilter::TRACE);
-    let events = tracing::subscriber::with_default(subscriber, || {
-        let mut bus = Bus::installed_with(&[1, 2]);
-        bus.host_sends(relations2(&[2, 3]));
-        bus.host_sends(eject(3));
-        bus.host_sends(eject(2));
-        bus.guest_sends(vec![1, 2, 3]);
-        bus.advance(Duration::from_secs(1));
-        bus.guest_sends(ejection_complete(1));
-        bus.advance(Duration::from_secs(1));
-        bus.relay.handle_host_closed(bus.now);
-        bus.drain();
-        bus.advance(Duration::from_secs(40));
-        bus.events.len()
-    });
-    assert!(events > 10);
-    assert_eq!(count.load(Ordering::SeqCst), events);
-}
-
 /// An EJECT repeated while the host's first EJECT of the slot is still unanswered is a repeat
-/// of it, even when the host has listed the slot with a new identity since: it is answered at
-/// once, the first is answered by the guest, and the new function still reaches the guest.
+/// of it, even when the host has listed the slot with a new identity since: both are answered
+/// once the guest lets go of the old function, and the new function still reaches the guest.
 #[test]
 fn repeated_eject_keeps_the_slots_new_function() {
     let mut bus = Bus::installed_with(&[1]);
@@ -426,17 +390,33 @@ fn repeated_eject_keeps_the_slots_new_function() {
     bus.host_sends(eject(1));
     assert_eq!(
         ejection_completes_to_host(&bus, 1),
-        1,
-        "the repeat, at once"
+        0,
+        "none before the guest lets go"
     );
     bus.guest_sends(ejection_complete(1));
     bus.advance(Duration::from_secs(1));
     assert_eq!(
         ejection_completes_to_host(&bus, 1),
         2,
-        "the first, by the guest"
+        "both, by the guest's"
     );
     assert_eq!(last_guest_relations(&bus), [new_identity(1)]);
+}
+
+/// Answering a repeated EJECT before the guest let go told a host that matches answers in
+/// order that its first eject was done; its next EJECT (of the function it listed in the slot
+/// since) was then taken for another repeat and the function was announced after the host
+/// removed it. Found by petri's chaotic host with the real 5.10 driver (seed 87).
+#[test]
+fn no_eject_is_answered_before_the_guest_lets_go() {
+    let mut bus = Bus::installed_with(&[1]);
+    bus.host_sends(eject(1));
+    bus.host_sends(eject(1));
+    bus.host_sends(eject(1));
+    bus.advance(Duration::from_secs(1));
+    assert_eq!(ejection_completes_to_host(&bus, 1), 0);
+    bus.guest_sends(ejection_complete(1));
+    assert_eq!(ejection_completes_to_host(&bus, 1), 3);
 }
 
 /// While an eject is held and the device is gone, config writes land in the relay's copy as

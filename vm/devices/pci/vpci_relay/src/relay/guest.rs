@@ -212,16 +212,24 @@ impl BusRelay {
             return self.guest_fault(&packet, PacketFault::UnknownSlot(slot));
         };
         // The host's EJECT (if it sent one, and the relay has not answered it yet) is
-        // answered by the guest's own completion.
-        let forward = f.host == HostState::Ejecting;
+        // answered by the guest's own completion, and each repeat of it by one of the
+        // relay's.
+        let owed = if f.host == HostState::Ejecting {
+            f.host_ejects_owed.max(1)
+        } else {
+            0
+        };
         if let Some(d) = f.successor {
             let allowed = self.config.allows(&d);
             self.functions.insert(Function::new(d, allowed));
             self.changes.relations_dirty = true;
         }
         self.out.set_backing(slot, Backing::Released);
-        if forward && self.host == HostLink::Up {
+        if owed > 0 && self.host == HostLink::Up {
             self.out.relay_to_host(packet);
+            for _ in 1..owed {
+                self.complete_host_eject(slot);
+            }
         }
         if self
             .changes

@@ -192,9 +192,11 @@ impl BusRelay {
         };
         if f.host == HostState::Ejecting {
             // The host's own eject of the function in this slot is still unanswered: this is
-            // a repeat of it (whatever the host listed in the slot since). The first is
-            // answered when the guest lets go; this one now.
-            return self.answer_host_eject(slot);
+            // a repeat of it (whatever the host listed in the slot since). It is owed its own
+            // answer, given with the first once the guest lets go: an EJECTION_COMPLETE tells
+            // the host the guest has let go, so none goes out before.
+            f.host_ejects_owed = f.host_ejects_owed.saturating_add(1);
+            return;
         }
         if f.successor.take().is_some() {
             // Otherwise the EJECT names the host's newest function in the slot: the successor
@@ -207,9 +209,11 @@ impl BusRelay {
             // Dropped earlier without an eject; the guest is being (or has been asked to be)
             // ejected by the relay. The host now waits for the guest's EJECTION_COMPLETE.
             f.host = HostState::Ejecting;
+            f.host_ejects_owed = 1;
             return;
         }
         f.host = HostState::Ejecting;
+        f.host_ejects_owed = 1;
         if !f.guest_visible() && (self.safeguards.coalesce || !f.allowed) {
             // Guarantee 3: the guest never saw it, so it never will.
             self.functions.remove(slot);
@@ -389,6 +393,7 @@ impl BusRelay {
                 continue;
             };
             f.host = HostState::Gone;
+            f.host_ejects_owed = 0;
             f.successor = None;
             f.requests_pending = 0;
             f.interrupts_pending = 0;

@@ -68,8 +68,11 @@ impl BusRelay {
             if let Some(f) = self.functions.get_mut(slot) {
                 if f.host == HostState::Ejecting {
                     f.host = HostState::Gone;
-                    self.complete_host_eject(slot);
-                    self.out.emit(RelayEvent::EjectAnsweredLocally { slot });
+                    let owed = std::mem::take(&mut f.host_ejects_owed).max(1);
+                    for _ in 0..owed {
+                        self.complete_host_eject(slot);
+                        self.out.emit(RelayEvent::EjectAnsweredLocally { slot });
+                    }
                 }
             }
         }
