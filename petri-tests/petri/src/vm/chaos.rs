@@ -1,6 +1,14 @@
 //! A host that uses the protocol's full freedom at random moments: between any two guest
 //! steps it may hot-add, eject, drop, re-list a slot with a new identity, resend relations,
 //! eject what it already dropped, or rescind. Seeded, so a failing run replays.
+//!
+//! It avoids the one order the protocol leaves ambiguous: an EJECT names only a slot, so
+//! once the host has sent an EJECT that is still unanswered and then listed a new function in
+//! that slot, a further EJECT of the slot could repeat the first or eject the new function,
+//! and no relay can tell which (the relay reads it as a repeat; see the model check's
+//! documentation). So a slot that got an EJECT the host does not track (of a function it
+//! dropped) is not re-added in the same run, and a slot re-listed while its eject is
+//! outstanding gets no further EJECT until that eject is answered.
 
 use host_sim::{FunctionSpec, HostAction, HostBus, HostilePacket};
 use rand_chacha::ChaCha8Rng;
@@ -44,6 +52,10 @@ pub(crate) struct Chaos {
     rng: ChaCha8Rng,
     left: u32,
     next_serial: u32,
+    /// Slots that got an EJECT the host does not track: not re-added in this run.
+    untracked: std::collections::BTreeSet<u32>,
+    /// Slots re-listed while their eject was outstanding: no EJECT until it is answered.
+    relisted: std::collections::BTreeSet<u32>,
 }
 
 impl Chaos {
@@ -54,6 +66,8 @@ impl Chaos {
             rng: ChaCha8Rng::seed_from_u64(spec.seed ^ 0x6368_616f_735f_686f),
             left: spec.actions,
             next_serial: 1000,
+            untracked: std::collections::BTreeSet::new(),
+            relisted: std::collections::BTreeSet::new(),
         }
     }
 
@@ -74,17 +88,21 @@ impl Chaos {
         let slot = 1 + self.rng.next_u32() % slots;
         let wslot = WinSlot::from_raw(slot);
         let present = host.slots().contains(&wslot);
+        let outstanding = host.eject_outstanding(wslot);
+        if !outstanding {
+            self.relisted.remove(&slot);
+        }
         let kinds = if self.spec.rescind { 7 } else { 6 };
-        match (self.rng.next_u32() % kinds, present) {
+        let action = match (self.rng.next_u32() % kinds, present) {
             // A second EJECT while the first is outstanding (the host's own record stays).
-            (0 | 1, true) if host.eject_outstanding(wslot) => HostAction::Hostile {
+            (0 | 1, true) if outstanding => HostAction::Hostile {
                 packet: HostilePacket::EjectUnknownSlot { slot },
             },
             (0 | 1, false) => {
                 self.next_serial += 1;
                 HostAction::HotAdd(FunctionSpec::nic(slot).with_serial(self.next_serial))
             }
-            (0 | 1, true) => HostAction::Eject { slot },
+            (0 | 1 | 5, true) => HostAction::Eject { slot },
             (2, true) => HostAction::SurpriseRemove { slot },
             (3, true) => {
                 self.next_serial += 1;
@@ -93,15 +111,33 @@ impl Chaos {
                     serial: self.next_serial,
                 }
             }
-            (4, _) => HostAction::SendRelations,
             // An EJECT of a slot the host does not have (any more): a function it dropped, or
             // one never there. (For a slot it has, an EJECT is a real eject, which the host
             // keeps track of.)
             (5 | 2 | 3, false) => HostAction::Hostile {
                 packet: HostilePacket::EjectUnknownSlot { slot },
             },
-            (5, true) => HostAction::Eject { slot },
-            _ => HostAction::Rescind,
+            (6, _) => HostAction::Rescind,
+            _ => HostAction::SendRelations,
+        };
+        // Keep clear of the ambiguous order (see the module documentation).
+        let ejects = matches!(
+            action,
+            HostAction::Eject { .. } | HostAction::Hostile { .. }
+        );
+        let adds = matches!(action, HostAction::HotAdd(_) | HostAction::Reserial { .. });
+        if (ejects && self.relisted.contains(&slot)) || (adds && self.untracked.contains(&slot)) {
+            return HostAction::SendRelations;
         }
+        match &action {
+            HostAction::Hostile { .. } if !present => {
+                self.untracked.insert(slot);
+            }
+            HostAction::Reserial { .. } if outstanding => {
+                self.relisted.insert(slot);
+            }
+            _ => {}
+        }
+        action
     }
 }
