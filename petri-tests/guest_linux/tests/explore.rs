@@ -142,28 +142,43 @@ fn function_added_at_d0() -> FakeHost {
 const SCHEDULES: u64 = 400;
 
 fn check(name: &str, host: fn() -> FakeHost, trigger: Trigger, expect_6_2: FailureKind) {
+    check_with(name, host, trigger, expect_6_2, &[]);
+}
+
+/// As [`check`], but 6.3 may also end with one of `allowed_6_3` (never a crash the series
+/// fixed).
+fn check_with(
+    name: &str,
+    host: fn() -> FakeHost,
+    trigger: Trigger,
+    expect_6_2: FailureKind,
+    allowed_6_3: &[FailureKind],
+) {
     let old = explore(KernelModel::Linux62, host, trigger, SCHEDULES);
     let new = explore(KernelModel::Linux63, host, trigger, SCHEDULES);
     assert!(
         old.get(&Some(expect_6_2)).copied().unwrap_or(0) > 0,
         "{name}: 6.2 never failed with {expect_6_2}: {old:?}"
     );
-    assert_eq!(
-        new.keys().copied().collect::<Vec<_>>(),
-        vec![None],
+    assert!(
+        new.keys()
+            .all(|k| k.is_none_or(|k| allowed_6_3.contains(&k))),
         "{name}: 6.3 must survive every schedule: {new:?}"
     );
 }
 
 /// C1/C5 (rescind during probe): some 6.2 schedules write into the dead survey frame or
-/// dereference a missing interrupt descriptor; no 6.3 schedule fails.
+/// dereference a missing interrupt descriptor; no 6.3 schedule crashes, but a child linked
+/// before the probe failed is leaked (hv_pci_probe's error path never frees hbus->children,
+/// as the real Debian 6.1 driver shows too).
 #[test]
 fn explore_rescind_during_probe() {
-    check(
+    check_with(
         "rescind",
         one_function,
         rescind_during_probe,
         FailureKind::DeadStackWrite,
+        &[FailureKind::LeakedDevice],
     );
     let old = explore(
         KernelModel::Linux62,
