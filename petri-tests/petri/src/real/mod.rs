@@ -2,7 +2,7 @@
 //! `kernel_shim`) as the guest of a VM run, in a child process under petri's scheduler.
 //!
 //! A run is one guest process ([`kernel_shim::guest::Session`]) driven by a
-//! [`controller::RealController`]: host_sim's bus from the scenario (one bus per run for now),
+//! `controller::RealController`: host_sim's bus from the scenario (one bus per run for now),
 //! optionally behind the real relay ([`crate::relay_rig::RelayRig`]), the command sequence
 //! (endpoint setup, `init_module`, probe; once the scenario has played out, remove and module
 //! exit), and the scheduler: at every scheduling point of the kernel code petri's
