@@ -3,13 +3,13 @@
 
 use crate::relay_rig::RelayRig;
 use crate::trace::{Lane, Mark, Trace};
-use crate::vm::describe;
+use crate::vm::{describe, flush, on_the_wire};
 use futures::task::noop_waker_ref;
 use host_sim::{HostBus, HostEventKind};
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use vmbus_channel::{Channel, ChannelError, MemoryChannel, Packet};
+use vmbus_channel::{Channel, ChannelError, Packet};
 use vpci_protocol::WinSlot;
 
 /// Something on its way to the guest's channel.
@@ -37,28 +37,6 @@ pub(super) struct HostSide {
     pub(super) eject_timeouts: Vec<WinSlot>,
     /// The relay may have work (time moved, a config access, a host action).
     pub(super) relay_dirty: bool,
-}
-
-/// The packet as VMBus delivers it: the payload padded with zeros to a multiple of 8 bytes.
-fn on_the_wire(mut packet: Packet) -> Packet {
-    let padded = packet.payload.len().div_ceil(8) * 8;
-    packet.payload.resize(padded, 0);
-    packet
-}
-
-fn flush(queue: &mut VecDeque<Packet>, channel: &mut MemoryChannel, cx: &mut Context<'_>) -> bool {
-    let mut sent = false;
-    while let Some(p) = queue.front() {
-        match channel.poll_send(cx, p) {
-            Poll::Ready(Ok(())) => {
-                queue.pop_front();
-                sent = true;
-            }
-            Poll::Ready(Err(_)) => queue.clear(),
-            Poll::Pending => break,
-        }
-    }
-    sent
 }
 
 impl HostSide {

@@ -48,7 +48,11 @@ pub(super) struct Bus {
 
 /// Sends what `queue` holds into `channel` as far as it takes it; a channel that has ended
 /// takes nothing more. Returns whether anything was sent.
-fn flush(queue: &mut VecDeque<Packet>, channel: &mut MemoryChannel, cx: &mut Context<'_>) -> bool {
+pub(crate) fn flush(
+    queue: &mut VecDeque<Packet>,
+    channel: &mut MemoryChannel,
+    cx: &mut Context<'_>,
+) -> bool {
     let mut sent = false;
     while let Some(p) = queue.front() {
         match channel.poll_send(cx, p) {
@@ -65,7 +69,7 @@ fn flush(queue: &mut VecDeque<Packet>, channel: &mut MemoryChannel, cx: &mut Con
 
 /// The packet as VMBus delivers it: the payload padded with zeros to a multiple of 8 bytes
 /// (the ring stores whole 8-byte units, and the reader gets them all).
-fn on_the_wire(mut packet: Packet) -> Packet {
+pub(crate) fn on_the_wire(mut packet: Packet) -> Packet {
     let padded = packet.payload.len().div_ceil(8) * 8;
     packet.payload.resize(padded, 0);
     packet

@@ -26,6 +26,7 @@ use vpci_relay::{RelayConfig, VirtualClock};
 
 pub use bus::describe;
 pub(crate) use bus::relay_note;
+pub(crate) use bus::{flush, on_the_wire};
 pub(crate) use chaos::Chaos;
 pub use chaos::ChaosSpec;
 
