@@ -475,3 +475,31 @@ fn held_eject_keeps_bar_sizing_working() {
         ConfigAction::Answer(0)
     );
 }
+
+/// A host that repeats an EJECT without end cannot make the relay hold (and later send) an
+/// answer per repeat without bound: past the request limit, repeats are answered at once;
+/// every EJECT is still answered exactly once.
+#[test]
+fn endless_repeated_ejects_stay_bounded() {
+    let config = RelayConfig {
+        limits: Limits {
+            max_outstanding_requests: 4,
+            ..Limits::default()
+        },
+        ..RelayConfig::default()
+    };
+    let mut bus = Bus::with(config, Safeguards::ALL_ON);
+    bus.survey(&[1]);
+    bus.finish_probe(&[1]);
+    for _ in 0..10 {
+        bus.host_sends(eject(1));
+    }
+    assert_eq!(
+        bus.relay.function(slot(1)).map(|f| f.host_ejects_owed),
+        Some(4)
+    );
+    assert_eq!(ejection_completes_to_host(&bus, 1), 6, "the excess at once");
+    bus.advance(Duration::from_secs(1));
+    bus.guest_sends(ejection_complete(1));
+    assert_eq!(ejection_completes_to_host(&bus, 1), 10);
+}

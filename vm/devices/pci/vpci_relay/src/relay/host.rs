@@ -195,7 +195,14 @@ impl BusRelay {
             // a repeat of it (whatever the host listed in the slot since). It is owed its own
             // answer, given with the first once the guest lets go: an EJECTION_COMPLETE tells
             // the host the guest has let go, so none goes out before.
-            f.host_ejects_owed = f.host_ejects_owed.saturating_add(1);
+            // A host that repeats without end cannot make the relay queue without end: past
+            // the request limit, a repeat is answered at once.
+            let cap =
+                u32::try_from(self.config.limits.max_outstanding_requests).unwrap_or(u32::MAX);
+            if f.host_ejects_owed >= cap {
+                return self.answer_host_eject(slot);
+            }
+            f.host_ejects_owed += 1;
             return;
         }
         if f.successor.take().is_some() {
