@@ -25,8 +25,13 @@ pub enum HostState {
     /// Listed in the host's relations; no eject.
     Listed,
     /// The host sent EJECT and waits for EJECTION_COMPLETE: the relay owes it exactly one,
-    /// the guest's own when the guest holds the function.
+    /// the guest's own when the guest lets go in time, else the relay's at the host's
+    /// deadline.
     Ejecting,
+    /// The host ejected it and has its EJECTION_COMPLETE. Relations the host sent before it
+    /// saw that answer may still list it: such a listing of the same identity is stale and
+    /// changes nothing, until the host lists the slot without it or with a new identity.
+    Ejected,
     /// The host no longer has it and waits for nothing (it dropped it from its relations
     /// without an eject, or the host itself is gone).
     Gone,
@@ -55,7 +60,19 @@ pub enum Backing {
     Released,
 }
 
-/// One function on the bus.
+/// The host's newest function in a slot whose old function the guest still holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Successor {
+    /// Its description.
+    pub desc: FunctionDescription2,
+    /// The host ejected it before the guest was ever shown it (the relay answered at once).
+    /// It is still the host's last listing in the slot: a repeated EJECT, or a stale listing
+    /// of it, changes nothing.
+    pub ejected: bool,
+}
+
+/// One function on the bus (or, once the guest has let go of an ejected function, the slot's
+/// memory of it: host state [`HostState::Ejected`], guest state [`GuestState::Hidden`]).
 #[derive(Clone, Debug, Hash, Inspect)]
 pub struct Function {
     /// The function's slot.
@@ -82,8 +99,12 @@ pub struct Function {
     /// Forwarded requests for it still outstanding at the host.
     pub requests_pending: u32,
     /// Host EJECTs of it that wait for an EJECTION_COMPLETE (at least 1 while `host` is
-    /// `Ejecting`: the first, and any repeats). All are answered once the guest lets go.
+    /// `Ejecting`: the first, and any repeats). All are answered once the guest lets go, or
+    /// at the host's deadline.
     pub host_ejects_owed: u32,
+    /// When the host's first unanswered EJECT of it arrived: the relay answers it by
+    /// `max_hold` after this, whatever the guest is doing.
+    pub host_eject_since: Option<std::time::Duration>,
     /// The last guest traffic for it (a request or a config access).
     pub last_activity: Option<Duration>,
     /// When an eject for it became pending (the host's EJECT, or the relay's own).
@@ -98,11 +119,11 @@ pub struct Function {
     pub config: BTreeMap<u16, u32>,
     /// Current backing.
     pub backing: Backing,
-    /// The host listed this slot again, with this identity, while the guest still holds the
+    /// The host listed this slot again, with a new identity, while the guest still holds the
     /// function leaving it: the host's current function in the slot, announced once the
-    /// guest has let go of the old one.
+    /// guest has let go of the old one (unless the host ejected it meanwhile).
     #[inspect(with = "successor_node")]
-    pub successor: Option<FunctionDescription2>,
+    pub successor: Option<Successor>,
 }
 
 /// What BAR register `bar` holds after `value` is written to it, given the probed BARs (what
@@ -148,9 +169,12 @@ fn description_node(d: &FunctionDescription2) -> Node {
         .build()
 }
 
-fn successor_node(d: &Option<FunctionDescription2>) -> Node {
-    match d {
-        Some(d) => description_node(d),
+fn successor_node(s: &Option<Successor>) -> Node {
+    match s {
+        Some(s) => Node::dir()
+            .child("description", description_node(&s.desc))
+            .field("ejected", &s.ejected)
+            .build(),
         None => Node::Value(inspect::Value::None),
     }
 }
@@ -174,6 +198,7 @@ impl Function {
             interrupts_pending: 0,
             requests_pending: 0,
             host_ejects_owed: 0,
+            host_eject_since: None,
             last_activity: None,
             eject_since: None,
             hold_reported: false,
@@ -181,6 +206,29 @@ impl Function {
             config: BTreeMap::new(),
             backing: Backing::Released,
             successor: None,
+        }
+    }
+
+    /// The slot's memory of an ejected function the guest no longer holds (or never saw):
+    /// a listing of the same identity is stale, an EJECT of it a repeat.
+    pub fn ejected(desc: FunctionDescription2, allowed: bool) -> Self {
+        Self {
+            host: HostState::Ejected,
+            ..Self::new(desc, allowed)
+        }
+    }
+
+    /// The host's last listing in the slot: the successor if there is one, else this function.
+    pub fn last_listed(&self) -> &FunctionDescription2 {
+        self.successor.as_ref().map_or(&self.desc, |s| &s.desc)
+    }
+
+    /// Whether the host's last listing in the slot has been ejected by the host (an EJECT
+    /// now is a repeat, and a listing of the same identity is stale).
+    pub fn last_listed_ejected(&self) -> bool {
+        match &self.successor {
+            Some(s) => s.ejected,
+            None => matches!(self.host, HostState::Ejecting | HostState::Ejected),
         }
     }
 

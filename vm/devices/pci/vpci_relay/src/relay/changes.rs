@@ -44,6 +44,8 @@ pub(crate) struct HostRelations {
     pub(crate) v2: bool,
     /// The host's payload, passed on byte for byte when it says exactly what the guest needs.
     pub(crate) raw: Vec<u8>,
+    /// `raw` lists exactly `functions` (false when the relay left functions out).
+    pub(crate) exact: bool,
     /// The functions it lists, in its order.
     pub(crate) functions: Vec<FunctionDescription2>,
 }
@@ -67,7 +69,7 @@ impl HostRelations {
     /// Whether it lists exactly these functions, in this order, with these descriptions
     /// (so its bytes can be passed on as they are).
     pub(crate) fn says<'a>(&self, view: impl Iterator<Item = &'a FunctionDescription2>) -> bool {
-        self.functions.iter().eq(view)
+        self.exact && self.functions.iter().eq(view)
     }
 }
 

@@ -208,7 +208,9 @@ impl BusRelay {
             .functions
             .get(slot)
             .is_some_and(|f| f.guest == GuestState::Ejecting);
-        let Some(f) = self.functions.remove(slot).filter(|_| ejecting) else {
+        // (Only a function the guest was told to eject leaves the table: a stray completion
+        // from the guest changes nothing.)
+        let Some(f) = ejecting.then(|| self.functions.remove(slot)).flatten() else {
             return self.guest_fault(&packet, PacketFault::UnknownSlot(slot));
         };
         // The host's EJECT (if it sent one, and the relay has not answered it yet) is
@@ -219,10 +221,22 @@ impl BusRelay {
         } else {
             0
         };
-        if let Some(d) = f.successor {
-            let allowed = self.config.allows(&d);
-            self.functions.insert(Function::new(d, allowed));
-            self.changes.relations_dirty = true;
+        // What the slot holds now: the host's newest function, or the memory of an ejected
+        // one (so that a stale listing of it stays stale), or nothing.
+        match f.successor {
+            Some(s) if !s.ejected => {
+                let allowed = self.config.allows(&s.desc);
+                self.functions.insert(Function::new(s.desc, allowed));
+                self.changes.relations_dirty = true;
+            }
+            Some(s) => {
+                let allowed = self.config.allows(&s.desc);
+                self.functions.insert(Function::ejected(s.desc, allowed));
+            }
+            None if matches!(f.host, HostState::Ejecting | HostState::Ejected) => {
+                self.functions.insert(Function::ejected(f.desc, f.allowed));
+            }
+            None => {}
         }
         self.out.set_backing(slot, Backing::Released);
         if owed > 0 && self.host == HostLink::Up {

@@ -5,7 +5,7 @@ use super::changes::HostRelations;
 use super::requests::Unmatched;
 use super::{BusRelay, HostLink, widen};
 use crate::events::{PacketFault, RelayEvent, Side};
-use crate::function::{Backing, Function, GuestState, HostState, Stage};
+use crate::function::{Backing, Function, GuestState, HostState, Stage, Successor, same_identity};
 use crate::local::local_completion;
 use vmbus_channel::{Packet, PacketFlags, PacketKind};
 use vpci_protocol::wire::{EjectionCompleteBody, FunctionDescription2};
@@ -83,36 +83,24 @@ impl BusRelay {
     }
 
     fn host_relations(&mut self, packet: Packet, descs: Vec<FunctionDescription2>, v2: bool) {
-        let limit = self.config.limits.max_functions;
-        if descs.len() > limit {
-            return self.host_fault(PacketFault::TooManyFunctions {
-                count: descs.len(),
-                limit,
-            });
-        }
-        for (i, d) in descs.iter().enumerate() {
-            if descs.iter().take(i).any(|e| e.wslot == d.wslot) {
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &descs {
+            if !seen.insert(d.wslot.raw()) {
                 return self.host_fault(PacketFault::DuplicateSlot(d.wslot));
             }
         }
-        let listed = |slot: WinSlot| descs.iter().any(|d| d.wslot == slot);
         if packet.completion_requested() {
             // vPCI relations need no completion; answer one if asked so nothing waits.
             self.out.own_to_host(success(packet.transaction_id));
         }
-        // Functions the host no longer lists. (Checked before collecting: usually none.)
+        let listed_count = descs.len();
+        let descs = self.within_limit(descs);
+        let listed = |slot: WinSlot| descs.iter().any(|d| d.wslot == slot);
+        // Slots the host no longer lists. (Checked before collecting: usually none.)
         if self.functions.values().any(|f| !listed(f.slot)) {
             for slot in self.functions.slots() {
-                if listed(slot) {
-                    continue;
-                }
-                let Some(f) = self.functions.get_mut(slot) else {
-                    continue;
-                };
-                // A successor the host takes back before the guest saw it is forgotten.
-                f.successor = None;
-                if f.host == HostState::Listed {
-                    self.host_dropped(slot);
+                if !listed(slot) {
+                    self.host_omits(slot);
                 }
             }
         }
@@ -123,10 +111,59 @@ impl BusRelay {
         let relations = HostRelations {
             v2,
             raw: packet.payload,
+            exact: descs.len() == listed_count,
             functions: descs,
         };
         if self.changes.host_relations.replace(relations).is_some() {
             self.out.emit(RelayEvent::RelationsSuperseded);
+        }
+    }
+
+    /// The functions of a relations message the relay takes on: all of them, unless they
+    /// exceed [`Limits::max_functions`](crate::Limits). Then the functions the relay already
+    /// knows come first, then new ones in the host's order, up to the limit; the rest are
+    /// left out and counted (guarantee 9: a message the protocol allows never costs a bus).
+    fn within_limit(&mut self, descs: Vec<FunctionDescription2>) -> Vec<FunctionDescription2> {
+        let limit = self.config.limits.max_functions;
+        if descs.len() <= limit {
+            return descs;
+        }
+        for d in &descs {
+            // An EJECT of a slot left out is the host's right, not a mistake.
+            self.functions.mark_listed(d.wslot);
+        }
+        let listed = descs.len();
+        let (known, new): (Vec<_>, Vec<_>) = descs
+            .into_iter()
+            .partition(|d| self.functions.get(d.wslot).is_some());
+        let mut kept: Vec<FunctionDescription2> =
+            known.into_iter().chain(new).take(limit).collect();
+        kept.sort_by_key(|d| d.wslot.raw());
+        self.out.emit(RelayEvent::FunctionsOverLimit {
+            listed,
+            kept: kept.len(),
+        });
+        kept
+    }
+
+    /// A relations message leaves `slot` out.
+    fn host_omits(&mut self, slot: WinSlot) {
+        let Some(f) = self.functions.get_mut(slot) else {
+            return;
+        };
+        // A successor the host takes back before the guest saw it is forgotten.
+        f.successor = None;
+        match f.host {
+            HostState::Listed => self.host_dropped(slot),
+            // The host shows that it no longer has the ejected function: a later listing of
+            // the same identity is a new function.
+            HostState::Ejected if !f.guest_visible() => {
+                self.functions.remove(slot);
+            }
+            HostState::Ejected => f.host = HostState::Gone,
+            // Still owed its EJECTION_COMPLETE (a host may stop listing what it ejects
+            // before the answer), or already gone.
+            HostState::Ejecting | HostState::Gone => {}
         }
     }
 
@@ -154,33 +191,55 @@ impl BusRelay {
             self.functions.insert(Function::new(d, allowed));
             return;
         };
-        let same = f.is(&d);
-        match (f.guest_visible(), f.host) {
-            // The guest never saw it: the host's newest description is the function.
-            (false, HostState::Listed) => {
-                if same {
-                    f.desc = d;
-                    f.allowed = allowed;
-                } else {
-                    *f = Function::new(d, allowed);
-                }
+        let last_gone = f.successor.is_none() && f.host == HostState::Gone;
+        if same_identity(f.last_listed(), &d) && !last_gone {
+            // The host's last function in the slot, listed again: nothing new. That covers a
+            // function the host is ejecting (it stays in the host's lists until its
+            // EJECTION_COMPLETE) and a stale listing of one it has ejected (sent before the
+            // host saw the answer): an EJECT names the host's newest function in a slot, and a
+            // relations message that lists the same function again does not make it new.
+            if f.last_listed_ejected() {
+                self.out.emit(RelayEvent::StaleListing { slot });
+            } else if !f.guest_visible() && f.host == HostState::Listed {
+                // Not shown to the guest yet: the host's newest description is the function.
+                f.desc = d;
+                f.allowed = allowed;
             }
-            // A function the guest holds, listed again as it is: nothing changes (a slot the
-            // host is ejecting stays in its lists until EJECTION_COMPLETE reaches it).
-            (true, HostState::Listed | HostState::Ejecting) if same => {}
+            return;
+        }
+        // A new function in the slot: a new identity, or the same one listed again after the
+        // host had dropped it.
+        match (f.guest_visible(), f.host) {
+            // Nothing the guest holds (or a hidden function it is still to be shown and
+            // ejected, with coalescing off): the new function takes the slot.
+            (false, HostState::Listed | HostState::Ejected | HostState::Gone) => {
+                *f = Function::new(d, allowed);
+            }
             // A new identity in a slot the guest holds (a device replaced without an eject):
             // the old function leaves like a dropped one, the new one waits for it.
             (true, HostState::Listed) => {
-                f.successor = Some(d);
+                f.successor = Some(Successor {
+                    desc: d,
+                    ejected: false,
+                });
                 self.host_dropped(slot);
             }
-            // Listed (again) while the function in the slot leaves: the host's current
-            // function there, announced once the guest has let go of the old one.
-            _ => f.successor = Some(d),
+            // Listed while the function in the slot leaves: the host's current function
+            // there, announced once the guest has let go of the old one.
+            _ => {
+                f.successor = Some(Successor {
+                    desc: d,
+                    ejected: false,
+                });
+            }
         }
     }
 
+    /// An EJECT names the function the host listed last in the slot (the host's own view of
+    /// it). An EJECT of a slot in which no new identity was listed since the previous EJECT
+    /// is a repeat of that one, owed an answer of its own.
     fn host_eject(&mut self, slot: WinSlot) {
+        let now = self.now;
         let Some(f) = self.functions.get_mut(slot) else {
             // Nothing the guest holds: answer so the host does not wait 60 seconds. A slot
             // the host never listed is its mistake; one it listed before is a late or repeated
@@ -190,49 +249,89 @@ impl BusRelay {
             }
             return self.answer_host_eject(slot);
         };
-        if f.host == HostState::Ejecting {
-            // The host's own eject of the function in this slot is still unanswered: this is
-            // a repeat of it (whatever the host listed in the slot since). It is owed its own
-            // answer, given with the first once the guest lets go: an EJECTION_COMPLETE tells
-            // the host the guest has let go, so none goes out before.
-            // A host that repeats without end cannot make the relay queue without end: past
-            // the request limit, a repeat is answered at once.
-            let cap =
-                u32::try_from(self.config.limits.max_outstanding_requests).unwrap_or(u32::MAX);
-            if f.host_ejects_owed >= cap {
+        if let Some(s) = &mut f.successor {
+            if s.ejected {
+                // A repeat of the successor's eject, which was answered at once.
                 return self.answer_host_eject(slot);
             }
-            f.host_ejects_owed += 1;
-            return;
-        }
-        if f.successor.take().is_some() {
-            // Otherwise the EJECT names the host's newest function in the slot: the successor
-            // the guest was never shown. It never will be.
+            // The host's newest function in the slot, never shown to the guest: it never will
+            // be. The old function goes on leaving as before.
+            s.ejected = true;
             self.complete_host_eject(slot);
             self.out.emit(RelayEvent::Coalesced { slot });
             return;
         }
-        if f.host == HostState::Gone {
-            // Dropped earlier without an eject; the guest is being (or has been asked to be)
-            // ejected by the relay. The host now waits for the guest's EJECTION_COMPLETE.
-            f.host = HostState::Ejecting;
-            f.host_ejects_owed = 1;
-            return;
+        match f.host {
+            HostState::Ejecting => {
+                // A repeat of an eject still unanswered: owed its own answer, given with the
+                // first (an EJECTION_COMPLETE tells the host the guest has let go). A host
+                // that repeats without end cannot make the relay queue without end: past the
+                // request limit, a repeat is answered at once.
+                let cap =
+                    u32::try_from(self.config.limits.max_outstanding_requests).unwrap_or(u32::MAX);
+                if f.host_ejects_owed >= cap {
+                    return self.answer_host_eject(slot);
+                }
+                f.host_ejects_owed += 1;
+            }
+            // A repeat of an eject already answered.
+            HostState::Ejected => self.answer_host_eject(slot),
+            HostState::Gone => {
+                // Dropped earlier without an eject; the guest is being (or has been asked to
+                // be) ejected by the relay. The host now waits for an EJECTION_COMPLETE.
+                f.host = HostState::Ejecting;
+                f.host_ejects_owed = 1;
+                f.host_eject_since = Some(now);
+            }
+            HostState::Listed => {
+                f.host = HostState::Ejecting;
+                f.host_ejects_owed = 1;
+                f.host_eject_since = Some(now);
+                if !f.guest_visible() && (self.safeguards.coalesce || !f.allowed) {
+                    // Guarantee 3: the guest never saw it, so it never will. The slot
+                    // remembers it, so a stale listing of it stays stale.
+                    *f = Function::ejected(f.desc, f.allowed);
+                    self.complete_host_eject(slot);
+                    self.out.emit(RelayEvent::Coalesced { slot });
+                } else if f.guest_visible() {
+                    self.begin_eject(slot);
+                }
+                // (With coalescing off, a hidden function stays listed as ejecting; it is
+                // announced and then ejected, as a plain pass-through would do.)
+            }
         }
-        f.host = HostState::Ejecting;
-        f.host_ejects_owed = 1;
-        if !f.guest_visible() && (self.safeguards.coalesce || !f.allowed) {
-            // Guarantee 3: the guest never saw it, so it never will.
-            self.functions.remove(slot);
-            self.complete_host_eject(slot);
-            self.out.emit(RelayEvent::Coalesced { slot });
-            return;
+    }
+
+    /// Answers every EJECT the host is owed for a function whose first EJECT has waited
+    /// `max_hold`: the host's budget is the host's (Hyper-V waits 60 s, then removes the
+    /// device by force). The function stays shielded, and the guest still gets its EJECT
+    /// only at a safe point.
+    pub(super) fn answer_overdue_host_ejects(&mut self) -> bool {
+        let deadline = self.config.max_hold;
+        let now = self.now;
+        let overdue: Vec<WinSlot> = self
+            .functions
+            .values()
+            .filter(|f| {
+                f.host == HostState::Ejecting
+                    && f.host_eject_since
+                        .is_some_and(|t| now >= t.saturating_add(deadline))
+            })
+            .map(|f| f.slot)
+            .collect();
+        for &slot in &overdue {
+            let Some(f) = self.functions.get_mut(slot) else {
+                continue;
+            };
+            f.host = HostState::Ejected;
+            f.host_eject_since = None;
+            let owed = std::mem::take(&mut f.host_ejects_owed).max(1);
+            for _ in 0..owed {
+                self.complete_host_eject(slot);
+                self.out.emit(RelayEvent::EjectAnsweredAtDeadline { slot });
+            }
         }
-        if f.guest_visible() {
-            self.begin_eject(slot);
-        }
-        // (With coalescing off, a hidden function stays listed as ejecting; it is announced
-        // and then ejected, as a plain pass-through would do.)
+        !overdue.is_empty()
     }
 
     /// Answers a host EJECT for a function the guest does not hold.
@@ -401,6 +500,7 @@ impl BusRelay {
             };
             f.host = HostState::Gone;
             f.host_ejects_owed = 0;
+            f.host_eject_since = None;
             f.successor = None;
             f.requests_pending = 0;
             f.interrupts_pending = 0;

@@ -87,8 +87,11 @@ pub struct BusRelay {
 }
 
 impl BusRelay {
-    /// A relay for a bus whose channels have just opened.
-    pub fn new(config: RelayConfig) -> Self {
+    /// A relay for a bus whose channels have just opened. A `max_hold` beyond the host's
+    /// EJECT budget is clamped to [`MAX_HOLD_LIMIT`](crate::MAX_HOLD_LIMIT); check a
+    /// configuration with [`RelayConfig::validate`] to refuse it instead.
+    pub fn new(mut config: RelayConfig) -> Self {
+        config.max_hold = config.max_hold.min(crate::MAX_HOLD_LIMIT);
         let requests = RequestTable::new(
             config.limits.max_outstanding_requests,
             config.limits.max_remembered_answers,
@@ -165,6 +168,12 @@ impl BusRelay {
                 consider(bus_quiet);
                 consider(f.quiet_at(settle));
                 consider(f.eject_since.map(|t| t.saturating_add(max_hold)));
+            }
+        }
+        // The host's deadline for the EJECTs the relay owes it.
+        for f in self.functions.values() {
+            if f.host == HostState::Ejecting {
+                consider(f.host_eject_since.map(|t| t.saturating_add(max_hold)));
             }
         }
         // The probe path's own quiet window.

@@ -94,6 +94,9 @@ impl Outputs {
             RelayEvent::RelationsSuperseded => c.superseded += 1,
             RelayEvent::AnsweredLocally { .. } => c.answered_locally += 1,
             RelayEvent::EjectAnsweredLocally { .. } => c.ejects_answered_locally += 1,
+            RelayEvent::EjectAnsweredAtDeadline { .. } => c.ejects_answered_at_deadline += 1,
+            RelayEvent::StaleListing { .. } => c.stale_listings += 1,
+            RelayEvent::FunctionsOverLimit { .. } => c.over_limit_relations += 1,
             RelayEvent::LateCompletion { .. } => c.late_completions += 1,
             RelayEvent::Malformed {
                 side: Side::Host, ..
@@ -167,6 +170,27 @@ fn trace_event(bus: &str, event: &RelayEvent) {
             tracing::info!(
                 bus, %slot, message = "PCI_EJECT",
                 "eject of a function the guest no longer holds answered by the relay"
+            );
+        }
+        RelayEvent::EjectAnsweredAtDeadline { slot } => {
+            tracing::warn!(
+                bus, %slot, message = "PCI_EJECTION_COMPLETE",
+                "host eject answered by the relay at its deadline; the guest still holds the function (shielded)"
+            );
+        }
+        RelayEvent::StaleListing { slot } => {
+            tracing::debug!(
+                bus, %slot, message = "PCI_BUS_RELATIONS",
+                "stale listing of an ejected function ignored"
+            );
+        }
+        RelayEvent::FunctionsOverLimit { listed, kept } => {
+            tracing::warn!(
+                bus,
+                listed,
+                kept,
+                message = "PCI_BUS_RELATIONS",
+                "more functions than the relay's limit; the rest are left out"
             );
         }
         RelayEvent::LateCompletion { request } => {
