@@ -96,11 +96,24 @@ impl ChangeQueue {
         }
     }
 
-    /// When the outstanding change runs out of `max_hold`.
-    pub(crate) fn deadline(&self, max_hold: Duration) -> Option<Duration> {
-        self.outstanding
+    /// When the change queue next needs the relay, after `now`: the outstanding change runs
+    /// out of `max_hold`, or the bus goes quiet (at `bus_quiet`) while a relations change is
+    /// outstanding, relations wait to go, or the guest waits for its survey.
+    pub(crate) fn deadline(
+        &self,
+        now: Duration,
+        max_hold: Duration,
+        bus_quiet: Option<Duration>,
+        survey_requested: bool,
+    ) -> Option<Duration> {
+        let hold = self
+            .outstanding
             .as_ref()
-            .map(|o| o.since().saturating_add(max_hold))
+            .map(|o| o.since().saturating_add(max_hold));
+        let relations = matches!(self.outstanding, Some(Outstanding::Relations { .. }))
+            || self.relations_wanted()
+            || survey_requested;
+        super::earliest_after(now, [hold, bus_quiet.filter(|_| relations)])
     }
 
     pub(crate) fn inspect(&self) -> inspect::Node {

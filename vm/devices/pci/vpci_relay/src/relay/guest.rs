@@ -6,7 +6,6 @@ use super::{BusRelay, HostLink};
 use crate::events::{PacketFault, RelayEvent, Side};
 use crate::function::{Backing, Function, GuestState, HostState, Stage};
 use crate::local::local_completion;
-use std::time::Duration;
 use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::{Completion, Message, Sender, Status, WinSlot, decode, gets_completion};
 
@@ -35,9 +34,8 @@ fn pending_of(message: &Message) -> Pending {
 }
 
 impl BusRelay {
-    /// A packet from the guest.
-    pub fn handle_guest(&mut self, now: Duration, packet: Packet) {
-        self.tick(now);
+    /// A packet from the guest ([`BusRelay::handle_guest`]).
+    pub(super) fn guest_packet(&mut self, packet: Packet) {
         if self.guest_closed {
             return;
         }
@@ -49,7 +47,6 @@ impl BusRelay {
             },
             other => self.guest_fault(&packet, PacketFault::PacketKind(other.to_raw())),
         }
-        self.progress();
     }
 
     fn guest_message(&mut self, packet: Packet, message: Message) {
@@ -163,12 +160,8 @@ impl BusRelay {
         self.answer_guest(fwd.guest_txid, fwd.slot, &local);
     }
 
-    /// The host's channel refused a packet the relay sent it (`ChannelError::Packet`: nothing
-    /// was sent). A forwarded guest request in it will never be answered by the host, so the
-    /// relay answers the guest itself with a failure, as for a request it refuses (guarantee
-    /// 7: every guest request gets exactly one completion).
-    pub fn handle_host_send_refused(&mut self, now: Duration, packet: &Packet) {
-        self.tick(now);
+    /// A forwarded packet the host's channel refused ([`BusRelay::handle_host_send_refused`]).
+    pub(super) fn host_send_refused(&mut self, packet: &Packet) {
         if packet.kind != PacketKind::InBand || !packet.completion_requested() {
             return;
         }
@@ -200,7 +193,6 @@ impl BusRelay {
             fwd.guest_txid,
             Status::BAD_DATA.0.to_le_bytes().to_vec(),
         ));
-        self.progress();
     }
 
     fn guest_ejection_complete(&mut self, packet: Packet, slot: WinSlot) {

@@ -21,9 +21,8 @@ fn success(transaction_id: u64) -> Packet {
 }
 
 impl BusRelay {
-    /// A packet from the host.
-    pub fn handle_host(&mut self, now: std::time::Duration, packet: Packet) {
-        self.tick(now);
+    /// A packet from the host ([`BusRelay::handle_host`]).
+    pub(super) fn host_packet(&mut self, packet: Packet) {
         if matches!(self.host, HostLink::Lost { .. }) {
             // The host is gone: nothing it sends can matter any more.
             return;
@@ -36,7 +35,6 @@ impl BusRelay {
             },
             other => self.host_fault(PacketFault::PacketKind(other.to_raw())),
         }
-        self.progress();
     }
 
     fn host_message(&mut self, packet: Packet, message: Message) {

@@ -2,12 +2,22 @@
 //! events and counters. Every event goes through [`Outputs::emit`], which bumps the counter
 //! that belongs to it and writes its tracing twin, so neither can be forgotten.
 
-use super::Transmit;
 use crate::events::{ChangeKind, Counters, RelayEvent, Side};
 use crate::function::Backing;
 use std::collections::VecDeque;
 use vmbus_channel::Packet;
 use vpci_protocol::WinSlot;
+
+/// Something the driver must send, or do to a channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// Send this packet to the host.
+    ToHost(Packet),
+    /// Send this packet to the guest.
+    ToGuest(Packet),
+    /// Close the guest channel: the host's rescind reaches the guest (at a safe point).
+    CloseGuest,
+}
 
 /// The relay's output queues and counters.
 #[derive(Clone, Debug)]
