@@ -3,7 +3,7 @@
 
 use super::changes::HostRelations;
 use super::requests::Unmatched;
-use super::{BusRelay, HostLink, widen};
+use super::{BusRelay, HostLink};
 use crate::events::{PacketFault, RelayEvent, Side};
 use crate::function::{Backing, Function, GuestState, HostState, Stage, Successor, same_identity};
 use crate::local::local_completion;
@@ -40,7 +40,7 @@ impl BusRelay {
     fn host_message(&mut self, packet: Packet, message: Message) {
         match message {
             Message::BusRelations(m) => {
-                let descs = m.functions.iter().map(widen).collect();
+                let descs = m.functions.iter().map(FunctionDescription2::from).collect();
                 self.host_relations(packet, descs, false);
             }
             Message::BusRelations2(m) => self.host_relations(packet, m.functions, true),

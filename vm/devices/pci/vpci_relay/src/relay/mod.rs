@@ -38,9 +38,7 @@ use probe::GuestBus;
 use requests::RequestTable;
 use std::time::Duration;
 use vmbus_channel::Packet;
-use vpci_protocol::wire::{FunctionDescription, FunctionDescription2};
 use vpci_protocol::{ProtocolVersion, WinSlot};
-use zerocopy::{FromZeros, IntoBytes};
 
 /// The relay's view of the bus as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -396,22 +394,6 @@ impl BusRelay {
             .field("counters", &out.counters)
             .build()
     }
-}
-
-/// A BUS_RELATIONS description as a BUS_RELATIONS2 one (no flags, node 0).
-fn widen(d: &FunctionDescription) -> FunctionDescription2 {
-    let mut wide = FunctionDescription2::new_zeroed();
-    wide.as_mut_bytes()[..FunctionDescription::SIZE].copy_from_slice(d.as_bytes());
-    wide
-}
-
-/// The BUS_RELATIONS part of a BUS_RELATIONS2 description.
-fn narrow(d: &FunctionDescription2) -> FunctionDescription {
-    let mut narrow = FunctionDescription::new_zeroed();
-    narrow
-        .as_mut_bytes()
-        .copy_from_slice(&d.as_bytes()[..FunctionDescription::SIZE]);
-    narrow
 }
 
 /// The relay's state as an inspect tree: the bus, the guest's probe phase, the change queue,

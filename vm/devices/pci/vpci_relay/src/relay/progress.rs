@@ -3,7 +3,7 @@
 //! answer requests the host has left too long for functions it removed.
 
 use super::changes::Outstanding;
-use super::{BusRelay, HostLink, narrow};
+use super::{BusRelay, HostLink};
 use crate::events::{ChangeKind, RelayEvent};
 use crate::function::{Backing, Function, GuestState, HostState};
 use vmbus_channel::Packet;
@@ -298,7 +298,7 @@ impl BusRelay {
                     })
                 } else {
                     Message::BusRelations(BusRelations {
-                        functions: view.iter().map(|f| narrow(&f.desc)).collect(),
+                        functions: view.iter().map(|f| f.desc.narrow()).collect(),
                         trailing: Vec::new(),
                     })
                 };
