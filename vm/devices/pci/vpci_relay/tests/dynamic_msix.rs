@@ -184,7 +184,7 @@ fn interrupts_after_the_host_deadline_are_answered_by_the_relay() {
     bus.host_sends(eject(1));
     bus.advance(RelayConfig::default().max_hold + Duration::from_secs(1));
     assert_eq!(
-        bus.relay.function(slot(1)).map(|f| f.host),
+        bus.relay.function(slot(1)).map(|f| f.host()),
         Some(HostState::Ejected)
     );
     create_and_delete_answered_locally(&mut bus, 1);

@@ -84,7 +84,7 @@ fn eject_after_relist_names_the_new_function() {
     assert!(
         bus.relay
             .function(slot(1))
-            .is_none_or(|f| !f.guest_visible() && f.host == HostState::Ejected)
+            .is_none_or(|f| !f.guest_visible() && f.host() == HostState::Ejected)
     );
     assert_eq!(bus.relay.counters().malformed_host, 0);
 }
@@ -189,7 +189,7 @@ fn slow_host_never_opens_the_probe_window() {
     );
     assert_eq!(bus.relay.counters().ejects_answered_at_deadline, 1);
     assert_eq!(
-        bus.relay.function(slot(1)).map(|f| f.backing),
+        bus.relay.function(slot(1)).map(|f| f.backing()),
         Some(Backing::Shield)
     );
     // The host, still working through D0 entry, lists what it had then, and answers.
@@ -341,7 +341,7 @@ fn stray_guest_ejection_complete_keeps_the_function() {
     bus.guest_sends(ejection_complete(1));
     assert_eq!(bus.relay.counters().malformed_guest, 1);
     let f = bus.relay.function(slot(1)).expect("still there");
-    assert_eq!(f.guest, GuestState::Announced);
+    assert_eq!(f.guest(), GuestState::Announced);
     // And a later host EJECT goes through the guest as usual.
     bus.host_sends(eject(1));
     bus.advance(Duration::from_secs(1));

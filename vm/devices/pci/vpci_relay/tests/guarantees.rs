@@ -617,7 +617,7 @@ fn re_add_while_the_old_function_leaves() {
     bus.drain();
     assert_eq!(bus.guest_relations().last(), Some(&vec![slot(1)]));
     assert_eq!(
-        bus.relay.function(slot(1)).unwrap().guest,
+        bus.relay.function(slot(1)).unwrap().guest(),
         GuestState::Announced
     );
 
@@ -658,7 +658,7 @@ fn re_add_while_the_old_function_leaves() {
         .function(slot(1))
         .expect("the slot remembers the ejected function");
     assert_eq!(
-        (f.guest, f.host),
+        (f.guest(), f.host()),
         (GuestState::Hidden, HostState::Ejected),
         "only the memory of the ejected successor, so a stale listing of it stays stale"
     );

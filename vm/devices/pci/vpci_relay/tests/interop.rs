@@ -152,7 +152,7 @@ fn eight_byte_ejection_complete_answers_the_hosts_eject() {
     assert!(
         bus.relay
             .function(slot(1))
-            .is_none_or(|f| !f.guest_visible() && f.backing == Backing::Released),
+            .is_none_or(|f| !f.guest_visible() && f.backing() == Backing::Released),
         "the guest let go"
     );
     assert_bus_kept(&bus);

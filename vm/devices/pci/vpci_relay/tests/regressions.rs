@@ -65,7 +65,7 @@ fn re_added_identity_during_host_eject_is_announced() {
         .function(slot(1))
         .expect("the new function is kept");
     assert!(f.is(&new_identity(1)));
-    assert_eq!(f.guest, GuestState::Announced);
+    assert_eq!(f.guest(), GuestState::Announced);
 }
 
 /// A relations message that puts a new identity in a slot the guest holds (a device replaced
@@ -163,7 +163,7 @@ fn stuck_guest_eject_is_answered_after_max_hold() {
     bus.advance(RelayConfig::default().max_hold);
     assert_eq!(ejection_completes_to_host(&bus, 1), 1);
     assert_eq!(
-        bus.relay.function(slot(1)).map(|f| f.backing),
+        bus.relay.function(slot(1)).map(|f| f.backing()),
         Some(Backing::Shield),
         "still shielded: the guest has not let go"
     );
@@ -470,7 +470,7 @@ fn endless_repeated_ejects_stay_bounded() {
         bus.host_sends(eject(1));
     }
     assert_eq!(
-        bus.relay.function(slot(1)).map(|f| f.host_ejects_owed),
+        bus.relay.function(slot(1)).map(|f| f.host_ejects_owed()),
         Some(4)
     );
     assert_eq!(ejection_completes_to_host(&bus, 1), 6, "the excess at once");

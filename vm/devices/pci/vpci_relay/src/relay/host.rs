@@ -5,12 +5,12 @@ use super::changes::HostRelations;
 use super::requests::Unmatched;
 use super::{BusRelay, HostLink};
 use crate::events::{PacketFault, RelayEvent, Side};
-use crate::function::{Backing, Function, GuestState, HostState, Stage, Successor, same_identity};
+use crate::function::{Backing, EjectAnswer, Function, GuestState, Listing, Omitted, Stage};
 use crate::local::local_completion;
 use vmbus_channel::{Packet, PacketFlags, PacketKind};
 use vpci_protocol::wire::{EjectionCompleteBody, FunctionDescription2};
 use vpci_protocol::{
-    Completion, CompletionBody, Fixed, Message, ProtocolVersion, Sender, Status, WinSlot, decode,
+    Completion, Fixed, Message, ProtocolVersion, Sender, Status, WinSlot, decode,
     decode_completion, encode,
 };
 use zerocopy::little_endian::U32;
@@ -146,37 +146,14 @@ impl BusRelay {
 
     /// A relations message leaves `slot` out.
     fn host_omits(&mut self, slot: WinSlot) {
-        let Some(f) = self.functions.get_mut(slot) else {
-            return;
-        };
-        // A successor the host takes back before the guest saw it is forgotten.
-        f.successor = None;
-        match f.host {
-            HostState::Listed => self.host_dropped(slot),
-            // The host shows that it no longer has the ejected function: a later listing of
-            // the same identity is a new function.
-            HostState::Ejected if !f.guest_visible() => {
+        match self.functions.get_mut(slot).map(Function::omitted) {
+            Some(Omitted::Forget) => {
                 self.functions.remove(slot);
             }
-            HostState::Ejected => f.host = HostState::Gone,
-            // Still owed its EJECTION_COMPLETE (a host may stop listing what it ejects
-            // before the answer), or already gone.
-            HostState::Ejecting | HostState::Gone => {}
-        }
-    }
-
-    /// The host no longer lists a function it had listed, and sent no EJECT for it.
-    fn host_dropped(&mut self, slot: WinSlot) {
-        let Some(f) = self.functions.get_mut(slot) else {
-            return;
-        };
-        if f.guest_visible() {
             // The guest still holds it: the relay ejects it through the same serialization
             // as a host eject. The host waits for no answer.
-            f.host = HostState::Gone;
-            self.begin_eject(slot);
-        } else {
-            self.functions.remove(slot);
+            Some(Omitted::Eject) => self.begin_eject(slot),
+            Some(Omitted::Keep) | None => {}
         }
     }
 
@@ -189,47 +166,12 @@ impl BusRelay {
             self.functions.insert(Function::new(d, allowed));
             return;
         };
-        let last_gone = f.successor.is_none() && f.host == HostState::Gone;
-        if same_identity(f.last_listed(), &d) && !last_gone {
-            // The host's last function in the slot, listed again: nothing new. That covers a
-            // function the host is ejecting (it stays in the host's lists until its
-            // EJECTION_COMPLETE) and a stale listing of one it has ejected (sent before the
-            // host saw the answer): an EJECT names the host's newest function in a slot, and a
-            // relations message that lists the same function again does not make it new.
-            if f.last_listed_ejected() {
-                self.out.emit(RelayEvent::StaleListing { slot });
-            } else if !f.guest_visible() && f.host == HostState::Listed {
-                // Not shown to the guest yet: the host's newest description is the function.
-                f.desc = d;
-                f.allowed = allowed;
-            }
-            return;
-        }
-        // A new function in the slot: a new identity, or the same one listed again after the
-        // host had dropped it.
-        match (f.guest_visible(), f.host) {
-            // Nothing the guest holds (or a hidden function it is still to be shown and
-            // ejected, with coalescing off): the new function takes the slot.
-            (false, HostState::Listed | HostState::Ejected | HostState::Gone) => {
-                *f = Function::new(d, allowed);
-            }
-            // A new identity in a slot the guest holds (a device replaced without an eject):
-            // the old function leaves like a dropped one, the new one waits for it.
-            (true, HostState::Listed) => {
-                f.successor = Some(Successor {
-                    desc: d,
-                    ejected: false,
-                });
-                self.host_dropped(slot);
-            }
-            // Listed while the function in the slot leaves: the host's current function
-            // there, announced once the guest has let go of the old one.
-            _ => {
-                f.successor = Some(Successor {
-                    desc: d,
-                    ejected: false,
-                });
-            }
+        match f.relisted(d, allowed) {
+            Listing::Stale => self.out.emit(RelayEvent::StaleListing { slot }),
+            // A device replaced without an eject: the old function leaves like a dropped
+            // one, the new one waits for it.
+            Listing::Displaced => self.begin_eject(slot),
+            Listing::Same | Listing::Replaced | Listing::Successor => {}
         }
     }
 
@@ -238,6 +180,10 @@ impl BusRelay {
     /// is a repeat of that one, owed an answer of its own.
     fn host_eject(&mut self, slot: WinSlot) {
         let now = self.now;
+        // A host that repeats without end cannot make the relay queue without end: past the
+        // request limit, a repeat is answered at once.
+        let cap = u32::try_from(self.config.limits.max_outstanding_requests).unwrap_or(u32::MAX);
+        let coalesce = self.safeguards.coalesce;
         let Some(f) = self.functions.get_mut(slot) else {
             // Nothing the guest holds: answer so the host does not wait 60 seconds. A slot
             // the host never listed is its mistake; one it listed before is a late or repeated
@@ -247,56 +193,14 @@ impl BusRelay {
             }
             return self.answer_host_eject(slot);
         };
-        if let Some(s) = &mut f.successor {
-            if s.ejected {
-                // A repeat of the successor's eject, which was answered at once.
-                return self.answer_host_eject(slot);
+        match f.host_ejected(now, cap, coalesce) {
+            EjectAnswer::Now => self.answer_host_eject(slot),
+            EjectAnswer::Coalesced => {
+                self.complete_host_eject(slot);
+                self.out.emit(RelayEvent::Coalesced { slot });
             }
-            // The host's newest function in the slot, never shown to the guest: it never will
-            // be. The old function goes on leaving as before.
-            s.ejected = true;
-            self.complete_host_eject(slot);
-            self.out.emit(RelayEvent::Coalesced { slot });
-            return;
-        }
-        match f.host {
-            HostState::Ejecting => {
-                // A repeat of an eject still unanswered: owed its own answer, given with the
-                // first (an EJECTION_COMPLETE tells the host the guest has let go). A host
-                // that repeats without end cannot make the relay queue without end: past the
-                // request limit, a repeat is answered at once.
-                let cap =
-                    u32::try_from(self.config.limits.max_outstanding_requests).unwrap_or(u32::MAX);
-                if f.host_ejects_owed >= cap {
-                    return self.answer_host_eject(slot);
-                }
-                f.host_ejects_owed += 1;
-            }
-            // A repeat of an eject already answered.
-            HostState::Ejected => self.answer_host_eject(slot),
-            HostState::Gone => {
-                // Dropped earlier without an eject; the guest is being (or has been asked to
-                // be) ejected by the relay. The host now waits for an EJECTION_COMPLETE.
-                f.host = HostState::Ejecting;
-                f.host_ejects_owed = 1;
-                f.host_eject_since = Some(now);
-            }
-            HostState::Listed => {
-                f.host = HostState::Ejecting;
-                f.host_ejects_owed = 1;
-                f.host_eject_since = Some(now);
-                if !f.guest_visible() && (self.safeguards.coalesce || !f.allowed) {
-                    // Guarantee 3: the guest never saw it, so it never will. The slot
-                    // remembers it, so a stale listing of it stays stale.
-                    *f = Function::ejected(f.desc, f.allowed);
-                    self.complete_host_eject(slot);
-                    self.out.emit(RelayEvent::Coalesced { slot });
-                } else if f.guest_visible() {
-                    self.begin_eject(slot);
-                }
-                // (With coalescing off, a hidden function stays listed as ejecting; it is
-                // announced and then ejected, as a plain pass-through would do.)
-            }
+            EjectAnswer::Owed => {}
+            EjectAnswer::OwedAndEject => self.begin_eject(slot),
         }
     }
 
@@ -305,31 +209,20 @@ impl BusRelay {
     /// device by force). The function stays shielded, and the guest still gets its EJECT
     /// only at a safe point.
     pub(super) fn answer_overdue_host_ejects(&mut self) -> bool {
-        let deadline = self.config.max_hold;
-        let now = self.now;
-        let overdue: Vec<WinSlot> = self
-            .functions
-            .values()
-            .filter(|f| {
-                f.host == HostState::Ejecting
-                    && f.host_eject_since
-                        .is_some_and(|t| now >= t.saturating_add(deadline))
-            })
-            .map(|f| f.slot)
-            .collect();
-        for &slot in &overdue {
-            let Some(f) = self.functions.get_mut(slot) else {
-                continue;
-            };
-            f.host = HostState::Ejected;
-            f.host_eject_since = None;
-            let owed = std::mem::take(&mut f.host_ejects_owed).max(1);
+        let (now, max_hold) = (self.now, self.config.max_hold);
+        let mut any = false;
+        for slot in self.functions.slots() {
+            let owed = self
+                .functions
+                .get_mut(slot)
+                .map_or(0, |f| f.host_deadline_passed(now, max_hold));
             for _ in 0..owed {
                 self.complete_host_eject(slot);
                 self.out.emit(RelayEvent::EjectAnsweredAtDeadline { slot });
             }
+            any |= owed > 0;
         }
-        !overdue.is_empty()
+        any
     }
 
     /// Answers a host EJECT for a function the guest does not hold.
@@ -341,18 +234,18 @@ impl BusRelay {
     /// Starts the relay's eject of a function the guest holds: queue it for delivery, and
     /// shield its BARs and config space from now on (the host may tear the device down).
     pub(super) fn begin_eject(&mut self, slot: WinSlot) {
-        let now = self.now;
-        let shield = self.safeguards.removal_shield;
-        let Some(f) = self.functions.get_mut(slot) else {
+        let (now, shield) = (self.now, self.safeguards.removal_shield);
+        let Some((queue, shielded)) = self
+            .functions
+            .get_mut(slot)
+            .map(|f| f.eject_begun(now, shield))
+        else {
             return;
         };
-        if f.eject_since.is_none() {
-            f.eject_since = Some(now);
-            f.hold_reported = false;
+        if queue {
             self.changes.queue_eject(slot);
         }
-        if shield && f.backing == Backing::Device {
-            f.backing = Backing::Shield;
+        if shielded {
             self.out.set_backing(slot, Backing::Shield);
         }
     }
@@ -385,7 +278,7 @@ impl BusRelay {
             Err(Unmatched::Unknown) => return self.host_fault(PacketFault::UnknownTransaction(id)),
         };
         if let Some(f) = fwd.slot.and_then(|s| self.functions.get_mut(s)) {
-            f.requests_pending = f.requests_pending.saturating_sub(1);
+            f.request_answered();
         }
         let request_type = fwd.request.message_type();
         let completion = match decode_completion(&packet.payload, request_type, self.version) {
@@ -445,30 +338,8 @@ impl BusRelay {
             Message::BusD0Exit(_) if ok => self.guest.d0_exit(),
             _ => {}
         }
-        let Some(f) = request.wslot().and_then(|s| self.functions.get_mut(s)) else {
-            return;
-        };
-        f.last_activity = Some(self.now);
-        match request {
-            Message::QueryResourceRequirements(_) => {
-                // A failed query still ends the guest's wait for it; the guest drops the
-                // function, so it counts as done for settling.
-                f.requirements = Stage::Done;
-                if let CompletionBody::ResourceRequirements(r) = &completion.body {
-                    f.probed_bars = Some(r.body.probed_bar.map(|b| b.get()));
-                }
-            }
-            Message::ResourcesAssigned(_)
-            | Message::ResourcesAssigned2(_)
-            | Message::ResourcesAssigned3(_) => f.resources = Stage::Done,
-            Message::CreateInterruptMessage(_)
-            | Message::CreateInterruptMessage2(_)
-            | Message::CreateInterruptMessage3(_)
-                if was_pending =>
-            {
-                f.interrupts_pending = f.interrupts_pending.saturating_sub(1);
-            }
-            _ => {}
+        if let Some(f) = request.wslot().and_then(|s| self.functions.get_mut(s)) {
+            f.completed(request, completion, was_pending, self.now);
         }
     }
 
@@ -496,18 +367,11 @@ impl BusRelay {
             let Some(f) = self.functions.get_mut(slot) else {
                 continue;
             };
-            f.host = HostState::Gone;
-            f.host_ejects_owed = 0;
-            f.host_eject_since = None;
-            f.successor = None;
-            f.requests_pending = 0;
-            f.interrupts_pending = 0;
-            match f.guest {
-                GuestState::Announced => self.begin_eject(slot),
-                GuestState::Hidden => {
-                    self.functions.remove(slot);
-                }
-                GuestState::Ejecting => {}
+            let held = f.host_lost();
+            if !held {
+                self.functions.remove(slot);
+            } else if f.guest == GuestState::Announced {
+                self.begin_eject(slot);
             }
         }
     }

@@ -162,10 +162,13 @@ impl BusRelay {
             }
         }
         for slot in newly_held {
-            if let Some(f) = self.functions.get_mut(slot) {
-                f.hold_reported = true;
+            if self
+                .functions
+                .get_mut(slot)
+                .is_some_and(Function::hold_noted)
+            {
+                self.out.emit(RelayEvent::EjectHeld { slot });
             }
-            self.out.emit(RelayEvent::EjectHeld { slot });
         }
         let Some(slot) = chosen else {
             return false;
@@ -173,8 +176,7 @@ impl BusRelay {
         let Some(f) = self.functions.get_mut(slot) else {
             return false;
         };
-        f.guest = GuestState::Ejecting;
-        let released = f.hold_reported;
+        let released = f.eject_delivered();
         self.changes.ejects.retain(|s| *s != slot);
         let payload = encode(&Message::Eject(Fixed::new(SlotBody { wslot: slot })));
         self.out.relay_to_guest(Packet::in_band(0, payload));
@@ -250,9 +252,7 @@ impl BusRelay {
         let now = self.now;
         for &slot in &added {
             if let Some(f) = self.functions.get_mut(slot) {
-                f.guest = GuestState::Announced;
-                f.needs_resources = initial;
-                f.backing = Backing::Device;
+                f.announced(initial);
                 self.out.set_backing(slot, Backing::Device);
             }
         }

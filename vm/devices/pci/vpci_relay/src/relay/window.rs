@@ -59,7 +59,7 @@ impl BusRelay {
         self.guest.touch(now);
         match self.functions.get_mut(slot) {
             Some(f) if f.guest_visible() => {
-                f.last_activity = Some(now);
+                f.touched(now);
                 if host_up && f.host == HostState::Listed || !shield {
                     ConfigAction::Forward
                 } else if read {
@@ -89,12 +89,7 @@ impl BusRelay {
     pub(super) fn config_read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
         let limit = self.config.limits.max_config_cache;
         if let Some(f) = self.functions.get_mut(slot) {
-            if len == 4
-                && offset % 4 == 0
-                && (f.config.len() < limit || f.config.contains_key(&offset))
-            {
-                f.config.insert(offset, value);
-            }
+            f.remember_read(offset, len, value, limit);
         }
     }
 }
