@@ -45,6 +45,7 @@
 
 #![forbid(unsafe_code)]
 
+mod clock;
 mod config;
 pub mod driver;
 mod events;
@@ -52,8 +53,9 @@ mod function;
 mod local;
 mod relay;
 
+pub use clock::{Clock, SystemClock, VirtualClock};
 pub use config::{AllowRule, Limits, RelayConfig, Safeguards};
-pub use driver::{BarControl, BusDriver, BusPort, Clock, DriverExit, SystemClock, VirtualClock};
+pub use driver::{BarControl, BusDriver, BusPort, DriverExit};
 pub use events::{ChangeKind, Counters, PacketFault, RelayEvent, Side};
 pub use function::{Backing, Function, GuestState, HostState, Stage};
 pub use local::local_completion;
