@@ -225,3 +225,6 @@ impl RequestTable {
             .build()
     }
 }
+
+#[cfg(test)]
+mod tests;
