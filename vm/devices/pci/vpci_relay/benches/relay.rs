@@ -234,7 +234,8 @@ const BATCH_TARGET: Duration = Duration::from_micros(50);
 /// Warm-up before the rounds that count: caches, branch predictors, the CPU's clock.
 const WARM_UP: Duration = Duration::from_millis(300);
 
-/// Both paths with their state, each run `n` times per call; returns the elapsed time.
+/// Both paths and their state: `relay(n)` and `bare(n)` each run one path `n` times and
+/// return the time it took.
 struct Paths {
     relay: BusRelay,
     t: Duration,
