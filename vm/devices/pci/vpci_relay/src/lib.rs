@@ -58,6 +58,7 @@
 
 #![forbid(unsafe_code)]
 
+mod clock;
 mod config;
 pub mod driver;
 mod events;
@@ -65,10 +66,11 @@ mod function;
 mod local;
 mod relay;
 
+pub use clock::{Clock, SystemClock, VirtualClock};
 pub use config::{
     AllowRule, ConfigError, HOST_EJECT_TIMEOUT, Limits, MAX_HOLD_LIMIT, RelayConfig, Safeguards,
 };
-pub use driver::{BarControl, BusDriver, BusPort, Clock, DriverExit, SystemClock, VirtualClock};
+pub use driver::{BarControl, BusDriver, BusPort, DriverExit};
 pub use events::{ChangeKind, Counters, PacketFault, RelayEvent, Side};
 pub use function::{Backing, Function, GuestState, HostState, Stage, Successor};
 pub use local::local_completion;

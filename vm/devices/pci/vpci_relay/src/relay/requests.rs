@@ -228,3 +228,6 @@ impl RequestTable {
             .build()
     }
 }
+
+#[cfg(test)]
+mod tests;
