@@ -135,6 +135,15 @@ impl GuestBus {
             .is_none_or(|t| now >= t.saturating_add(settle))
     }
 
+    /// When a hold that began at `since` runs out: `max_hold` of the guest's own time, that
+    /// is, counted from `since` or from the guest's last traffic (or the last answer it got),
+    /// whichever is later. Time the guest spends waiting on a slow host is not its own.
+    pub(crate) fn hold_ends(&self, since: Duration, max_hold: Duration) -> Duration {
+        self.activity
+            .map_or(since, |t| t.max(since))
+            .saturating_add(max_hold)
+    }
+
     /// When the bus will have been quiet for the settle window.
     pub(crate) fn quiet_at(&self, settle: Duration) -> Option<Duration> {
         self.activity.map(|t| t.saturating_add(settle))
