@@ -253,6 +253,31 @@ fn a_1_1_interrupt_for_any_processor_is_mapped() {
     assert_eq!(g.expect_completion(id).status, Status::BAD_DATA);
 }
 
+/// Function 0 of a device with other functions on the bus says so in its header type (bit 7
+/// of the byte at 0x0E), in every read width that covers it, so that a PCI core scans the
+/// device's other functions; a single-function device and function 1 do not.
+#[test]
+fn multi_function_bit_in_the_header_type() {
+    let f1 = FunctionSpec::nic(WinSlot::new(2, 1).raw());
+    let mut g = Guest::new(BusConfig {
+        functions: vec![FunctionSpec::nic(1), FunctionSpec::nic(2), f1],
+        ..BusConfig::default()
+    });
+    g.probe_to_survey(ProtocolVersion::V1_4);
+    g.enter_d0(0xf_e000_0000);
+    assert_eq!(g.bus.config_read(slot(2), 0x0e, 1), Ok(0x80));
+    assert_eq!(
+        g.bus.config_read(slot(2), 0x0c, 4).map(|v| v >> 16 & 0xff),
+        Ok(0x80)
+    );
+    assert_eq!(
+        g.bus.config_read(slot(2), 0x0e, 2).map(|v| v & 0xff),
+        Ok(0x80)
+    );
+    assert_eq!(g.bus.config_read(slot(1), 0x0e, 1), Ok(0));
+    assert_eq!(g.bus.config_read(WinSlot::new(2, 1), 0x0e, 1), Ok(0));
+}
+
 /// The interrupt table is bounded: past the policy's limit requests fail with BAD_DATA.
 #[test]
 fn interrupt_table_is_bounded() {

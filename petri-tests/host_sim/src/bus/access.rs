@@ -39,8 +39,12 @@ impl HostBus {
         if !self.window_mapped() {
             return Err(UnmappedReason::WindowUnmapped.into());
         }
+        let multi_function = self.multi_function(slot);
         match self.functions.get_mut(&slot.raw()) {
-            Some(f) => device::config_read_bytes(f.device.as_mut(), offset, len),
+            Some(f) => {
+                let value = device::config_read_bytes(f.device.as_mut(), offset, len)?;
+                Ok(with_multi_function_bit(value, offset, len, multi_function))
+            }
             None => match self.policy.absent_config {
                 AbsentConfig::AllOnes => Ok(match len {
                     1 => 0xff,
@@ -50,6 +54,16 @@ impl HostBus {
                 AbsentConfig::Fault => Err(UnmappedReason::NoFunction.into()),
             },
         }
+    }
+
+    /// Whether `slot` is function 0 of a device that has other functions on the bus: its
+    /// header type then says so (bit 7), or a PCI core scans only function 0 of each device.
+    fn multi_function(&self, slot: WinSlot) -> bool {
+        slot.function() == 0
+            && self.functions.keys().any(|&raw| {
+                let other = WinSlot::from_raw(raw);
+                raw != slot.raw() && other.device() == slot.device()
+            })
     }
 
     /// Writes `len` bytes (1, 2 or 4) of `value` at `offset` of `slot`'s config space,
@@ -262,4 +276,14 @@ fn checked_len(len: usize) -> Result<u8, Unmapped> {
 
 fn mask(len: u8) -> u64 {
     (1u64 << (8 * u32::from(len))) - 1
+}
+
+/// The header type's multi-function bit (bit 7 of the byte at 0x0E), set in a `len`-byte
+/// read at `offset` that covers that byte.
+fn with_multi_function_bit(value: u32, offset: u16, len: u8, multi_function: bool) -> u32 {
+    const HEADER_TYPE: u16 = 0x0e;
+    match HEADER_TYPE.checked_sub(offset) {
+        Some(at) if multi_function && at < u16::from(len) => value | 0x80 << (8 * at),
+        _ => value,
+    }
 }
