@@ -252,3 +252,70 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use vpci_protocol::wire::FunctionDescription2;
+    use vpci_protocol::{BusRelations, Message, encode};
+
+    fn relations(functions: &[(u32, u32)]) -> Vec<u8> {
+        let functions = functions
+            .iter()
+            .map(|&(slot, serial)| FunctionDescription2 {
+                v_id: 0x15b3.into(),
+                d_id: 0x101a.into(),
+                rev: 0,
+                prog_intf: 0,
+                subclass: 0,
+                base_class: 2,
+                subsystem_id: 0.into(),
+                wslot: WinSlot::from_raw(slot),
+                ser: serial.into(),
+                flags: 0.into(),
+                virtual_numa_node: 0.into(),
+                reserved: 0.into(),
+            })
+            .collect();
+        encode(&Message::BusRelations2(BusRelations {
+            functions,
+            trailing: Vec::new(),
+        }))
+    }
+
+    /// The observer records the identity the guest found in a slot: the ids its PCI core
+    /// read and the serial number of the relations that listed the slot.
+    #[test]
+    fn held_identity() {
+        let mut o = Observer::default();
+        o.guest_received(&relations(&[(1, 5), (2, 6)]));
+        o.event(
+            EventKind::Note,
+            "p".into(),
+            "pci 0001:00:01.0 [15b3:101a] found",
+        );
+        // A later listing of a new serial does not change what the guest already holds.
+        o.guest_received(&relations(&[(1, 9)]));
+        assert_eq!(
+            o.held(),
+            [(
+                WinSlot::from_raw(1),
+                Identity {
+                    vendor_id: 0x15b3,
+                    device_id: 0x101a,
+                    serial: 5
+                }
+            )]
+        );
+        // A cut relations message is not taken.
+        let mut cut = relations(&[(1, 3)]);
+        cut.truncate(20);
+        o.guest_received(&cut);
+        o.event(
+            EventKind::Note,
+            "p".into(),
+            "pci 0001:00:01.0 [15b3:101a] found",
+        );
+        assert_eq!(o.held()[0].1.serial, 9);
+    }
+}
