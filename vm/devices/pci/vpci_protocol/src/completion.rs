@@ -36,11 +36,13 @@ pub enum CompletionBody {
     ProtocolVersion(Fixed<VersionReply>),
     /// QUERY_RESOURCE_REQUIREMENTS: the probed BARs.
     ResourceRequirements(Fixed<ResourceRequirementsReply>),
-    /// RESOURCES_ASSIGNED(2,3) as OpenVMM answers it: the translated resources.
+    /// RESOURCES_ASSIGNED(2,3) as OpenVMM answers it: the translated resources (72-byte MSI
+    /// resources for RESOURCES_ASSIGNED3 as OpenVMM sends them, or 80-byte ones).
     ResourcesAssigned(ResourcesAssigned),
     /// CREATE_INTERRUPT_MESSAGE(1,2,3): the translated interrupt.
     CreateInterrupt(Fixed<CreateInterruptReply>),
-    /// POWER_STATE_CHANGE: the resulting state.
+    /// POWER_STATE_CHANGE: the resulting state (OpenVMM answers with the status alone, which
+    /// decodes as [`CompletionBody::StatusOnly`]).
     PowerStateChange(Fixed<PowerStateReply>),
     /// READ_BLOCK: the bytes read.
     ReadBlock(Vec<u8>),
@@ -60,19 +62,22 @@ fn completion_shape(request: MessageType) -> Option<Shape> {
         | T::CREATE_INTERRUPT_MESSAGE
         | T::CREATE_INTERRUPT_MESSAGE2
         | T::CREATE_INTERRUPT_MESSAGE3
-        | T::POWER_STATE_CHANGE
         | T::TDISP_COMMAND
         | T::QUERY_ISOLATED_RESOURCES => Shape::Body,
+        // OpenVMM's host answers with the status alone, even on success.
+        T::POWER_STATE_CHANGE => Shape::BodyOrPaddedStatus,
         T::RESOURCES_ASSIGNED | T::RESOURCES_ASSIGNED2 | T::RESOURCES_ASSIGNED3 => {
             Shape::OptionalBody
         }
         T::READ_BLOCK => Shape::Body,
-        // Fire-and-forget requests: Linux never asks for their completion.
-        T::QUERY_BUS_RELATIONS
-        | T::DELETE_INTERRUPT_MESSAGE
-        | T::DELETE_INTERRUPT_MESSAGE2
-        | T::RESOURCES_RELEASED
-        | T::EJECTION_COMPLETE => return None,
+        // Linux never asks for a completion of these, but OpenVMM's client asks for one of
+        // DELETE_INTERRUPT_MESSAGE, and OpenVMM's host answers all three with a status.
+        T::DELETE_INTERRUPT_MESSAGE | T::DELETE_INTERRUPT_MESSAGE2 | T::RESOURCES_RELEASED => {
+            Shape::StatusOnly
+        }
+        // Fire-and-forget: no guest asks for their completion (Linux and OpenVMM's client
+        // send both without the completion-requested flag).
+        T::QUERY_BUS_RELATIONS | T::EJECTION_COMPLETE => return None,
         other => match rules(other) {
             Some((Direction::HostToGuest, _)) | None => return None,
             Some(_) => Shape::StatusOnly,
@@ -106,10 +111,17 @@ enum Shape {
     OptionalBody,
     /// A typed body, which only a failure may leave out.
     Body,
+    /// A typed body, or the status alone: after a success only VMBus padding may follow it
+    /// (fewer than 8 bytes), after a failure anything shorter than the body.
+    BodyOrPaddedStatus,
 }
 
-/// Whether a request of this type gets a completion when it asks for one (QUERY_BUS_RELATIONS,
-/// DELETE_INTERRUPT_MESSAGE, RESOURCES_RELEASED, EJECTION_COMPLETE and host messages get none).
+/// VMBus pads every payload to this many bytes.
+const VMBUS_PACKET_ALIGN: usize = 8;
+
+/// Whether a request of this type gets a completion when it asks for one. QUERY_BUS_RELATIONS,
+/// EJECTION_COMPLETE and host messages get none; DELETE_INTERRUPT_MESSAGE(2) and
+/// RESOURCES_RELEASED get a status when they ask (Linux never asks, OpenVMM's client does).
 pub fn gets_completion(request: MessageType) -> bool {
     rules(request).is_some() && completion_shape(request).is_some()
 }
@@ -141,6 +153,10 @@ pub fn decode_completion(
         Shape::StatusOnly => true,
         Shape::OptionalBody => short,
         Shape::Body => !status.is_success() && short,
+        // 4 status bytes plus padding leave fewer than 8; a longer remainder must be the body.
+        Shape::BodyOrPaddedStatus => {
+            short && (!status.is_success() || r.remaining() < VMBUS_PACKET_ALIGN)
+        }
     };
     let body = if status_only {
         CompletionBody::StatusOnly(r.rest().to_vec())
@@ -178,8 +194,13 @@ fn decode_body(request: MessageType, r: &mut Reader<'_>) -> Result<CompletionBod
         T::RESOURCES_ASSIGNED2 => {
             CompletionBody::ResourcesAssigned(ResourcesAssigned::decode(r, MSI_RESOURCE_SIZES[1])?)
         }
+        // OpenVMM's host answers RESOURCES_ASSIGNED3 with version 2 (72-byte) MSI resources.
         T::RESOURCES_ASSIGNED3 => {
-            CompletionBody::ResourcesAssigned(ResourcesAssigned::decode(r, MSI_RESOURCE_SIZES[2])?)
+            CompletionBody::ResourcesAssigned(ResourcesAssigned::decode_either(
+                r,
+                MSI_RESOURCE_SIZES[2],
+                Some(MSI_RESOURCE_SIZES[1]),
+            )?)
         }
         T::READ_BLOCK => CompletionBody::ReadBlock(r.rest().to_vec()),
         T::TDISP_COMMAND => CompletionBody::Tdisp(decode_tdisp(r)?),

@@ -15,6 +15,9 @@
 //! The wire has two dialects: Linux packs its structs, OpenVMM pads some of them, and VMBus
 //! pads every payload to 8 bytes. Decoding accepts both and keeps whatever follows a layout in
 //! a `trailing` field, so `encode(decode(bytes)) == bytes`: a relay forwards what it got.
+//! OpenVMM also shortens a few: its client's EJECTION_COMPLETE has no status word
+//! ([`Fixed::omitted`]), and its host answers POWER_STATE_CHANGE with a status alone and
+//! RESOURCES_ASSIGNED3 with 72-byte MSI resources. Whatever fits no dialect is refused.
 //!
 //! No input panics, loops, or makes the decoder allocate more than the input's size.
 //!

@@ -46,21 +46,38 @@ pub struct Fixed<B> {
     /// reserved word, OpenVMM's padded interrupt descriptors) or VMBus padding. Kept so a
     /// relay forwards exactly what it got.
     pub trailing: Vec<u8>,
+    /// How many bytes at the end of `body`'s layout the sender left out: they read as zero
+    /// in `body` and are not encoded. Zero but for a dialect that stops a layout early, which
+    /// [`decode`] accepts only for EJECTION_COMPLETE: OpenVMM's client sends type and slot
+    /// (8 bytes) and no status word, so its body has `omitted == 4` (and no `trailing`).
+    pub omitted: usize,
 }
 
 impl<B> Fixed<B> {
-    /// A body with no trailing bytes.
+    /// A body with no trailing bytes, nothing omitted.
     pub fn new(body: B) -> Self {
         Self {
             body,
             trailing: Vec::new(),
+            omitted: 0,
         }
+    }
+}
+
+impl Fixed<EjectionCompleteBody> {
+    /// The status the guest reported: `None` for OpenVMM's 8-byte EJECTION_COMPLETE, which
+    /// has no status word (Linux's 12-byte one has it).
+    pub fn status(&self) -> Option<u32> {
+        (self.omitted == 0).then(|| self.body.status.get())
     }
 }
 
 impl<B: Fields> Fixed<B> {
     pub(crate) fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         self.body.serialize_fields(map)?;
+        if self.omitted != 0 {
+            map.serialize_entry("omitted", &self.omitted)?;
+        }
         serialize_trailing(map, &self.trailing)
     }
 }
@@ -88,6 +105,11 @@ impl<D: Serialize> BusRelations<D> {
 /// The head is the same in both dialects; Linux sends no MSI resources and pads with reserved
 /// bytes (to 148 or 202 bytes), OpenVMM reads `msi_descriptor_count` MSI resources after the
 /// head (16, 72 or 80 bytes each for versions 1, 2, 3).
+///
+/// The same shape follows the status of a completion, with the translated interrupts as MSI
+/// resources. OpenVMM answers RESOURCES_ASSIGNED3 in the version 2 size (72 bytes each), so
+/// that completion is read with 80-byte resources when they fit and 72-byte ones otherwise
+/// ([`ResourcesAssigned::msi_resource_size`] tells which).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ResourcesAssigned {
     /// Slot, BAR resources, MSI resource count and a reserved word.
@@ -107,16 +129,41 @@ impl ResourcesAssigned {
         serialize_trailing(map, &self.trailing)
     }
 
+    /// The size of one MSI resource in `msi_resources` (their length over
+    /// `head.msi_descriptor_count`), or `None` without any or when they do not divide evenly.
+    pub fn msi_resource_size(&self) -> Option<usize> {
+        let count = usize::try_from(self.head.msi_descriptor_count.get()).ok()?;
+        let len = self.msi_resources.len();
+        (count != 0 && len % count == 0).then(|| len / count)
+    }
+
     pub(crate) fn decode(r: &mut Reader<'_>, msi_size: usize) -> Result<Self, DecodeError> {
+        Self::decode_either(r, msi_size, None)
+    }
+
+    /// Decodes a head and its MSI resources, `msi_size` bytes each or, when that many do not
+    /// fit, `smaller` bytes each; the error then names the most that fit in the smaller size.
+    pub(crate) fn decode_either(
+        r: &mut Reader<'_>,
+        msi_size: usize,
+        smaller: Option<usize>,
+    ) -> Result<Self, DecodeError> {
         let head: ResourcesHead = r.read("RESOURCES_ASSIGNED head")?;
         let count_offset = r.offset() - 8;
-        let len = r.fit_count(
-            "msi_descriptor_count",
-            count_offset,
-            head.msi_descriptor_count.get().into(),
-            msi_size,
-            MAX_MSI_RESOURCES.into(),
-        )?;
+        let count = head.msi_descriptor_count.get().into();
+        let fits = |size| {
+            r.fit_count(
+                "msi_descriptor_count",
+                count_offset,
+                count,
+                size,
+                MAX_MSI_RESOURCES.into(),
+            )
+        };
+        let len = match smaller {
+            Some(smaller) => fits(msi_size).or_else(|_| fits(smaller))?,
+            None => fits(msi_size)?,
+        };
         let msi_resources = r.take(len, "MSI resources")?.to_vec();
         Ok(Self {
             head,
@@ -208,12 +255,40 @@ where
     Ok(Fixed {
         body,
         trailing: r.rest().to_vec(),
+        omitted: 0,
     })
 }
 
 pub(crate) fn encode_fixed<B: IntoBytes + zerocopy::Immutable>(f: &Fixed<B>, out: &mut Vec<u8>) {
-    out.extend_from_slice(f.body.as_bytes());
+    let body = f.body.as_bytes();
+    let sent = body.len().saturating_sub(f.omitted);
+    out.extend_from_slice(body.get(..sent).unwrap_or(body));
     out.extend_from_slice(&f.trailing);
+}
+
+/// EJECTION_COMPLETE in either dialect: Linux's type, slot and status (12 bytes, 16 as VMBus
+/// pads it), or OpenVMM's type and slot alone (exactly 8 bytes). Anything between the two is
+/// truncated.
+fn decode_ejection_complete(
+    r: &mut Reader<'_>,
+) -> Result<Fixed<EjectionCompleteBody>, DecodeError> {
+    let SlotBody { wslot } = r.read("wslot")?;
+    if r.remaining() == 0 {
+        return Ok(Fixed {
+            body: EjectionCompleteBody {
+                wslot,
+                status: U32::ZERO,
+            },
+            trailing: Vec::new(),
+            omitted: size_of::<U32>(),
+        });
+    }
+    let status: U32 = r.read("EJECTION_COMPLETE status")?;
+    Ok(Fixed {
+        body: EjectionCompleteBody { wslot, status },
+        trailing: r.rest().to_vec(),
+        omitted: 0,
+    })
 }
 
 fn decode_relations<D>(r: &mut Reader<'_>) -> Result<BusRelations<D>, DecodeError>
@@ -423,9 +498,10 @@ messages! {
     /// Query stop failed (unused by Linux).
     QueryStopFailed(Fixed<SlotBody>) = QUERY_STOP_FAILED, Either, V1_0,
         decode: |r| decode_fixed(r, "wslot"), encode: encode_fixed;
-    /// Guest -> host: the guest has let go of an ejected function.
+    /// Guest -> host: the guest has let go of an ejected function (12 bytes from Linux, 8
+    /// without the status from OpenVMM: see [`Fixed::omitted`]).
     EjectionComplete(Fixed<EjectionCompleteBody>) = EJECTION_COMPLETE, GuestToHost, V1_0,
-        decode: |r| decode_fixed(r, "EJECTION_COMPLETE body"), encode: encode_fixed;
+        decode: decode_ejection_complete, encode: encode_fixed;
     /// Guest -> host: a function's resources (MSI resources 16 bytes each).
     ResourcesAssigned(ResourcesAssigned) = RESOURCES_ASSIGNED, GuestToHost, V1_0,
         decode: |r| ResourcesAssigned::decode(r, MSI_RESOURCE_SIZES[0]), encode: ResourcesAssigned::encode;

@@ -471,6 +471,45 @@ wire_struct! {
     }
 }
 
+impl From<&FunctionDescription> for FunctionDescription2 {
+    /// The BUS_RELATIONS2 form of a BUS_RELATIONS description: the same identity and slot,
+    /// with no NUMA node (`flags`, `virtual_numa_node` and `reserved` zero).
+    fn from(d: &FunctionDescription) -> Self {
+        Self {
+            v_id: d.v_id,
+            d_id: d.d_id,
+            rev: d.rev,
+            prog_intf: d.prog_intf,
+            subclass: d.subclass,
+            base_class: d.base_class,
+            subsystem_id: d.subsystem_id,
+            wslot: d.wslot,
+            ser: d.ser,
+            flags: U32::ZERO,
+            virtual_numa_node: U16::ZERO,
+            reserved: U16::ZERO,
+        }
+    }
+}
+
+impl FunctionDescription2 {
+    /// The BUS_RELATIONS form of this description, for a guest that negotiated a version
+    /// before 1.3: the first 20 bytes (identity, slot, serial); the NUMA fields are dropped.
+    pub fn narrow(&self) -> FunctionDescription {
+        FunctionDescription {
+            v_id: self.v_id,
+            d_id: self.d_id,
+            rev: self.rev,
+            prog_intf: self.prog_intf,
+            subclass: self.subclass,
+            base_class: self.base_class,
+            subsystem_id: self.subsystem_id,
+            wslot: self.wslot,
+            ser: self.ser,
+        }
+    }
+}
+
 /// Size of one MSI resource that follows a RESOURCES_ASSIGNED head, by message version
 /// (OpenVMM's MsiResource, MsiResource2, MsiResource3).
 pub const MSI_RESOURCE_SIZES: [usize; 3] = [16, 72, 80];
@@ -532,6 +571,39 @@ mod tests {
         assert_eq!(&b[12..16], &[0x41, 0, 0, 0]);
         assert_eq!(&b[20..24], &[1, 0, 0, 0]);
         assert_eq!(&b[24..26], &[0x0b, 0x0a]);
+    }
+
+    /// A description with every byte distinct, so a field moved or dropped shows.
+    fn distinct_description2() -> FunctionDescription2 {
+        let mut bytes = [0u8; FunctionDescription2::SIZE];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = i as u8 + 1;
+        }
+        // Keep the slot's reserved bits clear: device 13, function 0.
+        bytes[12..16].copy_from_slice(&13u32.to_le_bytes());
+        FunctionDescription2::read_from_bytes(&bytes).unwrap()
+    }
+
+    /// Widening keeps the 20 bytes of a BUS_RELATIONS description as the start of the
+    /// BUS_RELATIONS2 one and zeroes the NUMA fields; narrowing gives those 20 bytes back.
+    #[test]
+    fn widen_then_narrow() {
+        let wide = distinct_description2();
+        let narrow = wide.narrow();
+        assert_eq!(
+            narrow.as_bytes(),
+            &wide.as_bytes()[..FunctionDescription::SIZE]
+        );
+        let widened = FunctionDescription2::from(&narrow);
+        assert_eq!(
+            &widened.as_bytes()[..FunctionDescription::SIZE],
+            narrow.as_bytes()
+        );
+        assert_eq!(widened.flags.get(), 0, "no NUMA node is claimed");
+        assert_eq!(widened.virtual_numa_node.get(), 0);
+        assert_eq!(widened.reserved.get(), 0);
+        assert_eq!(widened.narrow(), narrow);
+        assert_eq!(narrow.wslot, WinSlot::new(13, 0));
     }
 
     /// A reserved slot bit is reported at its absolute offset.

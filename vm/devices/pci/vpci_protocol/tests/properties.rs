@@ -24,7 +24,11 @@ fn fixed<B>() -> impl Strategy<Value = Fixed<B>>
 where
     B: FromBytes + Immutable + KnownLayout + Reserved + std::fmt::Debug,
 {
-    (wire::<B>(), trailing()).prop_map(|(body, trailing)| Fixed { body, trailing })
+    (wire::<B>(), trailing()).prop_map(|(body, trailing)| Fixed {
+        body,
+        trailing,
+        omitted: 0,
+    })
 }
 
 fn relations<D>() -> impl Strategy<Value = BusRelations<D>>
@@ -91,6 +95,19 @@ fn message() -> impl Strategy<Value = Message> {
         fixed().prop_map(M::Reenable).boxed(),
         fixed().prop_map(M::QueryStopFailed).boxed(),
         fixed().prop_map(M::EjectionComplete).boxed(),
+        // OpenVMM's EJECTION_COMPLETE: type and slot, no status and nothing after it.
+        wire::<WinSlot>()
+            .prop_map(|wslot| {
+                M::EjectionComplete(Fixed {
+                    body: EjectionCompleteBody {
+                        wslot,
+                        status: 0.into(),
+                    },
+                    trailing: Vec::new(),
+                    omitted: 4,
+                })
+            })
+            .boxed(),
         resources(16).prop_map(M::ResourcesAssigned).boxed(),
         fixed().prop_map(M::ResourcesReleased).boxed(),
         fixed().prop_map(M::InvalidateBlock).boxed(),

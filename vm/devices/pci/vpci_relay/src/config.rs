@@ -43,10 +43,12 @@ impl AllowRule {
 /// Bounds that keep a hostile peer from growing the relay's memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// The most functions one host relations message may list (the wire allows 256 slots).
-    /// The relay keeps one entry per slot (a function re-added while its predecessor leaves
-    /// waits inside that entry), so it never holds more than the 256 slots the wire can name,
-    /// whatever the host sends.
+    /// The most functions of one host relations message the relay takes on (the wire names
+    /// 256 slots, the default). Beyond it the relay keeps the functions it already knows and
+    /// then the first new ones, and leaves the rest out (counted): a message the protocol
+    /// allows never costs the bus. The relay keeps one entry per slot (a function re-added
+    /// while its predecessor leaves waits inside that entry), so it never holds more than the
+    /// 256 slots the wire can name, whatever the host sends.
     pub max_functions: usize,
     /// The most guest requests outstanding at the host at once (requests the relay has
     /// answered itself never count), and the most host requests outstanding at the guest.
@@ -67,7 +69,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_functions: 32,
+            max_functions: 256,
             max_outstanding_requests: 256,
             max_remembered_answers: 256,
             max_config_cache: 1024,
@@ -87,8 +89,14 @@ pub struct RelayConfig {
     /// How long a function must be quiet (no guest traffic for it) before it counts as
     /// settled, and how long the bus must be quiet before its probe path counts as done.
     pub settle: Duration,
-    /// The longest the relay waits for the guest to finish one change before it moves on
-    /// regardless (liveness against a stuck guest; Hyper-V itself gives up after 60 s).
+    /// The longest the relay keeps a host EJECT unanswered: after it, the relay answers the
+    /// host itself (the function stays shielded and the guest still gets its EJECT only at a
+    /// safe point). Also the longest it waits for the guest to finish one change, or for an
+    /// unsettled function whose guest waits on nothing from the host, before it moves on.
+    /// Hyper-V waits [`HOST_EJECT_TIMEOUT`] for an EJECTION_COMPLETE, then rescinds the
+    /// channel and removes the device by force, so this must leave it a margin: at most
+    /// [`MAX_HOLD_LIMIT`] (checked by [`RelayConfig::validate`]; [`BusRelay::new`](crate::BusRelay::new)
+    /// clamps a larger value).
     pub max_hold: Duration,
     /// How long a request forwarded for a function the host is removing may stay unanswered
     /// before the relay answers it itself.
@@ -110,7 +118,83 @@ impl Default for RelayConfig {
     }
 }
 
+/// How long a Hyper-V host waits for the EJECTION_COMPLETE of an EJECT before it rescinds
+/// the channel and removes the device by force.
+pub const HOST_EJECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest [`RelayConfig::max_hold`]: the host's budget less a margin for the answer's
+/// way back and a busy paravisor.
+pub const MAX_HOLD_LIMIT: Duration = Duration::from_secs(50);
+
+/// A relay setting that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `max_hold` leaves the host no margin before its own EJECT deadline.
+    #[error(
+        "max_hold of {0:?} exceeds {MAX_HOLD_LIMIT:?}: a Hyper-V host gives up on an EJECT after {HOST_EJECT_TIMEOUT:?}"
+    )]
+    MaxHoldBeyondHostBudget(Duration),
+    /// `max_hold` is zero: every eject would be answered before the guest could let go.
+    #[error("max_hold must be more than zero")]
+    MaxHoldZero,
+    /// `settle` is not shorter than `max_hold`: no function could ever settle in time.
+    #[error("settle ({settle:?}) must be shorter than max_hold ({max_hold:?})")]
+    SettleNotBelowMaxHold {
+        /// The settle window.
+        settle: Duration,
+        /// The hold bound.
+        max_hold: Duration,
+    },
+    /// A limit of zero would refuse everything of its kind.
+    #[error("limits.{0} must be more than zero")]
+    ZeroLimit(&'static str),
+}
+
 impl RelayConfig {
+    /// Checks that the settings can work: `max_hold` within the host's EJECT budget and above
+    /// zero, `settle` below it, and no limit at zero (except `max_remembered_answers`,
+    /// where zero means "remember none").
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let Self {
+            name: _,
+            allow: _,
+            settle,
+            max_hold,
+            departed_request_timeout: _,
+            limits,
+        } = self;
+        if *max_hold > MAX_HOLD_LIMIT {
+            return Err(ConfigError::MaxHoldBeyondHostBudget(*max_hold));
+        }
+        if max_hold.is_zero() {
+            return Err(ConfigError::MaxHoldZero);
+        }
+        if settle >= max_hold {
+            return Err(ConfigError::SettleNotBelowMaxHold {
+                settle: *settle,
+                max_hold: *max_hold,
+            });
+        }
+        let Limits {
+            max_functions,
+            max_outstanding_requests,
+            max_remembered_answers: _,
+            max_config_cache,
+            max_progress_steps,
+        } = limits;
+        for (name, value) in [
+            ("max_functions", max_functions),
+            ("max_outstanding_requests", max_outstanding_requests),
+            ("max_config_cache", max_config_cache),
+            ("max_progress_steps", max_progress_steps),
+        ] {
+            if *value == 0 {
+                return Err(ConfigError::ZeroLimit(name));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the guest may see this function.
     pub fn allows(&self, d: &FunctionDescription2) -> bool {
         self.allow.is_empty() || self.allow.iter().any(|r| r.matches(d))

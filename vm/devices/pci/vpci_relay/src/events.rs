@@ -108,6 +108,28 @@ pub enum RelayEvent {
         /// The request.
         request: MessageType,
     },
+    /// The host's first EJECT of a function the guest still holds waited `max_hold`: the
+    /// relay answered it (and each repeat) itself, within the host's budget. The function
+    /// stays shielded, and the guest gets its EJECT at a safe point.
+    EjectAnsweredAtDeadline {
+        /// The function's slot.
+        slot: WinSlot,
+    },
+    /// A relations message listed a function the host has already ejected (sent before the
+    /// host saw the EJECTION_COMPLETE): nothing changes.
+    StaleListing {
+        /// The function's slot.
+        slot: WinSlot,
+    },
+    /// A relations message listed more functions than
+    /// [`Limits::max_functions`](crate::Limits): the relay keeps the ones it knows and then
+    /// the first new ones, up to the limit, and leaves the rest out. The bus is kept.
+    FunctionsOverLimit {
+        /// Functions the host listed.
+        listed: usize,
+        /// Functions the relay took on.
+        kept: usize,
+    },
     /// A host completion arrived for a request the relay had already answered.
     LateCompletion {
         /// The request.
@@ -170,6 +192,13 @@ pub struct Counters {
     pub timed_out: u64,
     /// Host EJECTs the relay answered itself for a function the guest no longer held.
     pub ejects_answered_locally: u64,
+    /// Host EJECTs the relay answered itself at the host's deadline, the guest still holding
+    /// the function.
+    pub ejects_answered_at_deadline: u64,
+    /// Relations listings of functions the host had already ejected (stale, ignored).
+    pub stale_listings: u64,
+    /// Relations messages that listed more functions than the relay's limit.
+    pub over_limit_relations: u64,
     /// Times the progress loop hit its step bound (always 0 for a correct relay).
     pub progress_stalls: u64,
 }

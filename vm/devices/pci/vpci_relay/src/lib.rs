@@ -38,13 +38,27 @@
 //!    backed by a shield and config reads are answered from the relay's copy until the guest's
 //!    EJECTION_COMPLETE; they are never left unbacked (OpenVMM issue #3077).
 //! 9. **Hostile input.** Malformed packets from either side get a typed error, are counted, and
-//!    never panic, hang or grow memory. A host that breaks the protocol loses its bus.
+//!    never panic, hang or grow memory. A host that breaks the protocol loses its bus; a
+//!    message the protocol allows never costs a bus (a host listing more functions than
+//!    [`Limits::max_functions`] keeps the bus, and the relay keeps what fits).
+//! 10. **The guest's view is the host's.** A function is its slot and identity (vendor,
+//!     device, serial). At quiescence the guest holds exactly the functions the host has,
+//!     with the host's identities: nothing missing, nothing extra, nothing mixed. An EJECT
+//!     names the function the host listed **last** in its slot (the host's own view); an
+//!     EJECT of a slot in which no new identity was listed since the previous EJECT is a
+//!     repeat of it, and a relations message that lists an ejected function again (sent
+//!     before the host saw its EJECTION_COMPLETE) changes nothing until the host lists the
+//!     slot without it. Every host EJECT is answered exactly once, within `max_hold` of its
+//!     arrival (validated against the host's 60 s budget, [`HOST_EJECT_TIMEOUT`]), however
+//!     slowly the guest or the host moves; the guest still gets its EJECT only at a safe
+//!     point, never while its probe waits on the host.
 //!
 //! Each guarantee has a test that fails when its safeguard is switched off (see
 //! [`Safeguards`]; the switches exist only in test builds).
 
 #![forbid(unsafe_code)]
 
+mod clock;
 mod config;
 pub mod driver;
 mod events;
@@ -52,9 +66,12 @@ mod function;
 mod local;
 mod relay;
 
-pub use config::{AllowRule, Limits, RelayConfig, Safeguards};
-pub use driver::{BarControl, BusDriver, BusPort, Clock, DriverExit, SystemClock, VirtualClock};
+pub use clock::{Clock, SystemClock, VirtualClock};
+pub use config::{
+    AllowRule, ConfigError, HOST_EJECT_TIMEOUT, Limits, MAX_HOLD_LIMIT, RelayConfig, Safeguards,
+};
+pub use driver::{BarControl, BusDriver, BusPort, DriverExit};
 pub use events::{ChangeKind, Counters, PacketFault, RelayEvent, Side};
-pub use function::{Backing, Function, GuestState, HostState, Stage};
+pub use function::{Backing, Function, GuestState, HostState, Stage, Successor};
 pub use local::local_completion;
 pub use relay::{BusRelay, ConfigAccess, ConfigAction, HostLink, ProbePhase, Transmit};

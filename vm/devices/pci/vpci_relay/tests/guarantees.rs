@@ -617,7 +617,7 @@ fn re_add_while_the_old_function_leaves() {
     bus.drain();
     assert_eq!(bus.guest_relations().last(), Some(&vec![slot(1)]));
     assert_eq!(
-        bus.relay.function(slot(1)).unwrap().guest,
+        bus.relay.function(slot(1)).unwrap().guest(),
         GuestState::Announced
     );
 
@@ -653,7 +653,15 @@ fn re_add_while_the_old_function_leaves() {
     bus.advance(Duration::from_secs(1));
     bus.guest_sends(ejection_complete(1));
     bus.advance(Duration::from_secs(1));
-    assert!(bus.relay.function(slot(1)).is_none());
+    let f = bus
+        .relay
+        .function(slot(1))
+        .expect("the slot remembers the ejected function");
+    assert_eq!(
+        (f.guest(), f.host()),
+        (GuestState::Hidden, HostState::Ejected),
+        "only the memory of the ejected successor, so a stale listing of it stays stale"
+    );
     assert_eq!(bus.guest_relations().len(), 1, "nothing new to announce");
 }
 

@@ -127,7 +127,7 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
         let pending_ejects = bus
             .relay
             .functions()
-            .filter(|f| f.guest == GuestState::Ejecting)
+            .filter(|f| f.guest() == GuestState::Ejecting)
             .count();
         prop_assert!(pending_ejects <= 1, "two ejects outstanding at the guest");
     }

@@ -44,6 +44,8 @@ pub(crate) struct HostRelations {
     pub(crate) v2: bool,
     /// The host's payload, passed on byte for byte when it says exactly what the guest needs.
     pub(crate) raw: Vec<u8>,
+    /// `raw` lists exactly `functions` (false when the relay left functions out).
+    pub(crate) exact: bool,
     /// The functions it lists, in its order.
     pub(crate) functions: Vec<FunctionDescription2>,
 }
@@ -67,7 +69,7 @@ impl HostRelations {
     /// Whether it lists exactly these functions, in this order, with these descriptions
     /// (so its bytes can be passed on as they are).
     pub(crate) fn says<'a>(&self, view: impl Iterator<Item = &'a FunctionDescription2>) -> bool {
-        self.functions.iter().eq(view)
+        self.exact && self.functions.iter().eq(view)
     }
 }
 
@@ -94,11 +96,24 @@ impl ChangeQueue {
         }
     }
 
-    /// When the outstanding change runs out of `max_hold`.
-    pub(crate) fn deadline(&self, max_hold: Duration) -> Option<Duration> {
-        self.outstanding
+    /// When the change queue next needs the relay, after `now`: the outstanding change runs
+    /// out of `max_hold`, or the bus goes quiet (at `bus_quiet`) while a relations change is
+    /// outstanding, relations wait to go, or the guest waits for its survey.
+    pub(crate) fn deadline(
+        &self,
+        now: Duration,
+        max_hold: Duration,
+        bus_quiet: Option<Duration>,
+        survey_requested: bool,
+    ) -> Option<Duration> {
+        let hold = self
+            .outstanding
             .as_ref()
-            .map(|o| o.since().saturating_add(max_hold))
+            .map(|o| o.since().saturating_add(max_hold));
+        let relations = matches!(self.outstanding, Some(Outstanding::Relations { .. }))
+            || self.relations_wanted()
+            || survey_requested;
+        super::earliest_after(now, [hold, bus_quiet.filter(|_| relations)])
     }
 
     pub(crate) fn inspect(&self) -> inspect::Node {

@@ -1,8 +1,9 @@
 //! The function table: one entry per slot (a function re-added while its predecessor leaves
 //! waits inside that entry as its successor), and the set of slots the host ever listed.
 
-use crate::function::Function;
-use std::collections::BTreeMap;
+use crate::function::{Function, HostState};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 use vpci_protocol::WinSlot;
 
 /// The functions of one bus, by slot.
@@ -57,6 +58,36 @@ impl FunctionTable {
     pub(crate) fn ever_listed(&self, slot: WinSlot) -> bool {
         let (word, mask) = bit(slot);
         self.ever_listed.get(word).is_some_and(|w| w & mask != 0)
+    }
+
+    /// When the functions next need the relay, after `now`: a held eject's function or the
+    /// bus goes quiet (at `bus_quiet`), or its hold runs out; a host EJECT the relay owes
+    /// reaches its deadline (`max_hold` after it arrived).
+    pub(crate) fn deadline(
+        &self,
+        now: Duration,
+        settle: Duration,
+        max_hold: Duration,
+        held: &VecDeque<WinSlot>,
+        bus_quiet: Option<Duration>,
+    ) -> Option<Duration> {
+        let held = held
+            .iter()
+            .filter_map(|s| self.get(*s))
+            .filter(|f| f.eject_pending())
+            .flat_map(|f| {
+                [
+                    bus_quiet,
+                    f.quiet_at(settle),
+                    f.eject_since.map(|t| t.saturating_add(max_hold)),
+                ]
+            });
+        let owed = self
+            .map
+            .values()
+            .filter(|f| f.host == HostState::Ejecting)
+            .map(|f| f.host_eject_since.map(|t| t.saturating_add(max_hold)));
+        super::earliest_after(now, held.chain(owed))
     }
 
     pub(crate) fn inspect(&self) -> inspect::Node {

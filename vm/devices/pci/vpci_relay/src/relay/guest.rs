@@ -4,40 +4,14 @@
 use super::requests::{Forwarded, Full};
 use super::{BusRelay, HostLink};
 use crate::events::{PacketFault, RelayEvent, Side};
-use crate::function::{Backing, Function, GuestState, HostState, Stage};
+use crate::function::{Backing, GuestState, LetGo, RequestKind, Stage};
 use crate::local::local_completion;
-use std::time::Duration;
 use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::{Completion, Message, Sender, Status, WinSlot, decode, gets_completion};
 
-/// What admitting a forwarded request means for its function while the host works on it.
-#[derive(Clone, Copy)]
-enum Pending {
-    Requirements,
-    Resources,
-    Interrupt,
-    D0Entry,
-    Nothing,
-}
-
-fn pending_of(message: &Message) -> Pending {
-    match message {
-        Message::QueryResourceRequirements(_) => Pending::Requirements,
-        Message::ResourcesAssigned(_)
-        | Message::ResourcesAssigned2(_)
-        | Message::ResourcesAssigned3(_) => Pending::Resources,
-        Message::CreateInterruptMessage(_)
-        | Message::CreateInterruptMessage2(_)
-        | Message::CreateInterruptMessage3(_) => Pending::Interrupt,
-        Message::BusD0Entry(_) => Pending::D0Entry,
-        _ => Pending::Nothing,
-    }
-}
-
 impl BusRelay {
-    /// A packet from the guest.
-    pub fn handle_guest(&mut self, now: Duration, packet: Packet) {
-        self.tick(now);
+    /// A packet from the guest ([`BusRelay::handle_guest`]).
+    pub(super) fn guest_packet(&mut self, packet: Packet) {
         if self.guest_closed {
             return;
         }
@@ -49,7 +23,6 @@ impl BusRelay {
             },
             other => self.guest_fault(&packet, PacketFault::PacketKind(other.to_raw())),
         }
-        self.progress();
     }
 
     fn guest_message(&mut self, packet: Packet, message: Message) {
@@ -57,7 +30,7 @@ impl BusRelay {
         self.guest.touch(now);
         let slot = message.wslot();
         if let Some(f) = slot.and_then(|s| self.functions.get_mut(s)) {
-            f.last_activity = Some(now);
+            f.touched(now);
         }
         match &message {
             Message::EjectionComplete(m) => {
@@ -84,7 +57,8 @@ impl BusRelay {
     fn forward_guest_request(&mut self, mut packet: Packet, message: Message) {
         let tracked = packet.completion_requested() && gets_completion(message.message_type());
         if tracked {
-            let pending = pending_of(&message);
+            let kind = RequestKind::of(&message);
+            let d0 = matches!(message, Message::BusD0Entry(_));
             let slot = message.wslot();
             let fwd = Forwarded {
                 guest_txid: packet.transaction_id,
@@ -98,25 +72,14 @@ impl BusRelay {
                     return self.guest_fault(&packet, PacketFault::TooManyRequests(limit));
                 }
             }
-            self.mark_pending(slot, pending);
+            if d0 {
+                self.guest.set_d0(Stage::Pending);
+            }
+            if let Some(f) = slot.and_then(|s| self.functions.get_mut(s)) {
+                f.request_admitted(kind);
+            }
         }
         self.out.relay_to_host(packet);
-    }
-
-    fn mark_pending(&mut self, slot: Option<WinSlot>, pending: Pending) {
-        if let Pending::D0Entry = pending {
-            self.guest.set_d0(Stage::Pending);
-        }
-        let Some(f) = slot.and_then(|s| self.functions.get_mut(s)) else {
-            return;
-        };
-        f.requests_pending += 1;
-        match pending {
-            Pending::Requirements => f.requirements = Stage::Pending,
-            Pending::Resources => f.resources = Stage::Pending,
-            Pending::Interrupt => f.interrupts_pending += 1,
-            Pending::D0Entry | Pending::Nothing => {}
-        }
     }
 
     /// Answers a request the relay does not forward (guarantee 4).
@@ -156,19 +119,15 @@ impl BusRelay {
             return;
         };
         if let Some(f) = fwd.slot.and_then(|s| self.functions.get_mut(s)) {
-            f.requests_pending = f.requests_pending.saturating_sub(1);
+            f.request_answered();
         }
         let local = local_completion(&fwd.request, fwd.slot.and_then(|s| self.function(s)));
         self.apply_completion(&fwd.request, &local, true);
         self.answer_guest(fwd.guest_txid, fwd.slot, &local);
     }
 
-    /// The host's channel refused a packet the relay sent it (`ChannelError::Packet`: nothing
-    /// was sent). A forwarded guest request in it will never be answered by the host, so the
-    /// relay answers the guest itself with a failure, as for a request it refuses (guarantee
-    /// 7: every guest request gets exactly one completion).
-    pub fn handle_host_send_refused(&mut self, now: Duration, packet: &Packet) {
-        self.tick(now);
+    /// A forwarded packet the host's channel refused ([`BusRelay::handle_host_send_refused`]).
+    pub(super) fn host_send_refused(&mut self, packet: &Packet) {
         if packet.kind != PacketKind::InBand || !packet.completion_requested() {
             return;
         }
@@ -176,20 +135,10 @@ impl BusRelay {
             return;
         };
         if let Some(f) = fwd.slot.and_then(|s| self.functions.get_mut(s)) {
-            f.requests_pending = f.requests_pending.saturating_sub(1);
             // The host never saw it: nothing of it is pending any more.
-            match pending_of(&fwd.request) {
-                Pending::Requirements if f.requirements == Stage::Pending => {
-                    f.requirements = Stage::NotStarted;
-                }
-                Pending::Resources if f.resources == Stage::Pending => {
-                    f.resources = Stage::NotStarted;
-                }
-                Pending::Interrupt => f.interrupts_pending = f.interrupts_pending.saturating_sub(1),
-                _ => {}
-            }
+            f.request_refused(RequestKind::of(&fwd.request));
         }
-        if let Pending::D0Entry = pending_of(&fwd.request) {
+        if matches!(fwd.request, Message::BusD0Entry(_)) {
             self.guest.set_d0(Stage::NotStarted);
         }
         self.count_fault(
@@ -200,7 +149,6 @@ impl BusRelay {
             fwd.guest_txid,
             Status::BAD_DATA.0.to_le_bytes().to_vec(),
         ));
-        self.progress();
     }
 
     fn guest_ejection_complete(&mut self, packet: Packet, slot: WinSlot) {
@@ -208,20 +156,25 @@ impl BusRelay {
             .functions
             .get(slot)
             .is_some_and(|f| f.guest == GuestState::Ejecting);
-        let Some(f) = self.functions.remove(slot).filter(|_| ejecting) else {
+        // (Only a function the guest was told to eject leaves the table: a stray completion
+        // from the guest changes nothing.)
+        let Some(f) = ejecting.then(|| self.functions.remove(slot)).flatten() else {
             return self.guest_fault(&packet, PacketFault::UnknownSlot(slot));
         };
         // The host's EJECT (if it sent one, and the relay has not answered it yet) is
         // answered by the guest's own completion, and each repeat of it by one of the
-        // relay's.
-        let owed = if f.host == HostState::Ejecting {
-            f.host_ejects_owed.max(1)
-        } else {
-            0
-        };
-        if let Some(d) = f.successor {
-            let allowed = self.config.allows(&d);
-            self.functions.insert(Function::new(d, allowed));
+        // relay's. The slot keeps the host's newest function, or the memory of an ejected one
+        // (so that a stale listing of it stays stale).
+        let config = &self.config;
+        let LetGo {
+            owed,
+            next,
+            announce,
+        } = f.let_go(|d| config.allows(d));
+        if let Some(next) = next {
+            self.functions.insert(next);
+        }
+        if announce {
             self.changes.relations_dirty = true;
         }
         self.out.set_backing(slot, Backing::Released);

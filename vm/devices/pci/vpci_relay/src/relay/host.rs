@@ -3,14 +3,14 @@
 
 use super::changes::HostRelations;
 use super::requests::Unmatched;
-use super::{BusRelay, HostLink, widen};
+use super::{BusRelay, HostLink};
 use crate::events::{PacketFault, RelayEvent, Side};
-use crate::function::{Backing, Function, GuestState, HostState, Stage};
+use crate::function::{Backing, EjectAnswer, Function, GuestState, Listing, Omitted, Stage};
 use crate::local::local_completion;
 use vmbus_channel::{Packet, PacketFlags, PacketKind};
 use vpci_protocol::wire::{EjectionCompleteBody, FunctionDescription2};
 use vpci_protocol::{
-    Completion, CompletionBody, Fixed, Message, ProtocolVersion, Sender, Status, WinSlot, decode,
+    Completion, Fixed, Message, ProtocolVersion, Sender, Status, WinSlot, decode,
     decode_completion, encode,
 };
 use zerocopy::little_endian::U32;
@@ -21,9 +21,8 @@ fn success(transaction_id: u64) -> Packet {
 }
 
 impl BusRelay {
-    /// A packet from the host.
-    pub fn handle_host(&mut self, now: std::time::Duration, packet: Packet) {
-        self.tick(now);
+    /// A packet from the host ([`BusRelay::handle_host`]).
+    pub(super) fn host_packet(&mut self, packet: Packet) {
         if matches!(self.host, HostLink::Lost { .. }) {
             // The host is gone: nothing it sends can matter any more.
             return;
@@ -36,13 +35,12 @@ impl BusRelay {
             },
             other => self.host_fault(PacketFault::PacketKind(other.to_raw())),
         }
-        self.progress();
     }
 
     fn host_message(&mut self, packet: Packet, message: Message) {
         match message {
             Message::BusRelations(m) => {
-                let descs = m.functions.iter().map(widen).collect();
+                let descs = m.functions.iter().map(FunctionDescription2::from).collect();
                 self.host_relations(packet, descs, false);
             }
             Message::BusRelations2(m) => self.host_relations(packet, m.functions, true),
@@ -83,36 +81,24 @@ impl BusRelay {
     }
 
     fn host_relations(&mut self, packet: Packet, descs: Vec<FunctionDescription2>, v2: bool) {
-        let limit = self.config.limits.max_functions;
-        if descs.len() > limit {
-            return self.host_fault(PacketFault::TooManyFunctions {
-                count: descs.len(),
-                limit,
-            });
-        }
-        for (i, d) in descs.iter().enumerate() {
-            if descs.iter().take(i).any(|e| e.wslot == d.wslot) {
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &descs {
+            if !seen.insert(d.wslot.raw()) {
                 return self.host_fault(PacketFault::DuplicateSlot(d.wslot));
             }
         }
-        let listed = |slot: WinSlot| descs.iter().any(|d| d.wslot == slot);
         if packet.completion_requested() {
             // vPCI relations need no completion; answer one if asked so nothing waits.
             self.out.own_to_host(success(packet.transaction_id));
         }
-        // Functions the host no longer lists. (Checked before collecting: usually none.)
+        let listed_count = descs.len();
+        let descs = self.within_limit(descs);
+        let listed = |slot: WinSlot| descs.iter().any(|d| d.wslot == slot);
+        // Slots the host no longer lists. (Checked before collecting: usually none.)
         if self.functions.values().any(|f| !listed(f.slot)) {
             for slot in self.functions.slots() {
-                if listed(slot) {
-                    continue;
-                }
-                let Some(f) = self.functions.get_mut(slot) else {
-                    continue;
-                };
-                // A successor the host takes back before the guest saw it is forgotten.
-                f.successor = None;
-                if f.host == HostState::Listed {
-                    self.host_dropped(slot);
+                if !listed(slot) {
+                    self.host_omits(slot);
                 }
             }
         }
@@ -123,6 +109,7 @@ impl BusRelay {
         let relations = HostRelations {
             v2,
             raw: packet.payload,
+            exact: descs.len() == listed_count,
             functions: descs,
         };
         if self.changes.host_relations.replace(relations).is_some() {
@@ -130,18 +117,43 @@ impl BusRelay {
         }
     }
 
-    /// The host no longer lists a function it had listed, and sent no EJECT for it.
-    fn host_dropped(&mut self, slot: WinSlot) {
-        let Some(f) = self.functions.get_mut(slot) else {
-            return;
-        };
-        if f.guest_visible() {
+    /// The functions of a relations message the relay takes on: all of them, unless they
+    /// exceed [`Limits::max_functions`](crate::Limits). Then the functions the relay already
+    /// knows come first, then new ones in the host's order, up to the limit; the rest are
+    /// left out and counted (guarantee 9: a message the protocol allows never costs a bus).
+    fn within_limit(&mut self, descs: Vec<FunctionDescription2>) -> Vec<FunctionDescription2> {
+        let limit = self.config.limits.max_functions;
+        if descs.len() <= limit {
+            return descs;
+        }
+        for d in &descs {
+            // An EJECT of a slot left out is the host's right, not a mistake.
+            self.functions.mark_listed(d.wslot);
+        }
+        let listed = descs.len();
+        let (known, new): (Vec<_>, Vec<_>) = descs
+            .into_iter()
+            .partition(|d| self.functions.get(d.wslot).is_some());
+        let mut kept: Vec<FunctionDescription2> =
+            known.into_iter().chain(new).take(limit).collect();
+        kept.sort_by_key(|d| d.wslot.raw());
+        self.out.emit(RelayEvent::FunctionsOverLimit {
+            listed,
+            kept: kept.len(),
+        });
+        kept
+    }
+
+    /// A relations message leaves `slot` out.
+    fn host_omits(&mut self, slot: WinSlot) {
+        match self.functions.get_mut(slot).map(Function::omitted) {
+            Some(Omitted::Forget) => {
+                self.functions.remove(slot);
+            }
             // The guest still holds it: the relay ejects it through the same serialization
             // as a host eject. The host waits for no answer.
-            f.host = HostState::Gone;
-            self.begin_eject(slot);
-        } else {
-            self.functions.remove(slot);
+            Some(Omitted::Eject) => self.begin_eject(slot),
+            Some(Omitted::Keep) | None => {}
         }
     }
 
@@ -154,33 +166,24 @@ impl BusRelay {
             self.functions.insert(Function::new(d, allowed));
             return;
         };
-        let same = f.is(&d);
-        match (f.guest_visible(), f.host) {
-            // The guest never saw it: the host's newest description is the function.
-            (false, HostState::Listed) => {
-                if same {
-                    f.desc = d;
-                    f.allowed = allowed;
-                } else {
-                    *f = Function::new(d, allowed);
-                }
-            }
-            // A function the guest holds, listed again as it is: nothing changes (a slot the
-            // host is ejecting stays in its lists until EJECTION_COMPLETE reaches it).
-            (true, HostState::Listed | HostState::Ejecting) if same => {}
-            // A new identity in a slot the guest holds (a device replaced without an eject):
-            // the old function leaves like a dropped one, the new one waits for it.
-            (true, HostState::Listed) => {
-                f.successor = Some(d);
-                self.host_dropped(slot);
-            }
-            // Listed (again) while the function in the slot leaves: the host's current
-            // function there, announced once the guest has let go of the old one.
-            _ => f.successor = Some(d),
+        match f.relisted(d, allowed) {
+            Listing::Stale => self.out.emit(RelayEvent::StaleListing { slot }),
+            // A device replaced without an eject: the old function leaves like a dropped
+            // one, the new one waits for it.
+            Listing::Displaced => self.begin_eject(slot),
+            Listing::Same | Listing::Replaced | Listing::Successor => {}
         }
     }
 
+    /// An EJECT names the function the host listed last in the slot (the host's own view of
+    /// it). An EJECT of a slot in which no new identity was listed since the previous EJECT
+    /// is a repeat of that one, owed an answer of its own.
     fn host_eject(&mut self, slot: WinSlot) {
+        let now = self.now;
+        // A host that repeats without end cannot make the relay queue without end: past the
+        // request limit, a repeat is answered at once.
+        let cap = u32::try_from(self.config.limits.max_outstanding_requests).unwrap_or(u32::MAX);
+        let coalesce = self.safeguards.coalesce;
         let Some(f) = self.functions.get_mut(slot) else {
             // Nothing the guest holds: answer so the host does not wait 60 seconds. A slot
             // the host never listed is its mistake; one it listed before is a late or repeated
@@ -190,49 +193,36 @@ impl BusRelay {
             }
             return self.answer_host_eject(slot);
         };
-        if f.host == HostState::Ejecting {
-            // The host's own eject of the function in this slot is still unanswered: this is
-            // a repeat of it (whatever the host listed in the slot since). It is owed its own
-            // answer, given with the first once the guest lets go: an EJECTION_COMPLETE tells
-            // the host the guest has let go, so none goes out before.
-            // A host that repeats without end cannot make the relay queue without end: past
-            // the request limit, a repeat is answered at once.
-            let cap =
-                u32::try_from(self.config.limits.max_outstanding_requests).unwrap_or(u32::MAX);
-            if f.host_ejects_owed >= cap {
-                return self.answer_host_eject(slot);
+        match f.host_ejected(now, cap, coalesce) {
+            EjectAnswer::Now => self.answer_host_eject(slot),
+            EjectAnswer::Coalesced => {
+                self.complete_host_eject(slot);
+                self.out.emit(RelayEvent::Coalesced { slot });
             }
-            f.host_ejects_owed += 1;
-            return;
+            EjectAnswer::Owed => {}
+            EjectAnswer::OwedAndEject => self.begin_eject(slot),
         }
-        if f.successor.take().is_some() {
-            // Otherwise the EJECT names the host's newest function in the slot: the successor
-            // the guest was never shown. It never will be.
-            self.complete_host_eject(slot);
-            self.out.emit(RelayEvent::Coalesced { slot });
-            return;
+    }
+
+    /// Answers every EJECT the host is owed for a function whose first EJECT has waited
+    /// `max_hold`: the host's budget is the host's (Hyper-V waits 60 s, then removes the
+    /// device by force). The function stays shielded, and the guest still gets its EJECT
+    /// only at a safe point.
+    pub(super) fn answer_overdue_host_ejects(&mut self) -> bool {
+        let (now, max_hold) = (self.now, self.config.max_hold);
+        let mut any = false;
+        for slot in self.functions.slots() {
+            let owed = self
+                .functions
+                .get_mut(slot)
+                .map_or(0, |f| f.host_deadline_passed(now, max_hold));
+            for _ in 0..owed {
+                self.complete_host_eject(slot);
+                self.out.emit(RelayEvent::EjectAnsweredAtDeadline { slot });
+            }
+            any |= owed > 0;
         }
-        if f.host == HostState::Gone {
-            // Dropped earlier without an eject; the guest is being (or has been asked to be)
-            // ejected by the relay. The host now waits for the guest's EJECTION_COMPLETE.
-            f.host = HostState::Ejecting;
-            f.host_ejects_owed = 1;
-            return;
-        }
-        f.host = HostState::Ejecting;
-        f.host_ejects_owed = 1;
-        if !f.guest_visible() && (self.safeguards.coalesce || !f.allowed) {
-            // Guarantee 3: the guest never saw it, so it never will.
-            self.functions.remove(slot);
-            self.complete_host_eject(slot);
-            self.out.emit(RelayEvent::Coalesced { slot });
-            return;
-        }
-        if f.guest_visible() {
-            self.begin_eject(slot);
-        }
-        // (With coalescing off, a hidden function stays listed as ejecting; it is announced
-        // and then ejected, as a plain pass-through would do.)
+        any
     }
 
     /// Answers a host EJECT for a function the guest does not hold.
@@ -244,18 +234,18 @@ impl BusRelay {
     /// Starts the relay's eject of a function the guest holds: queue it for delivery, and
     /// shield its BARs and config space from now on (the host may tear the device down).
     pub(super) fn begin_eject(&mut self, slot: WinSlot) {
-        let now = self.now;
-        let shield = self.safeguards.removal_shield;
-        let Some(f) = self.functions.get_mut(slot) else {
+        let (now, shield) = (self.now, self.safeguards.removal_shield);
+        let Some((queue, shielded)) = self
+            .functions
+            .get_mut(slot)
+            .map(|f| f.eject_begun(now, shield))
+        else {
             return;
         };
-        if f.eject_since.is_none() {
-            f.eject_since = Some(now);
-            f.hold_reported = false;
+        if queue {
             self.changes.queue_eject(slot);
         }
-        if shield && f.backing == Backing::Device {
-            f.backing = Backing::Shield;
+        if shielded {
             self.out.set_backing(slot, Backing::Shield);
         }
     }
@@ -288,7 +278,7 @@ impl BusRelay {
             Err(Unmatched::Unknown) => return self.host_fault(PacketFault::UnknownTransaction(id)),
         };
         if let Some(f) = fwd.slot.and_then(|s| self.functions.get_mut(s)) {
-            f.requests_pending = f.requests_pending.saturating_sub(1);
+            f.request_answered();
         }
         let request_type = fwd.request.message_type();
         let completion = match decode_completion(&packet.payload, request_type, self.version) {
@@ -348,30 +338,8 @@ impl BusRelay {
             Message::BusD0Exit(_) if ok => self.guest.d0_exit(),
             _ => {}
         }
-        let Some(f) = request.wslot().and_then(|s| self.functions.get_mut(s)) else {
-            return;
-        };
-        f.last_activity = Some(self.now);
-        match request {
-            Message::QueryResourceRequirements(_) => {
-                // A failed query still ends the guest's wait for it; the guest drops the
-                // function, so it counts as done for settling.
-                f.requirements = Stage::Done;
-                if let CompletionBody::ResourceRequirements(r) = &completion.body {
-                    f.probed_bars = Some(r.body.probed_bar.map(|b| b.get()));
-                }
-            }
-            Message::ResourcesAssigned(_)
-            | Message::ResourcesAssigned2(_)
-            | Message::ResourcesAssigned3(_) => f.resources = Stage::Done,
-            Message::CreateInterruptMessage(_)
-            | Message::CreateInterruptMessage2(_)
-            | Message::CreateInterruptMessage3(_)
-                if was_pending =>
-            {
-                f.interrupts_pending = f.interrupts_pending.saturating_sub(1);
-            }
-            _ => {}
+        if let Some(f) = request.wslot().and_then(|s| self.functions.get_mut(s)) {
+            f.completed(request, completion, was_pending, self.now);
         }
     }
 
@@ -399,17 +367,11 @@ impl BusRelay {
             let Some(f) = self.functions.get_mut(slot) else {
                 continue;
             };
-            f.host = HostState::Gone;
-            f.host_ejects_owed = 0;
-            f.successor = None;
-            f.requests_pending = 0;
-            f.interrupts_pending = 0;
-            match f.guest {
-                GuestState::Announced => self.begin_eject(slot),
-                GuestState::Hidden => {
-                    self.functions.remove(slot);
-                }
-                GuestState::Ejecting => {}
+            let held = f.host_lost();
+            if !held {
+                self.functions.remove(slot);
+            } else if f.guest == GuestState::Announced {
+                self.begin_eject(slot);
             }
         }
     }

@@ -24,6 +24,7 @@ mod progress;
 mod requests;
 mod window;
 
+pub use output::Transmit;
 pub use probe::ProbePhase;
 pub use window::{ConfigAccess, ConfigAction};
 
@@ -37,20 +38,7 @@ use probe::GuestBus;
 use requests::RequestTable;
 use std::time::Duration;
 use vmbus_channel::Packet;
-use vpci_protocol::wire::{FunctionDescription, FunctionDescription2};
 use vpci_protocol::{ProtocolVersion, WinSlot};
-use zerocopy::{FromZeros, IntoBytes};
-
-/// Something the driver must send, or do to a channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Transmit {
-    /// Send this packet to the host.
-    ToHost(Packet),
-    /// Send this packet to the guest.
-    ToGuest(Packet),
-    /// Close the guest channel: the host's rescind reaches the guest (at a safe point).
-    CloseGuest,
-}
 
 /// The relay's view of the bus as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -64,6 +52,32 @@ pub enum HostLink {
         /// True for a rescind or close, false for a protocol violation.
         rescinded: bool,
     },
+}
+
+impl HostLink {
+    /// When a lost host's bus next needs the relay: the guest channel closes at a safe point
+    /// (the bus quiet), or after `max_hold`.
+    fn deadline(
+        &self,
+        now: Duration,
+        max_hold: Duration,
+        bus_quiet: Option<Duration>,
+    ) -> Option<Duration> {
+        match self {
+            Self::Up => None,
+            Self::Lost { since, .. } => {
+                earliest_after(now, [Some(since.saturating_add(max_hold)), bus_quiet])
+            }
+        }
+    }
+}
+
+/// The earliest of `times` that is still ahead of `now`.
+pub(crate) fn earliest_after(
+    now: Duration,
+    times: impl IntoIterator<Item = Option<Duration>>,
+) -> Option<Duration> {
+    times.into_iter().flatten().filter(|&t| t > now).min()
 }
 
 /// The relay for one vPCI bus. See the crate documentation for its guarantees.
@@ -87,8 +101,11 @@ pub struct BusRelay {
 }
 
 impl BusRelay {
-    /// A relay for a bus whose channels have just opened.
-    pub fn new(config: RelayConfig) -> Self {
+    /// A relay for a bus whose channels have just opened. A `max_hold` beyond the host's
+    /// EJECT budget is clamped to [`MAX_HOLD_LIMIT`](crate::MAX_HOLD_LIMIT); check a
+    /// configuration with [`RelayConfig::validate`] to refuse it instead.
+    pub fn new(mut config: RelayConfig) -> Self {
+        config.max_hold = config.max_hold.min(crate::MAX_HOLD_LIMIT);
         let requests = RequestTable::new(
             config.limits.max_outstanding_requests,
             config.limits.max_remembered_answers,
@@ -140,48 +157,35 @@ impl BusRelay {
         if self.guest_closed {
             return None;
         }
-        let settle = self.config.settle;
-        let max_hold = self.config.max_hold;
-        let bus_quiet = self.guest.quiet_at(settle);
-        let mut next: Option<Duration> = None;
-        let mut consider = |t: Option<Duration>| {
-            if let Some(t) = t.filter(|&t| t > self.now) {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-        };
-        // The change queue: the outstanding change's hold, and the quiet window that ends a
-        // relations change or lets held relations and ejects go.
-        consider(self.changes.deadline(max_hold));
-        if matches!(
-            self.changes.outstanding,
-            Some(changes::Outstanding::Relations { .. })
-        ) || self.changes.relations_wanted()
-            || self.guest.survey_requested()
-        {
-            consider(bus_quiet);
-        }
-        for slot in &self.changes.ejects {
-            if let Some(f) = self.functions.get(*slot).filter(|f| f.eject_pending()) {
-                consider(bus_quiet);
-                consider(f.quiet_at(settle));
-                consider(f.eject_since.map(|t| t.saturating_add(max_hold)));
-            }
-        }
-        // The probe path's own quiet window.
-        consider(self.guest.deadline(settle));
-        // Requests for departed functions the host leaves unanswered.
-        if self.safeguards.local_answers {
-            consider(
-                self.requests
-                    .deadline(self.config.departed_request_timeout, |s| self.departed(s)),
-            );
-        }
-        // A lost host: close the guest channel at a safe point, or after max_hold.
-        if let HostLink::Lost { since, .. } = self.host {
-            consider(Some(since.saturating_add(max_hold)));
-            consider(bus_quiet);
-        }
-        next
+        let Self {
+            config,
+            safeguards,
+            now,
+            version: _,
+            host,
+            guest_closed: _,
+            guest,
+            functions,
+            changes,
+            requests,
+            out: _,
+        } = self;
+        let now = *now;
+        let (settle, max_hold) = (config.settle, config.max_hold);
+        let bus_quiet = guest.quiet_at(settle);
+        let departed = safeguards
+            .local_answers
+            .then(|| requests.deadline(now, config.departed_request_timeout, |s| self.departed(s)));
+        [
+            changes.deadline(now, max_hold, bus_quiet, guest.survey_requested()),
+            functions.deadline(now, settle, max_hold, &changes.ejects, bus_quiet),
+            guest.deadline(now, settle),
+            departed.flatten(),
+            host.deadline(now, max_hold, bus_quiet),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- inspection ----
@@ -273,6 +277,46 @@ impl BusRelay {
 
     // ---- inputs ----
 
+    /// A packet from the host: relations, ejects, completions of forwarded requests, the
+    /// rarer notifications. A malformed one costs the host its bus (guarantee 9).
+    pub fn handle_host(&mut self, now: Duration, packet: Packet) {
+        self.tick(now);
+        self.host_packet(packet);
+        self.progress();
+    }
+
+    /// A packet from the guest: a request (forwarded, or answered by the relay), a
+    /// completion of a host request, or EJECTION_COMPLETE.
+    pub fn handle_guest(&mut self, now: Duration, packet: Packet) {
+        self.tick(now);
+        self.guest_packet(packet);
+        self.progress();
+    }
+
+    /// The host's channel refused a packet the relay sent it (`ChannelError::Packet`: nothing
+    /// was sent). A forwarded guest request in it will never be answered by the host, so the
+    /// relay answers the guest itself with a failure, as for a request it refuses (guarantee
+    /// 7: every guest request gets exactly one completion).
+    pub fn handle_host_send_refused(&mut self, now: Duration, packet: &Packet) {
+        self.tick(now);
+        self.host_send_refused(packet);
+        self.progress();
+    }
+
+    /// A guest access to the config window. Returns what the driver must do with it.
+    pub fn handle_config_access(&mut self, now: Duration, access: ConfigAccess) -> ConfigAction {
+        self.tick(now);
+        let action = self.config_access(access);
+        self.progress();
+        action
+    }
+
+    /// The result of a forwarded config read, so the relay can keep answering it after the
+    /// host has removed the function.
+    pub fn handle_config_read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
+        self.config_read_result(slot, offset, len, value);
+    }
+
     /// A timer armed from [`poll_timeout`](Self::poll_timeout) fired.
     pub fn handle_timeout(&mut self, now: Duration) {
         self.tick(now);
@@ -350,22 +394,6 @@ impl BusRelay {
             .field("counters", &out.counters)
             .build()
     }
-}
-
-/// A BUS_RELATIONS description as a BUS_RELATIONS2 one (no flags, node 0).
-fn widen(d: &FunctionDescription) -> FunctionDescription2 {
-    let mut wide = FunctionDescription2::new_zeroed();
-    wide.as_mut_bytes()[..FunctionDescription::SIZE].copy_from_slice(d.as_bytes());
-    wide
-}
-
-/// The BUS_RELATIONS part of a BUS_RELATIONS2 description.
-fn narrow(d: &FunctionDescription2) -> FunctionDescription {
-    let mut narrow = FunctionDescription::new_zeroed();
-    narrow
-        .as_mut_bytes()
-        .copy_from_slice(&d.as_bytes()[..FunctionDescription::SIZE]);
-    narrow
 }
 
 /// The relay's state as an inspect tree: the bus, the guest's probe phase, the change queue,

@@ -2,12 +2,22 @@
 //! events and counters. Every event goes through [`Outputs::emit`], which bumps the counter
 //! that belongs to it and writes its tracing twin, so neither can be forgotten.
 
-use super::Transmit;
 use crate::events::{ChangeKind, Counters, RelayEvent, Side};
 use crate::function::Backing;
 use std::collections::VecDeque;
 use vmbus_channel::Packet;
 use vpci_protocol::WinSlot;
+
+/// Something the driver must send, or do to a channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// Send this packet to the host.
+    ToHost(Packet),
+    /// Send this packet to the guest.
+    ToGuest(Packet),
+    /// Close the guest channel: the host's rescind reaches the guest (at a safe point).
+    CloseGuest,
+}
 
 /// The relay's output queues and counters.
 #[derive(Clone, Debug)]
@@ -94,6 +104,9 @@ impl Outputs {
             RelayEvent::RelationsSuperseded => c.superseded += 1,
             RelayEvent::AnsweredLocally { .. } => c.answered_locally += 1,
             RelayEvent::EjectAnsweredLocally { .. } => c.ejects_answered_locally += 1,
+            RelayEvent::EjectAnsweredAtDeadline { .. } => c.ejects_answered_at_deadline += 1,
+            RelayEvent::StaleListing { .. } => c.stale_listings += 1,
+            RelayEvent::FunctionsOverLimit { .. } => c.over_limit_relations += 1,
             RelayEvent::LateCompletion { .. } => c.late_completions += 1,
             RelayEvent::Malformed {
                 side: Side::Host, ..
@@ -167,6 +180,27 @@ fn trace_event(bus: &str, event: &RelayEvent) {
             tracing::info!(
                 bus, %slot, message = "PCI_EJECT",
                 "eject of a function the guest no longer holds answered by the relay"
+            );
+        }
+        RelayEvent::EjectAnsweredAtDeadline { slot } => {
+            tracing::warn!(
+                bus, %slot, message = "PCI_EJECTION_COMPLETE",
+                "host eject answered by the relay at its deadline; the guest still holds the function (shielded)"
+            );
+        }
+        RelayEvent::StaleListing { slot } => {
+            tracing::debug!(
+                bus, %slot, message = "PCI_BUS_RELATIONS",
+                "stale listing of an ejected function ignored"
+            );
+        }
+        RelayEvent::FunctionsOverLimit { listed, kept } => {
+            tracing::warn!(
+                bus,
+                listed,
+                kept,
+                message = "PCI_BUS_RELATIONS",
+                "more functions than the relay's limit; the rest are left out"
             );
         }
         RelayEvent::LateCompletion { request } => {

@@ -137,10 +137,11 @@ impl GuestBus {
         self.activity.map(|t| t.saturating_add(settle))
     }
 
-    /// The deadline of the probe path's own wait: the quiet window once D0 is entered.
-    pub(crate) fn deadline(&self, settle: Duration) -> Option<Duration> {
+    /// The deadline of the probe path's own wait, after `now`: the quiet window once D0 is
+    /// entered.
+    pub(crate) fn deadline(&self, now: Duration, settle: Duration) -> Option<Duration> {
         match self.phase {
-            ProbePhase::Probing { d0: Stage::Done } => self.quiet_at(settle),
+            ProbePhase::Probing { d0: Stage::Done } => self.quiet_at(settle).filter(|&t| t > now),
             _ => None,
         }
     }

@@ -3,7 +3,7 @@
 //! answer requests the host has left too long for functions it removed.
 
 use super::changes::Outstanding;
-use super::{BusRelay, HostLink, narrow};
+use super::{BusRelay, HostLink};
 use crate::events::{ChangeKind, RelayEvent};
 use crate::function::{Backing, Function, GuestState, HostState};
 use vmbus_channel::Packet;
@@ -29,7 +29,7 @@ impl BusRelay {
             return false;
         }
         self.update_installed();
-        if self.answer_stale_requests() {
+        if self.answer_stale_requests() || self.answer_overdue_host_ejects() {
             return true;
         }
         if let Some(o) = &self.changes.outstanding {
@@ -57,26 +57,13 @@ impl BusRelay {
         !gated && self.try_close()
     }
 
-    /// The guest did not finish the outstanding change within `max_hold`: move on. A host
-    /// EJECT still owed is answered now (the function stays shielded until the guest lets
-    /// go), so a stuck guest never leaves the host waiting.
+    /// The guest did not finish the outstanding change within `max_hold`: move on. (A host
+    /// EJECT still owed has its own deadline, [`answer_overdue_host_ejects`](Self::answer_overdue_host_ejects),
+    /// so a stuck guest never leaves the host waiting.)
     fn change_timed_out(&mut self) {
-        let Some(o) = self.changes.outstanding.take() else {
-            return;
-        };
-        if let Outstanding::Eject { slot, .. } = o {
-            if let Some(f) = self.functions.get_mut(slot) {
-                if f.host == HostState::Ejecting {
-                    f.host = HostState::Gone;
-                    let owed = std::mem::take(&mut f.host_ejects_owed).max(1);
-                    for _ in 0..owed {
-                        self.complete_host_eject(slot);
-                        self.out.emit(RelayEvent::EjectAnsweredLocally { slot });
-                    }
-                }
-            }
+        if let Some(o) = self.changes.outstanding.take() {
+            self.out.emit(RelayEvent::ChangeTimedOut(o.kind()));
         }
-        self.out.emit(RelayEvent::ChangeTimedOut(o.kind()));
     }
 
     /// Answers requests for departed functions that the host has left unanswered for
@@ -148,6 +135,11 @@ impl BusRelay {
         // The guest's last change (an eject's work runs on after EJECTION_COMPLETE) must have
         // gone quiet too.
         let bus_ready = (self.guest.installed() || !self.guest.surveyed()) && self.bus_quiet();
+        // A hold that ran out lets an unsettled function's eject go only while the guest
+        // waits on nothing from the host: a slow host (a probe request unanswered for longer
+        // than `max_hold`, which its own budgets allow) never opens C3's window. The host's
+        // EJECT has been answered at its deadline meanwhile.
+        let host_owes = !self.requests.idle();
         let functions = &self.functions;
         self.changes
             .ejects
@@ -158,9 +150,9 @@ impl BusRelay {
             let Some(f) = self.functions.get(slot) else {
                 continue;
             };
-            let expired = f
-                .eject_since
-                .is_some_and(|t| now >= t.saturating_add(max_hold));
+            let expired = !host_owes
+                && f.eject_since
+                    .is_some_and(|t| now >= t.saturating_add(max_hold));
             if !gated && (!hold || expired || (bus_ready && f.settled(now, settle))) {
                 chosen = Some(slot);
                 break;
@@ -170,10 +162,13 @@ impl BusRelay {
             }
         }
         for slot in newly_held {
-            if let Some(f) = self.functions.get_mut(slot) {
-                f.hold_reported = true;
+            if self
+                .functions
+                .get_mut(slot)
+                .is_some_and(Function::hold_noted)
+            {
+                self.out.emit(RelayEvent::EjectHeld { slot });
             }
-            self.out.emit(RelayEvent::EjectHeld { slot });
         }
         let Some(slot) = chosen else {
             return false;
@@ -181,8 +176,7 @@ impl BusRelay {
         let Some(f) = self.functions.get_mut(slot) else {
             return false;
         };
-        f.guest = GuestState::Ejecting;
-        let released = f.hold_reported;
+        let released = f.eject_delivered();
         self.changes.ejects.retain(|s| *s != slot);
         let payload = encode(&Message::Eject(Fixed::new(SlotBody { wslot: slot })));
         self.out.relay_to_guest(Packet::in_band(0, payload));
@@ -258,9 +252,7 @@ impl BusRelay {
         let now = self.now;
         for &slot in &added {
             if let Some(f) = self.functions.get_mut(slot) {
-                f.guest = GuestState::Announced;
-                f.needs_resources = initial;
-                f.backing = Backing::Device;
+                f.announced(initial);
                 self.out.set_backing(slot, Backing::Device);
             }
         }
@@ -306,7 +298,7 @@ impl BusRelay {
                     })
                 } else {
                     Message::BusRelations(BusRelations {
-                        functions: view.iter().map(|f| narrow(&f.desc)).collect(),
+                        functions: view.iter().map(|f| f.desc.narrow()).collect(),
                         trailing: Vec::new(),
                     })
                 };

@@ -142,9 +142,11 @@ impl RequestTable {
             .collect()
     }
 
-    /// When the next request for a departed function will have waited `timeout`.
+    /// When the next request for a departed function will have waited `timeout`, after
+    /// `now`.
     pub(crate) fn deadline(
         &self,
+        now: Duration,
         timeout: Duration,
         departed: impl Fn(WinSlot) -> bool,
     ) -> Option<Duration> {
@@ -153,6 +155,7 @@ impl RequestTable {
             .map(|(_, r)| r)
             .filter(|r| r.slot.is_some_and(&departed))
             .map(|r| r.sent_at.saturating_add(timeout))
+            .filter(|&t| t > now)
             .min()
     }
 
@@ -225,3 +228,6 @@ impl RequestTable {
             .build()
     }
 }
+
+#[cfg(test)]
+mod tests;

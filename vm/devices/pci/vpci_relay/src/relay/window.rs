@@ -3,7 +3,6 @@
 
 use super::{BusRelay, HostLink};
 use crate::function::{GuestState, HostState};
-use std::time::Duration;
 use vpci_protocol::WinSlot;
 
 /// A guest access to a function's config space through the config window (trapped by the
@@ -45,9 +44,9 @@ pub enum ConfigAction {
 }
 
 impl BusRelay {
-    /// A guest access to the config window. Returns what the driver must do with it.
-    pub fn handle_config_access(&mut self, now: Duration, access: ConfigAccess) -> ConfigAction {
-        self.tick(now);
+    /// A guest access to the config window ([`BusRelay::handle_config_access`]).
+    pub(super) fn config_access(&mut self, access: ConfigAccess) -> ConfigAction {
+        let now = self.now;
         let (slot, offset, len, read) = match access {
             ConfigAccess::Read { slot, offset, len } => (slot, offset, len, true),
             ConfigAccess::Write {
@@ -58,9 +57,9 @@ impl BusRelay {
         let shield = self.safeguards.removal_shield;
         let limit = self.config.limits.max_config_cache;
         self.guest.touch(now);
-        let action = match self.functions.get_mut(slot) {
+        match self.functions.get_mut(slot) {
             Some(f) if f.guest_visible() => {
-                f.last_activity = Some(now);
+                f.touched(now);
                 if host_up && f.host == HostState::Listed || !shield {
                     ConfigAction::Forward
                 } else if read {
@@ -83,22 +82,14 @@ impl BusRelay {
             // A function the guest was never shown (or already let go): nothing there.
             _ if read => ConfigAction::Answer(extract(u32::MAX, offset, len)),
             _ => ConfigAction::Drop,
-        };
-        self.progress();
-        action
+        }
     }
 
-    /// The result of a forwarded config read, so the relay can keep answering it after the
-    /// host has removed the function.
-    pub fn handle_config_read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
+    /// The result of a forwarded config read ([`BusRelay::handle_config_read_result`]).
+    pub(super) fn config_read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
         let limit = self.config.limits.max_config_cache;
         if let Some(f) = self.functions.get_mut(slot) {
-            if len == 4
-                && offset % 4 == 0
-                && (f.config.len() < limit || f.config.contains_key(&offset))
-            {
-                f.config.insert(offset, value);
-            }
+            f.remember_read(offset, len, value, limit);
         }
     }
 }

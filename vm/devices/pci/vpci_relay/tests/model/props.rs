@@ -87,7 +87,7 @@ pub fn tables_live(s: &State) -> bool {
     let host = s.host.relations();
     relay.requests_outstanding() == 0
         && relay.functions().all(|f| {
-            let slot = super::wire::slot_dev(f.slot);
+            let slot = super::wire::slot_dev(f.slot());
             host.iter().any(|&(h, _)| h == slot) || s.guest.children.contains_key(&slot)
         })
 }
