@@ -344,6 +344,23 @@ impl Vm {
         Ok(())
     }
 
+    /// Cuts the link between the relay of bus `bus` and its host, as a failure on the relay's
+    /// side of the transport would: the host did not rescind and did nothing wrong (fault
+    /// injection, for the verdict's tests). Returns whether there was a relay to cut.
+    pub fn cut_host_link(&mut self, bus: usize) -> bool {
+        let cut = self
+            .buses
+            .get_mut(bus)
+            .and_then(|b| {
+                b.relay_dirty = true;
+                b.relay.as_mut()
+            })
+            .map(|r| vmbus_channel::Channel::revoke(&mut r.host_end))
+            .is_some();
+        self.pump();
+        cut
+    }
+
     /// The first guest failure so far, as an outcome.
     pub fn failure(&self) -> Option<Outcome> {
         self.buses
