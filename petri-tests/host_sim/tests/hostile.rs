@@ -236,7 +236,7 @@ fn broke_protocol_is_recorded() {
         Response::Extend(5),
         Response::UnknownTransactionId,
     ] {
-        let mut g = with_rule(r.clone());
+        let mut g = with_rule(r);
         g.request(qrr(1));
         assert!(g.bus.broke_protocol(), "{r:?}");
     }
