@@ -231,6 +231,28 @@ fn interrupts_are_created_and_deleted() {
     )));
 }
 
+/// At protocol 1.1 Linux asks for an interrupt with an all-ones processor mask
+/// (`CPU_AFFINITY_ALL`, "any processor"): the host maps it, to processor 0, as Hyper-V does;
+/// a mask naming 33 processors is still refused.
+#[test]
+fn a_1_1_interrupt_for_any_processor_is_mapped() {
+    let mut g = Guest::new(BusConfig {
+        versions: vec![ProtocolVersion::V1_1],
+        functions: vec![FunctionSpec::nic(1)],
+        ..BusConfig::default()
+    });
+    g.probe_to_survey(ProtocolVersion::V1_1);
+    let id = g.request(create_interrupt(1, 0x41, u64::MAX));
+    let c = g.expect_completion(id);
+    assert_eq!(c.status, Status::SUCCESS);
+    let CompletionBody::CreateInterrupt(r) = c.body else {
+        panic!("{c:?}")
+    };
+    assert_eq!(r.body.int_desc.address.get(), 0xFEE0_0000);
+    let id = g.request(create_interrupt(1, 0x42, (1u64 << 33) - 1));
+    assert_eq!(g.expect_completion(id).status, Status::BAD_DATA);
+}
+
 /// The interrupt table is bounded: past the policy's limit requests fail with BAD_DATA.
 #[test]
 fn interrupt_table_is_bounded() {

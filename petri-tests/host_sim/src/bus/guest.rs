@@ -54,13 +54,21 @@ struct IntRequest {
 }
 
 impl IntRequest {
+    /// Protocol 1.0/1.1: a processor mask. Linux sends all ones (`CPU_AFFINITY_ALL`: any
+    /// processor), which Hyper-V takes as "deliver anywhere"; that counts as one target here,
+    /// not 64. (OpenVMM's emulated bus refuses more than 32 bits; the hosts Linux meets at
+    /// 1.1 do not.) Any other mask names its processors.
     fn v1(d: &MsiDesc) -> Self {
         let mask = d.cpu_mask.get();
         Self {
             vector: u32::from(d.vector),
             delivery_mode: d.delivery_mode,
             vector_count: d.vector_count.get(),
-            processors: mask.count_ones(),
+            processors: if mask == u64::MAX {
+                1
+            } else {
+                mask.count_ones()
+            },
             first_cpu: if mask == 0 { 0 } else { mask.trailing_zeros() },
         }
     }

@@ -2,24 +2,31 @@
 //! waiting for their turn, and the host relations not yet reflected to the guest.
 
 use crate::events::ChangeKind;
+use inspect::Inspect;
 use std::collections::VecDeque;
 use std::time::Duration;
 use vpci_protocol::WinSlot;
 use vpci_protocol::wire::FunctionDescription2;
 
 /// The host change the guest is working on.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Inspect)]
+#[inspect(tag = "change", rename_all = "snake_case")]
 pub(crate) enum Outstanding {
     /// A relations message.
     Relations {
         since: Duration,
         /// Functions it announced.
+        #[inspect(with = "slot_list")]
         added: Vec<WinSlot>,
         /// It answered the guest's survey before the probe path was done.
         initial: bool,
     },
     /// An EJECT of one function.
-    Eject { slot: WinSlot, since: Duration },
+    Eject {
+        #[inspect(display)]
+        slot: WinSlot,
+        since: Duration,
+    },
 }
 
 impl Outstanding {
@@ -38,25 +45,29 @@ impl Outstanding {
 }
 
 /// The latest host relations the relay has not yet reflected to the guest.
-#[derive(Clone, Debug, Hash)]
+#[derive(Clone, Debug, Hash, Inspect)]
 pub(crate) struct HostRelations {
     /// BUS_RELATIONS2 (else BUS_RELATIONS).
     pub(crate) v2: bool,
     /// The host's payload, passed on byte for byte when it says exactly what the guest needs.
+    #[inspect(skip)]
     pub(crate) raw: Vec<u8>,
     /// `raw` lists exactly `functions` (false when the relay left functions out).
     pub(crate) exact: bool,
     /// The functions it lists, in its order.
+    #[inspect(rename = "slots", with = "described_slots")]
     pub(crate) functions: Vec<FunctionDescription2>,
 }
 
 /// The change queue of one bus.
-#[derive(Clone, Debug, Hash)]
+#[derive(Clone, Debug, Hash, Inspect)]
 pub(crate) struct ChangeQueue {
     pub(crate) outstanding: Option<Outstanding>,
     /// Ejects waiting to be delivered, in the order they began.
+    #[inspect(rename = "held_ejects", with = "slot_list")]
     pub(crate) ejects: VecDeque<WinSlot>,
     /// Host relations waiting to be reflected.
+    #[inspect(rename = "pending_host_relations")]
     pub(crate) host_relations: Option<HostRelations>,
     /// The guest's view must be refreshed though no host relations wait (a function re-added
     /// while its predecessor left is now free to announce).
@@ -115,55 +126,21 @@ impl ChangeQueue {
             || survey_requested;
         super::earliest_after(now, [hold, bus_quiet.filter(|_| relations)])
     }
+}
 
-    pub(crate) fn inspect(&self) -> inspect::Node {
-        use inspect::Node;
-        let Self {
-            outstanding,
-            ejects,
-            host_relations,
-            relations_dirty,
-            relations_held_reported,
-        } = self;
-        let outstanding = match outstanding {
-            None => Node::Value(inspect::Value::None),
-            Some(o) => {
-                let node = Node::dir()
-                    .field(
-                        "change",
-                        &match o.kind() {
-                            ChangeKind::Relations => "relations".to_owned(),
-                            ChangeKind::Eject(slot) => format!("eject {slot}"),
-                        },
-                    )
-                    .field("since", &o.since());
-                match o {
-                    Outstanding::Relations { added, initial, .. } => {
-                        let added: Vec<String> = added.iter().map(|s| s.to_string()).collect();
-                        node.field("added", &added).field("initial", initial)
-                    }
-                    Outstanding::Eject { .. } => node,
-                }
-                .build()
-            }
-        };
-        let held: Vec<String> = ejects.iter().map(|s| s.to_string()).collect();
-        let host_relations = match host_relations {
-            None => Node::Value(inspect::Value::None),
-            Some(h) => {
-                let slots: Vec<String> = h.functions.iter().map(|d| d.wslot.to_string()).collect();
-                Node::dir()
-                    .field("v2", &h.v2)
-                    .field("slots", &slots)
-                    .build()
-            }
-        };
-        Node::dir()
-            .child("outstanding", outstanding)
-            .field("held_ejects", &held)
-            .child("pending_host_relations", host_relations)
-            .field("relations_dirty", relations_dirty)
-            .field("relations_held_reported", relations_held_reported)
-            .build()
-    }
+/// Slots as a list of their names (`01.0`).
+fn slot_list<'a, T>(slots: &'a T) -> inspect::Node
+where
+    &'a T: IntoIterator<Item = &'a WinSlot>,
+{
+    slots
+        .into_iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .inspect()
+}
+
+/// The slots of described functions, as a list of their names.
+fn described_slots(descs: &[FunctionDescription2]) -> inspect::Node {
+    slot_list(&descs.iter().map(|d| d.wslot).collect::<Vec<_>>())
 }

@@ -2,15 +2,19 @@
 //! waits inside that entry as its successor), and the set of slots the host ever listed.
 
 use crate::function::{Function, HostState};
+use inspect::Inspect;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use vpci_protocol::WinSlot;
 
 /// The functions of one bus, by slot.
-#[derive(Clone, Debug, Default, Hash)]
+#[derive(Clone, Debug, Default, Hash, Inspect)]
+#[inspect(transparent)]
 pub(crate) struct FunctionTable {
+    #[inspect(with = "by_slot")]
     map: BTreeMap<u32, Function>,
     /// Every slot the host has listed since the bus opened (the wire names 256).
+    #[inspect(skip)]
     ever_listed: [u64; 4],
 }
 
@@ -89,14 +93,13 @@ impl FunctionTable {
             .map(|f| f.host_eject_since.map(|t| t.saturating_add(max_hold)));
         super::earliest_after(now, held.chain(owed))
     }
+}
 
-    pub(crate) fn inspect(&self) -> inspect::Node {
-        use inspect::{Inspect, Node};
-        Node::Dir(
-            self.map
-                .values()
-                .map(|f| (f.slot.to_string(), f.inspect()))
-                .collect(),
-        )
-    }
+/// Functions keyed by their slot's name (`01.0`).
+fn by_slot(map: &BTreeMap<u32, Function>) -> inspect::Node {
+    inspect::Node::Dir(
+        map.values()
+            .map(|f| (f.slot.to_string(), f.inspect()))
+            .collect(),
+    )
 }

@@ -85,19 +85,47 @@ pub(crate) fn earliest_after(
 /// Feed it with the `handle_*` methods, then drain [`poll_transmit`](Self::poll_transmit),
 /// [`poll_backing`](Self::poll_backing) and [`poll_event`](Self::poll_event), and arm a timer
 /// for [`poll_timeout`](Self::poll_timeout). It never blocks, reads no clock and does no I/O.
-#[derive(Clone, Debug)]
+///
+/// Its inspect tree shows the bus (name, version, time, host link), the guest's probe phase,
+/// the change queue, every function with its host and guest state, the request table and
+/// the counters.
+#[derive(Clone, Debug, inspect::Inspect)]
 pub struct BusRelay {
+    #[inspect(rename = "name", with = "config_name")]
     config: RelayConfig,
+    #[inspect(skip)]
     safeguards: Safeguards,
     now: Duration,
+    #[inspect(display)]
     version: ProtocolVersion,
+    #[inspect(with = "host_link_node")]
     host: HostLink,
     guest_closed: bool,
     guest: GuestBus,
     functions: FunctionTable,
     changes: ChangeQueue,
     requests: RequestTable,
+    #[inspect(rename = "counters", with = "counters_node")]
     out: Outputs,
+}
+
+fn config_name(config: &RelayConfig) -> inspect::Node {
+    inspect::Node::str(&config.name)
+}
+
+fn host_link_node(host: &HostLink) -> inspect::Node {
+    use inspect::Node;
+    match host {
+        HostLink::Up => Node::str("up"),
+        HostLink::Lost { since, rescinded } => Node::dir()
+            .field("state", if *rescinded { "rescinded" } else { "failed" })
+            .field("since", since)
+            .build(),
+    }
+}
+
+fn counters_node(out: &Outputs) -> inspect::Node {
+    inspect::Inspect::inspect(&out.counters)
 }
 
 impl BusRelay {
@@ -357,49 +385,5 @@ impl BusRelay {
                 .functions
                 .get(slot)
                 .is_none_or(|f| f.host != HostState::Listed || !f.allowed || !f.guest_visible())
-    }
-
-    fn inspect_tree(&self) -> inspect::Node {
-        use inspect::Node;
-        let Self {
-            config,
-            safeguards: _,
-            now,
-            version,
-            host,
-            guest_closed,
-            guest,
-            functions,
-            changes,
-            requests,
-            out,
-        } = self;
-        let host = match host {
-            HostLink::Up => Node::str("up"),
-            HostLink::Lost { since, rescinded } => Node::dir()
-                .field("state", if *rescinded { "rescinded" } else { "failed" })
-                .field("since", since)
-                .build(),
-        };
-        Node::dir()
-            .field("name", &config.name)
-            .field("version", &version.to_string())
-            .field("now", now)
-            .child("host", host)
-            .field("guest_closed", guest_closed)
-            .child("guest", guest.inspect())
-            .child("changes", changes.inspect())
-            .child("functions", functions.inspect())
-            .child("requests", requests.inspect())
-            .field("counters", &out.counters)
-            .build()
-    }
-}
-
-/// The relay's state as an inspect tree: the bus, the guest's probe phase, the change queue,
-/// every function with its host and guest state, the request table and counters.
-impl inspect::Inspect for BusRelay {
-    fn inspect(&self) -> inspect::Node {
-        self.inspect_tree()
     }
 }

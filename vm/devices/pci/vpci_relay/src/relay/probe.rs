@@ -2,10 +2,12 @@
 //! spoke.
 
 use crate::function::Stage;
+use inspect::Inspect;
 use std::time::Duration;
 
 /// How far the guest's probe path (Linux's `hv_pci_probe`) has come.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Inspect)]
+#[inspect(rename_all = "snake_case")]
 pub enum ProbePhase {
     /// The guest has not asked for the bus's relations yet.
     Silent,
@@ -28,10 +30,11 @@ pub enum ProbePhase {
 }
 
 /// The guest's bus-wide state.
-#[derive(Clone, Debug, Hash)]
+#[derive(Clone, Debug, Hash, Inspect)]
 pub(crate) struct GuestBus {
     pub(crate) phase: ProbePhase,
     /// The last guest traffic on the bus (or relayed answer it acts on).
+    #[inspect(rename = "last_activity")]
     activity: Option<Duration>,
 }
 
@@ -132,6 +135,15 @@ impl GuestBus {
             .is_none_or(|t| now >= t.saturating_add(settle))
     }
 
+    /// When a hold that began at `since` runs out: `max_hold` of the guest's own time, that
+    /// is, counted from `since` or from the guest's last traffic (or the last answer it got),
+    /// whichever is later. Time the guest spends waiting on a slow host is not its own.
+    pub(crate) fn hold_ends(&self, since: Duration, max_hold: Duration) -> Duration {
+        self.activity
+            .map_or(since, |t| t.max(since))
+            .saturating_add(max_hold)
+    }
+
     /// When the bus will have been quiet for the settle window.
     pub(crate) fn quiet_at(&self, settle: Duration) -> Option<Duration> {
         self.activity.map(|t| t.saturating_add(settle))
@@ -144,21 +156,5 @@ impl GuestBus {
             ProbePhase::Probing { d0: Stage::Done } => self.quiet_at(settle).filter(|&t| t > now),
             _ => None,
         }
-    }
-
-    pub(crate) fn inspect(&self) -> inspect::Node {
-        let Self { phase, activity } = self;
-        let phase = match phase {
-            ProbePhase::Silent => "silent".to_owned(),
-            ProbePhase::Surveying { installed, d0 } => {
-                format!("surveying (installed: {installed}, d0: {d0:?})")
-            }
-            ProbePhase::Probing { d0 } => format!("probing (d0: {d0:?})"),
-            ProbePhase::Installed => "installed".to_owned(),
-        };
-        inspect::Node::dir()
-            .field("phase", &phase)
-            .field("last_activity", activity)
-            .build()
     }
 }

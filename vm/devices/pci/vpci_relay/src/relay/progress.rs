@@ -37,7 +37,11 @@ impl BusRelay {
                 self.finish_change();
                 return true;
             }
-            if self.now >= o.since().saturating_add(self.config.max_hold) {
+            // A guest that has not finished its change in `max_hold` of its own time, while
+            // it waits on nothing from the host, is stuck: move on.
+            if self.requests.idle()
+                && self.now >= self.guest.hold_ends(o.since(), self.config.max_hold)
+            {
                 self.change_timed_out();
                 return true;
             }
@@ -136,9 +140,11 @@ impl BusRelay {
         // gone quiet too.
         let bus_ready = (self.guest.installed() || !self.guest.surveyed()) && self.bus_quiet();
         // A hold that ran out lets an unsettled function's eject go only while the guest
-        // waits on nothing from the host: a slow host (a probe request unanswered for longer
-        // than `max_hold`, which its own budgets allow) never opens C3's window. The host's
-        // EJECT has been answered at its deadline meanwhile.
+        // waits on nothing from the host, and only after `max_hold` of the guest's own time
+        // (since the hold began or the guest last spoke or was answered): a slow host (a
+        // probe request unanswered for longer than `max_hold`, which its own budgets allow)
+        // never opens C3's window. The host's EJECT has been answered at its deadline
+        // meanwhile.
         let host_owes = !self.requests.idle();
         let functions = &self.functions;
         self.changes
@@ -152,7 +158,7 @@ impl BusRelay {
             };
             let expired = !host_owes
                 && f.eject_since
-                    .is_some_and(|t| now >= t.saturating_add(max_hold));
+                    .is_some_and(|t| now >= self.guest.hold_ends(t, max_hold));
             if !gated && (!hold || expired || (bus_ready && f.settled(now, settle))) {
                 chosen = Some(slot);
                 break;

@@ -6,6 +6,7 @@
 //! answered leaves the live table at once and is remembered, in a bounded first-in first-out
 //! memory, only so that the host's late completion for it can be told from a wrong one.
 
+use inspect::{Inspect, Node};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use vpci_protocol::{Message, MessageType, WinSlot};
@@ -39,17 +40,21 @@ pub(crate) enum Unmatched {
 pub(crate) struct Full(pub(crate) usize);
 
 /// Guest requests at the host, remembered local answers, and host requests at the guest.
-#[derive(Clone, Debug, Hash)]
+#[derive(Clone, Debug, Hash, Inspect)]
 pub(crate) struct RequestTable {
     /// Sorted by id. A vector rather than a map: it holds a handful of entries, keeps its
     /// allocation when it empties (a map frees its node on every round trip), and is bounded
     /// by `live_limit`.
+    #[inspect(with = "live_node")]
     live: Vec<(u64, Forwarded)>,
     live_limit: usize,
+    #[inspect(rename = "answered_locally_remembered", with = "count")]
     answered: VecDeque<(u64, MessageType)>,
     answered_limit: usize,
     /// Host requests forwarded to the guest: relay id -> host id.
+    #[inspect(rename = "host_requests_at_guest", with = "count")]
     host_requests: BTreeMap<u64, u64>,
+    #[inspect(hex)]
     next_txid: u64,
 }
 
@@ -193,41 +198,29 @@ impl RequestTable {
     pub(crate) fn host_requests_len(&self) -> usize {
         self.host_requests.len()
     }
-
-    /// The inspect tree: live requests by id, counts of the rest.
-    pub(crate) fn inspect(&self) -> inspect::Node {
-        use inspect::Node;
-        let Self {
-            live,
-            live_limit,
-            answered,
-            answered_limit,
-            host_requests,
-            next_txid,
-        } = self;
-        let live_node = Node::Dir(
-            live.iter()
-                .map(|(id, r)| {
-                    let node = Node::dir()
-                        .field("request", &r.request.message_type().to_string())
-                        .field("slot", &r.slot.map(|s| s.to_string()))
-                        .hex("guest_txid", r.guest_txid)
-                        .field("sent_at", &r.sent_at)
-                        .build();
-                    (format!("{id:#x}"), node)
-                })
-                .collect(),
-        );
-        Node::dir()
-            .child("live", live_node)
-            .field("live_limit", live_limit)
-            .field("answered_locally_remembered", &answered.len())
-            .field("answered_limit", answered_limit)
-            .field("host_requests_at_guest", &host_requests.len())
-            .hex("next_txid", *next_txid)
-            .build()
-    }
 }
 
-#[cfg(test)]
-mod tests;
+/// Live requests by id: the request, its function, the guest's id, when it was sent.
+fn live_node(live: &[(u64, Forwarded)]) -> Node {
+    Node::Dir(
+        live.iter()
+            .map(|(id, r)| {
+                let node = Node::dir()
+                    .field("request", &r.request.message_type().to_string())
+                    .field("slot", &r.slot.map(|s| s.to_string()))
+                    .hex("guest_txid", r.guest_txid)
+                    .field("sent_at", &r.sent_at)
+                    .build();
+                (format!("{id:#x}"), node)
+            })
+            .collect(),
+    )
+}
+
+/// How many entries a table holds.
+fn count<'a, T>(table: &'a T) -> Node
+where
+    &'a T: IntoIterator,
+{
+    table.into_iter().count().inspect()
+}
