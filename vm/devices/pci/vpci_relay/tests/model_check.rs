@@ -293,11 +293,17 @@ fn print_path(name: &str, path: stateright::Path<State, Action>) {
 /// reached).
 fn check_all_on(bounds: Bounds) {
     let start = Instant::now();
-    let c = RelayModel::new(bounds, Safeguards::ALL_ON)
+    let mut checker = RelayModel::new(bounds, Safeguards::ALL_ON)
         .checker()
-        .threads(2)
-        .spawn_bfs()
-        .join();
+        .threads(2);
+    // For measuring a bound: stop after this many seconds (the check is then incomplete).
+    if let Some(secs) = std::env::var("MODEL_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        checker = checker.timeout(std::time::Duration::from_secs(secs));
+    }
+    let c = checker.spawn_bfs().join();
     println!(
         "{bounds:?}: {} unique states, {} total, depth {}, {:?}",
         c.unique_state_count(),
@@ -381,16 +387,17 @@ fn model_check_large_two_at_boot() {
 
 /// The check at a bound given in the environment, for hunting at larger bounds (best with
 /// `--release`): `MODEL_BOUNDS=relations,ejects,adds,drops,ignores,late_answers,rescinds,
-/// request_limit,two_at_boot` (the last 0 or 1), every freedom on.
+/// request_limit,two_at_boot,slows,stales,guest_stalls` (`two_at_boot` 0 or 1), every
+/// freedom on. `MODEL_TIMEOUT=seconds` stops any check early (to measure a bound's growth).
 #[test]
-#[ignore = "a tool: MODEL_BOUNDS=5,3,2,1,1,1,1,4,0 cargo test --release ... -- --ignored model_check_custom"]
+#[ignore = "a tool: MODEL_BOUNDS=5,3,2,1,1,1,1,4,0,1,1,1 cargo test --release ... -- --ignored model_check_custom"]
 fn model_check_custom() {
     let v: Vec<u8> = std::env::var("MODEL_BOUNDS")
         .expect("MODEL_BOUNDS")
         .split(',')
         .map(|x| x.trim().parse().expect("a number"))
         .collect();
-    assert_eq!(v.len(), 9, "nine numbers");
+    assert_eq!(v.len(), 12, "twelve numbers");
     check_all_on(Bounds {
         relations: v[0],
         ejects: v[1],
@@ -402,6 +409,9 @@ fn model_check_custom() {
         request_limit: v[7].into(),
         remembered_answers: usize::from(v[4]).max(4),
         two_at_boot: v[8] != 0,
+        slows: v[9],
+        stales: v[10],
+        guest_stalls: v[11],
         ..Bounds::DEFAULT
     });
 }

@@ -172,6 +172,8 @@ pub struct Guest {
     /// the model's small limit this is an artefact of the bound, not a relay bug, so the path
     /// ends here.
     pub beyond: bool,
+    /// Times its eject work stalled while time passed (bounded by `Bounds::guest_stalls`).
+    pub stalls: u8,
 }
 
 impl Guest {
@@ -193,6 +195,7 @@ impl Guest {
             closed: false,
             failure: None,
             beyond: false,
+            stalls: 0,
         }
     }
 
@@ -249,6 +252,13 @@ impl Guest {
             }
         }
         v
+    }
+
+    /// Whether the guest's only step is its eject work's end (EJECTION_COMPLETE after the
+    /// driver was removed), which may be slow while time passes.
+    pub fn may_stall(&self) -> bool {
+        matches!(self.running, Some(Running::EjectRemoved(_)))
+            && self.runnable() == [GuestStep::Work]
     }
 
     /// Whether the change the guest works on is finished.
@@ -350,14 +360,18 @@ impl Step {
                 .get_or_insert(format!("EJECT({s}) while on {c:?}"));
         }
         g.change = Some(Change::Eject(s));
-        // Settled at the guest: the probe path is done (so resources were assigned where it
-        // assigns them), the function is linked (its requirements were queried), and its
-        // driver is not setting up its interrupt.
-        let settled = g.probe == Probe::Done
-            && g.children
-                .get(&s)
-                .is_some_and(|c| !matches!(c.driver, Driver::Probe | Driver::WaitInterrupt));
-        if !settled {
+        // Never during the probe path (whatever it waits for, however long).
+        if g.probe != Probe::Done {
+            self.s.seen.eject_during_probe.get_or_insert(s);
+        }
+        // Settled at the guest: the function is linked (its requirements were queried) and
+        // its driver is not setting up its interrupt (the probe path being done, so resources
+        // were assigned where it assigns them, is the property above).
+        let settled = g
+            .children
+            .get(&s)
+            .is_some_and(|c| !matches!(c.driver, Driver::Probe | Driver::WaitInterrupt));
+        if !settled && g.probe == Probe::Done {
             self.s.seen.g2.get_or_insert(s);
         }
         let Some(c) = g.children.get_mut(&s) else {
