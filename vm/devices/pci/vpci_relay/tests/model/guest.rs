@@ -174,6 +174,9 @@ pub struct Guest {
     pub beyond: bool,
     /// Times its eject work stalled while time passed (bounded by `Bounds::guest_stalls`).
     pub stalls: u8,
+    /// Its eject work is stalled: the guest is stuck in its own work on its current change
+    /// (until that eject work ends).
+    pub stuck: bool,
 }
 
 impl Guest {
@@ -196,6 +199,7 @@ impl Guest {
             failure: None,
             beyond: false,
             stalls: 0,
+            stuck: false,
         }
     }
 
@@ -329,14 +333,14 @@ impl Step {
                 self.s.seen.g3.get_or_insert(s);
             }
         }
+        if real_change {
+            if let Some(c) = self.s.guest.change {
+                let what = format!("relations {list:?} while on {c:?}");
+                self.second_change(what);
+            }
+        }
         let g = &mut self.s.guest;
         if real_change {
-            if let Some(c) = g.change {
-                self.s
-                    .seen
-                    .g1
-                    .get_or_insert(format!("relations {list:?} while on {c:?}"));
-            }
             g.change = Some(Change::Relations {
                 with_probe: g.probe != Probe::Done,
             });
@@ -350,15 +354,23 @@ impl Step {
         }
     }
 
+    /// A change reached the guest while it was on another: G1 broken, unless the guest is
+    /// stuck in its own work on that change beyond `max_hold` (the relay's documented
+    /// fallback: it moves on from a guest that does not finish a change in `max_hold`).
+    fn second_change(&mut self, what: String) {
+        if self.s.guest.stuck {
+            self.s.seen.moved_on_from_stuck = true;
+        } else {
+            self.s.seen.g1.get_or_insert(what);
+        }
+    }
+
     fn guest_eject(&mut self, s: u8) {
         self.note(format!("guest<-EJECT({s})"));
-        let g = &mut self.s.guest;
-        if let Some(c) = g.change {
-            self.s
-                .seen
-                .g1
-                .get_or_insert(format!("EJECT({s}) while on {c:?}"));
+        if let Some(c) = self.s.guest.change {
+            self.second_change(format!("EJECT({s}) while on {c:?}"));
         }
+        let g = &mut self.s.guest;
         g.change = Some(Change::Eject(s));
         // Never during the probe path (whatever it waits for, however long).
         if g.probe != Probe::Done {
@@ -683,6 +695,7 @@ impl Step {
 
     fn eject_finish(&mut self, s: u8) {
         let g = &mut self.s.guest;
+        g.stuck = false;
         g.children.remove(&s);
         g.running = None;
         if g.change == Some(Change::Eject(s)) {

@@ -81,6 +81,10 @@ pub struct Host {
     pub stale: Option<Vec<(u8, Ident)>>,
     /// The channel was rescinded.
     pub rescinded: bool,
+    /// The slots its last relations message (stale or not) listed: until a message leaves a
+    /// slot out, the relay may keep what it knows of that slot (an ejected function's
+    /// identity, to recognise a stale listing of it).
+    pub last_listed: Vec<u8>,
     /// Relations messages sent so far (bounded by `Bounds::relations`).
     pub relations_sent: u8,
     /// EJECTs sent so far.
@@ -111,6 +115,7 @@ impl Host {
             late: BTreeMap::new(),
             slow: BTreeMap::new(),
             stale: None,
+            last_listed: Vec::new(),
             rescinded: false,
             relations_sent: 0,
             ejects: 0,
@@ -232,6 +237,7 @@ impl Step {
             }
         }
         let list = h.relations();
+        h.last_listed = list.iter().map(|&(s, _)| s).collect();
         self.note(format!("host->RELATIONS{list:?}"));
         self.input(Input::HostRelations(list));
     }

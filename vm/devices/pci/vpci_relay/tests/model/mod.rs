@@ -99,29 +99,51 @@ impl Bounds {
         two_at_boot: false,
     };
 
-    /// The default check: every freedom of the host once (a new function, a surprise
-    /// removal, an ignored request), two ejects of any listed slot, a rescind. (Late answers
-    /// double its size: `REQUEST_TABLE` and `LARGE` have them.)
+    /// The default check: a new function, a surprise removal, two ejects of any slot the host
+    /// has listed (so an EJECT after a re-listing), a stale relations message, a rescind.
+    /// (Ignored requests are in `REQUEST_TABLE`, slow answers and a stuck guest in `SLOW`;
+    /// `LARGE` has them all.)
     pub const DEFAULT: Self = Self {
-        relations: 4,
+        relations: 3,
         ejects: 2,
         adds: 1,
         drops: 1,
-        ignores: 1,
+        ignores: 0,
         late_answers: 0,
         rescinds: 1,
         request_limit: 4,
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
-        slows: 1,
+        slows: 0,
         stales: 1,
+        guest_stalls: 0,
+        two_at_boot: false,
+    };
+
+    /// Slowness: the host answers one probe-path request (BUS_D0ENTRY or
+    /// QUERY_RESOURCE_REQUIREMENTS) as slowly as it likes, beyond `max_hold`, and the guest's
+    /// eject work may stall beyond `max_hold`; a new function and two ejects.
+    pub const SLOW: Self = Self {
+        relations: 3,
+        ejects: 2,
+        adds: 1,
+        drops: 0,
+        ignores: 0,
+        late_answers: 0,
+        rescinds: 0,
+        request_limit: 4,
+        remembered_answers: 4,
+        relist: true,
+        free_ejects: true,
+        slows: 1,
+        stales: 0,
         guest_stalls: 1,
         two_at_boot: false,
     };
 
     /// Identities: two new functions (so a slot can be re-listed twice, while its old function
-    /// is listed, ejecting or held), every request answered.
+    /// is listed, ejecting or held), every request answered, a stale relations message.
     pub const RELIST: Self = Self {
         relations: 3,
         ejects: 2,
@@ -129,23 +151,23 @@ impl Bounds {
         drops: 0,
         ignores: 0,
         late_answers: 0,
-        rescinds: 1,
+        rescinds: 0,
         request_limit: 4,
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
-        slows: 1,
+        slows: 0,
         stales: 1,
-        guest_stalls: 1,
+        guest_stalls: 0,
         two_at_boot: false,
     };
 
-    /// Both functions present at boot.
+    /// Both functions present at boot, a stale relations message.
     pub const TWO_AT_BOOT: Self = Self {
         relations: 3,
         ejects: 2,
         adds: 1,
-        drops: 1,
+        drops: 0,
         ignores: 0,
         late_answers: 0,
         rescinds: 0,
@@ -153,19 +175,19 @@ impl Bounds {
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
-        slows: 1,
+        slows: 0,
         stales: 1,
-        guest_stalls: 1,
+        guest_stalls: 0,
         two_at_boot: true,
     };
 
     /// The request table: a limit of one request, so a single entry the relay keeps for a
-    /// request it already answered refuses the next one.
+    /// request it already answered refuses the next one; an ignored request answered late.
     pub const REQUEST_TABLE: Self = Self {
         relations: 3,
         ejects: 2,
         adds: 1,
-        drops: 1,
+        drops: 0,
         ignores: 1,
         late_answers: 1,
         rescinds: 0,
@@ -173,21 +195,22 @@ impl Bounds {
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
-        slows: 1,
-        stales: 1,
-        guest_stalls: 1,
+        slows: 0,
+        stales: 0,
+        guest_stalls: 0,
         two_at_boot: false,
     };
 
-    /// A larger bound (run with `--ignored`): two new functions with a surprise removal and
-    /// an ignored request.
+    /// A larger bound (run with `--ignored`, best with `--release`): the old default (4
+    /// relations, a surprise removal, an ignored request, a rescind) with every new freedom
+    /// (a slow answer, a stale relations message, a stuck guest).
     pub const LARGE: Self = Self {
         relations: 4,
         ejects: 2,
-        adds: 2,
+        adds: 1,
         drops: 1,
         ignores: 1,
-        late_answers: 1,
+        late_answers: 0,
         rescinds: 1,
         request_limit: 4,
         remembered_answers: 4,
@@ -214,7 +237,7 @@ impl Bounds {
         free_ejects: true,
         slows: 1,
         stales: 1,
-        guest_stalls: 1,
+        guest_stalls: 0,
         two_at_boot: true,
     };
 }
@@ -230,7 +253,7 @@ impl Bounds {
             STALE_AFTER_COMPLETE => self.stales > 0 && self.ejects > 0,
             EJECT_AFTER_RELIST => self.ejects > 1 && self.adds > 0 && self.relist,
             GUEST_STALLED => self.guest_stalls > 0,
-            MAX_HOLD_REACHED => self.slows > 0 || self.guest_stalls > 0,
+            MAX_HOLD_REACHED | MOVED_ON => self.guest_stalls > 0,
             _ => true,
         }
     }
@@ -277,7 +300,15 @@ impl Step {
                 RelayEvent::Coalesced { .. } => self.s.seen.coalesced = true,
                 RelayEvent::AnsweredLocally { .. } => self.s.seen.answered_locally = true,
                 RelayEvent::LateCompletion { .. } => self.s.seen.late_completion = true,
-                RelayEvent::ChangeTimedOut(_) => self.s.seen.change_timed_out = true,
+                RelayEvent::ChangeTimedOut(kind) => {
+                    self.s.seen.change_timed_out = true;
+                    if !self.s.guest.stuck {
+                        self.s
+                            .seen
+                            .gave_up_on_live_guest
+                            .get_or_insert(format!("{kind:?}"));
+                    }
+                }
                 RelayEvent::Malformed {
                     side: Side::Host,
                     fault,
@@ -642,7 +673,17 @@ impl Model for RelayModel {
             Action::HostStaleRelations => {
                 let list = st.s.host.stale.take()?;
                 st.s.host.stales += 1;
+                // It lists what the host had then, including a function it had added but not
+                // yet announced: that one is announced now.
+                for &(sl, i) in &list {
+                    let slot = st.s.host.slot_mut(sl);
+                    if slot.ident == i && matches!(slot.state, HostFn::Listed { .. }) {
+                        slot.state = HostFn::Listed { announced: true };
+                        slot.ever_listed = true;
+                    }
+                }
                 st.s.seen.stale_relations = true;
+                st.s.host.last_listed = list.iter().map(|&(s, _)| s).collect();
                 st.note(format!("host->stale RELATIONS{list:?}"));
                 st.input(Input::HostRelations(list));
             }
@@ -705,6 +746,7 @@ impl Model for RelayModel {
                 let t = last.next_time()?;
                 if !last.guest.runnable().is_empty() {
                     st.s.guest.stalls += 1;
+                    st.s.guest.stuck = true;
                     st.s.seen.guest_stalled = true;
                     st.note("the guest's eject work stalls".to_owned());
                 }

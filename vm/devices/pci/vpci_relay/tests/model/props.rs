@@ -30,6 +30,10 @@ pub const EJECTS: &str = "every host EJECT answered by exactly one EJECTION_COMP
 /// Guarantee 7, host ejects: each answered within the host's budget
 /// ([`HOST_EJECT_BUDGET`](super::HOST_EJECT_BUDGET)), however slow the host or the guest.
 pub const EJECT_BUDGET: &str = "every host EJECT answered within the host's 60 s budget";
+/// Liveness fallback only for a stuck guest: the relay moves on from a change at `max_hold`
+/// only when the guest is stuck in its own work on it (here: its eject work stalled), never
+/// while it waits on the host, however slow.
+pub const MAX_HOLD_ONLY_FOR_STUCK: &str = "max_hold gives up only on a stuck guest";
 /// Guarantee 9, turned round: a host that keeps the protocol is never treated as hostile.
 pub const HOST_NOT_BLAMED: &str = "a conformant host is never counted malformed";
 /// Guarantees 3 and 9 (memory bounded by functions, not events): no table holds more than
@@ -55,6 +59,8 @@ pub const EJECT_AFTER_RELIST: &str = "an EJECT after a re-list ejected the new f
 pub const GUEST_STALLED: &str = "the guest's eject work stalled";
 /// Sometimes: a change ran into the relay's `max_hold`.
 pub const MAX_HOLD_REACHED: &str = "a change ran into max_hold";
+/// Sometimes: the relay delivered the next change to a guest stuck on its last one.
+pub const MOVED_ON: &str = "the relay moved on from a stuck guest";
 
 /// Every property of the model.
 pub fn properties() -> Vec<Property<RelayModel>> {
@@ -80,6 +86,9 @@ pub fn properties() -> Vec<Property<RelayModel>> {
                 && (!s.quiescent() || s.host.rescinded || !s.host.ejects_owed())
         }),
         Property::always(EJECT_BUDGET, |_, s: &State| s.seen.eject_overdue.is_none()),
+        Property::always(MAX_HOLD_ONLY_FOR_STUCK, |_, s: &State| {
+            s.seen.gave_up_on_live_guest.is_none()
+        }),
         Property::always(HOST_NOT_BLAMED, |_, s: &State| s.seen.host_blamed.is_none()),
         Property::always(TABLES, |_, s: &State| {
             s.seen.overgrown.is_none() && (!s.quiescent() || s.host.rescinded || tables_live(s))
@@ -103,17 +112,23 @@ pub fn properties() -> Vec<Property<RelayModel>> {
         Property::sometimes(EJECT_AFTER_RELIST, |_, s: &State| s.seen.eject_after_relist),
         Property::sometimes(GUEST_STALLED, |_, s: &State| s.seen.guest_stalled),
         Property::sometimes(MAX_HOLD_REACHED, |_, s: &State| s.seen.change_timed_out),
+        Property::sometimes(MOVED_ON, |_, s: &State| s.seen.moved_on_from_stuck),
     ]
 }
 
-/// At quiescence the relay keeps a function only for a slot the host lists or the guest
-/// holds, and has no request outstanding.
+/// At quiescence the relay keeps a function only for a slot the host lists, the guest holds,
+/// or the host's last relations message listed (the relay cannot know the host removed it
+/// until a message leaves it out, and keeps an ejected function's identity so as to
+/// recognise a stale listing of it: one entry per slot, not per cycle), and has no request
+/// outstanding.
 pub fn tables_live(s: &State) -> bool {
     let relay = &s.relay.relay;
     let host = s.host.relations();
     relay.requests_outstanding() == 0
         && relay.functions().all(|f| {
             let slot = super::wire::slot_dev(f.slot());
-            host.iter().any(|&(h, _)| h == slot) || s.guest.children.contains_key(&slot)
+            host.iter().any(|&(h, _)| h == slot)
+                || s.host.last_listed.contains(&slot)
+                || s.guest.children.contains_key(&slot)
         })
 }

@@ -92,6 +92,12 @@ pub struct Seen {
     pub eject_after_relist: bool,
     /// The guest's eject work stalled while time passed.
     pub guest_stalled: bool,
+    /// The relay delivered a change while the guest was stuck on its last one (its
+    /// `max_hold` fallback).
+    pub moved_on_from_stuck: bool,
+    /// The relay gave up on a change (ran into `max_hold`) while the guest was not stuck in
+    /// its own work on it (it was waiting on the host, however slow, or had finished).
+    pub gave_up_on_live_guest: Option<String>,
     /// The guest channel was closed after the host's rescind.
     pub guest_closed_after_rescind: bool,
     /// An eject work removed a driver.
