@@ -176,8 +176,8 @@ fn duplicate_eject_is_answered_twice() {
 /// must answer both EJECTs with one EJECTION_COMPLETE each, and the guest ends with nothing in
 /// slot 1.
 ///
-/// Failed from 7857c65 (which read the second EJECT as a repeat of the first and announced
-/// 1#2) until the relay adopted the decided reading.
+/// Failed from 7857c65 to 89d0372 (the relay read the second EJECT as a repeat of the first
+/// and announced 1#2: C7, G3); passes since main's 97b51b5 (merged with 6acc2b6).
 #[test]
 fn eject_after_relist_ejects_the_new_function() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
@@ -234,6 +234,10 @@ fn eject_after_repeated_listing_is_a_repeat() {
 /// probe path waits. Then the host answers D0 entry; the probe path finishes (touching 1#1
 /// through the shield), and only then does the guest get the EJECT, whose EJECTION_COMPLETE
 /// is not forwarded a second time.
+///
+/// Failed at 89d0372: at 30.1 s the expired hold delivered the EJECT into the waiting probe
+/// path (no EJECT during probe, G1), and the probe path then touched the ejected function
+/// (C3). Passes since the merge of 6acc2b6 (97b51b5, 97de9bc).
 #[test]
 fn slow_d0_entry_past_max_hold_with_eject_held() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
@@ -266,6 +270,10 @@ fn slow_d0_entry_past_max_hold_with_eject_held() {
 /// is slow to answer (the probe path waits on the survey); meanwhile the host EJECTs 2#1. Time
 /// passes beyond `max_hold`: the relay answers that EJECT itself and must still hold it from
 /// the guest, whose probe path is in progress, until the probe path is done.
+///
+/// Failed at 89d0372: the relations change timed out at 30.1 s, the EJECT went into the probe
+/// path, and the host's EJECT was answered only when that change timed out in turn, at 60.1
+/// s (past the host's budget). Passes since the merge of 6acc2b6.
 #[test]
 fn slow_requirements_past_max_hold_with_eject_held() {
     let m = RelayModel::new(
@@ -300,6 +308,9 @@ fn slow_requirements_past_max_hold_with_eject_held() {
 /// built before it processed that EJECTION_COMPLETE (so still listing 1#1) arrives after it.
 /// 1#1 is the ejected function, not a new one: the relay must never announce it again (G3, and
 /// a ghost in the final view).
+///
+/// Failed at 89d0372 (1#1 announced again: G3, and its driver's config read forwarded to the
+/// removed device, C7); passes since the merge of 6acc2b6.
 #[test]
 fn stale_relations_after_ejection_complete() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
@@ -326,7 +337,7 @@ fn stale_relations_after_ejection_complete() {
 /// The guest still holds 1#1 (shielded); it must get nothing but its EJECT's end, and nothing
 /// of 1#1 must come back.
 ///
-/// Fails on the relay of 97de9bc: once the eject change ran out of `max_hold` the relay is
+/// Fails on the relay of 97de9bc through cd2ea3f: once the eject change ran out of `max_hold` the relay is
 /// idle, and the stale relations, which say exactly what the guest still holds (1#1,
 /// ejecting), go to the guest byte for byte. Linux's ordered workqueue finishes the eject
 /// (1#1 unlinked), then its relations work finds 1#1 listed and new, and adds it again: its
@@ -575,7 +586,8 @@ fn guest_model_c2_eject_during_interrupt_setup() {
 /// unlinked), then its relations work finds 1#1 listed and new and adds it again, and its
 /// driver reads BARs the relay has released (C7).
 ///
-/// Found by the checker at [`Bounds::SLOW`] against the relay of 6acc2b6: boot with 1#1;
+/// Found by the checker at [`Bounds::SLOW`] against the relay of 6acc2b6 (still failing at
+/// cd2ea3f): boot with 1#1;
 /// `HostEject(1)` (delivered); the guest removes the driver and stalls; at 30.2 s the relay
 /// answers the EJECT; `HostAdd(2)`: the relay sends the guest RELATIONS[(1, 1), (2, 1)]; the
 /// guest completes 1#1's eject, re-adds 1#1, its driver faults.
@@ -601,7 +613,8 @@ fn stuck_guest_is_not_sent_the_function_it_ejects() {
 /// once the guest lets go, the relay keeps nothing for that slot (the host's omission already
 /// told it the slot's next listing is a new function), so no entry outlives both views.
 ///
-/// Found by the checker (TABLES, at every default bound) against the relay of 6acc2b6 (and
+/// Found by the checker (TABLES, at every default bound) against the relay of 6acc2b6, still
+/// failing at cd2ea3f (and
 /// `bug2_eject_after_drop_is_answered` leaves such an entry too: drop, then EJECT): boot
 /// with 1#1; `HostEject(1)` (delivered); the guest removes the driver; `HostAdd(1)` (1#2
 /// listed); `HostEject(1)` (names 1#2: answered at once); stale RELATIONS[(1, 2)];
