@@ -578,7 +578,7 @@ impl ScriptRunner {
 
     /// Whether each step has fired: its trigger was met and its action ran (successfully
     /// or not), in script order.
-    pub(crate) fn fired(&self) -> &[bool] {
+    pub(crate) fn steps_fired(&self) -> &[bool] {
         &self.ran
     }
 

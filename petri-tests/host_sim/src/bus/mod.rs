@@ -254,7 +254,7 @@ impl HostBus {
     /// or not the action succeeded), in script order. A step whose trigger never happened, or
     /// whose `after` had not passed when the bus ended, has not.
     pub fn script_steps_fired(&self) -> &[bool] {
-        self.script.fired()
+        self.script.steps_fired()
     }
 
     /// Whether the channel has been rescinded (the bus has ended; once the transmit queue is
