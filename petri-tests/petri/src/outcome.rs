@@ -224,7 +224,43 @@ pub struct RunResult {
     pub trace: Option<Trace>,
     /// What each guest context did.
     pub guest_trace: Vec<String>,
+    /// The host script steps that never fired in this run, as (bus, step index from 0).
+    pub unfired_steps: Vec<(usize, usize)>,
 }
+
+/// The script steps of host bus `bus` that have not fired, as (bus, step index from 0).
+pub fn unfired_steps(bus: usize, host: &host_sim::HostBus) -> Vec<(usize, usize)> {
+    host.script_steps_fired()
+        .iter()
+        .enumerate()
+        .filter(|(_, fired)| !**fired)
+        .map(|(step, _)| (bus, step))
+        .collect()
+}
+
+/// Every outcome kind a run can end with besides `ok`, as reports count them and as a
+/// scenario's `[[expect]] kinds` names them: the guest's failure kinds, a real driver's
+/// `segfault`, and what the host sees.
+pub const FAILURE_KINDS: &[&str] = &[
+    "null_deref",
+    "use_after_free",
+    "dead_stack_write",
+    "hang",
+    "duplicate_device",
+    "leaked_device",
+    "unbacked_access",
+    "ejected_device_access",
+    "unresourced_device",
+    "list_corruption",
+    "bug",
+    "segfault",
+    "eject_unanswered",
+    "lost_bus",
+    "ghost_device",
+    "lost_device",
+    "step_limit",
+    "time_limit",
+];
 
 #[cfg(test)]
 mod tests {

@@ -214,6 +214,7 @@ fn run_with(
         end: end_time(&controller),
         trace: controller.trace.take(),
         guest_trace,
+        unfired_steps: crate::outcome::unfired_steps(0, &controller.side.host),
     };
     Ok((result, done))
 }
