@@ -307,6 +307,43 @@ mod tests {
         );
     }
 
+    /// Every kind a run can end with is one a scenario's `kinds` may name.
+    #[test]
+    fn every_kind_is_known() {
+        use guest_linux::FailureKind as K;
+        for k in [
+            K::NullDeref,
+            K::UseAfterFree,
+            K::DeadStackWrite,
+            K::Hang,
+            K::DuplicateDevice,
+            K::LeakedDevice,
+            K::UnbackedAccess,
+            K::EjectedDeviceAccess,
+            K::UnresourcedDevice,
+            K::ListCorruption,
+            K::Bug,
+        ] {
+            assert!(FAILURE_KINDS.contains(&k.name()), "{}", k.name());
+        }
+        let host = [
+            Outcome::EjectUnanswered {
+                bus: 0,
+                slot: String::new(),
+            },
+            Outcome::LostDevice {
+                bus: 0,
+                slot: String::new(),
+            },
+            Outcome::LostBus { bus: 0 },
+            Outcome::StepLimit,
+            Outcome::TimeLimit,
+        ];
+        for o in host {
+            assert!(FAILURE_KINDS.contains(&o.kind()), "{}", o.kind());
+        }
+    }
+
     /// Identities are compared whole: the old serial, vendor or device id in a slot the host
     /// re-listed is a ghost of the old function (named before the new one's loss).
     #[test]
