@@ -162,6 +162,13 @@ pub fn explore(
 /// Whether a summary meets the scenario's expectation for its guest and mode; `Err` says
 /// why not. No expectation stated: anything goes.
 pub fn check(scenario: &Scenario, guest: GuestKind, summary: &Summary) -> Result<(), String> {
+    // A harness error is never the guest's outcome: it fails whatever was expected.
+    if let Some(n) = summary.outcomes.get("harness_error") {
+        return Err(format!(
+            "{n} harness error(s), not the guest's: {}",
+            summary.first_failure.as_deref().unwrap_or("?")
+        ));
+    }
     let Some(e) = scenario.expectation(guest, summary.relay) else {
         return Ok(());
     };
