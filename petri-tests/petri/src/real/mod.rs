@@ -35,9 +35,9 @@ use crate::vm::{Chaos, RunLimits};
 use bus::HostSide;
 use controller::{HotPlug, Plan, RealController};
 use host_sim::HostBus;
+use kernel_shim::forensics::{self, Origin};
 use kernel_shim::guest::{Ending, GuestError, Session};
 use kernel_shim::protocol::Command;
-use kernel_shim::forensics::{self, Origin};
 use kernel_shim::{DriverVersion, Instrumentation};
 use std::path::Path;
 use std::time::Duration;
@@ -365,7 +365,9 @@ fn classify(controller: &RealController, ending: &Ending, stderr: &str, exe: &Pa
         },
         Ending::Done { .. } | Ending::Stopped(_) => Outcome::Ok,
         Ending::Exited(code) => {
-            let why = code.and_then(runtime_exit).unwrap_or("the guest process exited");
+            let why = code
+                .and_then(runtime_exit)
+                .unwrap_or("the guest process exited");
             Outcome::HarnessError {
                 reason: format!(
                     "{why} (exit status {code:?}, no final frame): {}",
