@@ -72,8 +72,7 @@ pub(crate) fn flush(
 /// The packet as VMBus delivers it: the payload padded with zeros to a multiple of 8 bytes
 /// (the ring stores whole 8-byte units, and the reader gets them all).
 pub(crate) fn on_the_wire(mut packet: Packet) -> Packet {
-    let padded = packet.payload.len().div_ceil(8) * 8;
-    packet.payload.resize(padded, 0);
+    vmbus_channel::pad_payload(&mut packet.payload);
     packet
 }
 
