@@ -251,6 +251,13 @@ pub fn explore(
 /// expectation (the runs never reached what the scenario is about). No expectation stated:
 /// anything else goes.
 pub fn check(scenario: &Scenario, guest: GuestKind, summary: &Summary) -> Result<(), String> {
+    // A harness error is never the guest's outcome: it fails whatever was expected.
+    if let Some(n) = summary.outcomes.get("harness_error") {
+        return Err(format!(
+            "{n} harness error(s), not the guest's: {}",
+            summary.first_failure.as_deref().unwrap_or("?")
+        ));
+    }
     if let Some(u) = summary.never_fired().next() {
         return Err(format!(
             "{} ({}) never fired in any of {} schedules: the runs never reached the scenario's \

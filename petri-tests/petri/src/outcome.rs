@@ -68,6 +68,14 @@ pub enum Outcome {
     StepLimit,
     /// The run went on past its virtual-time bound.
     TimeLimit,
+    /// The harness failed, not the guest: the real guest's runtime, the controller or the
+    /// protocol between them broke (an exit status of the runtime's own, a crash whose
+    /// faulting instruction is in the runtime). Never a guest's outcome: it fails a run set
+    /// whatever the scenario expects.
+    HarnessError {
+        /// What broke.
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -95,6 +103,7 @@ impl Outcome {
             Self::LostBus { .. } => "lost_bus",
             Self::StepLimit => "step_limit",
             Self::TimeLimit => "time_limit",
+            Self::HarnessError { .. } => "harness_error",
         }
     }
 
@@ -149,6 +158,7 @@ impl std::fmt::Display for Outcome {
             ),
             Self::StepLimit => f.write_str("step limit reached (livelock)"),
             Self::TimeLimit => f.write_str("virtual time limit reached"),
+            Self::HarnessError { reason } => write!(f, "HARNESS ERROR (not the guest's): {reason}"),
         }
     }
 }

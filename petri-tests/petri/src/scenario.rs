@@ -466,6 +466,7 @@ const FILES: &[(&str, &str)] = &[
     ("c4", include_str!("../scenarios/c4.toml")),
     ("c5", include_str!("../scenarios/c5.toml")),
     ("c7", include_str!("../scenarios/c7.toml")),
+    ("c8", include_str!("../scenarios/c8.toml")),
     ("re-add", include_str!("../scenarios/re-add.toml")),
     (
         "drop-then-eject",
