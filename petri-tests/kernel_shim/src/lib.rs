@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod channel;
+pub mod forensics;
 pub mod guest;
 pub mod host;
 pub mod protocol;

@@ -96,6 +96,11 @@ void kshim_channel_destroy(struct vmbus_channel *ch);
 u32 kshim_channel_bus(struct vmbus_channel *ch);
 struct hv_driver *kshim_registered_driver(void);
 void kshim_command_push(u32 cmd, u32 bus, const u8 *arg, u32 len);
+/*
+ * vmbus_onoffer_rescind's tail (main.c): waits for the device's probe to finish, then
+ * vmbus_device_unregister: the driver's remove if it is bound.
+ */
+void kshim_device_unregister(u32 bus);
 
 /* ---- memory (mem.c) ---- */
 u32 kshim_leak_report(void);

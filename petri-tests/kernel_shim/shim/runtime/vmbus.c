@@ -21,9 +21,13 @@ struct kshim_channel {
 	struct vmbus_channel ch;
 	u32 bus;
 	bool open;
+	/* vmbus_close ran and no vmbus_open since: the ring is gone. */
+	bool closed;
 	/* Read by tasklet_disable through callback_event.kshim. */
 	bool tasklet_running;
 	int tasklet_ctx;
+	/* The context running vmbus_onoffer_rescind, -1 before the rescind. */
+	int rescind_ctx;
 	struct kshim_packet *head;
 	struct kshim_packet **tail;
 };
@@ -81,6 +85,7 @@ struct vmbus_channel *kshim_channel_create(u32 bus)
 	memset(kc, 0, sizeof(*kc));
 	kc->bus = bus;
 	kc->tail = &kc->head;
+	kc->rescind_ctx = -1;
 	kc->ch.callback_event.kshim = &kc->tasklet_running;
 	spin_lock_init(&kc->ch.sched_lock);
 	spin_lock_init(&kc->ch.requestor.req_lock);
@@ -104,7 +109,7 @@ static void drop_packets(struct kshim_channel *kc)
 void kshim_vmbus_deliver(u32 bus, u16 type, u16 flags, u64 trans_id, const u8 *payload,
 			 u32 len)
 {
-	struct kshim_channel *kc = bus < KSHIM_MAX_BUS ? channels[bus] : NULL;
+	struct kshim_channel *kc;
 	u32 total = (sizeof(struct vmpacket_descriptor) + len + 7) & ~7u;
 	struct vmpacket_descriptor desc = {
 		.type = type,
@@ -115,8 +120,19 @@ void kshim_vmbus_deliver(u32 bus, u16 type, u16 flags, u64 trans_id, const u8 *p
 	};
 	struct kshim_packet *p;
 
-	if (!kc)
-		kshim_protocol_error("packet for a bus with no channel");
+	if (bus >= KSHIM_MAX_BUS)
+		kshim_protocol_error("packet for a bus index out of range");
+	/*
+	 * The host may send before the driver opened the channel (the channel exists from its
+	 * offer, before the driver's probe). vmbus_chan_sched ignores the interrupt while
+	 * onchannel_callback is NULL, so the packet waits until the callback first runs after
+	 * vmbus_open (tasklet_ready). A packet after vmbus_close has no ring to land in: dropped.
+	 */
+	kc = channels[bus] ? channels[bus] : kc_of(kshim_channel_create(bus));
+	if (kc->closed) {
+		kshim_event(EV_NOTE, "bus %u: packet after vmbus_close dropped", bus);
+		return;
+	}
 	if (total > 0xffff * 8u)
 		kshim_protocol_error("packet too long");
 	p = kshim_os_alloc(sizeof(*p) + total, 8);
@@ -131,14 +147,52 @@ void kshim_vmbus_deliver(u32 bus, u16 type, u16 flags, u64 trans_id, const u8 *p
 	kc->tail = &p->next;
 }
 
-/* drivers/hv/channel_mgmt.c vmbus_onoffer_rescind: the flag every waiter polls. */
+/*
+ * drivers/hv/channel_mgmt.c vmbus_onoffer_rescind, run in its own context as the kernel runs
+ * it on a workqueue worker (the CHANNELMSG_RESCINDCHANNELOFFER work): first
+ * vmbus_reset_channel_cb (tasklet_disable waits out a running callback, onchannel_callback
+ * becomes NULL, so packets the tasklet had not yet read stay unread unless the driver polls the
+ * ring itself), then vmbus_rescind_cleanup sets channel->rescind, the flag every waiter polls,
+ * then it waits for the device's probe to finish and unregisters the device: the driver's
+ * remove runs here, with whatever work the driver has queued or running. When the context runs
+ * relative to the channel's tasklet is the scheduler's choice: packets delivered before the
+ * rescind are processed or not.
+ */
+static void rescind_main(void *arg)
+{
+	struct kshim_channel *kc = arg;
+	struct vmbus_channel *ch = &kc->ch;
+	unsigned long flags;
+
+	KSHIM_CALL("vmbus_onoffer_rescind");
+	/* vmbus_reset_channel_cb */
+	tasklet_disable(&ch->callback_event);
+	spin_lock_irqsave(&ch->sched_lock, flags);
+	ch->onchannel_callback = NULL;
+	spin_unlock_irqrestore(&ch->sched_lock, flags);
+	tasklet_enable(&ch->callback_event);
+	/* vmbus_rescind_cleanup */
+	KSHIM_CALL("vmbus_rescind_cleanup");
+	ch->rescind = true;
+	kshim_event(EV_NOTE, "vmbus_onoffer_rescind bus %u: callback reset, rescind set", kc->bus);
+	kshim_sched(SP_COMPLETE);
+	/* probe_done, then vmbus_device_unregister */
+	kshim_device_unregister(kc->bus);
+	kshim_ctx_exit();
+}
+
 void kshim_vmbus_rescind(u32 bus)
 {
-	struct kshim_channel *kc = bus < KSHIM_MAX_BUS ? channels[bus] : NULL;
+	struct kshim_channel *kc;
+	char name[40];
 
-	if (!kc)
-		kshim_protocol_error("rescind of a bus with no channel");
-	kc->ch.rescind = true;
+	if (bus >= KSHIM_MAX_BUS)
+		kshim_protocol_error("rescind of a bus index out of range");
+	kc = channels[bus] ? channels[bus] : kc_of(kshim_channel_create(bus));
+	if (kc->rescind_ctx >= 0)
+		kshim_protocol_error("a second rescind of the same channel");
+	snprintf(name, sizeof(name), "vmbus_onoffer_rescind:bus%u", bus);
+	kc->rescind_ctx = kshim_ctx_create(CTX_WORKER, name, rescind_main, kc);
 }
 
 /* drivers/hv/channel.c vmbus_alloc_requestor: a free list threaded through req_arr. */
@@ -251,6 +305,7 @@ int vmbus_open(struct vmbus_channel *ch, u32 send_size, u32 recv_size, void *use
 	spin_unlock_irqrestore(&ch->sched_lock, flags);
 	requestor_init(ch);
 	kc->open = true;
+	kc->closed = false;
 	kshim_sched(SP_SEND);
 	return 0;
 }
@@ -268,6 +323,7 @@ void vmbus_close(struct vmbus_channel *ch)
 	spin_unlock_irqrestore(&ch->sched_lock, flags);
 	tasklet_enable(&ch->callback_event);
 	kc->open = false;
+	kc->closed = true;
 	drop_packets(kc);
 	requestor_free(ch);
 	kshim_event(EV_NOTE, "vmbus_close bus %u", kc->bus);
