@@ -84,7 +84,7 @@ pub(crate) fn demo(schedules: Option<u64>, real: u64, seed: u64, json: bool) -> 
         println!(
             "Each cell: failing schedules / schedules explored, the commonest failure and the first \
              failing seed (replay it with `petri replay --seed S SCENARIO --guest 6.2 [--relay]`). \
-             5.10 and 6.1 are the real pci-hyperv.c of Debian 11 and 12 (kernel_shim)."
+             5.10, 6.1 and 6.12 are the real pci-hyperv.c of Debian 11, 12 and 13 (kernel_shim)."
         );
         if problems.is_empty() {
             println!(
