@@ -43,12 +43,17 @@ pub struct DeviceView {
     pub child_present: bool,
     /// The child's vendor id (0 when no child).
     pub vendor_id: u16,
+    /// The child's device id (0 when no child).
+    pub device_id: u16,
     /// The child's serial number (0 when no child).
     pub serial: u32,
     /// RESOURCES_ASSIGNED for the child completed with success.
     pub resources_assigned: bool,
     /// A `pci_dev` exists for the slot.
     pub pci_dev: bool,
+    /// The `pci_dev`'s identity: the vendor and device ids the scan read, and the serial
+    /// number of the child it was created for (`None` when no `pci_dev`).
+    pub pci_dev_identity: Option<(u16, u16, u32)>,
     /// A driver is bound to it.
     pub driver_bound: bool,
     /// The guest sent EJECTION_COMPLETE for the slot (and has not re-added it since).
@@ -394,9 +399,14 @@ impl LinuxGuest {
                     slot: WinSlot::from_raw(raw),
                     child_present: child.is_some(),
                     vendor_id: child.map_or(0, |h| h.desc.vendor),
+                    device_id: child.map_or(0, |h| h.desc.device),
                     serial: child.map_or(0, |h| h.desc.serial),
                     resources_assigned: child.is_some_and(|h| h.resources_assigned),
                     pci_dev: dev.is_some(),
+                    pci_dev_identity: dev.map(|d| {
+                        let serial = self.objs.hpdevs.get(d.hpdev).map_or(0, |h| h.desc.serial);
+                        (d.vendor, d.device, serial)
+                    }),
                     driver_bound: dev.is_some_and(|d| d.bound),
                     ejection_completed: self.ejected.contains(&raw),
                 }

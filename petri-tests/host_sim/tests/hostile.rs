@@ -194,3 +194,50 @@ fn guest_errors_are_typed() {
     assert_eq!(g.expect_status(id), Status::BAD_DATA);
     assert_eq!(g.bus.counters().guest_errors, 4);
 }
+
+/// The host knows whether it broke the protocol: a hostile packet or a tampered answer does;
+/// a late or repeated EJECT of a slot it once had, a slow or failing answer do not.
+#[test]
+fn broke_protocol_is_recorded() {
+    let mut g = Guest::with_functions(&[1, 2]);
+    g.probe_to_survey(ProtocolVersion::V1_4);
+    assert!(!g.bus.broke_protocol());
+    g.act(HostAction::Eject { slot: 1 }).unwrap();
+    g.act(HostAction::Hostile {
+        packet: HostilePacket::EjectUnknownSlot { slot: 1 },
+    })
+    .unwrap();
+    g.act(HostAction::SurpriseRemove { slot: 2 }).unwrap();
+    g.act(HostAction::Hostile {
+        packet: HostilePacket::EjectUnknownSlot { slot: 2 },
+    })
+    .unwrap();
+    assert!(!g.bus.broke_protocol(), "ejects of slots it once had");
+    g.act(HostAction::Hostile {
+        packet: HostilePacket::EjectUnknownSlot { slot: 9 },
+    })
+    .unwrap();
+    assert!(g.bus.broke_protocol(), "an EJECT of a slot it never had");
+
+    let mut g = Guest::with_functions(&[1]);
+    g.probe_to_survey(ProtocolVersion::V1_4);
+    g.act(HostAction::Hostile {
+        packet: HostilePacket::Empty,
+    })
+    .unwrap();
+    assert!(g.bus.broke_protocol());
+
+    let mut g = with_rule(Response::Status(Status::UNSUCCESSFUL.0));
+    g.request(qrr(1));
+    assert!(!g.bus.broke_protocol(), "a failure status is an answer");
+    for r in [
+        Response::Duplicate,
+        Response::Truncate(3),
+        Response::Extend(5),
+        Response::UnknownTransactionId,
+    ] {
+        let mut g = with_rule(r);
+        g.request(qrr(1));
+        assert!(g.bus.broke_protocol(), "{r:?}");
+    }
+}

@@ -581,6 +581,59 @@ fn replaced_function_survives_the_old_eject() {
     assert!(!g.bus.eject_outstanding(slot(2)));
 }
 
+/// An EJECT names the function the host listed last in its slot: with an eject of the old
+/// function unanswered, the host may eject the one it listed since; each is outstanding on
+/// its own, and once both are answered both functions are gone.
+#[test]
+fn eject_of_the_newest_function_while_the_old_one_is_outstanding() {
+    let mut g = Guest::with_functions(&[2]);
+    g.probe_to_survey(ProtocolVersion::V1_4);
+    g.act(HostAction::Eject { slot: 2 }).unwrap();
+    g.act(HostAction::Reserial { slot: 2, serial: 7 }).unwrap();
+    assert!(g.bus.eject_outstanding(slot(2)));
+    assert!(
+        !g.bus.ejecting(slot(2)),
+        "the new function is not being ejected yet"
+    );
+    g.take();
+    g.act(HostAction::Eject { slot: 2 }).unwrap();
+    let out = g.take();
+    assert!(matches!(g.decode_message(&out[0]), Message::Eject(e) if e.body.wslot == slot(2)));
+    assert!(g.bus.ejecting(slot(2)));
+    assert_eq!(
+        g.act(HostAction::Eject { slot: 2 }),
+        Err(ActionError::EjectOutstanding(2)),
+        "a third EJECT would repeat the second"
+    );
+    // The first answer ends the older eject: the new function stays, its eject outstanding.
+    g.send(ejection_complete(2));
+    assert_eq!(g.bus.function(slot(2)).unwrap().serial, 7);
+    assert!(g.bus.ejecting(slot(2)));
+    // The second ends the new function's.
+    g.send(ejection_complete(2));
+    assert_eq!(g.bus.slots(), []);
+    assert!(!g.bus.eject_outstanding(slot(2)));
+    assert_eq!(g.bus.poll_timeout(), None);
+}
+
+/// Each incarnation's eject has its own 60 s: the older one times out first, without taking
+/// the new function; the newer one's timeout removes it.
+#[test]
+fn ejects_of_two_incarnations_time_out_apart() {
+    let mut g = Guest::with_functions(&[2]);
+    g.probe_to_survey(ProtocolVersion::V1_4);
+    g.act(HostAction::Eject { slot: 2 }).unwrap();
+    g.advance(10 * SEC);
+    g.act(HostAction::Reserial { slot: 2, serial: 7 }).unwrap();
+    g.act(HostAction::Eject { slot: 2 }).unwrap();
+    g.advance(55 * SEC);
+    assert_eq!(g.bus.function(slot(2)).unwrap().serial, 7);
+    assert!(g.bus.ejecting(slot(2)));
+    g.advance(10 * SEC);
+    assert_eq!(g.bus.slots(), []);
+    assert!(!g.bus.eject_outstanding(slot(2)));
+}
+
 /// Inspect shows the bus's functions, ejects and counters.
 #[test]
 fn inspect_tree() {

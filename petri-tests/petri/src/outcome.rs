@@ -5,6 +5,7 @@ use crate::trace::Trace;
 use guest_linux::GuestFailure;
 use serde::Serialize;
 use std::time::Duration;
+use vpci_protocol::WinSlot;
 
 /// How one run ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -40,6 +41,29 @@ pub enum Outcome {
         /// The slot.
         slot: String,
     },
+    /// The converse of [`Outcome::LostDevice`]: at the end of a quiescent run the guest holds
+    /// a function (a child or a `pci_dev`) the host no longer has: the host ejected it and got
+    /// its EJECTION_COMPLETE, dropped it from its relations, or listed a new identity in its
+    /// slot. Identities are compared whole (vendor id, device id, serial number), not only the
+    /// slot: a guest holding the old identity of a slot the host re-listed is a ghost of the
+    /// old function (the new one is then lost too; the run names the ghost, which is checked
+    /// first). The same for the models and the real drivers.
+    GhostDevice {
+        /// The bus.
+        bus: usize,
+        /// The slot.
+        slot: String,
+        /// The identity the guest holds.
+        held: Identity,
+        /// The identity the host lists in that slot now, if any.
+        listed: Option<Identity>,
+    },
+    /// The relay closed the guest's bus (or lost its host link) although the host neither
+    /// rescinded it nor broke the protocol: a conformant host's bus is gone from the guest.
+    LostBus {
+        /// The bus.
+        bus: usize,
+    },
     /// The run took more guest steps than its bound (a livelock).
     StepLimit,
     /// The run went on past its virtual-time bound.
@@ -59,13 +83,16 @@ impl Outcome {
     }
 
     /// The outcome's kind, as reports count it: `ok`, a guest failure kind such as
-    /// `null_deref` or `hang`, `eject_unanswered`, `lost_device`, `step_limit`, `time_limit`.
+    /// `null_deref` or `hang`, `eject_unanswered`, `lost_bus`, `ghost_device`,
+    /// `lost_device`, `step_limit`, `time_limit`.
     pub fn kind(&self) -> &str {
         match self {
             Self::Ok => "ok",
             Self::Guest { failure, .. } => failure,
             Self::EjectUnanswered { .. } => "eject_unanswered",
             Self::LostDevice { .. } => "lost_device",
+            Self::GhostDevice { .. } => "ghost_device",
+            Self::LostBus { .. } => "lost_bus",
             Self::StepLimit => "step_limit",
             Self::TimeLimit => "time_limit",
         }
@@ -100,10 +127,86 @@ impl std::fmt::Display for Outcome {
             Self::LostDevice { bus, slot } => {
                 write!(f, "bus {bus}: the host has {slot}, the guest never got it")
             }
+            Self::GhostDevice {
+                bus,
+                slot,
+                held,
+                listed,
+            } => {
+                write!(
+                    f,
+                    "bus {bus}: the guest holds {slot} {held}, which the host no longer has"
+                )?;
+                match listed {
+                    Some(l) => write!(f, " (it lists {l} there)"),
+                    None => Ok(()),
+                }
+            }
+            Self::LostBus { bus } => write!(
+                f,
+                "bus {bus}: the relay closed the guest's bus, though the host neither \
+                 rescinded it nor broke the protocol"
+            ),
             Self::StepLimit => f.write_str("step limit reached (livelock)"),
             Self::TimeLimit => f.write_str("virtual time limit reached"),
         }
     }
+}
+
+/// A function's identity as a guest tells functions apart (Linux's relations work compares
+/// these three).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Identity {
+    /// Vendor id.
+    pub vendor_id: u16,
+    /// Device id.
+    pub device_id: u16,
+    /// Serial number.
+    pub serial: u32,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{:04x}:{:04x}] serial {}",
+            self.vendor_id, self.device_id, self.serial
+        )
+    }
+}
+
+/// What the host lists and what the guest holds on bus `bus` at the end of a quiescent run,
+/// compared both ways, identities whole: the first function the guest holds that the host
+/// does not list as it is ([`Outcome::GhostDevice`]), else, when `probed` (the guest probed
+/// the bus, so it should have everything), the first the host lists that the guest does not
+/// hold ([`Outcome::LostDevice`]), else [`Outcome::Ok`].
+pub fn compare_functions(
+    bus: usize,
+    host: &[(WinSlot, Identity)],
+    guest: &[(WinSlot, Identity)],
+    probed: bool,
+) -> Outcome {
+    for &(slot, held) in guest {
+        if !host.contains(&(slot, held)) {
+            return Outcome::GhostDevice {
+                bus,
+                slot: slot.to_string(),
+                held,
+                listed: host.iter().find(|(s, _)| *s == slot).map(|&(_, i)| i),
+            };
+        }
+    }
+    if probed {
+        for &(slot, listed) in host {
+            if !guest.contains(&(slot, listed)) {
+                return Outcome::LostDevice {
+                    bus,
+                    slot: slot.to_string(),
+                };
+            }
+        }
+    }
+    Outcome::Ok
 }
 
 /// Everything one run produced.
@@ -121,4 +224,91 @@ pub struct RunResult {
     pub trace: Option<Trace>,
     /// What each guest context did.
     pub guest_trace: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(serial: u32) -> Identity {
+        Identity {
+            vendor_id: 0x1414,
+            device_id: 0x00a9,
+            serial,
+        }
+    }
+
+    fn slot(n: u32) -> WinSlot {
+        WinSlot::from_raw(n)
+    }
+
+    /// The end-of-run check looks both ways: a function the guest holds and the host no
+    /// longer has is a ghost; one the host has and the probed guest does not, lost.
+    #[test]
+    fn both_ways() {
+        let both = [(slot(1), id(1)), (slot(2), id(2))];
+        assert_eq!(compare_functions(0, &both, &both, true), Outcome::Ok);
+        let ghost = compare_functions(3, &both[..1], &both, true);
+        assert_eq!(ghost.kind(), "ghost_device");
+        assert_eq!(
+            ghost,
+            Outcome::GhostDevice {
+                bus: 3,
+                slot: slot(2).to_string(),
+                held: id(2),
+                listed: None
+            }
+        );
+        assert_eq!(
+            compare_functions(0, &both, &both[..1], true).kind(),
+            "lost_device"
+        );
+        // A guest that never probed the bus need not hold anything, but holds no ghost.
+        assert_eq!(compare_functions(0, &both, &[], false), Outcome::Ok);
+        assert_eq!(
+            compare_functions(0, &[], &both, false).kind(),
+            "ghost_device"
+        );
+    }
+
+    /// Identities are compared whole: the old serial, vendor or device id in a slot the host
+    /// re-listed is a ghost of the old function (named before the new one's loss).
+    #[test]
+    fn identity_not_only_the_slot() {
+        let host = [(slot(1), id(2))];
+        let stale = [(slot(1), id(1))];
+        let o = compare_functions(0, &host, &stale, true);
+        assert_eq!(
+            o,
+            Outcome::GhostDevice {
+                bus: 0,
+                slot: slot(1).to_string(),
+                held: id(1),
+                listed: Some(id(2))
+            }
+        );
+        assert!(o.to_string().contains("serial 1"), "{o}");
+        let other_device = [(
+            slot(1),
+            Identity {
+                device_id: 0x1234,
+                ..id(2)
+            },
+        )];
+        assert_eq!(
+            compare_functions(0, &host, &other_device, true).kind(),
+            "ghost_device"
+        );
+        let other_vendor = [(
+            slot(1),
+            Identity {
+                vendor_id: 0x15b3,
+                ..id(2)
+            },
+        )];
+        assert_eq!(
+            compare_functions(0, &host, &other_vendor, true).kind(),
+            "ghost_device"
+        );
+    }
 }

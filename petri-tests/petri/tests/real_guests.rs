@@ -264,3 +264,46 @@ fn hot_plug_long_haul_on_debian_5_10() {
         assert!(!haul.result.outcome.failed(), "{}", haul.result.outcome);
     }
 }
+
+/// The real drivers' end state is compared identity by identity, not slot by slot: a host
+/// that lists a new serial number in a slot without an eject leaves the unfixed driver with a
+/// `pci_dev` of the old function (its PCI core never rescans an occupied slot): a
+/// `ghost_device`, though the slot is the host's. Through the relay, which ejects the old
+/// function first, the driver holds the new one.
+#[test]
+fn real_drivers_are_checked_identity_by_identity() {
+    let scenario = Scenario::from_toml(
+        "reserial",
+        r#"
+name = "reserial"
+title = "A slot re-listed with a new identity"
+description = "After the probe the host lists a new serial number in slot 1, without an eject."
+schedules = 4
+
+[[bus]]
+functions = [{ slot = 1, serial = 3 }]
+
+[[bus.script.steps]]
+when = { at = "1s" }
+action = { kind = "reserial", slot = 1, serial = 7 }
+"#,
+    )
+    .unwrap();
+    for guest in GuestKind::REAL {
+        let r = run_seed(&scenario, guest, false, 0, false).unwrap();
+        let petri::outcome::Outcome::GhostDevice { held, listed, .. } = r.outcome else {
+            panic!("{guest} direct: {:?}", r.outcome);
+        };
+        assert_eq!((held.vendor_id, held.device_id), (0x15b3, 0x101a));
+        assert_eq!(held.serial, 3, "{guest}");
+        assert_eq!(listed.map(|l| l.serial), Some(7), "{guest}");
+        for seed in 0..4 {
+            let r = run_seed(&scenario, guest, true, seed, false).unwrap();
+            assert_eq!(
+                r.outcome,
+                petri::outcome::Outcome::Ok,
+                "{guest} relay {seed}"
+            );
+        }
+    }
+}

@@ -75,16 +75,12 @@ impl FakeHost {
 
     fn push(&mut self, mut packet: Packet) {
         // VMBus delivers payloads padded to 8 bytes.
-        let len = packet.payload.len().div_ceil(8) * 8;
-        packet.payload.resize(len, 0);
+        vmbus_channel::pad_payload(&mut packet.payload);
         self.to_guest.push_back(packet);
     }
 
     fn complete(&mut self, ty: MessageType, tid: u64, c: Completion) {
-        let mut payload = c.encode();
-        let len = payload.len().div_ceil(8) * 8;
-        payload.resize(len, 0);
-        let packet = Packet::completion(tid, payload);
+        let packet = Packet::completion(tid, vmbus_channel::padded(c.encode()));
         if self.hold.contains(&ty) {
             self.held.push(packet);
         } else {

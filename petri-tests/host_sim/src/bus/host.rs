@@ -183,12 +183,17 @@ impl HostBus {
         })
     }
 
+    /// Sends EJECT for the function the host lists in `slot` now. An EJECT names the function
+    /// the host listed last in its slot: one still unanswered for a function the host has
+    /// since replaced stays outstanding beside it (one per incarnation).
     fn eject(&mut self, slot: u32) -> Result<(), ActionError> {
         let f = self
             .functions
             .get_mut(&slot)
             .ok_or(ActionError::NoSuchSlot(slot))?;
-        if self.ejects.contains_key(&slot) {
+        let incarnation = f.incarnation;
+        let pending = self.ejects.entry(slot).or_default();
+        if pending.iter().any(|e| e.incarnation == incarnation) {
             return Err(ActionError::EjectOutstanding(slot));
         }
         let wslot = f.identity.slot;
@@ -196,12 +201,11 @@ impl HostBus {
         if tear_down {
             f.torn_down = true;
         }
-        let pending = PendingEject {
-            incarnation: f.incarnation,
+        pending.push(PendingEject {
+            incarnation,
             sent_at: self.now,
             deadline: self.now.saturating_add(self.policy.eject_timeout.0),
-        };
-        self.ejects.insert(slot, pending);
+        });
         self.send(eject_packet(wslot));
         self.emit(HostEventKind::EjectSent { slot: wslot });
         if tear_down {
@@ -211,9 +215,22 @@ impl HostBus {
         Ok(())
     }
 
+    /// The oldest outstanding eject of `slot`, taken off the list. An EJECTION_COMPLETE names
+    /// only a slot: with ejects of two incarnations outstanding it answers the older one (the
+    /// guest lets go in the order it was asked), and once all are answered each ejected
+    /// function is gone, whatever order the answers came in.
+    fn take_eject(&mut self, raw: u32) -> Option<PendingEject> {
+        let pending = self.ejects.get_mut(&raw)?;
+        let e = (!pending.is_empty()).then(|| pending.remove(0));
+        if pending.is_empty() {
+            self.ejects.remove(&raw);
+        }
+        e
+    }
+
     /// Ends an outstanding eject on EJECTION_COMPLETE; `false` if none was outstanding.
     pub(super) fn ejection_complete(&mut self, slot: WinSlot) -> bool {
-        let Some(e) = self.ejects.remove(&slot.raw()) else {
+        let Some(e) = self.take_eject(slot.raw()) else {
             return false;
         };
         self.emit(HostEventKind::EjectCompleted {
@@ -228,7 +245,7 @@ impl HostBus {
 
     /// The guest did not complete an eject in time: the host removes the function anyway.
     pub(super) fn eject_timed_out(&mut self, raw: u32) {
-        let Some(e) = self.ejects.remove(&raw) else {
+        let Some(e) = self.take_eject(raw) else {
             return;
         };
         let slot = WinSlot::from_raw(raw);
@@ -253,6 +270,7 @@ impl HostBus {
     }
 
     fn hostile(&mut self, packet: HostilePacket) -> Result<(), ActionError> {
+        let mut breaks = !matches!(packet, HostilePacket::EjectUnknownSlot { .. });
         let (what, p) = match packet {
             HostilePacket::Raw {
                 kind,
@@ -299,10 +317,14 @@ impl HostBus {
                     .ok_or(ActionError::NothingToRepeat)?,
             ),
             HostilePacket::EjectUnknownSlot { slot } => {
+                // An EJECT of a slot the host once had is a late or repeated eject, within the
+                // protocol (the host keeps no record of it); of any other slot, a mistake.
+                breaks = !self.ever_held.contains(&slot);
                 let slot = WinSlot::from_raw(slot);
                 ("eject_unknown_slot", eject_packet(slot))
             }
         };
+        self.broke_protocol |= breaks;
         self.send(p);
         self.emit(HostEventKind::HostileSent { what });
         Ok(())

@@ -25,7 +25,7 @@ use crate::event::{HostEvent, HostEventKind};
 use crate::script::{Observation, Response, ScriptRunner};
 use function::Function;
 use inspect::{Inspect, Node};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::{MessageType, ProtocolVersion, Status, WinSlot};
@@ -88,7 +88,14 @@ pub struct HostBus {
     /// The slot the config window's selector register names.
     window_slot: u32,
     functions: BTreeMap<u32, Function>,
-    ejects: BTreeMap<u32, PendingEject>,
+    /// Outstanding ejects by slot, oldest first: an EJECT names the function the host listed
+    /// last in its slot, so a slot re-listed with a new identity while an eject of it is
+    /// unanswered can have one outstanding eject per incarnation.
+    ejects: BTreeMap<u32, Vec<PendingEject>>,
+    /// Slots that have ever held a function (an EJECT of any other slot breaks the protocol).
+    ever_held: BTreeSet<u32>,
+    /// The host sent something that breaks the protocol (a hostile packet, a tampered answer).
+    broke_protocol: bool,
     next_incarnation: u64,
     transmit: VecDeque<Packet>,
     delayed: Vec<Delayed>,
@@ -135,6 +142,8 @@ impl HostBus {
             window_slot: 0,
             functions: BTreeMap::new(),
             ejects: BTreeMap::new(),
+            ever_held: BTreeSet::new(),
+            broke_protocol: false,
             next_incarnation: 1,
             transmit: VecDeque::new(),
             delayed: Vec::new(),
@@ -229,7 +238,7 @@ impl HostBus {
     /// When [`handle_timeout`](Self::handle_timeout) next has something to do.
     pub fn poll_timeout(&self) -> Option<Duration> {
         let delayed = self.delayed.iter().map(|d| d.due).min();
-        let ejects = self.ejects.values().map(|e| e.deadline).min();
+        let ejects = self.ejects.values().flatten().map(|e| e.deadline).min();
         [delayed, ejects, self.script.next_deadline()]
             .into_iter()
             .flatten()
@@ -274,9 +283,37 @@ impl HostBus {
             .map_or(&[], |f| f.interrupts.as_slice())
     }
 
-    /// Whether an eject of `slot` is outstanding.
+    /// Whether an eject of `slot` is outstanding (of the function in it now, or of one it
+    /// held before the host listed a new identity there).
     pub fn eject_outstanding(&self, slot: WinSlot) -> bool {
-        self.ejects.contains_key(&slot.raw())
+        self.ejects.get(&slot.raw()).is_some_and(|e| !e.is_empty())
+    }
+
+    /// Whether the function the host lists in `slot` now (the one an EJECT of the slot
+    /// names) has an eject outstanding.
+    pub fn ejecting(&self, slot: WinSlot) -> bool {
+        let Some(f) = self.functions.get(&slot.raw()) else {
+            return false;
+        };
+        self.ejects
+            .get(&slot.raw())
+            .is_some_and(|e| e.iter().any(|e| e.incarnation == f.incarnation))
+    }
+
+    /// The vendor and device ids of the function in `slot`, from its config space (what the
+    /// host's relations describe), whatever the state of the guest's config window.
+    pub fn ids(&mut self, slot: WinSlot) -> Option<(u16, u16)> {
+        let f = self.functions.get_mut(&slot.raw())?;
+        let id = f.device.config_read(crate::device::cfg::ID);
+        Some((id as u16, (id >> 16) as u16))
+    }
+
+    /// Whether the host has sent anything that breaks the protocol: a hostile packet (except
+    /// an EJECT of a slot it once had, a late or repeated eject within its rights) or an
+    /// answer a response rule duplicated, cut, extended or gave a transaction id nobody used.
+    /// A relay may drop the bus of such a host; a conformant host's bus it must keep.
+    pub fn broke_protocol(&self) -> bool {
+        self.broke_protocol
     }
 
     /// Whether the BARs of the function in `slot` have been torn down.
@@ -315,8 +352,8 @@ impl HostBus {
             let eject = self
                 .ejects
                 .iter()
-                .min_by_key(|(_, e)| e.deadline)
-                .map(|(s, e)| (e.deadline, *s));
+                .flat_map(|(s, e)| e.iter().map(move |e| (e.deadline, *s)))
+                .min_by_key(|(deadline, _)| *deadline);
             let script = self.script.next_deadline();
             let next = [delayed.map(|d| d.0), eject.map(|e| e.0), script]
                 .into_iter()
@@ -437,6 +474,7 @@ impl HostBus {
                 return;
             }
             Response::Duplicate => {
+                self.broke_protocol = true;
                 if let Some(out) = outs.get(target).cloned() {
                     outs.insert(
                         target + 1,
@@ -448,11 +486,13 @@ impl HostBus {
                 }
             }
             Response::Truncate(len) => {
+                self.broke_protocol = true;
                 if let Some(o) = outs.get_mut(target) {
                     o.packet.payload.truncate(len);
                 }
             }
             Response::Extend(by) => {
+                self.broke_protocol = true;
                 if let Some(o) = outs.get_mut(target) {
                     let len = o.packet.payload.len().saturating_add(by.min(1 << 16));
                     o.packet.payload.resize(len, 0);
@@ -464,6 +504,7 @@ impl HostBus {
                 }
             }
             Response::UnknownTransactionId => {
+                self.broke_protocol = true;
                 if let Some(o) = outs.get_mut(target) {
                     o.packet.transaction_id ^= 1 << 63;
                 }
@@ -504,6 +545,7 @@ impl HostBus {
     ) {
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
+        self.ever_held.insert(identity.slot.raw());
         self.functions.insert(
             identity.slot.raw(),
             Function::new(identity, incarnation, spec, device),
@@ -528,7 +570,18 @@ impl Inspect for HostBus {
         let ejects: BTreeMap<String, PendingEject> = self
             .ejects
             .iter()
-            .map(|(s, e)| (WinSlot::from_raw(*s).to_string(), *e))
+            .flat_map(|(s, e)| {
+                // The oldest under the slot's name, later incarnations' as `slot+1`, ...
+                e.iter().enumerate().map(move |(i, e)| {
+                    let slot = WinSlot::from_raw(*s);
+                    let key = if i == 0 {
+                        slot.to_string()
+                    } else {
+                        format!("{slot}+{i}")
+                    };
+                    (key, *e)
+                })
+            })
             .collect();
         let functions: BTreeMap<String, &Function> = self
             .functions

@@ -9,16 +9,12 @@ use std::time::Duration;
 use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::wire::*;
 use vpci_protocol::*;
-use zerocopy::FromZeros;
 
 pub const MS: Duration = Duration::from_millis(1);
 pub const SEC: Duration = Duration::from_secs(1);
 
-/// Pads a payload to 8 bytes, as VMBus delivers every payload.
-pub fn padded(mut payload: Vec<u8>) -> Vec<u8> {
-    payload.resize(payload.len().div_ceil(8) * 8, 0);
-    payload
-}
+pub use vmbus_channel::padded;
+use vpci_protocol::build;
 
 pub fn slot(dev: u8) -> WinSlot {
     WinSlot::new(dev, 0)
@@ -29,89 +25,45 @@ pub fn slot_msg(f: fn(Fixed<SlotBody>) -> Message, dev: u8) -> Vec<u8> {
 }
 
 pub fn qrr(dev: u8) -> Vec<u8> {
-    slot_msg(Message::QueryResourceRequirements, dev)
+    build::query_requirements(slot(dev))
 }
 
 pub fn query_version(v: ProtocolVersion) -> Vec<u8> {
-    encode(&Message::QueryProtocolVersion(Fixed::new(VersionBody {
-        protocol_version: v.0.into(),
-    })))
+    build::query_version(v)
 }
 
 pub fn query_relations() -> Vec<u8> {
-    encode(&Message::QueryBusRelations(Fixed::new(Empty {})))
+    build::query_relations()
 }
 
 pub fn d0_entry(mmio_base: u64) -> Vec<u8> {
-    encode(&Message::BusD0Entry(Fixed::new(D0EntryBody {
-        reserved: 0.into(),
-        mmio_base: mmio_base.into(),
-    })))
+    build::d0_entry(mmio_base)
 }
 
 pub fn ejection_complete(dev: u8) -> Vec<u8> {
-    encode(&Message::EjectionComplete(Fixed::new(
-        EjectionCompleteBody {
-            wslot: slot(dev),
-            status: 0.into(),
-        },
-    )))
+    build::ejection_complete(slot(dev))
 }
 
 /// RESOURCES_ASSIGNED2 as Linux sends it (no MSI resources, padded to 202 bytes), with
 /// BAR 0 at `bar0`.
 pub fn resources_assigned2(dev: u8, bar0: u64, len: u32) -> Vec<u8> {
-    let mut head = ResourcesHead::new_zeroed();
-    head.wslot = slot(dev);
-    head.memory_range[0].resource_type = 3;
-    head.memory_range[0].address = bar0.into();
-    head.memory_range[0].length = len.into();
-    encode(&Message::ResourcesAssigned2(ResourcesAssigned {
-        head,
-        msi_resources: Vec::new(),
-        trailing: vec![0; 66],
-    }))
+    build::resources_assigned2(slot(dev), &[(bar0, len)])
 }
 
 pub fn create_interrupt(dev: u8, vector: u8, cpu_mask: u64) -> Vec<u8> {
-    let mut body = CreateInterruptBody::new_zeroed();
-    body.wslot = slot(dev);
-    body.int_desc.vector = vector;
-    body.int_desc.vector_count = 1.into();
-    body.int_desc.cpu_mask = cpu_mask.into();
-    encode(&Message::CreateInterruptMessage(Fixed::new(body)))
+    build::create_interrupt(slot(dev), vector, cpu_mask)
 }
 
 pub fn create_interrupt2(dev: u8, vector: u8, cpu: u16) -> Vec<u8> {
-    let mut body = CreateInterrupt2Body::new_zeroed();
-    body.wslot = slot(dev);
-    body.int_desc.vector = vector;
-    body.int_desc.vector_count = 1.into();
-    body.int_desc.processor_count = 1.into();
-    body.int_desc.processor_array[0] = cpu.into();
-    // Linux's packed form: 78 bytes, without OpenVMM's two padding bytes.
-    let mut bytes = encode(&Message::CreateInterruptMessage2(Fixed::new(body)));
-    bytes.truncate(78);
-    bytes
+    build::create_interrupt2(slot(dev), vector, cpu)
 }
 
 pub fn create_interrupt3(dev: u8, vector: u32, cpu: u16) -> Vec<u8> {
-    let mut body = CreateInterrupt3Body::new_zeroed();
-    body.wslot = slot(dev);
-    body.int_desc.vector = vector.into();
-    body.int_desc.vector_count = 1.into();
-    body.int_desc.processor_count = 1.into();
-    body.int_desc.processor_array[0] = cpu.into();
-    encode(&Message::CreateInterruptMessage3(Fixed::new(body)))
+    build::create_interrupt3(slot(dev), vector, cpu)
 }
 
 pub fn delete_interrupt(dev: u8, address: u64, data: u32) -> Vec<u8> {
-    let mut body = DeleteInterruptBody::new_zeroed();
-    body.wslot = slot(dev);
-    body.int_desc.vector_count = 1.into();
-    body.int_desc.address = address.into();
-    body.int_desc.data = data.into();
-    encode(&Message::DeleteInterruptMessage(Fixed::new(body)))
+    build::delete_interrupt(slot(dev), address, data)
 }
 
 /// A host under test, a virtual clock, and everything the host sent.

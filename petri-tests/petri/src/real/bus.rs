@@ -35,6 +35,8 @@ pub(super) struct HostSide {
     pub(super) guest_rescind_sent: bool,
     /// Slots whose EJECT the host gave up on (Hyper-V's 60 s).
     pub(super) eject_timeouts: Vec<WinSlot>,
+    /// The relay lost its host link for a reason of its own (not the host's rescind).
+    relay_lost_host: bool,
     /// The relay may have work (time moved, a config access, a host action).
     pub(super) relay_dirty: bool,
 }
@@ -51,6 +53,7 @@ impl HostSide {
             host_rescind_sent: false,
             guest_rescind_sent: false,
             eject_timeouts: Vec::new(),
+            relay_lost_host: false,
             relay_dirty: true,
         }
     }
@@ -58,6 +61,12 @@ impl HostSide {
     /// Whether the channel to the guest ended (host rescind, or the relay closed it).
     pub(super) fn channel_ended(&self) -> bool {
         self.host.rescinded() || self.guest_rescind_sent
+    }
+
+    /// Whether the relay dropped the bus: it closed the guest's channel, or lost its host
+    /// link (whoever's fault that was).
+    pub(super) fn relay_dropped(&self) -> bool {
+        (self.relay.is_some() && self.guest_rescind_sent) || self.relay_lost_host
     }
 
     /// Moves packets host <-> relay <-> guest until nothing moves, noting each in `trace`.
@@ -166,6 +175,9 @@ impl HostSide {
                     }
                 }
                 for e in relay.take_events() {
+                    if matches!(e, vpci_relay::RelayEvent::HostLost { rescinded: false }) {
+                        self.relay_lost_host = true;
+                    }
                     if let Some((label, mark)) = crate::vm::relay_note(&e) {
                         note(Lane::Relay, Lane::Relay, label, mark);
                     }

@@ -16,7 +16,10 @@
 //! (`ejected_device_access`) or never assigned (`unresourced_device`), an access to unbacked
 //! device memory (`unbacked_access`), a command that never returns or a busy-poll nothing
 //! will answer (`hang`), allocations left at module exit (`leaked_device`); then what the host
-//! saw: `eject_unanswered`, `lost_device`.
+//! saw, looking both ways once the scenario settled: `eject_unanswered`, `lost_bus`,
+//! `ghost_device` (checked before the teardown, which would let go of it), `lost_device`. The
+//! driver's holdings carry the identity it found: the ids its PCI core read and the serial
+//! number of the relations that listed the slot.
 
 mod access;
 mod bars;

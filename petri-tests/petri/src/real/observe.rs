@@ -1,12 +1,13 @@
 //! What the controller learns from the real guest's messages and events: the config window,
-//! which functions it was told to use and has let go, which it holds, and the first thing
-//! that went wrong (a bound driver on a function it had given back, a driver on a function
+//! which functions it was told to use and has let go, which it holds and with what identity
+//! (the ids its PCI core read, the serial number of the relations that listed the slot), and
+//! the first thing that went wrong (a bound driver on a function it had given back, a driver on a function
 //! without resources, a BUG or WARN, a leak).
 
-use crate::outcome::Outcome;
+use crate::outcome::{Identity, Outcome};
 use kernel_shim::host::ConfigWindow;
 use kernel_shim::protocol::EventKind;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use vpci_protocol::{MessageType, WinSlot};
 
 /// The guest's state as its messages and events show it.
@@ -19,8 +20,10 @@ pub(super) struct Observer {
     /// Slots the guest sent EJECTION_COMPLETE for and has not asked about since.
     ejected: BTreeSet<u32>,
     /// Slots the guest's PCI core found a device in and has not given back (no
-    /// EJECTION_COMPLETE since).
-    held: BTreeSet<u32>,
+    /// EJECTION_COMPLETE since), with the identity it found there.
+    held: BTreeMap<u32, Identity>,
+    /// The serial number the last relations delivered to the guest gave each slot.
+    listed: BTreeMap<u32, u32>,
     /// The first failure seen.
     pub(super) failure: Option<Outcome>,
     /// Allocations left at module exit.
@@ -42,6 +45,15 @@ fn parse_devfn(text: &str) -> Option<u32> {
     let dev = u32::from_str_radix(dev, 16).ok()?;
     let func: u32 = func.get(..1)?.parse().ok()?;
     Some((dev & 0x1f) | ((func & 0x7) << 5))
+}
+
+/// `[vvvv:dddd]` as vendor and device ids.
+fn parse_ids(text: &str) -> Option<(u16, u16)> {
+    let (vendor, device) = text.strip_prefix('[')?.strip_suffix(']')?.split_once(':')?;
+    Some((
+        u16::from_str_radix(vendor, 16).ok()?,
+        u16::from_str_radix(device, 16).ok()?,
+    ))
 }
 
 impl Observer {
@@ -75,16 +87,49 @@ impl Observer {
         }
     }
 
-    /// Whether the guest's PCI core holds a device for `slot`.
-    pub(super) fn holds(&self, slot: WinSlot) -> bool {
-        self.held.contains(&slot.raw())
+    /// Records a packet delivered to the guest: relations tell which serial number each
+    /// slot's function has (the driver's children carry it).
+    pub(super) fn guest_received(&mut self, payload: &[u8]) {
+        let stride = match word(payload, 0).map(MessageType) {
+            Some(MessageType::BUS_RELATIONS) => 20,
+            Some(MessageType::BUS_RELATIONS2) => 28,
+            _ => return,
+        };
+        let Some(count) = word(payload, 4) else {
+            return;
+        };
+        // Linux takes the relations whole or not at all; a cut one is refused.
+        let Some(fits) = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(stride))
+            .and_then(|n| n.checked_add(8))
+            .map(|end| end <= payload.len())
+        else {
+            return;
+        };
+        if !fits {
+            return;
+        }
+        let mut listed = BTreeMap::new();
+        for i in 0..usize::try_from(count).unwrap_or(0) {
+            let at = 8 + i * stride;
+            if let (Some(slot), Some(serial)) = (word(payload, at + 12), word(payload, at + 16)) {
+                listed.insert(slot, serial);
+            }
+        }
+        self.listed = listed;
     }
 
-    /// The slots the guest's PCI core holds a device for.
-    pub(super) fn held_slots(&self) -> Vec<WinSlot> {
+    /// Whether the guest's PCI core holds a device for `slot`.
+    pub(super) fn holds(&self, slot: WinSlot) -> bool {
+        self.held.contains_key(&slot.raw())
+    }
+
+    /// What the guest's PCI core holds: each slot and the identity it found there.
+    pub(super) fn held(&self) -> Vec<(WinSlot, Identity)> {
         self.held
             .iter()
-            .map(|&slot| WinSlot::from_raw(slot))
+            .map(|(&slot, &id)| (WinSlot::from_raw(slot), id))
             .collect()
     }
 
@@ -114,15 +159,20 @@ impl Observer {
     fn note(&mut self, context: String, text: &str) {
         // "pci 0001:00:01.0 [1414:00a9] found"
         if let Some(rest) = text.strip_prefix("pci ") {
-            if let Some(slot) = rest
-                .split_whitespace()
+            let mut words = rest.split_whitespace();
+            let slot = words
                 .next()
                 .and_then(|bdf| bdf.rsplit(':').next())
-                .and_then(parse_devfn)
-            {
-                if text.ends_with(" found") {
-                    self.held.insert(slot);
-                }
+                .and_then(parse_devfn);
+            if let (Some(slot), true) = (slot, text.ends_with(" found")) {
+                let (vendor_id, device_id) = words.next().and_then(parse_ids).unwrap_or_default();
+                let serial = self.listed.get(&slot).copied().unwrap_or_default();
+                let id = Identity {
+                    vendor_id,
+                    device_id,
+                    serial,
+                };
+                self.held.insert(slot, id);
             }
             return;
         }
@@ -200,5 +250,72 @@ mod tests {
             o.failure.as_ref().map(|f| f.kind().to_owned()),
             Some("ejected_device_access".to_owned())
         );
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use vpci_protocol::wire::FunctionDescription2;
+    use vpci_protocol::{BusRelations, Message, encode};
+
+    fn relations(functions: &[(u32, u32)]) -> Vec<u8> {
+        let functions = functions
+            .iter()
+            .map(|&(slot, serial)| FunctionDescription2 {
+                v_id: 0x15b3.into(),
+                d_id: 0x101a.into(),
+                rev: 0,
+                prog_intf: 0,
+                subclass: 0,
+                base_class: 2,
+                subsystem_id: 0.into(),
+                wslot: WinSlot::from_raw(slot),
+                ser: serial.into(),
+                flags: 0.into(),
+                virtual_numa_node: 0.into(),
+                reserved: 0.into(),
+            })
+            .collect();
+        encode(&Message::BusRelations2(BusRelations {
+            functions,
+            trailing: Vec::new(),
+        }))
+    }
+
+    /// The observer records the identity the guest found in a slot: the ids its PCI core
+    /// read and the serial number of the relations that listed the slot.
+    #[test]
+    fn held_identity() {
+        let mut o = Observer::default();
+        o.guest_received(&relations(&[(1, 5), (2, 6)]));
+        o.event(
+            EventKind::Note,
+            "p".into(),
+            "pci 0001:00:01.0 [15b3:101a] found",
+        );
+        // A later listing of a new serial does not change what the guest already holds.
+        o.guest_received(&relations(&[(1, 9)]));
+        assert_eq!(
+            o.held(),
+            [(
+                WinSlot::from_raw(1),
+                Identity {
+                    vendor_id: 0x15b3,
+                    device_id: 0x101a,
+                    serial: 5
+                }
+            )]
+        );
+        // A cut relations message is not taken.
+        let mut cut = relations(&[(1, 3)]);
+        cut.truncate(20);
+        o.guest_received(&cut);
+        o.event(
+            EventKind::Note,
+            "p".into(),
+            "pci 0001:00:01.0 [15b3:101a] found",
+        );
+        assert_eq!(o.held()[0].1.serial, 9);
     }
 }

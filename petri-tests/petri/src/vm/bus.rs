@@ -39,6 +39,8 @@ pub(super) struct Bus {
     pub(super) host_rescind_sent: bool,
     pub(super) guest_rescind_sent: bool,
     pub(super) eject_timeouts: Vec<WinSlot>,
+    /// The relay lost its host link for a reason of its own (not the host's rescind).
+    pub(super) relay_lost_host: bool,
     /// When the guest's probe path returned successfully.
     pub(super) probed_at: Option<Duration>,
     /// The relay may have something to do (time moved, a config access, a host action), so
@@ -70,8 +72,7 @@ pub(crate) fn flush(
 /// The packet as VMBus delivers it: the payload padded with zeros to a multiple of 8 bytes
 /// (the ring stores whole 8-byte units, and the reader gets them all).
 pub(crate) fn on_the_wire(mut packet: Packet) -> Packet {
-    let padded = packet.payload.len().div_ceil(8) * 8;
-    packet.payload.resize(padded, 0);
+    vmbus_channel::pad_payload(&mut packet.payload);
     packet
 }
 
@@ -266,6 +267,9 @@ impl Bus {
                     }
                 }
                 for e in relay.take_events() {
+                    if matches!(e, RelayEvent::HostLost { rescinded: false }) {
+                        bus.relay_lost_host = true;
+                    }
                     if let Some((label, mark)) = relay_note(&e) {
                         note(Lane::Relay, Lane::Relay, &|| label.clone(), mark);
                     }

@@ -2,13 +2,12 @@
 //! steps it may hot-add, eject, drop, re-list a slot with a new identity, resend relations,
 //! eject what it already dropped, or rescind. Seeded, so a failing run replays.
 //!
-//! It avoids the one order the protocol leaves ambiguous: an EJECT names only a slot, so
-//! once the host has sent an EJECT that is still unanswered and then listed a new function in
-//! that slot, a further EJECT of the slot could repeat the first or eject the new function,
-//! and no relay can tell which (the relay reads it as a repeat; see the model check's
-//! documentation). So a slot that got an EJECT the host does not track (of a function it
-//! dropped) is not re-added in the same run, and a slot re-listed while its eject is
-//! outstanding gets no further EJECT until that eject is answered.
+//! It uses every order the protocol allows, the one that used to be ambiguous too: an EJECT
+//! names only a slot, and the protocol reads it as naming the function the host listed last
+//! in that slot. So once the host has sent an EJECT that is still unanswered and then listed a
+//! new function in the slot, a further EJECT of the slot ejects the new function (host_sim
+//! tracks the two ejects apart); without a new listing since, it repeats the first. A slot
+//! that got an EJECT of a function the host dropped may be re-added at once.
 
 use host_sim::{FunctionSpec, HostAction, HostBus, HostilePacket};
 use rand_chacha::ChaCha8Rng;
@@ -52,10 +51,6 @@ pub(crate) struct Chaos {
     rng: ChaCha8Rng,
     left: u32,
     next_serial: u32,
-    /// Slots that got an EJECT the host does not track: not re-added in this run.
-    untracked: std::collections::BTreeSet<u32>,
-    /// Slots re-listed while their eject was outstanding: no EJECT until it is answered.
-    relisted: std::collections::BTreeSet<u32>,
 }
 
 impl Chaos {
@@ -66,8 +61,6 @@ impl Chaos {
             rng: ChaCha8Rng::seed_from_u64(spec.seed ^ 0x6368_616f_735f_686f),
             left: spec.actions,
             next_serial: 1000,
-            untracked: std::collections::BTreeSet::new(),
-            relisted: std::collections::BTreeSet::new(),
         }
     }
 
@@ -88,14 +81,13 @@ impl Chaos {
         let slot = 1 + self.rng.next_u32() % slots;
         let wslot = WinSlot::from_raw(slot);
         let present = host.slots().contains(&wslot);
-        let outstanding = host.eject_outstanding(wslot);
-        if !outstanding {
-            self.relisted.remove(&slot);
-        }
+        // The function listed last in the slot is being ejected already.
+        let ejecting = host.ejecting(wslot);
         let kinds = if self.spec.rescind { 7 } else { 6 };
-        let action = match (self.rng.next_u32() % kinds, present) {
-            // A second EJECT while the first is outstanding (the host's own record stays).
-            (0 | 1, true) if outstanding => HostAction::Hostile {
+        match (self.rng.next_u32() % kinds, present) {
+            // A second EJECT of the same function while the first is outstanding (the host's
+            // own record stays).
+            (0 | 1, true) if ejecting => HostAction::Hostile {
                 packet: HostilePacket::EjectUnknownSlot { slot },
             },
             (0 | 1, false) => {
@@ -119,25 +111,6 @@ impl Chaos {
             },
             (6, _) => HostAction::Rescind,
             _ => HostAction::SendRelations,
-        };
-        // Keep clear of the ambiguous order (see the module documentation).
-        let ejects = matches!(
-            action,
-            HostAction::Eject { .. } | HostAction::Hostile { .. }
-        );
-        let adds = matches!(action, HostAction::HotAdd(_) | HostAction::Reserial { .. });
-        if (ejects && self.relisted.contains(&slot)) || (adds && self.untracked.contains(&slot)) {
-            return HostAction::SendRelations;
         }
-        match &action {
-            HostAction::Hostile { .. } if !present => {
-                self.untracked.insert(slot);
-            }
-            HostAction::Reserial { .. } if outstanding => {
-                self.relisted.insert(slot);
-            }
-            _ => {}
-        }
-        action
     }
 }

@@ -12,7 +12,7 @@ mod bus;
 mod chaos;
 mod env;
 
-use crate::outcome::{Outcome, RunResult};
+use crate::outcome::{Identity, Outcome, RunResult};
 use crate::relay_rig::RelayRig;
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
@@ -22,6 +22,7 @@ use guest_linux::{ContextId, GuestConfig, LinuxGuest};
 use host_sim::{BusConfig, HostBus};
 use std::collections::VecDeque;
 use std::time::Duration;
+use vpci_protocol::WinSlot;
 use vpci_relay::{RelayConfig, VirtualClock};
 
 pub use bus::describe;
@@ -119,6 +120,7 @@ impl Vm {
                 host_rescind_sent: false,
                 guest_rescind_sent: false,
                 eject_timeouts: Vec::new(),
+                relay_lost_host: false,
                 probed_at: None,
                 relay_dirty: true,
             });
@@ -342,6 +344,23 @@ impl Vm {
         Ok(())
     }
 
+    /// Cuts the link between the relay of bus `bus` and its host, as a failure on the relay's
+    /// side of the transport would: the host did not rescind and did nothing wrong (fault
+    /// injection, for the verdict's tests). Returns whether there was a relay to cut.
+    pub fn cut_host_link(&mut self, bus: usize) -> bool {
+        let cut = self
+            .buses
+            .get_mut(bus)
+            .and_then(|b| {
+                b.relay_dirty = true;
+                b.relay.as_mut()
+            })
+            .map(|r| vmbus_channel::Channel::revoke(&mut r.host_end))
+            .is_some();
+        self.pump();
+        cut
+    }
+
     /// The first guest failure so far, as an outcome.
     pub fn failure(&self) -> Option<Outcome> {
         self.buses
@@ -464,8 +483,11 @@ impl Vm {
         }
     }
 
-    /// What the host can see went wrong so far once the guest survived: an EJECT nobody
-    /// answered, or a function the host has that the guest (probed and quiet) never got.
+    /// What the host can see went wrong so far once the guest survived, looking both ways:
+    /// an EJECT nobody answered; a conformant host's bus the relay closed (`lost_bus`); a
+    /// function the guest holds that the host no longer has, or holds with an old identity
+    /// (`ghost_device`); a function the host has that the guest (probed and quiet) never got
+    /// (`lost_device`).
     pub fn host_visible_outcome(&mut self) -> Outcome {
         for (i, bus) in self.buses.iter().enumerate() {
             if let Some(slot) = bus.eject_timeouts.first() {
@@ -475,33 +497,79 @@ impl Vm {
                 };
             }
         }
+        for (i, bus) in self.buses.iter().enumerate() {
+            // The relay may drop the bus of a host that rescinded it or broke the protocol;
+            // not a conformant host's.
+            let relay_dropped = bus.guest_rescind_sent || bus.relay_lost_host;
+            if relay_dropped && !bus.host.rescinded() && !bus.host.broke_protocol() {
+                return Outcome::LostBus { bus: i };
+            }
+        }
         for (i, bus) in self.buses.iter_mut().enumerate() {
             // A guest whose channel ended (the host rescinded it, or the relay closed it after
-            // the host broke the protocol) holds nothing, rightly.
+            // the host broke the protocol) holds nothing, rightly: its removal is the guest's
+            // own end-state check.
             let channel_ended = bus.host.rescinded() || bus.guest_rescind_sent;
-            if channel_ended || bus.guest.probe_result() != Some(Ok(())) {
+            if channel_ended {
                 continue;
             }
-            let devices = bus.guest.devices();
-            for slot in bus.host.slots() {
-                let Some(identity) = bus.host.function(slot) else {
-                    continue;
-                };
-                let vendor = bus.host.config_read(slot, 0, 2).unwrap_or(u32::MAX);
-                let held = devices.iter().any(|d| {
-                    d.slot == slot
-                        && d.child_present
-                        && u32::from(d.vendor_id) == vendor
-                        && d.serial == identity.serial
-                });
-                if !held {
-                    return Outcome::LostDevice {
-                        bus: i,
-                        slot: slot.to_string(),
-                    };
-                }
+            let probed = bus.guest.probe_result() == Some(Ok(()));
+            let host = host_functions(&mut bus.host);
+            let guest = guest_functions(&bus.guest.devices());
+            let outcome = crate::outcome::compare_functions(i, &host, &guest, probed);
+            if outcome != Outcome::Ok {
+                return outcome;
             }
         }
         Outcome::Ok
     }
+}
+
+/// What the host lists on a bus: each slot's function and its identity.
+pub(crate) fn host_functions(host: &mut HostBus) -> Vec<(WinSlot, Identity)> {
+    let mut out = Vec::new();
+    for slot in host.slots() {
+        let (Some(f), Some((vendor_id, device_id))) = (host.function(slot), host.ids(slot)) else {
+            continue;
+        };
+        out.push((
+            slot,
+            Identity {
+                vendor_id,
+                device_id,
+                serial: f.serial,
+            },
+        ));
+    }
+    out
+}
+
+/// What a guest model holds on a bus: each slot with a child on the bus's list (its
+/// identity as the relations described it) or a `pci_dev` (the ids the scan read, the serial
+/// of the child it was made for).
+fn guest_functions(devices: &[guest_linux::DeviceView]) -> Vec<(WinSlot, Identity)> {
+    let mut out = Vec::new();
+    for d in devices {
+        if d.child_present {
+            out.push((
+                d.slot,
+                Identity {
+                    vendor_id: d.vendor_id,
+                    device_id: d.device_id,
+                    serial: d.serial,
+                },
+            ));
+        }
+        if let Some((vendor_id, device_id, serial)) = d.pci_dev_identity {
+            let id = Identity {
+                vendor_id,
+                device_id,
+                serial,
+            };
+            if !out.contains(&(d.slot, id)) {
+                out.push((d.slot, id));
+            }
+        }
+    }
+    out
 }

@@ -27,7 +27,9 @@ pub mod transactions;
 
 pub use channel::{Channel, ChannelError, ChannelExt, ChannelState, EndReason};
 pub use memory::{MemoryChannel, MemoryChannelConfig, channel_pair, channel_pair_with};
-pub use packet::{Packet, PacketError, PacketFlags, PacketKind, PacketLimits};
+pub use packet::{
+    Packet, PacketError, PacketFlags, PacketKind, PacketLimits, pad_payload, padded, padded_len,
+};
 pub use ring::{RingChannel, RingChannelConfig, RingChannelPeer, ring_channel_pair};
 pub use transactions::{
     AsyncTransactions, Response, TransactionConfig, TransactionError, Transactions,

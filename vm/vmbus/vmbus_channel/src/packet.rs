@@ -154,13 +154,20 @@ pub const fn padded_len(len: usize) -> Option<usize> {
     }
 }
 
-/// Pads a received payload with zeros to its 8-byte unit, as a ring would deliver it.
-pub(crate) fn pad_payload(payload: &mut Vec<u8>) {
+/// Pads a payload with zeros to its 8-byte unit, as a ring delivers it.
+pub fn pad_payload(payload: &mut Vec<u8>) {
     let len = payload.len();
     // `len` is the length of an existing allocation, so adding 7 cannot overflow in practice;
     // fall back to no padding rather than panicking.
     let padded = padded_len(len).unwrap_or(len);
     payload.resize(padded, 0);
+}
+
+/// `payload` padded with zeros to its 8-byte unit, as a ring delivers it: what the peer
+/// receives when `payload` is sent.
+pub fn padded(mut payload: Vec<u8>) -> Vec<u8> {
+    pad_payload(&mut payload);
+    payload
 }
 
 /// Bounds every backend enforces on packets, in both directions.

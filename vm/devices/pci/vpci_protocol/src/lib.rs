@@ -11,6 +11,7 @@
 //!   [`encode`] writes it back.
 //! - [`decode_completion`] does the same for a [`Completion`].
 //! - [`wire`] holds the fixed layouts, each asserted at compile time against the spec's size.
+//! - [`build`] writes the payloads peers send, in Linux's dialect, for tests and simulators.
 //!
 //! The wire has two dialects: Linux packs its structs, OpenVMM pads some of them, and VMBus
 //! pads every payload to 8 bytes. Decoding accepts both and keeps whatever follows a layout in
@@ -34,6 +35,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 mod completion;
 mod error;
 mod message;

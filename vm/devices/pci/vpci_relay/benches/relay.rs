@@ -25,27 +25,16 @@ use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::wire::*;
 use vpci_protocol::*;
 use vpci_relay::{BusRelay, RelayConfig, Transmit};
-use zerocopy::FromZeros;
 
-fn pad(mut v: Vec<u8>) -> Vec<u8> {
-    v.resize(v.len().div_ceil(8) * 8, 0);
-    v
-}
+use vmbus_channel::padded as pad;
+use vpci_protocol::build;
 
 fn relations() -> Vec<u8> {
-    let functions = [1u8, 2]
+    let functions: Vec<_> = [1u8, 2]
         .iter()
-        .map(|&d| {
-            let mut f = FunctionDescription2::new_zeroed();
-            f.v_id = 0x1414.into();
-            f.wslot = WinSlot::new(d, 0);
-            f
-        })
+        .map(|&d| build::description2(WinSlot::new(d, 0), 0x1414, 0, 0))
         .collect();
-    pad(encode(&Message::BusRelations2(BusRelations {
-        functions,
-        trailing: Vec::new(),
-    })))
+    pad(build::relations2(&functions))
 }
 
 fn slot_msg(f: fn(Fixed<SlotBody>) -> Message, d: u8) -> Vec<u8> {
@@ -55,17 +44,11 @@ fn slot_msg(f: fn(Fixed<SlotBody>) -> Message, d: u8) -> Vec<u8> {
 }
 
 fn create_interrupt(d: u8) -> Vec<u8> {
-    let mut b = CreateInterrupt2Body::new_zeroed();
-    b.wslot = WinSlot::new(d, 0);
-    b.int_desc.vector = 0x30;
-    b.int_desc.vector_count = 1.into();
-    pad(encode(&Message::CreateInterruptMessage2(Fixed::new(b))))
+    pad(build::create_interrupt2(WinSlot::new(d, 0), 0x30, 0))
 }
 
 fn delete_interrupt(d: u8) -> Vec<u8> {
-    let mut b = DeleteInterruptBody::new_zeroed();
-    b.wslot = WinSlot::new(d, 0);
-    pad(encode(&Message::DeleteInterruptMessage(Fixed::new(b))))
+    pad(build::delete_interrupt(WinSlot::new(d, 0), 0, 0))
 }
 
 fn reply(len: usize) -> Vec<u8> {
@@ -105,31 +88,19 @@ fn installed_relay() -> BusRelay {
         t: Duration::ZERO,
         last_host: 0,
     };
-    let version = pad(encode(&Message::QueryProtocolVersion(Fixed::new(
-        VersionBody {
-            protocol_version: ProtocolVersion::V1_4.0.into(),
-        },
-    ))));
+    let version = pad(build::query_version(ProtocolVersion::V1_4));
     s.step(Packet::request(1, version), Some(reply(4)));
-    let query = pad(encode(&Message::QueryBusRelations(Fixed::new(Empty {}))));
+    let query = pad(build::query_relations());
     s.step(Packet::in_band(0, query), None);
     s.relay.handle_host(s.t, Packet::in_band(0, relations()));
     for d in [1, 2] {
         let q = slot_msg(Message::QueryResourceRequirements, d);
         s.step(Packet::request(2, q), Some(reply(28)));
     }
-    let d0 = pad(encode(&Message::BusD0Entry(Fixed::new(
-        D0EntryBody::new_zeroed(),
-    ))));
+    let d0 = pad(build::d0_entry(0));
     s.step(Packet::request(3, d0), Some(reply(4)));
     for d in [1, 2] {
-        let mut head = ResourcesHead::new_zeroed();
-        head.wslot = WinSlot::new(d, 0);
-        let ra = pad(encode(&Message::ResourcesAssigned2(ResourcesAssigned {
-            head,
-            msi_resources: Vec::new(),
-            trailing: vec![0; 66],
-        })));
+        let ra = pad(build::resources_assigned2(WinSlot::new(d, 0), &[]));
         s.step(Packet::request(4, ra), Some(reply(4)));
     }
     s.t += Duration::from_secs(1);

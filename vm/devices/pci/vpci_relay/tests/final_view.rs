@@ -116,6 +116,11 @@ fn relisting_the_same_function_does_not_make_it_new() {
     bus.host_sends(eject(1));
     bus.advance(Duration::from_secs(1));
     bus.host_sends(relations2(&[1]));
+    assert_eq!(
+        bus.relay.counters().stale_listings,
+        0,
+        "listed while its EJECT is unanswered: the host's normal lists, not stale ones"
+    );
     bus.host_sends(eject(1));
     assert_eq!(ejection_completes_to_host(&bus, 1), 0, "the guest holds it");
     bus.guest_sends(ejection_complete(1));

@@ -24,8 +24,8 @@ use vpci_protocol::{Completion, CompletionBody, Message};
 pub(crate) enum Listing {
     /// The host's last function in the slot, listed again: nothing new.
     Same,
-    /// A listing of a function the host has ejected (sent before the host saw the
-    /// EJECTION_COMPLETE): nothing changes.
+    /// A listing of a function whose EJECT the host has had answered (sent before the host
+    /// saw the EJECTION_COMPLETE): nothing changes.
     Stale,
     /// A new function took the slot (the old one was never shown to the guest).
     Replaced,
@@ -105,8 +105,15 @@ impl Function {
             // A function the host is ejecting stays in its lists until its
             // EJECTION_COMPLETE; one it has ejected may be listed by relations it sent before
             // it saw the answer. Neither is new.
-            if self.last_listed_ejected() {
+            let answered = match &self.successor {
+                Some(s) => s.ejected,
+                None => self.host == HostState::Ejected,
+            };
+            if answered {
                 return Listing::Stale;
+            }
+            if self.last_listed_ejected() {
+                return Listing::Same;
             }
             if !self.guest_visible() && self.host == HostState::Listed {
                 // Not shown to the guest yet: the host's newest description is the function.

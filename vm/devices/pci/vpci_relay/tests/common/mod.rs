@@ -9,34 +9,23 @@ use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::wire::*;
 use vpci_protocol::*;
 use vpci_relay::*;
-use zerocopy::FromZeros;
 
 pub const MS: Duration = Duration::from_millis(1);
 
-/// Pads a payload to 8 bytes, as VMBus delivers every payload.
-pub fn padded(mut payload: Vec<u8>) -> Vec<u8> {
-    payload.resize(payload.len().div_ceil(8) * 8, 0);
-    payload
-}
+pub use vmbus_channel::padded;
+use vpci_protocol::build;
 
 pub fn slot(dev: u8) -> WinSlot {
     WinSlot::new(dev, 0)
 }
 
 pub fn desc2(dev: u8, vendor: u16) -> FunctionDescription2 {
-    let mut d = FunctionDescription2::new_zeroed();
-    d.v_id = vendor.into();
-    d.d_id = 0x00b1.into();
-    d.base_class = 2;
-    d.wslot = slot(dev);
-    d
+    build::description2(slot(dev), vendor, 0x00b1, 0)
 }
 
 pub fn relations2(devs: &[u8]) -> Vec<u8> {
-    encode(&Message::BusRelations2(BusRelations {
-        functions: devs.iter().map(|&d| desc2(d, 0x1414)).collect(),
-        trailing: Vec::new(),
-    }))
+    let descs: Vec<_> = devs.iter().map(|&d| desc2(d, 0x1414)).collect();
+    build::relations2(&descs)
 }
 
 pub fn slot_msg(f: fn(Fixed<SlotBody>) -> Message, dev: u8) -> Vec<u8> {
@@ -44,67 +33,43 @@ pub fn slot_msg(f: fn(Fixed<SlotBody>) -> Message, dev: u8) -> Vec<u8> {
 }
 
 pub fn eject(dev: u8) -> Vec<u8> {
-    slot_msg(Message::Eject, dev)
+    build::eject(slot(dev))
 }
 
 pub fn qrr(dev: u8) -> Vec<u8> {
-    slot_msg(Message::QueryResourceRequirements, dev)
+    build::query_requirements(slot(dev))
 }
 
 pub fn ejection_complete(dev: u8) -> Vec<u8> {
-    encode(&Message::EjectionComplete(Fixed::new(
-        EjectionCompleteBody {
-            wslot: slot(dev),
-            status: 0.into(),
-        },
-    )))
+    build::ejection_complete(slot(dev))
 }
 
 pub fn resources_assigned2(dev: u8) -> Vec<u8> {
-    let mut head = ResourcesHead::new_zeroed();
-    head.wslot = slot(dev);
-    encode(&Message::ResourcesAssigned2(ResourcesAssigned {
-        head,
-        msi_resources: Vec::new(),
-        trailing: vec![0; 66],
-    }))
+    build::resources_assigned2(slot(dev), &[])
 }
 
 pub fn create_interrupt2(dev: u8, vector: u8) -> Vec<u8> {
-    let mut body = CreateInterrupt2Body::new_zeroed();
-    body.wslot = slot(dev);
-    body.int_desc.vector = vector;
-    body.int_desc.vector_count = 1.into();
-    body.int_desc.processor_count = 1.into();
-    encode(&Message::CreateInterruptMessage2(Fixed::new(body)))
+    build::create_interrupt2(slot(dev), vector, 0)
 }
 
 pub fn d0_entry() -> Vec<u8> {
-    encode(&Message::BusD0Entry(Fixed::new(D0EntryBody {
-        reserved: 0.into(),
-        mmio_base: 0xf_e000_0000.into(),
-    })))
+    build::d0_entry(0xf_e000_0000)
 }
 
 pub fn query_relations() -> Vec<u8> {
-    encode(&Message::QueryBusRelations(Fixed::new(Empty {})))
+    build::query_relations()
 }
 
 pub fn query_version(v: ProtocolVersion) -> Vec<u8> {
-    encode(&Message::QueryProtocolVersion(Fixed::new(VersionBody {
-        protocol_version: v.0.into(),
-    })))
+    build::query_version(v)
 }
 
 pub fn status(s: Status) -> Vec<u8> {
-    s.0.to_le_bytes().to_vec()
+    build::status_reply(s)
 }
 
 pub fn requirements_reply() -> Vec<u8> {
-    let mut v = status(Status::SUCCESS);
-    v.extend_from_slice(&0xffff_c000u32.to_le_bytes());
-    v.extend_from_slice(&[0; 20]);
-    v
+    build::requirements_reply([0xffff_c000, 0, 0, 0, 0, 0])
 }
 
 /// One call a [`BarControl`] received.
