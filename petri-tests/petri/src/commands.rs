@@ -81,8 +81,8 @@ pub(crate) fn demo(schedules: Option<u64>, real: u64, seed: u64, json: bool) -> 
              every failure kind with its count and the first seed that replays to it, script \
              steps that did not fire (n/a: a step the scenario needs never fired, so the runs \
              never reached its window), and the command that replays the commonest failure. \
-             ! marks an expectation not met. 5.10 and 6.1 are the real pci-hyperv.c of Debian 11 \
-             and 12 (kernel_shim); dir = direct, relay = through the relay."
+             ! marks an expectation not met. 5.10, 6.1 and 6.12 are the real pci-hyperv.c of \
+             Debian 11, 12 and 13 (kernel_shim); dir = direct, relay = through the relay."
         );
         if problems.is_empty() {
             println!(

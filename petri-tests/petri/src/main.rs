@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the race catalogue on both guest models and both real drivers, directly and through
+    /// Run the race catalogue on both guest models and the three real drivers, directly and through
     /// the relay, and print the table of failures per schedules explored.
     Demo {
         /// Schedules per scenario and column (default: each scenario's own number).
@@ -45,8 +45,8 @@ enum Command {
     Run {
         /// A built-in scenario's name, or a scenario file.
         scenario: String,
-        /// Only this guest (`6.2` or `6.3`, or the real driver `5.10` or `6.1`; `linux-6.2`,
-        /// `debian-5.10`... too); both models if not given.
+        /// Only this guest (`6.2` or `6.3`, or the real driver `5.10`, `6.1` or `6.12`;
+        /// `linux-6.2`, `debian-5.10`... too); both models if not given.
         #[arg(long, value_parser = parse_guest)]
         guest: Option<GuestKind>,
         /// Only through the relay.
@@ -83,7 +83,7 @@ enum Command {
         seed: u64,
         /// A built-in scenario's name, or a scenario file.
         scenario: String,
-        /// The guest (`6.2` or `6.3`, or the real driver `5.10` or `6.1`).
+        /// The guest (`6.2` or `6.3`, or the real driver `5.10`, `6.1` or `6.12`).
         #[arg(long, value_parser = parse_guest, default_value = "6.2")]
         guest: GuestKind,
         /// Through the relay (direct if not given).
@@ -145,8 +145,8 @@ enum From {
 fn parse_guest(s: &str) -> Result<GuestKind, String> {
     GuestKind::parse(s).ok_or_else(|| {
         format!(
-            "unknown guest {s:?} (expected 6.2, 6.3, 5.10 or 6.1, or linux-6.2, linux-6.3, \
-             debian-5.10 or debian-6.1)"
+            "unknown guest {s:?} (expected 6.2, 6.3, 5.10, 6.1 or 6.12, or linux-6.2, \
+             linux-6.3, debian-5.10, debian-6.1 or debian-6.12)"
         )
     })
 }

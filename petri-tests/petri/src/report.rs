@@ -5,7 +5,7 @@ use crate::scenario::{GuestKind, Scenario};
 
 /// The columns of the demo: each guest model, then each real driver, direct and through the
 /// relay.
-pub const COLUMNS: [(GuestKind, bool); 8] = [
+pub const COLUMNS: [(GuestKind, bool); 10] = [
     (GuestKind::Linux62, false),
     (GuestKind::Linux62, true),
     (GuestKind::Linux63, false),
@@ -14,6 +14,8 @@ pub const COLUMNS: [(GuestKind, bool); 8] = [
     (GuestKind::Debian510, true),
     (GuestKind::Debian61, false),
     (GuestKind::Debian61, true),
+    (GuestKind::Debian612, false),
+    (GuestKind::Debian612, true),
 ];
 
 /// A column's heading.

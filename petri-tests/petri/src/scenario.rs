@@ -40,6 +40,8 @@ pub enum GuestKind {
     Debian510,
     /// The real `pci-hyperv.c` of Debian 12 (6.1: the whole series), in user space.
     Debian61,
+    /// The real `pci-hyperv.c` of Debian 13 (6.12: 6.1's fixes and later ones), in user space.
+    Debian612,
 }
 
 impl GuestKind {
@@ -47,15 +49,21 @@ impl GuestKind {
     pub const ALL: [GuestKind; 2] = [GuestKind::Linux62, GuestKind::Linux63];
 
     /// The real drivers, in table order.
-    pub const REAL: [GuestKind; 2] = [GuestKind::Debian510, GuestKind::Debian61];
+    pub const REAL: [GuestKind; 3] = [
+        GuestKind::Debian510,
+        GuestKind::Debian61,
+        GuestKind::Debian612,
+    ];
 
-    /// The guest's name (`linux-6.2`, `linux-6.3`, `debian-5.10`, `debian-6.1`).
+    /// The guest's name (`linux-6.2`, `linux-6.3`, `debian-5.10`, `debian-6.1`,
+    /// `debian-6.12`).
     pub fn name(self) -> &'static str {
         match self {
             GuestKind::Linux62 => KernelModel::Linux62.name(),
             GuestKind::Linux63 => KernelModel::Linux63.name(),
             GuestKind::Debian510 => "debian-5.10",
             GuestKind::Debian61 => "debian-6.1",
+            GuestKind::Debian612 => "debian-6.12",
         }
     }
 
@@ -64,7 +72,7 @@ impl GuestKind {
         match self {
             GuestKind::Linux62 => Some(KernelModel::Linux62),
             GuestKind::Linux63 => Some(KernelModel::Linux63),
-            GuestKind::Debian510 | GuestKind::Debian61 => None,
+            GuestKind::Debian510 | GuestKind::Debian61 | GuestKind::Debian612 => None,
         }
     }
 
@@ -73,12 +81,13 @@ impl GuestKind {
         match self {
             GuestKind::Debian510 => Some(kernel_shim::DriverVersion::Debian5_10),
             GuestKind::Debian61 => Some(kernel_shim::DriverVersion::Debian6_1),
+            GuestKind::Debian612 => Some(kernel_shim::DriverVersion::Debian6_12),
             GuestKind::Linux62 | GuestKind::Linux63 => None,
         }
     }
 
-    /// Parses `linux-6.2`, `6.2`, `linux-6.3`, `6.3`, `debian-5.10`, `5.10`, `debian-6.1` or
-    /// `6.1` (in any case).
+    /// Parses `linux-6.2`, `6.2`, `linux-6.3`, `6.3`, `debian-5.10`, `5.10`, `debian-6.1`, `6.1`,
+    /// `debian-6.12` or `6.12` (in any case).
     pub fn parse(text: &str) -> Option<Self> {
         let text = text.trim().to_ascii_lowercase();
         let text = text.as_str();
@@ -95,6 +104,7 @@ impl GuestKind {
             ("6.3", _, false) => Some(GuestKind::Linux63),
             ("5.10", false, _) => Some(GuestKind::Debian510),
             ("6.1", false, _) => Some(GuestKind::Debian61),
+            ("6.12", false, _) => Some(GuestKind::Debian612),
             _ => None,
         }
     }
@@ -111,8 +121,8 @@ impl<'de> Deserialize<'de> for GuestKind {
         let text = String::deserialize(d)?;
         GuestKind::parse(&text).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "unknown guest {text:?} (expected \"linux-6.2\", \"linux-6.3\", \"debian-5.10\" \
-                 or \"debian-6.1\")"
+                "unknown guest {text:?} (expected \"linux-6.2\", \"linux-6.3\", \"debian-5.10\", \
+                 \"debian-6.1\" or \"debian-6.12\")"
             ))
         })
     }

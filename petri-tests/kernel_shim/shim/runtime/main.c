@@ -147,7 +147,12 @@ static int do_remove(u32 bus)
 		return -ENODEV;
 	}
 	KSHIM_CALL("hv_pci_remove");
+#if KSHIM_KVER >= 603
+	drv->remove(&s->hdev);
+	ret = 0;
+#else
 	ret = drv->remove(&s->hdev);
+#endif
 	s->bound = false;
 	kshim_devres_release_all(&s->hdev.device);
 	s->busy = false;
@@ -192,6 +197,12 @@ static int run_command(const struct command *c)
 		kshim_fail_alloc(c->arg[0] | c->arg[1] << 8 | c->arg[2] << 16 |
 				 (u32)c->arg[3] << 24);
 		return 0;
+	case CMD_HV_HINTS:
+		if (c->len < 4)
+			return -EINVAL;
+		ms_hyperv.hints = c->arg[0] | c->arg[1] << 8 | c->arg[2] << 16 |
+				  (u32)c->arg[3] << 24;
+		return 0;
 	case CMD_EXIT: {
 		struct kshim_wbuf w;
 
@@ -221,6 +232,7 @@ int main(void)
 	kshim_send_frame(G_HELLO, &w);
 	kshim_sched_init();
 	kshim_mmio_init();
+	kshim_hv_init();
 	kshim_sched(SP_START);
 	for (;;) {
 		struct command c;

@@ -60,6 +60,8 @@ struct kshim_ctx {
 	u64 deadline_ns;
 	/* Spinlocks held plus atomic sections entered (irq descriptor lock, tasklet). */
 	int atomic;
+	/* Between local_irq_save and the restore that turns interrupts back on. */
+	bool irqs_off;
 };
 extern volatile int kshim_current;
 extern const char *volatile kshim_last_call;
@@ -110,6 +112,8 @@ int kshim_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 
 /* ---- MMIO (vmbus.c) ---- */
 void kshim_mmio_init(void);
+/* ms_hyperv and the per-CPU hypercall input pages (vmbus.c). */
+void kshim_hv_init(void);
 void kshim_devres_release_all(struct device *dev);
 
 /* ---- PCI core and test endpoint (pci.c) ---- */

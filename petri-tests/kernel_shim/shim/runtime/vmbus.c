@@ -532,9 +532,30 @@ static bool mapped(const volatile void *addr, u32 size, u64 *phys)
 	return false;
 }
 
-static u64 mmio_read(const volatile void *addr, u32 size)
+/* One access of a guest physical address, as the controller's device model sees it. */
+static u64 phys_read(u64 phys, u32 size)
 {
 	struct kshim_wbuf w;
+
+	kshim_wbuf_init(&w);
+	kshim_put_u64(&w, phys);
+	kshim_put_u32(&w, size);
+	return kshim_call_value(G_MMIO_READ, &w);
+}
+
+static void phys_write(u64 phys, u32 size, u64 value)
+{
+	struct kshim_wbuf w;
+
+	kshim_wbuf_init(&w);
+	kshim_put_u64(&w, phys);
+	kshim_put_u32(&w, size);
+	kshim_put_u64(&w, value);
+	kshim_send_frame(G_MMIO_WRITE, &w);
+}
+
+static u64 mmio_read(const volatile void *addr, u32 size)
+{
 	u64 phys;
 
 	kshim_sched(SP_MMIO);
@@ -542,15 +563,11 @@ static u64 mmio_read(const volatile void *addr, u32 size)
 		kshim_event(EV_BUG, "MMIO read of unmapped address %p", (void *)addr);
 		return ~0ULL;
 	}
-	kshim_wbuf_init(&w);
-	kshim_put_u64(&w, phys);
-	kshim_put_u32(&w, size);
-	return kshim_call_value(G_MMIO_READ, &w);
+	return phys_read(phys, size);
 }
 
 static void mmio_write(volatile void *addr, u32 size, u64 value)
 {
-	struct kshim_wbuf w;
 	u64 phys;
 
 	kshim_sched(SP_MMIO);
@@ -558,11 +575,7 @@ static void mmio_write(volatile void *addr, u32 size, u64 value)
 		kshim_event(EV_BUG, "MMIO write of unmapped address %p", (void *)addr);
 		return;
 	}
-	kshim_wbuf_init(&w);
-	kshim_put_u64(&w, phys);
-	kshim_put_u32(&w, size);
-	kshim_put_u64(&w, value);
-	kshim_send_frame(G_MMIO_WRITE, &w);
+	phys_write(phys, size, value);
 }
 
 u8 readb(const volatile void __iomem *addr)
@@ -638,8 +651,65 @@ int cpumask_to_vpset(struct hv_vpset *vpset, const struct cpumask *cpus)
 }
 
 /*
+ * ---- what drivers/hv/hv_common.c sets up at boot ----
+ * ms_hyperv: the hints word is 0 (a VM without MMIO hypercalls) until CMD_HV_HINTS.
+ * hyperv_pcpu_input_arg: a per-CPU pointer (one copy per context, see kshim_this_cpu_ptr) to
+ * that CPU's page-aligned hypercall input page.
+ */
+struct ms_hyperv_info ms_hyperv;
+static u8 input_pages[KSHIM_MAX_CTX][HV_HYP_PAGE_SIZE] __aligned(HV_HYP_PAGE_SIZE);
+static void *input_arg[KSHIM_MAX_CTX];
+void **hyperv_pcpu_input_arg = input_arg;
+
+void kshim_hv_init(void)
+{
+	memset(&ms_hyperv, 0, sizeof(ms_hyperv));
+	for (int i = 0; i < KSHIM_MAX_CTX; i++)
+		input_arg[i] = input_pages[i];
+}
+
+#define HV_STATUS_INVALID_PARAMETER 5
+
+static bool mmio_call_size_ok(u32 size)
+{
+	return size == 1 || size == 2 || size == 4 || size == 8;
+}
+
+/*
+ * HvCallMemoryMappedIoRead/Write: the hypervisor performs the access of the guest physical
+ * address for the guest, so the controller sees the same G_MMIO_READ / G_MMIO_WRITE an
+ * access through a mapping makes (no mapping is needed). Sizes other than 1, 2, 4 and 8 fail
+ * with HV_STATUS_INVALID_PARAMETER, as the accesses the TLFS allows are register-sized.
+ */
+static u64 mmio_hypercall(u64 code, void *input, void *output)
+{
+	if (code == HVCALL_MMIO_READ) {
+		struct hv_mmio_read_input *in = input;
+		struct hv_mmio_read_output *out = output;
+		u64 value;
+
+		if (!out || !mmio_call_size_ok(in->size))
+			return HV_STATUS_INVALID_PARAMETER;
+		value = phys_read(in->gpa, in->size);
+		memset(out->data, 0, sizeof(out->data));
+		memcpy(out->data, &value, in->size);
+		return HV_STATUS_SUCCESS;
+	} else {
+		struct hv_mmio_write_input *in = input;
+		u64 value = 0;
+
+		if (!mmio_call_size_ok(in->size))
+			return HV_STATUS_INVALID_PARAMETER;
+		memcpy(&value, in->data, in->size);
+		phys_write(in->gpa, in->size, value);
+		return HV_STATUS_SUCCESS;
+	}
+}
+
+/*
  * The hypercall, decoded by the controller: control word and input. For
  * HVCALL_RETARGET_INTERRUPT the input is the fixed 56-byte header plus (var-size) 8-byte words.
+ * The MMIO calls are performed by the runtime (above).
  */
 u64 hv_do_hypercall(u64 control, void *input, void *output)
 {
@@ -648,6 +718,8 @@ u64 hv_do_hypercall(u64 control, void *input, void *output)
 
 	KSHIM_CALL("hv_do_hypercall");
 	kshim_sched(SP_HYPERCALL);
+	if ((control & 0xffff) == HVCALL_MMIO_READ || (control & 0xffff) == HVCALL_MMIO_WRITE)
+		return mmio_hypercall(control & 0xffff, input, output);
 	if ((control & 0xffff) == HVCALL_RETARGET_INTERRUPT)
 		size = 56 + 8 * ((control >> 17) & 0x3ff);
 	if (size > 4096)
