@@ -289,8 +289,8 @@
 //!   1#1 again (G3; its driver's config read went to the removed device, C7). Passes since
 //!   the merge of 6acc2b6.
 //!
-//! Still failing against the relay of cd2ea3f (the latest main merged; the tests are
-//! `#[ignore = "awaits relay fix: ..."]`):
+//! Found by this model after those fixes, and fixed in the relay with it (each failed on the
+//! relay of cd2ea3f):
 //! - **Relations to a stuck guest list the function it ejects**
 //!   (`stuck_guest_is_not_sent_the_function_it_ejects`, `model_check_slow`): boot with 1#1;
 //!   `HostEject(1)` (delivered); the guest removes the driver and stalls; at 30.2 s the relay
@@ -301,7 +301,8 @@
 //!   a ghost. The same with a stale relations message instead of the new function
 //!   (`stale_relations_after_max_hold_answer_with_slow_guest`): once the change ran out, the
 //!   relay is idle and the stale message, which says exactly what the guest still holds,
-//!   goes through byte for byte.
+//!   goes through byte for byte. Fixed: a function the guest was told to eject is not in the
+//!   view relations are built from (or compared with).
 //! - **An ejected function's entry outlives the host's omission of its slot**
 //!   (`omitted_slot_is_forgotten_once_the_guest_lets_go`, TABLES in every default check):
 //!   e.g. 1#2 listed in place of bound 1#1 (the relay ejects 1#1, then announces 1#2);
@@ -309,7 +310,10 @@
 //!   guest lets go: the relay keeps an entry for slot 1 (1#2, host `Ejected`, guest `Hidden`)
 //!   that neither side has, though the omission already told it the slot's next listing is a
 //!   new function. One entry per slot, so it does not grow with cycles; but it is not live.
-//!   (`bug2_eject_after_drop_is_answered`, a drop then an EJECT, leaves one too.)
+//!   (`bug2_eject_after_drop_is_answered`, a drop then an EJECT, leaves one too.) Fixed: a
+//!   function remembers that the host's latest relations left its slot out, and then leaves
+//!   no memory behind when the guest lets go (no stale listing of it can follow an omission
+//!   on a first-in, first-out channel).
 //!
 //! Earlier, at the surprise-removal bound of the old model (fixed by 2c9b344 and 06cc642,
 //! kept as `re_add_during_synthesized_eject_reaches_the_guest`,
@@ -442,7 +446,6 @@ fn check_all_on(bounds: Bounds) {
 /// merge of 6acc2b6. Still fails at cd2ea3f on TABLES: an ejected function's entry outlives
 /// the host's omission of its slot (`omitted_slot_is_forgotten_once_the_guest_lets_go`).
 #[test]
-#[ignore = "awaits relay fix: an ejected function's entry outlives the host's omission of its slot (TABLES)"]
 fn model_check_all_safeguards_on() {
     check_all_on(Bounds::DEFAULT);
 }
@@ -456,7 +459,6 @@ fn model_check_all_safeguards_on() {
 /// stuck guest ejects, which the guest then adds again (C7;
 /// `stuck_guest_is_not_sent_the_function_it_ejects`); and TABLES as in the default check.
 #[test]
-#[ignore = "awaits relay fix: relations built after the max_hold fallback list the function being ejected (C7); TABLES"]
 fn model_check_slow() {
     check_all_on(Bounds::SLOW);
 }
@@ -467,7 +469,6 @@ fn model_check_slow() {
 ///
 /// Relay bug 1: failed on the relay of 074d841, passes since 3e768a8.
 #[test]
-#[ignore = "awaits relay fix: an ejected function's entry outlives the host's omission of its slot (TABLES)"]
 fn model_check_relist() {
     check_all_on(Bounds::RELIST);
 }
@@ -477,7 +478,6 @@ fn model_check_relist() {
 ///
 /// Relay bugs 1 and 2: failed on the relay of 074d841, passes since 3e768a8.
 #[test]
-#[ignore = "awaits relay fix: an ejected function's entry outlives the host's omission of its slot (TABLES)"]
 fn model_check_two_at_boot() {
     check_all_on(Bounds::TWO_AT_BOOT);
 }
@@ -487,7 +487,6 @@ fn model_check_two_at_boot() {
 ///
 /// Relay bugs 1, 2 and 3: failed on the relay of 074d841, passes since 3e768a8.
 #[test]
-#[ignore = "awaits relay fix: an ejected function's entry outlives the host's omission of its slot (TABLES)"]
 fn model_check_request_table() {
     check_all_on(Bounds::REQUEST_TABLE);
 }

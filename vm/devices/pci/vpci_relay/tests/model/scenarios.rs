@@ -343,7 +343,6 @@ fn stale_relations_after_ejection_complete() {
 /// (1#1 unlinked), then its relations work finds 1#1 listed and new, and adds it again: its
 /// driver reads BARs the relay has released (C7), a ghost of an ejected function.
 #[test]
-#[ignore = "awaits relay fix: stale relations passed through after a max_hold answer re-add the ejected function"]
 fn stale_relations_after_max_hold_answer_with_slow_guest() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
     let mut s = m.booted();
@@ -592,7 +591,6 @@ fn guest_model_c2_eject_during_interrupt_setup() {
 /// answers the EJECT; `HostAdd(2)`: the relay sends the guest RELATIONS[(1, 1), (2, 1)]; the
 /// guest completes 1#1's eject, re-adds 1#1, its driver faults.
 #[test]
-#[ignore = "awaits relay fix: relations built after the max_hold fallback list the function being ejected"]
 fn stuck_guest_is_not_sent_the_function_it_ejects() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
     let mut s = m.booted();
@@ -621,7 +619,6 @@ fn stuck_guest_is_not_sent_the_function_it_ejects() {
 /// RELATIONS[] (slot 1 left out); the guest's EJECTION_COMPLETE: the relay still keeps an
 /// entry for slot 1 (1#1, host `Ejected`, guest `Hidden`) that neither side has.
 #[test]
-#[ignore = "awaits relay fix: an ejected function's entry outlives the host's omission of its slot"]
 fn omitted_slot_is_forgotten_once_the_guest_lets_go() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
     let mut s = m.booted();
