@@ -305,8 +305,9 @@ impl RealController {
         if hp.done > 0 {
             let held = self.observer.holds(slot);
             if adding && (held || !self.side.eject_timeouts.is_empty()) {
+                // The guest holds the function: a ghost (`leaked_device` is memory only).
                 self.observer.fail(
-                    "leaked_device",
+                    "ghost_device",
                     context,
                     "hv_eject_device_work".to_owned(),
                     format!("cycle {}: {slot} still held after its eject", hp.done / 2),
