@@ -2,8 +2,10 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use petri::explore::{Strategy, Summary, check, explore, run_seed};
+use petri::labels::RelayTimes;
 use petri::report::{COLUMNS, cell, column_name, demo_table, kinds_text, replay_command, table};
 use petri::scenario::{GuestKind, Scenario, builtin_text, catalogue, load};
+use petri::trace::Trace;
 use std::process::ExitCode;
 
 fn progress_bar(total: u64) -> ProgressBar {
@@ -275,9 +277,19 @@ fn write_chart(
         if relay { "through the relay" } else { "direct" },
         result.outcome
     );
-    let trace = result.trace.unwrap_or_default();
+    let trace = polished(scenario, relay, result.trace.unwrap_or_default());
     std::fs::write(path, petri::chart::svg(&title, &trace, relay))
         .map_err(|e| format!("cannot write {path}: {e}"))
+}
+
+/// `trace` in the replay's and chart's vocabulary (see [`petri::labels`]).
+fn polished(scenario: &Scenario, relay: bool, mut trace: Trace) -> Trace {
+    let times = relay.then_some(RelayTimes {
+        settle: scenario.relay.settle.0,
+        max_hold: scenario.relay.max_hold.0,
+    });
+    petri::labels::polish(&mut trace, scenario, times);
+    trace
 }
 
 /// `petri replay`.
@@ -301,7 +313,13 @@ pub(crate) fn replay(
         scenario.name,
         if relay { "through the relay" } else { "direct" }
     );
-    for line in result.trace.iter().flat_map(|t| &t.lines) {
+    let trace = polished(&scenario, relay, result.trace.clone().unwrap_or_default());
+    println!(
+        "Each line: #step (the scheduler's step it happened in), virtual time, lanes, what \
+         happened. >> marks a choice point: the context or delivery that ran, and what else \
+         could have run there (another seed takes another branch)."
+    );
+    for line in &trace.lines {
         println!("{line}");
     }
     println!(

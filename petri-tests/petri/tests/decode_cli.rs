@@ -60,7 +60,10 @@ fn guest_message_with_flags() {
         "01000100",
     ]));
     assert_eq!(v["type"], "PCI_QUERY_PROTOCOL_VERSION");
-    assert_eq!(v["protocol_version"], "1.1", "versions read as 1.1, not 65537");
+    assert_eq!(
+        v["protocol_version"], "1.1",
+        "versions read as 1.1, not 65537"
+    );
 }
 
 /// --completion-of decodes a completion of the named request.

@@ -465,7 +465,7 @@ impl RealController {
         }
         let _ = chaos.bus(1);
         let action = chaos.action(&self.side.host);
-        let label = format!("bus 0: chaos {action:?}");
+        let label = format!("bus 0: chaos: {}", crate::labels::action(&action));
         self.world_changed();
         let _ = self.side.host.act(self.now, action);
         self.side.relay_dirty = true;
