@@ -121,3 +121,118 @@ fn chart_shows_the_crash_in_context() {
     assert!(svg.contains("answered locally"), "{svg}");
     assert!(svg.contains("released after 100 ms held"), "{svg}");
 }
+
+/// `--mode direct|relay|both` is accepted alongside `--relay` and `--direct`, and the two
+/// schedule options state their defaults in `--help` of run and demo.
+#[test]
+fn one_vocabulary_for_modes_and_schedules() {
+    let out = petri(&[
+        "run",
+        "c2",
+        "--guest",
+        "6.2",
+        "--mode",
+        "relay",
+        "--schedules",
+        "3",
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("c2 6.2 relay: 0/3"), "{text}");
+    assert!(!text.contains("direct"), "{text}");
+    let out = petri(&[
+        "run",
+        "c2",
+        "--guest",
+        "6.2",
+        "--mode",
+        "both",
+        "--schedules",
+        "2",
+    ]);
+    assert_eq!(
+        stdout(&out)
+            .lines()
+            .filter(|l| l.starts_with("c2 "))
+            .count(),
+        2
+    );
+    let out = petri(&["run", "c2", "--mode", "relay", "--direct"]);
+    assert_eq!(out.status.code(), Some(2), "--mode and --direct conflict");
+    let out = petri(&[
+        "replay", "--seed", "0", "c2", "--guest", "6.2", "--mode", "relay",
+    ]);
+    assert!(stdout(&out).starts_with("c2 on linux-6.2 through the relay"));
+    for command in ["run", "demo"] {
+        let help = stdout(&petri(&[command, "--help"]));
+        assert!(
+            help.contains("--schedules") && help.contains("--real-schedules"),
+            "{help}"
+        );
+        assert!(
+            help.contains("[default: 20]") || help.contains("else 20]"),
+            "{help}"
+        );
+        assert!(help.contains("scenario's own number"), "{help}");
+    }
+    assert!(stdout(&petri(&["run", "--help"])).contains("--mode <MODE>"));
+}
+
+/// A systematic run names its failing schedule, `replay --systematic N` replays that very
+/// schedule, and a fully walked choice tree is called exhaustive.
+#[test]
+fn systematic_schedules_replay() {
+    let out = petri(&[
+        "run",
+        "c2",
+        "--guest",
+        "6.2",
+        "--direct",
+        "--systematic",
+        "--schedules",
+        "50",
+    ]);
+    let text = stdout(&out);
+    let cmd = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("replay: petri "))
+        .unwrap_or_else(|| panic!("a replay command: {text}"));
+    assert!(cmd.starts_with("replay --systematic "), "{cmd}");
+    assert!(text.contains("not exhaustive"), "{text}");
+    let args: Vec<&str> = cmd.split(' ').collect();
+    let replay = stdout(&petri(&args));
+    assert!(replay.contains("systematic schedule"), "{replay}");
+    assert!(
+        replay.contains("outcome: bus 0: guest null_deref"),
+        "{replay}"
+    );
+    let out = petri(&["run", "c2", "--guest", "6.2", "--relay", "--systematic"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("exhaustive: the systematic walk ran every schedule"),
+        "{text}"
+    );
+    let out = petri(&[
+        "run",
+        "c2",
+        "--guest",
+        "6.2",
+        "--relay",
+        "--systematic",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["exhaustive"], true);
+    assert_eq!(v["strategy"], "systematic");
+    let out = petri(&[
+        "replay",
+        "--systematic",
+        "99",
+        "c2",
+        "--guest",
+        "6.2",
+        "--relay",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no schedule 99"));
+}
