@@ -13,6 +13,7 @@
 pub mod chart;
 pub mod decode;
 pub mod explore;
+pub mod labels;
 pub mod outcome;
 pub mod real;
 pub mod relay_rig;

@@ -106,13 +106,16 @@ pub fn cell_detail(summary: &Summary) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// A ready-made command that replays the cell's commonest failure (its first seed), or
-/// `None` if nothing failed (or no seed is known: a systematic run).
+/// A ready-made command that replays the cell's commonest failure (its first seed, or its
+/// first systematic schedule: `--systematic N`), or `None` if nothing failed.
 pub fn replay_command(scenario: &str, guest: GuestKind, summary: &Summary) -> Option<String> {
-    let (_, _, seed) = summary.failure_kinds().into_iter().next()?;
+    let (kind, _, seed) = summary.failure_kinds().into_iter().next()?;
+    let which = match seed {
+        Some(seed) => format!("--seed {seed}"),
+        None => format!("--systematic {}", summary.first_schedule_by_kind.get(kind)?),
+    };
     Some(format!(
-        "petri replay --seed {} {scenario} --guest {}{}",
-        seed?,
+        "petri replay {which} {scenario} --guest {}{}",
         guest_arg(guest),
         if summary.relay { " --relay" } else { "" }
     ))

@@ -305,8 +305,9 @@ impl RealController {
         if hp.done > 0 {
             let held = self.observer.holds(slot);
             if adding && (held || !self.side.eject_timeouts.is_empty()) {
+                // The guest holds the function: a ghost (`leaked_device` is memory only).
                 self.observer.fail(
-                    "leaked_device",
+                    "ghost_device",
                     context,
                     "hv_eject_device_work".to_owned(),
                     format!("cycle {}: {slot} still held after its eject", hp.done / 2),
@@ -464,7 +465,7 @@ impl RealController {
         }
         let _ = chaos.bus(1);
         let action = chaos.action(&self.side.host);
-        let label = format!("bus 0: chaos {action:?}");
+        let label = format!("bus 0: chaos: {}", crate::labels::action(&action));
         self.world_changed();
         let _ = self.side.host.act(self.now, action);
         self.side.relay_dirty = true;

@@ -281,6 +281,9 @@ impl Vm {
             if self.steps >= self.limits.max_steps {
                 return Some(Outcome::StepLimit);
             }
+            if let Some(trace) = &mut self.trace {
+                trace.begin_step(self.steps + 1);
+            }
             let index = if runnable.len() == 1 {
                 0
             } else {
@@ -292,6 +295,14 @@ impl Vm {
                     index,
                     of: runnable.len(),
                 });
+                if self.trace.is_some() {
+                    let options: Vec<String> =
+                        runnable.iter().map(|a| self.action_name(*a)).collect();
+                    let now = self.now;
+                    if let Some(trace) = &mut self.trace {
+                        trace.choice(now, index, &options);
+                    }
+                }
                 index
             };
             let Some(&action) = runnable.get(index) else {
@@ -304,6 +315,21 @@ impl Vm {
                 Action::Deliver(bus) => self.deliver(bus),
             }
             self.pump();
+        }
+    }
+
+    /// An action in a replay's words: `bus 0 workqueue`, `delivery of PCI_EJECT(1) to bus 0`.
+    fn action_name(&self, action: Action) -> String {
+        match action {
+            Action::Step(bus, ctx) => format!("bus {bus} {ctx}"),
+            Action::Deliver(bus) => {
+                let what = match self.buses.get(bus).and_then(|b| b.in_flight.front()) {
+                    Some(Delivery::Packet(p, _)) => crate::labels::packet(p),
+                    Some(Delivery::Rescind(_)) => "the rescind".to_owned(),
+                    None => "nothing".to_owned(),
+                };
+                format!("delivery of {what} to bus {bus}'s guest")
+            }
         }
     }
 
@@ -320,7 +346,7 @@ impl Vm {
             return false;
         };
         let action = chaos.action(&bus.host);
-        let label = format!("bus {index}: chaos {action:?}");
+        let label = format!("bus {index}: chaos: {}", crate::labels::action(&action));
         // An action the host refuses (a slot it does not have) is just not taken.
         let _ = bus.host.act(self.now, action);
         bus.relay_dirty = true;
