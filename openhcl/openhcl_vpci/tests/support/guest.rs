@@ -259,7 +259,12 @@ pub fn run(socket: &std::path::Path, spec: GuestSpec) {
         for (name, b) in &mut buses {
             busy |= drive(name, b, now, &mut ctl);
             if let Some(at) = b.rescinded {
-                if (b.guest.removed() || b.failed) && at.elapsed() >= spec.release_delay {
+                // hv_pci_remove runs only after a successful probe; a probe the rescind made
+                // fail leaves nothing to remove once every context has stopped.
+                let probe_failed =
+                    matches!(b.guest.probe_result(), Some(Err(_))) && b.guest.runnable().is_empty();
+                let done = b.guest.removed() || b.failed || probe_failed;
+                if done && at.elapsed() >= spec.release_delay {
                     released.push(name.clone());
                 }
             }
@@ -272,7 +277,11 @@ pub fn run(socket: &std::path::Path, spec: GuestSpec) {
                     let _ =
                         control::send(&ctl.stream, &Message::Release { bus: name.clone() }, None);
                 }
-                println!("@@ guest released {name} failed={}", b.failed);
+                println!(
+                    "@@ guest released {name} failed={} probe={:?}",
+                    b.failed,
+                    b.guest.probe_result()
+                );
             }
         }
         if let Some(at) = gone_at {
@@ -283,6 +292,13 @@ pub fn run(socket: &std::path::Path, spec: GuestSpec) {
         if !busy {
             std::thread::sleep(Duration::from_micros(500));
         }
+    }
+    for (name, b) in &buses {
+        println!(
+            "@@ guest stuck {name}: blocked {:?} runnable {:?}",
+            b.guest.blocked(),
+            b.guest.runnable()
+        );
     }
     let hung: Vec<_> = buses.keys().cloned().collect();
     println!("@@ guest exit violations={violations} unremoved={hung:?}");

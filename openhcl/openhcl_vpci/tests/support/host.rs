@@ -133,7 +133,9 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) {
                 b.open.insert(bus.clone(), shared.clone());
                 let (release_tx, release_rx) = mpsc::channel();
                 let fresh = !b.releases.contains_key(&bus);
-                b.releases.insert(bus.clone(), release_tx);
+                if fresh {
+                    b.releases.insert(bus.clone(), release_tx);
+                }
                 drop(b);
                 let name = bus.clone();
                 let s = shared.clone();
@@ -273,14 +275,21 @@ fn scenario(
         Scenario::Storm { cycles } => {
             let slot = spec.functions;
             let (mut answered, mut timed_out) = (0u32, 0u32);
+            let started = Instant::now();
             for c in 0..cycles {
                 let f = FunctionSpec::nic(slot).with_serial(10_000 + c);
                 if shared.act(clock.now(), HostAction::HotAdd(f)).is_err() {
                     println!("@@ host {bus} hot-add refused at cycle {c}");
                     break;
                 }
-                // Let the eject race the guest's probe of the new function, by varying amounts.
-                std::thread::sleep(Duration::from_micros(u64::from(c % 7) * 300));
+                // Eject at every stage of the guest's probe of the new function: before it
+                // hears of it, while it probes, once it has had it for a while.
+                match c % 4 {
+                    0 => {}
+                    1 => std::thread::sleep(Duration::from_millis(1)),
+                    2 => std::thread::sleep(Duration::from_millis(120)),
+                    _ => std::thread::sleep(Duration::from_millis(15)),
+                }
                 let wslot = WinSlot::from_raw(slot);
                 if shared
                     .act(clock.now(), HostAction::Eject { slot: wslot.raw() })
@@ -307,6 +316,7 @@ fn scenario(
                 }
             }
             println!("@@ storm {bus} cycles={cycles} answered={answered} unanswered={timed_out}");
+            println!("@@ storm {bus} took {:?}", started.elapsed());
         }
         Scenario::Reoffer { times } => {
             let mut shared = shared;

@@ -80,20 +80,23 @@ impl Proc {
         }
     }
 
-    /// Waits for a line `pred` accepts; panics after `limit` with what was seen.
+    /// Waits until a line `pred` accepts has been printed (at any time, in any order);
+    /// panics after `limit` with what was seen.
     pub fn wait_for(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + limit;
         loop {
+            if let Some(l) = self.seen().into_iter().find(|l| pred(l)) {
+                return l;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if pred(&l) => return l,
-                Ok(_) => {}
-                Err(_) => panic!(
+            if left.is_zero() {
+                panic!(
                     "{}: no such line within {limit:?}; saw {:?}",
                     self.name,
                     self.seen()
-                ),
+                );
             }
+            let _ = self.lines.recv_timeout(left.min(Duration::from_millis(50)));
         }
     }
 
