@@ -90,7 +90,7 @@ pub enum MmioOp {
 
 impl MmioOp {
     /// The access's width, checked: 1, 2 or 4 bytes.
-    pub fn len(&self) -> u8 {
+    pub fn width(&self) -> u8 {
         match *self {
             MmioOp::ConfigRead { len, .. }
             | MmioOp::ConfigWrite { len, .. }
@@ -190,8 +190,8 @@ impl Message {
             }
         }
         if let Message::Mmio { op, .. } = self {
-            if !matches!(op.len(), 1 | 2 | 4) {
-                return Err(ControlError::BadAccessWidth(op.len()));
+            if !matches!(op.width(), 1 | 2 | 4) {
+                return Err(ControlError::BadAccessWidth(op.width()));
             }
         }
         Ok(())

@@ -216,7 +216,7 @@ impl Service {
         match event {
             Event::Host(message, fd) => {
                 tracing::debug!(?message, "from host");
-                if let Err(e) = self.from_host(message, fd) {
+                if let Err(e) = self.on_host(message, fd) {
                     tracing::error!(error = %e, "host broke the control protocol: disconnecting");
                     self.lose_host();
                 }
@@ -234,7 +234,7 @@ impl Service {
             Event::Guest(id, message, fd) => {
                 if self.guest.as_ref().is_some_and(|(g, _)| *g == id) {
                     tracing::debug!(?message, "from guest");
-                    if let Err(e) = self.from_guest(message, fd) {
+                    if let Err(e) = self.on_guest(message, fd) {
                         tracing::error!(error = %e, "guest broke the control protocol: disconnecting");
                         self.lose_guest();
                     }
@@ -280,7 +280,7 @@ impl Service {
         }
     }
 
-    fn from_host(&mut self, message: Message, _fd: Option<OwnedFd>) -> Result<(), ControlError> {
+    fn on_host(&mut self, message: Message, _fd: Option<OwnedFd>) -> Result<(), ControlError> {
         let actions = match message {
             Message::Offer { bus } => {
                 tracing::info!(bus = %bus, "host offered a bus");
@@ -301,7 +301,7 @@ impl Service {
         Ok(())
     }
 
-    fn from_guest(&mut self, message: Message, fd: Option<OwnedFd>) -> Result<(), ControlError> {
+    fn on_guest(&mut self, message: Message, fd: Option<OwnedFd>) -> Result<(), ControlError> {
         let actions = match message {
             Message::Open { bus } => {
                 let actions = self.table.guest_open(&bus)?;
@@ -374,7 +374,7 @@ impl Service {
                 .host
                 .as_ref()
                 .ok_or_else(|| ControlError::Unexpected("no host".into()))?;
-            let host = control::open_ring(host, &bus, self.ring.clone())?;
+            let host = control::open_ring(host, &bus, self.ring)?;
             let (host, revoke) = Revocable::new(host);
             let bars = RecordingBars::new(&bus);
             let tx = self.sender.clone();
@@ -413,7 +413,7 @@ impl Service {
                 MmioOp::ConfigWrite { .. } => Some(0),
                 _ => None,
             };
-            self.to_guest(&reply(value));
+            self.send_guest(&reply(value));
             return;
         };
         let generation = running.generation;
@@ -458,7 +458,7 @@ impl Service {
             },
         };
         match local {
-            Some(value) => self.to_guest(&reply(value)),
+            Some(value) => self.send_guest(&reply(value)),
             None => {
                 let host_id = self.next_mmio;
                 self.next_mmio += 1;
@@ -471,7 +471,7 @@ impl Service {
                         op,
                     },
                 );
-                self.to_host(&Message::Mmio {
+                self.send_host(&Message::Mmio {
                     id: host_id,
                     bus,
                     op,
@@ -490,7 +490,7 @@ impl Service {
                 block_on(port.read_result(WinSlot::from_raw(slot), offset, len, v));
             }
         }
-        self.to_guest(&Message::MmioDone {
+        self.send_guest(&Message::MmioDone {
             id: p.guest_id,
             value,
         });
@@ -499,8 +499,8 @@ impl Service {
     fn apply(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::ToGuest(m) => self.to_guest(&m),
-                Action::ToHost(m) => self.to_host(&m),
+                Action::ToGuest(m) => self.send_guest(&m),
+                Action::ToHost(m) => self.send_host(&m),
                 Action::Start { .. } => {}
                 Action::RevokeHost { bus } => {
                     if let Some(r) = self.running.get(&bus) {
@@ -511,7 +511,7 @@ impl Service {
         }
     }
 
-    fn to_guest(&mut self, message: &Message) {
+    fn send_guest(&mut self, message: &Message) {
         if let Some((_, stream)) = &self.guest {
             tracing::debug!(?message, "to guest");
             if let Err(e) = control::send(stream, message, None) {
@@ -521,7 +521,7 @@ impl Service {
         }
     }
 
-    fn to_host(&mut self, message: &Message) {
+    fn send_host(&mut self, message: &Message) {
         if let Some(stream) = &self.host {
             tracing::debug!(?message, "to host");
             if let Err(e) = control::send(stream, message, None) {
@@ -541,7 +541,7 @@ impl Service {
                 MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
                 _ => None,
             };
-            self.to_guest(&Message::MmioDone {
+            self.send_guest(&Message::MmioDone {
                 id: p.guest_id,
                 value,
             });
@@ -632,8 +632,8 @@ impl Service {
                 tracing::warn!(bus = %bus, "bus did not stop in time");
             }
             self.running.remove(&bus);
-            self.to_guest(&Message::Rescind { bus: bus.clone() });
-            self.to_host(&Message::Close { bus });
+            self.send_guest(&Message::Rescind { bus: bus.clone() });
+            self.send_host(&Message::Close { bus });
         }
         if let Some((_, g)) = self.guest.take() {
             let _ = g.shutdown(std::net::Shutdown::Both);

@@ -79,7 +79,10 @@ fn hot_plug_storm_across_four_buses() {
             .wait_for(limit, |l| l.starts_with(&format!("storm bus{bus} ")));
     }
     eprintln!("{} cycles in {:?}", 4 * cycles, start.elapsed());
-    eprintln!("bus0 counters: {}", rig.inspect("buses/bus0/relay/counters"));
+    eprintln!(
+        "bus0 counters: {}",
+        rig.inspect("buses/bus0/relay/counters")
+    );
     for bus in 0..4 {
         let line = format!("storm bus{bus} cycles={cycles} answered={cycles} unanswered=0");
         assert!(rig.host.seen().contains(&line), "{:?}", rig.host.seen());
