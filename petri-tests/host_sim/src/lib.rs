@@ -62,6 +62,6 @@ pub use device::{
 };
 pub use event::{GuestError, HostEvent, HostEventKind, RemovalReason};
 pub use script::{MessageMatch, Response, ResponseRule, Script, ScriptStep, Trigger};
-pub use serde_util::{HexBytes, MessageName, Time};
+pub use serde_util::{HexBytes, MessageName, MessagePattern, Time, family_of};
 pub use sim::{BusId, HostSim};
 pub use spec::{BarLayout, BarReg, BarSpec, FunctionSpec, MsixSpec, SpecError};

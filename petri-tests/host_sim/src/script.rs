@@ -21,9 +21,11 @@
 //! ```
 
 use crate::action::HostAction;
-use crate::serde_util::{MessageName, Time};
-use serde::{Deserialize, Serialize};
+use crate::serde_util::{MessagePattern, Time, family_of};
+use serde::de::{self, MapAccess, Visitor, value::MapAccessDeserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 use vpci_protocol::{MessageType, WinSlot};
 
@@ -49,10 +51,23 @@ pub struct ScriptStep {
     pub after: Time,
     /// What the host does.
     pub action: HostAction,
+    /// Whether the step may legitimately never fire (its trigger need not happen on every
+    /// guest). A step that is not optional and never fires in any schedule of a run set makes
+    /// petri report the run set as a failure of the scenario.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optional: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// What sets a script step off.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// In a scenario file a table with exactly one key (`{ at = "1s" }`, `{ received = { message =
+/// "CREATE_INTERRUPT_MESSAGE*", slot = 1 } }`, `{ eject_sent = { slot = 1 } }`), or the string
+/// `"negotiated"`; any other key is refused by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// A virtual time.
@@ -76,16 +91,130 @@ pub enum Trigger {
     Negotiated,
 }
 
-/// Which message of a type a trigger or a rule means.
+/// The keys a trigger table may have.
+const TRIGGER_KEYS: &[&str] = &[
+    "at",
+    "received",
+    "answered",
+    "eject_sent",
+    "ejection_completed",
+    "negotiated",
+];
+
+/// A trigger as a table: every key optional, unknown keys refused by name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerTable {
+    at: Option<Time>,
+    received: Option<MessageMatch>,
+    answered: Option<MessageMatch>,
+    eject_sent: Option<SlotOnly>,
+    ejection_completed: Option<SlotOnly>,
+    negotiated: Option<Empty>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlotOnly {
+    slot: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+/// Exactly one of `options` must be given; `Err` names what was (or that none was).
+fn exactly_one<T, E: de::Error>(
+    what: &str,
+    keys: &[&str],
+    options: Vec<Option<T>>,
+) -> Result<T, E> {
+    let given: Vec<&str> = keys
+        .iter()
+        .zip(&options)
+        .filter(|(_, o)| o.is_some())
+        .map(|(k, _)| *k)
+        .collect();
+    if given.len() > 1 {
+        return Err(E::custom(format!(
+            "{what} takes exactly one of {}; this one has {}",
+            keys.join(", "),
+            given.join(" and ")
+        )));
+    }
+    options
+        .into_iter()
+        .flatten()
+        .next()
+        .ok_or_else(|| E::custom(format!("{what} needs one of {}", keys.join(", "))))
+}
+
+impl<'de> Deserialize<'de> for Trigger {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Trigger;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a trigger: a table with one of at, received, answered, eject_sent, ejection_completed, negotiated")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Trigger, E> {
+                match v {
+                    "negotiated" => Ok(Trigger::Negotiated),
+                    _ => Err(E::custom(format!(
+                        "unknown trigger {v:?}: a trigger is \"negotiated\" or a table with one \
+                         of {}",
+                        TRIGGER_KEYS.join(", ")
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Trigger, A::Error> {
+                let t = TriggerTable::deserialize(MapAccessDeserializer::new(map))?;
+                exactly_one(
+                    "a trigger",
+                    TRIGGER_KEYS,
+                    vec![
+                        t.at.map(Trigger::At),
+                        t.received.map(Trigger::Received),
+                        t.answered.map(Trigger::Answered),
+                        t.eject_sent.map(|s| Trigger::EjectSent { slot: s.slot }),
+                        t.ejection_completed
+                            .map(|s| Trigger::EjectionCompleted { slot: s.slot }),
+                        t.negotiated.map(|_| Trigger::Negotiated),
+                    ],
+                )
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl fmt::Display for Trigger {
+    /// In scenario words: `received CREATE_INTERRUPT_MESSAGE* for slot 1`, `at 1000ms`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::At(t) => write!(f, "at {t}"),
+            Trigger::Received(m) => write!(f, "received {m}"),
+            Trigger::Answered(m) => write!(f, "answered {m}"),
+            Trigger::EjectSent { slot } => write!(f, "eject_sent for slot {slot}"),
+            Trigger::EjectionCompleted { slot } => {
+                write!(f, "ejection_completed for slot {slot}")
+            }
+            Trigger::Negotiated => f.write_str("negotiated"),
+        }
+    }
+}
+
+/// Which message of a type (or of a family of types) a trigger or a rule means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MessageMatch {
-    /// The message type.
-    pub message: MessageName,
+    /// The message type, or a family (`"CREATE_INTERRUPT_MESSAGE*"`).
+    pub message: MessagePattern,
     /// Only messages for this slot (raw wslot), if given.
     #[serde(default)]
     pub slot: Option<u32>,
-    /// The n-th such message (counting from 1; per slot when `slot` is given). Default 1.
+    /// The n-th such message (counting from 1; per slot when `slot` is given; a family's
+    /// members count together). Default 1.
     #[serde(default = "one")]
     pub nth: u32,
 }
@@ -98,10 +227,24 @@ impl MessageMatch {
     /// The first message of `message` (for `slot`, if given).
     pub fn first(message: MessageType, slot: Option<u32>) -> Self {
         Self {
-            message: MessageName(message),
+            message: MessagePattern::One(message),
             slot,
             nth: 1,
         }
+    }
+}
+
+impl fmt::Display for MessageMatch {
+    /// `CREATE_INTERRUPT_MESSAGE* for slot 1`, `QUERY_BUS_RELATIONS (#2)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(slot) = self.slot {
+            write!(f, " for slot {slot}")?;
+        }
+        if self.nth != 1 {
+            write!(f, " (#{})", self.nth)?;
+        }
+        Ok(())
     }
 }
 
@@ -109,12 +252,13 @@ impl MessageMatch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseRule {
-    /// The message type.
-    pub message: MessageName,
+    /// The message type, or a family (`"CREATE_INTERRUPT_MESSAGE*"`).
+    pub message: MessagePattern,
     /// Only messages for this slot (raw wslot), if given.
     #[serde(default)]
     pub slot: Option<u32>,
-    /// Only the n-th such message (per slot when `slot` is given); every one if not given.
+    /// Only the n-th such message (per slot when `slot` is given; a family's members count
+    /// together); every one if not given.
     #[serde(default)]
     pub nth: Option<u32>,
     /// What the host does instead of answering at once.
@@ -122,7 +266,11 @@ pub struct ResponseRule {
 }
 
 /// A way of answering other than at once and correctly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// In a scenario file `"never"`, `"duplicate"`, `"unknown_transaction_id"`, or a table with
+/// exactly one key: `{ delay = "5ms" }`, `{ truncate = 2 }`, `{ extend = 8 }`, `{ status =
+/// 0xC0000001 }`; any other key is refused by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     /// Everything the message makes the host send leaves this much later.
@@ -141,28 +289,98 @@ pub enum Response {
     UnknownTransactionId,
 }
 
+const RESPONSE_KEYS: &[&str] = &["delay", "truncate", "extend", "status"];
+const RESPONSE_NAMES: &[&str] = &["never", "duplicate", "unknown_transaction_id"];
+
+/// A response as a table: every key optional, unknown keys refused by name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResponseTable {
+    delay: Option<Time>,
+    truncate: Option<usize>,
+    extend: Option<usize>,
+    status: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Response;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a response: \"never\", \"duplicate\", \"unknown_transaction_id\" or a table with one of delay, truncate, extend, status")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Response, E> {
+                match v {
+                    "never" => Ok(Response::Never),
+                    "duplicate" => Ok(Response::Duplicate),
+                    "unknown_transaction_id" => Ok(Response::UnknownTransactionId),
+                    _ => Err(E::custom(format!(
+                        "unknown response {v:?}: expected {} or a table with one of {}",
+                        RESPONSE_NAMES.join(", "),
+                        RESPONSE_KEYS.join(", ")
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Response, A::Error> {
+                let t = ResponseTable::deserialize(MapAccessDeserializer::new(map))?;
+                exactly_one(
+                    "a response",
+                    RESPONSE_KEYS,
+                    vec![
+                        t.delay.map(Response::Delay),
+                        t.truncate.map(Response::Truncate),
+                        t.extend.map(Response::Extend),
+                        t.status.map(Response::Status),
+                    ],
+                )
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Something the bus saw happen, which script steps may wait for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Observation {
     Received {
         message: MessageType,
         slot: Option<WinSlot>,
-        nth_of_type: u32,
-        nth_for_slot: u32,
+        nth: Nth,
     },
     Answered {
         message: MessageType,
         slot: Option<WinSlot>,
-        nth_of_type: u32,
-        nth_for_slot: u32,
+        nth: Nth,
     },
     EjectSent(WinSlot),
     EjectionCompleted(WinSlot),
     Negotiated,
 }
 
-fn matches(m: &MessageMatch, message: MessageType, slot: Option<WinSlot>, n: (u32, u32)) -> bool {
-    m.message.0 == message
+/// Which one of its kind a message is: of its type and of its family, overall and for its slot
+/// (counting from 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Nth {
+    of_type: u32,
+    of_type_for_slot: u32,
+    of_family: u32,
+    of_family_for_slot: u32,
+}
+
+impl Nth {
+    /// (overall, for its slot) as a pattern counts.
+    fn for_pattern(self, pattern: MessagePattern) -> (u32, u32) {
+        match pattern {
+            MessagePattern::One(_) => (self.of_type, self.of_type_for_slot),
+            MessagePattern::Family(_) => (self.of_family, self.of_family_for_slot),
+        }
+    }
+}
+
+fn matches(m: &MessageMatch, message: MessageType, slot: Option<WinSlot>, nth: Nth) -> bool {
+    let n = nth.for_pattern(m.message);
+    m.message.matches(message)
         && match m.slot {
             None => n.0 == m.nth,
             Some(s) => slot.map(WinSlot::raw) == Some(s) && n.1 == m.nth,
@@ -172,24 +390,10 @@ fn matches(m: &MessageMatch, message: MessageType, slot: Option<WinSlot>, n: (u3
 impl Trigger {
     fn matches(&self, obs: &Observation) -> bool {
         match (self, obs) {
-            (
-                Trigger::Received(m),
-                Observation::Received {
-                    message,
-                    slot,
-                    nth_of_type,
-                    nth_for_slot,
-                },
-            )
-            | (
-                Trigger::Answered(m),
-                Observation::Answered {
-                    message,
-                    slot,
-                    nth_of_type,
-                    nth_for_slot,
-                },
-            ) => matches(m, *message, *slot, (*nth_of_type, *nth_for_slot)),
+            (Trigger::Received(m), Observation::Received { message, slot, nth })
+            | (Trigger::Answered(m), Observation::Answered { message, slot, nth }) => {
+                matches(m, *message, *slot, *nth)
+            }
             (Trigger::EjectSent { slot }, Observation::EjectSent(s))
             | (Trigger::EjectionCompleted { slot }, Observation::EjectionCompleted(s)) => {
                 s.raw() == *slot
@@ -200,26 +404,39 @@ impl Trigger {
     }
 }
 
-/// Counts messages per type and per (type, slot), for `nth` matching.
+/// Counts messages per type and per (type, slot), and the same per family, for `nth`
+/// matching.
 #[derive(Debug, Default)]
 struct Counter {
-    counts: BTreeMap<(u32, Option<u32>), u32>,
+    /// Keyed by (is a family count, type or family, slot).
+    counts: BTreeMap<(bool, u32, Option<u32>), u32>,
 }
 
 impl Counter {
-    /// Counts one more and returns (n-th of its type, n-th of its type for its slot).
-    fn count(&mut self, message: MessageType, slot: Option<WinSlot>) -> (u32, u32) {
-        let mut bump = |key| {
-            let n = self.counts.entry(key).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
+    /// Counts one more and returns which one it is of its type and of its family.
+    fn count(&mut self, message: MessageType, slot: Option<WinSlot>) -> Nth {
+        let mut bump = |family: bool| {
+            let key = if family { family_of(message) } else { message };
+            let mut one = |slot| {
+                let n = self.counts.entry((family, key.0, slot)).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            };
+            let overall = one(None);
+            let for_slot = match slot {
+                Some(s) => one(Some(WinSlot::raw(s))),
+                None => overall,
+            };
+            (overall, for_slot)
         };
-        let of_type = bump((message.0, None));
-        let for_slot = match slot {
-            Some(s) => bump((message.0, Some(s.raw()))),
-            None => of_type,
-        };
-        (of_type, for_slot)
+        let (of_type, of_type_for_slot) = bump(false);
+        let (of_family, of_family_for_slot) = bump(true);
+        Nth {
+            of_type,
+            of_type_for_slot,
+            of_family,
+            of_family_for_slot,
+        }
     }
 }
 
@@ -227,7 +444,10 @@ impl Counter {
 #[derive(Debug, Default)]
 pub(crate) struct ScriptRunner {
     steps: Vec<ScriptStep>,
+    /// Steps whose trigger was met (or that can no longer fire: the bus has ended).
     fired: Vec<bool>,
+    /// Steps whose action ran (successfully or not).
+    ran: Vec<bool>,
     /// Steps whose trigger was met, waiting for their `after`: (due, step).
     scheduled: Vec<(Duration, usize)>,
     rules: Vec<ResponseRule>,
@@ -239,6 +459,7 @@ impl ScriptRunner {
     pub(crate) fn new(script: Script) -> Self {
         let fired = vec![false; script.steps.len()];
         Self {
+            ran: fired.clone(),
             steps: script.steps,
             fired,
             scheduled: Vec::new(),
@@ -250,44 +471,29 @@ impl ScriptRunner {
 
     /// Counts a received message and returns its observation.
     pub(crate) fn received(&mut self, message: MessageType, slot: Option<WinSlot>) -> Observation {
-        let (nth_of_type, nth_for_slot) = self.received.count(message, slot);
-        Observation::Received {
-            message,
-            slot,
-            nth_of_type,
-            nth_for_slot,
-        }
+        let nth = self.received.count(message, slot);
+        Observation::Received { message, slot, nth }
     }
 
     /// Counts an answer that left and returns its observation.
     pub(crate) fn answered(&mut self, message: MessageType, slot: Option<WinSlot>) -> Observation {
-        let (nth_of_type, nth_for_slot) = self.answered.count(message, slot);
-        Observation::Answered {
-            message,
-            slot,
-            nth_of_type,
-            nth_for_slot,
-        }
+        let nth = self.answered.count(message, slot);
+        Observation::Answered { message, slot, nth }
     }
 
     /// The response rule for a received message, if one matches.
     pub(crate) fn rule_for(&self, obs: &Observation) -> Option<Response> {
-        let Observation::Received {
-            message,
-            slot,
-            nth_of_type,
-            nth_for_slot,
-        } = *obs
-        else {
+        let Observation::Received { message, slot, nth } = *obs else {
             return None;
         };
         self.rules
             .iter()
             .find(|r| {
-                r.message.0 == message
+                let (nth_overall, nth_for_slot) = nth.for_pattern(r.message);
+                r.message.matches(message)
                     && match (r.slot, r.nth) {
                         (None, None) => true,
-                        (None, Some(n)) => nth_of_type == n,
+                        (None, Some(n)) => nth_overall == n,
                         (Some(s), n) => {
                             slot.map(WinSlot::raw) == Some(s) && n.is_none_or(|n| nth_for_slot == n)
                         }
@@ -362,9 +568,18 @@ impl ScriptRunner {
         Some((due, step))
     }
 
-    /// The action of step `i`.
-    pub(crate) fn action(&self, i: usize) -> Option<HostAction> {
+    /// The action of step `i`, which is about to run (so it counts as fired).
+    pub(crate) fn action(&mut self, i: usize) -> Option<HostAction> {
+        if let Some(r) = self.ran.get_mut(i) {
+            *r = true;
+        }
         self.steps.get(i).map(|s| s.action.clone())
+    }
+
+    /// Whether each step has fired: its trigger was met and its action ran (successfully
+    /// or not), in script order.
+    pub(crate) fn steps_fired(&self) -> &[bool] {
+        &self.ran
     }
 
     /// Forgets every pending step (the bus has ended).
@@ -383,6 +598,7 @@ mod tests {
             when,
             after: Time(Duration::from_millis(after_ms)),
             action: HostAction::SendRelations,
+            optional: false,
         }
     }
 
@@ -392,7 +608,7 @@ mod tests {
         let mut r = ScriptRunner::new(Script {
             steps: vec![step(
                 Trigger::Received(MessageMatch {
-                    message: MessageName(MessageType::QUERY_RESOURCE_REQUIREMENTS),
+                    message: MessagePattern::One(MessageType::QUERY_RESOURCE_REQUIREMENTS),
                     slot: Some(2),
                     nth: 2,
                 }),
@@ -444,13 +660,13 @@ mod tests {
             steps: vec![],
             responses: vec![
                 ResponseRule {
-                    message: MessageName(MessageType::CREATE_INTERRUPT_MESSAGE2),
+                    message: MessagePattern::One(MessageType::CREATE_INTERRUPT_MESSAGE2),
                     slot: Some(1),
                     nth: Some(2),
                     response: Response::Never,
                 },
                 ResponseRule {
-                    message: MessageName(MessageType::CREATE_INTERRUPT_MESSAGE2),
+                    message: MessagePattern::One(MessageType::CREATE_INTERRUPT_MESSAGE2),
                     slot: None,
                     nth: None,
                     response: Response::Duplicate,

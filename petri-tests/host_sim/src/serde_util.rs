@@ -127,6 +127,104 @@ impl From<MessageType> for MessageName {
     }
 }
 
+/// Which guest messages a trigger or a response rule names: one message type
+/// (`"CREATE_INTERRUPT_MESSAGE3"`), or a message *family*, written with a trailing `*`
+/// (`"CREATE_INTERRUPT_MESSAGE*"`): every version of the message, whichever one the guest's
+/// protocol version makes it send. The families: `CREATE_INTERRUPT_MESSAGE*` (1, 2, 3),
+/// `DELETE_INTERRUPT_MESSAGE*` (1, 2), `RESOURCES_ASSIGNED*` (1, 2, 3) and `BUS_RELATIONS*`
+/// (1, 2); any other message's family is the message alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessagePattern {
+    /// Exactly this type.
+    One(MessageType),
+    /// Every version of a message, named by its first (unversioned) type.
+    Family(MessageType),
+}
+
+impl MessagePattern {
+    /// Whether a message of type `message` is one this pattern names.
+    pub fn matches(self, message: MessageType) -> bool {
+        match self {
+            Self::One(t) => t == message,
+            Self::Family(base) => family_of(message) == base,
+        }
+    }
+}
+
+/// The family a message type belongs to, named by its first (unversioned) type:
+/// `CREATE_INTERRUPT_MESSAGE3` -> `CREATE_INTERRUPT_MESSAGE`. A type with no other versions is
+/// its own family.
+pub fn family_of(message: MessageType) -> MessageType {
+    match message {
+        MessageType::CREATE_INTERRUPT_MESSAGE2 | MessageType::CREATE_INTERRUPT_MESSAGE3 => {
+            MessageType::CREATE_INTERRUPT_MESSAGE
+        }
+        MessageType::DELETE_INTERRUPT_MESSAGE2 => MessageType::DELETE_INTERRUPT_MESSAGE,
+        MessageType::RESOURCES_ASSIGNED2 | MessageType::RESOURCES_ASSIGNED3 => {
+            MessageType::RESOURCES_ASSIGNED
+        }
+        MessageType::BUS_RELATIONS2 => MessageType::BUS_RELATIONS,
+        other => other,
+    }
+}
+
+impl From<MessageType> for MessagePattern {
+    fn from(t: MessageType) -> Self {
+        Self::One(t)
+    }
+}
+
+impl From<MessageName> for MessagePattern {
+    fn from(n: MessageName) -> Self {
+        Self::One(n.0)
+    }
+}
+
+impl fmt::Display for MessagePattern {
+    /// As a scenario file writes it, without the `PCI_` prefix.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (t, star) = match self {
+            Self::One(t) => (t, ""),
+            Self::Family(t) => (t, "*"),
+        };
+        match t.name() {
+            Some(name) => write!(f, "{}{star}", name.strip_prefix("PCI_").unwrap_or(name)),
+            None => write!(f, "{:#010x}{star}", t.0),
+        }
+    }
+}
+
+impl Serialize for MessagePattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessagePattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        let trimmed = name.trim();
+        match trimmed.strip_suffix('*') {
+            None => MessageType::from_name(trimmed)
+                .map(Self::One)
+                .ok_or_else(|| de::Error::custom(format!("unknown vPCI message type {name:?}"))),
+            Some(base) => match MessageType::from_name(base) {
+                Some(t) if family_of(t) == t => Ok(Self::Family(t)),
+                Some(t) => Err(de::Error::custom(format!(
+                    "{name:?}: a message family is named by its unversioned message, \
+                     \"{}\"",
+                    MessagePattern::Family(family_of(t))
+                ))),
+                None => Err(de::Error::custom(format!(
+                    "unknown vPCI message family {name:?} (families: \
+                     \"CREATE_INTERRUPT_MESSAGE*\", \"DELETE_INTERRUPT_MESSAGE*\", \
+                     \"RESOURCES_ASSIGNED*\", \"BUS_RELATIONS*\")"
+                ))),
+            },
+        }
+    }
+}
+
 /// Raw bytes, written as a hex string (`"0b00494201000000"`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct HexBytes(pub Vec<u8>);
@@ -196,6 +294,46 @@ mod tests {
             serde_json::to_string(&MessageName(MessageType::EJECT)).unwrap(),
             "\"PCI_EJECT\""
         );
+    }
+
+    /// A trailing `*` names every version of a message; a versioned name cannot be a family.
+    #[test]
+    fn message_families() {
+        let p: MessagePattern = serde_json::from_str("\"CREATE_INTERRUPT_MESSAGE*\"").unwrap();
+        assert_eq!(
+            p,
+            MessagePattern::Family(MessageType::CREATE_INTERRUPT_MESSAGE)
+        );
+        for t in [
+            MessageType::CREATE_INTERRUPT_MESSAGE,
+            MessageType::CREATE_INTERRUPT_MESSAGE2,
+            MessageType::CREATE_INTERRUPT_MESSAGE3,
+        ] {
+            assert!(p.matches(t));
+        }
+        assert!(!p.matches(MessageType::DELETE_INTERRUPT_MESSAGE));
+        for (name, members) in [
+            ("PCI_RESOURCES_ASSIGNED*", 3),
+            ("DELETE_INTERRUPT_MESSAGE*", 2),
+            ("BUS_RELATIONS*", 2),
+            ("EJECTION_COMPLETE*", 1),
+        ] {
+            let p: MessagePattern = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            let n = MessageType::ALL.iter().filter(|t| p.matches(**t)).count();
+            assert_eq!(n, members, "{name}");
+        }
+        assert_eq!(p.to_string(), "CREATE_INTERRUPT_MESSAGE*");
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            "\"CREATE_INTERRUPT_MESSAGE*\""
+        );
+        let one: MessagePattern = serde_json::from_str("\"CREATE_INTERRUPT_MESSAGE2\"").unwrap();
+        assert!(!one.matches(MessageType::CREATE_INTERRUPT_MESSAGE3));
+        let e = serde_json::from_str::<MessagePattern>("\"CREATE_INTERRUPT_MESSAGE3*\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"CREATE_INTERRUPT_MESSAGE*\""), "{e}");
+        assert!(serde_json::from_str::<MessagePattern>("\"NOPE*\"").is_err());
     }
 
     /// Hex bytes round-trip and reject odd or non-hex input.

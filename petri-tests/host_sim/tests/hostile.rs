@@ -13,7 +13,7 @@ fn with_rule(response: Response) -> Guest {
         script: Script {
             steps: vec![],
             responses: vec![ResponseRule {
-                message: MessageName(MessageType::QUERY_RESOURCE_REQUIREMENTS),
+                message: MessagePattern::One(MessageType::QUERY_RESOURCE_REQUIREMENTS),
                 slot: None,
                 nth: None,
                 response,

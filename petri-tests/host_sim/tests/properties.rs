@@ -202,7 +202,7 @@ fn rule(which: usize, message: usize) -> ResponseRule {
         _ => Response::UnknownTransactionId,
     };
     ResponseRule {
-        message: MessageName(types[message % types.len()]),
+        message: MessagePattern::One(types[message % types.len()]),
         slot: None,
         nth: None,
         response,
@@ -242,12 +242,14 @@ proptest! {
                 when: Trigger::At(Time(Duration::from_millis(at))),
                 after: Time::default(),
                 action: HostAction::Hostile { packet: hostile(w) },
+                optional: false,
             })
             .collect();
         steps.push(ScriptStep {
             when: Trigger::Negotiated,
             after: Time(Duration::from_millis(1)),
             action: HostAction::Eject { slot: 1 },
+            optional: false,
         });
         let mut bus = HostBus::new(BusConfig {
             functions: vec![FunctionSpec::nic(1), FunctionSpec::nic(2)],

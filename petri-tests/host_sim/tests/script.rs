@@ -22,6 +22,7 @@ fn step(when: Trigger, action: HostAction) -> ScriptStep {
         when,
         after: Time::default(),
         action,
+        optional: false,
     }
 }
 
@@ -104,6 +105,7 @@ fn reserial_while_the_eject_is_outstanding() {
                         slot: 2,
                         serial: 99,
                     },
+                    optional: false,
                 },
             ],
             responses: vec![],
@@ -135,7 +137,7 @@ fn eject_when_resources_assigned_is_answered() {
                 HostAction::Eject { slot: 2 },
             )],
             responses: vec![ResponseRule {
-                message: MessageName(MessageType::RESOURCES_ASSIGNED2),
+                message: MessagePattern::One(MessageType::RESOURCES_ASSIGNED2),
                 slot: None,
                 nth: None,
                 response: Response::Delay(Time(5 * MS)),
@@ -161,7 +163,7 @@ fn trigger_on_the_nth_message() {
         Script {
             steps: vec![step(
                 Trigger::Received(MessageMatch {
-                    message: MessageName(MessageType::CREATE_INTERRUPT_MESSAGE2),
+                    message: MessagePattern::One(MessageType::CREATE_INTERRUPT_MESSAGE2),
                     slot: None,
                     nth: 2,
                 }),
@@ -210,13 +212,13 @@ fn response_delay_and_never() {
             steps: vec![],
             responses: vec![
                 ResponseRule {
-                    message: MessageName(MessageType::QUERY_RESOURCE_REQUIREMENTS),
+                    message: MessagePattern::One(MessageType::QUERY_RESOURCE_REQUIREMENTS),
                     slot: Some(1),
                     nth: None,
                     response: Response::Delay(Time(7 * MS)),
                 },
                 ResponseRule {
-                    message: MessageName(MessageType::CREATE_INTERRUPT_MESSAGE2),
+                    message: MessagePattern::One(MessageType::CREATE_INTERRUPT_MESSAGE2),
                     slot: None,
                     nth: None,
                     response: Response::Never,
@@ -248,13 +250,13 @@ fn delays_cover_every_packet_an_answer_makes() {
             steps: vec![],
             responses: vec![
                 ResponseRule {
-                    message: MessageName(MessageType::QUERY_BUS_RELATIONS),
+                    message: MessagePattern::One(MessageType::QUERY_BUS_RELATIONS),
                     slot: None,
                     nth: None,
                     response: Response::Delay(Time(MS)),
                 },
                 ResponseRule {
-                    message: MessageName(MessageType::BUS_D0ENTRY),
+                    message: MessagePattern::One(MessageType::BUS_D0ENTRY),
                     slot: None,
                     nth: None,
                     response: Response::Delay(Time(2 * MS)),
@@ -315,7 +317,7 @@ fn latency_holds_every_answer() {
         script: Script {
             steps: vec![],
             responses: vec![ResponseRule {
-                message: MessageName(MessageType::QUERY_RESOURCE_REQUIREMENTS),
+                message: MessagePattern::One(MessageType::QUERY_RESOURCE_REQUIREMENTS),
                 slot: None,
                 nth: None,
                 response: Response::Delay(Time(5 * MS)),
@@ -389,4 +391,126 @@ fn latency_keeps_host_sends_in_order() {
         Some(&vec![slot(1), slot(2)]),
         "{relations:?}"
     );
+}
+
+/// A family trigger (`CREATE_INTERRUPT_MESSAGE*`) fires on whichever version the guest sends,
+/// and its `nth` counts the family's members together; the bus reports which steps fired.
+#[test]
+fn family_trigger_and_fired_steps() {
+    let family = |nth| {
+        Trigger::Received(MessageMatch {
+            message: MessagePattern::Family(MessageType::CREATE_INTERRUPT_MESSAGE),
+            slot: Some(1),
+            nth,
+        })
+    };
+    let mut g = scripted(
+        &[1],
+        Script {
+            steps: vec![
+                step(family(2), HostAction::Eject { slot: 1 }),
+                step(
+                    Trigger::Received(MessageMatch::first(
+                        MessageType::CREATE_INTERRUPT_MESSAGE3,
+                        Some(1),
+                    )),
+                    HostAction::SendRelations,
+                ),
+            ],
+            responses: vec![],
+        },
+    );
+    assert_eq!(g.bus.script_steps_fired(), [false, false]);
+    g.probe_to_survey(ProtocolVersion::V1_4);
+    let id = g.request(create_interrupt(1, 0x30, 1));
+    g.expect_completion(id);
+    assert_eq!(
+        g.bus.script_steps_fired(),
+        [false, false],
+        "the first of two"
+    );
+    g.request(create_interrupt2(1, 0x31, 0));
+    let out = g.take();
+    assert_eq!(out.len(), 2);
+    assert!(matches!(g.decode_message(&out[1]), Message::Eject(_)));
+    assert_eq!(
+        g.bus.script_steps_fired(),
+        [true, false],
+        "a 1.2-style guest never sends CREATE_INTERRUPT_MESSAGE3"
+    );
+}
+
+/// A family response rule answers every version of the message.
+#[test]
+fn family_response_rule() {
+    let mut g = scripted(
+        &[1],
+        Script {
+            steps: vec![],
+            responses: vec![ResponseRule {
+                message: MessagePattern::Family(MessageType::CREATE_INTERRUPT_MESSAGE),
+                slot: None,
+                nth: Some(2),
+                response: Response::Status(0xC000_0001),
+            }],
+        },
+    );
+    g.probe_to_survey(ProtocolVersion::V1_4);
+    let id = g.request(create_interrupt2(1, 0x30, 0));
+    assert!(g.expect_status(id).is_success());
+    let id = g.request(create_interrupt3(1, 0x31, 0));
+    assert_eq!(g.expect_status(id), Status(0xC000_0001));
+}
+
+/// A trigger or a response with a key it does not know, or with two, is refused, naming
+/// the key; the string forms still parse.
+#[test]
+fn strict_triggers_and_responses() {
+    let err = |json: &str| {
+        serde_json::from_str::<ScriptStep>(json)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(r#"{"when": {"at": "1s", "after": "2ms"}, "action": {"kind": "rescind"}}"#);
+    assert!(e.contains("unknown field `after`"), "{e}");
+    let e = err(r#"{"when": {"at": "1s", "negotiated": {}}, "action": {"kind": "rescind"}}"#);
+    assert!(
+        e.contains("exactly one of") && e.contains("at and negotiated"),
+        "{e}"
+    );
+    let e = err(r#"{"when": {}, "action": {"kind": "rescind"}}"#);
+    assert!(e.contains("needs one of"), "{e}");
+    let e = err(r#"{"when": "soon", "action": {"kind": "rescind"}}"#);
+    assert!(e.contains("unknown trigger \"soon\""), "{e}");
+    let rule = |json: &str| serde_json::from_str::<ResponseRule>(json);
+    let e = rule(r#"{"message": "BUS_D0ENTRY", "response": {"delay": "5ms", "jitter": 1}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `jitter`"), "{e}");
+    let e = rule(r#"{"message": "BUS_D0ENTRY", "response": {"delay": "5ms", "truncate": 1}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("delay and truncate"), "{e}");
+    assert_eq!(
+        rule(r#"{"message": "BUS_D0ENTRY", "response": "never"}"#)
+            .unwrap()
+            .response,
+        Response::Never
+    );
+    assert_eq!(
+        rule(r#"{"message": "BUS_D0ENTRY", "response": {"status": 5}}"#)
+            .unwrap()
+            .response,
+        Response::Status(5)
+    );
+    let s: ScriptStep =
+        serde_json::from_str(r#"{"when": "negotiated", "action": {"kind": "rescind"}}"#).unwrap();
+    assert_eq!(s.when, Trigger::Negotiated);
+    let s: ScriptStep = serde_json::from_str(
+        r#"{"when": {"eject_sent": {"slot": 2}}, "action": {"kind": "rescind"}, "optional": true}"#,
+    )
+    .unwrap();
+    assert_eq!(s.when, Trigger::EjectSent { slot: 2 });
+    assert!(s.optional);
+    assert_eq!(s.when.to_string(), "eject_sent for slot 2");
 }

@@ -22,8 +22,8 @@ pub(crate) struct Package {
     pub(crate) codename: &'static str,
 }
 
-/// The two versions the crate builds: Debian 11's 5.10 and Debian 12's 6.1.
-pub(crate) const PACKAGES: [Package; 2] = [
+/// The versions the crate builds: Debian 11's 5.10, Debian 12's 6.1 and Debian 13's 6.12.
+pub(crate) const PACKAGES: [Package; 3] = [
     Package {
         key: "5.10",
         name: "linux-source-5.10",
@@ -33,6 +33,11 @@ pub(crate) const PACKAGES: [Package; 2] = [
         key: "6.1",
         name: "linux-source-6.1",
         codename: "bookworm",
+    },
+    Package {
+        key: "6.12",
+        name: "linux-source-6.12",
+        codename: "trixie",
     },
 ];
 
@@ -565,6 +570,6 @@ Components: main
     #[test]
     fn package_keys_are_known() {
         let keys: Vec<&str> = PACKAGES.iter().map(|p| p.key).collect();
-        assert_eq!(keys, ["5.10", "6.1"]);
+        assert_eq!(keys, ["5.10", "6.1", "6.12"]);
     }
 }

@@ -1,4 +1,5 @@
-//! Runs the real Linux `pci-hyperv.c` (Debian 11's 5.10, Debian 12's 6.1) in user space.
+//! Runs the real Linux `pci-hyperv.c` (Debian 11's 5.10, Debian 12's 6.1, Debian 13's 6.12) in
+//! user space.
 //!
 //! The driver source is fetched from Debian's package registry by the build script and never
 //! committed; it is compiled against this crate's own minimal kernel headers (`shim/include`)
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod channel;
+pub mod forensics;
 pub mod guest;
 pub mod host;
 pub mod protocol;
@@ -39,17 +41,25 @@ pub enum DriverVersion {
     Debian5_10,
     /// Debian 12's `linux-source-6.1`: the whole 2023 fix series.
     Debian6_1,
+    /// Debian 13's `linux-source-6.12`: 6.1's fixes, per-CPU hypercall input pages, and config
+    /// access through MMIO hypercalls when Hyper-V hints so.
+    Debian6_12,
 }
 
 impl DriverVersion {
-    /// Both versions.
-    pub const ALL: [DriverVersion; 2] = [DriverVersion::Debian5_10, DriverVersion::Debian6_1];
+    /// Every version, oldest first.
+    pub const ALL: [DriverVersion; 3] = [
+        DriverVersion::Debian5_10,
+        DriverVersion::Debian6_1,
+        DriverVersion::Debian6_12,
+    ];
 
     /// The exact Debian package version the driver source was extracted from.
     pub fn package_version(self) -> &'static str {
         match self {
             DriverVersion::Debian5_10 => env!("KERNEL_SHIM_DEBIAN_VERSION_5_10"),
             DriverVersion::Debian6_1 => env!("KERNEL_SHIM_DEBIAN_VERSION_6_1"),
+            DriverVersion::Debian6_12 => env!("KERNEL_SHIM_DEBIAN_VERSION_6_12"),
         }
     }
 
@@ -63,11 +73,15 @@ impl DriverVersion {
         Path::new(match (self, instrumentation) {
             (DriverVersion::Debian5_10, Instrumentation::Plain) => env!("KERNEL_SHIM_GUEST_510"),
             (DriverVersion::Debian6_1, Instrumentation::Plain) => env!("KERNEL_SHIM_GUEST_601"),
+            (DriverVersion::Debian6_12, Instrumentation::Plain) => env!("KERNEL_SHIM_GUEST_612"),
             (DriverVersion::Debian5_10, Instrumentation::Asan) => {
                 env!("KERNEL_SHIM_GUEST_510_ASAN")
             }
             (DriverVersion::Debian6_1, Instrumentation::Asan) => {
                 env!("KERNEL_SHIM_GUEST_601_ASAN")
+            }
+            (DriverVersion::Debian6_12, Instrumentation::Asan) => {
+                env!("KERNEL_SHIM_GUEST_612_ASAN")
             }
         })
     }
@@ -77,6 +91,7 @@ impl DriverVersion {
         match self {
             DriverVersion::Debian5_10 => "linux-source-5.10",
             DriverVersion::Debian6_1 => "linux-source-6.1",
+            DriverVersion::Debian6_12 => "linux-source-6.12",
         }
     }
 }
@@ -103,6 +118,11 @@ mod tests {
             DriverVersion::Debian6_1
                 .package_version()
                 .starts_with("6.1.")
+        );
+        assert!(
+            DriverVersion::Debian6_12
+                .package_version()
+                .starts_with("6.12.")
         );
     }
 }

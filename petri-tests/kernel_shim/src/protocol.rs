@@ -167,7 +167,7 @@ pub struct GuestPacket {
 pub enum GuestFrame {
     /// The guest started: shim version macro and the driver's Debian package version.
     Hello {
-        /// `KSHIM_KVER` (510 or 601).
+        /// `KSHIM_KVER` (510, 601 or 612).
         kver: u32,
         /// The Debian package version the driver came from.
         package_version: String,
@@ -444,6 +444,13 @@ pub enum Command {
         /// Which allocation, counting from 1.
         nth: u32,
     },
+    /// The hints word Hyper-V reports (`ms_hyperv.hints`), read by a bus's probe: bit 21
+    /// (`HV_X64_USE_MMIO_HYPERCALLS`) makes 6.2 and later access config space through MMIO
+    /// hypercalls, which the runtime performs as the same MMIO the controller sees.
+    HvHints {
+        /// The hints word.
+        hints: u32,
+    },
 }
 
 impl Command {
@@ -458,6 +465,7 @@ impl Command {
             Command::Exit => 6,
             Command::Endpoint { .. } => 7,
             Command::FailAlloc { .. } => 8,
+            Command::HvHints { .. } => 9,
         }
     }
 }
@@ -538,6 +546,7 @@ impl ControllerFrame {
                         p.extend_from_slice(&u32::from(*msix).to_le_bytes());
                     }
                     Command::FailAlloc { nth } => p.extend_from_slice(&nth.to_le_bytes()),
+                    Command::HvHints { hints } => p.extend_from_slice(&hints.to_le_bytes()),
                     _ => {}
                 }
                 C_COMMAND

@@ -297,7 +297,7 @@ fn real_drivers_run_against_host_sim() {
             assert_eq!(host.retargets.len(), 2);
             let expected = match version {
                 DriverVersion::Debian5_10 => "Using version 0x10003",
-                DriverVersion::Debian6_1 => "Using version 0x10004",
+                DriverVersion::Debian6_1 | DriverVersion::Debian6_12 => "Using version 0x10004",
             };
             assert!(
                 host.log.iter().any(|l| l.contains(expected)),
@@ -306,7 +306,7 @@ fn real_drivers_run_against_host_sim() {
             );
             let create = match version {
                 DriverVersion::Debian5_10 => CREATE_INTERRUPT_MESSAGE2,
-                DriverVersion::Debian6_1 => CREATE_INTERRUPT_MESSAGE3,
+                DriverVersion::Debian6_1 | DriverVersion::Debian6_12 => CREATE_INTERRUPT_MESSAGE3,
             };
             assert!(host.sent.contains(&create), "{:x?}", host.sent);
         }
@@ -373,14 +373,18 @@ fn hot_add_during_probe_races_on_5_10_only() {
     }
     assert!(!failing.is_empty(), "5.10 never reached C4");
 
-    for seed in 0..20 {
+    for (version, seed) in [DriverVersion::Debian6_1, DriverVersion::Debian6_12]
+        .into_iter()
+        .flat_map(|v| (0..20).map(move |s| (v, s)))
+    {
         let mut host = SimHost::new(config(Teardown::AtEjectionComplete), seed, script());
-        let outcome = Session::spawn(DriverVersion::Debian6_1)
-            .unwrap()
-            .run(&mut host)
-            .unwrap();
+        let outcome = Session::spawn(version).unwrap().run(&mut host).unwrap();
         assert_eq!(outcome.ending, Ending::Done { leaks: 0 }, "{:#?}", host.log);
-        assert!(host.unusable.is_empty(), "seed {seed}: {:?}", host.unusable);
+        assert!(
+            host.unusable.is_empty(),
+            "{version:?} seed {seed}: {:?}",
+            host.unusable
+        );
         assert!(
             found(&host),
             "seed {seed}: {:#?} {:x?}",

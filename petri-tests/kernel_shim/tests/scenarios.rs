@@ -63,20 +63,22 @@ fn wrong_completion_id_crashes_5_10_only() {
         other => panic!("5.10 did not crash: {other:?} {:#?}", host.log),
     }
 
-    let (host, outcome) = run(DriverVersion::Debian6_1, 0, probe_then_exit(), faults);
-    assert_eq!(outcome.ending, Ending::Done { leaks: 0 }, "{:#?}", host.log);
-    assert!(
-        host.log
-            .iter()
-            .any(|l| l.contains("Invalid transaction ID dead0000")),
-        "{:#?}",
-        host.log
-    );
-    assert!(
-        host.all_results.contains(&(2, ENODEV)),
-        "{:?}",
-        host.all_results
-    );
+    for version in [DriverVersion::Debian6_1, DriverVersion::Debian6_12] {
+        let (host, outcome) = run(version, 0, probe_then_exit(), faults.clone());
+        assert_eq!(outcome.ending, Ending::Done { leaks: 0 }, "{:#?}", host.log);
+        assert!(
+            host.log
+                .iter()
+                .any(|l| l.contains("Invalid transaction ID dead0000")),
+            "{version:?}: {:#?}",
+            host.log
+        );
+        assert!(
+            host.all_results.contains(&(2, ENODEV)),
+            "{:?}",
+            host.all_results
+        );
+    }
 }
 
 /// Resolves an `exe+0x...` allocation site to the innermost function with addr2line.
@@ -178,17 +180,15 @@ fn eject_during_scan_binds_a_gone_device_on_5_10_only() {
     }
     assert!(!failing.is_empty(), "5.10 never reached C3");
 
-    for seed in 0..20 {
-        let (host, outcome) = run(
-            DriverVersion::Debian6_1,
-            seed,
-            script.clone(),
-            faults.clone(),
-        );
+    for (version, seed) in [DriverVersion::Debian6_1, DriverVersion::Debian6_12]
+        .into_iter()
+        .flat_map(|v| (0..20).map(move |s| (v, s)))
+    {
+        let (host, outcome) = run(version, seed, script.clone(), faults.clone());
         assert_eq!(outcome.ending, Ending::Done { leaks: 0 }, "{:#?}", host.log);
         assert!(
             host.violations.is_empty(),
-            "seed {seed}: {:?}",
+            "{version:?} seed {seed}: {:?}",
             host.violations
         );
         assert_eq!(host.count(EJECTION_COMPLETE), 1);
@@ -276,7 +276,7 @@ fn late_completion_after_timeout_hits_a_dead_stack_frame_on_5_10() {
                     assert!(outcome.stderr.contains(needle), "{}", outcome.stderr);
                 }
             }
-            DriverVersion::Debian6_1 => {
+            DriverVersion::Debian6_1 | DriverVersion::Debian6_12 => {
                 assert!(
                     matches!(outcome.ending, Ending::Done { .. }),
                     "{:?}\n{}",

@@ -2,8 +2,8 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use petri::explore::{Strategy, Summary, check, explore, run_seed};
-use petri::report::{COLUMNS, cell, column_name, table};
-use petri::scenario::{GuestKind, Scenario, catalogue, load};
+use petri::report::{COLUMNS, cell, column_name, demo_table, kinds_text, replay_command, table};
+use petri::scenario::{GuestKind, Scenario, builtin_text, catalogue, load};
 use std::process::ExitCode;
 
 fn progress_bar(total: u64) -> ProgressBar {
@@ -40,13 +40,10 @@ pub(crate) fn demo(schedules: Option<u64>, real: u64, seed: u64, json: bool) -> 
     } else {
         progress_bar(total)
     };
-    let mut rows = Vec::new();
+    let mut results = Vec::new();
     let mut problems = Vec::new();
     for scenario in &scenarios {
-        let mut row = vec![
-            scenario.name.clone(),
-            scenario.catalogue.clone().unwrap_or_default(),
-        ];
+        let mut row = Vec::new();
         for (guest, relay) in COLUMNS {
             bar.set_message(format!("{} {}", scenario.name, column_name(guest, relay)));
             let done = bar.position();
@@ -71,20 +68,21 @@ pub(crate) fn demo(schedules: Option<u64>, real: u64, seed: u64, json: bool) -> 
             if json {
                 println!("{}", serde_json::to_string(&summary).unwrap_or_default());
             }
-            row.push(cell(scenario, guest, &summary));
+            row.push(summary);
         }
-        rows.push(row);
+        results.push((scenario, row));
     }
     bar.finish_and_clear();
     if !json {
-        let mut header = vec!["scenario".to_owned(), "catalogue".to_owned()];
-        header.extend(COLUMNS.iter().map(|(g, r)| column_name(*g, *r)));
-        print!("{}", table(&header, &rows));
+        print!("{}", demo_table(&results));
         println!();
         println!(
-            "Each cell: failing schedules / schedules explored, the commonest failure and the first \
-             failing seed (replay it with `petri replay --seed S SCENARIO --guest 6.2 [--relay]`). \
-             5.10 and 6.1 are the real pci-hyperv.c of Debian 11 and 12 (kernel_shim)."
+            "Each cell: failing schedules / schedules explored, and the letter of its note above: \
+             every failure kind with its count and the first seed that replays to it, script \
+             steps that did not fire (n/a: a step the scenario needs never fired, so the runs \
+             never reached its window), and the command that replays the commonest failure. \
+             ! marks an expectation not met. 5.10, 6.1 and 6.12 are the real pci-hyperv.c of \
+             Debian 11, 12 and 13 (kernel_shim); dir = direct, relay = through the relay."
         );
         if problems.is_empty() {
             println!(
@@ -102,6 +100,26 @@ pub(crate) fn demo(schedules: Option<u64>, real: u64, seed: u64, json: bool) -> 
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `petri list --show NAME`: a built-in scenario's TOML.
+pub(crate) fn show(name: &str) -> ExitCode {
+    match builtin_text(name) {
+        Some(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            let names: Vec<String> = catalogue().into_iter().map(|s| s.name).collect();
+            fail(
+                "list",
+                format!(
+                    "no built-in scenario {name:?} (built in: {})",
+                    names.join(", ")
+                ),
+            )
+        }
     }
 }
 
@@ -129,6 +147,7 @@ pub(crate) struct RunArgs {
     pub(crate) guest: Option<GuestKind>,
     pub(crate) mode: Option<bool>,
     pub(crate) schedules: Option<u64>,
+    pub(crate) real_schedules: Option<u64>,
     pub(crate) seed: u64,
     pub(crate) systematic: bool,
     pub(crate) json: bool,
@@ -137,17 +156,41 @@ pub(crate) struct RunArgs {
 
 fn print_summary(scenario: &Scenario, guest: GuestKind, summary: &Summary) {
     let verdict = match check(scenario, guest, summary) {
-        Ok(()) => "as expected".to_owned(),
         Err(e) => format!("NOT AS EXPECTED: {e}"),
+        Ok(()) if scenario.expectation(guest, summary.relay).is_none() => {
+            "no expectation stated for this guest and mode".to_owned()
+        }
+        Ok(()) => "as expected".to_owned(),
     };
+    let kinds = kinds_text(summary);
     println!(
-        "{} {}: {} ({verdict})",
+        "{} {}: {}{}{} ({verdict})",
         scenario.name,
         column_name(guest, summary.relay),
-        cell(scenario, guest, summary).trim_end_matches(" !")
+        cell(scenario, guest, summary).trim_end_matches(" !"),
+        if kinds.is_empty() { "" } else { ": " },
+        kinds
     );
+    for u in &summary.unfired_steps {
+        println!(
+            "  {} ({}) {} in {} of {} schedules{}",
+            u.name(),
+            u.when,
+            if u.missed >= summary.schedules {
+                "never fired"
+            } else {
+                "did not fire"
+            },
+            u.missed,
+            summary.schedules,
+            if u.optional { " (optional)" } else { "" }
+        );
+    }
     if let Some(f) = &summary.first_failure {
         println!("  first failure: {f}");
+    }
+    if let Some(cmd) = replay_command(&scenario.name, guest, summary) {
+        println!("  replay: {cmd}");
     }
 }
 
@@ -165,7 +208,11 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
             "--chart draws one run: choose --guest and one of --relay or --direct",
         );
     }
-    let schedules = args.schedules.unwrap_or(scenario.schedules);
+    // A real driver's run is a process: `--real-schedules`, else `--schedules`, else 20.
+    let schedules_for = |guest: GuestKind| match guest.driver() {
+        Some(_) => args.real_schedules.or(args.schedules).unwrap_or(20),
+        None => args.schedules.unwrap_or(scenario.schedules),
+    };
     let strategy = if args.systematic {
         Strategy::Systematic
     } else {
@@ -175,6 +222,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
     };
     let mut all_met = true;
     for &guest in &guests {
+        let schedules = schedules_for(guest);
         for &relay in &modes {
             let bar = if args.json {
                 ProgressBar::hidden()
@@ -263,6 +311,27 @@ pub(crate) fn replay(
         result.choices.len(),
         result.end.as_secs_f64() * 1000.0
     );
+    for &(bus, step) in &result.unfired_steps {
+        let s = scenario
+            .buses
+            .get(bus)
+            .and_then(|b| b.script.steps.get(step));
+        println!(
+            "script {}step {} ({}) never fired{}",
+            if bus == 0 {
+                String::new()
+            } else {
+                format!("bus {} ", bus + 1)
+            },
+            step + 1,
+            s.map(|s| s.when.to_string()).unwrap_or_default(),
+            if s.is_some_and(|s| s.optional) {
+                " (optional)"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(path) = chart {
         if let Err(e) = write_chart(&scenario, guest, relay, seed, path) {
             return fail("replay", e);

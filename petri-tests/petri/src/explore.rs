@@ -70,6 +70,65 @@ pub struct Summary {
     /// The first failure, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_failure: Option<String>,
+    /// For each failure kind, the first seed that ended with it (random strategy): `petri
+    /// replay --seed S` replays to that kind.
+    pub first_seed_by_kind: BTreeMap<String, u64>,
+    /// The host script steps that did not fire in at least one schedule, in script order.
+    pub unfired_steps: Vec<UnfiredStep>,
+}
+
+/// A host script step that did not fire in some schedules of a run set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UnfiredStep {
+    /// The bus (counting from 0, in the order of the scenario's `[[bus]]` tables).
+    pub bus: usize,
+    /// The step (counting from 1, in the order of its bus's `[[bus.script.steps]]`).
+    pub step: usize,
+    /// Its trigger, in scenario words (`received CREATE_INTERRUPT_MESSAGE3 for slot 1`).
+    pub when: String,
+    /// Whether the scenario marks it `optional` (then never firing is no failure).
+    pub optional: bool,
+    /// How many schedules it did not fire in.
+    pub missed: u64,
+}
+
+impl UnfiredStep {
+    /// Whether the step never fired in any of `schedules` schedules and is not optional: the
+    /// run set did not reach what the scenario is about.
+    pub fn fatal(&self, schedules: u64) -> bool {
+        !self.optional && schedules > 0 && self.missed >= schedules
+    }
+
+    /// `step 1` (or `bus 2 step 1` beyond the first bus).
+    pub fn name(&self) -> String {
+        if self.bus == 0 {
+            format!("step {}", self.step)
+        } else {
+            format!("bus {} step {}", self.bus + 1, self.step)
+        }
+    }
+}
+
+impl Summary {
+    /// The required steps that never fired in any schedule.
+    pub fn never_fired(&self) -> impl Iterator<Item = &UnfiredStep> {
+        self.unfired_steps
+            .iter()
+            .filter(|u| u.fatal(self.schedules))
+    }
+
+    /// The failure kinds with their counts, commonest first (ties by name), and the first
+    /// seed of each when known.
+    pub fn failure_kinds(&self) -> Vec<(&str, u64, Option<u64>)> {
+        let mut kinds: Vec<(&str, u64, Option<u64>)> = self
+            .outcomes
+            .iter()
+            .filter(|(k, _)| k.as_str() != "ok")
+            .map(|(k, n)| (k.as_str(), *n, self.first_seed_by_kind.get(k).copied()))
+            .collect();
+        kinds.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        kinds
+    }
 }
 
 /// Runs one schedule: seed `seed` of the scenario for this guest and mode.
@@ -114,7 +173,10 @@ pub fn explore(
         first_failing_seed: None,
         outcomes: BTreeMap::new(),
         first_failure: None,
+        first_seed_by_kind: BTreeMap::new(),
+        unfired_steps: Vec::new(),
     };
+    let mut missed: BTreeMap<(usize, usize), u64> = BTreeMap::new();
     let mut systematic = Systematic::new(usize::try_from(schedules).unwrap_or(usize::MAX));
     for i in 0..schedules {
         let (chooser, seed) = match strategy {
@@ -147,6 +209,15 @@ pub fn explore(
             .outcomes
             .entry(result.outcome.kind().to_owned())
             .or_default() += 1;
+        for step in &result.unfired_steps {
+            *missed.entry(*step).or_default() += 1;
+        }
+        if let (true, Some(seed)) = (result.outcome.failed(), seed) {
+            summary
+                .first_seed_by_kind
+                .entry(result.outcome.kind().to_owned())
+                .or_insert(seed);
+        }
         if result.outcome.failed() {
             summary.failures += 1;
             if summary.first_failure.is_none() {
@@ -156,12 +227,46 @@ pub fn explore(
         }
         progress(summary.schedules);
     }
+    summary.unfired_steps = missed
+        .into_iter()
+        .map(|((bus, step), missed)| {
+            let s = scenario
+                .buses
+                .get(bus)
+                .and_then(|b| b.script.steps.get(step));
+            UnfiredStep {
+                bus,
+                step: step + 1,
+                when: s.map(|s| s.when.to_string()).unwrap_or_default(),
+                optional: s.is_some_and(|s| s.optional),
+                missed,
+            }
+        })
+        .collect();
     Ok(summary)
 }
 
 /// Whether a summary meets the scenario's expectation for its guest and mode; `Err` says
-/// why not. No expectation stated: anything goes.
+/// why not. A required script step that never fired in any schedule fails whatever the
+/// expectation (the runs never reached what the scenario is about). No expectation stated:
+/// anything else goes.
 pub fn check(scenario: &Scenario, guest: GuestKind, summary: &Summary) -> Result<(), String> {
+    // A harness error is never the guest's outcome: it fails whatever was expected.
+    if let Some(n) = summary.outcomes.get("harness_error") {
+        return Err(format!(
+            "{n} harness error(s), not the guest's: {}",
+            summary.first_failure.as_deref().unwrap_or("?")
+        ));
+    }
+    if let Some(u) = summary.never_fired().next() {
+        return Err(format!(
+            "{} ({}) never fired in any of {} schedules: the runs never reached the scenario's \
+             window",
+            u.name(),
+            u.when,
+            summary.schedules
+        ));
+    }
     let Some(e) = scenario.expectation(guest, summary.relay) else {
         return Ok(());
     };

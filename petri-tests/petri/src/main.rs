@@ -19,14 +19,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the race catalogue on both guest models and both real drivers, directly and through
+    /// Run the race catalogue on both guest models and the three real drivers, directly and through
     /// the relay, and print the table of failures per schedules explored.
     Demo {
         /// Schedules per scenario and column (default: each scenario's own number).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_schedules)]
         schedules: Option<u64>,
         /// Schedules per scenario and real-driver column (each run is a guest process).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = parse_schedules)]
         real_schedules: u64,
         /// The first seed.
         #[arg(long, default_value_t = 0)]
@@ -36,12 +36,17 @@ enum Command {
         json: bool,
     },
     /// List the built-in scenarios.
-    List,
+    List {
+        /// Print this built-in scenario's TOML (by name or catalogue id) instead.
+        #[arg(long, value_name = "SCENARIO")]
+        show: Option<String>,
+    },
     /// Run a scenario (built-in name or TOML file) over many schedules.
     Run {
         /// A built-in scenario's name, or a scenario file.
         scenario: String,
-        /// Only this guest (`6.2` or `6.3`, or the real driver `5.10` or `6.1`); both models if not given.
+        /// Only this guest (`6.2` or `6.3`, or the real driver `5.10`, `6.1` or `6.12`;
+        /// `linux-6.2`, `debian-5.10`... too); both models if not given.
         #[arg(long, value_parser = parse_guest)]
         guest: Option<GuestKind>,
         /// Only through the relay.
@@ -50,9 +55,13 @@ enum Command {
         /// Only without the relay.
         #[arg(long)]
         direct: bool,
-        /// Schedules to explore (default: the scenario's own number).
-        #[arg(long)]
+        /// Schedules to explore (default: the scenario's own number; at least 1).
+        #[arg(long, value_parser = parse_schedules)]
         schedules: Option<u64>,
+        /// Schedules for a real driver (each run is a guest process); default: --schedules,
+        /// else 20.
+        #[arg(long, value_parser = parse_schedules)]
+        real_schedules: Option<u64>,
         /// The first seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -74,7 +83,7 @@ enum Command {
         seed: u64,
         /// A built-in scenario's name, or a scenario file.
         scenario: String,
-        /// The guest (`6.2` or `6.3`, or the real driver `5.10` or `6.1`).
+        /// The guest (`6.2` or `6.3`, or the real driver `5.10`, `6.1` or `6.12`).
         #[arg(long, value_parser = parse_guest, default_value = "6.2")]
         guest: GuestKind,
         /// Through the relay (direct if not given).
@@ -134,8 +143,20 @@ enum From {
 }
 
 fn parse_guest(s: &str) -> Result<GuestKind, String> {
-    GuestKind::parse(s)
-        .ok_or_else(|| format!("unknown guest {s:?} (expected 6.2, 6.3, 5.10 or 6.1)"))
+    GuestKind::parse(s).ok_or_else(|| {
+        format!(
+            "unknown guest {s:?} (expected 6.2, 6.3, 5.10, 6.1 or 6.12, or linux-6.2, \
+             linux-6.3, debian-5.10, debian-6.1 or debian-6.12)"
+        )
+    })
+}
+
+fn parse_schedules(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1: a run of no schedules would show nothing".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?} is not a number of schedules: {e}")),
+    }
 }
 
 fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
@@ -159,13 +180,15 @@ fn main() -> ExitCode {
             seed,
             json,
         } => commands::demo(schedules, real_schedules, seed, json),
-        Command::List => commands::list(),
+        Command::List { show: None } => commands::list(),
+        Command::List { show: Some(name) } => commands::show(&name),
         Command::Run {
             scenario,
             guest,
             relay,
             direct,
             schedules,
+            real_schedules,
             seed,
             systematic,
             json,
@@ -179,6 +202,7 @@ fn main() -> ExitCode {
                 _ => None,
             },
             schedules,
+            real_schedules,
             seed,
             systematic,
             json,

@@ -68,6 +68,14 @@ pub enum Outcome {
     StepLimit,
     /// The run went on past its virtual-time bound.
     TimeLimit,
+    /// The harness failed, not the guest: the real guest's runtime, the controller or the
+    /// protocol between them broke (an exit status of the runtime's own, a crash whose
+    /// faulting instruction is in the runtime). Never a guest's outcome: it fails a run set
+    /// whatever the scenario expects.
+    HarnessError {
+        /// What broke.
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -95,6 +103,7 @@ impl Outcome {
             Self::LostBus { .. } => "lost_bus",
             Self::StepLimit => "step_limit",
             Self::TimeLimit => "time_limit",
+            Self::HarnessError { .. } => "harness_error",
         }
     }
 
@@ -149,6 +158,7 @@ impl std::fmt::Display for Outcome {
             ),
             Self::StepLimit => f.write_str("step limit reached (livelock)"),
             Self::TimeLimit => f.write_str("virtual time limit reached"),
+            Self::HarnessError { reason } => write!(f, "HARNESS ERROR (not the guest's): {reason}"),
         }
     }
 }
@@ -224,7 +234,43 @@ pub struct RunResult {
     pub trace: Option<Trace>,
     /// What each guest context did.
     pub guest_trace: Vec<String>,
+    /// The host script steps that never fired in this run, as (bus, step index from 0).
+    pub unfired_steps: Vec<(usize, usize)>,
 }
+
+/// The script steps of host bus `bus` that have not fired, as (bus, step index from 0).
+pub fn unfired_steps(bus: usize, host: &host_sim::HostBus) -> Vec<(usize, usize)> {
+    host.script_steps_fired()
+        .iter()
+        .enumerate()
+        .filter(|(_, fired)| !**fired)
+        .map(|(step, _)| (bus, step))
+        .collect()
+}
+
+/// Every outcome kind a run can end with besides `ok`, as reports count them and as a
+/// scenario's `[[expect]] kinds` names them: the guest's failure kinds, a real driver's
+/// `segfault`, and what the host sees.
+pub const FAILURE_KINDS: &[&str] = &[
+    "null_deref",
+    "use_after_free",
+    "dead_stack_write",
+    "hang",
+    "duplicate_device",
+    "leaked_device",
+    "unbacked_access",
+    "ejected_device_access",
+    "unresourced_device",
+    "list_corruption",
+    "bug",
+    "segfault",
+    "eject_unanswered",
+    "lost_bus",
+    "ghost_device",
+    "lost_device",
+    "step_limit",
+    "time_limit",
+];
 
 #[cfg(test)]
 mod tests {
@@ -269,6 +315,43 @@ mod tests {
             compare_functions(0, &[], &both, false).kind(),
             "ghost_device"
         );
+    }
+
+    /// Every kind a run can end with is one a scenario's `kinds` may name.
+    #[test]
+    fn every_kind_is_known() {
+        use guest_linux::FailureKind as K;
+        for k in [
+            K::NullDeref,
+            K::UseAfterFree,
+            K::DeadStackWrite,
+            K::Hang,
+            K::DuplicateDevice,
+            K::LeakedDevice,
+            K::UnbackedAccess,
+            K::EjectedDeviceAccess,
+            K::UnresourcedDevice,
+            K::ListCorruption,
+            K::Bug,
+        ] {
+            assert!(FAILURE_KINDS.contains(&k.name()), "{}", k.name());
+        }
+        let host = [
+            Outcome::EjectUnanswered {
+                bus: 0,
+                slot: String::new(),
+            },
+            Outcome::LostDevice {
+                bus: 0,
+                slot: String::new(),
+            },
+            Outcome::LostBus { bus: 0 },
+            Outcome::StepLimit,
+            Outcome::TimeLimit,
+        ];
+        for o in host {
+            assert!(FAILURE_KINDS.contains(&o.kind()), "{}", o.kind());
+        }
     }
 
     /// Identities are compared whole: the old serial, vendor or device id in a slot the host

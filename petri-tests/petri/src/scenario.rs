@@ -40,6 +40,8 @@ pub enum GuestKind {
     Debian510,
     /// The real `pci-hyperv.c` of Debian 12 (6.1: the whole series), in user space.
     Debian61,
+    /// The real `pci-hyperv.c` of Debian 13 (6.12: 6.1's fixes and later ones), in user space.
+    Debian612,
 }
 
 impl GuestKind {
@@ -47,15 +49,21 @@ impl GuestKind {
     pub const ALL: [GuestKind; 2] = [GuestKind::Linux62, GuestKind::Linux63];
 
     /// The real drivers, in table order.
-    pub const REAL: [GuestKind; 2] = [GuestKind::Debian510, GuestKind::Debian61];
+    pub const REAL: [GuestKind; 3] = [
+        GuestKind::Debian510,
+        GuestKind::Debian61,
+        GuestKind::Debian612,
+    ];
 
-    /// The guest's name (`linux-6.2`, `linux-6.3`, `debian-5.10`, `debian-6.1`).
+    /// The guest's name (`linux-6.2`, `linux-6.3`, `debian-5.10`, `debian-6.1`,
+    /// `debian-6.12`).
     pub fn name(self) -> &'static str {
         match self {
             GuestKind::Linux62 => KernelModel::Linux62.name(),
             GuestKind::Linux63 => KernelModel::Linux63.name(),
             GuestKind::Debian510 => "debian-5.10",
             GuestKind::Debian61 => "debian-6.1",
+            GuestKind::Debian612 => "debian-6.12",
         }
     }
 
@@ -64,7 +72,7 @@ impl GuestKind {
         match self {
             GuestKind::Linux62 => Some(KernelModel::Linux62),
             GuestKind::Linux63 => Some(KernelModel::Linux63),
-            GuestKind::Debian510 | GuestKind::Debian61 => None,
+            GuestKind::Debian510 | GuestKind::Debian61 | GuestKind::Debian612 => None,
         }
     }
 
@@ -73,14 +81,16 @@ impl GuestKind {
         match self {
             GuestKind::Debian510 => Some(kernel_shim::DriverVersion::Debian5_10),
             GuestKind::Debian61 => Some(kernel_shim::DriverVersion::Debian6_1),
+            GuestKind::Debian612 => Some(kernel_shim::DriverVersion::Debian6_12),
             GuestKind::Linux62 | GuestKind::Linux63 => None,
         }
     }
 
-    /// Parses `linux-6.2`, `6.2`, `linux-6.3`, `6.3`, `debian-5.10`, `5.10`, `debian-6.1` or
-    /// `6.1`.
+    /// Parses `linux-6.2`, `6.2`, `linux-6.3`, `6.3`, `debian-5.10`, `5.10`, `debian-6.1`, `6.1`,
+    /// `debian-6.12` or `6.12` (in any case).
     pub fn parse(text: &str) -> Option<Self> {
-        let text = text.trim();
+        let text = text.trim().to_ascii_lowercase();
+        let text = text.as_str();
         let version = text
             .strip_prefix("linux-")
             .or_else(|| text.strip_prefix("debian-"))
@@ -94,6 +104,7 @@ impl GuestKind {
             ("6.3", _, false) => Some(GuestKind::Linux63),
             ("5.10", false, _) => Some(GuestKind::Debian510),
             ("6.1", false, _) => Some(GuestKind::Debian61),
+            ("6.12", false, _) => Some(GuestKind::Debian612),
             _ => None,
         }
     }
@@ -110,8 +121,8 @@ impl<'de> Deserialize<'de> for GuestKind {
         let text = String::deserialize(d)?;
         GuestKind::parse(&text).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "unknown guest {text:?} (expected \"linux-6.2\", \"linux-6.3\", \"debian-5.10\" \
-                 or \"debian-6.1\")"
+                "unknown guest {text:?} (expected \"linux-6.2\", \"linux-6.3\", \"debian-5.10\", \
+                 \"debian-6.1\" or \"debian-6.12\")"
             ))
         })
     }
@@ -181,8 +192,23 @@ pub struct Expectation {
     /// What the runs must show.
     pub result: Expected,
     /// For `fail`: the failure kinds that count (`null_deref`, `hang`, ...); any if empty.
-    #[serde(default)]
+    /// A kind petri does not know is refused when the file is read.
+    #[serde(default, deserialize_with = "known_kinds")]
     pub kinds: Vec<String>,
+}
+
+/// Failure kinds, each one of [`crate::outcome::FAILURE_KINDS`].
+fn known_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let kinds = Vec::<String>::deserialize(d)?;
+    for k in &kinds {
+        if !crate::outcome::FAILURE_KINDS.contains(&k.as_str()) {
+            return Err(serde::de::Error::custom(format!(
+                "unknown failure kind {k:?} (known kinds: {})",
+                crate::outcome::FAILURE_KINDS.join(", ")
+            )));
+        }
+    }
+    Ok(kinds)
 }
 
 /// Run bounds, as a scenario file writes them.
@@ -284,7 +310,7 @@ impl Scenario {
             origin: origin.to_owned(),
             message: located(text, &e),
         })?;
-        scenario.validate(origin)?;
+        scenario.validate(origin, text)?;
         Ok(scenario)
     }
 
@@ -297,20 +323,57 @@ impl Scenario {
         Self::from_toml(path, &text)
     }
 
-    fn validate(&self, origin: &str) -> Result<(), ScenarioError> {
+    fn validate(&self, origin: &str, text: &str) -> Result<(), ScenarioError> {
         let invalid = |message: String| ScenarioError::Invalid {
             origin: origin.to_owned(),
             message,
+        };
+        let at = |line: Option<usize>, message: String| {
+            invalid(match line {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            })
         };
         if self.buses.is_empty() {
             return Err(invalid("a scenario needs at least one [[bus]]".to_owned()));
         }
         if self.schedules == 0 {
-            return Err(invalid("schedules must be at least 1".to_owned()));
+            return Err(at(
+                line_of(text, None, "schedules"),
+                "schedules must be at least 1".to_owned(),
+            ));
         }
         for (i, bus) in self.buses.iter().enumerate() {
             host_sim::HostBus::new(bus.clone())
                 .map_err(|e| invalid(format!("bus {} ({}): {e}", i + 1, bus.name)))?;
+        }
+        // The driver sets up `vectors` MSI-X vectors on every function it binds to: each
+        // function the host may offer must have that many table entries.
+        for (i, bus) in self.buses.iter().enumerate() {
+            let offered = bus
+                .functions
+                .iter()
+                .chain(bus.script.steps.iter().filter_map(|s| match &s.action {
+                    host_sim::HostAction::HotAdd(f) | host_sim::HostAction::Replace(f) => Some(f),
+                    _ => None,
+                }));
+            for f in offered {
+                if let Some(msix) = &f.msix {
+                    if u16::from(self.guest.vectors) > msix.table_size {
+                        return Err(at(
+                            line_of(text, Some("guest"), "vectors"),
+                            format!(
+                                "[guest] vectors = {} is more than the {} entries of the MSI-X \
+                                 table of bus {} slot {}",
+                                self.guest.vectors,
+                                msix.table_size,
+                                i + 1,
+                                f.slot
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         for e in &self.expect {
             if e.result == Expected::Pass && !e.kinds.is_empty() {
@@ -366,6 +429,29 @@ impl Scenario {
     }
 }
 
+/// The line (from 1) of `key = ...` in table `[table]` (top level if `None`), if written so.
+fn line_of(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
+    let mut current: Option<String> = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            current = Some(
+                line.trim_matches(|c| c == '[' || c == ']')
+                    .trim()
+                    .to_owned(),
+            );
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(key) else {
+            continue;
+        };
+        if current.as_deref() == table && rest.trim_start().starts_with('=') {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 /// The parser's message with its line: toml's own message names the line and column; when it
 /// has only a byte span, the line is worked out here.
 fn located(text: &str, e: &toml::de::Error) -> String {
@@ -381,37 +467,65 @@ fn located(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// The built-in scenario files: (name, TOML text).
+const FILES: &[(&str, &str)] = &[
+    ("c1", include_str!("../scenarios/c1.toml")),
+    ("c2", include_str!("../scenarios/c2.toml")),
+    ("c2-failed", include_str!("../scenarios/c2-failed.toml")),
+    ("c3", include_str!("../scenarios/c3.toml")),
+    ("c4", include_str!("../scenarios/c4.toml")),
+    ("c5", include_str!("../scenarios/c5.toml")),
+    ("c7", include_str!("../scenarios/c7.toml")),
+    ("c8", include_str!("../scenarios/c8.toml")),
+    ("re-add", include_str!("../scenarios/re-add.toml")),
+    (
+        "drop-then-eject",
+        include_str!("../scenarios/drop-then-eject.toml"),
+    ),
+    (
+        "hostile-host",
+        include_str!("../scenarios/hostile-host.toml"),
+    ),
+    ("chaos", include_str!("../scenarios/chaos.toml")),
+];
+
 /// The built-in scenarios: the race catalogue and the host orders the relay must survive.
 pub fn catalogue() -> Vec<Scenario> {
-    const FILES: &[(&str, &str)] = &[
-        ("c1", include_str!("../scenarios/c1.toml")),
-        ("c2", include_str!("../scenarios/c2.toml")),
-        ("c2-failed", include_str!("../scenarios/c2-failed.toml")),
-        ("c3", include_str!("../scenarios/c3.toml")),
-        ("c4", include_str!("../scenarios/c4.toml")),
-        ("c5", include_str!("../scenarios/c5.toml")),
-        ("c7", include_str!("../scenarios/c7.toml")),
-        ("re-add", include_str!("../scenarios/re-add.toml")),
-        (
-            "drop-then-eject",
-            include_str!("../scenarios/drop-then-eject.toml"),
-        ),
-        (
-            "hostile-host",
-            include_str!("../scenarios/hostile-host.toml"),
-        ),
-        ("chaos", include_str!("../scenarios/chaos.toml")),
-    ];
     FILES
         .iter()
         .filter_map(|(name, text)| Scenario::from_toml(name, text).ok())
         .collect()
 }
 
-/// A scenario by built-in name or file path.
+/// The built-in scenario a name means: its name in any case (`c2`, `C2`), else the first
+/// whose catalogue entry it is (`C5`).
+fn builtin_name(name: &str) -> Option<&'static str> {
+    let name = name.trim();
+    if let Some((n, _)) = FILES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        return Some(n);
+    }
+    catalogue()
+        .into_iter()
+        .find(|s| {
+            s.catalogue
+                .as_deref()
+                .is_some_and(|c| c.eq_ignore_ascii_case(name))
+        })
+        .and_then(|s| FILES.iter().find(|(n, _)| *n == s.name).map(|(n, _)| *n))
+}
+
+/// A built-in scenario's TOML text, by name or catalogue id (as [`load`] finds it).
+pub fn builtin_text(name: &str) -> Option<&'static str> {
+    let name = builtin_name(name)?;
+    FILES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// A scenario by built-in name (in any case) or catalogue id (`C2`), or file path.
 pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
-    if let Some(s) = catalogue().into_iter().find(|s| s.name == name_or_path) {
-        return Ok(s);
+    if let Some(name) = builtin_name(name_or_path) {
+        if let Some(s) = catalogue().into_iter().find(|s| s.name == name) {
+            return Ok(s);
+        }
     }
     if std::path::Path::new(name_or_path).exists() {
         return Scenario::from_file(name_or_path);

@@ -1,4 +1,5 @@
-//! The real Linux drivers (Debian 11's 5.10, Debian 12's 6.1, run by kernel_shim) as petri
+//! The real Linux drivers (Debian 11's 5.10, Debian 12's 6.1, Debian 13's 6.12, run by
+//! kernel_shim) as petri
 //! guests: the catalogue's expectations for them over a few seeded schedules each (every run
 //! is a guest process), C3 on 5.10 by systematic search, replay bit for bit, and the JSON
 //! that `petri run --json` prints for them.
@@ -23,10 +24,10 @@ fn petri(args: &[&str]) -> Output {
 }
 
 /// Every expectation a built-in scenario states for a real driver holds over the first
-/// seeds: 5.10 fails direct on C3 and C4 (no per-bus state_lock), both fail direct on C7 (no kernel
-/// fix), on C5 (the child the relations work recorded leaks when the probe fails) and on a
-/// dropped-then-ejected function, 5.10 crashes on a hostile host's unknown completion, and
-/// through the relay neither ever fails.
+/// seeds: 5.10 fails direct on C3 and C4 (no per-bus state_lock), all three fail direct on C7
+/// (no kernel fix), on C5 (the child the relations work recorded leaks when the probe fails)
+/// and on a dropped-then-ejected function, 5.10 crashes on a hostile host's unknown completion,
+/// 6.12 behaves as 6.1 throughout, and through the relay none ever fails.
 #[test]
 fn catalogue_expectations_hold_for_the_real_drivers() {
     let mut problems = Vec::new();
@@ -59,7 +60,7 @@ fn catalogue_expectations_hold_for_the_real_drivers() {
 
 /// C3 (the host ejects a function while the probe path sets it up): 5.10, without the
 /// per-bus state_lock, binds a driver to the function after its eject work gave it back to
-/// the host, in many of 300 seeded schedules; 6.1 never does.
+/// the host, in many of 300 seeded schedules; 6.1 and 6.12 never do.
 #[test]
 #[ignore = "300 guest processes per driver; run by `cargo xflowey catalogue`"]
 fn c3_on_5_10_needs_the_state_lock() {
@@ -72,8 +73,10 @@ fn c3_on_5_10_needs_the_state_lock() {
         "{:?}",
         old.outcomes
     );
-    let new = on(GuestKind::Debian61, strategy, 300);
-    assert_eq!(new.failures, 0, "{:?}", new.first_failure);
+    for guest in [GuestKind::Debian61, GuestKind::Debian612] {
+        let new = on(guest, strategy, 300);
+        assert_eq!(new.failures, 0, "{guest}: {:?}", new.first_failure);
+    }
 }
 
 /// A failing seed of a real driver replays to the same outcome, trace and choices.
@@ -182,6 +185,22 @@ fn run_json_for_a_real_guest() {
     assert_eq!(v["failures"], 0);
     assert!(v["first_failing_seed"].is_null());
     assert_eq!(v["outcomes"]["ok"], 4);
+
+    // Debian 13's driver by its short name: C4 is harmless to it even direct.
+    let v = parse(&petri(&[
+        "run",
+        "c4",
+        "--guest",
+        "6.12",
+        "--direct",
+        "--schedules",
+        "4",
+        "--json",
+    ]));
+    assert_eq!(v["guest"], "debian-6.12");
+    assert_eq!(v["relay"], false);
+    assert_eq!(v["failures"], 0);
+    assert_eq!(v["outcomes"]["ok"], 4);
 }
 
 /// The real guests' names parse in their long and short forms, and a scenario with more than
@@ -190,6 +209,10 @@ fn run_json_for_a_real_guest() {
 fn names_and_one_bus_limit() {
     assert_eq!(GuestKind::parse("5.10"), Some(GuestKind::Debian510));
     assert_eq!(GuestKind::parse("debian-6.1"), Some(GuestKind::Debian61));
+    assert_eq!(GuestKind::parse("6.12"), Some(GuestKind::Debian612));
+    assert_eq!(GuestKind::parse("debian-6.12"), Some(GuestKind::Debian612));
+    assert_eq!(GuestKind::parse("linux-6.12"), None);
+    assert_eq!(GuestKind::Debian612.name(), "debian-6.12");
     assert_eq!(GuestKind::parse("linux-5.10"), None);
     assert_eq!(GuestKind::parse("debian-6.2"), None);
     let mut two = scenario("re-add");

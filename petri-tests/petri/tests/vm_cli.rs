@@ -210,3 +210,151 @@ fn list_names_the_catalogue() {
         assert!(text.contains(name), "{name}");
     }
 }
+
+/// Catalogue ids and guest names in either form work; `--schedules 0` is refused clearly.
+#[test]
+fn names_in_either_form() {
+    for (scenario, guest) in [("C2", "linux-6.2"), ("c2", "6.2"), ("C5", "Linux-6.3")] {
+        let out = petri(&[
+            "run",
+            scenario,
+            "--guest",
+            guest,
+            "--relay",
+            "--schedules",
+            "2",
+        ]);
+        assert!(out.status.success(), "{scenario} {guest}: {}", stderr(&out));
+    }
+    let out = petri(&["run", "C2", "--guest", "6.2", "--relay", "--schedules", "2"]);
+    assert!(
+        stdout(&out).starts_with("c2 6.2 relay: 0/2"),
+        "{}",
+        stdout(&out)
+    );
+    let out = petri(&["replay", "--seed", "0", "c2", "--guest", "linux-6.3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = petri(&["run", "c2", "--schedules", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("at least 1"), "{}", stderr(&out));
+    let out = petri(&["demo", "--real-schedules", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("at least 1"), "{}", stderr(&out));
+}
+
+/// `list --show` prints a built-in's TOML, by name or catalogue id.
+#[test]
+fn list_shows_a_builtin() {
+    let out = petri(&["list", "--show", "c2"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.starts_with("name = \"c2\""), "{text}");
+    assert!(text.contains("[[expect]]"), "{text}");
+    let out = petri(&["list", "--show", "C7"]);
+    assert!(stdout(&out).starts_with("name = \"c7\""));
+    let out = petri(&["list", "--show", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// A run line names every failure kind with its count and a seed for each, and the command
+/// that replays the commonest; a run set without an expectation says so.
+#[test]
+fn run_line_names_kinds() {
+    let out = petri(&[
+        "run",
+        "chaos",
+        "--guest",
+        "6.3",
+        "--direct",
+        "--schedules",
+        "8",
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let line = text.lines().next().unwrap();
+    assert!(line.contains("(seed "), "{line}");
+    assert!(line.contains("no expectation stated"), "{line}");
+    assert!(!line.contains("as expected"), "{line}");
+    assert!(
+        text.contains("replay: petri replay --seed ") && text.contains("chaos --guest 6.3"),
+        "{text}"
+    );
+    let out = petri(&[
+        "run",
+        "chaos",
+        "--guest",
+        "6.3",
+        "--direct",
+        "--schedules",
+        "8",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let by_kind = v["first_seed_by_kind"].as_object().unwrap();
+    let outcomes = v["outcomes"].as_object().unwrap();
+    for kind in outcomes.keys().filter(|k| *k != "ok") {
+        assert!(by_kind[kind].is_u64(), "{kind}");
+    }
+    assert_eq!(v["unfired_steps"], serde_json::json!([]));
+}
+
+/// A step whose trigger never happens: `run` reports it and exits 1, `--json` has it in
+/// `unfired_steps`, `replay` names it.
+#[test]
+fn unfired_steps_are_reported() {
+    let path = temp("unfired.toml", "unfired");
+    std::fs::write(
+        &path,
+        r#"name = "unfired"
+[[bus]]
+versions = ["1.2"]
+functions = [{ slot = 1 }]
+[[bus.script.steps]]
+when = { received = { message = "CREATE_INTERRUPT_MESSAGE3", slot = 1 } }
+action = { kind = "eject", slot = 1 }
+"#,
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    let out = petri(&[
+        "run",
+        file,
+        "--guest",
+        "6.3",
+        "--direct",
+        "--schedules",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("unfired 6.3 direct: n/a"), "{text}");
+    assert!(
+        text.contains(
+            "step 1 (received CREATE_INTERRUPT_MESSAGE3 for slot 1) never fired in 3 of 3"
+        ),
+        "{text}"
+    );
+    let out = petri(&[
+        "run",
+        file,
+        "--guest",
+        "6.3",
+        "--direct",
+        "--schedules",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        v["unfired_steps"],
+        serde_json::json!([{"bus": 0, "step": 1, "when": "received CREATE_INTERRUPT_MESSAGE3 for slot 1", "optional": false, "missed": 3}])
+    );
+    let out = petri(&["replay", "--seed", "0", file, "--guest", "6.3"]);
+    assert!(
+        stdout(&out)
+            .contains("script step 1 (received CREATE_INTERRUPT_MESSAGE3 for slot 1) never fired"),
+        "{}",
+        stdout(&out)
+    );
+}

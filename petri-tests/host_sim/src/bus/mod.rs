@@ -250,6 +250,13 @@ impl HostBus {
         self.events.pop_front()
     }
 
+    /// Whether each script step has fired (its trigger was met and its action ran, whether
+    /// or not the action succeeded), in script order. A step whose trigger never happened, or
+    /// whose `after` had not passed when the bus ended, has not.
+    pub fn script_steps_fired(&self) -> &[bool] {
+        self.script.steps_fired()
+    }
+
     /// Whether the channel has been rescinded (the bus has ended; once the transmit queue is
     /// drained, the driver revokes the channel).
     pub fn rescinded(&self) -> bool {

@@ -28,6 +28,8 @@ struct bus_slot {
 	struct hv_device hdev;
 	bool exists;
 	bool bound;
+	/* The driver's probe or remove is running (the device lock is held). */
+	bool busy;
 };
 static struct bus_slot buses[KSHIM_MAX_BUS];
 
@@ -86,6 +88,22 @@ static struct bus_slot *bus_slot(u32 bus)
 	return &buses[bus];
 }
 
+static bool slot_idle(void *arg)
+{
+	return !((struct bus_slot *)arg)->busy;
+}
+
+/*
+ * The driver core holds the device lock around probe and remove: a rescind's unregister
+ * waits for a running probe (vmbus_onoffer_rescind's probe_done loop), a remove command for a
+ * remove the rescind started.
+ */
+static void device_lock_slot(struct bus_slot *s)
+{
+	kshim_block(SP_MUTEX_LOCK, slot_idle, s, 0, false);
+	s->busy = true;
+}
+
 /* drivers/hv/vmbus_drv.c vmbus_probe: match, then call the driver's probe. */
 static int do_probe(u32 bus, const struct command *c)
 {
@@ -106,7 +124,9 @@ static int do_probe(u32 bus, const struct command *c)
 	}
 	if (c->len >= 16)
 		memcpy(s->hdev.dev_instance.b, c->arg, 16);
+	device_lock_slot(s);
 	ret = drv->probe(&s->hdev, &drv->id_table[0]);
+	s->busy = false;
 	if (ret)
 		kshim_devres_release_all(&s->hdev.device);
 	else
@@ -114,19 +134,35 @@ static int do_probe(u32 bus, const struct command *c)
 	return ret;
 }
 
-/* device_release_driver: the driver's remove, then its devres. */
+/* device_release_driver: the driver's remove, then its devres (under the device lock). */
 static int do_remove(u32 bus)
 {
 	struct hv_driver *drv = kshim_registered_driver();
 	struct bus_slot *s = bus_slot(bus);
 	int ret;
 
-	if (!drv || !s->bound)
+	device_lock_slot(s);
+	if (!drv || !s->bound) {
+		s->busy = false;
 		return -ENODEV;
+	}
+	KSHIM_CALL("hv_pci_remove");
+#if KSHIM_KVER >= 603
+	drv->remove(&s->hdev);
+	ret = 0;
+#else
 	ret = drv->remove(&s->hdev);
+#endif
 	s->bound = false;
 	kshim_devres_release_all(&s->hdev.device);
+	s->busy = false;
 	return ret;
+}
+
+void kshim_device_unregister(u32 bus)
+{
+	KSHIM_CALL("vmbus_device_unregister");
+	do_remove(bus);
 }
 
 static int run_command(const struct command *c)
@@ -161,6 +197,12 @@ static int run_command(const struct command *c)
 		kshim_fail_alloc(c->arg[0] | c->arg[1] << 8 | c->arg[2] << 16 |
 				 (u32)c->arg[3] << 24);
 		return 0;
+	case CMD_HV_HINTS:
+		if (c->len < 4)
+			return -EINVAL;
+		ms_hyperv.hints = c->arg[0] | c->arg[1] << 8 | c->arg[2] << 16 |
+				  (u32)c->arg[3] << 24;
+		return 0;
 	case CMD_EXIT: {
 		struct kshim_wbuf w;
 
@@ -190,6 +232,7 @@ int main(void)
 	kshim_send_frame(G_HELLO, &w);
 	kshim_sched_init();
 	kshim_mmio_init();
+	kshim_hv_init();
 	kshim_sched(SP_START);
 	for (;;) {
 		struct command c;

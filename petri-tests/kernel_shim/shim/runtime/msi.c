@@ -254,7 +254,9 @@ int pci_msi_prepare(struct irq_domain *domain, struct device *dev, int nvec,
 		arg->type = X86_IRQ_ALLOC_TYPE_PCI_MSIX;
 	} else {
 		arg->type = X86_IRQ_ALLOC_TYPE_PCI_MSI;
-		arg->flags |= X86_IRQ_ALLOC_CONTIGUOUS_VECTORS;
+		/* Until 6.2 the x86 core asked for contiguous vectors for multi-MSI. */
+		if (KSHIM_KVER < 602)
+			arg->flags |= X86_IRQ_ALLOC_CONTIGUOUS_VECTORS;
 	}
 	return 0;
 }

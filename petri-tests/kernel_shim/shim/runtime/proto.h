@@ -44,6 +44,7 @@
 #define CMD_EXIT 6 /* cleanup_module(), leak report, G_DONE, exit 0 */
 #define CMD_ENDPOINT 7 /* arg: u32 nvec, u32 use_msix: what the test endpoint driver allocates */
 #define CMD_FAIL_ALLOC 8 /* arg: u32 n: the n-th allocation from now fails (0: none) */
+#define CMD_HV_HINTS 9 /* arg: u32 hints: ms_hyperv.hints as Hyper-V's CPUID would report them */
 
 /* context kinds */
 #define CTX_PROCESS 0

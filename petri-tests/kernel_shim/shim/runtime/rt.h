@@ -60,6 +60,8 @@ struct kshim_ctx {
 	u64 deadline_ns;
 	/* Spinlocks held plus atomic sections entered (irq descriptor lock, tasklet). */
 	int atomic;
+	/* Between local_irq_save and the restore that turns interrupts back on. */
+	bool irqs_off;
 };
 extern volatile int kshim_current;
 extern const char *volatile kshim_last_call;
@@ -96,6 +98,11 @@ void kshim_channel_destroy(struct vmbus_channel *ch);
 u32 kshim_channel_bus(struct vmbus_channel *ch);
 struct hv_driver *kshim_registered_driver(void);
 void kshim_command_push(u32 cmd, u32 bus, const u8 *arg, u32 len);
+/*
+ * vmbus_onoffer_rescind's tail (main.c): waits for the device's probe to finish, then
+ * vmbus_device_unregister: the driver's remove if it is bound.
+ */
+void kshim_device_unregister(u32 bus);
 
 /* ---- memory (mem.c) ---- */
 u32 kshim_leak_report(void);
@@ -105,6 +112,8 @@ int kshim_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 
 /* ---- MMIO (vmbus.c) ---- */
 void kshim_mmio_init(void);
+/* ms_hyperv and the per-CPU hypercall input pages (vmbus.c). */
+void kshim_hv_init(void);
 void kshim_devres_release_all(struct device *dev);
 
 /* ---- PCI core and test endpoint (pci.c) ---- */

@@ -196,6 +196,21 @@ void kshim_atomic_exit(void)
 	self->atomic--;
 }
 
+/*
+ * ---- per-CPU data (include/linux/percpu-defs.h): one copy per context ----
+ * A per-CPU object of `size` bytes is laid out as KSHIM_MAX_CTX consecutive copies; the
+ * running context's copy is its id-th. The preemption check follows lib/smp_processor_id.c:
+ * only an atomic context (spinlock held, interrupts off) stays on its CPU.
+ */
+void *kshim_this_cpu_ptr(const void *ptr, size_t size)
+{
+	KSHIM_CALL("this_cpu_ptr");
+	if (!kshim_self()->atomic)
+		kshim_event(EV_BUG, "using this_cpu_ptr() in preemptible code: context %d",
+			    kshim_current);
+	return (char *)ptr + size * (size_t)kshim_current;
+}
+
 void kshim_event(u32 kind, const char *fmt, ...)
 {
 	struct kshim_wbuf w;

@@ -44,6 +44,41 @@ void _raw_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
 	kshim_atomic_exit();
 }
 
+/*
+ * ---- local interrupt disabling (arch/x86/include/asm/irqflags.h) ----
+ * The flags are the previous interrupt state (X86_EFLAGS_IF when they were on), so nested
+ * pairs restore correctly; turning them off makes the context atomic until they are back on.
+ */
+#define KSHIM_EFLAGS_IF 0x200UL
+
+unsigned long arch_local_irq_save(void)
+{
+	struct kshim_ctx *self = kshim_self();
+
+	KSHIM_CALL("local_irq_save");
+	if (self->irqs_off)
+		return 0;
+	self->irqs_off = true;
+	kshim_atomic_enter();
+	return KSHIM_EFLAGS_IF;
+}
+
+void arch_local_irq_restore(unsigned long flags)
+{
+	struct kshim_ctx *self = kshim_self();
+
+	KSHIM_CALL("local_irq_restore");
+	if (!(flags & KSHIM_EFLAGS_IF))
+		return;
+	if (!self->irqs_off) {
+		kshim_event(EV_BUG, "local_irq_restore in context %d without a save",
+			    kshim_current);
+		return;
+	}
+	self->irqs_off = false;
+	kshim_atomic_exit();
+}
+
 /* ---- mutexes (kernel/locking/mutex.c): a sleeping lock, owner-checked ---- */
 static bool mutex_free(void *arg)
 {

@@ -21,9 +21,13 @@ struct kshim_channel {
 	struct vmbus_channel ch;
 	u32 bus;
 	bool open;
+	/* vmbus_close ran and no vmbus_open since: the ring is gone. */
+	bool closed;
 	/* Read by tasklet_disable through callback_event.kshim. */
 	bool tasklet_running;
 	int tasklet_ctx;
+	/* The context running vmbus_onoffer_rescind, -1 before the rescind. */
+	int rescind_ctx;
 	struct kshim_packet *head;
 	struct kshim_packet **tail;
 };
@@ -81,6 +85,7 @@ struct vmbus_channel *kshim_channel_create(u32 bus)
 	memset(kc, 0, sizeof(*kc));
 	kc->bus = bus;
 	kc->tail = &kc->head;
+	kc->rescind_ctx = -1;
 	kc->ch.callback_event.kshim = &kc->tasklet_running;
 	spin_lock_init(&kc->ch.sched_lock);
 	spin_lock_init(&kc->ch.requestor.req_lock);
@@ -104,7 +109,7 @@ static void drop_packets(struct kshim_channel *kc)
 void kshim_vmbus_deliver(u32 bus, u16 type, u16 flags, u64 trans_id, const u8 *payload,
 			 u32 len)
 {
-	struct kshim_channel *kc = bus < KSHIM_MAX_BUS ? channels[bus] : NULL;
+	struct kshim_channel *kc;
 	u32 total = (sizeof(struct vmpacket_descriptor) + len + 7) & ~7u;
 	struct vmpacket_descriptor desc = {
 		.type = type,
@@ -115,8 +120,19 @@ void kshim_vmbus_deliver(u32 bus, u16 type, u16 flags, u64 trans_id, const u8 *p
 	};
 	struct kshim_packet *p;
 
-	if (!kc)
-		kshim_protocol_error("packet for a bus with no channel");
+	if (bus >= KSHIM_MAX_BUS)
+		kshim_protocol_error("packet for a bus index out of range");
+	/*
+	 * The host may send before the driver opened the channel (the channel exists from its
+	 * offer, before the driver's probe). vmbus_chan_sched ignores the interrupt while
+	 * onchannel_callback is NULL, so the packet waits until the callback first runs after
+	 * vmbus_open (tasklet_ready). A packet after vmbus_close has no ring to land in: dropped.
+	 */
+	kc = channels[bus] ? channels[bus] : kc_of(kshim_channel_create(bus));
+	if (kc->closed) {
+		kshim_event(EV_NOTE, "bus %u: packet after vmbus_close dropped", bus);
+		return;
+	}
 	if (total > 0xffff * 8u)
 		kshim_protocol_error("packet too long");
 	p = kshim_os_alloc(sizeof(*p) + total, 8);
@@ -131,14 +147,52 @@ void kshim_vmbus_deliver(u32 bus, u16 type, u16 flags, u64 trans_id, const u8 *p
 	kc->tail = &p->next;
 }
 
-/* drivers/hv/channel_mgmt.c vmbus_onoffer_rescind: the flag every waiter polls. */
+/*
+ * drivers/hv/channel_mgmt.c vmbus_onoffer_rescind, run in its own context as the kernel runs
+ * it on a workqueue worker (the CHANNELMSG_RESCINDCHANNELOFFER work): first
+ * vmbus_reset_channel_cb (tasklet_disable waits out a running callback, onchannel_callback
+ * becomes NULL, so packets the tasklet had not yet read stay unread unless the driver polls the
+ * ring itself), then vmbus_rescind_cleanup sets channel->rescind, the flag every waiter polls,
+ * then it waits for the device's probe to finish and unregisters the device: the driver's
+ * remove runs here, with whatever work the driver has queued or running. When the context runs
+ * relative to the channel's tasklet is the scheduler's choice: packets delivered before the
+ * rescind are processed or not.
+ */
+static void rescind_main(void *arg)
+{
+	struct kshim_channel *kc = arg;
+	struct vmbus_channel *ch = &kc->ch;
+	unsigned long flags;
+
+	KSHIM_CALL("vmbus_onoffer_rescind");
+	/* vmbus_reset_channel_cb */
+	tasklet_disable(&ch->callback_event);
+	spin_lock_irqsave(&ch->sched_lock, flags);
+	ch->onchannel_callback = NULL;
+	spin_unlock_irqrestore(&ch->sched_lock, flags);
+	tasklet_enable(&ch->callback_event);
+	/* vmbus_rescind_cleanup */
+	KSHIM_CALL("vmbus_rescind_cleanup");
+	ch->rescind = true;
+	kshim_event(EV_NOTE, "vmbus_onoffer_rescind bus %u: callback reset, rescind set", kc->bus);
+	kshim_sched(SP_COMPLETE);
+	/* probe_done, then vmbus_device_unregister */
+	kshim_device_unregister(kc->bus);
+	kshim_ctx_exit();
+}
+
 void kshim_vmbus_rescind(u32 bus)
 {
-	struct kshim_channel *kc = bus < KSHIM_MAX_BUS ? channels[bus] : NULL;
+	struct kshim_channel *kc;
+	char name[40];
 
-	if (!kc)
-		kshim_protocol_error("rescind of a bus with no channel");
-	kc->ch.rescind = true;
+	if (bus >= KSHIM_MAX_BUS)
+		kshim_protocol_error("rescind of a bus index out of range");
+	kc = channels[bus] ? channels[bus] : kc_of(kshim_channel_create(bus));
+	if (kc->rescind_ctx >= 0)
+		kshim_protocol_error("a second rescind of the same channel");
+	snprintf(name, sizeof(name), "vmbus_onoffer_rescind:bus%u", bus);
+	kc->rescind_ctx = kshim_ctx_create(CTX_WORKER, name, rescind_main, kc);
 }
 
 /* drivers/hv/channel.c vmbus_alloc_requestor: a free list threaded through req_arr. */
@@ -251,6 +305,7 @@ int vmbus_open(struct vmbus_channel *ch, u32 send_size, u32 recv_size, void *use
 	spin_unlock_irqrestore(&ch->sched_lock, flags);
 	requestor_init(ch);
 	kc->open = true;
+	kc->closed = false;
 	kshim_sched(SP_SEND);
 	return 0;
 }
@@ -268,6 +323,7 @@ void vmbus_close(struct vmbus_channel *ch)
 	spin_unlock_irqrestore(&ch->sched_lock, flags);
 	tasklet_enable(&ch->callback_event);
 	kc->open = false;
+	kc->closed = true;
 	drop_packets(kc);
 	requestor_free(ch);
 	kshim_event(EV_NOTE, "vmbus_close bus %u", kc->bus);
@@ -476,9 +532,30 @@ static bool mapped(const volatile void *addr, u32 size, u64 *phys)
 	return false;
 }
 
-static u64 mmio_read(const volatile void *addr, u32 size)
+/* One access of a guest physical address, as the controller's device model sees it. */
+static u64 phys_read(u64 phys, u32 size)
 {
 	struct kshim_wbuf w;
+
+	kshim_wbuf_init(&w);
+	kshim_put_u64(&w, phys);
+	kshim_put_u32(&w, size);
+	return kshim_call_value(G_MMIO_READ, &w);
+}
+
+static void phys_write(u64 phys, u32 size, u64 value)
+{
+	struct kshim_wbuf w;
+
+	kshim_wbuf_init(&w);
+	kshim_put_u64(&w, phys);
+	kshim_put_u32(&w, size);
+	kshim_put_u64(&w, value);
+	kshim_send_frame(G_MMIO_WRITE, &w);
+}
+
+static u64 mmio_read(const volatile void *addr, u32 size)
+{
 	u64 phys;
 
 	kshim_sched(SP_MMIO);
@@ -486,15 +563,11 @@ static u64 mmio_read(const volatile void *addr, u32 size)
 		kshim_event(EV_BUG, "MMIO read of unmapped address %p", (void *)addr);
 		return ~0ULL;
 	}
-	kshim_wbuf_init(&w);
-	kshim_put_u64(&w, phys);
-	kshim_put_u32(&w, size);
-	return kshim_call_value(G_MMIO_READ, &w);
+	return phys_read(phys, size);
 }
 
 static void mmio_write(volatile void *addr, u32 size, u64 value)
 {
-	struct kshim_wbuf w;
 	u64 phys;
 
 	kshim_sched(SP_MMIO);
@@ -502,11 +575,7 @@ static void mmio_write(volatile void *addr, u32 size, u64 value)
 		kshim_event(EV_BUG, "MMIO write of unmapped address %p", (void *)addr);
 		return;
 	}
-	kshim_wbuf_init(&w);
-	kshim_put_u64(&w, phys);
-	kshim_put_u32(&w, size);
-	kshim_put_u64(&w, value);
-	kshim_send_frame(G_MMIO_WRITE, &w);
+	phys_write(phys, size, value);
 }
 
 u8 readb(const volatile void __iomem *addr)
@@ -582,8 +651,65 @@ int cpumask_to_vpset(struct hv_vpset *vpset, const struct cpumask *cpus)
 }
 
 /*
+ * ---- what drivers/hv/hv_common.c sets up at boot ----
+ * ms_hyperv: the hints word is 0 (a VM without MMIO hypercalls) until CMD_HV_HINTS.
+ * hyperv_pcpu_input_arg: a per-CPU pointer (one copy per context, see kshim_this_cpu_ptr) to
+ * that CPU's page-aligned hypercall input page.
+ */
+struct ms_hyperv_info ms_hyperv;
+static u8 input_pages[KSHIM_MAX_CTX][HV_HYP_PAGE_SIZE] __aligned(HV_HYP_PAGE_SIZE);
+static void *input_arg[KSHIM_MAX_CTX];
+void **hyperv_pcpu_input_arg = input_arg;
+
+void kshim_hv_init(void)
+{
+	memset(&ms_hyperv, 0, sizeof(ms_hyperv));
+	for (int i = 0; i < KSHIM_MAX_CTX; i++)
+		input_arg[i] = input_pages[i];
+}
+
+#define HV_STATUS_INVALID_PARAMETER 5
+
+static bool mmio_call_size_ok(u32 size)
+{
+	return size == 1 || size == 2 || size == 4 || size == 8;
+}
+
+/*
+ * HvCallMemoryMappedIoRead/Write: the hypervisor performs the access of the guest physical
+ * address for the guest, so the controller sees the same G_MMIO_READ / G_MMIO_WRITE an
+ * access through a mapping makes (no mapping is needed). Sizes other than 1, 2, 4 and 8 fail
+ * with HV_STATUS_INVALID_PARAMETER, as the accesses the TLFS allows are register-sized.
+ */
+static u64 mmio_hypercall(u64 code, void *input, void *output)
+{
+	if (code == HVCALL_MMIO_READ) {
+		struct hv_mmio_read_input *in = input;
+		struct hv_mmio_read_output *out = output;
+		u64 value;
+
+		if (!out || !mmio_call_size_ok(in->size))
+			return HV_STATUS_INVALID_PARAMETER;
+		value = phys_read(in->gpa, in->size);
+		memset(out->data, 0, sizeof(out->data));
+		memcpy(out->data, &value, in->size);
+		return HV_STATUS_SUCCESS;
+	} else {
+		struct hv_mmio_write_input *in = input;
+		u64 value = 0;
+
+		if (!mmio_call_size_ok(in->size))
+			return HV_STATUS_INVALID_PARAMETER;
+		memcpy(&value, in->data, in->size);
+		phys_write(in->gpa, in->size, value);
+		return HV_STATUS_SUCCESS;
+	}
+}
+
+/*
  * The hypercall, decoded by the controller: control word and input. For
  * HVCALL_RETARGET_INTERRUPT the input is the fixed 56-byte header plus (var-size) 8-byte words.
+ * The MMIO calls are performed by the runtime (above).
  */
 u64 hv_do_hypercall(u64 control, void *input, void *output)
 {
@@ -592,6 +718,8 @@ u64 hv_do_hypercall(u64 control, void *input, void *output)
 
 	KSHIM_CALL("hv_do_hypercall");
 	kshim_sched(SP_HYPERCALL);
+	if ((control & 0xffff) == HVCALL_MMIO_READ || (control & 0xffff) == HVCALL_MMIO_WRITE)
+		return mmio_hypercall(control & 0xffff, input, output);
 	if ((control & 0xffff) == HVCALL_RETARGET_INTERRUPT)
 		size = 56 + 8 * ((control >> 17) & 0x3ff);
 	if (size > 4096)

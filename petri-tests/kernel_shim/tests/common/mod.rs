@@ -117,6 +117,8 @@ pub enum Step {
     /// BUS_RELATIONS2 listing the function (present, with a new serial number) or not; the next
     /// step waits until the guest is idle.
     Relations { present: bool },
+    /// Rescind the channel; the next step waits until the guest is idle.
+    Rescind,
 }
 
 /// What the current step waits for before the next one starts.
@@ -196,6 +198,9 @@ pub struct Faults {
     pub late_first_d0exit: bool,
     /// End the run as a hang once virtual time passes this.
     pub time_limit_ns: Option<u64>,
+    /// Send EJECT for the function at the very first scheduling point, before the guest
+    /// even loaded the driver (a chaotic host).
+    pub eject_at_start: bool,
 }
 
 impl Host {
@@ -396,6 +401,9 @@ impl Host {
                 return Action::Rescind(0);
             }
         }
+        if self.faults.eject_at_start && self.points == 1 {
+            return self.eject_packet();
+        }
         if let Some(action) = self.pending.pop_front() {
             return action;
         }
@@ -416,6 +424,11 @@ impl Host {
                     Step::Eject => {
                         self.wait = Wait::EjectionComplete;
                         self.eject_packet()
+                    }
+                    Step::Rescind => {
+                        self.wait = Wait::Idle;
+                        self.rescinded = true;
+                        Action::Rescind(0)
                     }
                     Step::Relations { present } => {
                         self.wait = Wait::Idle;

@@ -197,19 +197,13 @@ impl RealController {
         .min()
     }
 
-    /// Whether what is in flight can be delivered now. A rescind waits until no channel
-    /// callback can run: Linux's `vmbus_onoffer_rescind` resets the channel callback
-    /// (`vmbus_reset_channel_cb`: the tasklet is disabled and waited for) before it sets
-    /// `channel->rescind`, so a driver that sees the rescind never has a callback still to
-    /// come. The shim's rescind only sets the flag; this ordering supplies the rest (packets
-    /// already delivered are processed first, as when the host's rescind comes a little
-    /// later).
-    fn deliverable(&self, sched: &Sched) -> bool {
-        match self.side.in_flight.front() {
-            None => false,
-            Some(Delivery::Packet(..)) => true,
-            Some(Delivery::Rescind(_)) => !sched.runnable.iter().any(|c| self.tasklets.contains(c)),
-        }
+    /// Whether what is in flight can be delivered now: always, when there is something. A
+    /// rescind starts the guest's `vmbus_onoffer_rescind` context, which resets the channel
+    /// callback (waiting out a running one) before it sets `channel->rescind`; whether the
+    /// channel's tasklet reads the packets delivered before it first is the scheduler's
+    /// choice, as in the kernel.
+    fn deliverable(&self, _sched: &Sched) -> bool {
+        !self.side.in_flight.is_empty()
     }
 
     /// The options at this point, in a stable order: runnable contexts (spinning ones only

@@ -35,9 +35,11 @@ use crate::vm::{Chaos, RunLimits};
 use bus::HostSide;
 use controller::{HotPlug, Plan, RealController};
 use host_sim::HostBus;
+use kernel_shim::forensics::{self, Origin};
 use kernel_shim::guest::{Ending, GuestError, Session};
 use kernel_shim::protocol::Command;
 use kernel_shim::{DriverVersion, Instrumentation};
+use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
 use vpci_relay::{BusRelay, RelayConfig, VirtualClock};
@@ -182,7 +184,8 @@ fn run_with(
     let mut controller = RealController::new(side, clock, chooser, limits, plan, record, chaos);
     let session = Session::spawn_with(version, INSTRUMENTATION)?;
     let outcome = session.run(&mut controller)?;
-    let mut result_outcome = classify(&controller, &outcome.ending, &outcome.stderr);
+    let exe = version.guest_executable_with(INSTRUMENTATION);
+    let mut result_outcome = classify(&controller, &outcome.ending, &outcome.stderr, exe);
     let end = end_time(&controller);
     if let Some(trace) = &mut controller.trace {
         if result_outcome.failed() {
@@ -214,6 +217,7 @@ fn run_with(
         end: end_time(&controller),
         trace: controller.trace.take(),
         guest_trace,
+        unfired_steps: crate::outcome::unfired_steps(0, &controller.side.host),
     };
     Ok((result, done))
 }
@@ -268,7 +272,49 @@ fn report_summary(stderr: &str) -> String {
     }
 }
 
-fn classify(controller: &RealController, ending: &Ending, stderr: &str) -> Outcome {
+/// The runtime's own exit statuses (shim/runtime/proto.h): never the guest's doing.
+fn runtime_exit(code: i32) -> Option<&'static str> {
+    match code {
+        3 => Some("the guest lost its controller pipe"),
+        4 => Some("a runtime invariant broke"),
+        5 => Some("the controller broke the guest protocol"),
+        _ => None,
+    }
+}
+
+/// The runtime's diagnostic lines (`kshim: ...`) on the guest's stderr.
+fn runtime_diagnostics(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("kshim: ") && !l.starts_with("kshim: fault "))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Where a crash happened, from AddressSanitizer's backtrace or the crash handler's faulting
+/// instruction (symbolised with addr2line): the location text for the failure message, and
+/// whether the crash is the runtime's own rather than the driver's.
+fn crash_site(stderr: &str, exe: &Path) -> (String, bool) {
+    let frames = forensics::asan_backtrace(stderr);
+    if !frames.is_empty() {
+        return (
+            forensics::describe_backtrace(&frames),
+            forensics::runtime_fault(&frames),
+        );
+    }
+    match forensics::fault_report(stderr) {
+        Some(fault) => match forensics::locate(exe, &fault) {
+            Some(at) => (
+                format!("pc {:#x} in {}", fault.pc, at.short()),
+                at.origin() == Origin::Runtime,
+            ),
+            None => (format!("pc {:#x} (no symbol)", fault.pc), false),
+        },
+        None => (String::new(), false),
+    }
+}
+
+fn classify(controller: &RealController, ending: &Ending, stderr: &str, exe: &Path) -> Outcome {
     if let Some(f) = &controller.observer.failure {
         return f.clone();
     }
@@ -282,16 +328,30 @@ fn classify(controller: &RealController, ending: &Ending, stderr: &str) -> Outco
             last_call,
         } => {
             let summary = report_summary(stderr);
+            let (site, runtime) = crash_site(stderr, exe);
+            if runtime {
+                return Outcome::HarnessError {
+                    reason: format!(
+                        "signal {signal} in the shim runtime, not the driver: {site} \
+                         (context {}, last shim call {last_call})",
+                        controller.context_name(*ctx)
+                    ),
+                };
+            }
+            let mut message = if summary.is_empty() {
+                format!("signal {signal} after {last_call}")
+            } else {
+                summary
+            };
+            if !site.is_empty() {
+                message = format!("{message}; {site}");
+            }
             Outcome::Guest {
                 bus: 0,
                 failure: crash_kind(*signal, stderr).to_owned(),
                 context: controller.context_name(*ctx),
                 function: last_call.clone(),
-                message: if summary.is_empty() {
-                    format!("signal {signal} after {last_call}")
-                } else {
-                    summary
-                },
+                message,
             }
         }
         Ending::Done { leaks } if *leaks > 0 => Outcome::Guest {
@@ -305,13 +365,17 @@ fn classify(controller: &RealController, ending: &Ending, stderr: &str) -> Outco
             ),
         },
         Ending::Done { .. } | Ending::Stopped(_) => Outcome::Ok,
-        Ending::Exited(code) => Outcome::Guest {
-            bus: 0,
-            failure: "bug".to_owned(),
-            context: "guest process".to_owned(),
-            function: "?".to_owned(),
-            message: format!("exited with {code:?} without a final frame"),
-        },
+        Ending::Exited(code) => {
+            let why = code
+                .and_then(runtime_exit)
+                .unwrap_or("the guest process exited");
+            Outcome::HarnessError {
+                reason: format!(
+                    "{why} (exit status {code:?}, no final frame): {}",
+                    runtime_diagnostics(stderr)
+                ),
+            }
+        }
     }
 }
 
@@ -342,5 +406,31 @@ mod tests {
             "segfault"
         );
         assert_eq!(crash_kind(11, ""), "segfault");
+    }
+
+    /// The runtime's own exit statuses are harness errors, never a guest failure kind.
+    #[test]
+    fn runtime_exits_are_harness_errors() {
+        assert!(runtime_exit(5).is_some());
+        assert!(runtime_exit(4).is_some());
+        assert!(runtime_exit(0).is_none());
+        assert_eq!(
+            runtime_diagnostics("kshim: protocol error: x\nother\nkshim: fault pc=0x1"),
+            "kshim: protocol error: x"
+        );
+    }
+
+    /// A crash report whose backtrace starts in the runtime's own code is the harness's; one
+    /// in the driver (or in a runtime function the driver called) is the guest's.
+    #[test]
+    fn crash_sites() {
+        let exe = Path::new("/nonexistent");
+        let driver = "    #0 0x1 in hv_pci_onchannelcallback /k/pci-hyperv.c:2465:3\n\
+                          #1 0x2 in tasklet_main /w/shim/runtime/vmbus.c:64\n\n";
+        let (site, runtime) = crash_site(driver, exe);
+        assert!(!runtime);
+        assert!(site.contains("pci-hyperv.c:2465"), "{site}");
+        let own = "    #0 0x1 in drop_packets /w/shim/runtime/vmbus.c:99\n\n";
+        assert!(crash_site(own, exe).1);
     }
 }

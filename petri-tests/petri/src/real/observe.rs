@@ -75,8 +75,11 @@ impl Observer {
             MessageType::RESOURCES_RELEASED => {
                 self.assigned.remove(&slot);
             }
+            // The function is gone with its resources: a function the relations re-create in
+            // the slot is a new one, resourced only by a RESOURCES_ASSIGNED of its own.
             MessageType::EJECTION_COMPLETE => {
                 self.ejected.insert(slot);
+                self.assigned.remove(&slot);
                 self.held.remove(&slot);
             }
             // The guest learns the slot afresh (a new child from relations).
@@ -249,6 +252,28 @@ mod tests {
         assert_eq!(
             o.failure.as_ref().map(|f| f.kind().to_owned()),
             Some("ejected_device_access".to_owned())
+        );
+    }
+
+    /// A function re-created in a slot after its EJECTION_COMPLETE is a new function: the old
+    /// one's RESOURCES_ASSIGNED does not resource it, so a driver binding to it before its own
+    /// is `unresourced_device`.
+    #[test]
+    fn re_created_function_needs_its_own_resources() {
+        let mut o = Observer::default();
+        let msg = |t: MessageType, slot: u32| {
+            let mut p = t.0.to_le_bytes().to_vec();
+            p.extend_from_slice(&slot.to_le_bytes());
+            p
+        };
+        o.guest_sent(&msg(MessageType::RESOURCES_ASSIGNED2, 1));
+        o.guest_sent(&msg(MessageType::EJECTION_COMPLETE, 1));
+        // Relations list the slot again: the guest asks about the new function.
+        o.guest_sent(&msg(MessageType::QUERY_RESOURCE_REQUIREMENTS, 1));
+        o.event(EventKind::Note, "p".into(), "endpoint probe 01.0");
+        assert_eq!(
+            o.failure.as_ref().map(|f| f.kind().to_owned()),
+            Some("unresourced_device".to_owned())
         );
     }
 }

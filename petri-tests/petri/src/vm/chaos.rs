@@ -23,13 +23,25 @@ pub struct ChaosSpec {
     pub actions: u32,
     /// One in `every` scheduling points (on average) is a host action.
     pub every: u32,
-    /// The slots the host plays with (1 to `slots`).
+    /// The slots the host plays with (1 to `slots`; at least 1).
+    #[serde(deserialize_with = "at_least_one")]
     pub slots: u8,
     /// Whether the host may end the run by rescinding the channel.
     pub rescind: bool,
     /// The seed of the host's choices (a run's seed; not written in a scenario file).
     #[serde(skip)]
     pub seed: u64,
+}
+
+/// `slots = 0` would leave the host nothing to play with: refused when the file is read.
+fn at_least_one<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let slots = u8::deserialize(d)?;
+    if slots == 0 {
+        return Err(serde::de::Error::custom(
+            "slots must be at least 1 (the host plays with slots 1 to `slots`)",
+        ));
+    }
+    Ok(slots)
 }
 
 impl Default for ChaosSpec {

@@ -480,6 +480,12 @@ impl Vm {
             end: self.now,
             trace: self.trace,
             guest_trace,
+            unfired_steps: self
+                .buses
+                .iter()
+                .enumerate()
+                .flat_map(|(i, b)| crate::outcome::unfired_steps(i, &b.host))
+                .collect(),
         }
     }
 

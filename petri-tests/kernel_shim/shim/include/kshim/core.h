@@ -10,7 +10,7 @@
 #define KSHIM_CORE_H
 
 #ifndef KSHIM_KVER
-#error "compile with -DKSHIM_KVER=510 or -DKSHIM_KVER=601"
+#error "compile with -DKSHIM_KVER=510, 601 or 612"
 #endif
 
 /* ---- types (include/linux/types.h, include/uapi/asm-generic/int-ll64.h) ---- */
@@ -60,6 +60,18 @@ typedef __builtin_va_list va_list;
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define offsetof(type, member) __builtin_offsetof(type, member)
+/*
+ * include/linux/compiler_attributes.h (6.5 on): names the member holding a flexible array's
+ * element count, for the bounds sanitizer; only where the compiler knows the attribute.
+ */
+#ifdef __has_attribute
+#if __has_attribute(__counted_by__)
+#define __counted_by(member) __attribute__((__counted_by__(member)))
+#endif
+#endif
+#ifndef __counted_by
+#define __counted_by(member)
+#endif
 /* include/linux/stddef.h: offset of the first byte after a member. */
 #define offsetofend(type, member) \
 	(offsetof(type, member) + sizeof(((type *)0)->member))
@@ -331,6 +343,17 @@ void kshim_warn(const char *file, int line, const char *cond);
 		kshim_warn(__FILE__, __LINE__, #cond); \
 	} \
 	unlikely(__kcond); })
+
+/*
+ * ---- per-CPU data (include/linux/percpu-defs.h, lib/smp_processor_id.c) ----
+ * The runtime interleaves contexts as if each had its own CPU, so a per-CPU variable has one
+ * copy per context: this_cpu_ptr(p) is the running context's copy of the per-CPU object p.
+ * As with CONFIG_DEBUG_PREEMPT, using it while preemptible (no spinlock held, interrupts on)
+ * is reported as a BUG: another context could then be "on the same CPU".
+ */
+void *kshim_this_cpu_ptr(const void *ptr, size_t size);
+#define this_cpu_ptr(ptr) \
+	((__typeof__(ptr))kshim_this_cpu_ptr((const void *)(ptr), sizeof(*(ptr))))
 
 /* ---- module plumbing (include/linux/module.h, include/linux/init.h) ---- */
 struct module;

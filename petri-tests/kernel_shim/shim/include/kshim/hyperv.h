@@ -102,7 +102,12 @@ struct hv_driver {
 	bool hvsock;
 	const struct hv_vmbus_device_id *id_table;
 	int (*probe)(struct hv_device *dev, const struct hv_vmbus_device_id *id);
+#if KSHIM_KVER >= 603
+	/* 6.3 on: remove cannot fail. */
+	void (*remove)(struct hv_device *dev);
+#else
 	int (*remove)(struct hv_device *dev);
+#endif
 	void (*shutdown)(struct hv_device *dev);
 	int (*suspend)(struct hv_device *dev);
 	int (*resume)(struct hv_device *dev);
@@ -203,6 +208,48 @@ struct hv_retarget_device_interrupt {
 	u64 reserved2;
 	struct hv_device_interrupt_target int_target;
 } __packed __aligned(8);
+
+/*
+ * ---- HvCallMemoryMappedIoRead / HvCallMemoryMappedIoWrite (6.2 on) ----
+ * The hypervisor performs a config-space access of up to 64 bytes at a guest physical address
+ * on the guest's behalf; 6.2 on uses them when the hint below is set (confidential VMs).
+ */
+#define HVCALL_MMIO_READ 0x0106
+#define HVCALL_MMIO_WRITE 0x0107
+#define HV_HYPERCALL_MMIO_MAX_DATA_LENGTH 64
+struct hv_mmio_read_input {
+	u64 gpa;
+	u32 size;
+	u32 reserved;
+} __packed;
+struct hv_mmio_read_output {
+	u8 data[HV_HYPERCALL_MMIO_MAX_DATA_LENGTH];
+} __packed;
+struct hv_mmio_write_input {
+	u64 gpa;
+	u32 size;
+	u32 reserved;
+	u8 data[HV_HYPERCALL_MMIO_MAX_DATA_LENGTH];
+} __packed;
+
+/*
+ * ---- what Hyper-V told the guest at boot (include/asm-generic/mshyperv.h,
+ * arch/x86/include/asm/hyperv-tlfs.h): the CPUID leaves' feature and hint words ----
+ */
+#define HV_X64_USE_MMIO_HYPERCALLS (1u << 21)
+struct ms_hyperv_info {
+	u32 features;
+	u32 priv_high;
+	u32 misc_features;
+	u32 hints;
+};
+/* The runtime's: hints 0 (no MMIO hypercalls) unless the controller sets them. */
+extern struct ms_hyperv_info ms_hyperv;
+/*
+ * One hypercall input page per CPU (drivers/hv/hv_common.c allocates them at boot); used with
+ * interrupts off through *this_cpu_ptr(hyperv_pcpu_input_arg).
+ */
+extern void **hyperv_pcpu_input_arg;
 
 bool hv_is_hyperv_initialized(void);
 u64 hv_do_hypercall(u64 control, void *input, void *output);

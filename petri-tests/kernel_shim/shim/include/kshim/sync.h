@@ -40,6 +40,17 @@ void _raw_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 	do { (flags) = _raw_spin_lock_irqsave(lock); } while (0)
 #define spin_unlock_irqrestore(lock, flags) _raw_spin_unlock_irqrestore((lock), (flags))
 
+/*
+ * ---- local interrupt disabling (include/linux/irqflags.h, arch/x86/include/asm/irqflags.h) ----
+ * Interrupts off on this CPU: neither preemption nor this CPU's tasklets until they are
+ * restored. The runtime makes the caller atomic in between (sleeping is a BUG), like holding a
+ * spinlock; neither call is a scheduling point. Restore without a save is a BUG.
+ */
+unsigned long arch_local_irq_save(void);
+void arch_local_irq_restore(unsigned long flags);
+#define local_irq_save(flags) do { (flags) = arch_local_irq_save(); } while (0)
+#define local_irq_restore(flags) arch_local_irq_restore(flags)
+
 /* ---- mutexes (include/linux/mutex.h, kernel/locking/mutex.c): a sleeping lock ---- */
 struct lock_class_key {
 	int unused;
