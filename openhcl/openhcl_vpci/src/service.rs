@@ -89,6 +89,7 @@ pub struct Service {
     pending: HashMap<u64, Pending>,
     next_mmio: u64,
     ring: RingChannelConfig,
+    closing: bool,
 }
 
 fn spawn_reader(
@@ -197,6 +198,7 @@ impl Service {
             pending: HashMap::new(),
             next_mmio: 1,
             ring: RingChannelConfig::default(),
+            closing: false,
         })
     }
 
@@ -500,6 +502,10 @@ impl Service {
         for action in actions {
             match action {
                 Action::ToGuest(m) => self.send_guest(&m),
+                // At shutdown the host did not rescind: the service closes the bus instead.
+                Action::ToHost(Message::Release { bus }) if self.closing => {
+                    self.send_host(&Message::Close { bus })
+                }
                 Action::ToHost(m) => self.send_host(&m),
                 Action::Start { .. } => {}
                 Action::RevokeHost { bus } => {
@@ -601,39 +607,31 @@ impl Service {
     }
 
     /// Stops every running bus in order (the relay's rescind path: the guest's functions
-    /// ejected at a safe point, its channel closed), tells both peers, then closes the
-    /// connections.
+    /// ejected at a safe point, its channel closed), tells both peers (the guest a rescind,
+    /// the host a close), then closes the connections. Events keep being handled meanwhile:
+    /// the guest's removal path still reads config space through the service.
     fn shutdown(&mut self) {
+        self.closing = true;
         let buses = self.table.running_buses();
         tracing::info!(buses = buses.len(), "closing buses");
         for bus in buses {
-            let Some(r) = self.running.get(&bus) else {
-                continue;
-            };
-            let generation = r.generation;
-            r.revoke.revoke();
+            match self.table.host_rescind(&bus) {
+                Ok(actions) => self.apply(actions),
+                Err(e) => tracing::warn!(bus = %bus, error = %e, "cannot close the bus"),
+            }
             let deadline = Instant::now() + self.endpoints.shutdown_timeout;
-            let mut stopped = false;
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            while self.running.contains_key(&bus) {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    tracing::warn!(bus = %bus, "bus did not stop in time");
+                    break;
+                };
                 match self.events.recv_timeout(left) {
-                    Ok(Event::BusStopped(b, g, exit)) if b == bus && g == generation => {
-                        tracing::info!(bus = %b, ?exit, "bus closed");
-                        stopped = true;
-                        break;
-                    }
-                    Ok(Event::BusStopped(b, g, _)) => {
-                        let _ = self.table.bus_stopped(&b, g);
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
+                    Ok(Event::GuestConnected(..) | Event::Shutdown) => {}
+                    Ok(event) => self.handle(event),
+                    Err(_) => {}
                 }
             }
-            if !stopped {
-                tracing::warn!(bus = %bus, "bus did not stop in time");
-            }
-            self.running.remove(&bus);
-            self.send_guest(&Message::Rescind { bus: bus.clone() });
-            self.send_host(&Message::Close { bus });
+            tracing::info!(bus = %bus, "bus closed");
         }
         if let Some((_, g)) = self.guest.take() {
             let _ = g.shutdown(std::net::Shutdown::Both);

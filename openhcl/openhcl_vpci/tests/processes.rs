@@ -15,10 +15,11 @@ fn child_role() {
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// (1) The guest probes a bus of two functions through the service; inspect shows it.
+/// (1) The guest probes a bus of two functions through the service; inspect shows it; on
+/// SIGTERM the service closes the bus in order (the guest removes and releases it) and exits.
 #[test]
 fn guest_probes_two_functions_through_the_service() {
-    let rig = Rig::start("probe", "buses=1,functions=2", &[], "model=6.2");
+    let mut rig = Rig::start("probe", "buses=1,functions=2", &[], "model=6.2");
     rig.guest.wait_for(LIMIT, |l| l == "guest probed bus0");
     rig.guest.wait_for(LIMIT, |l| l == "guest devices bus0 2");
     let tree = rig.inspect("buses/bus0");
@@ -41,6 +42,11 @@ fn guest_probes_two_functions_through_the_service() {
         "{:?}",
         rig.guest.seen()
     );
+    rig.service.signal(rustix::process::Signal::TERM);
+    assert!(rig.service.wait_exit(LIMIT).success());
+    rig.guest
+        .wait_for(LIMIT, |l| l.starts_with("guest released bus0 failed=false"));
+    no_guest_failure(&rig);
 }
 
 fn no_guest_failure(rig: &Rig) {
