@@ -24,6 +24,9 @@ use vmbus_channel::{RingChannel, RingChannelConfig};
 use vpci_protocol::WinSlot;
 use vpci_relay::{Backing, ConfigAccess, ConfigAction, DriverExit};
 
+/// The most guest accesses outstanding at the host at once.
+pub const MAX_PENDING_MMIO: usize = 1024;
+
 /// Where the service's sockets are.
 #[derive(Clone, Debug)]
 pub struct Endpoints {
@@ -458,6 +461,18 @@ impl Service {
                 Backing::Shield => Some(Some(0)),
                 Backing::Released => Some(None),
             },
+        };
+        // A guest cannot make the service remember more accesses than this for a host that
+        // does not answer: beyond it they fault (config reads: all ones).
+        let local = match local {
+            None if self.pending.len() >= MAX_PENDING_MMIO => {
+                tracing::warn!(bus = %bus, "too many accesses outstanding at the host");
+                Some(match op {
+                    MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
+                    _ => None,
+                })
+            }
+            other => other,
         };
         match local {
             Some(value) => self.send_guest(&reply(value)),
