@@ -15,6 +15,7 @@ pub mod decode;
 pub mod explore;
 pub mod labels;
 pub mod outcome;
+pub mod processes;
 pub mod real;
 pub mod relay_rig;
 pub mod report;

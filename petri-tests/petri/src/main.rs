@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod processes_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use petri::scenario::GuestKind;
@@ -82,6 +83,42 @@ enum Command {
         /// the first seed if none fails. Needs one guest and one mode.
         #[arg(long, value_name = "FILE")]
         chart: Option<String>,
+        /// Run through the real service in three processes (host_sim, `openhcl-vpci`, the
+        /// guest), in real time: not replayable; `--schedules` is the number of runs
+        /// [default 1].
+        #[arg(long, conflicts_with_all = ["systematic", "chart", "direct", "relay"])]
+        processes: bool,
+        /// With --processes: hot-add/eject cycles per bus once the scenario played out.
+        #[arg(long, default_value_t = 0, requires = "processes")]
+        storm: u32,
+    },
+    /// Run one endpoint of a multi-process run (used by `run --processes`).
+    #[command(hide = true)]
+    Endpoint {
+        /// `host`, `guest` or `service`.
+        role: String,
+        /// The host's socket (listened on), the guest's (connected to), or for the
+        /// service, unused.
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
+        /// The role's spec.
+        #[arg(long, default_value = "")]
+        spec: String,
+        /// Service: the host's socket.
+        #[arg(long)]
+        host: Option<std::path::PathBuf>,
+        /// Service: the guest's socket.
+        #[arg(long)]
+        guest: Option<std::path::PathBuf>,
+        /// Service: the control socket.
+        #[arg(long)]
+        control: Option<std::path::PathBuf>,
+        /// Service: the settle window.
+        #[arg(long)]
+        settle: Option<String>,
+        /// Service: ignored (the default hold).
+        #[arg(long)]
+        max_hold: Option<String>,
     },
     /// Replay one schedule of a scenario step by step: a seed, or a systematic schedule.
     #[command(group(clap::ArgGroup::new("schedule").required(true).args(["seed", "systematic"])))]
@@ -210,6 +247,52 @@ fn main() -> ExitCode {
         Command::Run {
             scenario,
             guest,
+            schedules,
+            json,
+            processes: true,
+            storm,
+            ..
+        } => processes_cmd::run(processes_cmd::ProcessArgs {
+            scenario,
+            guests: guest.map_or(vec![GuestKind::Linux62], |g| vec![g]),
+            runs: schedules.unwrap_or(1),
+            storm,
+            json,
+        }),
+        Command::Endpoint {
+            role,
+            socket,
+            spec,
+            host,
+            guest,
+            control,
+            settle,
+            max_hold: _,
+        } => {
+            let result = match (role.as_str(), host, guest, control) {
+                ("service", Some(h), Some(g), Some(c)) => {
+                    let settle = settle
+                        .map(|s| openhcl_vpci::config::parse_duration(&s))
+                        .transpose();
+                    settle.and_then(|s| petri::processes::service(h, g, c, s))
+                }
+                ("service", ..) => Err("the service needs --host, --guest and --control".into()),
+                (role, ..) => match socket {
+                    Some(socket) => petri::processes::endpoint(role, &socket, &spec),
+                    None => Err("--socket is required".to_owned()),
+                },
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("petri endpoint: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Run {
+            scenario,
+            guest,
             mode,
             relay,
             direct,
@@ -219,6 +302,8 @@ fn main() -> ExitCode {
             systematic,
             json,
             chart,
+            processes: false,
+            storm: _,
         } => commands::run(commands::RunArgs {
             scenario,
             guest,

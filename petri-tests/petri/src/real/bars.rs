@@ -19,7 +19,7 @@ struct Regs {
 
 /// Every function's BARs.
 #[derive(Debug, Default)]
-pub(super) struct GuestBars {
+pub(crate) struct GuestBars {
     slots: BTreeMap<u32, Regs>,
 }
 
@@ -30,7 +30,7 @@ fn index(offset: u16, len: u8) -> Option<usize> {
 
 impl GuestBars {
     /// A config write of the guest.
-    pub(super) fn write(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
+    pub(crate) fn write(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
         let Some(i) = index(offset, len) else {
             return;
         };
@@ -44,7 +44,7 @@ impl GuestBars {
     }
 
     /// A config read's result: the size mask right after a sizing write.
-    pub(super) fn read(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
+    pub(crate) fn read(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
         let Some(i) = index(offset, len) else {
             return;
         };
@@ -58,7 +58,7 @@ impl GuestBars {
     }
 
     /// The function, BAR and offset an address falls in.
-    pub(super) fn resolve(&self, addr: u64) -> Option<(WinSlot, u8, u64)> {
+    pub(crate) fn resolve(&self, addr: u64) -> Option<(WinSlot, u8, u64)> {
         for (&slot, regs) in &self.slots {
             let mut i = 0;
             while i < 6 {

@@ -22,10 +22,10 @@
 //! number of the relations that listed the slot.
 
 mod access;
-mod bars;
+pub(crate) mod bars;
 mod bus;
 mod controller;
-mod observe;
+pub(crate) mod observe;
 
 use crate::outcome::{Outcome, RunResult};
 use crate::relay_rig::RelayRig;
@@ -227,7 +227,7 @@ fn end_time(controller: &RealController) -> Duration {
 }
 
 /// The failure kind of a crash, from AddressSanitizer's report when there is one.
-fn crash_kind(signal: u32, stderr: &str) -> &'static str {
+pub(crate) fn crash_kind(signal: u32, stderr: &str) -> &'static str {
     if stderr.contains("heap-use-after-free") || stderr.contains("use-after-poison") {
         "use_after_free"
     } else if stderr.contains("stack-use-after-return") || stderr.contains("stack-use-after-scope")
@@ -256,7 +256,7 @@ fn segv_address(stderr: &str) -> Option<u64> {
 }
 
 /// The first line of AddressSanitizer's report, and its first frame in the driver.
-fn report_summary(stderr: &str) -> String {
+pub(crate) fn report_summary(stderr: &str) -> String {
     let headline = stderr
         .lines()
         .find(|l| l.contains("ERROR: AddressSanitizer"))

@@ -12,9 +12,9 @@ use vpci_protocol::{MessageType, WinSlot};
 
 /// The guest's state as its messages and events show it.
 #[derive(Debug, Default)]
-pub(super) struct Observer {
+pub(crate) struct Observer {
     /// The guest's config window (learned from BUS_D0ENTRY).
-    pub(super) window: ConfigWindow,
+    pub(crate) window: ConfigWindow,
     /// Slots the guest sent RESOURCES_ASSIGNED for (and has not released since).
     assigned: BTreeSet<u32>,
     /// Slots the guest sent EJECTION_COMPLETE for and has not asked about since.
@@ -25,11 +25,11 @@ pub(super) struct Observer {
     /// The serial number the last relations delivered to the guest gave each slot.
     listed: BTreeMap<u32, u32>,
     /// The first failure seen.
-    pub(super) failure: Option<Outcome>,
+    pub(crate) failure: Option<Outcome>,
     /// Allocations left at module exit.
-    pub(super) leaks: Vec<String>,
+    pub(crate) leaks: Vec<String>,
     /// The guest's log and events, in order.
-    pub(super) guest_trace: Vec<String>,
+    pub(crate) guest_trace: Vec<String>,
 }
 
 fn word(payload: &[u8], at: usize) -> Option<u32> {
@@ -58,7 +58,7 @@ fn parse_ids(text: &str) -> Option<(u16, u16)> {
 
 impl Observer {
     /// Records a guest message to the host.
-    pub(super) fn guest_sent(&mut self, payload: &[u8]) {
+    pub(crate) fn guest_sent(&mut self, payload: &[u8]) {
         self.window.observe_guest_message(payload);
         let (Some(kind), slot) = (word(payload, 0), word(payload, 4)) else {
             return;
@@ -92,7 +92,7 @@ impl Observer {
 
     /// Records a packet delivered to the guest: relations tell which serial number each
     /// slot's function has (the driver's children carry it).
-    pub(super) fn guest_received(&mut self, payload: &[u8]) {
+    pub(crate) fn guest_received(&mut self, payload: &[u8]) {
         let stride = match word(payload, 0).map(MessageType) {
             Some(MessageType::BUS_RELATIONS) => 20,
             Some(MessageType::BUS_RELATIONS2) => 28,
@@ -124,12 +124,12 @@ impl Observer {
     }
 
     /// Whether the guest's PCI core holds a device for `slot`.
-    pub(super) fn holds(&self, slot: WinSlot) -> bool {
+    pub(crate) fn holds(&self, slot: WinSlot) -> bool {
         self.held.contains_key(&slot.raw())
     }
 
     /// What the guest's PCI core holds: each slot and the identity it found there.
-    pub(super) fn held(&self) -> Vec<(WinSlot, Identity)> {
+    pub(crate) fn held(&self) -> Vec<(WinSlot, Identity)> {
         self.held
             .iter()
             .map(|(&slot, &id)| (WinSlot::from_raw(slot), id))
@@ -137,7 +137,7 @@ impl Observer {
     }
 
     /// Records the first failure.
-    pub(super) fn fail(&mut self, kind: &str, context: String, function: String, message: String) {
+    pub(crate) fn fail(&mut self, kind: &str, context: String, function: String, message: String) {
         if self.failure.is_none() {
             self.failure = Some(Outcome::Guest {
                 bus: 0,
@@ -150,7 +150,7 @@ impl Observer {
     }
 
     /// Records a runtime event of the guest.
-    pub(super) fn event(&mut self, kind: EventKind, context: String, text: &str) {
+    pub(crate) fn event(&mut self, kind: EventKind, context: String, text: &str) {
         match kind {
             EventKind::Bug => self.fail("bug", context, "BUG".to_owned(), text.to_owned()),
             EventKind::Warn => self.fail("bug", context, "WARN".to_owned(), text.to_owned()),

@@ -579,7 +579,7 @@ pub(crate) fn host_functions(host: &mut HostBus) -> Vec<(WinSlot, Identity)> {
 /// What a guest model holds on a bus: each slot with a child on the bus's list (its
 /// identity as the relations described it) or a `pci_dev` (the ids the scan read, the serial
 /// of the child it was made for).
-fn guest_functions(devices: &[guest_linux::DeviceView]) -> Vec<(WinSlot, Identity)> {
+pub(crate) fn guest_functions(devices: &[guest_linux::DeviceView]) -> Vec<(WinSlot, Identity)> {
     let mut out = Vec::new();
     for d in devices {
         if d.child_present {

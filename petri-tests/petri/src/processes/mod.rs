@@ -1,0 +1,267 @@
+//! Multi-process runs (`petri run SCENARIO --processes`): host_sim in one process, the
+//! `openhcl-vpci` service in another, the guest (a Linux model, or the real driver in its
+//! kernel_shim child) in a third, over the service's control plane and real rings (memfds and
+//! eventfds). Concurrency and time are real, so a run is not replayable: it is one sample of
+//! the interleavings the machine happened to produce. The verdict uses the same end-of-run
+//! checks as a simulated run ([`crate::outcome::compare_functions`] and friends), applied to
+//! the last state each side reported once the run went quiet ([`report`]).
+//!
+//! The endpoints are petri itself (`petri endpoint host|guest|service`, hidden), so one
+//! binary carries them.
+
+mod ctl;
+pub mod host;
+pub mod model;
+pub mod real;
+mod report;
+pub mod rig;
+
+use crate::outcome::Outcome;
+use crate::scenario::{self, GuestKind};
+use report::{GuestState, HostState};
+use rig::{Rig, RigSpec};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Runs one endpoint role in this process (`petri endpoint ROLE --socket S --spec SPEC`).
+///
+/// Roles: `host` (spec as [`host::HostSpec::parse`]), `guest` (`guest=6.2|6.3|5.10|6.1|6.12`,
+/// optionally `scenario=NAME` for the model's driver options and the real driver's vectors),
+/// `service` (`socket` is unused: the service's own arguments follow as for `openhcl-vpci
+/// serve`, see [`service`]).
+pub fn endpoint(role: &str, socket: &Path, spec: &str) -> Result<(), String> {
+    match role {
+        "host" => host::run(socket, host::HostSpec::parse(spec)?).map_err(|e| e.to_string()),
+        "guest" => {
+            let (guest, scenario) = guest_spec(spec)?;
+            let options = scenario.as_ref().map(|s| s.guest.clone()).unwrap_or_default();
+            match guest.driver() {
+                Some(version) => {
+                    real::run(socket, version, options.vectors).map_err(|e| e.to_string())
+                }
+                None => {
+                    let s = match scenario {
+                        Some(s) => s,
+                        None => scenario::load("c1").map_err(|e| e.to_string())?,
+                    };
+                    let config = s.vm_spec(guest, true, false).guest;
+                    model::run(socket, &config).map_err(|e| e.to_string())
+                }
+            }
+        }
+        other => Err(format!("unknown endpoint role {other:?}: host, guest or service")),
+    }
+}
+
+fn guest_spec(spec: &str) -> Result<(GuestKind, Option<scenario::Scenario>), String> {
+    let (mut guest, mut scenario) = (GuestKind::Linux62, None);
+    for kv in spec.split(',').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("guest", g)) => guest = GuestKind::parse(g).ok_or(format!("bad guest {g:?}"))?,
+            Some(("scenario", s)) => scenario = Some(scenario::load(s).map_err(|e| e.to_string())?),
+            _ => return Err(format!("bad {kv:?}")),
+        }
+    }
+    Ok((guest, scenario))
+}
+
+/// Runs the service (petri's copy of `openhcl-vpci serve`) with these sockets and settings.
+pub fn service(
+    host: PathBuf,
+    guest: PathBuf,
+    control: PathBuf,
+    settle: Option<Duration>,
+) -> Result<(), String> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let config = openhcl_vpci::config::ServiceConfig {
+        settle,
+        ..Default::default()
+    };
+    let endpoints = openhcl_vpci::service::Endpoints {
+        host,
+        guest,
+        control,
+        connect_timeout: Duration::from_secs(5),
+        shutdown_timeout: Duration::from_secs(5),
+    };
+    openhcl_vpci::service::Service::start(config, endpoints)
+        .and_then(|s| s.run())
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// What a multi-process run does.
+#[derive(Clone, Debug)]
+pub struct ProcessOptions {
+    /// The executable with the `endpoint` subcommand (petri).
+    pub exe: PathBuf,
+    /// Hot-add/eject cycles per bus after the scenario (0: none).
+    pub storm: u32,
+    /// How long nothing must happen for the run to count as settled.
+    pub quiet: Duration,
+    /// The bound on the whole run (a run still busy then is a `time_limit`).
+    pub limit: Duration,
+    /// Forward every line the processes write to stderr.
+    pub verbose: bool,
+}
+
+/// How a multi-process run ended.
+#[derive(Clone, Debug)]
+pub struct ProcessRun {
+    /// The verdict.
+    pub outcome: Outcome,
+    /// Wall-clock time of the run, teardown included.
+    pub elapsed: Duration,
+    /// The storm's summary lines (`storm bus0 cycles=... ms=...`), if there was one.
+    pub storm: Vec<String>,
+    /// How the service ran.
+    pub service: String,
+    /// The guest's last lines (for a failure's report).
+    pub guest_tail: Vec<String>,
+}
+
+/// Runs `scenario` (by name or path) once with `guest` through the service, in three
+/// processes.
+pub fn run(scenario_ref: &str, guest: GuestKind, opts: &ProcessOptions) -> Result<ProcessRun, String> {
+    let sc = scenario::load(scenario_ref).map_err(|e| e.to_string())?;
+    if guest.driver().is_some() && sc.buses.len() != 1 {
+        return Err(format!(
+            "{}: a real driver runs one bus per guest ({} given)",
+            sc.name,
+            sc.buses.len()
+        ));
+    }
+    let spec = RigSpec {
+        endpoint_exe: opts.exe.clone(),
+        host: format!("scenario={scenario_ref},storm={}", opts.storm),
+        guest: format!("guest={},scenario={scenario_ref}", guest.name()),
+        service_args: vec![
+            "--settle".to_owned(),
+            format!("{}ms", sc.relay.settle.0.as_millis()),
+            "--max-hold".to_owned(),
+            format!("{}ms", sc.relay.max_hold.0.as_millis()),
+        ],
+        verbose: opts.verbose,
+    };
+    let started = Instant::now();
+    let deadline = started + opts.limit;
+    let mut rig = Rig::start(&format!("{}-{}", sc.name, guest.name()), &spec)?;
+    let buses = sc.buses.len();
+    if opts.storm > 0 {
+        for i in 0..buses {
+            let bus = host::bus_name(i);
+            let left = deadline.saturating_duration_since(Instant::now());
+            rig.host
+                .wait_for(left, |l| l.starts_with(&format!("storm {bus} ")))?;
+        }
+    }
+    let settled = rig.wait_quiet(opts.quiet, deadline);
+    let outcome = if settled {
+        verdict(&rig, buses)
+    } else {
+        Outcome::TimeLimit
+    };
+    let outcome = teardown(&mut rig, guest, outcome);
+    let storm = rig
+        .host
+        .seen()
+        .into_iter()
+        .filter(|l| l.starts_with("storm "))
+        .collect();
+    let seen = rig.guest.seen();
+    Ok(ProcessRun {
+        outcome,
+        elapsed: started.elapsed(),
+        storm,
+        service: rig.service_kind.clone(),
+        guest_tail: seen[seen.len().saturating_sub(12)..].to_vec(),
+    })
+}
+
+/// The first failure: the guest's own, else each bus's end-of-run check.
+fn verdict(rig: &Rig, buses: usize) -> Outcome {
+    let guest = rig.guest.seen();
+    let host = rig.host.seen();
+    for i in 0..buses {
+        let bus = host::bus_name(i);
+        if let Some(f) = guest
+            .iter()
+            .find(|l| l.starts_with(&format!("guest failure {bus} ")))
+        {
+            if let Some(o) = report::parse_failure(f, i) {
+                return o;
+            }
+        }
+    }
+    for i in 0..buses {
+        let bus = host::bus_name(i);
+        let last_host = host
+            .iter()
+            .rev()
+            .filter_map(|l| HostState::parse(l))
+            .find(|s| s.bus == bus);
+        let last_guest = guest
+            .iter()
+            .rev()
+            .filter_map(|l| GuestState::parse(l))
+            .find(|s| s.bus == bus);
+        let o = report::verdict(i, last_host.as_ref(), last_guest.as_ref());
+        if o.failed() {
+            return o;
+        }
+    }
+    Outcome::Ok
+}
+
+/// Ends the run: a real driver is removed and its module unloaded (a crash or leak on the way
+/// is a finding, as in a simulated run); then the service stops on SIGTERM.
+fn teardown(rig: &mut Rig, guest: GuestKind, outcome: Outcome) -> Outcome {
+    let mut outcome = outcome;
+    if guest.driver().is_some() {
+        rig.guest.tell("teardown");
+        let done = rig
+            .guest
+            .wait_for(Duration::from_secs(30), |l| l.starts_with("guest done "));
+        if !outcome.failed() {
+            if let Some(f) = rig
+                .guest
+                .seen()
+                .iter()
+                .find(|l| l.starts_with("guest failure "))
+            {
+                outcome = report::parse_failure(f, 0).unwrap_or(outcome);
+            }
+        }
+        match done {
+            Ok(line) if !outcome.failed() => {
+                let leaks = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("leaks="))
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(0);
+                if leaks > 0 {
+                    outcome = Outcome::Guest {
+                        bus: 0,
+                        failure: "leaked_device".to_owned(),
+                        context: "module exit".to_owned(),
+                        function: "cleanup_module".to_owned(),
+                        message: format!("{leaks} allocation(s) left"),
+                    };
+                }
+            }
+            Err(e) if !outcome.failed() => {
+                outcome = Outcome::HarnessError {
+                    reason: format!("the real guest did not finish its teardown: {e}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    rig.service.signal(rustix::process::Signal::TERM);
+    let _ = rig.service.wait_exit(Duration::from_secs(20));
+    let _ = rig.guest.wait_exit(Duration::from_secs(20));
+    let _ = rig.host.wait_exit(Duration::from_secs(5));
+    outcome
+}

@@ -1,0 +1,130 @@
+//! `petri run SCENARIO --processes`: the scenario through the real service, each side in its
+//! own process, in real time (see [`petri::processes`]). Prints one line per run and a
+//! summary; a run is not replayable.
+
+use petri::processes::{self, ProcessOptions};
+use petri::scenario::{self, Expected, GuestKind};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// What `--processes` was given.
+pub(crate) struct ProcessArgs {
+    pub(crate) scenario: String,
+    pub(crate) guests: Vec<GuestKind>,
+    pub(crate) runs: u64,
+    pub(crate) storm: u32,
+    pub(crate) json: bool,
+}
+
+/// Runs the scenario `runs` times on each guest in three processes.
+pub(crate) fn run(args: ProcessArgs) -> ExitCode {
+    let sc = match scenario::load(&args.scenario) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("petri run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("petri run: cannot find petri's own executable: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = ProcessOptions {
+        exe,
+        storm: args.storm,
+        quiet: (sc.relay.settle.0 * 5).max(Duration::from_millis(750)),
+        limit: Duration::from_secs(120) + Duration::from_millis(u64::from(args.storm) * 300),
+        verbose: std::env::var_os("PETRI_VERBOSE").is_some(),
+    };
+    let mut all_met = true;
+    for &guest in &args.guests {
+        let mut failures = Vec::new();
+        let mut total = Duration::ZERO;
+        for run in 0..args.runs {
+            let r = match processes::run(&args.scenario, guest, &opts) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("petri run: {} {}: {e}", sc.name, guest.name());
+                    return ExitCode::from(2);
+                }
+            };
+            total += r.elapsed;
+            if run == 0 && !args.json {
+                println!("service: {}", r.service);
+            }
+            for s in &r.storm {
+                if !args.json {
+                    println!("  {s}");
+                }
+            }
+            if args.json {
+                let line = serde_json::json!({
+                    "scenario": sc.name,
+                    "guest": guest.name(),
+                    "mode": "processes",
+                    "replayable": false,
+                    "run": run,
+                    "outcome": r.outcome.kind(),
+                    "failure": r.outcome.failed().then(|| r.outcome.to_string()),
+                    "seconds": r.elapsed.as_secs_f64(),
+                    "storm": r.storm,
+                });
+                println!("{line}");
+            } else {
+                println!(
+                    "{} {} processes run {}: {} ({:.1} s)",
+                    sc.name,
+                    guest.name(),
+                    run + 1,
+                    r.outcome,
+                    r.elapsed.as_secs_f64()
+                );
+            }
+            if r.outcome.failed() || opts.verbose {
+                for l in &r.guest_tail {
+                    println!("  guest: {l}");
+                }
+            }
+            if r.outcome.failed() {
+                failures.push(r.outcome.kind().to_owned());
+            }
+        }
+        // Through the service is through the relay: the relay's expectation applies; a
+        // failure expected would need the interleaving, which real time may not produce.
+        let met = match sc.expectation(guest, true).map(|e| e.result) {
+            Some(Expected::Pass) => failures.is_empty(),
+            _ => true,
+        };
+        all_met &= met;
+        if !args.json {
+            println!(
+                "{} {} processes: {}/{} failed{} in {:.1} s; {}; not replayable (real processes, \
+                 real concurrency and time)",
+                sc.name,
+                guest.name(),
+                failures.len(),
+                args.runs,
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", failures.join(", "))
+                },
+                total.as_secs_f64(),
+                match sc.expectation(guest, true).map(|e| e.result) {
+                    Some(Expected::Pass) if met => "as expected through the relay",
+                    Some(Expected::Pass) => "NOT AS EXPECTED: the relay's runs must pass",
+                    Some(_) => "the relay's expectation is a failure; a real-time run samples",
+                    None => "no expectation stated through the relay",
+                }
+            );
+        }
+    }
+    if all_met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
