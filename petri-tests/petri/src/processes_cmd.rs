@@ -84,7 +84,7 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
                 );
             }
             if r.outcome.failed() || opts.verbose {
-                for l in &r.guest_tail {
+                for l in &r.guest_lines[r.guest_lines.len().saturating_sub(12)..] {
                     println!("  guest: {l}");
                 }
             }

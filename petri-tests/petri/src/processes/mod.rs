@@ -118,8 +118,8 @@ pub struct ProcessRun {
     pub storm: Vec<String>,
     /// How the service ran.
     pub service: String,
-    /// The guest's last lines (for a failure's report).
-    pub guest_tail: Vec<String>,
+    /// Every `@@` line the guest printed.
+    pub guest_lines: Vec<String>,
 }
 
 /// Runs `scenario` (by name or path) once with `guest` through the service, in three
@@ -170,13 +170,12 @@ pub fn run(scenario_ref: &str, guest: GuestKind, opts: &ProcessOptions) -> Resul
         .into_iter()
         .filter(|l| l.starts_with("storm "))
         .collect();
-    let seen = rig.guest.seen();
     Ok(ProcessRun {
         outcome,
         elapsed: started.elapsed(),
         storm,
         service: rig.service_kind.clone(),
-        guest_tail: seen[seen.len().saturating_sub(12)..].to_vec(),
+        guest_lines: rig.guest.seen(),
     })
 }
 
