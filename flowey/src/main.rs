@@ -181,6 +181,24 @@ const STORM: Step = Step {
     env: &[("OPENHCL_VPCI_STORM", "2500")],
 };
 
+/// The real 5.10 driver's hot-plug storm across processes: host_sim, `openhcl-vpci` and the
+/// driver in its kernel_shim child, 1,000 add/eject cycles, real time and real rings.
+const REAL_STORM: Step = Step {
+    name: "real-storm",
+    program: "cargo",
+    args: &[
+        "test",
+        "-p",
+        "petri",
+        "--test",
+        "processes",
+        "--",
+        "real_510_hot_plug_storm",
+        "--nocapture",
+    ],
+    env: &[("PETRI_REAL_STORM", "1000")],
+};
+
 /// One fuzz target for 30 seconds (needs `cargo install cargo-fuzz`; `-s none` lets it run on
 /// the stable toolchain).
 const fn fuzz(name: &'static str, args: &'static [&'static str]) -> Step {
@@ -264,8 +282,8 @@ const PIPELINES: &[Pipeline] = &[
     },
     Pipeline {
         name: "storm",
-        about: "openhcl-vpci across processes: a 10,000-cycle hot-plug storm on 4 buses against the 6.2 model",
-        steps: &[STORM],
+        about: "openhcl-vpci across processes: a 10,000-cycle hot-plug storm on 4 buses against the 6.2 model, and 1,000 cycles against the real 5.10 driver",
+        steps: &[STORM, REAL_STORM],
     },
     Pipeline {
         name: "fuzz-smoke",

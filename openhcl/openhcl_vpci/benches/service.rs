@@ -1,0 +1,258 @@
+//! The service's costs across processes (a plain bench binary: `cargo bench -p openhcl_vpci
+//! --bench service`). Three figures, each a ratio of two things measured in the same run:
+//!
+//! - **latency**: one request and its completion (QUERY_RESOURCE_REQUIREMENTS, which the
+//!   relay forwards) between a guest process and a host_sim process, through `openhcl-vpci`
+//!   vs over a direct ring between the same two processes. Measured interleaved: many rounds,
+//!   each one batch of round trips on each path back to back (which goes first alternates);
+//!   the figure is the ratio of the two medians of the per-round-trip times (target <= 1.5).
+//! - **64 buses**: the vPCI part of a probe (version, relations, requirements, D0 entry,
+//!   resources; 1 ms per host answer) on 64 buses at once, a guest thread per bus, vs on one
+//!   bus: wall-clock ratio (target <= 1.3).
+//! - **idle bus memory**: the service's private memory (`Anonymous` in
+//!   `/proc/PID/smaps_rollup`: heap and thread stacks; the rings are shared memfd pages and
+//!   not counted) with 65 idle probed buses vs 1, per bus (target <= 64 KiB).
+//!
+//! The host endpoint is the process tests' (`tests/support/host.rs`), run by this binary
+//! re-executed in the `host` role. `-- --test` runs everything small, as a smoke test.
+
+#![forbid(unsafe_code)]
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "support/client.rs"]
+mod client;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/support/host.rs"]
+mod host;
+
+use client::{Offers, RawBus};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "OPENHCL_VPCI_BENCH_ROLE";
+
+/// A process that is killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_socket(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", path.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Host role: `spec` served on each socket named (the same process serves them all).
+fn host_role() {
+    let spec = std::env::var("BENCH_HOST_SPEC").unwrap_or_default();
+    let sockets = std::env::var("BENCH_HOST_SOCKETS").unwrap_or_default();
+    let threads: Vec<_> = sockets
+        .split(',')
+        .map(|s| {
+            let (socket, spec) = (PathBuf::from(s), spec.clone());
+            std::thread::spawn(move || {
+                host::run(&socket, host::HostSpec::parse(&spec).expect("host spec"))
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// A host process serving `spec` on `sockets`, and a service in front of the first.
+struct Rig {
+    dir: PathBuf,
+    _host: Proc,
+    service: Proc,
+}
+
+impl Rig {
+    fn start(name: &str, spec: &str, sockets: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("vpci-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch");
+        let paths: Vec<String> = sockets
+            .iter()
+            .map(|s| dir.join(s).display().to_string())
+            .collect();
+        let host = Command::new(std::env::current_exe().expect("exe"))
+            .env(ROLE, "host")
+            .env("BENCH_HOST_SPEC", spec)
+            .env("BENCH_HOST_SOCKETS", paths.join(","))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("host");
+        for p in &paths {
+            wait_for_socket(Path::new(p));
+        }
+        let service = Command::new(env!("CARGO_BIN_EXE_openhcl-vpci"))
+            .arg("serve")
+            .arg("--host")
+            .arg(dir.join(sockets[0]))
+            .arg("--guest")
+            .arg(dir.join("guest.sock"))
+            .arg("--control")
+            .arg(dir.join("control.sock"))
+            .env("RUST_LOG", "error")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("service");
+        wait_for_socket(&dir.join("guest.sock"));
+        Self {
+            dir,
+            _host: Proc(host),
+            service: Proc(service),
+        }
+    }
+
+    fn guest(&self) -> Offers {
+        Offers::connect(&self.dir.join("guest.sock"))
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// (a) Round-trip latency through the service vs direct, interleaved.
+fn latency(smoke: bool) -> (f64, f64) {
+    let rig = Rig::start("latency", "buses=1,functions=2", &["host.sock", "direct.sock"]);
+    let guest = rig.guest();
+    let bus = guest.offers(1).remove(0);
+    let mut relayed = RawBus::new(guest.open(&bus));
+    relayed.probe(&[0, 1]);
+    let direct_offers = Offers::connect(&rig.dir.join("direct.sock"));
+    let bus = direct_offers.offers(1).remove(0);
+    let mut direct = RawBus::new(direct_offers.open(&bus));
+    direct.probe(&[0, 1]);
+    // Past the relay's settle window: the bus is installed, the steady state.
+    std::thread::sleep(Duration::from_millis(300));
+    let (rounds, batch) = if smoke { (5, 5) } else { (400, 50) };
+    let (mut through, mut straight) = (Vec::new(), Vec::new());
+    let time = |b: &mut RawBus| {
+        let t = Instant::now();
+        for _ in 0..batch {
+            b.round_trip(1);
+        }
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(batch)
+    };
+    for _ in 0..3 {
+        time(&mut relayed);
+        time(&mut direct);
+    }
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            through.push(time(&mut relayed));
+            straight.push(time(&mut direct));
+        } else {
+            straight.push(time(&mut direct));
+            through.push(time(&mut relayed));
+        }
+    }
+    (median(&mut through), median(&mut straight))
+}
+
+/// (b) The vPCI probe on `n` buses at once (a thread per bus): wall-clock time.
+fn probe_buses(n: usize) -> Duration {
+    let rig = Rig::start(
+        &format!("probe{n}"),
+        &format!("buses={n},functions=2,latency_ms=1"),
+        &["host.sock"],
+    );
+    let guest = rig.guest();
+    let buses = guest.offers(n);
+    // Open every ring first (the service opens the host's on each open), then probe all.
+    let rings: Vec<_> = buses.iter().map(|b| guest.open(b)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let threads: Vec<_> = rings
+        .into_iter()
+        .map(|ring| std::thread::spawn(move || RawBus::new(ring).probe(&[0, 1])))
+        .collect();
+    for t in threads {
+        t.join().expect("probe thread");
+    }
+    start.elapsed()
+}
+
+/// The private (anonymous) memory of process `pid`, in KiB.
+fn anonymous_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// (c) The service's private memory with `n` idle probed buses, in KiB.
+fn idle_memory(n: usize) -> u64 {
+    let rig = Rig::start(
+        &format!("memory{n}"),
+        &format!("buses={n},functions=2"),
+        &["host.sock"],
+    );
+    let guest = rig.guest();
+    let buses = guest.offers(n);
+    let mut open: Vec<RawBus> = buses.iter().map(|b| RawBus::new(guest.open(b))).collect();
+    for b in &mut open {
+        b.probe(&[0, 1]);
+    }
+    // Every bus settled and idle.
+    std::thread::sleep(Duration::from_millis(1000));
+    let kib = anonymous_kib(rig.service.0.id());
+    drop(open);
+    kib
+}
+
+fn main() {
+    if std::env::var(ROLE).as_deref() == Ok("host") {
+        host_role();
+        return;
+    }
+    let smoke = std::env::args().any(|a| a == "--test");
+    let (through, direct) = latency(smoke);
+    println!(
+        "latency: through the service {through:.1} us, direct ring {direct:.1} us per request/completion \
+         (the service adds {:.1} us)",
+        through - direct
+    );
+    let many = if smoke { 4 } else { 64 };
+    let one = probe_buses(1);
+    let all = probe_buses(many);
+    println!("probe: 1 bus {one:.1?}, {many} buses {all:.1?}");
+    let (few, lots) = if smoke { (1, 3) } else { (1, 65) };
+    let base = idle_memory(few);
+    let more = idle_memory(lots);
+    let per_bus = more.saturating_sub(base) as f64 / (lots - few) as f64;
+    println!("memory: {few} idle bus {base} KiB, {lots} idle buses {more} KiB (service, Anonymous)");
+    println!();
+    if smoke {
+        println!("summary: smoke run (-- --test), no measurement");
+        return;
+    }
+    println!(
+        "summary: service/direct latency ratio of medians {:.2} (target <= 1.5)",
+        through / direct
+    );
+    println!(
+        "summary: {many} buses / 1 bus probe wall-clock ratio {:.2} (target <= 1.3)",
+        all.as_secs_f64() / one.as_secs_f64()
+    );
+    println!("summary: {per_bus:.1} KiB resident per idle bus, rings excluded (target <= 64 KiB)");
+}
