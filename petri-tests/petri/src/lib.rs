@@ -13,9 +13,9 @@
 pub mod chart;
 pub mod decode;
 pub mod explore;
+mod host_side;
 pub mod outcome;
 pub mod real;
-pub mod relay_rig;
 pub mod report;
 pub mod ring_dump;
 pub mod scenario;
