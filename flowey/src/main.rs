@@ -162,6 +162,25 @@ const REAL_LONG_HAUL: Step = Step {
     env: &[("PETRI_REAL_LONG_HAUL_CYCLES", "10000")],
 };
 
+/// The service's hot-plug storm across processes: host_sim, `openhcl-vpci` and the 6.2 model,
+/// 2,500 add/eject cycles on each of 4 buses (10,000 in all), real time and real rings.
+const STORM: Step = Step {
+    name: "storm",
+    program: "cargo",
+    args: &[
+        "test",
+        "--release",
+        "-p",
+        "openhcl_vpci",
+        "--test",
+        "processes",
+        "--",
+        "hot_plug_storm_across_four_buses",
+        "--nocapture",
+    ],
+    env: &[("OPENHCL_VPCI_STORM", "2500")],
+};
+
 /// One fuzz target for 30 seconds (needs `cargo install cargo-fuzz`; `-s none` lets it run on
 /// the stable toolchain).
 const fn fuzz(name: &'static str, args: &'static [&'static str]) -> Step {
@@ -242,6 +261,11 @@ const PIPELINES: &[Pipeline] = &[
         name: "catalogue",
         about: "the race catalogue over 2,000 schedules per cell, a 100,000-cycle hot-plug long haul, and the real 5.10 driver's long haul",
         steps: &[CATALOGUE, LONG_HAUL, REAL_LONG_HAUL],
+    },
+    Pipeline {
+        name: "storm",
+        about: "openhcl-vpci across processes: a 10,000-cycle hot-plug storm on 4 buses against the 6.2 model",
+        steps: &[STORM],
     },
     Pipeline {
         name: "fuzz-smoke",

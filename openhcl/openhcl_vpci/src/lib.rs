@@ -8,10 +8,21 @@
 //! queue (guarantee 6 of the relay): a guest stuck on one bus cannot delay another, and buses
 //! probe concurrently.
 //!
-//! The process binary that opens the real channels arrives with the simulated host; this crate
-//! is the part of it that is independent of where the channels come from.
+//! The `openhcl-vpci` process ([`service`]) gets its channels from a small VMBus-like
+//! control plane ([`control`]) over Unix sockets: offers from a host endpoint, rings as memfds
+//! and eventfds, offers of its own to a guest endpoint. [`table`] keeps where each bus's two
+//! offers stand, [`config`] reads the TOML file, [`bars`] records the relay's BAR backing and
+//! [`inspect_server`] answers `openhcl-vpci inspect`.
 
 #![forbid(unsafe_code)]
+
+pub mod bars;
+pub mod config;
+pub mod control;
+pub mod inspect_server;
+pub mod revocable;
+pub mod service;
+pub mod table;
 
 use futures::executor::block_on;
 use inspect::Node;
@@ -60,6 +71,24 @@ impl RelayService {
         G: Channel + Send + 'static,
         B: BarControl + Send + 'static,
     {
+        self.add_bus_with(config, host, guest, bars, |_| {})
+    }
+
+    /// [`add_bus`](Self::add_bus), and calls `on_exit` on the bus's thread when its driver
+    /// stops.
+    pub fn add_bus_with<H, G, B>(
+        &mut self,
+        config: RelayConfig,
+        host: H,
+        guest: G,
+        bars: B,
+        on_exit: impl FnOnce(DriverExit) + Send + 'static,
+    ) -> std::io::Result<()>
+    where
+        H: Channel + Send + 'static,
+        G: Channel + Send + 'static,
+        B: BarControl + Send + 'static,
+    {
         let name = config.name.clone();
         let (mut driver, port) =
             BusDriver::new(BusRelay::new(config), host, guest, SystemClock::new(), bars);
@@ -69,11 +98,29 @@ impl RelayService {
             .spawn(move || {
                 let exit = block_on(driver.run());
                 tracing::info!(bus = %thread_name, ?exit, "bus relay stopped");
+                on_exit(exit);
                 exit
             })?;
         tracing::info!(bus = %name, "bus relay started");
         self.buses.push(Bus { name, port, thread });
         Ok(())
+    }
+
+    /// A handle to the running bus named `name` (the latest one of that name).
+    pub fn port(&self, name: &str) -> Option<BusPort> {
+        self.buses
+            .iter()
+            .rev()
+            .find(|b| b.name == name)
+            .map(|b| b.port.clone())
+    }
+
+    /// Forgets the (stopped or stopping) bus named `name` and waits for its thread; `None` if
+    /// there is no such bus or its thread panicked.
+    pub fn remove(&mut self, name: &str) -> Option<DriverExit> {
+        let index = self.buses.iter().position(|b| b.name == name)?;
+        let bus = self.buses.remove(index);
+        bus.thread.join().ok()
     }
 
     /// The inspect tree of every bus, by name (each as [`BusPort::inspect`] gives it: the

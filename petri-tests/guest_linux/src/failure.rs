@@ -17,8 +17,13 @@ pub enum FailureKind {
     Hang,
     /// Two children for the same slot are on the bus at once.
     DuplicateDevice,
-    /// A `pci_dev` (with its driver) outlives the child it was created for.
+    /// An object is leaked: a child record (`hv_pci_dev`) nothing will ever free, as after a
+    /// failed probe (hv_pci_probe's error path never frees `hbus->children`). Memory only: the
+    /// guest does not hold the function.
     LeakedDevice,
+    /// The guest still holds a function (a `pci_dev`, maybe with its driver bound) whose child
+    /// is gone: it would drive a function the host no longer lists as it is.
+    GhostDevice,
     /// Device memory was accessed while nothing backed it (the access faults).
     UnbackedAccess,
     /// The guest touched a function after it sent EJECTION_COMPLETE for it.
@@ -41,6 +46,7 @@ impl FailureKind {
             FailureKind::Hang => "hang",
             FailureKind::DuplicateDevice => "duplicate_device",
             FailureKind::LeakedDevice => "leaked_device",
+            FailureKind::GhostDevice => "ghost_device",
             FailureKind::UnbackedAccess => "unbacked_access",
             FailureKind::EjectedDeviceAccess => "ejected_device_access",
             FailureKind::UnresourcedDevice => "unresourced_device",

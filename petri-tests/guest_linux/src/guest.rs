@@ -323,7 +323,8 @@ impl LinuxGuest {
     }
 
     /// Checks the end state once the run is over: a `pci_dev` left for a child that is gone
-    /// is a leaked device; two children on one slot are a duplicate. Records the first such
+    /// is a ghost device (the guest holds a function it should not); a child record a failed
+    /// probe left allocated is a leaked device (memory only); two children on one slot are a duplicate. Records the first such
     /// problem as the failure (if none was recorded before) and returns the failure.
     pub fn check_end_state(&mut self) -> Option<&GuestFailure> {
         let mut faults = Vec::new();
@@ -335,7 +336,7 @@ impl LinuxGuest {
                 .is_none_or(|h| h.freed || !h.linked);
             if gone {
                 faults.push(Fault::new(
-                    FailureKind::LeakedDevice,
+                    FailureKind::GhostDevice,
                     format!(
                         "pci_dev {} (driver bound: {}) outlives its child",
                         dev.slot, dev.bound

@@ -25,6 +25,7 @@ fn colour(mark: Mark) -> &'static str {
         Mark::Coalesced => "#7c3aed",
         Mark::Local => "#2563eb",
         Mark::Crash => "#dc2626",
+        Mark::Choice => "#777777",
     }
 }
 
@@ -42,26 +43,78 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// `text` cut to `max` characters, with an ellipsis when cut.
-fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
+/// `text` wrapped at spaces into lines of at most `width` characters (a longer word gets a
+/// line of its own): nothing is cut.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for word in text.split_whitespace() {
+        if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(word);
     }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
+    if !current.is_empty() {
+        lines.push(current);
+    }
+    lines
 }
 
 /// Whether a line belongs on the chart: messages between lanes, the relay's notes, the
-/// host's notes and the crash (not the guest's every step).
+/// host's notes and the crash (not the guest's every step, nor the scheduler's choices).
 fn charted(line: &Line) -> bool {
-    line.from != line.to || line.from != Lane::Guest || line.mark == Mark::Crash
+    line.mark != Mark::Choice
+        && (line.from != line.to || line.from != Lane::Guest || line.mark == Mark::Crash)
+}
+
+/// How many of the guest's steps before the crash the chart shows.
+const LAST_STEPS: usize = 8;
+
+/// Characters per line of the crash's text.
+const CRASH_WIDTH: usize = 120;
+
+/// What the chart says under a crash: its text, wrapped; then the guest's last steps before
+/// it (`#step context function: event`), which show the context that crashed and what it was
+/// doing.
+fn crash_block(trace: &Trace, crash: &Line) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = wrap(&crash.label, CRASH_WIDTH)
+        .into_iter()
+        .map(|l| (l, true))
+        .collect();
+    let steps: Vec<&Line> = trace
+        .lines
+        .iter()
+        .filter(|l| l.from == Lane::Guest && l.to == Lane::Guest)
+        .filter(|l| !matches!(l.mark, Mark::Crash | Mark::Choice))
+        .collect();
+    let last = &steps[steps.len().saturating_sub(LAST_STEPS)..];
+    if !last.is_empty() {
+        out.push(("the guest's last steps before it:".to_owned(), false));
+        for l in last {
+            for (i, text) in wrap(&format!("#{} {}", l.step, l.label), CRASH_WIDTH - 2)
+                .into_iter()
+                .enumerate()
+            {
+                let indent = if i == 0 { "  " } else { "      " };
+                out.push((format!("{indent}{text}"), false));
+            }
+        }
+    }
+    out
 }
 
 /// The chart of `trace`, titled `title`. `relay` says whether the relay lane is drawn.
 pub fn svg(title: &str, trace: &Trace, relay: bool) -> String {
     let lines: Vec<&Line> = trace.lines.iter().filter(|l| charted(l)).collect();
-    let height = TOP + ROW * (lines.len() as f64 + 3.0);
+    let crash = lines
+        .iter()
+        .find(|l| l.mark == Mark::Crash)
+        .map(|l| crash_block(trace, l))
+        .unwrap_or_default();
+    let height = TOP + ROW * (lines.len() as f64 + 3.0) + 16.0 * crash.len() as f64;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -79,19 +132,26 @@ pub fn svg(title: &str, trace: &Trace, relay: bool) -> String {
         r#"<text x="20" y="22" font-size="15" font-weight="bold">{}</text>"#,
         escape(head)
     );
-    if !tail.is_empty() {
+    if let Some(first) = wrap(tail, 135).first() {
+        // The outcome's first line; the crash's whole text is under the crash.
+        let more = if first.len() < tail.len() { " …" } else { "" };
         let _ = writeln!(
             s,
-            r#"<text x="20" y="40" font-size="12">{}</text>"#,
-            escape(&clip(tail, 135))
+            r#"<text x="20" y="40" font-size="12">{}{more}</text>"#,
+            escape(first)
         );
     }
-    let legend = [
-        (Mark::Held, "held"),
-        (Mark::Coalesced, "coalesced"),
-        (Mark::Local, "answered locally"),
-        (Mark::Crash, "crash"),
-    ];
+    // The relay's marks only where there is a relay.
+    let legend: &[(Mark, &str)] = if relay {
+        &[
+            (Mark::Held, "held"),
+            (Mark::Coalesced, "coalesced"),
+            (Mark::Local, "answered locally"),
+            (Mark::Crash, "crash"),
+        ]
+    } else {
+        &[(Mark::Crash, "crash")]
+    };
     for (i, (mark, name)) in legend.iter().enumerate() {
         let x = 20.0 + 170.0 * i as f64;
         let _ = writeln!(
@@ -119,8 +179,9 @@ pub fn svg(title: &str, trace: &Trace, relay: bool) -> String {
             TOP - 8.0
         );
     }
+    let mut extra = 0.0;
     for (i, line) in lines.iter().enumerate() {
-        let y = TOP + ROW * (i as f64 + 1.0);
+        let y = TOP + ROW * (i as f64 + 1.0) + extra;
         let c = colour(line.mark);
         let time = format!("{:.3} ms", line.at.as_secs_f64() * 1000.0);
         let _ = writeln!(
@@ -129,14 +190,27 @@ pub fn svg(title: &str, trace: &Trace, relay: bool) -> String {
         );
         let (x1, x2) = (lane_x(line.from), lane_x(line.to));
         if line.mark == Mark::Crash {
-            // The crash: a dot on the guest lane and the whole message across the chart.
+            // The crash: a dot on the guest lane, then its whole text wrapped across the
+            // chart, and the guest's last steps before it.
             let _ = writeln!(
                 s,
-                r#"<circle cx="{x1}" cy="{}" r="6" fill="{c}"/><text x="60" y="{}" fill="{c}" font-weight="bold">{}</text>"#,
-                y - 4.0,
-                y + 16.0,
-                escape(&clip(&line.label, 125))
+                r#"<circle cx="{x1}" cy="{}" r="6" fill="{c}"/>"#,
+                y - 4.0
             );
+            for (j, (text, bold)) in crash.iter().enumerate() {
+                let (fill, weight) = if *bold {
+                    (c, "bold")
+                } else {
+                    ("#333333", "normal")
+                };
+                let _ = writeln!(
+                    s,
+                    r#"<text x="60" y="{}" fill="{fill}" font-weight="{weight}" xml:space="preserve">{}</text>"#,
+                    y + 16.0 * (j as f64 + 1.0),
+                    escape(text)
+                );
+            }
+            extra += 16.0 * crash.len() as f64;
         } else if line.from == line.to {
             // A note on one lane.
             let anchor = if line.from == Lane::Guest {

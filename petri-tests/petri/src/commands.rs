@@ -1,9 +1,12 @@
 //! The VM subcommands of the `petri` binary: `demo`, `list`, `run`, `replay`.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use petri::explore::{Strategy, Summary, check, explore, run_seed};
+use petri::explore::{Strategy, Summary, check, explore, run_seed, run_systematic};
+use petri::labels::RelayTimes;
+use petri::outcome::RunResult;
 use petri::report::{COLUMNS, cell, column_name, demo_table, kinds_text, replay_command, table};
 use petri::scenario::{GuestKind, Scenario, builtin_text, catalogue, load};
+use petri::trace::Trace;
 use std::process::ExitCode;
 
 fn progress_bar(total: u64) -> ProgressBar {
@@ -186,6 +189,18 @@ fn print_summary(scenario: &Scenario, guest: GuestKind, summary: &Summary) {
             if u.optional { " (optional)" } else { "" }
         );
     }
+    if summary.exhaustive {
+        println!(
+            "  exhaustive: the systematic walk ran every schedule of the choice tree ({}); no \
+             other interleaving exists",
+            summary.schedules
+        );
+    } else if summary.strategy == "systematic" {
+        println!(
+            "  not exhaustive: the choice tree has more than the {} schedules run",
+            summary.schedules
+        );
+    }
     if let Some(f) = &summary.first_failure {
         println!("  first failure: {f}");
     }
@@ -205,7 +220,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
     if args.chart.is_some() && (guests.len() != 1 || modes.len() != 1) {
         return fail(
             "run",
-            "--chart draws one run: choose --guest and one of --relay or --direct",
+            "--chart draws one run: choose --guest and --mode direct or --mode relay",
         );
     }
     // A real driver's run is a process: `--real-schedules`, else `--schedules`, else 20.
@@ -243,12 +258,17 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
                 print_summary(&scenario, guest, &summary);
             }
             if let Some(path) = &args.chart {
-                let seed = summary.first_failing_seed.unwrap_or(args.seed);
-                if let Err(e) = write_chart(&scenario, guest, relay, seed, path) {
+                let which = if args.systematic {
+                    let first = summary.first_schedule_by_kind.values().min();
+                    Schedule::Systematic(first.copied().unwrap_or(0))
+                } else {
+                    Schedule::Seed(summary.first_failing_seed.unwrap_or(args.seed))
+                };
+                if let Err(e) = write_chart(&scenario, guest, relay, which, path) {
                     return fail("run", e);
                 }
                 if !args.json {
-                    println!("  chart of seed {seed} written to {path}");
+                    println!("  chart of {which} written to {path}");
                 }
             }
         }
@@ -260,24 +280,68 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// Which schedule to run: a seed, or a schedule of the systematic walk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Schedule {
+    /// `--seed N`.
+    Seed(u64),
+    /// `--systematic N`.
+    Systematic(u64),
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Seed(n) => write!(f, "seed {n}"),
+            Schedule::Systematic(n) => write!(f, "systematic schedule {n}"),
+        }
+    }
+}
+
+fn run_schedule(
+    scenario: &Scenario,
+    guest: GuestKind,
+    relay: bool,
+    which: Schedule,
+) -> Result<RunResult, String> {
+    match which {
+        Schedule::Seed(seed) => run_seed(scenario, guest, relay, seed, true).map_err(|e| e.to_string()),
+        Schedule::Systematic(n) => run_systematic(scenario, guest, relay, n, true)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!("the choice tree has no schedule {n} (they count from 0: see `petri run --systematic`)")
+            }),
+    }
+}
+
 fn write_chart(
     scenario: &Scenario,
     guest: GuestKind,
     relay: bool,
-    seed: u64,
+    which: Schedule,
     path: &str,
 ) -> Result<(), String> {
-    let result = run_seed(scenario, guest, relay, seed, true).map_err(|e| e.to_string())?;
+    let result = run_schedule(scenario, guest, relay, which)?;
     let title = format!(
-        "{} on {} {}, seed {seed}: {}",
+        "{} on {} {}, {which}: {}",
         scenario.name,
         guest,
         if relay { "through the relay" } else { "direct" },
         result.outcome
     );
-    let trace = result.trace.unwrap_or_default();
+    let trace = polished(scenario, relay, result.trace.unwrap_or_default());
     std::fs::write(path, petri::chart::svg(&title, &trace, relay))
         .map_err(|e| format!("cannot write {path}: {e}"))
+}
+
+/// `trace` in the replay's and chart's vocabulary (see [`petri::labels`]).
+fn polished(scenario: &Scenario, relay: bool, mut trace: Trace) -> Trace {
+    let times = relay.then_some(RelayTimes {
+        settle: scenario.relay.settle.0,
+        max_hold: scenario.relay.max_hold.0,
+    });
+    petri::labels::polish(&mut trace, scenario, times);
+    trace
 }
 
 /// `petri replay`.
@@ -285,23 +349,29 @@ pub(crate) fn replay(
     scenario: &str,
     guest: GuestKind,
     relay: bool,
-    seed: u64,
+    which: Schedule,
     chart: Option<&str>,
 ) -> ExitCode {
     let scenario = match load(scenario) {
         Ok(s) => s,
         Err(e) => return fail("replay", e),
     };
-    let result = match run_seed(&scenario, guest, relay, seed, true) {
+    let result = match run_schedule(&scenario, guest, relay, which) {
         Ok(r) => r,
         Err(e) => return fail("replay", e),
     };
     println!(
-        "{} on {guest} {}, seed {seed}",
+        "{} on {guest} {}, {which}",
         scenario.name,
         if relay { "through the relay" } else { "direct" }
     );
-    for line in result.trace.iter().flat_map(|t| &t.lines) {
+    let trace = polished(&scenario, relay, result.trace.clone().unwrap_or_default());
+    println!(
+        "Each line: #step (the scheduler's step it happened in), virtual time, lanes, what \
+         happened. >> marks a choice point: the context or delivery that ran, and what else \
+         could have run there (another seed takes another branch)."
+    );
+    for line in &trace.lines {
         println!("{line}");
     }
     println!(
@@ -333,7 +403,7 @@ pub(crate) fn replay(
         );
     }
     if let Some(path) = chart {
-        if let Err(e) = write_chart(&scenario, guest, relay, seed, path) {
+        if let Err(e) = write_chart(&scenario, guest, relay, which, path) {
             return fail("replay", e);
         }
         println!("chart written to {path}");

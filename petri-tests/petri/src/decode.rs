@@ -79,7 +79,57 @@ pub fn decode_to_json(
         None => serde_json::to_value(vpci_protocol::decode(bytes, from, version)?),
     };
     // Serializing our own types into a Value cannot fail (string keys, finite numbers).
-    Ok(value.unwrap_or(Value::Null))
+    let mut value = value.unwrap_or(Value::Null);
+    humanize(&mut value);
+    Ok(value)
+}
+
+/// Rewrites a decoded message's JSON as a kernel developer reads it: the message id next to
+/// its name in hex (`type_id`: `"0x42490013"`), protocol versions as `"1.4"`, vendor, device
+/// and subsystem ids in hex (`"0x1414"`), and a completion's status with its name
+/// (`status_name`). Slots, counts and addresses stay numbers. `petri decode` and
+/// `petri ring dump` print this form.
+pub fn humanize(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(id) = map
+                .get("type")
+                .and_then(Value::as_str)
+                .and_then(MessageType::from_name)
+            {
+                map.insert("type_id".into(), Value::String(format!("{:#010x}", id.0)));
+            }
+            if map.get("type").and_then(Value::as_str) == Some("COMPLETION")
+                && let Some(status) = map.get("status").and_then(Value::as_u64)
+            {
+                let status = vpci_protocol::Status(u32::try_from(status).unwrap_or(u32::MAX));
+                let name = match status.name() {
+                    Some(name) => name.to_owned(),
+                    None if status.is_success() => "success".to_owned(),
+                    None => "failure".to_owned(),
+                };
+                map.insert("status_name".into(), Value::String(name));
+            }
+            for (key, v) in map.iter_mut() {
+                match (key.as_str(), v.as_u64()) {
+                    ("protocol_version", Some(n)) => {
+                        let version = ProtocolVersion::ALL
+                            .into_iter()
+                            .find(|known| u64::from(known.0) == n);
+                        *v = Value::String(match version {
+                            Some(version) => version.to_string(),
+                            None => format!("{n:#010x}"),
+                        });
+                    }
+                    ("v_id" | "d_id", Some(n)) => *v = Value::String(format!("{n:#06x}")),
+                    ("subsystem_id", Some(n)) => *v = Value::String(format!("{n:#010x}")),
+                    _ => humanize(v),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(humanize),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ fn run_one(
     }
 }
 
+/// The most schedules a systematic walk keeps waiting. Fixed, not tied to a run's budget, so
+/// that `petri replay --systematic N` walks to the same schedule N as the run did.
+pub const SYSTEMATIC_QUEUE: usize = 20_000;
+
 /// How schedules are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
@@ -75,6 +79,15 @@ pub struct Summary {
     pub first_seed_by_kind: BTreeMap<String, u64>,
     /// The host script steps that did not fire in at least one schedule, in script order.
     pub unfired_steps: Vec<UnfiredStep>,
+    /// `random` (seeded schedules) or `systematic` (a walk of the choice tree).
+    pub strategy: &'static str,
+    /// The systematic walk ran every schedule of the choice tree: no other interleaving of
+    /// this scenario, guest and mode exists.
+    pub exhaustive: bool,
+    /// For each failure kind, the first systematic schedule (counting from 0) that ended
+    /// with it: `petri replay --systematic N` replays it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub first_schedule_by_kind: BTreeMap<String, u64>,
 }
 
 /// A host script step that did not fire in some schedules of a run set.
@@ -154,6 +167,48 @@ pub fn run_seed(
     )
 }
 
+/// Runs schedule `n` (counting from 0) of the systematic walk, as `explore` with
+/// [`Strategy::Systematic`] ran it; `None` if the choice tree has fewer schedules.
+pub fn run_systematic(
+    scenario: &Scenario,
+    guest: GuestKind,
+    relay: bool,
+    n: u64,
+    record: bool,
+) -> Result<Option<RunResult>, RunError> {
+    let spec = scenario.vm_spec(guest, relay, false);
+    let mut systematic = Systematic::new(SYSTEMATIC_QUEUE);
+    for i in 0..n {
+        let Some(prefix) = systematic.next_prefix() else {
+            return Ok(None);
+        };
+        let result = run_one(
+            scenario,
+            &spec,
+            guest,
+            relay,
+            Chooser::prefix(prefix),
+            i,
+            false,
+        )?;
+        systematic.record(&result.choices);
+    }
+    let Some(prefix) = systematic.next_prefix() else {
+        return Ok(None);
+    };
+    let spec = scenario.vm_spec(guest, relay, record);
+    run_one(
+        scenario,
+        &spec,
+        guest,
+        relay,
+        Chooser::prefix(prefix),
+        n,
+        record,
+    )
+    .map(Some)
+}
+
 /// Runs `schedules` schedules; `progress` is called after each with the count so far.
 pub fn explore(
     scenario: &Scenario,
@@ -175,9 +230,15 @@ pub fn explore(
         first_failure: None,
         first_seed_by_kind: BTreeMap::new(),
         unfired_steps: Vec::new(),
+        strategy: match strategy {
+            Strategy::Random { .. } => "random",
+            Strategy::Systematic => "systematic",
+        },
+        exhaustive: false,
+        first_schedule_by_kind: BTreeMap::new(),
     };
     let mut missed: BTreeMap<(usize, usize), u64> = BTreeMap::new();
-    let mut systematic = Systematic::new(usize::try_from(schedules).unwrap_or(usize::MAX));
+    let mut systematic = Systematic::new(SYSTEMATIC_QUEUE);
     for i in 0..schedules {
         let (chooser, seed) = match strategy {
             Strategy::Random { first_seed } => {
@@ -218,6 +279,12 @@ pub fn explore(
                 .entry(result.outcome.kind().to_owned())
                 .or_insert(seed);
         }
+        if result.outcome.failed() && seed.is_none() {
+            summary
+                .first_schedule_by_kind
+                .entry(result.outcome.kind().to_owned())
+                .or_insert(i);
+        }
         if result.outcome.failed() {
             summary.failures += 1;
             if summary.first_failure.is_none() {
@@ -227,6 +294,10 @@ pub fn explore(
         }
         progress(summary.schedules);
     }
+    summary.exhaustive = strategy == Strategy::Systematic && {
+        let done = systematic.next_prefix().is_none();
+        done && systematic.exhausted()
+    };
     summary.unfired_steps = missed
         .into_iter()
         .map(|((bus, step), missed)| {

@@ -162,6 +162,11 @@ impl HostSide {
         !self.in_flight.is_empty()
     }
 
+    /// What arrives next if the chooser delivers now.
+    pub(crate) fn next_in_flight(&self) -> Option<&Delivery> {
+        self.in_flight.front()
+    }
+
     /// The next thing in flight arrives at the guest through `guest`; noted in `trace`.
     /// Returns whether there was something.
     pub(crate) fn deliver(

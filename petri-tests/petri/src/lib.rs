@@ -14,6 +14,7 @@ pub mod chart;
 pub mod decode;
 pub mod explore;
 mod host_side;
+pub mod labels;
 pub mod outcome;
 pub mod real;
 pub mod report;

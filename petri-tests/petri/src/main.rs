@@ -22,10 +22,12 @@ enum Command {
     /// Run the race catalogue on both guest models and the three real drivers, directly and through
     /// the relay, and print the table of failures per schedules explored.
     Demo {
-        /// Schedules per scenario and column (default: each scenario's own number).
+        /// Schedules per scenario in each model column (linux-6.2, linux-6.3) [default: each
+        /// scenario's own number, as `petri list` shows it].
         #[arg(long, value_parser = parse_schedules)]
         schedules: Option<u64>,
-        /// Schedules per scenario and real-driver column (each run is a guest process).
+        /// Schedules per scenario in each real-driver column (5.10, 6.1, 6.12): each run is a
+        /// guest process, so fewer.
         #[arg(long, default_value_t = 20, value_parser = parse_schedules)]
         real_schedules: u64,
         /// The first seed.
@@ -49,23 +51,28 @@ enum Command {
         /// `linux-6.2`, `debian-5.10`... too); both models if not given.
         #[arg(long, value_parser = parse_guest)]
         guest: Option<GuestKind>,
-        /// Only through the relay.
+        /// Run directly (guest on the host), through the relay, or both.
+        #[arg(long, value_enum, default_value_t = Mode::Both, conflicts_with_all = ["relay", "direct"])]
+        mode: Mode,
+        /// Short for --mode relay.
         #[arg(long, conflicts_with = "direct")]
         relay: bool,
-        /// Only without the relay.
+        /// Short for --mode direct.
         #[arg(long)]
         direct: bool,
-        /// Schedules to explore (default: the scenario's own number; at least 1).
+        /// Schedules to explore on a model guest (6.2, 6.3), at least 1 [default: the
+        /// scenario's own number, as `petri list` shows it].
         #[arg(long, value_parser = parse_schedules)]
         schedules: Option<u64>,
-        /// Schedules for a real driver (each run is a guest process); default: --schedules,
-        /// else 20.
+        /// Schedules to explore on a real driver (5.10, 6.1, 6.12; each run is a guest
+        /// process) [default: --schedules if given, else 20].
         #[arg(long, value_parser = parse_schedules)]
         real_schedules: Option<u64>,
         /// The first seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Walk the choice tree depth first instead of drawing seeded schedules.
+        /// Walk the choice tree (fewest deviations first) instead of drawing seeded
+        /// schedules; a walk that runs every schedule is reported as exhaustive.
         #[arg(long)]
         systematic: bool,
         /// Print one JSON object per run set.
@@ -76,17 +83,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         chart: Option<String>,
     },
-    /// Replay one seed of a scenario step by step.
+    /// Replay one schedule of a scenario step by step: a seed, or a systematic schedule.
+    #[command(group(clap::ArgGroup::new("schedule").required(true).args(["seed", "systematic"])))]
     Replay {
-        /// The seed.
+        /// The seed (as `petri run` names it).
         #[arg(long)]
-        seed: u64,
+        seed: Option<u64>,
+        /// Schedule N (from 0) of the systematic walk, as `petri run --systematic` names it.
+        #[arg(long, value_name = "N")]
+        systematic: Option<u64>,
         /// A built-in scenario's name, or a scenario file.
         scenario: String,
         /// The guest (`6.2` or `6.3`, or the real driver `5.10`, `6.1` or `6.12`).
         #[arg(long, value_parser = parse_guest, default_value = "6.2")]
         guest: GuestKind,
-        /// Through the relay (direct if not given).
+        /// Direct (the default) or through the relay.
+        #[arg(long, value_enum, conflicts_with = "relay")]
+        mode: Option<Mode>,
+        /// Short for --mode relay.
         #[arg(long)]
         relay: bool,
         /// Also write the run's message sequence chart (SVG).
@@ -134,6 +148,17 @@ enum RingCommand {
         /// The ring image.
         file: String,
     },
+}
+
+/// With or without the relay.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// The guest on the simulated host, no relay.
+    Direct,
+    /// The guest behind the relay.
+    Relay,
+    /// Both, one after the other.
+    Both,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -185,6 +210,7 @@ fn main() -> ExitCode {
         Command::Run {
             scenario,
             guest,
+            mode,
             relay,
             direct,
             schedules,
@@ -196,9 +222,9 @@ fn main() -> ExitCode {
         } => commands::run(commands::RunArgs {
             scenario,
             guest,
-            mode: match (relay, direct) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
+            mode: match (relay, direct, mode) {
+                (true, _, _) | (_, _, Mode::Relay) => Some(true),
+                (_, true, _) | (_, _, Mode::Direct) => Some(false),
                 _ => None,
             },
             schedules,
@@ -210,11 +236,27 @@ fn main() -> ExitCode {
         }),
         Command::Replay {
             seed,
+            systematic,
             scenario,
             guest,
+            mode,
             relay,
             chart,
-        } => commands::replay(&scenario, guest, relay, seed, chart.as_deref()),
+        } => {
+            let relay = match mode {
+                Some(Mode::Both) => {
+                    eprintln!("petri replay: a replay is one run: --mode direct or --mode relay");
+                    return ExitCode::from(2);
+                }
+                Some(m) => m == Mode::Relay,
+                None => relay,
+            };
+            let which = match (seed, systematic) {
+                (_, Some(n)) => commands::Schedule::Systematic(n),
+                (seed, None) => commands::Schedule::Seed(seed.unwrap_or(0)),
+            };
+            commands::replay(&scenario, guest, relay, which, chart.as_deref())
+        }
         Command::Ring {
             command:
                 RingCommand::Dump {

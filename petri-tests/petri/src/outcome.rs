@@ -328,6 +328,7 @@ mod tests {
             K::Hang,
             K::DuplicateDevice,
             K::LeakedDevice,
+            K::GhostDevice,
             K::UnbackedAccess,
             K::EjectedDeviceAccess,
             K::UnresourcedDevice,

@@ -106,13 +106,16 @@ pub fn cell_detail(summary: &Summary) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// A ready-made command that replays the cell's commonest failure (its first seed), or
-/// `None` if nothing failed (or no seed is known: a systematic run).
+/// A ready-made command that replays the cell's commonest failure (its first seed, or its
+/// first systematic schedule: `--systematic N`), or `None` if nothing failed.
 pub fn replay_command(scenario: &str, guest: GuestKind, summary: &Summary) -> Option<String> {
-    let (_, _, seed) = summary.failure_kinds().into_iter().next()?;
+    let (kind, _, seed) = summary.failure_kinds().into_iter().next()?;
+    let which = match seed {
+        Some(seed) => format!("--seed {seed}"),
+        None => format!("--systematic {}", summary.first_schedule_by_kind.get(kind)?),
+    };
     Some(format!(
-        "petri replay --seed {} {scenario} --guest {}{}",
-        seed?,
+        "petri replay {which} {scenario} --guest {}{}",
         guest_arg(guest),
         if summary.relay { " --relay" } else { "" }
     ))
@@ -133,35 +136,55 @@ fn note_name(i: usize) -> String {
 /// kinds with counts and seeds, steps that did not fire, and a replay command for its
 /// guest), which the cell names by letter: `143/200 a`. Rows fit 120 columns.
 pub fn demo_table(results: &[(&Scenario, Vec<Summary>)]) -> String {
-    let mut header = vec!["scenario".to_owned()];
-    header.extend(COLUMNS.iter().map(|(g, r)| short_column_name(*g, *r)));
-    let mut rows = Vec::new();
+    // Two tables, the models' and the real drivers', so that each row fits a 120-column
+    // terminal; the notes follow both.
     let mut notes = Vec::new();
-    for (scenario, summaries) in results {
-        let mut row = vec![scenario.name.clone()];
-        for ((guest, relay), summary) in COLUMNS.iter().zip(summaries) {
-            let mut text = cell(scenario, *guest, summary);
-            if let Some(detail) = cell_detail(summary) {
-                let name = note_name(notes.len());
-                text = match text.strip_suffix(" !") {
-                    Some(t) => format!("{t} {name}!"),
-                    None => format!("{text} {name}"),
+    let mut tables = Vec::new();
+    for models in [true, false] {
+        let columns: Vec<usize> = COLUMNS
+            .iter()
+            .enumerate()
+            .filter(|(_, (g, _))| g.model().is_some() == models)
+            .map(|(i, _)| i)
+            .collect();
+        let mut header = vec!["scenario".to_owned()];
+        header.extend(
+            columns
+                .iter()
+                .filter_map(|&i| COLUMNS.get(i).map(|(g, r)| short_column_name(*g, *r))),
+        );
+        let mut rows = Vec::new();
+        for (scenario, summaries) in results {
+            let mut row = vec![scenario.name.clone()];
+            for &i in &columns {
+                let (Some((guest, relay)), Some(summary)) = (COLUMNS.get(i), summaries.get(i))
+                else {
+                    continue;
                 };
-                let mut note = format!(
-                    "{name:<3} {} {}: {detail}",
-                    scenario.name,
-                    column_name(*guest, *relay)
-                );
-                if let Some(cmd) = replay_command(&scenario.name, *guest, summary) {
-                    note.push_str(&format!("\n    {cmd}"));
+                let mut text = cell(scenario, *guest, summary);
+                if let Some(detail) = cell_detail(summary) {
+                    let name = note_name(notes.len());
+                    text = match text.strip_suffix(" !") {
+                        Some(t) => format!("{t} {name}!"),
+                        None => format!("{text} {name}"),
+                    };
+                    let mut note = format!(
+                        "{name:<3} {} {}: {detail}",
+                        scenario.name,
+                        column_name(*guest, *relay)
+                    );
+                    if let Some(cmd) = replay_command(&scenario.name, *guest, summary) {
+                        note.push_str(&format!("\n    {cmd}"));
+                    }
+                    notes.push(note);
                 }
-                notes.push(note);
+                row.push(text);
             }
-            row.push(text);
+            rows.push(row);
         }
-        rows.push(row);
+        tables.push(table(&header, &rows));
     }
-    let mut out = table(&header, &rows);
+    let mut out = tables.join("\n");
     if !notes.is_empty() {
         out.push('\n');
         for n in notes {

@@ -88,7 +88,11 @@ fn packet_json(info: &PacketInfo, buf: &[u8], version: ProtocolVersion, from: Se
     });
     let extra = match meta.packet_type {
         packet_type::DATA_INBAND => match vpci_protocol::decode(payload, from, version) {
-            Ok(message) => ("vpci", serde_json::to_value(message).unwrap_or(Value::Null)),
+            Ok(message) => {
+                let mut value = serde_json::to_value(message).unwrap_or(Value::Null);
+                crate::decode::humanize(&mut value);
+                ("vpci", value)
+            }
             Err(e) => ("vpci_error", Value::String(e.to_string())),
         },
         packet_type::COMP => {

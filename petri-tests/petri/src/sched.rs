@@ -99,8 +99,10 @@ pub struct Systematic {
     queue: std::collections::VecDeque<(Vec<usize>, usize)>,
     /// The prefix of the run in progress.
     current: Option<(Vec<usize>, usize)>,
-    /// The most prefixes kept waiting (a run budget can never use more).
+    /// The most prefixes kept waiting.
     max_queued: usize,
+    /// Whether a schedule was left out because the queue was full.
+    dropped: bool,
 }
 
 impl Systematic {
@@ -124,6 +126,12 @@ impl Systematic {
         Some(next.0)
     }
 
+    /// Whether every schedule of the choice tree has been run: nothing waits and nothing was
+    /// left out.
+    pub fn exhausted(&self) -> bool {
+        self.started && self.current.is_none() && self.queue.is_empty() && !self.dropped
+    }
+
     /// Records the choices the run for the last prefix made: every choice point after its
     /// prefix, with every option it did not take, becomes a schedule with one deviation more.
     pub fn record(&mut self, choices: &[Choice]) {
@@ -133,6 +141,7 @@ impl Systematic {
         for (j, c) in choices.iter().enumerate().skip(prefix.len()) {
             for alternative in (0..c.of).filter(|&a| a != c.index) {
                 if self.queue.len() >= self.max_queued {
+                    self.dropped = true;
                     return;
                 }
                 let mut next: Vec<usize> = choices.iter().take(j).map(|c| c.index).collect();

@@ -31,6 +31,9 @@ pub enum Mark {
     Local,
     /// The guest failed here.
     Crash,
+    /// A choice point of the scheduler: what ran, and what else could have (replays print
+    /// it; charts leave it out).
+    Choice,
 }
 
 /// One line of the trace.
@@ -47,6 +50,8 @@ pub struct Line {
     pub label: String,
     /// What to mark.
     pub mark: Mark,
+    /// The scheduler step it happened in (0: before the first step).
+    pub step: u64,
 }
 
 fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -66,19 +71,24 @@ impl fmt::Display for Line {
             Mark::Coalesced => " [coalesced]",
             Mark::Local => " [answered locally]",
             Mark::Crash => " [CRASH]",
+            Mark::Choice => "",
         };
+        if self.mark == Mark::Choice {
+            return write!(f, "{:>5}  >> {}", format!("#{}", self.step), self.label);
+        }
+        let step = format!("#{}", self.step);
         let at = self.at.as_secs_f64() * 1000.0;
         if self.from == self.to {
             write!(
                 f,
-                "{at:>10.3} ms  {}   {}{mark}",
+                "{step:>5} {at:>10.3} ms  {}   {}{mark}",
                 lane(self.from),
                 self.label
             )
         } else {
             write!(
                 f,
-                "{at:>10.3} ms  {} -> {}  {}{mark}",
+                "{step:>5} {at:>10.3} ms  {} -> {}  {}{mark}",
                 lane(self.from),
                 lane(self.to),
                 self.label
@@ -92,10 +102,16 @@ impl fmt::Display for Line {
 pub struct Trace {
     /// In order.
     pub lines: Vec<Line>,
+    /// The scheduler step lines are stamped with.
+    #[serde(skip)]
+    step: u64,
+    /// Choice points so far.
+    #[serde(skip)]
+    choices: u64,
 }
 
 impl Trace {
-    /// Records a message or note.
+    /// Records a message or note, stamped with the current step.
     pub fn push(&mut self, at: Duration, from: Lane, to: Lane, label: String, mark: Mark) {
         self.lines.push(Line {
             at,
@@ -103,6 +119,31 @@ impl Trace {
             to,
             label,
             mark,
+            step: self.step,
         });
+    }
+
+    /// Starts scheduler step `step`: later lines are stamped with it.
+    pub fn begin_step(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// Records the choice point of the current step: `ran` (the option taken, `index` of
+    /// `options`) and every option that could have run instead.
+    pub fn choice(&mut self, at: Duration, index: usize, options: &[String]) {
+        self.choices += 1;
+        let ran = options.get(index).map_or("?", String::as_str);
+        let others: Vec<&str> = options
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(_, o)| o.as_str())
+            .collect();
+        let label = format!(
+            "choice {}: ran {ran}; could have run: {}",
+            self.choices,
+            others.join(", ")
+        );
+        self.push(at, Lane::Guest, Lane::Guest, label, Mark::Choice);
     }
 }

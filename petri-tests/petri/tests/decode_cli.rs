@@ -27,7 +27,8 @@ fn fails_with(out: &Output, needle: &str) {
     assert!(!err.contains("panicked"));
 }
 
-/// BUS_RELATIONS2 with two functions: both vendor ids and slots are printed, in decimal.
+/// BUS_RELATIONS2 with two functions: the message id and the vendor ids in hex, slots as
+/// numbers.
 #[test]
 fn bus_relations2_two_functions() {
     let hex = "19 00 49 42 02 00 00 00 \
@@ -37,8 +38,10 @@ fn bus_relations2_two_functions() {
     assert_eq!(v["type"], "PCI_BUS_RELATIONS2");
     assert_eq!(v["device_count"], 2);
     let d = &v["description"];
-    assert_eq!(d[0]["v_id"], 0x1414);
-    assert_eq!(d[1]["v_id"], 0x8086);
+    assert_eq!(v["type_id"], "0x42490019");
+    assert_eq!(d[0]["v_id"], "0x1414");
+    assert_eq!(d[1]["v_id"], "0x8086");
+    assert_eq!(d[0]["d_id"], "0xb111");
     assert_eq!(d[0]["wslot"], 1);
     assert_eq!(d[1]["wslot"], 0x22);
     assert_eq!(d[0]["virtual_numa_node"], 2);
@@ -57,7 +60,10 @@ fn guest_message_with_flags() {
         "01000100",
     ]));
     assert_eq!(v["type"], "PCI_QUERY_PROTOCOL_VERSION");
-    assert_eq!(v["protocol_version"], 0x0001_0001);
+    assert_eq!(
+        v["protocol_version"], "1.1",
+        "versions read as 1.1, not 65537"
+    );
 }
 
 /// --completion-of decodes a completion of the named request.
@@ -72,6 +78,7 @@ fn completion_of() {
     assert_eq!(v["type"], "COMPLETION");
     assert_eq!(v["completion_of"], "PCI_CREATE_INTERRUPT_MESSAGE2");
     assert_eq!(v["status"], 0);
+    assert_eq!(v["status_name"], "SUCCESS");
     assert_eq!(v["int_desc"]["data"], 0x4041);
     assert_eq!(v["int_desc"]["address"], 0xfee0_1000u64);
 }

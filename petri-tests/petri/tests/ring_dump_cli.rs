@@ -126,7 +126,7 @@ fn wrapped_packet() {
     assert_eq!(v.len(), 1);
     assert_eq!(v[0]["completion_requested"], true);
     assert_eq!(v[0]["vpci"]["type"], "PCI_QUERY_PROTOCOL_VERSION");
-    assert_eq!(v[0]["vpci"]["protocol_version"], 0x0001_0004);
+    assert_eq!(v[0]["vpci"]["protocol_version"], "1.4");
 }
 
 /// A payload that is not valid vPCI is printed with its error and the dump goes on.

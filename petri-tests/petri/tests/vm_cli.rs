@@ -120,7 +120,7 @@ fn chart_is_an_svg_with_lanes() {
     let svg = std::fs::read_to_string(&path).unwrap();
     assert!(svg.starts_with("<svg"));
     assert!(svg.trim_end().ends_with("</svg>"));
-    for lane in ["host (host_sim)", "relay", "guest", "EJECT(1)"] {
+    for lane in ["host (host_sim)", "relay", "guest", "PCI_EJECT 01.0"] {
         assert!(svg.contains(lane), "{lane}");
     }
 }

@@ -335,9 +335,10 @@ impl RealController {
         if hp.done > 0 {
             let held = self.observer.holds(0, slot);
             if adding && (held || side.eject_timed_out()) {
+                // The guest holds the function: a ghost (`leaked_device` is memory only).
                 self.observer.fail(
                     0,
-                    "leaked_device",
+                    "ghost_device",
                     context,
                     "hv_eject_device_work".to_owned(),
                     format!("cycle {}: {slot} still held after its eject", hp.done / 2),
@@ -500,7 +501,7 @@ impl RealController {
             return false;
         };
         let action = chaos.action(&side.host);
-        let label = format!("bus {bus}: chaos {action:?}");
+        let label = format!("bus {bus}: chaos: {}", crate::labels::action(&action));
         side.act(self.now, action);
         self.world_changed();
         self.note(Lane::Host, Lane::Host, label, Mark::None);

@@ -12,7 +12,7 @@ mod bus;
 mod chaos;
 mod env;
 
-use crate::host_side::HostSide;
+use crate::host_side::{Delivery, HostSide};
 use crate::outcome::{Identity, Outcome, RunResult};
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
@@ -258,6 +258,9 @@ impl Vm {
             if self.steps >= self.limits.max_steps {
                 return Some(Outcome::StepLimit);
             }
+            if let Some(trace) = &mut self.trace {
+                trace.begin_step(self.steps + 1);
+            }
             let index = if runnable.len() == 1 {
                 0
             } else {
@@ -269,6 +272,14 @@ impl Vm {
                     index,
                     of: runnable.len(),
                 });
+                if self.trace.is_some() {
+                    let options: Vec<String> =
+                        runnable.iter().map(|a| self.action_name(*a)).collect();
+                    let now = self.now;
+                    if let Some(trace) = &mut self.trace {
+                        trace.choice(now, index, &options);
+                    }
+                }
                 index
             };
             let Some(&action) = runnable.get(index) else {
@@ -281,6 +292,21 @@ impl Vm {
                 Action::Deliver(bus) => self.deliver(bus),
             }
             self.pump();
+        }
+    }
+
+    /// An action in a replay's words: `bus 0 workqueue`, `delivery of PCI_EJECT(1) to bus 0`.
+    fn action_name(&self, action: Action) -> String {
+        match action {
+            Action::Step(bus, ctx) => format!("bus {bus} {ctx}"),
+            Action::Deliver(bus) => {
+                let what = match self.buses.get(bus).and_then(|b| b.side.next_in_flight()) {
+                    Some(Delivery::Packet(p, _)) => crate::labels::packet(p),
+                    Some(Delivery::Rescind(_)) => "the rescind".to_owned(),
+                    None => "nothing".to_owned(),
+                };
+                format!("delivery of {what} to bus {bus}'s guest")
+            }
         }
     }
 
@@ -297,7 +323,7 @@ impl Vm {
             return false;
         };
         let action = chaos.action(&bus.side.host);
-        let label = format!("bus {index}: chaos {action:?}");
+        let label = format!("bus {index}: chaos: {}", crate::labels::action(&action));
         // An action the host refuses (a slot it does not have) is just not taken.
         bus.side.act(self.now, action);
         self.note(Lane::Host, Lane::Host, label, Mark::None);

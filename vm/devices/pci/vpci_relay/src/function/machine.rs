@@ -100,6 +100,7 @@ impl Function {
 
     /// The host lists `d` in this slot.
     pub(crate) fn relisted(&mut self, d: FunctionDescription2, allowed: bool) -> Listing {
+        self.unlisted = false;
         let last_gone = self.successor.is_none() && self.host == HostState::Gone;
         if same_identity(self.last_listed(), &d) && !last_gone {
             // A function the host is ejecting stays in its lists until its
@@ -149,6 +150,7 @@ impl Function {
     pub(crate) fn omitted(&mut self) -> Omitted {
         // A successor the host takes back before the guest saw it is forgotten.
         self.successor = None;
+        self.unlisted = true;
         match (self.host, self.guest_visible()) {
             (HostState::Listed, true) => {
                 self.host = HostState::Gone;
@@ -294,7 +296,9 @@ impl Function {
         let (next, announce) = match self.successor {
             Some(s) if !s.ejected => (Some(Self::new(s.desc, allows(&s.desc))), true),
             Some(s) => (Some(Self::ejected(s.desc, allows(&s.desc))), false),
-            None if matches!(self.host, HostState::Ejecting | HostState::Ejected) => {
+            None if !self.unlisted
+                && matches!(self.host, HostState::Ejecting | HostState::Ejected) =>
+            {
                 (Some(Self::ejected(self.desc, self.allowed)), false)
             }
             None => (None, false),

@@ -134,6 +134,10 @@ pub struct Function {
     /// guest has let go of the old one (unless the host ejected it meanwhile).
     #[inspect(with = "successor_node")]
     pub(crate) successor: Option<Successor>,
+    /// The host's latest relations leave the slot out: nothing the host sends later can be a
+    /// stale listing of this function (a channel is first in, first out), so once the guest
+    /// lets go the slot needs no memory of it.
+    pub(crate) unlisted: bool,
 }
 
 /// Whether two descriptions name the same function: slot, vendor id, device id and serial.
@@ -193,6 +197,7 @@ impl Function {
             config: BTreeMap::new(),
             backing: Backing::Released,
             successor: None,
+            unlisted: false,
         }
     }
 

@@ -195,11 +195,15 @@ impl BusRelay {
     }
 
     /// The functions the guest should see, in slot order.
+    /// A function the guest was told to eject is not in it: the guest lets go of it, and a
+    /// relations message that still listed it (one delivered after a stuck guest's change
+    /// ran out of time) would have the guest add it again once its eject work finishes.
     fn guest_view(&self) -> impl Iterator<Item = &Function> + Clone {
         let coalesce = self.safeguards.coalesce;
         self.functions.values().filter(move |f| {
-            f.guest_visible()
-                || (f.allowed
+            f.guest == GuestState::Announced
+                || (!f.guest_visible()
+                    && f.allowed
                     && (f.host == HostState::Listed
                         || (!coalesce && f.host == HostState::Ejecting)))
         })

@@ -172,6 +172,11 @@ pub struct Guest {
     /// the model's small limit this is an artefact of the bound, not a relay bug, so the path
     /// ends here.
     pub beyond: bool,
+    /// Times its eject work stalled while time passed (bounded by `Bounds::guest_stalls`).
+    pub stalls: u8,
+    /// Its eject work is stalled: the guest is stuck in its own work on its current change
+    /// (until that eject work ends).
+    pub stuck: bool,
 }
 
 impl Guest {
@@ -193,6 +198,8 @@ impl Guest {
             closed: false,
             failure: None,
             beyond: false,
+            stalls: 0,
+            stuck: false,
         }
     }
 
@@ -249,6 +256,13 @@ impl Guest {
             }
         }
         v
+    }
+
+    /// Whether the guest's only step is its eject work's end (EJECTION_COMPLETE after the
+    /// driver was removed), which may be slow while time passes.
+    pub fn may_stall(&self) -> bool {
+        matches!(self.running, Some(Running::EjectRemoved(_)))
+            && self.runnable() == [GuestStep::Work]
     }
 
     /// Whether the change the guest works on is finished.
@@ -319,14 +333,14 @@ impl Step {
                 self.s.seen.g3.get_or_insert(s);
             }
         }
+        if real_change {
+            if let Some(c) = self.s.guest.change {
+                let what = format!("relations {list:?} while on {c:?}");
+                self.second_change(what);
+            }
+        }
         let g = &mut self.s.guest;
         if real_change {
-            if let Some(c) = g.change {
-                self.s
-                    .seen
-                    .g1
-                    .get_or_insert(format!("relations {list:?} while on {c:?}"));
-            }
             g.change = Some(Change::Relations {
                 with_probe: g.probe != Probe::Done,
             });
@@ -340,24 +354,36 @@ impl Step {
         }
     }
 
+    /// A change reached the guest while it was on another: G1 broken, unless the guest is
+    /// stuck in its own work on that change beyond `max_hold` (the relay's documented
+    /// fallback: it moves on from a guest that does not finish a change in `max_hold`).
+    fn second_change(&mut self, what: String) {
+        if self.s.guest.stuck {
+            self.s.seen.moved_on_from_stuck = true;
+        } else {
+            self.s.seen.g1.get_or_insert(what);
+        }
+    }
+
     fn guest_eject(&mut self, s: u8) {
         self.note(format!("guest<-EJECT({s})"));
-        let g = &mut self.s.guest;
-        if let Some(c) = g.change {
-            self.s
-                .seen
-                .g1
-                .get_or_insert(format!("EJECT({s}) while on {c:?}"));
+        if let Some(c) = self.s.guest.change {
+            self.second_change(format!("EJECT({s}) while on {c:?}"));
         }
+        let g = &mut self.s.guest;
         g.change = Some(Change::Eject(s));
-        // Settled at the guest: the probe path is done (so resources were assigned where it
-        // assigns them), the function is linked (its requirements were queried), and its
-        // driver is not setting up its interrupt.
-        let settled = g.probe == Probe::Done
-            && g.children
-                .get(&s)
-                .is_some_and(|c| !matches!(c.driver, Driver::Probe | Driver::WaitInterrupt));
-        if !settled {
+        // Never during the probe path (whatever it waits for, however long).
+        if g.probe != Probe::Done {
+            self.s.seen.eject_during_probe.get_or_insert(s);
+        }
+        // Settled at the guest: the function is linked (its requirements were queried) and
+        // its driver is not setting up its interrupt (the probe path being done, so resources
+        // were assigned where it assigns them, is the property above).
+        let settled = g
+            .children
+            .get(&s)
+            .is_some_and(|c| !matches!(c.driver, Driver::Probe | Driver::WaitInterrupt));
+        if !settled && g.probe == Probe::Done {
             self.s.seen.g2.get_or_insert(s);
         }
         let Some(c) = g.children.get_mut(&s) else {
@@ -669,6 +695,7 @@ impl Step {
 
     fn eject_finish(&mut self, s: u8) {
         let g = &mut self.s.guest;
+        g.stuck = false;
         g.children.remove(&s);
         g.running = None;
         if g.change == Some(Change::Eject(s)) {

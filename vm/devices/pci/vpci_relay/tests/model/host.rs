@@ -4,8 +4,13 @@
 use super::Step;
 use super::wire::{Ident, Input, Req, slot_dev};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::{Message, ProtocolVersion, Sender, decode};
+
+/// How long Hyper-V waits for the EJECTION_COMPLETE of an EJECT before it gives up on the
+/// guest (the host's budget; the relay's `max_hold` is configured below it).
+pub const HOST_EJECT_BUDGET: Duration = Duration::from_secs(60);
 
 /// The newest function the host put in a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,15 +27,17 @@ pub enum HostFn {
 }
 
 /// One slot at the host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HostSlot {
     /// Identity of the newest function put in the slot (0: none yet). Each new function gets
     /// the next number, so a re-listed slot always has a new identity.
     pub ident: Ident,
     /// What became of that function.
     pub state: HostFn,
-    /// EJECTs sent for the slot and not yet answered by an EJECTION_COMPLETE.
-    pub owed: u8,
+    /// When each EJECT sent for the slot and not yet answered by an EJECTION_COMPLETE was
+    /// sent, oldest first (an EJECTION_COMPLETE answers the oldest). Each must be answered
+    /// within [`HOST_EJECT_BUDGET`].
+    pub owed: Vec<Duration>,
     /// A relations message has listed the slot (so the host may EJECT it at any time).
     pub ever_listed: bool,
 }
@@ -40,7 +47,7 @@ impl HostSlot {
     pub const EMPTY: Self = Self {
         ident: 0,
         state: HostFn::Absent,
-        owed: 0,
+        owed: Vec::new(),
         ever_listed: false,
     };
 
@@ -48,7 +55,7 @@ impl HostSlot {
     pub const AT_BOOT: Self = Self {
         ident: 1,
         state: HostFn::Listed { announced: false },
-        owed: 0,
+        owed: Vec::new(),
         ever_listed: false,
     };
 }
@@ -65,8 +72,19 @@ pub struct Host {
     pub pending: BTreeMap<u64, (Req, Option<Ident>)>,
     /// Requests it chose not to answer when asked and may still answer late.
     pub late: BTreeMap<u64, Req>,
+    /// Requests it answers slowly: it owes them an answer but lets time pass first (relay
+    /// txid -> the request and when the host received it).
+    pub slow: BTreeMap<u64, (Req, Duration)>,
+    /// A relations message built from the host's view before it processed the latest
+    /// EJECTION_COMPLETE (so still listing the function that EJECTION_COMPLETE removed), in
+    /// flight: it reaches the relay before any later packet of the host, if at all.
+    pub stale: Option<Vec<(u8, Ident)>>,
     /// The channel was rescinded.
     pub rescinded: bool,
+    /// The slots its last relations message (stale or not) listed: until a message leaves a
+    /// slot out, the relay may keep what it knows of that slot (an ejected function's
+    /// identity, to recognise a stale listing of it).
+    pub last_listed: Vec<u8>,
     /// Relations messages sent so far (bounded by `Bounds::relations`).
     pub relations_sent: u8,
     /// EJECTs sent so far.
@@ -79,6 +97,10 @@ pub struct Host {
     pub ignored: u8,
     /// Late answers so far.
     pub late_answers: u8,
+    /// Requests answered slowly so far.
+    pub slows: u8,
+    /// Stale relations messages sent so far.
+    pub stales: u8,
     /// An EJECTION_COMPLETE arrived for a slot that was owed none.
     pub stray_ejection_complete: Option<u8>,
 }
@@ -91,6 +113,9 @@ impl Host {
             survey_seen: false,
             pending: BTreeMap::new(),
             late: BTreeMap::new(),
+            slow: BTreeMap::new(),
+            stale: None,
+            last_listed: Vec::new(),
             rescinded: false,
             relations_sent: 0,
             ejects: 0,
@@ -98,6 +123,8 @@ impl Host {
             drops: 0,
             ignored: 0,
             late_answers: 0,
+            slows: 0,
+            stales: 0,
             stray_ejection_complete: None,
         }
     }
@@ -138,7 +165,16 @@ impl Host {
 
     /// Whether any EJECT still waits for its EJECTION_COMPLETE.
     pub fn ejects_owed(&self) -> bool {
-        self.slots.iter().any(|s| s.owed > 0)
+        self.slots.iter().any(|s| !s.owed.is_empty())
+    }
+
+    /// When the oldest unanswered EJECT runs out of the host's budget.
+    pub fn eject_deadline(&self) -> Option<Duration> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.owed.first())
+            .min()
+            .map(|&t| t + HOST_EJECT_BUDGET)
     }
 }
 
@@ -160,11 +196,15 @@ impl Step {
             Message::QueryBusRelations(_) => h.survey_seen = true,
             Message::EjectionComplete(e) => {
                 let s = slot_dev(e.body.wslot);
+                let before = h.relations();
                 match h.slots.get_mut(usize::from(s).wrapping_sub(1)) {
-                    Some(slot) if slot.owed > 0 => {
-                        slot.owed -= 1;
+                    Some(slot) if !slot.owed.is_empty() => {
+                        slot.owed.remove(0);
                         if slot.state == HostFn::Ejecting {
                             slot.state = HostFn::Removed;
+                            // A relations message the host built before it processed this
+                            // may still be on its way (an earlier one in flight is older).
+                            h.stale.get_or_insert(before);
                         }
                     }
                     _ => {
@@ -197,6 +237,7 @@ impl Step {
             }
         }
         let list = h.relations();
+        h.last_listed = list.iter().map(|&(s, _)| s).collect();
         self.note(format!("host->RELATIONS{list:?}"));
         self.input(Input::HostRelations(list));
     }

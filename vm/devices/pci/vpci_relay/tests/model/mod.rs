@@ -62,12 +62,18 @@ pub struct Bounds {
     /// Whether the host may EJECT a slot whose function it dropped or is already ejecting, or
     /// whose ejection completed (otherwise only a function it lists).
     pub free_ejects: bool,
-    /// What an EJECT for a slot whose earlier EJECT is still unanswered means. The wire names
-    /// only the slot, so after the host listed a new function in the slot it is ambiguous:
-    /// `true` (the relay's reading since 7857c65, and petri's host's), a repeat of the
-    /// unanswered one, the new function stays; `false`, an eject of the slot's newest
-    /// function.
-    pub repeat_ejects: bool,
+    /// Forwarded requests the host answers slowly (any request, of a function it has or not,
+    /// including BUS_D0ENTRY and QUERY_RESOURCE_REQUIREMENTS on the guest's probe path): it
+    /// lets time pass, beyond the relay's `max_hold` if the relay's timers go that far, and
+    /// then answers.
+    pub slows: u8,
+    /// Stale relations messages: one the host built before it processed the latest
+    /// EJECTION_COMPLETE (so still listing the function it ejected), arriving after the
+    /// relay sent that EJECTION_COMPLETE.
+    pub stales: u8,
+    /// Times the guest's eject work stalls (its driver's remove path is slow) while time
+    /// passes, before it sends EJECTION_COMPLETE.
+    pub guest_stalls: u8,
     /// Whether slot 2 is present at boot too (otherwise only slot 1 is).
     pub two_at_boot: bool,
 }
@@ -87,31 +93,57 @@ impl Bounds {
         remembered_answers: 4,
         relist: false,
         free_ejects: false,
-        repeat_ejects: true,
+        slows: 0,
+        stales: 0,
+        guest_stalls: 0,
         two_at_boot: false,
     };
 
-    /// The default check: every freedom of the host once (a new function, a surprise
-    /// removal, an ignored request), two ejects of any listed slot, a rescind. (Late answers
-    /// double its size: `REQUEST_TABLE` and `LARGE` have them.)
+    /// The default check: a new function, a surprise removal, two ejects of any slot the host
+    /// has listed (so an EJECT after a re-listing), a stale relations message, a rescind.
+    /// (Ignored requests are in `REQUEST_TABLE`, slow answers and a stuck guest in `SLOW`;
+    /// `LARGE` has them all.)
     pub const DEFAULT: Self = Self {
-        relations: 4,
+        relations: 3,
         ejects: 2,
         adds: 1,
         drops: 1,
-        ignores: 1,
+        ignores: 0,
         late_answers: 0,
         rescinds: 1,
         request_limit: 4,
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
-        repeat_ejects: true,
+        slows: 0,
+        stales: 1,
+        guest_stalls: 0,
+        two_at_boot: false,
+    };
+
+    /// Slowness: the host answers one probe-path request (BUS_D0ENTRY or
+    /// QUERY_RESOURCE_REQUIREMENTS) as slowly as it likes, beyond `max_hold`, and the guest's
+    /// eject work may stall beyond `max_hold`; a new function and two ejects.
+    pub const SLOW: Self = Self {
+        relations: 3,
+        ejects: 2,
+        adds: 1,
+        drops: 0,
+        ignores: 0,
+        late_answers: 0,
+        rescinds: 0,
+        request_limit: 4,
+        remembered_answers: 4,
+        relist: true,
+        free_ejects: true,
+        slows: 1,
+        stales: 0,
+        guest_stalls: 1,
         two_at_boot: false,
     };
 
     /// Identities: two new functions (so a slot can be re-listed twice, while its old function
-    /// is listed, ejecting or held), every request answered.
+    /// is listed, ejecting or held), every request answered, a stale relations message.
     pub const RELIST: Self = Self {
         relations: 3,
         ejects: 2,
@@ -119,21 +151,23 @@ impl Bounds {
         drops: 0,
         ignores: 0,
         late_answers: 0,
-        rescinds: 1,
+        rescinds: 0,
         request_limit: 4,
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
-        repeat_ejects: true,
+        slows: 0,
+        stales: 1,
+        guest_stalls: 0,
         two_at_boot: false,
     };
 
-    /// Both functions present at boot.
+    /// Both functions present at boot, a stale relations message.
     pub const TWO_AT_BOOT: Self = Self {
         relations: 3,
         ejects: 2,
         adds: 1,
-        drops: 1,
+        drops: 0,
         ignores: 0,
         late_answers: 0,
         rescinds: 0,
@@ -141,17 +175,19 @@ impl Bounds {
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
-        repeat_ejects: true,
+        slows: 0,
+        stales: 1,
+        guest_stalls: 0,
         two_at_boot: true,
     };
 
     /// The request table: a limit of one request, so a single entry the relay keeps for a
-    /// request it already answered refuses the next one.
+    /// request it already answered refuses the next one; an ignored request answered late.
     pub const REQUEST_TABLE: Self = Self {
         relations: 3,
         ejects: 2,
         adds: 1,
-        drops: 1,
+        drops: 0,
         ignores: 1,
         late_answers: 1,
         rescinds: 0,
@@ -159,25 +195,30 @@ impl Bounds {
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
-        repeat_ejects: true,
+        slows: 0,
+        stales: 0,
+        guest_stalls: 0,
         two_at_boot: false,
     };
 
-    /// A larger bound (run with `--ignored`): two new functions with a surprise removal and
-    /// an ignored request.
+    /// A larger bound (run with `--ignored`, best with `--release`): the old default (4
+    /// relations, a surprise removal, an ignored request, a rescind) with every new freedom
+    /// (a slow answer, a stale relations message, a stuck guest).
     pub const LARGE: Self = Self {
         relations: 4,
         ejects: 2,
-        adds: 2,
+        adds: 1,
         drops: 1,
         ignores: 1,
-        late_answers: 1,
+        late_answers: 0,
         rescinds: 1,
         request_limit: 4,
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
-        repeat_ejects: true,
+        slows: 1,
+        stales: 1,
+        guest_stalls: 1,
         two_at_boot: false,
     };
 
@@ -194,7 +235,9 @@ impl Bounds {
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
-        repeat_ejects: true,
+        slows: 1,
+        stales: 1,
+        guest_stalls: 0,
         two_at_boot: true,
     };
 }
@@ -206,6 +249,11 @@ impl Bounds {
             RELISTED => self.adds > 0 && (self.relist || self.drops > 0),
             LATE => self.ignores > 0 && self.late_answers > 0,
             RESCIND_CLOSED => self.rescinds > 0,
+            SLOW_PAST_HOLD => self.slows > 0,
+            STALE_AFTER_COMPLETE => self.stales > 0 && self.ejects > 0,
+            EJECT_AFTER_RELIST => self.ejects > 1 && self.adds > 0 && self.relist,
+            GUEST_STALLED => self.guest_stalls > 0,
+            MAX_HOLD_REACHED | MOVED_ON => self.guest_stalls > 0,
             _ => true,
         }
     }
@@ -252,7 +300,15 @@ impl Step {
                 RelayEvent::Coalesced { .. } => self.s.seen.coalesced = true,
                 RelayEvent::AnsweredLocally { .. } => self.s.seen.answered_locally = true,
                 RelayEvent::LateCompletion { .. } => self.s.seen.late_completion = true,
-                RelayEvent::ChangeTimedOut(_) => self.s.seen.change_timed_out = true,
+                RelayEvent::ChangeTimedOut(kind) => {
+                    self.s.seen.change_timed_out = true;
+                    if !self.s.guest.stuck {
+                        self.s
+                            .seen
+                            .gave_up_on_live_guest
+                            .get_or_insert(format!("{kind:?}"));
+                    }
+                }
                 RelayEvent::Malformed {
                     side: Side::Host,
                     fault,
@@ -336,6 +392,11 @@ impl RelayModel {
         Self { bounds, safeguards }
     }
 
+    /// The relay's `max_hold` in the model (its default).
+    pub fn max_hold(&self) -> Duration {
+        RelayConfig::default().max_hold
+    }
+
     fn relay(&self) -> BusRelay {
         let mut config = RelayConfig::default();
         config.limits.max_outstanding_requests = self.bounds.request_limit;
@@ -343,12 +404,15 @@ impl RelayModel {
         BusRelay::with_safeguards(config, self.safeguards)
     }
 
-    /// Takes one action, which must be enabled (for scripted scenarios).
+    /// Takes one action, which must be enabled (for scripted scenarios), and prints it with
+    /// what it made the relay deliver (shown by `--nocapture`).
     pub fn step(&self, s: &State, a: Action) -> State {
         let mut enabled = Vec::new();
         self.actions(s, &mut enabled);
         assert!(enabled.contains(&a), "{a:?} is not enabled in {s:?}");
-        self.next_state(s, a).expect("enabled action")
+        let next = self.next_state(s, a).expect("enabled action");
+        println!("  {:>8?}  {a:?}  => {}", next.now, next.last);
+        next
     }
 
     /// Lets the guest run until every context waits.
@@ -369,7 +433,7 @@ impl RelayModel {
                 .into_iter()
                 .find(|a| matches!(a, Action::Guest(_) | Action::AdvanceTime));
             match next {
-                Some(a) => s = self.next_state(&s, a).expect("enabled action"),
+                Some(a) => s = self.step(&s, a),
                 None => return s,
             }
         }
@@ -394,12 +458,12 @@ impl RelayModel {
             let mut enabled = Vec::new();
             self.actions(&s, &mut enabled);
             let next = enabled.into_iter().find(|a| match a {
-                Action::Guest(_) | Action::AdvanceTime => true,
+                Action::Guest(_) | Action::AdvanceTime | Action::HostSlowAnswer { .. } => true,
                 Action::HostComplete { outcome, .. } => *outcome == Outcome::Success,
                 _ => false,
             });
             match next {
-                Some(a) => s = self.next_state(&s, a).expect("enabled action"),
+                Some(a) => s = self.step(&s, a),
                 None => return s,
             }
         }
@@ -446,6 +510,9 @@ impl Model for RelayModel {
         if s.guest.failure.is_some() || s.guest.beyond {
             return; // the guest is dead (or past the bound); the path ends here
         }
+        if s.seen.eject_overdue.is_some() {
+            return; // the host gave up on an EJECT; the path ends here
+        }
         let guest_steps = s.guest.runnable();
         let idle = guest_steps.is_empty();
         actions.extend(guest_steps.into_iter().map(Action::Guest));
@@ -488,11 +555,20 @@ impl Model for RelayModel {
             if b.rescinds > 0 {
                 actions.push(Action::HostRescind);
             }
+            if h.stale.is_some() && h.stales < b.stales {
+                actions.push(Action::HostStaleRelations);
+            }
             for (&txid, &(req, ident)) in &h.pending {
                 actions.push(Action::HostComplete {
                     txid,
                     outcome: Outcome::Success,
                 });
+                if h.slows < b.slows && matches!(req, Req::D0Entry | Req::Requirements(_)) {
+                    actions.push(Action::HostComplete {
+                        txid,
+                        outcome: Outcome::Slow,
+                    });
+                }
                 let gone = match (req.slot(), ident) {
                     (Some(sl), Some(i)) => !h.mapped(sl, i),
                     (Some(_), None) => true,
@@ -516,10 +592,14 @@ impl Model for RelayModel {
             if h.late_answers < b.late_answers {
                 actions.extend(h.late.keys().map(|&txid| Action::HostLate { txid }));
             }
+            actions.extend(h.slow.keys().map(|&txid| Action::HostSlowAnswer { txid }));
         }
         // Time passes only while the guest waits and the host owes no prompt answer: guest
-        // steps and host answers are quick next to the settle window.
-        if idle && (h.pending.is_empty() || h.rescinded) && s.timeout.is_some() {
+        // steps and host answers are quick next to the settle window. (A request the host
+        // answers slowly, or ignores, does not stop the clock.) With `guest_stalls`, the
+        // guest's eject work may also be slow to finish.
+        let stall = !idle && s.guest.may_stall() && s.guest.stalls < b.guest_stalls;
+        if (idle || stall) && (h.pending.is_empty() || h.rescinded) && s.next_time().is_some() {
             actions.push(Action::AdvanceTime);
         }
     }
@@ -533,6 +613,19 @@ impl Model for RelayModel {
         };
         st.s.last.clear();
         let can_send = last.host.survey_seen && last.host.relations_sent < b.relations;
+        // A stale relations message in flight reaches the relay before any later packet of
+        // the host, or never.
+        let sends = match action {
+            Action::HostAdd(_) => can_send,
+            Action::HostComplete { outcome, .. } => {
+                outcome != Outcome::Ignore && outcome != Outcome::Slow
+            }
+            Action::Guest(_) | Action::AdvanceTime | Action::HostStaleRelations => false,
+            _ => true,
+        };
+        if sends {
+            st.s.host.stale = None;
+        }
         match action {
             Action::Guest(g) => st.guest_step(g),
             Action::HostRelations => st.host_relations(),
@@ -558,28 +651,60 @@ impl Model for RelayModel {
             }
             Action::HostEject(sl) => {
                 st.s.host.ejects += 1;
+                let now = st.s.now;
                 let slot = st.s.host.slot_mut(sl);
-                // With `repeat_ejects`, an EJECT while one for the slot is unanswered repeats
-                // that one and leaves a function listed since alone.
-                let repeat = b.repeat_ejects && slot.owed > 0;
-                slot.owed += 1;
-                if !repeat && matches!(slot.state, HostFn::Listed { .. }) {
+                // An EJECT names the function the host listed last in the slot. If that is
+                // one it listed since its previous EJECT of the slot (a new identity: listing
+                // the same function again makes nothing new), it ejects that function, which
+                // the host tears down at once, even while the previous EJECT is unanswered.
+                // Otherwise it repeats the previous one. Each is owed its own answer.
+                let relisted =
+                    !slot.owed.is_empty() && slot.state == (HostFn::Listed { announced: true });
+                slot.owed.push(now);
+                if slot.state == (HostFn::Listed { announced: true }) {
                     slot.state = HostFn::Ejecting;
+                }
+                if relisted {
+                    st.s.seen.eject_after_relist = true;
                 }
                 st.note(format!("host->EJECT({sl})"));
                 st.input(Input::HostEject(sl));
+            }
+            Action::HostStaleRelations => {
+                let list = st.s.host.stale.take()?;
+                st.s.host.stales += 1;
+                // It lists what the host had then, including a function it had added but not
+                // yet announced: that one is announced now.
+                for &(sl, i) in &list {
+                    let slot = st.s.host.slot_mut(sl);
+                    if slot.ident == i && matches!(slot.state, HostFn::Listed { .. }) {
+                        slot.state = HostFn::Listed { announced: true };
+                        slot.ever_listed = true;
+                    }
+                }
+                st.s.seen.stale_relations = true;
+                st.s.host.last_listed = list.iter().map(|&(s, _)| s).collect();
+                st.note(format!("host->stale RELATIONS{list:?}"));
+                st.input(Input::HostRelations(list));
             }
             Action::HostRescind => {
                 let h = &mut st.s.host;
                 h.rescinded = true;
                 h.pending.clear();
                 h.late.clear();
+                h.slow.clear();
+                h.stale = None;
                 st.note("host rescinds".to_owned());
                 st.input(Input::HostClosed);
             }
             Action::HostComplete { txid, outcome } => {
                 let (req, _) = st.s.host.pending.remove(&txid)?;
-                if outcome == Outcome::Ignore {
+                if outcome == Outcome::Slow {
+                    let h = &mut st.s.host;
+                    h.slows += 1;
+                    h.slow.insert(txid, (req, last.now));
+                    st.note(format!("host is slow on {req:?}"));
+                } else if outcome == Outcome::Ignore {
                     let h = &mut st.s.host;
                     h.ignored += 1;
                     h.late.insert(txid, req);
@@ -602,10 +727,44 @@ impl Model for RelayModel {
                     ok: true,
                 });
             }
+            Action::HostSlowAnswer { txid } => {
+                let (req, since) = st.s.host.slow.remove(&txid)?;
+                if st.s.now >= since + self.max_hold() {
+                    st.s.seen.slow_past_hold = true;
+                }
+                st.note(format!(
+                    "host answers {req:?} after {:?}",
+                    st.s.now.saturating_sub(since)
+                ));
+                st.input(Input::HostComplete {
+                    txid,
+                    req,
+                    ok: true,
+                });
+            }
             Action::AdvanceTime => {
-                let t = last.timeout?;
+                let t = last.next_time()?;
+                if !last.guest.runnable().is_empty() {
+                    st.s.guest.stalls += 1;
+                    st.s.guest.stuck = true;
+                    st.s.seen.guest_stalled = true;
+                    st.note("the guest's eject work stalls".to_owned());
+                }
                 st.s.now = t;
-                st.input(Input::Timeout);
+                // The host gives up on an EJECT when its budget runs out; a relay that would
+                // answer at that very moment is too late (the host's timer wins the tie).
+                if !st.s.host.rescinded {
+                    st.s.seen.eject_overdue = (1..=2u8).find(|&sl| {
+                        st.s.host
+                            .slot(sl)
+                            .owed
+                            .first()
+                            .is_some_and(|&e| e + HOST_EJECT_BUDGET <= t)
+                    });
+                }
+                if last.timeout.is_some_and(|r| r <= t) {
+                    st.input(Input::Timeout);
+                }
             }
         }
         Some(st.finish(b))

@@ -9,20 +9,31 @@ use stateright::Property;
 pub const NO_GUEST_FAILURE: &str = "no guest panic or fault (C1-C5, C7)";
 /// Guarantee 1.
 pub const G1: &str = "G1 one change at a time";
-/// Guarantee 2.
+/// Guarantee 2, the function: an EJECT only for a function the guest has linked and whose
+/// driver is not setting up its interrupt.
 pub const G2: &str = "G2 eject only when settled";
+/// Guarantee 2, the bus: no EJECT while the guest's probe path is in progress, whatever it
+/// waits for and however long (a host slow past `max_hold` included).
+pub const NO_EJECT_DURING_PROBE: &str = "G2 no EJECT while the guest's probe is in progress";
 /// Guarantee 3.
 pub const G3: &str = "G3 never announce a removed function";
 /// Guarantee 5.
 pub const G5: &str = "G5 rescind ends with CloseGuest";
 /// Guarantee 7, guest requests.
 pub const G7: &str = "G7 every request exactly one completion";
-/// Guarantee 7, delivery: the host's functions, with their identity.
-pub const DELIVERY: &str = "G7 every function the host lists reaches the guest as listed";
+/// Guarantee 7, the final view: at quiescence (bus up) the guest holds exactly the functions
+/// the host has, with the host's identities: nothing missing, no ghost (a function the host
+/// ejected or dropped), no mixed identity.
+pub const FINAL_VIEW: &str = "final view: the guest holds exactly the host's functions";
 /// Guarantee 7, host ejects.
 pub const EJECTS: &str = "every host EJECT answered by exactly one EJECTION_COMPLETE";
-/// Liveness within the bound: no change needs the relay's `max_hold` fallback.
-pub const NO_MAX_HOLD: &str = "no change runs into max_hold";
+/// Guarantee 7, host ejects: each answered within the host's budget
+/// ([`HOST_EJECT_BUDGET`](super::HOST_EJECT_BUDGET)), however slow the host or the guest.
+pub const EJECT_BUDGET: &str = "every host EJECT answered within the host's 60 s budget";
+/// Liveness fallback only for a stuck guest: the relay moves on from a change at `max_hold`
+/// only when the guest is stuck in its own work on it (here: its eject work stalled), never
+/// while it waits on the host, however slow.
+pub const MAX_HOLD_ONLY_FOR_STUCK: &str = "max_hold gives up only on a stuck guest";
 /// Guarantee 9, turned round: a host that keeps the protocol is never treated as hostile.
 pub const HOST_NOT_BLAMED: &str = "a conformant host is never counted malformed";
 /// Guarantees 3 and 9 (memory bounded by functions, not events): no table holds more than
@@ -37,6 +48,19 @@ pub const RELISTED: &str = "a slot was re-listed while the guest held it";
 pub const LATE: &str = "a host answered after the relay did";
 /// Sometimes: a rescind closed the guest channel.
 pub const RESCIND_CLOSED: &str = "a rescind closed the guest";
+/// Sometimes: the host answered a request more than `max_hold` after receiving it.
+pub const SLOW_PAST_HOLD: &str = "a slow host answer came past max_hold";
+/// Sometimes: a stale relations message arrived after an EJECTION_COMPLETE.
+pub const STALE_AFTER_COMPLETE: &str =
+    "a stale relations message arrived after an EJECTION_COMPLETE";
+/// Sometimes: an EJECT after a re-listing ejected the new function.
+pub const EJECT_AFTER_RELIST: &str = "an EJECT after a re-list ejected the new function";
+/// Sometimes: the guest's eject work stalled while time passed.
+pub const GUEST_STALLED: &str = "the guest's eject work stalled";
+/// Sometimes: a change ran into the relay's `max_hold`.
+pub const MAX_HOLD_REACHED: &str = "a change ran into max_hold";
+/// Sometimes: the relay delivered the next change to a guest stuck on its last one.
+pub const MOVED_ON: &str = "the relay moved on from a stuck guest";
 
 /// Every property of the model.
 pub fn properties() -> Vec<Property<RelayModel>> {
@@ -44,6 +68,9 @@ pub fn properties() -> Vec<Property<RelayModel>> {
         Property::always(NO_GUEST_FAILURE, |_, s: &State| s.guest.failure.is_none()),
         Property::always(G1, |_, s: &State| s.seen.g1.is_none()),
         Property::always(G2, |_, s: &State| s.seen.g2.is_none()),
+        Property::always(NO_EJECT_DURING_PROBE, |_, s: &State| {
+            s.seen.eject_during_probe.is_none()
+        }),
         Property::always(G3, |_, s: &State| s.seen.g3.is_none()),
         Property::always(G7, |_, s: &State| {
             s.seen.stray_completion.is_none() && (!s.quiescent() || s.guest.waiting.is_empty())
@@ -51,14 +78,17 @@ pub fn properties() -> Vec<Property<RelayModel>> {
         Property::always(G5, |_, s: &State| {
             !s.quiescent() || !s.host.rescinded || s.guest.closed
         }),
-        Property::always(DELIVERY, |_, s: &State| {
-            !s.quiescent() || s.host.rescinded || s.guest.closed || s.views_agree()
+        Property::always(FINAL_VIEW, |_, s: &State| {
+            !s.quiescent() || s.host.rescinded || s.guest.closed || s.final_view_agrees()
         }),
         Property::always(EJECTS, |_, s: &State| {
             s.host.stray_ejection_complete.is_none()
                 && (!s.quiescent() || s.host.rescinded || !s.host.ejects_owed())
         }),
-        Property::always(NO_MAX_HOLD, |_, s: &State| !s.seen.change_timed_out),
+        Property::always(EJECT_BUDGET, |_, s: &State| s.seen.eject_overdue.is_none()),
+        Property::always(MAX_HOLD_ONLY_FOR_STUCK, |_, s: &State| {
+            s.seen.gave_up_on_live_guest.is_none()
+        }),
         Property::always(HOST_NOT_BLAMED, |_, s: &State| s.seen.host_blamed.is_none()),
         Property::always(TABLES, |_, s: &State| {
             s.seen.overgrown.is_none() && (!s.quiescent() || s.host.rescinded || tables_live(s))
@@ -77,17 +107,28 @@ pub fn properties() -> Vec<Property<RelayModel>> {
         }),
         Property::sometimes(RELISTED, |_, s: &State| s.seen.relisted_while_held),
         Property::sometimes(LATE, |_, s: &State| s.seen.late_completion),
+        Property::sometimes(SLOW_PAST_HOLD, |_, s: &State| s.seen.slow_past_hold),
+        Property::sometimes(STALE_AFTER_COMPLETE, |_, s: &State| s.seen.stale_relations),
+        Property::sometimes(EJECT_AFTER_RELIST, |_, s: &State| s.seen.eject_after_relist),
+        Property::sometimes(GUEST_STALLED, |_, s: &State| s.seen.guest_stalled),
+        Property::sometimes(MAX_HOLD_REACHED, |_, s: &State| s.seen.change_timed_out),
+        Property::sometimes(MOVED_ON, |_, s: &State| s.seen.moved_on_from_stuck),
     ]
 }
 
-/// At quiescence the relay keeps a function only for a slot the host lists or the guest
-/// holds, and has no request outstanding.
+/// At quiescence the relay keeps a function only for a slot the host lists, the guest holds,
+/// or the host's last relations message listed (the relay cannot know the host removed it
+/// until a message leaves it out, and keeps an ejected function's identity so as to
+/// recognise a stale listing of it: one entry per slot, not per cycle), and has no request
+/// outstanding.
 pub fn tables_live(s: &State) -> bool {
     let relay = &s.relay.relay;
     let host = s.host.relations();
     relay.requests_outstanding() == 0
         && relay.functions().all(|f| {
             let slot = super::wire::slot_dev(f.slot());
-            host.iter().any(|&(h, _)| h == slot) || s.guest.children.contains_key(&slot)
+            host.iter().any(|&(h, _)| h == slot)
+                || s.host.last_listed.contains(&slot)
+                || s.guest.children.contains_key(&slot)
         })
 }

@@ -17,7 +17,9 @@ const SCRIPT: Bounds = Bounds {
     remembered_answers: 4,
     relist: true,
     free_ejects: true,
-    repeat_ejects: true,
+    slows: 2,
+    stales: 2,
+    guest_stalls: 2,
     two_at_boot: false,
 };
 
@@ -41,19 +43,17 @@ fn assert_promises_kept(s: &State) {
     assert!(s.quiescent(), "not quiescent: {s:?}");
     assert_eq!(s.guest.failure, None);
     assert_eq!(s.seen.g1, None);
+    assert_eq!(s.seen.g2, None);
+    assert_eq!(s.seen.eject_during_probe, None);
     assert_eq!(s.seen.g3, None);
     assert!(
         s.guest.waiting.is_empty(),
         "unanswered: {:?}",
         s.guest.waiting
     );
-    assert!(
-        s.views_agree(),
-        "the host lists {:?}, the guest holds {:?}",
-        s.host.announced(),
-        s.guest.held()
-    );
+    assert!(s.final_view_agrees(), "{}", s.final_view_diff());
     assert_eq!(s.host.stray_ejection_complete, None);
+    assert_eq!(s.seen.eject_overdue, None);
     assert!(
         !s.host.ejects_owed(),
         "EJECTs unanswered: {:?}",
@@ -62,6 +62,7 @@ fn assert_promises_kept(s: &State) {
     assert_eq!(s.seen.host_blamed, None);
     assert_eq!(s.seen.overgrown, None);
     assert_eq!(s.seen.unjust_refusal, None);
+    assert_eq!(s.seen.gave_up_on_live_guest, None);
 }
 
 /// Bug 1: the host ejects function 1#1 and, before the guest has completed that eject, lists
@@ -167,46 +168,205 @@ fn duplicate_eject_is_answered_twice() {
     assert_promises_kept(&s);
 }
 
-/// An EJECT repeated after the host listed a new function in the slot, while the first is
-/// unanswered, is a repeat of the first (the reading the relay took in 7857c65, after petri's
-/// chaotic host): it is answered at once, and the new function reaches the guest once the
-/// guest has let go of the old one.
+/// EJECT after a re-listing (issue 12, freedom 1): the host ejects 1#1, lists slot 1 with a
+/// new function 1#2 before that EJECT is answered, and sends EJECT(1) again. An EJECT names
+/// the function the host listed last in its slot (the project's decision on the protocol's
+/// ambiguity), so the second EJECT ejects 1#2, which the host tears down at once: the relay
+/// must never announce 1#2 to the guest (G3; its driver would read a torn-down device, C7),
+/// must answer both EJECTs with one EJECTION_COMPLETE each, and the guest ends with nothing in
+/// slot 1.
+///
+/// Failed from 7857c65 to 89d0372 (the relay read the second EJECT as a repeat of the first
+/// and announced 1#2: C7, G3); passes since main's 97b51b5 (merged with 6acc2b6).
 #[test]
-fn repeated_eject_after_relist_keeps_the_new_function() {
+fn eject_after_relist_ejects_the_new_function() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
     let mut s = m.booted();
     s = m.step(&s, Action::HostEject(1));
     s = m.step(&s, Action::HostAdd(1));
     s = m.step(&s, Action::HostEject(1));
+    assert!(s.seen.eject_after_relist);
+    // The host tore 1#2 down (the relay may already have answered this EJECT).
+    assert_eq!(s.host.slot(1).ident, 2);
+    assert!(!s.host.mapped(1, 2));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert!(s.guest.held().is_empty());
+}
+
+/// The same with the guest's EJECTION_COMPLETE for 1#1 first: the host ejects 1#1, lists 1#2,
+/// the guest lets go of 1#1 (the relay forwards its EJECTION_COMPLETE), and only then does the
+/// host EJECT slot 1 again: the EJECT names 1#2, which must not reach the guest either.
+#[test]
+fn eject_after_relist_and_complete_ejects_the_new_function() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostEject(1));
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.run(s);
+    s = m.step(&s, Action::HostEject(1));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert!(s.guest.held().is_empty());
+}
+
+/// A repeat stays a repeat: the host ejects 1#1, lists 1#1 again (the same function: a repeat
+/// of its relations, which makes nothing new), and sends EJECT(1) again. Both EJECTs name 1#1;
+/// each is answered once and the guest ends with nothing.
+#[test]
+fn eject_after_repeated_listing_is_a_repeat() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostEject(1));
+    s = m.step(&s, Action::HostRelations);
+    s = m.step(&s, Action::HostEject(1));
+    assert!(!s.seen.eject_after_relist);
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert!(s.guest.held().is_empty());
+}
+
+/// Slow host past `max_hold` during D0 entry, with an EJECT held (issue 12, freedom 2): the
+/// guest's probe path sends BUS_D0ENTRY; the host is slow to answer it; meanwhile it EJECTs
+/// 1#1, which the relay must hold (the probe path is in progress). Time passes beyond the
+/// relay's `max_hold` (30 s): the relay answers the host's EJECT itself (well within the
+/// host's 60 s), keeps 1#1's BARs shielded, and still does not deliver the EJECT while the
+/// probe path waits. Then the host answers D0 entry; the probe path finishes (touching 1#1
+/// through the shield), and only then does the guest get the EJECT, whose EJECTION_COMPLETE
+/// is not forwarded a second time.
+///
+/// Failed at 89d0372: at 30.1 s the expired hold delivered the EJECT into the waiting probe
+/// path (no EJECT during probe, G1), and the probe path then touched the ejected function
+/// (C3). Passes since the merge of 6acc2b6 (97b51b5, 97de9bc).
+#[test]
+fn slow_d0_entry_past_max_hold_with_eject_held() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.settle(m.init_states().remove(0));
+    s = m.step(&s, Action::HostRelations);
+    s = m.run_guest(s);
+    s = m.complete(&s, Req::Requirements(1), Outcome::Success);
+    s = m.run_guest(s);
+    assert_eq!(s.guest.probe, Probe::WaitD0);
+    s = m.complete(&s, Req::D0Entry, Outcome::Slow);
+    s = m.step(&s, Action::HostEject(1));
+    // Time passes (the guest waits for D0 entry) until the relay wants no timer.
+    s = m.run(s);
+    println!("after the wait: {s:?}");
+    assert!(s.now > m.max_hold(), "time passed beyond max_hold: {s:?}");
+    assert_eq!(s.seen.eject_during_probe, None, "{s:?}");
+    assert_eq!(s.seen.eject_overdue, None, "{s:?}");
+    assert!(!s.host.ejects_owed(), "the relay answered the EJECT: {s:?}");
+    assert_eq!(s.guest.probe, Probe::WaitD0);
+    let txid = *s.host.slow.keys().next().expect("D0 entry still slow");
+    s = m.step(&s, Action::HostSlowAnswer { txid });
+    assert!(s.seen.slow_past_hold);
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert!(s.guest.held().is_empty());
+}
+
+/// Slow host past `max_hold` on the survey's QUERY_RESOURCE_REQUIREMENTS, with an EJECT held:
+/// both functions at boot; the guest's relations work queries 1#1's requirements and the host
+/// is slow to answer (the probe path waits on the survey); meanwhile the host EJECTs 2#1. Time
+/// passes beyond `max_hold`: the relay answers that EJECT itself and must still hold it from
+/// the guest, whose probe path is in progress, until the probe path is done.
+///
+/// Failed at 89d0372: the relations change timed out at 30.1 s, the EJECT went into the probe
+/// path, and the host's EJECT was answered only when that change timed out in turn, at 60.1
+/// s (past the host's budget). Passes since the merge of 6acc2b6.
+#[test]
+fn slow_requirements_past_max_hold_with_eject_held() {
+    let m = RelayModel::new(
+        Bounds {
+            two_at_boot: true,
+            ..SCRIPT
+        },
+        Safeguards::ALL_ON,
+    );
+    let mut s = m.settle(m.init_states().remove(0));
+    s = m.step(&s, Action::HostRelations);
+    s = m.run_guest(s);
+    s = m.complete(&s, Req::Requirements(1), Outcome::Slow);
+    s = m.step(&s, Action::HostEject(2));
+    s = m.run(s);
+    println!("after the wait: {s:?}");
+    assert!(s.now > m.max_hold(), "time passed beyond max_hold: {s:?}");
+    assert_eq!(s.seen.eject_during_probe, None, "{s:?}");
+    assert_eq!(s.seen.eject_overdue, None, "{s:?}");
+    assert!(!s.host.ejects_owed(), "the relay answered the EJECT: {s:?}");
+    assert_eq!(s.guest.probe, Probe::WaitSurvey);
+    let txid = *s.host.slow.keys().next().expect("requirements still slow");
+    s = m.step(&s, Action::HostSlowAnswer { txid });
+    assert!(s.seen.slow_past_hold);
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert_eq!(s.guest.held(), vec![(1, 1)]);
+}
+
+/// Stale relations after an EJECTION_COMPLETE (issue 12, freedom 3): the host ejects 1#1; the
+/// guest lets go and the relay forwards its EJECTION_COMPLETE; a relations message the host
+/// built before it processed that EJECTION_COMPLETE (so still listing 1#1) arrives after it.
+/// 1#1 is the ejected function, not a new one: the relay must never announce it again (G3, and
+/// a ghost in the final view).
+///
+/// Failed at 89d0372 (1#1 announced again: G3, and its driver's config read forwarded to the
+/// removed device, C7); passes since the merge of 6acc2b6.
+#[test]
+fn stale_relations_after_ejection_complete() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostEject(1));
+    s = m.run(s);
+    assert_eq!(s.host.slot(1).state, HostFn::Removed);
+    assert_eq!(s.host.stale, Some(vec![(1, 1)]));
+    s = m.step(&s, Action::HostStaleRelations);
+    assert!(s.seen.stale_relations);
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert!(s.guest.held().is_empty());
+    // A new function in the slot afterwards does reach the guest.
+    s = m.step(&s, Action::HostAdd(1));
     s = m.settle(s);
     assert_promises_kept(&s);
     assert_eq!(s.guest.held(), vec![(1, 2)]);
 }
 
-/// The other reading of the same wire sequence: the second EJECT is for the host's newest
-/// function in the slot (1#2), which the host tears down at once. Then the relay must not
-/// announce 1#2.
+/// Stale relations after the relay's own answer at `max_hold`: the guest's eject work stalls
+/// past `max_hold` (its driver's remove path is slow), the relay answers the host's EJECT
+/// itself, the host removes 1#1, and a relations message built before that still lists 1#1.
+/// The guest still holds 1#1 (shielded); it must get nothing but its EJECT's end, and nothing
+/// of 1#1 must come back.
 ///
-/// AMBIGUOUS PROTOCOL, LEAD'S CALL: EJECT names only a slot, so no relay can satisfy both
-/// this test and `repeated_eject_after_relist_keeps_the_new_function`. It passed on the relay
-/// of 3e768a8 and fails since 7857c65, which announces the torn-down 1#2: the guest's driver
-/// reads its config space through the relay (C7) and G3 breaks. The exhaustive checks use the
-/// relay's reading (`Bounds::repeat_ejects`); this test keeps the hazard of that choice in
-/// view.
+/// Fails on the relay of 97de9bc through cd2ea3f: once the eject change ran out of `max_hold` the relay is
+/// idle, and the stale relations, which say exactly what the guest still holds (1#1,
+/// ejecting), go to the guest byte for byte. Linux's ordered workqueue finishes the eject
+/// (1#1 unlinked), then its relations work finds 1#1 listed and new, and adds it again: its
+/// driver reads BARs the relay has released (C7), a ghost of an ejected function.
 #[test]
-#[ignore = "ambiguous protocol: the opposite reading of repeated_eject_after_relist_keeps_the_new_function"]
-fn eject_after_relist_ejects_the_new_function() {
-    let m = RelayModel::new(
-        Bounds {
-            repeat_ejects: false,
-            ..SCRIPT
-        },
-        Safeguards::ALL_ON,
-    );
+fn stale_relations_after_max_hold_answer_with_slow_guest() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
     let mut s = m.booted();
     s = m.step(&s, Action::HostEject(1));
-    s = m.step(&s, Action::HostAdd(1));
-    s = m.step(&s, Action::HostEject(1));
+    // Let the relay deliver the EJECT and the guest remove its driver.
+    loop {
+        if matches!(s.guest.running, Some(Running::EjectRemoved(_))) {
+            break;
+        }
+        let mut enabled = Vec::new();
+        m.actions(&s, &mut enabled);
+        let a = *enabled
+            .iter()
+            .find(|a| matches!(a, Action::Guest(_) | Action::AdvanceTime))
+            .expect("the EJECT is delivered");
+        s = m.step(&s, a);
+    }
+    while s.host.ejects_owed() {
+        s = m.step(&s, Action::AdvanceTime);
+    }
+    assert!(s.guest.stalls > 0);
+    assert_eq!(s.seen.eject_overdue, None);
+    assert_eq!(s.host.slot(1).state, HostFn::Removed);
+    s = m.step(&s, Action::HostStaleRelations);
     s = m.settle(s);
     assert_promises_kept(&s);
     assert!(s.guest.held().is_empty());
@@ -333,7 +493,7 @@ fn late_answer_beyond_memory_keeps_the_bus() {
     s = m.settle(s);
     assert!(s.quiescent());
     assert_eq!(s.guest.failure, None);
-    assert!(s.views_agree(), "{s:?}");
+    assert!(s.final_view_agrees(), "{s:?}");
     assert!(!s.host.ejects_owed());
     assert_eq!(m.relay_of(&s).host_link(), vpci_relay::HostLink::Up);
 }
@@ -346,7 +506,7 @@ fn re_add_during_synthesized_eject_reaches_the_guest() {
     let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
     let mut s = m.booted();
     assert_eq!(s.guest.probe, Probe::Done);
-    assert!(s.views_agree());
+    assert!(s.final_view_agrees());
     // Surprise removal of 1, then the host re-adds 1 at once.
     s = m.step(&s, Action::HostDrop(1));
     s = m.step(&s, Action::HostAdd(1));
@@ -365,7 +525,7 @@ fn eject_of_re_added_function_is_completed() {
     let mut s = m.booted();
     s = m.step(&s, Action::HostAdd(2));
     s = m.settle(s);
-    assert!(s.views_agree(), "both functions bound: {s:?}");
+    assert!(s.final_view_agrees(), "both functions bound: {s:?}");
     s = m.step(&s, Action::HostDrop(2));
     s = m.step(&s, Action::HostAdd(2));
     s = m.step(&s, Action::HostEject(2));
@@ -416,4 +576,60 @@ fn guest_model_c2_eject_during_interrupt_setup() {
     assert_eq!(run(off).guest.failure, Some(Failure::C2NullDescriptor(1)));
     let s = run(Safeguards::ALL_ON);
     assert_promises_kept(&s);
+}
+
+/// A guest stuck in its eject work (its driver's remove path is slow) past `max_hold`: the
+/// relay answers the host's EJECT itself at its deadline and moves on (its documented
+/// fallback for a stuck guest), but a relations message it then builds must not list the
+/// function the guest is ejecting: Linux's ordered workqueue finishes the eject (1#1
+/// unlinked), then its relations work finds 1#1 listed and new and adds it again, and its
+/// driver reads BARs the relay has released (C7).
+///
+/// Found by the checker at [`Bounds::SLOW`] against the relay of 6acc2b6 (still failing at
+/// cd2ea3f): boot with 1#1;
+/// `HostEject(1)` (delivered); the guest removes the driver and stalls; at 30.2 s the relay
+/// answers the EJECT; `HostAdd(2)`: the relay sends the guest RELATIONS[(1, 1), (2, 1)]; the
+/// guest completes 1#1's eject, re-adds 1#1, its driver faults.
+#[test]
+fn stuck_guest_is_not_sent_the_function_it_ejects() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostEject(1));
+    s = m.step(&s, Action::Guest(GuestStep::Work));
+    assert!(matches!(s.guest.running, Some(Running::EjectRemoved(1))));
+    while s.host.ejects_owed() {
+        s = m.step(&s, Action::AdvanceTime);
+    }
+    assert!(s.guest.stuck);
+    s = m.step(&s, Action::HostAdd(2));
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert_eq!(s.guest.held(), vec![(2, 1)]);
+}
+
+/// A slot the host leaves out of its relations while the guest still ejects its function:
+/// once the guest lets go, the relay keeps nothing for that slot (the host's omission already
+/// told it the slot's next listing is a new function), so no entry outlives both views.
+///
+/// Found by the checker (TABLES, at every default bound) against the relay of 6acc2b6, still
+/// failing at cd2ea3f (and
+/// `bug2_eject_after_drop_is_answered` leaves such an entry too: drop, then EJECT): boot
+/// with 1#1; `HostEject(1)` (delivered); the guest removes the driver; `HostAdd(1)` (1#2
+/// listed); `HostEject(1)` (names 1#2: answered at once); stale RELATIONS[(1, 2)];
+/// RELATIONS[] (slot 1 left out); the guest's EJECTION_COMPLETE: the relay still keeps an
+/// entry for slot 1 (1#1, host `Ejected`, guest `Hidden`) that neither side has.
+#[test]
+fn omitted_slot_is_forgotten_once_the_guest_lets_go() {
+    let m = RelayModel::new(SCRIPT, Safeguards::ALL_ON);
+    let mut s = m.booted();
+    s = m.step(&s, Action::HostEject(1));
+    s = m.step(&s, Action::Guest(GuestStep::Work));
+    s = m.step(&s, Action::HostAdd(1));
+    s = m.step(&s, Action::HostEject(1));
+    s = m.step(&s, Action::HostStaleRelations);
+    s = m.step(&s, Action::HostRelations);
+    s = m.settle(s);
+    println!("{:#?}", m.relay_of(&s).functions().collect::<Vec<_>>());
+    assert_promises_kept(&s);
+    assert!(tables_live(&s), "an entry outlives both views");
 }

@@ -82,6 +82,22 @@ pub struct Seen {
     pub relisted_while_held: bool,
     /// A change ran into the relay's `max_hold` fallback.
     pub change_timed_out: bool,
+    /// The host answered a request more than `max_hold` after it received it.
+    pub slow_past_hold: bool,
+    /// A stale relations message (built before the host processed an EJECTION_COMPLETE)
+    /// reached the relay after that EJECTION_COMPLETE.
+    pub stale_relations: bool,
+    /// An EJECT named a function listed in its slot after an earlier, still unanswered EJECT
+    /// of that slot (so it ejected the new function).
+    pub eject_after_relist: bool,
+    /// The guest's eject work stalled while time passed.
+    pub guest_stalled: bool,
+    /// The relay delivered a change while the guest was stuck on its last one (its
+    /// `max_hold` fallback).
+    pub moved_on_from_stuck: bool,
+    /// The relay gave up on a change (ran into `max_hold`) while the guest was not stuck in
+    /// its own work on it (it was waiting on the host, however slow, or had finished).
+    pub gave_up_on_live_guest: Option<String>,
     /// The guest channel was closed after the host's rescind.
     pub guest_closed_after_rescind: bool,
     /// An eject work removed a driver.
@@ -90,6 +106,10 @@ pub struct Seen {
     pub g1: Option<String>,
     /// G2 broken: an EJECT for a function not settled at the guest.
     pub g2: Option<u8>,
+    /// An EJECT reached the guest while its probe path was in progress (the slot).
+    pub eject_during_probe: Option<u8>,
+    /// A host EJECT went unanswered past the host's budget (the slot).
+    pub eject_overdue: Option<u8>,
     /// G3 broken: a function announced that the host had already taken back.
     pub g3: Option<u8>,
     /// G7 broken: a completion for a request the guest is not waiting for.
@@ -169,13 +189,38 @@ impl State {
             && !self.guest.beyond
             && self.guest.runnable().is_empty()
             && self.host.pending.is_empty()
+            && self.host.slow.is_empty()
             && self.timeout.is_none()
     }
 
-    /// Whether the guest holds exactly the functions the host has listed and still has, each
-    /// with the identity the host listed.
-    pub fn views_agree(&self) -> bool {
+    /// When time next moves: the relay's next timer, or the host's deadline for an EJECT it
+    /// still waits for (when the host gives up on the guest), whichever comes first.
+    pub fn next_time(&self) -> Option<Duration> {
+        let host = (!self.host.rescinded)
+            .then(|| self.host.eject_deadline())
+            .flatten()
+            .filter(|&d| d > self.now);
+        match (self.timeout, host) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The final view: whether the guest holds exactly the functions the host has listed
+    /// and still has, each with the identity the host listed (nothing missing, no ghost, no
+    /// mixed identity).
+    pub fn final_view_agrees(&self) -> bool {
         self.host.announced() == self.guest.held()
+    }
+
+    /// How the guest's view differs from the host's: functions missing at the guest, ghosts
+    /// (held by the guest, gone at the host), each as (slot, identity).
+    pub fn final_view_diff(&self) -> String {
+        let host = self.host.announced();
+        let guest = self.guest.held();
+        let missing: Vec<_> = host.iter().filter(|f| !guest.contains(f)).collect();
+        let ghosts: Vec<_> = guest.iter().filter(|f| !host.contains(f)).collect();
+        format!("host has {host:?}, guest holds {guest:?}: missing {missing:?}, ghosts {ghosts:?}")
     }
 }
 
@@ -202,6 +247,8 @@ pub enum Outcome {
     Fail,
     /// Not now: never, or late (a host that removed the device may ignore it).
     Ignore,
+    /// Slowly: the host owes the answer, but time may pass first (any request).
+    Slow,
 }
 
 /// One step of the model.
@@ -225,6 +272,11 @@ pub enum Action {
     HostComplete { txid: u64, outcome: Outcome },
     /// The host answers a request it ignored, late (successfully).
     HostLate { txid: u64 },
-    /// The clock moves to the relay's next timer.
+    /// The host answers a request it was slow on (successfully).
+    HostSlowAnswer { txid: u64 },
+    /// A relations message the host built before it processed the latest EJECTION_COMPLETE
+    /// reaches the relay (it still lists the function that EJECTION_COMPLETE removed).
+    HostStaleRelations,
+    /// The clock moves to the relay's next timer (or the host's EJECT deadline, if sooner).
     AdvanceTime,
 }

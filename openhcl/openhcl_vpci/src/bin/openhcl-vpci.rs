@@ -1,0 +1,161 @@
+//! `openhcl-vpci`: the paravisor's vPCI relay service as a process.
+//!
+//! `openhcl-vpci serve --host H --guest G --control C [--config file.toml]` relays every bus
+//! the host endpoint at `H` offers to the guest that connects at `G`; `openhcl-vpci inspect
+//! [PATH] --control C` reads its inspect tree.
+
+#![forbid(unsafe_code)]
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use openhcl_vpci::config::{ServiceConfig, parse_duration};
+use openhcl_vpci::inspect_server;
+use openhcl_vpci::service::{Endpoints, Service};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "openhcl-vpci",
+    version,
+    about = "The paravisor's vPCI relay service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Relay the host's vPCI buses to the guest until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Print the running service's inspect tree, or one subtree.
+    Inspect(InspectArgs),
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// The host endpoint's Unix socket (connected to).
+    #[arg(long)]
+    host: PathBuf,
+    /// The Unix socket the guest endpoint connects to (created).
+    #[arg(long)]
+    guest: PathBuf,
+    /// The control socket for `inspect` (created).
+    #[arg(long)]
+    control: PathBuf,
+    /// A TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The tracing filter (overrides the file's `log`; RUST_LOG overrides both).
+    #[arg(long)]
+    log: Option<String>,
+    /// The settle window (overrides the file), e.g. `100ms`.
+    #[arg(long, value_parser = parse_duration)]
+    settle: Option<Duration>,
+    /// The longest a host EJECT is held (overrides the file), e.g. `30s`.
+    #[arg(long, value_parser = parse_duration)]
+    max_hold: Option<Duration>,
+    /// How long to keep trying to reach the host at start.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    connect_timeout: Duration,
+    /// How long shutdown waits for each bus to close.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    shutdown_timeout: Duration,
+}
+
+#[derive(Parser)]
+struct InspectArgs {
+    /// The subtree to print (`buses/<bus>/relay/functions/<slot>`); the whole tree if absent.
+    path: Option<String>,
+    /// The service's control socket.
+    #[arg(long)]
+    control: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print again whenever the answer changes (polls every 500 ms) until interrupted.
+    #[arg(long)]
+    watch: bool,
+}
+
+fn init_tracing(filter: Option<&str>) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter.unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => ServiceConfig::from_file(path)?,
+        None => ServiceConfig::default(),
+    };
+    if let Some(log) = args.log {
+        config.log = Some(log);
+    }
+    if args.settle.is_some() {
+        config.settle = args.settle;
+    }
+    if args.max_hold.is_some() {
+        config.max_hold = args.max_hold;
+    }
+    config.validate()?;
+    if let Some(filter) = &config.log {
+        EnvFilter::try_new(filter).with_context(|| format!("invalid `log` filter {filter:?}"))?;
+    }
+    init_tracing(config.log.as_deref());
+    let endpoints = Endpoints {
+        host: args.host,
+        guest: args.guest,
+        control: args.control,
+        connect_timeout: args.connect_timeout,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    Service::start(config, endpoints)?.run()
+}
+
+fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(&args.control)
+        .with_context(|| format!("cannot reach the service at {}", args.control.display()))?;
+    let path = args.path.unwrap_or_default();
+    let mut last = None;
+    loop {
+        let answer = inspect_server::query(&stream, &path, args.json)?;
+        if last.as_ref() != Some(&answer) {
+            if args.watch && last.is_some() {
+                println!("---");
+            }
+            print!("{answer}");
+            if !answer.ends_with('\n') {
+                println!();
+            }
+            last = Some(answer);
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Inspect(args) => inspect(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("openhcl-vpci: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
