@@ -217,7 +217,7 @@ impl RealGuest {
             bus: self.bus.clone(),
             probed: self.probed(),
             closed: self.rescinded || self.ring_ended,
-            held: self.observer.held(),
+            held: self.observer.held(0),
         };
         if self.last.as_ref() != Some(&state) {
             println!("@@ {}", state.line());
@@ -314,7 +314,7 @@ impl Controller for RealGuest {
             }
         }
         if let Some(p) = self.poll_ring() {
-            self.observer.guest_received(&p.payload);
+            self.observer.guest_received(0, &p.payload);
             self.world_changed();
             return Action::deliver(0, &p);
         }
@@ -356,7 +356,7 @@ impl Controller for RealGuest {
 
     fn packet(&mut self, packet: GuestPacket) {
         let packet = packet.to_packet();
-        self.observer.guest_sent(&packet.payload);
+        self.observer.guest_sent(0, &packet.payload);
         if !self.ring_ended && block_on(self.ring.send(&packet)).is_err() {
             self.ring_ended = true;
         }
@@ -364,7 +364,11 @@ impl Controller for RealGuest {
 
     fn mmio_read(&mut self, addr: u64, size: u32) -> u64 {
         let len = u8::try_from(size.clamp(1, 4)).unwrap_or(4);
-        match self.observer.window.decode(addr, size) {
+        let access = match self.observer.buses.first() {
+            Some(b) => b.window.decode(addr, size),
+            None => WindowAccess::Outside,
+        };
+        match access {
             WindowAccess::Config {
                 slot: Some(slot),
                 offset,
@@ -389,7 +393,11 @@ impl Controller for RealGuest {
 
     fn mmio_write(&mut self, addr: u64, size: u32, value: u64) {
         let len = u8::try_from(size.clamp(1, 4)).unwrap_or(4);
-        match self.observer.window.write(addr, size, value) {
+        let access = match self.observer.buses.first_mut() {
+            Some(b) => b.window.write(addr, size, value),
+            None => WindowAccess::Outside,
+        };
+        match access {
             WindowAccess::Config {
                 slot: Some(slot),
                 offset,
@@ -472,6 +480,7 @@ impl RealGuest {
     fn unbacked(&mut self, what: String) {
         let context = self.context_name(self.current);
         self.observer.fail(
+            0,
             "unbacked_access",
             context,
             "readl/writel (the endpoint driver)".to_owned(),
