@@ -330,3 +330,19 @@ fn channels_and_their_futures_are_send() {
     let boxed: Box<dyn Channel + Send> = Box::new(memory);
     assert_send(&boxed);
 }
+
+/// Packets larger than the receive buffer a channel starts with arrive intact (the buffer
+/// grows to them), between small ones, up to the largest payload the limits allow (lengths
+/// are multiples of 8: VMBus pads payloads).
+#[test]
+fn large_packets_grow_the_receive_buffer() {
+    let (mut a, mut b) = ring_channel_pair(config(64 * 1024, 16 * 1024)).unwrap();
+    block_on(async {
+        for (id, len) in [(1u64, 8usize), (2, 3000), (3, 16), (4, 16 * 1024), (5, 104)] {
+            a.send(&Packet::in_band(id, bytes(id, len))).await.unwrap();
+            let p = b.recv().await.unwrap();
+            assert_eq!(p.transaction_id, id);
+            assert_eq!(p.payload, bytes(id, len));
+        }
+    });
+}

@@ -62,6 +62,8 @@ const OPENER: usize = 1;
 const HANDOFF_MAGIC: [u8; 8] = *b"VMBCHFD1";
 /// Descriptors in a handoff: memfd, the opener's doorbell, the creator's doorbell.
 const HANDOFF_FDS: usize = 3;
+/// The receive buffer a channel starts with; it grows to the largest packet read.
+const INITIAL_READ_BUF: usize = 1024;
 
 /// Creates both ends of a ring-backed channel in this process (for two threads).
 pub fn ring_channel_pair(
@@ -136,8 +138,12 @@ pub struct RingChannel {
     peer_doorbell: Doorbell,
     /// Waits on our doorbell (and liveness socket) and wakes our tasks.
     notifier: Notifier,
-    /// Receive buffer, as large as the largest packet the ring can hold.
+    /// Receive buffer: grown to the largest packet read so far (vPCI packets are a few
+    /// hundred bytes; a buffer as large as the ring would cost every idle channel its size in
+    /// resident memory).
     buf: Vec<u8>,
+    /// The largest packet the ring can hold.
+    max_read: usize,
     /// Whether we told the writer not to signal us.
     masked: bool,
     /// How this end ended the channel, if it did.
@@ -237,7 +243,8 @@ impl RingChannel {
         let ring = |side| window(&mem, config.ring_offset(side), config.ring_region_len());
         let writer = RingWriter::new(ring(side)?).map_err(ring_err)?;
         let reader = RingReader::new(ring(1 - side)?).map_err(ring_err)?;
-        let buf = vec![0; reader.max_packet_len()];
+        let max_read = reader.max_packet_len();
+        let buf = vec![0; INITIAL_READ_BUF.min(max_read)];
         let notifier = Notifier::start(Arc::new(own_doorbell), liveness)?;
         Ok(Self {
             side,
@@ -248,6 +255,7 @@ impl RingChannel {
             peer_doorbell,
             notifier,
             buf,
+            max_read,
             masked: false,
             local_end: None,
             peer_end: AtomicU8::new(0),
@@ -335,7 +343,18 @@ impl RingChannel {
         if self.broken {
             return Ok(None);
         }
-        let read = match self.reader.read_packet(&mut self.buf) {
+        let read = loop {
+            match self.reader.read_packet(&mut self.buf) {
+                // The packet stays in the ring: grow the buffer to it and read it again.
+                Err(vmbus_ring::RingError::PacketTooLarge { len, .. })
+                    if len > self.buf.len() && len <= self.max_read =>
+                {
+                    self.buf.resize(len, 0);
+                }
+                other => break other,
+            }
+        };
+        let read = match read {
             Ok(Some(read)) => read,
             Ok(None) => return Ok(None),
             Err(err) => return Err(self.broke(err)),
