@@ -45,7 +45,11 @@ impl Drop for Proc {
 fn wait_for_socket(path: &Path) {
     let start = Instant::now();
     while !path.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "{}", path.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -102,6 +106,11 @@ impl Rig {
             .arg(dir.join("guest.sock"))
             .arg("--control")
             .arg(dir.join("control.sock"))
+            .args(
+                std::env::var("BENCH_SPIN")
+                    .map(|s| vec!["--spin".to_owned(), s])
+                    .unwrap_or_default(),
+            )
             .env("RUST_LOG", "error")
             .stderr(Stdio::null())
             .spawn()
@@ -132,7 +141,11 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// (a) Round-trip latency through the service vs direct, interleaved.
 fn latency(smoke: bool) -> (f64, f64) {
-    let rig = Rig::start("latency", "buses=1,functions=2", &["host.sock", "direct.sock"]);
+    let rig = Rig::start(
+        "latency",
+        "buses=1,functions=2",
+        &["host.sock", "direct.sock"],
+    );
     let guest = rig.guest();
     let bus = guest.offers(1).remove(0);
     let mut relayed = RawBus::new(guest.open(&bus));
@@ -168,8 +181,24 @@ fn latency(smoke: bool) -> (f64, f64) {
     (median(&mut through), median(&mut straight))
 }
 
-/// (b) The vPCI probe on `n` buses at once (a thread per bus): wall-clock time.
-fn probe_buses(n: usize) -> Duration {
+/// CPU time (user + system) process `pid` has used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which ends with the last ')'): utime and stime are 14 and 15.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// (b) The vPCI probe on `n` buses at once (a thread per bus): wall-clock time, and the CPU
+/// time the three processes spent in it (ms).
+fn probe_buses(n: usize) -> (Duration, u64) {
     let rig = Rig::start(
         &format!("probe{n}"),
         &format!("buses={n},functions=2,latency_ms=1"),
@@ -180,6 +209,8 @@ fn probe_buses(n: usize) -> Duration {
     // Open every ring first (the service opens the host's on each open), then probe all.
     let rings: Vec<_> = buses.iter().map(|b| guest.open(b)).collect();
     std::thread::sleep(Duration::from_millis(200));
+    let pids = [std::process::id(), rig._host.0.id(), rig.service.0.id()];
+    let cpu_before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
     let start = Instant::now();
     let threads: Vec<_> = rings
         .into_iter()
@@ -188,7 +219,10 @@ fn probe_buses(n: usize) -> Duration {
     for t in threads {
         t.join().expect("probe thread");
     }
-    start.elapsed()
+    let wall = start.elapsed();
+    let cpu: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    // Clock ticks are 10 ms on Linux (USER_HZ = 100).
+    (wall, cpu.saturating_sub(cpu_before) * 10)
 }
 
 /// The private (anonymous) memory of process `pid`, in KiB.
@@ -233,14 +267,19 @@ fn main() {
         through - direct
     );
     let many = if smoke { 4 } else { 64 };
-    let one = probe_buses(1);
-    let all = probe_buses(many);
-    println!("probe: 1 bus {one:.1?}, {many} buses {all:.1?}");
+    let (one, one_cpu) = probe_buses(1);
+    let (all, all_cpu) = probe_buses(many);
+    println!(
+        "probe: 1 bus {one:.1?} ({one_cpu} ms CPU), {many} buses {all:.1?} ({all_cpu} ms CPU, \
+         the three processes)"
+    );
     let (few, lots) = if smoke { (1, 3) } else { (1, 65) };
     let base = idle_memory(few);
     let more = idle_memory(lots);
     let per_bus = more.saturating_sub(base) as f64 / (lots - few) as f64;
-    println!("memory: {few} idle bus {base} KiB, {lots} idle buses {more} KiB (service, Anonymous)");
+    println!(
+        "memory: {few} idle bus {base} KiB, {lots} idle buses {more} KiB (service, Anonymous)"
+    );
     println!();
     if smoke {
         println!("summary: smoke run (-- --test), no measurement");

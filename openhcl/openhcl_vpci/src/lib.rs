@@ -22,11 +22,13 @@ pub mod control;
 pub mod inspect_server;
 pub mod revocable;
 pub mod service;
+pub mod spin;
 pub mod table;
 
 use futures::executor::block_on;
 use inspect::Node;
 use std::thread::JoinHandle;
+use std::time::Duration;
 use vmbus_channel::Channel;
 use vpci_relay::{BarControl, BusDriver, BusPort, BusRelay, DriverExit, RelayConfig, SystemClock};
 
@@ -38,16 +40,37 @@ struct Bus {
     thread: JoinHandle<DriverExit>,
 }
 
+/// How long a bus thread keeps polling after a wake before it parks ([`spin::block_on`]): none
+/// by default (on the 2-core machines measured, a spinning bus thread took the core its peers
+/// needed: see the README's performance table).
+pub const DEFAULT_SPIN: Duration = Duration::ZERO;
+
 /// The set of running buses.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RelayService {
     buses: Vec<Bus>,
+    spin: Duration,
+}
+
+impl Default for RelayService {
+    fn default() -> Self {
+        Self {
+            buses: Vec::new(),
+            spin: DEFAULT_SPIN,
+        }
+    }
 }
 
 impl RelayService {
     /// A service with no buses.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets how long each bus thread started from now on polls after a wake before it parks
+    /// (zero: it parks at once).
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
     }
 
     /// Starts relaying one bus between its host-facing and guest-facing channels, on a new
@@ -93,10 +116,11 @@ impl RelayService {
         let (mut driver, port) =
             BusDriver::new(BusRelay::new(config), host, guest, SystemClock::new(), bars);
         let thread_name = name.clone();
+        let spin = self.spin;
         let thread = std::thread::Builder::new()
             .name(format!("vpci-{name}"))
             .spawn(move || {
-                let exit = block_on(driver.run());
+                let exit = spin::block_on(driver.run(), spin);
                 tracing::info!(bus = %thread_name, ?exit, "bus relay stopped");
                 on_exit(exit);
                 exit

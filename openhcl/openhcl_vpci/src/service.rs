@@ -188,13 +188,17 @@ impl Service {
             control = %endpoints.control.display(),
             "listening"
         );
+        let mut relays = RelayService::new();
+        if let Some(spin) = config.spin {
+            relays.set_spin(spin);
+        }
         Ok(Self {
             config,
             endpoints,
             events,
             sender,
             table: BusTable::new(),
-            relays: RelayService::new(),
+            relays,
             running: BTreeMap::new(),
             host: Some(host),
             guest: None,

@@ -76,8 +76,11 @@ impl RawBus {
 
     /// Waits for the host's relations.
     fn relations(&mut self) {
-        block_on(self.ring.send(&Packet::in_band(0, padded(build::query_relations()))))
-            .expect("send");
+        block_on(
+            self.ring
+                .send(&Packet::in_band(0, padded(build::query_relations()))),
+        )
+        .expect("send");
         loop {
             let p = block_on(self.ring.recv()).expect("recv");
             let kind = p.payload.get(0..4).map(|b| [b[0], b[1], b[2], b[3]]);
