@@ -23,7 +23,9 @@ fn plain_bus(name: &str, functions: u32) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("petri-processes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let path = dir.join(format!("{name}.toml"));
-    let slots: Vec<String> = (0..functions).map(|s| format!("{{ slot = {s} }}")).collect();
+    let slots: Vec<String> = (0..functions)
+        .map(|s| format!("{{ slot = {s} }}"))
+        .collect();
     let text = format!(
         "name = \"{name}\"\n\n[[bus]]\nfunctions = [{}]\n",
         slots.join(", ")
@@ -93,7 +95,10 @@ fn real_510_hot_plug_storm() {
         GuestKind::Debian510,
         cycles,
     );
-    eprintln!("{cycles} cycles against 5.10: {:?} ({:?})", r.storm, r.elapsed);
+    eprintln!(
+        "{cycles} cycles against 5.10: {:?} ({:?})",
+        r.storm, r.elapsed
+    );
     assert_ok("storm", &r);
     let expected = format!("storm bus0 cycles={cycles} answered={cycles} unanswered=0 ");
     assert!(
@@ -133,6 +138,9 @@ fn cli_says_not_replayable() {
         .expect("petri");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("c2 linux-6.2 processes: 0/1 failed"), "{text}");
+    assert!(
+        text.contains("c2 linux-6.2 processes: 0/1 failed"),
+        "{text}"
+    );
     assert!(text.contains("not replayable"), "{text}");
 }

@@ -10,8 +10,7 @@ use super::report::HostState;
 use crate::scenario;
 use futures::executor::block_on;
 use host_sim::{
-    BusConfig, FunctionSpec, HostAction, HostClock, HostEventKind, RunExit, SharedBus, Sleep,
-    Time,
+    BusConfig, FunctionSpec, HostAction, HostClock, HostEventKind, RunExit, SharedBus, Sleep, Time,
 };
 use openhcl_vpci::control::{self, Message, MmioOp};
 use std::collections::HashMap;
@@ -43,7 +42,9 @@ impl HostSpec {
                     from_scenario = Some(sc.buses);
                 }
                 "buses" => buses = usize::try_from(n()?).map_err(|_| format!("bad {kv:?}"))?,
-                "functions" => functions = u32::try_from(n()?).map_err(|_| format!("bad {kv:?}"))?,
+                "functions" => {
+                    functions = u32::try_from(n()?).map_err(|_| format!("bad {kv:?}"))?
+                }
                 "latency_ms" => latency = n()?,
                 "storm" => storm = u32::try_from(n()?).map_err(|_| format!("bad {kv:?}"))?,
                 _ => return Err(format!("unknown key {k:?}")),

@@ -34,7 +34,10 @@ pub fn endpoint(role: &str, socket: &Path, spec: &str) -> Result<(), String> {
         "host" => host::run(socket, host::HostSpec::parse(spec)?).map_err(|e| e.to_string()),
         "guest" => {
             let (guest, scenario) = guest_spec(spec)?;
-            let options = scenario.as_ref().map(|s| s.guest.clone()).unwrap_or_default();
+            let options = scenario
+                .as_ref()
+                .map(|s| s.guest.clone())
+                .unwrap_or_default();
             match guest.driver() {
                 Some(version) => {
                     real::run(socket, version, options.vectors).map_err(|e| e.to_string())
@@ -49,7 +52,9 @@ pub fn endpoint(role: &str, socket: &Path, spec: &str) -> Result<(), String> {
                 }
             }
         }
-        other => Err(format!("unknown endpoint role {other:?}: host, guest or service")),
+        other => Err(format!(
+            "unknown endpoint role {other:?}: host, guest or service"
+        )),
     }
 }
 
@@ -124,7 +129,11 @@ pub struct ProcessRun {
 
 /// Runs `scenario` (by name or path) once with `guest` through the service, in three
 /// processes.
-pub fn run(scenario_ref: &str, guest: GuestKind, opts: &ProcessOptions) -> Result<ProcessRun, String> {
+pub fn run(
+    scenario_ref: &str,
+    guest: GuestKind,
+    opts: &ProcessOptions,
+) -> Result<ProcessRun, String> {
     let sc = scenario::load(scenario_ref).map_err(|e| e.to_string())?;
     if guest.driver().is_some() && sc.buses.len() != 1 {
         return Err(format!(

@@ -157,7 +157,10 @@ pub fn run(socket: &std::path::Path, config: &GuestConfig) -> std::io::Result<()
             std::thread::sleep(Duration::from_micros(500));
         }
     }
-    println!("@@ guest exit unremoved={:?}", buses.keys().collect::<Vec<_>>());
+    println!(
+        "@@ guest exit unremoved={:?}",
+        buses.keys().collect::<Vec<_>>()
+    );
     Ok(())
 }
 

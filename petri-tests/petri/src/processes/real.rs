@@ -324,7 +324,8 @@ impl Controller for RealGuest {
             if self.phase != Phase::Down {
                 // The driver removes the bus in the rescind's context; then the module goes.
                 self.phase = Phase::Down;
-                self.commands.retain(|c| !matches!(c, Command::Remove { .. }));
+                self.commands
+                    .retain(|c| !matches!(c, Command::Remove { .. }));
                 if !self.commands.contains(&Command::Exit) {
                     self.commands.push_back(Command::Exit);
                 }
@@ -375,8 +376,7 @@ impl Controller for RealGuest {
             } => {
                 let op = MmioOp::ConfigRead { slot, offset, len };
                 let value = self.ctl.mmio(&self.bus, op).unwrap_or(u32::MAX);
-                self.bars
-                    .read(WinSlot::from_raw(slot), offset, len, value);
+                self.bars.read(WinSlot::from_raw(slot), offset, len, value);
                 u64::from(value)
             }
             WindowAccess::Config { slot: None, .. } => u64::MAX,
@@ -403,8 +403,7 @@ impl Controller for RealGuest {
                 offset,
             } => {
                 let value = u32::try_from(value & 0xffff_ffff).unwrap_or(u32::MAX);
-                self.bars
-                    .write(WinSlot::from_raw(slot), offset, len, value);
+                self.bars.write(WinSlot::from_raw(slot), offset, len, value);
                 let op = MmioOp::ConfigWrite {
                     slot,
                     offset,
@@ -413,10 +412,8 @@ impl Controller for RealGuest {
                 };
                 let _ = self.ctl.mmio(&self.bus, op);
             }
-            WindowAccess::Outside => {
-                if self.bar(addr, size, Some(value)).is_none() {
-                    self.unbacked(format!("write of {size} bytes at {addr:#x}"));
-                }
+            WindowAccess::Outside if self.bar(addr, size, Some(value)).is_none() => {
+                self.unbacked(format!("write of {size} bytes at {addr:#x}"));
             }
             _ => {}
         }

@@ -167,7 +167,11 @@ pub(crate) fn parse_failure(line: &str, index: usize) -> Option<Outcome> {
 }
 
 /// The end-of-run verdict of bus `index` from the last states both sides reported.
-pub(crate) fn verdict(index: usize, host: Option<&HostState>, guest: Option<&GuestState>) -> Outcome {
+pub(crate) fn verdict(
+    index: usize,
+    host: Option<&HostState>,
+    guest: Option<&GuestState>,
+) -> Outcome {
     let Some(host) = host else {
         return Outcome::LostBus { bus: index };
     };
@@ -224,10 +228,7 @@ mod tests {
         assert_eq!(GuestState::parse(&guest.line()), Some(guest.clone()));
         assert_eq!(verdict(0, Some(&host), Some(&guest)), Outcome::Ok);
         guest.held = vec![(WinSlot::from_raw(1), id(2))];
-        assert_eq!(
-            verdict(0, Some(&host), Some(&guest)).kind(),
-            "ghost_device"
-        );
+        assert_eq!(verdict(0, Some(&host), Some(&guest)).kind(), "ghost_device");
         guest.held.clear();
         assert_eq!(verdict(0, Some(&host), Some(&guest)).kind(), "lost_device");
         guest.closed = true;

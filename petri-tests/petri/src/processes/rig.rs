@@ -215,7 +215,10 @@ impl Rig {
             None => {
                 let mut cmd = Command::new(&spec.endpoint_exe);
                 cmd.args(["endpoint", "service", "--socket"]).arg(&dir);
-                (cmd, "petri's copy of the service (no openhcl-vpci binary found)".to_owned())
+                (
+                    cmd,
+                    "petri's copy of the service (no openhcl-vpci binary found)".to_owned(),
+                )
             }
         };
         cmd.arg("--host")
@@ -225,7 +228,10 @@ impl Rig {
             .arg("--control")
             .arg(dir.join("control.sock"))
             .args(&spec.service_args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("warn".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            );
         let service = Proc::start("service", cmd, spec.verbose).map_err(io)?;
         let guest_cmd = endpoint(spec, "guest", &dir.join("guest.sock"), &spec.guest);
         let guest = Proc::start("guest", guest_cmd, spec.verbose).map_err(io)?;

@@ -142,8 +142,6 @@ pub struct RingChannel {
     /// hundred bytes; a buffer as large as the ring would cost every idle channel its size in
     /// resident memory).
     buf: Vec<u8>,
-    /// The largest packet the ring can hold.
-    max_read: usize,
     /// Whether we told the writer not to signal us.
     masked: bool,
     /// How this end ended the channel, if it did.
@@ -243,8 +241,7 @@ impl RingChannel {
         let ring = |side| window(&mem, config.ring_offset(side), config.ring_region_len());
         let writer = RingWriter::new(ring(side)?).map_err(ring_err)?;
         let reader = RingReader::new(ring(1 - side)?).map_err(ring_err)?;
-        let max_read = reader.max_packet_len();
-        let buf = vec![0; INITIAL_READ_BUF.min(max_read)];
+        let buf = vec![0; INITIAL_READ_BUF.min(reader.max_packet_len())];
         let notifier = Notifier::start(Arc::new(own_doorbell), liveness)?;
         Ok(Self {
             side,
@@ -255,7 +252,6 @@ impl RingChannel {
             peer_doorbell,
             notifier,
             buf,
-            max_read,
             masked: false,
             local_end: None,
             peer_end: AtomicU8::new(0),
@@ -347,7 +343,7 @@ impl RingChannel {
             match self.reader.read_packet(&mut self.buf) {
                 // The packet stays in the ring: grow the buffer to it and read it again.
                 Err(vmbus_ring::RingError::PacketTooLarge { len, .. })
-                    if len > self.buf.len() && len <= self.max_read =>
+                    if len > self.buf.len() && len <= self.reader.max_packet_len() =>
                 {
                     self.buf.resize(len, 0);
                 }
