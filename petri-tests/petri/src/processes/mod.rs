@@ -4,7 +4,7 @@
 //! eventfds). Concurrency and time are real, so a run is not replayable: it is one sample of
 //! the interleavings the machine happened to produce. The verdict uses the same end-of-run
 //! checks as a simulated run ([`crate::outcome::compare_functions`] and friends), applied to
-//! the last state each side reported once the run went quiet ([`report`]).
+//! the last state each side reported once the run went quiet (`report.rs`).
 //!
 //! The endpoints are petri itself (`petri endpoint host|guest|service`, hidden), so one
 //! binary carries them.
