@@ -97,6 +97,26 @@ impl RelayService {
         self.add_bus_with(config, host, guest, bars, |_| {})
     }
 
+    /// [`add_bus_with`](Self::add_bus_with) for ring channels whose waiting the caller took
+    /// over ([`vmbus_channel::RingChannel::wait_source`]): the bus's thread waits on `sources`
+    /// itself ([`spin::block_on_sources`]), so a packet wakes it directly.
+    pub fn add_bus_waiting_on<H, G, B>(
+        &mut self,
+        config: RelayConfig,
+        host: H,
+        guest: G,
+        bars: B,
+        sources: Vec<vmbus_channel::WaitSource>,
+        on_exit: impl FnOnce(DriverExit) + Send + 'static,
+    ) -> std::io::Result<()>
+    where
+        H: Channel + Send + 'static,
+        G: Channel + Send + 'static,
+        B: BarControl + Send + 'static,
+    {
+        self.start(config, host, guest, bars, Some(sources), on_exit)
+    }
+
     /// [`add_bus`](Self::add_bus), and calls `on_exit` on the bus's thread when its driver
     /// stops.
     pub fn add_bus_with<H, G, B>(
@@ -112,6 +132,23 @@ impl RelayService {
         G: Channel + Send + 'static,
         B: BarControl + Send + 'static,
     {
+        self.start(config, host, guest, bars, None, on_exit)
+    }
+
+    fn start<H, G, B>(
+        &mut self,
+        config: RelayConfig,
+        host: H,
+        guest: G,
+        bars: B,
+        sources: Option<Vec<vmbus_channel::WaitSource>>,
+        on_exit: impl FnOnce(DriverExit) + Send + 'static,
+    ) -> std::io::Result<()>
+    where
+        H: Channel + Send + 'static,
+        G: Channel + Send + 'static,
+        B: BarControl + Send + 'static,
+    {
         let name = config.name.clone();
         let (mut driver, port) =
             BusDriver::new(BusRelay::new(config), host, guest, SystemClock::new(), bars);
@@ -120,7 +157,10 @@ impl RelayService {
         let thread = std::thread::Builder::new()
             .name(format!("vpci-{name}"))
             .spawn(move || {
-                let exit = spin::block_on(driver.run(), spin);
+                let exit = match sources {
+                    Some(sources) => spin::block_on_sources(driver.run(), sources),
+                    None => spin::block_on(driver.run(), spin),
+                };
                 tracing::info!(bus = %thread_name, ?exit, "bus relay stopped");
                 on_exit(exit);
                 exit

@@ -378,21 +378,24 @@ impl Service {
         if self.table.running(&bus) != Some(generation) {
             return;
         }
-        let started = ring.and_then(|guest| {
+        let started = ring.and_then(|mut guest| {
             let host = self
                 .host
                 .as_ref()
                 .ok_or_else(|| ControlError::Unexpected("no host".into()))?;
-            let host = control::open_ring(host, &bus, self.ring)?;
+            let mut host = control::open_ring(host, &bus, self.ring)?;
+            // The bus's thread waits on both rings itself: one wake-up per packet.
+            let sources = vec![host.wait_source()?, guest.wait_source()?];
             let (host, revoke) = Revocable::new(host);
             let bars = RecordingBars::new(&bus);
             let tx = self.sender.clone();
             let name = bus.clone();
-            self.relays.add_bus_with(
+            self.relays.add_bus_waiting_on(
                 self.config.relay_config(&bus),
                 host,
                 guest,
                 bars.clone(),
+                sources,
                 move |exit| {
                     let _ = tx.send(Event::BusStopped(name, generation, exit));
                 },

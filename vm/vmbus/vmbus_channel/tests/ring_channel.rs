@@ -346,3 +346,44 @@ fn large_packets_grow_the_receive_buffer() {
         }
     });
 }
+
+/// An end whose waiting was taken over by the caller ([`RingChannel::wait_source`]): its
+/// doorbell becomes readable when the peer sends, `ready` lets the receive complete, and the
+/// peer closing is seen the same way.
+#[test]
+fn wait_source_replaces_the_notifier() {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let (mut a, mut b) = ring_channel_pair(config(64 * 1024, 1024)).unwrap();
+    let mut source = b.wait_source().unwrap();
+    assert!(b.wait_source().is_err(), "detached twice");
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        block_on(a.send(&Packet::in_band(7, bytes(7, 64)))).unwrap();
+        a
+    });
+    let mut recv = Box::pin(async { b.recv().await });
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let limit = Timespec {
+        tv_sec: 5,
+        tv_nsec: 0,
+    };
+    let packet = loop {
+        if let std::task::Poll::Ready(p) = recv.as_mut().poll(&mut cx) {
+            break p.unwrap();
+        }
+        let fds = source.fds();
+        let mut polled: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        assert!(poll(&mut polled, Some(&limit)).unwrap() > 0, "nothing woke");
+        drop(polled);
+        source.ready();
+    };
+    assert_eq!(packet.transaction_id, 7);
+    drop(recv);
+    drop(sender.join().unwrap());
+    source.ready();
+    assert!(block_on(b.recv()).is_err());
+}

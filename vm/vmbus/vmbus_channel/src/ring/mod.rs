@@ -39,6 +39,7 @@ mod layout;
 mod os;
 
 pub use layout::{RingChannelConfig, SetupError};
+pub use os::WaitSource;
 
 use crate::channel::{Channel, ChannelError, ChannelState, EndReason};
 use crate::packet::{Packet, PacketError, PacketFlags, PacketKind};
@@ -264,6 +265,13 @@ impl RingChannel {
         let own = self.notifier.doorbell().clone();
         self.notifier = Notifier::start(own, Some(socket))?;
         Ok(self)
+    }
+
+    /// Stops this end's notifier thread and returns its waiting, for a caller that waits on
+    /// the end's descriptors in its own event loop (see [`WaitSource`]). Until the caller
+    /// calls [`WaitSource::ready`], nothing wakes this end's tasks.
+    pub fn wait_source(&mut self) -> std::io::Result<WaitSource> {
+        self.notifier.detach()
     }
 
     /// The channel's configuration (the creator's, as validated by the opener).

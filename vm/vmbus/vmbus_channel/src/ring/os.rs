@@ -99,7 +99,7 @@ pub(crate) struct Notifier {
     state: Arc<NotifyState>,
     incoming: Arc<Doorbell>,
     stop: Arc<Doorbell>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Option<OwnedFd>>>,
 }
 
 impl Notifier {
@@ -114,11 +114,13 @@ impl Notifier {
             let incoming = incoming.clone();
             std::thread::Builder::new()
                 .name("vmbus-ring-notify".into())
-                .spawn(move || {
-                    if let Err(err) = notify_loop(&state, &incoming, &stop, liveness) {
+                .spawn(move || match notify_loop(&state, &incoming, &stop, liveness) {
+                    Ok(liveness) => liveness,
+                    Err(err) => {
                         tracing::warn!(error = %err, "ring channel notifier failed");
                         state.failed.store(true, Ordering::Release);
                         state.wake_all();
+                        None
                     }
                 })?
         };
@@ -139,6 +141,71 @@ impl Notifier {
     pub(crate) fn state(&self) -> &NotifyState {
         &self.state
     }
+
+    /// Stops the thread and hands its waiting to the caller's own event loop.
+    pub(crate) fn detach(&mut self) -> io::Result<WaitSource> {
+        let liveness = match self.thread.take() {
+            Some(thread) => {
+                self.stop.ring()?;
+                thread
+                    .join()
+                    .map_err(|_| io::Error::other("the notifier thread panicked"))?
+            }
+            None => return Err(io::Error::other("the notifier was already detached")),
+        };
+        Ok(WaitSource {
+            state: self.state.clone(),
+            incoming: self.incoming.clone(),
+            liveness,
+        })
+    }
+}
+
+/// A channel end's waiting, taken over by the caller's event loop instead of a notifier
+/// thread ([`super::RingChannel::wait_source`]): the caller polls [`WaitSource::fds`] for
+/// readability (with whatever else it waits on) and calls [`WaitSource::ready`] when one is
+/// ready, which wakes the end's tasks as the notifier thread would have. One thread then
+/// serves every channel it drives, and a packet's arrival wakes that thread directly.
+#[derive(Debug)]
+pub struct WaitSource {
+    state: Arc<NotifyState>,
+    incoming: Arc<Doorbell>,
+    liveness: Option<OwnedFd>,
+}
+
+impl WaitSource {
+    /// The descriptors to poll for readability: the doorbell, then the liveness socket (whose
+    /// hang-up means the peer went away) if the end has one.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = vec![self.incoming.fd.as_fd()];
+        if let Some(socket) = &self.liveness {
+            fds.push(socket.as_fd());
+        }
+        fds
+    }
+
+    /// One of the descriptors is ready (a spurious call is harmless): resets the doorbell,
+    /// notes a peer that hung up, and wakes the end's tasks.
+    pub fn ready(&mut self) {
+        if let Err(err) = self.incoming.drain() {
+            tracing::warn!(error = %err, "ring channel doorbell failed");
+            self.state.failed.store(true, Ordering::Release);
+        }
+        if self.liveness.as_ref().is_some_and(peer_hung_up_if_readable) {
+            self.liveness = None;
+            self.state.peer_gone.store(true, Ordering::Release);
+        }
+        self.state.wake_all();
+    }
+}
+
+/// Whether a liveness socket that may or may not be readable says the peer hung up.
+fn peer_hung_up_if_readable(socket: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(socket, PollFlags::IN | PollFlags::RDHUP)];
+    match poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+        Ok(n) if n > 0 => peer_hung_up(socket),
+        _ => false,
+    }
 }
 
 impl Drop for Notifier {
@@ -158,7 +225,7 @@ fn notify_loop(
     incoming: &Doorbell,
     stop: &Doorbell,
     mut liveness: Option<OwnedFd>,
-) -> io::Result<()> {
+) -> io::Result<Option<OwnedFd>> {
     loop {
         let (doorbell_ready, stop_ready, socket_ready) = {
             let mut fds = vec![
@@ -180,7 +247,7 @@ fn notify_loop(
             )
         };
         if stop_ready {
-            return Ok(());
+            return Ok(liveness);
         }
         if doorbell_ready {
             incoming.drain()?;
