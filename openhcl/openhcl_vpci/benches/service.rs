@@ -106,11 +106,6 @@ impl Rig {
             .arg(dir.join("guest.sock"))
             .arg("--control")
             .arg(dir.join("control.sock"))
-            .args(
-                std::env::var("BENCH_SPIN")
-                    .map(|s| vec!["--spin".to_owned(), s])
-                    .unwrap_or_default(),
-            )
             .env("RUST_LOG", "error")
             .stderr(Stdio::null())
             .spawn()

@@ -69,10 +69,6 @@ pub struct ServiceConfig {
     /// See [`RelayConfig::departed_request_timeout`].
     #[serde(default, with = "humantime_serde")]
     pub departed_request_timeout: Option<Duration>,
-    /// How long a bus thread keeps polling its rings after a wake before it parks
-    /// ([`crate::spin::block_on`]; default [`crate::DEFAULT_SPIN`], `"0s"` to park at once).
-    #[serde(default, with = "humantime_serde")]
-    pub spin: Option<Duration>,
     /// Memory and count bounds.
     #[serde(default)]
     pub limits: LimitsFile,

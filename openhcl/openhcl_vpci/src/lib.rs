@@ -19,16 +19,15 @@
 pub mod bars;
 pub mod config;
 pub mod control;
+pub mod executor;
 pub mod inspect_server;
 pub mod revocable;
 pub mod service;
-pub mod spin;
 pub mod table;
 
 use futures::executor::block_on;
 use inspect::Node;
 use std::thread::JoinHandle;
-use std::time::Duration;
 use vmbus_channel::Channel;
 use vpci_relay::{BarControl, BusDriver, BusPort, BusRelay, DriverExit, RelayConfig, SystemClock};
 
@@ -40,37 +39,16 @@ struct Bus {
     thread: JoinHandle<DriverExit>,
 }
 
-/// How long a bus thread keeps polling after a wake before it parks ([`spin::block_on`]): none
-/// by default (on the 2-core machines measured, a spinning bus thread took the core its peers
-/// needed: see the README's performance table).
-pub const DEFAULT_SPIN: Duration = Duration::ZERO;
-
 /// The set of running buses.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct RelayService {
     buses: Vec<Bus>,
-    spin: Duration,
-}
-
-impl Default for RelayService {
-    fn default() -> Self {
-        Self {
-            buses: Vec::new(),
-            spin: DEFAULT_SPIN,
-        }
-    }
 }
 
 impl RelayService {
     /// A service with no buses.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Sets how long each bus thread started from now on polls after a wake before it parks
-    /// (zero: it parks at once).
-    pub fn set_spin(&mut self, spin: Duration) {
-        self.spin = spin;
     }
 
     /// Starts relaying one bus between its host-facing and guest-facing channels, on a new
@@ -99,7 +77,7 @@ impl RelayService {
 
     /// [`add_bus_with`](Self::add_bus_with) for ring channels whose waiting the caller took
     /// over ([`vmbus_channel::RingChannel::wait_source`]): the bus's thread waits on `sources`
-    /// itself ([`spin::block_on_sources`]), so a packet wakes it directly.
+    /// itself ([`executor::block_on_sources`]), so a packet wakes it directly.
     pub fn add_bus_waiting_on<H, G, B>(
         &mut self,
         config: RelayConfig,
@@ -153,13 +131,12 @@ impl RelayService {
         let (mut driver, port) =
             BusDriver::new(BusRelay::new(config), host, guest, SystemClock::new(), bars);
         let thread_name = name.clone();
-        let spin = self.spin;
         let thread = std::thread::Builder::new()
             .name(format!("vpci-{name}"))
             .spawn(move || {
                 let exit = match sources {
-                    Some(sources) => spin::block_on_sources(driver.run(), sources),
-                    None => spin::block_on(driver.run(), spin),
+                    Some(sources) => executor::block_on_sources(driver.run(), sources),
+                    None => block_on(driver.run()),
                 };
                 tracing::info!(bus = %thread_name, ?exit, "bus relay stopped");
                 on_exit(exit);

@@ -188,10 +188,7 @@ impl Service {
             control = %endpoints.control.display(),
             "listening"
         );
-        let mut relays = RelayService::new();
-        if let Some(spin) = config.spin {
-            relays.set_spin(spin);
-        }
+        let relays = RelayService::new();
         Ok(Self {
             config,
             endpoints,

@@ -59,10 +59,6 @@ struct ServeArgs {
     /// The longest a host EJECT is held (overrides the file), e.g. `30s`.
     #[arg(long, value_parser = parse_duration)]
     max_hold: Option<Duration>,
-    /// How long a bus thread polls after a wake before it parks (overrides the file), e.g.
-    /// `50us`; `0s` parks at once.
-    #[arg(long, value_parser = parse_duration)]
-    spin: Option<Duration>,
     /// How long to keep trying to reach the host at start.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     connect_timeout: Duration,
@@ -109,9 +105,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.max_hold.is_some() {
         config.max_hold = args.max_hold;
-    }
-    if args.spin.is_some() {
-        config.spin = args.spin;
     }
     config.validate()?;
     if let Some(filter) = &config.log {
