@@ -3,25 +3,18 @@
 //! the real Debian 5.10 driver loses when it talks to host_sim directly (catalogue C3, C4)
 //! never reach it through the relay.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures::task::noop_waker_ref;
 use host_sim::{BusConfig, FunctionSpec, HostAction, HostBus};
 use kernel_shim::DriverVersion;
 use kernel_shim::guest::{Action, Controller, Ending, Sched, Session};
 use kernel_shim::host::{ConfigWindow, WindowAccess};
 use kernel_shim::protocol::{Command, EventKind, GuestPacket};
-use vmbus_channel::{Channel, MemoryChannel, Packet, channel_pair};
+use vmbus_channel::Packet;
 use vpci_protocol::WinSlot;
-use vpci_relay::{
-    Backing, BarControl, BusDriver, BusPort, BusRelay, ConfigAccess, ConfigAction, DriverExit,
-    RelayConfig, VirtualClock,
-};
+use vpci_relay::sim::RelayRig;
+use vpci_relay::{Backing, BusRelay, ConfigAccess, ConfigAction, RelayConfig, VirtualClock};
 
 const BUS_D0ENTRY: u32 = 0x4249_0007;
 const EJECTION_COMPLETE: u32 = 0x4249_000f;
@@ -30,104 +23,17 @@ const INSTANCE: [u8; 16] = [
     0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78, 0x87, 0x96, 0xa5, 0xb4, 0xc3, 0xd2, 0xe1, 0xf0,
 ];
 
-/// The BAR backing the relay asks for, as a paravisor's VMM would carry it out.
-#[derive(Clone, Default)]
-struct Bars(Arc<Mutex<BTreeMap<u32, Backing>>>);
-
-impl Bars {
-    fn get(&self, slot: WinSlot) -> Backing {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(&slot.raw()).copied().unwrap_or(Backing::Released)
-    }
-
-    fn set(&self, slot: WinSlot, backing: Backing) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.insert(slot.raw(), backing);
-    }
-}
-
-impl BarControl for Bars {
-    fn map_device(&mut self, slot: WinSlot) {
-        self.set(slot, Backing::Device);
-    }
-
-    fn map_shield(&mut self, slot: WinSlot) {
-        self.set(slot, Backing::Shield);
-    }
-
-    fn unmap(&mut self, slot: WinSlot) {
-        self.set(slot, Backing::Released);
-    }
-}
-
-/// One relay: its driver future, its config port and the run's ends of its two channels.
+/// One relay (the shared rig of `vpci_relay::sim`) and the clock its timers run on.
 struct Relay {
-    driver: Pin<Box<dyn Future<Output = DriverExit>>>,
-    port: BusPort,
-    host_end: MemoryChannel,
-    guest_end: MemoryChannel,
-    bars: Bars,
+    rig: RelayRig,
     clock: VirtualClock,
-    exit: Option<DriverExit>,
 }
 
 impl Relay {
     fn new() -> Self {
-        let (host_end, relay_host) = channel_pair();
-        let (relay_guest, guest_end) = channel_pair();
-        let bars = Bars::default();
         let clock = VirtualClock::new();
-        let relay = BusRelay::new(RelayConfig::default());
-        let (mut driver, port) =
-            BusDriver::new(relay, relay_host, relay_guest, clock.clone(), bars.clone());
-        Self {
-            driver: Box::pin(async move { driver.run().await }),
-            port,
-            host_end,
-            guest_end,
-            bars,
-            clock,
-            exit: None,
-        }
-    }
-
-    fn poll(&mut self) {
-        if self.exit.is_none() {
-            let mut cx = Context::from_waker(noop_waker_ref());
-            if let Poll::Ready(exit) = self.driver.as_mut().poll(&mut cx) {
-                self.exit = Some(exit);
-            }
-        }
-    }
-
-    /// Runs a request to the driver's port, polling the driver in turn, until it answers.
-    fn drive<T>(&mut self, mut request: Pin<Box<dyn Future<Output = T> + '_>>) -> Option<T> {
-        let mut cx = Context::from_waker(noop_waker_ref());
-        for _ in 0..16 {
-            if let Poll::Ready(answer) = request.as_mut().poll(&mut cx) {
-                return Some(answer);
-            }
-            if self.exit.is_some() {
-                return None;
-            }
-            if let Poll::Ready(exit) = self.driver.as_mut().poll(&mut cx) {
-                self.exit = Some(exit);
-            }
-        }
-        None
-    }
-
-    fn access(&mut self, access: ConfigAccess) -> Option<ConfigAction> {
-        let mut port = self.port.clone();
-        self.drive(Box::pin(async move { port.access(access).await }))
-            .flatten()
-    }
-
-    fn read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
-        let mut port = self.port.clone();
-        let _ = self.drive(Box::pin(async move {
-            port.read_result(slot, offset, len, value).await
-        }));
+        let rig = RelayRig::new(BusRelay::new(RelayConfig::default()), clock.clone(), false);
+        Self { rig, clock }
     }
 }
 
@@ -214,9 +120,9 @@ impl Rig {
         (self.rng >> 33) as usize
     }
 
-    /// Moves packets host <-> relay <-> guest until nothing moves.
+    /// Moves packets host <-> relay <-> guest until nothing moves. (The guest gets what
+    /// arrives at its next scheduling point: this rig does not make arrival a choice.)
     fn pump(&mut self) {
-        let mut cx = Context::from_waker(noop_waker_ref());
         loop {
             let mut moved = false;
             while let Some(p) = self.host.poll_transmit() {
@@ -236,33 +142,12 @@ impl Rig {
                 continue;
             };
             relay.clock.advance_to(self.now);
-            while let Some(p) = self.host_out.front() {
-                match relay.host_end.poll_send(&mut cx, p) {
-                    Poll::Ready(_) => {
-                        self.host_out.pop_front();
-                        moved = true;
-                    }
-                    Poll::Pending => break,
-                }
-            }
-            while let Some(p) = self.guest_out.front() {
-                match relay.guest_end.poll_send(&mut cx, p) {
-                    Poll::Ready(_) => {
-                        self.guest_out.pop_front();
-                        moved = true;
-                    }
-                    Poll::Pending => break,
-                }
-            }
-            relay.poll();
-            while let Poll::Ready(Ok(p)) = relay.host_end.poll_recv(&mut cx) {
+            let out = relay.rig.exchange(&mut self.host_out, &mut self.guest_out);
+            moved |= out.moved;
+            for p in out.to_host {
                 self.host.handle_packet(self.now, p);
-                moved = true;
             }
-            while let Poll::Ready(Ok(p)) = relay.guest_end.poll_recv(&mut cx) {
-                self.to_guest.push_back(p);
-                moved = true;
-            }
+            self.to_guest.extend(out.to_guest);
             if !moved {
                 return;
             }
@@ -297,10 +182,10 @@ impl Rig {
         let Some(relay) = self.relay.as_mut() else {
             return self.host.config_read(slot, offset, len).unwrap_or(ones);
         };
-        match relay.access(ConfigAccess::Read { slot, offset, len }) {
+        match relay.rig.access(ConfigAccess::Read { slot, offset, len }) {
             Some(ConfigAction::Forward) => {
                 let value = self.host.config_read(slot, offset, len).unwrap_or(ones);
-                relay.read_result(slot, offset, len, value);
+                relay.rig.read_result(slot, offset, len, value);
                 value
             }
             Some(ConfigAction::Answer(value)) => value,
@@ -319,7 +204,7 @@ impl Rig {
             len,
             value,
         };
-        if let Some(ConfigAction::Forward) = relay.access(access) {
+        if let Some(ConfigAction::Forward) = relay.rig.access(access) {
             let _ = self.host.config_write(slot, offset, len, value);
         }
     }
@@ -330,7 +215,7 @@ impl Rig {
             return false;
         };
         let backing = match &self.relay {
-            Some(relay) => relay.bars.get(slot),
+            Some(relay) => relay.rig.bars.get(slot),
             None => Backing::Device,
         };
         match backing {

@@ -13,10 +13,10 @@
 pub mod chart;
 pub mod decode;
 pub mod explore;
+mod host_side;
 pub mod labels;
 pub mod outcome;
 pub mod real;
-pub mod relay_rig;
 pub mod report;
 pub mod ring_dump;
 pub mod scenario;

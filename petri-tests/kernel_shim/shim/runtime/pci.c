@@ -432,13 +432,16 @@ static bool endpoint_probe(struct kshim_pci_dev *kd)
 	/* pci_enable_device -> pci_enable_resources: every BAR must have been assigned. */
 	for (int i = 0; i < PCI_STD_NUM_BARS; i++) {
 		if (kd->bar_size[i] && !kd->bar_assigned[i]) {
-			kshim_event(EV_NOTE, "endpoint %02x.%d: can't enable device: BAR %d not assigned",
-				    PCI_SLOT(pdev->devfn), PCI_FUNC(pdev->devfn), i);
+			kshim_event(EV_NOTE,
+				    "endpoint %02x.%d: can't enable device: BAR %d not assigned (domain %04x)",
+				    PCI_SLOT(pdev->devfn), PCI_FUNC(pdev->devfn), i,
+				    kbus(pdev->bus)->domain);
 			return false;
 		}
 	}
-	kshim_event(EV_NOTE, "endpoint probe %02x.%d", PCI_SLOT(pdev->devfn),
-		    PCI_FUNC(pdev->devfn));
+	/* The domain names the bus when one process runs several. */
+	kshim_event(EV_NOTE, "endpoint probe %02x.%d (domain %04x)", PCI_SLOT(pdev->devfn),
+		    PCI_FUNC(pdev->devfn), kbus(pdev->bus)->domain);
 	cfg_read(pdev->bus, pdev->devfn, PCI_COMMAND, 2, &cmd);
 	cfg_write(pdev->bus, pdev->devfn, PCI_COMMAND, 2,
 		  cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);

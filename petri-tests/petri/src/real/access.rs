@@ -1,39 +1,36 @@
-//! The real guest's device memory: config-window accesses go to the host's config space
-//! (through the relay's port when there is one), BAR accesses to the device as the relay
-//! backs it (or straight to the device, direct); an access nothing backs is a failure.
+//! The real guest's device memory: config-window accesses go to their bus's host's config
+//! space (through the relay's port when there is one), BAR accesses to the device as the
+//! relay backs it (or straight to the device, direct); an access nothing backs is a failure.
 
 use super::controller::RealController;
 use vpci_protocol::WinSlot;
 use vpci_relay::{Backing, ConfigAccess, ConfigAction};
 
 impl RealController {
-    pub(super) fn config_read(&mut self, slot: WinSlot, offset: u16, len: u8) -> u32 {
-        let value = self.config_read_inner(slot, offset, len);
-        self.bars.read(slot, offset, len, value);
+    pub(super) fn config_read(&mut self, bus: usize, slot: WinSlot, offset: u16, len: u8) -> u32 {
+        let value = self.config_read_inner(bus, slot, offset, len);
+        if let Some(bars) = self.bars.get_mut(bus) {
+            bars.read(slot, offset, len, value);
+        }
         value
     }
 
-    fn config_read_inner(&mut self, slot: WinSlot, offset: u16, len: u8) -> u32 {
+    fn config_read_inner(&mut self, bus: usize, slot: WinSlot, offset: u16, len: u8) -> u32 {
         let ones = if len >= 4 {
             u32::MAX
         } else {
             (1u32 << (8 * u32::from(len))) - 1
         };
-        let Some(relay) = self.side.relay.as_mut() else {
-            return self
-                .side
-                .host
-                .config_read(slot, offset, len)
-                .unwrap_or(ones);
+        let Some(side) = self.sides.get_mut(bus) else {
+            return ones;
         };
-        self.side.relay_dirty = true;
+        let Some(relay) = side.relay.as_mut() else {
+            return side.host.config_read(slot, offset, len).unwrap_or(ones);
+        };
+        side.relay_dirty = true;
         match relay.access(ConfigAccess::Read { slot, offset, len }) {
             Some(ConfigAction::Forward) => {
-                let value = self
-                    .side
-                    .host
-                    .config_read(slot, offset, len)
-                    .unwrap_or(ones);
+                let value = side.host.config_read(slot, offset, len).unwrap_or(ones);
                 relay.read_result(slot, offset, len, value);
                 value
             }
@@ -42,13 +39,25 @@ impl RealController {
         }
     }
 
-    pub(super) fn config_write(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
-        self.bars.write(slot, offset, len, value);
-        let Some(relay) = self.side.relay.as_mut() else {
-            let _ = self.side.host.config_write(slot, offset, len, value);
+    pub(super) fn config_write(
+        &mut self,
+        bus: usize,
+        slot: WinSlot,
+        offset: u16,
+        len: u8,
+        value: u32,
+    ) {
+        if let Some(bars) = self.bars.get_mut(bus) {
+            bars.write(slot, offset, len, value);
+        }
+        let Some(side) = self.sides.get_mut(bus) else {
             return;
         };
-        self.side.relay_dirty = true;
+        let Some(relay) = side.relay.as_mut() else {
+            let _ = side.host.config_write(slot, offset, len, value);
+            return;
+        };
+        side.relay_dirty = true;
         let access = ConfigAccess::Write {
             slot,
             offset,
@@ -56,27 +65,39 @@ impl RealController {
             value,
         };
         if let Some(ConfigAction::Forward) = relay.access(access) {
-            let _ = self.side.host.config_write(slot, offset, len, value);
+            let _ = side.host.config_write(slot, offset, len, value);
         }
     }
 
-    /// A BAR access: through the relay's backing, or straight to the device. `false` when
-    /// nothing backs the address (a fault on real hardware).
-    pub(super) fn bar(&mut self, addr: u64, data: &mut [u8], write: bool) -> bool {
-        let Some((slot, bar, offset)) = self
+    /// A BAR access: through the relay's backing, or straight to the device. `Err` with the
+    /// bus of the address (bus 0 if none has it) when nothing backs it (a fault on real
+    /// hardware). The function is found where the guest programmed a BAR first, then where a
+    /// host placed one.
+    pub(super) fn bar(&mut self, addr: u64, data: &mut [u8], write: bool) -> Result<(), usize> {
+        let programmed = self
             .bars
-            .resolve(addr)
-            .or_else(|| self.side.host.resolve_mmio(addr))
-        else {
-            return false;
+            .iter()
+            .enumerate()
+            .find_map(|(i, b)| Some((i, b.resolve(addr)?)));
+        let found = programmed.or_else(|| {
+            self.sides
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, s)| Some((i, s.host.resolve_mmio(addr)?)))
+        });
+        let Some((bus, (slot, bar, offset))) = found else {
+            return Err(0);
         };
-        let backing = match &self.side.relay {
+        let Some(side) = self.sides.get_mut(bus) else {
+            return Err(0);
+        };
+        let backing = match &side.relay {
             Some(relay) => relay.bars.get(slot),
             None => Backing::Device,
         };
-        match backing {
-            Backing::Device if write => self.side.host.bar_write(slot, bar, offset, data).is_ok(),
-            Backing::Device => self.side.host.bar_read(slot, bar, offset, data).is_ok(),
+        let backed = match backing {
+            Backing::Device if write => side.host.bar_write(slot, bar, offset, data).is_ok(),
+            Backing::Device => side.host.bar_read(slot, bar, offset, data).is_ok(),
             Backing::Shield => {
                 if !write {
                     data.fill(0xff);
@@ -84,12 +105,15 @@ impl RealController {
                 true
             }
             Backing::Released => false,
-        }
+        };
+        if backed { Ok(()) } else { Err(bus) }
     }
 
-    pub(super) fn unbacked(&mut self, what: String) {
+    /// An access nothing backs, on bus `bus`: the guest's failure.
+    pub(super) fn unbacked(&mut self, bus: usize, what: String) {
         let context = self.context_name(self.current);
         self.observer.fail(
+            bus,
             "unbacked_access",
             context,
             "readl/writel (the endpoint driver)".to_owned(),

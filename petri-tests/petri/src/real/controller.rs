@@ -10,12 +10,12 @@
 //! command of the sequence is given (or, if a command is still pending, the guest is hung).
 
 use super::bars::GuestBars;
-use super::bus::{Delivery, HostSide};
 use super::observe::Observer;
+use crate::host_side::{HostSide, ToGuest};
 use crate::outcome::Outcome;
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
-use crate::vm::{Chaos, RunLimits, describe};
+use crate::vm::{Chaos, RunLimits};
 use kernel_shim::guest::{Action, Controller, Sched};
 use kernel_shim::host::{RetargetRequest, WindowAccess};
 use kernel_shim::protocol::{Command, ContextKind, EventKind, GuestPacket, SchedPoint};
@@ -34,8 +34,8 @@ const WAKEUP_STEP: u64 = 48;
 enum Pick {
     /// Run this guest context.
     Run(u32),
-    /// Deliver what is in flight to the guest.
-    Deliver,
+    /// Deliver what is in flight to the guest on this bus.
+    Deliver(usize),
 }
 
 /// Where the run is in its command sequence.
@@ -51,7 +51,8 @@ enum Phase {
 
 /// Everything a real-guest run holds besides the guest process.
 pub(super) struct RealController {
-    pub(super) side: HostSide,
+    /// Each bus's host side, by bus index.
+    pub(super) sides: Vec<HostSide>,
     clock: VirtualClock,
     pub(super) now: Duration,
     chooser: Chooser,
@@ -64,6 +65,8 @@ pub(super) struct RealController {
     phase: Phase,
     waiting: Option<Command>,
     pub(super) results: Vec<(u32, i32)>,
+    /// The buses whose probe returned success.
+    probed: BTreeSet<u32>,
     spinning: BTreeSet<u32>,
     /// Scheduling points so far.
     points: u64,
@@ -87,7 +90,8 @@ pub(super) struct RealController {
     /// What the host saw once the scenario settled (before teardown).
     pub(super) host_visible: Outcome,
     chaos: Option<Chaos>,
-    pub(super) bars: GuestBars,
+    /// Where the guest put each bus's BARs, by bus index.
+    pub(super) bars: Vec<GuestBars>,
     pub(super) hot_plug: Option<HotPlug>,
 }
 
@@ -103,19 +107,22 @@ pub(super) struct HotPlug {
     pub(super) done: u32,
 }
 
-/// The run's boot sequence for one bus.
+/// The run's command sequence.
 pub(super) struct Plan {
-    /// Commands up to and including the probe.
+    /// Commands up to and including the probe of every bus.
     pub(super) boot: Vec<Command>,
-    /// Commands after the scenario settled (remove if probed, then module exit).
-    pub(super) remove: Command,
+    /// Commands after the scenario settled: each bus's remove (given only for a bus whose
+    /// probe succeeded), then module exit.
+    pub(super) remove: Vec<Command>,
     /// Hot-plug cycles before the teardown, if any.
     pub(super) hot_plug: Option<HotPlug>,
+    /// The PCI domain each bus's driver is asked to take, by bus index.
+    pub(super) domains: Vec<u16>,
 }
 
 impl RealController {
     pub(super) fn new(
-        side: HostSide,
+        sides: Vec<HostSide>,
         clock: VirtualClock,
         chooser: Chooser,
         limits: RunLimits,
@@ -123,8 +130,11 @@ impl RealController {
         record: bool,
         chaos: Option<Chaos>,
     ) -> Self {
+        let buses = sides.len();
+        let mut teardown: VecDeque<Command> = plan.remove.into();
+        teardown.push_back(Command::Exit);
         Self {
-            side,
+            sides,
             clock,
             now: Duration::ZERO,
             chooser,
@@ -133,10 +143,11 @@ impl RealController {
             steps: 0,
             limits,
             commands: plan.boot.into(),
-            teardown: [plan.remove, Command::Exit].into(),
+            teardown,
             phase: Phase::Boot,
             waiting: None,
             results: Vec::new(),
+            probed: BTreeSet::new(),
             spinning: BTreeSet::new(),
             polled: BTreeSet::new(),
             tasklets: BTreeSet::new(),
@@ -148,11 +159,11 @@ impl RealController {
             process: 0,
             current: 0,
             trace: record.then(Trace::default),
-            observer: Observer::default(),
+            observer: Observer::new(&plan.domains),
             early: None,
             host_visible: Outcome::Ok,
             chaos,
-            bars: GuestBars::default(),
+            bars: (0..buses).map(|_| GuestBars::default()).collect(),
             hot_plug: plan.hot_plug,
         }
     }
@@ -172,7 +183,9 @@ impl RealController {
     }
 
     fn pump(&mut self) {
-        self.side.pump(self.now, self.trace.as_mut());
+        for side in &mut self.sides {
+            side.pump(self.now, self.trace.as_mut());
+        }
     }
 
     fn result_of(&self, command: &Command) -> Option<i32> {
@@ -186,9 +199,14 @@ impl RealController {
 
     fn next_deadline(&self, sched: &Sched) -> Option<u64> {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let hosts = self
+            .sides
+            .iter()
+            .filter_map(|s| s.host.poll_timeout())
+            .min();
         [
             Some(sched.next_deadline_ns).filter(|&d| d > 0),
-            self.side.host.poll_timeout().map(ns),
+            hosts.map(ns),
             self.clock.next_deadline().map(ns),
         ]
         .into_iter()
@@ -197,17 +215,21 @@ impl RealController {
         .min()
     }
 
-    /// Whether what is in flight can be delivered now: always, when there is something. A
-    /// rescind starts the guest's `vmbus_onoffer_rescind` context, which resets the channel
+    /// The buses with something in flight that can be delivered now: always, when there is
+    /// something. A rescind starts the guest's `vmbus_onoffer_rescind` context, which resets the channel
     /// callback (waiting out a running one) before it sets `channel->rescind`; whether the
     /// channel's tasklet reads the packets delivered before it first is the scheduler's
     /// choice, as in the kernel.
-    fn deliverable(&self, _sched: &Sched) -> bool {
-        !self.side.in_flight.is_empty()
+    fn deliverable(&self, _sched: &Sched) -> impl Iterator<Item = usize> + '_ {
+        self.sides
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.has_in_flight())
+            .map(|(i, _)| i)
     }
 
     /// The options at this point, in a stable order: runnable contexts (spinning ones only
-    /// when nothing else can happen), then the delivery.
+    /// when nothing else can happen), then each bus's delivery.
     fn options(&self, sched: &Sched) -> (Vec<Pick>, bool) {
         let awake = |c: &&u32| self.ready_at.get(c).is_none_or(|&at| self.points >= at);
         let mut out: Vec<Pick> = sched
@@ -226,9 +248,7 @@ impl RealController {
                 .map(|&c| Pick::Run(c))
                 .collect();
         }
-        if self.deliverable(sched) {
-            out.push(Pick::Deliver);
-        }
+        out.extend(self.deliverable(sched).map(Pick::Deliver));
         if !out.is_empty() {
             return (out, false);
         }
@@ -246,15 +266,15 @@ impl RealController {
 
     fn hang(&mut self, why: String) -> Action {
         let context = self.context_name(self.process);
-        let function = match &self.waiting {
-            Some(Command::Probe { .. }) => "hv_pci_probe",
-            Some(Command::Remove { .. }) => "hv_pci_remove",
-            Some(Command::Exit) => "cleanup_module",
-            Some(Command::Init) => "init_module",
-            _ => "?",
+        let (function, bus) = match &self.waiting {
+            Some(Command::Probe { bus, .. }) => ("hv_pci_probe", *bus),
+            Some(Command::Remove { bus }) => ("hv_pci_remove", *bus),
+            Some(Command::Exit) => ("cleanup_module", 0),
+            Some(Command::Init) => ("init_module", 0),
+            _ => ("?", 0),
         };
         let outcome = Outcome::Guest {
-            bus: 0,
+            bus: usize::try_from(bus).unwrap_or(0),
             failure: "hang".to_owned(),
             context,
             function: function.to_owned(),
@@ -268,24 +288,31 @@ impl RealController {
     /// (`lost_bus`); a device the guest holds that the host no longer has, or holds with an
     /// old identity (`ghost_device`: it would drive memory nothing backs, as at its
     /// removal); a function the host has that the probed guest never got (`lost_device`).
-    fn host_visible_now(&mut self, probed: bool) -> Outcome {
-        if let Some(slot) = self.side.eject_timeouts.first() {
-            return Outcome::EjectUnanswered {
-                bus: 0,
-                slot: slot.to_string(),
-            };
+    /// Every bus is looked at for each kind in turn, as in the model VM.
+    fn host_visible_now(&mut self) -> Outcome {
+        for (i, side) in self.sides.iter().enumerate() {
+            if let Some(outcome) = side.eject_unanswered(i) {
+                return outcome;
+            }
         }
-        if self.side.relay_dropped()
-            && !self.side.host.rescinded()
-            && !self.side.host.broke_protocol()
-        {
-            return Outcome::LostBus { bus: 0 };
+        for (i, side) in self.sides.iter().enumerate() {
+            if let Some(outcome) = side.lost_bus(i) {
+                return outcome;
+            }
         }
-        if self.side.channel_ended() {
-            return Outcome::Ok;
+        for (i, side) in self.sides.iter_mut().enumerate() {
+            if side.channel_ended() {
+                continue;
+            }
+            let probed = u32::try_from(i).is_ok_and(|b| self.probed.contains(&b));
+            let host = crate::vm::host_functions(&mut side.host);
+            let outcome =
+                crate::outcome::compare_functions(i, &host, &self.observer.held(i), probed);
+            if outcome != Outcome::Ok {
+                return outcome;
+            }
         }
-        let host = crate::vm::host_functions(&mut self.side.host);
-        crate::outcome::compare_functions(0, &host, &self.observer.held(), probed)
+        Outcome::Ok
     }
 
     /// Takes the next hot-plug action, after checking the last one reached the guest; false
@@ -294,7 +321,10 @@ impl RealController {
         let Some(mut hp) = self.hot_plug else {
             return false;
         };
-        if hp.done >= hp.cycles.saturating_mul(2) || self.side.channel_ended() {
+        let Some(side) = self.sides.first() else {
+            return false;
+        };
+        if hp.done >= hp.cycles.saturating_mul(2) || side.channel_ended() {
             return false;
         }
         let slot = WinSlot::from_raw(hp.slot);
@@ -303,10 +333,11 @@ impl RealController {
         // After an add the guest must hold the function; after an eject it must not, and the
         // host must have had its EJECTION_COMPLETE.
         if hp.done > 0 {
-            let held = self.observer.holds(slot);
-            if adding && (held || !self.side.eject_timeouts.is_empty()) {
+            let held = self.observer.holds(0, slot);
+            if adding && (held || side.eject_timed_out()) {
                 // The guest holds the function: a ghost (`leaked_device` is memory only).
                 self.observer.fail(
+                    0,
                     "ghost_device",
                     context,
                     "hv_eject_device_work".to_owned(),
@@ -316,6 +347,7 @@ impl RealController {
             }
             if !adding && !held {
                 self.observer.fail(
+                    0,
                     "lost_device",
                     context,
                     "pci_devices_present_work".to_owned(),
@@ -331,10 +363,11 @@ impl RealController {
         } else {
             host_sim::HostAction::Eject { slot: hp.slot }
         };
-        let _ = self.side.host.act(self.now, action);
+        if let Some(side) = self.sides.first_mut() {
+            side.act(self.now, action);
+        }
         hp.done += 1;
         self.hot_plug = Some(hp);
-        self.side.relay_dirty = true;
         self.world_changed();
         self.reasked = false;
         self.pump();
@@ -361,15 +394,7 @@ impl RealController {
             return self.schedule(sched);
         }
         if self.phase == Phase::Settle {
-            let probed = self.results.iter().any(|&(c, r)| {
-                c == Command::Probe {
-                    bus: 0,
-                    instance: [0; 16],
-                }
-                .number()
-                    && r == 0
-            });
-            self.host_visible = self.host_visible_now(probed);
+            self.host_visible = self.host_visible_now();
             if let Some(f) = self.observer.failure.clone() {
                 return self.stop(f);
             }
@@ -378,11 +403,10 @@ impl RealController {
                 return self.stop(self.host_visible.clone());
             }
             self.phase = Phase::Teardown;
-            if !probed {
-                // Linux calls remove only for a bound driver.
-                self.teardown
-                    .retain(|c| !matches!(c, Command::Remove { .. }));
-            }
+            // Linux calls remove only for a bound driver.
+            let probed = &self.probed;
+            self.teardown
+                .retain(|c| !matches!(c, Command::Remove { bus } if !probed.contains(bus)));
         }
         let next = match self.phase {
             Phase::Boot => self.commands.pop_front(),
@@ -439,21 +463,30 @@ impl RealController {
         self.polled.clear();
     }
 
-    fn deliver(&mut self) -> Action {
+    fn deliver(&mut self, bus: usize) -> Action {
         // What a busy-polling context waits for may be in this delivery.
         self.world_changed();
-        match self.side.in_flight.pop_front() {
-            Some(Delivery::Packet(p, from)) => {
-                self.observer.guest_received(&p.payload);
-                self.note(from, Lane::Guest, describe(&p), Mark::None);
-                Action::deliver(0, &p)
-            }
-            Some(Delivery::Rescind(from)) => {
-                self.note(from, Lane::Guest, "rescind".to_owned(), Mark::None);
-                Action::Rescind(0)
-            }
-            None => Action::Run(self.current),
+        let mut channel = ChildChannel {
+            bus,
+            observer: &mut self.observer,
+            action: None,
+        };
+        if let Some(side) = self.sides.get_mut(bus) {
+            side.deliver(self.now, &mut channel, self.trace.as_mut());
         }
+        channel.action.unwrap_or(Action::Run(self.current))
+    }
+
+    /// The bus whose config window holds `addr`, and what the access means there (bus 0 and
+    /// `Outside` when no window does: a BAR, or nothing).
+    fn window_access(&self, addr: u64, size: u32) -> (usize, WindowAccess) {
+        self.observer
+            .buses
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, b.window.decode(addr, size)))
+            .find(|(_, a)| *a != WindowAccess::Outside)
+            .unwrap_or((0, WindowAccess::Outside))
     }
 
     fn chaos_acts(&mut self, stuck: bool) -> bool {
@@ -463,31 +496,55 @@ impl RealController {
         if self.phase == Phase::Teardown || !chaos.acts_now(stuck) {
             return false;
         }
-        let _ = chaos.bus(1);
-        let action = chaos.action(&self.side.host);
-        let label = format!("bus 0: chaos: {}", crate::labels::action(&action));
+        let bus = chaos.bus(self.sides.len());
+        let Some(side) = self.sides.get_mut(bus) else {
+            return false;
+        };
+        let action = chaos.action(&side.host);
+        let label = format!("bus {bus}: chaos: {}", crate::labels::action(&action));
+        side.act(self.now, action);
         self.world_changed();
-        let _ = self.side.host.act(self.now, action);
-        self.side.relay_dirty = true;
         self.note(Lane::Host, Lane::Host, label, Mark::None);
         self.pump();
         true
     }
 }
 
+/// The real guest's channel of one bus: what arrives is written into the child process's
+/// ring (the answer to the scheduling point), after the observer has seen it.
+struct ChildChannel<'a> {
+    bus: usize,
+    observer: &'a mut Observer,
+    action: Option<Action>,
+}
+
+impl ToGuest for ChildChannel<'_> {
+    fn packet(&mut self, packet: vmbus_channel::Packet) {
+        self.observer.guest_received(self.bus, &packet.payload);
+        let bus = u32::try_from(self.bus).unwrap_or(u32::MAX);
+        self.action = Some(Action::deliver(bus, &packet));
+    }
+
+    fn rescind(&mut self) {
+        let bus = u32::try_from(self.bus).unwrap_or(u32::MAX);
+        self.action = Some(Action::Rescind(bus));
+    }
+}
+
 impl Controller for RealController {
     fn schedule(&mut self, sched: &Sched) -> Action {
         let now = self.now.max(Duration::from_nanos(sched.now_ns));
-        if now > self.now {
-            // Time moved: the relay's timers may be due.
-            self.side.relay_dirty = true;
-        }
+        let moved = now > self.now;
         self.now = now;
         self.current = sched.current;
         self.clock.advance_to(self.now);
-        if self.side.host.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.side.host.handle_timeout(self.now);
-            self.side.relay_dirty = true;
+        for side in &mut self.sides {
+            // Time moved: the relay's timers may be due.
+            side.relay_dirty |= moved;
+            if side.host.poll_timeout().is_some_and(|t| t <= now) {
+                side.host.handle_timeout(now);
+                side.relay_dirty = true;
+            }
         }
         self.pump();
         if let Some(f) = self.observer.failure.clone() {
@@ -553,38 +610,45 @@ impl Controller for RealController {
         self.steps += 1;
         match pick {
             Pick::Run(c) => Action::Run(c),
-            Pick::Deliver => self.deliver(),
+            Pick::Deliver(bus) => self.deliver(bus),
         }
     }
 
     fn packet(&mut self, packet: GuestPacket) {
+        let bus = usize::try_from(packet.bus).unwrap_or(usize::MAX);
         let packet = packet.to_packet();
-        self.observer.guest_sent(&packet.payload);
-        self.side.outbox.push(packet);
+        self.observer.guest_sent(bus, &packet.payload);
+        if let Some(side) = self.sides.get_mut(bus) {
+            side.outbox.push(packet);
+        }
         self.pump();
     }
 
     fn mmio_read(&mut self, addr: u64, size: u32) -> u64 {
         let len = u8::try_from(size.clamp(1, 4)).unwrap_or(4);
-        match self.observer.window.decode(addr, size) {
+        let (bus, access) = self.window_access(addr, size);
+        match access {
             WindowAccess::Config { slot, offset } => {
                 let Some(slot) = slot else {
                     return u64::MAX;
                 };
-                u64::from(self.config_read(WinSlot::from_raw(slot), offset, len))
+                u64::from(self.config_read(bus, WinSlot::from_raw(slot), offset, len))
             }
             WindowAccess::SlotSelect | WindowAccess::WindowOther => 0,
             WindowAccess::Outside => {
                 let mut data = [0u8; 8];
                 let n = usize::try_from(size).unwrap_or(8).min(8);
-                let ok = data.get_mut(..n).is_some_and(|d| self.bar(addr, d, false));
-                if ok {
-                    u64::from_le_bytes(data)
-                } else {
-                    self.unbacked(format!(
-                        "read of {size} bytes at {addr:#x}: nothing behind it"
-                    ));
+                let done = data
+                    .get_mut(..n)
+                    .map_or(Err(0), |d| self.bar(addr, d, false));
+                if let Err(bus) = done {
+                    self.unbacked(
+                        bus,
+                        format!("read of {size} bytes at {addr:#x}: nothing behind it"),
+                    );
                     u64::MAX
+                } else {
+                    u64::from_le_bytes(data)
                 }
             }
         }
@@ -592,11 +656,15 @@ impl Controller for RealController {
 
     fn mmio_write(&mut self, addr: u64, size: u32, value: u64) {
         let len = u8::try_from(size.clamp(1, 4)).unwrap_or(4);
-        match self.observer.window.write(addr, size, value) {
+        let (bus, _) = self.window_access(addr, size);
+        let window = self.observer.buses.get_mut(bus).map(|b| &mut b.window);
+        let access = window.map_or(WindowAccess::Outside, |w| w.write(addr, size, value));
+        match access {
             WindowAccess::Config {
                 slot: Some(slot),
                 offset,
             } => self.config_write(
+                bus,
                 WinSlot::from_raw(slot),
                 offset,
                 len,
@@ -605,11 +673,14 @@ impl Controller for RealController {
             WindowAccess::Outside => {
                 let mut data = value.to_le_bytes();
                 let n = usize::try_from(size).unwrap_or(8).min(8);
-                let ok = data.get_mut(..n).is_some_and(|d| self.bar(addr, d, true));
-                if !ok {
-                    self.unbacked(format!(
-                        "write of {size} bytes at {addr:#x}: nothing behind it"
-                    ));
+                let done = data
+                    .get_mut(..n)
+                    .map_or(Err(0), |d| self.bar(addr, d, true));
+                if let Err(bus) = done {
+                    self.unbacked(
+                        bus,
+                        format!("write of {size} bytes at {addr:#x}: nothing behind it"),
+                    );
                 }
             }
             _ => {}
@@ -633,6 +704,10 @@ impl Controller for RealController {
 
     fn result(&mut self, command: u32, result: i32) {
         self.results.push((command, result));
+        let answered = self.waiting.as_ref().filter(|c| c.number() == command);
+        if let (Some(Command::Probe { bus, .. }), 0) = (answered, result) {
+            self.probed.insert(*bus);
+        }
         self.note(
             Lane::Guest,
             Lane::Guest,

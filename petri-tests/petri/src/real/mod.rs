@@ -2,10 +2,10 @@
 //! `kernel_shim`) as the guest of a VM run, in a child process under petri's scheduler.
 //!
 //! A run is one guest process ([`kernel_shim::guest::Session`]) driven by a
-//! `controller::RealController`: host_sim's bus from the scenario (one bus per run for now),
-//! optionally behind the real relay ([`crate::relay_rig::RelayRig`]), the command sequence
-//! (endpoint setup, `init_module`, probe; once the scenario has played out, remove and module
-//! exit), and the scheduler: at every scheduling point of the kernel code petri's
+//! `controller::RealController`: host_sim's buses from the scenario, each through the shared
+//! host side (`crate::host_side`) and optionally behind its own real relay ([`RelayRig`]), the
+//! command sequence (endpoint setup, `init_module`, a probe per bus; once the scenario has
+//! played out, a remove per probed bus and module exit), and the scheduler: at every scheduling point of the kernel code petri's
 //! [`Chooser`] picks a runnable context or the delivery of what is in flight, so a seed names
 //! one interleaving and replays it bit for bit. Virtual time jumps to the earliest guest, host
 //! or relay deadline when nothing can run.
@@ -23,16 +23,14 @@
 
 mod access;
 mod bars;
-mod bus;
 mod controller;
 mod observe;
 
+use crate::host_side::HostSide;
 use crate::outcome::{Outcome, RunResult};
-use crate::relay_rig::RelayRig;
 use crate::scenario::Scenario;
 use crate::sched::Chooser;
 use crate::vm::{Chaos, RunLimits};
-use bus::HostSide;
 use controller::{HotPlug, Plan, RealController};
 use host_sim::HostBus;
 use kernel_shim::forensics::{self, Origin};
@@ -42,6 +40,7 @@ use kernel_shim::{DriverVersion, Instrumentation};
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
+use vpci_relay::sim::RelayRig;
 use vpci_relay::{BusRelay, RelayConfig, VirtualClock};
 
 /// Why a real-guest run could not be made.
@@ -58,10 +57,28 @@ pub enum RealError {
     Unsupported(String),
 }
 
-/// The VMBus instance GUID of the run's bus (bytes 4-5 give the PCI domain).
+/// The VMBus instance GUID of the run's first bus (bytes 4-5 give the PCI domain).
 const INSTANCE: [u8; 16] = [
     0x5e, 0x7a, 0x11, 0x9c, 0x01, 0x00, 0x4f, 0x2b, 0x8a, 0x3d, 0x66, 0x10, 0x52, 0xe4, 0x07, 0xc1,
 ];
+
+/// The most buses a real guest process runs (the runtime's `KSHIM_MAX_BUS`).
+const MAX_BUSES: usize = 8;
+
+/// The PCI domain bus `bus`'s driver is asked to take: 1, 2, ...
+fn domain(bus: usize) -> u16 {
+    u16::try_from(bus + 1).unwrap_or(u16::MAX)
+}
+
+/// The VMBus instance GUID of bus `bus`: the first bus's with the domain bytes (4-5, little
+/// endian, as `hv_pci_probe` reads them) set to [`domain`].
+fn instance(bus: usize) -> [u8; 16] {
+    let mut guid = INSTANCE;
+    let [lo, hi] = domain(bus).to_le_bytes();
+    guid[4] = lo;
+    guid[5] = hi;
+    guid
+}
 
 /// Real-guest runs take many more scheduling points than model steps (about 650 for a
 /// probe, eject and remove): the step bound is the scenario's times this.
@@ -140,48 +157,58 @@ fn run_with(
     record: bool,
     hot_plug: Option<HotPlug>,
 ) -> Result<(RunResult, u32), RealError> {
-    let [bus] = scenario.buses.as_slice() else {
+    if scenario.buses.is_empty() || scenario.buses.len() > MAX_BUSES {
         return Err(RealError::Unsupported(format!(
-            "{}: real guests run one bus per VM for now ({} given)",
+            "{}: a real guest runs 1 to {MAX_BUSES} buses ({} given)",
             scenario.name,
             scenario.buses.len()
         )));
-    };
+    }
     let clock = VirtualClock::new();
-    let relay = relay.then(|| {
-        let config = RelayConfig {
-            name: bus.name.clone(),
-            settle: scenario.relay.settle.0,
-            max_hold: scenario.relay.max_hold.0,
-            ..RelayConfig::default()
-        };
-        RelayRig::new(BusRelay::new(config), clock.clone(), record)
-    });
-    let side = HostSide::new(HostBus::new(bus.clone())?, relay);
+    let mut sides = Vec::with_capacity(scenario.buses.len());
+    for bus in &scenario.buses {
+        let relay = relay.then(|| {
+            let config = RelayConfig {
+                name: bus.name.clone(),
+                settle: scenario.relay.settle.0,
+                max_hold: scenario.relay.max_hold.0,
+                ..RelayConfig::default()
+            };
+            RelayRig::new(BusRelay::new(config), clock.clone(), record)
+        });
+        sides.push(HostSide::new(HostBus::new(bus.clone())?, relay));
+    }
+    let buses = 0..scenario.buses.len();
+    let wire = |b: usize| u32::try_from(b).unwrap_or(u32::MAX);
     let limits = RunLimits {
         max_steps: scenario.limits.max_steps.saturating_mul(STEP_FACTOR),
         max_time: scenario.limits.max_time.0,
     };
+    let mut boot = vec![
+        Command::Endpoint {
+            nvec: u32::from(scenario.guest.vectors.max(1)),
+            msix: true,
+        },
+        Command::Init,
+    ];
+    boot.extend(buses.clone().map(|b| Command::Probe {
+        bus: wire(b),
+        instance: instance(b),
+    }));
     let plan = Plan {
-        boot: vec![
-            Command::Endpoint {
-                nvec: u32::from(scenario.guest.vectors.max(1)),
-                msix: true,
-            },
-            Command::Init,
-            Command::Probe {
-                bus: 0,
-                instance: INSTANCE,
-            },
-        ],
-        remove: Command::Remove { bus: 0 },
+        boot,
+        remove: buses
+            .clone()
+            .map(|b| Command::Remove { bus: wire(b) })
+            .collect(),
         hot_plug,
+        domains: buses.map(domain).collect(),
     };
     let chaos = scenario.chaos.map(|mut c| {
         c.seed = seed;
         Chaos::new(c)
     });
-    let mut controller = RealController::new(side, clock, chooser, limits, plan, record, chaos);
+    let mut controller = RealController::new(sides, clock, chooser, limits, plan, record, chaos);
     let session = Session::spawn_with(version, INSTRUMENTATION)?;
     let outcome = session.run(&mut controller)?;
     let exe = version.guest_executable_with(INSTRUMENTATION);
@@ -217,7 +244,12 @@ fn run_with(
         end: end_time(&controller),
         trace: controller.trace.take(),
         guest_trace,
-        unfired_steps: crate::outcome::unfired_steps(0, &controller.side.host),
+        unfired_steps: controller
+            .sides
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| crate::outcome::unfired_steps(i, &s.host))
+            .collect(),
     };
     Ok((result, done))
 }

@@ -10,10 +10,13 @@ use kernel_shim::protocol::EventKind;
 use std::collections::{BTreeMap, BTreeSet};
 use vpci_protocol::{MessageType, WinSlot};
 
-/// The guest's state as its messages and events show it.
+/// One bus of the guest as its messages and events show it.
 #[derive(Debug, Default)]
-pub(super) struct Observer {
-    /// The guest's config window (learned from BUS_D0ENTRY).
+pub(super) struct BusView {
+    /// The PCI domain the bus's driver was asked to take (bytes 4-5 of its instance GUID);
+    /// the guest's notes name a function by it.
+    domain: u16,
+    /// The bus's config window (learned from its BUS_D0ENTRY).
     pub(super) window: ConfigWindow,
     /// Slots the guest sent RESOURCES_ASSIGNED for (and has not released since).
     assigned: BTreeSet<u32>,
@@ -24,6 +27,13 @@ pub(super) struct Observer {
     held: BTreeMap<u32, Identity>,
     /// The serial number the last relations delivered to the guest gave each slot.
     listed: BTreeMap<u32, u32>,
+}
+
+/// The guest's state as its messages and events show it: each bus's, and the guest's own.
+#[derive(Debug)]
+pub(super) struct Observer {
+    /// Each bus, by index.
+    pub(super) buses: Vec<BusView>,
     /// The first failure seen.
     pub(super) failure: Option<Outcome>,
     /// Allocations left at module exit.
@@ -47,6 +57,12 @@ fn parse_devfn(text: &str) -> Option<u32> {
     Some((dev & 0x1f) | ((func & 0x7) << 5))
 }
 
+/// The domain a note ends with (`... (domain DDDD)`), if any.
+fn note_domain(text: &str) -> Option<u16> {
+    let rest = text.rsplit_once("(domain ")?.1.strip_suffix(')')?;
+    u16::from_str_radix(rest, 16).ok()
+}
+
 /// `[vvvv:dddd]` as vendor and device ids.
 fn parse_ids(text: &str) -> Option<(u16, u16)> {
     let (vendor, device) = text.strip_prefix('[')?.strip_suffix(']')?.split_once(':')?;
@@ -56,9 +72,16 @@ fn parse_ids(text: &str) -> Option<(u16, u16)> {
     ))
 }
 
-impl Observer {
-    /// Records a guest message to the host.
-    pub(super) fn guest_sent(&mut self, payload: &[u8]) {
+impl Default for Observer {
+    /// An observer of one bus in domain 1.
+    fn default() -> Self {
+        Self::new(&[1])
+    }
+}
+
+impl BusView {
+    /// Records a guest message to the host on this bus.
+    fn guest_sent(&mut self, payload: &[u8]) {
         self.window.observe_guest_message(payload);
         let (Some(kind), slot) = (word(payload, 0), word(payload, 4)) else {
             return;
@@ -90,9 +113,9 @@ impl Observer {
         }
     }
 
-    /// Records a packet delivered to the guest: relations tell which serial number each
-    /// slot's function has (the driver's children carry it).
-    pub(super) fn guest_received(&mut self, payload: &[u8]) {
+    /// Records a packet delivered to the guest on this bus: relations tell which serial
+    /// number each slot's function has (the driver's children carry it).
+    fn guest_received(&mut self, payload: &[u8]) {
         let stride = match word(payload, 0).map(MessageType) {
             Some(MessageType::BUS_RELATIONS) => 20,
             Some(MessageType::BUS_RELATIONS2) => 28,
@@ -122,25 +145,78 @@ impl Observer {
         }
         self.listed = listed;
     }
+}
 
-    /// Whether the guest's PCI core holds a device for `slot`.
-    pub(super) fn holds(&self, slot: WinSlot) -> bool {
-        self.held.contains_key(&slot.raw())
+impl Observer {
+    /// An observer of buses whose drivers take these PCI domains, by bus index.
+    pub(super) fn new(domains: &[u16]) -> Self {
+        Self {
+            buses: domains
+                .iter()
+                .map(|&domain| BusView {
+                    domain,
+                    ..BusView::default()
+                })
+                .collect(),
+            failure: None,
+            leaks: Vec::new(),
+            guest_trace: Vec::new(),
+        }
     }
 
-    /// What the guest's PCI core holds: each slot and the identity it found there.
-    pub(super) fn held(&self) -> Vec<(WinSlot, Identity)> {
-        self.held
-            .iter()
-            .map(|(&slot, &id)| (WinSlot::from_raw(slot), id))
-            .collect()
+    /// Records a guest message to the host on bus `bus`.
+    pub(super) fn guest_sent(&mut self, bus: usize, payload: &[u8]) {
+        if let Some(view) = self.buses.get_mut(bus) {
+            view.guest_sent(payload);
+        }
     }
 
-    /// Records the first failure.
-    pub(super) fn fail(&mut self, kind: &str, context: String, function: String, message: String) {
+    /// Records a packet delivered to the guest on bus `bus`.
+    pub(super) fn guest_received(&mut self, bus: usize, payload: &[u8]) {
+        if let Some(view) = self.buses.get_mut(bus) {
+            view.guest_received(payload);
+        }
+    }
+
+    /// The bus whose driver took PCI domain `domain` (bus 0 if none did).
+    fn bus_of(&self, domain: Option<u16>) -> usize {
+        domain
+            .and_then(|d| self.buses.iter().position(|b| b.domain == d))
+            .unwrap_or(0)
+    }
+
+    /// Whether the guest's PCI core holds a device for `slot` on bus `bus`.
+    pub(super) fn holds(&self, bus: usize, slot: WinSlot) -> bool {
+        self.buses
+            .get(bus)
+            .is_some_and(|b| b.held.contains_key(&slot.raw()))
+    }
+
+    /// What the guest's PCI core holds on bus `bus`: each slot and the identity it found.
+    pub(super) fn held(&self, bus: usize) -> Vec<(WinSlot, Identity)> {
+        self.buses
+            .get(bus)
+            .map(|b| {
+                b.held
+                    .iter()
+                    .map(|(&slot, &id)| (WinSlot::from_raw(slot), id))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Records the first failure, on bus `bus`.
+    pub(super) fn fail(
+        &mut self,
+        bus: usize,
+        kind: &str,
+        context: String,
+        function: String,
+        message: String,
+    ) {
         if self.failure.is_none() {
             self.failure = Some(Outcome::Guest {
-                bus: 0,
+                bus,
                 failure: kind.to_owned(),
                 context,
                 function,
@@ -152,8 +228,8 @@ impl Observer {
     /// Records a runtime event of the guest.
     pub(super) fn event(&mut self, kind: EventKind, context: String, text: &str) {
         match kind {
-            EventKind::Bug => self.fail("bug", context, "BUG".to_owned(), text.to_owned()),
-            EventKind::Warn => self.fail("bug", context, "WARN".to_owned(), text.to_owned()),
+            EventKind::Bug => self.fail(0, "bug", context, "BUG".to_owned(), text.to_owned()),
+            EventKind::Warn => self.fail(0, "bug", context, "WARN".to_owned(), text.to_owned()),
             EventKind::Leak => self.leaks.push(text.to_owned()),
             EventKind::Note | EventKind::Other(_) => self.note(context, text),
         }
@@ -163,33 +239,44 @@ impl Observer {
         // "pci 0001:00:01.0 [1414:00a9] found"
         if let Some(rest) = text.strip_prefix("pci ") {
             let mut words = rest.split_whitespace();
-            let slot = words
+            let bdf = words.next().unwrap_or_default();
+            let domain = bdf
+                .split(':')
                 .next()
-                .and_then(|bdf| bdf.rsplit(':').next())
-                .and_then(parse_devfn);
-            if let (Some(slot), true) = (slot, text.ends_with(" found")) {
+                .and_then(|d| u16::from_str_radix(d, 16).ok());
+            let slot = bdf.rsplit(':').next().and_then(parse_devfn);
+            let bus = self.bus_of(domain);
+            if let (Some(slot), true, Some(view)) =
+                (slot, text.ends_with(" found"), self.buses.get_mut(bus))
+            {
                 let (vendor_id, device_id) = words.next().and_then(parse_ids).unwrap_or_default();
-                let serial = self.listed.get(&slot).copied().unwrap_or_default();
+                let serial = view.listed.get(&slot).copied().unwrap_or_default();
                 let id = Identity {
                     vendor_id,
                     device_id,
                     serial,
                 };
-                self.held.insert(slot, id);
+                view.held.insert(slot, id);
             }
             return;
         }
+        let bus = self.bus_of(note_domain(text));
         if let Some(slot) = text.strip_prefix("endpoint probe ").and_then(parse_devfn) {
             let wslot = WinSlot::from_raw(slot);
-            if self.ejected.contains(&slot) {
+            let (ejected, assigned) = self.buses.get(bus).map_or((false, false), |b| {
+                (b.ejected.contains(&slot), b.assigned.contains(&slot))
+            });
+            if ejected {
                 self.fail(
+                    bus,
                     "ejected_device_access",
                     context,
                     "pci_bus_add_devices (driver probe)".to_owned(),
                     format!("a driver binds to {wslot}, which the guest already ejected"),
                 );
-            } else if !self.assigned.contains(&slot) {
+            } else if !assigned {
                 self.fail(
+                    bus,
                     "unresourced_device",
                     context,
                     "pci_bus_add_devices (driver probe)".to_owned(),
@@ -200,6 +287,7 @@ impl Observer {
         }
         if text.contains("can't enable device") {
             self.fail(
+                bus,
                 "unresourced_device",
                 context,
                 "pci_enable_device".to_owned(),
@@ -232,7 +320,7 @@ mod tests {
             p.extend_from_slice(&slot.to_le_bytes());
             p
         };
-        o.guest_sent(&msg(MessageType::RESOURCES_ASSIGNED2, 1));
+        o.guest_sent(0, &msg(MessageType::RESOURCES_ASSIGNED2, 1));
         o.event(
             EventKind::Note,
             "p".into(),
@@ -240,9 +328,9 @@ mod tests {
         );
         o.event(EventKind::Note, "p".into(), "endpoint probe 01.0");
         assert_eq!(o.failure, None);
-        assert!(o.holds(WinSlot::from_raw(1)));
-        o.guest_sent(&msg(MessageType::EJECTION_COMPLETE, 1));
-        assert!(!o.holds(WinSlot::from_raw(1)));
+        assert!(o.holds(0, WinSlot::from_raw(1)));
+        o.guest_sent(0, &msg(MessageType::EJECTION_COMPLETE, 1));
+        assert!(!o.holds(0, WinSlot::from_raw(1)));
         o.event(EventKind::Note, "p".into(), "endpoint probe 01.0");
         assert_eq!(
             o.failure.as_ref().map(|f| f.kind().to_owned()),
@@ -266,14 +354,57 @@ mod tests {
             p.extend_from_slice(&slot.to_le_bytes());
             p
         };
-        o.guest_sent(&msg(MessageType::RESOURCES_ASSIGNED2, 1));
-        o.guest_sent(&msg(MessageType::EJECTION_COMPLETE, 1));
+        o.guest_sent(0, &msg(MessageType::RESOURCES_ASSIGNED2, 1));
+        o.guest_sent(0, &msg(MessageType::EJECTION_COMPLETE, 1));
         // Relations list the slot again: the guest asks about the new function.
-        o.guest_sent(&msg(MessageType::QUERY_RESOURCE_REQUIREMENTS, 1));
+        o.guest_sent(0, &msg(MessageType::QUERY_RESOURCE_REQUIREMENTS, 1));
         o.event(EventKind::Note, "p".into(), "endpoint probe 01.0");
         assert_eq!(
             o.failure.as_ref().map(|f| f.kind().to_owned()),
             Some("unresourced_device".to_owned())
+        );
+    }
+}
+
+#[cfg(test)]
+mod bus_tests {
+    use super::*;
+
+    /// With several buses in one guest, a note names its bus by the PCI domain its driver
+    /// took: a function found, and a driver bound, on bus 1 are bus 1's, checked against
+    /// what the guest sent on bus 1.
+    #[test]
+    fn notes_find_their_bus_by_domain() {
+        let mut o = Observer::new(&[1, 2]);
+        let msg = |t: MessageType, slot: u32| {
+            let mut p = t.0.to_le_bytes().to_vec();
+            p.extend_from_slice(&slot.to_le_bytes());
+            p
+        };
+        o.guest_sent(1, &msg(MessageType::RESOURCES_ASSIGNED2, 1));
+        o.event(
+            EventKind::Note,
+            "p".into(),
+            "pci 0002:00:01.0 [15b3:101a] found",
+        );
+        assert!(o.holds(1, WinSlot::from_raw(1)));
+        assert!(!o.holds(0, WinSlot::from_raw(1)));
+        o.event(
+            EventKind::Note,
+            "p".into(),
+            "endpoint probe 01.0 (domain 0002)",
+        );
+        assert_eq!(o.failure, None);
+        // Bus 0 never assigned its slot 1: a driver bound there is unresourced, on bus 0.
+        o.event(
+            EventKind::Note,
+            "p".into(),
+            "endpoint probe 01.0 (domain 0001)",
+        );
+        assert!(
+            matches!(&o.failure, Some(Outcome::Guest { bus: 0, failure, .. }) if failure == "unresourced_device"),
+            "{:?}",
+            o.failure
         );
     }
 }
@@ -313,16 +444,16 @@ mod identity_tests {
     #[test]
     fn held_identity() {
         let mut o = Observer::default();
-        o.guest_received(&relations(&[(1, 5), (2, 6)]));
+        o.guest_received(0, &relations(&[(1, 5), (2, 6)]));
         o.event(
             EventKind::Note,
             "p".into(),
             "pci 0001:00:01.0 [15b3:101a] found",
         );
         // A later listing of a new serial does not change what the guest already holds.
-        o.guest_received(&relations(&[(1, 9)]));
+        o.guest_received(0, &relations(&[(1, 9)]));
         assert_eq!(
-            o.held(),
+            o.held(0),
             [(
                 WinSlot::from_raw(1),
                 Identity {
@@ -335,12 +466,12 @@ mod identity_tests {
         // A cut relations message is not taken.
         let mut cut = relations(&[(1, 3)]);
         cut.truncate(20);
-        o.guest_received(&cut);
+        o.guest_received(0, &cut);
         o.event(
             EventKind::Note,
             "p".into(),
             "pci 0001:00:01.0 [15b3:101a] found",
         );
-        assert_eq!(o.held()[0].1.serial, 9);
+        assert_eq!(o.held(0)[0].1.serial, 9);
     }
 }

@@ -2,13 +2,13 @@
 //! window (through the relay's port, or straight to the host's devices), BARs (as the relay
 //! backs them, or the host's), and the retarget hypercall.
 
-use crate::relay_rig::RelayRig;
 use crate::trace::{Lane, Mark, Trace};
 use guest_linux::GuestEnv;
 use host_sim::HostBus;
 use std::time::Duration;
 use vmbus_channel::Packet;
 use vpci_protocol::WinSlot;
+use vpci_relay::sim::RelayRig;
 use vpci_relay::{Backing, ConfigAccess, ConfigAction};
 
 /// The guest's view of everything outside it during one step.

@@ -12,22 +12,20 @@ mod bus;
 mod chaos;
 mod env;
 
+use crate::host_side::{Delivery, HostSide};
 use crate::outcome::{Identity, Outcome, RunResult};
-use crate::relay_rig::RelayRig;
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
-use bus::{Bus, Delivery};
+use bus::Bus;
 use env::Env;
 use guest_linux::{ContextId, GuestConfig, LinuxGuest};
 use host_sim::{BusConfig, HostBus};
-use std::collections::VecDeque;
 use std::time::Duration;
 use vpci_protocol::WinSlot;
+use vpci_relay::sim::RelayRig;
 use vpci_relay::{RelayConfig, VirtualClock};
 
-pub use bus::describe;
-pub(crate) use bus::relay_note;
-pub(crate) use bus::{flush, on_the_wire};
+pub use crate::host_side::describe;
 pub(crate) use chaos::Chaos;
 pub use chaos::ChaosSpec;
 
@@ -110,19 +108,9 @@ impl Vm {
                 RelayRig::new(relay, clock.clone(), spec.record)
             });
             buses.push(Bus {
-                host: HostBus::new(config.clone())?,
+                side: HostSide::new(HostBus::new(config.clone())?, relay),
                 guest: LinuxGuest::new(spec.guest.clone()),
-                relay,
-                to_relay_host: VecDeque::new(),
-                to_relay_guest: VecDeque::new(),
-                outbox: Vec::new(),
-                in_flight: VecDeque::new(),
-                host_rescind_sent: false,
-                guest_rescind_sent: false,
-                eject_timeouts: Vec::new(),
-                relay_lost_host: false,
                 probed_at: None,
-                relay_dirty: true,
             });
         }
         Ok(Self {
@@ -150,7 +138,7 @@ impl Vm {
     fn pump(&mut self) {
         let now = self.now;
         for bus in &mut self.buses {
-            bus.pump(now, self.trace.as_mut());
+            bus.side.pump(now, self.trace.as_mut());
         }
     }
 
@@ -176,7 +164,7 @@ impl Vm {
                     out.push(Action::Step(i, c));
                 }
             }
-            if !bus.in_flight.is_empty() {
+            if bus.side.has_in_flight() {
                 out.push(Action::Deliver(i));
             }
         }
@@ -198,19 +186,8 @@ impl Vm {
         let Some(bus) = self.buses.get_mut(index) else {
             return;
         };
-        let (from, label) = match bus.in_flight.pop_front() {
-            Some(Delivery::Packet(p, from)) => {
-                let label = describe(&p);
-                bus.guest.receive(p);
-                (from, label)
-            }
-            Some(Delivery::Rescind(from)) => {
-                bus.guest.rescind();
-                (from, "rescind".to_owned())
-            }
-            None => return,
-        };
-        self.note(from, Lane::Guest, label, Mark::None);
+        bus.side
+            .deliver(self.now, &mut bus.guest, self.trace.as_mut());
     }
 
     fn next_deadline(&self) -> Option<Duration> {
@@ -222,7 +199,7 @@ impl Vm {
         };
         consider(self.clock.next_deadline());
         for bus in &self.buses {
-            consider(bus.host.poll_timeout());
+            consider(bus.side.host.poll_timeout());
             if bus.guest.failure().is_none() {
                 consider(bus.guest.next_deadline());
             }
@@ -234,8 +211,8 @@ impl Vm {
         self.now = self.now.max(t);
         self.clock.advance_to(self.now);
         for bus in &mut self.buses {
-            bus.relay_dirty = true;
-            bus.host.handle_timeout(self.now);
+            bus.side.relay_dirty = true;
+            bus.side.host.handle_timeout(self.now);
             bus.guest.advance_time(self.now);
         }
     }
@@ -323,7 +300,7 @@ impl Vm {
         match action {
             Action::Step(bus, ctx) => format!("bus {bus} {ctx}"),
             Action::Deliver(bus) => {
-                let what = match self.buses.get(bus).and_then(|b| b.in_flight.front()) {
+                let what = match self.buses.get(bus).and_then(|b| b.side.next_in_flight()) {
                     Some(Delivery::Packet(p, _)) => crate::labels::packet(p),
                     Some(Delivery::Rescind(_)) => "the rescind".to_owned(),
                     None => "nothing".to_owned(),
@@ -345,11 +322,10 @@ impl Vm {
         let Some(bus) = self.buses.get_mut(index) else {
             return false;
         };
-        let action = chaos.action(&bus.host);
+        let action = chaos.action(&bus.side.host);
         let label = format!("bus {index}: chaos: {}", crate::labels::action(&action));
         // An action the host refuses (a slot it does not have) is just not taken.
-        let _ = bus.host.act(self.now, action);
-        bus.relay_dirty = true;
+        bus.side.act(self.now, action);
         self.note(Lane::Host, Lane::Host, label, Mark::None);
         self.pump();
         true
@@ -363,8 +339,8 @@ impl Vm {
     ) -> Result<(), host_sim::ActionError> {
         let now = self.now;
         if let Some(b) = self.buses.get_mut(bus) {
-            b.host.act(now, action)?;
-            b.relay_dirty = true;
+            b.side.host.act(now, action)?;
+            b.side.relay_dirty = true;
         }
         self.pump();
         Ok(())
@@ -378,8 +354,8 @@ impl Vm {
             .buses
             .get_mut(bus)
             .and_then(|b| {
-                b.relay_dirty = true;
-                b.relay.as_mut()
+                b.side.relay_dirty = true;
+                b.side.relay.as_mut()
             })
             .map(|r| vmbus_channel::Channel::revoke(&mut r.host_end))
             .is_some();
@@ -422,7 +398,7 @@ impl Vm {
 
     /// The relay's inspect tree for bus `bus` (`None` for a direct run).
     pub fn relay_inspect(&mut self, bus: usize) -> Option<inspect::Node> {
-        self.buses.get_mut(bus)?.relay.as_mut()?.inspect()
+        self.buses.get_mut(bus)?.side.relay.as_mut()?.inspect()
     }
 
     /// Forgets the choices made so far (a long run keeps memory flat).
@@ -436,14 +412,17 @@ impl Vm {
             return;
         };
         let Bus {
-            host,
+            side,
             guest,
+            probed_at,
+        } = bus;
+        let HostSide {
+            host,
             relay,
             outbox,
-            probed_at,
             relay_dirty,
             ..
-        } = bus;
+        } = side;
         let before = guest.trace().len();
         let mut env = Env {
             now,
@@ -510,7 +489,7 @@ impl Vm {
                 .buses
                 .iter()
                 .enumerate()
-                .flat_map(|(i, b)| crate::outcome::unfired_steps(i, &b.host))
+                .flat_map(|(i, b)| crate::outcome::unfired_steps(i, &b.side.host))
                 .collect(),
         }
     }
@@ -522,31 +501,26 @@ impl Vm {
     /// (`lost_device`).
     pub fn host_visible_outcome(&mut self) -> Outcome {
         for (i, bus) in self.buses.iter().enumerate() {
-            if let Some(slot) = bus.eject_timeouts.first() {
-                return Outcome::EjectUnanswered {
-                    bus: i,
-                    slot: slot.to_string(),
-                };
+            if let Some(outcome) = bus.side.eject_unanswered(i) {
+                return outcome;
             }
         }
         for (i, bus) in self.buses.iter().enumerate() {
             // The relay may drop the bus of a host that rescinded it or broke the protocol;
             // not a conformant host's.
-            let relay_dropped = bus.guest_rescind_sent || bus.relay_lost_host;
-            if relay_dropped && !bus.host.rescinded() && !bus.host.broke_protocol() {
-                return Outcome::LostBus { bus: i };
+            if let Some(outcome) = bus.side.lost_bus(i) {
+                return outcome;
             }
         }
         for (i, bus) in self.buses.iter_mut().enumerate() {
             // A guest whose channel ended (the host rescinded it, or the relay closed it after
             // the host broke the protocol) holds nothing, rightly: its removal is the guest's
             // own end-state check.
-            let channel_ended = bus.host.rescinded() || bus.guest_rescind_sent;
-            if channel_ended {
+            if bus.side.channel_ended() {
                 continue;
             }
             let probed = bus.guest.probe_result() == Some(Ok(()));
-            let host = host_functions(&mut bus.host);
+            let host = host_functions(&mut bus.side.host);
             let guest = guest_functions(&bus.guest.devices());
             let outcome = crate::outcome::compare_functions(i, &host, &guest, probed);
             if outcome != Outcome::Ok {

@@ -65,6 +65,8 @@ mod events;
 mod function;
 mod local;
 mod relay;
+#[cfg(feature = "sim")]
+pub mod sim;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use config::{

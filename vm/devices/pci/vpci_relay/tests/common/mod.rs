@@ -3,7 +3,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::wire::*;
@@ -72,42 +71,8 @@ pub fn requirements_reply() -> Vec<u8> {
     build::requirements_reply([0xffff_c000, 0, 0, 0, 0, 0])
 }
 
-/// One call a [`BarControl`] received.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BarCall {
-    MapDevice(WinSlot),
-    MapShield(WinSlot),
-    Unmap(WinSlot),
-}
-
-/// A [`BarControl`] that only records its calls, for driver tests.
-#[derive(Clone, Debug, Default)]
-pub struct RecordedBacking(pub Arc<Mutex<Vec<BarCall>>>);
-
-impl RecordedBacking {
-    /// The calls so far, in order.
-    pub fn calls(&self) -> Vec<BarCall> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn push(&self, call: BarCall) {
-        self.0.lock().unwrap().push(call);
-    }
-}
-
-impl BarControl for RecordedBacking {
-    fn map_device(&mut self, slot: WinSlot) {
-        self.push(BarCall::MapDevice(slot));
-    }
-
-    fn map_shield(&mut self, slot: WinSlot) {
-        self.push(BarCall::MapShield(slot));
-    }
-
-    fn unmap(&mut self, slot: WinSlot) {
-        self.push(BarCall::Unmap(slot));
-    }
-}
+#[allow(unused_imports)]
+pub use vpci_relay::sim::{BarCall, RecordedBacking};
 
 /// A bus under test: the relay, a clock, and what came out of it.
 pub struct Bus {

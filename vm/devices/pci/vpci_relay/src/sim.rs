@@ -1,0 +1,306 @@
+//! Test harness pieces shared by every simulation of the relay (its own tests, petri's VMs,
+//! kernel_shim's real-driver tests): a [`BusDriver`] over in-memory channels polled by hand
+//! ([`RelayRig`]), and a [`BarControl`] that records what the relay asked for
+//! ([`RecordedBacking`]).
+//!
+//! Only with the `sim` feature, which test harnesses and dev-dependencies turn on; never a
+//! production build.
+
+use crate::driver::BarControl;
+use crate::{
+    Backing, BusDriver, BusPort, BusRelay, ConfigAccess, ConfigAction, DriverExit, RelayEvent,
+    VirtualClock,
+};
+use futures::task::noop_waker_ref;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use vmbus_channel::{Channel, ChannelError, MemoryChannel, Packet, channel_pair};
+use vpci_protocol::WinSlot;
+
+/// One call a [`BarControl`] received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarCall {
+    /// `map_device(slot)`.
+    MapDevice(WinSlot),
+    /// `map_shield(slot)`.
+    MapShield(WinSlot),
+    /// `unmap(slot)`.
+    Unmap(WinSlot),
+}
+
+impl BarCall {
+    /// The slot the call is about.
+    pub fn slot(self) -> WinSlot {
+        match self {
+            Self::MapDevice(s) | Self::MapShield(s) | Self::Unmap(s) => s,
+        }
+    }
+
+    /// The backing the call leaves its slot with.
+    pub fn backing(self) -> Backing {
+        match self {
+            Self::MapDevice(_) => Backing::Device,
+            Self::MapShield(_) => Backing::Shield,
+            Self::Unmap(_) => Backing::Released,
+        }
+    }
+}
+
+/// A [`BarControl`] that keeps each slot's backing as the VMM in a paravisor would carry it
+/// out, and records its calls in order (unless made with [`RecordedBacking::state_only`], as
+/// long runs are, to keep memory flat). Clones share the record, so a test keeps one and hands
+/// the other to the driver.
+#[derive(Clone, Debug)]
+pub struct RecordedBacking(Arc<Mutex<Record>>);
+
+#[derive(Debug)]
+struct Record {
+    calls: Option<Vec<BarCall>>,
+    now: BTreeMap<u32, Backing>,
+}
+
+impl Default for RecordedBacking {
+    fn default() -> Self {
+        Self::with_calls(true)
+    }
+}
+
+impl RecordedBacking {
+    /// A backing that keeps each slot's state but not the calls that led there.
+    pub fn state_only() -> Self {
+        Self::with_calls(false)
+    }
+
+    fn with_calls(calls: bool) -> Self {
+        Self(Arc::new(Mutex::new(Record {
+            calls: calls.then(Vec::new),
+            now: BTreeMap::new(),
+        })))
+    }
+
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The calls so far, in order (none for a [`RecordedBacking::state_only`] one).
+    pub fn calls(&self) -> Vec<BarCall> {
+        self.record().calls.clone().unwrap_or_default()
+    }
+
+    /// The backing of `slot` now: what its last call left (`Released` if there was none).
+    pub fn get(&self, slot: WinSlot) -> Backing {
+        self.record()
+            .now
+            .get(&slot.raw())
+            .copied()
+            .unwrap_or(Backing::Released)
+    }
+
+    fn push(&self, call: BarCall) {
+        let mut record = self.record();
+        record.now.insert(call.slot().raw(), call.backing());
+        if let Some(calls) = &mut record.calls {
+            calls.push(call);
+        }
+    }
+}
+
+impl BarControl for RecordedBacking {
+    fn map_device(&mut self, slot: WinSlot) {
+        self.push(BarCall::MapDevice(slot));
+    }
+
+    fn map_shield(&mut self, slot: WinSlot) {
+        self.push(BarCall::MapShield(slot));
+    }
+
+    fn unmap(&mut self, slot: WinSlot) {
+        self.push(BarCall::Unmap(slot));
+    }
+}
+
+type DriverFuture = Pin<Box<dyn Future<Output = DriverExit>>>;
+
+/// What one [`RelayRig::exchange`] moved.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    /// Packets the relay sent to the host, in order.
+    pub to_host: Vec<Packet>,
+    /// Packets the relay sent to the guest, in order.
+    pub to_guest: Vec<Packet>,
+    /// The relay's guest channel has ended (revoked or closed): the relay dropped the bus.
+    pub guest_ended: bool,
+    /// Whether anything moved (a packet taken in or given out).
+    pub moved: bool,
+}
+
+/// One bus's relay ([`BusDriver`] over two in-memory channel pairs and a virtual clock),
+/// polled by hand so that a simulation stays single-threaded and deterministic.
+pub struct RelayRig {
+    driver: DriverFuture,
+    port: BusPort,
+    /// The end the simulated host reads and writes.
+    pub host_end: MemoryChannel,
+    /// The end the guest reads and writes.
+    pub guest_end: MemoryChannel,
+    /// The BAR backing the relay asked for.
+    pub bars: RecordedBacking,
+    events: Arc<Mutex<Vec<RelayEvent>>>,
+    exit: Option<DriverExit>,
+}
+
+impl std::fmt::Debug for RelayRig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayRig")
+            .field("exit", &self.exit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends what `queue` holds into `channel` as far as it takes it; a channel that has ended
+/// takes nothing more (the rest is dropped). Returns whether anything was sent.
+pub fn flush(queue: &mut VecDeque<Packet>, channel: &mut MemoryChannel) -> bool {
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut sent = false;
+    while let Some(p) = queue.front() {
+        match channel.poll_send(&mut cx, p) {
+            Poll::Ready(Ok(())) => {
+                queue.pop_front();
+                sent = true;
+            }
+            Poll::Ready(Err(_)) => queue.clear(),
+            Poll::Pending => break,
+        }
+    }
+    sent
+}
+
+impl RelayRig {
+    /// Starts a driver for `relay` on `clock`; `record` keeps the relay's events for
+    /// [`RelayRig::take_events`] and its backing calls for [`RecordedBacking::calls`].
+    pub fn new(relay: BusRelay, clock: VirtualClock, record: bool) -> Self {
+        let (host_end, relay_host) = channel_pair();
+        let (relay_guest, guest_end) = channel_pair();
+        let bars = RecordedBacking::with_calls(record);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let (driver, port) = BusDriver::new(relay, relay_host, relay_guest, clock, bars.clone());
+        let mut driver = driver.on_event(move |e| {
+            if record {
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(e.clone());
+            }
+        });
+        let future: DriverFuture = Box::pin(async move { driver.run().await });
+        Self {
+            driver: future,
+            port,
+            host_end,
+            guest_end,
+            bars,
+            events,
+            exit: None,
+        }
+    }
+
+    /// Lets the driver do all it can now.
+    pub fn poll(&mut self) {
+        if self.exit.is_some() {
+            return;
+        }
+        let mut cx = Context::from_waker(noop_waker_ref());
+        if let Poll::Ready(exit) = self.driver.as_mut().poll(&mut cx) {
+            self.exit = Some(exit);
+        }
+    }
+
+    /// Whether the driver has stopped, and how.
+    pub fn exit(&self) -> Option<DriverExit> {
+        self.exit
+    }
+
+    /// One round of the relay's leg of a pump: sends what waits for it from the host
+    /// (`from_host`) and the guest (`from_guest`) as far as its channels take it, lets the
+    /// driver run, and takes what it sent either way.
+    pub fn exchange(
+        &mut self,
+        from_host: &mut VecDeque<Packet>,
+        from_guest: &mut VecDeque<Packet>,
+    ) -> Exchange {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut out = Exchange::default();
+        out.moved |= flush(from_host, &mut self.host_end);
+        out.moved |= flush(from_guest, &mut self.guest_end);
+        self.poll();
+        while let Poll::Ready(Ok(p)) = self.host_end.poll_recv(&mut cx) {
+            out.moved = true;
+            out.to_host.push(p);
+        }
+        loop {
+            match self.guest_end.poll_recv(&mut cx) {
+                Poll::Ready(Ok(p)) => {
+                    out.moved = true;
+                    out.to_guest.push(p);
+                }
+                Poll::Ready(Err(ChannelError::Revoked | ChannelError::Closed)) => {
+                    out.guest_ended = true;
+                    break;
+                }
+                Poll::Ready(Err(_)) | Poll::Pending => break,
+            }
+        }
+        out
+    }
+
+    /// Polls `request` (a request to the driver through its port) and the driver in turn
+    /// until the request completes. `None` if the driver stops first.
+    fn drive<T>(&mut self, mut request: Pin<Box<dyn Future<Output = T> + '_>>) -> Option<T> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        for _ in 0..16 {
+            if let Poll::Ready(answer) = request.as_mut().poll(&mut cx) {
+                return Some(answer);
+            }
+            if self.exit.is_some() {
+                return None;
+            }
+            if let Poll::Ready(exit) = self.driver.as_mut().poll(&mut cx) {
+                self.exit = Some(exit);
+            }
+        }
+        None
+    }
+
+    /// Asks the relay about a config-window access, running the driver until it answers.
+    /// `None` if the driver has stopped.
+    pub fn access(&mut self, access: ConfigAccess) -> Option<ConfigAction> {
+        let mut port = self.port.clone();
+        self.drive(Box::pin(async move { port.access(access).await }))
+            .flatten()
+    }
+
+    /// Reports the value a forwarded config read returned, so the relay can answer it after
+    /// the host has removed the function.
+    pub fn read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
+        let mut port = self.port.clone();
+        let _ = self.drive(Box::pin(async move {
+            port.read_result(slot, offset, len, value).await
+        }));
+    }
+
+    /// The bus's inspect tree (the relay's and the driver's), running the driver until it
+    /// answers. `None` if the driver has stopped.
+    pub fn inspect(&mut self) -> Option<inspect::Node> {
+        let mut port = self.port.clone();
+        self.drive(Box::pin(async move { port.inspect().await }))
+            .flatten()
+    }
+
+    /// The relay events since the last call (none unless the rig was made to record them).
+    pub fn take_events(&mut self) -> Vec<RelayEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
