@@ -236,6 +236,10 @@ pub struct RunResult {
     pub guest_trace: Vec<String>,
     /// The host script steps that never fired in this run, as (bus, step index from 0).
     pub unfired_steps: Vec<(usize, usize)>,
+    /// What the guest did with devices, in order (functions found with their identity,
+    /// resources assigned and released, functions let go): recorded for the real drivers,
+    /// empty for the models.
+    pub device_history: Vec<String>,
 }
 
 /// The script steps of host bus `bus` that have not fired, as (bus, step index from 0).

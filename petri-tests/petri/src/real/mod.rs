@@ -250,6 +250,7 @@ fn run_with(
             .enumerate()
             .flat_map(|(i, s)| crate::outcome::unfired_steps(i, &s.host))
             .collect(),
+        device_history: std::mem::take(&mut controller.observer.device_history),
     };
     Ok((result, done))
 }

@@ -491,6 +491,7 @@ impl Vm {
                 .enumerate()
                 .flat_map(|(i, b)| crate::outcome::unfired_steps(i, &b.side.host))
                 .collect(),
+            device_history: Vec::new(),
         }
     }
 
