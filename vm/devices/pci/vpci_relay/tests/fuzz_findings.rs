@@ -1,7 +1,5 @@
-//! Relay bugs the structured fuzzers found, each as a scripted test that fails on the relay
-//! as it is (hence `#[ignore]` until the relay is fixed; the relay's src/ was out of this
-//! change's reach). The crash inputs themselves are in `fuzz/regressions/<target>/` only once
-//! fixed; until then they are kept here as scripts.
+//! Relay bugs the structured fuzzers found, each as a scripted test (and its raw crash input)
+//! that failed on the relay before its fix.
 
 mod common;
 mod fuzzing;
@@ -14,12 +12,11 @@ use vpci_protocol::*;
 /// functions with BUS_RELATIONS2 (the relay keeps them until the guest asks), the guest
 /// negotiates again down to 1.1 (the host accepting), then asks for its relations: it gets
 /// the stored BUS_RELATIONS2, a 1.3 message, on a channel now at 1.1, which is malformed at
-/// the version in use. (A guest that renegotiates breaks the protocol
-/// itself, so this is the relay's hardening, not a conformant peer's failure: the relay
-/// should refuse a second QUERY_PROTOCOL_VERSION once one succeeded, or narrow what it
-/// forwards to the version in use.)
+/// the version in use. (A guest that renegotiates breaks the protocol itself, so this is the
+/// relay's hardening, not a conformant peer's failure.) Fixed: stored host relations are
+/// passed on as they are only in a dialect the version in use allows; otherwise the relay
+/// writes them as BUS_RELATIONS.
 #[test]
-#[ignore = "relay bug: relations stored at 1.4 reach a guest that renegotiated 1.1 as BUS_RELATIONS2"]
 fn renegotiated_version_gets_messages_of_the_old_one() {
     let mut bus = Bus::new();
     let v = bus.guest_requests(query_version(ProtocolVersion::V1_4));
@@ -46,7 +43,6 @@ fn renegotiated_version_gets_messages_of_the_old_one() {
 
 /// The fuzzer's own input for the bug above, through the relay harness.
 #[test]
-#[ignore = "relay bug: relations stored at 1.4 reach a guest that renegotiated 1.1 as BUS_RELATIONS2"]
 fn renegotiated_version_fuzz_input() {
     fuzzing::relay::run(&[
         0x1f, 0xce, 0x00, 0x00, 0x00, 0x00, 0xf1, 0xb3, 0x0c, 0x09, 0x00, 0xc0, 0x29, 0xcd, 0xcd,

@@ -28,8 +28,6 @@ struct World {
     asked: BTreeMap<u64, (MessageType, u32)>,
     next_txid: u64,
     closed: bool,
-    /// The highest defined version the relay has used so far.
-    highest_version: ProtocolVersion,
 }
 
 fn slot(src: &mut Source<'_>) -> WinSlot {
@@ -39,10 +37,6 @@ fn slot(src: &mut Source<'_>) -> WinSlot {
 
 impl World {
     fn drain(&mut self) {
-        let v = self.relay.version();
-        if ProtocolVersion::ALL.contains(&v) {
-            self.highest_version = self.highest_version.max(v);
-        }
         while let Some(t) = self.relay.poll_transmit() {
             match t {
                 Transmit::ToHost(p) => {
@@ -62,13 +56,11 @@ impl World {
         trace(format_args!("relay->guest {p:?}"));
         // A guest may offer a version the protocol does not define, and this host accepts
         // anything: past the defined versions, the newest rules are the only ones there are.
-        // A guest that negotiates down is still sent what the higher version allowed: a
-        // known relay bug (`tests/fuzz_findings.rs`), tolerated here so the fuzzer looks past
-        // it.
+        // A guest that negotiates down gets only what the version in use allows
+        // (`tests/fuzz_findings.rs`).
         let version = Some(self.relay.version())
             .filter(|v| ProtocolVersion::ALL.contains(v))
-            .unwrap_or(ProtocolVersion::V1_7)
-            .max(self.highest_version);
+            .unwrap_or(ProtocolVersion::V1_7);
         match p.kind {
             PacketKind::InBand => {
                 if let Err(e) = decode(&p.payload, Sender::Host, version) {
@@ -290,7 +282,6 @@ pub fn run(data: &[u8]) {
         asked: BTreeMap::new(),
         next_txid: 0,
         closed: false,
-        highest_version: ProtocolVersion::V1_0,
     };
     let mut src = Source::new(data);
     let mut steps = 0;
