@@ -416,7 +416,7 @@ impl Scenario {
                 ),
             ));
         }
-        for c in self.checks.iter().filter(|c| c.bus >= self.buses.len()) {
+        if let Some(c) = self.checks.iter().find(|c| c.bus >= self.buses.len()) {
             return Err(invalid(format!(
                 "[[check]] of {} names bus {}, the scenario has {} (buses count from 0)",
                 c.path,
