@@ -199,52 +199,59 @@ const REAL_STORM: Step = Step {
     env: &[("PETRI_REAL_STORM", "1000")],
 };
 
-/// One fuzz target for 30 seconds (needs `cargo install cargo-fuzz`; `-s none` lets it run on
-/// the stable toolchain).
-const fn fuzz(name: &'static str, args: &'static [&'static str]) -> Step {
-    Step {
-        name,
-        program: "cargo",
-        args,
-        env: &[],
-    }
+/// A fuzz step: a POSIX shell script (for `FUZZ_SECONDS` and the scratch corpus), run from the
+/// workspace root. Needs `cargo install cargo-fuzz`; `-s none` lets it run on the stable
+/// toolchain.
+macro_rules! fuzz {
+    ($name:literal, $script:expr $(,)?) => {
+        Step {
+            name: $name,
+            program: "sh",
+            args: &["-c", $script],
+            env: &[],
+        }
+    };
 }
 
-const FUZZ_DECODE: Step = fuzz(
-    "fuzz-decode",
-    &[
-        "fuzz",
-        "run",
-        "decode",
-        "-s",
-        "none",
-        "--",
-        "-max_total_time=30",
-    ],
+/// Each target runs `FUZZ_SECONDS` (default 60) from its committed seeds (`fuzz/corpus/T`,
+/// read only) into a scratch corpus (`target/fuzz-corpus/T`), so a run never grows the
+/// committed seeds; libFuzzer exits non-zero on a crash and leaves it in `fuzz/artifacts/T`
+/// (copy it to `fuzz/regressions/T` once understood: `cargo test -p vpci_relay --test
+/// fuzz_regressions` replays it). The first step replays the ring reader's regressions, the
+/// one target whose harness `cargo test` cannot reach.
+macro_rules! fuzz_run {
+    ($target:literal, $default:literal) => {
+        concat!(
+            "set -e; mkdir -p \"$PWD/target/fuzz-corpus/",
+            $target,
+            "\"; ",
+            "cargo fuzz run ",
+            $target,
+            " -s none \"$PWD/target/fuzz-corpus/",
+            $target,
+            "\" \"$PWD/fuzz/corpus/",
+            $target,
+            "\" -- -max_total_time=${FUZZ_SECONDS:-",
+            $default,
+            "}"
+        )
+    };
+}
+
+const FUZZ_RING_REGRESSIONS: Step = fuzz!(
+    "fuzz-ring-reader-regressions",
+    "cargo fuzz run ring_reader -s none \"$PWD/fuzz/regressions/ring_reader\" -- -runs=0",
 );
-const FUZZ_RING: Step = fuzz(
-    "fuzz-ring-reader",
-    &[
-        "fuzz",
-        "run",
-        "ring_reader",
-        "-s",
-        "none",
-        "--",
-        "-max_total_time=30",
-    ],
-);
-const FUZZ_RELAY: Step = fuzz(
-    "fuzz-relay",
-    &[
-        "fuzz",
-        "run",
-        "relay",
-        "-s",
-        "none",
-        "--",
-        "-max_total_time=30",
-    ],
+const FUZZ_DECODE: Step = fuzz!("fuzz-decode", fuzz_run!("decode", "60"));
+const FUZZ_RING: Step = fuzz!("fuzz-ring-reader", fuzz_run!("ring_reader", "60"));
+const FUZZ_RELAY: Step = fuzz!("fuzz-relay", fuzz_run!("relay", "60"));
+const FUZZ_PROMISES: Step = fuzz!("fuzz-relay-promises", fuzz_run!("relay_promises", "60"));
+const SMOKE_DECODE: Step = fuzz!("fuzz-smoke-decode", fuzz_run!("decode", "20"));
+const SMOKE_RING: Step = fuzz!("fuzz-smoke-ring-reader", fuzz_run!("ring_reader", "20"));
+const SMOKE_RELAY: Step = fuzz!("fuzz-smoke-relay", fuzz_run!("relay", "20"));
+const SMOKE_PROMISES: Step = fuzz!(
+    "fuzz-smoke-relay-promises",
+    fuzz_run!("relay_promises", "20"),
 );
 
 /// A named list of steps.
@@ -286,9 +293,26 @@ const PIPELINES: &[Pipeline] = &[
         steps: &[STORM, REAL_STORM],
     },
     Pipeline {
+        name: "fuzz",
+        about: "each fuzz target for FUZZ_SECONDS (default 60) from its seeds, after the ring reader's regressions (needs cargo-fuzz)",
+        steps: &[
+            FUZZ_RING_REGRESSIONS,
+            FUZZ_DECODE,
+            FUZZ_RING,
+            FUZZ_RELAY,
+            FUZZ_PROMISES,
+        ],
+    },
+    Pipeline {
         name: "fuzz-smoke",
-        about: "each fuzz target for 30 s (needs cargo-fuzz installed)",
-        steps: &[FUZZ_DECODE, FUZZ_RING, FUZZ_RELAY],
+        about: "each fuzz target for 20 s (FUZZ_SECONDS overrides), as .ci/run does after the CI pipeline (needs cargo-fuzz)",
+        steps: &[
+            FUZZ_RING_REGRESSIONS,
+            SMOKE_DECODE,
+            SMOKE_RING,
+            SMOKE_RELAY,
+            SMOKE_PROMISES,
+        ],
     },
 ];
 

@@ -37,6 +37,8 @@ fn spec(buses: usize, latency: Duration) -> VmSpec {
         },
         record: false,
         chaos: None,
+        stall: None,
+        checks: Vec::new(),
         safeguards: vpci_relay::Safeguards::ALL_ON,
     }
 }

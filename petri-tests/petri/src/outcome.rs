@@ -68,6 +68,18 @@ pub enum Outcome {
     StepLimit,
     /// The run went on past its virtual-time bound.
     TimeLimit,
+    /// A scenario's `[[check]]` of the relay's inspect tree did not hold at the end of a run
+    /// through the relay.
+    CheckFailed {
+        /// The bus.
+        bus: usize,
+        /// The inspect path.
+        path: String,
+        /// What the scenario expected there (JSON).
+        expected: String,
+        /// What the relay's tree held (JSON), or why nothing could be read.
+        got: String,
+    },
     /// The harness failed, not the guest: the real guest's runtime, the controller or the
     /// protocol between them broke (an exit status of the runtime's own, a crash whose
     /// faulting instruction is in the runtime). Never a guest's outcome: it fails a run set
@@ -104,6 +116,7 @@ impl Outcome {
             Self::StepLimit => "step_limit",
             Self::TimeLimit => "time_limit",
             Self::HarnessError { .. } => "harness_error",
+            Self::CheckFailed { .. } => "check_failed",
         }
     }
 
@@ -159,6 +172,16 @@ impl std::fmt::Display for Outcome {
             Self::StepLimit => f.write_str("step limit reached (livelock)"),
             Self::TimeLimit => f.write_str("virtual time limit reached"),
             Self::HarnessError { reason } => write!(f, "HARNESS ERROR (not the guest's): {reason}"),
+            Self::CheckFailed {
+                bus,
+                path,
+                expected,
+                got,
+            } => write!(
+                f,
+                "bus {bus}: the relay's inspect path {path} holds {got}, the scenario expects \
+                 {expected}"
+            ),
         }
     }
 }
@@ -236,6 +259,10 @@ pub struct RunResult {
     pub guest_trace: Vec<String>,
     /// The host script steps that never fired in this run, as (bus, step index from 0).
     pub unfired_steps: Vec<(usize, usize)>,
+    /// What the guest did with devices, in order (functions found with their identity,
+    /// resources assigned and released, functions let go): recorded for the real drivers,
+    /// empty for the models.
+    pub device_history: Vec<String>,
 }
 
 /// The script steps of host bus `bus` that have not fired, as (bus, step index from 0).
@@ -270,6 +297,7 @@ pub const FAILURE_KINDS: &[&str] = &[
     "lost_device",
     "step_limit",
     "time_limit",
+    "check_failed",
 ];
 
 #[cfg(test)]

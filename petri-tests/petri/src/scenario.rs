@@ -138,6 +138,33 @@ pub struct GuestOptions {
     pub remove_reads_bar: bool,
     /// Whether the driver's probe reads its BAR.
     pub probe_reads_bar: bool,
+    /// The guest on one bus stops (the models only): from then on none of its contexts runs
+    /// and nothing reaches it, as if its kernel were wedged on that bus, while the other
+    /// buses go on. A stalled bus is exempt from the end-of-run checks of what the guest
+    /// holds; what the host sees (an EJECT unanswered, a lost bus) still counts.
+    pub stall: Option<Stall>,
+}
+
+/// Where and when a guest stalls.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Stall {
+    /// The bus (its index among the scenario's buses).
+    pub bus: usize,
+    /// From when on.
+    pub at: Time,
+}
+
+/// A check of the relay's inspect tree at the end of every run through the relay.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InspectCheck {
+    /// The bus (its index among the scenario's buses).
+    pub bus: usize,
+    /// The path in the bus's relay tree, e.g. `changes/outstanding/change`.
+    pub path: String,
+    /// What the path must hold, as its JSON value (a string, a number, a boolean, a table).
+    pub equals: serde_json::Value,
 }
 
 impl Default for GuestOptions {
@@ -147,6 +174,7 @@ impl Default for GuestOptions {
             vectors: d.vectors,
             remove_reads_bar: d.remove_reads_bar,
             probe_reads_bar: d.probe_reads_bar,
+            stall: None,
         }
     }
 }
@@ -268,6 +296,9 @@ pub struct Scenario {
     /// What must (not) happen.
     #[serde(default)]
     pub expect: Vec<Expectation>,
+    /// What the relay's inspect tree must hold at the end of every run through the relay.
+    #[serde(default, rename = "check")]
+    pub checks: Vec<InspectCheck>,
     /// A host that also acts at random moments (hot-add, eject, drop, re-list, resend,
     /// eject what it dropped...), seeded by each run's seed.
     #[serde(default)]
@@ -375,6 +406,24 @@ impl Scenario {
                 }
             }
         }
+        if let Some(stall) = self.guest.stall.filter(|s| s.bus >= self.buses.len()) {
+            return Err(at(
+                line_of(text, Some("guest"), "stall"),
+                format!(
+                    "[guest] stall names bus {}, the scenario has {} (buses count from 0)",
+                    stall.bus,
+                    self.buses.len()
+                ),
+            ));
+        }
+        if let Some(c) = self.checks.iter().find(|c| c.bus >= self.buses.len()) {
+            return Err(invalid(format!(
+                "[[check]] of {} names bus {}, the scenario has {} (buses count from 0)",
+                c.path,
+                c.bus,
+                self.buses.len()
+            )));
+        }
         for e in &self.expect {
             if e.result == Expected::Pass && !e.kinds.is_empty() {
                 return Err(invalid(format!(
@@ -423,6 +472,12 @@ impl Scenario {
             },
             record,
             chaos: self.chaos,
+            stall: self.guest.stall.map(|s| (s.bus, s.at.0)),
+            checks: self
+                .checks
+                .iter()
+                .map(|c| (c.bus, c.path.clone(), c.equals.clone()))
+                .collect(),
             #[cfg(feature = "safeguard-switches")]
             safeguards: vpci_relay::Safeguards::ALL_ON,
         }

@@ -26,6 +26,8 @@ fn spec(model: KernelModel) -> VmSpec {
         },
         record: false,
         chaos: None,
+        stall: None,
+        checks: Vec::new(),
         safeguards: vpci_relay::Safeguards::ALL_ON,
     }
 }

@@ -19,6 +19,8 @@ fn probes() -> Vec<(&'static str, Vec<String>)> {
         ("limits", after("[limits]\nbogus = 1")),
         ("chaos", after("[chaos]\nbogus = 1")),
         ("expect", after("[[expect]]\nbogus = 1")),
+        ("stall", after("[guest]\nstall = { bogus = 1 }")),
+        ("check", after("[[check]]\nbogus = 1")),
         (
             "bus",
             vec!["name = \"x\"\n[[bus]]\nfunctions = [{ slot = 1 }]\nbogus = 1".to_owned()],

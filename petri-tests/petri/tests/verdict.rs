@@ -21,6 +21,8 @@ fn spec(model: KernelModel, functions: &[u32], relay: Option<RelayConfig>) -> Vm
         limits: RunLimits::default(),
         record: false,
         chaos: None,
+        stall: None,
+        checks: Vec::new(),
         safeguards: vpci_relay::Safeguards::ALL_ON,
     }
 }

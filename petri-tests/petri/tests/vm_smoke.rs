@@ -19,6 +19,8 @@ fn spec(model: KernelModel, relay: bool) -> VmSpec {
         limits: RunLimits::default(),
         record: true,
         chaos: None,
+        stall: None,
+        checks: Vec::new(),
         safeguards: vpci_relay::Safeguards::ALL_ON,
     }
 }

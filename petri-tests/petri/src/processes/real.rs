@@ -227,6 +227,9 @@ impl RealGuest {
         if self.observer.guest_trace.len() > 4096 {
             self.observer.guest_trace.clear();
         }
+        if self.observer.device_history.len() > 4096 {
+            self.observer.device_history.clear();
+        }
     }
 
     fn world_changed(&mut self) {

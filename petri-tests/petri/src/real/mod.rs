@@ -164,6 +164,13 @@ fn run_with(
             scenario.buses.len()
         )));
     }
+    // Not yet for the real drivers: refused rather than passed unchecked.
+    if scenario.guest.stall.is_some() || !scenario.checks.is_empty() {
+        return Err(RealError::Unsupported(format!(
+            "{}: [guest] stall and [[check]] run with the guest models only",
+            scenario.name
+        )));
+    }
     let clock = VirtualClock::new();
     let mut sides = Vec::with_capacity(scenario.buses.len());
     for bus in &scenario.buses {
@@ -250,6 +257,7 @@ fn run_with(
             .enumerate()
             .flat_map(|(i, s)| crate::outcome::unfired_steps(i, &s.host))
             .collect(),
+        device_history: std::mem::take(&mut controller.observer.device_history),
     };
     Ok((result, done))
 }

@@ -40,6 +40,11 @@ pub(crate) struct Observer {
     pub(crate) leaks: Vec<String>,
     /// The guest's log and events, in order.
     pub(crate) guest_trace: Vec<String>,
+    /// What the guest did with devices, in order: each function its PCI core found (with
+    /// the identity it found), each RESOURCES_ASSIGNED and RESOURCES_RELEASED, and each
+    /// EJECTION_COMPLETE, as `bus N: ...` lines. Timing and interleaving do not show in it,
+    /// so runs of the same guest with and without the relay can be compared.
+    pub(crate) device_history: Vec<String>,
 }
 
 fn word(payload: &[u8], at: usize) -> Option<u32> {
@@ -161,6 +166,7 @@ impl Observer {
             failure: None,
             leaks: Vec::new(),
             guest_trace: Vec::new(),
+            device_history: Vec::new(),
         }
     }
 
@@ -168,6 +174,21 @@ impl Observer {
     pub(crate) fn guest_sent(&mut self, bus: usize, payload: &[u8]) {
         if let Some(view) = self.buses.get_mut(bus) {
             view.guest_sent(payload);
+        }
+        if let (Some(kind), Some(slot)) = (word(payload, 0), word(payload, 4)) {
+            let what = match MessageType(kind) {
+                MessageType::RESOURCES_ASSIGNED
+                | MessageType::RESOURCES_ASSIGNED2
+                | MessageType::RESOURCES_ASSIGNED3 => Some("resources assigned"),
+                MessageType::RESOURCES_RELEASED => Some("resources released"),
+                MessageType::EJECTION_COMPLETE => Some("let go"),
+                _ => None,
+            };
+            if let Some(what) = what {
+                let slot = WinSlot::from_raw(slot);
+                self.device_history
+                    .push(format!("bus {bus}: {what} {slot}"));
+            }
         }
     }
 
@@ -257,6 +278,10 @@ impl Observer {
                     serial,
                 };
                 view.held.insert(slot, id);
+                self.device_history.push(format!(
+                    "bus {bus}: found {} {vendor_id:04x}:{device_id:04x} serial {serial}",
+                    WinSlot::from_raw(slot)
+                ));
             }
             return;
         }

@@ -62,6 +62,11 @@ pub struct VmSpec {
     pub record: bool,
     /// A host that acts at random moments (besides its script), if any.
     pub chaos: Option<ChaosSpec>,
+    /// The guest of one bus stalls from this time on: (bus, time).
+    pub stall: Option<(usize, Duration)>,
+    /// What each bus's relay inspect tree must hold at the end of a run through the relay:
+    /// (bus, path, JSON value).
+    pub checks: Vec<(usize, String, serde_json::Value)>,
     /// The relay's safeguards (test builds only: every one is on otherwise).
     #[cfg(feature = "safeguard-switches")]
     pub safeguards: vpci_relay::Safeguards,
@@ -88,6 +93,10 @@ pub struct Vm {
     trace: Option<Trace>,
     steps: u64,
     chaos: Option<chaos::Chaos>,
+    /// The guest of one bus stalls from this time on: (bus, time).
+    stall: Option<(usize, Duration)>,
+    /// Inspect checks for the end of a run through the relay: (bus, path, value).
+    checks: Vec<(usize, String, serde_json::Value)>,
 }
 
 impl Vm {
@@ -124,7 +133,14 @@ impl Vm {
             trace: spec.record.then(Trace::default),
             steps: 0,
             chaos: spec.chaos.map(chaos::Chaos::new),
+            stall: spec.stall,
+            checks: spec.checks.clone(),
         })
+    }
+
+    /// Whether the guest of `bus` has stalled (it runs nothing and receives nothing).
+    fn stalled(&self, bus: usize) -> bool {
+        self.stall.is_some_and(|(b, at)| b == bus && self.now >= at)
     }
 
     fn note(&mut self, from: Lane, to: Lane, label: String, mark: Mark) {
@@ -153,7 +169,7 @@ impl Vm {
         let mut out = Vec::new();
         let mut spinning = Vec::new();
         for (i, bus) in self.buses.iter().enumerate() {
-            if bus.guest.failure().is_some() {
+            if bus.guest.failure().is_some() || self.stalled(i) {
                 continue;
             }
             let spins = bus.guest.spinning();
@@ -198,12 +214,14 @@ impl Vm {
             }
         };
         consider(self.clock.next_deadline());
-        for bus in &self.buses {
+        for (i, bus) in self.buses.iter().enumerate() {
             consider(bus.side.host.poll_timeout());
-            if bus.guest.failure().is_none() {
+            if bus.guest.failure().is_none() && !self.stalled(i) {
                 consider(bus.guest.next_deadline());
             }
         }
+        // The moment a guest stalls is a moment of its own.
+        consider(self.stall.map(|(_, at)| at).filter(|&at| at > self.now));
         next
     }
 
@@ -449,14 +467,18 @@ impl Vm {
     fn finish(mut self, early: Option<Outcome>) -> RunResult {
         // A guest that waits on something nothing will ever bring is hung.
         if early.is_none() {
-            for bus in &mut self.buses {
+            // A stalled guest is neither hung nor judged on what it holds: it was stopped.
+            let stall = self.stall.map(|(b, _)| b);
+            for (i, bus) in self.buses.iter_mut().enumerate() {
                 let stuck = !bus.guest.blocked().is_empty() || !bus.guest.spinning().is_empty();
-                if bus.guest.failure().is_none() && stuck {
+                if bus.guest.failure().is_none() && stuck && stall != Some(i) {
                     bus.guest.declare_hang();
                 }
             }
-            for bus in &mut self.buses {
-                bus.guest.check_end_state();
+            for (i, bus) in self.buses.iter_mut().enumerate() {
+                if stall != Some(i) {
+                    bus.guest.check_end_state();
+                }
             }
         }
         let mut outcome = early.unwrap_or(Outcome::Ok);
@@ -471,6 +493,9 @@ impl Vm {
         }
         if outcome == Outcome::Ok {
             outcome = self.host_visible_outcome();
+        }
+        if outcome == Outcome::Ok {
+            outcome = self.inspect_checks();
         }
         let guest_trace = self
             .buses
@@ -491,6 +516,7 @@ impl Vm {
                 .enumerate()
                 .flat_map(|(i, b)| crate::outcome::unfired_steps(i, &b.side.host))
                 .collect(),
+            device_history: Vec::new(),
         }
     }
 
@@ -512,7 +538,13 @@ impl Vm {
                 return outcome;
             }
         }
+        let stall = self.stall.map(|(b, _)| b);
         for (i, bus) in self.buses.iter_mut().enumerate() {
+            // A stalled guest holds what it held when it stopped; the host-visible checks
+            // above still apply to it.
+            if stall == Some(i) {
+                continue;
+            }
             // A guest whose channel ended (the host rescinded it, or the relay closed it after
             // the host broke the protocol) holds nothing, rightly: its removal is the guest's
             // own end-state check.
@@ -525,6 +557,31 @@ impl Vm {
             let outcome = crate::outcome::compare_functions(i, &host, &guest, probed);
             if outcome != Outcome::Ok {
                 return outcome;
+            }
+        }
+        Outcome::Ok
+    }
+}
+
+impl Vm {
+    /// The scenario's checks of the relay's inspect trees (runs through the relay only).
+    fn inspect_checks(&mut self) -> Outcome {
+        let checks = std::mem::take(&mut self.checks);
+        for (bus, path, expected) in &checks {
+            let Some(tree) = self.relay_inspect(*bus) else {
+                continue; // a direct run: no relay to look at
+            };
+            let got = match tree.query(path) {
+                Ok(node) => node.to_json(),
+                Err(e) => serde_json::Value::String(format!("nothing ({e})")),
+            };
+            if got != *expected {
+                return Outcome::CheckFailed {
+                    bus: *bus,
+                    path: path.clone(),
+                    expected: expected.to_string(),
+                    got: got.to_string(),
+                };
             }
         }
         Outcome::Ok

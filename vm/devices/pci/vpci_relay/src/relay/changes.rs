@@ -5,8 +5,8 @@ use crate::events::ChangeKind;
 use inspect::Inspect;
 use std::collections::VecDeque;
 use std::time::Duration;
-use vpci_protocol::WinSlot;
 use vpci_protocol::wire::FunctionDescription2;
+use vpci_protocol::{ProtocolVersion, WinSlot};
 
 /// The host change the guest is working on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Inspect)]
@@ -77,10 +77,18 @@ pub(crate) struct ChangeQueue {
 }
 
 impl HostRelations {
-    /// Whether it lists exactly these functions, in this order, with these descriptions
-    /// (so its bytes can be passed on as they are).
-    pub(crate) fn says<'a>(&self, view: impl Iterator<Item = &'a FunctionDescription2>) -> bool {
-        self.exact && self.functions.iter().eq(view)
+    /// Whether it lists exactly these functions, in this order, with these descriptions, in a
+    /// message the guest may receive at the `version` in use (so its bytes can be passed on as
+    /// they are: BUS_RELATIONS2 exists from 1.3 on, and a guest may have negotiated lower
+    /// since the host sent it).
+    pub(crate) fn says<'a>(
+        &self,
+        version: ProtocolVersion,
+        view: impl Iterator<Item = &'a FunctionDescription2>,
+    ) -> bool {
+        self.exact
+            && (!self.v2 || version >= ProtocolVersion::V1_3)
+            && self.functions.iter().eq(view)
     }
 }
 

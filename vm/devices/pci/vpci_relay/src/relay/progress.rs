@@ -237,7 +237,7 @@ impl BusRelay {
                 .changes
                 .host_relations
                 .as_ref()
-                .is_some_and(|h| h.says(self.guest_view().map(|f| &f.desc)));
+                .is_some_and(|h| h.says(self.version, self.guest_view().map(|f| &f.desc)));
             let idle = self.changes.outstanding.is_none();
             self.changes.relations_dirty = false;
             match self.changes.host_relations.take() {
@@ -296,11 +296,11 @@ impl BusRelay {
     /// else a new message in the host's dialect.
     fn relations_payload(&self, view: &[&Function]) -> Vec<u8> {
         match &self.changes.host_relations {
-            Some(h) if h.says(view.iter().map(|f| &f.desc)) => h.raw.clone(),
+            Some(h) if h.says(self.version, view.iter().map(|f| &f.desc)) => h.raw.clone(),
             host => {
-                let v2 = host
-                    .as_ref()
-                    .map_or(self.version >= ProtocolVersion::V1_3, |h| h.v2);
+                // The host's dialect, as far as the version in use allows it.
+                let v2 =
+                    self.version >= ProtocolVersion::V1_3 && host.as_ref().is_none_or(|h| h.v2);
                 let message = if v2 {
                     Message::BusRelations2(BusRelations {
                         functions: view.iter().map(|f| f.desc).collect(),

@@ -1,0 +1,150 @@
+//! A guest that stalls on one bus (issue 13, item 6): buses are independent (guarantee 6).
+//! The guest on bus 0 stops at 2 s (its kernel wedged on that bus); the host then ejects bus
+//! 0's function and hot-adds one on bus 1. Through the relay, bus 1's guest gets its new
+//! function as if nothing happened, the host's EJECT on bus 0 is answered within its budget
+//! by the relay itself, and the relay's inspect tree shows the stall: bus 0's EJECT held, its
+//! function still shielded. Directly, the host waits out its 60 s on bus 0.
+
+use petri::explore::{Strategy, explore, run_seed};
+use petri::outcome::Outcome;
+use petri::scenario::{GuestKind, Scenario};
+
+const STALL: &str = r#"
+name = "stall-one-bus"
+title = "a guest stalled on one bus, another bus hot-plugged"
+
+[guest]
+stall = { bus = 0, at = "2s" }
+
+[[bus]]
+name = "b0"
+functions = [{ slot = 1 }]
+[[bus.script.steps]]
+when = { at = "3s" }
+action = { kind = "eject", slot = 1 }
+
+[[bus]]
+name = "b1"
+functions = [{ slot = 1 }]
+[[bus.script.steps]]
+when = { at = "4s" }
+action = { kind = "hot_add", slot = 2, serial = 2 }
+
+[[check]]
+bus = 0
+path = "functions/01.0/host"
+equals = "Ejected"
+
+[[check]]
+bus = 0
+path = "functions/01.0/backing"
+equals = "Shield"
+
+[[check]]
+bus = 0
+path = "counters/ejects_answered_at_deadline"
+equals = 1
+
+[[check]]
+bus = 1
+path = "functions/02.0/guest"
+equals = "Announced"
+
+[[check]]
+bus = 1
+path = "guest/phase"
+equals = "installed"
+
+[[expect]]
+guest = "linux-6.2"
+relay = true
+result = "pass"
+
+[[expect]]
+guest = "linux-6.2"
+relay = false
+result = "fail"
+kinds = ["eject_unanswered"]
+"#;
+
+/// Through the relay the stalled bus costs the other nothing, and every check of the
+/// relay's tree holds; directly the host's EJECT on the stalled bus goes unanswered.
+#[test]
+fn a_stalled_bus_leaves_the_other_alone() {
+    let scenario = Scenario::from_toml("stall-one-bus", STALL).expect("scenario");
+    for guest in [GuestKind::Linux62, GuestKind::Linux63] {
+        let relay = explore(
+            &scenario,
+            guest,
+            true,
+            10,
+            Strategy::Random { first_seed: 0 },
+            |_| {},
+        )
+        .expect("runs");
+        assert_eq!(
+            relay.failures, 0,
+            "{guest} relay: {:?}",
+            relay.first_failure
+        );
+        assert!(relay.unfired_steps.is_empty(), "{:?}", relay.unfired_steps);
+        let direct = run_seed(&scenario, guest, false, 0, false).expect("run");
+        assert!(
+            matches!(direct.outcome, Outcome::EjectUnanswered { bus: 0, .. }),
+            "{guest} direct: {}",
+            direct.outcome
+        );
+    }
+}
+
+/// A check that does not hold fails the run, naming the path and both values.
+#[test]
+fn a_failed_check_fails_the_run() {
+    let text = STALL.replace(
+        "path = \"guest/phase\"\nequals = \"installed\"",
+        "path = \"guest/phase\"\nequals = \"silent\"",
+    );
+    let scenario = Scenario::from_toml("stall-one-bus", &text).expect("scenario");
+    let r = run_seed(&scenario, GuestKind::Linux63, true, 0, false).expect("run");
+    match &r.outcome {
+        Outcome::CheckFailed {
+            bus,
+            path,
+            expected,
+            got,
+        } => {
+            assert_eq!((*bus, path.as_str()), (1, "guest/phase"));
+            assert_eq!(expected, "\"silent\"");
+            assert_eq!(got, "\"installed\"");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+/// Without the stall, the same host is answered by the guest itself on both buses: the
+/// stall is what the checks see.
+#[test]
+fn without_the_stall_the_guest_answers() {
+    let text = STALL.replace("[guest]\nstall = { bus = 0, at = \"2s\" }\n", "");
+    let scenario = Scenario::from_toml("no-stall", &text).expect("scenario");
+    let r = run_seed(&scenario, GuestKind::Linux63, true, 0, false).expect("run");
+    assert!(
+        matches!(&r.outcome, Outcome::CheckFailed { bus: 0, .. }),
+        "the stalled bus's checks cannot hold when nothing stalls: {}",
+        r.outcome
+    );
+}
+
+/// A stall or a check names a bus the scenario has.
+#[test]
+fn a_stall_or_check_of_a_missing_bus_is_refused() {
+    let text = STALL.replace("stall = { bus = 0,", "stall = { bus = 5,");
+    let e = Scenario::from_toml("bad", &text).expect_err("refused");
+    assert!(e.to_string().contains("stall names bus 5"), "{e}");
+    let text = STALL.replace(
+        "[[check]]\nbus = 1\npath = \"guest/phase\"",
+        "[[check]]\nbus = 7\npath = \"guest/phase\"",
+    );
+    let e = Scenario::from_toml("bad", &text).expect_err("refused");
+    assert!(e.to_string().contains("names bus 7"), "{e}");
+}

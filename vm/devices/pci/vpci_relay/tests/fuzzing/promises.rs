@@ -1,0 +1,440 @@
+//! The relay's promises to two conformant peers, driven by the fuzzer's bytes (the ideas of
+//! `tests/final_view_props.rs`): a host with the protocol's freedom (hot-add, a new identity
+//! in a listed slot, drop, EJECT of anything it ever listed, again and again, stale
+//! relations sent before it saw an EJECTION_COMPLETE, answers at once, late, or past
+//! `max_hold`) and a conformant guest (Linux's probe path without its races) that takes its
+//! time. The bytes choose the host's actions, every delay, and when time passes.
+//!
+//! Checked after every step: at most one EJECT outstanding at the guest; no EJECT reaches
+//! the guest while its probe waits on an answer; nothing malformed reaches either peer; no
+//! completion the guest never asked for, none twice; the relay's tables within bounds. At
+//! quiescence: every guest request and every host EJECT answered exactly once (each EJECT
+//! within the host's 60 s), the guest holds exactly the host's functions with their
+//! identities, the bus kept, no request left in the relay's tables, nothing counted
+//! malformed.
+
+use super::Source;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+use vmbus_channel::{Packet, PacketKind, padded};
+use vpci_protocol::build;
+use vpci_protocol::wire::FunctionDescription2;
+use vpci_protocol::*;
+use vpci_relay::*;
+
+const SLOTS: u8 = 3;
+const HOST_BUDGET: Duration = Duration::from_secs(60);
+const HOST_DELAYS: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(20),
+    Duration::from_secs(2),
+    Duration::from_secs(35), // beyond max_hold
+];
+const GUEST_DELAYS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(5),
+    Duration::from_millis(300),
+];
+
+fn slot(dev: u8) -> WinSlot {
+    WinSlot::new(dev, 0)
+}
+
+fn message_type(payload: &[u8]) -> MessageType {
+    MessageType(u32::from_le_bytes(
+        payload
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or_default(),
+    ))
+}
+
+/// The delays both peers take, from the fuzzer's bytes (taken as the peers need them, so a
+/// run's timing is part of its input). Past the input's end: all zero.
+struct Delays(VecDeque<u8>);
+
+impl Delays {
+    fn pick(&mut self, from: &[Duration]) -> Duration {
+        from[usize::from(self.0.pop_front().unwrap_or(0)) % from.len()]
+    }
+}
+
+/// A peer's packets in order: a channel is first in, first out.
+#[derive(Default)]
+struct Fifo(VecDeque<(Duration, Packet)>);
+
+impl Fifo {
+    fn push(&mut self, at: Duration, p: Packet) {
+        let at = self.0.back().map_or(at, |(last, _)| at.max(*last));
+        self.0.push_back((at, p));
+    }
+
+    fn next_at(&self) -> Option<Duration> {
+        self.0.front().map(|(t, _)| *t)
+    }
+}
+
+#[derive(Default)]
+struct Host {
+    /// Slot -> (identity, being ejected).
+    has: BTreeMap<u8, (u32, bool)>,
+    next_ident: u32,
+    /// EJECTs sent per slot, not yet answered, with when.
+    owed: BTreeMap<u8, VecDeque<Duration>>,
+    version_agreed: bool,
+    ever_listed: BTreeSet<u8>,
+    out: Fifo,
+}
+
+impl Host {
+    fn listing(&self) -> Vec<FunctionDescription2> {
+        self.has
+            .iter()
+            .map(|(&dev, &(ident, _))| build::description2(slot(dev), 0x1414, 0xb1, ident))
+            .collect()
+    }
+
+    fn send_list(&mut self, at: Duration, list: &[FunctionDescription2]) {
+        self.ever_listed
+            .extend(list.iter().map(|d| d.wslot.device()));
+        self.out
+            .push(at, Packet::in_band(0, padded(build::relations2(list))));
+    }
+
+    fn send_relations(&mut self, now: Duration) {
+        if self.version_agreed {
+            let list = self.listing();
+            self.send_list(now, &list);
+        }
+    }
+
+    fn view(&self) -> BTreeMap<u8, u32> {
+        self.has
+            .iter()
+            .filter(|(_, (_, ejecting))| !ejecting)
+            .map(|(&d, &(i, _))| (d, i))
+            .collect()
+    }
+
+    fn act(&mut self, now: Duration, action: u8, dev: u8) {
+        match action {
+            0 => {
+                self.next_ident += 1;
+                self.has.insert(dev, (self.next_ident, false));
+                self.send_relations(now);
+            }
+            1 => {
+                if self.has.remove(&dev).is_some() {
+                    self.send_relations(now);
+                }
+            }
+            _ => {
+                if !self.ever_listed.contains(&dev) {
+                    return;
+                }
+                if let Some(f) = self.has.get_mut(&dev) {
+                    f.1 = true;
+                }
+                self.out
+                    .push(now, Packet::in_band(0, padded(build::eject(slot(dev)))));
+                // Owed from when it arrives (a FIFO may hold it back): the relay's budget.
+                let sent = self.out.0.back().map_or(now, |(t, _)| *t);
+                self.owed.entry(dev).or_default().push_back(sent);
+            }
+        }
+    }
+
+    fn receive(&mut self, now: Duration, p: Packet, delays: &mut Delays) {
+        assert_eq!(
+            p.kind,
+            PacketKind::InBand,
+            "the relay sent the host a completion"
+        );
+        let m = decode(&p.payload, Sender::Guest, ProtocolVersion::V1_4)
+            .unwrap_or_else(|e| panic!("the relay sent the host garbage: {e}"));
+        let delay = delays.pick(&HOST_DELAYS);
+        let answer = |host: &mut Self, payload: Vec<u8>| {
+            host.out.push(
+                now + delay,
+                Packet::completion(p.transaction_id, padded(payload)),
+            );
+        };
+        match m {
+            Message::EjectionComplete(e) => {
+                let dev = e.body.wslot.device();
+                if delays.pick(&[Duration::ZERO, Duration::ZERO, Duration::MAX]) == Duration::MAX {
+                    // Relations it sent just before it saw this answer, still in flight.
+                    let before = self.listing();
+                    self.send_list(now, &before);
+                }
+                let sent = self
+                    .owed
+                    .get_mut(&dev)
+                    .and_then(VecDeque::pop_front)
+                    .unwrap_or_else(|| panic!("EJECTION_COMPLETE({dev}) that no EJECT asked for"));
+                assert!(
+                    now <= sent + HOST_BUDGET,
+                    "EJECT({dev}) answered after {:?}",
+                    now - sent
+                );
+                if self.owed.get(&dev).is_some_and(VecDeque::is_empty)
+                    && self.has.get(&dev).is_some_and(|f| f.1)
+                {
+                    self.has.remove(&dev);
+                }
+            }
+            Message::QueryBusRelations(_) => {
+                let list = self.listing();
+                self.send_list(now + delay, &list);
+            }
+            Message::QueryProtocolVersion(_) => {
+                self.version_agreed = true;
+                answer(self, build::status_reply(Status::SUCCESS));
+            }
+            Message::QueryResourceRequirements(_) => {
+                answer(
+                    self,
+                    build::requirements_reply([0xffff_c000, 0, 0, 0, 0, 0]),
+                );
+            }
+            Message::BusD0Entry(_) => {
+                let list = self.listing();
+                self.send_list(now + delay, &list);
+                answer(self, build::status_reply(Status::SUCCESS));
+            }
+            _ if p.completion_requested() => answer(self, build::status_reply(Status::SUCCESS)),
+            _ => {}
+        }
+    }
+}
+
+#[derive(Default)]
+struct Guest {
+    held: BTreeMap<u8, u32>,
+    waiting: BTreeMap<u64, (MessageType, Option<u8>)>,
+    answered: BTreeMap<u64, u32>,
+    next_txid: u64,
+    surveyed: bool,
+    installed: bool,
+    /// EJECTs received and not yet answered (their EJECTION_COMPLETE still queued).
+    ejecting: BTreeSet<u8>,
+    out: Fifo,
+}
+
+impl Guest {
+    fn request(&mut self, at: Duration, payload: Vec<u8>, dev: Option<u8>) {
+        self.next_txid += 1;
+        let ty = message_type(&payload);
+        self.waiting.insert(self.next_txid, (ty, dev));
+        self.out
+            .push(at, Packet::request(self.next_txid, padded(payload)));
+    }
+
+    fn receive(&mut self, now: Duration, p: Packet, delays: &mut Delays) {
+        let delay = delays.pick(&GUEST_DELAYS);
+        if p.kind == PacketKind::Completion {
+            *self.answered.entry(p.transaction_id).or_default() += 1;
+            let (ty, _) = self.waiting.remove(&p.transaction_id).unwrap_or_else(|| {
+                panic!("a completion nobody waits for: {:#x}", p.transaction_id)
+            });
+            decode_completion(&p.payload, ty, ProtocolVersion::V1_4)
+                .unwrap_or_else(|e| panic!("the guest got a malformed {ty} completion: {e}"));
+            match ty {
+                MessageType::QUERY_PROTOCOL_VERSION => {
+                    self.out.push(
+                        now + delay,
+                        Packet::in_band(0, padded(build::query_relations())),
+                    );
+                }
+                MessageType::BUS_D0ENTRY => {
+                    let held: Vec<u8> = self.held.keys().copied().collect();
+                    for dev in held {
+                        self.request(
+                            now + delay,
+                            build::resources_assigned2(slot(dev), &[]),
+                            Some(dev),
+                        );
+                    }
+                }
+                _ => {}
+            }
+            if self.surveyed && self.waiting.is_empty() {
+                self.installed = true;
+            }
+            return;
+        }
+        let m = decode(&p.payload, Sender::Host, ProtocolVersion::V1_4)
+            .unwrap_or_else(|e| panic!("the relay sent the guest garbage: {e}"));
+        match m {
+            Message::BusRelations2(r) => {
+                let listed: BTreeMap<u8, u32> = r
+                    .functions
+                    .iter()
+                    .map(|d| (d.wslot.device(), d.ser.get()))
+                    .collect();
+                self.held.retain(|d, _| listed.contains_key(d));
+                for (&dev, &ident) in &listed {
+                    if self.held.get(&dev) != Some(&ident) {
+                        assert!(
+                            !self.held.contains_key(&dev),
+                            "slot {dev} changed identity under the guest"
+                        );
+                        self.held.insert(dev, ident);
+                        self.request(now + delay, build::query_requirements(slot(dev)), Some(dev));
+                    }
+                }
+                if !self.surveyed {
+                    self.surveyed = true;
+                    self.request(now + delay, build::d0_entry(0xf_e000_0000), None);
+                }
+            }
+            Message::Eject(e) => {
+                let dev = e.body.wslot.device();
+                let probing =
+                    !self.installed || self.waiting.values().any(|(_, d)| *d == Some(dev));
+                assert!(!probing, "EJECT({dev}) while the probe waits on the host");
+                assert!(
+                    self.ejecting.is_empty(),
+                    "EJECT({dev}) while the guest still handles EJECT{:?}",
+                    self.ejecting
+                );
+                assert!(
+                    self.held.remove(&dev).is_some(),
+                    "EJECT({dev}) of nothing held"
+                );
+                self.ejecting.insert(dev);
+                let when = now + delay + Duration::from_millis(50);
+                self.out.push(
+                    when,
+                    Packet::in_band(0, padded(build::ejection_complete(slot(dev)))),
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+struct World {
+    relay: BusRelay,
+    now: Duration,
+    host: Host,
+    guest: Guest,
+    delays: Delays,
+    malformed: Vec<String>,
+}
+
+impl World {
+    fn pump(&mut self) {
+        while let Some(t) = self.relay.poll_transmit() {
+            match t {
+                Transmit::ToHost(p) => self.host.receive(self.now, p, &mut self.delays),
+                Transmit::ToGuest(p) => self.guest.receive(self.now, p, &mut self.delays),
+                Transmit::CloseGuest => panic!("the guest's bus was closed"),
+            }
+        }
+        while let Some(e) = self.relay.poll_event() {
+            if let RelayEvent::Malformed { side, fault } = e {
+                self.malformed.push(format!("{side:?}: {fault}"));
+            }
+        }
+        while self.relay.poll_backing().is_some() {}
+        assert!(self.relay.functions().count() <= usize::from(SLOTS));
+        assert!(self.relay.requests_outstanding() <= self.guest.waiting.len());
+    }
+
+    fn run_until(&mut self, until: Duration) {
+        loop {
+            let host_next = self.host.out.next_at();
+            let guest_next = self.guest.out.next_at();
+            let timer = self.relay.poll_timeout();
+            let Some(next) = [host_next, guest_next, timer].into_iter().flatten().min() else {
+                break;
+            };
+            if next > until {
+                break;
+            }
+            self.now = self.now.max(next);
+            if host_next == Some(next) {
+                let (_, p) = self.host.out.0.pop_front().unwrap();
+                self.relay.handle_host(self.now, p);
+            } else if guest_next == Some(next) {
+                let (_, p) = self.guest.out.0.pop_front().unwrap();
+                if message_type(&p.payload) == MessageType::EJECTION_COMPLETE {
+                    self.guest.ejecting.remove(&p.payload[4]);
+                }
+                self.relay.handle_guest(self.now, p);
+            } else {
+                self.relay.handle_timeout(self.now);
+            }
+            self.pump();
+        }
+        self.now = self.now.max(until);
+    }
+}
+
+pub fn run(data: &[u8]) {
+    // The first half of the input drives the host's actions, the second half the delays.
+    let (actions, delays) = data.split_at(data.len() / 2);
+    let mut w = World {
+        relay: BusRelay::new(RelayConfig::default()),
+        now: Duration::ZERO,
+        host: Host::default(),
+        guest: Guest::default(),
+        delays: Delays(delays.iter().copied().collect()),
+        malformed: Vec::new(),
+    };
+    w.guest.request(
+        Duration::ZERO,
+        build::query_version(ProtocolVersion::V1_4),
+        None,
+    );
+    let mut src = Source::new(actions);
+    let mut steps = 0;
+    while !src.is_empty() && steps < 120 {
+        let b = src.byte();
+        let dev = (b >> 4) % SLOTS;
+        match b % 8 {
+            // Let time pass: from a moment to past every hold.
+            0..=2 => {
+                let ms = [1u64, 30, 150, 1_000, 3_000, 31_000][usize::from(src.byte()) % 6];
+                w.run_until(w.now + Duration::from_millis(ms));
+            }
+            3 | 4 => w.host.act(w.now, 0, dev),
+            5 => w.host.act(w.now, 1, dev),
+            _ => w.host.act(w.now, 2, dev),
+        }
+        w.run_until(w.now);
+        steps += 1;
+    }
+    for _ in 0..20 {
+        w.run_until(w.now + Duration::from_secs(120));
+    }
+    assert!(
+        w.host.out.0.is_empty() && w.guest.out.0.is_empty() && w.relay.poll_timeout().is_none(),
+        "not quiescent"
+    );
+    assert_eq!(
+        w.relay.host_link(),
+        HostLink::Up,
+        "a conformant host lost its bus"
+    );
+    assert_eq!(
+        w.guest.held,
+        w.host.view(),
+        "the guest's view is not the host's"
+    );
+    let unanswered: Vec<_> = w.host.owed.iter().filter(|(_, q)| !q.is_empty()).collect();
+    assert!(unanswered.is_empty(), "EJECTs unanswered: {unanswered:?}");
+    assert!(w.guest.waiting.is_empty(), "guest requests unanswered");
+    assert!(
+        w.guest.answered.values().all(|&n| n == 1),
+        "a guest request answered twice"
+    );
+    assert_eq!(w.relay.requests_outstanding(), 0);
+    assert_eq!(w.relay.host_requests_outstanding(), 0);
+    assert!(
+        w.malformed.is_empty(),
+        "counted malformed: {:?}",
+        w.malformed
+    );
+}
