@@ -114,15 +114,17 @@ impl Notifier {
             let incoming = incoming.clone();
             std::thread::Builder::new()
                 .name("vmbus-ring-notify".into())
-                .spawn(move || match notify_loop(&state, &incoming, &stop, liveness) {
-                    Ok(liveness) => liveness,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "ring channel notifier failed");
-                        state.failed.store(true, Ordering::Release);
-                        state.wake_all();
-                        None
-                    }
-                })?
+                .spawn(
+                    move || match notify_loop(&state, &incoming, &stop, liveness) {
+                        Ok(liveness) => liveness,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "ring channel notifier failed");
+                            state.failed.store(true, Ordering::Release);
+                            state.wake_all();
+                            None
+                        }
+                    },
+                )?
         };
         Ok(Self {
             state,
