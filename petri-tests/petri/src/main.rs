@@ -116,7 +116,7 @@ enum Command {
         /// Service: the settle window.
         #[arg(long)]
         settle: Option<String>,
-        /// Service: ignored (the default hold).
+        /// Service: the longest an EJECT is held.
         #[arg(long)]
         max_hold: Option<String>,
     },
@@ -267,15 +267,16 @@ fn main() -> ExitCode {
             guest,
             control,
             settle,
-            max_hold: _,
+            max_hold,
         } => {
+            let duration = |d: Option<String>| {
+                d.map(|s| openhcl_vpci::config::parse_duration(&s))
+                    .transpose()
+            };
             let result = match (role.as_str(), host, guest, control) {
-                ("service", Some(h), Some(g), Some(c)) => {
-                    let settle = settle
-                        .map(|s| openhcl_vpci::config::parse_duration(&s))
-                        .transpose();
-                    settle.and_then(|s| petri::processes::service(h, g, c, s))
-                }
+                ("service", Some(h), Some(g), Some(c)) => duration(settle).and_then(|s| {
+                    duration(max_hold).and_then(|m| petri::processes::service(h, g, c, s, m))
+                }),
                 ("service", ..) => Err("the service needs --host, --guest and --control".into()),
                 (role, ..) => match socket {
                     Some(socket) => petri::processes::endpoint(role, &socket, &spec),

@@ -76,6 +76,7 @@ pub fn service(
     guest: PathBuf,
     control: PathBuf,
     settle: Option<Duration>,
+    max_hold: Option<Duration>,
 ) -> Result<(), String> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -83,8 +84,10 @@ pub fn service(
         .try_init();
     let config = openhcl_vpci::config::ServiceConfig {
         settle,
+        max_hold,
         ..Default::default()
     };
+    config.validate().map_err(|e| e.to_string())?;
     let endpoints = openhcl_vpci::service::Endpoints {
         host,
         guest,
