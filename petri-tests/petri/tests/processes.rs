@@ -74,6 +74,38 @@ fn real_510_probes_through_the_service() {
     );
 }
 
+/// One real 5.10 guest process drives two buses through the service (one driver instance
+/// per bus, in PCI domains 1 and 2), the host ejecting a function of the second while the
+/// driver sets up its interrupt: both probe, the eject is answered, and everything is removed
+/// and unloaded with nothing leaked.
+#[test]
+fn real_510_two_buses_through_the_service() {
+    let dir = std::env::temp_dir().join(format!("petri-processes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let path = dir.join("two-buses.toml");
+    let text = "name = \"two-buses\"\n\n[[bus]]\nfunctions = [{ slot = 1 }]\n\n\
+                [[bus]]\nfunctions = [{ slot = 1 }, { slot = 2 }]\n\
+                [[bus.script.steps]]\n\
+                when = { received = { message = \"CREATE_INTERRUPT_MESSAGE*\", slot = 1 } }\n\
+                action = { kind = \"eject\", slot = 1 }\n";
+    std::fs::write(&path, text).expect("scenario file");
+    let r = run(path.to_str().expect("utf-8 path"), GuestKind::Debian510, 0);
+    assert_ok("two buses", &r);
+    let seen = r.guest_lines.join("\n");
+    assert!(
+        seen.contains("guest state bus0 probed=1 closed=0 held=[1:"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("guest state bus1 probed=1 closed=0 held=[2:"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("leaks=0") && seen.contains("torn_down=true"),
+        "{seen}"
+    );
+}
+
 /// Cycles in [`real_510_hot_plug_storm`]; `PETRI_REAL_STORM` overrides (1,000 in
 /// `cargo xflowey storm`).
 fn storm_cycles() -> u32 {
