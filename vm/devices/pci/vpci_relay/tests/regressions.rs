@@ -6,43 +6,8 @@ mod common;
 use common::*;
 use std::time::Duration;
 use vmbus_channel::Packet;
-use vpci_protocol::wire::FunctionDescription2;
 use vpci_protocol::*;
 use vpci_relay::*;
-
-fn relations_of(descs: &[FunctionDescription2]) -> Vec<u8> {
-    encode(&Message::BusRelations2(BusRelations {
-        functions: descs.to_vec(),
-        trailing: Vec::new(),
-    }))
-}
-
-/// Slot `dev` with another device id and serial than `desc2(dev, 0x1414)`.
-fn new_identity(dev: u8) -> FunctionDescription2 {
-    let mut d = desc2(dev, 0x1414);
-    d.d_id = 0x00b2.into();
-    d.ser = 7.into();
-    d
-}
-
-fn ejection_completes_to_host(bus: &Bus, dev: u8) -> usize {
-    bus.host_messages()
-        .iter()
-        .filter(|m| matches!(m, Message::EjectionComplete(e) if e.body.wslot == slot(dev)))
-        .count()
-}
-
-/// The descriptions of the last relations message the guest got.
-fn last_guest_relations(bus: &Bus) -> Vec<FunctionDescription2> {
-    bus.guest_messages()
-        .into_iter()
-        .filter_map(|m| match m {
-            Message::BusRelations2(r) => Some(r.functions),
-            _ => None,
-        })
-        .next_back()
-        .unwrap_or_default()
-}
 
 // ---- 1. a re-added function is lost ----
 

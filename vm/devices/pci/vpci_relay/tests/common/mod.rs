@@ -27,6 +27,36 @@ pub fn relations2(devs: &[u8]) -> Vec<u8> {
     build::relations2(&descs)
 }
 
+/// BUS_RELATIONS2 listing these descriptions.
+pub fn relations_of(descs: &[FunctionDescription2]) -> Vec<u8> {
+    build::relations2(descs)
+}
+
+/// Slot `dev` with another device id and serial than `desc2(dev, 0x1414)`.
+pub fn new_identity(dev: u8) -> FunctionDescription2 {
+    build::description2(slot(dev), 0x1414, 0x00b2, 7)
+}
+
+/// EJECTION_COMPLETEs the relay sent the host for slot `dev`.
+pub fn ejection_completes_to_host(bus: &Bus, dev: u8) -> usize {
+    bus.host_messages()
+        .iter()
+        .filter(|m| matches!(m, Message::EjectionComplete(e) if e.body.wslot == slot(dev)))
+        .count()
+}
+
+/// The descriptions of the last relations message the guest got.
+pub fn last_guest_relations(bus: &Bus) -> Vec<FunctionDescription2> {
+    bus.guest_messages()
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::BusRelations2(r) => Some(r.functions),
+            _ => None,
+        })
+        .next_back()
+        .unwrap_or_default()
+}
+
 pub fn slot_msg(f: fn(Fixed<SlotBody>) -> Message, dev: u8) -> Vec<u8> {
     encode(&f(Fixed::new(SlotBody { wslot: slot(dev) })))
 }
