@@ -24,6 +24,11 @@ use std::time::Duration;
 use vpci_protocol::WinSlot;
 use vpci_relay::VirtualClock;
 
+mod contexts;
+mod end_checks;
+
+use contexts::kernel_context_name;
+
 /// How many wake-up latencies a kernel thread draws from (none, then 4 to 1,024 points).
 const WAKEUP_CHOICES: usize = 12;
 /// The scheduling points each step of wake-up latency adds.
@@ -281,97 +286,6 @@ impl RealController {
             message: why,
         };
         self.stop(outcome)
-    }
-
-    /// What the host can see went wrong once the scenario settled, looking both ways: an
-    /// EJECT it gave up on; its bus closed by the relay though it was conformant
-    /// (`lost_bus`); a device the guest holds that the host no longer has, or holds with an
-    /// old identity (`ghost_device`: it would drive memory nothing backs, as at its
-    /// removal); a function the host has that the probed guest never got (`lost_device`).
-    /// Every bus is looked at for each kind in turn, as in the model VM.
-    fn host_visible_now(&mut self) -> Outcome {
-        for (i, side) in self.sides.iter().enumerate() {
-            if let Some(outcome) = side.eject_unanswered(i) {
-                return outcome;
-            }
-        }
-        for (i, side) in self.sides.iter().enumerate() {
-            if let Some(outcome) = side.lost_bus(i) {
-                return outcome;
-            }
-        }
-        for (i, side) in self.sides.iter_mut().enumerate() {
-            if side.channel_ended() {
-                continue;
-            }
-            let probed = u32::try_from(i).is_ok_and(|b| self.probed.contains(&b));
-            let host = crate::vm::host_functions(&mut side.host);
-            let outcome =
-                crate::outcome::compare_functions(i, &host, &self.observer.held(i), probed);
-            if outcome != Outcome::Ok {
-                return outcome;
-            }
-        }
-        Outcome::Ok
-    }
-
-    /// Takes the next hot-plug action, after checking the last one reached the guest; false
-    /// when there is none left.
-    fn hot_plug_step(&mut self) -> bool {
-        let Some(mut hp) = self.hot_plug else {
-            return false;
-        };
-        let Some(side) = self.sides.first() else {
-            return false;
-        };
-        if hp.done >= hp.cycles.saturating_mul(2) || side.channel_ended() {
-            return false;
-        }
-        let slot = WinSlot::from_raw(hp.slot);
-        let context = self.context_name(self.process);
-        let adding = hp.done % 2 == 0;
-        // After an add the guest must hold the function; after an eject it must not, and the
-        // host must have had its EJECTION_COMPLETE.
-        if hp.done > 0 {
-            let held = self.observer.holds(0, slot);
-            if adding && (held || side.eject_timed_out()) {
-                // The guest holds the function: a ghost (`leaked_device` is memory only).
-                self.observer.fail(
-                    0,
-                    "ghost_device",
-                    context,
-                    "hv_eject_device_work".to_owned(),
-                    format!("cycle {}: {slot} still held after its eject", hp.done / 2),
-                );
-                return true;
-            }
-            if !adding && !held {
-                self.observer.fail(
-                    0,
-                    "lost_device",
-                    context,
-                    "pci_devices_present_work".to_owned(),
-                    format!("cycle {}: {slot} never reached the guest", hp.done / 2),
-                );
-                return true;
-            }
-        }
-        let action = if adding {
-            host_sim::HostAction::HotAdd(
-                host_sim::FunctionSpec::nic(hp.slot).with_serial(hp.done / 2 + 1),
-            )
-        } else {
-            host_sim::HostAction::Eject { slot: hp.slot }
-        };
-        if let Some(side) = self.sides.first_mut() {
-            side.act(self.now, action);
-        }
-        hp.done += 1;
-        self.hot_plug = Some(hp);
-        self.world_changed();
-        self.reasked = false;
-        self.pump();
-        true
     }
 
     /// The run is quiescent: give the next command, or find the guest hung.
@@ -739,45 +653,5 @@ impl Controller for RealController {
         self.observer.guest_trace.push(line.clone());
         self.note(Lane::Guest, Lane::Guest, line, Mark::None);
         self.observer.event(kind, context, text);
-    }
-}
-
-/// A guest context named as the kernel's own: the probing process (`modprobe`, which runs
-/// `hv_pci_probe` and the PCI core), a channel's tasklet (VMBus runs the driver's
-/// `hv_pci_onchannelcallback` in softirq context), a workqueue's worker (`kworker`, running
-/// `pci_devices_present_work` and `hv_eject_device_work` on the bus's ordered workqueue), the
-/// rescind handler (`vmbus_onoffer_rescind`); with the shim's own name after it.
-fn kernel_context_name(kind: ContextKind, name: &str) -> String {
-    if name.starts_with("vmbus_onoffer_rescind") {
-        return format!("kworker [{name}: vmbus_onoffer_rescind, hv_pci_remove]");
-    }
-    match kind {
-        ContextKind::Process => format!("modprobe [{name}: hv_pci_probe, PCI core]"),
-        ContextKind::Tasklet => {
-            format!("softirq [{name}: vmbus channel tasklet, hv_pci_onchannelcallback]")
-        }
-        ContextKind::Worker => {
-            format!("kworker [{name}: pci_devices_present_work, hv_eject_device_work]")
-        }
-        ContextKind::Other(k) => format!("{name} (context kind {k})"),
-    }
-}
-
-#[cfg(test)]
-mod context_names {
-    use super::*;
-
-    /// Contexts read as the kernel's: the probing process, the channel's softirq tasklet, a
-    /// workqueue worker, the rescind handler, each with the shim's own name kept.
-    #[test]
-    fn contexts_are_named_as_the_kernels() {
-        let process = kernel_context_name(ContextKind::Process, "process");
-        assert!(process.starts_with("modprobe [process"), "{process}");
-        let tasklet = kernel_context_name(ContextKind::Tasklet, "tasklet:bus0");
-        assert!(tasklet.contains("hv_pci_onchannelcallback"), "{tasklet}");
-        let worker = kernel_context_name(ContextKind::Worker, "wq:hv_pci_1");
-        assert!(worker.starts_with("kworker [wq:hv_pci_1"), "{worker}");
-        let rescind = kernel_context_name(ContextKind::Process, "vmbus_onoffer_rescind:bus0");
-        assert!(rescind.contains("hv_pci_remove"), "{rescind}");
     }
 }
