@@ -74,7 +74,7 @@
 //! has before time moves on: one that never did would leave the guest waiting whatever the
 //! relay does, so that is no freedom to check the relay against.
 //!
-//! **Guest** (Linux 6.2's `pci-hyperv`, per `/work/shared/spec/linux-guest.md`). Four kinds of
+//! **Guest** (Linux 6.2's `pci-hyperv`, as `petri-tests/guest_linux` models it). Four kinds of
 //! context, each step of which is a separate action so that host actions interleave between
 //! them: the probe path (QUERY_PROTOCOL_VERSION; QUERY_BUS_RELATIONS and wait for the survey;
 //! BUS_D0ENTRY; RESOURCES_ASSIGNED2 per child linked at the survey; root-bus creation, which

@@ -1,5 +1,6 @@
-//! The abstract unfixed Linux 6.2 guest (`pci-hyperv`, per
-//! `/work/shared/spec/linux-guest.md`): its probe path, ordered workqueue, drivers and channel
+//! The abstract unfixed Linux 6.2 guest (`drivers/pci/controller/pci-hyperv.c` of 6.2, as the
+//! README's race catalogue and the guest models in `petri-tests/guest_linux` describe it): its
+//! probe path, ordered workqueue, drivers and channel
 //! callback, and the races of the catalogue as failures.
 
 use super::Step;
