@@ -162,6 +162,26 @@ const REAL_LONG_HAUL: Step = Step {
     env: &[("PETRI_REAL_LONG_HAUL_CYCLES", "10000")],
 };
 
+/// The soak: 1,000,000 add/eject cycles with random timing through the relay against the 6.2
+/// model, memory measured at 10%, 50% and 100%.
+const SOAK: Step = Step {
+    name: "soak",
+    program: "cargo",
+    args: &[
+        "test",
+        "--release",
+        "-p",
+        "petri",
+        "--test",
+        "long_haul",
+        "--",
+        "--ignored",
+        "--nocapture",
+        "soak_a_million_cycles",
+    ],
+    env: &[],
+};
+
 /// The service's hot-plug storm across processes: host_sim, `openhcl-vpci` and the 6.2 model,
 /// 2,500 add/eject cycles on each of 4 buses (10,000 in all), real time and real rings.
 const STORM: Step = Step {
@@ -286,6 +306,11 @@ const PIPELINES: &[Pipeline] = &[
         name: "catalogue",
         about: "the race catalogue over 2,000 schedules per cell, a 100,000-cycle hot-plug long haul, and the real 5.10 driver's long haul",
         steps: &[CATALOGUE, LONG_HAUL, REAL_LONG_HAUL],
+    },
+    Pipeline {
+        name: "soak",
+        about: "1,000,000 add/eject cycles with random timing through the relay against the 6.2 model, memory at 10%, 50% and 100%",
+        steps: &[SOAK],
     },
     Pipeline {
         name: "storm",

@@ -380,6 +380,13 @@ impl LinuxGuest {
         self.failure.as_ref()
     }
 
+    /// The bytes the model's object arenas hold (children and stack frames, freed ones
+    /// included, never reused so that a stale reference is caught): what a long run's memory
+    /// may grow by on the model's side.
+    pub fn retained_bytes(&self) -> usize {
+        self.objs.retained_bytes()
+    }
+
     /// PCI devices present or bound, for end-state checks (sorted by slot).
     pub fn devices(&self) -> Vec<DeviceView> {
         let mut slots: BTreeSet<u32> = self.pci_devs.keys().copied().collect();

@@ -72,6 +72,13 @@ pub(crate) struct Objects {
 }
 
 impl Objects {
+    /// The bytes the arenas hold, freed entries included: they are never reused, so that a
+    /// stale id is caught as a use after free (a long run grows by one child per hot-add).
+    pub(crate) fn retained_bytes(&self) -> usize {
+        self.hpdevs.capacity() * std::mem::size_of::<HpDev>()
+            + self.frames.capacity() * std::mem::size_of::<Frame>()
+    }
+
     /// `kzalloc` of a child (refcount 0 until `new_pcichild_device` sets it).
     pub(crate) fn alloc_hpdev(&mut self, desc: FuncDesc) -> HpDevId {
         self.hpdevs.push(HpDev {

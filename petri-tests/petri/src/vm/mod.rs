@@ -250,8 +250,23 @@ impl Vm {
     /// (quiescent, or a guest failure: see [`Vm::failure`]). Call it again after
     /// [`Vm::host_act`] to go on.
     pub fn settle(&mut self) -> Option<Outcome> {
+        self.settle_within(None)
+    }
+
+    /// As [`Vm::settle`], but stops after at most `steps` scheduling choices (guest steps or
+    /// deliveries) with the run still in motion, so that a host action can land at any point
+    /// of the guest's work (a soak with random timing). Returns what `settle` returns, or
+    /// `None` when the steps ran out.
+    pub fn run_for(&mut self, steps: u64) -> Option<Outcome> {
+        self.settle_within(Some(steps))
+    }
+
+    fn settle_within(&mut self, mut budget: Option<u64>) -> Option<Outcome> {
         self.pump();
         loop {
+            if budget == Some(0) {
+                return None;
+            }
             if self.failed() {
                 return None;
             }
@@ -305,6 +320,7 @@ impl Vm {
             };
             self.last = Some(action);
             self.steps += 1;
+            budget = budget.map(|b| b.saturating_sub(1));
             match action {
                 Action::Step(bus, ctx) => self.step(bus, ctx),
                 Action::Deliver(bus) => self.deliver(bus),
@@ -400,6 +416,12 @@ impl Vm {
             .get(bus)
             .map(|b| b.guest.devices())
             .unwrap_or_default()
+    }
+
+    /// The bytes the guest model of `bus` keeps in its object arenas (see
+    /// `guest_linux::LinuxGuest::retained_bytes`).
+    pub fn guest_retained_bytes(&self, bus: usize) -> usize {
+        self.buses.get(bus).map_or(0, |b| b.guest.retained_bytes())
     }
 
     /// Whether the guest of bus `bus` has finished probing (its root bus exists).
