@@ -330,3 +330,34 @@ fn stray_guest_ejection_complete_keeps_the_function() {
     bus.advance(Duration::from_secs(1));
     assert_eq!(bus.guest_ejects(), [slot(1)]);
 }
+
+// ---- a guest that stops responding ----
+
+/// A guest that never completes an EJECT: after `max_hold` of its own time the relay raises
+/// an alarm (`overdue_change`, `changes/overdue` in inspect) and moves on, and the host's
+/// EJECT has been answered; the alarm ends when the guest lets go after all.
+#[test]
+fn a_stuck_guest_raises_an_alarm_until_it_lets_go() {
+    use inspect::Inspect;
+    let mut bus = Bus::installed_with(&[1]);
+    bus.host_sends(eject(1));
+    bus.advance(Duration::from_secs(1));
+    assert_eq!(bus.guest_ejects(), [slot(1)]);
+    assert_eq!(bus.relay.overdue_change(), None);
+    bus.advance(RelayConfig::default().max_hold);
+    assert_eq!(bus.relay.overdue_change(), Some(ChangeKind::Eject(slot(1))));
+    let tree = bus.relay.inspect();
+    let overdue = tree.query("changes/overdue/change").map(|n| n.to_json());
+    assert_eq!(
+        overdue.ok().as_ref().and_then(|v| v.as_str()),
+        Some("eject 01.0")
+    );
+    assert_eq!(
+        ejection_completes_to_host(&bus, 1),
+        1,
+        "the host is answered"
+    );
+    bus.guest_sends(ejection_complete(1));
+    assert_eq!(bus.relay.overdue_change(), None);
+    assert_eq!(ejection_completes_to_host(&bus, 1), 1, "no second answer");
+}

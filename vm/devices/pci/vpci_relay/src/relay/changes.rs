@@ -74,6 +74,28 @@ pub(crate) struct ChangeQueue {
     pub(crate) relations_dirty: bool,
     /// The current hold of a relations update has been reported.
     pub(crate) relations_held_reported: bool,
+    /// The alarm: a change the guest did not finish within `max_hold` of its own time (the
+    /// relay moved on from a stuck guest), until the guest finishes it after all. An EJECT
+    /// stays overdue until its EJECTION_COMPLETE; a relations change until the next change
+    /// the guest finishes.
+    #[inspect(with = "overdue_node")]
+    pub(crate) overdue: Option<Outstanding>,
+}
+
+fn overdue_node(o: &Option<Outstanding>) -> inspect::Node {
+    match o {
+        None => inspect::Node::Value(inspect::Value::None),
+        Some(o) => inspect::Node::dir()
+            .field(
+                "change",
+                &match o.kind() {
+                    ChangeKind::Relations => "relations".to_owned(),
+                    ChangeKind::Eject(slot) => format!("eject {slot}"),
+                },
+            )
+            .field("since", &o.since())
+            .build(),
+    }
 }
 
 impl HostRelations {
@@ -100,6 +122,7 @@ impl ChangeQueue {
             host_relations: None,
             relations_dirty: false,
             relations_held_reported: false,
+            overdue: None,
         }
     }
 

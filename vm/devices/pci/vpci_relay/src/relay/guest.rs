@@ -192,6 +192,15 @@ impl BusRelay {
         {
             self.finish_change();
         }
+        // A stuck guest that lets go after all ends the alarm.
+        if self
+            .changes
+            .overdue
+            .as_ref()
+            .is_some_and(|o| o.kind() == crate::ChangeKind::Eject(slot))
+        {
+            self.changes.overdue = None;
+        }
     }
 
     fn guest_completion(&mut self, packet: Packet) {

@@ -253,6 +253,13 @@ impl BusRelay {
         self.changes.outstanding.as_ref().map(|o| o.kind())
     }
 
+    /// The alarm: a change the guest did not finish within `max_hold` of its own time (the
+    /// relay moved on from a stuck guest), until the guest finishes it after all. Also in the
+    /// inspect tree as `changes/overdue`.
+    pub fn overdue_change(&self) -> Option<ChangeKind> {
+        self.changes.overdue.as_ref().map(|o| o.kind())
+    }
+
     /// One function's state.
     pub fn function(&self, slot: WinSlot) -> Option<&Function> {
         self.functions.get(slot)

@@ -67,6 +67,7 @@ impl BusRelay {
     fn change_timed_out(&mut self) {
         if let Some(o) = self.changes.outstanding.take() {
             self.out.emit(RelayEvent::ChangeTimedOut(o.kind()));
+            self.changes.overdue = Some(o);
         }
     }
 
@@ -123,6 +124,11 @@ impl BusRelay {
     pub(super) fn finish_change(&mut self) {
         if let Some(o) = self.changes.outstanding.take() {
             self.out.emit(RelayEvent::ChangeFinished(o.kind()));
+            // The guest finishes changes again: a relations change it left is no longer an
+            // alarm (an overdue EJECT is, until its own EJECTION_COMPLETE).
+            if matches!(self.changes.overdue, Some(Outstanding::Relations { .. })) {
+                self.changes.overdue = None;
+            }
         }
     }
 
