@@ -1,0 +1,232 @@
+//! How far the model's host (and guest) may go: the check is exhaustive within a [`Bounds`].
+
+use super::props::*;
+
+/// How far the host may go; the check is exhaustive within these.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// BUS_RELATIONS2 messages the host sends (answers, repeats, announcements of new or
+    /// dropped functions).
+    pub relations: u8,
+    /// EJECTs the host sends (for any slot it has listed: a function it has, one it dropped,
+    /// one it already ejected).
+    pub ejects: u8,
+    /// New functions the host puts in a slot after boot (hot-add, re-add, or a new identity
+    /// while the old one is ejecting, dropped but still held by the guest, or listed).
+    pub adds: u8,
+    /// Relations messages that leave out a function the host had listed (surprise removals).
+    pub drops: u8,
+    /// Requests for a removed function the host leaves unanswered when asked.
+    pub ignores: u8,
+    /// Of those, how many it may answer late (after the relay answered them itself).
+    pub late_answers: u8,
+    /// Channel rescinds.
+    pub rescinds: u8,
+    /// The relay's `max_outstanding_requests` in the model: small, so that a table that fills
+    /// with what is not live shows within the bound.
+    pub request_limit: usize,
+    /// The relay's `max_remembered_answers` in the model (requests it answered itself and
+    /// remembers, to recognise the host's late answer).
+    pub remembered_answers: usize,
+    /// Whether the host may put a new function in a slot whose old one it still lists or is
+    /// ejecting (otherwise only in an empty slot, or one whose function it removed).
+    pub relist: bool,
+    /// Whether the host may EJECT a slot whose function it dropped or is already ejecting, or
+    /// whose ejection completed (otherwise only a function it lists).
+    pub free_ejects: bool,
+    /// Forwarded requests the host answers slowly (any request, of a function it has or not,
+    /// including BUS_D0ENTRY and QUERY_RESOURCE_REQUIREMENTS on the guest's probe path): it
+    /// lets time pass, beyond the relay's `max_hold` if the relay's timers go that far, and
+    /// then answers.
+    pub slows: u8,
+    /// Stale relations messages: one the host built before it processed the latest
+    /// EJECTION_COMPLETE (so still listing the function it ejected), arriving after the
+    /// relay sent that EJECTION_COMPLETE.
+    pub stales: u8,
+    /// Times the guest's eject work stalls (its driver's remove path is slow) while time
+    /// passes, before it sends EJECTION_COMPLETE.
+    pub guest_stalls: u8,
+    /// Whether slot 2 is present at boot too (otherwise only slot 1 is).
+    pub two_at_boot: bool,
+}
+
+impl Bounds {
+    /// The teeth's bound: the old model's host (a hot-add, ejects only of listed functions,
+    /// no new identity in a slot still in use, every request answered).
+    pub const SMALL: Self = Self {
+        relations: 3,
+        ejects: 2,
+        adds: 1,
+        drops: 0,
+        ignores: 0,
+        late_answers: 0,
+        rescinds: 1,
+        request_limit: 4,
+        remembered_answers: 4,
+        relist: false,
+        free_ejects: false,
+        slows: 0,
+        stales: 0,
+        guest_stalls: 0,
+        two_at_boot: false,
+    };
+
+    /// The default check: a new function, a surprise removal, two ejects of any slot the host
+    /// has listed (so an EJECT after a re-listing), a stale relations message, a rescind.
+    /// (Ignored requests are in `REQUEST_TABLE`, slow answers and a stuck guest in `SLOW`;
+    /// `LARGE` has them all.)
+    pub const DEFAULT: Self = Self {
+        relations: 3,
+        ejects: 2,
+        adds: 1,
+        drops: 1,
+        ignores: 0,
+        late_answers: 0,
+        rescinds: 1,
+        request_limit: 4,
+        remembered_answers: 4,
+        relist: true,
+        free_ejects: true,
+        slows: 0,
+        stales: 1,
+        guest_stalls: 0,
+        two_at_boot: false,
+    };
+
+    /// Slowness: the host answers one probe-path request (BUS_D0ENTRY or
+    /// QUERY_RESOURCE_REQUIREMENTS) as slowly as it likes, beyond `max_hold`, and the guest's
+    /// eject work may stall beyond `max_hold`; a new function and two ejects.
+    pub const SLOW: Self = Self {
+        relations: 3,
+        ejects: 2,
+        adds: 1,
+        drops: 0,
+        ignores: 0,
+        late_answers: 0,
+        rescinds: 0,
+        request_limit: 4,
+        remembered_answers: 4,
+        relist: true,
+        free_ejects: true,
+        slows: 1,
+        stales: 0,
+        guest_stalls: 1,
+        two_at_boot: false,
+    };
+
+    /// Identities: two new functions (so a slot can be re-listed twice, while its old function
+    /// is listed, ejecting or held), every request answered, a stale relations message.
+    pub const RELIST: Self = Self {
+        relations: 3,
+        ejects: 2,
+        adds: 2,
+        drops: 0,
+        ignores: 0,
+        late_answers: 0,
+        rescinds: 0,
+        request_limit: 4,
+        remembered_answers: 4,
+        relist: true,
+        free_ejects: true,
+        slows: 0,
+        stales: 1,
+        guest_stalls: 0,
+        two_at_boot: false,
+    };
+
+    /// Both functions present at boot, a stale relations message.
+    pub const TWO_AT_BOOT: Self = Self {
+        relations: 3,
+        ejects: 2,
+        adds: 1,
+        drops: 0,
+        ignores: 0,
+        late_answers: 0,
+        rescinds: 0,
+        request_limit: 4,
+        remembered_answers: 4,
+        relist: true,
+        free_ejects: true,
+        slows: 0,
+        stales: 1,
+        guest_stalls: 0,
+        two_at_boot: true,
+    };
+
+    /// The request table: a limit of one request, so a single entry the relay keeps for a
+    /// request it already answered refuses the next one; an ignored request answered late.
+    pub const REQUEST_TABLE: Self = Self {
+        relations: 3,
+        ejects: 2,
+        adds: 1,
+        drops: 0,
+        ignores: 1,
+        late_answers: 1,
+        rescinds: 0,
+        request_limit: 1,
+        remembered_answers: 4,
+        relist: true,
+        free_ejects: true,
+        slows: 0,
+        stales: 0,
+        guest_stalls: 0,
+        two_at_boot: false,
+    };
+
+    /// A larger bound (run with `--ignored`, best with `--release`): the old default (4
+    /// relations, a surprise removal, an ignored request, a rescind) with every new freedom
+    /// (a slow answer, a stale relations message, a stuck guest).
+    pub const LARGE: Self = Self {
+        relations: 4,
+        ejects: 2,
+        adds: 1,
+        drops: 1,
+        ignores: 1,
+        late_answers: 0,
+        rescinds: 1,
+        request_limit: 4,
+        remembered_answers: 4,
+        relist: true,
+        free_ejects: true,
+        slows: 1,
+        stales: 1,
+        guest_stalls: 1,
+        two_at_boot: false,
+    };
+
+    /// Both functions at boot, a larger bound (run with `--ignored`).
+    pub const LARGE_TWO_AT_BOOT: Self = Self {
+        relations: 4,
+        ejects: 2,
+        adds: 1,
+        drops: 1,
+        ignores: 1,
+        late_answers: 0,
+        rescinds: 1,
+        request_limit: 4,
+        remembered_answers: 4,
+        relist: true,
+        free_ejects: true,
+        slows: 1,
+        stales: 1,
+        guest_stalls: 0,
+        two_at_boot: true,
+    };
+}
+
+impl Bounds {
+    /// Whether the bound lets the host do what the `sometimes` property `name` looks for.
+    pub fn can_reach(&self, name: &str) -> bool {
+        match name {
+            RELISTED => self.adds > 0 && (self.relist || self.drops > 0),
+            LATE => self.ignores > 0 && self.late_answers > 0,
+            RESCIND_CLOSED => self.rescinds > 0,
+            SLOW_PAST_HOLD => self.slows > 0,
+            STALE_AFTER_COMPLETE => self.stales > 0 && self.ejects > 0,
+            EJECT_AFTER_RELIST => self.ejects > 1 && self.adds > 0 && self.relist,
+            GUEST_STALLED => self.guest_stalls > 0,
+            MAX_HOLD_REACHED | MOVED_ON => self.guest_stalls > 0,
+            _ => true,
+        }
+    }
+}
