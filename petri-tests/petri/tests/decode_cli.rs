@@ -1,13 +1,10 @@
 //! `petri decode` as a user runs it: JSON on stdout, or one error line and exit code 2.
 
-use std::process::{Command, Output};
+mod cli;
 
-fn petri(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_petri"))
-        .args(args)
-        .output()
-        .expect("run petri")
-}
+use cli::petri;
+
+use std::process::Output;
 
 fn json(out: &Output) -> serde_json::Value {
     assert!(

@@ -4,9 +4,13 @@
 //! is a guest process), C3 on 5.10 by systematic search, replay bit for bit, and the JSON
 //! that `petri run --json` prints for them.
 
+mod cli;
+
+use cli::petri;
+
 use petri::explore::{Strategy, check, explore, run_seed};
 use petri::scenario::{GuestKind, Scenario, catalogue, load};
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// Seeded schedules per scenario, guest and mode in the suite (the demo and the flowey
 /// pipeline run more).
@@ -14,13 +18,6 @@ const SCHEDULES: u64 = 8;
 
 fn scenario(name: &str) -> Scenario {
     load(name).unwrap()
-}
-
-fn petri(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_petri"))
-        .args(args)
-        .output()
-        .expect("run petri")
 }
 
 /// Every expectation a built-in scenario states for a real driver holds over the first

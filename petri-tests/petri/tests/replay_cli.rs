@@ -2,26 +2,9 @@
 //! choice points, one vocabulary (spec names, `01.0`, completions with their request and
 //! status), script steps and chaos in scenario words, and a held change's release explained.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod cli;
 
-fn petri(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_petri"))
-        .args(args)
-        .output()
-        .expect("run petri")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A file in a fresh temporary directory of this test.
-fn temp(name: &str, test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("petri-replay-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
+use cli::{petri, stdout, temp};
 
 /// The replay of C2's crash numbers its steps, marks every choice point with what ran and
 /// what else could have, and speaks one vocabulary.

@@ -1,29 +1,8 @@
 //! `petri run`, `replay`, `list` and `demo` as a user runs them.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod cli;
 
-fn petri(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_petri"))
-        .args(args)
-        .output()
-        .expect("run petri")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A file in a fresh temporary directory of this test.
-fn temp(name: &str, test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("petri-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
+use cli::{petri, stderr, stdout, temp};
 
 /// `run --json` prints one object per run set with the documented fields, and the failures
 /// of the unfixed guest on C2.
