@@ -210,6 +210,14 @@ impl BusRelay {
     /// only at a safe point.
     pub(super) fn answer_overdue_host_ejects(&mut self) -> bool {
         let (now, max_hold) = (self.now, self.config.max_hold);
+        // Every step of the progress loop asks: answer without allocating when nothing is due.
+        let due = |f: &crate::Function| {
+            f.host_eject_since()
+                .is_some_and(|t| now >= t.saturating_add(max_hold))
+        };
+        if !self.functions.values().any(due) {
+            return false;
+        }
         let mut any = false;
         for slot in self.functions.slots() {
             let owed = self
