@@ -30,7 +30,10 @@ pub use memory::{MemoryChannel, MemoryChannelConfig, channel_pair, channel_pair_
 pub use packet::{
     Packet, PacketError, PacketFlags, PacketKind, PacketLimits, pad_payload, padded, padded_len,
 };
-pub use ring::{RingChannel, RingChannelConfig, RingChannelPeer, WaitSource, ring_channel_pair};
+pub use ring::{
+    HandoffState, RingChannel, RingChannelConfig, RingChannelPeer, RingHandoff, WaitSource,
+    ring_channel_pair,
+};
 pub use transactions::{
     AsyncTransactions, Response, TransactionConfig, TransactionError, Transactions,
 };

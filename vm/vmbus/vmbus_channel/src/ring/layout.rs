@@ -139,6 +139,11 @@ impl<M: SharedMem> Window<M> {
         (end <= mem.len()).then_some(Self { mem, offset, len })
     }
 
+    /// The whole region the window looks onto.
+    pub(crate) fn region(&self) -> &M {
+        &self.mem
+    }
+
     fn at(&self, offset: usize, len: usize) -> Result<usize, MemError> {
         let out_of_bounds = MemError::OutOfBounds {
             offset,

@@ -21,6 +21,14 @@
 //! signal. Inheritance remains possible: hand the child one end of a socket pair (for example
 //! as its standard input, as the cross-process test does).
 //!
+//! # Handing an end on
+//!
+//! A process that is replaced while the channel runs (a serviced paravisor) takes each end
+//! apart with [`RingChannel::into_handoff`] and its successor resumes it with
+//! [`RingChannel::from_handoff`]; the descriptors travel with [`send_with_fds`] (or by
+//! inheritance) and the end's small private state ([`HandoffState`]) in the successor's saved
+//! state. The peer notices nothing and nothing in the rings is lost.
+//!
 //! # Signalling
 //!
 //! The rules are `vmbus_ring`'s: a writer rings the reader's doorbell only when its write
@@ -35,16 +43,18 @@
 //! doorbell and liveness socket, which wakes the tasks registered by `poll_recv`/`poll_send`.
 //! This keeps the crate free of any async runtime: any executor's waker works.
 
+mod handoff;
 mod layout;
 mod os;
 
+pub use handoff::{HandoffState, RingHandoff};
 pub use layout::{RingChannelConfig, SetupError};
-pub use os::WaitSource;
+pub use os::{MAX_FDS, WaitSource, recv_with_fds, send_with_fds};
 
 use crate::channel::{Channel, ChannelError, ChannelState, EndReason};
 use crate::packet::{Packet, PacketError, PacketFlags, PacketKind};
 use layout::{Window, load_end, read_header, store_end, write_header};
-use os::{Doorbell, Notifier, recv_with_fds, send_with_fds};
+use os::{Doorbell, Notifier};
 use shared_mem::{MemfdMem, SharedMem};
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -152,6 +162,8 @@ pub struct RingChannel {
     peer_end: AtomicU8,
     /// Set when the peer broke the ring's rules: the rings are not touched again.
     broken: bool,
+    /// Set when the end was taken apart for a handoff: dropping it must not end the channel.
+    handed_off: bool,
 }
 
 impl RingChannel {
@@ -257,6 +269,7 @@ impl RingChannel {
             local_end: None,
             peer_end: AtomicU8::new(0),
             broken: false,
+            handed_off: false,
         })
     }
 
@@ -533,6 +546,8 @@ impl Channel for RingChannel {
 
 impl Drop for RingChannel {
     fn drop(&mut self) {
-        self.close();
+        if !self.handed_off {
+            self.close();
+        }
     }
 }

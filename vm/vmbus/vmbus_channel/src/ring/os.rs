@@ -144,6 +144,11 @@ impl Notifier {
         &self.state
     }
 
+    /// Sets the peer-gone flag (an end resumed after a handoff whose peer had gone).
+    pub(crate) fn mark_peer_gone(&self) {
+        self.state.peer_gone.store(true, Ordering::Release);
+    }
+
     /// Stops the thread and hands its waiting to the caller's own event loop.
     pub(crate) fn detach(&mut self) -> io::Result<WaitSource> {
         let liveness = match self.thread.take() {
@@ -198,6 +203,16 @@ impl WaitSource {
             self.state.peer_gone.store(true, Ordering::Release);
         }
         self.state.wake_all();
+    }
+}
+
+impl WaitSource {
+    /// Takes the end's liveness socket back (for a handoff), and whether the peer was already
+    /// seen gone or the waiting failed.
+    pub(crate) fn into_parts(self) -> (Option<OwnedFd>, bool) {
+        let gone = self.state.peer_gone.load(Ordering::Acquire)
+            || self.state.failed.load(Ordering::Acquire);
+        (self.liveness, gone)
     }
 }
 
@@ -277,11 +292,12 @@ fn peer_hung_up(socket: &OwnedFd) -> bool {
     }
 }
 
-/// The most descriptors one handoff message carries.
-pub(crate) const MAX_FDS: usize = 8;
+/// The most descriptors one [`send_with_fds`] message carries.
+pub const MAX_FDS: usize = 8;
 
-/// Sends `data` and `fds` as one message over a Unix stream or seqpacket socket.
-pub(crate) fn send_with_fds(
+/// Sends `data` and up to [`MAX_FDS`] descriptors as one message over a connected Unix
+/// stream or seqpacket socket (`SCM_RIGHTS`); [`recv_with_fds`] receives it.
+pub fn send_with_fds(
     socket: BorrowedFd<'_>,
     data: &[u8],
     fds: &[BorrowedFd<'_>],
@@ -309,10 +325,10 @@ pub(crate) fn send_with_fds(
     Ok(())
 }
 
-/// Receives one message sent by [`send_with_fds`]: fills `data` and returns the descriptors.
-/// A message of any other length, or a truncated descriptor list, is an error; the received
-/// descriptors are then closed.
-pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, data: &mut [u8]) -> io::Result<Vec<OwnedFd>> {
+/// Receives one message sent by [`send_with_fds`]: fills `data` and returns the descriptors
+/// (close-on-exec). A message of any other length, or a truncated descriptor list, is an
+/// error; the received descriptors are then closed.
+pub fn recv_with_fds(socket: BorrowedFd<'_>, data: &mut [u8]) -> io::Result<Vec<OwnedFd>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let expected = data.len();
