@@ -11,6 +11,7 @@
 mod bus;
 mod chaos;
 mod env;
+mod history;
 mod stall;
 
 use crate::host_side::{Delivery, HostSide};
@@ -98,6 +99,8 @@ pub struct Vm {
     chaos: Option<chaos::Chaos>,
     /// The guest of one bus stalls for a while, or from some time on.
     stall: Option<GuestStall>,
+    /// What the guests did with devices.
+    history: history::DeviceHistory,
     /// Inspect checks for the end of a run through the relay: (bus, path, value).
     checks: Vec<(usize, String, serde_json::Value)>,
 }
@@ -137,6 +140,7 @@ impl Vm {
             steps: 0,
             chaos: spec.chaos.map(chaos::Chaos::new),
             stall: spec.stall,
+            history: history::DeviceHistory::default(),
             checks: spec.checks.clone(),
         })
     }
@@ -474,6 +478,7 @@ impl Vm {
             ..
         } = side;
         let before = guest.trace().len();
+        let sent_before = outbox.len();
         let mut env = Env {
             now,
             bus: index,
@@ -485,6 +490,12 @@ impl Vm {
         };
         guest.step(ctx, &mut env);
         *relay_dirty |= env.touched_relay;
+        for d in guest.take_scanned() {
+            self.history.found(index, d);
+        }
+        for p in outbox.iter().skip(sent_before) {
+            self.history.sent(index, &p.payload);
+        }
         if probed_at.is_none() && guest.probe_result() == Some(Ok(())) {
             *probed_at = Some(now);
         }
@@ -548,7 +559,7 @@ impl Vm {
                 .enumerate()
                 .flat_map(|(i, b)| crate::outcome::unfired_steps(i, &b.side.host))
                 .collect(),
-            device_history: Vec::new(),
+            device_history: self.history.take(),
         }
     }
 
