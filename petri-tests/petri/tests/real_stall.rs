@@ -215,3 +215,29 @@ fn a_model_stall_for_a_while_ends_on_time() {
         r.outcome
     );
 }
+
+/// A stall that begins at boot holds bus 0's probe up: its callback never reads the host's
+/// answers, the probe waits for them, and the process context probes the buses one after
+/// the other. For a second, the probe then completes and the run ends clean; for good, the
+/// run reaches its time limit (the probe is waiting on a bus that never goes on).
+#[test]
+fn a_stall_from_boot_holds_the_probe() {
+    let a_while = STALL.replace("at = \"2s\"", "at = \"0s\", for = \"1s\"");
+    let scenario = Scenario::from_toml("stall-at-boot", &a_while).expect("scenario");
+    let r = run_seed(&scenario, GuestKind::Debian612, false, 0, true).expect("run");
+    assert_eq!(r.outcome, Outcome::Ok, "{:#?}", r.guest_trace);
+    let trace = r.trace.expect("recorded");
+    let probed_at = trace
+        .lines
+        .iter()
+        .find(|l| l.label.contains("command 2 returned 0"))
+        .map(|l| l.at);
+    assert!(
+        probed_at.is_some_and(|t| t >= std::time::Duration::from_secs(1)),
+        "bus 0's probe returned before the stall ended: {probed_at:?}"
+    );
+    let for_good = STALL.replace("at = \"2s\"", "at = \"0s\"");
+    let scenario = Scenario::from_toml("stall-at-boot", &for_good).expect("scenario");
+    let r = run_seed(&scenario, GuestKind::Debian612, false, 0, false).expect("run");
+    assert_eq!(r.outcome, Outcome::TimeLimit);
+}
