@@ -135,6 +135,8 @@ pub struct LinuxGuest {
     pub(crate) ejected: BTreeSet<u32>,
     pub(crate) failure: Option<GuestFailure>,
     pub(crate) trace: Vec<TraceEntry>,
+    /// Devices the scan found since the caller last took them (`take_scanned`).
+    pub(crate) scanned: Vec<crate::pci_core::ScannedDevice>,
 }
 
 impl LinuxGuest {
@@ -167,6 +169,7 @@ impl LinuxGuest {
             ejected: BTreeSet::new(),
             failure: None,
             trace: Vec::new(),
+            scanned: Vec::new(),
         }
     }
 

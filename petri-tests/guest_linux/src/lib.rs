@@ -87,6 +87,7 @@ mod work;
 
 pub use failure::{FailureKind, GuestFailure, TraceEntry};
 pub use guest::{BusState, DeviceView, LinuxGuest};
+pub use pci_core::ScannedDevice;
 
 use std::time::Duration;
 use vpci_protocol::{ProtocolVersion, WinSlot};

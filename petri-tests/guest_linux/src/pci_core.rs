@@ -14,7 +14,27 @@ const PCI_HEADER_TYPE: u16 = 0x0e;
 /// PCI_BASE_ADDRESS_0.
 const PCI_BASE_ADDRESS_0: u16 = 0x10;
 
+/// A function the scan found: its slot, the ids it read, and the serial number of the child
+/// it was found for (the guest's device history, as the host cannot see it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScannedDevice {
+    /// The function's slot.
+    pub slot: WinSlot,
+    /// The vendor id the scan read.
+    pub vendor_id: u16,
+    /// The device id the scan read.
+    pub device_id: u16,
+    /// The serial number of the child the `pci_dev` was made for.
+    pub serial: u32,
+}
+
 impl LinuxGuest {
+    /// The functions the scan found since the last call, in order. A caller that keeps the
+    /// device history takes them after every step; they are kept until taken.
+    pub fn take_scanned(&mut self) -> Vec<ScannedDevice> {
+        std::mem::take(&mut self.scanned)
+    }
+
     /// Models one `pci_scan_single_device` of `pci_scan_child_bus`: finds the lowest slot with
     /// a linked child and no `pci_dev` yet, reads its header through `hv_pcifront_read_config`
     /// (ids come from the child's description, the rest through the config window) and
@@ -59,6 +79,12 @@ impl LinuxGuest {
                 irqs: Vec::new(),
             },
         );
+        self.scanned.push(ScannedDevice {
+            slot,
+            vendor_id: desc.vendor,
+            device_id: desc.device,
+            serial: desc.serial,
+        });
         crate::tlog!(
             self,
             ctx,

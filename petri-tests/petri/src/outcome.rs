@@ -260,8 +260,8 @@ pub struct RunResult {
     /// The host script steps that never fired in this run, as (bus, step index from 0).
     pub unfired_steps: Vec<(usize, usize)>,
     /// What the guest did with devices, in order (functions found with their identity,
-    /// resources assigned and released, functions let go): recorded for the real drivers,
-    /// empty for the models.
+    /// resources assigned and released, functions let go): recorded for the real drivers
+    /// and the models alike (a model's run keeps its first 4,096 entries).
     pub device_history: Vec<String>,
 }
 

@@ -138,10 +138,11 @@ pub struct GuestOptions {
     pub remove_reads_bar: bool,
     /// Whether the driver's probe reads its BAR.
     pub probe_reads_bar: bool,
-    /// The guest on one bus stops (the models only): from then on none of its contexts runs
-    /// and nothing reaches it, as if its kernel were wedged on that bus, while the other
-    /// buses go on. A stalled bus is exempt from the end-of-run checks of what the guest
-    /// holds; what the host sees (an EJECT unanswered, a lost bus) still counts.
+    /// The guest on one bus stops: from then on none of its contexts runs and nothing
+    /// reaches it, as if its kernel were wedged on that bus, while the other buses go on. A
+    /// stalled bus is exempt from the checks of what the guest holds; what the host sees (an
+    /// EJECT unanswered, a lost bus) still counts. A real driver's bus stalls until the run
+    /// settles (or for its duration) and then goes on, so the teardown can remove it.
     pub stall: Option<Stall>,
 }
 
@@ -153,6 +154,21 @@ pub struct Stall {
     pub bus: usize,
     /// From when on.
     pub at: Time,
+    /// For how long (virtual time); without it, the rest of the run (a model) or until the
+    /// run has settled (a real driver).
+    #[serde(default, rename = "for")]
+    pub duration: Option<Time>,
+}
+
+impl Stall {
+    /// The stall as a run takes it.
+    pub fn spec(&self) -> crate::vm::GuestStall {
+        crate::vm::GuestStall {
+            bus: self.bus,
+            from: self.at.0,
+            until: self.duration.map(|d| self.at.0.saturating_add(d.0)),
+        }
+    }
 }
 
 /// A check of the relay's inspect tree at the end of every run through the relay.
@@ -472,7 +488,7 @@ impl Scenario {
             },
             record,
             chaos: self.chaos,
-            stall: self.guest.stall.map(|s| (s.bus, s.at.0)),
+            stall: self.guest.stall.map(|s| s.spec()),
             checks: self
                 .checks
                 .iter()

@@ -7,6 +7,7 @@
 #include "rt.h"
 
 int init_module(void);
+int main(void);
 void cleanup_module(void);
 
 #ifndef KSHIM_DEBIAN_VERSION
@@ -134,8 +135,12 @@ static int do_probe(u32 bus, const struct command *c)
 	return ret;
 }
 
-/* device_release_driver: the driver's remove, then its devres (under the device lock). */
-static int do_remove(u32 bus)
+/*
+ * device_release_driver: the driver's remove, then its devres (under the device lock). A
+ * remove the rescind runs first reports the driver's work still queued or running, by
+ * function address and where main is loaded, so the controller can name the functions.
+ */
+static int do_remove(u32 bus, bool from_rescind)
 {
 	struct hv_driver *drv = kshim_registered_driver();
 	struct bus_slot *s = bus_slot(bus);
@@ -145,6 +150,13 @@ static int do_remove(u32 bus)
 	if (!drv || !s->bound) {
 		s->busy = false;
 		return -ENODEV;
+	}
+	if (from_rescind) {
+		char work[256];
+
+		kshim_work_describe(work, sizeof(work));
+		kshim_event(EV_NOTE, "hv_pci_remove from vmbus_onoffer_rescind bus %u: main=%#llx%s",
+			    bus, (unsigned long long)(uintptr_t)&main, work);
 	}
 	KSHIM_CALL("hv_pci_remove");
 #if KSHIM_KVER >= 603
@@ -162,7 +174,7 @@ static int do_remove(u32 bus)
 void kshim_device_unregister(u32 bus)
 {
 	KSHIM_CALL("vmbus_device_unregister");
-	do_remove(bus);
+	do_remove(bus, true);
 }
 
 static int run_command(const struct command *c)
@@ -175,7 +187,7 @@ static int run_command(const struct command *c)
 	case CMD_PROBE:
 		return do_probe(c->bus, c);
 	case CMD_REMOVE:
-		return do_remove(c->bus);
+		return do_remove(c->bus, false);
 	case CMD_SUSPEND:
 		if (!drv || !bus_slot(c->bus)->bound)
 			return -ENODEV;
@@ -209,7 +221,7 @@ static int run_command(const struct command *c)
 		/* driver_unregister unbinds every bound device first. */
 		for (u32 b = 0; b < KSHIM_MAX_BUS; b++)
 			if (buses[b].bound)
-				do_remove(b);
+				do_remove(b, false);
 		cleanup_module();
 		kshim_wbuf_init(&w);
 		kshim_put_u32(&w, kshim_leak_report());

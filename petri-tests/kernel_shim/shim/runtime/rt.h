@@ -104,6 +104,12 @@ void kshim_command_push(u32 cmd, u32 bus, const u8 *arg, u32 len);
  */
 void kshim_device_unregister(u32 bus);
 
+/*
+ * Every live workqueue's running and queued work items, as " running=ADDR" and
+ * " queued=ADDR" by function address (sync.c); empty when no work is pending.
+ */
+void kshim_work_describe(char *buf, size_t size);
+
 /* ---- memory (mem.c) ---- */
 u32 kshim_leak_report(void);
 /* Makes the n-th allocation from now fail (0: none), as fault injection. */

@@ -236,11 +236,49 @@ struct workqueue_struct {
 	struct list_head items;
 	int worker;
 	bool busy;
+	/*
+	 * The function the worker is running (NULL when idle): kept by value, as a work function
+	 * may free its own item (6.1's pci_devices_present_work frees its hv_dr_work).
+	 */
+	work_func_t running;
+	/* The next live workqueue (kshim_work_describe walks them). */
+	struct workqueue_struct *next_live;
 	bool draining;
 	bool worker_exited;
 	u64 queued;
 	u64 done;
 };
+
+static struct workqueue_struct *live_wqs;
+
+static void describe_func(char *buf, size_t size, size_t *at, const char *what,
+			  work_func_t func)
+{
+	if (*at >= size)
+		return;
+	*at += snprintf(buf + *at, size - *at, " %s=%#llx", what,
+			(unsigned long long)(uintptr_t)func);
+}
+
+/*
+ * Every live workqueue's running item and queued items, by function address (the driver's
+ * work functions are static; the controller symbolises them against the executable).
+ */
+void kshim_work_describe(char *buf, size_t size)
+{
+	size_t at = 0;
+
+	if (!size)
+		return;
+	buf[0] = 0;
+	for (struct workqueue_struct *wq = live_wqs; wq; wq = wq->next_live) {
+		if (wq->running)
+			describe_func(buf, size, &at, "running", wq->running);
+		for (struct list_head *e = wq->items.next; e != &wq->items; e = e->next)
+			describe_func(buf, size, &at, "queued",
+				      container_of(e, struct work_struct, entry)->func);
+	}
+}
 
 static bool wq_has_work(void *arg)
 {
@@ -266,7 +304,9 @@ static void worker_main(void *arg)
 		INIT_LIST_HEAD(&work->entry);
 		work->pending = 0;
 		wq->busy = true;
+		wq->running = work->func;
 		work->func(work);
+		wq->running = NULL;
 		wq->busy = false;
 		wq->done++;
 	}
@@ -291,6 +331,8 @@ struct workqueue_struct *alloc_workqueue(const char *fmt, unsigned int flags, in
 	INIT_LIST_HEAD(&wq->items);
 	snprintf(name, sizeof(name), "wq:%s", wq->name);
 	wq->worker = kshim_ctx_create(CTX_WORKER, name, worker_main, wq);
+	wq->next_live = live_wqs;
+	live_wqs = wq;
 	return wq;
 }
 
@@ -348,5 +390,10 @@ void destroy_workqueue(struct workqueue_struct *wq)
 	}
 	wq->draining = true;
 	kshim_block(SP_FLUSH, worker_gone, wq, 0, false);
+	for (struct workqueue_struct **pp = &live_wqs; *pp; pp = &(*pp)->next_live)
+		if (*pp == wq) {
+			*pp = wq->next_live;
+			break;
+		}
 	kfree(wq);
 }

@@ -147,6 +147,16 @@ void kshim_vmbus_deliver(u32 bus, u16 type, u16 flags, u64 trans_id, const u8 *p
 	kc->tail = &p->next;
 }
 
+/* Packets in the ring the driver has not read. */
+static u32 count_packets(const struct kshim_channel *kc)
+{
+	u32 n = 0;
+
+	for (const struct kshim_packet *p = kc->head; p; p = p->next)
+		n++;
+	return n;
+}
+
 /*
  * drivers/hv/channel_mgmt.c vmbus_onoffer_rescind, run in its own context as the kernel runs
  * it on a workqueue worker (the CHANNELMSG_RESCINDCHANNELOFFER work): first
@@ -174,7 +184,9 @@ static void rescind_main(void *arg)
 	/* vmbus_rescind_cleanup */
 	KSHIM_CALL("vmbus_rescind_cleanup");
 	ch->rescind = true;
-	kshim_event(EV_NOTE, "vmbus_onoffer_rescind bus %u: callback reset, rescind set", kc->bus);
+	kshim_event(EV_NOTE,
+		    "vmbus_onoffer_rescind bus %u: callback reset, rescind set, %u packets unread",
+		    kc->bus, count_packets(kc));
 	kshim_sched(SP_COMPLETE);
 	/* probe_done, then vmbus_device_unregister */
 	kshim_device_unregister(kc->bus);

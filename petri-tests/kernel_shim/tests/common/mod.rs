@@ -119,6 +119,12 @@ pub enum Step {
     Relations { present: bool },
     /// Rescind the channel; the next step waits until the guest is idle.
     Rescind,
+    /// EJECT for the function and, at the same scheduling point, the rescind: both are in
+    /// the guest before any of its contexts runs again. The next step waits until idle.
+    EjectThenRescind,
+    /// BUS_RELATIONS2 listing the function (present) or not and, at the same scheduling point,
+    /// the rescind. The next step waits until idle.
+    RelationsThenRescind { present: bool },
 }
 
 /// What the current step waits for before the next one starts.
@@ -201,6 +207,9 @@ pub struct Faults {
     /// Send EJECT for the function at the very first scheduling point, before the guest
     /// even loaded the driver (a chaotic host).
     pub eject_at_start: bool,
+    /// Hold a rescind until nothing in the guest can run (the serialised delivery the shim
+    /// once had): the rescind then never meets unread packets or pending work.
+    pub rescind_when_idle: bool,
 }
 
 impl Host {
@@ -404,8 +413,15 @@ impl Host {
         if self.faults.eject_at_start && self.points == 1 {
             return self.eject_packet();
         }
-        if let Some(action) = self.pending.pop_front() {
-            return action;
+        let hold_rescind = self.faults.rescind_when_idle && !sched.runnable.is_empty();
+        match self.pending.front() {
+            Some(Action::Rescind(_)) if hold_rescind => {}
+            Some(_) => {
+                if let Some(action) = self.pending.pop_front() {
+                    return action;
+                }
+            }
+            None => {}
         }
         let step_done = match self.wait {
             Wait::Nothing => true,
@@ -429,6 +445,28 @@ impl Host {
                         self.wait = Wait::Idle;
                         self.rescinded = true;
                         Action::Rescind(0)
+                    }
+                    Step::EjectThenRescind => {
+                        self.wait = Wait::Idle;
+                        self.rescinded = true;
+                        let eject = self.eject_packet();
+                        self.pending.push_back(Action::Rescind(0));
+                        eject
+                    }
+                    Step::RelationsThenRescind { present } => {
+                        self.wait = Wait::Idle;
+                        self.rescinded = true;
+                        self.present = present;
+                        if present {
+                            self.generation += 1;
+                        }
+                        self.relations(0);
+                        let relations = self.pending.pop_back();
+                        self.pending.push_back(Action::Rescind(0));
+                        match relations {
+                            Some(action) => action,
+                            None => Action::Stop("no relations packet".to_string()),
+                        }
                     }
                     Step::Relations { present } => {
                         self.wait = Wait::Idle;

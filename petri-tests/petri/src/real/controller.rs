@@ -26,8 +26,10 @@ use vpci_relay::VirtualClock;
 
 mod contexts;
 mod end_checks;
+mod stall;
 
 use contexts::kernel_context_name;
+use stall::StallState;
 
 /// How many wake-up latencies a kernel thread draws from (none, then 4 to 1,024 points).
 const WAKEUP_CHOICES: usize = 12;
@@ -98,6 +100,8 @@ pub(super) struct RealController {
     /// Where the guest put each bus's BARs, by bus index.
     pub(super) bars: Vec<GuestBars>,
     pub(super) hot_plug: Option<HotPlug>,
+    /// A bus whose driver stalls, and the scenario's inspect checks.
+    stall: StallState,
 }
 
 /// Hot-plug cycles the host runs once the scenario settled: add a function, wait until the
@@ -123,6 +127,10 @@ pub(super) struct Plan {
     pub(super) hot_plug: Option<HotPlug>,
     /// The PCI domain each bus's driver is asked to take, by bus index.
     pub(super) domains: Vec<u16>,
+    /// The driver of one bus stalls for a while (`[guest] stall`).
+    pub(super) stall: Option<crate::vm::GuestStall>,
+    /// The relay's inspect trees must hold these once the run settled: (bus, path, value).
+    pub(super) checks: Vec<(usize, String, serde_json::Value)>,
 }
 
 impl RealController {
@@ -170,6 +178,7 @@ impl RealController {
             chaos,
             bars: (0..buses).map(|_| GuestBars::default()).collect(),
             hot_plug: plan.hot_plug,
+            stall: StallState::new(plan.stall, plan.checks, plan.domains),
         }
     }
 
@@ -213,6 +222,7 @@ impl RealController {
             Some(sched.next_deadline_ns).filter(|&d| d > 0),
             hosts.map(ns),
             self.clock.next_deadline().map(ns),
+            self.stall.next_change_ns(self.now),
         ]
         .into_iter()
         .flatten()
@@ -225,20 +235,27 @@ impl RealController {
     /// callback (waiting out a running one) before it sets `channel->rescind`; whether the
     /// channel's tasklet reads the packets delivered before it first is the scheduler's
     /// choice, as in the kernel.
+    /// Nothing reaches a stalled bus.
     fn deliverable(&self, _sched: &Sched) -> impl Iterator<Item = usize> + '_ {
+        let stalled = self.stall.stalled_bus(self.now);
         self.sides
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.has_in_flight())
+            .filter(move |(i, s)| s.has_in_flight() && stalled != Some(*i))
             .map(|(i, _)| i)
     }
 
     /// The options at this point, in a stable order: runnable contexts (spinning ones only
-    /// when nothing else can happen), then each bus's delivery.
+    /// when nothing else can happen; a stalled bus's never), then each bus's delivery.
     fn options(&self, sched: &Sched) -> (Vec<Pick>, bool) {
         let awake = |c: &&u32| self.ready_at.get(c).is_none_or(|&at| self.points >= at);
-        let mut out: Vec<Pick> = sched
+        let runnable: Vec<u32> = sched
             .runnable
+            .iter()
+            .copied()
+            .filter(|&c| !self.stall.withholds(self.now, c))
+            .collect();
+        let mut out: Vec<Pick> = runnable
             .iter()
             .filter(|c| !self.spinning.contains(c))
             .filter(awake)
@@ -246,8 +263,7 @@ impl RealController {
             .collect();
         if out.is_empty() {
             // Nothing else can happen: a context's wake-up latency is over.
-            out = sched
-                .runnable
+            out = runnable
                 .iter()
                 .filter(|c| !self.spinning.contains(c))
                 .map(|&c| Pick::Run(c))
@@ -257,7 +273,7 @@ impl RealController {
         if !out.is_empty() {
             return (out, false);
         }
-        let spinners: Vec<Pick> = sched.runnable.iter().map(|&c| Pick::Run(c)).collect();
+        let spinners: Vec<Pick> = runnable.iter().map(|&c| Pick::Run(c)).collect();
         (spinners, true)
     }
 
@@ -308,6 +324,9 @@ impl RealController {
             return self.schedule(sched);
         }
         if self.phase == Phase::Settle {
+            if let Some(action) = self.settle_stall(sched) {
+                return action;
+            }
             self.host_visible = self.host_visible_now();
             if let Some(f) = self.observer.failure.clone() {
                 return self.stop(f);
@@ -317,6 +336,7 @@ impl RealController {
                 return self.stop(self.host_visible.clone());
             }
             self.phase = Phase::Teardown;
+            self.lift_stall();
             // Linux calls remove only for a bound driver.
             let probed = &self.probed;
             self.teardown
@@ -638,6 +658,7 @@ impl Controller for RealController {
             }
             _ => {}
         }
+        self.stall.context(id, name);
         self.contexts.insert(id, kernel_context_name(kind, name));
     }
 

@@ -164,13 +164,6 @@ fn run_with(
             scenario.buses.len()
         )));
     }
-    // Not yet for the real drivers: refused rather than passed unchecked.
-    if scenario.guest.stall.is_some() || !scenario.checks.is_empty() {
-        return Err(RealError::Unsupported(format!(
-            "{}: [guest] stall and [[check]] run with the guest models only",
-            scenario.name
-        )));
-    }
     let clock = VirtualClock::new();
     let mut sides = Vec::with_capacity(scenario.buses.len());
     for bus in &scenario.buses {
@@ -210,6 +203,12 @@ fn run_with(
             .collect(),
         hot_plug,
         domains: buses.map(domain).collect(),
+        stall: scenario.guest.stall.map(|s| s.spec()),
+        checks: scenario
+            .checks
+            .iter()
+            .map(|c| (c.bus, c.path.clone(), c.equals.clone()))
+            .collect(),
     };
     let chaos = scenario.chaos.map(|mut c| {
         c.seed = seed;

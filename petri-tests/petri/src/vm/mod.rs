@@ -11,6 +11,8 @@
 mod bus;
 mod chaos;
 mod env;
+mod history;
+mod stall;
 
 use crate::host_side::{Delivery, HostSide};
 use crate::outcome::{Identity, Outcome, RunResult};
@@ -28,6 +30,8 @@ use vpci_relay::{RelayConfig, VirtualClock};
 pub use crate::host_side::describe;
 pub(crate) use chaos::Chaos;
 pub use chaos::ChaosSpec;
+pub use stall::GuestStall;
+pub(crate) use stall::inspect_checks;
 
 /// Bounds that end a run that would not end by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +66,8 @@ pub struct VmSpec {
     pub record: bool,
     /// A host that acts at random moments (besides its script), if any.
     pub chaos: Option<ChaosSpec>,
-    /// The guest of one bus stalls from this time on: (bus, time).
-    pub stall: Option<(usize, Duration)>,
+    /// The guest of one bus stalls for a while, or from some time on.
+    pub stall: Option<GuestStall>,
     /// What each bus's relay inspect tree must hold at the end of a run through the relay:
     /// (bus, path, JSON value).
     pub checks: Vec<(usize, String, serde_json::Value)>,
@@ -93,8 +97,10 @@ pub struct Vm {
     trace: Option<Trace>,
     steps: u64,
     chaos: Option<chaos::Chaos>,
-    /// The guest of one bus stalls from this time on: (bus, time).
-    stall: Option<(usize, Duration)>,
+    /// The guest of one bus stalls for a while, or from some time on.
+    stall: Option<GuestStall>,
+    /// What the guests did with devices.
+    history: history::DeviceHistory,
     /// Inspect checks for the end of a run through the relay: (bus, path, value).
     checks: Vec<(usize, String, serde_json::Value)>,
 }
@@ -134,13 +140,21 @@ impl Vm {
             steps: 0,
             chaos: spec.chaos.map(chaos::Chaos::new),
             stall: spec.stall,
+            history: history::DeviceHistory::default(),
             checks: spec.checks.clone(),
         })
     }
 
     /// Whether the guest of `bus` has stalled (it runs nothing and receives nothing).
     fn stalled(&self, bus: usize) -> bool {
-        self.stall.is_some_and(|(b, at)| b == bus && self.now >= at)
+        self.stall.is_some_and(|s| s.holds(bus, self.now))
+    }
+
+    /// The bus whose guest is stalled now, if any.
+    fn stalled_bus(&self) -> Option<usize> {
+        self.stall
+            .filter(|s| s.holds(s.bus, self.now))
+            .map(|s| s.bus)
     }
 
     fn note(&mut self, from: Lane, to: Lane, label: String, mark: Mark) {
@@ -220,8 +234,8 @@ impl Vm {
                 consider(bus.guest.next_deadline());
             }
         }
-        // The moment a guest stalls is a moment of its own.
-        consider(self.stall.map(|(_, at)| at).filter(|&at| at > self.now));
+        // The moments a guest stalls and resumes are moments of their own.
+        consider(self.stall.and_then(|s| s.next_change(self.now)));
         next
     }
 
@@ -464,6 +478,7 @@ impl Vm {
             ..
         } = side;
         let before = guest.trace().len();
+        let sent_before = outbox.len();
         let mut env = Env {
             now,
             bus: index,
@@ -475,6 +490,12 @@ impl Vm {
         };
         guest.step(ctx, &mut env);
         *relay_dirty |= env.touched_relay;
+        for d in guest.take_scanned() {
+            self.history.found(index, d);
+        }
+        for p in outbox.iter().skip(sent_before) {
+            self.history.sent(index, &p.payload);
+        }
         if probed_at.is_none() && guest.probe_result() == Some(Ok(())) {
             *probed_at = Some(now);
         }
@@ -490,7 +511,7 @@ impl Vm {
         // A guest that waits on something nothing will ever bring is hung.
         if early.is_none() {
             // A stalled guest is neither hung nor judged on what it holds: it was stopped.
-            let stall = self.stall.map(|(b, _)| b);
+            let stall = self.stalled_bus();
             for (i, bus) in self.buses.iter_mut().enumerate() {
                 let stuck = !bus.guest.blocked().is_empty() || !bus.guest.spinning().is_empty();
                 if bus.guest.failure().is_none() && stuck && stall != Some(i) {
@@ -538,7 +559,7 @@ impl Vm {
                 .enumerate()
                 .flat_map(|(i, b)| crate::outcome::unfired_steps(i, &b.side.host))
                 .collect(),
-            device_history: Vec::new(),
+            device_history: self.history.take(),
         }
     }
 
@@ -560,7 +581,7 @@ impl Vm {
                 return outcome;
             }
         }
-        let stall = self.stall.map(|(b, _)| b);
+        let stall = self.stalled_bus();
         for (i, bus) in self.buses.iter_mut().enumerate() {
             // A stalled guest holds what it held when it stopped; the host-visible checks
             // above still apply to it.
@@ -589,24 +610,7 @@ impl Vm {
     /// The scenario's checks of the relay's inspect trees (runs through the relay only).
     fn inspect_checks(&mut self) -> Outcome {
         let checks = std::mem::take(&mut self.checks);
-        for (bus, path, expected) in &checks {
-            let Some(tree) = self.relay_inspect(*bus) else {
-                continue; // a direct run: no relay to look at
-            };
-            let got = match tree.query(path) {
-                Ok(node) => node.to_json(),
-                Err(e) => serde_json::Value::String(format!("nothing ({e})")),
-            };
-            if got != *expected {
-                return Outcome::CheckFailed {
-                    bus: *bus,
-                    path: path.clone(),
-                    expected: expected.to_string(),
-                    got: got.to_string(),
-                };
-            }
-        }
-        Outcome::Ok
+        stall::inspect_checks(&checks, |bus| self.relay_inspect(bus))
     }
 }
 

@@ -21,8 +21,11 @@ impl RealController {
                 return outcome;
             }
         }
+        // A stalled driver holds what it held when it stopped: what the host sees above
+        // still counts for it, its holdings do not.
+        let stalled = self.stall.stalled_bus(self.now);
         for (i, side) in self.sides.iter_mut().enumerate() {
-            if side.channel_ended() {
+            if side.channel_ended() || stalled == Some(i) {
                 continue;
             }
             let probed = u32::try_from(i).is_ok_and(|b| self.probed.contains(&b));
