@@ -15,8 +15,7 @@
 //! It prints each bus's state (`@@ guest state ...`) whenever it changes, the first failure,
 //! and how the guest process ended (`@@ guest done ...`).
 
-use super::ctl::Ctl;
-use super::report::{GuestState, failure_line};
+use super::report::failure_line;
 use crate::outcome::Outcome;
 use crate::real::bars::GuestBars;
 use crate::real::observe::Observer;
@@ -31,6 +30,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use vmbus_channel::{Channel, ChannelExt, RingChannel};
+use vpci_endpoints::ctl::Ctl;
+use vpci_endpoints::report::GuestState;
 use vpci_protocol::WinSlot;
 
 /// The VMBus instance GUID of the first bus (bytes 4-5 give the PCI domain).
@@ -69,7 +70,7 @@ fn boot_offers(ctl: &mut Ctl) -> Vec<String> {
     let mut buses: Vec<String> = Vec::new();
     let mut first: Option<Instant> = None;
     loop {
-        match ctl.next() {
+        match ctl.next_message() {
             Some(Message::Offer { bus }) if buses.len() < MAX_BUSES => {
                 first.get_or_insert_with(Instant::now);
                 buses.push(bus);
@@ -79,7 +80,7 @@ fn boot_offers(ctl: &mut Ctl) -> Vec<String> {
             }
             Some(Message::AllOffersDelivered) if !buses.is_empty() => return buses,
             Some(_) => {}
-            None if ctl.gone || start.elapsed() > Duration::from_secs(30) => return buses,
+            None if ctl.gone() || start.elapsed() > Duration::from_secs(30) => return buses,
             None if first.is_some_and(|t| t.elapsed() > OFFER_WAIT) => return buses,
             None => std::thread::sleep(Duration::from_millis(1)),
         }
@@ -254,7 +255,7 @@ impl RealGuest {
             results: Vec::new(),
             probed: BTreeSet::new(),
             phase: Phase::Boot,
-            teardown: super::ctl::stdin_commands(),
+            teardown: vpci_endpoints::ctl::stdin_commands(),
             torn_down: false,
             contexts: BTreeMap::new(),
             current: 0,
@@ -302,7 +303,12 @@ impl RealGuest {
                 bus: bus.name.clone(),
                 probed: self.probed.contains(&wire(i)),
                 closed: bus.rescinded || bus.ring_ended,
-                held: self.observer.held(i),
+                held: self
+                    .observer
+                    .held(i)
+                    .into_iter()
+                    .map(|(slot, id)| (slot, super::report::function_id(id)))
+                    .collect(),
             };
             if bus.last.as_ref() != Some(&state) {
                 println!("@@ {}", state.line());
@@ -341,7 +347,7 @@ impl RealGuest {
 
     /// Reads the control connection and stdin: rescinds, or a teardown.
     fn poll_outside(&mut self) {
-        while let Some(m) = self.ctl.next() {
+        while let Some(m) = self.ctl.next_message() {
             match m {
                 Message::Rescind { bus } => {
                     if let Some(b) = self.buses.iter_mut().find(|b| b.name == bus) {
@@ -354,7 +360,7 @@ impl RealGuest {
                 _ => {}
             }
         }
-        if self.ctl.gone {
+        if self.ctl.gone() {
             for b in &mut self.buses {
                 b.rescind_pending = true;
             }
