@@ -191,3 +191,40 @@ fn cli_says_not_replayable() {
     );
     assert!(text.contains("not replayable"), "{text}");
 }
+
+/// Runs across processes always go through the service, so an `[[expect]]` of a failure
+/// through the relay cannot be met by runs that pass: the CLI reports it as NOT AS EXPECTED
+/// and exits 1 (and says `unmet` in JSON), never as a pass.
+#[test]
+fn cli_reports_an_expected_failure_that_did_not_happen_as_unmet() {
+    let dir = std::env::temp_dir().join(format!("petri-processes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let path = dir.join("expects-failure.toml");
+    let text = "name = \"expects-failure\"\n\n[[bus]]\nfunctions = [{ slot = 1 }]\n\n\
+                [[expect]]\nguest = \"linux-6.2\"\nrelay = true\nresult = \"fail\"\n";
+    std::fs::write(&path, text).expect("scenario file");
+    let path = path.to_str().expect("utf-8 path");
+    let petri = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_petri"));
+        cmd.args(["run", path, "--guest", "6.2", "--processes"]);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().expect("petri")
+    };
+    let out = petri(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("expects-failure linux-6.2 processes: 0/1 failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("NOT AS EXPECTED: a failure was expected"),
+        "{text}"
+    );
+    let out = petri(true);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("\"expectation\":\"unmet\""), "{text}");
+}

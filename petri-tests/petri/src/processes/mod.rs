@@ -9,10 +9,14 @@
 //! The endpoints are petri itself (`petri endpoint host|guest|service`, hidden), so one
 //! binary carries them: the host and the model guest are `vpci_endpoints`' (the same the
 //! service's own process tests run), with petri's scenarios for their settings; the real
-//! driver's guest is petri's ([`real`]).
+//! driver's guest is petri's ([`real`]). Runs go through the service only (there is no direct
+//! mode across processes), so a failure expected of a guest is never met here ([`judge`]).
 
+mod expect;
 pub mod real;
 mod report;
+
+pub use expect::{Judgement, judge};
 
 use crate::outcome::Outcome;
 use crate::scenario::{self, GuestKind};
