@@ -35,6 +35,7 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
     let opts = ProcessOptions {
         exe,
         storm: args.storm,
+        late_buses: 0,
         quiet: (sc.relay.settle.0 * 5).max(Duration::from_millis(750)),
         limit: Duration::from_secs(120) + Duration::from_millis(u64::from(args.storm) * 300),
         verbose: std::env::var_os("PETRI_VERBOSE").is_some(),

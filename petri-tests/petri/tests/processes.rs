@@ -14,6 +14,7 @@ fn options(storm: u32) -> ProcessOptions {
     ProcessOptions {
         exe: PathBuf::from(env!("CARGO_BIN_EXE_petri")),
         storm,
+        late_buses: 0,
         quiet: Duration::from_millis(750),
         limit: Duration::from_secs(90) + Duration::from_millis(u64::from(storm) * 400),
         verbose: std::env::var_os("PETRI_VERBOSE").is_some(),
@@ -37,7 +38,11 @@ fn plain_bus(name: &str, functions: u32) -> PathBuf {
 }
 
 fn run(scenario: &str, guest: GuestKind, storm: u32) -> processes::ProcessRun {
-    match processes::run(scenario, guest, &options(storm)) {
+    run_with(scenario, guest, &options(storm))
+}
+
+fn run_with(scenario: &str, guest: GuestKind, opts: &ProcessOptions) -> processes::ProcessRun {
+    match processes::run(scenario, guest, opts) {
         Ok(r) => r,
         Err(e) => panic!("{scenario} {}: {e}", guest.name()),
     }
@@ -100,6 +105,51 @@ fn real_510_two_buses_through_the_service() {
     );
     assert!(
         seen.contains("guest state bus1 probed=1 closed=0 held=[2:"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("leaks=0") && seen.contains("torn_down=true"),
+        "{seen}"
+    );
+}
+
+/// A bus the host offers after the message that every boot-time offer was delivered reaches
+/// the real 5.10 driver, which probes it (in a driver instance of its own, PCI domain 2)
+/// while the boot bus stays up: both end probed with the host's functions, and everything is
+/// removed and unloaded with nothing leaked.
+#[test]
+fn real_510_late_offer_probes() {
+    let dir = std::env::temp_dir().join(format!("petri-processes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let path = dir.join("late-offer.toml");
+    let text = "name = \"late-offer\"\n\n[[bus]]\nfunctions = [{ slot = 1 }]\n\n\
+                [[bus]]\nfunctions = [{ slot = 2 }, { slot = 3 }]\n";
+    std::fs::write(&path, text).expect("scenario file");
+    let opts = ProcessOptions {
+        late_buses: 1,
+        ..options(0)
+    };
+    let r = run_with(
+        path.to_str().expect("utf-8 path"),
+        GuestKind::Debian510,
+        &opts,
+    );
+    assert_ok("late offer", &r);
+    let seen = r.guest_lines.join("\n");
+    let boot_done = r
+        .guest_lines
+        .iter()
+        .position(|l| l.starts_with("guest state bus0 probed=1"));
+    let late = r
+        .guest_lines
+        .iter()
+        .position(|l| l == "guest late offer bus1");
+    assert!(
+        matches!((boot_done, late), (Some(b), Some(l)) if b < l),
+        "bus1 must come after bus0's probe: {seen}"
+    );
+    assert!(
+        seen.contains("guest state bus1 probed=1 closed=0 held=[2:15b3:101a:0;3:15b3:101a:0]"),
         "{seen}"
     );
     assert!(

@@ -81,6 +81,7 @@ fn host_spec(spec: &str) -> Result<HostSpec, String> {
     let mut host = HostSpec::parse(&rest.join(",")).map_err(|e| e.to_string())?;
     if let Some(s) = scenario {
         host.buses = s.buses;
+        host.validate().map_err(|e| e.to_string())?;
     }
     Ok(host)
 }
@@ -134,6 +135,9 @@ pub struct ProcessOptions {
     pub exe: PathBuf,
     /// Hot-add/eject cycles per bus after the scenario (0: none).
     pub storm: u32,
+    /// How many of the scenario's last buses the host offers late (after the message that
+    /// every boot-time offer was delivered; 0: none).
+    pub late_buses: usize,
     /// How long nothing must happen for the run to count as settled.
     pub quiet: Duration,
     /// The bound on the whole run (a run still busy then is a `time_limit`).
@@ -180,7 +184,10 @@ pub fn run(
     let spec = RigSpec {
         launch: Launch::Subcommand(opts.exe.clone()),
         service,
-        host: format!("scenario={scenario_ref},storm={}", opts.storm),
+        host: format!(
+            "scenario={scenario_ref},storm={},late={}",
+            opts.storm, opts.late_buses
+        ),
         guest: format!("guest={},scenario={scenario_ref}", guest.name()),
         service_args: vec![
             "--settle".to_owned(),

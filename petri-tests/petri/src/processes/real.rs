@@ -4,7 +4,9 @@
 //! in-process delivery: packets the driver sends go on the ring, packets on the ring are
 //! delivered to the driver as they arrive, and its config-window and BAR accesses are the
 //! service's `mmio` control messages. Time is real: virtual time follows the wall clock, so
-//! the driver's timed waits expire as they would in a VM.
+//! the driver's timed waits expire as they would in a VM. A bus offered after the boot-time
+//! ones (a late offer, up to 8 buses in all) gets a driver instance of its own, probed once
+//! nothing else runs.
 //!
 //! Scheduling is the kernel's, roughly: the running context runs on until it blocks, a
 //! context busy-polling with `udelay` runs only when nothing else can, and an idle guest waits
@@ -244,7 +246,8 @@ impl RealGuest {
             bus: wire(i),
             instance: instance(i),
         }));
-        let domains: Vec<u16> = (0..buses.len()).map(domain).collect();
+        // Every bus the guest may come to run, so a late offer finds its view ready.
+        let domains: Vec<u16> = (0..MAX_BUSES).map(domain).collect();
         Self {
             ctl,
             buses,
@@ -354,9 +357,7 @@ impl RealGuest {
                         b.rescind_pending = true;
                     }
                 }
-                Message::Offer { bus } => {
-                    println!("@@ guest ignores offer {bus}: a real guest runs its boot buses")
-                }
+                Message::Offer { bus } => self.late_offer(bus),
                 _ => {}
             }
         }
@@ -377,6 +378,30 @@ impl RealGuest {
                 self.commands.push_back(Command::Exit);
             }
         }
+    }
+
+    /// A bus offered after boot: its ring is opened and its driver instance probed, if the
+    /// guest is up and has room for it.
+    fn late_offer(&mut self, bus: String) {
+        let known = self.buses.iter().any(|b| b.name == bus);
+        if known || self.phase != Phase::Up || self.buses.len() >= MAX_BUSES {
+            println!("@@ guest ignores offer {bus}");
+            return;
+        }
+        let ring = match self.ctl.open(&bus) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("@@ guest open {bus} failed: {e}");
+                return;
+            }
+        };
+        let i = self.buses.len();
+        println!("@@ guest late offer {bus}");
+        self.buses.push(RealBus::new(bus, ring));
+        self.commands.push_back(Command::Probe {
+            bus: wire(i),
+            instance: instance(i),
+        });
     }
 
     /// The next packet on any ring, with its bus.
@@ -425,12 +450,11 @@ impl Controller for RealGuest {
         if self.phase == Phase::Boot && self.commands.is_empty() && self.command_done() {
             self.phase = Phase::Up;
         }
-        // Boot commands go as soon as the previous one returned; teardown commands once
-        // nothing runs (a rescind's removal has finished).
+        // Boot commands go as soon as the previous one returned; a late bus's probe and
+        // teardown commands once nothing runs (a rescind's removal has finished).
         let ready = match self.phase {
             Phase::Boot => true,
-            Phase::Up => false,
-            Phase::Down => sched.runnable.is_empty(),
+            Phase::Up | Phase::Down => sched.runnable.is_empty(),
         };
         if ready && self.command_done() {
             if let Some(cmd) = self.commands.pop_front() {

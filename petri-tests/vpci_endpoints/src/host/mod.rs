@@ -31,6 +31,11 @@ pub struct HostSpec {
     pub storm: u32,
     /// Rescind/re-offer rounds per bus once it negotiated (0: none).
     pub reoffer: u32,
+    /// How many of the last buses are offered late: `late_delay` after the message that all
+    /// boot-time offers were delivered (0: every bus at boot).
+    pub late: usize,
+    /// How long after the boot-time offers the late buses are offered.
+    pub late_delay: Duration,
 }
 
 impl HostSpec {
@@ -49,13 +54,17 @@ impl HostSpec {
             buses: (0..buses).map(|_| bus()).collect(),
             storm: 0,
             reoffer: 0,
+            late: 0,
+            late_delay: DEFAULT_LATE_DELAY,
         }
     }
 
     /// Parses `buses=N,functions=N,latency_ms=N` (1 bus of 1 function with no latency by
-    /// default) with `storm=N` or `reoffer=N`.
+    /// default) with `storm=N` or `reoffer=N`, and `late=N,late_ms=N` (the last `late`
+    /// buses offered `late_ms` after the boot-time ones).
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         let (mut buses, mut functions, mut latency, mut storm, mut reoffer) = (1, 1, 0, 0, 0);
+        let (mut late, mut late_ms) = (0, None);
         for kv in s.split(',').filter(|kv| !kv.is_empty()) {
             let bad = || SpecError::BadItem(kv.to_owned());
             let (k, v) = kv.split_once('=').ok_or_else(bad)?;
@@ -66,30 +75,48 @@ impl HostSpec {
                 "latency_ms" => latency = n()?,
                 "storm" => storm = n()?,
                 "reoffer" => reoffer = n()?,
+                "late" => late = n()?,
+                "late_ms" => late_ms = Some(n()?),
                 _ => return Err(SpecError::UnknownKey(k.to_owned())),
             }
         }
         let buses = usize::try_from(buses).map_err(|_| SpecError::BadItem(s.to_owned()))?;
         let latency = Duration::from_millis(u64::from(latency));
-        let spec = Self {
+        let mut spec = Self {
             storm,
             reoffer,
+            late: usize::try_from(late).map_err(|_| SpecError::BadItem(s.to_owned()))?,
             ..Self::plain(buses, functions, latency)
         };
+        if let Some(ms) = late_ms {
+            spec.late_delay = Duration::from_millis(u64::from(ms));
+        }
         spec.validate()?;
         Ok(spec)
     }
 
-    /// Refuses a storm and a re-offer loop together (both read the bus's events).
+    /// Refuses a storm and a re-offer loop together (both read the bus's events), and more
+    /// late buses than buses.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.storm > 0 && self.reoffer > 0 {
             return Err(SpecError::Conflict(
                 "a storm and a re-offer loop exclude each other",
             ));
         }
+        if self.late > self.buses.len() {
+            return Err(SpecError::Conflict("more late buses than buses"));
+        }
         Ok(())
     }
+
+    /// How many buses are offered at boot.
+    fn at_boot(&self) -> usize {
+        self.buses.len().saturating_sub(self.late)
+    }
 }
+
+/// How long after the boot-time offers the late buses are offered, by default.
+const DEFAULT_LATE_DELAY: Duration = Duration::from_millis(500);
 
 /// Real time for host_sim's adapter.
 #[derive(Clone, Copy, Debug)]
@@ -162,10 +189,20 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
         clock: RealClock(Instant::now()),
         buses: Arc::default(),
     };
-    for i in 0..host.spec.buses.len() {
+    for i in 0..host.spec.at_boot() {
         host.writer.send(&Message::Offer { bus: bus_name(i) });
     }
     host.writer.send(&Message::AllOffersDelivered);
+    if host.spec.late > 0 {
+        let h = host.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(h.spec.late_delay);
+            for i in h.spec.at_boot()..h.spec.buses.len() {
+                println!("@@ host late offer {}", bus_name(i));
+                h.writer.send(&Message::Offer { bus: bus_name(i) });
+            }
+        });
+    }
     // A frame that does not decode ends the connection like a close.
     while let Ok(Some((message, fd))) = control::recv(&stream) {
         match message {
