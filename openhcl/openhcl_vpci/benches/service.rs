@@ -13,7 +13,7 @@
 //!   `/proc/PID/smaps_rollup`: heap and thread stacks; the rings are shared memfd pages and
 //!   not counted) with 65 idle probed buses vs 1, per bus (target <= 64 KiB).
 //!
-//! The host endpoint is the process tests' (`tests/support/host.rs`), run by this binary
+//! The host endpoint is `vpci_endpoints`' (as in the process tests), run by this binary
 //! re-executed in the `host` role. `-- --test` runs everything small, as a smoke test.
 
 #![forbid(unsafe_code)]
@@ -21,14 +21,12 @@
 #[allow(dead_code, unreachable_pub)]
 #[path = "support/client.rs"]
 mod client;
-#[allow(dead_code, unreachable_pub)]
-#[path = "../tests/support/host.rs"]
-mod host;
 
 use client::{Offers, RawBus};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use vpci_endpoints::host;
 
 const ROLE: &str = "OPENHCL_VPCI_BENCH_ROLE";
 

@@ -1,4 +1,4 @@
-//! The test rigs' host and guest endpoints, to run by hand around `openhcl-vpci`:
+//! The test rigs' host and guest endpoints (`vpci_endpoints`), to run by hand around `openhcl-vpci`:
 //!
 //! ```sh
 //! cargo run -p openhcl_vpci --example vpci_endpoint -- host --socket /tmp/vpci/host.sock --spec buses=2,functions=2
@@ -10,15 +10,11 @@
 //! `reoffer=TIMES`. Guest spec: `model=6.2|6.3,release_ms=N`. Both print `@@` progress lines.
 
 #![forbid(unsafe_code)]
-#![allow(unreachable_pub, dead_code)]
-
-#[path = "../tests/support/guest.rs"]
-mod guest;
-#[path = "../tests/support/host.rs"]
-mod host;
 
 use clap::Parser;
 use std::path::PathBuf;
+use vpci_endpoints::host::{self, HostSpec};
+use vpci_endpoints::model::{self, ModelSpec};
 
 #[derive(Parser)]
 struct Args {
@@ -34,10 +30,17 @@ struct Args {
 
 fn main() -> Result<(), String> {
     let args = Args::parse();
-    match args.role.as_str() {
-        "host" => host::run(&args.socket, host::HostSpec::parse(&args.spec)?),
-        "guest" => guest::run(&args.socket, guest::GuestSpec::parse(&args.spec)?),
+    let spec = &args.spec;
+    let result = match args.role.as_str() {
+        "host" => host::run(
+            &args.socket,
+            HostSpec::parse(spec).map_err(|e| e.to_string())?,
+        ),
+        "guest" => model::run(
+            &args.socket,
+            ModelSpec::parse(spec).map_err(|e| e.to_string())?,
+        ),
         other => return Err(format!("unknown role {other:?}: host or guest")),
-    }
-    Ok(())
+    };
+    result.map_err(|e| e.to_string())
 }

@@ -3,7 +3,7 @@
 //! summary; a run is not replayable.
 
 use petri::processes::{self, ProcessOptions};
-use petri::scenario::{self, Expected, GuestKind};
+use petri::scenario::{self, GuestKind};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
     let opts = ProcessOptions {
         exe,
         storm: args.storm,
+        late_buses: 0,
         quiet: (sc.relay.settle.0 * 5).max(Duration::from_millis(750)),
         limit: Duration::from_secs(120) + Duration::from_millis(u64::from(args.storm) * 300),
         verbose: std::env::var_os("PETRI_VERBOSE").is_some(),
@@ -92,14 +93,27 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
                 failures.push(r.outcome.kind().to_owned());
             }
         }
-        // Through the service is through the relay: the relay's expectation applies; a
-        // failure expected would need the interleaving, which real time may not produce.
-        let met = match sc.expectation(guest, true).map(|e| e.result) {
-            Some(Expected::Pass) => failures.is_empty(),
-            _ => true,
-        };
+        // Through the service is through the relay: the relay's expectation applies, and one
+        // of a failure is met only by runs that failed (never by runs that passed).
+        let expectation = sc.expectation(guest, true);
+        let judgement = processes::judge(expectation, &failures);
+        let met = judgement.ok();
         all_met &= met;
-        if !args.json {
+        if args.json {
+            let line = serde_json::json!({
+                "scenario": sc.name,
+                "guest": guest.name(),
+                "mode": "processes",
+                "runs": args.runs,
+                "failed": failures.len(),
+                "expectation": match judgement {
+                    processes::Judgement::Unstated => "unstated",
+                    processes::Judgement::Met => "met",
+                    processes::Judgement::Unmet => "unmet",
+                },
+            });
+            println!("{line}");
+        } else {
             println!(
                 "{} {} processes: {}/{} failed{} in {:.1} s; {}; not replayable (real processes, \
                  real concurrency and time)",
@@ -113,12 +127,7 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
                     format!(" ({})", failures.join(", "))
                 },
                 total.as_secs_f64(),
-                match sc.expectation(guest, true).map(|e| e.result) {
-                    Some(Expected::Pass) if met => "as expected through the relay",
-                    Some(Expected::Pass) => "NOT AS EXPECTED: the relay's runs must pass",
-                    Some(_) => "the relay's expectation is a failure; a real-time run samples",
-                    None => "no expectation stated through the relay",
-                }
+                judgement.describe(expectation.map(|e| e.result))
             );
         }
     }

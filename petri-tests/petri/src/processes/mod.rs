@@ -7,31 +7,37 @@
 //! the last state each side reported once the run went quiet (`report.rs`).
 //!
 //! The endpoints are petri itself (`petri endpoint host|guest|service`, hidden), so one
-//! binary carries them.
+//! binary carries them: the host and the model guest are `vpci_endpoints`' (the same the
+//! service's own process tests run), with petri's scenarios for their settings; the real
+//! driver's guest is petri's ([`real`]). Runs go through the service only (there is no direct
+//! mode across processes), so a failure expected of a guest is never met here ([`judge`]).
 
-mod ctl;
-pub mod host;
-pub mod model;
+mod expect;
 pub mod real;
 mod report;
-pub mod rig;
+
+pub use expect::{Judgement, judge};
 
 use crate::outcome::Outcome;
 use crate::scenario::{self, GuestKind};
-use report::{GuestState, HostState};
-use rig::{Rig, RigSpec};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use vpci_endpoints::bus_name;
+use vpci_endpoints::host::HostSpec;
+use vpci_endpoints::model::ModelSpec;
+use vpci_endpoints::report::{GuestState, HostState};
+use vpci_endpoints::rig::{Launch, Rig, RigSpec, ServiceExe, service_binary};
 
 /// Runs one endpoint role in this process (`petri endpoint ROLE --socket S --spec SPEC`).
 ///
-/// Roles: `host` (spec as [`host::HostSpec::parse`]), `guest` (`guest=6.2|6.3|5.10|6.1|6.12`,
+/// Roles: `host` (spec as [`HostSpec::parse`], or `scenario=NAME` for the scenario's buses,
+/// with `storm=N`), `guest` (`guest=6.2|6.3|5.10|6.1|6.12`,
 /// optionally `scenario=NAME` for the model's driver options and the real driver's vectors),
 /// `service` (`socket` is unused: the service's own arguments follow as for `openhcl-vpci
 /// serve`, see [`service`]).
 pub fn endpoint(role: &str, socket: &Path, spec: &str) -> Result<(), String> {
     match role {
-        "host" => host::run(socket, host::HostSpec::parse(spec)?).map_err(|e| e.to_string()),
+        "host" => vpci_endpoints::host::run(socket, host_spec(spec)?).map_err(|e| e.to_string()),
         "guest" => {
             let (guest, scenario) = guest_spec(spec)?;
             let options = scenario
@@ -47,8 +53,11 @@ pub fn endpoint(role: &str, socket: &Path, spec: &str) -> Result<(), String> {
                         Some(s) => s,
                         None => scenario::load("c1").map_err(|e| e.to_string())?,
                     };
-                    let config = s.vm_spec(guest, true, false).guest;
-                    model::run(socket, &config).map_err(|e| e.to_string())
+                    let spec = ModelSpec {
+                        config: s.vm_spec(guest, true, false).guest,
+                        release_delay: Duration::ZERO,
+                    };
+                    vpci_endpoints::model::run(socket, spec).map_err(|e| e.to_string())
                 }
             }
         }
@@ -56,6 +65,25 @@ pub fn endpoint(role: &str, socket: &Path, spec: &str) -> Result<(), String> {
             "unknown endpoint role {other:?}: host, guest or service"
         )),
     }
+}
+
+/// The host's spec: `scenario=NAME|PATH` takes the scenario's buses; the rest is
+/// [`HostSpec::parse`]'s.
+fn host_spec(spec: &str) -> Result<HostSpec, String> {
+    let mut scenario = None;
+    let mut rest = Vec::new();
+    for kv in spec.split(',') {
+        match kv.strip_prefix("scenario=") {
+            Some(s) => scenario = Some(scenario::load(s).map_err(|e| e.to_string())?),
+            None => rest.push(kv),
+        }
+    }
+    let mut host = HostSpec::parse(&rest.join(",")).map_err(|e| e.to_string())?;
+    if let Some(s) = scenario {
+        host.buses = s.buses;
+        host.validate().map_err(|e| e.to_string())?;
+    }
+    Ok(host)
 }
 
 fn guest_spec(spec: &str) -> Result<(GuestKind, Option<scenario::Scenario>), String> {
@@ -107,6 +135,9 @@ pub struct ProcessOptions {
     pub exe: PathBuf,
     /// Hot-add/eject cycles per bus after the scenario (0: none).
     pub storm: u32,
+    /// How many of the scenario's last buses the host offers late (after the message that
+    /// every boot-time offer was delivered; 0: none).
+    pub late_buses: usize,
     /// How long nothing must happen for the run to count as settled.
     pub quiet: Duration,
     /// The bound on the whole run (a run still busy then is a `time_limit`).
@@ -146,9 +177,17 @@ pub fn run(
             sc.buses.len()
         ));
     }
+    let service = match service_binary(&opts.exe) {
+        Some(bin) => ServiceExe::Binary(bin),
+        None => ServiceExe::Endpoint,
+    };
     let spec = RigSpec {
-        endpoint_exe: opts.exe.clone(),
-        host: format!("scenario={scenario_ref},storm={}", opts.storm),
+        launch: Launch::Subcommand(opts.exe.clone()),
+        service,
+        host: format!(
+            "scenario={scenario_ref},storm={},late={}",
+            opts.storm, opts.late_buses
+        ),
         guest: format!("guest={},scenario={scenario_ref}", guest.name()),
         service_args: vec![
             "--settle".to_owned(),
@@ -156,18 +195,21 @@ pub fn run(
             "--max-hold".to_owned(),
             format!("{}ms", sc.relay.max_hold.0.as_millis()),
         ],
+        service_log: "warn",
         verbose: opts.verbose,
     };
     let started = Instant::now();
     let deadline = started + opts.limit;
-    let mut rig = Rig::start(&format!("{}-{}", sc.name, guest.name()), &spec)?;
+    let name = format!("petri-{}-{}", sc.name, guest.name());
+    let mut rig = Rig::start(&name, &spec).map_err(|e| e.to_string())?;
     let buses = sc.buses.len();
     if opts.storm > 0 {
         for i in 0..buses {
-            let bus = host::bus_name(i);
+            let bus = bus_name(i);
             let left = deadline.saturating_duration_since(Instant::now());
             rig.host
-                .wait_for(left, |l| l.starts_with(&format!("storm {bus} ")))?;
+                .wait_for(left, |l| l.starts_with(&format!("storm {bus} ")))
+                .map_err(|e| e.to_string())?;
         }
     }
     let settled = rig.wait_quiet(opts.quiet, deadline);
@@ -197,7 +239,7 @@ fn verdict(rig: &Rig, buses: usize) -> Outcome {
     let guest = rig.guest.seen();
     let host = rig.host.seen();
     for i in 0..buses {
-        let bus = host::bus_name(i);
+        let bus = bus_name(i);
         if let Some(f) = guest
             .iter()
             .find(|l| l.starts_with(&format!("guest failure {bus} ")))
@@ -208,17 +250,9 @@ fn verdict(rig: &Rig, buses: usize) -> Outcome {
         }
     }
     for i in 0..buses {
-        let bus = host::bus_name(i);
-        let last_host = host
-            .iter()
-            .rev()
-            .filter_map(|l| HostState::parse(l))
-            .find(|s| s.bus == bus);
-        let last_guest = guest
-            .iter()
-            .rev()
-            .filter_map(|l| GuestState::parse(l))
-            .find(|s| s.bus == bus);
+        let bus = bus_name(i);
+        let last_host = HostState::last(&host, &bus);
+        let last_guest = GuestState::last(&guest, &bus);
         let o = report::verdict(i, last_host.as_ref(), last_guest.as_ref());
         if o.failed() {
             return o;

@@ -4,7 +4,9 @@
 //! in-process delivery: packets the driver sends go on the ring, packets on the ring are
 //! delivered to the driver as they arrive, and its config-window and BAR accesses are the
 //! service's `mmio` control messages. Time is real: virtual time follows the wall clock, so
-//! the driver's timed waits expire as they would in a VM.
+//! the driver's timed waits expire as they would in a VM. A bus offered after the boot-time
+//! ones (a late offer, up to 8 buses in all) gets a driver instance of its own, probed once
+//! nothing else runs.
 //!
 //! Scheduling is the kernel's, roughly: the running context runs on until it blocks, a
 //! context busy-polling with `udelay` runs only when nothing else can, and an idle guest waits
@@ -15,8 +17,7 @@
 //! It prints each bus's state (`@@ guest state ...`) whenever it changes, the first failure,
 //! and how the guest process ended (`@@ guest done ...`).
 
-use super::ctl::Ctl;
-use super::report::{GuestState, failure_line};
+use super::report::failure_line;
 use crate::outcome::Outcome;
 use crate::real::bars::GuestBars;
 use crate::real::observe::Observer;
@@ -31,6 +32,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use vmbus_channel::{Channel, ChannelExt, RingChannel};
+use vpci_endpoints::ctl::Ctl;
+use vpci_endpoints::report::GuestState;
 use vpci_protocol::WinSlot;
 
 /// The VMBus instance GUID of the first bus (bytes 4-5 give the PCI domain).
@@ -69,7 +72,7 @@ fn boot_offers(ctl: &mut Ctl) -> Vec<String> {
     let mut buses: Vec<String> = Vec::new();
     let mut first: Option<Instant> = None;
     loop {
-        match ctl.next() {
+        match ctl.next_message() {
             Some(Message::Offer { bus }) if buses.len() < MAX_BUSES => {
                 first.get_or_insert_with(Instant::now);
                 buses.push(bus);
@@ -79,7 +82,7 @@ fn boot_offers(ctl: &mut Ctl) -> Vec<String> {
             }
             Some(Message::AllOffersDelivered) if !buses.is_empty() => return buses,
             Some(_) => {}
-            None if ctl.gone || start.elapsed() > Duration::from_secs(30) => return buses,
+            None if ctl.gone() || start.elapsed() > Duration::from_secs(30) => return buses,
             None if first.is_some_and(|t| t.elapsed() > OFFER_WAIT) => return buses,
             None => std::thread::sleep(Duration::from_millis(1)),
         }
@@ -243,7 +246,8 @@ impl RealGuest {
             bus: wire(i),
             instance: instance(i),
         }));
-        let domains: Vec<u16> = (0..buses.len()).map(domain).collect();
+        // Every bus the guest may come to run, so a late offer finds its view ready.
+        let domains: Vec<u16> = (0..MAX_BUSES).map(domain).collect();
         Self {
             ctl,
             buses,
@@ -254,7 +258,7 @@ impl RealGuest {
             results: Vec::new(),
             probed: BTreeSet::new(),
             phase: Phase::Boot,
-            teardown: super::ctl::stdin_commands(),
+            teardown: vpci_endpoints::ctl::stdin_commands(),
             torn_down: false,
             contexts: BTreeMap::new(),
             current: 0,
@@ -302,7 +306,12 @@ impl RealGuest {
                 bus: bus.name.clone(),
                 probed: self.probed.contains(&wire(i)),
                 closed: bus.rescinded || bus.ring_ended,
-                held: self.observer.held(i),
+                held: self
+                    .observer
+                    .held(i)
+                    .into_iter()
+                    .map(|(slot, id)| (slot, super::report::function_id(id)))
+                    .collect(),
             };
             if bus.last.as_ref() != Some(&state) {
                 println!("@@ {}", state.line());
@@ -341,20 +350,18 @@ impl RealGuest {
 
     /// Reads the control connection and stdin: rescinds, or a teardown.
     fn poll_outside(&mut self) {
-        while let Some(m) = self.ctl.next() {
+        while let Some(m) = self.ctl.next_message() {
             match m {
                 Message::Rescind { bus } => {
                     if let Some(b) = self.buses.iter_mut().find(|b| b.name == bus) {
                         b.rescind_pending = true;
                     }
                 }
-                Message::Offer { bus } => {
-                    println!("@@ guest ignores offer {bus}: a real guest runs its boot buses")
-                }
+                Message::Offer { bus } => self.late_offer(bus),
                 _ => {}
             }
         }
-        if self.ctl.gone {
+        if self.ctl.gone() {
             for b in &mut self.buses {
                 b.rescind_pending = true;
             }
@@ -371,6 +378,30 @@ impl RealGuest {
                 self.commands.push_back(Command::Exit);
             }
         }
+    }
+
+    /// A bus offered after boot: its ring is opened and its driver instance probed, if the
+    /// guest is up and has room for it.
+    fn late_offer(&mut self, bus: String) {
+        let known = self.buses.iter().any(|b| b.name == bus);
+        if known || self.phase != Phase::Up || self.buses.len() >= MAX_BUSES {
+            println!("@@ guest ignores offer {bus}");
+            return;
+        }
+        let ring = match self.ctl.open(&bus) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("@@ guest open {bus} failed: {e}");
+                return;
+            }
+        };
+        let i = self.buses.len();
+        println!("@@ guest late offer {bus}");
+        self.buses.push(RealBus::new(bus, ring));
+        self.commands.push_back(Command::Probe {
+            bus: wire(i),
+            instance: instance(i),
+        });
     }
 
     /// The next packet on any ring, with its bus.
@@ -419,12 +450,11 @@ impl Controller for RealGuest {
         if self.phase == Phase::Boot && self.commands.is_empty() && self.command_done() {
             self.phase = Phase::Up;
         }
-        // Boot commands go as soon as the previous one returned; teardown commands once
-        // nothing runs (a rescind's removal has finished).
+        // Boot commands go as soon as the previous one returned; a late bus's probe and
+        // teardown commands once nothing runs (a rescind's removal has finished).
         let ready = match self.phase {
             Phase::Boot => true,
-            Phase::Up => false,
-            Phase::Down => sched.runnable.is_empty(),
+            Phase::Up | Phase::Down => sched.runnable.is_empty(),
         };
         if ready && self.command_done() {
             if let Some(cmd) = self.commands.pop_front() {

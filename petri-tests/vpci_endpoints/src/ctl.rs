@@ -2,7 +2,7 @@
 //! (on a thread of its own), and the config-space and BAR accesses it makes as `mmio`
 //! requests, each waited for (with a limit) while other messages queue up behind it.
 
-use openhcl_vpci::control::{self, Message, MmioOp};
+use openhcl_vpci::control::{self, ControlError, Message, MmioOp};
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -13,24 +13,26 @@ use vmbus_channel::{RingChannel, RingChannelConfig};
 /// How long an access waits for the service's answer before the service counts as gone.
 const MMIO_LIMIT: Duration = Duration::from_secs(10);
 
-/// The control connection of a guest endpoint.
-pub(crate) struct Ctl {
+/// How long [`Ctl::connect`] retries while the service starts.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+/// The control connection of a guest endpoint (the opener's side of the control plane).
+pub struct Ctl {
     stream: UnixStream,
     rx: mpsc::Receiver<Option<Message>>,
     backlog: VecDeque<Message>,
     next_id: u64,
-    /// The service closed the connection (or stopped answering).
-    pub(crate) gone: bool,
+    gone: bool,
 }
 
 impl Ctl {
     /// Connects to the service's guest socket, retrying for up to 10 s while it starts.
-    pub(crate) fn connect(socket: &Path) -> std::io::Result<Self> {
+    pub fn connect(socket: &Path) -> std::io::Result<Self> {
         let start = Instant::now();
         let stream = loop {
             match UnixStream::connect(socket) {
                 Ok(s) => break s,
-                Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                Err(_) if start.elapsed() < CONNECT_LIMIT => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Err(e) => return Err(e),
@@ -39,6 +41,7 @@ impl Ctl {
         let (tx, rx) = mpsc::channel();
         let reader = stream.try_clone()?;
         std::thread::spawn(move || {
+            // A frame that does not decode ends the connection like a close.
             while let Ok(Some((m, _))) = control::recv(&reader) {
                 if tx.send(Some(m)).is_err() {
                     return;
@@ -55,9 +58,14 @@ impl Ctl {
         })
     }
 
+    /// The service closed the connection (or stopped answering an access).
+    pub fn gone(&self) -> bool {
+        self.gone
+    }
+
     /// Makes one access and waits for its answer: the value read (0 for a write), or `None`
     /// for a fault or a service that is gone.
-    pub(crate) fn mmio(&mut self, bus: &str, op: MmioOp) -> Option<u32> {
+    pub fn mmio(&mut self, bus: &str, op: MmioOp) -> Option<u32> {
         if self.gone {
             return None;
         }
@@ -85,7 +93,7 @@ impl Ctl {
     }
 
     /// The next message from the service, if one is waiting.
-    pub(crate) fn next(&mut self) -> Option<Message> {
+    pub fn next_message(&mut self) -> Option<Message> {
         if let Some(m) = self.backlog.pop_front() {
             return Some(m);
         }
@@ -100,37 +108,34 @@ impl Ctl {
     }
 
     /// Opens `bus`'s ring.
-    pub(crate) fn open(&self, bus: &str) -> Result<RingChannel, control::ControlError> {
+    pub fn open(&self, bus: &str) -> Result<RingChannel, ControlError> {
         control::open_ring(&self.stream, bus, RingChannelConfig::default())
     }
 
     /// Tells the service the guest closed its ring of `bus` (the offer stays).
-    pub(crate) fn close(&self, bus: &str) {
-        if !self.gone {
-            let m = Message::Close {
-                bus: bus.to_owned(),
-            };
-            let _ = control::send(&self.stream, &m, None);
-        }
+    pub fn close(&self, bus: &str) {
+        self.tell(Message::Close {
+            bus: bus.to_owned(),
+        });
     }
 
     /// Tells the service the guest let go of `bus`.
-    pub(crate) fn release(&self, bus: &str) {
+    pub fn release(&self, bus: &str) {
+        self.tell(Message::Release {
+            bus: bus.to_owned(),
+        });
+    }
+
+    fn tell(&self, m: Message) {
         if !self.gone {
-            let _ = control::send(
-                &self.stream,
-                &Message::Release {
-                    bus: bus.to_owned(),
-                },
-                None,
-            );
+            let _ = control::send(&self.stream, &m, None);
         }
     }
 }
 
 /// Reads the driving process's commands (one per line on stdin, such as `teardown`) on a
 /// thread of its own.
-pub(crate) fn stdin_commands() -> mpsc::Receiver<String> {
+pub fn stdin_commands() -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;

@@ -1,0 +1,139 @@
+//! What the host does to a bus once it negotiated, if the spec asks: a hot-plug storm, or a
+//! loop of rescinds and re-offers. Each prints its summary as an `@@` line.
+
+use super::Host;
+use crate::report::StormSummary;
+use host_sim::{FunctionSpec, HostAction, HostClock, HostEventKind, SharedBus};
+use openhcl_vpci::control::Message;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use vpci_protocol::WinSlot;
+
+/// How long the host waits for a bus to negotiate, a release or a reopening.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// How long the host waits for an EJECT's answer: past host_sim's own 60-second timeout, so
+/// every EJECT ends answered or timed out.
+const EJECT_LIMIT: Duration = Duration::from_secs(70);
+
+/// Waits (polling the bus's events) until `done` says so, or `limit` passes.
+fn wait_event(
+    shared: &SharedBus,
+    limit: Duration,
+    mut done: impl FnMut(&HostEventKind) -> bool,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        while let Some(e) = shared.with(|b| b.poll_event()) {
+            if done(&e.kind) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    false
+}
+
+fn negotiated(shared: &SharedBus) -> bool {
+    wait_event(shared, LIMIT, |k| {
+        matches!(k, HostEventKind::Negotiated { .. })
+    })
+}
+
+/// `cycles` times: hot-add a function in the first slot past the bus's own, eject it (before
+/// the guest hears of it, while it probes, or once it has had it a while), wait for the
+/// answer. Prints a [`StormSummary`].
+pub(super) fn storm(host: &Host, bus: &str) {
+    let cycles = host.spec.storm;
+    let Some(shared) = host.current(bus) else {
+        return;
+    };
+    if !negotiated(&shared) {
+        println!("@@ host {bus} never negotiated");
+        return;
+    }
+    let slot = shared.with(|b| b.slots().iter().map(|s| s.raw() + 1).max().unwrap_or(0));
+    let wslot = WinSlot::from_raw(slot);
+    let (mut added, mut answered, mut unanswered) = (0u32, 0u32, 0u32);
+    let started = Instant::now();
+    for c in 0..cycles {
+        let f = FunctionSpec::nic(slot).with_serial(10_000 + c);
+        if shared.act(host.clock.now(), HostAction::HotAdd(f)).is_err() {
+            println!("@@ host {bus} hot-add refused at cycle {c}");
+            break;
+        }
+        added += 1;
+        match c % 4 {
+            0 => {}
+            1 => std::thread::sleep(Duration::from_millis(1)),
+            2 => std::thread::sleep(Duration::from_millis(120)),
+            _ => std::thread::sleep(Duration::from_millis(15)),
+        }
+        let eject = HostAction::Eject { slot: wslot.raw() };
+        if shared.act(host.clock.now(), eject).is_err() {
+            println!("@@ host {bus} eject refused at cycle {c}");
+            break;
+        }
+        let mut out = None;
+        wait_event(&shared, EJECT_LIMIT, |k| match k {
+            HostEventKind::EjectCompleted { slot, .. } if *slot == wslot => {
+                out = Some(true);
+                true
+            }
+            HostEventKind::EjectTimedOut { slot } if *slot == wslot => {
+                out = Some(false);
+                true
+            }
+            _ => false,
+        });
+        match out {
+            Some(true) => answered += 1,
+            _ => unanswered += 1,
+        }
+    }
+    let summary = StormSummary {
+        bus: bus.to_owned(),
+        cycles,
+        added,
+        answered,
+        unanswered,
+        ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    println!("@@ {}", summary.line());
+}
+
+/// `times` times: rescind the bus (the adapter then rescinds it to the service), wait for the
+/// guest's release, offer it again, wait for the service to reopen it and for the new bus to
+/// negotiate. Prints `reoffer BUS done=N`, or where it stopped.
+pub(super) fn reoffer(host: &Host, bus: &str, wake: &mpsc::Receiver<()>) {
+    let Some(mut shared) = host.current(bus) else {
+        return;
+    };
+    if !negotiated(&shared) {
+        println!("@@ host {bus} never negotiated");
+        return;
+    }
+    for r in 0..host.spec.reoffer {
+        let _ = shared.act(host.clock.now(), HostAction::Rescind);
+        if wake.recv_timeout(LIMIT).is_err() {
+            println!("@@ reoffer {bus} no release at round {r}");
+            return;
+        }
+        host.writer.send(&Message::Offer {
+            bus: bus.to_owned(),
+        });
+        if wake.recv_timeout(LIMIT).is_err() {
+            println!("@@ reoffer {bus} not reopened at round {r}");
+            return;
+        }
+        let Some(next) = host.current(bus) else {
+            return;
+        };
+        shared = next;
+        if !negotiated(&shared) {
+            println!("@@ reoffer {bus} never negotiated at round {r}");
+            return;
+        }
+    }
+    println!("@@ reoffer {bus} done={}", host.spec.reoffer);
+}

@@ -1,0 +1,312 @@
+//! The host endpoint: host_sim buses offered and served over the service's control plane (it
+//! listens; the service connects as the opener). Each bus the service opens gets a thread
+//! running host_sim's async adapter over the ring (real time) and a monitor that prints the
+//! host's state whenever it changes (`@@ host state ...`); the first open of a bus also
+//! starts its hot-plug storm or its rescind/re-offer loop, if the spec asks for one
+//! (`drive.rs`).
+//!
+//! A bus the host rescinds (a scenario's script, or the re-offer loop) is rescinded to the
+//! service as well, once the adapter has revoked its ring.
+
+mod drive;
+mod mmio;
+
+use crate::report::HostState;
+use crate::{SpecError, bus_name};
+use futures::executor::block_on;
+use host_sim::{BusConfig, FunctionSpec, HostClock, RunExit, SharedBus, Sleep, Time};
+use openhcl_vpci::control::{self, Message};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::{Duration, Instant};
+
+/// The host endpoint's settings.
+#[derive(Clone, Debug)]
+pub struct HostSpec {
+    /// The buses offered at boot, offered as `bus0`, `bus1`, ...
+    pub buses: Vec<BusConfig>,
+    /// Hot-add/eject cycles per bus once it negotiated (0: none).
+    pub storm: u32,
+    /// Rescind/re-offer rounds per bus once it negotiated (0: none).
+    pub reoffer: u32,
+    /// How many of the last buses are offered late: `late_delay` after the message that all
+    /// boot-time offers were delivered (0: every bus at boot).
+    pub late: usize,
+    /// How long after the boot-time offers the late buses are offered.
+    pub late_delay: Duration,
+}
+
+impl HostSpec {
+    /// `buses` buses of `functions` NIC-like functions (slots 0..n), every host answer
+    /// `latency` late; no storm, no re-offer.
+    pub fn plain(buses: usize, functions: u32, latency: Duration) -> Self {
+        let bus = || {
+            let mut config = BusConfig {
+                functions: (0..functions).map(FunctionSpec::nic).collect(),
+                ..BusConfig::default()
+            };
+            config.policy.latency = Time(latency);
+            config
+        };
+        Self {
+            buses: (0..buses).map(|_| bus()).collect(),
+            storm: 0,
+            reoffer: 0,
+            late: 0,
+            late_delay: DEFAULT_LATE_DELAY,
+        }
+    }
+
+    /// Parses `buses=N,functions=N,latency_ms=N` (1 bus of 1 function with no latency by
+    /// default) with `storm=N` or `reoffer=N`, and `late=N,late_ms=N` (the last `late`
+    /// buses offered `late_ms` after the boot-time ones).
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        let (mut buses, mut functions, mut latency, mut storm, mut reoffer) = (1, 1, 0, 0, 0);
+        let (mut late, mut late_ms) = (0, None);
+        for kv in s.split(',').filter(|kv| !kv.is_empty()) {
+            let bad = || SpecError::BadItem(kv.to_owned());
+            let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+            let n = || v.parse::<u32>().map_err(|_| bad());
+            match k {
+                "buses" => buses = n()?,
+                "functions" => functions = n()?,
+                "latency_ms" => latency = n()?,
+                "storm" => storm = n()?,
+                "reoffer" => reoffer = n()?,
+                "late" => late = n()?,
+                "late_ms" => late_ms = Some(n()?),
+                _ => return Err(SpecError::UnknownKey(k.to_owned())),
+            }
+        }
+        let buses = usize::try_from(buses).map_err(|_| SpecError::BadItem(s.to_owned()))?;
+        let latency = Duration::from_millis(u64::from(latency));
+        let mut spec = Self {
+            storm,
+            reoffer,
+            late: usize::try_from(late).map_err(|_| SpecError::BadItem(s.to_owned()))?,
+            ..Self::plain(buses, functions, latency)
+        };
+        if let Some(ms) = late_ms {
+            spec.late_delay = Duration::from_millis(u64::from(ms));
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Refuses a storm and a re-offer loop together (both read the bus's events), and more
+    /// late buses than buses.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.storm > 0 && self.reoffer > 0 {
+            return Err(SpecError::Conflict(
+                "a storm and a re-offer loop exclude each other",
+            ));
+        }
+        if self.late > self.buses.len() {
+            return Err(SpecError::Conflict("more late buses than buses"));
+        }
+        Ok(())
+    }
+
+    /// How many buses are offered at boot.
+    fn at_boot(&self) -> usize {
+        self.buses.len().saturating_sub(self.late)
+    }
+}
+
+/// How long after the boot-time offers the late buses are offered, by default.
+const DEFAULT_LATE_DELAY: Duration = Duration::from_millis(500);
+
+/// Real time for host_sim's adapter.
+#[derive(Clone, Copy, Debug)]
+struct RealClock(Instant);
+
+impl HostClock for RealClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+    fn sleep_until(&self, deadline: Duration) -> Sleep {
+        let left = deadline.saturating_sub(self.0.elapsed());
+        Box::pin(futures_timer::Delay::new(left))
+    }
+}
+
+/// The control connection's sending half, shared by the bus threads.
+#[derive(Clone)]
+struct Writer(Arc<Mutex<UnixStream>>);
+
+impl Writer {
+    fn send(&self, message: &Message) {
+        let stream = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = control::send(&stream, message, None);
+    }
+}
+
+/// The buses the service has open, and where to tell each bus's loop of a release or a
+/// reopening.
+#[derive(Default)]
+struct Buses {
+    open: HashMap<String, SharedBus>,
+    wake: HashMap<String, mpsc::Sender<()>>,
+}
+
+/// Shared between the control loop and the bus threads.
+#[derive(Clone)]
+struct Host {
+    spec: Arc<HostSpec>,
+    writer: Writer,
+    clock: RealClock,
+    buses: Arc<Mutex<Buses>>,
+}
+
+impl Host {
+    fn buses(&self) -> std::sync::MutexGuard<'_, Buses> {
+        self.buses.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bus open under `bus` now (a re-offered bus is a new one).
+    fn current(&self, bus: &str) -> Option<SharedBus> {
+        self.buses().open.get(bus).cloned()
+    }
+
+    fn wake(&self, bus: &str) {
+        if let Some(tx) = self.buses().wake.get(bus) {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Listens on `socket` and serves one service connection until it ends.
+pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    println!("@@ host listening");
+    let (stream, _) = listener.accept()?;
+    let host = Host {
+        spec: Arc::new(spec),
+        writer: Writer(Arc::new(Mutex::new(stream.try_clone()?))),
+        clock: RealClock(Instant::now()),
+        buses: Arc::default(),
+    };
+    for i in 0..host.spec.at_boot() {
+        host.writer.send(&Message::Offer { bus: bus_name(i) });
+    }
+    host.writer.send(&Message::AllOffersDelivered);
+    if host.spec.late > 0 {
+        let h = host.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(h.spec.late_delay);
+            for i in h.spec.at_boot()..h.spec.buses.len() {
+                println!("@@ host late offer {}", bus_name(i));
+                h.writer.send(&Message::Offer { bus: bus_name(i) });
+            }
+        });
+    }
+    // A frame that does not decode ends the connection like a close.
+    while let Ok(Some((message, fd))) = control::recv(&stream) {
+        match message {
+            Message::Open { bus } => match fd {
+                Some(fd) => open(&host, bus, fd),
+                None => println!("@@ host open of {bus} without a ring"),
+            },
+            Message::Mmio { id, bus, op } => {
+                let value = host
+                    .current(&bus)
+                    .and_then(|s| s.with(|b| mmio::access(b, op)));
+                host.writer.send(&Message::MmioDone { id, value });
+            }
+            Message::Release { bus } => host.wake(&bus),
+            Message::Close { .. } => {}
+            other => println!("@@ host unexpected {other:?}"),
+        }
+    }
+    println!("@@ host service gone");
+    Ok(())
+}
+
+/// The service opened `bus`: a fresh host_sim bus from its config, its adapter and monitor
+/// threads, and on its first open its storm or re-offer loop.
+fn open(host: &Host, bus: String, fd: OwnedFd) {
+    let config = (0..host.spec.buses.len())
+        .find(|&i| bus_name(i) == bus)
+        .and_then(|i| host.spec.buses.get(i).cloned());
+    let Some(mut config) = config else {
+        println!("@@ host open of unknown {bus}");
+        return;
+    };
+    config.name = bus.clone();
+    let shared = match host_sim::HostBus::new(config) {
+        Ok(b) => SharedBus::new(b),
+        Err(e) => {
+            println!("@@ host bus config {bus}: {e}");
+            return;
+        }
+    };
+    let (wake_tx, wake_rx) = mpsc::channel();
+    let first = {
+        let mut buses = host.buses();
+        buses.open.insert(bus.clone(), shared.clone());
+        let first = !buses.wake.contains_key(&bus);
+        if first {
+            buses.wake.insert(bus.clone(), wake_tx);
+        }
+        first
+    };
+    let (name, s, w, clock) = (bus.clone(), shared.clone(), host.writer.clone(), host.clock);
+    std::thread::spawn(move || {
+        let exit = control::accept_ring(fd).map(|ring| block_on(host_sim::run_bus(s, ring, clock)));
+        // A rescind of the host's own goes to the service as a rescind.
+        if let Ok(Ok(RunExit::Rescinded)) = exit {
+            w.send(&Message::Rescind { bus: name.clone() });
+        }
+        println!("@@ host bus {name} ended {exit:?}");
+    });
+    let quiet = host.spec.storm == 0 && host.spec.reoffer == 0;
+    let (name, s) = (bus.clone(), shared);
+    std::thread::spawn(move || monitor(&name, &s, quiet));
+    if !first {
+        // The re-offer loop waits for the reopening.
+        host.wake(&bus);
+        return;
+    }
+    let h = host.clone();
+    if host.spec.storm > 0 {
+        std::thread::spawn(move || drive::storm(&h, &bus));
+    } else if host.spec.reoffer > 0 {
+        std::thread::spawn(move || drive::reoffer(&h, &bus, &wake_rx));
+    }
+}
+
+/// Prints the bus's state (`@@ host state ...`) whenever it changes, until it is rescinded;
+/// drains the bus's events when nothing else reads them (`drain`).
+fn monitor(bus: &str, shared: &SharedBus, drain: bool) {
+    let mut last = None;
+    loop {
+        let state = shared.with(|b| {
+            if drain {
+                while b.poll_event().is_some() {}
+            }
+            HostState {
+                bus: bus.to_owned(),
+                rescinded: b.rescinded(),
+                broke_protocol: b.broke_protocol(),
+                ejecting: b
+                    .slots()
+                    .into_iter()
+                    .filter(|&s| b.eject_outstanding(s))
+                    .collect(),
+                functions: crate::report::host_functions(b),
+            }
+        });
+        if last.as_ref() != Some(&state) {
+            println!("@@ {}", state.line());
+            let ended = state.rescinded;
+            last = Some(state);
+            if ended {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
