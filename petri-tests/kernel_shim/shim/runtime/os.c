@@ -171,6 +171,11 @@ void kshim_os_baton_pass(int from, int to)
 	pthread_mutex_unlock(&baton_lock);
 }
 
+int kshim_os_backtrace(void **frames, int max)
+{
+	return backtrace(frames, max);
+}
+
 /* ---- crash capture ---- */
 static const volatile int *crash_ctx;
 static const char *const volatile *crash_call;
