@@ -344,14 +344,30 @@ fn polished(scenario: &Scenario, relay: bool, mut trace: Trace) -> Trace {
     trace
 }
 
+/// What `petri replay` writes besides the replay itself.
+pub(crate) struct ReplayOutput<'a> {
+    /// The message sequence chart's file.
+    pub(crate) chart: Option<&'a str>,
+    /// List a real guest's choice points too.
+    pub(crate) verbose: bool,
+    /// The directory for the ring images.
+    pub(crate) dump_rings: Option<&'a str>,
+}
+
 /// `petri replay`.
 pub(crate) fn replay(
     scenario: &str,
     guest: GuestKind,
     relay: bool,
     which: Schedule,
-    chart: Option<&str>,
+    output: ReplayOutput<'_>,
 ) -> ExitCode {
+    let ReplayOutput {
+        chart,
+        verbose,
+        dump_rings,
+    } = output;
+    let real = guest.driver().is_some();
     let scenario = match load(scenario) {
         Ok(s) => s,
         Err(e) => return fail("replay", e),
@@ -366,12 +382,31 @@ pub(crate) fn replay(
         if relay { "through the relay" } else { "direct" }
     );
     let trace = polished(&scenario, relay, result.trace.clone().unwrap_or_default());
-    println!(
-        "Each line: #step (the scheduler's step it happened in), virtual time, lanes, what \
-         happened. >> marks a choice point: the context or delivery that ran, and what else \
-         could have run there (another seed takes another branch)."
-    );
+    let choices = !real || verbose;
+    if choices {
+        println!(
+            "Each line: #step (the scheduler's step it happened in), virtual time, lanes, what \
+             happened. >> marks a choice point: the context or delivery that ran, and what \
+             else could have run there (another seed takes another branch)."
+        );
+    } else {
+        println!(
+            "Each line: #step (the scheduler's step it happened in), virtual time, lanes, what \
+             happened. --verbose lists the choice points too: the kernel context that ran, \
+             where it stood, and what else could have run."
+        );
+    }
+    if real && verbose {
+        println!(
+            "A real guest's context stands at a scheduling point of the shim: a lock or unlock, \
+             a wait or wake, queue_work, a vmbus send or receive, an MMIO or config access, \
+             named with the driver function that called it."
+        );
+    }
     for line in &trace.lines {
+        if line.mark == petri::trace::Mark::Choice && !choices {
+            continue;
+        }
         println!("{line}");
     }
     println!(
@@ -407,6 +442,9 @@ pub(crate) fn replay(
             return fail("replay", e);
         }
         println!("chart written to {path}");
+    }
+    if let Some(dir) = dump_rings {
+        let _ = dir;
     }
     ExitCode::SUCCESS
 }

@@ -174,3 +174,53 @@ fn leak_replay_names_the_allocation_site() {
     let outcome = text.lines().find(|l| l.starts_with("outcome:")).unwrap();
     assert!(outcome.contains("pci-hyperv.c:"), "{outcome}");
 }
+
+/// `petri replay --verbose` of a real guest lists its choice points in order: the kernel
+/// context that ran (the probing process, the channel tasklet, a workqueue worker), where it
+/// stood (a lock, a wait, a wake, queue_work, a vmbus send or receive) with the driver
+/// function that called the shim, and what else could have run. Without --verbose they are
+/// left out.
+#[test]
+fn verbose_replay_lists_choice_points_in_kernel_words() {
+    let file = scenario_file("duplicate-requirements");
+    let seed = seed_of(&file, "dead_stack_write", 20);
+    let text = replay(&file, seed, &["--verbose"]);
+    let choices: Vec<&str> = text.lines().filter(|l| l.contains(">> choice ")).collect();
+    assert!(choices.len() >= 5, "{text}");
+    for (i, line) in choices.iter().enumerate() {
+        assert!(
+            line.contains(&format!(">> choice {}: ran ", i + 1))
+                && line.contains("; could have run: "),
+            "choice {} out of order or malformed: {line}",
+            i + 1
+        );
+    }
+    let all = choices.join("\n");
+    for key in [
+        "modprobe [",
+        "softirq [",
+        "kworker [",
+        "called from hv_pci_onchannelcallback pci-hyperv.c:",
+        "vmbus send in vmbus_sendpacket, called from ",
+        "queue_work, called from ",
+        "delivery of ",
+    ] {
+        assert!(all.contains(key), "{key:?} in no choice point:\n{all}");
+    }
+    assert!(
+        ["lock (", "wait (", "wake ("]
+            .iter()
+            .any(|k| all.contains(k)),
+        "no lock, wait or wake among the choice points:\n{all}"
+    );
+    // The steps they happened in go forward.
+    let steps: Vec<u64> = choices
+        .iter()
+        .filter_map(|l| l.trim_start().strip_prefix('#'))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(steps.len(), choices.len());
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    let quiet = replay(&file, seed, &[]);
+    assert!(!quiet.contains(">> choice "), "{quiet}");
+}

@@ -24,6 +24,7 @@ use std::time::Duration;
 use vpci_protocol::WinSlot;
 use vpci_relay::VirtualClock;
 
+mod choices;
 mod contexts;
 mod end_checks;
 
@@ -447,6 +448,7 @@ impl ToGuest for ChildChannel<'_> {
 
 impl Controller for RealController {
     fn schedule(&mut self, sched: &Sched) -> Action {
+        self.note_point(sched);
         let now = self.now.max(Duration::from_nanos(sched.now_ns));
         let moved = now > self.now;
         self.now = now;
@@ -515,6 +517,7 @@ impl Controller for RealController {
                 index,
                 of: options.len(),
             });
+            self.note_choice(&options, index);
             index
         };
         let Some(&pick) = options.get(index) else {

@@ -23,6 +23,7 @@
 
 mod access;
 pub(crate) mod bars;
+mod choice_points;
 mod controller;
 pub(crate) mod observe;
 
@@ -216,6 +217,10 @@ fn run_with(
         Chaos::new(c)
     });
     let mut controller = RealController::new(sides, clock, chooser, limits, plan, record, chaos);
+    let exe = version.guest_executable_with(INSTRUMENTATION);
+    if record {
+        controller.observer.choice_points = choice_points::ChoicePoints::new(Some(exe));
+    }
     let session = Session::spawn_with(version, INSTRUMENTATION)?;
     let outcome = session.run(&mut controller)?;
     if std::env::var_os("FX_DUMP").is_some() {

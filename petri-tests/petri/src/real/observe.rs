@@ -4,6 +4,7 @@
 //! the first thing that went wrong (a bound driver on a function it had given back, a driver on a function
 //! without resources, a BUG or WARN, a leak).
 
+use super::choice_points::ChoicePoints;
 use crate::outcome::{Identity, Outcome};
 use kernel_shim::host::ConfigWindow;
 use kernel_shim::protocol::EventKind;
@@ -45,6 +46,8 @@ pub(crate) struct Observer {
     /// EJECTION_COMPLETE, as `bus N: ...` lines. Timing and interleaving do not show in it,
     /// so runs of the same guest with and without the relay can be compared.
     pub(crate) device_history: Vec<String>,
+    /// Where each context stands at the scheduling points, for a replay's choice points.
+    pub(crate) choice_points: ChoicePoints,
 }
 
 fn word(payload: &[u8], at: usize) -> Option<u32> {
@@ -167,6 +170,7 @@ impl Observer {
             leaks: Vec::new(),
             guest_trace: Vec::new(),
             device_history: Vec::new(),
+            choice_points: ChoicePoints::default(),
         }
     }
 
