@@ -444,7 +444,55 @@ pub(crate) fn replay(
         println!("chart written to {path}");
     }
     if let Some(dir) = dump_rings {
-        let _ = dir;
+        match dump_rings_to(dir, &scenario, result.trace.as_ref()) {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => return fail("replay", e),
+        }
     }
     ExitCode::SUCCESS
+}
+
+/// Writes each bus's two ring images into `dir`: `busN-host-to-guest.ring` and
+/// `busN-guest-to-host.ring`, and says what they hold.
+///
+/// Neither VM keeps its channels in shared memory (a real guest's rings live inside the
+/// guest process's runtime, the models' are queues): each image is built from the packets
+/// that crossed the guest's channel during the run, in order, as the guest saw them (what
+/// it was delivered, what it sent), up to the end of the run or the crash, every packet left
+/// unread so that `petri ring dump` lists them all.
+fn dump_rings_to(
+    dir: &str,
+    scenario: &Scenario,
+    trace: Option<&Trace>,
+) -> Result<Vec<String>, String> {
+    let wire = trace.map_or(&[][..], |t| t.wire.as_slice());
+    if wire.is_empty() {
+        return Err(
+            "--dump-rings: this run recorded no packets at the guest's channels (only \
+             real-guest runs record them: --guest 5.10, 6.1 or 6.12)"
+                .to_owned(),
+        );
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
+    let mut lines = vec![format!(
+        "ring images in {dir}: each bus's packets as the guest's channel carried them, in \
+         order, up to the end of the run (rebuilt from the recorded packets: the guest's \
+         rings are not shared memory here); read them with `petri ring dump --from host \
+         FILE` (host to guest) or `--from guest` (guest to host)"
+    )];
+    for bus in 0..scenario.buses.len() {
+        for (to_guest, name) in [(true, "host-to-guest"), (false, "guest-to-host")] {
+            let packets: Vec<vmbus_channel::Packet> = wire
+                .iter()
+                .filter(|w| w.bus == bus && w.to_guest == to_guest)
+                .map(|w| w.packet.clone())
+                .collect();
+            let image = petri::ring_dump::ring_image(&packets).map_err(|e| e.to_string())?;
+            let path = std::path::Path::new(dir).join(format!("bus{bus}-{name}.ring"));
+            std::fs::write(&path, image)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            lines.push(format!("  {}: {} packets", path.display(), packets.len()));
+        }
+    }
+    Ok(lines)
 }

@@ -224,3 +224,34 @@ fn verbose_replay_lists_choice_points_in_kernel_words() {
     let quiet = replay(&file, seed, &[]);
     assert!(!quiet.contains(">> choice "), "{quiet}");
 }
+
+/// `petri replay --dump-rings DIR` of a real guest writes each bus's two ring images, and
+/// `petri ring dump` lists their packets: the host's relations and completions to the
+/// guest, the guest's requests to the host (C3 on 5.10, whose relations name slot 1).
+#[test]
+fn dump_rings_reads_back_with_ring_dump() {
+    let seed = seed_of("c3", "ejected_device_access", 4);
+    let dir = cli::temp("rings", "dump_rings");
+    let dir_text = dir.to_string_lossy().into_owned();
+    let text = replay("c3", seed, &["--dump-rings", &dir_text]);
+    assert!(text.contains("bus0-host-to-guest.ring"), "{text}");
+    for (file, from, key) in [
+        (
+            "bus0-host-to-guest.ring",
+            "host",
+            "\"type\":\"PCI_BUS_RELATIONS2\"",
+        ),
+        (
+            "bus0-guest-to-host.ring",
+            "guest",
+            "\"type\":\"PCI_QUERY_PROTOCOL_VERSION\"",
+        ),
+    ] {
+        let path = dir.join(file);
+        let out = petri(&["ring", "dump", "--from", from, &path.to_string_lossy()]);
+        assert!(out.status.success(), "{}", cli::stderr(&out));
+        let listed = stdout(&out);
+        assert!(listed.lines().count() >= 3, "{file}: {listed}");
+        assert!(listed.contains(key), "{file}: {key} not listed:\n{listed}");
+    }
+}

@@ -436,6 +436,7 @@ struct ChildChannel<'a> {
 impl ToGuest for ChildChannel<'_> {
     fn packet(&mut self, packet: vmbus_channel::Packet) {
         self.observer.guest_received(self.bus, &packet.payload);
+        self.observer.wire(self.bus, true, &packet);
         let bus = u32::try_from(self.bus).unwrap_or(u32::MAX);
         self.action = Some(Action::deliver(bus, &packet));
     }
@@ -535,6 +536,7 @@ impl Controller for RealController {
         let bus = usize::try_from(packet.bus).unwrap_or(usize::MAX);
         let packet = packet.to_packet();
         self.observer.guest_sent(bus, &packet.payload);
+        self.observer.wire(bus, false, &packet);
         if let Some(side) = self.sides.get_mut(bus) {
             side.outbox.push(packet);
         }

@@ -220,6 +220,7 @@ fn run_with(
     let exe = version.guest_executable_with(INSTRUMENTATION);
     if record {
         controller.observer.choice_points = choice_points::ChoicePoints::new(Some(exe));
+        controller.observer.wire = Some(Vec::new());
     }
     let session = Session::spawn_with(version, INSTRUMENTATION)?;
     let outcome = session.run(&mut controller)?;
@@ -250,6 +251,7 @@ fn run_with(
                 crate::trace::Mark::Crash,
             );
         }
+        trace.wire = controller.observer.wire.take().unwrap_or_default();
         if let Some(report) = &report {
             trace.push(
                 end,
