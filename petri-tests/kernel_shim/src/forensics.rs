@@ -9,6 +9,16 @@
 //! placed in the driver (`pci-hyperv.c`), the shim's headers, or the runtime
 //! (`shim/runtime/*.c`): a crash in the runtime is the harness's failure, never the guest's.
 
+mod native;
+mod sanitizer;
+mod symbolizer;
+#[cfg(test)]
+mod testutil;
+
+pub use native::{native_backtrace, symbolize_sites};
+pub use sanitizer::{SanitizerReport, frame_text, sanitizer_report, short_file};
+pub use symbolizer::Symbolizer;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -92,7 +102,7 @@ pub fn fault_report(stderr: &str) -> Option<Fault> {
 }
 
 /// The link-time address of `main` in `exe` (`nm`).
-fn main_address(exe: &Path) -> Option<u64> {
+pub(crate) fn main_address(exe: &Path) -> Option<u64> {
     let out = Command::new("nm").arg(exe).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().find_map(|l| {

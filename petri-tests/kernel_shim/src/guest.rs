@@ -80,6 +80,11 @@ pub struct Sched {
     pub next_deadline_ns: u64,
     /// The contexts that may run now (possibly empty).
     pub runnable: Vec<u32>,
+    /// Where the offering context is: its callers' return addresses relative to the
+    /// executable's start, innermost first (symbolise with `forensics::Symbolizer`).
+    pub callers: Vec<u64>,
+    /// The last shim call the offering context made.
+    pub last_call: String,
 }
 
 /// The host, the scheduler and the scenario, as one object the session calls.
@@ -280,6 +285,8 @@ impl Session {
                     now_ns,
                     next_deadline_ns,
                     runnable,
+                    callers,
+                    last_call,
                 } => {
                     sched_points += 1;
                     let sched = Sched {
@@ -288,6 +295,8 @@ impl Session {
                         now_ns,
                         next_deadline_ns,
                         runnable,
+                        callers,
+                        last_call,
                     };
                     let reply = match controller.schedule(&sched) {
                         Action::Run(id) => ControllerFrame::Run(id),

@@ -11,6 +11,8 @@ use thiserror::Error;
 const G_HELLO: u32 = 0x100;
 const G_CTX: u32 = 0x101;
 const G_SCHED: u32 = 0x102;
+/// The most caller addresses a scheduling frame carries that are read.
+const MAX_CALLERS: u32 = 64;
 const G_SEND: u32 = 0x103;
 const G_MMIO_READ: u32 = 0x104;
 const G_MMIO_WRITE: u32 = 0x105;
@@ -193,6 +195,12 @@ pub enum GuestFrame {
         next_deadline_ns: u64,
         /// The contexts that may run now (possibly empty).
         runnable: Vec<u32>,
+        /// Where the offering context is: its callers' return addresses relative to the
+        /// executable's start, innermost first (empty from a guest that does not report
+        /// them).
+        callers: Vec<u64>,
+        /// The last shim call the offering context made (empty if none or not reported).
+        last_call: String,
     },
     /// A packet to the host.
     Send(GuestPacket),
@@ -344,12 +352,24 @@ impl GuestFrame {
                 for _ in 0..n {
                     runnable.push(r.u32()?);
                 }
+                // Optional: where the offering context is.
+                let mut callers = Vec::new();
+                let mut last_call = String::new();
+                if r.pos < r.data.len() {
+                    let m = r.u32()?;
+                    for _ in 0..m.min(MAX_CALLERS) {
+                        callers.push(r.u64()?);
+                    }
+                    last_call = r.text();
+                }
                 GuestFrame::Sched {
                     point,
                     current,
                     now_ns,
                     next_deadline_ns,
                     runnable,
+                    callers,
+                    last_call,
                 }
             }
             G_SEND => GuestFrame::Send(GuestPacket {
@@ -589,8 +609,23 @@ mod tests {
                 now_ns: 5,
                 next_deadline_ns: 0,
                 runnable: vec![0, 3],
+                callers: Vec::new(),
+                last_call: String::new(),
             })
         );
+        // With where the offering context is: two callers and the last shim call.
+        p.extend_from_slice(&2u32.to_le_bytes());
+        p.extend_from_slice(&0xc8f6u64.to_le_bytes());
+        p.extend_from_slice(&0x18fd4u64.to_le_bytes());
+        p.extend_from_slice(b"mutex_lock");
+        assert!(matches!(
+            GuestFrame::decode(G_SCHED, &p),
+            Ok(GuestFrame::Sched { callers, last_call, .. })
+                if callers == [0xc8f6, 0x18fd4] && last_call == "mutex_lock"
+        ));
+        // A caller count past the payload is an error, not a panic.
+        let cut = p.len() - 14;
+        assert!(GuestFrame::decode(G_SCHED, &p[..cut]).is_err());
     }
 
     /// A frame whose runnable count runs past its payload is an error, not a panic.

@@ -344,14 +344,30 @@ fn polished(scenario: &Scenario, relay: bool, mut trace: Trace) -> Trace {
     trace
 }
 
+/// What `petri replay` writes besides the replay itself.
+pub(crate) struct ReplayOutput<'a> {
+    /// The message sequence chart's file.
+    pub(crate) chart: Option<&'a str>,
+    /// List a real guest's choice points too.
+    pub(crate) verbose: bool,
+    /// The directory for the ring images.
+    pub(crate) dump_rings: Option<&'a str>,
+}
+
 /// `petri replay`.
 pub(crate) fn replay(
     scenario: &str,
     guest: GuestKind,
     relay: bool,
     which: Schedule,
-    chart: Option<&str>,
+    output: ReplayOutput<'_>,
 ) -> ExitCode {
+    let ReplayOutput {
+        chart,
+        verbose,
+        dump_rings,
+    } = output;
+    let real = guest.driver().is_some();
     let scenario = match load(scenario) {
         Ok(s) => s,
         Err(e) => return fail("replay", e),
@@ -366,12 +382,31 @@ pub(crate) fn replay(
         if relay { "through the relay" } else { "direct" }
     );
     let trace = polished(&scenario, relay, result.trace.clone().unwrap_or_default());
-    println!(
-        "Each line: #step (the scheduler's step it happened in), virtual time, lanes, what \
-         happened. >> marks a choice point: the context or delivery that ran, and what else \
-         could have run there (another seed takes another branch)."
-    );
+    let choices = !real || verbose;
+    if choices {
+        println!(
+            "Each line: #step (the scheduler's step it happened in), virtual time, lanes, what \
+             happened. >> marks a choice point: the context or delivery that ran, and what \
+             else could have run there (another seed takes another branch)."
+        );
+    } else {
+        println!(
+            "Each line: #step (the scheduler's step it happened in), virtual time, lanes, what \
+             happened. --verbose lists the choice points too: the kernel context that ran, \
+             where it stood, and what else could have run."
+        );
+    }
+    if real && verbose {
+        println!(
+            "A real guest's context stands at a scheduling point of the shim: a lock or unlock, \
+             a wait or wake, queue_work, a vmbus send or receive, an MMIO or config access, \
+             named with the driver function that called it."
+        );
+    }
     for line in &trace.lines {
+        if line.mark == petri::trace::Mark::Choice && !choices {
+            continue;
+        }
         println!("{line}");
     }
     println!(
@@ -408,5 +443,56 @@ pub(crate) fn replay(
         }
         println!("chart written to {path}");
     }
+    if let Some(dir) = dump_rings {
+        match dump_rings_to(dir, &scenario, result.trace.as_ref()) {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => return fail("replay", e),
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// Writes each bus's two ring images into `dir`: `busN-host-to-guest.ring` and
+/// `busN-guest-to-host.ring`, and says what they hold.
+///
+/// Neither VM keeps its channels in shared memory (a real guest's rings live inside the
+/// guest process's runtime, the models' are queues): each image is built from the packets
+/// that crossed the guest's channel during the run, in order, as the guest saw them (what
+/// it was delivered, what it sent), up to the end of the run or the crash, every packet left
+/// unread so that `petri ring dump` lists them all.
+fn dump_rings_to(
+    dir: &str,
+    scenario: &Scenario,
+    trace: Option<&Trace>,
+) -> Result<Vec<String>, String> {
+    let wire = trace.map_or(&[][..], |t| t.wire.as_slice());
+    if wire.is_empty() {
+        return Err(
+            "--dump-rings: this run recorded no packets at the guest's channels (only \
+             real-guest runs record them: --guest 5.10, 6.1 or 6.12)"
+                .to_owned(),
+        );
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
+    let mut lines = vec![format!(
+        "ring images in {dir}: each bus's packets as the guest's channel carried them, in \
+         order, up to the end of the run (rebuilt from the recorded packets: the guest's \
+         rings are not shared memory here); read them with `petri ring dump --from host \
+         FILE` (host to guest) or `--from guest` (guest to host)"
+    )];
+    for bus in 0..scenario.buses.len() {
+        for (to_guest, name) in [(true, "host-to-guest"), (false, "guest-to-host")] {
+            let packets: Vec<vmbus_channel::Packet> = wire
+                .iter()
+                .filter(|w| w.bus == bus && w.to_guest == to_guest)
+                .map(|w| w.packet.clone())
+                .collect();
+            let image = petri::ring_dump::ring_image(&packets).map_err(|e| e.to_string())?;
+            let path = std::path::Path::new(dir).join(format!("bus{bus}-{name}.ring"));
+            std::fs::write(&path, image)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            lines.push(format!("  {}: {} packets", path.display(), packets.len()));
+        }
+    }
+    Ok(lines)
 }

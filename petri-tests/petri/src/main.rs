@@ -143,6 +143,16 @@ enum Command {
         /// Also write the run's message sequence chart (SVG).
         #[arg(long, value_name = "FILE")]
         chart: Option<String>,
+        /// List every choice point of a real guest (5.10, 6.1, 6.12): the kernel context
+        /// that ran, where it stood (lock, wait, queue_work, vmbus send, MMIO... and the
+        /// driver function that called it) and what else could have run. The models'
+        /// replays always list theirs.
+        #[arg(long, short)]
+        verbose: bool,
+        /// Write the ring images of each bus (host to guest, guest to host) into this
+        /// directory, as `petri ring dump` reads them.
+        #[arg(long, value_name = "DIR")]
+        dump_rings: Option<String>,
     },
     /// Decode one vPCI payload (the bytes after the VMBus packet descriptor) and print it as
     /// one JSON object.
@@ -328,6 +338,8 @@ fn main() -> ExitCode {
             mode,
             relay,
             chart,
+            verbose,
+            dump_rings,
         } => {
             let relay = match mode {
                 Some(Mode::Both) => {
@@ -341,7 +353,17 @@ fn main() -> ExitCode {
                 (_, Some(n)) => commands::Schedule::Systematic(n),
                 (seed, None) => commands::Schedule::Seed(seed.unwrap_or(0)),
             };
-            commands::replay(&scenario, guest, relay, which, chart.as_deref())
+            commands::replay(
+                &scenario,
+                guest,
+                relay,
+                which,
+                commands::ReplayOutput {
+                    chart: chart.as_deref(),
+                    verbose,
+                    dump_rings: dump_rings.as_deref(),
+                },
+            )
         }
         Command::Ring {
             command:

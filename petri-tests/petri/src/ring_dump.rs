@@ -168,3 +168,106 @@ pub fn dump_file(
         .map_err(io)?;
     dump_image(&image, version, from, emit)
 }
+
+/// Why a ring image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The packets need a larger ring than a VMBus ring can be.
+    #[error("{needed} bytes of packets do not fit a VMBus ring")]
+    TooLarge {
+        /// The bytes the packets take, framed.
+        needed: usize,
+    },
+    /// The ring refused a packet.
+    #[error("writing packet {index}: {error}")]
+    Write {
+        /// Which packet.
+        index: usize,
+        /// Why.
+        error: String,
+    },
+}
+
+/// A ring image (a 4 KiB control page, then the data area) holding `packets` in order, all
+/// unread (the read index at the first): what `petri ring dump` reads back. The data area is
+/// the smallest whole number of pages (16 KiB at least, Linux's vPCI ring size) with room
+/// for every packet and its trailer.
+pub fn ring_image(packets: &[vmbus_channel::Packet]) -> Result<Vec<u8>, ImageError> {
+    const PAGE: usize = 4096;
+    let needed = packets
+        .iter()
+        .map(|p| vmbus_ring::framed_len(p.payload.len()).map(|l| l + 8))
+        .try_fold(0usize, |sum, l| l.and_then(|l| sum.checked_add(l)))
+        .ok_or(ImageError::TooLarge { needed: usize::MAX })?;
+    // One byte more than the packets: a full ring reads as empty.
+    let data = (needed + 8).div_ceil(PAGE).max(4) * PAGE;
+    if data > MAX_IMAGE - PAGE {
+        return Err(ImageError::TooLarge { needed });
+    }
+    let mem = HeapMem::new(vmbus_ring::CONTROL_PAGE_SIZE + data);
+    let write_error = |index: usize, error: String| ImageError::Write { index, error };
+    let ring = vmbus_ring::Ring::new(mem).map_err(|e| write_error(0, e.to_string()))?;
+    ring.initialize()
+        .map_err(|e| write_error(0, e.to_string()))?;
+    let mut writer =
+        vmbus_ring::RingWriter::from_ring(ring).map_err(|e| write_error(0, e.to_string()))?;
+    for (index, p) in packets.iter().enumerate() {
+        let meta = vmbus_ring::PacketMeta {
+            packet_type: p.kind.to_raw(),
+            flags: p.flags.0,
+            transaction_id: p.transaction_id,
+        };
+        // Whether the reader would need signalling does not matter for an image.
+        let _signal = writer
+            .write_packet(&meta, &p.payload)
+            .map_err(|e| write_error(index, e.to_string()))?;
+    }
+    let mem = writer.ring().mem();
+    let mut image = vec![0u8; mem.len()];
+    mem.read_at(0, &mut image)
+        .map_err(|e| write_error(packets.len(), e.to_string()))?;
+    Ok(image)
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+    use vmbus_channel::{Packet, PacketFlags, PacketKind};
+
+    /// An image built from packets reads back as those packets, in order, with their types,
+    /// flags, transaction ids and payloads; none is an empty ring.
+    #[test]
+    fn image_reads_back() {
+        let packets = vec![
+            Packet {
+                kind: PacketKind::InBand,
+                flags: PacketFlags::COMPLETION_REQUESTED,
+                transaction_id: 7,
+                payload: 0x4207_0001u32.to_le_bytes().to_vec(),
+            },
+            Packet {
+                kind: PacketKind::Completion,
+                flags: PacketFlags::NONE,
+                transaction_id: 7,
+                payload: vec![0; 8],
+            },
+        ];
+        let image = ring_image(&packets).unwrap();
+        assert_eq!(image.len(), 4096 + 16384);
+        let mut seen = Vec::new();
+        let n = dump_image(&image, ProtocolVersion::V1_4, Sender::Guest, |v| {
+            seen.push(v)
+        })
+        .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(seen[0]["type"], "DATA_INBAND");
+        assert_eq!(seen[0]["transaction_id"], 7);
+        assert_eq!(seen[0]["completion_requested"], true);
+        assert_eq!(seen[1]["type"], "COMP");
+        let empty = ring_image(&[]).unwrap();
+        assert_eq!(
+            dump_image(&empty, ProtocolVersion::V1_4, Sender::Host, |_| {}).unwrap(),
+            0
+        );
+    }
+}

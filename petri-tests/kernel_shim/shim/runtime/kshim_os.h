@@ -29,6 +29,8 @@ void kshim_os_write(const void *buf, unsigned long len);
 void kshim_os_read(void *buf, unsigned long len);
 /* Diagnostics to stderr. */
 void kshim_os_debug(const char *text);
+/* The calling thread's return addresses, innermost first (at most max); returns how many. */
+int kshim_os_backtrace(void **frames, int max);
 __attribute__((noreturn)) void kshim_os_exit(int status);
 
 /*

@@ -2,6 +2,7 @@
 /* The runtime's only file built against the C library: see kshim_os.h. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <execinfo.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -170,6 +171,11 @@ void kshim_os_baton_pass(int from, int to)
 	pthread_mutex_unlock(&baton_lock);
 }
 
+int kshim_os_backtrace(void **frames, int max)
+{
+	return backtrace(frames, max);
+}
+
 /* ---- crash capture ---- */
 static const volatile int *crash_ctx;
 static const char *const volatile *crash_call;
@@ -204,6 +210,24 @@ static uint64_t fault_pc(const void *uc)
 #endif
 }
 
+/*
+ * "kshim: frame pc=P" per frame of the crashed thread's stack, innermost first (this handler
+ * and the signal trampoline included): the controller symbolises them like the fault's pc.
+ * backtrace() was called once at install time, so its unwinder is loaded and it does not
+ * allocate here.
+ */
+static void write_backtrace(void)
+{
+	char line[] = "kshim: frame pc=0x0000000000000000\n";
+	void *frames[48];
+	int n = backtrace(frames, 48);
+
+	for (int i = 0; i < n; i++) {
+		put_hex(line + 18, (uint64_t)(uintptr_t)frames[i]);
+		(void)!write(STDERR_FILENO, line, sizeof(line) - 1);
+	}
+}
+
 static void crash_handler(int sig, siginfo_t *info, void *uc)
 {
 	/* Only async-signal-safe calls from here on. */
@@ -222,6 +246,7 @@ static void crash_handler(int sig, siginfo_t *info, void *uc)
 	put_hex(line + 42, info ? (uint64_t)(uintptr_t)info->si_addr : 0);
 	put_hex(line + 66, (uint64_t)(uintptr_t)&main);
 	(void)!write(STDERR_FILENO, line, sizeof(line) - 1);
+	write_backtrace();
 	if (!call)
 		call = "?";
 	while (call[n] && n < 128)
@@ -243,6 +268,10 @@ void kshim_os_install_crash_handler(const volatile int *current_ctx,
 	struct sigaction sa;
 	const int sigs[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT };
 
+	void *warm[1];
+
+	/* Loads the unwinder now, so that the crash handler's backtrace does not allocate. */
+	(void)backtrace(warm, 1);
 	crash_ctx = current_ctx;
 	crash_call = last_call;
 	sigaltstack(&ss, NULL);

@@ -16,7 +16,9 @@
 /* guest -> controller */
 #define G_HELLO 0x100 /* u32 kver, then the driver's Debian package version (text) */
 #define G_CTX 0x101 /* u32 id, u32 kind, then the name (text) */
-#define G_SCHED 0x102 /* u32 point, u32 current, u64 now_ns, u64 next_deadline_ns, u32 n, u32 ids[n] */
+#define G_SCHED 0x102 /* u32 point, u32 current, u64 now_ns, u64 next_deadline_ns, u32 n, u32 ids[n],
+			 * u32 m, u64 callers[m] (return addresses relative to the executable's
+			 * start, innermost first), then the last shim call (text) */
 #define G_SEND 0x103 /* u32 bus, u16 type, u16 flags, u64 trans_id, then the payload */
 #define G_MMIO_READ 0x104 /* u64 addr, u32 size -> C_VALUE */
 #define G_MMIO_WRITE 0x105 /* u64 addr, u32 size, u64 value */

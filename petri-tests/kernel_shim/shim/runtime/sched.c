@@ -110,8 +110,23 @@ static void switch_to(int id)
 	/* Someone passed the baton back: kshim_current == me again. */
 }
 
+extern char __executable_start[];
+
+/* How many of the offering context's callers a scheduling point reports. */
+#define SCHED_FRAMES 12
+
 void kshim_sched(int point)
 {
+	/*
+	 * Where the offering context is: its callers' return addresses (relative to the
+	 * executable's start; the frames of kshim_os_backtrace and of this function left out,
+	 * except that a sanitizer's backtrace interceptor adds one) and the last shim call, so that a replay can say which kernel function reached the
+	 * point and through what.
+	 */
+	void *frames[SCHED_FRAMES + 2];
+	int nframes = kshim_os_backtrace(frames, SCHED_FRAMES + 2);
+	const char *call = kshim_last_call;
+
 	for (;;) {
 		struct kshim_wbuf w;
 		struct kshim_frame f;
@@ -128,6 +143,10 @@ void kshim_sched(int point)
 		for (int i = 0; i < nctx; i++)
 			if (runnable(&ctxs[i]))
 				kshim_put_u32(&w, i);
+		kshim_put_u32(&w, nframes > 2 ? (u32)(nframes - 2) : 0);
+		for (int i = 2; i < nframes; i++)
+			kshim_put_u64(&w, (u64)((char *)frames[i] - __executable_start));
+		kshim_put_str(&w, call ? call : "");
 		kshim_send_frame(G_SCHED, &w);
 
 		kshim_recv_frame(&f);

@@ -24,6 +24,7 @@ use std::time::Duration;
 use vpci_protocol::WinSlot;
 use vpci_relay::VirtualClock;
 
+mod choices;
 mod contexts;
 mod end_checks;
 mod stall;
@@ -455,6 +456,7 @@ struct ChildChannel<'a> {
 impl ToGuest for ChildChannel<'_> {
     fn packet(&mut self, packet: vmbus_channel::Packet) {
         self.observer.guest_received(self.bus, &packet.payload);
+        self.observer.wire(self.bus, true, &packet);
         let bus = u32::try_from(self.bus).unwrap_or(u32::MAX);
         self.action = Some(Action::deliver(bus, &packet));
     }
@@ -467,6 +469,7 @@ impl ToGuest for ChildChannel<'_> {
 
 impl Controller for RealController {
     fn schedule(&mut self, sched: &Sched) -> Action {
+        self.note_point(sched);
         let now = self.now.max(Duration::from_nanos(sched.now_ns));
         let moved = now > self.now;
         self.now = now;
@@ -535,6 +538,7 @@ impl Controller for RealController {
                 index,
                 of: options.len(),
             });
+            self.note_choice(&options, index);
             index
         };
         let Some(&pick) = options.get(index) else {
@@ -552,6 +556,7 @@ impl Controller for RealController {
         let bus = usize::try_from(packet.bus).unwrap_or(usize::MAX);
         let packet = packet.to_packet();
         self.observer.guest_sent(bus, &packet.payload);
+        self.observer.wire(bus, false, &packet);
         if let Some(side) = self.sides.get_mut(bus) {
             side.outbox.push(packet);
         }

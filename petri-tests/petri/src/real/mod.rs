@@ -23,6 +23,7 @@
 
 mod access;
 pub(crate) mod bars;
+mod choice_points;
 mod controller;
 pub(crate) mod observe;
 
@@ -215,11 +216,30 @@ fn run_with(
         Chaos::new(c)
     });
     let mut controller = RealController::new(sides, clock, chooser, limits, plan, record, chaos);
+    let exe = version.guest_executable_with(INSTRUMENTATION);
+    if record {
+        controller.observer.choice_points = choice_points::ChoicePoints::new(Some(exe));
+        controller.observer.wire = Some(Vec::new());
+    }
     let session = Session::spawn_with(version, INSTRUMENTATION)?;
     let outcome = session.run(&mut controller)?;
+    if std::env::var_os("FX_DUMP").is_some() {
+        eprintln!("<<<STDERR\n{}\n>>>", outcome.stderr);
+    }
     let exe = version.guest_executable_with(INSTRUMENTATION);
     let mut result_outcome = classify(&controller, &outcome.ending, &outcome.stderr, exe);
     let end = end_time(&controller);
+    let report = result_outcome
+        .failed()
+        .then(|| {
+            forensic_report(
+                &outcome.ending,
+                &outcome.stderr,
+                exe,
+                &controller.observer.leaks,
+            )
+        })
+        .flatten();
     if let Some(trace) = &mut controller.trace {
         if result_outcome.failed() {
             trace.push(
@@ -228,6 +248,16 @@ fn run_with(
                 crate::trace::Lane::Guest,
                 result_outcome.to_string(),
                 crate::trace::Mark::Crash,
+            );
+        }
+        trace.wire = controller.observer.wire.take().unwrap_or_default();
+        if let Some(report) = &report {
+            trace.push(
+                end,
+                crate::trace::Lane::Guest,
+                crate::trace::Lane::Guest,
+                report.clone(),
+                crate::trace::Mark::None,
             );
         }
     }
@@ -242,6 +272,7 @@ fn run_with(
         outcome.sched_points,
         outcome.ending
     ));
+    guest_trace.extend(report);
     let done = controller.hot_plug.map_or(0, |h| h.done);
     let result = RunResult {
         outcome: result_outcome,
@@ -294,7 +325,8 @@ fn segv_address(stderr: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// The first line of AddressSanitizer's report, and its first frame in the driver.
+/// The first line of AddressSanitizer's report, and its first frame (the multi-process
+/// runs' summary, which has no executable at hand to symbolise with).
 pub(crate) fn report_summary(stderr: &str) -> String {
     let headline = stderr
         .lines()
@@ -308,6 +340,26 @@ pub(crate) fn report_summary(stderr: &str) -> String {
         (Some(h), Some(f)) => format!("{h}; {f}"),
         (Some(h), None) => h,
         _ => String::new(),
+    }
+}
+
+/// AddressSanitizer's finding in one line: what it found, and where the address was (the
+/// variable and the dead frame it lived in, or the heap region and who allocated it).
+fn sanitizer_summary(stderr: &str, exe: &Path) -> String {
+    match forensics::sanitizer_report(stderr, exe) {
+        Some(r) => {
+            let headline = r
+                .headline
+                .split(" at pc ")
+                .next()
+                .unwrap_or(&r.headline)
+                .to_owned();
+            match r.object {
+                Some(object) => format!("{headline}; {object}"),
+                None => headline,
+            }
+        }
+        None => String::new(),
     }
 }
 
@@ -325,15 +377,29 @@ fn runtime_exit(code: i32) -> Option<&'static str> {
 fn runtime_diagnostics(stderr: &str) -> String {
     stderr
         .lines()
-        .filter(|l| l.starts_with("kshim: ") && !l.starts_with("kshim: fault "))
+        .filter(|l| {
+            l.starts_with("kshim: ")
+                && !l.starts_with("kshim: fault ")
+                && !l.starts_with("kshim: frame ")
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
 
-/// Where a crash happened, from AddressSanitizer's backtrace or the crash handler's faulting
-/// instruction (symbolised with addr2line): the location text for the failure message, and
-/// whether the crash is the runtime's own rather than the driver's.
+/// Where a crash happened, from AddressSanitizer's backtrace or the crash handler's (each
+/// frame symbolised with addr2line), else the faulting instruction alone: the location text
+/// for the failure message, and whether the crash is the runtime's own rather than the
+/// driver's (judged from the whole backtrace: a runtime function the driver called with a
+/// bad argument is the driver's crash).
 fn crash_site(stderr: &str, exe: &Path) -> (String, bool) {
+    if let Some(report) = forensics::sanitizer_report(stderr, exe) {
+        if !report.frames.is_empty() {
+            return (
+                forensics::describe_backtrace(&report.frames),
+                forensics::runtime_fault(&report.frames),
+            );
+        }
+    }
     let frames = forensics::asan_backtrace(stderr);
     if !frames.is_empty() {
         return (
@@ -341,21 +407,109 @@ fn crash_site(stderr: &str, exe: &Path) -> (String, bool) {
             forensics::runtime_fault(&frames),
         );
     }
-    match forensics::fault_report(stderr) {
-        Some(fault) => match forensics::locate(exe, &fault) {
-            Some(at) => (
-                format!("pc {:#x} in {}", fault.pc, at.short()),
-                at.origin() == Origin::Runtime,
+    let Some(fault) = forensics::fault_report(stderr) else {
+        return (String::new(), false);
+    };
+    let frames = forensics::native_backtrace(stderr, exe, &fault);
+    if !frames.is_empty() {
+        return (
+            format!(
+                "pc {:#x}: {}",
+                fault.pc,
+                forensics::describe_backtrace(&frames)
             ),
-            None => (format!("pc {:#x} (no symbol)", fault.pc), false),
-        },
-        None => (String::new(), false),
+            forensics::runtime_fault(&frames),
+        );
     }
+    match forensics::locate(exe, &fault) {
+        Some(at) => (
+            format!("pc {:#x} in {}", fault.pc, at.short()),
+            at.origin() == Origin::Runtime,
+        ),
+        None => (format!("pc {:#x} (no symbol)", fault.pc), false),
+    }
+}
+
+/// The whole forensic record of a failed run, for the replay: the sanitizer's report (every
+/// frame symbolised), or the crash handler's fault and backtrace, and each allocation left
+/// at module exit with its symbolised site. None when there is nothing of the kind.
+fn forensic_report(ending: &Ending, stderr: &str, exe: &Path, leaks: &[String]) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(report) = forensics::sanitizer_report(stderr, exe) {
+        parts.push(format!(
+            "crash report (AddressSanitizer, symbolised):\n{}",
+            indent(&report.text)
+        ));
+    } else if let (Ending::Crash { signal, .. }, Some(fault)) =
+        (ending, forensics::fault_report(stderr))
+    {
+        let frames = forensics::native_backtrace(stderr, exe, &fault);
+        let mut text = format!(
+            "signal {signal} at pc {:#x}, fault address {:#x}",
+            fault.pc, fault.addr
+        );
+        if frames.is_empty() {
+            if let Some(at) = forensics::locate(exe, &fault) {
+                text.push_str(&format!("\n    #0 {}", forensics::frame_text(&at)));
+            }
+        }
+        for f in &frames {
+            text.push_str(&format!(
+                "\n    #{} {}",
+                f.index,
+                forensics::frame_text(&f.location)
+            ));
+        }
+        parts.push(format!(
+            "crash report (crash handler's backtrace, symbolised):\n{}",
+            indent(&text)
+        ));
+    }
+    if !leaks.is_empty() {
+        let mut symbolizer = forensics::Symbolizer::new(exe);
+        let lines: Vec<String> = leaks
+            .iter()
+            .map(|l| format!("    {}", forensics::symbolize_sites(l, &mut symbolizer)))
+            .collect();
+        parts.push(format!(
+            "leak report (allocations left at module exit, sites symbolised):\n{}",
+            lines.join("\n")
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("\n"))
+}
+
+/// A guest failure whose message names code by `exe+0xOFF` (a double free's allocation
+/// site), with each site symbolised.
+fn with_sites(outcome: Outcome, exe: &Path) -> Outcome {
+    match outcome {
+        Outcome::Guest {
+            bus,
+            failure,
+            context,
+            function,
+            message,
+        } if message.contains("exe+0x") => Outcome::Guest {
+            bus,
+            failure,
+            context,
+            function,
+            message: forensics::symbolize_sites(&message, &mut forensics::Symbolizer::new(exe)),
+        },
+        other => other,
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn classify(controller: &RealController, ending: &Ending, stderr: &str, exe: &Path) -> Outcome {
     if let Some(f) = &controller.observer.failure {
-        return f.clone();
+        return with_sites(f.clone(), exe);
     }
     if let Some(early) = &controller.early {
         return early.clone();
@@ -366,7 +520,7 @@ fn classify(controller: &RealController, ending: &Ending, stderr: &str, exe: &Pa
             ctx,
             last_call,
         } => {
-            let summary = report_summary(stderr);
+            let summary = sanitizer_summary(stderr, exe);
             let (site, runtime) = crash_site(stderr, exe);
             if runtime {
                 return Outcome::HarnessError {
@@ -398,10 +552,16 @@ fn classify(controller: &RealController, ending: &Ending, stderr: &str, exe: &Pa
             failure: "leaked_device".to_owned(),
             context: "module exit".to_owned(),
             function: "cleanup_module".to_owned(),
-            message: format!(
-                "{leaks} allocation(s) left: {}",
-                controller.observer.leaks.join("; ")
-            ),
+            message: {
+                let mut symbolizer = forensics::Symbolizer::new(exe);
+                let sites: Vec<String> = controller
+                    .observer
+                    .leaks
+                    .iter()
+                    .map(|l| forensics::symbolize_sites(l, &mut symbolizer))
+                    .collect();
+                format!("{leaks} allocation(s) left: {}", sites.join("; "))
+            },
         },
         Ending::Done { .. } | Ending::Stopped(_) => Outcome::Ok,
         Ending::Exited(code) => {

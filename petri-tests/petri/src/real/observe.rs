@@ -4,7 +4,9 @@
 //! the first thing that went wrong (a bound driver on a function it had given back, a driver on a function
 //! without resources, a BUG or WARN, a leak).
 
+use super::choice_points::ChoicePoints;
 use crate::outcome::{Identity, Outcome};
+use crate::trace::WirePacket;
 use kernel_shim::host::ConfigWindow;
 use kernel_shim::protocol::EventKind;
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,6 +47,10 @@ pub(crate) struct Observer {
     /// EJECTION_COMPLETE, as `bus N: ...` lines. Timing and interleaving do not show in it,
     /// so runs of the same guest with and without the relay can be compared.
     pub(crate) device_history: Vec<String>,
+    /// Where each context stands at the scheduling points, for a replay's choice points.
+    pub(crate) choice_points: ChoicePoints,
+    /// Every packet across the guest's channels, in order, when recording (None: not kept).
+    pub(crate) wire: Option<Vec<WirePacket>>,
 }
 
 fn word(payload: &[u8], at: usize) -> Option<u32> {
@@ -167,6 +173,19 @@ impl Observer {
             leaks: Vec::new(),
             guest_trace: Vec::new(),
             device_history: Vec::new(),
+            choice_points: ChoicePoints::default(),
+            wire: None,
+        }
+    }
+
+    /// A packet crossed bus `bus`'s channel (to the guest, or from it): kept when recording.
+    pub(crate) fn wire(&mut self, bus: usize, to_guest: bool, packet: &vmbus_channel::Packet) {
+        if let Some(wire) = &mut self.wire {
+            wire.push(WirePacket {
+                bus,
+                to_guest,
+                packet: packet.clone(),
+            });
         }
     }
 
