@@ -65,6 +65,7 @@ mod events;
 mod function;
 mod local;
 mod relay;
+pub mod save;
 #[cfg(feature = "sim")]
 pub mod sim;
 
@@ -76,4 +77,5 @@ pub use driver::{BarControl, BusDriver, BusPort, DriverExit};
 pub use events::{ChangeKind, Counters, PacketFault, RelayEvent, Side};
 pub use function::{Backing, Function, GuestState, HostState, Stage, Successor};
 pub use local::local_completion;
-pub use relay::{BusRelay, ConfigAccess, ConfigAction, HostLink, ProbePhase, Transmit};
+pub use relay::{BusRelay, ConfigAccess, ConfigAction, HostLink, ProbePhase, Restored, Transmit};
+pub use save::{RestoreError, SavedRelay};
