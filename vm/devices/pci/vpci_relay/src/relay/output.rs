@@ -11,7 +11,7 @@ use crate::save::{
 };
 use std::collections::VecDeque;
 use vmbus_channel::{Packet, PacketFlags, PacketKind};
-use vpci_protocol::WinSlot;
+use vpci_protocol::{ProtocolVersion, Sender, WinSlot};
 
 /// Something the driver must send, or do to a channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,8 +251,14 @@ fn save_packet(p: &Packet) -> SavedPacket {
 }
 
 /// A queued packet, checked: in-band or a completion (all the relay sends), no flag but
-/// completion-requested, a payload within bounds.
-fn restore_packet(saved: Option<&SavedPacket>, field: &str) -> Result<Packet, RestoreError> {
+/// completion-requested, a payload within bounds, and an in-band one a message `from` may
+/// send at `version` (what the relay sends each side is a message it decoded or built).
+fn restore_packet(
+    saved: Option<&SavedPacket>,
+    field: &str,
+    from: Sender,
+    version: ProtocolVersion,
+) -> Result<Packet, RestoreError> {
     let bad = |value: u64| RestoreError::BadValue {
         field: field.to_owned(),
         value,
@@ -279,6 +285,11 @@ fn restore_packet(saved: Option<&SavedPacket>, field: &str) -> Result<Packet, Re
         return Err(RestoreError::PayloadTooLarge {
             field: field.to_owned(),
             len: payload.len(),
+        });
+    }
+    if kind == PacketKind::InBand && vpci_protocol::decode(payload, from, version).is_err() {
+        return Err(RestoreError::BadRequest {
+            field: format!("{field}.payload"),
         });
     }
     Ok(Packet {
@@ -329,8 +340,12 @@ impl Outputs {
         }
     }
 
-    /// The outputs from their saved state, checked.
-    pub(crate) fn restore(saved: &SavedOutputs, bus: String) -> Result<Self, RestoreError> {
+    /// The outputs from their saved state, checked (`version`: the protocol version in use).
+    pub(crate) fn restore(
+        saved: &SavedOutputs,
+        bus: String,
+        version: ProtocolVersion,
+    ) -> Result<Self, RestoreError> {
         let SavedOutputs {
             tx,
             backing,
@@ -347,8 +362,18 @@ impl Outputs {
         for (i, t) in tx.iter().enumerate() {
             let field = format!("outputs.tx[{i}]");
             out.tx.push_back(match t.to {
-                TO_HOST => Transmit::ToHost(restore_packet(t.packet.as_ref(), &field)?),
-                TO_GUEST => Transmit::ToGuest(restore_packet(t.packet.as_ref(), &field)?),
+                TO_HOST => Transmit::ToHost(restore_packet(
+                    t.packet.as_ref(),
+                    &field,
+                    Sender::Guest,
+                    version,
+                )?),
+                TO_GUEST => Transmit::ToGuest(restore_packet(
+                    t.packet.as_ref(),
+                    &field,
+                    Sender::Host,
+                    version,
+                )?),
                 CLOSE_GUEST => Transmit::CloseGuest,
                 other => {
                     return Err(RestoreError::BadValue {

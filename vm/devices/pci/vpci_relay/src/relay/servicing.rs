@@ -156,7 +156,11 @@ impl BusRelay {
         let changes =
             ChangeQueue::restore(&changes.clone().unwrap_or_default(), &check, &functions)?;
         let requests = RequestTable::restore(&requests.clone().unwrap_or_default(), &check)?;
-        let out = Outputs::restore(&outputs.clone().unwrap_or_default(), config.name.clone())?;
+        let out = Outputs::restore(
+            &outputs.clone().unwrap_or_default(),
+            config.name.clone(),
+            version,
+        )?;
         let illegal = |field: &str, why| RestoreError::IllegalState {
             field: field.to_owned(),
             why,

@@ -82,8 +82,9 @@ pub enum RestoreError {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// A saved request that is not a guest request the relay forwards with a completion.
-    #[error("{field}: not a forwarded guest request")]
+    /// A saved request that is not a guest request the relay forwards with a completion,
+    /// or a queued packet that is not a message its receiver may get.
+    #[error("{field}: not a message the relay could have forwarded")]
     BadRequest {
         /// Where.
         field: String,
