@@ -340,11 +340,14 @@ impl Outputs {
         }
     }
 
-    /// The outputs from their saved state, checked (`version`: the protocol version in use).
+    /// The outputs from their saved state, checked (`version`: the protocol version in use;
+    /// `guest_closed`: the guest channel is closed, which a queued close must say, and
+    /// nothing follows a close).
     pub(crate) fn restore(
         saved: &SavedOutputs,
         bus: String,
         version: ProtocolVersion,
+        guest_closed: bool,
     ) -> Result<Self, RestoreError> {
         let SavedOutputs {
             tx,
@@ -374,7 +377,13 @@ impl Outputs {
                     Sender::Host,
                     version,
                 )?),
-                CLOSE_GUEST => Transmit::CloseGuest,
+                CLOSE_GUEST if guest_closed && i + 1 == tx.len() => Transmit::CloseGuest,
+                CLOSE_GUEST => {
+                    return Err(RestoreError::IllegalState {
+                        field,
+                        why: "a close of the guest channel is the last thing the relay sends, once closed",
+                    });
+                }
                 other => {
                     return Err(RestoreError::BadValue {
                         field: format!("{field}.to"),

@@ -152,14 +152,15 @@ impl BusRelay {
             },
         };
         let guest = GuestBus::restore(&guest.clone().unwrap_or_default(), &check)?;
+        let requests = RequestTable::restore(&requests.clone().unwrap_or_default(), &check)?;
         let functions = FunctionTable::restore(&functions.clone().unwrap_or_default(), &check)?;
         let changes =
             ChangeQueue::restore(&changes.clone().unwrap_or_default(), &check, &functions)?;
-        let requests = RequestTable::restore(&requests.clone().unwrap_or_default(), &check)?;
         let out = Outputs::restore(
             &outputs.clone().unwrap_or_default(),
             config.name.clone(),
             version,
+            *guest_closed,
         )?;
         let illegal = |field: &str, why| RestoreError::IllegalState {
             field: field.to_owned(),
