@@ -26,6 +26,7 @@ mod servicing;
 mod window;
 
 pub use output::Transmit;
+pub(crate) use output::{restore_packet, save_packet};
 pub use probe::ProbePhase;
 pub use servicing::Restored;
 pub use window::{ConfigAccess, ConfigAction};

@@ -235,7 +235,7 @@ const TO_HOST: u32 = 1;
 const TO_GUEST: u32 = 2;
 const CLOSE_GUEST: u32 = 3;
 
-fn save_packet(p: &Packet) -> SavedPacket {
+pub(crate) fn save_packet(p: &Packet) -> SavedPacket {
     let Packet {
         kind,
         flags,
@@ -253,7 +253,7 @@ fn save_packet(p: &Packet) -> SavedPacket {
 /// A queued packet, checked: in-band or a completion (all the relay sends), no flag but
 /// completion-requested, a payload within bounds, and an in-band one a message `from` may
 /// send at `version` (what the relay sends each side is a message it decoded or built).
-fn restore_packet(
+pub(crate) fn restore_packet(
     saved: Option<&SavedPacket>,
     field: &str,
     from: Sender,

@@ -14,12 +14,14 @@
 //! so the time the bus spent stopped counts toward every deadline (the host's EJECT budget,
 //! `max_hold`) as if the relay had been running.
 
+mod bus;
 mod changes;
 mod error;
 mod function;
 mod outputs;
 mod requests;
 
+pub use bus::SavedBus;
 pub use changes::{SavedChange, SavedChangeQueue, SavedHostRelations};
 pub use error::RestoreError;
 pub use function::{SavedConfigDword, SavedFunction, SavedFunctionTable, SavedSuccessor};
