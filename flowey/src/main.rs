@@ -270,6 +270,7 @@ const FUZZ_DECODE: Step = fuzz!("fuzz-decode", fuzz_run!("decode", "60"));
 const FUZZ_RING: Step = fuzz!("fuzz-ring-reader", fuzz_run!("ring_reader", "60"));
 const FUZZ_RELAY: Step = fuzz!("fuzz-relay", fuzz_run!("relay", "60"));
 const FUZZ_PROMISES: Step = fuzz!("fuzz-relay-promises", fuzz_run!("relay_promises", "60"));
+const FUZZ_RESTORE: Step = fuzz!("fuzz-restore", fuzz_run!("restore", "60"));
 const SMOKE_DECODE: Step = fuzz!("fuzz-smoke-decode", fuzz_run!("decode", "20"));
 const SMOKE_RING: Step = fuzz!("fuzz-smoke-ring-reader", fuzz_run!("ring_reader", "20"));
 const SMOKE_RELAY: Step = fuzz!("fuzz-smoke-relay", fuzz_run!("relay", "20"));
@@ -277,6 +278,7 @@ const SMOKE_PROMISES: Step = fuzz!(
     "fuzz-smoke-relay-promises",
     fuzz_run!("relay_promises", "20"),
 );
+const SMOKE_RESTORE: Step = fuzz!("fuzz-smoke-restore", fuzz_run!("restore", "20"));
 
 /// A named list of steps.
 #[derive(Debug)]
@@ -330,6 +332,7 @@ const PIPELINES: &[Pipeline] = &[
             FUZZ_RING,
             FUZZ_RELAY,
             FUZZ_PROMISES,
+            FUZZ_RESTORE,
         ],
     },
     Pipeline {
@@ -341,6 +344,7 @@ const PIPELINES: &[Pipeline] = &[
             SMOKE_RING,
             SMOKE_RELAY,
             SMOKE_PROMISES,
+            SMOKE_RESTORE,
         ],
     },
 ];

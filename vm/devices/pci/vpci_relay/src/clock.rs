@@ -34,13 +34,24 @@ pub trait Clock {
 #[derive(Clone, Debug)]
 pub struct SystemClock {
     epoch: Instant,
+    /// Where the clock starts: a clock that continues a saved relay's time base starts at
+    /// the saved time plus the time the bus was stopped.
+    start: Duration,
 }
 
 impl SystemClock {
     /// A clock whose epoch is now.
     pub fn new() -> Self {
+        Self::starting_at(Duration::ZERO)
+    }
+
+    /// A clock that reads `start` now: for a restored relay, the saved relay's time plus the
+    /// time the bus spent stopped (measured on a time base that survives servicing), so that
+    /// the restored relay's time continues the old one's ([`BusRelay::restore`](crate::BusRelay::restore)).
+    pub fn starting_at(start: Duration) -> Self {
         Self {
             epoch: Instant::now(),
+            start,
         }
     }
 }
@@ -53,7 +64,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now(&self) -> Duration {
-        self.epoch.elapsed()
+        self.start.saturating_add(self.epoch.elapsed())
     }
 
     fn sleep_until(&self, deadline: Duration) -> Sleep {

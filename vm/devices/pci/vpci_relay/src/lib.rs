@@ -64,7 +64,8 @@ pub mod driver;
 mod events;
 mod function;
 mod local;
-mod relay;
+pub(crate) mod relay;
+pub mod save;
 #[cfg(feature = "sim")]
 pub mod sim;
 
@@ -72,8 +73,9 @@ pub use clock::{Clock, SystemClock, VirtualClock};
 pub use config::{
     AllowRule, ConfigError, HOST_EJECT_TIMEOUT, Limits, MAX_HOLD_LIMIT, RelayConfig, Safeguards,
 };
-pub use driver::{BarControl, BusDriver, BusPort, DriverExit};
+pub use driver::{BarControl, BusDriver, BusPort, DriverExit, StoppedBus};
 pub use events::{ChangeKind, Counters, PacketFault, RelayEvent, Side};
 pub use function::{Backing, Function, GuestState, HostState, Stage, Successor};
 pub use local::local_completion;
-pub use relay::{BusRelay, ConfigAccess, ConfigAction, HostLink, ProbePhase, Transmit};
+pub use relay::{BusRelay, ConfigAccess, ConfigAction, HostLink, ProbePhase, Restored, Transmit};
+pub use save::{RestoreError, SavedBus, SavedRelay};

@@ -66,6 +66,13 @@ fn relay_promises_inputs_replay() {
     assert!(replay("relay_promises", fuzzing::promises::run) > 0);
 }
 
+/// Restoring corrupt or hostile saved states: no panic, a restored relay keeps its
+/// promises. The seeds are the golden states (`tests/saved_state/golden/`).
+#[test]
+fn restore_inputs_replay() {
+    assert!(replay("restore", fuzzing::restore::run) > 0);
+}
+
 /// An empty input is a complete program for each harness (every choice 0): a harness that
 /// needs a minimum input length would silently skip short crash files.
 #[test]
@@ -73,4 +80,5 @@ fn empty_inputs_run_to_the_end() {
     fuzzing::decode::run(&[]);
     fuzzing::relay::run(&[]);
     fuzzing::promises::run(&[]);
+    fuzzing::restore::run(&[]);
 }

@@ -8,8 +8,10 @@
 
 mod config;
 mod machine;
+mod save;
 
 pub(crate) use machine::{EjectAnswer, LetGo, Listing, Omitted, RequestKind};
+pub(crate) use save::{BACKINGS, STAGES, index_of, required};
 
 use inspect::{Inspect, Node};
 use std::collections::BTreeMap;

@@ -1,7 +1,13 @@
 //! The change queue: the one host change outstanding at the guest (guarantee 1), the ejects
 //! waiting for their turn, and the host relations not yet reflected to the guest.
 
+use super::functions::FunctionTable;
 use crate::events::ChangeKind;
+use crate::function::GuestState;
+use crate::save::{
+    Check, MAX_SAVED_PAYLOAD, RestoreError, SavedChange, SavedChangeQueue, SavedHostRelations,
+    description, description_bytes, ns, slot as slot_of,
+};
 use inspect::Inspect;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -174,4 +180,211 @@ where
 /// The slots of described functions, as a list of their names.
 fn described_slots(descs: &[FunctionDescription2]) -> inspect::Node {
     slot_list(&descs.iter().map(|d| d.wslot).collect::<Vec<_>>())
+}
+
+impl Outstanding {
+    fn save(&self) -> SavedChange {
+        match self {
+            Self::Relations {
+                since,
+                added,
+                initial,
+            } => SavedChange {
+                kind: CHANGE_RELATIONS,
+                since_ns: ns(*since),
+                slot: 0,
+                added: added.iter().map(|s| s.raw()).collect(),
+                initial: *initial,
+            },
+            Self::Eject { slot, since } => SavedChange {
+                kind: CHANGE_EJECT,
+                since_ns: ns(*since),
+                slot: slot.raw(),
+                added: Vec::new(),
+                initial: false,
+            },
+        }
+    }
+
+    /// A change from its saved state, checked against the function table: an EJECT names a
+    /// function the guest was told to eject; relations name each slot once.
+    fn restore(
+        saved: &SavedChange,
+        path: &str,
+        check: &Check<'_>,
+        functions: &FunctionTable,
+    ) -> Result<Self, RestoreError> {
+        let SavedChange {
+            kind,
+            since_ns,
+            slot,
+            added,
+            initial,
+        } = saved;
+        let since = check.time(format!("{path}.since_ns"), *since_ns)?;
+        match *kind {
+            CHANGE_RELATIONS => {
+                check.count(format!("{path}.added"), added.len(), 256)?;
+                let mut slots = Vec::with_capacity(added.len());
+                for &raw in added {
+                    let s = slot_of(format!("{path}.added"), raw)?;
+                    if slots.contains(&s) {
+                        return Err(RestoreError::DuplicateSlot {
+                            field: format!("{path}.added"),
+                            slot: raw,
+                        });
+                    }
+                    slots.push(s);
+                }
+                Ok(Self::Relations {
+                    since,
+                    added: slots,
+                    initial: *initial,
+                })
+            }
+            CHANGE_EJECT => {
+                let s = slot_of(format!("{path}.slot"), *slot)?;
+                if !functions
+                    .get(s)
+                    .is_some_and(|f| f.guest == GuestState::Ejecting)
+                {
+                    return Err(RestoreError::NoSuchFunction {
+                        field: format!("{path}.slot"),
+                        slot: *slot,
+                    });
+                }
+                Ok(Self::Eject { slot: s, since })
+            }
+            other => Err(RestoreError::BadValue {
+                field: format!("{path}.kind"),
+                value: u64::from(other),
+            }),
+        }
+    }
+}
+
+const CHANGE_RELATIONS: u32 = 1;
+const CHANGE_EJECT: u32 = 2;
+
+impl ChangeQueue {
+    pub(crate) fn save(&self) -> SavedChangeQueue {
+        let Self {
+            outstanding,
+            ejects,
+            host_relations,
+            relations_dirty,
+            relations_held_reported,
+            overdue,
+        } = self;
+        SavedChangeQueue {
+            outstanding: outstanding.as_ref().map(Outstanding::save),
+            ejects: ejects.iter().map(|s| s.raw()).collect(),
+            host_relations: host_relations.as_ref().map(|h| {
+                let HostRelations {
+                    v2,
+                    raw,
+                    exact,
+                    functions,
+                } = h;
+                SavedHostRelations {
+                    v2: *v2,
+                    raw: raw.clone(),
+                    exact: *exact,
+                    functions: functions.iter().map(description_bytes).collect(),
+                }
+            }),
+            relations_dirty: *relations_dirty,
+            relations_held_reported: *relations_held_reported,
+            overdue: overdue.as_ref().map(Outstanding::save),
+        }
+    }
+
+    /// The queue from its saved state, checked against the function table: every held eject
+    /// names a function whose eject is pending, each once; the host relations list each slot
+    /// once, within the configured limit.
+    pub(crate) fn restore(
+        saved: &SavedChangeQueue,
+        check: &Check<'_>,
+        functions: &FunctionTable,
+    ) -> Result<Self, RestoreError> {
+        let SavedChangeQueue {
+            outstanding,
+            ejects,
+            host_relations,
+            relations_dirty,
+            relations_held_reported,
+            overdue,
+        } = saved;
+        let outstanding = outstanding
+            .as_ref()
+            .map(|o| Outstanding::restore(o, "changes.outstanding", check, functions))
+            .transpose()?;
+        let overdue = overdue
+            .as_ref()
+            .map(|o| Outstanding::restore(o, "changes.overdue", check, functions))
+            .transpose()?;
+        check.count("changes.ejects", ejects.len(), 256)?;
+        let mut queue = VecDeque::with_capacity(ejects.len());
+        for &raw in ejects {
+            let s = slot_of("changes.ejects", raw)?;
+            if queue.contains(&s) {
+                return Err(RestoreError::DuplicateSlot {
+                    field: "changes.ejects".into(),
+                    slot: raw,
+                });
+            }
+            if !functions.get(s).is_some_and(crate::Function::eject_pending) {
+                return Err(RestoreError::NoSuchFunction {
+                    field: "changes.ejects".into(),
+                    slot: raw,
+                });
+            }
+            queue.push_back(s);
+        }
+        let host_relations = host_relations
+            .as_ref()
+            .map(|h| {
+                let SavedHostRelations {
+                    v2,
+                    raw,
+                    exact,
+                    functions,
+                } = h;
+                if raw.len() > MAX_SAVED_PAYLOAD {
+                    return Err(RestoreError::PayloadTooLarge {
+                        field: "changes.host_relations.raw".into(),
+                        len: raw.len(),
+                    });
+                }
+                let field = "changes.host_relations.functions";
+                check.count(field, functions.len(), check.config.limits.max_functions)?;
+                let mut descs: Vec<FunctionDescription2> = Vec::with_capacity(functions.len());
+                for bytes in functions {
+                    let d = description(field, bytes)?;
+                    slot_of(field, d.wslot.raw())?;
+                    if descs.iter().any(|o| o.wslot == d.wslot) {
+                        return Err(RestoreError::DuplicateSlot {
+                            field: field.into(),
+                            slot: d.wslot.raw(),
+                        });
+                    }
+                    descs.push(d);
+                }
+                Ok(HostRelations {
+                    v2: *v2,
+                    raw: raw.clone(),
+                    exact: *exact,
+                    functions: descs,
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            outstanding,
+            ejects: queue,
+            host_relations,
+            relations_dirty: *relations_dirty,
+            relations_held_reported: *relations_held_reported,
+            overdue,
+        })
+    }
 }

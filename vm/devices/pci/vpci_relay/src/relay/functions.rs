@@ -2,6 +2,7 @@
 //! waits inside that entry as its successor), and the set of slots the host ever listed.
 
 use crate::function::{Function, HostState};
+use crate::save::{Check, RestoreError, SavedFunctionTable};
 use inspect::Inspect;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -103,3 +104,63 @@ fn by_slot(map: &BTreeMap<u32, Function>) -> inspect::Node {
             .collect(),
     )
 }
+
+impl FunctionTable {
+    pub(crate) fn save(&self) -> SavedFunctionTable {
+        let Self { map, ever_listed } = self;
+        SavedFunctionTable {
+            functions: map.values().map(Function::save).collect(),
+            ever_listed: ever_listed.to_vec(),
+        }
+    }
+
+    /// The table from its saved state, checked: at most the 256 slots the wire names, each
+    /// once, each one the host listed.
+    pub(crate) fn restore(
+        saved: &SavedFunctionTable,
+        check: &Check<'_>,
+    ) -> Result<Self, RestoreError> {
+        let SavedFunctionTable {
+            functions,
+            ever_listed,
+        } = saved;
+        if functions.len() > SLOTS {
+            return Err(RestoreError::TooManyFunctions {
+                count: functions.len(),
+                limit: SLOTS,
+            });
+        }
+        let mut table = Self::default();
+        match ever_listed.as_slice() {
+            [] => {}
+            words => {
+                table.ever_listed =
+                    <[u64; 4]>::try_from(words).map_err(|_| RestoreError::OverLimit {
+                        field: "functions.ever_listed".into(),
+                        count: words.len(),
+                        limit: 4,
+                    })?;
+            }
+        }
+        for (i, saved) in functions.iter().enumerate() {
+            let f = Function::restore(saved, &format!("functions[{i}]"), check)?;
+            if !table.ever_listed(f.slot) {
+                return Err(RestoreError::IllegalState {
+                    field: format!("functions[{i}]"),
+                    why: "a function in a slot the host never listed",
+                });
+            }
+            let raw = f.slot.raw();
+            if table.map.insert(raw, f).is_some() {
+                return Err(RestoreError::DuplicateSlot {
+                    field: "functions".into(),
+                    slot: raw,
+                });
+            }
+        }
+        Ok(table)
+    }
+}
+
+/// The slots the wire names.
+const SLOTS: usize = 256;

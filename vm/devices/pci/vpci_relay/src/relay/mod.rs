@@ -22,10 +22,13 @@ mod output;
 mod probe;
 mod progress;
 mod requests;
+mod servicing;
 mod window;
 
 pub use output::Transmit;
+pub(crate) use output::{restore_packet, save_packet};
 pub use probe::ProbePhase;
+pub use servicing::Restored;
 pub use window::{ConfigAccess, ConfigAction};
 
 use crate::config::{RelayConfig, Safeguards};
@@ -107,6 +110,8 @@ pub struct BusRelay {
     requests: RequestTable,
     #[inspect(rename = "counters", with = "counters_node")]
     out: Outputs,
+    /// When and from which saved-state format the relay was restored, if it was.
+    restored: Option<servicing::Restored>,
 }
 
 fn config_name(config: &RelayConfig) -> inspect::Node {
@@ -150,6 +155,7 @@ impl BusRelay {
             functions: FunctionTable::default(),
             changes: ChangeQueue::new(),
             requests,
+            restored: None,
         }
     }
 
@@ -197,6 +203,7 @@ impl BusRelay {
             changes,
             requests,
             out: _,
+            restored: _,
         } = self;
         let now = *now;
         let (settle, max_hold) = (config.settle, config.max_hold);
@@ -305,6 +312,7 @@ impl BusRelay {
             changes,
             requests,
             out: _,
+            restored: _,
         } = self;
         (now, version, host, guest_closed, guest).hash(state);
         (functions, changes, requests).hash(state);

@@ -4,9 +4,14 @@
 
 use crate::events::{ChangeKind, Counters, RelayEvent, Side};
 use crate::function::Backing;
+use crate::function::{BACKINGS, index_of, required};
+use crate::save::{
+    MAX_SAVED_OUTPUTS, MAX_SAVED_PAYLOAD, RestoreError, SavedBacking, SavedCounters, SavedOutputs,
+    SavedPacket, SavedTransmit,
+};
 use std::collections::VecDeque;
-use vmbus_channel::Packet;
-use vpci_protocol::WinSlot;
+use vmbus_channel::{Packet, PacketFlags, PacketKind};
+use vpci_protocol::{ProtocolVersion, Sender, WinSlot};
 
 /// Something the driver must send, or do to a channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,5 +228,255 @@ fn trace_event(bus: &str, event: &RelayEvent) {
             tracing::error!(bus, "relay progress did not settle within its step bound");
         }
         RelayEvent::Timer(at) => tracing::trace!(bus, ?at, "timer"),
+    }
+}
+
+const TO_HOST: u32 = 1;
+const TO_GUEST: u32 = 2;
+const CLOSE_GUEST: u32 = 3;
+
+pub(crate) fn save_packet(p: &Packet) -> SavedPacket {
+    let Packet {
+        kind,
+        flags,
+        transaction_id,
+        payload,
+    } = p;
+    SavedPacket {
+        kind: kind.to_raw().into(),
+        flags: flags.0.into(),
+        transaction_id: *transaction_id,
+        payload: payload.clone(),
+    }
+}
+
+/// A queued packet, checked: in-band or a completion (all the relay sends), no flag but
+/// completion-requested, a payload within bounds, and an in-band one a message `from` may
+/// send at `version` (what the relay sends each side is a message it decoded or built).
+pub(crate) fn restore_packet(
+    saved: Option<&SavedPacket>,
+    field: &str,
+    from: Sender,
+    version: ProtocolVersion,
+) -> Result<Packet, RestoreError> {
+    let bad = |value: u64| RestoreError::BadValue {
+        field: field.to_owned(),
+        value,
+    };
+    let Some(SavedPacket {
+        kind,
+        flags,
+        transaction_id,
+        payload,
+    }) = saved
+    else {
+        return Err(bad(0));
+    };
+    let kind = u16::try_from(*kind)
+        .ok()
+        .map(PacketKind::from_raw)
+        .filter(|k| matches!(k, PacketKind::InBand | PacketKind::Completion))
+        .ok_or(bad(u64::from(*kind)))?;
+    let flags = u16::try_from(*flags)
+        .ok()
+        .filter(|f| *f & !PacketFlags::COMPLETION_REQUESTED.0 == 0)
+        .ok_or(bad(u64::from(*flags)))?;
+    if payload.len() > MAX_SAVED_PAYLOAD {
+        return Err(RestoreError::PayloadTooLarge {
+            field: field.to_owned(),
+            len: payload.len(),
+        });
+    }
+    if kind == PacketKind::InBand && vpci_protocol::decode(payload, from, version).is_err() {
+        return Err(RestoreError::BadRequest {
+            field: format!("{field}.payload"),
+        });
+    }
+    Ok(Packet {
+        kind,
+        flags: PacketFlags(flags),
+        transaction_id: *transaction_id,
+        payload: payload.clone(),
+    })
+}
+
+impl Outputs {
+    pub(crate) fn save(&self) -> SavedOutputs {
+        let Self {
+            // The bus's name is the configuration's.
+            bus: _,
+            tx,
+            backing,
+            // Reports, not state: the counters they bumped are saved (see `SavedOutputs`).
+            events: _,
+            counters,
+        } = self;
+        SavedOutputs {
+            tx: tx
+                .iter()
+                .map(|t| match t {
+                    Transmit::ToHost(p) => SavedTransmit {
+                        to: TO_HOST,
+                        packet: Some(save_packet(p)),
+                    },
+                    Transmit::ToGuest(p) => SavedTransmit {
+                        to: TO_GUEST,
+                        packet: Some(save_packet(p)),
+                    },
+                    Transmit::CloseGuest => SavedTransmit {
+                        to: CLOSE_GUEST,
+                        packet: None,
+                    },
+                })
+                .collect(),
+            backing: backing
+                .iter()
+                .map(|(slot, b)| SavedBacking {
+                    slot: slot.raw(),
+                    backing: index_of(&BACKINGS, &Some(*b)),
+                })
+                .collect(),
+            counters: Some(save_counters(counters)),
+        }
+    }
+
+    /// The outputs from their saved state, checked (`version`: the protocol version in use;
+    /// `guest_closed`: the guest channel is closed, which a queued close must say, and
+    /// nothing follows a close).
+    pub(crate) fn restore(
+        saved: &SavedOutputs,
+        bus: String,
+        version: ProtocolVersion,
+        guest_closed: bool,
+    ) -> Result<Self, RestoreError> {
+        let SavedOutputs {
+            tx,
+            backing,
+            counters,
+        } = saved;
+        if tx.len() > MAX_SAVED_OUTPUTS || backing.len() > MAX_SAVED_OUTPUTS {
+            return Err(RestoreError::OverLimit {
+                field: "outputs".into(),
+                count: tx.len().max(backing.len()),
+                limit: MAX_SAVED_OUTPUTS,
+            });
+        }
+        let mut out = Self::new(bus);
+        for (i, t) in tx.iter().enumerate() {
+            let field = format!("outputs.tx[{i}]");
+            out.tx.push_back(match t.to {
+                TO_HOST => Transmit::ToHost(restore_packet(
+                    t.packet.as_ref(),
+                    &field,
+                    Sender::Guest,
+                    version,
+                )?),
+                TO_GUEST => Transmit::ToGuest(restore_packet(
+                    t.packet.as_ref(),
+                    &field,
+                    Sender::Host,
+                    version,
+                )?),
+                CLOSE_GUEST if guest_closed && i + 1 == tx.len() => Transmit::CloseGuest,
+                CLOSE_GUEST => {
+                    return Err(RestoreError::IllegalState {
+                        field,
+                        why: "a close of the guest channel is the last thing the relay sends, once closed",
+                    });
+                }
+                other => {
+                    return Err(RestoreError::BadValue {
+                        field: format!("{field}.to"),
+                        value: other.into(),
+                    });
+                }
+            });
+        }
+        for (i, b) in backing.iter().enumerate() {
+            let field = format!("outputs.backing[{i}]");
+            let slot = crate::save::slot(format!("{field}.slot"), b.slot)?;
+            let backing = required(format!("{field}.backing"), b.backing, &BACKINGS)?;
+            out.backing.push_back((slot, backing));
+        }
+        out.counters = counters.as_ref().map(restore_counters).unwrap_or_default();
+        Ok(out)
+    }
+}
+
+fn save_counters(counters: &Counters) -> SavedCounters {
+    let Counters {
+        relayed_to_host,
+        relayed_to_guest,
+        held,
+        released,
+        coalesced,
+        superseded,
+        answered_locally,
+        late_completions,
+        malformed_host,
+        malformed_guest,
+        timed_out,
+        ejects_answered_locally,
+        ejects_answered_at_deadline,
+        stale_listings,
+        over_limit_relations,
+        progress_stalls,
+    } = counters;
+    SavedCounters {
+        relayed_to_host: *relayed_to_host,
+        relayed_to_guest: *relayed_to_guest,
+        held: *held,
+        released: *released,
+        coalesced: *coalesced,
+        superseded: *superseded,
+        answered_locally: *answered_locally,
+        late_completions: *late_completions,
+        malformed_host: *malformed_host,
+        malformed_guest: *malformed_guest,
+        timed_out: *timed_out,
+        ejects_answered_locally: *ejects_answered_locally,
+        ejects_answered_at_deadline: *ejects_answered_at_deadline,
+        stale_listings: *stale_listings,
+        over_limit_relations: *over_limit_relations,
+        progress_stalls: *progress_stalls,
+    }
+}
+
+fn restore_counters(saved: &SavedCounters) -> Counters {
+    let SavedCounters {
+        relayed_to_host,
+        relayed_to_guest,
+        held,
+        released,
+        coalesced,
+        superseded,
+        answered_locally,
+        late_completions,
+        malformed_host,
+        malformed_guest,
+        timed_out,
+        ejects_answered_locally,
+        ejects_answered_at_deadline,
+        stale_listings,
+        over_limit_relations,
+        progress_stalls,
+    } = saved;
+    Counters {
+        relayed_to_host: *relayed_to_host,
+        relayed_to_guest: *relayed_to_guest,
+        held: *held,
+        released: *released,
+        coalesced: *coalesced,
+        superseded: *superseded,
+        answered_locally: *answered_locally,
+        late_completions: *late_completions,
+        malformed_host: *malformed_host,
+        malformed_guest: *malformed_guest,
+        timed_out: *timed_out,
+        ejects_answered_locally: *ejects_answered_locally,
+        ejects_answered_at_deadline: *ejects_answered_at_deadline,
+        stale_listings: *stale_listings,
+        over_limit_relations: *over_limit_relations,
+        progress_stalls: *progress_stalls,
     }
 }

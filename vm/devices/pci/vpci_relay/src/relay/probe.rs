@@ -1,7 +1,8 @@
 //! The guest's side of the bus as a whole: how far its probe path has come, and when it last
 //! spoke.
 
-use crate::function::Stage;
+use crate::function::{STAGES, Stage, index_of};
+use crate::save::{Check, RestoreError, SavedGuestBus, enumeration, opt_ns};
 use inspect::Inspect;
 use std::time::Duration;
 
@@ -156,5 +157,65 @@ impl GuestBus {
             ProbePhase::Probing { d0: Stage::Done } => self.quiet_at(settle).filter(|&t| t > now),
             _ => None,
         }
+    }
+}
+
+const SILENT: u32 = 1;
+const SURVEYING: u32 = 2;
+const PROBING: u32 = 3;
+const INSTALLED: u32 = 4;
+
+impl GuestBus {
+    pub(crate) fn save(&self) -> SavedGuestBus {
+        let Self { phase, activity } = self;
+        let (phase, installed, d0) = match *phase {
+            ProbePhase::Silent => (SILENT, false, Stage::NotStarted),
+            ProbePhase::Surveying { installed, d0 } => (SURVEYING, installed, d0),
+            ProbePhase::Probing { d0 } => (PROBING, false, d0),
+            ProbePhase::Installed => (INSTALLED, false, Stage::NotStarted),
+        };
+        SavedGuestBus {
+            phase,
+            installed,
+            d0: index_of(&STAGES, &d0),
+            activity_ns: opt_ns(*activity),
+        }
+    }
+
+    /// The guest's bus-wide state from its saved state, checked: a phase the probe path can
+    /// be in (a guest surveying again after its probe path was done has entered D0).
+    pub(crate) fn restore(saved: &SavedGuestBus, check: &Check<'_>) -> Result<Self, RestoreError> {
+        let SavedGuestBus {
+            phase,
+            installed,
+            d0,
+            activity_ns,
+        } = saved;
+        let d0 = enumeration("guest.d0", *d0, &STAGES)?;
+        let phase = match *phase {
+            SILENT => ProbePhase::Silent,
+            SURVEYING if *installed && d0 != Stage::Done => {
+                return Err(RestoreError::IllegalState {
+                    field: "guest".into(),
+                    why: "a guest whose probe path is done has entered D0",
+                });
+            }
+            SURVEYING => ProbePhase::Surveying {
+                installed: *installed,
+                d0,
+            },
+            PROBING => ProbePhase::Probing { d0 },
+            INSTALLED => ProbePhase::Installed,
+            other => {
+                return Err(RestoreError::BadValue {
+                    field: "guest.phase".into(),
+                    value: other.into(),
+                });
+            }
+        };
+        Ok(Self {
+            phase,
+            activity: check.opt_time("guest.activity_ns", *activity_ns)?,
+        })
     }
 }

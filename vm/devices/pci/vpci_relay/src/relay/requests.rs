@@ -6,10 +6,14 @@
 //! answered leaves the live table at once and is remembered, in a bounded first-in first-out
 //! memory, only so that the host's late completion for it can be told from a wrong one.
 
+use crate::save::{
+    Check, MAX_SAVED_PAYLOAD, RestoreError, SavedAnsweredLocally, SavedHostRequest, SavedRequest,
+    SavedRequestTable, ns,
+};
 use inspect::{Inspect, Node};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
-use vpci_protocol::{Message, MessageType, WinSlot};
+use vpci_protocol::{Message, MessageType, ProtocolVersion, Sender, WinSlot};
 
 /// A guest request forwarded to the host (keyed by the relay's own transaction id).
 #[derive(Clone, Debug, Hash)]
@@ -223,4 +227,159 @@ where
     &'a T: IntoIterator,
 {
     table.into_iter().count().inspect()
+}
+
+impl RequestTable {
+    pub(crate) fn save(&self) -> SavedRequestTable {
+        let Self {
+            live,
+            // The limits are the configuration's, restored from the new configuration.
+            live_limit: _,
+            answered,
+            answered_limit: _,
+            host_requests,
+            next_txid,
+        } = self;
+        SavedRequestTable {
+            live: live
+                .iter()
+                .map(|(id, r)| {
+                    let Forwarded {
+                        guest_txid,
+                        request,
+                        slot,
+                        sent_at,
+                    } = r;
+                    SavedRequest {
+                        id: *id,
+                        guest_txid: *guest_txid,
+                        request: vpci_protocol::encode(request),
+                        slot: slot.map(WinSlot::raw),
+                        sent_at_ns: ns(*sent_at),
+                    }
+                })
+                .collect(),
+            answered: answered
+                .iter()
+                .map(|(id, ty)| SavedAnsweredLocally {
+                    id: *id,
+                    message_type: ty.0,
+                })
+                .collect(),
+            host_requests: host_requests
+                .iter()
+                .map(|(&id, &host_txid)| SavedHostRequest { id, host_txid })
+                .collect(),
+            next_txid: *next_txid,
+        }
+    }
+
+    /// The table from its saved state, checked: within the configuration's bounds, every id
+    /// issued (non-zero, below `next_txid`) and used once, every request a guest request the
+    /// relay forwards with a completion, naming the slot it is saved with.
+    pub(crate) fn restore(
+        saved: &SavedRequestTable,
+        check: &Check<'_>,
+    ) -> Result<Self, RestoreError> {
+        let SavedRequestTable {
+            live,
+            answered,
+            host_requests,
+            next_txid,
+        } = saved;
+        let limits = &check.config.limits;
+        check.count("requests.live", live.len(), limits.max_outstanding_requests)?;
+        check.count(
+            "requests.host_requests",
+            host_requests.len(),
+            limits.max_outstanding_requests,
+        )?;
+        check.count(
+            "requests.answered",
+            answered.len(),
+            limits.max_remembered_answers,
+        )?;
+        if *next_txid == 0 {
+            return Err(RestoreError::BadTransaction {
+                field: "requests.next_txid".into(),
+                id: 0,
+                why: "is zero",
+            });
+        }
+        let mut table = Self::new(
+            limits.max_outstanding_requests,
+            limits.max_remembered_answers,
+        );
+        table.next_txid = *next_txid;
+        let mut used = std::collections::BTreeSet::new();
+        let mut issued = |field: &str, id: u64| {
+            let why = if id == 0 {
+                "is zero"
+            } else if id >= *next_txid {
+                "was never issued"
+            } else if !used.insert(id) {
+                "is used twice"
+            } else {
+                return Ok(());
+            };
+            Err(RestoreError::BadTransaction {
+                field: field.into(),
+                id,
+                why,
+            })
+        };
+        for (i, r) in live.iter().enumerate() {
+            let SavedRequest {
+                id,
+                guest_txid,
+                request,
+                slot,
+                sent_at_ns,
+            } = r;
+            let field = format!("requests.live[{i}]");
+            issued(&field, *id)?;
+            let bad = || RestoreError::BadRequest {
+                field: field.clone(),
+            };
+            if request.len() > MAX_SAVED_PAYLOAD {
+                return Err(bad());
+            }
+            // Decoded at the newest version: it was accepted at the version of its day.
+            let message = vpci_protocol::decode(request, Sender::Guest, ProtocolVersion::V1_7)
+                .map_err(|_| bad())?;
+            if !vpci_protocol::gets_completion(message.message_type())
+                || matches!(
+                    message,
+                    Message::EjectionComplete(_) | Message::QueryBusRelations(_)
+                )
+            {
+                return Err(bad());
+            }
+            let slot = slot
+                .map(|raw| crate::save::slot(format!("{field}.slot"), raw))
+                .transpose()?;
+            if slot != message.wslot() {
+                return Err(bad());
+            }
+            let fwd = Forwarded {
+                guest_txid: *guest_txid,
+                request: message,
+                slot,
+                sent_at: check.time(format!("{field}.sent_at_ns"), *sent_at_ns)?,
+            };
+            table.live.push((*id, fwd));
+        }
+        table.live.sort_by_key(|(id, _)| *id);
+        for (i, a) in answered.iter().enumerate() {
+            let SavedAnsweredLocally { id, message_type } = a;
+            issued(&format!("requests.answered[{i}]"), *id)?;
+            table.answered.push_back((*id, MessageType(*message_type)));
+        }
+        for (i, h) in host_requests.iter().enumerate() {
+            let SavedHostRequest { id, host_txid } = h;
+            issued(&format!("requests.host_requests[{i}]"), *id)?;
+            table.host_requests.insert(*id, *host_txid);
+        }
+        Ok(table)
+    }
 }

@@ -15,6 +15,7 @@
 pub mod decode;
 pub mod promises;
 pub mod relay;
+pub mod restore;
 
 /// The fuzzer's bytes as a stream of choices. Past the end every choice is 0 (the first
 /// option), so every input is a complete program.

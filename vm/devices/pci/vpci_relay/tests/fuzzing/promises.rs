@@ -321,11 +321,19 @@ struct World {
     guest: Guest,
     delays: Delays,
     malformed: Vec<String>,
+    /// Save the relay, encode it, and restore it from the bytes after every input.
+    service: bool,
+    /// Everything the relay put out, in order (kept only when `record` is on).
+    trace: Vec<String>,
+    record: bool,
 }
 
 impl World {
     fn pump(&mut self) {
         while let Some(t) = self.relay.poll_transmit() {
+            if self.record {
+                self.trace.push(format!("{:?} {t:?}", self.now));
+            }
             match t {
                 Transmit::ToHost(p) => self.host.receive(self.now, p, &mut self.delays),
                 Transmit::ToGuest(p) => self.guest.receive(self.now, p, &mut self.delays),
@@ -333,13 +341,63 @@ impl World {
             }
         }
         while let Some(e) = self.relay.poll_event() {
+            if self.record {
+                self.trace.push(format!("{:?} {e:?}", self.now));
+            }
             if let RelayEvent::Malformed { side, fault } = e {
                 self.malformed.push(format!("{side:?}: {fault}"));
             }
         }
-        while self.relay.poll_backing().is_some() {}
+        while let Some(b) = self.relay.poll_backing() {
+            if self.record {
+                self.trace.push(format!("{:?} {b:?}", self.now));
+            }
+        }
         assert!(self.relay.functions().count() <= usize::from(SLOTS));
         assert!(self.relay.requests_outstanding() <= self.guest.waiting.len());
+    }
+
+    /// Servicing at this instant: the relay saved, encoded, and restored from the bytes.
+    fn service_now(&mut self) {
+        let bytes = self.relay.to_bytes();
+        self.relay = BusRelay::restore_bytes(RelayConfig::default(), &bytes, self.now)
+            .unwrap_or_else(|e| panic!("a state the relay saved was refused: {e}"));
+        self.pump();
+    }
+
+    /// The bus stopped for `window`: nothing reaches the relay and no timer fires; the
+    /// host's packets due meanwhile wait in the driver's queue and reach the relay first,
+    /// in order, when it resumes. With `service`, the relay is saved when it stops and
+    /// restored from the bytes when it resumes; without, it simply waits (and its overdue
+    /// timer fires first on resuming, as restoring does what fell due).
+    fn stop(&mut self, window: Duration) {
+        let saved = self.service.then(|| self.relay.to_bytes());
+        let until = self.now + window;
+        let mut queued = Vec::new();
+        while self.host.out.next_at().is_some_and(|t| t <= until) {
+            queued.extend(self.host.out.0.pop_front().map(|(_, p)| p));
+        }
+        self.now = until;
+        match saved {
+            Some(bytes) => {
+                self.relay = BusRelay::restore_bytes(RelayConfig::default(), &bytes, until)
+                    .unwrap_or_else(|e| panic!("a state the relay saved was refused: {e}"));
+            }
+            None => {
+                self.relay.handle_timeout(until);
+                // Restoring fires no timer: the rest of what the wake-up does is the same.
+                let timer = self.relay.poll_event();
+                assert!(matches!(timer, Some(RelayEvent::Timer(_))), "{timer:?}");
+            }
+        }
+        self.pump();
+        for p in queued {
+            self.relay.handle_host(self.now, p);
+            self.pump();
+            if self.service {
+                self.service_now();
+            }
+        }
     }
 
     fn run_until(&mut self, until: Duration) {
@@ -367,12 +425,39 @@ impl World {
                 self.relay.handle_timeout(self.now);
             }
             self.pump();
+            if self.service {
+                self.service_now();
+            }
         }
         self.now = self.now.max(until);
     }
 }
 
 pub fn run(data: &[u8]) {
+    run_with(data, Servicing::default());
+}
+
+/// How a run is serviced.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Servicing {
+    /// Save, encode and restore the relay after every input.
+    pub every_input: bool,
+    /// Stop the bus for this long before this step (host packets arriving meanwhile are
+    /// queued and delivered first when it resumes).
+    pub stop: Option<(usize, Duration)>,
+    /// Record everything the relay puts out.
+    pub record: bool,
+}
+
+/// What a run produced: everything the relay put out, in order, and its final fingerprint.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub trace: Vec<String>,
+    pub fingerprint: u64,
+}
+
+/// A run with servicing; the promises are checked as by [`run`].
+pub fn run_with(data: &[u8], servicing: Servicing) -> Outcome {
     // The first half of the input drives the host's actions, the second half the delays.
     let (actions, delays) = data.split_at(data.len() / 2);
     let mut w = World {
@@ -382,6 +467,9 @@ pub fn run(data: &[u8]) {
         guest: Guest::default(),
         delays: Delays(delays.iter().copied().collect()),
         malformed: Vec::new(),
+        service: servicing.every_input,
+        trace: Vec::new(),
+        record: servicing.record,
     };
     w.guest.request(
         Duration::ZERO,
@@ -391,6 +479,11 @@ pub fn run(data: &[u8]) {
     let mut src = Source::new(actions);
     let mut steps = 0;
     while !src.is_empty() && steps < 120 {
+        if let Some((at, window)) = servicing.stop {
+            if at == steps {
+                w.stop(window);
+            }
+        }
         let b = src.byte();
         let dev = (b >> 4) % SLOTS;
         match b % 8 {
@@ -437,4 +530,10 @@ pub fn run(data: &[u8]) {
         "counted malformed: {:?}",
         w.malformed
     );
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    w.relay.fingerprint(&mut hasher);
+    Outcome {
+        trace: w.trace,
+        fingerprint: std::hash::Hasher::finish(&hasher),
+    }
 }

@@ -28,7 +28,13 @@ struct World {
     asked: BTreeMap<u64, (MessageType, u32)>,
     next_txid: u64,
     closed: bool,
+    /// The relay was restored from a saved state: completions of requests made before the
+    /// save (ids below [`OWN_TXIDS`]) may reach the guest.
+    restored: bool,
 }
+
+/// Where this harness's guest starts numbering its requests after a restore.
+const OWN_TXIDS: u64 = 1 << 48;
 
 fn slot(src: &mut Source<'_>) -> WinSlot {
     // A few devices, so that listings, ejects and requests meet.
@@ -69,6 +75,9 @@ impl World {
             }
             PacketKind::Completion => {
                 let Some((ty, n)) = self.asked.get_mut(&p.transaction_id) else {
+                    if self.restored && p.transaction_id < OWN_TXIDS {
+                        return; // asked before the save
+                    }
                     panic!("a completion for {:#x}, never asked", p.transaction_id);
                 };
                 *n += 1;
@@ -266,27 +275,44 @@ fn trace(line: std::fmt::Arguments<'_>) {
     }
 }
 
-pub fn run(data: &[u8]) {
-    let config = RelayConfig {
+/// The configuration this harness runs the relay with.
+pub fn config() -> RelayConfig {
+    RelayConfig {
         limits: Limits {
             max_functions: MAX_FUNCTIONS,
             max_outstanding_requests: MAX_REQUESTS,
             ..Limits::default()
         },
         ..RelayConfig::default()
-    };
+    }
+}
+
+pub fn run(data: &[u8]) {
+    drive(
+        BusRelay::new(config()),
+        Duration::ZERO,
+        false,
+        &mut Source::new(data),
+    );
+}
+
+/// Runs `relay` (at `now`; `restored`: from a saved state) between the hostile peers the
+/// input describes, checking the promises after every step and at the end.
+pub fn drive(relay: BusRelay, now: Duration, restored: bool, src: &mut Source<'_>) {
+    let closed = relay.guest_closed();
     let mut w = World {
-        relay: BusRelay::new(config),
-        now: Duration::ZERO,
+        relay,
+        now,
         to_host: Vec::new(),
         asked: BTreeMap::new(),
-        next_txid: 0,
-        closed: false,
+        next_txid: if restored { OWN_TXIDS } else { 0 },
+        closed,
+        restored,
     };
-    let mut src = Source::new(data);
+    w.drain();
     let mut steps = 0;
     while !src.is_empty() && steps < 400 {
-        w.step(&mut src);
+        w.step(src);
         steps += 1;
     }
     w.relay.handle_host_closed(w.now);

@@ -18,6 +18,10 @@ use std::time::Duration;
 use vmbus_channel::{Channel, ChannelError, Packet};
 use vpci_protocol::WinSlot;
 
+mod servicing;
+
+pub use servicing::{MAX_HOST_QUEUE, StoppedBus};
+
 // The clocks live in their own module; their old paths under `driver` keep working.
 pub use crate::clock::{Clock, Sleep, SystemClock, VirtualClock};
 
