@@ -196,15 +196,7 @@ impl Service {
                 stopped_for = ?started.elapsed(),
                 "handing over"
             );
-            // A failpoint for the tests: the exec fails as an exec can (the binary replaced
-            // or removed since it was checked, out of memory), and the old image must run on.
-            let injected = (|| {
-                fail::fail_point!("update-exec", |_| Some(std::io::Error::other(
-                    "failpoint update-exec"
-                )));
-                None
-            })();
-            let error = match injected {
+            let error = match injected_exec_failure() {
                 Some(error) => error,
                 None => std::process::Command::new(binary)
                     .args(successor_args())
@@ -318,6 +310,15 @@ fn successor_args() -> Vec<std::ffi::OsString> {
 /// The flag of `openhcl-vpci serve` that makes it resume from a handover on its standard
 /// input instead of connecting and listening.
 pub const RESUME_FLAG: &str = "--resume-from-stdin";
+
+/// A failpoint for the tests: the exec fails as an exec can (the binary replaced or removed
+/// since it was checked, out of memory), and the old image must run on.
+fn injected_exec_failure() -> Option<std::io::Error> {
+    fail::fail_point!("update-exec", |_| Some(std::io::Error::other(
+        "failpoint update-exec"
+    )));
+    None
+}
 
 /// How long the new binary may take to say its version.
 const PREFLIGHT: Duration = Duration::from_secs(10);
