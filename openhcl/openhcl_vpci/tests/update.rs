@@ -74,8 +74,8 @@ fn no_guest_failure(rig: &Rig) {
     );
 }
 
-/// Once the storm is over: every cycle ran on every bus, the guest heard of hot-adds, and
-/// it holds exactly what the host lists.
+/// Once the storm is over: every cycle ran on every bus, the guest heard of hot-adds (at
+/// least a tenth of them), and it holds exactly what the host lists.
 fn storm_kept_every_promise(rig: &Rig, buses: usize, cycles: u32, limit: Duration) {
     for bus in 0..buses {
         let prefix = format!("storm bus{bus} ");
@@ -90,9 +90,12 @@ fn storm_kept_every_promise(rig: &Rig, buses: usize, cycles: u32, limit: Duratio
     let (host, guest) = (rig.host.seen(), rig.guest.seen());
     for i in 0..buses {
         let bus = format!("bus{i}");
+        // Not vacuous: the guest did go through hot-adds. (Fewer than in a storm without
+        // updates: an EJECT that reaches a bus while it is stopped meets its add there, and
+        // the relay coalesces the two, as it does for any add ejected before the guest heard.)
         let arrivals = GuestState::arrivals(&guest, &bus, vpci_protocol::WinSlot::from_raw(1));
         assert!(
-            arrivals >= cycles as usize / 5,
+            arrivals >= cycles as usize / 10,
             "{bus}: the guest heard of {arrivals} of {cycles} hot-adds"
         );
         let (Some(h), Some(g)) = (HostState::last(&host, &bus), GuestState::last(&guest, &bus))
