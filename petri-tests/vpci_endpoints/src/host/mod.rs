@@ -5,18 +5,24 @@
 //! starts its hot-plug storm or its rescind/re-offer loop, if the spec asks for one
 //! (`drive.rs`).
 //!
+//! A fault of `fault.rs` may be played on one bus (`fault=...`): its ring closed, the control
+//! connection shut, or garbage written into its ring. A storm stops when its bus's ring ends.
+//!
 //! A bus the host rescinds (a scenario's script, or the re-offer loop) is rescinded to the
 //! service as well, once the adapter has revoked its ring.
 
 mod drive;
+mod fault;
 mod mmio;
+
+pub use fault::{FaultKind, FaultSpec};
 
 use crate::report::HostState;
 use crate::{SpecError, bus_name};
 use futures::executor::block_on;
 use host_sim::{BusConfig, FunctionSpec, HostClock, RunExit, SharedBus, Sleep, Time};
 use openhcl_vpci::control::{self, Message};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -36,6 +42,8 @@ pub struct HostSpec {
     pub late: usize,
     /// How long after the boot-time offers the late buses are offered.
     pub late_delay: Duration,
+    /// A fault to play on one bus, if any.
+    pub fault: Option<FaultSpec>,
 }
 
 impl HostSpec {
@@ -56,15 +64,18 @@ impl HostSpec {
             reoffer: 0,
             late: 0,
             late_delay: DEFAULT_LATE_DELAY,
+            fault: None,
         }
     }
 
     /// Parses `buses=N,functions=N,latency_ms=N` (1 bus of 1 function with no latency by
     /// default) with `storm=N` or `reoffer=N`, and `late=N,late_ms=N` (the last `late`
-    /// buses offered `late_ms` after the boot-time ones).
+    /// buses offered `late_ms` after the boot-time ones), and a fault: `fault=close_ring|
+    /// close_control|garbage,fault_bus=N,fault_after=N` ([`FaultSpec`]).
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         let (mut buses, mut functions, mut latency, mut storm, mut reoffer) = (1, 1, 0, 0, 0);
         let (mut late, mut late_ms) = (0, None);
+        let (mut fault, mut fault_bus, mut fault_after) = (None, None, None);
         for kv in s.split(',').filter(|kv| !kv.is_empty()) {
             let bad = || SpecError::BadItem(kv.to_owned());
             let (k, v) = kv.split_once('=').ok_or_else(bad)?;
@@ -77,6 +88,9 @@ impl HostSpec {
                 "reoffer" => reoffer = n()?,
                 "late" => late = n()?,
                 "late_ms" => late_ms = Some(n()?),
+                "fault" => fault = Some(v),
+                "fault_bus" => fault_bus = Some(n()?),
+                "fault_after" => fault_after = Some(n()?),
                 _ => return Err(SpecError::UnknownKey(k.to_owned())),
             }
         }
@@ -86,6 +100,7 @@ impl HostSpec {
             storm,
             reoffer,
             late: usize::try_from(late).map_err(|_| SpecError::BadItem(s.to_owned()))?,
+            fault: FaultSpec::from_parts(fault, fault_bus, fault_after)?,
             ..Self::plain(buses, functions, latency)
         };
         if let Some(ms) = late_ms {
@@ -106,6 +121,9 @@ impl HostSpec {
         if self.late > self.buses.len() {
             return Err(SpecError::Conflict("more late buses than buses"));
         }
+        if self.fault.is_some_and(|f| f.bus >= self.buses.len()) {
+            return Err(SpecError::Conflict("a fault on a bus not offered"));
+        }
         Ok(())
     }
 
@@ -117,6 +135,9 @@ impl HostSpec {
 
 /// How long after the boot-time offers the late buses are offered, by default.
 const DEFAULT_LATE_DELAY: Duration = Duration::from_millis(500);
+
+/// How long the host keeps its rings after shutting its control connection for a fault.
+const LINGER_LIMIT: Duration = Duration::from_secs(30);
 
 /// Real time for host_sim's adapter.
 #[derive(Clone, Copy, Debug)]
@@ -149,6 +170,8 @@ impl Writer {
 struct Buses {
     open: HashMap<String, SharedBus>,
     wake: HashMap<String, mpsc::Sender<()>>,
+    /// Buses whose latest ring has ended.
+    ended: HashSet<String>,
 }
 
 /// Shared between the control loop and the bus threads.
@@ -158,6 +181,8 @@ struct Host {
     writer: Writer,
     clock: RealClock,
     buses: Arc<Mutex<Buses>>,
+    /// Set once the fault may strike.
+    armed: fault::Armed,
 }
 
 impl Host {
@@ -168,6 +193,22 @@ impl Host {
     /// The bus open under `bus` now (a re-offered bus is a new one).
     fn current(&self, bus: &str) -> Option<SharedBus> {
         self.buses().open.get(bus).cloned()
+    }
+
+    /// Whether the latest ring of `bus` has ended.
+    fn ring_ended(&self, bus: &str) -> bool {
+        self.buses().ended.contains(bus)
+    }
+
+    /// Whether every bus opened so far has seen its ring end.
+    fn all_rings_ended(&self) -> bool {
+        let buses = self.buses();
+        buses.open.keys().all(|b| buses.ended.contains(b))
+    }
+
+    /// The fault, if it is played on `bus`.
+    fn fault_on(&self, bus: &str) -> Option<FaultSpec> {
+        self.spec.fault.filter(|f| bus_name(f.bus) == bus)
     }
 
     fn wake(&self, bus: &str) {
@@ -188,6 +229,7 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
         writer: Writer(Arc::new(Mutex::new(stream.try_clone()?))),
         clock: RealClock(Instant::now()),
         buses: Arc::default(),
+        armed: fault::Armed::default(),
     };
     for i in 0..host.spec.at_boot() {
         host.writer.send(&Message::Offer { bus: bus_name(i) });
@@ -210,6 +252,16 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
                 Some(fd) => open(&host, bus, fd),
                 None => println!("@@ host open of {bus} without a ring"),
             },
+            Message::Mmio { bus, .. }
+                if host.armed.is_armed()
+                    && host
+                        .fault_on(&bus)
+                        .is_some_and(|f| f.kind == FaultKind::CloseControl) =>
+            {
+                println!("@@ host fault {bus} close_control holding an access");
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                break;
+            }
             Message::Mmio { id, bus, op } => {
                 let value = host
                     .current(&bus)
@@ -222,6 +274,15 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
         }
     }
     println!("@@ host service gone");
+    if host.armed.is_armed() {
+        // The control connection was shut on purpose: the rings live on until the service
+        // ends them.
+        let start = Instant::now();
+        while !host.all_rings_ended() && start.elapsed() < LINGER_LIMIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        println!("@@ host rings ended {}", host.all_rings_ended());
+    }
     Ok(())
 }
 
@@ -247,6 +308,7 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
     let first = {
         let mut buses = host.buses();
         buses.open.insert(bus.clone(), shared.clone());
+        buses.ended.remove(&bus);
         let first = !buses.wake.contains_key(&bus);
         if first {
             buses.wake.insert(bus.clone(), wake_tx);
@@ -254,8 +316,15 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
         first
     };
     let (name, s, w, clock) = (bus.clone(), shared.clone(), host.writer.clone(), host.clock);
+    let (h, fault) = (host.clone(), host.fault_on(&bus));
     std::thread::spawn(move || {
-        let exit = control::accept_ring(fd).map(|ring| block_on(host_sim::run_bus(s, ring, clock)));
+        let exit = control::accept_ring(fd).and_then(|ring| match fault {
+            Some(f) => fault::FaultyRing::new(ring, f, &name, h.armed.clone())
+                .map_err(|e| control::ControlError::Io(std::io::Error::other(e.to_string())))
+                .map(|ring| block_on(host_sim::run_bus(s, ring, clock))),
+            None => Ok(block_on(host_sim::run_bus(s, ring, clock))),
+        });
+        h.buses().ended.insert(name.clone());
         // A rescind of the host's own goes to the service as a rescind.
         if let Ok(Ok(RunExit::Rescinded)) = exit {
             w.send(&Message::Rescind { bus: name.clone() });
