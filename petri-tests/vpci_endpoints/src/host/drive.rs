@@ -1,7 +1,7 @@
 //! What the host does to a bus once it negotiated, if the spec asks: a hot-plug storm, or a
 //! loop of rescinds and re-offers. Each prints its summary as an `@@` line. A storm stops
 //! early when its bus's ring ends (a fault), counting the EJECT it waited for as answered
-//! only if the answer came before the end.
+//! only if the answer came before the end; each EJECT unanswered is printed with its cycle.
 
 use super::Host;
 use crate::report::StormSummary;
@@ -104,7 +104,10 @@ pub(super) fn storm(host: &Host, bus: &str) {
         });
         match out {
             Some(true) => answered += 1,
-            _ => unanswered += 1,
+            _ => {
+                println!("@@ host {bus} eject unanswered cycle={c}");
+                unanswered += 1;
+            }
         }
     }
     let summary = StormSummary {

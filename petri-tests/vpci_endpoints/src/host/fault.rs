@@ -6,6 +6,9 @@
 //!   a completion), holds it unanswered and closes the bus's ring;
 //! - `close_control`: at the next config-space or BAR access to the bus the service forwards,
 //!   holds it unanswered and shuts the control connection down (the rings stay open);
+//! - `hold_access`: at the next config-space or BAR access to the bus the service forwards,
+//!   closes the bus's ring and answers the access only `fault_hold_ms` later (4 s by
+//!   default), as a host slow to answer whose bus ends meanwhile;
 //! - `garbage`: writes a write index past the end of the data area into the host's own ring
 //!   of the bus, wakes the service, and sends nothing more on that ring.
 //!
@@ -26,16 +29,19 @@ pub enum FaultKind {
     CloseRing,
     /// Shut the control connection down while a forwarded access to the bus is held.
     CloseControl,
+    /// Close the bus's ring while a forwarded access to the bus is held, answering it late.
+    HoldAccess,
     /// Write an invalid write index into the host's ring of the bus.
     Garbage,
 }
 
 impl FaultKind {
-    /// Parses `close_ring`, `close_control` or `garbage`.
+    /// Parses `close_ring`, `close_control`, `hold_access` or `garbage`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "close_ring" => Some(Self::CloseRing),
             "close_control" => Some(Self::CloseControl),
+            "hold_access" => Some(Self::HoldAccess),
             "garbage" => Some(Self::Garbage),
             _ => None,
         }
@@ -51,21 +57,22 @@ pub struct FaultSpec {
     pub bus: usize,
     /// How many packets the service sends on the bus's ring before the fault is armed.
     pub after: u32,
+    /// How long `hold_access` holds the access.
+    pub hold: std::time::Duration,
 }
 
 impl FaultSpec {
-    /// Builds a fault from its spec values: `kind` (required if either other is given), `bus`
-    /// (0 by default) and `after` (20 by default).
+    /// Builds a fault from its spec values: `kind` (required if any other is given), `bus`
+    /// (0 by default), `after` (20 by default) and `hold_ms` (4000 by default).
     pub fn from_parts(
         kind: Option<&str>,
         bus: Option<u32>,
         after: Option<u32>,
+        hold_ms: Option<u32>,
     ) -> Result<Option<Self>, SpecError> {
         let Some(kind) = kind else {
-            if bus.is_some() || after.is_some() {
-                return Err(SpecError::Conflict(
-                    "fault_bus or fault_after without fault",
-                ));
+            if bus.is_some() || after.is_some() || hold_ms.is_some() {
+                return Err(SpecError::Conflict("fault_* settings without fault"));
             }
             return Ok(None);
         };
@@ -76,22 +83,35 @@ impl FaultSpec {
             kind,
             bus,
             after: after.unwrap_or(20),
+            hold: std::time::Duration::from_millis(u64::from(hold_ms.unwrap_or(4000))),
         }))
     }
 }
 
-/// Whether the armed fault has struck (shared by the bus's ring and the control loop).
+/// Where the fault stands (shared by the bus's ring and the control loop).
 #[derive(Clone, Debug, Default)]
-pub(super) struct Armed(Arc<AtomicBool>);
+pub(super) struct Armed {
+    armed: Arc<AtomicBool>,
+    close: Arc<AtomicBool>,
+}
 
 impl Armed {
     fn arm(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
     }
 
     /// The bus's ring has carried enough packets for the fault to strike.
     pub(super) fn is_armed(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.armed.load(Ordering::SeqCst)
+    }
+
+    /// Asks the ring to close (it does at its next poll: wake its adapter).
+    pub(super) fn close_ring(&self) {
+        self.close.store(true, Ordering::SeqCst);
+    }
+
+    fn closing(&self) -> bool {
+        self.close.load(Ordering::SeqCst)
     }
 }
 
@@ -136,7 +156,7 @@ impl FaultyRing {
     /// it, if anything.
     fn strike(&mut self, packet: &Packet) -> Option<Result<Packet, ChannelError>> {
         match self.spec.kind {
-            FaultKind::CloseControl => {
+            FaultKind::CloseControl | FaultKind::HoldAccess => {
                 self.armed.arm();
                 None
             }
@@ -181,8 +201,23 @@ fn held_request(packet: &Packet) -> Option<MessageType> {
     .then_some(ty)
 }
 
+impl FaultyRing {
+    /// Closes the ring if the control loop asked for it (`hold_access`).
+    fn close_if_asked(&mut self) -> bool {
+        if self.spec.kind == FaultKind::HoldAccess && !self.fired && self.armed.closing() {
+            self.fired = true;
+            println!("@@ host fault {} hold_access closed the ring", self.bus);
+            self.inner.close();
+        }
+        self.fired && self.spec.kind == FaultKind::HoldAccess
+    }
+}
+
 impl Channel for FaultyRing {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Packet, ChannelError>> {
+        if self.close_if_asked() {
+            return Poll::Ready(Err(ChannelError::Closed));
+        }
         let packet = match self.inner.poll_recv(cx) {
             Poll::Ready(Ok(p)) => p,
             other => return other,
@@ -202,6 +237,9 @@ impl Channel for FaultyRing {
         cx: &mut Context<'_>,
         packet: &Packet,
     ) -> Poll<Result<(), ChannelError>> {
+        if self.close_if_asked() {
+            return Poll::Ready(Err(ChannelError::Closed));
+        }
         // After the garbage index nothing more is written: a valid index would mend it.
         if self.fired && self.spec.kind == FaultKind::Garbage {
             return Poll::Ready(Ok(()));
@@ -219,5 +257,40 @@ impl Channel for FaultyRing {
 
     fn state(&self) -> ChannelState {
         self.inner.state()
+    }
+}
+
+/// A host ring that reads to the end: once the service has ended the channel, a send is
+/// dropped (as on any channel that has ended) instead of ending host_sim's adapter at once,
+/// so the adapter still reads every packet the service wrote before its end (the relay's
+/// answer to an EJECT among them) and then meets the end on receive.
+pub(super) struct ReadToEnd<C>(pub(super) C);
+
+impl<C: Channel> Channel for ReadToEnd<C> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Packet, ChannelError>> {
+        self.0.poll_recv(cx)
+    }
+
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        packet: &Packet,
+    ) -> Poll<Result<(), ChannelError>> {
+        match self.0.poll_send(cx, packet) {
+            Poll::Ready(Err(e)) if e.end_reason().is_some() => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+
+    fn close(&mut self) {
+        self.0.close();
+    }
+
+    fn revoke(&mut self) {
+        self.0.revoke();
+    }
+
+    fn state(&self) -> ChannelState {
+        self.0.state()
     }
 }

@@ -7,6 +7,7 @@
 //!
 //! A fault of `fault.rs` may be played on one bus (`fault=...`): its ring closed, the control
 //! connection shut, or garbage written into its ring. A storm stops when its bus's ring ends.
+//! Every ring is read to its end: what the service wrote before ending it still counts.
 //!
 //! A bus the host rescinds (a scenario's script, or the re-offer loop) is rescinded to the
 //! service as well, once the adapter has revoked its ring.
@@ -71,11 +72,12 @@ impl HostSpec {
     /// Parses `buses=N,functions=N,latency_ms=N` (1 bus of 1 function with no latency by
     /// default) with `storm=N` or `reoffer=N`, and `late=N,late_ms=N` (the last `late`
     /// buses offered `late_ms` after the boot-time ones), and a fault: `fault=close_ring|
-    /// close_control|garbage,fault_bus=N,fault_after=N` ([`FaultSpec`]).
+    /// close_control|hold_access|garbage,fault_bus=N,fault_after=N,fault_hold_ms=N`
+    /// ([`FaultSpec`]).
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         let (mut buses, mut functions, mut latency, mut storm, mut reoffer) = (1, 1, 0, 0, 0);
         let (mut late, mut late_ms) = (0, None);
-        let (mut fault, mut fault_bus, mut fault_after) = (None, None, None);
+        let (mut fault, mut fault_bus, mut fault_after, mut hold) = (None, None, None, None);
         for kv in s.split(',').filter(|kv| !kv.is_empty()) {
             let bad = || SpecError::BadItem(kv.to_owned());
             let (k, v) = kv.split_once('=').ok_or_else(bad)?;
@@ -91,6 +93,7 @@ impl HostSpec {
                 "fault" => fault = Some(v),
                 "fault_bus" => fault_bus = Some(n()?),
                 "fault_after" => fault_after = Some(n()?),
+                "fault_hold_ms" => hold = Some(n()?),
                 _ => return Err(SpecError::UnknownKey(k.to_owned())),
             }
         }
@@ -100,7 +103,7 @@ impl HostSpec {
             storm,
             reoffer,
             late: usize::try_from(late).map_err(|_| SpecError::BadItem(s.to_owned()))?,
-            fault: FaultSpec::from_parts(fault, fault_bus, fault_after)?,
+            fault: FaultSpec::from_parts(fault, fault_bus, fault_after, hold)?,
             ..Self::plain(buses, functions, latency)
         };
         if let Some(ms) = late_ms {
@@ -246,6 +249,7 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
         });
     }
     // A frame that does not decode ends the connection like a close.
+    let mut held = false;
     while let Ok(Some((message, fd))) = control::recv(&stream) {
         match message {
             Message::Open { bus } => match fd {
@@ -261,6 +265,16 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
                 println!("@@ host fault {bus} close_control holding an access");
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 break;
+            }
+            Message::Mmio { id, bus, op }
+                if host.armed.is_armed()
+                    && !held
+                    && host
+                        .fault_on(&bus)
+                        .is_some_and(|f| f.kind == FaultKind::HoldAccess) =>
+            {
+                held = true;
+                hold_access(&host, id, bus, op);
             }
             Message::Mmio { id, bus, op } => {
                 let value = host
@@ -284,6 +298,27 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
         println!("@@ host rings ended {}", host.all_rings_ended());
     }
     Ok(())
+}
+
+/// Holds a forwarded access to the faulted bus: closes the bus's ring now and answers the
+/// access only after the fault's hold time.
+fn hold_access(host: &Host, id: u64, bus: String, op: openhcl_vpci::control::MmioOp) {
+    let hold = host.spec.fault.map(|f| f.hold).unwrap_or_default();
+    println!("@@ host fault {bus} hold_access holding an access for {hold:?}");
+    host.armed.close_ring();
+    if let Some(shared) = host.current(&bus) {
+        // Wakes the bus's adapter, whose ring then closes.
+        shared.with(|_| ());
+    }
+    let h = host.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        let value = h
+            .current(&bus)
+            .and_then(|s| s.with(|b| mmio::access(b, op)));
+        println!("@@ host fault {bus} hold_access answered");
+        h.writer.send(&Message::MmioDone { id, value });
+    });
 }
 
 /// The service opened `bus`: a fresh host_sim bus from its config, its adapter and monitor
@@ -321,8 +356,12 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
         let exit = control::accept_ring(fd).and_then(|ring| match fault {
             Some(f) => fault::FaultyRing::new(ring, f, &name, h.armed.clone())
                 .map_err(|e| control::ControlError::Io(std::io::Error::other(e.to_string())))
-                .map(|ring| block_on(host_sim::run_bus(s, ring, clock))),
-            None => Ok(block_on(host_sim::run_bus(s, ring, clock))),
+                .map(|ring| block_on(host_sim::run_bus(s, fault::ReadToEnd(ring), clock))),
+            None => Ok(block_on(host_sim::run_bus(
+                s,
+                fault::ReadToEnd(ring),
+                clock,
+            ))),
         });
         h.buses().ended.insert(name.clone());
         // A rescind of the host's own goes to the service as a rescind.
