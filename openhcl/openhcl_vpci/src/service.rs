@@ -266,8 +266,19 @@ impl Service {
                     self.running.remove(&bus);
                     self.relays.remove(&bus);
                 }
-                self.pending
-                    .retain(|_, p| !(p.bus == bus && p.generation == generation));
+                // Its accesses still at the host: the guest must not wait on a bus that
+                // stopped, so each is answered now (the host's late answer is then ignored).
+                let stopped: Vec<u64> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.bus == bus && p.generation == generation)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in stopped {
+                    if let Some(p) = self.pending.remove(&id) {
+                        self.master_abort(&p);
+                    }
+                }
                 let actions = self.table.bus_stopped(&bus, generation);
                 self.apply(actions);
             }
@@ -562,17 +573,23 @@ impl Service {
         }
         // Accesses the host will never answer: master aborts.
         for (_, p) in std::mem::take(&mut self.pending) {
-            let value = match p.op {
-                MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
-                _ => None,
-            };
-            self.send_guest(&Message::MmioDone {
-                id: p.guest_id,
-                value,
-            });
+            self.master_abort(&p);
         }
         let actions = self.table.host_gone();
         self.apply(actions);
+    }
+
+    /// Answers an access the host will not answer (any more) as a master abort: a config
+    /// read reads all ones, anything else faults.
+    fn master_abort(&mut self, p: &Pending) {
+        let value = match p.op {
+            MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
+            _ => None,
+        };
+        self.send_guest(&Message::MmioDone {
+            id: p.guest_id,
+            value,
+        });
     }
 
     fn lose_guest(&mut self) {
