@@ -27,6 +27,7 @@ pub mod table;
 
 use futures::executor::block_on;
 use inspect::Node;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use vmbus_channel::Channel;
 use vpci_relay::{BarControl, BusDriver, BusPort, BusRelay, DriverExit, RelayConfig, SystemClock};
@@ -37,6 +38,8 @@ struct Bus {
     name: String,
     port: BusPort,
     thread: JoinHandle<DriverExit>,
+    /// The bus's inspect tree when its driver stopped.
+    last: Arc<Mutex<Option<Node>>>,
 }
 
 /// The set of running buses.
@@ -131,6 +134,8 @@ impl RelayService {
         let (mut driver, port) =
             BusDriver::new(BusRelay::new(config), host, guest, SystemClock::new(), bars);
         let thread_name = name.clone();
+        let last = Arc::new(Mutex::new(None));
+        let keep = last.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vpci-{name}"))
             .spawn(move || {
@@ -139,11 +144,17 @@ impl RelayService {
                     None => block_on(driver.run()),
                 };
                 tracing::info!(bus = %thread_name, ?exit, "bus relay stopped");
+                *keep.lock().unwrap_or_else(PoisonError::into_inner) = Some(driver.inspect_tree());
                 on_exit(exit);
                 exit
             })?;
         tracing::info!(bus = %name, "bus relay started");
-        self.buses.push(Bus { name, port, thread });
+        self.buses.push(Bus {
+            name,
+            port,
+            thread,
+            last,
+        });
         Ok(())
     }
 
@@ -154,6 +165,16 @@ impl RelayService {
             .rev()
             .find(|b| b.name == name)
             .map(|b| b.port.clone())
+    }
+
+    /// The inspect tree the bus named `name` (the latest one of that name) had when its driver
+    /// stopped: how its host link ended, its counters. `None` while it runs.
+    pub fn final_inspect(&self, name: &str) -> Option<Node> {
+        let bus = self.buses.iter().rev().find(|b| b.name == name)?;
+        bus.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Forgets the (stopped or stopping) bus named `name` and waits for its thread; `None` if

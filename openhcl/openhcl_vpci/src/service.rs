@@ -87,6 +87,8 @@ pub struct Service {
     table: BusTable,
     relays: RelayService,
     running: BTreeMap<String, Running>,
+    /// Each stopped bus's final relay tree (shown as `last_relay` until it runs again).
+    stopped: BTreeMap<String, Node>,
     host: Option<UnixStream>,
     guest: Option<(u64, UnixStream)>,
     pending: HashMap<u64, Pending>,
@@ -197,6 +199,7 @@ impl Service {
             table: BusTable::new(),
             relays,
             running: BTreeMap::new(),
+            stopped: BTreeMap::new(),
             host: Some(host),
             guest: None,
             pending: HashMap::new(),
@@ -264,6 +267,9 @@ impl Service {
                     .is_some_and(|r| r.generation == generation)
                 {
                     self.running.remove(&bus);
+                    if let Some(tree) = self.relays.final_inspect(&bus) {
+                        self.stopped.insert(bus.clone(), tree);
+                    }
                     self.relays.remove(&bus);
                 }
                 // Its accesses still at the host: the guest must not wait on a bus that
@@ -408,6 +414,7 @@ impl Service {
                     let _ = tx.send(Event::BusStopped(name, generation, exit));
                 },
             )?;
+            self.stopped.remove(&bus);
             self.running.insert(
                 bus.clone(),
                 Running {
@@ -617,6 +624,8 @@ impl Service {
                         node = node.child("relay", tree);
                     }
                 }
+            } else if let Some(tree) = self.stopped.get(&bus) {
+                node = node.child("last_relay", tree.clone());
             }
             buses = buses.child(bus, node.build());
         }
