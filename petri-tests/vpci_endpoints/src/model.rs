@@ -41,6 +41,12 @@ pub struct ModelSpec {
     pub config: GuestConfig,
     /// How long the guest waits after a rescind before releasing the removed bus.
     pub release_delay: Duration,
+}
+
+/// What the service's fault tests ask of the model guest beyond its [`ModelSpec`] (parsed
+/// from the same spec string by [`ModelFaults::parse`]; [`run`] asks for none of it).
+#[derive(Clone, Debug, Default)]
+pub struct ModelFaults {
     /// Print every request that asks for a completion, and every completion.
     pub trace_requests: bool,
     /// Write garbage into the ring of this bus (its index) at an EJECT.
@@ -49,20 +55,38 @@ pub struct ModelSpec {
     pub garbage_after: u32,
 }
 
+/// The spec keys [`ModelFaults`] reads (and [`ModelSpec::parse`] leaves to it).
+const FAULT_KEYS: [&str; 3] = ["requests", "garbage_bus", "garbage_after"];
+
+impl ModelFaults {
+    /// Reads `requests=0|1`, `garbage_bus=N` and `garbage_after=N` (0 by default) from a
+    /// model guest's spec string, ignoring its other keys.
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        let mut faults = Self::default();
+        for kv in s.split(',').filter(|kv| !kv.is_empty()) {
+            let bad = || SpecError::BadItem(kv.to_owned());
+            match kv.split_once('=').ok_or_else(bad)? {
+                ("requests", v) => faults.trace_requests = v == "1",
+                ("garbage_bus", v) => faults.garbage_bus = Some(v.parse().map_err(|_| bad())?),
+                ("garbage_after", v) => faults.garbage_after = v.parse().map_err(|_| bad())?,
+                _ => {}
+            }
+        }
+        Ok(faults)
+    }
+}
+
 impl ModelSpec {
     /// `model`'s default configuration, released at once.
     pub fn new(model: KernelModel) -> Self {
         Self {
             config: GuestConfig::new(model),
             release_delay: Duration::ZERO,
-            trace_requests: false,
-            garbage_bus: None,
-            garbage_after: 0,
         }
     }
 
-    /// Parses `model=6.2|6.3,release_ms=N` (6.2, 0 by default), `requests=0|1`,
-    /// `garbage_bus=N` and `garbage_after=N`.
+    /// Parses `model=6.2|6.3,release_ms=N` (6.2, 0 by default); the keys of
+    /// [`ModelFaults`] are left to it.
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         let mut spec = Self::new(KernelModel::Linux62);
         for kv in s.split(',').filter(|kv| !kv.is_empty()) {
@@ -74,9 +98,7 @@ impl ModelSpec {
                 ("release_ms", v) => {
                     spec.release_delay = Duration::from_millis(v.parse().map_err(|_| bad())?)
                 }
-                ("requests", v) => spec.trace_requests = v == "1",
-                ("garbage_bus", v) => spec.garbage_bus = Some(v.parse().map_err(|_| bad())?),
-                ("garbage_after", v) => spec.garbage_after = v.parse().map_err(|_| bad())?,
+                (k, _) if FAULT_KEYS.contains(&k) => {}
                 (k, _) => return Err(SpecError::UnknownKey(k.to_owned())),
             }
         }
@@ -165,6 +187,7 @@ struct BusFaults {
 /// The guest's buses and what it counted.
 struct Guest {
     spec: ModelSpec,
+    faults: ModelFaults,
     ctl: Ctl,
     buses: BTreeMap<String, Bus>,
     violations: u32,
@@ -185,13 +208,13 @@ impl Guest {
             }
         };
         let mut faults = BusFaults {
-            trace_requests: self.spec.trace_requests,
+            trace_requests: self.faults.trace_requests,
             ..BusFaults::default()
         };
-        let ring = match self.spec.garbage_bus.map(crate::bus_name) {
+        let ring = match self.faults.garbage_bus.map(crate::bus_name) {
             Some(name) if name == bus => match RingTap::split(ring) {
                 Ok((ring, tap)) => {
-                    faults.garbage = Some((tap, self.spec.garbage_after));
+                    faults.garbage = Some((tap, self.faults.garbage_after));
                     ring
                 }
                 Err(e) => {
@@ -265,11 +288,21 @@ impl Guest {
 /// Connects to `socket` and runs the model on every bus offered until the service goes away
 /// and every bus is removed (or 20 s after that).
 pub fn run(socket: &std::path::Path, spec: ModelSpec) -> std::io::Result<()> {
+    run_with(socket, spec, ModelFaults::default())
+}
+
+/// [`run`], with the traces and faults of `faults`.
+pub fn run_with(
+    socket: &std::path::Path,
+    spec: ModelSpec,
+    faults: ModelFaults,
+) -> std::io::Result<()> {
     let start = Instant::now();
     let ctl = Ctl::connect(socket)?;
     println!("@@ guest connected");
     let mut g = Guest {
         spec,
+        faults,
         ctl,
         buses: BTreeMap::new(),
         violations: 0,
