@@ -27,6 +27,7 @@ pub mod table;
 
 use futures::executor::block_on;
 use inspect::Node;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use vmbus_channel::Channel;
 use vpci_relay::{BarControl, BusDriver, BusPort, BusRelay, DriverExit, RelayConfig, SystemClock};
@@ -54,6 +55,8 @@ struct Bus {
     name: String,
     port: BusPort,
     thread: JoinHandle<DriverExit>,
+    /// The bus's inspect tree when its driver stopped.
+    last: Arc<Mutex<Option<Node>>>,
 }
 
 /// The set of running buses.
@@ -184,6 +187,8 @@ impl RelayService {
         B: BarControl + Send + 'static,
     {
         let thread_name = name.clone();
+        let last = Arc::new(Mutex::new(None));
+        let keep = last.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vpci-{name}"))
             .spawn(move || {
@@ -192,12 +197,18 @@ impl RelayService {
                     None => (block_on(driver.run()), Vec::new()),
                 };
                 tracing::info!(bus = %thread_name, ?exit, "bus relay stopped");
+                *keep.lock().unwrap_or_else(PoisonError::into_inner) = Some(driver.inspect_tree());
                 let parked = (exit == DriverExit::Stopped).then_some(Parked { driver, sources });
                 on_exit(exit, parked);
                 exit
             })?;
         tracing::info!(bus = %name, "bus relay started");
-        self.buses.push(Bus { name, port, thread });
+        self.buses.push(Bus {
+            name,
+            port,
+            thread,
+            last,
+        });
         Ok(())
     }
 
@@ -208,6 +219,16 @@ impl RelayService {
             .rev()
             .find(|b| b.name == name)
             .map(|b| b.port.clone())
+    }
+
+    /// The inspect tree the bus named `name` (the latest one of that name) had when its driver
+    /// stopped: how its host link ended, its counters. `None` while it runs.
+    pub fn final_inspect(&self, name: &str) -> Option<Node> {
+        let bus = self.buses.iter().rev().find(|b| b.name == name)?;
+        bus.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Forgets the (stopped or stopping) bus named `name` and waits for its thread; `None` if

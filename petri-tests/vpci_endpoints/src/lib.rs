@@ -10,7 +10,9 @@
 //! - [`report`]: the `@@` lines the endpoints print (each side's state per bus, a guest's
 //!   failure, a storm's summary) and their parsers;
 //! - [`rig`]: the three processes (host, service, guest) of one run, each one's `@@` lines
-//!   collected, every wait bounded.
+//!   collected, every wait bounded;
+//! - [`tap`]: a second handle on a ring end's shared memory, for an endpoint that plays a
+//!   hostile ring peer in the service's fault tests.
 //!
 //! Everything an endpoint reads from its peer (control messages, ring packets) is validated
 //! by the crates that decode it; nothing here panics on it. Progress goes to stdout as
@@ -23,6 +25,7 @@ pub mod host;
 pub mod model;
 pub mod report;
 pub mod rig;
+pub mod tap;
 
 /// The bus id the host endpoint offers bus `i` by.
 pub fn bus_name(i: usize) -> String {

@@ -10,18 +10,26 @@
 //! BUS N` (functions with a driver bound), `guest violation: ...` (an offer of a bus still
 //! held, a rescind of one never offered), `guest released BUS failed=.. probe=..`, and at
 //! the end `guest exit violations=N unremoved=[..]`.
+//!
+//! For the service's fault tests: with `requests=1` every request sent that asks for a
+//! completion (`guest request BUS tid=T type=NAME`) and every completion received (`guest
+//! completion BUS tid=T status=S`) is printed; with `garbage_bus=N` (and `garbage_after=K`,
+//! 0 by default) the guest holds the EJECT after the K-th on bus N, writes an invalid write
+//! index into its own ring of that bus instead of answering, and sends nothing more on it
+//! (`guest fault BUS garbage holding EJECT write_index=V`).
 
 use crate::SpecError;
 use crate::ctl::Ctl;
 use crate::report::{GuestFailure, GuestState, model_functions};
+use crate::tap::RingTap;
 use futures::FutureExt;
 use futures::executor::block_on;
 use guest_linux::{ContextId, GuestConfig, GuestEnv, KernelModel, LinuxGuest};
 use openhcl_vpci::control::{Message, MmioOp};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use vmbus_channel::{Channel, ChannelExt, Packet, RingChannel};
-use vpci_protocol::WinSlot;
+use vmbus_channel::{Channel, ChannelExt, Packet, PacketKind, RingChannel};
+use vpci_protocol::{MessageType, WinSlot};
 
 /// How long the guest keeps removing its buses once the service is gone.
 const GONE_LIMIT: Duration = Duration::from_secs(20);
@@ -35,6 +43,39 @@ pub struct ModelSpec {
     pub release_delay: Duration,
 }
 
+/// What the service's fault tests ask of the model guest beyond its [`ModelSpec`] (parsed
+/// from the same spec string by [`ModelFaults::parse`]; [`run`] asks for none of it).
+#[derive(Clone, Debug, Default)]
+pub struct ModelFaults {
+    /// Print every request that asks for a completion, and every completion.
+    pub trace_requests: bool,
+    /// Write garbage into the ring of this bus (its index) at an EJECT.
+    pub garbage_bus: Option<usize>,
+    /// How many EJECTs on that bus are answered before the one held.
+    pub garbage_after: u32,
+}
+
+/// The spec keys [`ModelFaults`] reads (and [`ModelSpec::parse`] leaves to it).
+const FAULT_KEYS: [&str; 3] = ["requests", "garbage_bus", "garbage_after"];
+
+impl ModelFaults {
+    /// Reads `requests=0|1`, `garbage_bus=N` and `garbage_after=N` (0 by default) from a
+    /// model guest's spec string, ignoring its other keys.
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        let mut faults = Self::default();
+        for kv in s.split(',').filter(|kv| !kv.is_empty()) {
+            let bad = || SpecError::BadItem(kv.to_owned());
+            match kv.split_once('=').ok_or_else(bad)? {
+                ("requests", v) => faults.trace_requests = v == "1",
+                ("garbage_bus", v) => faults.garbage_bus = Some(v.parse().map_err(|_| bad())?),
+                ("garbage_after", v) => faults.garbage_after = v.parse().map_err(|_| bad())?,
+                _ => {}
+            }
+        }
+        Ok(faults)
+    }
+}
+
 impl ModelSpec {
     /// `model`'s default configuration, released at once.
     pub fn new(model: KernelModel) -> Self {
@@ -44,7 +85,8 @@ impl ModelSpec {
         }
     }
 
-    /// Parses `model=6.2|6.3,release_ms=N` (6.2, 0 by default).
+    /// Parses `model=6.2|6.3,release_ms=N` (6.2, 0 by default); the keys of
+    /// [`ModelFaults`] are left to it.
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         let mut spec = Self::new(KernelModel::Linux62);
         for kv in s.split(',').filter(|kv| !kv.is_empty()) {
@@ -56,6 +98,7 @@ impl ModelSpec {
                 ("release_ms", v) => {
                     spec.release_delay = Duration::from_millis(v.parse().map_err(|_| bad())?)
                 }
+                (k, _) if FAULT_KEYS.contains(&k) => {}
                 (k, _) => return Err(SpecError::UnknownKey(k.to_owned())),
             }
         }
@@ -127,11 +170,24 @@ struct Bus {
     probed: bool,
     devices: usize,
     last: Option<GuestState>,
+    /// The faults and traces asked for.
+    faults: BusFaults,
+}
+
+/// What the fault tests ask of one bus.
+#[derive(Default)]
+struct BusFaults {
+    trace_requests: bool,
+    /// The tap for writing garbage into the ring, and the EJECTs to answer first.
+    garbage: Option<(RingTap, u32)>,
+    /// The garbage was written: nothing more is sent.
+    struck: bool,
 }
 
 /// The guest's buses and what it counted.
 struct Guest {
     spec: ModelSpec,
+    faults: ModelFaults,
     ctl: Ctl,
     buses: BTreeMap<String, Bus>,
     violations: u32,
@@ -151,6 +207,23 @@ impl Guest {
                 return;
             }
         };
+        let mut faults = BusFaults {
+            trace_requests: self.faults.trace_requests,
+            ..BusFaults::default()
+        };
+        let ring = match self.faults.garbage_bus.map(crate::bus_name) {
+            Some(name) if name == bus => match RingTap::split(ring) {
+                Ok((ring, tap)) => {
+                    faults.garbage = Some((tap, self.faults.garbage_after));
+                    ring
+                }
+                Err(e) => {
+                    println!("@@ guest open {bus} failed: no tap: {e}");
+                    return;
+                }
+            },
+            _ => ring,
+        };
         let mut config = self.spec.config.clone();
         config.trace = false;
         println!("@@ guest offer {bus}");
@@ -163,6 +236,7 @@ impl Guest {
             probed: false,
             devices: 0,
             last: None,
+            faults,
         };
         self.buses.insert(bus, b);
     }
@@ -214,11 +288,21 @@ impl Guest {
 /// Connects to `socket` and runs the model on every bus offered until the service goes away
 /// and every bus is removed (or 20 s after that).
 pub fn run(socket: &std::path::Path, spec: ModelSpec) -> std::io::Result<()> {
+    run_with(socket, spec, ModelFaults::default())
+}
+
+/// [`run`], with the traces and faults of `faults`.
+pub fn run_with(
+    socket: &std::path::Path,
+    spec: ModelSpec,
+    faults: ModelFaults,
+) -> std::io::Result<()> {
     let start = Instant::now();
     let ctl = Ctl::connect(socket)?;
     println!("@@ guest connected");
     let mut g = Guest {
         spec,
+        faults,
         ctl,
         buses: BTreeMap::new(),
         violations: 0,
@@ -278,7 +362,9 @@ fn drive(name: &str, b: &mut Bus, now: Duration, ctl: &mut Ctl) -> bool {
         match b.ring.recv().now_or_never() {
             Some(Ok(p)) => {
                 busy = true;
-                b.guest.receive(p);
+                if !b.faults.intercept(name, &p) {
+                    b.guest.receive(p);
+                }
             }
             Some(Err(e)) if e.end_reason().is_some() => {
                 b.ring_ended = true;
@@ -313,12 +399,65 @@ fn drive(name: &str, b: &mut Bus, now: Duration, ctl: &mut Ctl) -> bool {
     }
     for p in outbox {
         busy = true;
+        if b.faults.struck {
+            continue;
+        }
         if !b.ring_ended && block_on(b.ring.send(&p)).is_err() {
             b.ring_ended = true;
+        } else if b.faults.trace_requests && !b.ring_ended && p.completion_requested() {
+            println!(
+                "@@ guest request {name} tid={} type={}",
+                p.transaction_id,
+                message_type(&p).map_or("?".to_owned(), |t| t.to_string())
+            );
         }
     }
     report(name, b);
     busy
+}
+
+/// The vPCI message type a packet starts with.
+fn message_type(p: &Packet) -> Option<MessageType> {
+    let raw: [u8; 4] = p.payload.get(..4)?.try_into().ok()?;
+    Some(MessageType(u32::from_le_bytes(raw)))
+}
+
+impl BusFaults {
+    /// Traces a completion; plays the garbage fault at its EJECT. True if the packet is held
+    /// from the model.
+    fn intercept(&mut self, bus: &str, p: &Packet) -> bool {
+        if self.trace_requests && p.kind == PacketKind::Completion {
+            let status = p
+                .payload
+                .get(..4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_le_bytes);
+            println!(
+                "@@ guest completion {bus} tid={} status={}",
+                p.transaction_id,
+                status.map_or("?".to_owned(), |s| format!("{s:#x}"))
+            );
+        }
+        if self.struck {
+            return true;
+        }
+        let Some((tap, left)) = &mut self.garbage else {
+            return false;
+        };
+        if p.kind != PacketKind::InBand || message_type(p) != Some(MessageType::EJECT) {
+            return false;
+        }
+        if *left > 0 {
+            *left -= 1;
+            return false;
+        }
+        self.struck = true;
+        match tap.corrupt_write_index() {
+            Ok(v) => println!("@@ guest fault {bus} garbage holding EJECT write_index={v:#x}"),
+            Err(e) => println!("@@ guest fault {bus} garbage failed: {e}"),
+        }
+        true
+    }
 }
 
 /// Prints the bus's first failure and whatever changed in what it holds.

@@ -241,7 +241,8 @@ impl Launch {
 }
 
 /// Runs this process's role if it was started as one by [`Launch::TestBinary`] (`host`:
-/// [`crate::host::HostSpec::parse`], `guest`: [`crate::model::ModelSpec::parse`]), then
+/// [`crate::host::HostSpec::parse`], `guest`: [`crate::model::ModelSpec::parse`] and
+/// [`crate::model::ModelFaults::parse`]), then
 /// exits; returns at once otherwise. A test binary's `child_role` test calls it.
 ///
 /// # Panics
@@ -260,8 +261,9 @@ pub fn child_role() {
             .map_err(|e| e.to_string())
             .and_then(|s| crate::host::run(&socket, s).map_err(|e| e.to_string())),
         "guest" => crate::model::ModelSpec::parse(&spec)
+            .and_then(|s| Ok((s, crate::model::ModelFaults::parse(&spec)?)))
             .map_err(|e| e.to_string())
-            .and_then(|s| crate::model::run(&socket, s).map_err(|e| e.to_string())),
+            .and_then(|(s, f)| crate::model::run_with(&socket, s, f).map_err(|e| e.to_string())),
         other => Err(format!("unknown role {other:?}")),
     };
     if let Err(e) = result {

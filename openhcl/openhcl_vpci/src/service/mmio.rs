@@ -9,7 +9,7 @@ use vpci_protocol::WinSlot;
 use vpci_relay::{Backing, ConfigAccess, ConfigAction};
 
 /// A read of `len` bytes answered as by an absent device.
-pub(super) fn all_ones(len: u8) -> u32 {
+fn all_ones(len: u8) -> u32 {
     match len {
         1 => 0xff,
         2 => 0xffff,
@@ -115,6 +115,36 @@ impl Service {
                 block_on(port.read_result(WinSlot::from_raw(slot), offset, len, v));
             }
         }
+        self.send_guest(&Message::MmioDone {
+            id: p.guest_id,
+            value,
+        });
+    }
+
+    /// The accesses of a bus that stopped that are still at the host: the guest must not
+    /// wait on a bus that is gone, so each is answered now as a master abort (the host's late
+    /// answer then matches nothing and is ignored).
+    pub(super) fn abort_bus_accesses(&mut self, bus: &str, generation: u64) {
+        let stopped: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.bus == bus && p.generation == generation)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stopped {
+            if let Some(p) = self.pending.remove(&id) {
+                self.master_abort(&p);
+            }
+        }
+    }
+
+    /// Answers an access the host will not answer (any more) as a master abort: a config
+    /// read reads all ones, anything else faults.
+    pub(super) fn master_abort(&mut self, p: &Pending) {
+        let value = match p.op {
+            MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
+            _ => None,
+        };
         self.send_guest(&Message::MmioDone {
             id: p.guest_id,
             value,

@@ -24,7 +24,6 @@ use crate::revocable::{Revocable, RevokeHandle};
 use crate::table::{Action, BusTable};
 use futures::executor::block_on;
 use inspect::Node;
-use mmio::all_ones;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -103,6 +102,8 @@ pub struct Service {
     table: BusTable,
     relays: RelayService,
     running: BTreeMap<String, Running>,
+    /// Each stopped bus's final relay tree (shown as `last_relay` until it runs again).
+    stopped: BTreeMap<String, Node>,
     host: Option<UnixStream>,
     guest: Option<(u64, UnixStream)>,
     pending: HashMap<u64, Pending>,
@@ -186,6 +187,7 @@ impl Service {
             table: BusTable::new(),
             relays: RelayService::new(),
             running: BTreeMap::new(),
+            stopped: BTreeMap::new(),
             host: None,
             guest: None,
             pending: HashMap::new(),
@@ -305,10 +307,12 @@ impl Service {
                     .is_some_and(|r| r.generation == generation)
                 {
                     self.running.remove(&bus);
+                    if let Some(tree) = self.relays.final_inspect(&bus) {
+                        self.stopped.insert(bus.clone(), tree);
+                    }
                     self.relays.remove(&bus);
                 }
-                self.pending
-                    .retain(|_, p| !(p.bus == bus && p.generation == generation));
+                self.abort_bus_accesses(&bus, generation);
                 let actions = self.table.bus_stopped(&bus, generation);
                 self.apply(actions);
             }
@@ -485,6 +489,7 @@ impl Service {
                 };
             },
         )?;
+        self.stopped.remove(bus);
         self.running.insert(
             bus.to_owned(),
             Running {
@@ -541,14 +546,7 @@ impl Service {
         }
         // Accesses the host will never answer: master aborts.
         for (_, p) in std::mem::take(&mut self.pending) {
-            let value = match p.op {
-                MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
-                _ => None,
-            };
-            self.send_guest(&Message::MmioDone {
-                id: p.guest_id,
-                value,
-            });
+            self.master_abort(&p);
         }
         let actions = self.table.host_gone();
         self.apply(actions);
@@ -579,6 +577,8 @@ impl Service {
                         node = node.child("relay", tree);
                     }
                 }
+            } else if let Some(tree) = self.stopped.get(&bus) {
+                node = node.child("last_relay", tree.clone());
             }
             buses = buses.child(bus, node.build());
         }

@@ -1,5 +1,7 @@
 //! What the host does to a bus once it negotiated, if the spec asks: a hot-plug storm, or a
-//! loop of rescinds and re-offers. Each prints its summary as an `@@` line.
+//! loop of rescinds and re-offers. Each prints its summary as an `@@` line. A storm stops
+//! early when its bus's ring ends (a fault), counting the EJECT it waited for as answered
+//! only if the answer came before the end; each EJECT unanswered is printed with its cycle.
 
 use super::Host;
 use crate::report::StormSummary;
@@ -16,18 +18,24 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// every EJECT ends answered or timed out.
 const EJECT_LIMIT: Duration = Duration::from_secs(70);
 
-/// Waits (polling the bus's events) until `done` says so, or `limit` passes.
+/// Waits (polling the bus's events) until `done` says so, or `limit` passes, or `gone` says
+/// the bus's ring ended (after the events from before the end).
 fn wait_event(
     shared: &SharedBus,
     limit: Duration,
+    gone: impl Fn() -> bool,
     mut done: impl FnMut(&HostEventKind) -> bool,
 ) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
+        let ended = gone();
         while let Some(e) = shared.with(|b| b.poll_event()) {
             if done(&e.kind) {
                 return true;
             }
+        }
+        if ended {
+            return false;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
@@ -35,9 +43,12 @@ fn wait_event(
 }
 
 fn negotiated(shared: &SharedBus) -> bool {
-    wait_event(shared, LIMIT, |k| {
-        matches!(k, HostEventKind::Negotiated { .. })
-    })
+    wait_event(
+        shared,
+        LIMIT,
+        || false,
+        |k| matches!(k, HostEventKind::Negotiated { .. }),
+    )
 }
 
 /// `cycles` times: hot-add a function in the first slot past the bus's own, eject it (before
@@ -56,7 +67,12 @@ pub(super) fn storm(host: &Host, bus: &str) {
     let wslot = WinSlot::from_raw(slot);
     let (mut added, mut answered, mut unanswered) = (0u32, 0u32, 0u32);
     let started = Instant::now();
+    let gone = || host.ring_ended(bus);
     for c in 0..cycles {
+        if gone() {
+            println!("@@ host {bus} storm stopped at cycle {c}: the ring ended");
+            break;
+        }
         let f = FunctionSpec::nic(slot).with_serial(10_000 + c);
         if shared.act(host.clock.now(), HostAction::HotAdd(f)).is_err() {
             println!("@@ host {bus} hot-add refused at cycle {c}");
@@ -75,7 +91,7 @@ pub(super) fn storm(host: &Host, bus: &str) {
             break;
         }
         let mut out = None;
-        wait_event(&shared, EJECT_LIMIT, |k| match k {
+        wait_event(&shared, EJECT_LIMIT, gone, |k| match k {
             HostEventKind::EjectCompleted { slot, .. } if *slot == wslot => {
                 out = Some(true);
                 true
@@ -88,7 +104,10 @@ pub(super) fn storm(host: &Host, bus: &str) {
         });
         match out {
             Some(true) => answered += 1,
-            _ => unanswered += 1,
+            _ => {
+                println!("@@ host {bus} eject unanswered cycle={c}");
+                unanswered += 1;
+            }
         }
     }
     let summary = StormSummary {

@@ -5,18 +5,25 @@
 //! starts its hot-plug storm or its rescind/re-offer loop, if the spec asks for one
 //! (`drive.rs`).
 //!
+//! A fault of `fault.rs` may be played on one bus (`fault=...`): its ring closed, the control
+//! connection shut, or garbage written into its ring. A storm stops when its bus's ring ends.
+//! Every ring is read to its end: what the service wrote before ending it still counts.
+//!
 //! A bus the host rescinds (a scenario's script, or the re-offer loop) is rescinded to the
 //! service as well, once the adapter has revoked its ring.
 
 mod drive;
+mod fault;
 mod mmio;
+
+pub use fault::{FaultKind, FaultSpec};
 
 use crate::report::HostState;
 use crate::{SpecError, bus_name};
 use futures::executor::block_on;
 use host_sim::{BusConfig, FunctionSpec, HostClock, RunExit, SharedBus, Sleep, Time};
 use openhcl_vpci::control::{self, Message};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -36,6 +43,8 @@ pub struct HostSpec {
     pub late: usize,
     /// How long after the boot-time offers the late buses are offered.
     pub late_delay: Duration,
+    /// A fault to play on one bus, if any.
+    pub fault: Option<FaultSpec>,
 }
 
 impl HostSpec {
@@ -56,15 +65,19 @@ impl HostSpec {
             reoffer: 0,
             late: 0,
             late_delay: DEFAULT_LATE_DELAY,
+            fault: None,
         }
     }
 
     /// Parses `buses=N,functions=N,latency_ms=N` (1 bus of 1 function with no latency by
     /// default) with `storm=N` or `reoffer=N`, and `late=N,late_ms=N` (the last `late`
-    /// buses offered `late_ms` after the boot-time ones).
+    /// buses offered `late_ms` after the boot-time ones), and a fault: `fault=close_ring|
+    /// close_control|hold_access|garbage,fault_bus=N,fault_after=N,fault_hold_ms=N`
+    /// ([`FaultSpec`]).
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         let (mut buses, mut functions, mut latency, mut storm, mut reoffer) = (1, 1, 0, 0, 0);
         let (mut late, mut late_ms) = (0, None);
+        let (mut fault, mut fault_bus, mut fault_after, mut hold) = (None, None, None, None);
         for kv in s.split(',').filter(|kv| !kv.is_empty()) {
             let bad = || SpecError::BadItem(kv.to_owned());
             let (k, v) = kv.split_once('=').ok_or_else(bad)?;
@@ -77,6 +90,10 @@ impl HostSpec {
                 "reoffer" => reoffer = n()?,
                 "late" => late = n()?,
                 "late_ms" => late_ms = Some(n()?),
+                "fault" => fault = Some(v),
+                "fault_bus" => fault_bus = Some(n()?),
+                "fault_after" => fault_after = Some(n()?),
+                "fault_hold_ms" => hold = Some(n()?),
                 _ => return Err(SpecError::UnknownKey(k.to_owned())),
             }
         }
@@ -86,6 +103,7 @@ impl HostSpec {
             storm,
             reoffer,
             late: usize::try_from(late).map_err(|_| SpecError::BadItem(s.to_owned()))?,
+            fault: FaultSpec::from_parts(fault, fault_bus, fault_after, hold)?,
             ..Self::plain(buses, functions, latency)
         };
         if let Some(ms) = late_ms {
@@ -106,6 +124,9 @@ impl HostSpec {
         if self.late > self.buses.len() {
             return Err(SpecError::Conflict("more late buses than buses"));
         }
+        if self.fault.is_some_and(|f| f.bus >= self.buses.len()) {
+            return Err(SpecError::Conflict("a fault on a bus not offered"));
+        }
         Ok(())
     }
 
@@ -117,6 +138,9 @@ impl HostSpec {
 
 /// How long after the boot-time offers the late buses are offered, by default.
 const DEFAULT_LATE_DELAY: Duration = Duration::from_millis(500);
+
+/// How long the host keeps its rings after shutting its control connection for a fault.
+const LINGER_LIMIT: Duration = Duration::from_secs(30);
 
 /// Real time for host_sim's adapter.
 #[derive(Clone, Copy, Debug)]
@@ -149,6 +173,8 @@ impl Writer {
 struct Buses {
     open: HashMap<String, SharedBus>,
     wake: HashMap<String, mpsc::Sender<()>>,
+    /// Buses whose latest ring has ended.
+    ended: HashSet<String>,
 }
 
 /// Shared between the control loop and the bus threads.
@@ -158,6 +184,8 @@ struct Host {
     writer: Writer,
     clock: RealClock,
     buses: Arc<Mutex<Buses>>,
+    /// Set once the fault may strike.
+    armed: fault::Armed,
 }
 
 impl Host {
@@ -168,6 +196,22 @@ impl Host {
     /// The bus open under `bus` now (a re-offered bus is a new one).
     fn current(&self, bus: &str) -> Option<SharedBus> {
         self.buses().open.get(bus).cloned()
+    }
+
+    /// Whether the latest ring of `bus` has ended.
+    fn ring_ended(&self, bus: &str) -> bool {
+        self.buses().ended.contains(bus)
+    }
+
+    /// Whether every bus opened so far has seen its ring end.
+    fn all_rings_ended(&self) -> bool {
+        let buses = self.buses();
+        buses.open.keys().all(|b| buses.ended.contains(b))
+    }
+
+    /// The fault, if it is played on `bus`.
+    fn fault_on(&self, bus: &str) -> Option<FaultSpec> {
+        self.spec.fault.filter(|f| bus_name(f.bus) == bus)
     }
 
     fn wake(&self, bus: &str) {
@@ -188,6 +232,7 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
         writer: Writer(Arc::new(Mutex::new(stream.try_clone()?))),
         clock: RealClock(Instant::now()),
         buses: Arc::default(),
+        armed: fault::Armed::default(),
     };
     for i in 0..host.spec.at_boot() {
         host.writer.send(&Message::Offer { bus: bus_name(i) });
@@ -204,12 +249,33 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
         });
     }
     // A frame that does not decode ends the connection like a close.
+    let mut held = false;
     while let Ok(Some((message, fd))) = control::recv(&stream) {
         match message {
             Message::Open { bus } => match fd {
                 Some(fd) => open(&host, bus, fd),
                 None => println!("@@ host open of {bus} without a ring"),
             },
+            Message::Mmio { bus, .. }
+                if host.armed.is_armed()
+                    && host
+                        .fault_on(&bus)
+                        .is_some_and(|f| f.kind == FaultKind::CloseControl) =>
+            {
+                println!("@@ host fault {bus} close_control holding an access");
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                break;
+            }
+            Message::Mmio { id, bus, op }
+                if host.armed.is_armed()
+                    && !held
+                    && host
+                        .fault_on(&bus)
+                        .is_some_and(|f| f.kind == FaultKind::HoldAccess) =>
+            {
+                held = true;
+                hold_access(&host, id, bus, op);
+            }
             Message::Mmio { id, bus, op } => {
                 let value = host
                     .current(&bus)
@@ -222,7 +288,37 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
         }
     }
     println!("@@ host service gone");
+    if host.armed.is_armed() {
+        // The control connection was shut on purpose: the rings live on until the service
+        // ends them.
+        let start = Instant::now();
+        while !host.all_rings_ended() && start.elapsed() < LINGER_LIMIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        println!("@@ host rings ended {}", host.all_rings_ended());
+    }
     Ok(())
+}
+
+/// Holds a forwarded access to the faulted bus: closes the bus's ring now and answers the
+/// access only after the fault's hold time.
+fn hold_access(host: &Host, id: u64, bus: String, op: openhcl_vpci::control::MmioOp) {
+    let hold = host.spec.fault.map(|f| f.hold).unwrap_or_default();
+    println!("@@ host fault {bus} hold_access holding an access for {hold:?}");
+    host.armed.close_ring();
+    if let Some(shared) = host.current(&bus) {
+        // Wakes the bus's adapter, whose ring then closes.
+        shared.with(|_| ());
+    }
+    let h = host.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        let value = h
+            .current(&bus)
+            .and_then(|s| s.with(|b| mmio::access(b, op)));
+        println!("@@ host fault {bus} hold_access answered");
+        h.writer.send(&Message::MmioDone { id, value });
+    });
 }
 
 /// The service opened `bus`: a fresh host_sim bus from its config, its adapter and monitor
@@ -247,6 +343,7 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
     let first = {
         let mut buses = host.buses();
         buses.open.insert(bus.clone(), shared.clone());
+        buses.ended.remove(&bus);
         let first = !buses.wake.contains_key(&bus);
         if first {
             buses.wake.insert(bus.clone(), wake_tx);
@@ -254,8 +351,19 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
         first
     };
     let (name, s, w, clock) = (bus.clone(), shared.clone(), host.writer.clone(), host.clock);
+    let (h, fault) = (host.clone(), host.fault_on(&bus));
     std::thread::spawn(move || {
-        let exit = control::accept_ring(fd).map(|ring| block_on(host_sim::run_bus(s, ring, clock)));
+        let exit = control::accept_ring(fd).and_then(|ring| match fault {
+            Some(f) => fault::FaultyRing::new(ring, f, &name, h.armed.clone())
+                .map_err(|e| control::ControlError::Io(std::io::Error::other(e.to_string())))
+                .map(|ring| block_on(host_sim::run_bus(s, fault::ReadToEnd(ring), clock))),
+            None => Ok(block_on(host_sim::run_bus(
+                s,
+                fault::ReadToEnd(ring),
+                clock,
+            ))),
+        });
+        h.buses().ended.insert(name.clone());
         // A rescind of the host's own goes to the service as a rescind.
         if let Ok(Ok(RunExit::Rescinded)) = exit {
             w.send(&Message::Rescind { bus: name.clone() });

@@ -1,6 +1,7 @@
 //! The async driver over in-memory channels and virtual time: packets flow both ways, timers
 //! fire, a rescind closes the guest channel, buses do not wait on each other, and a packet a
-//! channel refuses costs that one packet (counted), not the channel.
+//! channel refuses costs that one packet (counted), not the channel; a guest that goes away
+//! leaves no host EJECT unanswered.
 
 mod common;
 
@@ -30,6 +31,8 @@ struct FaultPlan {
     reject_recvs: usize,
     /// The packets refused so far.
     refused: Vec<Packet>,
+    /// Fail every receive from now on as a ring whose peer broke its rules does.
+    broken: bool,
 }
 
 /// The relay's end of an in-memory channel, with faults the test injects on demand.
@@ -41,6 +44,9 @@ struct Faulty {
 impl Channel for Faulty {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Packet, ChannelError>> {
         let mut plan = self.plan.borrow_mut();
+        if plan.broken {
+            return Poll::Ready(Err(ChannelError::Protocol("corrupt ring".into())));
+        }
         if plan.reject_recvs > 0 {
             plan.reject_recvs -= 1;
             return Poll::Ready(Err(ChannelError::Packet(PacketError::PayloadTooLarge {
@@ -267,6 +273,44 @@ fn driver_rescind_closes_guest() {
         ],
         "shielded at the rescind, unmapped once the guest let go"
     );
+}
+
+/// Guarantee 10: the guest is handed the host's EJECT, then its channel ends (`broken`: its
+/// ring breaks, counted as a guest fault). The driver stops, and the relay's answer to that
+/// EJECT reaches the host first.
+fn guest_gone_after_eject(broken: bool) {
+    let mut pool = LocalPool::new();
+    let clock = VirtualClock::new();
+    let mut rig = spawn_bus(&pool, &clock);
+    probe(&mut pool, &mut rig);
+    send(&mut rig.host, Packet::in_band(0, eject(1)));
+    advance(&mut pool, &clock, Duration::from_secs(1));
+    assert_eq!(types(&recv_all(&mut rig.guest)), [Some(MessageType::EJECT)]);
+    assert!(recv_all(&mut rig.host).is_empty());
+    if broken {
+        rig.guest_faults.borrow_mut().broken = true;
+        // Wake the driver: a packet it will never read.
+        send(&mut rig.guest, Packet::in_band(0, query_relations()));
+    } else {
+        rig.guest.close();
+    }
+    pool.run_until_stalled();
+    assert_eq!(*rig.exit.borrow(), Some(DriverExit::GuestGone));
+    assert_eq!(
+        types(&recv_all(&mut rig.host)),
+        [Some(MessageType::EJECTION_COMPLETE)],
+        "the host's EJECT answered"
+    );
+}
+
+#[test]
+fn guest_closed_after_eject_answers_the_host() {
+    guest_gone_after_eject(false);
+}
+
+#[test]
+fn guest_ring_broken_after_eject_answers_the_host() {
+    guest_gone_after_eject(true);
 }
 
 /// Guarantee 6: a guest stuck on one bus (never completing its eject) does not delay another

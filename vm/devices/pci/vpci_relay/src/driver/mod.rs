@@ -338,13 +338,28 @@ where
                     tracing::warn!(%error, "guest channel refused a packet; dropped");
                     self.counters.guest_send_rejected += 1;
                 }
-                Poll::Ready(Err(_)) => return Err(DriverExit::GuestGone),
+                Poll::Ready(Err(error)) => return Err(self.guest_gone(cx, &error)),
                 Poll::Pending => break,
             }
             self.to_guest.pop_front();
             changed = true;
         }
         Ok(changed)
+    }
+
+    /// The guest channel ended or broke: the relay answers what the host is still owed (its
+    /// EJECTs), sent as far as the host channel takes it now (the driver does not wait on a
+    /// host that does not read), and the driver stops.
+    fn guest_gone(&mut self, cx: &mut Context<'_>, error: &ChannelError) -> DriverExit {
+        let transport = error.end_reason().is_none();
+        if transport {
+            tracing::warn!(%error, "guest channel failed");
+        }
+        self.relay.handle_guest_gone(self.clock.now(), transport);
+        self.drain_relay();
+        self.to_guest.clear();
+        self.send_to_host(cx);
+        DriverExit::GuestGone
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<DriverExit> {
@@ -398,7 +413,7 @@ where
                         self.counters.guest_recv_rejected += 1;
                         progress = true;
                     }
-                    Poll::Ready(Err(_)) => return Poll::Ready(DriverExit::GuestGone),
+                    Poll::Ready(Err(error)) => return Poll::Ready(self.guest_gone(cx, &error)),
                     Poll::Pending => {}
                 }
             }

@@ -233,6 +233,21 @@ impl BusRelay {
         any
     }
 
+    /// The guest is gone for good: answers every host EJECT still owed now, since no guest
+    /// will ever answer it (guarantee 10). Each counts as answered locally.
+    pub(super) fn answer_owed_host_ejects(&mut self) {
+        let now = self.now;
+        for slot in self.functions.slots() {
+            // Every EJECT owed is due at once: a deadline of no time at all.
+            let owed = self.functions.get_mut(slot).map_or(0, |f| {
+                f.host_deadline_passed(now, std::time::Duration::ZERO)
+            });
+            for _ in 0..owed {
+                self.answer_host_eject(slot);
+            }
+        }
+    }
+
     /// Answers a host EJECT for a function the guest does not hold.
     fn answer_host_eject(&mut self, slot: WinSlot) {
         self.complete_host_eject(slot);

@@ -386,6 +386,18 @@ impl BusRelay {
         self.progress();
     }
 
+    /// The guest's channel ended, or broke the transport's rules (`transport`: counted as
+    /// `PacketFault::Transport` from the guest): no guest will answer anything on this bus
+    /// again. Every host EJECT still owed is answered now, so the host does not wait out its
+    /// budget (guarantee 10); the driver sends those answers before it stops.
+    pub fn handle_guest_gone(&mut self, now: Duration, transport: bool) {
+        self.tick(now);
+        if transport {
+            self.count_fault(crate::events::Side::Guest, crate::PacketFault::Transport);
+        }
+        self.answer_owed_host_ejects();
+    }
+
     fn tick(&mut self, now: Duration) {
         // Time never runs backwards for the relay, whatever the driver passes.
         self.now = self.now.max(now);
