@@ -10,7 +10,10 @@
 use rustix::process::Signal;
 use std::time::{Duration, Instant};
 use vpci_endpoints::report::{GuestState, HostState, StormSummary};
-use vpci_endpoints::rig::{Launch, Rig, RigSpec, ServiceExe};
+mod common;
+
+use common::inspect;
+use vpci_endpoints::rig::Rig;
 
 /// The re-executed host or guest endpoint (does nothing in a normal test run).
 #[test]
@@ -32,31 +35,12 @@ fn start(test: &str, host: &str, guest: &str) -> Rig {
 }
 
 fn start_with(test: &str, host: &str, service_args: &[&str], guest: &str) -> Rig {
-    let spec = RigSpec {
-        launch: Launch::this_test().expect("this test's executable"),
-        service: ServiceExe::Binary(env!("CARGO_BIN_EXE_openhcl-vpci").into()),
-        host: host.to_owned(),
-        guest: guest.to_owned(),
-        service_args: service_args.iter().map(|&a| a.to_owned()).collect(),
-        service_log: "info",
-        verbose: std::env::var_os("OPENHCL_VPCI_TEST_LOG").is_some(),
-    };
-    match Rig::start(&format!("openhcl-vpci-faults-{test}"), &spec) {
-        Ok(rig) => rig,
-        Err(e) => panic!("{test}: {e}"),
-    }
+    common::start(&format!("faults-{test}"), host, service_args, guest, &[])
 }
 
 /// A storm on every bus with `fault` (host spec items) added.
 fn storm_host(fault: &str) -> String {
     format!("buses={BUSES},functions=1,storm={CYCLES}{fault}")
-}
-
-fn inspect(rig: &Rig, path: &str) -> String {
-    match rig.inspect(path) {
-        Ok(tree) => tree,
-        Err(e) => panic!("{e}"),
-    }
 }
 
 fn no_guest_failure(rig: &Rig) {

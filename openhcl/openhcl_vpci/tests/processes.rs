@@ -4,9 +4,10 @@
 //! suite.
 
 use std::time::{Duration, Instant};
-use vpci_endpoints::report::{GuestState, HostState, StormSummary};
-use vpci_endpoints::rig::{Launch, Rig, RigSpec, ServiceExe};
-use vpci_protocol::WinSlot;
+mod common;
+
+use common::{inspect, no_guest_failure};
+use vpci_endpoints::rig::Rig;
 
 /// The re-executed host or guest endpoint (does nothing in a normal test run).
 #[test]
@@ -16,39 +17,8 @@ fn child_role() {
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Starts host (`host`), service (`service_args` added) and model guest (`guest`), the
-/// endpoints being this test binary re-executed.
 fn start(test: &str, host: &str, service_args: &[&str], guest: &str) -> Rig {
-    let spec = RigSpec {
-        launch: Launch::this_test().expect("this test's executable"),
-        service: ServiceExe::Binary(env!("CARGO_BIN_EXE_openhcl-vpci").into()),
-        host: host.to_owned(),
-        guest: guest.to_owned(),
-        service_args: service_args.iter().map(|&a| a.to_owned()).collect(),
-        service_log: "info",
-        verbose: std::env::var_os("OPENHCL_VPCI_TEST_LOG").is_some(),
-    };
-    match Rig::start(&format!("openhcl-vpci-{test}"), &spec) {
-        Ok(rig) => rig,
-        Err(e) => panic!("{test}: {e}"),
-    }
-}
-
-fn inspect(rig: &Rig, path: &str) -> String {
-    match rig.inspect(path) {
-        Ok(tree) => tree,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn no_guest_failure(rig: &Rig) {
-    let seen = rig.guest.seen();
-    assert!(
-        !seen
-            .iter()
-            .any(|l| l.starts_with("guest failure") || l.starts_with("guest violation")),
-        "{seen:?}"
-    );
+    common::start(test, host, service_args, guest, &[])
 }
 
 /// (1) The guest probes a bus of two functions through the service; inspect shows it; on
@@ -89,12 +59,9 @@ fn storm_cycles(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-/// Hot-add/eject cycles on `buses` buses at once against `model`, then the checks: every
-/// cycle ran on every bus (counted by the host: each hot-add made, each EJECT answered by the
-/// guest's EJECTION_COMPLETE through the relay, none timed out), the guest heard of the
-/// hot-added function in at least a fifth of them (the relay coalesces an add ejected before
-/// the guest heard of it), no guest failure, and no lost event: once quiet, the guest holds
-/// exactly what the host lists on each bus.
+/// Hot-add/eject cycles on `buses` buses at once against `model`, then the storm's checks
+/// ([`common::storm_kept_every_promise`]: every cycle ran, the guest heard of at least a fifth
+/// of the hot-adds, no guest failure, nothing lost once quiet).
 fn storm(test: &str, model: &str, buses: usize, cycles: u32) {
     let rig = start(
         test,
@@ -104,43 +71,13 @@ fn storm(test: &str, model: &str, buses: usize, cycles: u32) {
     );
     let limit = Duration::from_secs(60) + Duration::from_millis(u64::from(cycles) * 200);
     let started = Instant::now();
-    let mut summaries = Vec::new();
-    for bus in 0..buses {
-        let prefix = format!("storm bus{bus} ");
-        let line = rig.host.expect_line(limit, |l| l.starts_with(&prefix));
-        match StormSummary::parse(&line) {
-            Some(s) => summaries.push(s),
-            None => panic!("not a storm summary: {line}"),
-        }
-    }
+    common::storm_kept_every_promise(&rig, buses, cycles, limit, 5);
     eprintln!(
         "{model}: {} cycles in {:?}; bus0 counters: {}",
         buses as u64 * u64::from(cycles),
         started.elapsed(),
         inspect(&rig, "buses/bus0/relay/counters")
     );
-    for s in &summaries {
-        assert_eq!(s.cycles, cycles, "{s:?}");
-        assert!(s.complete(), "{s:?}");
-    }
-    assert!(rig.wait_quiet(Duration::from_millis(750), Instant::now() + LIMIT));
-    let (host, guest) = (rig.host.seen(), rig.guest.seen());
-    for i in 0..buses {
-        let bus = format!("bus{i}");
-        let arrivals = GuestState::arrivals(&guest, &bus, WinSlot::from_raw(1));
-        assert!(
-            arrivals >= cycles as usize / 5,
-            "{bus}: the guest heard of {arrivals} of {cycles} hot-adds"
-        );
-        let (h, g) = (HostState::last(&host, &bus), GuestState::last(&guest, &bus));
-        let (Some(h), Some(g)) = (h, g) else {
-            panic!("{bus}: no final state (host {host:?}, guest {guest:?})");
-        };
-        assert!(h.ejecting.is_empty(), "{h:?}");
-        assert!(g.probed && !g.closed, "{g:?}");
-        assert_eq!(h.functions, g.held, "{bus}: host and guest disagree");
-    }
-    no_guest_failure(&rig);
 }
 
 /// (2) The storm on 4 buses at once against the unfixed 6.2 model.

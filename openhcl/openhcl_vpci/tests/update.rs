@@ -6,9 +6,11 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
-use vpci_endpoints::report::{GuestState, HostState, StormSummary};
-use vpci_endpoints::rig::{Launch, Rig, RigSpec, ServiceExe};
+use std::time::Duration;
+mod common;
+
+use common::{BIN, inspect, no_guest_failure};
+use vpci_endpoints::rig::Rig;
 
 /// The re-executed host or guest endpoint (does nothing in a normal test run).
 #[test]
@@ -17,26 +19,19 @@ fn child_role() {
 }
 
 const LIMIT: Duration = Duration::from_secs(60);
-const BIN: &str = env!("CARGO_BIN_EXE_openhcl-vpci");
 
 fn start(test: &str, host: &str) -> Rig {
     start_with_env(test, host, &[])
 }
 
 fn start_with_env(test: &str, host: &str, service_env: &[(&str, &str)]) -> Rig {
-    let spec = RigSpec {
-        launch: Launch::this_test().expect("this test's executable"),
-        service: ServiceExe::Binary(BIN.into()),
-        host: host.to_owned(),
-        guest: "model=6.2".to_owned(),
-        service_args: Vec::new(),
-        service_log: "info",
-        verbose: std::env::var_os("OPENHCL_VPCI_TEST_LOG").is_some(),
-    };
-    match Rig::start_with_env(&format!("openhcl-vpci-update-{test}"), &spec, service_env) {
-        Ok(rig) => rig,
-        Err(e) => panic!("{test}: {e}"),
-    }
+    common::start(
+        &format!("update-{test}"),
+        host,
+        &[],
+        "model=6.2",
+        service_env,
+    )
 }
 
 /// `openhcl-vpci update` against the rig's service: its exit status and what it printed.
@@ -57,56 +52,11 @@ fn update(rig: &Rig, binary: Option<&Path>) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn inspect(rig: &Rig, path: &str) -> String {
-    match rig.inspect(path) {
-        Ok(tree) => tree,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn no_guest_failure(rig: &Rig) {
-    let seen = rig.guest.seen();
-    assert!(
-        !seen
-            .iter()
-            .any(|l| l.starts_with("guest failure") || l.starts_with("guest violation")),
-        "{seen:?}"
-    );
-}
-
-/// Once the storm is over: every cycle ran on every bus, the guest heard of hot-adds (at
-/// least a tenth of them), and it holds exactly what the host lists.
+/// The storm's checks; the guest need only have heard of a tenth of the hot-adds: an EJECT
+/// that reaches a bus while it is stopped for an update meets its add there, and the relay
+/// coalesces the two, as it does for any add ejected before the guest heard.
 fn storm_kept_every_promise(rig: &Rig, buses: usize, cycles: u32, limit: Duration) {
-    for bus in 0..buses {
-        let prefix = format!("storm bus{bus} ");
-        let line = rig.host.expect_line(limit, |l| l.starts_with(&prefix));
-        let Some(s) = StormSummary::parse(&line) else {
-            panic!("not a storm summary: {line}");
-        };
-        assert_eq!(s.cycles, cycles, "{s:?}");
-        assert!(s.complete(), "{s:?}");
-    }
-    assert!(rig.wait_quiet(Duration::from_millis(750), Instant::now() + LIMIT));
-    let (host, guest) = (rig.host.seen(), rig.guest.seen());
-    for i in 0..buses {
-        let bus = format!("bus{i}");
-        // Not vacuous: the guest did go through hot-adds. (Fewer than in a storm without
-        // updates: an EJECT that reaches a bus while it is stopped meets its add there, and
-        // the relay coalesces the two, as it does for any add ejected before the guest heard.)
-        let arrivals = GuestState::arrivals(&guest, &bus, vpci_protocol::WinSlot::from_raw(1));
-        assert!(
-            arrivals >= cycles as usize / 10,
-            "{bus}: the guest heard of {arrivals} of {cycles} hot-adds"
-        );
-        let (Some(h), Some(g)) = (HostState::last(&host, &bus), GuestState::last(&guest, &bus))
-        else {
-            panic!("{bus}: no final state");
-        };
-        assert!(h.ejecting.is_empty(), "{h:?}");
-        assert!(g.probed && !g.closed, "{g:?}");
-        assert_eq!(h.functions, g.held, "{bus}: host and guest disagree");
-    }
-    no_guest_failure(rig);
+    common::storm_kept_every_promise(rig, buses, cycles, limit, 10);
 }
 
 /// Updates in a row while a hot-plug storm runs on two buses: each one answers from the new
