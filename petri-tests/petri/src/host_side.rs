@@ -157,6 +157,45 @@ impl HostSide {
         }
     }
 
+    /// Services the relay, if there is one (see [`RelayRig::service`]): the servicing is
+    /// noted in `trace` (replays show it in verbose mode, charts leave it out). Returns
+    /// whether it was serviced; an error says why it could not be (a harness error).
+    pub(crate) fn service(
+        &mut self,
+        bus: usize,
+        now: Duration,
+        trace: Option<&mut Trace>,
+    ) -> Result<bool, String> {
+        let Some(relay) = self.relay.as_mut() else {
+            return Ok(false);
+        };
+        match relay.service() {
+            Ok(Some(bytes)) => {
+                self.relay_dirty = true;
+                if let Some(trace) = trace {
+                    trace.push(
+                        now,
+                        Lane::Relay,
+                        Lane::Relay,
+                        format!(
+                            "bus {bus}: relay serviced ({bytes} bytes saved; servicing {})",
+                            relay.servicings()
+                        ),
+                        Mark::Serviced,
+                    );
+                }
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(format!("bus {bus}: servicing the relay failed: {e}")),
+        }
+    }
+
+    /// How many times the relay was serviced (0 without one).
+    pub(crate) fn servicings(&self) -> u64 {
+        self.relay.as_ref().map_or(0, RelayRig::servicings)
+    }
+
     /// Whether something is in flight to the guest (its arrival is a choice to offer).
     pub(crate) fn has_in_flight(&self) -> bool {
         !self.in_flight.is_empty()

@@ -6,7 +6,7 @@ mod commands;
 mod processes_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use petri::scenario::GuestKind;
+use petri::scenario::{GuestKind, Servicing};
 use std::process::ExitCode;
 use vpci_protocol::{ProtocolVersion, Sender};
 
@@ -37,6 +37,11 @@ enum Command {
         /// Print one JSON object per scenario and column instead of the table.
         #[arg(long)]
         json: bool,
+        /// Service each bus's relay (save, drop, restore) at every scheduling point of every
+        /// run through the relay (`every-step`), or never (`off`) [default: the scenario's
+        /// `[relay] servicing`, off unless it says].
+        #[arg(long, value_enum, value_name = "WHEN")]
+        servicing: Option<Servicing>,
     },
     /// List the built-in scenarios.
     List {
@@ -91,6 +96,11 @@ enum Command {
         /// With --processes: hot-add/eject cycles per bus once the scenario played out.
         #[arg(long, default_value_t = 0, requires = "processes")]
         storm: u32,
+        /// Service each bus's relay (save, drop, restore) at every scheduling point of every
+        /// run through the relay (`every-step`), or never (`off`) [default: the scenario's
+        /// `[relay] servicing`, off unless it says].
+        #[arg(long, value_enum, value_name = "WHEN", conflicts_with = "processes")]
+        servicing: Option<Servicing>,
     },
     /// Run one endpoint of a multi-process run (used by `run --processes`).
     #[command(hide = true)]
@@ -153,6 +163,11 @@ enum Command {
         /// directory, as `petri ring dump` reads them.
         #[arg(long, value_name = "DIR")]
         dump_rings: Option<String>,
+        /// Service each bus's relay (save, drop, restore) at every scheduling point of every
+        /// run through the relay (`every-step`), or never (`off`) [default: the scenario's
+        /// `[relay] servicing`, off unless it says].
+        #[arg(long, value_enum, value_name = "WHEN")]
+        servicing: Option<Servicing>,
     },
     /// Decode one vPCI payload (the bytes after the VMBus packet descriptor) and print it as
     /// one JSON object.
@@ -251,7 +266,8 @@ fn main() -> ExitCode {
             real_schedules,
             seed,
             json,
-        } => commands::demo(schedules, real_schedules, seed, json),
+            servicing,
+        } => commands::demo(schedules, real_schedules, seed, json, servicing),
         Command::List { show: None } => commands::list(),
         Command::List { show: Some(name) } => commands::show(&name),
         Command::Run {
@@ -315,6 +331,7 @@ fn main() -> ExitCode {
             chart,
             processes: false,
             storm: _,
+            servicing,
         } => commands::run(commands::RunArgs {
             scenario,
             guest,
@@ -329,6 +346,7 @@ fn main() -> ExitCode {
             systematic,
             json,
             chart,
+            servicing,
         }),
         Command::Replay {
             seed,
@@ -340,6 +358,7 @@ fn main() -> ExitCode {
             chart,
             verbose,
             dump_rings,
+            servicing,
         } => {
             let relay = match mode {
                 Some(Mode::Both) => {
@@ -362,6 +381,7 @@ fn main() -> ExitCode {
                     chart: chart.as_deref(),
                     verbose,
                     dump_rings: dump_rings.as_deref(),
+                    servicing,
                 },
             )
         }

@@ -263,6 +263,9 @@ pub struct RunResult {
     /// resources assigned and released, functions let go): recorded for the real drivers
     /// and the models alike (a model's run keeps its first 4,096 entries).
     pub device_history: Vec<String>,
+    /// How many times a bus's relay was serviced (saved, dropped and restored) during the
+    /// run, over all buses: 0 unless the run services its relays.
+    pub servicings: u64,
 }
 
 /// The script steps of host bus `bus` that have not fired, as (bus, step index from 0).

@@ -13,6 +13,7 @@ use super::bars::GuestBars;
 use super::observe::Observer;
 use crate::host_side::{HostSide, ToGuest};
 use crate::outcome::Outcome;
+use crate::scenario::Servicing;
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
 use crate::vm::{Chaos, RunLimits};
@@ -103,6 +104,8 @@ pub(super) struct RealController {
     pub(super) hot_plug: Option<HotPlug>,
     /// A bus whose driver stalls, and the scenario's inspect checks.
     stall: StallState,
+    /// When each bus's relay is serviced.
+    pub(super) servicing: Servicing,
 }
 
 /// Hot-plug cycles the host runs once the scenario settled: add a function, wait until the
@@ -180,6 +183,7 @@ impl RealController {
             bars: (0..buses).map(|_| GuestBars::default()).collect(),
             hot_plug: plan.hot_plug,
             stall: StallState::new(plan.stall, plan.checks, plan.domains),
+            servicing: Servicing::Off,
         }
     }
 
@@ -424,6 +428,22 @@ impl RealController {
             .unwrap_or((0, WindowAccess::Outside))
     }
 
+    /// Services every bus's relay when the run does so at every scheduling point (then
+    /// pumps, so the restored relays do what they have to).
+    fn service_relays(&mut self) -> Result<(), String> {
+        if self.servicing != Servicing::EveryStep {
+            return Ok(());
+        }
+        let mut serviced = false;
+        for (bus, side) in self.sides.iter_mut().enumerate() {
+            serviced |= side.service(bus, self.now, self.trace.as_mut())?;
+        }
+        if serviced {
+            self.pump();
+        }
+        Ok(())
+    }
+
     fn chaos_acts(&mut self, stuck: bool) -> bool {
         let Some(chaos) = self.chaos.as_mut() else {
             return false;
@@ -484,6 +504,9 @@ impl Controller for RealController {
             }
         }
         self.pump();
+        if let Err(reason) = self.service_relays() {
+            return self.stop(Outcome::HarnessError { reason });
+        }
         if let Some(f) = self.observer.failure.clone() {
             return self.stop(f);
         }

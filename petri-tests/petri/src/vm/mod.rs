@@ -16,6 +16,7 @@ mod stall;
 
 use crate::host_side::{Delivery, HostSide};
 use crate::outcome::{Identity, Outcome, RunResult};
+use crate::scenario::Servicing;
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
 use bus::Bus;
@@ -103,6 +104,8 @@ pub struct Vm {
     history: history::DeviceHistory,
     /// Inspect checks for the end of a run through the relay: (bus, path, value).
     checks: Vec<(usize, String, serde_json::Value)>,
+    /// When each bus's relay is serviced.
+    servicing: Servicing,
 }
 
 impl Vm {
@@ -117,10 +120,10 @@ impl Vm {
                     ..r.clone()
                 };
                 #[cfg(feature = "safeguard-switches")]
-                let relay = vpci_relay::BusRelay::with_safeguards(config, spec.safeguards);
+                let relay = vpci_relay::BusRelay::with_safeguards(config.clone(), spec.safeguards);
                 #[cfg(not(feature = "safeguard-switches"))]
-                let relay = vpci_relay::BusRelay::new(config);
-                RelayRig::new(relay, clock.clone(), spec.record)
+                let relay = vpci_relay::BusRelay::new(config.clone());
+                RelayRig::new(relay, clock.clone(), spec.record).serviceable(config)
             });
             buses.push(Bus {
                 side: HostSide::new(HostBus::new(config.clone())?, relay),
@@ -142,7 +145,43 @@ impl Vm {
             stall: spec.stall,
             history: history::DeviceHistory::default(),
             checks: spec.checks.clone(),
+            servicing: Servicing::Off,
         })
+    }
+
+    /// Services every bus's relay as `servicing` says (a direct run has none to service).
+    pub fn with_servicing(mut self, servicing: Servicing) -> Self {
+        self.servicing = servicing;
+        self
+    }
+
+    /// Test-only: a lossy servicing, `tamper` changing every saved state before it is
+    /// restored (so a test can show that servicing's checks catch a loss).
+    pub fn set_service_tamper(&mut self, tamper: Option<vpci_relay::sim::Tamper>) {
+        for bus in &mut self.buses {
+            if let Some(relay) = &mut bus.side.relay {
+                relay.set_tamper(tamper);
+            }
+        }
+    }
+
+    /// Services every bus's relay if the run does so at every step; a servicing that fails
+    /// is the harness's error (never the guest's outcome).
+    fn service_relays(&mut self) -> Option<Outcome> {
+        if self.servicing != Servicing::EveryStep {
+            return None;
+        }
+        let mut serviced = false;
+        for (i, bus) in self.buses.iter_mut().enumerate() {
+            match bus.side.service(i, self.now, self.trace.as_mut()) {
+                Ok(s) => serviced |= s,
+                Err(reason) => return Some(Outcome::HarnessError { reason }),
+            }
+        }
+        if serviced {
+            self.pump();
+        }
+        None
     }
 
     /// Whether the guest of `bus` has stalled (it runs nothing and receives nothing).
@@ -283,6 +322,9 @@ impl Vm {
             }
             if self.failed() {
                 return None;
+            }
+            if let Some(outcome) = self.service_relays() {
+                return Some(outcome);
             }
             let runnable = self.runnable();
             let stuck = runnable.is_empty() || self.only_spinning(&runnable);
@@ -560,6 +602,7 @@ impl Vm {
                 .flat_map(|(i, b)| crate::outcome::unfired_steps(i, &b.side.host))
                 .collect(),
             device_history: self.history.take(),
+            servicings: self.buses.iter().map(|b| b.side.servicings()).sum(),
         }
     }
 
