@@ -106,6 +106,8 @@ pub(super) struct RealController {
     stall: StallState,
     /// When each bus's relay is serviced.
     pub(super) servicing: Servicing,
+    /// Each bus once the scenario settled (before the teardown).
+    pub(super) views: Vec<crate::outcome::BusView>,
 }
 
 /// Hot-plug cycles the host runs once the scenario settled: add a function, wait until the
@@ -184,6 +186,7 @@ impl RealController {
             hot_plug: plan.hot_plug,
             stall: StallState::new(plan.stall, plan.checks, plan.domains),
             servicing: Servicing::Off,
+            views: Vec::new(),
         }
     }
 
@@ -333,6 +336,7 @@ impl RealController {
                 return action;
             }
             self.host_visible = self.host_visible_now();
+            self.views = self.views_now();
             if let Some(f) = self.observer.failure.clone() {
                 return self.stop(f);
             }

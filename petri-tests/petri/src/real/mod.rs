@@ -295,6 +295,7 @@ fn run_with(
             .collect(),
         device_history: std::mem::take(&mut controller.observer.device_history),
         servicings: controller.sides.iter().map(HostSide::servicings).sum(),
+        views: std::mem::take(&mut controller.views),
     };
     Ok((result, done))
 }

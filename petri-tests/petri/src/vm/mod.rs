@@ -15,7 +15,7 @@ mod history;
 mod stall;
 
 use crate::host_side::{Delivery, HostSide};
-use crate::outcome::{Identity, Outcome, RunResult};
+use crate::outcome::{BusView, Identity, Outcome, RunResult};
 use crate::scenario::Servicing;
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
@@ -566,6 +566,7 @@ impl Vm {
                 }
             }
         }
+        let views = self.views();
         let mut outcome = early.unwrap_or(Outcome::Ok);
         for (i, bus) in self.buses.iter().enumerate() {
             if let Some(f) = bus.guest.failure() {
@@ -603,7 +604,25 @@ impl Vm {
                 .collect(),
             device_history: self.history.take(),
             servicings: self.buses.iter().map(|b| b.side.servicings()).sum(),
+            views,
         }
+    }
+
+    /// What the guest holds and the host has on every bus now.
+    fn views(&mut self) -> Vec<BusView> {
+        self.buses
+            .iter_mut()
+            .enumerate()
+            .map(|(bus, b)| {
+                let mut guest = guest_functions(&b.guest.devices());
+                guest.sort_by_key(|(slot, id)| (slot.raw(), *id));
+                BusView {
+                    bus,
+                    guest,
+                    host: host_functions(&mut b.side.host),
+                }
+            })
+            .collect()
     }
 
     /// What the host can see went wrong so far once the guest survived, looking both ways:
