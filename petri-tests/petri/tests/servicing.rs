@@ -408,3 +408,38 @@ fn replay_file(file: &std::path::Path) -> String {
     assert!(out.status.success(), "{out:?}");
     stdout(&out)
 }
+
+/// Test-only: a state the restore refuses (a major format it does not know).
+fn unknown_format(saved: &mut SavedBus) {
+    if let Some(relay) = saved.relay.as_mut() {
+        relay.format = 99;
+    }
+}
+
+/// A restore that fails is the harness's error, never scored as the guest's outcome: the run
+/// ends `harness_error` naming the refusal, for a model and a real driver, and a run set with
+/// one is not as expected whatever the scenario expects.
+#[test]
+fn a_refused_restore_is_a_harness_error() {
+    let mut c2 = with_servicing(&load("c2").expect("c2"), Servicing::EveryStep);
+    c2.relay.tamper = Some(unknown_format);
+    for guest in [GuestKind::Linux63, GuestKind::Debian61] {
+        let r = run_seed(&c2, guest, true, 0, false).expect("run");
+        assert_eq!(r.outcome.kind(), "harness_error", "{guest}: {}", r.outcome);
+        assert!(
+            r.outcome.to_string().contains("servicing the relay failed"),
+            "{}",
+            r.outcome
+        );
+    }
+    let summary = explore(
+        &c2,
+        GuestKind::Linux63,
+        true,
+        2,
+        Strategy::Random { first_seed: 0 },
+        |_| {},
+    )
+    .expect("explore");
+    assert!(petri::explore::check(&c2, GuestKind::Linux63, &summary).is_err());
+}

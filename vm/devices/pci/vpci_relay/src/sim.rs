@@ -419,3 +419,54 @@ fn event_sink(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rig() -> RelayRig {
+        RelayRig::new(
+            BusRelay::new(RelayConfig::default()),
+            VirtualClock::new(),
+            true,
+        )
+    }
+
+    /// A rig made without a configuration refuses to service (and keeps running); one made
+    /// serviceable counts each servicing and keeps its channels.
+    #[test]
+    fn service_needs_a_configuration_and_counts() {
+        let mut plain = rig();
+        assert!(matches!(plain.service(), Err(ServiceError::NoConfig)));
+        assert!(plain.inspect().is_some(), "the driver still runs");
+        let mut rig = rig().serviceable(RelayConfig::default());
+        for n in 1..=3 {
+            assert!(
+                rig.service()
+                    .expect("service")
+                    .is_some_and(|bytes| bytes > 0)
+            );
+            assert_eq!(rig.servicings(), n);
+        }
+        let tree = rig.inspect().expect("the restored driver answers");
+        assert!(tree.query("restored/from_format").is_ok(), "{tree:?}");
+    }
+
+    /// A state the restore refuses closes the bus: the guest sees its channel end, and the
+    /// rig services nothing more.
+    #[test]
+    fn a_refused_restore_closes_the_bus() {
+        let mut rig = rig().serviceable(RelayConfig::default());
+        rig.set_tamper(Some(|saved: &mut SavedBus| {
+            if let Some(relay) = saved.relay.as_mut() {
+                relay.format = 99;
+            }
+        }));
+        assert!(matches!(rig.service(), Err(ServiceError::Restore(_))));
+        let out = rig.exchange(&mut VecDeque::new(), &mut VecDeque::new());
+        assert!(out.guest_ended);
+        assert_eq!(rig.servicings(), 0);
+        assert!(matches!(rig.service(), Ok(None)));
+        assert!(rig.inspect().is_none());
+    }
+}
