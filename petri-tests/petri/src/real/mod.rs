@@ -222,6 +222,9 @@ fn run_with(
     });
     let mut controller = RealController::new(sides, clock, chooser, limits, plan, record, chaos);
     controller.servicing = scenario.relay.servicing;
+    for side in &mut controller.sides {
+        side.servicing = scenario.relay.servicing == crate::scenario::Servicing::EveryStep;
+    }
     let exe = version.guest_executable_with(INSTRUMENTATION);
     if record {
         controller.observer.choice_points = choice_points::ChoicePoints::new(Some(exe));

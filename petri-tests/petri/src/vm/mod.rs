@@ -152,6 +152,9 @@ impl Vm {
     /// Services every bus's relay as `servicing` says (a direct run has none to service).
     pub fn with_servicing(mut self, servicing: Servicing) -> Self {
         self.servicing = servicing;
+        for bus in &mut self.buses {
+            bus.side.servicing = servicing == Servicing::EveryStep;
+        }
         self
     }
 

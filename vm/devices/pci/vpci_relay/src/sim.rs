@@ -333,9 +333,39 @@ impl RelayRig {
         from_host: &mut VecDeque<Packet>,
         from_guest: &mut VecDeque<Packet>,
     ) -> Exchange {
-        let mut cx = Context::from_waker(noop_waker_ref());
         let mut out = Exchange::default();
         out.moved |= flush(from_host, &mut self.host_end);
+        self.finish_exchange(out, from_guest)
+    }
+
+    /// As [`RelayRig::exchange`], but when host packets arrive and nothing waits from the
+    /// guest, the bus is serviced ([`RelayRig::service`]) while they wait unread in its
+    /// channel: the stopped bus queues them, the queue is saved with the rest, and the
+    /// restored relay handles them first, as they would have been handled live. (With
+    /// guest packets waiting too, the live driver would interleave the two sides, so
+    /// the bus is not serviced then.)
+    pub fn exchange_servicing(
+        &mut self,
+        from_host: &mut VecDeque<Packet>,
+        from_guest: &mut VecDeque<Packet>,
+    ) -> Result<Exchange, ServiceError> {
+        let mut out = Exchange::default();
+        let arrived = flush(from_host, &mut self.host_end);
+        out.moved |= arrived;
+        if arrived && from_guest.is_empty() {
+            self.service()?;
+        }
+        Ok(self.finish_exchange(out, from_guest))
+    }
+
+    /// The rest of an exchange once the host's packets are in its channel: the guest's
+    /// sent, the driver run, what it sent either way taken.
+    fn finish_exchange(
+        &mut self,
+        mut out: Exchange,
+        from_guest: &mut VecDeque<Packet>,
+    ) -> Exchange {
+        let mut cx = Context::from_waker(noop_waker_ref());
         out.moved |= flush(from_guest, &mut self.guest_end);
         self.poll();
         while let Poll::Ready(Ok(p)) = self.host_end.poll_recv(&mut cx) {
