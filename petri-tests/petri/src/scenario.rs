@@ -236,7 +236,9 @@ pub enum Servicing {
     #[default]
     Off,
     /// At every scheduling point of the run: each time the scheduler decides what runs
-    /// next, every bus's relay is serviced first.
+    /// next, every bus's relay is serviced first; and whenever host packets reach a
+    /// relay's channel with nothing waiting from the guest, before the relay reads them
+    /// (so the stopped bus queues them and the restored relay takes them first).
     EveryStep,
 }
 

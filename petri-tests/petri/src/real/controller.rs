@@ -28,6 +28,7 @@ use vpci_relay::VirtualClock;
 mod choices;
 mod contexts;
 mod end_checks;
+mod servicing;
 mod stall;
 
 use contexts::kernel_context_name;
@@ -430,22 +431,6 @@ impl RealController {
             .map(|(i, b)| (i, b.window.decode(addr, size)))
             .find(|(_, a)| *a != WindowAccess::Outside)
             .unwrap_or((0, WindowAccess::Outside))
-    }
-
-    /// Services every bus's relay when the run does so at every scheduling point (then
-    /// pumps, so the restored relays do what they have to).
-    fn service_relays(&mut self) -> Result<(), String> {
-        if self.servicing != Servicing::EveryStep {
-            return Ok(());
-        }
-        let mut serviced = false;
-        for (bus, side) in self.sides.iter_mut().enumerate() {
-            serviced |= side.service(bus, self.now, self.trace.as_mut())?;
-        }
-        if serviced {
-            self.pump();
-        }
-        Ok(())
     }
 
     fn chaos_acts(&mut self, stuck: bool) -> bool {

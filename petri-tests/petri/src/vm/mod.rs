@@ -12,10 +12,11 @@ mod bus;
 mod chaos;
 mod env;
 mod history;
+mod servicing;
 mod stall;
 
 use crate::host_side::{Delivery, HostSide};
-use crate::outcome::{BusView, Identity, Outcome, RunResult};
+use crate::outcome::{Identity, Outcome, RunResult};
 use crate::scenario::Servicing;
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
@@ -147,44 +148,6 @@ impl Vm {
             checks: spec.checks.clone(),
             servicing: Servicing::Off,
         })
-    }
-
-    /// Services every bus's relay as `servicing` says (a direct run has none to service).
-    pub fn with_servicing(mut self, servicing: Servicing) -> Self {
-        self.servicing = servicing;
-        for bus in &mut self.buses {
-            bus.side.servicing = servicing == Servicing::EveryStep;
-        }
-        self
-    }
-
-    /// Test-only: a lossy servicing, `tamper` changing every saved state before it is
-    /// restored (so a test can show that servicing's checks catch a loss).
-    pub fn set_service_tamper(&mut self, tamper: Option<vpci_relay::sim::Tamper>) {
-        for bus in &mut self.buses {
-            if let Some(relay) = &mut bus.side.relay {
-                relay.set_tamper(tamper);
-            }
-        }
-    }
-
-    /// Services every bus's relay if the run does so at every step; a servicing that fails
-    /// is the harness's error (never the guest's outcome).
-    fn service_relays(&mut self) -> Option<Outcome> {
-        if self.servicing != Servicing::EveryStep {
-            return None;
-        }
-        let mut serviced = false;
-        for (i, bus) in self.buses.iter_mut().enumerate() {
-            match bus.side.service(i, self.now, self.trace.as_mut()) {
-                Ok(s) => serviced |= s,
-                Err(reason) => return Some(Outcome::HarnessError { reason }),
-            }
-        }
-        if serviced {
-            self.pump();
-        }
-        None
     }
 
     /// Whether the guest of `bus` has stalled (it runs nothing and receives nothing).
@@ -609,23 +572,6 @@ impl Vm {
             servicings: self.buses.iter().map(|b| b.side.servicings()).sum(),
             views,
         }
-    }
-
-    /// What the guest holds and the host has on every bus now.
-    fn views(&mut self) -> Vec<BusView> {
-        self.buses
-            .iter_mut()
-            .enumerate()
-            .map(|(bus, b)| {
-                let mut guest = guest_functions(&b.guest.devices());
-                guest.sort_by_key(|(slot, id)| (slot.raw(), *id));
-                BusView {
-                    bus,
-                    guest,
-                    host: host_functions(&mut b.side.host),
-                }
-            })
-            .collect()
     }
 
     /// What the host can see went wrong so far once the guest survived, looking both ways:
