@@ -98,6 +98,17 @@ pub(crate) fn demo(
              ! marks an expectation not met. 5.10, 6.1 and 6.12 are the real pci-hyperv.c of \
              Debian 11, 12 and 13 (kernel_shim); dir = direct, relay = through the relay."
         );
+        if let Some(servicing) = servicing.filter(|s| *s != Servicing::Off) {
+            let total: u64 = results
+                .iter()
+                .flat_map(|(_, row)| row.iter().filter_map(|s| s.servicings))
+                .sum();
+            println!(
+                "Servicing ({}): {total} relay servicings (saved, encoded, restored) over the \
+                 relay columns' runs.",
+                servicing.name()
+            );
+        }
         if problems.is_empty() {
             println!(
                 "Every expectation met: the unfixed guest fails where the catalogue says, and \
