@@ -48,6 +48,29 @@ impl RecordingBars {
         }
     }
 
+    /// Every mapped slot's backing, for a saved state.
+    pub fn snapshot(&self) -> Vec<(WinSlot, Backing)> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .iter()
+            .map(|(slot, backing)| (WinSlot::from_raw(*slot), *backing))
+            .collect()
+    }
+
+    /// Backing read back from a saved state (nothing is logged: the mapping did not change).
+    pub fn restored(bus: &str, slots: impl IntoIterator<Item = (WinSlot, Backing)>) -> Self {
+        let bars = Self::new(bus);
+        {
+            let mut map = bars.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            for (slot, backing) in slots {
+                if backing != Backing::Released {
+                    map.insert(slot.raw(), backing);
+                }
+            }
+        }
+        bars
+    }
+
     /// The backing of every mapped slot, for inspect.
     pub fn inspect(&self) -> Node {
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);

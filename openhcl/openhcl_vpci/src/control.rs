@@ -160,6 +160,19 @@ pub enum Message {
         /// The rendered subtree, or an error.
         result: Result<String, String>,
     },
+    /// Control client: replace the running service with `binary` (its own if absent), its
+    /// buses carried across.
+    Update {
+        /// The new binary's path.
+        binary: Option<String>,
+    },
+    /// Service: the answer to [`Message::Update`]: from the new image once it has restored
+    /// everything, or from the old one if the update was refused or failed (the old image
+    /// then runs on).
+    UpdateReply {
+        /// What the new image restored, or why the update did not happen.
+        result: Result<String, String>,
+    },
 }
 
 impl Message {

@@ -41,8 +41,17 @@ impl Wake for FdSignal {
 /// helper thread.
 pub fn block_on_sources<F: Future>(
     future: F,
-    mut sources: Vec<vmbus_channel::WaitSource>,
+    sources: Vec<vmbus_channel::WaitSource>,
 ) -> F::Output {
+    block_on_sources_returning(future, sources).0
+}
+
+/// [`block_on_sources`], giving the sources back with the output (a stopped bus hands them to
+/// its successor).
+pub fn block_on_sources_returning<F: Future>(
+    future: F,
+    mut sources: Vec<vmbus_channel::WaitSource>,
+) -> (F::Output, Vec<vmbus_channel::WaitSource>) {
     use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
     let fd = match eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC) {
         Ok(fd) => fd,
@@ -61,7 +70,7 @@ pub fn block_on_sources<F: Future>(
     loop {
         signal.woken.store(false, Ordering::Release);
         if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
+            return (out, sources);
         }
         if signal.woken.load(Ordering::Acquire) {
             continue;
@@ -108,7 +117,7 @@ pub fn block_on_sources<F: Future>(
 fn block_on_with_helper<F: Future>(
     future: F,
     sources: Vec<vmbus_channel::WaitSource>,
-) -> F::Output {
+) -> (F::Output, Vec<vmbus_channel::WaitSource>) {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let helper = std::thread::spawn(move || {
@@ -119,11 +128,12 @@ fn block_on_with_helper<F: Future>(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        sources
     });
     let out = futures::executor::block_on(future);
     stop.store(true, Ordering::Release);
-    let _ = helper.join();
-    out
+    let sources = helper.join().unwrap_or_default();
+    (out, sources)
 }
 
 #[cfg(test)]

@@ -31,6 +31,23 @@ use std::thread::JoinHandle;
 use vmbus_channel::Channel;
 use vpci_relay::{BarControl, BusDriver, BusPort, BusRelay, DriverExit, RelayConfig, SystemClock};
 
+/// A bus whose driver stopped on request ([`DriverExit::Stopped`]): the driver with its
+/// channels and relay, and the ring waiting its thread had taken over, for a successor.
+pub struct Parked<H, G, B> {
+    /// The stopped driver.
+    pub driver: BusDriver<H, G, SystemClock, B>,
+    /// The wait sources the bus thread polled, in the order it was given them.
+    pub sources: Vec<vmbus_channel::WaitSource>,
+}
+
+impl<H, G, B> std::fmt::Debug for Parked<H, G, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked")
+            .field("sources", &self.sources.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One running bus.
 #[derive(Debug)]
 struct Bus {
@@ -128,18 +145,55 @@ impl RelayService {
         B: BarControl + Send + 'static,
     {
         let name = config.name.clone();
-        let (mut driver, port) =
+        let (driver, port) =
             BusDriver::new(BusRelay::new(config), host, guest, SystemClock::new(), bars);
+        self.spawn(name, driver, port, sources, move |exit, _| on_exit(exit))
+    }
+
+    /// Runs an existing driver (a restored one) on a new thread named after its bus, waiting
+    /// on `sources` itself. `on_exit` gets the driver back when it stopped on request
+    /// ([`DriverExit::Stopped`], after [`BusPort::stop`]), with the sources, so the caller can
+    /// save it for a successor.
+    pub fn add_driver_waiting_on<H, G, B>(
+        &mut self,
+        name: String,
+        driver: BusDriver<H, G, SystemClock, B>,
+        port: BusPort,
+        sources: Vec<vmbus_channel::WaitSource>,
+        on_exit: impl FnOnce(DriverExit, Option<Parked<H, G, B>>) + Send + 'static,
+    ) -> std::io::Result<()>
+    where
+        H: Channel + Send + 'static,
+        G: Channel + Send + 'static,
+        B: BarControl + Send + 'static,
+    {
+        self.spawn(name, driver, port, Some(sources), on_exit)
+    }
+
+    fn spawn<H, G, B>(
+        &mut self,
+        name: String,
+        mut driver: BusDriver<H, G, SystemClock, B>,
+        port: BusPort,
+        sources: Option<Vec<vmbus_channel::WaitSource>>,
+        on_exit: impl FnOnce(DriverExit, Option<Parked<H, G, B>>) + Send + 'static,
+    ) -> std::io::Result<()>
+    where
+        H: Channel + Send + 'static,
+        G: Channel + Send + 'static,
+        B: BarControl + Send + 'static,
+    {
         let thread_name = name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vpci-{name}"))
             .spawn(move || {
-                let exit = match sources {
-                    Some(sources) => executor::block_on_sources(driver.run(), sources),
-                    None => block_on(driver.run()),
+                let (exit, sources) = match sources {
+                    Some(sources) => executor::block_on_sources_returning(driver.run(), sources),
+                    None => (block_on(driver.run()), Vec::new()),
                 };
                 tracing::info!(bus = %thread_name, ?exit, "bus relay stopped");
-                on_exit(exit);
+                let parked = (exit == DriverExit::Stopped).then_some(Parked { driver, sources });
+                on_exit(exit, parked);
                 exit
             })?;
         tracing::info!(bus = %name, "bus relay started");

@@ -42,6 +42,13 @@ pub struct Revocable<C> {
 }
 
 impl<C: Channel> Revocable<C> {
+    /// The inner channel and whether it was revoked (for a handover: the successor wraps it
+    /// again and revokes it at once if it was).
+    pub fn into_inner(self) -> (C, bool) {
+        let revoked = self.flag.revoked.load(Ordering::SeqCst);
+        (self.inner, revoked)
+    }
+
     /// Wraps `inner`; the handle revokes it.
     pub fn new(inner: C) -> (Self, RevokeHandle) {
         let handle = RevokeHandle::default();

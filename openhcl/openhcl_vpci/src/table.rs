@@ -64,13 +64,14 @@ pub enum Action {
     },
 }
 
+/// One bus's two sides and counts.
 #[derive(Clone, Copy, Debug)]
-struct Entry {
-    guest: GuestSide,
-    host: HostSide,
-    generation: u64,
-    rescinds: u64,
-    held_reoffers: u64,
+pub(crate) struct Entry {
+    pub(crate) guest: GuestSide,
+    pub(crate) host: HostSide,
+    pub(crate) generation: u64,
+    pub(crate) rescinds: u64,
+    pub(crate) held_reoffers: u64,
 }
 
 /// The bus table. See the [module documentation](self).
@@ -337,6 +338,61 @@ impl BusTable {
                 })]
             }
         }
+    }
+
+    /// Everything the table holds, for its saved state (destructured so that a new field
+    /// cannot be left out).
+    pub(crate) fn parts(&self) -> (impl Iterator<Item = (&str, &Entry)>, bool, bool, u64) {
+        let Self {
+            buses,
+            guest_connected,
+            all_offers_delivered,
+            next_generation,
+        } = self;
+        (
+            buses.iter().map(|(b, e)| (b.as_str(), e)),
+            *guest_connected,
+            *all_offers_delivered,
+            *next_generation,
+        )
+    }
+
+    /// Adds a bus read from a saved state; a bus named twice is an error.
+    pub(crate) fn insert_restored(
+        &mut self,
+        bus: &str,
+        guest: GuestSide,
+        host: HostSide,
+        generation: u64,
+        rescinds: u64,
+        held_reoffers: u64,
+    ) -> Result<(), String> {
+        if self.buses.contains_key(bus) {
+            return Err(format!("bus {bus} saved twice"));
+        }
+        self.buses.insert(
+            bus.to_owned(),
+            Entry {
+                guest,
+                host,
+                generation,
+                rescinds,
+                held_reoffers,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sets the table-wide flags read from a saved state.
+    pub(crate) fn set_restored_flags(
+        &mut self,
+        guest_connected: bool,
+        all_offers_delivered: bool,
+        next_generation: u64,
+    ) {
+        self.guest_connected = guest_connected;
+        self.all_offers_delivered = all_offers_delivered;
+        self.next_generation = next_generation;
     }
 
     /// Each bus's states and counts.

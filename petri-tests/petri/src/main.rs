@@ -96,6 +96,10 @@ enum Command {
         /// With --processes: hot-add/eject cycles per bus once the scenario played out.
         #[arg(long, default_value_t = 0, requires = "processes")]
         storm: u32,
+        /// With --processes: `openhcl-vpci update`s in a row during each run (the service
+        /// replaces its own image, its buses carried across); each must succeed.
+        #[arg(long, default_value_t = 0, requires = "processes")]
+        updates: u32,
         /// Service each bus's relay (save, drop, restore) at every scheduling point of every
         /// run through the relay (`every-step`), or never (`off`) [default: the scenario's
         /// `[relay] servicing`, off unless it says].
@@ -277,12 +281,14 @@ fn main() -> ExitCode {
             json,
             processes: true,
             storm,
+            updates,
             ..
         } => processes_cmd::run(processes_cmd::ProcessArgs {
             scenario,
             guests: guest.map_or(vec![GuestKind::Linux62], |g| vec![g]),
             runs: schedules.unwrap_or(1),
             storm,
+            updates,
             json,
         }),
         Command::Endpoint {
@@ -331,6 +337,7 @@ fn main() -> ExitCode {
             chart,
             processes: false,
             storm: _,
+            updates: _,
             servicing,
         } => commands::run(commands::RunArgs {
             scenario,

@@ -13,6 +13,7 @@ pub(crate) struct ProcessArgs {
     pub(crate) guests: Vec<GuestKind>,
     pub(crate) runs: u64,
     pub(crate) storm: u32,
+    pub(crate) updates: u32,
     pub(crate) json: bool,
 }
 
@@ -36,8 +37,11 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
         exe,
         storm: args.storm,
         late_buses: 0,
+        updates: args.updates,
         quiet: (sc.relay.settle.0 * 5).max(Duration::from_millis(750)),
-        limit: Duration::from_secs(120) + Duration::from_millis(u64::from(args.storm) * 300),
+        limit: Duration::from_secs(120)
+            + Duration::from_millis(u64::from(args.storm) * 300)
+            + Duration::from_millis(u64::from(args.updates) * 200),
         verbose: std::env::var_os("PETRI_VERBOSE").is_some(),
     };
     let mut all_met = true;
@@ -61,6 +65,12 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
                     println!("  {s}");
                 }
             }
+            if args.updates > 0 && !args.json {
+                println!(
+                    "  updates: {} of {} (each answered by the new image)",
+                    r.updates, args.updates
+                );
+            }
             if args.json {
                 let line = serde_json::json!({
                     "scenario": sc.name,
@@ -72,6 +82,7 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
                     "failure": r.outcome.failed().then(|| r.outcome.to_string()),
                     "seconds": r.elapsed.as_secs_f64(),
                     "storm": r.storm,
+                    "updates": r.updates,
                 });
                 println!("{line}");
             } else {

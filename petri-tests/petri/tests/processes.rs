@@ -15,6 +15,7 @@ fn options(storm: u32) -> ProcessOptions {
         exe: PathBuf::from(env!("CARGO_BIN_EXE_petri")),
         storm,
         late_buses: 0,
+        updates: 0,
         quiet: Duration::from_millis(750),
         limit: Duration::from_secs(90) + Duration::from_millis(u64::from(storm) * 400),
         verbose: std::env::var_os("PETRI_VERBOSE").is_some(),
@@ -127,6 +128,7 @@ fn real_510_late_offer_probes() {
     std::fs::write(&path, text).expect("scenario file");
     let opts = ProcessOptions {
         late_buses: 1,
+        updates: 0,
         ..options(0)
     };
     let r = run_with(
@@ -214,6 +216,42 @@ fn real_612_hot_plug_storm() {
     real_storm(GuestKind::Debian612, storm_cycles(40));
 }
 
+/// The service updates itself 100 times in a row while a real driver (5.10) and the 6.2
+/// model go through a hot-plug storm: each update is answered by the new image, and the run
+/// ends as a storm without updates does, every promise kept (`PETRI_UPDATES=N` changes the
+/// count).
+#[test]
+fn storms_across_a_hundred_updates() {
+    let updates = std::env::var("PETRI_UPDATES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for guest in [GuestKind::Debian510, GuestKind::Linux62] {
+        let cycles = 40;
+        let scenario = plain_bus(&format!("updates-{}", guest.name()), 1);
+        let mut opts = options(cycles);
+        opts.updates = updates;
+        let r = run_with(scenario.to_str().expect("utf-8 path"), guest, &opts);
+        eprintln!(
+            "{} across {} updates: {:?} ({:?})",
+            guest.name(),
+            r.updates,
+            r.storm,
+            r.elapsed
+        );
+        assert_ok(&format!("updates {}", guest.name()), &r);
+        assert_eq!(r.updates, updates, "{}", guest.name());
+        let [line] = r.storm.as_slice() else {
+            panic!("one storm summary expected: {:?}", r.storm);
+        };
+        let Some(summary) = StormSummary::parse(line) else {
+            panic!("not a storm summary: {line}");
+        };
+        assert_eq!(summary.cycles, cycles, "{summary:?}");
+        assert!(summary.complete(), "{summary:?}");
+    }
+}
+
 /// `petri run --processes`'s runs: benign scenarios and C2/C3 through the service on the 6.2
 /// model and 5.10, each clean.
 #[test]
@@ -224,6 +262,29 @@ fn catalogue_through_the_service() {
             assert_ok(&format!("{scenario} {}", guest.name()), &r);
         }
     }
+}
+
+/// `--updates N` on the CLI: the run says how many updates the new images answered.
+#[test]
+fn cli_counts_the_updates() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_petri"))
+        .args([
+            "run",
+            "re-add",
+            "--guest",
+            "6.2",
+            "--processes",
+            "--updates",
+            "5",
+        ])
+        .output()
+        .expect("petri");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("updates: 5 of 5 (each answered by the new image)"),
+        "{text}"
+    );
 }
 
 /// The CLI says what it ran and that it is not replayable.

@@ -337,6 +337,16 @@ pub struct Rig {
 impl Rig {
     /// Starts the host, waits for it to listen, then the service and the guest.
     pub fn start(name: &str, spec: &RigSpec) -> Result<Self, RigError> {
+        Self::start_with_env(name, spec, &[])
+    }
+
+    /// [`start`](Self::start), with `service_env` added to the service's environment (a
+    /// test's failpoints, say).
+    pub fn start_with_env(
+        name: &str,
+        spec: &RigSpec,
+        service_env: &[(&str, &str)],
+    ) -> Result<Self, RigError> {
         let dir = scratch(name)?;
         let host_cmd = spec
             .launch
@@ -366,7 +376,8 @@ impl Rig {
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| spec.service_log.to_owned()),
-            );
+            )
+            .envs(service_env.iter().copied());
         let service = Proc::start("service", cmd, spec.verbose).map_err(io("start the service"))?;
         let guest_cmd = spec
             .launch

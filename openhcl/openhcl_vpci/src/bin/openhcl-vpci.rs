@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use openhcl_vpci::config::{ServiceConfig, parse_duration};
 use openhcl_vpci::inspect_server;
 use openhcl_vpci::service::{Endpoints, Service};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,20 @@ enum Command {
     Serve(ServeArgs),
     /// Print the running service's inspect tree, or one subtree.
     Inspect(InspectArgs),
+    /// Replace the running service with a new binary (its own by default) while the VM runs:
+    /// its buses stop between two packets, are saved and handed over, and resume in the new
+    /// image, which answers once everything is restored.
+    Update(UpdateArgs),
+}
+
+#[derive(Parser)]
+struct UpdateArgs {
+    /// The service's control socket.
+    #[arg(long)]
+    control: PathBuf,
+    /// The new binary (the running one's if absent).
+    #[arg(long)]
+    binary: Option<PathBuf>,
 }
 
 #[derive(Parser)]
@@ -65,6 +80,9 @@ struct ServeArgs {
     /// How long shutdown waits for each bus to close.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     shutdown_timeout: Duration,
+    /// Resume from a predecessor's handover on standard input (set by `update`, not by hand).
+    #[arg(long = "resume-from-stdin", hide = true)]
+    resume_from_stdin: bool,
 }
 
 #[derive(Parser)]
@@ -118,7 +136,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         shutdown_timeout: args.shutdown_timeout,
     };
+    if args.resume_from_stdin {
+        let stdin = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("standard input")?;
+        return Service::resume(config, endpoints, UnixStream::from(stdin))?.run();
+    }
     Service::start(config, endpoints)?.run()
+}
+
+fn update(args: UpdateArgs) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(&args.control)
+        .with_context(|| format!("cannot reach the service at {}", args.control.display()))?;
+    let answer = inspect_server::update(&stream, args.binary.as_deref())?;
+    println!("{answer}");
+    Ok(())
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
@@ -146,10 +179,13 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Failpoints act only in a build with the `failpoints` feature and when FAILPOINTS says.
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Inspect(args) => inspect(args),
+        Command::Update(args) => update(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

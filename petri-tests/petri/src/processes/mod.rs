@@ -15,6 +15,7 @@
 mod expect;
 pub mod real;
 mod report;
+mod updates;
 
 pub use expect::{Judgement, judge};
 
@@ -138,6 +139,10 @@ pub struct ProcessOptions {
     /// How many of the scenario's last buses the host offers late (after the message that
     /// every boot-time offer was delivered; 0: none).
     pub late_buses: usize,
+    /// `openhcl-vpci update`s in a row while the run goes on (0: none): the service replaces
+    /// its own image each time, its buses carried across; every update must succeed. Needs
+    /// the service binary (not petri's copy of the service).
+    pub updates: u32,
     /// How long nothing must happen for the run to count as settled.
     pub quiet: Duration,
     /// The bound on the whole run (a run still busy then is a `time_limit`).
@@ -155,6 +160,8 @@ pub struct ProcessRun {
     pub elapsed: Duration,
     /// The storm's summary lines (`storm bus0 cycles=... ms=...`), if there was one.
     pub storm: Vec<String>,
+    /// How many `openhcl-vpci update`s succeeded (each answered by the new image).
+    pub updates: u32,
     /// How the service ran.
     pub service: String,
     /// Every `@@` line the guest printed.
@@ -179,6 +186,12 @@ pub fn run(
     }
     let service = match service_binary(&opts.exe) {
         Some(bin) => ServiceExe::Binary(bin),
+        None if opts.updates > 0 => {
+            return Err(
+                "updates need the openhcl-vpci binary (build the workspace, or set OPENHCL_VPCI_BIN)"
+                    .to_owned(),
+            );
+        }
         None => ServiceExe::Endpoint,
     };
     let spec = RigSpec {
@@ -203,6 +216,12 @@ pub fn run(
     let name = format!("petri-{}-{}", sc.name, guest.name());
     let mut rig = Rig::start(&name, &spec).map_err(|e| e.to_string())?;
     let buses = sc.buses.len();
+    let updater = match (&spec.service, opts.updates) {
+        (ServiceExe::Binary(bin), n) if n > 0 => {
+            Some(updates::start(bin.clone(), rig.dir.join("control.sock"), n))
+        }
+        _ => None,
+    };
     if opts.storm > 0 {
         for i in 0..buses {
             let bus = bus_name(i);
@@ -212,11 +231,19 @@ pub fn run(
                 .map_err(|e| e.to_string())?;
         }
     }
+    let updated = updater.map(|u| u.finish(deadline));
     let settled = rig.wait_quiet(opts.quiet, deadline);
     let outcome = if settled {
         verdict(&rig, buses)
     } else {
         Outcome::TimeLimit
+    };
+    // An update that failed is the service's failure, never the guest's.
+    let outcome = match &updated {
+        Some(Err(reason)) if !outcome.failed() => Outcome::HarnessError {
+            reason: reason.clone(),
+        },
+        _ => outcome,
     };
     let outcome = teardown(&mut rig, guest, outcome);
     let storm = rig
@@ -229,6 +256,10 @@ pub fn run(
         outcome,
         elapsed: started.elapsed(),
         storm,
+        updates: match updated {
+            Some(Ok(n)) => n,
+            _ => 0,
+        },
         service: rig.service_kind.clone(),
         guest_lines: rig.guest.seen(),
     })

@@ -52,11 +52,18 @@ struct Ends {
 /// A running bus whose guest asked the host for a protocol version: the host has the
 /// request, the guest waits for its answer.
 fn running() -> (Driver, Ends, VirtualClock, u64) {
-    running_with(256)
+    let (driver, ends, clock, id, _port) = running_with_port(256);
+    (driver, ends, clock, id)
 }
 
 /// As [`running`], with room for `guest_capacity` packets in the guest's channel.
 fn running_with(guest_capacity: usize) -> (Driver, Ends, VirtualClock, u64) {
+    let (driver, ends, clock, id, _port) = running_with_port(guest_capacity);
+    (driver, ends, clock, id)
+}
+
+/// As [`running_with`], with the bus's port.
+fn running_with_port(guest_capacity: usize) -> (Driver, Ends, VirtualClock, u64, BusPort) {
     let config = MemoryChannelConfig {
         capacity: 256,
         ..MemoryChannelConfig::default()
@@ -67,7 +74,7 @@ fn running_with(guest_capacity: usize) -> (Driver, Ends, VirtualClock, u64) {
         ..config
     });
     let clock = VirtualClock::new();
-    let (driver, _port) = BusDriver::new(
+    let (driver, port) = BusDriver::new(
         BusRelay::new(RelayConfig::default()),
         relay_host,
         relay_guest,
@@ -83,7 +90,38 @@ fn running_with(guest_capacity: usize) -> (Driver, Ends, VirtualClock, u64) {
     assert_eq!(poll(&mut driver), None);
     let at_host = recv_all(&mut ends.host);
     assert_eq!(at_host.len(), 1);
-    (driver, ends, clock, at_host[0].transaction_id)
+    (driver, ends, clock, at_host[0].transaction_id, port)
+}
+
+/// A stop asked through the bus's port (from another thread, as a service does) makes the
+/// running driver return `Stopped` between two packets with both channels open: packets
+/// that arrive next wait in the channels, nothing is handled half, and the driver can run
+/// again (or be saved) and picks them up.
+#[test]
+fn a_stop_through_the_port_returns_between_packets() {
+    let (mut driver, mut ends, _clock, version_id, mut port) = running_with_port(256);
+    assert!(futures::executor::block_on(port.stop()));
+    assert_eq!(poll(&mut driver), Some(DriverExit::Stopped));
+    assert_eq!(ends.host.state(), ChannelState::Open);
+    assert_eq!(ends.guest.state(), ChannelState::Open);
+    // The host answers while the driver is stopped: nothing reaches the guest.
+    send(
+        &mut ends.host,
+        Packet::completion(version_id, padded(status(Status::SUCCESS))),
+    );
+    assert!(recv_all(&mut ends.guest).is_empty());
+    // Run again: the answer goes through, once.
+    assert_eq!(poll(&mut driver), None);
+    let at_guest = recv_all(&mut ends.guest);
+    assert_eq!(
+        at_guest.iter().filter(|p| p.transaction_id == 7).count(),
+        1,
+        "{at_guest:?}"
+    );
+    assert_eq!(driver.relay().version(), ProtocolVersion::V1_4);
+    // A stop asked of a driver that is gone says so.
+    drop(driver);
+    assert!(!futures::executor::block_on(port.stop()));
 }
 
 /// Host packets that arrive while the bus is stopped are queued up to the bound, the rest

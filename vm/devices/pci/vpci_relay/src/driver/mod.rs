@@ -74,6 +74,7 @@ impl<B: BarControl + ?Sized> BarControl for Box<B> {
 enum ConfigRequest {
     Access(ConfigAccess, oneshot::Sender<ConfigAction>),
     Inspect(oneshot::Sender<inspect::Node>),
+    Stop,
     ReadResult {
         slot: WinSlot,
         offset: u16,
@@ -94,6 +95,7 @@ impl std::fmt::Debug for ConfigRequest {
         match self {
             ConfigRequest::Access(a, _) => f.debug_tuple("Access").field(a).finish(),
             ConfigRequest::Inspect(_) => f.write_str("Inspect"),
+            ConfigRequest::Stop => f.write_str("Stop"),
             ConfigRequest::ReadResult { slot, offset, .. } => f
                 .debug_struct("ReadResult")
                 .field("slot", slot)
@@ -110,6 +112,9 @@ pub enum DriverExit {
     GuestClosedByRelay,
     /// The guest closed or revoked its channel.
     GuestGone,
+    /// Stopped on request ([`BusPort::stop`]) between two packets: nothing half-handled, both
+    /// channels still open. The driver can be saved for a successor, or run again.
+    Stopped,
 }
 
 impl BusPort {
@@ -132,6 +137,15 @@ impl BusPort {
             .await
             .ok()?;
         rx.await.ok()
+    }
+
+    /// Asks the driver to stop between two packets: its [`BusDriver::run`] returns
+    /// [`DriverExit::Stopped`] with both channels open and everything not yet sent still
+    /// queued. False if the driver has already stopped.
+    pub async fn stop(&mut self) -> bool {
+        futures::SinkExt::send(&mut self.tx, ConfigRequest::Stop)
+            .await
+            .is_ok()
     }
 
     /// Reports the value a forwarded config read returned.
@@ -393,6 +407,13 @@ where
                     let action = self.relay.handle_config_access(self.clock.now(), access);
                     let _ = reply.send(action);
                     progress = true;
+                }
+                Poll::Ready(Some(ConfigRequest::Stop)) => {
+                    // Whatever the relay has decided is in the queues now (drained at the top
+                    // of this loop), so nothing it produced is lost with the stop.
+                    self.drain_relay();
+                    self.timer = None;
+                    return Poll::Ready(DriverExit::Stopped);
                 }
                 Poll::Ready(Some(ConfigRequest::Inspect(reply))) => {
                     let _ = reply.send(self.inspect_tree());

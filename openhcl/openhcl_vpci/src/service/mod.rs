@@ -5,6 +5,16 @@
 //! Only the event loop writes to the peers, one whole frame at a time, so a shutdown never
 //! leaves a message half-sent.
 
+mod fds;
+pub mod handover;
+mod mmio;
+mod resume;
+pub mod saved;
+pub(crate) mod threads;
+mod update;
+
+pub use update::{RESUME_FLAG, RestoreInfo, UpdateRequest};
+
 use crate::RelayService;
 use crate::bars::RecordingBars;
 use crate::config::ServiceConfig;
@@ -14,15 +24,17 @@ use crate::revocable::{Revocable, RevokeHandle};
 use crate::table::{Action, BusTable};
 use futures::executor::block_on;
 use inspect::Node;
+use mmio::all_ones;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmbus_channel::{RingChannel, RingChannelConfig};
-use vpci_protocol::WinSlot;
-use vpci_relay::{Backing, ConfigAccess, ConfigAction, DriverExit};
+use vpci_relay::DriverExit;
 
 /// The most guest accesses outstanding at the host at once.
 pub const MAX_PENDING_MMIO: usize = 1024;
@@ -56,11 +68,15 @@ pub enum Event {
     /// Guest connection `id` ended (or broke the protocol).
     GuestGone(u64, Option<ControlError>),
     /// The guest's ring of a bus arrived (or failed).
-    GuestRing(String, u64, Result<RingChannel, ControlError>),
+    GuestRing(String, u64, Box<Result<RingChannel, ControlError>>),
     /// A bus's relay stopped.
     BusStopped(String, u64, DriverExit),
     /// An inspect query (path, JSON), answered on the sender.
     Inspect(String, bool, mpsc::Sender<Result<String, String>>),
+    /// A bus's relay stopped on request, for an update: its driver and ring waiting.
+    BusParked(String, u64, Box<update::ParkedBus>),
+    /// A control client asks for the service to be replaced by a new binary.
+    Update(UpdateRequest),
     /// SIGTERM or SIGINT.
     Shutdown,
 }
@@ -93,40 +109,20 @@ pub struct Service {
     next_mmio: u64,
     ring: RingChannelConfig,
     closing: bool,
-}
-
-fn spawn_reader(
-    name: &str,
-    stream: UnixStream,
-    sender: mpsc::Sender<Event>,
-    on_msg: impl Fn(Message, Option<OwnedFd>) -> Event + Send + 'static,
-    on_end: impl FnOnce(Option<ControlError>) -> Event + Send + 'static,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let end = loop {
-                match control::recv(&stream) {
-                    Ok(Some((m, fd))) => {
-                        if sender.send(on_msg(m, fd)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break None,
-                    Err(e) => break Some(e),
-                }
-            };
-            let _ = sender.send(on_end(end));
-        })?;
-    Ok(())
-}
-
-fn all_ones(len: u8) -> u32 {
-    match len {
-        1 => 0xff,
-        2 => 0xffff,
-        _ => u32::MAX,
-    }
+    /// Pauses the reader and listener threads for an update.
+    pause: threads::Pause,
+    /// The peer connections' reader threads.
+    readers: Vec<JoinHandle<()>>,
+    /// The guest listener's thread (gives the listener back when paused).
+    guest_listener: Option<JoinHandle<Option<UnixListener>>>,
+    /// The control listener's thread (likewise).
+    control_listener: Option<JoinHandle<Option<UnixListener>>>,
+    /// The id the next guest connection gets.
+    next_guest_id: Arc<AtomicU64>,
+    /// Guest rings being received by helper threads (an update waits for them).
+    accepting: usize,
+    /// Where this image came from, if it was restored by an update.
+    restored: Option<RestoreInfo>,
 }
 
 impl Service {
@@ -145,31 +141,30 @@ impl Service {
             }
         };
         tracing::info!(host = %endpoints.host.display(), "connected to the host");
-        spawn_reader(
-            "host-reader",
-            host.try_clone()?,
-            sender.clone(),
-            Event::Host,
-            Event::HostGone,
-        )?;
         let _ = std::fs::remove_file(&endpoints.guest);
         let guests = UnixListener::bind(&endpoints.guest)?;
-        let tx = sender.clone();
-        std::thread::Builder::new()
-            .name("guest-listener".into())
-            .spawn(move || {
-                for (id, stream) in (1u64..).zip(guests.incoming()) {
-                    match stream {
-                        Ok(s) => {
-                            if tx.send(Event::GuestConnected(id, s)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "guest accept failed"),
-                    }
-                }
-            })?;
-        inspect_server::listen(&endpoints.control, sender.clone())?;
+        let _ = std::fs::remove_file(&endpoints.control);
+        let control = UnixListener::bind(&endpoints.control)?;
+        let mut service = Self::assemble(config, endpoints, sender, events, None)?;
+        service.serve_host(host)?;
+        service.listen(guests, control)?;
+        tracing::info!(
+            guest = %service.endpoints.guest.display(),
+            control = %service.endpoints.control.display(),
+            "listening"
+        );
+        Ok(service)
+    }
+
+    /// The service's state around its event channel, with the signal watcher running and no
+    /// connection yet.
+    fn assemble(
+        config: ServiceConfig,
+        endpoints: Endpoints,
+        sender: mpsc::Sender<Event>,
+        events: mpsc::Receiver<Event>,
+        restored: Option<RestoreInfo>,
+    ) -> anyhow::Result<Self> {
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
@@ -183,27 +178,64 @@ impl Service {
                     let _ = tx.send(Event::Shutdown);
                 }
             })?;
-        tracing::info!(
-            guest = %endpoints.guest.display(),
-            control = %endpoints.control.display(),
-            "listening"
-        );
-        let relays = RelayService::new();
         Ok(Self {
             config,
             endpoints,
             events,
             sender,
             table: BusTable::new(),
-            relays,
+            relays: RelayService::new(),
             running: BTreeMap::new(),
-            host: Some(host),
+            host: None,
             guest: None,
             pending: HashMap::new(),
             next_mmio: 1,
             ring: RingChannelConfig::default(),
             closing: false,
+            pause: threads::Pause::new()?,
+            readers: Vec::new(),
+            guest_listener: None,
+            control_listener: None,
+            next_guest_id: Arc::new(AtomicU64::new(1)),
+            accepting: 0,
+            restored,
         })
+    }
+
+    /// Starts reading the host connection.
+    fn serve_host(&mut self, host: UnixStream) -> std::io::Result<()> {
+        let reader = threads::spawn_reader(
+            "host-reader",
+            host.try_clone()?,
+            self.sender.clone(),
+            self.pause.clone(),
+            Event::Host,
+            Event::HostGone,
+        )?;
+        self.readers.push(reader);
+        self.host = Some(host);
+        Ok(())
+    }
+
+    /// Starts accepting guests and control clients.
+    fn listen(&mut self, guests: UnixListener, control: UnixListener) -> std::io::Result<()> {
+        let tx = self.sender.clone();
+        let ids = self.next_guest_id.clone();
+        self.guest_listener = Some(threads::spawn_listener(
+            "guest-listener",
+            guests,
+            self.pause.clone(),
+            move |stream| {
+                let id = ids.fetch_add(1, Ordering::Relaxed);
+                tx.send(Event::GuestConnected(id, stream)).is_ok()
+            },
+        )?);
+        self.control_listener = Some(inspect_server::listen(
+            control,
+            self.pause.clone(),
+            self.sender.clone(),
+        )?);
+        Ok(())
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down in order.
@@ -255,7 +287,16 @@ impl Service {
                     self.lose_guest();
                 }
             }
-            Event::GuestRing(bus, generation, ring) => self.guest_ring(bus, generation, ring),
+            Event::GuestRing(bus, generation, ring) => {
+                self.accepting = self.accepting.saturating_sub(1);
+                self.guest_ring(bus, generation, *ring)
+            }
+            Event::BusParked(bus, generation, parked) => {
+                // Only an update stops buses, and it waits for them itself; a parked bus seen
+                // here (its update gave up waiting) is resumed as it was.
+                self.resume_parked(bus, generation, *parked);
+            }
+            Event::Update(request) => self.update(request),
             Event::BusStopped(bus, generation, exit) => {
                 tracing::info!(bus = %bus, ?exit, "bus stopped");
                 if self
@@ -314,13 +355,14 @@ impl Service {
                 if let (Some(Action::Start { generation, .. }), Some(fd)) = (actions.first(), fd) {
                     let generation = *generation;
                     let tx = self.sender.clone();
+                    self.accepting += 1;
                     // The guest sends its ring right after the open; a guest that does not
                     // only stalls this helper thread.
                     std::thread::Builder::new()
                         .name(format!("ring-{bus}"))
                         .spawn(move || {
                             let ring = control::accept_ring(fd);
-                            let _ = tx.send(Event::GuestRing(bus, generation, ring));
+                            let _ = tx.send(Event::GuestRing(bus, generation, Box::new(ring)));
                         })?;
                 }
                 vec![]
@@ -345,24 +387,38 @@ impl Service {
             tracing::warn!("a second guest connected: refused");
             return;
         }
+        if !self.adopt_guest(id, stream) {
+            return;
+        }
+        tracing::info!("guest connected");
+        match self.table.guest_connected() {
+            Ok(actions) => self.apply(actions),
+            Err(e) => tracing::error!(error = %e, "guest refused"),
+        }
+    }
+
+    /// Starts reading guest connection `id`; false if it cannot be served.
+    fn adopt_guest(&mut self, id: u64, stream: UnixStream) -> bool {
         let reader = stream.try_clone().and_then(|s| {
-            spawn_reader(
+            threads::spawn_reader(
                 "guest-reader",
                 s,
                 self.sender.clone(),
+                self.pause.clone(),
                 move |m, fd| Event::Guest(id, m, fd),
                 move |e| Event::GuestGone(id, e),
             )
         });
-        if let Err(e) = reader {
-            tracing::error!(error = %e, "cannot serve the guest");
-            return;
-        }
-        tracing::info!("guest connected");
-        self.guest = Some((id, stream));
-        match self.table.guest_connected() {
-            Ok(actions) => self.apply(actions),
-            Err(e) => tracing::error!(error = %e, "guest refused"),
+        match reader {
+            Ok(handle) => {
+                self.readers.push(handle);
+                self.guest = Some((id, stream));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve the guest");
+                false
+            }
         }
     }
 
@@ -385,26 +441,14 @@ impl Service {
             let sources = vec![host.wait_source()?, guest.wait_source()?];
             let (host, revoke) = Revocable::new(host);
             let bars = RecordingBars::new(&bus);
-            let tx = self.sender.clone();
-            let name = bus.clone();
-            self.relays.add_bus_waiting_on(
-                self.config.relay_config(&bus),
+            let (driver, port) = vpci_relay::BusDriver::new(
+                vpci_relay::BusRelay::new(self.config.relay_config(&bus)),
                 host,
                 guest,
+                vpci_relay::SystemClock::new(),
                 bars.clone(),
-                sources,
-                move |exit| {
-                    let _ = tx.send(Event::BusStopped(name, generation, exit));
-                },
-            )?;
-            self.running.insert(
-                bus.clone(),
-                Running {
-                    generation,
-                    bars,
-                    revoke,
-                },
             );
+            self.run_bus(&bus, generation, driver, port, sources, bars, revoke)?;
             Ok(())
         });
         if let Err(e) = started {
@@ -414,107 +458,42 @@ impl Service {
         }
     }
 
-    fn mmio(&mut self, id: u64, bus: String, op: MmioOp) {
-        let reply = |value| Message::MmioDone { id, value };
-        let Some(running) = self.running.get(&bus) else {
-            let value = match op {
-                MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
-                MmioOp::ConfigWrite { .. } => Some(0),
-                _ => None,
-            };
-            self.send_guest(&reply(value));
-            return;
-        };
-        let generation = running.generation;
-        let port = self.relays.port(&bus);
-        let local = match op {
-            MmioOp::ConfigRead { slot, offset, len } => {
-                let slot = WinSlot::from_raw(slot);
-                let access = ConfigAccess::Read { slot, offset, len };
-                match port.and_then(|mut p| block_on(p.access(access))) {
-                    Some(ConfigAction::Forward) => None,
-                    Some(ConfigAction::Answer(v)) => Some(Some(v)),
-                    Some(ConfigAction::Drop) | None => Some(Some(all_ones(len))),
-                }
-            }
-            MmioOp::ConfigWrite {
-                slot,
-                offset,
-                len,
-                value,
-            } => {
-                let slot = WinSlot::from_raw(slot);
-                let access = ConfigAccess::Write {
-                    slot,
-                    offset,
-                    len,
-                    value,
+    /// Runs a bus's driver on its own thread; its end comes back as [`Event::BusStopped`], or
+    /// as [`Event::BusParked`] when an update stopped it.
+    #[allow(clippy::too_many_arguments)]
+    fn run_bus(
+        &mut self,
+        bus: &str,
+        generation: u64,
+        driver: update::BusDriverOf,
+        port: vpci_relay::BusPort,
+        sources: Vec<vmbus_channel::WaitSource>,
+        bars: RecordingBars,
+        revoke: RevokeHandle,
+    ) -> std::io::Result<()> {
+        let tx = self.sender.clone();
+        let name = bus.to_owned();
+        self.relays.add_driver_waiting_on(
+            name.clone(),
+            driver,
+            port,
+            sources,
+            move |exit, parked| {
+                let _ = match parked {
+                    Some(p) => tx.send(Event::BusParked(name, generation, Box::new(p))),
+                    None => tx.send(Event::BusStopped(name, generation, exit)),
                 };
-                match port.and_then(|mut p| block_on(p.access(access))) {
-                    Some(ConfigAction::Forward) => None,
-                    _ => Some(Some(0)),
-                }
-            }
-            MmioOp::BarRead { slot, len, .. } => match running.bars.get(WinSlot::from_raw(slot)) {
-                Backing::Device => None,
-                Backing::Shield => Some(Some(all_ones(len))),
-                Backing::Released => Some(None),
             },
-            MmioOp::BarWrite { slot, .. } => match running.bars.get(WinSlot::from_raw(slot)) {
-                Backing::Device => None,
-                Backing::Shield => Some(Some(0)),
-                Backing::Released => Some(None),
+        )?;
+        self.running.insert(
+            bus.to_owned(),
+            Running {
+                generation,
+                bars,
+                revoke,
             },
-        };
-        // A guest cannot make the service remember more accesses than this for a host that
-        // does not answer: beyond it they fault (config reads: all ones).
-        let local = match local {
-            None if self.pending.len() >= MAX_PENDING_MMIO => {
-                tracing::warn!(bus = %bus, "too many accesses outstanding at the host");
-                Some(match op {
-                    MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
-                    _ => None,
-                })
-            }
-            other => other,
-        };
-        match local {
-            Some(value) => self.send_guest(&reply(value)),
-            None => {
-                let host_id = self.next_mmio;
-                self.next_mmio += 1;
-                self.pending.insert(
-                    host_id,
-                    Pending {
-                        guest_id: id,
-                        bus: bus.clone(),
-                        generation,
-                        op,
-                    },
-                );
-                self.send_host(&Message::Mmio {
-                    id: host_id,
-                    bus,
-                    op,
-                });
-            }
-        }
-    }
-
-    fn mmio_done(&mut self, id: u64, value: Option<u32>) {
-        let Some(p) = self.pending.remove(&id) else {
-            tracing::warn!(id, "host answered an access nobody asked");
-            return;
-        };
-        if let (MmioOp::ConfigRead { slot, offset, len }, Some(v)) = (p.op, value) {
-            if let Some(mut port) = self.relays.port(&p.bus) {
-                block_on(port.read_result(WinSlot::from_raw(slot), offset, len, v));
-            }
-        }
-        self.send_guest(&Message::MmioDone {
-            id: p.guest_id,
-            value,
-        });
+        );
+        Ok(())
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
@@ -621,6 +600,13 @@ impl Service {
                 }),
             )
             .child("mmio_pending", Node::display(&self.pending.len()))
+            .child(
+                "restored",
+                match &self.restored {
+                    Some(info) => info.inspect(),
+                    None => Node::str("never"),
+                },
+            )
             .child("buses", buses.build())
             .build()
     }

@@ -1,0 +1,123 @@
+//! The guest's config-space and BAR accesses, which reach the service over the control plane
+//! as the paravisor's intercepts would: answered from the relay's decision or the bus's
+//! backing where it can, forwarded to the host otherwise (bounded by [`MAX_PENDING_MMIO`]).
+
+use super::{MAX_PENDING_MMIO, Pending, Service};
+use crate::control::{Message, MmioOp};
+use futures::executor::block_on;
+use vpci_protocol::WinSlot;
+use vpci_relay::{Backing, ConfigAccess, ConfigAction};
+
+/// A read of `len` bytes answered as by an absent device.
+pub(super) fn all_ones(len: u8) -> u32 {
+    match len {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => u32::MAX,
+    }
+}
+
+impl Service {
+    pub(super) fn mmio(&mut self, id: u64, bus: String, op: MmioOp) {
+        let reply = |value| Message::MmioDone { id, value };
+        let Some(running) = self.running.get(&bus) else {
+            let value = match op {
+                MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
+                MmioOp::ConfigWrite { .. } => Some(0),
+                _ => None,
+            };
+            self.send_guest(&reply(value));
+            return;
+        };
+        let generation = running.generation;
+        let port = self.relays.port(&bus);
+        let local = match op {
+            MmioOp::ConfigRead { slot, offset, len } => {
+                let slot = WinSlot::from_raw(slot);
+                let access = ConfigAccess::Read { slot, offset, len };
+                match port.and_then(|mut p| block_on(p.access(access))) {
+                    Some(ConfigAction::Forward) => None,
+                    Some(ConfigAction::Answer(v)) => Some(Some(v)),
+                    Some(ConfigAction::Drop) | None => Some(Some(all_ones(len))),
+                }
+            }
+            MmioOp::ConfigWrite {
+                slot,
+                offset,
+                len,
+                value,
+            } => {
+                let slot = WinSlot::from_raw(slot);
+                let access = ConfigAccess::Write {
+                    slot,
+                    offset,
+                    len,
+                    value,
+                };
+                match port.and_then(|mut p| block_on(p.access(access))) {
+                    Some(ConfigAction::Forward) => None,
+                    _ => Some(Some(0)),
+                }
+            }
+            MmioOp::BarRead { slot, len, .. } => match running.bars.get(WinSlot::from_raw(slot)) {
+                Backing::Device => None,
+                Backing::Shield => Some(Some(all_ones(len))),
+                Backing::Released => Some(None),
+            },
+            MmioOp::BarWrite { slot, .. } => match running.bars.get(WinSlot::from_raw(slot)) {
+                Backing::Device => None,
+                Backing::Shield => Some(Some(0)),
+                Backing::Released => Some(None),
+            },
+        };
+        // A guest cannot make the service remember more accesses than this for a host that
+        // does not answer: beyond it they fault (config reads: all ones).
+        let local = match local {
+            None if self.pending.len() >= MAX_PENDING_MMIO => {
+                tracing::warn!(bus = %bus, "too many accesses outstanding at the host");
+                Some(match op {
+                    MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
+                    _ => None,
+                })
+            }
+            other => other,
+        };
+        match local {
+            Some(value) => self.send_guest(&reply(value)),
+            None => {
+                let host_id = self.next_mmio;
+                self.next_mmio += 1;
+                self.pending.insert(
+                    host_id,
+                    Pending {
+                        guest_id: id,
+                        bus: bus.clone(),
+                        generation,
+                        op,
+                    },
+                );
+                self.send_host(&Message::Mmio {
+                    id: host_id,
+                    bus,
+                    op,
+                });
+            }
+        }
+    }
+
+    pub(super) fn mmio_done(&mut self, id: u64, value: Option<u32>) {
+        let Some(p) = self.pending.remove(&id) else {
+            tracing::warn!(id, "host answered an access nobody asked");
+            return;
+        };
+        if let (MmioOp::ConfigRead { slot, offset, len }, Some(v)) = (p.op, value) {
+            if let Some(mut port) = self.relays.port(&p.bus) {
+                block_on(port.read_result(WinSlot::from_raw(slot), offset, len, v));
+            }
+        }
+        self.send_guest(&Message::MmioDone {
+            id: p.guest_id,
+            value,
+        });
+    }
+}

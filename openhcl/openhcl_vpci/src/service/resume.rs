@@ -1,0 +1,286 @@
+//! The successor's side of an update (and the old image's, after a failed exec): the saved
+//! service checked as a whole before any of it is used, then the connections, listeners and
+//! buses resumed.
+
+use super::fds::{take_listener, take_ring, take_stream};
+use super::handover;
+use super::saved::{FORMAT, SavedBusEntry, SavedError, SavedRing, SavedService};
+use super::threads;
+use super::update::{RestoreInfo, restore_driver};
+use super::{Pending, Service};
+use crate::bars::RecordingBars;
+use crate::control::MmioOp;
+use crate::revocable::Revocable;
+use crate::table::BusTable;
+use prost::Message as _;
+use std::collections::HashSet;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+use vmbus_channel::RingChannel;
+use vmbus_channel::ring::RingHandoff;
+use vpci_protocol::WinSlot;
+use vpci_relay::{Backing, SystemClock};
+
+/// Everything a saved service names, taken out of the handover and checked, before any of it
+/// is put to use.
+struct Checked {
+    saved: SavedService,
+    table: BusTable,
+    pending: Vec<(u64, Pending)>,
+    host: Option<UnixStream>,
+    guest: Option<(u64, UnixStream)>,
+    guest_listener: UnixListener,
+    control_listener: UnixListener,
+    requester: Option<UnixStream>,
+    buses: Vec<(SavedBusEntry, RingHandoff, RingHandoff)>,
+}
+
+fn check(state: &[u8], fds: Vec<OwnedFd>) -> Result<Checked, SavedError> {
+    let saved = SavedService::decode(state)?;
+    if saved.format != FORMAT {
+        return Err(SavedError::Format(saved.format));
+    }
+    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let table = BusTable::restore(
+        saved
+            .table
+            .as_ref()
+            .ok_or_else(|| SavedError::Invalid("no bus table".into()))?,
+    )?;
+    let mut pending = Vec::new();
+    let mut ids = HashSet::new();
+    for p in &saved.pending {
+        let op: MmioOp = serde_json::from_str(&p.op_json)
+            .map_err(|e| SavedError::Invalid(format!("access {}: {e}", p.host_id)))?;
+        if !ids.insert(p.host_id) || p.host_id >= saved.next_mmio {
+            return Err(SavedError::Invalid(format!("access id {}", p.host_id)));
+        }
+        if pending.len() >= super::MAX_PENDING_MMIO {
+            return Err(SavedError::Invalid("too many accesses outstanding".into()));
+        }
+        pending.push((
+            p.host_id,
+            Pending {
+                guest_id: p.guest_id,
+                bus: p.bus.clone(),
+                generation: p.generation,
+                op,
+            },
+        ));
+    }
+    let host = saved
+        .host_fd
+        .map(|i| take_stream(i, &mut fds))
+        .transpose()?;
+    let guest = match &saved.guest {
+        Some(g) => Some((g.id, take_stream(g.fd, &mut fds)?)),
+        None => None,
+    };
+    let guest_listener = take_listener(saved.guest_listener_fd, &mut fds)?;
+    let control_listener = take_listener(saved.control_listener_fd, &mut fds)?;
+    let requester = saved
+        .requester_fd
+        .map(|i| take_stream(i, &mut fds))
+        .transpose()?;
+    let mut buses = Vec::new();
+    let mut names = HashSet::new();
+    for entry in &saved.buses {
+        if !names.insert(entry.bus.clone()) {
+            return Err(SavedError::Invalid(format!(
+                "bus {} saved twice",
+                entry.bus
+            )));
+        }
+        if table.running(&entry.bus) != Some(entry.generation) {
+            return Err(SavedError::Invalid(format!(
+                "bus {} generation {} is not running in the table",
+                entry.bus, entry.generation
+            )));
+        }
+        let ring = |r: &Option<SavedRing>, which: &str| {
+            r.clone()
+                .ok_or_else(|| SavedError::Invalid(format!("bus {}: no {which} ring", entry.bus)))
+        };
+        let host_ring = take_ring(&ring(&entry.host_ring, "host")?, &mut fds)?;
+        let guest_ring = take_ring(&ring(&entry.guest_ring, "guest")?, &mut fds)?;
+        for bar in &entry.bars {
+            if !(1..=2).contains(&bar.backing) {
+                return Err(SavedError::Invalid(format!(
+                    "bus {}: backing {} of slot {:#x}",
+                    entry.bus, bar.backing, bar.slot
+                )));
+            }
+        }
+        buses.push((entry.clone(), host_ring, guest_ring));
+    }
+    Ok(Checked {
+        saved,
+        table,
+        pending,
+        host,
+        guest,
+        guest_listener,
+        control_listener,
+        requester,
+        buses,
+    })
+}
+
+impl Service {
+    /// Resumes from a handover: the successor at start, or the old image after a failed exec.
+    /// Everything is checked before anything is used; a bus whose driver or rings cannot be
+    /// restored is closed (the guest sees it rescinded), the others run on.
+    pub(super) fn resume_from_saved(
+        &mut self,
+        state: &[u8],
+        fds: Vec<OwnedFd>,
+        successor: bool,
+    ) -> Result<RestoreInfo, SavedError> {
+        let Checked {
+            saved,
+            table,
+            pending,
+            host,
+            guest,
+            guest_listener,
+            control_listener,
+            requester,
+            buses,
+        } = check(state, fds)?;
+        let stopped_for = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_nanos(saved.saved_at_unix_ns));
+        self.table = table;
+        self.pending = pending.into_iter().collect();
+        self.next_mmio = saved.next_mmio;
+        self.next_guest_id
+            .store(saved.next_guest_id, std::sync::atomic::Ordering::Relaxed);
+        self.pause = threads::Pause::new().map_err(|e| SavedError::Invalid(e.to_string()))?;
+        self.readers.clear();
+        self.host = None;
+        self.guest = None;
+        if let Some(host) = host {
+            if let Err(e) = self.serve_host(host) {
+                tracing::error!(error = %e, "cannot serve the host");
+                self.lose_host();
+            }
+        }
+        if let Some((id, stream)) = guest {
+            self.adopt_guest(id, stream);
+        }
+        if let Err(e) = self.listen(guest_listener, control_listener) {
+            tracing::error!(error = %e, "cannot listen");
+        }
+        let mut restored = 0;
+        for (entry, host_ring, guest_ring) in buses {
+            let (bus, generation) = (entry.bus.clone(), entry.generation);
+            match self.unpark(entry, host_ring, guest_ring, stopped_for) {
+                Ok(()) => restored += 1,
+                Err(e) => {
+                    tracing::error!(bus = %bus, error = %e, "cannot restore the bus; closing it");
+                    let actions = self.table.bus_stopped(&bus, generation);
+                    self.apply(actions);
+                }
+            }
+        }
+        let info = RestoreInfo {
+            from_version: saved.writer_version.clone(),
+            format: saved.format,
+            at: SystemTime::now(),
+            downtime: stopped_for,
+            updates: saved.updates + 1,
+            buses: restored,
+        };
+        // The old image answers its client itself when it resumes after a failed exec.
+        if let Some(requester) = requester.filter(|_| successor) {
+            let reply = crate::control::Message::UpdateReply {
+                result: Ok(format!(
+                    "updated: {} buses carried from version {} (format {}), stopped for {:?}",
+                    restored, info.from_version, info.format, stopped_for
+                )),
+            };
+            let _ = crate::control::send(&requester, &reply, None);
+            crate::inspect_server::serve_client(requester, self.sender.clone());
+        }
+        Ok(info)
+    }
+
+    /// The successor's start: reads the handover from `stdin` (the socket its predecessor
+    /// wrote before it exec'd this image) and resumes everything in it.
+    pub fn resume(
+        config: crate::config::ServiceConfig,
+        endpoints: super::Endpoints,
+        stdin: UnixStream,
+    ) -> anyhow::Result<Self> {
+        let received = handover::recv(&stdin)?;
+        drop(stdin);
+        let (sender, events) = mpsc::channel();
+        let mut service = Self::assemble(config, endpoints, sender, events, None)?;
+        let info = service.resume_from_saved(&received.state, received.fds, true)?;
+        tracing::info!(
+            from_version = %info.from_version,
+            buses = info.buses,
+            downtime = ?info.downtime,
+            updates = info.updates,
+            "resumed from an update"
+        );
+        service.restored = Some(info);
+        Ok(service)
+    }
+
+    /// Restarts one bus from its saved entry and ring ends.
+    fn unpark(
+        &mut self,
+        entry: SavedBusEntry,
+        host_ring: RingHandoff,
+        guest_ring: RingHandoff,
+        stopped_for: Duration,
+    ) -> Result<(), String> {
+        let mut host =
+            RingChannel::from_handoff(host_ring).map_err(|e| format!("host ring: {e}"))?;
+        let mut guest =
+            RingChannel::from_handoff(guest_ring).map_err(|e| format!("guest ring: {e}"))?;
+        let sources = vec![
+            host.wait_source().map_err(|e| e.to_string())?,
+            guest.wait_source().map_err(|e| e.to_string())?,
+        ];
+        let (host, revoke) = Revocable::new(host);
+        if entry.host_revoked {
+            revoke.revoke();
+        }
+        let bars = RecordingBars::restored(
+            &entry.bus,
+            entry.bars.iter().map(|b| {
+                let backing = if b.backing == 1 {
+                    Backing::Device
+                } else {
+                    Backing::Shield
+                };
+                (WinSlot::from_raw(b.slot), backing)
+            }),
+        );
+        let clock =
+            SystemClock::starting_at(Duration::from_nanos(entry.relay_now_ns) + stopped_for);
+        let (driver, port) = restore_driver(
+            self.config.relay_config(&entry.bus),
+            &entry.driver,
+            host,
+            guest,
+            clock,
+            bars.clone(),
+        )?;
+        self.run_bus(
+            &entry.bus,
+            entry.generation,
+            driver,
+            port,
+            sources,
+            bars,
+            revoke,
+        )
+        .map_err(|e| e.to_string())
+    }
+}

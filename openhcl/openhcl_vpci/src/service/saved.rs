@@ -1,0 +1,321 @@
+//! The service's saved state across an update: protobuf with numbered fields (`prost`), the
+//! relay's own encoding, so that a newer service reads an older one's state (absent fields
+//! take their defaults) and an older one skips fields it does not know.
+//!
+//! Descriptors cannot travel in bytes: each saved item names its descriptors by index into
+//! the handover's descriptor list ([`super::handover`]), and restore checks every index.
+
+use crate::table::{BusTable, GuestSide, HostSide};
+use thiserror::Error;
+
+/// The format this service writes. A successor refuses a state whose major format it does not
+/// know; fields added within a format are optional.
+pub const FORMAT: u32 = 1;
+
+/// The whole service.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SavedService {
+    /// [`FORMAT`] of the writer.
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    /// The writer's package version (shown by inspect after the update).
+    #[prost(string, tag = "2")]
+    pub writer_version: String,
+    /// The bus table.
+    #[prost(message, optional, tag = "3")]
+    pub table: Option<SavedTable>,
+    /// Guest accesses outstanding at the host.
+    #[prost(message, repeated, tag = "4")]
+    pub pending: Vec<SavedMmio>,
+    /// The next host access id.
+    #[prost(uint64, tag = "5")]
+    pub next_mmio: u64,
+    /// The host connection's descriptor index, if connected.
+    #[prost(uint32, optional, tag = "6")]
+    pub host_fd: Option<u32>,
+    /// The guest connection: its id and descriptor index, if connected.
+    #[prost(message, optional, tag = "7")]
+    pub guest: Option<SavedGuest>,
+    /// The guest listener's descriptor index.
+    #[prost(uint32, tag = "8")]
+    pub guest_listener_fd: u32,
+    /// The control listener's descriptor index.
+    #[prost(uint32, tag = "9")]
+    pub control_listener_fd: u32,
+    /// The connection that asked for the update (answered by the successor).
+    #[prost(uint32, optional, tag = "10")]
+    pub requester_fd: Option<u32>,
+    /// The id the next guest connection gets.
+    #[prost(uint64, tag = "11")]
+    pub next_guest_id: u64,
+    /// The running buses.
+    #[prost(message, repeated, tag = "12")]
+    pub buses: Vec<SavedBusEntry>,
+    /// How many updates this service has been through before this one.
+    #[prost(uint64, tag = "13")]
+    pub updates: u64,
+    /// When the state was saved (wall clock, ns since the Unix epoch): the successor's relay
+    /// clocks go on from the saved relay times plus the time spent stopped.
+    #[prost(uint64, tag = "14")]
+    pub saved_at_unix_ns: u64,
+}
+
+/// The guest connection.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SavedGuest {
+    /// The connection's id.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Its descriptor index.
+    #[prost(uint32, tag = "2")]
+    pub fd: u32,
+}
+
+/// One guest access outstanding at the host.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SavedMmio {
+    /// The id the host will answer.
+    #[prost(uint64, tag = "1")]
+    pub host_id: u64,
+    /// The guest's id for it.
+    #[prost(uint64, tag = "2")]
+    pub guest_id: u64,
+    /// The bus.
+    #[prost(string, tag = "3")]
+    pub bus: String,
+    /// The bus's generation.
+    #[prost(uint64, tag = "4")]
+    pub generation: u64,
+    /// The access, as the control plane's JSON (its own format).
+    #[prost(string, tag = "5")]
+    pub op_json: String,
+}
+
+/// The bus table.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SavedTable {
+    /// Every bus.
+    #[prost(message, repeated, tag = "1")]
+    pub buses: Vec<SavedTableEntry>,
+    /// A guest is connected.
+    #[prost(bool, tag = "2")]
+    pub guest_connected: bool,
+    /// The host sent all-offers-delivered.
+    #[prost(bool, tag = "3")]
+    pub all_offers_delivered: bool,
+    /// The last generation given out.
+    #[prost(uint64, tag = "4")]
+    pub next_generation: u64,
+}
+
+/// One bus of the table.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SavedTableEntry {
+    /// The bus id.
+    #[prost(string, tag = "1")]
+    pub bus: String,
+    /// [`GuestSide`] as 1..=5.
+    #[prost(uint32, tag = "2")]
+    pub guest: u32,
+    /// [`HostSide`] as 1..=4.
+    #[prost(uint32, tag = "3")]
+    pub host: u32,
+    /// The generation.
+    #[prost(uint64, tag = "4")]
+    pub generation: u64,
+    /// Rescinds seen.
+    #[prost(uint64, tag = "5")]
+    pub rescinds: u64,
+    /// Re-offers held.
+    #[prost(uint64, tag = "6")]
+    pub held_reoffers: u64,
+}
+
+/// One running bus: its relay and driver, its backing, and its two ring ends.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SavedBusEntry {
+    /// The bus id.
+    #[prost(string, tag = "1")]
+    pub bus: String,
+    /// The generation it runs as.
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    /// The driver's saved state (`vpci_relay`'s own encoding).
+    #[prost(bytes = "vec", tag = "3")]
+    pub driver: Vec<u8>,
+    /// The host ring end.
+    #[prost(message, optional, tag = "4")]
+    pub host_ring: Option<SavedRing>,
+    /// The guest ring end.
+    #[prost(message, optional, tag = "5")]
+    pub guest_ring: Option<SavedRing>,
+    /// The host channel was revoked (the host rescinded the bus).
+    #[prost(bool, tag = "6")]
+    pub host_revoked: bool,
+    /// The backing of each mapped slot.
+    #[prost(message, repeated, tag = "7")]
+    pub bars: Vec<SavedBar>,
+    /// The relay's time when it stopped (ns on its own time base).
+    #[prost(uint64, tag = "8")]
+    pub relay_now_ns: u64,
+}
+
+/// A ring end: its private state and where its descriptors are.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SavedRing {
+    /// The end created the channel.
+    #[prost(bool, tag = "1")]
+    pub creator: bool,
+    /// Its own end (0 none, 1 closed, 2 revoked).
+    #[prost(uint32, tag = "2")]
+    pub local_end: u32,
+    /// The peer's latched end (same codes).
+    #[prost(uint32, tag = "3")]
+    pub peer_end: u32,
+    /// The peer broke the ring.
+    #[prost(bool, tag = "4")]
+    pub broken: bool,
+    /// The peer process was seen gone.
+    #[prost(bool, tag = "5")]
+    pub peer_gone: bool,
+    /// The first descriptor's index.
+    #[prost(uint32, tag = "6")]
+    pub first_fd: u32,
+    /// How many descriptors (3, or 4 with a liveness socket).
+    #[prost(uint32, tag = "7")]
+    pub fd_count: u32,
+}
+
+/// A mapped slot's backing.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SavedBar {
+    /// The slot (raw).
+    #[prost(uint32, tag = "1")]
+    pub slot: u32,
+    /// 1 device, 2 shield.
+    #[prost(uint32, tag = "2")]
+    pub backing: u32,
+}
+
+/// Why a saved service state cannot be restored.
+#[derive(Debug, Error)]
+pub enum SavedError {
+    /// The bytes are not a saved service.
+    #[error("saved service state does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A format this service does not know.
+    #[error("saved service state of format {0}; this service reads format {FORMAT}")]
+    Format(u32),
+    /// A field out of range.
+    #[error("saved service state: {0}")]
+    Invalid(String),
+    /// A descriptor index beyond what the handover carried, or used twice.
+    #[error("saved service state names descriptor {index} of {count} (or names it twice)")]
+    Descriptor {
+        /// The index.
+        index: u32,
+        /// How many were handed over.
+        count: usize,
+    },
+}
+
+fn guest_code(side: GuestSide) -> u32 {
+    match side {
+        GuestSide::NotOffered => 1,
+        GuestSide::Offered => 2,
+        GuestSide::Open => 3,
+        GuestSide::Revoked => 4,
+        GuestSide::Reoffered => 5,
+    }
+}
+
+fn guest_side(code: u32) -> Option<GuestSide> {
+    Some(match code {
+        1 => GuestSide::NotOffered,
+        2 => GuestSide::Offered,
+        3 => GuestSide::Open,
+        4 => GuestSide::Revoked,
+        5 => GuestSide::Reoffered,
+        _ => return None,
+    })
+}
+
+fn host_code(side: HostSide) -> u32 {
+    match side {
+        HostSide::Offered => 1,
+        HostSide::Open => 2,
+        HostSide::Rescinded => 3,
+        HostSide::Released => 4,
+    }
+}
+
+fn host_side(code: u32) -> Option<HostSide> {
+    Some(match code {
+        1 => HostSide::Offered,
+        2 => HostSide::Open,
+        3 => HostSide::Rescinded,
+        4 => HostSide::Released,
+        _ => return None,
+    })
+}
+
+impl BusTable {
+    /// The table as saved state.
+    pub(crate) fn save(&self) -> SavedTable {
+        let (buses, guest_connected, all_offers_delivered, next_generation) = self.parts();
+        SavedTable {
+            buses: buses
+                .map(|(bus, e)| SavedTableEntry {
+                    bus: bus.to_owned(),
+                    guest: guest_code(e.guest),
+                    host: host_code(e.host),
+                    generation: e.generation,
+                    rescinds: e.rescinds,
+                    held_reoffers: e.held_reoffers,
+                })
+                .collect(),
+            guest_connected,
+            all_offers_delivered,
+            next_generation,
+        }
+    }
+
+    /// A table from saved state, every field checked.
+    pub(crate) fn restore(saved: &SavedTable) -> Result<Self, SavedError> {
+        let mut table = BusTable::new();
+        for e in &saved.buses {
+            let guest = guest_side(e.guest).ok_or_else(|| {
+                SavedError::Invalid(format!("bus {}: guest state {}", e.bus, e.guest))
+            })?;
+            let host = host_side(e.host).ok_or_else(|| {
+                SavedError::Invalid(format!("bus {}: host state {}", e.bus, e.host))
+            })?;
+            if e.generation > saved.next_generation {
+                return Err(SavedError::Invalid(format!(
+                    "bus {}: generation {} beyond {}",
+                    e.bus, e.generation, saved.next_generation
+                )));
+            }
+            let message = crate::control::Message::Open { bus: e.bus.clone() };
+            message
+                .validate()
+                .map_err(|err| SavedError::Invalid(err.to_string()))?;
+            table
+                .insert_restored(
+                    &e.bus,
+                    guest,
+                    host,
+                    e.generation,
+                    e.rescinds,
+                    e.held_reoffers,
+                )
+                .map_err(SavedError::Invalid)?;
+        }
+        table.set_restored_flags(
+            saved.guest_connected,
+            saved.all_offers_delivered,
+            saved.next_generation,
+        );
+        Ok(table)
+    }
+}

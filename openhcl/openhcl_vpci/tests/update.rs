@@ -1,0 +1,228 @@
+//! `openhcl-vpci update`: the service replaces its own image while a guest probes and is
+//! hot-plugged, its buses stopped between two packets, saved, handed over across `exec` with
+//! every socket and ring, and resumed. The guest and the host notice nothing: the storm
+//! finishes with every cycle done and every EJECT answered, and the guest ends holding what
+//! the host has. A failed update leaves the service running as it was. Every wait is bounded.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use vpci_endpoints::report::{GuestState, HostState, StormSummary};
+use vpci_endpoints::rig::{Launch, Rig, RigSpec, ServiceExe};
+
+/// The re-executed host or guest endpoint (does nothing in a normal test run).
+#[test]
+fn child_role() {
+    vpci_endpoints::rig::child_role();
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+const BIN: &str = env!("CARGO_BIN_EXE_openhcl-vpci");
+
+fn start(test: &str, host: &str) -> Rig {
+    start_with_env(test, host, &[])
+}
+
+fn start_with_env(test: &str, host: &str, service_env: &[(&str, &str)]) -> Rig {
+    let spec = RigSpec {
+        launch: Launch::this_test().expect("this test's executable"),
+        service: ServiceExe::Binary(BIN.into()),
+        host: host.to_owned(),
+        guest: "model=6.2".to_owned(),
+        service_args: Vec::new(),
+        service_log: "info",
+        verbose: std::env::var_os("OPENHCL_VPCI_TEST_LOG").is_some(),
+    };
+    match Rig::start_with_env(&format!("openhcl-vpci-update-{test}"), &spec, service_env) {
+        Ok(rig) => rig,
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+/// `openhcl-vpci update` against the rig's service: its exit status and what it printed.
+fn update(rig: &Rig, binary: Option<&Path>) -> (bool, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("update")
+        .arg("--control")
+        .arg(rig.dir.join("control.sock"));
+    if let Some(b) = binary {
+        cmd.arg("--binary").arg(b);
+    }
+    let out = cmd.output().expect("run openhcl-vpci update");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn inspect(rig: &Rig, path: &str) -> String {
+    match rig.inspect(path) {
+        Ok(tree) => tree,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn no_guest_failure(rig: &Rig) {
+    let seen = rig.guest.seen();
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.starts_with("guest failure") || l.starts_with("guest violation")),
+        "{seen:?}"
+    );
+}
+
+/// Once the storm is over: every cycle ran on every bus, the guest heard of hot-adds (at
+/// least a tenth of them), and it holds exactly what the host lists.
+fn storm_kept_every_promise(rig: &Rig, buses: usize, cycles: u32, limit: Duration) {
+    for bus in 0..buses {
+        let prefix = format!("storm bus{bus} ");
+        let line = rig.host.expect_line(limit, |l| l.starts_with(&prefix));
+        let Some(s) = StormSummary::parse(&line) else {
+            panic!("not a storm summary: {line}");
+        };
+        assert_eq!(s.cycles, cycles, "{s:?}");
+        assert!(s.complete(), "{s:?}");
+    }
+    assert!(rig.wait_quiet(Duration::from_millis(750), Instant::now() + LIMIT));
+    let (host, guest) = (rig.host.seen(), rig.guest.seen());
+    for i in 0..buses {
+        let bus = format!("bus{i}");
+        // Not vacuous: the guest did go through hot-adds. (Fewer than in a storm without
+        // updates: an EJECT that reaches a bus while it is stopped meets its add there, and
+        // the relay coalesces the two, as it does for any add ejected before the guest heard.)
+        let arrivals = GuestState::arrivals(&guest, &bus, vpci_protocol::WinSlot::from_raw(1));
+        assert!(
+            arrivals >= cycles as usize / 10,
+            "{bus}: the guest heard of {arrivals} of {cycles} hot-adds"
+        );
+        let (Some(h), Some(g)) = (HostState::last(&host, &bus), GuestState::last(&guest, &bus))
+        else {
+            panic!("{bus}: no final state");
+        };
+        assert!(h.ejecting.is_empty(), "{h:?}");
+        assert!(g.probed && !g.closed, "{g:?}");
+        assert_eq!(h.functions, g.held, "{bus}: host and guest disagree");
+    }
+    no_guest_failure(rig);
+}
+
+/// Updates in a row while a hot-plug storm runs on two buses: each one answers from the new
+/// image with both buses carried across, the service keeps its process id (it execs itself),
+/// inspect counts the updates, and the storm keeps every promise.
+#[test]
+fn a_hundred_updates_during_a_storm_go_unnoticed() {
+    let updates: u32 = std::env::var("OPENHCL_VPCI_UPDATES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let cycles = 150;
+    let rig = start("storm", &format!("buses=2,functions=1,storm={cycles}"));
+    rig.guest
+        .expect_line(LIMIT, |l| l.starts_with("guest probed bus1"));
+    let pid = rig.service.child.id();
+    let mut carried = 0;
+    for i in 0..updates {
+        let (ok, text) = update(&rig, None);
+        assert!(ok, "update {i}: {text}");
+        assert!(text.starts_with("updated: "), "update {i}: {text}");
+        if text.starts_with("updated: 2 buses") {
+            carried += 1;
+        }
+        assert_eq!(rig.service.child.id(), pid);
+    }
+    assert!(
+        carried >= updates / 2,
+        "only {carried} of {updates} updates carried both buses"
+    );
+    let restored = inspect(&rig, "restored");
+    assert!(
+        restored.contains(&format!("\"updates\": \"{updates}\"")),
+        "{restored}"
+    );
+    storm_kept_every_promise(&rig, 2, cycles, LIMIT * 2);
+    // The relays themselves say they were restored.
+    let relay = inspect(&rig, "buses/bus0/relay/restored");
+    assert!(relay.contains("from_format"), "{relay}");
+}
+
+/// An update to a binary that does not exist, or to a file that is not an openhcl-vpci
+/// (which `execvp` would even run with `/bin/sh`, taking the buses with it), is refused
+/// before anything stops; the storm goes on.
+#[test]
+fn a_wrong_binary_is_refused_before_anything_stops() {
+    let cycles = 60;
+    let rig = start("refused", &format!("buses=2,functions=1,storm={cycles}"));
+    rig.guest
+        .expect_line(LIMIT, |l| l.starts_with("guest probed bus1"));
+    let (ok, text) = update(&rig, Some(Path::new("/nonexistent/openhcl-vpci")));
+    assert!(!ok, "{text}");
+    assert!(text.contains("cannot use"), "{text}");
+    for (name, contents) in [
+        ("zeros", &[0u8; 64][..]),
+        ("script", &b"#!/bin/sh\necho hello\n"[..]),
+    ] {
+        let bogus = rig.dir.join(name);
+        std::fs::write(&bogus, contents).expect("write the bogus binary");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&bogus, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the bogus binary");
+        }
+        let (ok, text) = update(&rig, Some(&bogus));
+        assert!(!ok, "{name}: {text}");
+        assert!(
+            text.contains("is not an openhcl-vpci binary") || text.contains("cannot run"),
+            "{name}: {text}"
+        );
+    }
+    assert!(rig.service.child.id() > 0);
+    assert_eq!(inspect(&rig, "restored").trim(), "\"never\"");
+    storm_kept_every_promise(&rig, 2, cycles, LIMIT * 2);
+}
+
+/// The exec itself fails (a failpoint; in life the binary replaced or removed since it was
+/// checked, or no memory) after the buses stopped and everything was written into the
+/// handover: the old image resumes from that very handover, answers with the error, and the
+/// storm goes on to keep every promise, update after update.
+#[test]
+fn a_failed_exec_leaves_the_service_running() {
+    let cycles = 80;
+    let rig = start_with_env(
+        "failed",
+        &format!("buses=2,functions=1,storm={cycles}"),
+        &[("FAILPOINTS", "update-exec=return")],
+    );
+    rig.guest
+        .expect_line(LIMIT, |l| l.starts_with("guest probed bus1"));
+    let pid = rig.service.child.id();
+    for i in 0..10 {
+        let (ok, text) = update(&rig, None);
+        assert!(!ok, "update {i}: {text}");
+        assert!(text.contains("cannot exec"), "update {i}: {text}");
+        assert!(text.contains("failpoint update-exec"), "update {i}: {text}");
+    }
+    assert_eq!(rig.service.child.id(), pid);
+    assert_eq!(inspect(&rig, "restored").trim(), "\"never\"");
+    // The buses went through the handover and back: the relays say they were restored.
+    let relay = inspect(&rig, "buses/bus0/relay/restored");
+    assert!(relay.contains("from_format"), "{relay}");
+    storm_kept_every_promise(&rig, 2, cycles, LIMIT * 2);
+}
+
+/// An update while the guest's probe waits on a slow host (every answer 30 ms late): the
+/// probe finishes in the new image as if nothing happened.
+#[test]
+fn an_update_mid_probe_is_a_pause() {
+    let rig = start("probe", "buses=1,functions=2,latency_ms=30");
+    // Somewhere in the probe: the bus is open but not yet probed.
+    rig.guest.expect_line(LIMIT, |l| l.contains("bus0"));
+    let (ok, text) = update(&rig, None);
+    assert!(ok, "{text}");
+    rig.guest.expect_line(LIMIT, |l| l == "guest probed bus0");
+    rig.guest
+        .expect_line(LIMIT, |l| l == "guest devices bus0 2");
+    no_guest_failure(&rig);
+}
