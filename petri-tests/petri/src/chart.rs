@@ -25,7 +25,7 @@ fn colour(mark: Mark) -> &'static str {
         Mark::Coalesced => "#7c3aed",
         Mark::Local => "#2563eb",
         Mark::Crash => "#dc2626",
-        Mark::Choice => "#777777",
+        Mark::Choice | Mark::Serviced => "#777777",
     }
 }
 
@@ -66,7 +66,7 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 /// Whether a line belongs on the chart: messages between lanes, the relay's notes, the
 /// host's notes and the crash (not the guest's every step, nor the scheduler's choices).
 fn charted(line: &Line) -> bool {
-    line.mark != Mark::Choice
+    !matches!(line.mark, Mark::Choice | Mark::Serviced)
         && (line.from != line.to || line.from != Lane::Guest || line.mark == Mark::Crash)
 }
 
@@ -88,7 +88,7 @@ fn crash_block(trace: &Trace, crash: &Line) -> Vec<(String, bool)> {
         .lines
         .iter()
         .filter(|l| l.from == Lane::Guest && l.to == Lane::Guest)
-        .filter(|l| !matches!(l.mark, Mark::Crash | Mark::Choice))
+        .filter(|l| !matches!(l.mark, Mark::Crash | Mark::Choice | Mark::Serviced))
         .collect();
     let last = &steps[steps.len().saturating_sub(LAST_STEPS)..];
     if !last.is_empty() {

@@ -5,7 +5,7 @@ use petri::explore::{Strategy, Summary, check, explore, run_seed, run_systematic
 use petri::labels::RelayTimes;
 use petri::outcome::RunResult;
 use petri::report::{COLUMNS, cell, column_name, demo_table, kinds_text, replay_command, table};
-use petri::scenario::{GuestKind, Scenario, builtin_text, catalogue, load};
+use petri::scenario::{GuestKind, Scenario, Servicing, builtin_text, catalogue, load};
 use petri::trace::Trace;
 use std::process::ExitCode;
 
@@ -25,8 +25,19 @@ fn fail(context: &str, e: impl std::fmt::Display) -> ExitCode {
 
 /// `petri demo`: `schedules` per model cell (default: each scenario's own), `real` per real
 /// driver cell (each run is a process, so fewer).
-pub(crate) fn demo(schedules: Option<u64>, real: u64, seed: u64, json: bool) -> ExitCode {
-    let scenarios = catalogue();
+pub(crate) fn demo(
+    schedules: Option<u64>,
+    real: u64,
+    seed: u64,
+    json: bool,
+    servicing: Option<Servicing>,
+) -> ExitCode {
+    let mut scenarios = catalogue();
+    if let Some(servicing) = servicing {
+        for s in &mut scenarios {
+            s.relay.servicing = servicing;
+        }
+    }
     let per = |s: &Scenario, guest: GuestKind| {
         if guest.driver().is_some() {
             real
@@ -87,6 +98,17 @@ pub(crate) fn demo(schedules: Option<u64>, real: u64, seed: u64, json: bool) -> 
              ! marks an expectation not met. 5.10, 6.1 and 6.12 are the real pci-hyperv.c of \
              Debian 11, 12 and 13 (kernel_shim); dir = direct, relay = through the relay."
         );
+        if let Some(servicing) = servicing.filter(|s| *s != Servicing::Off) {
+            let total: u64 = results
+                .iter()
+                .flat_map(|(_, row)| row.iter().filter_map(|s| s.servicings))
+                .sum();
+            println!(
+                "Servicing ({}): {total} relay servicings (saved, encoded, restored) over the \
+                 relay columns' runs.",
+                servicing.name()
+            );
+        }
         if problems.is_empty() {
             println!(
                 "Every expectation met: the unfixed guest fails where the catalogue says, and \
@@ -155,6 +177,8 @@ pub(crate) struct RunArgs {
     pub(crate) systematic: bool,
     pub(crate) json: bool,
     pub(crate) chart: Option<String>,
+    /// `--servicing`: overrides the scenario's `[relay] servicing`.
+    pub(crate) servicing: Option<Servicing>,
 }
 
 fn print_summary(scenario: &Scenario, guest: GuestKind, summary: &Summary) {
@@ -201,6 +225,13 @@ fn print_summary(scenario: &Scenario, guest: GuestKind, summary: &Summary) {
             summary.schedules
         );
     }
+    if let Some(n) = summary.servicings {
+        println!(
+            "  servicing ({}): {n} relay servicings (saved, encoded, restored) over {} schedules",
+            scenario.relay.servicing.name(),
+            summary.schedules
+        );
+    }
     if let Some(f) = &summary.first_failure {
         println!("  first failure: {f}");
     }
@@ -211,10 +242,13 @@ fn print_summary(scenario: &Scenario, guest: GuestKind, summary: &Summary) {
 
 /// `petri run`.
 pub(crate) fn run(args: RunArgs) -> ExitCode {
-    let scenario = match load(&args.scenario) {
+    let mut scenario = match load(&args.scenario) {
         Ok(s) => s,
         Err(e) => return fail("run", e),
     };
+    if let Some(servicing) = args.servicing {
+        scenario.relay.servicing = servicing;
+    }
     let guests: Vec<GuestKind> = args.guest.map_or(GuestKind::ALL.to_vec(), |g| vec![g]);
     let modes: Vec<bool> = args.mode.map_or(vec![false, true], |m| vec![m]);
     if args.chart.is_some() && (guests.len() != 1 || modes.len() != 1) {
@@ -352,6 +386,8 @@ pub(crate) struct ReplayOutput<'a> {
     pub(crate) verbose: bool,
     /// The directory for the ring images.
     pub(crate) dump_rings: Option<&'a str>,
+    /// `--servicing`: overrides the scenario's `[relay] servicing`.
+    pub(crate) servicing: Option<Servicing>,
 }
 
 /// `petri replay`.
@@ -366,12 +402,16 @@ pub(crate) fn replay(
         chart,
         verbose,
         dump_rings,
+        servicing,
     } = output;
     let real = guest.driver().is_some();
-    let scenario = match load(scenario) {
+    let mut scenario = match load(scenario) {
         Ok(s) => s,
         Err(e) => return fail("replay", e),
     };
+    if let Some(servicing) = servicing {
+        scenario.relay.servicing = servicing;
+    }
     let result = match run_schedule(&scenario, guest, relay, which) {
         Ok(r) => r,
         Err(e) => return fail("replay", e),
@@ -407,6 +447,10 @@ pub(crate) fn replay(
         if line.mark == petri::trace::Mark::Choice && !choices {
             continue;
         }
+        // One line per bus at every step: only when asked for, so the replay stays readable.
+        if line.mark == petri::trace::Mark::Serviced && !verbose {
+            continue;
+        }
         println!("{line}");
     }
     println!(
@@ -416,6 +460,18 @@ pub(crate) fn replay(
         result.choices.len(),
         result.end.as_secs_f64() * 1000.0
     );
+    if relay && scenario.relay.servicing != Servicing::Off {
+        println!(
+            "servicing ({}): the relay was serviced {} times (saved, encoded, restored){}",
+            scenario.relay.servicing.name(),
+            result.servicings,
+            if verbose {
+                ""
+            } else {
+                "; --verbose lists each servicing point"
+            }
+        );
+    }
     for &(bus, step) in &result.unfired_steps {
         let s = scenario
             .buses

@@ -2,7 +2,7 @@
 //! walk of the choice tree; and checking the result against the scenario's expectations.
 
 use crate::outcome::RunResult;
-use crate::scenario::{Expected, GuestKind, Scenario};
+use crate::scenario::{Expected, GuestKind, Scenario, Servicing};
 use crate::sched::{Chooser, Systematic};
 use crate::vm::Vm;
 use serde::Serialize;
@@ -34,7 +34,13 @@ fn run_one(
         Some(version) => Ok(crate::real::run(
             scenario, version, relay, chooser, seed, record,
         )?),
-        None => Ok(Vm::new(spec, chooser)?.run()),
+        None => {
+            #[allow(unused_mut)]
+            let mut vm = Vm::new(spec, chooser)?.with_servicing(scenario.relay.servicing);
+            #[cfg(feature = "safeguard-switches")]
+            vm.set_service_tamper(scenario.relay.tamper);
+            Ok(vm.run())
+        }
     }
 }
 
@@ -88,6 +94,10 @@ pub struct Summary {
     /// with it: `petri replay --systematic N` replays it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub first_schedule_by_kind: BTreeMap<String, u64>,
+    /// Relay servicings over all runs, when the runs service their relays (`--servicing`,
+    /// `[relay] servicing`): shown so that a run set where none happened is seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub servicings: Option<u64>,
 }
 
 /// A host script step that did not fire in some schedules of a run set.
@@ -236,6 +246,7 @@ pub fn explore(
         },
         exhaustive: false,
         first_schedule_by_kind: BTreeMap::new(),
+        servicings: (relay && scenario.relay.servicing != Servicing::Off).then_some(0),
     };
     let mut missed: BTreeMap<(usize, usize), u64> = BTreeMap::new();
     let mut systematic = Systematic::new(SYSTEMATIC_QUEUE);
@@ -266,6 +277,9 @@ pub fn explore(
             systematic.record(&result.choices);
         }
         summary.schedules += 1;
+        if let Some(n) = &mut summary.servicings {
+            *n += result.servicings;
+        }
         *summary
             .outcomes
             .entry(result.outcome.kind().to_owned())
@@ -327,6 +341,13 @@ pub fn check(scenario: &Scenario, guest: GuestKind, summary: &Summary) -> Result
         return Err(format!(
             "{n} harness error(s), not the guest's: {}",
             summary.first_failure.as_deref().unwrap_or("?")
+        ));
+    }
+    // Servicing asked for and never done would pass for nothing.
+    if summary.servicings == Some(0) && summary.schedules > 0 {
+        return Err(format!(
+            "servicing was asked for, but no relay was serviced in {} schedules",
+            summary.schedules
         ));
     }
     if let Some(u) = summary.never_fired().next() {

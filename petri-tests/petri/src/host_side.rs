@@ -15,7 +15,7 @@ use std::time::Duration;
 use vmbus_channel::{Channel, Packet, PacketKind};
 use vpci_protocol::{MessageType, WinSlot};
 use vpci_relay::RelayEvent;
-use vpci_relay::sim::RelayRig;
+use vpci_relay::sim::{Exchange, RelayRig};
 
 /// Something on its way to the guest over the bus's channel.
 #[derive(Debug)]
@@ -57,6 +57,11 @@ pub(crate) struct HostSide {
     /// The relay may have something to do (time moved, a config access, a host action), so
     /// the next pump polls it even if no packet moved.
     pub(crate) relay_dirty: bool,
+    /// The relay is also serviced while host packets wait unread in its channel (see
+    /// [`RelayRig::exchange_servicing`]).
+    pub(crate) servicing: bool,
+    /// Why a servicing during a pump failed, for the run to report as a harness error.
+    service_error: Option<String>,
 }
 
 /// The packet as VMBus delivers it: the payload padded with zeros to a multiple of 8 bytes
@@ -154,7 +159,51 @@ impl HostSide {
             eject_timeouts: Vec::new(),
             relay_lost_host: false,
             relay_dirty: true,
+            servicing: false,
+            service_error: None,
         }
+    }
+
+    /// Services the relay, if there is one (see [`RelayRig::service`]): the servicing is
+    /// noted in `trace` (replays show it in verbose mode, charts leave it out). Returns
+    /// whether it was serviced; an error says why it could not be (a harness error).
+    pub(crate) fn service(
+        &mut self,
+        bus: usize,
+        now: Duration,
+        trace: Option<&mut Trace>,
+    ) -> Result<bool, String> {
+        if let Some(e) = self.service_error.take() {
+            return Err(format!("bus {bus}: {e}"));
+        }
+        let Some(relay) = self.relay.as_mut() else {
+            return Ok(false);
+        };
+        match relay.service() {
+            Ok(Some(bytes)) => {
+                self.relay_dirty = true;
+                if let Some(trace) = trace {
+                    trace.push(
+                        now,
+                        Lane::Relay,
+                        Lane::Relay,
+                        format!(
+                            "bus {bus}: relay serviced ({bytes} bytes saved; servicing {})",
+                            relay.servicings()
+                        ),
+                        Mark::Serviced,
+                    );
+                }
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(format!("bus {bus}: servicing the relay failed: {e}")),
+        }
+    }
+
+    /// How many times the relay was serviced (0 without one).
+    pub(crate) fn servicings(&self) -> u64 {
+        self.relay.as_ref().map_or(0, RelayRig::servicings)
     }
 
     /// Whether something is in flight to the guest (its arrival is a choice to offer).
@@ -312,7 +361,33 @@ impl HostSide {
                 || !self.to_relay_guest.is_empty();
             self.relay_dirty = false;
             if let Some(relay) = self.relay.as_mut().filter(|_| poll_relay) {
-                let out = relay.exchange(&mut self.to_relay_host, &mut self.to_relay_guest);
+                let out = if self.servicing && self.service_error.is_none() {
+                    let before = relay.servicings();
+                    let out = relay
+                        .exchange_servicing(&mut self.to_relay_host, &mut self.to_relay_guest)
+                        .unwrap_or_else(|e| {
+                            self.service_error = Some(format!(
+                                "servicing the relay with host packets unread failed: {e}"
+                            ));
+                            Exchange::default()
+                        });
+                    if relay.servicings() > before {
+                        note(
+                            Lane::Relay,
+                            Lane::Relay,
+                            &|| {
+                                format!(
+                                    "relay serviced with host packets unread (servicing {})",
+                                    relay.servicings()
+                                )
+                            },
+                            Mark::Serviced,
+                        );
+                    }
+                    out
+                } else {
+                    relay.exchange(&mut self.to_relay_host, &mut self.to_relay_guest)
+                };
                 moved |= out.moved;
                 for p in out.to_host {
                     let p = on_the_wire(p);

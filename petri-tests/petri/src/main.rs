@@ -6,7 +6,7 @@ mod commands;
 mod processes_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use petri::scenario::GuestKind;
+use petri::scenario::{GuestKind, Servicing};
 use std::process::ExitCode;
 use vpci_protocol::{ProtocolVersion, Sender};
 
@@ -37,6 +37,11 @@ enum Command {
         /// Print one JSON object per scenario and column instead of the table.
         #[arg(long)]
         json: bool,
+        /// Service each bus's relay (save, drop, restore) at every scheduling point of every
+        /// run through the relay (`every-step`), or never (`off`) [default: the scenario's
+        /// `[relay] servicing`, off unless it says].
+        #[arg(long, value_enum, value_name = "WHEN")]
+        servicing: Option<Servicing>,
     },
     /// List the built-in scenarios.
     List {
@@ -95,6 +100,11 @@ enum Command {
         /// replaces its own image, its buses carried across); each must succeed.
         #[arg(long, default_value_t = 0, requires = "processes")]
         updates: u32,
+        /// Service each bus's relay (save, drop, restore) at every scheduling point of every
+        /// run through the relay (`every-step`), or never (`off`) [default: the scenario's
+        /// `[relay] servicing`, off unless it says].
+        #[arg(long, value_enum, value_name = "WHEN", conflicts_with = "processes")]
+        servicing: Option<Servicing>,
     },
     /// Run one endpoint of a multi-process run (used by `run --processes`).
     #[command(hide = true)]
@@ -157,6 +167,11 @@ enum Command {
         /// directory, as `petri ring dump` reads them.
         #[arg(long, value_name = "DIR")]
         dump_rings: Option<String>,
+        /// Service each bus's relay (save, drop, restore) at every scheduling point of every
+        /// run through the relay (`every-step`), or never (`off`) [default: the scenario's
+        /// `[relay] servicing`, off unless it says].
+        #[arg(long, value_enum, value_name = "WHEN")]
+        servicing: Option<Servicing>,
     },
     /// Decode one vPCI payload (the bytes after the VMBus packet descriptor) and print it as
     /// one JSON object.
@@ -255,7 +270,8 @@ fn main() -> ExitCode {
             real_schedules,
             seed,
             json,
-        } => commands::demo(schedules, real_schedules, seed, json),
+            servicing,
+        } => commands::demo(schedules, real_schedules, seed, json, servicing),
         Command::List { show: None } => commands::list(),
         Command::List { show: Some(name) } => commands::show(&name),
         Command::Run {
@@ -322,6 +338,7 @@ fn main() -> ExitCode {
             processes: false,
             storm: _,
             updates: _,
+            servicing,
         } => commands::run(commands::RunArgs {
             scenario,
             guest,
@@ -336,6 +353,7 @@ fn main() -> ExitCode {
             systematic,
             json,
             chart,
+            servicing,
         }),
         Command::Replay {
             seed,
@@ -347,6 +365,7 @@ fn main() -> ExitCode {
             chart,
             verbose,
             dump_rings,
+            servicing,
         } => {
             let relay = match mode {
                 Some(Mode::Both) => {
@@ -369,6 +388,7 @@ fn main() -> ExitCode {
                     chart: chart.as_deref(),
                     verbose,
                     dump_rings: dump_rings.as_deref(),
+                    servicing,
                 },
             )
         }

@@ -186,6 +186,18 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// One bus once the run settled (before a real driver's teardown): the functions the guest
+/// holds and the ones the host has, each with its identity, by slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BusView {
+    /// The bus, by index.
+    pub bus: usize,
+    /// What the guest holds (a child on its list or a bound device), in slot order.
+    pub guest: Vec<(vpci_protocol::WinSlot, Identity)>,
+    /// What the host lists, in slot order.
+    pub host: Vec<(vpci_protocol::WinSlot, Identity)>,
+}
+
 /// A function's identity as a guest tells functions apart (Linux's relations work compares
 /// these three).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -263,6 +275,12 @@ pub struct RunResult {
     /// resources assigned and released, functions let go): recorded for the real drivers
     /// and the models alike (a model's run keeps its first 4,096 entries).
     pub device_history: Vec<String>,
+    /// How many times a bus's relay was serviced (saved, dropped and restored) during the
+    /// run, over all buses: 0 unless the run services its relays.
+    pub servicings: u64,
+    /// Each bus once the run settled: what the guest holds and the host has (empty if the
+    /// run never settled: a crash, a bound).
+    pub views: Vec<BusView>,
 }
 
 /// The script steps of host bus `bus` that have not fired, as (bus, step index from 0).

@@ -203,6 +203,14 @@ pub struct RelayOptions {
     pub settle: Time,
     /// The longest a change is held for a guest that does not finish it.
     pub max_hold: Time,
+    /// Whether (and when) each bus's relay is serviced during a run: saved, dropped and
+    /// restored.
+    pub servicing: Servicing,
+    /// Test-only: what a lossy servicing does to each saved state (see
+    /// [`vpci_relay::sim::RelayRig::set_tamper`]); never read from a file.
+    #[cfg(feature = "safeguard-switches")]
+    #[serde(skip)]
+    pub tamper: Option<vpci_relay::sim::Tamper>,
 }
 
 impl Default for RelayOptions {
@@ -211,6 +219,35 @@ impl Default for RelayOptions {
         Self {
             settle: Time(c.settle),
             max_hold: Time(c.max_hold),
+            servicing: Servicing::Off,
+            #[cfg(feature = "safeguard-switches")]
+            tamper: None,
+        }
+    }
+}
+
+/// When a run services each bus's relay (as a paravisor update would: the driver stopped at
+/// a packet boundary, its state saved, encoded and decoded, the old relay dropped and a new
+/// one restored over the same channels, clock and BAR backing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Servicing {
+    /// Never (the relay runs as one version throughout).
+    #[default]
+    Off,
+    /// At every scheduling point of the run: each time the scheduler decides what runs
+    /// next, every bus's relay is serviced first; and whenever host packets reach a
+    /// relay's channel with nothing waiting from the guest, before the relay reads them
+    /// (so the stopped bus queues them and the restored relay takes them first).
+    EveryStep,
+}
+
+impl Servicing {
+    /// The name a scenario file and `--servicing` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Servicing::Off => "off",
+            Servicing::EveryStep => "every-step",
         }
     }
 }

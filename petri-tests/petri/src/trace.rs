@@ -34,6 +34,9 @@ pub enum Mark {
     /// A choice point of the scheduler: what ran, and what else could have (replays print
     /// it; charts leave it out).
     Choice,
+    /// A bus's relay was serviced here (replays print it in verbose mode; charts leave it
+    /// out).
+    Serviced,
 }
 
 /// One line of the trace.
@@ -71,7 +74,7 @@ impl fmt::Display for Line {
             Mark::Coalesced => " [coalesced]",
             Mark::Local => " [answered locally]",
             Mark::Crash => " [CRASH]",
-            Mark::Choice => "",
+            Mark::Choice | Mark::Serviced => "",
         };
         if self.mark == Mark::Choice {
             return write!(f, "{:>5}  >> {}", format!("#{}", self.step), self.label);

@@ -13,6 +13,7 @@ use super::bars::GuestBars;
 use super::observe::Observer;
 use crate::host_side::{HostSide, ToGuest};
 use crate::outcome::Outcome;
+use crate::scenario::Servicing;
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
 use crate::vm::{Chaos, RunLimits};
@@ -27,6 +28,7 @@ use vpci_relay::VirtualClock;
 mod choices;
 mod contexts;
 mod end_checks;
+mod servicing;
 mod stall;
 
 use contexts::kernel_context_name;
@@ -103,6 +105,10 @@ pub(super) struct RealController {
     pub(super) hot_plug: Option<HotPlug>,
     /// A bus whose driver stalls, and the scenario's inspect checks.
     stall: StallState,
+    /// When each bus's relay is serviced.
+    pub(super) servicing: Servicing,
+    /// Each bus once the scenario settled (before the teardown).
+    pub(super) views: Vec<crate::outcome::BusView>,
 }
 
 /// Hot-plug cycles the host runs once the scenario settled: add a function, wait until the
@@ -180,6 +186,8 @@ impl RealController {
             bars: (0..buses).map(|_| GuestBars::default()).collect(),
             hot_plug: plan.hot_plug,
             stall: StallState::new(plan.stall, plan.checks, plan.domains),
+            servicing: Servicing::Off,
+            views: Vec::new(),
         }
     }
 
@@ -329,6 +337,7 @@ impl RealController {
                 return action;
             }
             self.host_visible = self.host_visible_now();
+            self.views = self.views_now();
             if let Some(f) = self.observer.failure.clone() {
                 return self.stop(f);
             }
@@ -484,6 +493,9 @@ impl Controller for RealController {
             }
         }
         self.pump();
+        if let Err(reason) = self.service_relays() {
+            return self.stop(Outcome::HarnessError { reason });
+        }
         if let Some(f) = self.observer.failure.clone() {
             return self.stop(f);
         }

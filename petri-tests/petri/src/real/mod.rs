@@ -175,7 +175,12 @@ fn run_with(
                 max_hold: scenario.relay.max_hold.0,
                 ..RelayConfig::default()
             };
-            RelayRig::new(BusRelay::new(config), clock.clone(), record)
+            #[allow(unused_mut)]
+            let mut rig = RelayRig::new(BusRelay::new(config.clone()), clock.clone(), record)
+                .serviceable(config);
+            #[cfg(feature = "safeguard-switches")]
+            rig.set_tamper(scenario.relay.tamper);
+            rig
         });
         sides.push(HostSide::new(HostBus::new(bus.clone())?, relay));
     }
@@ -216,6 +221,10 @@ fn run_with(
         Chaos::new(c)
     });
     let mut controller = RealController::new(sides, clock, chooser, limits, plan, record, chaos);
+    controller.servicing = scenario.relay.servicing;
+    for side in &mut controller.sides {
+        side.servicing = scenario.relay.servicing == crate::scenario::Servicing::EveryStep;
+    }
     let exe = version.guest_executable_with(INSTRUMENTATION);
     if record {
         controller.observer.choice_points = choice_points::ChoicePoints::new(Some(exe));
@@ -288,6 +297,8 @@ fn run_with(
             .flat_map(|(i, s)| crate::outcome::unfired_steps(i, &s.host))
             .collect(),
         device_history: std::mem::take(&mut controller.observer.device_history),
+        servicings: controller.sides.iter().map(HostSide::servicings).sum(),
+        views: std::mem::take(&mut controller.views),
     };
     Ok((result, done))
 }

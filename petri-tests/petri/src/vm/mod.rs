@@ -12,10 +12,12 @@ mod bus;
 mod chaos;
 mod env;
 mod history;
+mod servicing;
 mod stall;
 
 use crate::host_side::{Delivery, HostSide};
 use crate::outcome::{Identity, Outcome, RunResult};
+use crate::scenario::Servicing;
 use crate::sched::{Choice, Chooser};
 use crate::trace::{Lane, Mark, Trace};
 use bus::Bus;
@@ -103,6 +105,8 @@ pub struct Vm {
     history: history::DeviceHistory,
     /// Inspect checks for the end of a run through the relay: (bus, path, value).
     checks: Vec<(usize, String, serde_json::Value)>,
+    /// When each bus's relay is serviced.
+    servicing: Servicing,
 }
 
 impl Vm {
@@ -117,10 +121,10 @@ impl Vm {
                     ..r.clone()
                 };
                 #[cfg(feature = "safeguard-switches")]
-                let relay = vpci_relay::BusRelay::with_safeguards(config, spec.safeguards);
+                let relay = vpci_relay::BusRelay::with_safeguards(config.clone(), spec.safeguards);
                 #[cfg(not(feature = "safeguard-switches"))]
-                let relay = vpci_relay::BusRelay::new(config);
-                RelayRig::new(relay, clock.clone(), spec.record)
+                let relay = vpci_relay::BusRelay::new(config.clone());
+                RelayRig::new(relay, clock.clone(), spec.record).serviceable(config)
             });
             buses.push(Bus {
                 side: HostSide::new(HostBus::new(config.clone())?, relay),
@@ -142,6 +146,7 @@ impl Vm {
             stall: spec.stall,
             history: history::DeviceHistory::default(),
             checks: spec.checks.clone(),
+            servicing: Servicing::Off,
         })
     }
 
@@ -283,6 +288,9 @@ impl Vm {
             }
             if self.failed() {
                 return None;
+            }
+            if let Some(outcome) = self.service_relays() {
+                return Some(outcome);
             }
             let runnable = self.runnable();
             let stuck = runnable.is_empty() || self.only_spinning(&runnable);
@@ -524,6 +532,7 @@ impl Vm {
                 }
             }
         }
+        let views = self.views();
         let mut outcome = early.unwrap_or(Outcome::Ok);
         for (i, bus) in self.buses.iter().enumerate() {
             if let Some(f) = bus.guest.failure() {
@@ -560,6 +569,8 @@ impl Vm {
                 .flat_map(|(i, b)| crate::outcome::unfired_steps(i, &b.side.host))
                 .collect(),
             device_history: self.history.take(),
+            servicings: self.buses.iter().map(|b| b.side.servicings()).sum(),
+            views,
         }
     }
 

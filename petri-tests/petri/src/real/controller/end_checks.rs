@@ -39,6 +39,23 @@ impl RealController {
         Outcome::Ok
     }
 
+    /// What the driver holds and the host has on every bus now.
+    pub(super) fn views_now(&mut self) -> Vec<crate::outcome::BusView> {
+        self.sides
+            .iter_mut()
+            .enumerate()
+            .map(|(bus, side)| {
+                let mut guest = self.observer.held(bus);
+                guest.sort_by_key(|(slot, id)| (slot.raw(), *id));
+                crate::outcome::BusView {
+                    bus,
+                    guest,
+                    host: crate::vm::host_functions(&mut side.host),
+                }
+            })
+            .collect()
+    }
+
     /// Takes the next hot-plug action, after checking the last one reached the guest; false
     /// when there is none left.
     pub(super) fn hot_plug_step(&mut self) -> bool {

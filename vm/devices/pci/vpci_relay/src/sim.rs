@@ -8,15 +8,16 @@
 
 use crate::driver::BarControl;
 use crate::{
-    Backing, BusDriver, BusPort, BusRelay, ConfigAccess, ConfigAction, DriverExit, RelayEvent,
-    VirtualClock,
+    Backing, BusDriver, BusPort, BusRelay, ConfigAccess, ConfigAction, DriverExit, RelayConfig,
+    RelayEvent, RestoreError, SavedBus, VirtualClock,
 };
 use futures::task::noop_waker_ref;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use thiserror::Error;
 use vmbus_channel::{Channel, ChannelError, MemoryChannel, Packet, channel_pair};
 use vpci_protocol::WinSlot;
 
@@ -122,7 +123,29 @@ impl BarControl for RecordedBacking {
     }
 }
 
-type DriverFuture = Pin<Box<dyn Future<Output = DriverExit>>>;
+/// The driver a [`RelayRig`] runs.
+type Driver = BusDriver<MemoryChannel, MemoryChannel, VirtualClock, RecordedBacking>;
+
+/// A change made to a bus's saved state between its save and its restore (test-only: a
+/// deliberately lossy servicing, to show that a check of servicing can fail).
+pub type Tamper = fn(&mut SavedBus);
+
+/// Why [`RelayRig::service`] could not service the bus: a fault of the harness or of the
+/// relay's save/restore, never the guest's doing.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The rig was made without the configuration a restored relay needs
+    /// ([`RelayRig::serviceable`]).
+    #[error("the relay rig has no configuration to restore with")]
+    NoConfig,
+    /// The encoded state did not decode.
+    #[error("the saved bus did not decode: {0}")]
+    Decode(#[source] RestoreError),
+    /// The restore refused the state (the bus is closed: guest channel revoked, host's
+    /// closed).
+    #[error("the saved bus was refused on restore: {0}")]
+    Restore(#[source] RestoreError),
+}
 
 /// What one [`RelayRig::exchange`] moved.
 #[derive(Debug, Default)]
@@ -140,7 +163,8 @@ pub struct Exchange {
 /// One bus's relay ([`BusDriver`] over two in-memory channel pairs and a virtual clock),
 /// polled by hand so that a simulation stays single-threaded and deterministic.
 pub struct RelayRig {
-    driver: DriverFuture,
+    /// `None` only after a restore refused the saved state.
+    driver: Option<Driver>,
     port: BusPort,
     /// The end the simulated host reads and writes.
     pub host_end: MemoryChannel,
@@ -149,13 +173,19 @@ pub struct RelayRig {
     /// The BAR backing the relay asked for.
     pub bars: RecordedBacking,
     events: Arc<Mutex<Vec<RelayEvent>>>,
+    record: bool,
     exit: Option<DriverExit>,
+    /// The configuration a restored relay gets (`None`: the rig cannot be serviced).
+    config: Option<RelayConfig>,
+    servicings: u64,
+    tamper: Option<Tamper>,
 }
 
 impl std::fmt::Debug for RelayRig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayRig")
             .field("exit", &self.exit)
+            .field("servicings", &self.servicings)
             .finish_non_exhaustive()
     }
 }
@@ -186,34 +216,106 @@ impl RelayRig {
         let (relay_guest, guest_end) = channel_pair();
         let bars = RecordedBacking::with_calls(record);
         let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
         let (driver, port) = BusDriver::new(relay, relay_host, relay_guest, clock, bars.clone());
-        let mut driver = driver.on_event(move |e| {
-            if record {
-                sink.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(e.clone());
-            }
-        });
-        let future: DriverFuture = Box::pin(async move { driver.run().await });
+        let driver = driver.on_event(event_sink(&events, record));
         Self {
-            driver: future,
+            driver: Some(driver),
             port,
             host_end,
             guest_end,
             bars,
             events,
+            record,
             exit: None,
+            config: None,
+            servicings: 0,
+            tamper: None,
         }
+    }
+
+    /// Lets [`RelayRig::service`] restore the relay, under `config` (the one the relay was
+    /// made with, as a new version of the paravisor would be given it). A restored relay has
+    /// every safeguard on.
+    pub fn serviceable(mut self, config: RelayConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Test-only: `tamper` changes every saved state before it is encoded, so that a test
+    /// can show that a lossy servicing is caught. `None` services faithfully.
+    pub fn set_tamper(&mut self, tamper: Option<Tamper>) {
+        self.tamper = tamper;
+    }
+
+    /// Services the bus as a new paravisor version would: the driver stopped where it is
+    /// (between two polls is a packet boundary), host packets already in its channel
+    /// queued, everything saved, encoded to bytes and decoded again, the old driver dropped,
+    /// and a new one restored over the same channels, clock and BAR backing; the port is
+    /// replaced. Returns the size of the encoded state, or `None` when no driver was
+    /// serviced (once it has stopped there is nothing left to carry across).
+    ///
+    /// On an error the bus is gone (a refused state closes it, as in production); the
+    /// caller reports a harness error, never the guest's outcome.
+    pub fn service(&mut self) -> Result<Option<usize>, ServiceError> {
+        if self.exit.is_some() || self.driver.is_none() {
+            return Ok(None);
+        }
+        let Some(config) = self.config.clone() else {
+            return Err(ServiceError::NoConfig);
+        };
+        let Some(driver) = self.driver.take() else {
+            return Ok(None);
+        };
+        let mut stopped = driver.stop();
+        let mut cx = Context::from_waker(noop_waker_ref());
+        // Ready (queue full or channel ended) or Pending (channel empty): either way, what
+        // the host had sent so far is queued or left in its channel for the new driver.
+        let _ = stopped.poll_queue_host(&mut cx);
+        let mut saved = stopped.save();
+        if let Some(tamper) = self.tamper {
+            tamper(&mut saved);
+        }
+        let bytes = saved.to_bytes();
+        let (host, guest, clock, bars) = stopped.into_parts();
+        let saved = match SavedBus::from_bytes(&bytes) {
+            Ok(saved) => saved,
+            Err(e) => {
+                let mut guest = guest;
+                let mut host = host;
+                guest.revoke();
+                host.close();
+                return Err(ServiceError::Decode(e));
+            }
+        };
+        let (driver, port) = BusDriver::restore(config, &saved, host, guest, clock, bars)
+            .map_err(ServiceError::Restore)?;
+        self.driver = Some(driver.on_event(event_sink(&self.events, self.record)));
+        self.port = port;
+        self.servicings += 1;
+        Ok(Some(bytes.len()))
+    }
+
+    /// How many times [`RelayRig::service`] has serviced the bus.
+    pub fn servicings(&self) -> u64 {
+        self.servicings
     }
 
     /// Lets the driver do all it can now.
     pub fn poll(&mut self) {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        self.poll_driver(&mut cx);
+    }
+
+    /// Polls the driver once (its `run` holds nothing between polls, so a fresh one each
+    /// time is the same driver), noting its exit.
+    fn poll_driver(&mut self, cx: &mut Context<'_>) {
         if self.exit.is_some() {
             return;
         }
-        let mut cx = Context::from_waker(noop_waker_ref());
-        if let Poll::Ready(exit) = self.driver.as_mut().poll(&mut cx) {
+        let Some(driver) = self.driver.as_mut() else {
+            return;
+        };
+        if let Poll::Ready(exit) = pin!(driver.run()).poll(cx) {
             self.exit = Some(exit);
         }
     }
@@ -231,9 +333,39 @@ impl RelayRig {
         from_host: &mut VecDeque<Packet>,
         from_guest: &mut VecDeque<Packet>,
     ) -> Exchange {
-        let mut cx = Context::from_waker(noop_waker_ref());
         let mut out = Exchange::default();
         out.moved |= flush(from_host, &mut self.host_end);
+        self.finish_exchange(out, from_guest)
+    }
+
+    /// As [`RelayRig::exchange`], but when host packets arrive and nothing waits from the
+    /// guest, the bus is serviced ([`RelayRig::service`]) while they wait unread in its
+    /// channel: the stopped bus queues them, the queue is saved with the rest, and the
+    /// restored relay handles them first, as they would have been handled live. (With
+    /// guest packets waiting too, the live driver would interleave the two sides, so
+    /// the bus is not serviced then.)
+    pub fn exchange_servicing(
+        &mut self,
+        from_host: &mut VecDeque<Packet>,
+        from_guest: &mut VecDeque<Packet>,
+    ) -> Result<Exchange, ServiceError> {
+        let mut out = Exchange::default();
+        let arrived = flush(from_host, &mut self.host_end);
+        out.moved |= arrived;
+        if arrived && from_guest.is_empty() {
+            self.service()?;
+        }
+        Ok(self.finish_exchange(out, from_guest))
+    }
+
+    /// The rest of an exchange once the host's packets are in its channel: the guest's
+    /// sent, the driver run, what it sent either way taken.
+    fn finish_exchange(
+        &mut self,
+        mut out: Exchange,
+        from_guest: &mut VecDeque<Packet>,
+    ) -> Exchange {
+        let mut cx = Context::from_waker(noop_waker_ref());
         out.moved |= flush(from_guest, &mut self.guest_end);
         self.poll();
         while let Poll::Ready(Ok(p)) = self.host_end.poll_recv(&mut cx) {
@@ -264,12 +396,10 @@ impl RelayRig {
             if let Poll::Ready(answer) = request.as_mut().poll(&mut cx) {
                 return Some(answer);
             }
-            if self.exit.is_some() {
+            if self.exit.is_some() || self.driver.is_none() {
                 return None;
             }
-            if let Poll::Ready(exit) = self.driver.as_mut().poll(&mut cx) {
-                self.exit = Some(exit);
-            }
+            self.poll_driver(&mut cx);
         }
         None
     }
@@ -302,5 +432,71 @@ impl RelayRig {
     /// The relay events since the last call (none unless the rig was made to record them).
     pub fn take_events(&mut self) -> Vec<RelayEvent> {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The callback that keeps a driver's relay events in `events` (when `record`).
+fn event_sink(
+    events: &Arc<Mutex<Vec<RelayEvent>>>,
+    record: bool,
+) -> impl FnMut(&RelayEvent) + Send + 'static {
+    let sink = events.clone();
+    move |e| {
+        if record {
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(e.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rig() -> RelayRig {
+        RelayRig::new(
+            BusRelay::new(RelayConfig::default()),
+            VirtualClock::new(),
+            true,
+        )
+    }
+
+    /// A rig made without a configuration refuses to service (and keeps running); one made
+    /// serviceable counts each servicing and keeps its channels.
+    #[test]
+    fn service_needs_a_configuration_and_counts() {
+        let mut plain = rig();
+        assert!(matches!(plain.service(), Err(ServiceError::NoConfig)));
+        assert!(plain.inspect().is_some(), "the driver still runs");
+        let mut rig = rig().serviceable(RelayConfig::default());
+        for n in 1..=3 {
+            assert!(
+                rig.service()
+                    .expect("service")
+                    .is_some_and(|bytes| bytes > 0)
+            );
+            assert_eq!(rig.servicings(), n);
+        }
+        let tree = rig.inspect().expect("the restored driver answers");
+        assert!(tree.query("restored/from_format").is_ok(), "{tree:?}");
+    }
+
+    /// A state the restore refuses closes the bus: the guest sees its channel end, and the
+    /// rig services nothing more.
+    #[test]
+    fn a_refused_restore_closes_the_bus() {
+        let mut rig = rig().serviceable(RelayConfig::default());
+        rig.set_tamper(Some(|saved: &mut SavedBus| {
+            if let Some(relay) = saved.relay.as_mut() {
+                relay.format = 99;
+            }
+        }));
+        assert!(matches!(rig.service(), Err(ServiceError::Restore(_))));
+        let out = rig.exchange(&mut VecDeque::new(), &mut VecDeque::new());
+        assert!(out.guest_ended);
+        assert_eq!(rig.servicings(), 0);
+        assert!(matches!(rig.service(), Ok(None)));
+        assert!(rig.inspect().is_none());
     }
 }
