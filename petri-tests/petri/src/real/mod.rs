@@ -228,7 +228,7 @@ fn run_with(
     let exe = version.guest_executable_with(INSTRUMENTATION);
     if record {
         controller.observer.choice_points = choice_points::ChoicePoints::new(Some(exe));
-        controller.observer.wire = Some(Vec::new());
+        controller.observer.wire = Some(crate::wire::WireLog::default());
     }
     let session = Session::spawn_with(version, INSTRUMENTATION)?;
     let outcome = session.run(&mut controller)?;

@@ -6,7 +6,7 @@
 
 use super::choice_points::ChoicePoints;
 use crate::outcome::{Identity, Outcome};
-use crate::trace::WirePacket;
+use crate::wire::WireLog;
 use kernel_shim::host::ConfigWindow;
 use kernel_shim::protocol::EventKind;
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,8 +49,9 @@ pub(crate) struct Observer {
     pub(crate) device_history: Vec<String>,
     /// Where each context stands at the scheduling points, for a replay's choice points.
     pub(crate) choice_points: ChoicePoints,
-    /// Every packet across the guest's channels, in order, when recording (None: not kept).
-    pub(crate) wire: Option<Vec<WirePacket>>,
+    /// The packets across the guest's channels, the newest ring's worth per bus and
+    /// direction, when recording (None: not kept).
+    pub(crate) wire: Option<WireLog>,
 }
 
 fn word(payload: &[u8], at: usize) -> Option<u32> {
@@ -181,11 +182,7 @@ impl Observer {
     /// A packet crossed bus `bus`'s channel (to the guest, or from it): kept when recording.
     pub(crate) fn wire(&mut self, bus: usize, to_guest: bool, packet: &vmbus_channel::Packet) {
         if let Some(wire) = &mut self.wire {
-            wire.push(WirePacket {
-                bus,
-                to_guest,
-                packet: packet.clone(),
-            });
+            wire.push(bus, to_guest, packet.clone());
         }
     }
 
