@@ -39,7 +39,7 @@ pub(crate) struct Observer {
     /// The first failure seen.
     pub(crate) failure: Option<Outcome>,
     /// Allocations left at module exit.
-    pub(crate) leaks: Vec<String>,
+    pub(crate) leaks: Vec<kernel_shim::forensics::Leak>,
     /// The guest's log and events, in order.
     pub(crate) guest_trace: Vec<String>,
     /// What the guest did with devices, in order: each function its PCI core found (with
@@ -267,7 +267,13 @@ impl Observer {
         match kind {
             EventKind::Bug => self.fail(0, "bug", context, "BUG".to_owned(), text.to_owned()),
             EventKind::Warn => self.fail(0, "bug", context, "WARN".to_owned(), text.to_owned()),
-            EventKind::Leak => self.leaks.push(text.to_owned()),
+            EventKind::Leak => self.leaks.push(kernel_shim::forensics::Leak::new(text)),
+            // The runtime sends a leak's stack right after the leak.
+            EventKind::LeakStack => {
+                if let Some(leak) = self.leaks.last_mut() {
+                    leak.set_stack(text);
+                }
+            }
             EventKind::Note | EventKind::Other(_) => self.note(context, text),
         }
     }
