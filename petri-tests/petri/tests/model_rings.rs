@@ -107,6 +107,9 @@ fn model_replay_dumps_the_guest_channel() {
                 Some("PCI_QUERY_PROTOCOL_VERSION")
             );
             let _ = std::fs::remove_dir_all(&dir);
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
     }
 }
