@@ -8,13 +8,17 @@
 //! (`#N 0x... in FUNCTION FILE:LINE`, symbolised by the sanitizer). Either way the crash is
 //! placed in the driver (`pci-hyperv.c`), the shim's headers, or the runtime
 //! (`shim/runtime/*.c`): a crash in the runtime is the harness's failure, never the guest's.
+//! The runtime's leak check reports each allocation left at module exit with its allocation
+//! stack, symbolised here too ([`Leak`]).
 
+mod leak;
 mod native;
 mod sanitizer;
 mod symbolizer;
 #[cfg(test)]
 mod testutil;
 
+pub use leak::{Leak, leak_report};
 pub use native::{native_backtrace, symbolize_sites};
 pub use sanitizer::{SanitizerReport, frame_text, sanitizer_report, short_file};
 pub use symbolizer::Symbolizer;

@@ -143,6 +143,9 @@ pub enum EventKind {
     Bug,
     /// An allocation still outstanding at exit.
     Leak,
+    /// Right after a [`EventKind::Leak`]: its allocation stack, each frame as `exe+0xOFF`
+    /// (the allocation site first, then its callers; see [`crate::forensics::Leak`]).
+    LeakStack,
     /// A milestone for the trace (device found, endpoint bound, vectors allocated).
     Note,
     /// A value this crate does not know.
@@ -403,6 +406,7 @@ impl GuestFrame {
                     2 => EventKind::Bug,
                     3 => EventKind::Leak,
                     4 => EventKind::Note,
+                    5 => EventKind::LeakStack,
                     other => EventKind::Other(other),
                 },
                 ctx: r.u32()?,

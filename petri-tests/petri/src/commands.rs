@@ -515,39 +515,45 @@ pub(crate) fn replay(
 /// guest process's runtime, the models' are queues): each image is built from the packets
 /// that crossed the guest's channel during the run, in order, as the guest saw them (what
 /// it was delivered, what it sent), up to the end of the run or the crash, every packet left
-/// unread so that `petri ring dump` lists them all.
+/// unread so that `petri ring dump` lists them all. Only a ring's worth of the newest
+/// packets is kept per direction (see [`petri::wire`]): older ones are gone, as a ring
+/// writer would have overwritten them.
 fn dump_rings_to(
     dir: &str,
     scenario: &Scenario,
     trace: Option<&Trace>,
 ) -> Result<Vec<String>, String> {
-    let wire = trace.map_or(&[][..], |t| t.wire.as_slice());
-    if wire.is_empty() {
-        return Err(
-            "--dump-rings: this run recorded no packets at the guest's channels (only \
-             real-guest runs record them: --guest 5.10, 6.1 or 6.12)"
-                .to_owned(),
-        );
-    }
+    let Some(wire) = trace.map(|t| &t.wire) else {
+        return Err("--dump-rings: this run recorded no trace".to_owned());
+    };
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
     let mut lines = vec![format!(
         "ring images in {dir}: each bus's packets as the guest's channel carried them, in \
-         order, up to the end of the run (rebuilt from the recorded packets: the guest's \
-         rings are not shared memory here); read them with `petri ring dump --from host \
-         FILE` (host to guest) or `--from guest` (guest to host)"
+         order, up to the end of the run (rebuilt from the recorded packets, all left \
+         unread: the guest's rings are not shared memory here; each keeps the newest \
+         {} bytes of packets, a ring's worth); read them with `petri ring dump --from host \
+         FILE` (host to guest) or `--from guest` (guest to host)",
+        petri::wire::RING_CAPACITY
     )];
     for bus in 0..scenario.buses.len() {
         for (to_guest, name) in [(true, "host-to-guest"), (false, "guest-to-host")] {
-            let packets: Vec<vmbus_channel::Packet> = wire
-                .iter()
-                .filter(|w| w.bus == bus && w.to_guest == to_guest)
-                .map(|w| w.packet.clone())
-                .collect();
+            let packets: Vec<vmbus_channel::Packet> =
+                wire.packets(bus, to_guest).cloned().collect();
             let image = petri::ring_dump::ring_image(&packets).map_err(|e| e.to_string())?;
             let path = std::path::Path::new(dir).join(format!("bus{bus}-{name}.ring"));
             std::fs::write(&path, image)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            lines.push(format!("  {}: {} packets", path.display(), packets.len()));
+            let overwritten = wire.overwritten(bus, to_guest);
+            let older = if overwritten > 0 {
+                format!(" (the {overwritten} older ones overwritten, as the ring would have)")
+            } else {
+                String::new()
+            };
+            lines.push(format!(
+                "  {}: {} packets{older}",
+                path.display(),
+                packets.len()
+            ));
         }
     }
     Ok(lines)

@@ -24,3 +24,4 @@ pub mod scenario;
 pub mod sched;
 pub mod trace;
 pub mod vm;
+pub mod wire;

@@ -100,26 +100,16 @@ impl fmt::Display for Line {
     }
 }
 
-/// A packet that crossed a guest's channel, as the guest saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WirePacket {
-    /// The bus, by index.
-    pub bus: usize,
-    /// Host to guest (delivered to the guest), else guest to host (sent by it).
-    pub to_guest: bool,
-    /// The packet.
-    pub packet: vmbus_channel::Packet,
-}
-
 /// The recorded lines of one run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Trace {
     /// In order.
     pub lines: Vec<Line>,
-    /// Every packet that crossed a guest channel, in order (recorded for real guests; the
-    /// ring images `petri replay --dump-rings` writes are built from them).
+    /// The packets that crossed each guest channel, in order, the newest ring's worth per
+    /// bus and direction (the ring images `petri replay --dump-rings` writes are built from
+    /// them).
     #[serde(skip)]
-    pub wire: Vec<WirePacket>,
+    pub wire: crate::wire::WireLog,
     /// The scheduler step lines are stamped with.
     #[serde(skip)]
     step: u64,

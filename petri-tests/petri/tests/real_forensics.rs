@@ -157,7 +157,10 @@ fn segfault_replay_shows_the_symbolised_backtrace() {
 }
 
 /// A rescind during the probe path leaks the child on 5.10 (C5): the leak names its size
-/// and its allocation site, symbolised, in the outcome and in the replay's leak report.
+/// and its allocation site, symbolised, in the outcome and in the replay's leak report, and
+/// the report shows the whole allocation stack, every frame as `#N function file:LINE`:
+/// the driver's allocating function and line, the work function it is inlined into, and the
+/// runtime's worker that called that (a caller, not the site again).
 #[test]
 fn leak_replay_names_the_allocation_site() {
     let seed = seed_of("c5", "leaked_device", 4);
@@ -166,13 +169,36 @@ fn leak_replay_names_the_allocation_site() {
         &text,
         &[
             "guest leaked_device",
-            "leak report (allocations left at module exit, sites symbolised):",
+            "leak report (allocations left at module exit, sites and allocation stacks \
+             symbolised):",
             "bytes allocated after",
+            "      allocation stack:\n        #0 new_pcichild_device pci-hyperv.c:",
         ],
     );
     assert!(has_driver_frame(&text, "(new_pcichild_device"), "{text}");
+    let stack: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim() != "allocation stack:")
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with('#'))
+        .collect();
+    assert!(
+        has_driver_frame(&stack.join("\n"), "#0 new_pcichild_device"),
+        "{text}"
+    );
+    assert!(
+        has_driver_frame(&stack.join("\n"), "#0 pci_devices_present_work"),
+        "{text}"
+    );
+    assert!(
+        stack
+            .iter()
+            .any(|l| l.trim_start().starts_with("#1 ") && l.contains(" shim/runtime/")),
+        "the caller of the work function: {stack:#?}"
+    );
     let outcome = text.lines().find(|l| l.starts_with("outcome:")).unwrap();
     assert!(outcome.contains("pci-hyperv.c:"), "{outcome}");
+    assert!(!outcome.contains("allocation stack"), "{outcome}");
 }
 
 /// `petri replay --verbose` of a real guest lists its choice points in order: the kernel

@@ -7,7 +7,8 @@
  * kfree(NULL) does nothing. Every allocation is recorded with its call site. A freed block is
  * poisoned with 0x6b (include/linux/poison.h POISON_FREE) and kept in quarantine until exit,
  * so a use after free reads poison instead of reused memory, and a double free or a free of
- * an unknown pointer is reported as a BUG. Allocations outstanding at exit are leaks.
+ * an unknown pointer is reported as a BUG. Allocations outstanding at exit are leaks, each
+ * reported with a short allocation stack: the call site and a few of its callers.
  */
 #include "rt.h"
 
@@ -15,6 +16,15 @@
 /* AddressSanitizer's interface: quarantined blocks become unaddressable. */
 void __asan_poison_memory_region(void const volatile *addr, size_t size);
 #endif
+
+/*
+ * How many frames of an allocation's stack are kept (the site and its callers), and how many
+ * more the unwinder is asked for to reach the site (kshim_os_backtrace, this file's own frames
+ * and, under a sanitizer, its backtrace interceptor). Every kmalloc-family allocation can
+ * leak, so every one is unwound: a few frames keep that cheap.
+ */
+#define ALLOC_FRAMES 6
+#define ALLOC_FRAMES_OWN 4
 
 struct alloc_rec {
 	struct alloc_rec *next;
@@ -25,6 +35,9 @@ struct alloc_rec {
 	void *site;
 	/* The shim call made just before (the runtime function that allocated, if any). */
 	const char *call;
+	/* The allocation stack: the site first, then its callers (return addresses). */
+	void *stack[ALLOC_FRAMES];
+	u8 nstack;
 	bool freed;
 };
 
@@ -54,6 +67,30 @@ extern char __executable_start[];
 static unsigned long site_offset(const void *site)
 {
 	return (unsigned long)((const char *)site - __executable_start);
+}
+
+/*
+ * The calling allocation's stack into r: the unwound frames from `site` (the allocator's
+ * return address) outwards. When the unwinder did not pass through the site, the site alone.
+ */
+static void record_stack(struct alloc_rec *r, void *site)
+{
+	void *frames[ALLOC_FRAMES + ALLOC_FRAMES_OWN];
+	int n = kshim_os_backtrace(frames, ALLOC_FRAMES + ALLOC_FRAMES_OWN);
+	int from = -1;
+
+	for (int i = 0; i < n && i <= ALLOC_FRAMES_OWN; i++) {
+		if (frames[i] == site) {
+			from = i;
+			break;
+		}
+	}
+	r->stack[0] = site;
+	r->nstack = 1;
+	if (from < 0)
+		return;
+	for (int i = from + 1; i < n && r->nstack < ALLOC_FRAMES; i++)
+		r->stack[r->nstack++] = frames[i];
 }
 
 /* Fault injection: counts down to the allocation that fails. */
@@ -88,6 +125,7 @@ static void *alloc(size_t size, gfp_t flags, void *site)
 	r->size = size;
 	r->site = site;
 	r->call = call;
+	record_stack(r, site);
 	r->freed = false;
 	r->next = buckets[bucket_of(p)];
 	buckets[bucket_of(p)] = r;
@@ -133,6 +171,19 @@ void kfree(const void *ptr)
 #endif
 }
 
+/* EV_LEAK_STACK for r: each frame as exe+0xOFF, the site first. */
+static void report_stack(const struct alloc_rec *r)
+{
+	char text[ALLOC_FRAMES * 24 + 1];
+	size_t used = 0;
+
+	text[0] = 0;
+	for (int i = 0; i < r->nstack && used < sizeof(text); i++)
+		used += snprintf(text + used, sizeof(text) - used, "%sexe+%#lx", i ? " " : "",
+				 site_offset(r->stack[i]));
+	kshim_event(EV_LEAK_STACK, "%s", text);
+}
+
 u32 kshim_leak_report(void)
 {
 	u32 leaks = 0;
@@ -143,6 +194,7 @@ u32 kshim_leak_report(void)
 		leaks++;
 		kshim_event(EV_LEAK, "%zu bytes allocated after %s at exe+%#lx", r->size,
 			    r->call ? r->call : "?", site_offset(r->site));
+		report_stack(r);
 	}
 	return leaks;
 }

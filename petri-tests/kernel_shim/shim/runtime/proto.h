@@ -78,6 +78,7 @@
 #define EV_BUG 2 /* a kernel BUG: sleeping in atomic context, double free, bad unlock */
 #define EV_LEAK 3 /* an allocation outstanding at exit */
 #define EV_NOTE 4 /* a milestone worth a trace line (endpoint bound, irq allocated, ...) */
+#define EV_LEAK_STACK 5 /* right after an EV_LEAK: its allocation stack, "exe+0x..." each */
 
 /* exit statuses other than 0 and 128 + signal */
 #define KSHIM_EXIT_PIPE 3 /* the controller went away */

@@ -88,6 +88,11 @@ pub fn symbolize_sites(text: &str, symbolizer: &mut Symbolizer) -> String {
     out
 }
 
+/// The offset of each `exe+0xOFF` in `text`, in order.
+pub(super) fn site_offsets(text: &str) -> Vec<u64> {
+    sites(text).into_iter().map(|(_, _, off)| off).collect()
+}
+
 /// Each `exe+0xOFF` in `text`: where it starts and ends, and the offset.
 fn sites(text: &str) -> Vec<(usize, usize, u64)> {
     let mut out = Vec::new();

@@ -31,9 +31,12 @@ impl Symbolizer {
         &self.exe
     }
 
-    /// Symbolises every address not asked for yet, in one `addr2line` call.
+    /// Symbolises every address not asked for yet, in one `addr2line` call. An address
+    /// may come more than once (a leak's site is also its stack's first frame).
     pub fn resolve(&mut self, addrs: impl IntoIterator<Item = u64>) {
-        let missing: Vec<u64> = addrs
+        // Each address once: the answers are keyed by address, so a repeated one would
+        // find its frames taken by the first and be cached as unknown.
+        let missing: std::collections::BTreeSet<u64> = addrs
             .into_iter()
             .filter(|a| !self.known.contains_key(a))
             .collect();
@@ -101,6 +104,21 @@ pub(crate) fn parse_addr2line(text: &str) -> BTreeMap<u64, Vec<Location>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An address asked for twice in one batch is symbolised, not cached as unknown
+    /// (a function of the current 5.10 build).
+    #[test]
+    fn repeated_address_in_one_batch() {
+        let exe =
+            crate::DriverVersion::Debian5_10.guest_executable_with(crate::Instrumentation::Asan);
+        let probe = crate::forensics::testutil::function_addresses(exe, &["hv_pci_probe"])[0];
+        let mut s = Symbolizer::new(exe);
+        s.resolve([probe + 0x10, probe + 0x10]);
+        assert_eq!(
+            s.frames(probe + 0x10).last().map(|l| l.function.as_str()),
+            Some("hv_pci_probe")
+        );
+    }
 
     /// addr2line's answer for two addresses, one with an inlined frame, one unknown
     /// (captured from binutils 2.40 on the 5.10 guest).

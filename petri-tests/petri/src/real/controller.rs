@@ -568,8 +568,9 @@ impl Controller for RealController {
         let bus = usize::try_from(packet.bus).unwrap_or(usize::MAX);
         let packet = packet.to_packet();
         self.observer.guest_sent(bus, &packet.payload);
-        self.observer.wire(bus, false, &packet);
         if let Some(side) = self.sides.get_mut(bus) {
+            // Kept only for a bus that exists: the guest names the bus.
+            self.observer.wire(bus, false, &packet);
             side.outbox.push(packet);
         }
         self.pump();

@@ -228,7 +228,7 @@ fn run_with(
     let exe = version.guest_executable_with(INSTRUMENTATION);
     if record {
         controller.observer.choice_points = choice_points::ChoicePoints::new(Some(exe));
-        controller.observer.wire = Some(Vec::new());
+        controller.observer.wire = Some(crate::wire::WireLog::default());
     }
     let session = Session::spawn_with(version, INSTRUMENTATION)?;
     let outcome = session.run(&mut controller)?;
@@ -444,7 +444,12 @@ fn crash_site(stderr: &str, exe: &Path) -> (String, bool) {
 /// The whole forensic record of a failed run, for the replay: the sanitizer's report (every
 /// frame symbolised), or the crash handler's fault and backtrace, and each allocation left
 /// at module exit with its symbolised site. None when there is nothing of the kind.
-fn forensic_report(ending: &Ending, stderr: &str, exe: &Path, leaks: &[String]) -> Option<String> {
+fn forensic_report(
+    ending: &Ending,
+    stderr: &str,
+    exe: &Path,
+    leaks: &[forensics::Leak],
+) -> Option<String> {
     let mut parts = Vec::new();
     if let Some(report) = forensics::sanitizer_report(stderr, exe) {
         parts.push(format!(
@@ -478,12 +483,13 @@ fn forensic_report(ending: &Ending, stderr: &str, exe: &Path, leaks: &[String]) 
     }
     if !leaks.is_empty() {
         let mut symbolizer = forensics::Symbolizer::new(exe);
-        let lines: Vec<String> = leaks
-            .iter()
-            .map(|l| format!("    {}", forensics::symbolize_sites(l, &mut symbolizer)))
+        let lines: Vec<String> = forensics::leak_report(leaks, &mut symbolizer)
+            .into_iter()
+            .map(|l| format!("    {l}"))
             .collect();
         parts.push(format!(
-            "leak report (allocations left at module exit, sites symbolised):\n{}",
+            "leak report (allocations left at module exit, sites and allocation stacks \
+             symbolised):\n{}",
             lines.join("\n")
         ));
     }
@@ -569,7 +575,7 @@ fn classify(controller: &RealController, ending: &Ending, stderr: &str, exe: &Pa
                     .observer
                     .leaks
                     .iter()
-                    .map(|l| forensics::symbolize_sites(l, &mut symbolizer))
+                    .map(|l| l.summary_symbolised(&mut symbolizer))
                     .collect();
                 format!("{leaks} allocation(s) left: {}", sites.join("; "))
             },

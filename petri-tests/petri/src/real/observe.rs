@@ -6,7 +6,7 @@
 
 use super::choice_points::ChoicePoints;
 use crate::outcome::{Identity, Outcome};
-use crate::trace::WirePacket;
+use crate::wire::WireLog;
 use kernel_shim::host::ConfigWindow;
 use kernel_shim::protocol::EventKind;
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,7 +39,7 @@ pub(crate) struct Observer {
     /// The first failure seen.
     pub(crate) failure: Option<Outcome>,
     /// Allocations left at module exit.
-    pub(crate) leaks: Vec<String>,
+    pub(crate) leaks: Vec<kernel_shim::forensics::Leak>,
     /// The guest's log and events, in order.
     pub(crate) guest_trace: Vec<String>,
     /// What the guest did with devices, in order: each function its PCI core found (with
@@ -49,8 +49,9 @@ pub(crate) struct Observer {
     pub(crate) device_history: Vec<String>,
     /// Where each context stands at the scheduling points, for a replay's choice points.
     pub(crate) choice_points: ChoicePoints,
-    /// Every packet across the guest's channels, in order, when recording (None: not kept).
-    pub(crate) wire: Option<Vec<WirePacket>>,
+    /// The packets across the guest's channels, the newest ring's worth per bus and
+    /// direction, when recording (None: not kept).
+    pub(crate) wire: Option<WireLog>,
 }
 
 fn word(payload: &[u8], at: usize) -> Option<u32> {
@@ -181,11 +182,7 @@ impl Observer {
     /// A packet crossed bus `bus`'s channel (to the guest, or from it): kept when recording.
     pub(crate) fn wire(&mut self, bus: usize, to_guest: bool, packet: &vmbus_channel::Packet) {
         if let Some(wire) = &mut self.wire {
-            wire.push(WirePacket {
-                bus,
-                to_guest,
-                packet: packet.clone(),
-            });
+            wire.push(bus, to_guest, packet.clone());
         }
     }
 
@@ -270,7 +267,13 @@ impl Observer {
         match kind {
             EventKind::Bug => self.fail(0, "bug", context, "BUG".to_owned(), text.to_owned()),
             EventKind::Warn => self.fail(0, "bug", context, "WARN".to_owned(), text.to_owned()),
-            EventKind::Leak => self.leaks.push(text.to_owned()),
+            EventKind::Leak => self.leaks.push(kernel_shim::forensics::Leak::new(text)),
+            // The runtime sends a leak's stack right after the leak.
+            EventKind::LeakStack => {
+                if let Some(leak) = self.leaks.last_mut() {
+                    leak.set_stack(text);
+                }
+            }
             EventKind::Note | EventKind::Other(_) => self.note(context, text),
         }
     }

@@ -221,6 +221,12 @@ impl Vm {
         let Some(bus) = self.buses.get_mut(index) else {
             return;
         };
+        // What arrives is what the guest's ring would have carried.
+        if let (Some(trace), Some(Delivery::Packet(p, _))) =
+            (&mut self.trace, bus.side.next_in_flight())
+        {
+            trace.wire.push(index, true, p.clone());
+        }
         bus.side
             .deliver(self.now, &mut bus.guest, self.trace.as_mut());
     }
@@ -503,6 +509,9 @@ impl Vm {
         }
         for p in outbox.iter().skip(sent_before) {
             self.history.sent(index, &p.payload);
+            if let Some(trace) = &mut self.trace {
+                trace.wire.push(index, false, p.clone());
+            }
         }
         if probed_at.is_none() && guest.probe_result() == Some(Ok(())) {
             *probed_at = Some(now);
