@@ -176,3 +176,51 @@ fn an_update_mid_probe_is_a_pause() {
         .expect_line(LIMIT, |l| l == "guest devices bus0 2");
     no_guest_failure(&rig);
 }
+
+/// `inspect --watch` follows the service across an update: the update closes its control
+/// connection with the old image, it reconnects to the new one and prints the change.
+#[test]
+fn inspect_watch_follows_an_update() {
+    use std::io::{BufRead, BufReader};
+    let rig = start("watch", "buses=1,functions=1");
+    rig.guest.expect_line(LIMIT, |l| l == "guest probed bus0");
+    let mut watch = Command::new(BIN)
+        .args([
+            "inspect",
+            "restored",
+            "--watch",
+            "--interval",
+            "20ms",
+            "--control",
+        ])
+        .arg(rig.dir.join("control.sock"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run inspect --watch");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(LIMIT).expect("the first answer");
+    assert_eq!(first.trim(), "never");
+    let (ok, text) = update(&rig, None);
+    assert!(ok, "{text}");
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.starts_with("updates: 1")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("--watch never showed the update: {seen:?}"),
+        }
+    }
+    assert!(seen.iter().any(|l| l == "---"), "{seen:?}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}

@@ -95,9 +95,14 @@ struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Print again whenever the answer changes (polls every 500 ms) until interrupted.
+    /// Print again whenever the answer changes, until interrupted (an update of the service
+    /// is followed across: the client reconnects).
     #[arg(long)]
     watch: bool,
+    /// How often --watch asks, e.g. `20ms` (each ask is one message to the service; a held
+    /// eject lasts at least the settle window, 100 ms by default).
+    #[arg(long, value_parser = parse_duration, default_value = "50ms", requires = "watch")]
+    interval: Duration,
 }
 
 fn init_tracing(filter: Option<&str>) {
@@ -154,13 +159,36 @@ fn update(args: UpdateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long --watch keeps trying to reach the service again after its connection ended (an
+/// update closes every control connection but the requester's).
+const RECONNECT: Duration = Duration::from_secs(10);
+
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
-    let stream = UnixStream::connect(&args.control)
-        .with_context(|| format!("cannot reach the service at {}", args.control.display()))?;
+    let connect = || {
+        UnixStream::connect(&args.control)
+            .with_context(|| format!("cannot reach the service at {}", args.control.display()))
+    };
+    let mut stream = connect()?;
     let path = args.path.unwrap_or_default();
     let mut last = None;
     loop {
-        let answer = inspect_server::query(&stream, &path, args.json)?;
+        let answer = match inspect_server::query(&stream, &path, args.json) {
+            Ok(answer) => answer,
+            Err(e) if args.watch => {
+                // The service may be replacing itself: reconnect, for a while.
+                let deadline = std::time::Instant::now() + RECONNECT;
+                stream = loop {
+                    std::thread::sleep(args.interval);
+                    match connect() {
+                        Ok(s) => break s,
+                        Err(_) if std::time::Instant::now() < deadline => {}
+                        Err(_) => return Err(e),
+                    }
+                };
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if last.as_ref() != Some(&answer) {
             if args.watch && last.is_some() {
                 println!("---");
@@ -174,7 +202,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         if !args.watch {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(args.interval);
     }
 }
 
