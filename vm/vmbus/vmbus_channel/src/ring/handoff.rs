@@ -63,7 +63,7 @@ impl RingHandoff {
         self.state
     }
 
-    /// The descriptors, in the order [`from_fds`](Self::from_fds) takes them: the memfd, the
+    /// The descriptors, in the order [`from_parts`](Self::from_parts) takes them: the memfd, the
     /// end's own doorbell, the peer's doorbell, then the liveness socket if there is one.
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut fds = vec![
