@@ -5,15 +5,20 @@
 //! that wakes whichever task waits: a packet crossing the relay then costs two wake-ups on the
 //! relay's side (the notifier, then the bus thread), and a bus two notifier threads. The
 //! service takes each ring's waiting over ([`vmbus_channel::RingChannel::wait_source`]) and
-//! polls both rings' descriptors and an eventfd of its own (for timers and other wakers) from
-//! the bus thread.
+//! polls both rings' descriptors and an eventfd of its own (for other wakers) from the bus
+//! thread.
+//!
+//! Timers made with [`sleep_until`] on such a thread are the loop's `poll(2)` timeout: no
+//! timer thread to wake when one is armed, dropped or due. Elsewhere they fall back to
+//! `futures-timer`.
 
+use std::cell::RefCell;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Wakes a [`block_on_sources`] loop through an eventfd it polls with its rings' doorbells.
 struct FdSignal {
@@ -32,13 +37,158 @@ impl Wake for FdSignal {
     }
 }
 
+/// The timers armed on a [`block_on_sources`] thread: each live [`Sleep`]'s deadline and the
+/// waker to wake when it is due.
+#[derive(Default)]
+struct Timers {
+    armed: Vec<(u64, Instant, Waker)>,
+}
+
+impl Timers {
+    fn arm(&mut self, id: u64, deadline: Instant, waker: &Waker) {
+        match self.armed.iter_mut().find(|(i, _, _)| *i == id) {
+            Some(entry) => {
+                entry.1 = deadline;
+                if !entry.2.will_wake(waker) {
+                    entry.2 = waker.clone();
+                }
+            }
+            None => self.armed.push((id, deadline, waker.clone())),
+        }
+    }
+
+    fn disarm(&mut self, id: u64) {
+        self.armed.retain(|(i, _, _)| *i != id);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.armed.iter().map(|(_, d, _)| *d).min()
+    }
+
+    /// Takes out the timers due at `now`; their wakers, except the loop's own (`own`: the
+    /// loop polls its future again anyway, without a round trip through its eventfd).
+    fn take_due(&mut self, now: Instant, own: &Waker) -> Vec<Waker> {
+        let mut due = Vec::new();
+        self.armed.retain(|(_, d, w)| {
+            if *d > now {
+                return true;
+            }
+            if !w.will_wake(own) {
+                due.push(w.clone());
+            }
+            false
+        });
+        due
+    }
+}
+
+thread_local! {
+    /// The timers of the [`block_on_sources`] loop running on this thread, if one is.
+    static TIMERS: RefCell<Option<Timers>> = const { RefCell::new(None) };
+}
+
+/// Installs a timer list for this thread's loop and takes it out again when dropped (a loop
+/// nested in another one's future keeps the outer list aside meanwhile).
+struct TimerScope {
+    outer: Option<Timers>,
+}
+
+impl TimerScope {
+    fn enter() -> Self {
+        Self {
+            outer: TIMERS.with(|t| t.replace(Some(Timers::default()))),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Timers) -> R) -> Option<R> {
+        TIMERS.with(|t| t.borrow_mut().as_mut().map(f))
+    }
+}
+
+impl Drop for TimerScope {
+    fn drop(&mut self) {
+        let outer = self.outer.take();
+        TIMERS.with(|t| *t.borrow_mut() = outer);
+    }
+}
+
+/// Ids of [`Sleep`]s, unique in the process (a sleep may move between threads).
+static NEXT_SLEEP: AtomicU64 = AtomicU64::new(1);
+
+/// A timer: completes once `deadline` has passed. Polled on a [`block_on_sources`] thread it
+/// becomes that loop's `poll(2)` timeout; polled anywhere else it waits through
+/// `futures-timer`.
+#[derive(Debug)]
+pub struct Sleep {
+    deadline: Instant,
+    id: u64,
+    fallback: Option<futures_timer::Delay>,
+}
+
+/// A [`Sleep`] until `deadline`.
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep {
+        deadline,
+        id: NEXT_SLEEP.fetch_add(1, Ordering::Relaxed),
+        fallback: None,
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let now = Instant::now();
+        if now >= this.deadline {
+            this.disarm();
+            return Poll::Ready(());
+        }
+        let (id, deadline) = (this.id, this.deadline);
+        let armed = TIMERS.with(|t| match t.borrow_mut().as_mut() {
+            Some(timers) => {
+                timers.arm(id, deadline, cx.waker());
+                true
+            }
+            None => false,
+        });
+        if armed {
+            return Poll::Pending;
+        }
+        let delay = this.fallback.get_or_insert_with(|| {
+            futures_timer::Delay::new(deadline.saturating_duration_since(now))
+        });
+        Pin::new(delay).poll(cx)
+    }
+}
+
+impl Sleep {
+    fn disarm(&self) {
+        let id = self.id;
+        // `try_with`: a sleep dropped while its thread's locals are torn down has nothing to do.
+        let _ = TIMERS.try_with(|t| {
+            if let Ok(mut timers) = t.try_borrow_mut() {
+                if let Some(timers) = timers.as_mut() {
+                    timers.disarm(id);
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
 /// Runs `future` to completion on this thread, waiting in `poll(2)` on `sources` (its ring
 /// channels' doorbells and liveness sockets, taken over from their notifier threads with
-/// [`vmbus_channel::RingChannel::wait_source`]) and on its own wake-up eventfd (timers and
-/// other wakers). A packet's arrival thus wakes this thread directly: one wake-up per packet
-/// instead of two (notifier thread, then this one), and no notifier threads. If the eventfd
-/// cannot be made, it falls back to `futures`' `block_on` with the sources serviced by a
-/// helper thread.
+/// [`vmbus_channel::RingChannel::wait_source`]) and on its own wake-up eventfd (other
+/// wakers), with the next [`Sleep`] deadline as the timeout. A packet's arrival thus wakes
+/// this thread directly: one wake-up per packet instead of two (notifier thread, then this
+/// one), and no notifier threads. If the eventfd cannot be made, it falls back to `futures`'
+/// `block_on` with the sources serviced by a helper thread.
 pub fn block_on_sources<F: Future>(
     future: F,
     sources: Vec<vmbus_channel::WaitSource>,
@@ -67,6 +217,14 @@ pub fn block_on_sources_returning<F: Future>(
     });
     let waker = Waker::from(signal.clone());
     let mut cx = Context::from_waker(&waker);
+    let timers = TimerScope::enter();
+    // Which source each polled descriptor belongs to (`usize::MAX`: the loop's own eventfd),
+    // kept across iterations: the set of descriptors never changes.
+    let mut owner = vec![usize::MAX];
+    for (i, source) in sources.iter().enumerate() {
+        owner.extend(source.fds().iter().map(|_| i));
+    }
+    let mut ready: Vec<usize> = Vec::with_capacity(owner.len());
     loop {
         signal.woken.store(false, Ordering::Release);
         if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
@@ -75,34 +233,48 @@ pub fn block_on_sources_returning<F: Future>(
         if signal.woken.load(Ordering::Acquire) {
             continue;
         }
-        let ready: Vec<usize> = {
+        let timeout = timers
+            .with(|t| t.next_deadline())
+            .flatten()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if timeout == Some(Duration::ZERO) {
+            fire_due(&timers, &waker);
+            continue;
+        }
+        // Rounded up to the microsecond, so a timer is never polled before it is due.
+        let timeout = timeout.map(|t| {
+            let t = t.saturating_add(Duration::from_nanos(999));
+            rustix::event::Timespec {
+                tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(t.subsec_micros()) * 1000,
+            }
+        });
+        ready.clear();
+        {
             let source_fds: Vec<Vec<std::os::fd::BorrowedFd<'_>>> =
                 sources.iter().map(|s| s.fds()).collect();
-            let mut fds = vec![PollFd::new(&signal.fd, PollFlags::IN)];
-            let mut owner = vec![usize::MAX];
-            for (i, list) in source_fds.iter().enumerate() {
-                for fd in list {
-                    fds.push(PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP));
-                    owner.push(i);
-                }
+            let mut fds = Vec::with_capacity(owner.len());
+            fds.push(PollFd::new(&signal.fd, PollFlags::IN));
+            for fd in source_fds.iter().flatten() {
+                fds.push(PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP));
             }
-            match poll(&mut fds, None) {
+            match poll(&mut fds, timeout.as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "poll failed: waiting through a helper thread");
+                    drop(timers);
                     return block_on_with_helper(future, sources);
                 }
             }
-            let mut ready: Vec<usize> = fds
-                .iter()
-                .zip(&owner)
-                .filter(|(fd, _)| !fd.revents().is_empty())
-                .map(|(_, &i)| i)
-                .collect();
-            ready.dedup();
-            ready
-        };
-        for i in ready {
+            ready.extend(
+                fds.iter()
+                    .zip(&owner)
+                    .filter(|(fd, _)| !fd.revents().is_empty())
+                    .map(|(_, &i)| i),
+            );
+        }
+        ready.dedup();
+        for &i in &ready {
             if i == usize::MAX {
                 let mut buf = [0u8; 8];
                 let _ = rustix::io::read(&signal.fd, &mut buf);
@@ -110,6 +282,15 @@ pub fn block_on_sources_returning<F: Future>(
                 source.ready();
             }
         }
+        fire_due(&timers, &waker);
+    }
+}
+
+/// Wakes the tasks whose timers are due (the loop's own task is polled next anyway).
+fn fire_due(timers: &TimerScope, own: &Waker) {
+    let now = Instant::now();
+    for w in timers.with(|t| t.take_due(now, own)).unwrap_or_default() {
+        w.wake();
     }
 }
 
@@ -162,5 +343,45 @@ mod tests {
         });
         assert_eq!(block_on_sources(rx, Vec::new()), Ok(1));
         t.join().unwrap();
+    }
+
+    /// A sleep on a loop's thread is that loop's poll timeout: it completes once its deadline
+    /// passed, without ever making a `futures-timer` delay (which would mean a timer thread).
+    #[test]
+    fn sleep_on_the_loop_is_its_poll_timeout() {
+        let start = Instant::now();
+        let (elapsed, used_fallback) = block_on_sources(
+            async {
+                let mut sleep = sleep_until(start + Duration::from_millis(20));
+                (&mut sleep).await;
+                (start.elapsed(), sleep.fallback.is_some())
+            },
+            Vec::new(),
+        );
+        assert!(elapsed >= Duration::from_millis(20), "{elapsed:?}");
+        assert!(!used_fallback);
+    }
+
+    /// A sleep dropped before its deadline leaves no timer armed behind it; one polled
+    /// outside any loop waits through `futures-timer`.
+    #[test]
+    fn dropped_sleep_disarms_and_elsewhere_falls_back() {
+        let armed_after_drop = block_on_sources(
+            async {
+                let mut sleep = Box::pin(sleep_until(Instant::now() + Duration::from_secs(60)));
+                let pending = futures::poll!(sleep.as_mut()).is_pending();
+                let armed = TIMERS.with(|t| t.borrow().as_ref().map(|t| t.armed.len()));
+                drop(sleep);
+                let after = TIMERS.with(|t| t.borrow().as_ref().map(|t| t.armed.len()));
+                (pending, armed, after)
+            },
+            Vec::new(),
+        );
+        assert_eq!(armed_after_drop, (true, Some(1), Some(0)));
+        let start = Instant::now();
+        let mut sleep = sleep_until(start + Duration::from_millis(5));
+        futures::executor::block_on(&mut sleep);
+        assert!(start.elapsed() >= Duration::from_millis(5));
+        assert!(sleep.fallback.is_some());
     }
 }
