@@ -14,7 +14,8 @@
 //!   not counted) with 65 idle probed buses vs 1, per bus (target <= 64 KiB).
 //!
 //! The host endpoint is `vpci_endpoints`' (as in the process tests), run by this binary
-//! re-executed in the `host` role. `-- --test` runs everything small, as a smoke test.
+//! re-executed in the `host` role. `-- --test` runs everything small, as a smoke test;
+//! `-- latency`, `-- probe` or `-- memory` runs that part alone (for profiling it).
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ mod client;
 use client::{Offers, RawBus};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 use vpci_endpoints::host;
 
@@ -136,7 +138,7 @@ fn median(v: &mut [f64]) -> f64 {
 fn latency(smoke: bool) -> (f64, f64) {
     let rig = Rig::start(
         "latency",
-        "buses=1,functions=2",
+        "buses=1,functions=2,monitor_ms=100",
         &["host.sock", "direct.sock"],
     );
     let guest = rig.guest();
@@ -194,7 +196,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn probe_buses(n: usize) -> (Duration, u64) {
     let rig = Rig::start(
         &format!("probe{n}"),
-        &format!("buses={n},functions=2,latency_ms=1"),
+        &format!("buses={n},functions=2,latency_ms=1,monitor_ms=100"),
         &["host.sock"],
     );
     let guest = rig.guest();
@@ -203,19 +205,49 @@ fn probe_buses(n: usize) -> (Duration, u64) {
     let rings: Vec<_> = buses.iter().map(|b| guest.open(b)).collect();
     std::thread::sleep(Duration::from_millis(200));
     let pids = [std::process::id(), rig._host.0.id(), rig.service.0.id()];
-    let cpu_before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
-    let start = Instant::now();
+    // The guest threads exist before the window opens and keep their rings past its end: the
+    // window holds the probes, not thread creation or the rings' teardown.
+    let go = Arc::new(Barrier::new(n + 1));
+    let (done_tx, done_rx) = mpsc::channel();
     let threads: Vec<_> = rings
         .into_iter()
-        .map(|ring| std::thread::spawn(move || RawBus::new(ring).probe(&[0, 1])))
+        .map(|ring| {
+            let (go, done) = (go.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let mut bus = RawBus::new(ring);
+                go.wait();
+                bus.probe(&[0, 1]);
+                let _ = done.send(());
+                bus
+            })
+        })
         .collect();
-    for t in threads {
-        t.join().expect("probe thread");
+    let cpu_before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    mark_window(n, "start");
+    let start = Instant::now();
+    go.wait();
+    for _ in 0..n {
+        done_rx.recv().expect("probe thread");
     }
     let wall = start.elapsed();
+    mark_window(n, "end");
     let cpu: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    let buses: Vec<RawBus> = threads
+        .into_iter()
+        .map(|t| t.join().expect("probe thread"))
+        .collect();
+    drop(buses);
     // Clock ticks are 10 ms on Linux (USER_HZ = 100).
     (wall, cpu.saturating_sub(cpu_before) * 10)
+}
+
+/// With `VPCI_BENCH_WINDOW` set, prints the clock at a probe window's start and end (an
+/// `Instant`, which is the monotonic clock on Linux), for `perf record -k CLOCK_MONOTONIC`
+/// and `perf report --time` to profile the window alone.
+fn mark_window(n: usize, edge: &str) {
+    if std::env::var_os("VPCI_BENCH_WINDOW").is_some() {
+        eprintln!("window {n} {edge} {:?}", Instant::now());
+    }
 }
 
 /// The private (anonymous) memory of process `pid`, in KiB.
@@ -231,7 +263,7 @@ fn anonymous_kib(pid: u32) -> u64 {
 fn idle_memory(n: usize) -> u64 {
     let rig = Rig::start(
         &format!("memory{n}"),
-        &format!("buses={n},functions=2"),
+        &format!("buses={n},functions=2,monitor_ms=100"),
         &["host.sock"],
     );
     let guest = rig.guest();
@@ -253,6 +285,15 @@ fn main() {
         return;
     }
     let smoke = std::env::args().any(|a| a == "--test");
+    let parts = ["latency", "probe", "memory"];
+    let chosen: Vec<String> = std::env::args()
+        .filter(|a| parts.contains(&a.as_str()))
+        .collect();
+    let run = |part: &str| chosen.is_empty() || chosen.iter().any(|c| c == part);
+    if !run("latency") || !run("probe") || !run("memory") {
+        only(smoke, &run);
+        return;
+    }
     let (through, direct) = latency(smoke);
     println!(
         "latency: through the service {through:.1} us, direct ring {direct:.1} us per request/completion \
@@ -287,4 +328,28 @@ fn main() {
         all.as_secs_f64() / one.as_secs_f64()
     );
     println!("summary: {per_bus:.1} KiB resident per idle bus, rings excluded (target <= 64 KiB)");
+}
+
+/// Runs the parts `run` selects and prints their raw figures (no summary).
+fn only(smoke: bool, run: &dyn Fn(&str) -> bool) {
+    if run("latency") {
+        let (through, direct) = latency(smoke);
+        println!("latency: through the service {through:.1} us, direct ring {direct:.1} us");
+    }
+    if run("probe") {
+        let many = if smoke { 4 } else { 64 };
+        let (one, one_cpu) = probe_buses(1);
+        let (all, all_cpu) = probe_buses(many);
+        println!(
+            "probe: 1 bus {one:.1?} ({one_cpu} ms CPU), {many} buses {all:.1?} ({all_cpu} ms CPU)"
+        );
+    }
+    if run("memory") {
+        let (few, lots) = if smoke { (1, 3) } else { (1, 65) };
+        println!(
+            "memory: {few} idle bus {} KiB, {lots} idle buses {} KiB",
+            idle_memory(few),
+            idle_memory(lots)
+        );
+    }
 }
