@@ -20,9 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-/// Wakes a [`block_on_sources`] loop through an eventfd it polls with its rings' doorbells.
+/// Wakes a [`block_on_sources`] loop through an eventfd it polls with its rings' doorbells,
+/// but only while the loop sleeps (or is about to): a wake while it runs (a doorbell it
+/// serviced itself, another thread's wake meanwhile) is a flag it looks at before sleeping,
+/// which spares a write, a second `poll(2)` and a read of the eventfd per wake-up.
 struct FdSignal {
     woken: AtomicBool,
+    /// Set from just before the loop's last look at `woken` until `poll(2)` returned.
+    sleeping: AtomicBool,
     fd: std::os::fd::OwnedFd,
 }
 
@@ -31,7 +36,9 @@ impl Wake for FdSignal {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.woken.swap(true, Ordering::AcqRel) {
+        // SeqCst with the loop's store to `sleeping` and load of `woken`: either the loop sees
+        // this wake before it sleeps, or this sees the loop asleep and writes.
+        if !self.woken.swap(true, Ordering::SeqCst) && self.sleeping.load(Ordering::SeqCst) {
             let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
         }
     }
@@ -213,24 +220,25 @@ pub fn block_on_sources_returning<F: Future>(
     let mut future = pin!(future);
     let signal = Arc::new(FdSignal {
         woken: AtomicBool::new(false),
+        sleeping: AtomicBool::new(false),
         fd,
     });
     let waker = Waker::from(signal.clone());
     let mut cx = Context::from_waker(&waker);
     let timers = TimerScope::enter();
-    // Which source each polled descriptor belongs to (`usize::MAX`: the loop's own eventfd),
-    // kept across iterations: the set of descriptors never changes.
-    let mut owner = vec![usize::MAX];
-    for (i, source) in sources.iter().enumerate() {
-        owner.extend(source.fds().iter().map(|_| i));
-    }
-    let mut ready: Vec<usize> = Vec::with_capacity(owner.len());
+    // Which source, and which of its descriptors, each polled descriptor is (the first one
+    // is the loop's own eventfd). A source drops its liveness socket once the peer hung up,
+    // so the list is rebuilt whenever the count changes.
+    let mut owner: Vec<(usize, usize)> = Vec::new();
+    let mut ready: Vec<(usize, usize)> = Vec::new();
     loop {
-        signal.woken.store(false, Ordering::Release);
+        signal.woken.store(false, Ordering::SeqCst);
         if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
             return (out, sources);
         }
-        if signal.woken.load(Ordering::Acquire) {
+        signal.sleeping.store(true, Ordering::SeqCst);
+        if signal.woken.load(Ordering::SeqCst) {
+            signal.sleeping.store(false, Ordering::SeqCst);
             continue;
         }
         let timeout = timers
@@ -238,6 +246,7 @@ pub fn block_on_sources_returning<F: Future>(
             .flatten()
             .map(|d| d.saturating_duration_since(Instant::now()));
         if timeout == Some(Duration::ZERO) {
+            signal.sleeping.store(false, Ordering::SeqCst);
             fire_due(&timers, &waker);
             continue;
         }
@@ -253,12 +262,22 @@ pub fn block_on_sources_returning<F: Future>(
         {
             let source_fds: Vec<Vec<std::os::fd::BorrowedFd<'_>>> =
                 sources.iter().map(|s| s.fds()).collect();
-            let mut fds = Vec::with_capacity(owner.len());
+            let count = 1 + source_fds.iter().map(Vec::len).sum::<usize>();
+            if owner.len() != count {
+                owner.clear();
+                owner.push((usize::MAX, 0));
+                for (i, list) in source_fds.iter().enumerate() {
+                    owner.extend((0..list.len()).map(|j| (i, j)));
+                }
+            }
+            let mut fds = Vec::with_capacity(count);
             fds.push(PollFd::new(&signal.fd, PollFlags::IN));
             for fd in source_fds.iter().flatten() {
                 fds.push(PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP));
             }
-            match poll(&mut fds, timeout.as_ref()) {
+            let polled = poll(&mut fds, timeout.as_ref());
+            signal.sleeping.store(false, Ordering::SeqCst);
+            match polled {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "poll failed: waiting through a helper thread");
@@ -270,16 +289,15 @@ pub fn block_on_sources_returning<F: Future>(
                 fds.iter()
                     .zip(&owner)
                     .filter(|(fd, _)| !fd.revents().is_empty())
-                    .map(|(_, &i)| i),
+                    .map(|(_, &at)| at),
             );
         }
-        ready.dedup();
-        for &i in &ready {
+        for &(i, j) in &ready {
             if i == usize::MAX {
                 let mut buf = [0u8; 8];
                 let _ = rustix::io::read(&signal.fd, &mut buf);
             } else if let Some(source) = sources.get_mut(i) {
-                source.ready();
+                source.ready_fd(j);
             }
         }
         fire_due(&timers, &waker);
@@ -343,6 +361,48 @@ mod tests {
         });
         assert_eq!(block_on_sources(rx, Vec::new()), Ok(1));
         t.join().unwrap();
+    }
+
+    /// A task that wakes itself while the loop runs is polled again (the wake is a flag, not
+    /// an eventfd write), and wakes from another thread still reach a sleeping loop: a
+    /// thousand hand-offs between the two threads all complete.
+    #[test]
+    fn wakes_while_running_and_while_sleeping_are_seen() {
+        let mut yielded = false;
+        let out = block_on_sources(
+            std::future::poll_fn(|cx| {
+                if yielded {
+                    Poll::Ready(7)
+                } else {
+                    yielded = true;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }),
+            Vec::new(),
+        );
+        assert_eq!(out, 7);
+        let (to_loop, from_peer) =
+            std::sync::mpsc::channel::<futures::channel::oneshot::Sender<u32>>();
+        let peer = std::thread::spawn(move || {
+            for (i, tx) in from_peer.iter().enumerate() {
+                let _ = tx.send(u32::try_from(i).unwrap());
+            }
+        });
+        let sum = block_on_sources(
+            async move {
+                let mut sum = 0;
+                for _ in 0..1000 {
+                    let (tx, rx) = futures::channel::oneshot::channel();
+                    to_loop.send(tx).unwrap();
+                    sum += rx.await.unwrap();
+                }
+                sum
+            },
+            Vec::new(),
+        );
+        assert_eq!(sum, (0..1000u32).sum::<u32>());
+        peer.join().unwrap();
     }
 
     /// A sleep on a loop's thread is that loop's poll timeout: it completes once its deadline
