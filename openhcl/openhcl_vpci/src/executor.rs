@@ -1,4 +1,4 @@
-//! The bus threads' executor: [`block_on_sources`] waits in `poll(2)` on the bus's ring
+//! The bus threads' executor: [`block_on_sources`] waits in `epoll_wait(2)` on the bus's ring
 //! doorbells itself, so a packet's arrival wakes the bus thread directly.
 //!
 //! A ring channel's own way to wait is a notifier thread per end, blocked on the end's eventfd,
@@ -8,10 +8,11 @@
 //! polls both rings' descriptors and an eventfd of its own (for other wakers) from the bus
 //! thread.
 //!
-//! Timers made with [`sleep_until`] on such a thread are the loop's `poll(2)` timeout: no
+//! Timers made with [`sleep_until`] on such a thread are the loop's `epoll_wait(2)` timeout: no
 //! timer thread to wake when one is armed, dropped or due. Elsewhere they fall back to
 //! `futures-timer`.
 
+use rustix::event::epoll;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -23,10 +24,10 @@ use std::time::{Duration, Instant};
 /// Wakes a [`block_on_sources`] loop through an eventfd it polls with its rings' doorbells,
 /// but only while the loop sleeps (or is about to): a wake while it runs (a doorbell it
 /// serviced itself, another thread's wake meanwhile) is a flag it looks at before sleeping,
-/// which spares a write, a second `poll(2)` and a read of the eventfd per wake-up.
+/// which spares a write, a second wait and a read of the eventfd per wake-up.
 struct FdSignal {
     woken: AtomicBool,
-    /// Set from just before the loop's last look at `woken` until `poll(2)` returned.
+    /// Set from just before the loop's last look at `woken` until its wait returned.
     sleeping: AtomicBool,
     fd: std::os::fd::OwnedFd,
 }
@@ -123,7 +124,7 @@ impl Drop for TimerScope {
 static NEXT_SLEEP: AtomicU64 = AtomicU64::new(1);
 
 /// A timer: completes once `deadline` has passed. Polled on a [`block_on_sources`] thread it
-/// becomes that loop's `poll(2)` timeout; polled anywhere else it waits through
+/// becomes that loop's `epoll_wait(2)` timeout; polled anywhere else it waits through
 /// `futures-timer`.
 #[derive(Debug)]
 pub struct Sleep {
@@ -189,7 +190,7 @@ impl Drop for Sleep {
     }
 }
 
-/// Runs `future` to completion on this thread, waiting in `poll(2)` on `sources` (its ring
+/// Runs `future` to completion on this thread, waiting in `epoll_wait(2)` on `sources` (its ring
 /// channels' doorbells and liveness sockets, taken over from their notifier threads with
 /// [`vmbus_channel::RingChannel::wait_source`]) and on its own wake-up eventfd (other
 /// wakers), with the next [`Sleep`] deadline as the timeout. A packet's arrival thus wakes
@@ -209,7 +210,7 @@ pub fn block_on_sources_returning<F: Future>(
     future: F,
     mut sources: Vec<vmbus_channel::WaitSource>,
 ) -> (F::Output, Vec<vmbus_channel::WaitSource>) {
-    use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
+    use rustix::event::{EventfdFlags, eventfd};
     let fd = match eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC) {
         Ok(fd) => fd,
         Err(e) => {
@@ -226,11 +227,19 @@ pub fn block_on_sources_returning<F: Future>(
     let waker = Waker::from(signal.clone());
     let mut cx = Context::from_waker(&waker);
     let timers = TimerScope::enter();
-    // Which source, and which of its descriptors, each polled descriptor is (the first one
-    // is the loop's own eventfd). A source drops its liveness socket once the peer hung up,
-    // so the list is rebuilt whenever the count changes.
-    let mut owner: Vec<(usize, usize)> = Vec::new();
-    let mut ready: Vec<(usize, usize)> = Vec::new();
+    // The descriptors are registered once with an epoll instance (the loop's own eventfd as
+    // `OWN`, source `i`'s descriptor `j` as `i << 32 | j`): a wait then costs the same however
+    // many there are, where poll(2) looked each one up and asked each whether it was ready.
+    // A liveness socket a source drops (its peer hung up) leaves the set when it is closed.
+    let epoll = match register(&signal.fd, &sources) {
+        Ok(epoll) => epoll,
+        Err(e) => {
+            tracing::warn!(error = %e, "no epoll: waiting through a helper thread");
+            drop(timers);
+            return block_on_with_helper(future, sources);
+        }
+    };
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(8);
     loop {
         signal.woken.store(false, Ordering::SeqCst);
         if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
@@ -258,50 +267,56 @@ pub fn block_on_sources_returning<F: Future>(
                 tv_nsec: i64::from(t.subsec_micros()) * 1000,
             }
         });
-        ready.clear();
-        {
-            let source_fds: Vec<Vec<std::os::fd::BorrowedFd<'_>>> =
-                sources.iter().map(|s| s.fds()).collect();
-            let count = 1 + source_fds.iter().map(Vec::len).sum::<usize>();
-            if owner.len() != count {
-                owner.clear();
-                owner.push((usize::MAX, 0));
-                for (i, list) in source_fds.iter().enumerate() {
-                    owner.extend((0..list.len()).map(|j| (i, j)));
-                }
+        events.clear();
+        let waited = epoll::wait(
+            &epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            timeout.as_ref(),
+        );
+        signal.sleeping.store(false, Ordering::SeqCst);
+        match waited {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "epoll failed: waiting through a helper thread");
+                drop(timers);
+                return block_on_with_helper(future, sources);
             }
-            let mut fds = Vec::with_capacity(count);
-            fds.push(PollFd::new(&signal.fd, PollFlags::IN));
-            for fd in source_fds.iter().flatten() {
-                fds.push(PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP));
-            }
-            let polled = poll(&mut fds, timeout.as_ref());
-            signal.sleeping.store(false, Ordering::SeqCst);
-            match polled {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "poll failed: waiting through a helper thread");
-                    drop(timers);
-                    return block_on_with_helper(future, sources);
-                }
-            }
-            ready.extend(
-                fds.iter()
-                    .zip(&owner)
-                    .filter(|(fd, _)| !fd.revents().is_empty())
-                    .map(|(_, &at)| at),
-            );
         }
-        for &(i, j) in &ready {
-            if i == usize::MAX {
+        for event in &events {
+            let data = event.data.u64();
+            if data == OWN {
                 let mut buf = [0u8; 8];
                 let _ = rustix::io::read(&signal.fd, &mut buf);
-            } else if let Some(source) = sources.get_mut(i) {
-                source.ready_fd(j);
+            } else {
+                let (i, j) = ((data >> 32) as usize, (data & 0xffff_ffff) as usize);
+                if let Some(source) = sources.get_mut(i) {
+                    source.ready_fd(j);
+                }
             }
         }
         fire_due(&timers, &waker);
     }
+}
+
+/// The epoll data of the loop's own eventfd.
+const OWN: u64 = u64::MAX;
+
+/// An epoll instance with `own` and every descriptor of `sources` registered for reading.
+fn register(
+    own: &std::os::fd::OwnedFd,
+    sources: &[vmbus_channel::WaitSource],
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    let flags = epoll::EventFlags::IN;
+    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    epoll::add(&epoll, own, epoll::EventData::new_u64(OWN), flags)?;
+    for (i, source) in sources.iter().enumerate() {
+        for (j, fd) in source.fds().into_iter().enumerate() {
+            let data = (i as u64) << 32 | j as u64;
+            let flags = flags | epoll::EventFlags::RDHUP;
+            epoll::add(&epoll, fd, epoll::EventData::new_u64(data), flags)?;
+        }
+    }
+    Ok(epoll)
 }
 
 /// Wakes the tasks whose timers are due (the loop's own task is polled next anyway).
