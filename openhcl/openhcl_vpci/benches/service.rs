@@ -211,22 +211,24 @@ fn probe_buses(n: usize) -> (Duration, Duration) {
     let pids = [std::process::id(), rig._host.0.id(), rig.service.0.id()];
     // The guest threads exist before the window opens and keep their rings past its end: the
     // window holds the probes, not thread creation or the rings' teardown.
-    let go = Arc::new(Barrier::new(n + 1));
+    let (go, finish) = (Arc::new(Barrier::new(n + 1)), Arc::new(Barrier::new(n + 1)));
     let (done_tx, done_rx) = mpsc::channel();
     let threads: Vec<_> = rings
         .into_iter()
         .map(|ring| {
-            let (go, done) = (go.clone(), done_tx.clone());
+            let (go, finish, done) = (go.clone(), finish.clone(), done_tx.clone());
             std::thread::spawn(move || {
                 let mut bus = RawBus::new(ring);
                 go.wait();
                 bus.probe(&[0, 1]);
                 let _ = done.send(());
+                // Alive until the CPU time was read.
+                finish.wait();
                 bus
             })
         })
         .collect();
-    let cpu_before: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
+    let cpu_before = pids.map(cpu_ns);
     mark_window(n, "start");
     let start = Instant::now();
     go.wait();
@@ -235,13 +237,25 @@ fn probe_buses(n: usize) -> (Duration, Duration) {
     }
     let wall = start.elapsed();
     mark_window(n, "end");
-    let cpu: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
+    let cpu = pids.map(cpu_ns);
+    finish.wait();
     let buses: Vec<RawBus> = threads
         .into_iter()
         .map(|t| t.join().expect("probe thread"))
         .collect();
     drop(buses);
-    (wall, Duration::from_nanos(cpu.saturating_sub(cpu_before)))
+    let spent: Vec<Duration> = cpu
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| Duration::from_nanos(after.saturating_sub(*before)))
+        .collect();
+    if std::env::var_os("VPCI_BENCH_WINDOW").is_some() {
+        eprintln!(
+            "window {n} cpu: guest {:.1?}, host {:.1?}, service {:.1?}",
+            spent[0], spent[1], spent[2]
+        );
+    }
+    (wall, spent.iter().sum())
 }
 
 /// With `VPCI_BENCH_WINDOW` set, prints the clock at a probe window's start and end (an
