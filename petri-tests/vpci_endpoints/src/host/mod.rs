@@ -412,3 +412,18 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
         std::thread::spawn(move || drive::reoffer(&h, &bus, &wake_rx));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `monitor_ms` sets how often the monitor looks (never less than 1 ms); 2 ms otherwise.
+    #[test]
+    fn monitor_period_from_the_spec() {
+        let period = |s: &str| HostSpec::parse(s).map(|spec| spec.monitor_period).ok();
+        assert_eq!(period("buses=2"), Some(Duration::from_millis(2)));
+        assert_eq!(period("monitor_ms=100"), Some(Duration::from_millis(100)));
+        assert_eq!(period("monitor_ms=0"), Some(Duration::from_millis(1)));
+        assert!(period("monitor_ms=x").is_none());
+    }
+}
