@@ -12,6 +12,10 @@
 //! timer thread to wake when one is armed, dropped or due. Elsewhere they fall back to
 //! `futures-timer`.
 
+mod pool;
+
+pub use pool::Pool;
+
 use rustix::event::epoll;
 use std::cell::RefCell;
 use std::future::Future;
@@ -250,23 +254,11 @@ pub fn block_on_sources_returning<F: Future>(
             signal.sleeping.store(false, Ordering::SeqCst);
             continue;
         }
-        let timeout = timers
-            .with(|t| t.next_deadline())
-            .flatten()
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        if timeout == Some(Duration::ZERO) {
+        let Some(timeout) = wait_timeout(&timers) else {
             signal.sleeping.store(false, Ordering::SeqCst);
             fire_due(&timers, &waker);
             continue;
-        }
-        // Rounded up to the microsecond, so a timer is never polled before it is due.
-        let timeout = timeout.map(|t| {
-            let t = t.saturating_add(Duration::from_nanos(999));
-            rustix::event::Timespec {
-                tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
-                tv_nsec: i64::from(t.subsec_micros()) * 1000,
-            }
-        });
+        };
         events.clear();
         let waited = epoll::wait(
             &epoll,
@@ -296,6 +288,24 @@ pub fn block_on_sources_returning<F: Future>(
         }
         fire_due(&timers, &waker);
     }
+}
+
+/// How long the loop may wait: until the next timer (rounded up to the microsecond, so a
+/// timer is never looked at before it is due), forever without one; `None` when a timer is
+/// due now.
+fn wait_timeout(timers: &TimerScope) -> Option<Option<rustix::event::Timespec>> {
+    let Some(deadline) = timers.with(|t| t.next_deadline()).flatten() else {
+        return Some(None);
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    let t = left.saturating_add(Duration::from_nanos(999));
+    Some(Some(rustix::event::Timespec {
+        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(t.subsec_micros()) * 1000,
+    }))
 }
 
 /// The epoll data of the loop's own eventfd.
