@@ -1,9 +1,11 @@
 //! The host endpoint: host_sim buses offered and served over the service's control plane (it
-//! listens; the service connects as the opener). Each bus the service opens gets a thread
-//! running host_sim's async adapter over the ring (real time), and the host's one monitor
-//! thread prints the bus's state whenever it changes (`@@ host state ...`, `monitor.rs`); the
-//! first open of a bus also starts its hot-plug storm or its rescind/re-offer loop, if the
-//! spec asks for one (`drive.rs`).
+//! listens; the service connects as the opener). Each bus the service opens runs host_sim's
+//! async adapter over the ring (real time) on the host's one bus thread (an
+//! `openhcl_vpci::executor::Pool`, which waits on every ring's doorbell and every adapter's
+//! timers, so buses busy at once share its wake-ups, as a host's channel workers would), and
+//! the host's one monitor thread prints the bus's state whenever it changes (`@@ host state
+//! ...`, `monitor.rs`); the first open of a bus also starts its hot-plug storm or its
+//! rescind/re-offer loop, if the spec asks for one (`drive.rs`).
 //!
 //! A fault of `fault.rs` may be played on one bus (`fault=...`): its ring closed, the control
 //! connection shut, or garbage written into its ring. A storm stops when its bus's ring ends.
@@ -28,6 +30,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
+use vmbus_channel::ChannelError;
 
 /// The host endpoint's settings.
 #[derive(Clone, Debug)]
@@ -151,6 +154,10 @@ const DEFAULT_LATE_DELAY: Duration = Duration::from_millis(500);
 /// How long the host keeps its rings after shutting its control connection for a fault.
 const LINGER_LIMIT: Duration = Duration::from_secs(30);
 
+/// A bus's adapter, as the pool runs it.
+type Run =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<RunExit, ChannelError>> + Send>>;
+
 /// Real time for host_sim's adapter.
 #[derive(Clone, Copy, Debug)]
 struct RealClock(Instant);
@@ -198,6 +205,8 @@ struct Host {
     armed: fault::Armed,
     /// The monitor thread's list of buses to watch.
     monitor: mpsc::Sender<monitor::Watched>,
+    /// The thread every bus's adapter runs on.
+    pool: executor::Pool,
 }
 
 impl Host {
@@ -247,6 +256,7 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
         buses: Arc::default(),
         armed: fault::Armed::default(),
         monitor,
+        pool: executor::Pool::start("host-buses")?,
     };
     for i in 0..host.spec.at_boot() {
         host.writer.send(&Message::Offer { bus: bus_name(i) });
@@ -366,16 +376,16 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
     };
     let (name, s, w, clock) = (bus.clone(), shared.clone(), host.writer.clone(), host.clock);
     let (h, fault) = (host.clone(), host.fault_on(&bus));
+    // The ring is accepted on a thread of its own (it reads the ring's descriptors from the
+    // service); the bus then runs on the host's pool, which waits on its ring's doorbell and
+    // its timers. A faulty ring, which the garbage fault takes apart, keeps its notifier.
     std::thread::spawn(move || {
-        // The bus's thread waits on its ring's doorbell and its timers itself (one wake-up
-        // per packet or timer, as the service's bus threads do); a faulty ring, which the
-        // garbage fault takes apart, keeps its notifier thread.
-        let exit = control::accept_ring(fd).and_then(|mut ring| match fault {
+        let prepared = control::accept_ring(fd).and_then(|mut ring| match fault {
             Some(f) => fault::FaultyRing::new(ring, f, &name, h.armed.clone())
                 .map_err(|e| control::ControlError::Io(std::io::Error::other(e.to_string())))
                 .map(|ring| {
-                    let run = host_sim::run_bus(s, fault::ReadToEnd(ring), clock);
-                    executor::block_on_sources(run, Vec::new())
+                    let run: Run = Box::pin(host_sim::run_bus(s, fault::ReadToEnd(ring), clock));
+                    (run, Vec::new())
                 }),
             None => {
                 let sources = match ring.wait_source() {
@@ -385,16 +395,23 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
                         Vec::new()
                     }
                 };
-                let run = host_sim::run_bus(s, fault::ReadToEnd(ring), clock);
-                Ok(executor::block_on_sources(run, sources))
+                let run: Run = Box::pin(host_sim::run_bus(s, fault::ReadToEnd(ring), clock));
+                Ok((run, sources))
             }
         });
-        h.buses().ended.insert(name.clone());
-        // A rescind of the host's own goes to the service as a rescind.
-        if let Ok(Ok(RunExit::Rescinded)) = exit {
-            w.send(&Message::Rescind { bus: name.clone() });
+        let pool = h.pool.clone();
+        let end = move |exit: Result<Result<RunExit, ChannelError>, control::ControlError>| {
+            h.buses().ended.insert(name.clone());
+            // A rescind of the host's own goes to the service as a rescind.
+            if let Ok(Ok(RunExit::Rescinded)) = exit {
+                w.send(&Message::Rescind { bus: name.clone() });
+            }
+            println!("@@ host bus {name} ended {exit:?}");
+        };
+        match prepared {
+            Ok((run, sources)) => pool.spawn(async move { end(Ok(run.await)) }, sources),
+            Err(e) => end(Err(e)),
         }
-        println!("@@ host bus {name} ended {exit:?}");
     });
     let quiet = host.spec.storm == 0 && host.spec.reoffer == 0;
     let _ = host
