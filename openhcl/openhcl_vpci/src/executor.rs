@@ -127,9 +127,11 @@ impl Drop for TimerScope {
 /// Ids of [`Sleep`]s, unique in the process (a sleep may move between threads).
 static NEXT_SLEEP: AtomicU64 = AtomicU64::new(1);
 
-/// A timer: completes once `deadline` has passed. Polled on a [`block_on_sources`] thread it
-/// becomes that loop's `epoll_wait(2)` timeout; polled anywhere else it waits through
-/// `futures-timer`.
+/// A timer: completes once `deadline` has passed. Polled on a [`block_on_sources`] (or
+/// [`Pool`]) thread it becomes that loop's `epoll_wait(2)` timeout; polled anywhere else it
+/// waits through `futures-timer`. A blocking executor nested inside the loop's future on the
+/// same thread (`futures::executor::block_on` in a task) would wait on it forever: the loop
+/// that fires it is the one blocked.
 #[derive(Debug)]
 pub struct Sleep {
     deadline: Instant,
