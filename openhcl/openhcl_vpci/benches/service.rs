@@ -14,7 +14,8 @@
 //!   not counted) with 65 idle probed buses vs 1, per bus (target <= 64 KiB).
 //!
 //! The host endpoint is `vpci_endpoints`' (as in the process tests), run by this binary
-//! re-executed in the `host` role. `-- --test` runs everything small, as a smoke test.
+//! re-executed in the `host` role. `-- --test` runs everything small, as a smoke test;
+//! `-- latency`, `-- probe` or `-- memory` runs that part alone (for profiling it).
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ mod client;
 use client::{Offers, RawBus};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 use vpci_endpoints::host;
 
@@ -136,7 +138,7 @@ fn median(v: &mut [f64]) -> f64 {
 fn latency(smoke: bool) -> (f64, f64) {
     let rig = Rig::start(
         "latency",
-        "buses=1,functions=2",
+        "buses=1,functions=2,monitor_ms=100",
         &["host.sock", "direct.sock"],
     );
     let guest = rig.guest();
@@ -174,27 +176,31 @@ fn latency(smoke: bool) -> (f64, f64) {
     (median(&mut through), median(&mut straight))
 }
 
-/// CPU time (user + system) process `pid` has used so far, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which ends with the last ')'): utime and stime are 14 and 15.
-    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
+/// CPU time the live threads of process `pid` have used so far, in nanoseconds (the first
+/// field of each `/proc/PID/task/TID/schedstat`). Exact where the clock-tick counts of
+/// `/proc/PID/stat` are 10 ms steps; it misses threads that end in between, which is why the
+/// probe window keeps every thread it measures alive across it.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
     };
-    field(11) + field(12)
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// (b) The vPCI probe on `n` buses at once (a thread per bus): wall-clock time, and the CPU
 /// time the three processes spent in it (ms).
-fn probe_buses(n: usize) -> (Duration, u64) {
+fn probe_buses(n: usize) -> (Duration, Duration) {
     let rig = Rig::start(
         &format!("probe{n}"),
-        &format!("buses={n},functions=2,latency_ms=1"),
+        &format!("buses={n},functions=2,latency_ms=1,monitor_ms=100"),
         &["host.sock"],
     );
     let guest = rig.guest();
@@ -203,19 +209,62 @@ fn probe_buses(n: usize) -> (Duration, u64) {
     let rings: Vec<_> = buses.iter().map(|b| guest.open(b)).collect();
     std::thread::sleep(Duration::from_millis(200));
     let pids = [std::process::id(), rig._host.0.id(), rig.service.0.id()];
-    let cpu_before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
-    let start = Instant::now();
+    // The guest threads exist before the window opens and keep their rings past its end: the
+    // window holds the probes, not thread creation or the rings' teardown.
+    let (go, finish) = (Arc::new(Barrier::new(n + 1)), Arc::new(Barrier::new(n + 1)));
+    let (done_tx, done_rx) = mpsc::channel();
     let threads: Vec<_> = rings
         .into_iter()
-        .map(|ring| std::thread::spawn(move || RawBus::new(ring).probe(&[0, 1])))
+        .map(|ring| {
+            let (go, finish, done) = (go.clone(), finish.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let mut bus = RawBus::new(ring);
+                go.wait();
+                bus.probe(&[0, 1]);
+                let _ = done.send(());
+                // Alive until the CPU time was read.
+                finish.wait();
+                bus
+            })
+        })
         .collect();
-    for t in threads {
-        t.join().expect("probe thread");
+    let cpu_before = pids.map(cpu_ns);
+    mark_window(n, "start");
+    let start = Instant::now();
+    go.wait();
+    for _ in 0..n {
+        done_rx.recv().expect("probe thread");
     }
     let wall = start.elapsed();
-    let cpu: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
-    // Clock ticks are 10 ms on Linux (USER_HZ = 100).
-    (wall, cpu.saturating_sub(cpu_before) * 10)
+    mark_window(n, "end");
+    let cpu = pids.map(cpu_ns);
+    finish.wait();
+    let buses: Vec<RawBus> = threads
+        .into_iter()
+        .map(|t| t.join().expect("probe thread"))
+        .collect();
+    drop(buses);
+    let spent: Vec<Duration> = cpu
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| Duration::from_nanos(after.saturating_sub(*before)))
+        .collect();
+    if std::env::var_os("VPCI_BENCH_WINDOW").is_some() {
+        eprintln!(
+            "window {n} cpu: guest {:.1?}, host {:.1?}, service {:.1?}",
+            spent[0], spent[1], spent[2]
+        );
+    }
+    (wall, spent.iter().sum())
+}
+
+/// With `VPCI_BENCH_WINDOW` set, prints the clock at a probe window's start and end (an
+/// `Instant`, which is the monotonic clock on Linux), for `perf record -k CLOCK_MONOTONIC`
+/// and `perf report --time` to profile the window alone.
+fn mark_window(n: usize, edge: &str) {
+    if std::env::var_os("VPCI_BENCH_WINDOW").is_some() {
+        eprintln!("window {n} {edge} {:?}", Instant::now());
+    }
 }
 
 /// The private (anonymous) memory of process `pid`, in KiB.
@@ -231,7 +280,7 @@ fn anonymous_kib(pid: u32) -> u64 {
 fn idle_memory(n: usize) -> u64 {
     let rig = Rig::start(
         &format!("memory{n}"),
-        &format!("buses={n},functions=2"),
+        &format!("buses={n},functions=2,monitor_ms=100"),
         &["host.sock"],
     );
     let guest = rig.guest();
@@ -253,6 +302,15 @@ fn main() {
         return;
     }
     let smoke = std::env::args().any(|a| a == "--test");
+    let parts = ["latency", "probe", "memory"];
+    let chosen: Vec<String> = std::env::args()
+        .filter(|a| parts.contains(&a.as_str()))
+        .collect();
+    let run = |part: &str| chosen.is_empty() || chosen.iter().any(|c| c == part);
+    if !run("latency") || !run("probe") || !run("memory") {
+        only(smoke, &run);
+        return;
+    }
     let (through, direct) = latency(smoke);
     println!(
         "latency: through the service {through:.1} us, direct ring {direct:.1} us per request/completion \
@@ -263,7 +321,7 @@ fn main() {
     let (one, one_cpu) = probe_buses(1);
     let (all, all_cpu) = probe_buses(many);
     println!(
-        "probe: 1 bus {one:.1?} ({one_cpu} ms CPU), {many} buses {all:.1?} ({all_cpu} ms CPU, \
+        "probe: 1 bus {one:.1?} ({one_cpu:.1?} CPU), {many} buses {all:.1?} ({all_cpu:.1?} CPU, \
          the three processes)"
     );
     let (few, lots) = if smoke { (1, 3) } else { (1, 65) };
@@ -283,8 +341,34 @@ fn main() {
         through / direct
     );
     println!(
-        "summary: {many} buses / 1 bus probe wall-clock ratio {:.2} (target <= 1.3)",
-        all.as_secs_f64() / one.as_secs_f64()
+        "summary: {many} buses / 1 bus probe wall-clock ratio {:.2} (target <= 1.3); \
+         {:.2} ms of CPU per bus-probe across the three processes",
+        all.as_secs_f64() / one.as_secs_f64(),
+        all_cpu.as_secs_f64() * 1e3 / many as f64
     );
     println!("summary: {per_bus:.1} KiB resident per idle bus, rings excluded (target <= 64 KiB)");
+}
+
+/// Runs the parts `run` selects and prints their raw figures (no summary).
+fn only(smoke: bool, run: &dyn Fn(&str) -> bool) {
+    if run("latency") {
+        let (through, direct) = latency(smoke);
+        println!("latency: through the service {through:.1} us, direct ring {direct:.1} us");
+    }
+    if run("probe") {
+        let many = if smoke { 4 } else { 64 };
+        let (one, one_cpu) = probe_buses(1);
+        let (all, all_cpu) = probe_buses(many);
+        println!(
+            "probe: 1 bus {one:.1?} ({one_cpu:.1?} CPU), {many} buses {all:.1?} ({all_cpu:.1?} CPU)"
+        );
+    }
+    if run("memory") {
+        let (few, lots) = if smoke { (1, 3) } else { (1, 65) };
+        println!(
+            "memory: {few} idle bus {} KiB, {lots} idle buses {} KiB",
+            idle_memory(few),
+            idle_memory(lots)
+        );
+    }
 }

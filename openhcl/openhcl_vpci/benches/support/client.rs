@@ -1,12 +1,20 @@
 //! A raw vPCI guest for the service's benchmarks: opens a bus offered on a control socket and
 //! speaks the protocol itself (no model, no config accesses), so the figures are the
 //! transport's and the relay's, not a guest's.
+//!
+//! Each bus's thread waits on its ring's doorbell itself, as a guest's channel callback runs
+//! from the VMBus interrupt, rather than through the ring's notifier thread (a second
+//! wake-up per packet that no guest has). The host endpoint's bus threads do the same, so
+//! the direct path and the path through the service pay alike.
 
-use futures::executor::block_on;
 use openhcl_vpci::control::{self, Message};
+use rustix::event::{PollFd, PollFlags, poll};
 use std::os::unix::net::UnixStream;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use vmbus_channel::{ChannelExt, Packet, PacketKind, RingChannel, RingChannelConfig, padded};
+use vmbus_channel::{
+    Channel, Packet, PacketKind, RingChannel, RingChannelConfig, WaitSource, padded,
+};
 use vpci_protocol::{MessageType, ProtocolVersion, WinSlot, build};
 
 /// The control connection to an offerer (the service's guest socket, or a host endpoint).
@@ -52,22 +60,69 @@ impl Offers {
 /// One bus as the raw guest drives it.
 pub struct RawBus {
     ring: RingChannel,
+    /// The ring's waiting, taken over from its notifier thread.
+    source: WaitSource,
     next_id: u64,
 }
 
 impl RawBus {
     /// A bus over `ring`.
-    pub fn new(ring: RingChannel) -> Self {
-        Self { ring, next_id: 1 }
+    pub fn new(mut ring: RingChannel) -> Self {
+        let source = ring.wait_source().expect("wait source");
+        Self {
+            ring,
+            source,
+            next_id: 1,
+        }
+    }
+
+    /// Runs `op` on the ring until it is ready, sleeping in `poll(2)` on the ring's
+    /// descriptors in between.
+    fn wait<T>(&mut self, mut op: impl FnMut(&mut RingChannel, &mut Context<'_>) -> Poll<T>) -> T {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(out) = op(&mut self.ring, &mut cx) {
+                return out;
+            }
+            let fds = self.source.fds();
+            let mut polled: Vec<PollFd<'_>> = fds
+                .iter()
+                .map(|fd| PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP))
+                .collect();
+            match poll(&mut polled, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => panic!("poll: {e}"),
+            }
+            let ready: Vec<usize> = polled
+                .iter()
+                .enumerate()
+                .filter(|(_, fd)| !fd.revents().is_empty())
+                .map(|(i, _)| i)
+                .collect();
+            drop(polled);
+            for i in ready {
+                self.source.ready_fd(i);
+            }
+        }
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        self.wait(|ring, cx| ring.poll_send(cx, packet))
+            .expect("send");
+    }
+
+    fn recv(&mut self) -> Packet {
+        self.wait(|ring, cx| ring.poll_recv(cx)).expect("recv")
     }
 
     /// Sends a request and waits for its completion (other packets are dropped).
     pub fn call(&mut self, payload: Vec<u8>) -> Packet {
         let id = self.next_id;
         self.next_id += 1;
-        block_on(self.ring.send(&Packet::request(id, padded(payload)))).expect("send");
+        self.send(&Packet::request(id, padded(payload)));
         loop {
-            let p = block_on(self.ring.recv()).expect("recv");
+            let p = self.recv();
             if p.kind == PacketKind::Completion && p.transaction_id == id {
                 return p;
             }
@@ -76,13 +131,9 @@ impl RawBus {
 
     /// Waits for the host's relations.
     fn relations(&mut self) {
-        block_on(
-            self.ring
-                .send(&Packet::in_band(0, padded(build::query_relations()))),
-        )
-        .expect("send");
+        self.send(&Packet::in_band(0, padded(build::query_relations())));
         loop {
-            let p = block_on(self.ring.recv()).expect("recv");
+            let p = self.recv();
             let kind = p.payload.get(0..4).map(|b| [b[0], b[1], b[2], b[3]]);
             let relations = [MessageType::BUS_RELATIONS.0, MessageType::BUS_RELATIONS2.0];
             if p.kind == PacketKind::InBand

@@ -1,9 +1,11 @@
 //! The host endpoint: host_sim buses offered and served over the service's control plane (it
-//! listens; the service connects as the opener). Each bus the service opens gets a thread
-//! running host_sim's async adapter over the ring (real time) and a monitor that prints the
-//! host's state whenever it changes (`@@ host state ...`); the first open of a bus also
-//! starts its hot-plug storm or its rescind/re-offer loop, if the spec asks for one
-//! (`drive.rs`).
+//! listens; the service connects as the opener). Each bus the service opens runs host_sim's
+//! async adapter over the ring (real time) on the host's one bus thread (an
+//! `openhcl_vpci::executor::Pool`, which waits on every ring's doorbell and every adapter's
+//! timers, so buses busy at once share its wake-ups, as a host's channel workers would), and
+//! the host's one monitor thread prints the bus's state whenever it changes (`@@ host state
+//! ...`, `monitor.rs`); the first open of a bus also starts its hot-plug storm or its
+//! rescind/re-offer loop, if the spec asks for one (`drive.rs`).
 //!
 //! A fault of `fault.rs` may be played on one bus (`fault=...`): its ring closed, the control
 //! connection shut, or garbage written into its ring. A storm stops when its bus's ring ends.
@@ -15,19 +17,20 @@
 mod drive;
 mod fault;
 mod mmio;
+mod monitor;
 
 pub use fault::{FaultKind, FaultSpec};
 
-use crate::report::HostState;
 use crate::{SpecError, bus_name};
-use futures::executor::block_on;
 use host_sim::{BusConfig, FunctionSpec, HostClock, RunExit, SharedBus, Sleep, Time};
 use openhcl_vpci::control::{self, Message};
+use openhcl_vpci::executor;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
+use vmbus_channel::ChannelError;
 
 /// The host endpoint's settings.
 #[derive(Clone, Debug)]
@@ -45,6 +48,9 @@ pub struct HostSpec {
     pub late_delay: Duration,
     /// A fault to play on one bus, if any.
     pub fault: Option<FaultSpec>,
+    /// How often the monitor looks at each bus's state (2 ms by default; a benchmark, which
+    /// reads no state lines, looks seldom: each look wakes every bus's thread).
+    pub monitor_period: Duration,
 }
 
 impl HostSpec {
@@ -66,6 +72,7 @@ impl HostSpec {
             late: 0,
             late_delay: DEFAULT_LATE_DELAY,
             fault: None,
+            monitor_period: monitor::DEFAULT_PERIOD,
         }
     }
 
@@ -73,10 +80,11 @@ impl HostSpec {
     /// default) with `storm=N` or `reoffer=N`, and `late=N,late_ms=N` (the last `late`
     /// buses offered `late_ms` after the boot-time ones), and a fault: `fault=close_ring|
     /// close_control|hold_access|garbage,fault_bus=N,fault_after=N,fault_hold_ms=N`
-    /// ([`FaultSpec`]).
+    /// ([`FaultSpec`]); `monitor_ms=N` sets [`monitor_period`](Self::monitor_period) (at
+    /// least 1).
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         let (mut buses, mut functions, mut latency, mut storm, mut reoffer) = (1, 1, 0, 0, 0);
-        let (mut late, mut late_ms) = (0, None);
+        let (mut late, mut late_ms, mut monitor_ms) = (0, None, None);
         let (mut fault, mut fault_bus, mut fault_after, mut hold) = (None, None, None, None);
         for kv in s.split(',').filter(|kv| !kv.is_empty()) {
             let bad = || SpecError::BadItem(kv.to_owned());
@@ -90,6 +98,7 @@ impl HostSpec {
                 "reoffer" => reoffer = n()?,
                 "late" => late = n()?,
                 "late_ms" => late_ms = Some(n()?),
+                "monitor_ms" => monitor_ms = Some(n()?.max(1)),
                 "fault" => fault = Some(v),
                 "fault_bus" => fault_bus = Some(n()?),
                 "fault_after" => fault_after = Some(n()?),
@@ -108,6 +117,9 @@ impl HostSpec {
         };
         if let Some(ms) = late_ms {
             spec.late_delay = Duration::from_millis(u64::from(ms));
+        }
+        if let Some(ms) = monitor_ms {
+            spec.monitor_period = Duration::from_millis(u64::from(ms));
         }
         spec.validate()?;
         Ok(spec)
@@ -142,6 +154,10 @@ const DEFAULT_LATE_DELAY: Duration = Duration::from_millis(500);
 /// How long the host keeps its rings after shutting its control connection for a fault.
 const LINGER_LIMIT: Duration = Duration::from_secs(30);
 
+/// A bus's adapter, as the pool runs it.
+type Run =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<RunExit, ChannelError>> + Send>>;
+
 /// Real time for host_sim's adapter.
 #[derive(Clone, Copy, Debug)]
 struct RealClock(Instant);
@@ -151,8 +167,9 @@ impl HostClock for RealClock {
         self.0.elapsed()
     }
     fn sleep_until(&self, deadline: Duration) -> Sleep {
-        let left = deadline.saturating_sub(self.0.elapsed());
-        Box::pin(futures_timer::Delay::new(left))
+        // On the bus's thread this is its poll loop's timeout: no timer thread.
+        let at = self.0.checked_add(deadline).unwrap_or_else(Instant::now);
+        Box::pin(executor::sleep_until(at))
     }
 }
 
@@ -186,6 +203,10 @@ struct Host {
     buses: Arc<Mutex<Buses>>,
     /// Set once the fault may strike.
     armed: fault::Armed,
+    /// The monitor thread's list of buses to watch.
+    monitor: mpsc::Sender<monitor::Watched>,
+    /// The thread every bus's adapter runs on.
+    pool: executor::Pool,
 }
 
 impl Host {
@@ -227,12 +248,15 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
     let listener = UnixListener::bind(socket)?;
     println!("@@ host listening");
     let (stream, _) = listener.accept()?;
+    let monitor = monitor::start(spec.monitor_period)?;
     let host = Host {
         spec: Arc::new(spec),
         writer: Writer(Arc::new(Mutex::new(stream.try_clone()?))),
         clock: RealClock(Instant::now()),
         buses: Arc::default(),
         armed: fault::Armed::default(),
+        monitor,
+        pool: executor::Pool::start("host-buses")?,
     };
     for i in 0..host.spec.at_boot() {
         host.writer.send(&Message::Offer { bus: bus_name(i) });
@@ -352,27 +376,47 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
     };
     let (name, s, w, clock) = (bus.clone(), shared.clone(), host.writer.clone(), host.clock);
     let (h, fault) = (host.clone(), host.fault_on(&bus));
+    // The ring is accepted on a thread of its own (it reads the ring's descriptors from the
+    // service); the bus then runs on the host's pool, which waits on its ring's doorbell and
+    // its timers. A faulty ring, which the garbage fault takes apart, keeps its notifier.
     std::thread::spawn(move || {
-        let exit = control::accept_ring(fd).and_then(|ring| match fault {
+        let prepared = control::accept_ring(fd).and_then(|mut ring| match fault {
             Some(f) => fault::FaultyRing::new(ring, f, &name, h.armed.clone())
                 .map_err(|e| control::ControlError::Io(std::io::Error::other(e.to_string())))
-                .map(|ring| block_on(host_sim::run_bus(s, fault::ReadToEnd(ring), clock))),
-            None => Ok(block_on(host_sim::run_bus(
-                s,
-                fault::ReadToEnd(ring),
-                clock,
-            ))),
+                .map(|ring| {
+                    let run: Run = Box::pin(host_sim::run_bus(s, fault::ReadToEnd(ring), clock));
+                    (run, Vec::new())
+                }),
+            None => {
+                let sources = match ring.wait_source() {
+                    Ok(source) => vec![source],
+                    Err(e) => {
+                        println!("@@ host bus {name} waits through its notifier: {e}");
+                        Vec::new()
+                    }
+                };
+                let run: Run = Box::pin(host_sim::run_bus(s, fault::ReadToEnd(ring), clock));
+                Ok((run, sources))
+            }
         });
-        h.buses().ended.insert(name.clone());
-        // A rescind of the host's own goes to the service as a rescind.
-        if let Ok(Ok(RunExit::Rescinded)) = exit {
-            w.send(&Message::Rescind { bus: name.clone() });
+        let pool = h.pool.clone();
+        let end = move |exit: Result<Result<RunExit, ChannelError>, control::ControlError>| {
+            h.buses().ended.insert(name.clone());
+            // A rescind of the host's own goes to the service as a rescind.
+            if let Ok(Ok(RunExit::Rescinded)) = exit {
+                w.send(&Message::Rescind { bus: name.clone() });
+            }
+            println!("@@ host bus {name} ended {exit:?}");
+        };
+        match prepared {
+            Ok((run, sources)) => pool.spawn(async move { end(Ok(run.await)) }, sources),
+            Err(e) => end(Err(e)),
         }
-        println!("@@ host bus {name} ended {exit:?}");
     });
     let quiet = host.spec.storm == 0 && host.spec.reoffer == 0;
-    let (name, s) = (bus.clone(), shared);
-    std::thread::spawn(move || monitor(&name, &s, quiet));
+    let _ = host
+        .monitor
+        .send(monitor::Watched::new(bus.clone(), shared, quiet));
     if !first {
         // The re-offer loop waits for the reopening.
         host.wake(&bus);
@@ -386,35 +430,17 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
     }
 }
 
-/// Prints the bus's state (`@@ host state ...`) whenever it changes, until it is rescinded;
-/// drains the bus's events when nothing else reads them (`drain`).
-fn monitor(bus: &str, shared: &SharedBus, drain: bool) {
-    let mut last = None;
-    loop {
-        let state = shared.with(|b| {
-            if drain {
-                while b.poll_event().is_some() {}
-            }
-            HostState {
-                bus: bus.to_owned(),
-                rescinded: b.rescinded(),
-                broke_protocol: b.broke_protocol(),
-                ejecting: b
-                    .slots()
-                    .into_iter()
-                    .filter(|&s| b.eject_outstanding(s))
-                    .collect(),
-                functions: crate::report::host_functions(b),
-            }
-        });
-        if last.as_ref() != Some(&state) {
-            println!("@@ {}", state.line());
-            let ended = state.rescinded;
-            last = Some(state);
-            if ended {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `monitor_ms` sets how often the monitor looks (never less than 1 ms); 2 ms otherwise.
+    #[test]
+    fn monitor_period_from_the_spec() {
+        let period = |s: &str| HostSpec::parse(s).map(|spec| spec.monitor_period).ok();
+        assert_eq!(period("buses=2"), Some(Duration::from_millis(2)));
+        assert_eq!(period("monitor_ms=100"), Some(Duration::from_millis(100)));
+        assert_eq!(period("monitor_ms=0"), Some(Duration::from_millis(1)));
+        assert!(period("monitor_ms=x").is_none());
     }
 }
