@@ -186,13 +186,6 @@ impl<M: SharedMem> RingReader<M> {
         let mut available = self.ring.distance(start, self.write_index);
         if available == 0 {
             available = self.available_bytes()? as u32;
-            // Touch the next packet's first word whatever the index said (the value is never
-            // used): a polling reader then misses on the data line in the same loop iteration
-            // as on the index, and the core fetches both at once instead of one after the
-            // other once the index shows the packet.
-            let mut touch = [0u8; 8];
-            self.ring.read_data(start, &mut touch)?;
-            std::hint::black_box(touch);
             if available == 0 {
                 return Ok(None);
             }
