@@ -186,6 +186,24 @@ fn ring_round_trips(
     start.elapsed()
 }
 
+/// The same round trips on one thread (request written and read, completion written and
+/// read, lazy readers): what the ring's code costs with no cache line crossing cores.
+fn loopback_round_trips(iters: u64) -> Duration {
+    let (mut req_w, mut req_r) = ring(64 * 1024, true);
+    let (mut comp_w, mut comp_r) = ring(64 * 1024, true);
+    let request = [0u8; 16];
+    let status = [0u8; 8];
+    let mut buf = [0u8; 64];
+    let start = Instant::now();
+    for i in 0..iters {
+        put(&mut req_w, &meta(packet_type::DATA_INBAND, i), &request);
+        let id = take(&mut req_r, &mut buf);
+        put(&mut comp_w, &meta(packet_type::COMP, id), &status);
+        black_box(take(&mut comp_r, &mut buf));
+    }
+    start.elapsed()
+}
+
 /// A thread that answers every odd value of `cell` with the next even one.
 fn start_ponger(cell: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
     std::thread::spawn(move || {
@@ -464,6 +482,8 @@ fn summary() {
     };
     let ring_eager = pair(false);
     let ring_rt = pair(true);
+    loopback_round_trips(iters / 10);
+    let loopback = loopback_round_trips(iters);
     let cell = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let t = start_ponger(cell.clone(), stop.clone());
@@ -502,6 +522,11 @@ fn summary() {
         per(atomic_rt, iters),
         ring_rt.as_secs_f64() / atomic_rt.as_secs_f64(),
         ring_eager.as_secs_f64() / atomic_rt.as_secs_f64()
+    );
+    eprintln!(
+        "summary: the same round trip on one thread (the code alone, no line crossing cores) \
+         {:.0} ns",
+        per(loopback, iters)
     );
     eprintln!(
         "summary: 4 KiB stream ring {:.2} GB/s, single-core memcpy {:.2} GB/s, {:.0}% of it \
