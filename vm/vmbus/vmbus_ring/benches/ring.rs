@@ -38,22 +38,30 @@
 //!
 //! So each direction moves the control line three times (writer RFO, reader fetch, reader
 //! upgrade) and one or two data lines twice (writer RFO, reader fetch), with three
-//! cross-core latencies in a row on the critical path (index, data, fenced upgrade) against
-//! the ping-pong's one line and one latency per direction. That is the 3.9x measured before.
+//! cross-core latencies in a row on the reader's critical path (index, data, fenced upgrade)
+//! against the ping-pong's one line per direction.
 //!
-//! With a lazy reader ([`RingReader::set_lazy_publish`], used by `ring_pair_lazy_publish` and
-//! the summary's headline figure) the reader's commit is only the load of `pending_send_sz`,
-//! from the control line it has just fetched for `write_index`: no store, no fence, no
-//! upgrade. The control line moves twice per direction (writer RFO, reader fetch), as the
-//! ping-pong's one line does, and the critical path is the index fetch then the data fetch.
-//! The read index is published only when the writer asks (`pending_send_sz`), before the
-//! reader unmasks, or once a quarter of the ring is unpublished: one store and fence per
-//! 400 round trips here.
+//! With a lazy reader (`RingReader::set_lazy_publish`, timed as `ring_pair_lazy_publish` and
+//! in the summary) the reader's commit is only a load of `pending_send_sz`, from the control
+//! line it has just fetched for `write_index`: no store, no fence, no upgrade. The control
+//! line then moves twice per direction (writer RFO, reader fetch) like the ping-pong's line,
+//! and the read index is published only when the writer asks, before the reader unmasks, or
+//! once a quarter of the ring is unpublished (one store and fence per ~400 round trips here).
+//!
+//! Measured (issue 15, 2-core AMD EPYC guest, three undisturbed runs): the lazy reader does
+//! not shorten the round trip: eager 228-240 ns, lazy 251-263 ns, atomic 62-66 ns. Neither
+//! does dropping its commit on an empty ring, nor touching the next packet's line while
+//! polling (tried, no gain, removed). What the line count misses is the code: the summary's
+//! single-thread round trip (the same two writes and two reads, every line in L1) takes
+//! 98-102 ns, 1.6 times the whole ping-pong. Validation, staging copies and the atomic word
+//! copies of `shared_mem` cost more here than the upgrade and fence the lazy reader saves;
+//! the rest (about 130-160 ns against the ping-pong's 62) is the index line, then the data
+//! line, fetched one after the other.
 //!
 //! What stays, and why: the writer's full fence between publishing `write_index` and loading
 //! `interrupt_mask` is the Dekker handshake with a reader that unmasks then re-checks (without
-//! it both may read the other's old value and the reader sleeps on a packet); it costs the
-//! writer time but not the round trip. The reader's fence remains wherever it publishes
+//! it both may read the other's old value and the reader sleeps on a packet); it holds the
+//! writer until its stores are visible, which the peer waits for anyway. The reader's fence remains wherever it publishes
 //! (against a writer that sets `pending_send_sz` then re-reads the read index), and in
 //! `unmask_interrupts`. The writer already caches the read index (reloaded only when the
 //! space it last saw is not enough, or for the signalling check when the reader is
