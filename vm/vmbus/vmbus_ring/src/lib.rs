@@ -35,6 +35,10 @@
 //!   blocked writer now has the space it asked for. A reader that polls may
 //!   [`RingReader::mask_interrupts`]; before sleeping it must call
 //!   [`RingReader::unmask_interrupts`] and read again if that returns `true`.
+//! * A busy-polling reader may also publish its read index lazily
+//!   ([`RingReader::set_lazy_publish`]): while masked and unasked it keeps the position
+//!   private, saving a store and a full fence per packet; it must then commit whenever it
+//!   finds the ring empty and flush before it stops reading.
 //!
 //! The crate is `forbid(unsafe_code)`: all access to shared memory goes through
 //! [`shared_mem::SharedMem`].

@@ -13,6 +13,7 @@ use crate::packet::PacketHeader;
 use crate::packet::TRAILER_SIZE;
 use crate::packet::parse_descriptor_with_available;
 use shared_mem::SharedMem;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::atomic::fence;
 
@@ -63,6 +64,27 @@ pub struct ReadPacket {
 /// [`RingReader::consume`] moves past it, [`RingReader::commit`] publishes the position to the
 /// writer (several packets may be consumed per commit). [`RingReader::read_packet`] does all
 /// three.
+///
+/// # Lazy publishing
+///
+/// Publishing the read index costs a store to the control line the writer is about to write
+/// and a full fence that waits for it, on the reader's critical path. A busy-polling reader
+/// can skip both while the writer does not need the index: [`RingReader::set_lazy_publish`]
+/// makes [`RingReader::commit`] keep the position private while all of these hold:
+///
+/// * interrupts are masked by this reader (the writer does not signal, so it never compares
+///   against the read index; an unmasked reader that sleeps relies on that comparison);
+/// * `pending_send_sz` reads 0 (the writer has not asked for space);
+/// * less than a quarter of the data area is consumed and unpublished (so a writer that
+///   never advertises a pending size, as Linux's does not, still sees three quarters of the
+///   ring once the reader has drained it).
+///
+/// A lazy reader must call [`RingReader::commit`] each time it finds the ring empty (a writer
+/// may have blocked after the last commit looked: that commit publishes and says whether to
+/// signal it), and [`RingReader::flush`] before it stops reading (waiting, or handing the
+/// ring to someone else). [`RingReader::unmask_interrupts`] publishes too, before it unmasks;
+/// if that frees space a blocked writer waits for it returns `true` ("read again") and the
+/// next [`RingReader::commit`] or [`RingReader::flush`] says to signal the writer.
 #[derive(Debug)]
 pub struct RingReader<M> {
     ring: Ring<M>,
@@ -75,7 +97,18 @@ pub struct RingReader<M> {
     /// The position after the packet last peeked, if not yet consumed.
     peeked: Option<u32>,
     check_trailer: bool,
+    /// Whether commits may keep the read position private (see "Lazy publishing").
+    lazy: bool,
+    /// Whether this reader set `interrupt_mask` and has not cleared it since (an atomic only
+    /// so that masking keeps taking `&self`; nobody else sees it).
+    masked: AtomicBool,
+    /// A publish outside `commit` (in `unmask_interrupts`) freed space a blocked writer waits
+    /// for; the next `commit` or `flush` reports it.
+    signal_owed: bool,
 }
+
+/// A lazy reader publishes once the unpublished bytes reach `data_size / LAZY_LIMIT_DIVISOR`.
+const LAZY_LIMIT_DIVISOR: usize = 4;
 
 impl<M: SharedMem> RingReader<M> {
     /// Opens the reading end of the ring in `mem`, starting at its current read index (zero
@@ -95,6 +128,9 @@ impl<M: SharedMem> RingReader<M> {
             write_index,
             peeked: None,
             check_trailer: true,
+            lazy: false,
+            masked: AtomicBool::new(false),
+            signal_owed: false,
         })
     }
 
@@ -102,6 +138,18 @@ impl<M: SharedMem> RingReader<M> {
     /// and Hyper-V writers do; turn it off only for a peer known to write something else).
     pub fn set_check_trailer(&mut self, check: bool) {
         self.check_trailer = check;
+    }
+
+    /// Whether [`RingReader::commit`] may keep the read position private while the writer
+    /// does not need it (off by default; see "Lazy publishing" in the type's documentation
+    /// for the rules a lazy reader must follow). Turning it off publishes at the next commit.
+    pub fn set_lazy_publish(&mut self, lazy: bool) {
+        self.lazy = lazy;
+    }
+
+    /// Consumed bytes not yet published to the writer.
+    pub fn unpublished_bytes(&self) -> usize {
+        self.ring.distance(self.published, self.read_index) as usize
     }
 
     /// The ring's layout and memory.
@@ -209,19 +257,66 @@ impl<M: SharedMem> RingReader<M> {
     /// Publishes the read position, freeing the consumed packets' space, and returns whether
     /// the writer must be signalled: it advertised a pending send size that the free space has
     /// now grown past, and had not enough before this commit.
+    ///
+    /// A lazy reader (see [`RingReader::set_lazy_publish`]) may keep the position private
+    /// instead, when the writer does not need it; calling this on an empty ring is how such a
+    /// reader notices a writer that blocked meanwhile.
     pub fn commit(&mut self) -> Result<bool, RingError> {
         self.peeked = None;
-        let old = self.published;
-        let new = self.read_index;
-        if old == new {
-            return Ok(false);
+        if self.may_defer()? {
+            return Ok(std::mem::take(&mut self.signal_owed));
         }
-        // Release: our copies out of the freed bytes happen before the writer may reuse them.
-        self.ring.store(READ_INDEX_OFFSET, new)?;
-        self.published = new;
+        self.flush()
+    }
+
+    /// Publishes the read position now, lazy or not, and returns whether the writer must be
+    /// signalled (as [`RingReader::commit`]). A lazy reader calls this before it stops
+    /// reading.
+    pub fn flush(&mut self) -> Result<bool, RingError> {
+        self.peeked = None;
+        let owed = std::mem::take(&mut self.signal_owed);
+        let old = self.published;
+        if old == self.read_index {
+            return Ok(owed);
+        }
+        self.publish_index()?;
         // Publish the index before sampling pending_send_sz, else a writer that sets it just
         // after our sample and re-checks just before our store would wait forever.
         fence(Ordering::SeqCst);
+        Ok(self.writer_needs_signal(old)? || owed)
+    }
+
+    /// Whether a lazy commit may leave the read position unpublished. Reads only
+    /// `pending_send_sz`, on the control line the reader has just read `write_index` from.
+    fn may_defer(&self) -> Result<bool, RingError> {
+        if !(self.lazy && self.masked.load(Ordering::Relaxed)) {
+            return Ok(false);
+        }
+        let unpublished = self.unpublished_bytes();
+        if unpublished == 0 {
+            return Ok(true);
+        }
+        if unpublished >= self.ring.data_size() / LAZY_LIMIT_DIVISOR {
+            return Ok(false);
+        }
+        // No fence before this load: a writer that sets pending_send_sz after it is seen here
+        // as 0 re-reads the (stale) read index and waits; our next commit (on the next packet
+        // or on finding the ring empty), flush or unmask sees its request and publishes.
+        Ok(self.ring.load(PENDING_SEND_SIZE_OFFSET)? == 0)
+    }
+
+    /// Stores the private read position into the control page (release: our copies out of
+    /// the freed bytes happen before the writer may reuse them).
+    fn publish_index(&mut self) -> Result<(), RingError> {
+        self.ring.store(READ_INDEX_OFFSET, self.read_index)?;
+        self.published = self.read_index;
+        Ok(())
+    }
+
+    /// After publishing (and a full fence), whether the writer waits for space that moving
+    /// the read index from `old` to the published position has given it.
+    fn writer_needs_signal(&mut self, old: u32) -> Result<bool, RingError> {
+        let new = self.published;
         let pending = self.ring.load(PENDING_SEND_SIZE_OFFSET)?;
         if pending == 0 {
             return Ok(false);
@@ -255,16 +350,33 @@ impl<M: SharedMem> RingReader<M> {
 
     /// Asks the writer not to signal (while this reader is polling anyway).
     pub fn mask_interrupts(&self) -> Result<(), RingError> {
-        self.ring.store(INTERRUPT_MASK_OFFSET, 1)
+        self.ring.store(INTERRUPT_MASK_OFFSET, 1)?;
+        self.masked.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Asks the writer to signal again, then re-checks for data. Returns `true` if data
     /// arrived meanwhile: the writer may have seen the mask still set and skipped the signal,
     /// so the caller must read again instead of waiting.
+    ///
+    /// A lazy reader's unpublished position is published first (the writer's signalling
+    /// decision compares against it once the mask is clear); if that gives a blocked writer
+    /// its space, this returns `true` as well and the next [`RingReader::commit`] or
+    /// [`RingReader::flush`] says to signal it.
     pub fn unmask_interrupts(&mut self) -> Result<bool, RingError> {
+        let old = self.published;
+        let unpublished = old != self.read_index;
+        if unpublished {
+            self.publish_index()?;
+        }
         self.ring.store(INTERRUPT_MASK_OFFSET, 0)?;
-        // Pairs with the writer's fence between publishing its index and reading the mask.
+        self.masked.store(false, Ordering::Relaxed);
+        // Pairs with the writer's fence between publishing its index and reading the mask
+        // (and with the one between setting pending_send_sz and re-reading the read index).
         fence(Ordering::SeqCst);
-        self.has_data()
+        if unpublished && self.writer_needs_signal(old)? {
+            self.signal_owed = true;
+        }
+        Ok(self.signal_owed || self.has_data()?)
     }
 }

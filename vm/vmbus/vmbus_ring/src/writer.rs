@@ -21,6 +21,9 @@ use zerocopy::IntoBytes;
 /// ring with one call, which halves the cost of small packets.
 const STAGE_SIZE: usize = 256;
 
+/// Larger packets carry their last bytes and the trailer in one copy of up to this size.
+const TAIL_STAGE: usize = 64;
+
 /// What a successful write asks of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
@@ -179,12 +182,31 @@ impl<M: SharedMem> RingWriter<M> {
             self.ring
                 .write_data(start, stage.get(..needed).unwrap_or_default())?;
         } else {
+            // Large packet: the parts go out as they are, except that the last few bytes of
+            // the last part travel with the trailer in one store (same line, one copy).
             let mut pos = start;
-            for part in parts {
-                self.ring.write_data(pos, part)?;
-                pos = self.ring.advance(pos, part.len());
+            let (last, init): (&[u8], &[&[u8]]) = match parts.split_last() {
+                Some((last, init)) => (last, init),
+                None => (&[], &[]),
+            };
+            let keep = last.len() - last.len().min(TAIL_STAGE - TRAILER_SIZE);
+            let (body, tail) = last.split_at(keep);
+            for part in init.iter().chain([&body]) {
+                if !part.is_empty() {
+                    self.ring.write_data(pos, part)?;
+                    pos = self.ring.advance(pos, part.len());
+                }
             }
-            self.ring.write_data(pos, &trailer)?;
+            let mut stage = [0u8; TAIL_STAGE];
+            let staged = tail.len() + TRAILER_SIZE;
+            if let Some(dst) = stage.get_mut(..tail.len()) {
+                dst.copy_from_slice(tail);
+            }
+            if let Some(dst) = stage.get_mut(tail.len()..staged) {
+                dst.copy_from_slice(&trailer);
+            }
+            self.ring
+                .write_data(pos, stage.get(..staged).unwrap_or_default())?;
         }
         let end = self.ring.advance(start, needed);
         // Release: the packet bytes are visible before the index that publishes them.
