@@ -10,52 +10,7 @@ use petri::explore::run_seed;
 use petri::outcome::Outcome;
 use petri::scenario::{GuestKind, Scenario};
 
-const STALL: &str = r#"
-name = "stall-one-bus"
-title = "a real driver stalled on one bus, another bus hot-plugged"
-
-[guest]
-stall = { bus = 0, at = "2s" }
-
-[[bus]]
-name = "b0"
-functions = [{ slot = 1 }]
-[[bus.script.steps]]
-when = { at = "3s" }
-action = { kind = "eject", slot = 1 }
-
-[[bus]]
-name = "b1"
-functions = [{ slot = 1 }]
-[[bus.script.steps]]
-when = { at = "4s" }
-action = { kind = "hot_add", slot = 2, serial = 2 }
-
-[[check]]
-bus = 0
-path = "functions/01.0/host"
-equals = "Ejected"
-
-[[check]]
-bus = 0
-path = "functions/01.0/backing"
-equals = "Shield"
-
-[[check]]
-bus = 0
-path = "counters/ejects_answered_at_deadline"
-equals = 1
-
-[[check]]
-bus = 1
-path = "functions/02.0/guest"
-equals = "Announced"
-
-[[check]]
-bus = 1
-path = "guest/phase"
-equals = "installed"
-"#;
+const STALL: &str = include_str!("data/stall-one-bus.toml");
 
 /// Whether the guest's trace shows bus 1's driver (PCI domain 2) finding `slot` in its
 /// scan and giving it its slot number, as its relations work does for a hot-added function.

@@ -9,53 +9,10 @@ use petri::explore::{Strategy, explore, run_seed};
 use petri::outcome::Outcome;
 use petri::scenario::{GuestKind, Scenario};
 
-const STALL: &str = r#"
-name = "stall-one-bus"
-title = "a guest stalled on one bus, another bus hot-plugged"
-
-[guest]
-stall = { bus = 0, at = "2s" }
-
-[[bus]]
-name = "b0"
-functions = [{ slot = 1 }]
-[[bus.script.steps]]
-when = { at = "3s" }
-action = { kind = "eject", slot = 1 }
-
-[[bus]]
-name = "b1"
-functions = [{ slot = 1 }]
-[[bus.script.steps]]
-when = { at = "4s" }
-action = { kind = "hot_add", slot = 2, serial = 2 }
-
-[[check]]
-bus = 0
-path = "functions/01.0/host"
-equals = "Ejected"
-
-[[check]]
-bus = 0
-path = "functions/01.0/backing"
-equals = "Shield"
-
-[[check]]
-bus = 0
-path = "counters/ejects_answered_at_deadline"
-equals = 1
-
-[[check]]
-bus = 1
-path = "functions/02.0/guest"
-equals = "Announced"
-
-[[check]]
-bus = 1
-path = "guest/phase"
-equals = "installed"
-
-[[expect]]
+const STALL: &str = concat!(
+    include_str!("data/stall-one-bus.toml"),
+    "\n",
+    r#"[[expect]]
 guest = "linux-6.2"
 relay = true
 result = "pass"
@@ -65,7 +22,8 @@ guest = "linux-6.2"
 relay = false
 result = "fail"
 kinds = ["eject_unanswered"]
-"#;
+"#
+);
 
 /// Through the relay the stalled bus costs the other nothing, and every check of the
 /// relay's tree holds; directly the host's EJECT on the stalled bus goes unanswered.
