@@ -262,7 +262,27 @@ fn sender(from: From) -> Sender {
     }
 }
 
+/// A reader that goes away (`petri run ... | head`) ends petri quietly, as it ends `cat`:
+/// `println!` panics on a closed pipe (Rust ignores SIGPIPE), so the panic for exactly that is
+/// turned into the shell's exit status for SIGPIPE; every other panic is reported as before.
+fn exit_quietly_on_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     match cli.command {
         Command::Demo {

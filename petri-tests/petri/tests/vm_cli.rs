@@ -337,3 +337,36 @@ action = { kind = "eject", slot = 1 }
         stdout(&out)
     );
 }
+
+/// A reader that goes away (`petri run ... | head -1`) ends petri quietly with the shell's
+/// status for SIGPIPE, not with a panic about a broken pipe.
+#[test]
+fn a_closed_pipe_ends_petri_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_petri"))
+        .args([
+            "run",
+            "chaos",
+            "--guest",
+            "6.2",
+            "--schedules",
+            "300",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("petri");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("the first line");
+    // The reader is gone: the pipe is closed with most of the output still to come.
+    let out = child.wait_with_output().expect("petri ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!first.is_empty());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
