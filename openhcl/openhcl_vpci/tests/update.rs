@@ -224,3 +224,38 @@ fn inspect_watch_follows_an_update() {
     let _ = watch.kill();
     let _ = watch.wait();
 }
+
+/// SIGTERM while an update has every bus stopped (a failpoint holds that moment for a
+/// second): the update gives up with "shutting down", and the service then shuts down in
+/// order (the guest releases its bus) instead of losing the signal with the old image.
+#[test]
+fn a_shutdown_during_an_update_is_not_lost() {
+    let mut rig = start_with_env(
+        "shutdown",
+        "buses=1,functions=1",
+        &[("FAILPOINTS", "update-stopped=sleep(1000)")],
+    );
+    rig.guest.expect_line(LIMIT, |l| l == "guest probed bus0");
+    let control = rig.dir.join("control.sock");
+    let updater = std::thread::spawn(move || {
+        let out = Command::new(BIN)
+            .args(["update", "--control"])
+            .arg(control)
+            .output()
+            .expect("run openhcl-vpci update");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    rig.service.signal(rustix::process::Signal::TERM);
+    let text = updater.join().expect("the updater");
+    assert!(text.contains("shutting down"), "{text}");
+    let status = rig.service.wait_exit(LIMIT);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    rig.guest
+        .expect_line(LIMIT, |l| l.starts_with("guest released bus0 failed=false"));
+    no_guest_failure(&rig);
+}

@@ -124,6 +124,9 @@ pub struct Service {
     accepting: usize,
     /// Where this image came from, if it was restored by an update.
     restored: Option<RestoreInfo>,
+    /// SIGTERM or SIGINT arrived while an update was under way: the update gives up and the
+    /// service shuts down after it.
+    shutdown_during_update: bool,
 }
 
 impl Service {
@@ -201,6 +204,7 @@ impl Service {
             next_guest_id: Arc::new(AtomicU64::new(1)),
             accepting: 0,
             restored,
+            shutdown_during_update: false,
         })
     }
 

@@ -140,6 +140,9 @@ impl Service {
         let error = self.hand_over(&binary, request.requester);
         tracing::error!(error = %error, "update failed; running on");
         let _ = request.reply.send(Err(error));
+        if std::mem::take(&mut self.shutdown_during_update) {
+            let _ = self.sender.send(Event::Shutdown);
+        }
     }
 
     /// Steps 1-4; returns only if the update failed, with the service running again.
@@ -164,6 +167,17 @@ impl Service {
 
         // 2. Stop the buses.
         let parked = self.stop_buses();
+        // A failpoint for the tests: a window with every bus stopped, for a signal to land in.
+        fail::fail_point!("update-stopped");
+        self.settle_signals();
+        if self.shutdown_during_update {
+            // A shutdown asked for now would be lost with this image: run on, then shut down.
+            for stopped in parked {
+                self.run_stopped(stopped);
+            }
+            self.restart_threads(guest_listener, control_listener);
+            return "the service is shutting down".to_owned();
+        }
 
         // 3 and 4. Save, hand over, exec.
         let (state, fds, buses) = match self.save_all(
@@ -241,6 +255,13 @@ impl Service {
         }
     }
 
+    /// Handles what is queued without waiting (a signal that arrived while the buses stopped).
+    fn settle_signals(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            self.handle_during_update(event);
+        }
+    }
+
     /// An event that arrives while an update is under way: a second update is refused, a
     /// shutdown is put back for after it; the rest is handled as usual.
     fn handle_during_update(&mut self, event: Event) {
@@ -251,8 +272,8 @@ impl Service {
                     .send(Err("an update is already under way".into()));
             }
             Event::Shutdown => {
-                // The new image shuts down at once; a failed update runs on and shuts down.
-                let _ = self.sender.send(Event::Shutdown);
+                // The update gives up before the exec, and the service shuts down after it.
+                self.shutdown_during_update = true;
             }
             Event::BusParked(bus, generation, parked) => {
                 self.resume_parked(bus, generation, *parked);
