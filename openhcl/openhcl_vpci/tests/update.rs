@@ -259,3 +259,52 @@ fn a_shutdown_during_an_update_is_not_lost() {
         .expect_line(LIMIT, |l| l.starts_with("guest released bus0 failed=false"));
     no_guest_failure(&rig);
 }
+
+/// `inspect --watch | head -1`: once its reader is gone, the next change ends the watch
+/// quietly (exit 0), not with a panic about a broken pipe.
+#[test]
+fn inspect_watch_ends_quietly_when_its_reader_goes() {
+    use std::io::{BufRead, BufReader};
+    let rig = start("watch-pipe", "buses=1,functions=1");
+    rig.guest.expect_line(LIMIT, |l| l == "guest probed bus0");
+    let mut watch = Command::new(BIN)
+        .args([
+            "inspect",
+            "restored",
+            "--watch",
+            "--interval",
+            "20ms",
+            "--control",
+        ])
+        .arg(rig.dir.join("control.sock"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run inspect --watch");
+    let mut first = String::new();
+    BufReader::new(watch.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("the first answer");
+    assert_eq!(first.trim(), "never");
+    // The reader is gone; a change makes the watch write again.
+    let (ok, text) = update(&rig, None);
+    assert!(ok, "{text}");
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = watch.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watch never ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = watch.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

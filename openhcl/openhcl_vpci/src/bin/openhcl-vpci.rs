@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use openhcl_vpci::config::{ServiceConfig, parse_duration};
 use openhcl_vpci::inspect_server;
 use openhcl_vpci::service::{Endpoints, Service};
+use std::io::Write as _;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -190,12 +191,19 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             Err(e) => return Err(e),
         };
         if last.as_ref() != Some(&answer) {
-            if args.watch && last.is_some() {
-                println!("---");
-            }
-            print!("{answer}");
-            if !answer.ends_with('\n') {
-                println!();
+            let separator = if args.watch && last.is_some() {
+                "---\n"
+            } else {
+                ""
+            };
+            let newline = if answer.ends_with('\n') { "" } else { "\n" };
+            let mut out = std::io::stdout().lock();
+            let written = write!(out, "{separator}{answer}{newline}").and_then(|()| out.flush());
+            match written {
+                Ok(()) => {}
+                // The reader went away (`inspect --watch | head`): done, quietly.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(e.into()),
             }
             last = Some(answer);
         }
