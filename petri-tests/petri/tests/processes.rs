@@ -160,6 +160,19 @@ fn real_510_late_offer_probes() {
     );
 }
 
+/// The run had one storm, of `cycles` cycles, every one done: each hot-add made and each
+/// EJECT answered, none timed out.
+fn assert_one_storm_complete(r: &processes::ProcessRun, cycles: u32) {
+    let [line] = r.storm.as_slice() else {
+        panic!("one storm summary expected: {:?}", r.storm);
+    };
+    let Some(summary) = StormSummary::parse(line) else {
+        panic!("not a storm summary: {line}");
+    };
+    assert_eq!(summary.cycles, cycles, "{summary:?}");
+    assert!(summary.complete(), "{summary:?}");
+}
+
 /// Cycles in the real drivers' storms: `default`, or `PETRI_REAL_STORM` (1,000 in
 /// `cargo xflowey storm`).
 fn storm_cycles(default: u32) -> u32 {
@@ -185,14 +198,7 @@ fn real_storm(guest: GuestKind, cycles: u32) {
         r.elapsed
     );
     assert_ok("storm", &r);
-    let [line] = r.storm.as_slice() else {
-        panic!("one storm summary expected: {:?}", r.storm);
-    };
-    let Some(summary) = StormSummary::parse(line) else {
-        panic!("not a storm summary: {line}");
-    };
-    assert_eq!(summary.cycles, cycles, "{summary:?}");
-    assert!(summary.complete(), "{summary:?}");
+    assert_one_storm_complete(&r, cycles);
     let found = GuestState::arrivals(&r.guest_lines, "bus0", WinSlot::from_raw(1));
     eprintln!("the driver found the hot-added function {found} times");
     assert!(found >= cycles as usize / 5, "found {found} of {cycles}");
@@ -241,14 +247,7 @@ fn storms_across_a_hundred_updates() {
         );
         assert_ok(&format!("updates {}", guest.name()), &r);
         assert_eq!(r.updates, updates, "{}", guest.name());
-        let [line] = r.storm.as_slice() else {
-            panic!("one storm summary expected: {:?}", r.storm);
-        };
-        let Some(summary) = StormSummary::parse(line) else {
-            panic!("not a storm summary: {line}");
-        };
-        assert_eq!(summary.cycles, cycles, "{summary:?}");
-        assert!(summary.complete(), "{summary:?}");
+        assert_one_storm_complete(&r, cycles);
     }
 }
 
