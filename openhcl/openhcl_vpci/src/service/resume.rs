@@ -284,3 +284,180 @@ impl Service {
         .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::saved::{SavedMmio, SavedTable, SavedTableEntry};
+
+    fn null() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"))
+    }
+
+    fn ring(first_fd: u32) -> SavedRing {
+        SavedRing {
+            creator: false,
+            local_end: 0,
+            peer_end: 0,
+            broken: false,
+            peer_gone: false,
+            first_fd,
+            fd_count: 3,
+        }
+    }
+
+    /// A service with both listeners (descriptors 0 and 1) and one running bus `bus0`
+    /// (generation 1) whose ring ends are descriptors 2-4 and 5-7.
+    fn valid() -> SavedService {
+        SavedService {
+            format: FORMAT,
+            writer_version: "test".into(),
+            table: Some(SavedTable {
+                buses: vec![SavedTableEntry {
+                    bus: "bus0".into(),
+                    guest: 3,
+                    host: 2,
+                    generation: 1,
+                    rescinds: 0,
+                    held_reoffers: 0,
+                }],
+                guest_connected: true,
+                all_offers_delivered: true,
+                next_generation: 1,
+            }),
+            pending: Vec::new(),
+            next_mmio: 1,
+            host_fd: None,
+            guest: None,
+            guest_listener_fd: 0,
+            control_listener_fd: 1,
+            requester_fd: None,
+            next_guest_id: 2,
+            buses: vec![SavedBusEntry {
+                bus: "bus0".into(),
+                generation: 1,
+                driver: Vec::new(),
+                host_ring: Some(ring(2)),
+                guest_ring: Some(ring(5)),
+                host_revoked: false,
+                bars: Vec::new(),
+                relay_now_ns: 0,
+            }],
+            updates: 0,
+            saved_at_unix_ns: 0,
+        }
+    }
+
+    fn checked(state: &SavedService, fds: usize) -> Result<Checked, SavedError> {
+        check(&state.encode_to_vec(), (0..fds).map(|_| null()).collect())
+    }
+
+    #[test]
+    fn a_valid_state_passes() {
+        let c = checked(&valid(), 8).expect("valid");
+        assert_eq!(c.buses.len(), 1);
+        assert_eq!(c.table.running("bus0"), Some(1));
+    }
+
+    #[test]
+    fn hostile_states_are_refused_by_name() {
+        assert!(matches!(
+            check(b"\xff\xff\xff", Vec::new()),
+            Err(SavedError::Decode(_))
+        ));
+        let mut s = valid();
+        s.format = FORMAT + 1;
+        assert!(matches!(checked(&s, 8), Err(SavedError::Format(_))));
+        // Fewer descriptors than the state names.
+        assert!(matches!(
+            checked(&valid(), 6),
+            Err(SavedError::Descriptor { index: 6, .. })
+        ));
+        // One descriptor named by two ring ends.
+        let mut s = valid();
+        s.buses[0].guest_ring = Some(ring(4));
+        assert!(matches!(
+            checked(&s, 8),
+            Err(SavedError::Descriptor { index: 4, .. })
+        ));
+        // A listener that is also a ring's.
+        let mut s = valid();
+        s.control_listener_fd = 2;
+        assert!(matches!(checked(&s, 8), Err(SavedError::Descriptor { .. })));
+        // A ring end of 9 descriptors.
+        let mut s = valid();
+        s.buses[0].host_ring = Some(SavedRing {
+            fd_count: 9,
+            ..ring(2)
+        });
+        assert!(matches!(checked(&s, 16), Err(SavedError::Invalid(_))));
+        // A bus the table does not say runs, or at another generation.
+        let mut s = valid();
+        s.buses[0].generation = 2;
+        assert!(matches!(checked(&s, 8), Err(SavedError::Invalid(_))));
+        // The same bus twice.
+        let mut s = valid();
+        let again = s.buses[0].clone();
+        s.buses.push(again);
+        assert!(matches!(checked(&s, 14), Err(SavedError::Invalid(_))));
+        // A table state out of range; a bus id the control plane would refuse.
+        let mut s = valid();
+        if let Some(t) = s.table.as_mut() {
+            t.buses[0].guest = 9;
+        }
+        assert!(matches!(checked(&s, 8), Err(SavedError::Invalid(_))));
+        let mut s = valid();
+        if let Some(t) = s.table.as_mut() {
+            t.buses[0].bus = "bus 0\n".into();
+        }
+        assert!(matches!(checked(&s, 8), Err(SavedError::Invalid(_))));
+        // An outstanding access with an id not yet issued, or that does not decode.
+        let mut s = valid();
+        s.pending.push(SavedMmio {
+            host_id: 5,
+            guest_id: 1,
+            bus: "bus0".into(),
+            generation: 1,
+            op_json: r#"{"op":"config_read","slot":0,"offset":0,"len":4}"#.into(),
+        });
+        assert!(matches!(checked(&s, 8), Err(SavedError::Invalid(m)) if m.contains("access id 5")));
+        s.next_mmio = 6;
+        assert!(checked(&s, 8).is_ok(), "the same access, issued");
+        let mut s = valid();
+        s.next_mmio = 9;
+        s.pending.push(SavedMmio {
+            host_id: 5,
+            guest_id: 1,
+            bus: "bus0".into(),
+            generation: 1,
+            op_json: "not json".into(),
+        });
+        assert!(
+            matches!(checked(&s, 8), Err(SavedError::Invalid(m)) if m.starts_with("access 5:"))
+        );
+        // A backing code out of range.
+        let mut s = valid();
+        s.buses[0].bars.push(crate::service::saved::SavedBar {
+            slot: 1,
+            backing: 7,
+        });
+        assert!(matches!(checked(&s, 8), Err(SavedError::Invalid(_))));
+    }
+
+    /// Random bytes never panic the check.
+    #[test]
+    fn random_bytes_are_refused_or_checked_without_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..400 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = check(&bytes, (0..4).map(|_| null()).collect());
+        }
+    }
+}
