@@ -104,6 +104,21 @@ fn overdue_node(o: &Option<Outstanding>) -> inspect::Node {
     }
 }
 
+/// Whether `raw` is a host's BUS_RELATIONS2 (`v2`) or BUS_RELATIONS listing exactly
+/// `functions`, in order.
+fn relations_say(raw: &[u8], v2: bool, functions: &[FunctionDescription2]) -> bool {
+    use vpci_protocol::{Message, Sender, decode};
+    match decode(raw, Sender::Host, ProtocolVersion::V1_7) {
+        Ok(Message::BusRelations2(m)) if v2 => m.functions.as_slice() == functions,
+        Ok(Message::BusRelations(m)) if !v2 => m
+            .functions
+            .iter()
+            .map(FunctionDescription2::from)
+            .eq(functions.iter().copied()),
+        _ => false,
+    }
+}
+
 impl HostRelations {
     /// Whether it lists exactly these functions, in this order, with these descriptions, in a
     /// message the guest may receive at the `version` in use (so its bytes can be passed on as
@@ -369,6 +384,13 @@ impl ChangeQueue {
                         });
                     }
                     descs.push(d);
+                }
+                // `raw` goes to the guest byte for byte when `exact`: it must then be the
+                // host's relations message of that kind listing exactly these functions.
+                if *exact && !relations_say(raw, *v2, &descs) {
+                    return Err(RestoreError::BadRequest {
+                        field: "changes.host_relations.raw".into(),
+                    });
                 }
                 Ok(HostRelations {
                     v2: *v2,
