@@ -47,6 +47,8 @@ pub struct LimitsFile {
     pub max_remembered_answers: Option<usize>,
     /// See [`Limits::max_config_cache`].
     pub max_config_cache: Option<usize>,
+    /// See [`Limits::max_accesses_in_flight`].
+    pub max_accesses_in_flight: Option<usize>,
     /// See [`Limits::max_progress_steps`].
     pub max_progress_steps: Option<usize>,
 }
@@ -175,6 +177,9 @@ impl ServiceConfig {
                     .max_remembered_answers
                     .unwrap_or(d.max_remembered_answers),
                 max_config_cache: l.max_config_cache.unwrap_or(d.max_config_cache),
+                max_accesses_in_flight: l
+                    .max_accesses_in_flight
+                    .unwrap_or(d.max_accesses_in_flight),
                 max_progress_steps: l.max_progress_steps.unwrap_or(d.max_progress_steps),
             },
         }

@@ -183,10 +183,10 @@ impl Rig {
             return self.host.config_read(slot, offset, len).unwrap_or(ones);
         };
         match relay.rig.access(ConfigAccess::Read { slot, offset, len }) {
-            Some(ConfigAction::Forward) => {
-                let value = self.host.config_read(slot, offset, len).unwrap_or(ones);
-                relay.rig.read_result(slot, offset, len, value);
-                value
+            Some(ConfigAction::Forward(id)) => {
+                let value = self.host.config_read(slot, offset, len).ok();
+                relay.rig.access_done(id, value);
+                value.unwrap_or(ones)
             }
             Some(ConfigAction::Answer(value)) => value,
             _ => ones,
@@ -204,8 +204,9 @@ impl Rig {
             len,
             value,
         };
-        if let Some(ConfigAction::Forward) = relay.rig.access(access) {
+        if let Some(ConfigAction::Forward(id)) = relay.rig.access(access) {
             let _ = self.host.config_write(slot, offset, len, value);
+            relay.rig.access_done(id, None);
         }
     }
 

@@ -31,12 +31,17 @@ impl Service {
         };
         let generation = running.generation;
         let port = self.relays.port(&bus);
+        // The relay's id for a config access it lets through to the device.
+        let mut access_id = None;
         let local = match op {
             MmioOp::ConfigRead { slot, offset, len } => {
                 let slot = WinSlot::from_raw(slot);
                 let access = ConfigAccess::Read { slot, offset, len };
-                match port.and_then(|mut p| block_on(p.access(access))) {
-                    Some(ConfigAction::Forward) => None,
+                match port.clone().and_then(|mut p| block_on(p.access(access))) {
+                    Some(ConfigAction::Forward(id)) => {
+                        access_id = Some(id);
+                        None
+                    }
                     Some(ConfigAction::Answer(v)) => Some(Some(v)),
                     Some(ConfigAction::Drop) | None => Some(Some(all_ones(len))),
                 }
@@ -54,8 +59,11 @@ impl Service {
                     len,
                     value,
                 };
-                match port.and_then(|mut p| block_on(p.access(access))) {
-                    Some(ConfigAction::Forward) => None,
+                match port.clone().and_then(|mut p| block_on(p.access(access))) {
+                    Some(ConfigAction::Forward(id)) => {
+                        access_id = Some(id);
+                        None
+                    }
                     _ => Some(Some(0)),
                 }
             }
@@ -82,6 +90,11 @@ impl Service {
             }
             other => other,
         };
+        // An access the relay forwarded but the service answers itself (too many at the
+        // host) is done at once.
+        if let (Some(_), Some(id), Some(mut port)) = (&local, access_id, port) {
+            block_on(port.access_done(id, None));
+        }
         match local {
             Some(value) => self.send_guest(&reply(value)),
             None => {
@@ -94,6 +107,7 @@ impl Service {
                         bus: bus.clone(),
                         generation,
                         op,
+                        access: access_id,
                     },
                 );
                 self.send_host(&Message::Mmio {
@@ -110,11 +124,7 @@ impl Service {
             tracing::warn!(id, "host answered an access nobody asked");
             return;
         };
-        if let (MmioOp::ConfigRead { slot, offset, len }, Some(v)) = (p.op, value) {
-            if let Some(mut port) = self.relays.port(&p.bus) {
-                block_on(port.read_result(WinSlot::from_raw(slot), offset, len, v));
-            }
-        }
+        self.finish_access(&p, value);
         self.send_guest(&Message::MmioDone {
             id: p.guest_id,
             value,
@@ -141,6 +151,7 @@ impl Service {
     /// Answers an access the host will not answer (any more) as a master abort: a config
     /// read reads all ones, anything else faults.
     pub(super) fn master_abort(&mut self, p: &Pending) {
+        self.finish_access(p, None);
         let value = match p.op {
             MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
             _ => None,
@@ -149,5 +160,20 @@ impl Service {
             id: p.guest_id,
             value,
         });
+    }
+
+    /// Tells the bus's relay that a config access it forwarded is done (`value`: a read's
+    /// value; `None` if it failed), if the bus still runs the relay that forwarded it.
+    fn finish_access(&mut self, p: &Pending, value: Option<u32>) {
+        let Some(id) = p.access else {
+            return;
+        };
+        let current = self
+            .running
+            .get(&p.bus)
+            .is_some_and(|r| r.generation == p.generation);
+        if let (true, Some(mut port)) = (current, self.relays.port(&p.bus)) {
+            block_on(port.access_done(id, value));
+        }
     }
 }

@@ -33,7 +33,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmbus_channel::{RingChannel, RingChannelConfig};
-use vpci_relay::DriverExit;
+use vpci_relay::{AccessId, DriverExit};
 
 /// The most guest accesses outstanding at the host at once.
 pub const MAX_PENDING_MMIO: usize = 1024;
@@ -91,6 +91,9 @@ struct Pending {
     bus: String,
     generation: u64,
     op: MmioOp,
+    /// The relay's id for a config access it forwarded: reported done when the access ends,
+    /// however it ends (the relay holds the bus busy until then).
+    access: Option<AccessId>,
 }
 
 /// The service's state. Build with [`Service::start`], then [`Service::run`].

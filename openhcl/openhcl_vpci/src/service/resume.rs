@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use vmbus_channel::RingChannel;
 use vmbus_channel::ring::RingHandoff;
 use vpci_protocol::WinSlot;
+use vpci_relay::AccessId;
 use vpci_relay::{Backing, SystemClock};
 
 /// Everything a saved service names, taken out of the handover and checked, before any of it
@@ -67,6 +68,7 @@ fn check(state: &[u8], fds: Vec<OwnedFd>) -> Result<Checked, SavedError> {
                 bus: p.bus.clone(),
                 generation: p.generation,
                 op,
+                access: p.relay_access.map(AccessId::from_raw),
             },
         ));
     }
@@ -419,6 +421,7 @@ mod tests {
             bus: "bus0".into(),
             generation: 1,
             op_json: r#"{"op":"config_read","slot":0,"offset":0,"len":4}"#.into(),
+            relay_access: None,
         });
         assert!(matches!(checked(&s, 8), Err(SavedError::Invalid(m)) if m.contains("access id 5")));
         s.next_mmio = 6;
@@ -431,6 +434,7 @@ mod tests {
             bus: "bus0".into(),
             generation: 1,
             op_json: "not json".into(),
+            relay_access: None,
         });
         assert!(
             matches!(checked(&s, 8), Err(SavedError::Invalid(m)) if m.starts_with("access 5:"))

@@ -89,6 +89,9 @@ pub struct SavedMmio {
     /// The access, as the control plane's JSON (its own format).
     #[prost(string, tag = "5")]
     pub op_json: String,
+    /// The relay's id for a config access it forwarded (its saved state holds the same).
+    #[prost(uint64, optional, tag = "6")]
+    pub relay_access: Option<u64>,
 }
 
 /// The bus table.

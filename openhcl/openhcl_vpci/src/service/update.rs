@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 use vmbus_channel::RingChannel;
-use vpci_relay::{Backing, BusDriver, SystemClock};
+use vpci_relay::{AccessId, Backing, BusDriver, SystemClock};
 
 /// The driver type of a service bus.
 pub(crate) type BusDriverOf =
@@ -483,6 +483,7 @@ impl Service {
                     bus: p.bus.clone(),
                     generation: p.generation,
                     op_json: serde_json::to_string(&p.op).unwrap_or_default(),
+                    relay_access: p.access.map(AccessId::to_raw),
                 })
                 .collect(),
             next_mmio: self.next_mmio,

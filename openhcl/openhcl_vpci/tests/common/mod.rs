@@ -95,6 +95,15 @@ pub fn storm_kept_every_promise(
         assert!(h.ejecting.is_empty(), "{h:?}");
         assert!(g.probed && !g.closed, "{g:?}");
         assert_eq!(h.functions, g.held, "{bus}: host and guest disagree");
+        // Every config access the relay forwarded was reported done by the service: none
+        // still holds the bus, and none had to be given up.
+        let in_flight = inspect(rig, &format!("buses/{bus}/relay/accesses/in_flight"));
+        assert_eq!(in_flight.trim(), "{}", "{bus}: accesses still in flight");
+        let abandoned = inspect(
+            rig,
+            &format!("buses/{bus}/relay/counters/accesses_abandoned"),
+        );
+        assert_eq!(abandoned.trim(), "0", "{bus}: accesses given up");
     }
     no_guest_failure(rig);
     summaries

@@ -29,10 +29,10 @@ impl RealController {
         };
         side.relay_dirty = true;
         match relay.access(ConfigAccess::Read { slot, offset, len }) {
-            Some(ConfigAction::Forward) => {
-                let value = side.host.config_read(slot, offset, len).unwrap_or(ones);
-                relay.read_result(slot, offset, len, value);
-                value
+            Some(ConfigAction::Forward(id)) => {
+                let value = side.host.config_read(slot, offset, len).ok();
+                relay.access_done(id, value);
+                value.unwrap_or(ones)
             }
             Some(ConfigAction::Answer(value)) => value,
             _ => ones,
@@ -64,8 +64,9 @@ impl RealController {
             len,
             value,
         };
-        if let Some(ConfigAction::Forward) = relay.access(access) {
+        if let Some(ConfigAction::Forward(id)) = relay.access(access) {
             let _ = side.host.config_write(slot, offset, len, value);
+            relay.access_done(id, None);
         }
     }
 

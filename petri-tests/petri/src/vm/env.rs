@@ -46,10 +46,10 @@ impl GuestEnv for Env<'_> {
         };
         self.touched_relay = true;
         match relay.access(ConfigAccess::Read { slot, offset, len }) {
-            Some(ConfigAction::Forward) => {
-                let value = self.host.config_read(slot, offset, len).ok()?;
-                relay.read_result(slot, offset, len, value);
-                Some(value)
+            Some(ConfigAction::Forward(id)) => {
+                let value = self.host.config_read(slot, offset, len).ok();
+                relay.access_done(id, value);
+                value
             }
             Some(ConfigAction::Answer(value)) => Some(value),
             // A stopped relay (or a dropped read) leaves nothing there: a master abort.
@@ -69,7 +69,11 @@ impl GuestEnv for Env<'_> {
             value,
         };
         match relay.access(access) {
-            Some(ConfigAction::Forward) => self.host.config_write(slot, offset, len, value).is_ok(),
+            Some(ConfigAction::Forward(id)) => {
+                let done = self.host.config_write(slot, offset, len, value).is_ok();
+                relay.access_done(id, None);
+                done
+            }
             _ => true,
         }
     }

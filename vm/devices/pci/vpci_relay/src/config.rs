@@ -59,6 +59,10 @@ pub struct Limits {
     pub max_remembered_answers: usize,
     /// The most config-space dwords remembered per function for the removal shield.
     pub max_config_cache: usize,
+    /// The most config accesses forwarded to the device at once on one bus that the guest
+    /// still waits on (Linux makes one at a time per bus, under its config lock). Beyond it an
+    /// access is answered as a master abort (counted).
+    pub max_accesses_in_flight: usize,
     /// The most steps the relay takes after one input (each delivers, finishes or answers
     /// something). A correct relay stays far below; reaching it is counted
     /// ([`Counters::progress_stalls`](crate::Counters)) and the relay resumes at the next
@@ -73,6 +77,7 @@ impl Default for Limits {
             max_outstanding_requests: 256,
             max_remembered_answers: 256,
             max_config_cache: 1024,
+            max_accesses_in_flight: 64,
             max_progress_steps: 1024,
         }
     }
@@ -180,12 +185,14 @@ impl RelayConfig {
             max_outstanding_requests,
             max_remembered_answers: _,
             max_config_cache,
+            max_accesses_in_flight,
             max_progress_steps,
         } = limits;
         for (name, value) in [
             ("max_functions", max_functions),
             ("max_outstanding_requests", max_outstanding_requests),
             ("max_config_cache", max_config_cache),
+            ("max_accesses_in_flight", max_accesses_in_flight),
             ("max_progress_steps", max_progress_steps),
         ] {
             if *value == 0 {
@@ -209,6 +216,9 @@ pub struct Safeguards {
     pub one_change_at_a_time: bool,
     /// Guarantee 2: hold an eject until the function is settled.
     pub hold_eject_until_settled: bool,
+    /// Guarantee 2's wait: a guest in a config access forwarded to the device waits on the
+    /// host, so the bus is not quiet until the access is done.
+    pub accesses_hold_the_bus: bool,
     /// Guarantee 3: never show the guest a function removed before it was announced.
     pub coalesce: bool,
     /// Guarantee 4: answer requests for departed functions locally.
@@ -230,6 +240,7 @@ impl Safeguards {
     pub const ALL_ON: Self = Self {
         one_change_at_a_time: true,
         hold_eject_until_settled: true,
+        accesses_hold_the_bus: true,
         coalesce: true,
         local_answers: true,
         rescind_at_safe_point: true,

@@ -158,6 +158,18 @@ pub enum RelayEvent {
     GuestClosed,
     /// The guest's probe path is done: D0 entered, resources assigned, the bus quiet.
     Installed,
+    /// A guest config access was answered as a master abort: more accesses were in flight
+    /// on the bus than [`Limits::max_accesses_in_flight`](crate::Limits).
+    AccessRefused {
+        /// The function selected in the window.
+        slot: WinSlot,
+    },
+    /// A config access to a departed function stayed unanswered by the device for
+    /// `departed_request_timeout`: it no longer holds the bus (the caller still finishes it).
+    AccessAbandoned {
+        /// The function selected in the window.
+        slot: WinSlot,
+    },
     /// The relay's progress loop hit its step bound (a logic error; the relay stays usable
     /// and resumes at the next input).
     ProgressStalled,
@@ -201,4 +213,8 @@ pub struct Counters {
     pub over_limit_relations: u64,
     /// Times the progress loop hit its step bound (always 0 for a correct relay).
     pub progress_stalls: u64,
+    /// Config accesses answered as a master abort: too many in flight on the bus.
+    pub accesses_refused: u64,
+    /// Config accesses to departed functions that stopped holding the bus unanswered.
+    pub accesses_abandoned: u64,
 }

@@ -22,7 +22,8 @@
 //! 2. **No eject during probe.** An EJECT is held until the function is settled: requirements
 //!    queried, resources assigned and completed (when the probe path assigns them), no
 //!    interrupt request outstanding, no guest traffic for it within the settle window, and the
-//!    bus's probe path done.
+//!    bus's probe path done. A config access forwarded to the device holds the bus until it is
+//!    reported done ([`BusRelay::handle_config_done`]): the guest's vCPU waits in it.
 //! 3. **Coalescing.** A function added and removed before the guest was told never reaches it;
 //!    the relay completes the host's eject itself. Relations updates collapse to the newest, so
 //!    memory is bounded by functions, not events.
@@ -77,5 +78,7 @@ pub use driver::{BarControl, BusDriver, BusPort, DriverExit, StoppedBus};
 pub use events::{ChangeKind, Counters, PacketFault, RelayEvent, Side};
 pub use function::{Backing, Function, GuestState, HostState, Stage, Successor};
 pub use local::local_completion;
-pub use relay::{BusRelay, ConfigAccess, ConfigAction, HostLink, ProbePhase, Restored, Transmit};
+pub use relay::{
+    AccessId, BusRelay, ConfigAccess, ConfigAction, HostLink, ProbePhase, Restored, Transmit,
+};
 pub use save::{RestoreError, SavedBus, SavedRelay};

@@ -8,8 +8,8 @@
 
 use crate::driver::BarControl;
 use crate::{
-    Backing, BusDriver, BusPort, BusRelay, ConfigAccess, ConfigAction, DriverExit, RelayConfig,
-    RelayEvent, RestoreError, SavedBus, VirtualClock,
+    AccessId, Backing, BusDriver, BusPort, BusRelay, ConfigAccess, ConfigAction, DriverExit,
+    RelayConfig, RelayEvent, RestoreError, SavedBus, VirtualClock,
 };
 use futures::task::noop_waker_ref;
 use std::collections::{BTreeMap, VecDeque};
@@ -412,13 +412,11 @@ impl RelayRig {
             .flatten()
     }
 
-    /// Reports the value a forwarded config read returned, so the relay can answer it after
-    /// the host has removed the function.
-    pub fn read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
+    /// Reports a forwarded config access done ([`BusPort::access_done`](crate::BusPort::access_done)):
+    /// a read's value (`None`: the access failed).
+    pub fn access_done(&mut self, id: AccessId, result: Option<u32>) {
         let mut port = self.port.clone();
-        let _ = self.drive(Box::pin(async move {
-            port.read_result(slot, offset, len, value).await
-        }));
+        let _ = self.drive(Box::pin(async move { port.access_done(id, result).await }));
     }
 
     /// The bus's inspect tree (the relay's and the driver's), running the driver until it

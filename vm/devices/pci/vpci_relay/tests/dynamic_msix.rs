@@ -53,6 +53,21 @@ fn completions_for(bus: &Bus, txid: u64) -> Vec<&Packet> {
 /// The guest creates an interrupt for `dev` and the relay answers it itself: exactly one
 /// successful completion, nothing sent to the host; then the guest deletes it, and nothing
 /// reaches the host either.
+/// The guest reads `dev`'s config space (the device answers at once): the function is busy.
+fn read_config(bus: &mut Bus, dev: u8) {
+    let action = bus.relay.handle_config_access(
+        bus.now,
+        ConfigAccess::Read {
+            slot: slot(dev),
+            offset: 0,
+            len: 4,
+        },
+    );
+    if let ConfigAction::Forward(id) = action {
+        bus.relay.handle_config_done(bus.now, id, Some(0x1234_1414));
+    }
+}
+
 fn create_and_delete_answered_locally(bus: &mut Bus, dev: u8) {
     let creates = to_host_of(bus, MessageType::CREATE_INTERRUPT_MESSAGE2);
     let deletes = to_host_of(bus, MessageType::DELETE_INTERRUPT_MESSAGE);
@@ -138,14 +153,7 @@ fn eject_waits_for_an_interrupt_request_at_the_host() {
 #[test]
 fn interrupts_during_a_held_eject_are_answered_by_the_relay() {
     let mut bus = Bus::installed_with(&[1]);
-    bus.relay.handle_config_access(
-        bus.now,
-        ConfigAccess::Read {
-            slot: slot(1),
-            offset: 0,
-            len: 4,
-        },
-    );
+    read_config(&mut bus, 1);
     bus.host_sends(eject(1));
     assert!(bus.guest_ejects().is_empty(), "held: the function is busy");
     bus.advance(Duration::from_millis(50));
@@ -196,14 +204,7 @@ fn interrupts_after_the_host_deadline_are_answered_by_the_relay() {
 #[test]
 fn interrupts_of_a_dropped_function_are_answered_by_the_relay() {
     let mut bus = Bus::installed_with(&[1, 2]);
-    bus.relay.handle_config_access(
-        bus.now,
-        ConfigAccess::Read {
-            slot: slot(1),
-            offset: 0,
-            len: 4,
-        },
-    );
+    read_config(&mut bus, 1);
     bus.host_sends(relations2(&[2]));
     assert!(bus.guest_ejects().is_empty());
     create_and_delete_answered_locally(&mut bus, 1);

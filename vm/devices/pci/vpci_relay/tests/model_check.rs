@@ -333,7 +333,8 @@
 //! work.
 //!
 //! Version fallback (the guest asks for 1.4 only), D0 entry failure and the kdump retry,
-//! config writes and the relay's config cache (`handle_config_read_result`), the allow-list
+//! config writes, config reads that take time (the model's device answers at once) and the
+//! relay's config cache (`handle_config_done`), the allow-list
 //! (every function is allowed), malformed packets and relations that list a slot twice (a
 //! protocol violation; the fuzz targets and `hostile.rs` cover them), more than one interrupt
 //! per function, the host's own requests to the guest (INVALIDATE_BLOCK), failed

@@ -404,3 +404,101 @@ proptest! {
         fuzzing::restore::run(&input);
     }
 }
+
+/// A table of config accesses in flight that the relay could not have written is refused by
+/// field: an id never issued or used twice, a width or offset the window cannot carry, more
+/// than the limit, an instant after the saved time, and any access with the host lost.
+#[test]
+fn a_bad_access_table_is_refused() {
+    let access = |id| SavedAccess {
+        id,
+        write: false,
+        slot: slot(2).raw(),
+        offset: 0,
+        len: 4,
+        value: 0,
+        since_ns: 0,
+    };
+    let with = |table: SavedAccessTable| {
+        let (mut saved, _) = state();
+        saved.accesses = Some(table);
+        restore(&saved)
+    };
+    let table = |accesses: Vec<SavedAccess>| SavedAccessTable {
+        next_id: 10,
+        in_flight: accesses,
+    };
+    assert_eq!(
+        with(table(vec![access(3)])).map(|r| r.accesses_in_flight()),
+        Ok(1)
+    );
+    let field = |r: Result<BusRelay, RestoreError>| match r {
+        Err(RestoreError::BadValue { field, .. }) => field,
+        other => panic!("expected a bad value, got {other:?}"),
+    };
+    assert_eq!(
+        field(with(table(vec![access(10)]))),
+        "accesses.in_flight[0].id"
+    );
+    assert_eq!(
+        field(with(table(vec![access(0)]))),
+        "accesses.in_flight[0].id"
+    );
+    assert_eq!(
+        field(with(table(vec![access(3), access(3)]))),
+        "accesses.in_flight[1].id"
+    );
+    assert_eq!(
+        field(with(table(vec![SavedAccess {
+            len: 3,
+            ..access(3)
+        }]))),
+        "accesses.in_flight[0].len"
+    );
+    assert_eq!(
+        field(with(table(vec![SavedAccess {
+            offset: 4096,
+            ..access(3)
+        }]))),
+        "accesses.in_flight[0].offset"
+    );
+    assert!(matches!(
+        with(table(vec![SavedAccess {
+            slot: 0x100,
+            ..access(3)
+        }])),
+        Err(RestoreError::BadSlot { .. })
+    ));
+    assert!(matches!(
+        with(table(vec![SavedAccess {
+            since_ns: u64::MAX >> 2,
+            ..access(3)
+        }])),
+        Err(RestoreError::TimeAhead { .. })
+    ));
+    let many = (1..=65).map(access).collect();
+    assert!(matches!(
+        with(SavedAccessTable {
+            next_id: 100,
+            in_flight: many,
+        }),
+        Err(RestoreError::OverLimit { .. })
+    ));
+    // With the host lost, nothing may hold the bus.
+    let mut bus = Bus::installed_with(&[1]);
+    let _ = bus.relay.handle_config_access(
+        bus.now,
+        ConfigAccess::Read {
+            slot: slot(1),
+            offset: 0,
+            len: 4,
+        },
+    );
+    bus.relay.handle_host_closed(bus.now);
+    let mut saved = bus.relay.save();
+    saved.accesses = Some(table(vec![access(3)]));
+    assert!(matches!(
+        restore(&saved),
+        Err(RestoreError::IllegalState { .. })
+    ));
+}

@@ -7,7 +7,7 @@
 //! It needs no particular executor. Buses share nothing: each driver owns its relay, its
 //! channels and its timers, so a stuck guest on one bus cannot delay another.
 
-use crate::{Backing, BusRelay, ConfigAccess, ConfigAction, RelayEvent, Transmit};
+use crate::{AccessId, Backing, BusRelay, ConfigAccess, ConfigAction, RelayEvent, Transmit};
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 use inspect::Inspect;
@@ -75,12 +75,7 @@ enum ConfigRequest {
     Access(ConfigAccess, oneshot::Sender<ConfigAction>),
     Inspect(oneshot::Sender<inspect::Node>),
     Stop,
-    ReadResult {
-        slot: WinSlot,
-        offset: u16,
-        len: u8,
-        value: u32,
-    },
+    Done(AccessId, Option<u32>),
 }
 
 /// A handle on one bus's running driver: the config-window trap asks it about each guest
@@ -96,11 +91,9 @@ impl std::fmt::Debug for ConfigRequest {
             ConfigRequest::Access(a, _) => f.debug_tuple("Access").field(a).finish(),
             ConfigRequest::Inspect(_) => f.write_str("Inspect"),
             ConfigRequest::Stop => f.write_str("Stop"),
-            ConfigRequest::ReadResult { slot, offset, .. } => f
-                .debug_struct("ReadResult")
-                .field("slot", slot)
-                .field("offset", offset)
-                .finish(),
+            ConfigRequest::Done(id, result) => {
+                f.debug_tuple("Done").field(id).field(result).finish()
+            }
         }
     }
 }
@@ -148,18 +141,12 @@ impl BusPort {
             .is_ok()
     }
 
-    /// Reports the value a forwarded config read returned.
-    pub async fn read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
-        let _ = futures::SinkExt::send(
-            &mut self.tx,
-            ConfigRequest::ReadResult {
-                slot,
-                offset,
-                len,
-                value,
-            },
-        )
-        .await;
+    /// Reports a forwarded config access done ([`BusRelay::handle_config_done`]): `result`
+    /// is a read's value, `None` if the access failed. Every
+    /// [`ConfigAction::Forward`] must be reported once, or the bus stays busy until the
+    /// host is lost or the function departs. Nothing happens if the driver has stopped.
+    pub async fn access_done(&mut self, id: AccessId, result: Option<u32>) {
+        let _ = futures::SinkExt::send(&mut self.tx, ConfigRequest::Done(id, result)).await;
     }
 }
 
@@ -419,8 +406,12 @@ where
             }
             match self.config_rx.poll_next_unpin(cx) {
                 Poll::Ready(Some(ConfigRequest::Access(access, reply))) => {
-                    let action = self.relay.handle_config_access(self.clock.now(), access);
-                    let _ = reply.send(action);
+                    let now = self.clock.now();
+                    let action = self.relay.handle_config_access(now, access);
+                    if let Err(ConfigAction::Forward(id)) = reply.send(action) {
+                        // The caller is gone: nobody carries the access out or reports it.
+                        self.relay.handle_config_done(now, id, None);
+                    }
                     progress = true;
                 }
                 Poll::Ready(Some(ConfigRequest::Stop)) => {
@@ -434,14 +425,8 @@ where
                     let _ = reply.send(self.inspect_tree());
                     progress = true;
                 }
-                Poll::Ready(Some(ConfigRequest::ReadResult {
-                    slot,
-                    offset,
-                    len,
-                    value,
-                })) => {
-                    self.relay
-                        .handle_config_read_result(slot, offset, len, value);
+                Poll::Ready(Some(ConfigRequest::Done(id, result))) => {
+                    self.relay.handle_config_done(self.clock.now(), id, result);
                     progress = true;
                 }
                 Poll::Ready(None) | Poll::Pending => {}

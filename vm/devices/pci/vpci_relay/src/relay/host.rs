@@ -381,10 +381,12 @@ impl BusRelay {
             rescinded,
         };
         self.out.emit(RelayEvent::HostLost { rescinded });
-        // Nobody will answer what is outstanding: answer it now.
+        // Nobody will answer what is outstanding: answer it now. (Config accesses in flight
+        // are the caller's to finish; they no longer hold the bus.)
         for id in self.requests.live_ids() {
             self.answer_forwarded_locally(id);
         }
+        self.accesses.clear();
         self.changes.host_relations = None;
         for slot in self.functions.slots() {
             let Some(f) = self.functions.get_mut(slot) else {

@@ -7,6 +7,7 @@
 //! - [`requests`]: guest requests at the host, remembered local answers, host requests at the
 //!   guest, transaction ids;
 //! - [`probe`]: the guest's probe phase and bus activity;
+//! - [`accesses`]: config accesses forwarded to the device that the guest still waits on;
 //! - [`changes`]: the outstanding change, held ejects, pending host relations;
 //! - [`output`]: transmit, backing, events and counters.
 //!
@@ -14,6 +15,7 @@
 //! packets), [`window`] (config-window accesses) and [`progress`] (delivering held changes,
 //! timers). [`BusRelay::poll_timeout`] is the minimum of the sub-states' deadlines.
 
+mod accesses;
 mod changes;
 mod functions;
 mod guest;
@@ -25,6 +27,7 @@ mod requests;
 mod servicing;
 mod window;
 
+pub use accesses::AccessId;
 pub use output::Transmit;
 pub(crate) use output::{restore_packet, save_packet};
 pub use probe::ProbePhase;
@@ -34,6 +37,7 @@ pub use window::{ConfigAccess, ConfigAction};
 use crate::config::{RelayConfig, Safeguards};
 use crate::events::{ChangeKind, Counters, RelayEvent};
 use crate::function::{Backing, Function, HostState};
+use accesses::AccessTable;
 use changes::ChangeQueue;
 use functions::FunctionTable;
 use output::Outputs;
@@ -108,6 +112,7 @@ pub struct BusRelay {
     functions: FunctionTable,
     changes: ChangeQueue,
     requests: RequestTable,
+    accesses: AccessTable,
     #[inspect(rename = "counters", with = "counters_node")]
     out: Outputs,
     /// When and from which saved-state format the relay was restored, if it was.
@@ -155,6 +160,7 @@ impl BusRelay {
             functions: FunctionTable::default(),
             changes: ChangeQueue::new(),
             requests,
+            accesses: AccessTable::new(),
             restored: None,
         }
     }
@@ -202,6 +208,7 @@ impl BusRelay {
             functions,
             changes,
             requests,
+            accesses,
             out: _,
             restored: _,
         } = self;
@@ -211,11 +218,14 @@ impl BusRelay {
         let departed = safeguards
             .local_answers
             .then(|| requests.deadline(now, config.departed_request_timeout, |s| self.departed(s)));
+        let abandoned =
+            accesses.deadline(now, config.departed_request_timeout, |s| self.departed(s));
         [
             changes.deadline(now, max_hold, bus_quiet, guest.survey_requested()),
             functions.deadline(now, settle, max_hold, &changes.ejects, bus_quiet),
             guest.deadline(now, settle),
             departed.flatten(),
+            abandoned,
             host.deadline(now, max_hold, bus_quiet),
         ]
         .into_iter()
@@ -288,6 +298,12 @@ impl BusRelay {
         self.requests.host_requests_len()
     }
 
+    /// Config accesses forwarded to the device that the caller has not reported done
+    /// ([`handle_config_done`](Self::handle_config_done)): the guest waits on each.
+    pub fn accesses_in_flight(&self) -> usize {
+        self.accesses.len()
+    }
+
     /// Requests answered locally that are remembered so the host's late completion is
     /// recognised (bounded by [`Limits::max_remembered_answers`](crate::Limits)).
     pub fn remembered_local_answers(&self) -> usize {
@@ -311,11 +327,12 @@ impl BusRelay {
             functions,
             changes,
             requests,
+            accesses,
             out: _,
             restored: _,
         } = self;
         (now, version, host, guest_closed, guest).hash(state);
-        (functions, changes, requests).hash(state);
+        (functions, changes, requests, accesses).hash(state);
     }
 
     // ---- inputs ----
@@ -346,7 +363,10 @@ impl BusRelay {
         self.progress();
     }
 
-    /// A guest access to the config window. Returns what the driver must do with it.
+    /// A guest access to the config window. Returns what the driver must do with it; an
+    /// access it forwards ([`ConfigAction::Forward`]) must be reported done with
+    /// [`handle_config_done`](Self::handle_config_done) when the device has answered: until
+    /// then the guest waits on the host, and the bus does not count as quiet.
     pub fn handle_config_access(&mut self, now: Duration, access: ConfigAccess) -> ConfigAction {
         self.tick(now);
         let action = self.config_access(access);
@@ -354,10 +374,15 @@ impl BusRelay {
         action
     }
 
-    /// The result of a forwarded config read, so the relay can keep answering it after the
-    /// host has removed the function.
-    pub fn handle_config_read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
-        self.config_read_result(slot, offset, len, value);
+    /// A forwarded config access is done: the device answered it (`result`: a read's value,
+    /// ignored for a write) or it failed (`None`; the guest got a fault or all ones). The
+    /// relay remembers a read's value, so it can keep answering it after the host has removed
+    /// the function, and counts the guest's quiet from now. An id that is not in flight (done
+    /// twice, never issued, or given up on) is ignored.
+    pub fn handle_config_done(&mut self, now: Duration, id: AccessId, result: Option<u32>) {
+        self.tick(now);
+        self.config_done(id, result);
+        self.progress();
     }
 
     /// A timer armed from [`poll_timeout`](Self::poll_timeout) fired.

@@ -120,6 +120,8 @@ impl Outputs {
                 side: Side::Guest, ..
             } => c.malformed_guest += 1,
             RelayEvent::ProgressStalled => c.progress_stalls += 1,
+            RelayEvent::AccessRefused { .. } => c.accesses_refused += 1,
+            RelayEvent::AccessAbandoned { .. } => c.accesses_abandoned += 1,
             RelayEvent::ChangeDelivered {
                 released: false, ..
             }
@@ -226,6 +228,16 @@ fn trace_event(bus: &str, event: &RelayEvent) {
         RelayEvent::Installed => tracing::info!(bus, "guest probe path done"),
         RelayEvent::ProgressStalled => {
             tracing::error!(bus, "relay progress did not settle within its step bound");
+        }
+        RelayEvent::AccessRefused { slot } => {
+            tracing::warn!(bus, %slot, "config access refused: too many in flight");
+        }
+        RelayEvent::AccessAbandoned { slot } => {
+            tracing::warn!(
+                bus,
+                %slot,
+                "config access to a departed function unanswered; no longer waited for"
+            );
         }
         RelayEvent::Timer(at) => tracing::trace!(bus, ?at, "timer"),
     }
@@ -421,6 +433,8 @@ fn save_counters(counters: &Counters) -> SavedCounters {
         stale_listings,
         over_limit_relations,
         progress_stalls,
+        accesses_refused,
+        accesses_abandoned,
     } = counters;
     SavedCounters {
         relayed_to_host: *relayed_to_host,
@@ -439,6 +453,8 @@ fn save_counters(counters: &Counters) -> SavedCounters {
         stale_listings: *stale_listings,
         over_limit_relations: *over_limit_relations,
         progress_stalls: *progress_stalls,
+        accesses_refused: *accesses_refused,
+        accesses_abandoned: *accesses_abandoned,
     }
 }
 
@@ -460,6 +476,8 @@ fn restore_counters(saved: &SavedCounters) -> Counters {
         stale_listings,
         over_limit_relations,
         progress_stalls,
+        accesses_refused,
+        accesses_abandoned,
     } = saved;
     Counters {
         relayed_to_host: *relayed_to_host,
@@ -478,5 +496,7 @@ fn restore_counters(saved: &SavedCounters) -> Counters {
         stale_listings: *stale_listings,
         over_limit_relations: *over_limit_relations,
         progress_stalls: *progress_stalls,
+        accesses_refused: *accesses_refused,
+        accesses_abandoned: *accesses_abandoned,
     }
 }

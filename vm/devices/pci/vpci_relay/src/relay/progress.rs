@@ -29,7 +29,10 @@ impl BusRelay {
             return false;
         }
         self.update_installed();
-        if self.answer_stale_requests() || self.answer_overdue_host_ejects() {
+        if self.answer_stale_requests()
+            || self.abandon_stale_accesses()
+            || self.answer_overdue_host_ejects()
+        {
             return true;
         }
         if let Some(o) = &self.changes.outstanding {
@@ -39,7 +42,7 @@ impl BusRelay {
             }
             // A guest that has not finished its change in `max_hold` of its own time, while
             // it waits on nothing from the host, is stuck: move on.
-            if self.requests.idle()
+            if !self.host_owes()
                 && self.now >= self.guest.hold_ends(o.since(), self.config.max_hold)
             {
                 self.change_timed_out();
@@ -85,8 +88,36 @@ impl BusRelay {
         !stale.is_empty()
     }
 
+    /// Gives up on config accesses to departed functions that the device has left
+    /// unanswered for `departed_request_timeout`, as for requests: they stop holding the bus.
+    fn abandon_stale_accesses(&mut self) -> bool {
+        if self.accesses.idle() {
+            return false;
+        }
+        let timeout = self.config.departed_request_timeout;
+        let stale = self.accesses.stale(self.now, timeout, |s| self.departed(s));
+        for &id in &stale {
+            if let Some(a) = self.accesses.finish(id) {
+                self.out
+                    .emit(RelayEvent::AccessAbandoned { slot: a.slot() });
+            }
+        }
+        !stale.is_empty()
+    }
+
+    /// The guest waits on the host: a request forwarded to it, or a config access forwarded
+    /// to its device, is not answered yet.
+    fn host_owes(&self) -> bool {
+        !self.requests.idle() || self.access_in_flight()
+    }
+
+    /// A config access forwarded to the device is not done: the guest's vCPU is in it.
+    fn access_in_flight(&self) -> bool {
+        self.safeguards.accesses_hold_the_bus && !self.accesses.idle()
+    }
+
     fn update_installed(&mut self) {
-        if !self.guest.may_install(self.now, self.config.settle) || !self.requests.idle() {
+        if !self.guest.may_install(self.now, self.config.settle) || self.host_owes() {
             return;
         }
         let assigned = self
@@ -116,9 +147,10 @@ impl BusRelay {
         }
     }
 
-    /// Whether the bus has had no guest traffic (and relayed no answer) for the settle window.
+    /// Whether the bus has had no guest traffic (and relayed no answer) for the settle
+    /// window, and the guest is not in the middle of a config access.
     fn bus_quiet(&self) -> bool {
-        self.guest.quiet(self.now, self.config.settle)
+        !self.access_in_flight() && self.guest.quiet(self.now, self.config.settle)
     }
 
     pub(super) fn finish_change(&mut self) {
@@ -151,7 +183,7 @@ impl BusRelay {
         // probe request unanswered for longer than `max_hold`, which its own budgets allow)
         // never opens C3's window. The host's EJECT has been answered at its deadline
         // meanwhile.
-        let host_owes = !self.requests.idle();
+        let host_owes = self.host_owes();
         let functions = &self.functions;
         self.changes
             .ejects

@@ -3,6 +3,7 @@
 //! in its own module; this puts them together and checks what only the whole can tell (the
 //! host link against the functions and requests, the changes against the functions).
 
+use super::accesses::AccessTable;
 use super::changes::ChangeQueue;
 use super::functions::FunctionTable;
 use super::output::Outputs;
@@ -44,6 +45,7 @@ impl BusRelay {
             functions,
             changes,
             requests,
+            accesses,
             out,
             // A fact about this run of the relay, not its state.
             restored: _,
@@ -66,6 +68,7 @@ impl BusRelay {
             changes: Some(changes.save()),
             requests: Some(requests.save()),
             outputs: Some(out.save()),
+            accesses: Some(accesses.save()),
         }
     }
 
@@ -117,6 +120,7 @@ impl BusRelay {
             changes,
             requests,
             outputs,
+            accesses,
         } = saved;
         if *format != FORMAT {
             return Err(RestoreError::UnknownFormat {
@@ -153,6 +157,7 @@ impl BusRelay {
         };
         let guest = GuestBus::restore(&guest.clone().unwrap_or_default(), &check)?;
         let requests = RequestTable::restore(&requests.clone().unwrap_or_default(), &check)?;
+        let accesses = AccessTable::restore(&accesses.clone().unwrap_or_default(), &check)?;
         let functions = FunctionTable::restore(&functions.clone().unwrap_or_default(), &check)?;
         let changes =
             ChangeQueue::restore(&changes.clone().unwrap_or_default(), &check, &functions)?;
@@ -186,6 +191,12 @@ impl BusRelay {
                     "with the host lost, it owes nothing",
                 ));
             }
+            if !accesses.idle() {
+                return Err(illegal(
+                    "accesses.in_flight",
+                    "with the host lost, no access holds the bus",
+                ));
+            }
             if changes.host_relations.is_some() {
                 return Err(illegal(
                     "changes.host_relations",
@@ -205,6 +216,7 @@ impl BusRelay {
             functions,
             changes,
             requests,
+            accesses,
             restored: None,
         };
         relay.tick(now);

@@ -1,13 +1,14 @@
 //! The config window: guest accesses to a function's config space, trapped by the
 //! paravisor, and what the relay makes of them (guarantee 8's config half).
 
-use super::{BusRelay, HostLink};
+use super::{AccessId, BusRelay, HostLink};
+use crate::events::RelayEvent;
 use crate::function::{GuestState, HostState};
 use vpci_protocol::WinSlot;
 
 /// A guest access to a function's config space through the config window (trapped by the
 /// paravisor). Offsets are within the function's 4 KiB config space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConfigAccess {
     /// A read of `len` bytes (1, 2 or 4) at `offset`.
     Read {
@@ -34,9 +35,10 @@ pub enum ConfigAccess {
 /// What the driver does with a config access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigAction {
-    /// Carry it out on the device (and report a read's result with
-    /// [`BusRelay::handle_config_read_result`]).
-    Forward,
+    /// Carry it out on the device, then report it done with
+    /// [`BusRelay::handle_config_done`] and this id (with a read's value): the guest waits on
+    /// the device meanwhile, and the relay does not count the bus quiet.
+    Forward(AccessId),
     /// Complete the read with this value; the device is not touched.
     Answer(u32),
     /// Drop the write; the device is not touched.
@@ -56,12 +58,25 @@ impl BusRelay {
         let host_up = self.host == HostLink::Up;
         let shield = self.safeguards.removal_shield;
         let limit = self.config.limits.max_config_cache;
+        let in_flight_limit = self.config.limits.max_accesses_in_flight;
         self.guest.touch(now);
         match self.functions.get_mut(slot) {
             Some(f) if f.guest_visible() => {
                 f.touched(now);
                 if host_up && f.host == HostState::Listed || !shield {
-                    ConfigAction::Forward
+                    match self.accesses.start(access, now, in_flight_limit) {
+                        Some(id) => ConfigAction::Forward(id),
+                        // More in flight than the limit (a guest whose own driver serializes
+                        // config accesses per bus never gets here): a master abort.
+                        None => {
+                            self.out.emit(RelayEvent::AccessRefused { slot });
+                            if read {
+                                ConfigAction::Answer(extract(u32::MAX, offset, len))
+                            } else {
+                                ConfigAction::Drop
+                            }
+                        }
+                    }
                 } else if read {
                     // Once the guest has been told to let go, the function reads as absent.
                     let dword = if f.guest == GuestState::Ejecting {
@@ -85,11 +100,21 @@ impl BusRelay {
         }
     }
 
-    /// The result of a forwarded config read ([`BusRelay::handle_config_read_result`]).
-    pub(super) fn config_read_result(&mut self, slot: WinSlot, offset: u16, len: u8, value: u32) {
+    /// A forwarded access is done ([`BusRelay::handle_config_done`]): the guest acts on the
+    /// answer from now, and a read's value is remembered for the removal shield.
+    pub(super) fn config_done(&mut self, id: AccessId, result: Option<u32>) {
+        let Some(done) = self.accesses.finish(id) else {
+            return;
+        };
+        let now = self.now;
+        self.guest.touch(now);
+        let slot = done.slot();
         let limit = self.config.limits.max_config_cache;
         if let Some(f) = self.functions.get_mut(slot) {
-            f.remember_read(offset, len, value, limit);
+            f.touched(now);
+            if let (ConfigAccess::Read { offset, len, .. }, Some(value)) = (done.access, result) {
+                f.remember_read(offset, len, value, limit);
+            }
         }
     }
 }

@@ -14,6 +14,7 @@
 //! so the time the bus spent stopped counts toward every deadline (the host's EJECT budget,
 //! `max_hold`) as if the relay had been running.
 
+mod accesses;
 mod bus;
 mod changes;
 mod error;
@@ -21,6 +22,7 @@ mod function;
 mod outputs;
 mod requests;
 
+pub use accesses::{SavedAccess, SavedAccessTable};
 pub use bus::SavedBus;
 pub use changes::{SavedChange, SavedChangeQueue, SavedHostRelations};
 pub use error::RestoreError;
@@ -34,8 +36,9 @@ use std::time::Duration;
 pub const FORMAT: u32 = 1;
 
 /// The minor revision of [`FORMAT`] this version writes: fields added since the first, which
-/// an older reader of the same format skips.
-pub const FORMAT_MINOR: u32 = 0;
+/// an older reader of the same format skips. Minor 1 added `accesses` (config accesses in
+/// flight).
+pub const FORMAT_MINOR: u32 = 1;
 
 /// The latest time a saved state may name (about 146 years of the relay's time): anything
 /// later is not a time the relay could have reached.
@@ -87,6 +90,9 @@ pub struct SavedRelay {
     /// Outputs not yet taken by the driver, and the counters.
     #[prost(message, optional, tag = "11")]
     pub outputs: Option<SavedOutputs>,
+    /// Config accesses forwarded to the device and not yet done (minor 1; absent: none).
+    #[prost(message, optional, tag = "12")]
+    pub accesses: Option<SavedAccessTable>,
 }
 
 /// The host link, lost.

@@ -105,4 +105,10 @@ pub struct SavedCounters {
     /// `Counters::progress_stalls`.
     #[prost(uint64, tag = "16")]
     pub progress_stalls: u64,
+    /// `Counters::accesses_refused` (minor 1).
+    #[prost(uint64, tag = "17")]
+    pub accesses_refused: u64,
+    /// `Counters::accesses_abandoned` (minor 1).
+    #[prost(uint64, tag = "18")]
+    pub accesses_abandoned: u64,
 }

@@ -520,7 +520,8 @@ impl Step {
     fn config_read(&mut self, s: u8) {
         let ident = self.child_ident(s);
         let action = self.input(Input::ConfigRead(s));
-        if action == Some(ConfigAction::Forward) && !ident.is_some_and(|i| self.s.host.mapped(s, i))
+        if matches!(action, Some(ConfigAction::Forward(_)))
+            && !ident.is_some_and(|i| self.s.host.mapped(s, i))
         {
             self.s.guest.fail(Failure::C7ConfigFault(s));
         }

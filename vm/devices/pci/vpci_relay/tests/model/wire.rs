@@ -230,14 +230,20 @@ pub fn feed(relay: &mut BusRelay, now: std::time::Duration, input: &Input) -> Op
         }
         Input::GuestNote(n) => relay.handle_guest(now, Packet::in_band(0, n.payload())),
         Input::ConfigRead(s) => {
-            return Some(relay.handle_config_access(
+            let action = relay.handle_config_access(
                 now,
                 ConfigAccess::Read {
                     slot: wslot(*s),
                     offset: 0,
                     len: 4,
                 },
-            ));
+            );
+            // The model's device answers a config read at once (a read that takes the host
+            // time is `tests/guarantees.rs`'s `g2_access_in_flight_*`).
+            if let ConfigAction::Forward(id) = action {
+                relay.handle_config_done(now, id, None);
+            }
+            return Some(action);
         }
         Input::Timeout => relay.handle_timeout(now),
     }

@@ -1,0 +1,230 @@
+//! Config accesses in flight (guarantee 2's wait): a guest whose vCPU sits in a config access
+//! the relay forwarded to the device waits on the host, however long the host takes, so the
+//! bus is not quiet and no EJECT or relations change reaches it until the access is done. Each
+//! promise has a twin with the safeguard switched off, showing the race it closes.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use vpci_relay::*;
+
+fn off(f: impl FnOnce(&mut Safeguards)) -> Safeguards {
+    let mut s = Safeguards::ALL_ON;
+    f(&mut s);
+    s
+}
+
+/// A 4-byte read of the vendor/device dword of `dev`.
+fn vendor(dev: u8) -> ConfigAccess {
+    ConfigAccess::Read {
+        slot: slot(dev),
+        offset: 0,
+        len: 4,
+    }
+}
+
+/// Starts a config read of `dev` that the relay forwards to the device.
+fn start_read(bus: &mut Bus, dev: u8) -> AccessId {
+    let action = bus.relay.handle_config_access(bus.now, vendor(dev));
+    bus.drain();
+    match action {
+        ConfigAction::Forward(id) => id,
+        other => panic!("a listed function's read goes to the device, got {other:?}"),
+    }
+}
+
+fn done(bus: &mut Bus, id: AccessId, value: Option<u32>) {
+    bus.relay.handle_config_done(bus.now, id, value);
+    bus.drain();
+}
+
+/// The guest's driver is probing function 1 (reading its config space through the window)
+/// when the host ejects it, and the device is slow to answer the read.
+fn eject_during_slow_read(safeguards: Safeguards) -> (Bus, AccessId) {
+    let mut bus = Bus::with(RelayConfig::default(), safeguards);
+    bus.survey(&[1, 2]);
+    bus.finish_probe(&[1, 2]);
+    let id = start_read(&mut bus, 2);
+    bus.host_sends(eject(1));
+    // Far past the settle window: only the read keeps the guest busy.
+    bus.advance(Duration::from_secs(1));
+    (bus, id)
+}
+
+/// A read in flight keeps an EJECT from the guest, well past the settle window; once the
+/// device answers, the EJECT goes after the settle window counted from the answer.
+#[test]
+fn an_access_in_flight_holds_an_eject() {
+    let (mut bus, id) = eject_during_slow_read(Safeguards::ALL_ON);
+    assert!(
+        bus.guest_ejects().is_empty(),
+        "EJECT reached a guest mid-read"
+    );
+    assert_eq!(bus.relay.accesses_in_flight(), 1);
+    done(&mut bus, id, Some(0x1234_1414));
+    assert_eq!(bus.relay.accesses_in_flight(), 0);
+    bus.advance(Duration::from_millis(50));
+    assert!(
+        bus.guest_ejects().is_empty(),
+        "the guest acts on the answer first"
+    );
+    bus.advance(Duration::from_secs(1));
+    assert_eq!(bus.guest_ejects(), [slot(1)]);
+}
+
+/// Teeth: without the wait, the EJECT reaches the guest while it is in the read.
+#[test]
+fn an_access_in_flight_holds_an_eject_teeth() {
+    let (bus, _) = eject_during_slow_read(off(|s| s.accesses_hold_the_bus = false));
+    assert_eq!(bus.guest_ejects(), [slot(1)]);
+}
+
+/// A host slower than `max_hold` to answer the read never opens the window: the relay
+/// answers the host's EJECT at its deadline itself and still holds the guest's EJECT until
+/// the read is done.
+#[test]
+fn a_slow_host_never_opens_the_window() {
+    let (mut bus, id) = eject_during_slow_read(Safeguards::ALL_ON);
+    bus.advance(Duration::from_secs(40));
+    assert!(
+        bus.guest_ejects().is_empty(),
+        "EJECT reached a guest mid-read"
+    );
+    assert_eq!(bus.relay.counters().ejects_answered_at_deadline, 1);
+    assert_eq!(
+        ejection_completes_to_host(&bus, 1),
+        1,
+        "the host is answered"
+    );
+    done(&mut bus, id, Some(0x1234_1414));
+    bus.advance(Duration::from_secs(1));
+    assert_eq!(bus.guest_ejects(), [slot(1)]);
+}
+
+/// The probe path does not count as done while the guest reads a function's config space.
+#[test]
+fn an_access_in_flight_keeps_the_probe_path_open() {
+    let mut bus = Bus::new();
+    bus.survey(&[1]);
+    let id = start_read(&mut bus, 1);
+    let d0 = bus.guest_requests(d0_entry());
+    bus.host_completes(
+        vpci_protocol::MessageType::BUS_D0ENTRY,
+        status(vpci_protocol::Status::SUCCESS),
+    );
+    assert!(bus.guest_completion(d0).is_some());
+    let ra = bus.guest_requests(resources_assigned2(1));
+    bus.host_completes(
+        vpci_protocol::MessageType::RESOURCES_ASSIGNED2,
+        status(vpci_protocol::Status::SUCCESS),
+    );
+    assert!(bus.guest_completion(ra).is_some());
+    bus.advance(Duration::from_secs(1));
+    assert!(
+        !bus.relay.installed(),
+        "installed while the guest is in a read"
+    );
+    // A hot-add waits too.
+    bus.host_sends(relations2(&[1, 2]));
+    bus.advance(Duration::from_secs(1));
+    assert_eq!(
+        bus.guest_relations().len(),
+        1,
+        "relations reached a guest mid-read"
+    );
+    done(&mut bus, id, Some(0x1234_1414));
+    bus.advance(Duration::from_secs(1));
+    assert!(bus.relay.installed());
+    assert_eq!(bus.guest_relations().len(), 2);
+}
+
+/// A read of a function the host has removed, which the device never answers, stops holding
+/// the bus after `departed_request_timeout` (counted), as a request for it would.
+#[test]
+fn an_unanswered_access_to_a_departed_function_is_given_up() {
+    let mut bus = Bus::installed_with(&[1]);
+    let id = start_read(&mut bus, 1);
+    bus.host_sends(eject(1));
+    bus.advance(Duration::from_millis(900));
+    assert!(bus.guest_ejects().is_empty());
+    bus.advance(Duration::from_secs(2));
+    assert!(
+        bus.events
+            .contains(&RelayEvent::AccessAbandoned { slot: slot(1) })
+    );
+    assert_eq!(bus.relay.counters().accesses_abandoned, 1);
+    assert_eq!(bus.relay.accesses_in_flight(), 0);
+    assert_eq!(bus.guest_ejects(), [slot(1)]);
+    // The device's very late answer changes nothing.
+    done(&mut bus, id, Some(0xffff_ffff));
+    assert_eq!(bus.guest_ejects(), [slot(1)]);
+}
+
+/// A lost host answers nothing more: its accesses stop holding the bus at once, and the
+/// guest channel closes at the next safe point.
+#[test]
+fn host_loss_forgets_accesses_in_flight() {
+    let mut bus = Bus::installed_with(&[1]);
+    let id = start_read(&mut bus, 1);
+    bus.relay.handle_host_closed(bus.now);
+    bus.drain();
+    assert_eq!(bus.relay.accesses_in_flight(), 0);
+    bus.advance(Duration::from_secs(1));
+    assert_eq!(bus.guest_ejects(), [slot(1)]);
+    bus.guest_sends(ejection_complete(1));
+    bus.advance(Duration::from_secs(1));
+    assert!(
+        bus.closed,
+        "the guest channel closes at the safe point, not after max_hold"
+    );
+    done(&mut bus, id, None);
+}
+
+/// Beyond `max_accesses_in_flight` an access is answered as a master abort (counted); an
+/// id reported twice, or never issued, is ignored.
+#[test]
+fn accesses_in_flight_are_bounded_and_done_once() {
+    let mut config = RelayConfig::default();
+    config.limits.max_accesses_in_flight = 2;
+    let mut bus = Bus::with(config, Safeguards::ALL_ON);
+    bus.survey(&[1]);
+    bus.finish_probe(&[1]);
+    let a = start_read(&mut bus, 1);
+    let _b = start_read(&mut bus, 1);
+    assert_eq!(
+        bus.relay.handle_config_access(bus.now, vendor(1)),
+        ConfigAction::Answer(u32::MAX)
+    );
+    bus.drain();
+    assert!(
+        bus.events
+            .contains(&RelayEvent::AccessRefused { slot: slot(1) })
+    );
+    assert_eq!(bus.relay.counters().accesses_refused, 1);
+    done(&mut bus, a, Some(1));
+    done(&mut bus, a, Some(1));
+    done(&mut bus, AccessId::from_raw(12_345), None);
+    assert_eq!(bus.relay.accesses_in_flight(), 1);
+}
+
+/// An access in flight is carried across servicing with its id: the restored relay still
+/// holds the EJECT, and the caller's report of the same id ends the wait.
+#[test]
+fn an_access_in_flight_survives_servicing() {
+    let (bus, id) = eject_during_slow_read(Safeguards::ALL_ON);
+    let saved = bus.relay.save();
+    let mut restored = Bus::new();
+    restored.now = bus.now;
+    restored.relay = BusRelay::restore(RelayConfig::default(), &saved, bus.now)
+        .expect("the relay's own state restores");
+    assert_eq!(restored.relay.accesses_in_flight(), 1);
+    restored.advance(Duration::from_secs(1));
+    assert!(
+        restored.guest_ejects().is_empty(),
+        "EJECT reached a guest mid-read"
+    );
+    done(&mut restored, id, Some(0x1234_1414));
+    restored.advance(Duration::from_secs(1));
+    assert_eq!(restored.guest_ejects(), [slot(1)]);
+}
