@@ -147,11 +147,7 @@ impl AccessTable {
         timeout: Duration,
         departed: impl Fn(WinSlot) -> bool,
     ) -> Vec<AccessId> {
-        self.in_flight
-            .iter()
-            .filter(|(_, a)| now >= a.since.saturating_add(timeout) && departed(a.slot()))
-            .map(|(&id, _)| AccessId(id))
-            .collect()
+        super::overdue_for_departed(self.waiting(), now, timeout, departed)
     }
 
     /// When the next access to a departed function goes stale, after `now`.
@@ -161,13 +157,14 @@ impl AccessTable {
         timeout: Duration,
         departed: impl Fn(WinSlot) -> bool,
     ) -> Option<Duration> {
-        super::earliest_after(
-            now,
-            self.in_flight
-                .values()
-                .filter(|a| departed(a.slot()))
-                .map(|a| Some(a.since.saturating_add(timeout))),
-        )
+        super::next_overdue_for_departed(self.waiting(), now, timeout, departed)
+    }
+
+    /// The accesses in flight as what waits on the host.
+    fn waiting(&self) -> impl Iterator<Item = super::Waiting<AccessId>> + '_ {
+        self.in_flight
+            .iter()
+            .map(|(&id, a)| (AccessId(id), a.since, Some(a.slot())))
     }
 
     pub(crate) fn save(&self) -> SavedAccessTable {

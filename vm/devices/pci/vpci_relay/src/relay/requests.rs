@@ -142,13 +142,7 @@ impl RequestTable {
         timeout: Duration,
         departed: impl Fn(WinSlot) -> bool,
     ) -> Vec<u64> {
-        self.live
-            .iter()
-            .filter(|(_, r)| {
-                now >= r.sent_at.saturating_add(timeout) && r.slot.is_some_and(&departed)
-            })
-            .map(|(id, _)| *id)
-            .collect()
+        super::overdue_for_departed(self.waiting(), now, timeout, departed)
     }
 
     /// When the next request for a departed function will have waited `timeout`, after
@@ -159,13 +153,12 @@ impl RequestTable {
         timeout: Duration,
         departed: impl Fn(WinSlot) -> bool,
     ) -> Option<Duration> {
-        self.live
-            .iter()
-            .map(|(_, r)| r)
-            .filter(|r| r.slot.is_some_and(&departed))
-            .map(|r| r.sent_at.saturating_add(timeout))
-            .filter(|&t| t > now)
-            .min()
+        super::next_overdue_for_departed(self.waiting(), now, timeout, departed)
+    }
+
+    /// The live requests as what waits on the host.
+    fn waiting(&self) -> impl Iterator<Item = super::Waiting<u64>> + '_ {
+        self.live.iter().map(|(id, r)| (*id, r.sent_at, r.slot))
     }
 
     /// Requests the host still owes.
