@@ -10,10 +10,12 @@
 //!
 //! Timers made with [`sleep_until`] on such a thread are the loop's `epoll_wait(2)` timeout: no
 //! timer thread to wake when one is armed, dropped or due. Elsewhere they fall back to
-//! `futures-timer`.
+//! `futures-timer`. [`LoopClock`] hands such timers to the relay's bus drivers.
 
+mod clock;
 mod pool;
 
+pub use clock::LoopClock;
 pub use pool::Pool;
 
 use rustix::event::epoll;

@@ -25,18 +25,19 @@ pub mod revocable;
 pub mod service;
 pub mod table;
 
+use executor::LoopClock;
 use futures::executor::block_on;
 use inspect::Node;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use vmbus_channel::Channel;
-use vpci_relay::{BarControl, BusDriver, BusPort, BusRelay, DriverExit, RelayConfig, SystemClock};
+use vpci_relay::{BarControl, BusDriver, BusPort, BusRelay, DriverExit, RelayConfig};
 
 /// A bus whose driver stopped on request ([`DriverExit::Stopped`]): the driver with its
 /// channels and relay, and the ring waiting its thread had taken over, for a successor.
 pub struct Parked<H, G, B> {
     /// The stopped driver.
-    pub driver: BusDriver<H, G, SystemClock, B>,
+    pub driver: BusDriver<H, G, LoopClock, B>,
     /// The wait sources the bus thread polled, in the order it was given them.
     pub sources: Vec<vmbus_channel::WaitSource>,
 }
@@ -112,11 +113,13 @@ impl RelayService {
         G: Channel + Send + 'static,
         B: BarControl + Send + 'static,
     {
-        self.start(config, host, guest, bars, Some(sources), on_exit)
+        self.start(config, host, guest, bars, sources, on_exit)
     }
 
     /// [`add_bus`](Self::add_bus), and calls `on_exit` on the bus's thread when its driver
-    /// stops.
+    /// stops. The bus's thread runs the driver under its own loop
+    /// ([`executor::block_on_sources`]) with no sources: the channels wake it through their
+    /// own means, and the relay's timers ([`LoopClock`]) are the loop's timeout.
     pub fn add_bus_with<H, G, B>(
         &mut self,
         config: RelayConfig,
@@ -130,7 +133,7 @@ impl RelayService {
         G: Channel + Send + 'static,
         B: BarControl + Send + 'static,
     {
-        self.start(config, host, guest, bars, None, on_exit)
+        self.start(config, host, guest, bars, Vec::new(), on_exit)
     }
 
     fn start<H, G, B>(
@@ -139,7 +142,7 @@ impl RelayService {
         host: H,
         guest: G,
         bars: B,
-        sources: Option<Vec<vmbus_channel::WaitSource>>,
+        sources: Vec<vmbus_channel::WaitSource>,
         on_exit: impl FnOnce(DriverExit) + Send + 'static,
     ) -> std::io::Result<()>
     where
@@ -149,7 +152,7 @@ impl RelayService {
     {
         let name = config.name.clone();
         let (driver, port) =
-            BusDriver::new(BusRelay::new(config), host, guest, SystemClock::new(), bars);
+            BusDriver::new(BusRelay::new(config), host, guest, LoopClock::new(), bars);
         self.spawn(name, driver, port, sources, move |exit, _| on_exit(exit))
     }
 
@@ -160,7 +163,7 @@ impl RelayService {
     pub fn add_driver_waiting_on<H, G, B>(
         &mut self,
         name: String,
-        driver: BusDriver<H, G, SystemClock, B>,
+        driver: BusDriver<H, G, LoopClock, B>,
         port: BusPort,
         sources: Vec<vmbus_channel::WaitSource>,
         on_exit: impl FnOnce(DriverExit, Option<Parked<H, G, B>>) + Send + 'static,
@@ -170,15 +173,15 @@ impl RelayService {
         G: Channel + Send + 'static,
         B: BarControl + Send + 'static,
     {
-        self.spawn(name, driver, port, Some(sources), on_exit)
+        self.spawn(name, driver, port, sources, on_exit)
     }
 
     fn spawn<H, G, B>(
         &mut self,
         name: String,
-        mut driver: BusDriver<H, G, SystemClock, B>,
+        mut driver: BusDriver<H, G, LoopClock, B>,
         port: BusPort,
-        sources: Option<Vec<vmbus_channel::WaitSource>>,
+        sources: Vec<vmbus_channel::WaitSource>,
         on_exit: impl FnOnce(DriverExit, Option<Parked<H, G, B>>) + Send + 'static,
     ) -> std::io::Result<()>
     where
@@ -192,10 +195,9 @@ impl RelayService {
         let thread = std::thread::Builder::new()
             .name(format!("vpci-{name}"))
             .spawn(move || {
-                let (exit, sources) = match sources {
-                    Some(sources) => executor::block_on_sources_returning(driver.run(), sources),
-                    None => (block_on(driver.run()), Vec::new()),
-                };
+                // Under this thread's own loop even without sources to wait on: the driver's
+                // timers (`LoopClock`) are then the loop's timeout, not a timer thread's.
+                let (exit, sources) = executor::block_on_sources_returning(driver.run(), sources);
                 tracing::info!(bus = %thread_name, ?exit, "bus relay stopped");
                 *keep.lock().unwrap_or_else(PoisonError::into_inner) = Some(driver.inspect_tree());
                 let parked = (exit == DriverExit::Stopped).then_some(Parked { driver, sources });

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 mod common;
 
-use common::{inspect, no_guest_failure};
+use common::{inspect, no_guest_failure, no_timer_thread};
 use vpci_endpoints::rig::Rig;
 
 /// The re-executed host or guest endpoint (does nothing in a normal test run).
@@ -23,6 +23,7 @@ fn start(test: &str, host: &str, service_args: &[&str], guest: &str) -> Rig {
 
 /// (1) The guest probes a bus of two functions through the service; inspect shows it; on
 /// SIGTERM the service closes the bus in order (the guest removes and releases it) and exits.
+/// The service never starts a timer thread for the relay's deadlines.
 #[test]
 fn guest_probes_two_functions_through_the_service() {
     let mut rig = start("probe", "buses=1,functions=2", &[], "model=6.2");
@@ -41,6 +42,9 @@ fn guest_probes_two_functions_through_the_service() {
         assert!(start.elapsed() < LIMIT, "{phase}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The relay's timers (its deadlines for the host's answers, the settle window) were the
+    // bus thread's own loop timeout: no `futures-timer` thread was ever started.
+    no_timer_thread(&rig);
     no_guest_failure(&rig);
     rig.service.signal(rustix::process::Signal::TERM);
     let status = rig.service.wait_exit(LIMIT);

@@ -197,7 +197,7 @@ fn relations_slots(p: &Packet) -> Vec<WinSlot> {
 
 /// Two buses on their own threads: one guest never speaks, the other negotiates; inspect
 /// shows both, each with the driver's counters; revoking the host ends the quiet bus at its
-/// safe point.
+/// safe point. The relay's timers run on the bus threads' own loops.
 #[test]
 fn buses_run_independently() {
     let mut service = RelayService::new();
@@ -237,6 +237,15 @@ fn buses_run_independently() {
     assert!(exits.contains(&("quiet".into(), Some(DriverExit::GuestClosedByRelay))));
     assert!(exits.contains(&("busy".into(), Some(DriverExit::GuestGone))));
     assert!(quiet.bars.calls().is_empty() && busy.bars.calls().is_empty());
+    // The quiet bus's max_hold was its thread's own loop timeout: nothing in this process
+    // started a `futures-timer` thread for it.
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect();
+    assert!(!threads.is_empty());
+    assert!(!threads.iter().any(|t| t == "futures-timer"), "{threads:?}");
 }
 
 /// A bus started with the caller's backing maps a function hot-added after the probe to the

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 mod common;
 
-use common::{BIN, inspect, no_guest_failure};
+use common::{BIN, inspect, no_guest_failure, no_timer_thread};
 use vpci_endpoints::rig::Rig;
 
 /// The re-executed host or guest endpoint (does nothing in a normal test run).
@@ -163,7 +163,8 @@ fn a_failed_exec_leaves_the_service_running() {
 }
 
 /// An update while the guest's probe waits on a slow host (every answer 30 ms late): the
-/// probe finishes in the new image as if nothing happened.
+/// probe finishes in the new image as if nothing happened. The restored bus's relay timers
+/// (its deadlines for the slow answers) are its thread's loop timeout there too.
 #[test]
 fn an_update_mid_probe_is_a_pause() {
     let rig = start("probe", "buses=1,functions=2,latency_ms=30");
@@ -175,6 +176,7 @@ fn an_update_mid_probe_is_a_pause() {
     rig.guest
         .expect_line(LIMIT, |l| l == "guest devices bus0 2");
     no_guest_failure(&rig);
+    no_timer_thread(&rig);
 }
 
 /// `inspect --watch` follows the service across an update: the update closes its control

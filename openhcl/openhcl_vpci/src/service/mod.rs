@@ -456,7 +456,7 @@ impl Service {
                 vpci_relay::BusRelay::new(self.config.relay_config(&bus)),
                 host,
                 guest,
-                vpci_relay::SystemClock::new(),
+                crate::executor::LoopClock::new(),
                 bars.clone(),
             );
             self.run_bus(&bus, generation, driver, port, sources, bars, revoke)?;

@@ -10,6 +10,7 @@ use super::update::{RestoreInfo, restore_driver};
 use super::{Pending, Service};
 use crate::bars::RecordingBars;
 use crate::control::MmioOp;
+use crate::executor::LoopClock;
 use crate::revocable::Revocable;
 use crate::table::BusTable;
 use prost::Message as _;
@@ -21,8 +22,7 @@ use std::time::{Duration, SystemTime};
 use vmbus_channel::RingChannel;
 use vmbus_channel::ring::RingHandoff;
 use vpci_protocol::WinSlot;
-use vpci_relay::AccessId;
-use vpci_relay::{Backing, SystemClock};
+use vpci_relay::{AccessId, Backing};
 
 /// Everything a saved service names, taken out of the handover and checked, before any of it
 /// is put to use.
@@ -264,8 +264,7 @@ impl Service {
                 (WinSlot::from_raw(b.slot), backing)
             }),
         );
-        let clock =
-            SystemClock::starting_at(Duration::from_nanos(entry.relay_now_ns) + stopped_for);
+        let clock = LoopClock::starting_at(Duration::from_nanos(entry.relay_now_ns) + stopped_for);
         let (driver, port) = restore_driver(
             self.config.relay_config(&entry.bus),
             &entry.driver,

@@ -27,6 +27,7 @@ use super::threads;
 use super::{Event, Service};
 use crate::Parked;
 use crate::bars::RecordingBars;
+use crate::executor::LoopClock;
 use crate::revocable::Revocable;
 use inspect::Node;
 use prost::Message as _;
@@ -38,11 +39,11 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 use vmbus_channel::RingChannel;
-use vpci_relay::{AccessId, Backing, BusDriver, SystemClock};
+use vpci_relay::{AccessId, Backing, BusDriver};
 
 /// The driver type of a service bus.
 pub(crate) type BusDriverOf =
-    BusDriver<Revocable<RingChannel>, RingChannel, SystemClock, RecordingBars>;
+    BusDriver<Revocable<RingChannel>, RingChannel, LoopClock, RecordingBars>;
 /// A service bus stopped for an update.
 pub(crate) type ParkedBus = Parked<Revocable<RingChannel>, RingChannel, RecordingBars>;
 
@@ -649,7 +650,7 @@ pub(super) fn restore_driver(
     bytes: &[u8],
     host: Revocable<RingChannel>,
     guest: RingChannel,
-    clock: SystemClock,
+    clock: LoopClock,
     bars: RecordingBars,
 ) -> Result<(BusDriverOf, vpci_relay::BusPort), String> {
     let saved = match vpci_relay::SavedBus::from_bytes(bytes) {

@@ -44,6 +44,19 @@ pub fn inspect(rig: &Rig, path: &str) -> String {
     }
 }
 
+/// The service's relay timers are its bus threads' own loop timeouts: the service process
+/// has threads, and none of them is `futures-timer`'s.
+pub fn no_timer_thread(rig: &Rig) {
+    let pid = rig.service.child.id();
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the service's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect();
+    assert!(!threads.is_empty());
+    assert!(!threads.iter().any(|t| t == "futures-timer"), "{threads:?}");
+}
+
 /// The guest reported no failure and no protocol violation.
 pub fn no_guest_failure(rig: &Rig) {
     let seen = rig.guest.seen();
