@@ -262,6 +262,48 @@ fn a_shutdown_during_an_update_is_not_lost() {
     no_guest_failure(&rig);
 }
 
+/// SIGTERM at the very last moment of an update, with the state handed over and the exec
+/// next (a failpoint holds that moment for a second): the signal must neither be taken by
+/// the old image and lost with it nor kill the new one before it has a handler. It stays
+/// pending across the exec, the update completes, and the successor shuts down in order.
+#[test]
+fn a_shutdown_at_the_exec_reaches_the_successor() {
+    let mut rig = start_with_env(
+        "shutdown-exec",
+        "buses=1,functions=1",
+        &[("FAILPOINTS", "update-handover=sleep(1000)")],
+    );
+    rig.guest.expect_line(LIMIT, |l| l == "guest probed bus0");
+    let control = rig.dir.join("control.sock");
+    let updater = std::thread::spawn(move || {
+        let out = Command::new(BIN)
+            .args(["update", "--control"])
+            .arg(control)
+            .output()
+            .expect("run openhcl-vpci update");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    rig.service.signal(rustix::process::Signal::TERM);
+    let (ok, text) = updater.join().expect("the updater");
+    assert!(ok, "the update completes: {text}");
+    let status = rig.service.wait_exit(LIMIT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the successor shuts down in order: {status:?}"
+    );
+    rig.guest
+        .expect_line(LIMIT, |l| l.starts_with("guest released bus0 failed=false"));
+    no_guest_failure(&rig);
+}
+
 /// `inspect --watch | head -1`: once its reader is gone, the next change ends the watch
 /// quietly (exit 0), not with a panic about a broken pipe.
 #[test]

@@ -10,6 +10,7 @@ pub mod handover;
 mod mmio;
 mod resume;
 pub mod saved;
+mod signals;
 pub(crate) mod threads;
 mod update;
 
@@ -130,6 +131,8 @@ pub struct Service {
     /// SIGTERM or SIGINT arrived while an update was under way: the update gives up and the
     /// service shuts down after it.
     shutdown_during_update: bool,
+    /// The thread that takes SIGTERM and SIGINT (none while an update hands over).
+    signals: Option<signals::Watcher>,
 }
 
 impl Service {
@@ -172,19 +175,9 @@ impl Service {
         events: mpsc::Receiver<Event>,
         restored: Option<RestoreInfo>,
     ) -> anyhow::Result<Self> {
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGINT,
-        ])?;
-        let tx = sender.clone();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                if let Some(signal) = signals.forever().next() {
-                    tracing::info!(signal, "shutting down");
-                    let _ = tx.send(Event::Shutdown);
-                }
-            })?;
+        // Before any thread starts: only the watcher takes the shutdown signals.
+        signals::block_in_this_thread()?;
+        let watcher = signals::Watcher::start(sender.clone())?;
         Ok(Self {
             config,
             endpoints,
@@ -208,6 +201,7 @@ impl Service {
             accepting: 0,
             restored,
             shutdown_during_update: false,
+            signals: Some(watcher),
         })
     }
 

@@ -34,7 +34,6 @@ use prost::Message as _;
 use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
@@ -170,6 +169,9 @@ impl Service {
         let parked = self.stop_buses();
         // A failpoint for the tests: a window with every bus stopped, for a signal to land in.
         fail::fail_point!("update-stopped");
+        // From here a shutdown signal stays pending (for this image if the update gives up,
+        // or across the exec for the successor) instead of being taken and lost with us.
+        self.stop_watcher();
         self.settle_signals();
         if self.shutdown_during_update {
             // A shutdown asked for now would be lost with this image: run on, then shut down.
@@ -211,14 +213,15 @@ impl Service {
                 stopped_for = ?started.elapsed(),
                 "handing over"
             );
+            // A failpoint for the tests: the last moment before the exec, for a signal to land
+            // in (it must reach the successor).
+            fail::fail_point!("update-handover");
             let error = match injected_exec_failure() {
                 Some(error) => error,
-                None => std::process::Command::new(binary)
-                    .args(successor_args())
-                    .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
-                    .exec(),
+                None => exec_keeping_signals_blocked(binary, &theirs),
             };
             // Still here: the exec failed. Read our own handover back.
+            drop(theirs);
             drop(keep);
             Ok(error)
         })();
@@ -232,7 +235,27 @@ impl Service {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cannot resume after a failed update"),
         }
+        self.start_watcher();
         error
+    }
+
+    /// Stops the signal watcher for the handover (a signal taken before is queued as
+    /// [`Event::Shutdown`](super::Event::Shutdown)).
+    fn stop_watcher(&mut self) {
+        if let Some(watcher) = self.signals.take() {
+            watcher.stop();
+        }
+    }
+
+    /// Starts the signal watcher again after an update that did not exec; a signal that
+    /// arrived meanwhile is taken at once.
+    fn start_watcher(&mut self) {
+        if self.signals.is_none() {
+            match super::signals::Watcher::start(self.sender.clone()) {
+                Ok(watcher) => self.signals = Some(watcher),
+                Err(e) => tracing::error!(error = %e, "cannot watch for signals"),
+            }
+        }
     }
 
     /// Handles every event already queued, and waits (up to [`SETTLE`]) for guest rings being
@@ -509,6 +532,7 @@ impl Service {
         guest_listener: Option<UnixListener>,
         control_listener: Option<UnixListener>,
     ) {
+        self.start_watcher();
         match threads::Pause::new() {
             Ok(pause) => self.pause = pause,
             Err(e) => tracing::error!(error = %e, "cannot make a new pause latch"),
@@ -663,4 +687,34 @@ pub(super) fn restore_driver(
         }
     };
     BusDriver::restore(config, &saved, host, guest, clock, bars).map_err(|e| e.to_string())
+}
+
+/// Execs `binary` with the successor's arguments and `handover` as its standard input,
+/// keeping this thread's signal mask: SIGTERM and SIGINT stay blocked, so one that arrives
+/// now stays pending for the successor's watcher. (`std::process::Command` clears the mask
+/// before it execs, which would let a pending signal be taken, and lost, by this image.)
+/// Returns only if the exec failed, with standard input as it was.
+fn exec_keeping_signals_blocked(binary: &std::path::Path, handover: &UnixStream) -> std::io::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstring = |s: &std::ffi::OsStr| {
+        CString::new(s.as_bytes())
+            .map_err(|_| std::io::Error::other("an argument holds a NUL byte"))
+    };
+    let result = (|| -> std::io::Result<std::io::Error> {
+        let path = cstring(binary.as_os_str())?;
+        let mut argv = vec![path.clone()];
+        for arg in successor_args() {
+            argv.push(cstring(&arg)?);
+        }
+        let stdin = rustix::io::dup(std::io::stdin())?;
+        rustix::stdio::dup2_stdin(handover)?;
+        let error = match nix::unistd::execv(&path, &argv) {
+            Err(errno) => std::io::Error::from(errno),
+            Ok(never) => match never {},
+        };
+        rustix::stdio::dup2_stdin(&stdin)?;
+        Ok(error)
+    })();
+    result.unwrap_or_else(|e| e)
 }
