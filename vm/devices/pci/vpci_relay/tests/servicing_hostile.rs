@@ -418,6 +418,7 @@ fn a_bad_access_table_is_refused() {
         len: 4,
         value: 0,
         since_ns: 0,
+        departed_ns: None,
     };
     let with = |table: SavedAccessTable| {
         let (mut saved, _) = state();
@@ -476,6 +477,22 @@ fn a_bad_access_table_is_refused() {
         }])),
         Err(RestoreError::TimeAhead { .. })
     ));
+    // A departure noted after the saved time, or before the access began.
+    assert!(matches!(
+        with(table(vec![SavedAccess {
+            departed_ns: Some(u64::MAX >> 2),
+            ..access(3)
+        }])),
+        Err(RestoreError::TimeAhead { .. })
+    ));
+    assert_eq!(
+        field(with(table(vec![SavedAccess {
+            since_ns: 2,
+            departed_ns: Some(1),
+            ..access(3)
+        }]))),
+        "accesses.in_flight[0].departed_ns"
+    );
     let many = (1..=65).map(access).collect();
     assert!(matches!(
         with(SavedAccessTable {

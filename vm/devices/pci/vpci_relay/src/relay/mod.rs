@@ -218,8 +218,7 @@ impl BusRelay {
         let departed = safeguards
             .local_answers
             .then(|| requests.deadline(now, config.departed_request_timeout, |s| self.departed(s)));
-        let abandoned =
-            accesses.deadline(now, config.departed_request_timeout, |s| self.departed(s));
+        let abandoned = accesses.deadline(now, config.departed_request_timeout);
         [
             changes.deadline(now, max_hold, bus_quiet, guest.survey_requested()),
             functions.deadline(now, settle, max_hold, &changes.ejects, bus_quiet),
