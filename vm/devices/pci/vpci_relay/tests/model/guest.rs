@@ -4,12 +4,12 @@
 //! callback, and the races of the catalogue as failures.
 
 use super::Step;
+use super::reads::{Read, Reader};
 use super::state::Back;
 use super::wire::{Ident, Input, Note, Req, ident_of, ident_of_v1, slot_dev};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::{Message, ProtocolVersion, Sender, Status, decode};
-use vpci_relay::ConfigAction;
 
 /// Why the guest crashed (or would have).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +32,11 @@ pub enum Failure {
     /// C7: a config access to a gone device that the relay forwarded to it (or to the device
     /// that replaced it in the slot).
     C7ConfigFault(u8),
+    /// An EJECT or a relations change reached the guest while one of its vCPUs sat in a
+    /// config read of this slot that the relay had forwarded to the device and still counted
+    /// in flight: the probe or driver work the read belongs to is mid-way (root-bus scan,
+    /// driver probe, driver removal), and 6.2 acts on the change under it.
+    ChangeDuringAccess(u8),
 }
 
 /// The probe path (hv_pci_probe).
@@ -55,6 +60,8 @@ pub enum Probe {
     WaitAssigned(u8),
     /// Root-bus creation next (scans config space, starts drivers).
     CreateRootBus,
+    /// Root-bus creation waits in a config read of this slot (the device has not answered).
+    RootBusRead(u8),
     /// The bus is installed.
     Done,
 }
@@ -66,6 +73,8 @@ pub enum Driver {
     None,
     /// Probing: about to read config/BARs and compose its MSI.
     Probe,
+    /// Probing, waiting in its config read (the device has not answered).
+    Reading,
     /// CREATE_INTERRUPT_MESSAGE2 outstanding; busy-polling.
     WaitInterrupt,
     /// Bound, interrupt unmasked.
@@ -103,6 +112,9 @@ pub enum Running {
         waiting: Option<(u8, Ident)>,
         added: Vec<u8>,
     },
+    /// Eject work, removing the driver: waiting in its config read (the device has not
+    /// answered).
+    EjectReading(u8),
     /// Eject work, the driver removed; EJECTION_COMPLETE next.
     EjectRemoved(u8),
 }
@@ -178,6 +190,8 @@ pub struct Guest {
     /// Its eject work is stalled: the guest is stuck in its own work on its current change
     /// (until that eject work ends).
     pub stuck: bool,
+    /// The config read a vCPU sits in (at most one: the config lock).
+    pub read: Option<Read>,
 }
 
 impl Guest {
@@ -201,10 +215,11 @@ impl Guest {
             beyond: false,
             stalls: 0,
             stuck: false,
+            read: None,
         }
     }
 
-    fn fail(&mut self, f: Failure) {
+    pub(super) fn fail(&mut self, f: Failure) {
         self.failure.get_or_insert(f);
     }
 
@@ -233,27 +248,41 @@ impl Guest {
         if self.closed || self.failure.is_some() || self.beyond {
             return v;
         }
-        if matches!(
-            self.probe,
-            Probe::Start
-                | Probe::SendSurvey
-                | Probe::SendD0
-                | Probe::AssignNext
-                | Probe::CreateRootBus
-        ) {
+        // A step that reads config space waits while another context's read is in flight.
+        let reading = self.read.is_some();
+        let probe = match self.probe {
+            Probe::Start | Probe::SendSurvey | Probe::SendD0 | Probe::AssignNext => true,
+            Probe::CreateRootBus => !reading,
+            _ => false,
+        };
+        if probe {
             v.push(GuestStep::Probe);
         }
         let work = match &self.running {
-            None => !self.queue.is_empty(),
+            None => match self.queue.front() {
+                None => false,
+                // Removing a driver reads its config space.
+                Some(Work::Eject(s)) => {
+                    !reading
+                        || self
+                            .children
+                            .get(s)
+                            .is_none_or(|c| c.driver == Driver::None)
+                }
+                Some(Work::Relations) => true,
+            },
             Some(Running::Relations { waiting, .. }) => waiting.is_none(),
+            Some(Running::EjectReading(_)) => false,
             Some(Running::EjectRemoved(_)) => true,
         };
         if work {
             v.push(GuestStep::Work);
         }
-        for (&s, c) in &self.children {
-            if c.driver == Driver::Probe {
-                v.push(GuestStep::Driver(s));
+        if !reading {
+            for (&s, c) in &self.children {
+                if c.driver == Driver::Probe {
+                    v.push(GuestStep::Driver(s));
+                }
             }
         }
         v
@@ -335,6 +364,7 @@ impl Step {
             }
         }
         if real_change {
+            self.change_during_read();
             if let Some(c) = self.s.guest.change {
                 let what = format!("relations {list:?} while on {c:?}");
                 self.second_change(what);
@@ -368,6 +398,7 @@ impl Step {
 
     fn guest_eject(&mut self, s: u8) {
         self.note(format!("guest<-EJECT({s})"));
+        self.change_during_read();
         if let Some(c) = self.s.guest.change {
             self.second_change(format!("EJECT({s}) while on {c:?}"));
         }
@@ -380,10 +411,12 @@ impl Step {
         // Settled at the guest: the function is linked (its requirements were queried) and
         // its driver is not setting up its interrupt (the probe path being done, so resources
         // were assigned where it assigns them, is the property above).
-        let settled = g
-            .children
-            .get(&s)
-            .is_some_and(|c| !matches!(c.driver, Driver::Probe | Driver::WaitInterrupt));
+        let settled = g.children.get(&s).is_some_and(|c| {
+            !matches!(
+                c.driver,
+                Driver::Probe | Driver::Reading | Driver::WaitInterrupt
+            )
+        });
         if !settled && g.probe == Probe::Done {
             self.s.seen.g2.get_or_insert(s);
         }
@@ -503,7 +536,7 @@ impl Step {
         self.origin = None;
     }
 
-    fn child_ident(&self, s: u8) -> Option<Ident> {
+    pub(super) fn child_ident(&self, s: u8) -> Option<Ident> {
         self.s.guest.children.get(&s).map(|c| c.ident)
     }
 
@@ -517,30 +550,30 @@ impl Step {
         }
     }
 
-    fn config_read(&mut self, s: u8) {
-        let ident = self.child_ident(s);
-        let action = self.input(Input::ConfigRead(s));
-        if matches!(action, Some(ConfigAction::Forward(_)))
-            && !ident.is_some_and(|i| self.s.host.mapped(s, i))
-        {
-            self.s.guest.fail(Failure::C7ConfigFault(s));
-        }
-    }
-
     pub(super) fn guest_step(&mut self, step: GuestStep) {
         match step {
             GuestStep::Probe => self.probe_step(),
             GuestStep::Work => self.work_step(),
             GuestStep::Driver(s) => {
-                self.config_read(s);
-                self.bar_read(s);
-                if let Some(c) = self.s.guest.children.get_mut(&s) {
-                    c.driver = Driver::WaitInterrupt;
+                if self.config_read(s, Reader::Driver) {
+                    if let Some(c) = self.s.guest.children.get_mut(&s) {
+                        c.driver = Driver::Reading;
+                    }
+                } else {
+                    self.driver_after_read(s);
                 }
-                let ident = self.child_ident(s);
-                self.request(Req::Interrupt(s), ident, Waiter::Driver(s));
             }
         }
+    }
+
+    /// A driver's probe after its config read: read the BARs, ask for an interrupt.
+    pub(super) fn driver_after_read(&mut self, s: u8) {
+        self.bar_read(s);
+        if let Some(c) = self.s.guest.children.get_mut(&s) {
+            c.driver = Driver::WaitInterrupt;
+        }
+        let ident = self.child_ident(s);
+        self.request(Req::Interrupt(s), ident, Waiter::Driver(s));
     }
 
     fn probe_step(&mut self) {
@@ -577,21 +610,7 @@ impl Step {
                     None => self.s.guest.probe = Probe::CreateRootBus,
                 }
             }
-            Probe::CreateRootBus => {
-                let mut slots: BTreeSet<u8> = self.s.guest.children.keys().copied().collect();
-                slots.extend(self.s.guest.probe_children.iter().copied());
-                for s in slots {
-                    if self.s.guest.ejected_early.contains(&s) {
-                        self.s.guest.fail(Failure::C3TouchedEjected(s));
-                        return;
-                    }
-                    self.config_read(s);
-                    if let Some(c) = self.s.guest.children.get_mut(&s) {
-                        c.driver = Driver::Probe;
-                    }
-                }
-                self.s.guest.probe = Probe::Done;
-            }
+            Probe::CreateRootBus => self.scan_root_bus(None),
             _ => {}
         }
     }
@@ -635,6 +654,8 @@ impl Step {
             Some(Running::EjectRemoved(s)) => {
                 self.eject_finish(s);
             }
+            // Not runnable: it waits in its config read.
+            Some(r @ Running::EjectReading(_)) => self.s.guest.running = Some(r),
         }
     }
 
@@ -691,8 +712,11 @@ impl Step {
             self.input(Input::GuestNote(Note::DeleteInterrupt(s)));
         }
         self.bar_read(s);
-        self.config_read(s);
-        self.s.guest.running = Some(Running::EjectRemoved(s));
+        self.s.guest.running = Some(if self.config_read(s, Reader::Eject) {
+            Running::EjectReading(s)
+        } else {
+            Running::EjectRemoved(s)
+        });
     }
 
     fn eject_finish(&mut self, s: u8) {
