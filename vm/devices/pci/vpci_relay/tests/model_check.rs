@@ -237,8 +237,8 @@
 //! **Config reads as two events** (the guest starts a read, the device answers it in an action
 //! of its own) cost every check the interleavings of host actions between the two. Measured
 //! on the same machine, the whole `cargo test -p vpci_relay --test model_check`, against the
-//! relay of 012b6e7 plus its departure fix (load average 1.6 to 3.9 before, 3.3 to 5.2
-//! after; figures vary by up to 2x with the load):
+//! relay of 012b6e7 plus its departure fix (the per-check times after are from a run at load
+//! average 3.3 to 5.2; figures vary by up to 2x with the load):
 //!
 //! | test | unique states before (reads at once) | after (reads as two events) | time after |
 //! | --- | --- | --- | --- |
@@ -249,7 +249,7 @@
 //! | `model_check_request_table` | 90,660 | 113,515 | 16 s |
 //! | `model_check_teeth_bound` | 34,336 | 49,544 | 5 s |
 //! | `model_check_slow_read` (new) | | 65,742 | 10 s |
-//! | the whole binary (wall, CPU) | 54 s, 76 s | | 105 s, 105 s |
+//! | the whole binary (wall, CPU) | 54 s, 76 s (load 1.6 to 3.9) | | 55 s, 107 s (load 2.3 to 3.2); 105 s wall at load 3.3 to 5.2 |
 //!
 //! Slow reads are dear where they meet other freedoms: with [`Bounds::SMALL`]'s rescind too,
 //! 210,872 states (and the known host-loss counterexample below); `SLOW` with a slow read,
