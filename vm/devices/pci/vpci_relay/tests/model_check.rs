@@ -7,7 +7,8 @@
 //!
 //! `wire.rs` (the packets), `host.rs`, `guest.rs`, `state.rs` (state and actions),
 //! `props.rs` (properties), `mod.rs` (bounds, one step, helpers for scripted scenarios),
-//! `reads.rs` (the guest's config reads and the device's answers), `scenarios.rs` and
+//! `work.rs` (the guest's workqueue), `reads.rs` (the guest's config reads and the device's
+//! answers), `scenarios.rs` and
 //! `read_scenarios.rs` (the scripted scenarios: each counterexample found, replayed).
 //!
 //! **State.** The state holds the relay itself (`BusRelay` is `Clone`): `next_state` clones

@@ -5,6 +5,7 @@
 //! - `wire.rs`: the packets both sides exchange with the relay;
 //! - `host.rs`: the host (slots, identities, owed EJECTION_COMPLETEs, forwarded requests);
 //! - `guest.rs`: the Linux 6.2 guest and the races it can die of;
+//! - `work.rs`: the guest's ordered workqueue (relations and eject work);
 //! - `reads.rs`: the guest's config reads, which the device answers in an action of its own;
 //! - `state.rs`: the state (the relay itself plus both sides) and the actions;
 //! - `props.rs`: the properties;
@@ -24,6 +25,7 @@ mod reads;
 mod scenarios;
 mod state;
 mod wire;
+mod work;
 
 pub use bounds::*;
 pub use guest::*;
@@ -32,6 +34,7 @@ pub use props::*;
 pub use reads::Reader;
 pub use state::*;
 pub use wire::{Ident, Req};
+pub use work::Running;
 
 use stateright::{Model, Property};
 use std::time::Duration;

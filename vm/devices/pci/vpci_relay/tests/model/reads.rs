@@ -9,8 +9,9 @@
 //! whose next step reads config space waits while another context's read is in flight.
 
 use super::Step;
-use super::guest::{Driver, Failure, Probe, Running};
+use super::guest::{Driver, Failure, Probe};
 use super::wire::{Ident, Input, vendor_dword};
+use super::work::Running;
 use std::collections::BTreeSet;
 use vpci_relay::ConfigAction;
 
