@@ -104,7 +104,8 @@ pub struct RelayConfig {
     /// clamps a larger value).
     pub max_hold: Duration,
     /// How long a request forwarded for a function the host is removing may stay unanswered
-    /// before the relay answers it itself.
+    /// before the relay answers it itself; and how long after a function departs a config
+    /// access forwarded to it may stay unanswered before it stops holding the bus.
     pub departed_request_timeout: Duration,
     /// Memory and count bounds.
     pub limits: Limits,

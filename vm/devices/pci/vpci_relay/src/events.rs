@@ -165,7 +165,8 @@ pub enum RelayEvent {
         slot: WinSlot,
     },
     /// A config access to a departed function stayed unanswered by the device for
-    /// `departed_request_timeout`: it no longer holds the bus (the caller still finishes it).
+    /// `departed_request_timeout` after the function departed: it no longer holds the bus (the
+    /// caller still finishes it).
     AccessAbandoned {
         /// The function selected in the window.
         slot: WinSlot,

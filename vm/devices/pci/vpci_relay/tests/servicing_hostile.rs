@@ -407,7 +407,8 @@ proptest! {
 
 /// A table of config accesses in flight that the relay could not have written is refused by
 /// field: an id never issued or used twice, a width or offset the window cannot carry, more
-/// than the limit, an instant after the saved time, and any access with the host lost.
+/// than the limit, an instant after the saved time, and an access whose function did not depart
+/// with a lost host.
 #[test]
 fn a_bad_access_table_is_refused() {
     let access = |id| SavedAccess {
@@ -418,6 +419,7 @@ fn a_bad_access_table_is_refused() {
         len: 4,
         value: 0,
         since_ns: 0,
+        departed_ns: None,
     };
     let with = |table: SavedAccessTable| {
         let (mut saved, _) = state();
@@ -476,6 +478,22 @@ fn a_bad_access_table_is_refused() {
         }])),
         Err(RestoreError::TimeAhead { .. })
     ));
+    // A departure noted after the saved time, or before the access began.
+    assert!(matches!(
+        with(table(vec![SavedAccess {
+            departed_ns: Some(u64::MAX >> 2),
+            ..access(3)
+        }])),
+        Err(RestoreError::TimeAhead { .. })
+    ));
+    assert_eq!(
+        field(with(table(vec![SavedAccess {
+            since_ns: 2,
+            departed_ns: Some(1),
+            ..access(3)
+        }]))),
+        "accesses.in_flight[0].departed_ns"
+    );
     let many = (1..=65).map(access).collect();
     assert!(matches!(
         with(SavedAccessTable {
@@ -484,7 +502,8 @@ fn a_bad_access_table_is_refused() {
         }),
         Err(RestoreError::OverLimit { .. })
     ));
-    // With the host lost, nothing may hold the bus.
+    // With the host lost, every access's function departed with it: the relay's own state
+    // restores, one whose access has no departure is refused.
     let mut bus = Bus::installed_with(&[1]);
     let _ = bus.relay.handle_config_access(
         bus.now,
@@ -496,7 +515,12 @@ fn a_bad_access_table_is_refused() {
     );
     bus.relay.handle_host_closed(bus.now);
     let mut saved = bus.relay.save();
-    saved.accesses = Some(table(vec![access(3)]));
+    assert_eq!(restore(&saved).map(|r| r.accesses_in_flight()), Ok(1));
+    let mut table = saved.accesses.clone().unwrap_or_default();
+    for a in &mut table.in_flight {
+        a.departed_ns = None;
+    }
+    saved.accesses = Some(table);
     assert!(matches!(
         restore(&saved),
         Err(RestoreError::IllegalState { .. })

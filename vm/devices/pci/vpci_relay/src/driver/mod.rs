@@ -143,8 +143,9 @@ impl BusPort {
 
     /// Reports a forwarded config access done ([`BusRelay::handle_config_done`]): `result`
     /// is a read's value, `None` if the access failed. Every
-    /// [`ConfigAction::Forward`] must be reported once, or the bus stays busy until the
-    /// host is lost or the function departs. Nothing happens if the driver has stopped.
+    /// [`ConfigAction::Forward`] must be reported once, or the bus stays busy until
+    /// `departed_request_timeout` after its function departs (a lost host's functions depart
+    /// with it). Nothing happens if the driver has stopped.
     pub async fn access_done(&mut self, id: AccessId, result: Option<u32>) {
         let _ = futures::SinkExt::send(&mut self.tx, ConfigRequest::Done(id, result)).await;
     }

@@ -8,7 +8,7 @@
 //! probe look finished and open the window for an EJECT (C3) or the next relations change.
 
 use super::window::ConfigAccess;
-use crate::save::{Check, RestoreError, SavedAccess, SavedAccessTable, ns, slot};
+use crate::save::{Check, RestoreError, SavedAccess, SavedAccessTable, ns, opt_ns, slot};
 use inspect::Inspect;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,6 +45,10 @@ pub(crate) struct InFlight {
     pub(crate) access: ConfigAccess,
     /// When it was forwarded.
     pub(crate) since: Duration,
+    /// When the relay first saw its function departed: the departed-request timeout counts
+    /// from here, not from `since` (a read the device was slow on before the host removed
+    /// the function must not be given up the moment it departs).
+    pub(crate) departed: Option<Duration>,
 }
 
 impl InFlight {
@@ -77,13 +81,16 @@ impl Inspect for AccessTable {
                                 ConfigAccess::Read { offset, len, .. } => ("read", offset, len),
                                 ConfigAccess::Write { offset, len, .. } => ("write", offset, len),
                             };
-                            let node = inspect::Node::dir()
+                            let mut node = inspect::Node::dir()
                                 .field("slot", &a.slot().to_string())
                                 .field("kind", kind)
                                 .field("offset", &format!("{offset:#x}"))
                                 .field("len", &len)
-                                .field("since", &a.since)
-                                .build();
+                                .field("since", &a.since);
+                            if let Some(d) = &a.departed {
+                                node = node.field("departed", d);
+                            }
+                            let node = node.build();
                             (id.to_string(), node)
                         })
                         .collect(),
@@ -123,7 +130,14 @@ impl AccessTable {
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        self.in_flight.insert(id, InFlight { access, since: now });
+        self.in_flight.insert(
+            id,
+            InFlight {
+                access,
+                since: now,
+                departed: None,
+            },
+        );
         Some(AccessId(id))
     }
 
@@ -133,38 +147,52 @@ impl AccessTable {
         self.in_flight.remove(&id.0)
     }
 
-    /// Forgets every access in flight (the host is lost: it answers nothing any more).
-    pub(crate) fn clear(&mut self) {
-        self.in_flight.clear();
+    /// Every access in flight has its departure noted.
+    pub(crate) fn all_departed(&self) -> bool {
+        self.in_flight.values().all(|a| a.departed.is_some())
     }
 
-    /// The accesses to departed functions that have been in flight for `timeout` (a host
-    /// that removed the device may never answer them), to give up on with
-    /// [`finish`](Self::finish): they stop holding the bus.
-    pub(crate) fn stale(
-        &self,
+    /// The slots of the accesses in flight.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = WinSlot> + '_ {
+        self.in_flight.values().map(InFlight::slot)
+    }
+
+    /// Notes `now` as the departure of each access whose function `departed` says is gone
+    /// and whose departure was not noted yet; returns whether it noted any.
+    pub(crate) fn note_departures(
+        &mut self,
         now: Duration,
-        timeout: Duration,
         departed: impl Fn(WinSlot) -> bool,
-    ) -> Vec<AccessId> {
-        super::overdue_for_departed(self.waiting(), now, timeout, departed)
+    ) -> bool {
+        let mut noted = false;
+        for a in self.in_flight.values_mut() {
+            if a.departed.is_none() && departed(a.slot()) {
+                a.departed = Some(now);
+                noted = true;
+            }
+        }
+        noted
+    }
+
+    /// The accesses whose function departed at least `timeout` ago (a host that removed the
+    /// device may never answer them; see [`note_departures`](Self::note_departures)), to give
+    /// up on with [`finish`](Self::finish): they stop holding the bus.
+    pub(crate) fn stale(&self, now: Duration, timeout: Duration) -> Vec<AccessId> {
+        self.in_flight
+            .iter()
+            .filter(|(_, a)| a.departed.is_some_and(|d| now >= d.saturating_add(timeout)))
+            .map(|(&id, _)| AccessId(id))
+            .collect()
     }
 
     /// When the next access to a departed function goes stale, after `now`.
-    pub(crate) fn deadline(
-        &self,
-        now: Duration,
-        timeout: Duration,
-        departed: impl Fn(WinSlot) -> bool,
-    ) -> Option<Duration> {
-        super::next_overdue_for_departed(self.waiting(), now, timeout, departed)
-    }
-
-    /// The accesses in flight as what waits on the host.
-    fn waiting(&self) -> impl Iterator<Item = super::Waiting<AccessId>> + '_ {
-        self.in_flight
-            .iter()
-            .map(|(&id, a)| (AccessId(id), a.since, Some(a.slot())))
+    pub(crate) fn deadline(&self, now: Duration, timeout: Duration) -> Option<Duration> {
+        super::earliest_after(
+            now,
+            self.in_flight
+                .values()
+                .map(|a| a.departed.map(|d| d.saturating_add(timeout))),
+        )
     }
 
     pub(crate) fn save(&self) -> SavedAccessTable {
@@ -191,6 +219,7 @@ impl AccessTable {
                         len: len.into(),
                         value,
                         since_ns: ns(a.since),
+                        departed_ns: opt_ns(a.departed),
                     }
                 })
                 .collect(),
@@ -220,6 +249,7 @@ impl AccessTable {
                 len,
                 value,
                 since_ns,
+                departed_ns,
             } = a;
             if *id == 0 || id >= next_id || table.contains_key(id) {
                 return Err(RestoreError::BadValue {
@@ -253,7 +283,21 @@ impl AccessTable {
                 ConfigAccess::Read { slot, offset, len }
             };
             let since = check.time(field("since_ns"), *since_ns)?;
-            table.insert(*id, InFlight { access, since });
+            let departed = check.opt_time(field("departed_ns"), *departed_ns)?;
+            if departed.is_some_and(|d| d < since) {
+                return Err(RestoreError::BadValue {
+                    field: field("departed_ns"),
+                    value: departed_ns.unwrap_or_default(),
+                });
+            }
+            table.insert(
+                *id,
+                InFlight {
+                    access,
+                    since,
+                    departed,
+                },
+            );
         }
         Ok(Self {
             next_id: (*next_id).max(1),
@@ -288,7 +332,8 @@ mod tests {
         assert_eq!(t.len(), 1);
     }
 
-    /// Only accesses to departed functions go stale, and only after the timeout.
+    /// Only accesses to departed functions go stale, and only the timeout after their
+    /// departure was noted (however long they were in flight before).
     #[test]
     fn stale_only_when_departed_and_old() {
         let mut t = AccessTable::new();
@@ -296,17 +341,19 @@ mod tests {
         let _ = t.start(read(2), Duration::ZERO, 8);
         let departed = |s: WinSlot| s == WinSlot::from_raw(2);
         let timeout = Duration::from_secs(1);
-        assert_eq!(t.deadline(Duration::ZERO, timeout, departed), Some(timeout));
-        assert!(
-            t.stale(Duration::from_millis(999), timeout, departed)
-                .is_empty()
-        );
-        let stale = t.stale(timeout, timeout, departed);
+        let at = Duration::from_secs(5);
+        assert_eq!(t.deadline(at, timeout), None);
+        assert!(t.stale(at, timeout).is_empty(), "nothing departed yet");
+        assert!(t.note_departures(at, departed));
+        assert!(!t.note_departures(at + timeout, departed), "noted once");
+        assert_eq!(t.deadline(at, timeout), Some(at + timeout));
+        assert!(t.stale(at + Duration::from_millis(999), timeout).is_empty());
+        let stale = t.stale(at + timeout, timeout);
         assert_eq!(stale.len(), 1);
         for id in stale {
             assert_eq!(t.finish(id).map(|a| a.slot()), Some(WinSlot::from_raw(2)));
         }
         assert_eq!(t.len(), 1);
-        assert_eq!(t.deadline(timeout, timeout, departed), None);
+        assert_eq!(t.deadline(at + timeout, timeout), None);
     }
 }

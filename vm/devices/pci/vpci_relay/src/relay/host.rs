@@ -382,11 +382,12 @@ impl BusRelay {
         };
         self.out.emit(RelayEvent::HostLost { rescinded });
         // Nobody will answer what is outstanding: answer it now. (Config accesses in flight
-        // are the caller's to finish; they no longer hold the bus.)
+        // are the caller's to finish: the guest still sits in each, so each holds the bus
+        // until it is done or, its function departed with the host, given up after
+        // `departed_request_timeout`.)
         for id in self.requests.live_ids() {
             self.answer_forwarded_locally(id);
         }
-        self.accesses.clear();
         self.changes.host_relations = None;
         for slot in self.functions.slots() {
             let Some(f) = self.functions.get_mut(slot) else {

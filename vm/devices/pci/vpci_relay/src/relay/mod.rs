@@ -79,42 +79,6 @@ impl HostLink {
     }
 }
 
-/// What waits on the host for a function, as the request and access tables list it: a key,
-/// since when, and the function (if it names one).
-pub(crate) type Waiting<K> = (K, Duration, Option<WinSlot>);
-
-/// The keys of what has waited `timeout` for a function that has `departed` (a host that
-/// removed the device may never answer it).
-pub(crate) fn overdue_for_departed<K>(
-    waiting: impl Iterator<Item = Waiting<K>>,
-    now: Duration,
-    timeout: Duration,
-    departed: impl Fn(WinSlot) -> bool,
-) -> Vec<K> {
-    waiting
-        .filter(|(_, since, slot)| {
-            now >= since.saturating_add(timeout) && slot.is_some_and(&departed)
-        })
-        .map(|(key, _, _)| key)
-        .collect()
-}
-
-/// When the next of `waiting` for a departed function will have waited `timeout`, after
-/// `now`.
-pub(crate) fn next_overdue_for_departed<K>(
-    waiting: impl Iterator<Item = Waiting<K>>,
-    now: Duration,
-    timeout: Duration,
-    departed: impl Fn(WinSlot) -> bool,
-) -> Option<Duration> {
-    earliest_after(
-        now,
-        waiting
-            .filter(|(_, _, slot)| slot.is_some_and(&departed))
-            .map(|(_, since, _)| Some(since.saturating_add(timeout))),
-    )
-}
-
 /// The earliest of `times` that is still ahead of `now`.
 pub(crate) fn earliest_after(
     now: Duration,
@@ -254,8 +218,7 @@ impl BusRelay {
         let departed = safeguards
             .local_answers
             .then(|| requests.deadline(now, config.departed_request_timeout, |s| self.departed(s)));
-        let abandoned =
-            accesses.deadline(now, config.departed_request_timeout, |s| self.departed(s));
+        let abandoned = accesses.deadline(now, config.departed_request_timeout);
         [
             changes.deadline(now, max_hold, bus_quiet, guest.survey_requested()),
             functions.deadline(now, settle, max_hold, &changes.ejects, bus_quiet),

@@ -89,13 +89,24 @@ impl BusRelay {
     }
 
     /// Gives up on config accesses to departed functions that the device has left
-    /// unanswered for `departed_request_timeout`, as for requests: they stop holding the bus.
+    /// unanswered for `departed_request_timeout` since the departure, as for requests: they
+    /// stop holding the bus. (Counted from the departure, not from the access: a read the
+    /// device was slow on while the function was the host's still holds the bus that long
+    /// after the host removes it.)
     fn abandon_stale_accesses(&mut self) -> bool {
         if self.accesses.idle() {
             return false;
         }
+        let now = self.now;
+        let departed: Vec<WinSlot> = self
+            .accesses
+            .slots()
+            .filter(|&s| self.departed(s))
+            .collect();
+        self.accesses
+            .note_departures(now, |s| departed.contains(&s));
         let timeout = self.config.departed_request_timeout;
-        let stale = self.accesses.stale(self.now, timeout, |s| self.departed(s));
+        let stale = self.accesses.stale(now, timeout);
         for &id in &stale {
             if let Some(a) = self.accesses.finish(id) {
                 self.out

@@ -142,7 +142,13 @@ impl RequestTable {
         timeout: Duration,
         departed: impl Fn(WinSlot) -> bool,
     ) -> Vec<u64> {
-        super::overdue_for_departed(self.waiting(), now, timeout, departed)
+        self.live
+            .iter()
+            .filter(|(_, r)| {
+                now >= r.sent_at.saturating_add(timeout) && r.slot.is_some_and(&departed)
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// When the next request for a departed function will have waited `timeout`, after
@@ -153,12 +159,13 @@ impl RequestTable {
         timeout: Duration,
         departed: impl Fn(WinSlot) -> bool,
     ) -> Option<Duration> {
-        super::next_overdue_for_departed(self.waiting(), now, timeout, departed)
-    }
-
-    /// The live requests as what waits on the host.
-    fn waiting(&self) -> impl Iterator<Item = super::Waiting<u64>> + '_ {
-        self.live.iter().map(|(id, r)| (*id, r.sent_at, r.slot))
+        self.live
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.slot.is_some_and(&departed))
+            .map(|r| r.sent_at.saturating_add(timeout))
+            .filter(|&t| t > now)
+            .min()
     }
 
     /// Requests the host still owes.

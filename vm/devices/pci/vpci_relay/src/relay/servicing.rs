@@ -191,10 +191,10 @@ impl BusRelay {
                     "with the host lost, it owes nothing",
                 ));
             }
-            if !accesses.idle() {
+            if !accesses.all_departed() {
                 return Err(illegal(
                     "accesses.in_flight",
-                    "with the host lost, no access holds the bus",
+                    "with the host lost, every access's function has departed",
                 ));
             }
             if changes.host_relations.is_some() {

@@ -35,4 +35,9 @@ pub struct SavedAccess {
     /// When it was forwarded, in nanoseconds.
     #[prost(uint64, tag = "7")]
     pub since_ns: u64,
+    /// When the relay first saw its function departed, in nanoseconds (absent while the
+    /// function is still the host's; a state saved before this field restores as if the
+    /// departure were seen at the restore).
+    #[prost(uint64, optional, tag = "8")]
+    pub departed_ns: Option<u64>,
 }

@@ -12,6 +12,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod accesses;
 pub mod decode;
 pub mod promises;
 pub mod relay;

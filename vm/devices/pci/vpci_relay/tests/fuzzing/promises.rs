@@ -5,15 +5,24 @@
 //! `max_hold`) and a conformant guest (Linux's probe path without its races) that takes its
 //! time. The bytes choose the host's actions, every delay, and when time passes.
 //!
+//! The guest also reads and writes config space through the window when the bytes say so,
+//! and the device reports each access the relay forwarded done at a later step the bytes
+//! choose, or not within the program ([`super::accesses`]).
+//!
 //! Checked after every step: at most one EJECT outstanding at the guest; no EJECT reaches
-//! the guest while its probe waits on an answer; nothing malformed reaches either peer; no
-//! completion the guest never asked for, none twice; the relay's tables within bounds. At
+//! the guest while its probe waits on an answer; no EJECT or relations change reaches it
+//! while a config access the relay forwarded is in flight (unless the host is lost, or the
+//! access's function departed `departed_request_timeout` ago, when the relay may give it
+//! up, and only then); nothing malformed reaches either peer; no completion the guest never
+//! asked for, none twice; the relay's tables within bounds (the accesses table counting
+//! exactly the accesses neither done nor given up, within its limit). At
 //! quiescence: every guest request and every host EJECT answered exactly once (each EJECT
 //! within the host's 60 s), the guest holds exactly the host's functions with their
 //! identities, the bus kept, no request left in the relay's tables, nothing counted
 //! malformed.
 
 use super::Source;
+use super::accesses::Accesses;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 use vmbus_channel::{Packet, PacketKind, padded};
@@ -22,7 +31,7 @@ use vpci_protocol::wire::FunctionDescription2;
 use vpci_protocol::*;
 use vpci_relay::*;
 
-const SLOTS: u8 = 3;
+pub const SLOTS: u8 = 3;
 const HOST_BUDGET: Duration = Duration::from_secs(60);
 const HOST_DELAYS: [Duration; 4] = [
     Duration::ZERO,
@@ -326,6 +335,8 @@ struct World {
     /// Everything the relay put out, in order (kept only when `record` is on).
     trace: Vec<String>,
     record: bool,
+    /// The guest's config accesses the relay forwarded, until the device reports them done.
+    accesses: Accesses,
 }
 
 impl World {
@@ -336,7 +347,10 @@ impl World {
             }
             match t {
                 Transmit::ToHost(p) => self.host.receive(self.now, p, &mut self.delays),
-                Transmit::ToGuest(p) => self.guest.receive(self.now, p, &mut self.delays),
+                Transmit::ToGuest(p) => {
+                    self.check_change(&p);
+                    self.guest.receive(self.now, p, &mut self.delays)
+                }
                 Transmit::CloseGuest => panic!("the guest's bus was closed"),
             }
         }
@@ -344,8 +358,15 @@ impl World {
             if self.record {
                 self.trace.push(format!("{:?} {e:?}", self.now));
             }
-            if let RelayEvent::Malformed { side, fault } = e {
-                self.malformed.push(format!("{side:?}: {fault}"));
+            match e {
+                RelayEvent::Malformed { side, fault } => {
+                    self.malformed.push(format!("{side:?}: {fault}"));
+                }
+                RelayEvent::AccessAbandoned { slot } => {
+                    let timeout = RelayConfig::default().departed_request_timeout;
+                    self.accesses.abandoned(self.now, slot, timeout);
+                }
+                _ => {}
             }
         }
         while let Some(b) = self.relay.poll_backing() {
@@ -355,6 +376,50 @@ impl World {
         }
         assert!(self.relay.functions().count() <= usize::from(SLOTS));
         assert!(self.relay.requests_outstanding() <= self.guest.waiting.len());
+        let limit = RelayConfig::default().limits.max_accesses_in_flight;
+        self.accesses.check_table(&self.relay, limit);
+    }
+
+    /// A packet the relay sends the guest: if it is an EJECT, or relations that change what
+    /// the guest holds, no access the relay forwarded may be in flight.
+    fn check_change(&self, p: &Packet) {
+        if p.kind != PacketKind::InBand || self.accesses.idle() {
+            return;
+        }
+        let what = match decode(&p.payload, Sender::Host, ProtocolVersion::V1_4) {
+            Ok(Message::Eject(e)) => format!("EJECT({})", e.body.wslot.device()),
+            Ok(Message::BusRelations2(r)) => {
+                let listed: BTreeMap<u8, u32> = r
+                    .functions
+                    .iter()
+                    .map(|d| (d.wslot.device(), d.ser.get()))
+                    .collect();
+                if listed == self.guest.held {
+                    return;
+                }
+                format!("relations {listed:?}")
+            }
+            _ => return,
+        };
+        let timeout = RelayConfig::default().departed_request_timeout;
+        let host_up = self.relay.host_link() == HostLink::Up;
+        self.accesses
+            .change_reaches_guest(self.now, &what, host_up, timeout);
+    }
+
+    /// The device reports done what is due at `step` (everything still in flight: `None`).
+    fn accesses_done(&mut self, step: Option<usize>) {
+        let due = self.accesses.due(step);
+        if due.is_empty() {
+            return;
+        }
+        for (id, value) in due {
+            self.relay.handle_config_done(self.now, id, value);
+        }
+        self.pump();
+        if self.service {
+            self.service_now();
+        }
     }
 
     /// Servicing at this instant: the relay saved, encoded, and restored from the bytes.
@@ -392,6 +457,7 @@ impl World {
         }
         self.pump();
         for p in queued {
+            self.accesses.host_packet(self.now, &p);
             self.relay.handle_host(self.now, p);
             self.pump();
             if self.service {
@@ -414,6 +480,7 @@ impl World {
             self.now = self.now.max(next);
             if host_next == Some(next) {
                 let (_, p) = self.host.out.0.pop_front().unwrap();
+                self.accesses.host_packet(self.now, &p);
                 self.relay.handle_host(self.now, p);
             } else if guest_next == Some(next) {
                 let (_, p) = self.guest.out.0.pop_front().unwrap();
@@ -470,6 +537,7 @@ pub fn run_with(data: &[u8], servicing: Servicing) -> Outcome {
         service: servicing.every_input,
         trace: Vec::new(),
         record: servicing.record,
+        accesses: Accesses::default(),
     };
     w.guest.request(
         Duration::ZERO,
@@ -484,8 +552,22 @@ pub fn run_with(data: &[u8], servicing: Servicing) -> Outcome {
                 w.stop(window);
             }
         }
+        w.accesses_done(Some(steps));
         let b = src.byte();
         let dev = (b >> 4) % SLOTS;
+        // Bit 3 set: the guest reads (bit 0 clear) or writes config space of slot `dev`
+        // through the window; the next bytes choose offset, width, value and when the
+        // device reports it done.
+        if b & 8 != 0 {
+            w.accesses.start(&mut w.relay, w.now, steps, b, &mut src);
+            w.pump();
+            if w.service {
+                w.service_now();
+            }
+            w.run_until(w.now);
+            steps += 1;
+            continue;
+        }
         match b % 8 {
             // Let time pass: from a moment to past every hold.
             0..=2 => {
@@ -499,6 +581,9 @@ pub fn run_with(data: &[u8], servicing: Servicing) -> Outcome {
         w.run_until(w.now);
         steps += 1;
     }
+    // The device answers what it still owes (an access it never answered would hold the
+    // bus, rightly, for ever).
+    w.accesses_done(None);
     for _ in 0..20 {
         w.run_until(w.now + Duration::from_secs(120));
     }
@@ -524,6 +609,7 @@ pub fn run_with(data: &[u8], servicing: Servicing) -> Outcome {
         "a guest request answered twice"
     );
     assert_eq!(w.relay.requests_outstanding(), 0);
+    assert_eq!(w.relay.accesses_in_flight(), 0, "accesses left in flight");
     assert_eq!(w.relay.host_requests_outstanding(), 0);
     assert!(
         w.malformed.is_empty(),

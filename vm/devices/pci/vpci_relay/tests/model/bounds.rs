@@ -46,6 +46,10 @@ pub struct Bounds {
     /// Times the guest's eject work stalls (its driver's remove path is slow) while time
     /// passes, before it sends EJECTION_COMPLETE.
     pub guest_stalls: u8,
+    /// Config reads the guest's devices take their time over (time passes while the guest
+    /// sits in one; the device answers when it likes, or never within the bound). Every
+    /// other read is answered before time moves, but host actions may come first.
+    pub slow_reads: u8,
     /// Whether slot 2 is present at boot too (otherwise only slot 1 is).
     pub two_at_boot: bool,
 }
@@ -68,6 +72,29 @@ impl Bounds {
         slows: 0,
         stales: 0,
         guest_stalls: 0,
+        slow_reads: 0,
+        two_at_boot: false,
+    };
+
+    /// Slow config reads: the teeth's host and a rescind, one config read the device takes
+    /// its time over (the rescind once let a held EJECT reach a guest still in the slow read:
+    /// `host_loss_during_slow_read_lets_a_held_eject_in`).
+    pub const SLOW_READ: Self = Self {
+        relations: 3,
+        ejects: 2,
+        adds: 1,
+        drops: 0,
+        ignores: 0,
+        late_answers: 0,
+        rescinds: 1,
+        request_limit: 4,
+        remembered_answers: 4,
+        relist: false,
+        free_ejects: false,
+        slows: 0,
+        stales: 0,
+        guest_stalls: 0,
+        slow_reads: 1,
         two_at_boot: false,
     };
 
@@ -90,6 +117,7 @@ impl Bounds {
         slows: 0,
         stales: 1,
         guest_stalls: 0,
+        slow_reads: 0,
         two_at_boot: false,
     };
 
@@ -111,6 +139,7 @@ impl Bounds {
         slows: 1,
         stales: 0,
         guest_stalls: 1,
+        slow_reads: 0,
         two_at_boot: false,
     };
 
@@ -131,6 +160,7 @@ impl Bounds {
         slows: 0,
         stales: 1,
         guest_stalls: 0,
+        slow_reads: 0,
         two_at_boot: false,
     };
 
@@ -150,6 +180,7 @@ impl Bounds {
         slows: 0,
         stales: 1,
         guest_stalls: 0,
+        slow_reads: 0,
         two_at_boot: true,
     };
 
@@ -170,6 +201,7 @@ impl Bounds {
         slows: 0,
         stales: 0,
         guest_stalls: 0,
+        slow_reads: 0,
         two_at_boot: false,
     };
 
@@ -191,6 +223,7 @@ impl Bounds {
         slows: 1,
         stales: 1,
         guest_stalls: 1,
+        slow_reads: 0,
         two_at_boot: false,
     };
 
@@ -210,6 +243,7 @@ impl Bounds {
         slows: 1,
         stales: 1,
         guest_stalls: 0,
+        slow_reads: 0,
         two_at_boot: true,
     };
 }
@@ -226,6 +260,8 @@ impl Bounds {
             EJECT_AFTER_RELIST => self.ejects > 1 && self.adds > 0 && self.relist,
             GUEST_STALLED => self.guest_stalls > 0,
             MAX_HOLD_REACHED | MOVED_ON => self.guest_stalls > 0,
+            SLOW_READ => self.slow_reads > 0,
+            READ_OUTLIVED_DEVICE => self.ejects > 0,
             _ => true,
         }
     }

@@ -4,12 +4,13 @@
 //! callback, and the races of the catalogue as failures.
 
 use super::Step;
+use super::reads::{Read, Reader};
 use super::state::Back;
 use super::wire::{Ident, Input, Note, Req, ident_of, ident_of_v1, slot_dev};
+use super::work::{Running, Work};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use vmbus_channel::{Packet, PacketKind};
 use vpci_protocol::{Message, ProtocolVersion, Sender, Status, decode};
-use vpci_relay::ConfigAction;
 
 /// Why the guest crashed (or would have).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +33,11 @@ pub enum Failure {
     /// C7: a config access to a gone device that the relay forwarded to it (or to the device
     /// that replaced it in the slot).
     C7ConfigFault(u8),
+    /// An EJECT or a relations change reached the guest while one of its vCPUs sat in a
+    /// config read of this slot that the relay had forwarded to the device and still counted
+    /// in flight: the probe or driver work the read belongs to is mid-way (root-bus scan,
+    /// driver probe, driver removal), and 6.2 acts on the change under it.
+    ChangeDuringAccess(u8),
 }
 
 /// The probe path (hv_pci_probe).
@@ -55,6 +61,8 @@ pub enum Probe {
     WaitAssigned(u8),
     /// Root-bus creation next (scans config space, starts drivers).
     CreateRootBus,
+    /// Root-bus creation waits in a config read of this slot (the device has not answered).
+    RootBusRead(u8),
     /// The bus is installed.
     Done,
 }
@@ -66,6 +74,8 @@ pub enum Driver {
     None,
     /// Probing: about to read config/BARs and compose its MSI.
     Probe,
+    /// Probing, waiting in its config read (the device has not answered).
+    Reading,
     /// CREATE_INTERRUPT_MESSAGE2 outstanding; busy-polling.
     WaitInterrupt,
     /// Bound, interrupt unmasked.
@@ -83,28 +93,6 @@ pub struct Child {
     pub driver: Driver,
     /// Marked ejecting by the channel callback.
     pub ejecting: bool,
-}
-
-/// A work item on the bus's ordered workqueue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Work {
-    /// `pci_devices_present_work`.
-    Relations,
-    /// `hv_eject_device_work`.
-    Eject(u8),
-}
-
-/// The work item running.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Running {
-    /// Relations work: functions still to query, the one being queried, those linked.
-    Relations {
-        todo: Vec<(u8, Ident)>,
-        waiting: Option<(u8, Ident)>,
-        added: Vec<u8>,
-    },
-    /// Eject work, the driver removed; EJECTION_COMPLETE next.
-    EjectRemoved(u8),
 }
 
 /// A host change the guest is working on (for G1).
@@ -178,6 +166,8 @@ pub struct Guest {
     /// Its eject work is stalled: the guest is stuck in its own work on its current change
     /// (until that eject work ends).
     pub stuck: bool,
+    /// The config read a vCPU sits in (at most one: the config lock).
+    pub read: Option<Read>,
 }
 
 impl Guest {
@@ -201,10 +191,11 @@ impl Guest {
             beyond: false,
             stalls: 0,
             stuck: false,
+            read: None,
         }
     }
 
-    fn fail(&mut self, f: Failure) {
+    pub(super) fn fail(&mut self, f: Failure) {
         self.failure.get_or_insert(f);
     }
 
@@ -233,27 +224,41 @@ impl Guest {
         if self.closed || self.failure.is_some() || self.beyond {
             return v;
         }
-        if matches!(
-            self.probe,
-            Probe::Start
-                | Probe::SendSurvey
-                | Probe::SendD0
-                | Probe::AssignNext
-                | Probe::CreateRootBus
-        ) {
+        // A step that reads config space waits while another context's read is in flight.
+        let reading = self.read.is_some();
+        let probe = match self.probe {
+            Probe::Start | Probe::SendSurvey | Probe::SendD0 | Probe::AssignNext => true,
+            Probe::CreateRootBus => !reading,
+            _ => false,
+        };
+        if probe {
             v.push(GuestStep::Probe);
         }
         let work = match &self.running {
-            None => !self.queue.is_empty(),
+            None => match self.queue.front() {
+                None => false,
+                // Removing a driver reads its config space.
+                Some(Work::Eject(s)) => {
+                    !reading
+                        || self
+                            .children
+                            .get(s)
+                            .is_none_or(|c| c.driver == Driver::None)
+                }
+                Some(Work::Relations) => true,
+            },
             Some(Running::Relations { waiting, .. }) => waiting.is_none(),
+            Some(Running::EjectReading(_)) => false,
             Some(Running::EjectRemoved(_)) => true,
         };
         if work {
             v.push(GuestStep::Work);
         }
-        for (&s, c) in &self.children {
-            if c.driver == Driver::Probe {
-                v.push(GuestStep::Driver(s));
+        if !reading {
+            for (&s, c) in &self.children {
+                if c.driver == Driver::Probe {
+                    v.push(GuestStep::Driver(s));
+                }
             }
         }
         v
@@ -335,6 +340,7 @@ impl Step {
             }
         }
         if real_change {
+            self.change_during_read();
             if let Some(c) = self.s.guest.change {
                 let what = format!("relations {list:?} while on {c:?}");
                 self.second_change(what);
@@ -368,6 +374,7 @@ impl Step {
 
     fn guest_eject(&mut self, s: u8) {
         self.note(format!("guest<-EJECT({s})"));
+        self.change_during_read();
         if let Some(c) = self.s.guest.change {
             self.second_change(format!("EJECT({s}) while on {c:?}"));
         }
@@ -380,10 +387,12 @@ impl Step {
         // Settled at the guest: the function is linked (its requirements were queried) and
         // its driver is not setting up its interrupt (the probe path being done, so resources
         // were assigned where it assigns them, is the property above).
-        let settled = g
-            .children
-            .get(&s)
-            .is_some_and(|c| !matches!(c.driver, Driver::Probe | Driver::WaitInterrupt));
+        let settled = g.children.get(&s).is_some_and(|c| {
+            !matches!(
+                c.driver,
+                Driver::Probe | Driver::Reading | Driver::WaitInterrupt
+            )
+        });
         if !settled && g.probe == Probe::Done {
             self.s.seen.g2.get_or_insert(s);
         }
@@ -490,7 +499,7 @@ impl Step {
         self.s.guest.closed = true;
     }
 
-    fn request(&mut self, req: Req, ident: Option<Ident>, waiter: Waiter) {
+    pub(super) fn request(&mut self, req: Req, ident: Option<Ident>, waiter: Waiter) {
         let g = &mut self.s.guest;
         // The lowest id not in use: ids only need to be distinct among outstanding requests,
         // and reusing them lets states that differ only in history merge.
@@ -503,11 +512,11 @@ impl Step {
         self.origin = None;
     }
 
-    fn child_ident(&self, s: u8) -> Option<Ident> {
+    pub(super) fn child_ident(&self, s: u8) -> Option<Ident> {
         self.s.guest.children.get(&s).map(|c| c.ident)
     }
 
-    fn bar_read(&mut self, s: u8) {
+    pub(super) fn bar_read(&mut self, s: u8) {
         let Some(ident) = self.child_ident(s) else {
             return;
         };
@@ -517,30 +526,30 @@ impl Step {
         }
     }
 
-    fn config_read(&mut self, s: u8) {
-        let ident = self.child_ident(s);
-        let action = self.input(Input::ConfigRead(s));
-        if matches!(action, Some(ConfigAction::Forward(_)))
-            && !ident.is_some_and(|i| self.s.host.mapped(s, i))
-        {
-            self.s.guest.fail(Failure::C7ConfigFault(s));
-        }
-    }
-
     pub(super) fn guest_step(&mut self, step: GuestStep) {
         match step {
             GuestStep::Probe => self.probe_step(),
             GuestStep::Work => self.work_step(),
             GuestStep::Driver(s) => {
-                self.config_read(s);
-                self.bar_read(s);
-                if let Some(c) = self.s.guest.children.get_mut(&s) {
-                    c.driver = Driver::WaitInterrupt;
+                if self.config_read(s, Reader::Driver) {
+                    if let Some(c) = self.s.guest.children.get_mut(&s) {
+                        c.driver = Driver::Reading;
+                    }
+                } else {
+                    self.driver_after_read(s);
                 }
-                let ident = self.child_ident(s);
-                self.request(Req::Interrupt(s), ident, Waiter::Driver(s));
             }
         }
+    }
+
+    /// A driver's probe after its config read: read the BARs, ask for an interrupt.
+    pub(super) fn driver_after_read(&mut self, s: u8) {
+        self.bar_read(s);
+        if let Some(c) = self.s.guest.children.get_mut(&s) {
+            c.driver = Driver::WaitInterrupt;
+        }
+        let ident = self.child_ident(s);
+        self.request(Req::Interrupt(s), ident, Waiter::Driver(s));
     }
 
     fn probe_step(&mut self) {
@@ -577,132 +586,8 @@ impl Step {
                     None => self.s.guest.probe = Probe::CreateRootBus,
                 }
             }
-            Probe::CreateRootBus => {
-                let mut slots: BTreeSet<u8> = self.s.guest.children.keys().copied().collect();
-                slots.extend(self.s.guest.probe_children.iter().copied());
-                for s in slots {
-                    if self.s.guest.ejected_early.contains(&s) {
-                        self.s.guest.fail(Failure::C3TouchedEjected(s));
-                        return;
-                    }
-                    self.config_read(s);
-                    if let Some(c) = self.s.guest.children.get_mut(&s) {
-                        c.driver = Driver::Probe;
-                    }
-                }
-                self.s.guest.probe = Probe::Done;
-            }
+            Probe::CreateRootBus => self.scan_root_bus(None),
             _ => {}
         }
-    }
-
-    fn work_step(&mut self) {
-        let running = self.s.guest.running.take();
-        match running {
-            None => {
-                let Some(w) = self.s.guest.queue.pop_front() else {
-                    return;
-                };
-                match w {
-                    Work::Relations => {
-                        self.s.guest.record_changes = false;
-                        let Some(list) = self.s.guest.record.take() else {
-                            return; // collapsed into an earlier run
-                        };
-                        let g = &mut self.s.guest;
-                        // Linux matches a listed function to a child by slot, vendor, device
-                        // id and serial: a child not matched is unlinked with its driver
-                        // still bound.
-                        let dropped: Vec<u8> = g
-                            .held()
-                            .into_iter()
-                            .filter(|f| !list.contains(f))
-                            .map(|(s, _)| s)
-                            .collect();
-                        if let Some(&d) = dropped.first() {
-                            g.fail(Failure::C4Dropped(d));
-                            return;
-                        }
-                        let held = g.held();
-                        let todo: Vec<(u8, Ident)> =
-                            list.iter().copied().filter(|f| !held.contains(f)).collect();
-                        self.relations_continue(todo, Vec::new());
-                    }
-                    Work::Eject(s) => self.eject_start(s),
-                }
-            }
-            Some(Running::Relations { todo, added, .. }) => self.relations_continue(todo, added),
-            Some(Running::EjectRemoved(s)) => {
-                self.eject_finish(s);
-            }
-        }
-    }
-
-    fn relations_continue(&mut self, mut todo: Vec<(u8, Ident)>, added: Vec<u8>) {
-        if !todo.is_empty() {
-            let (s, ident) = todo.remove(0);
-            self.s.guest.running = Some(Running::Relations {
-                todo,
-                waiting: Some((s, ident)),
-                added,
-            });
-            self.request(Req::Requirements(s), Some(ident), Waiter::Work);
-            return;
-        }
-        let g = &mut self.s.guest;
-        if g.probe == Probe::Done {
-            // Installed: rescan; drivers probe the new functions.
-            for s in &added {
-                if let Some(c) = g.children.get_mut(s) {
-                    c.driver = Driver::Probe;
-                }
-            }
-        } else if g.survey_waiting {
-            // survey_child_resources: wake the probe path.
-            g.survey_waiting = false;
-            g.surveyed = true;
-            g.probe_children = g.children.keys().copied().collect();
-            if g.probe == Probe::WaitSurvey {
-                g.probe = Probe::SendD0;
-            }
-        } else if let Some(&s) = added.first() {
-            if g.surveyed {
-                g.fail(Failure::C4AddedDuringProbe(s));
-            }
-        }
-    }
-
-    fn eject_start(&mut self, s: u8) {
-        let g = &mut self.s.guest;
-        let Some(c) = g.children.get(&s).copied() else {
-            return;
-        };
-        if c.driver == Driver::None {
-            // No pci_dev (no root bus yet): complete at once.
-            if g.probe != Probe::Done {
-                g.ejected_early.insert(s);
-            }
-            self.eject_finish(s);
-            return;
-        }
-        // The driver's remove path: free the interrupt, read device registers.
-        self.s.seen.driver_removed = true;
-        if c.driver == Driver::Bound {
-            self.input(Input::GuestNote(Note::DeleteInterrupt(s)));
-        }
-        self.bar_read(s);
-        self.config_read(s);
-        self.s.guest.running = Some(Running::EjectRemoved(s));
-    }
-
-    fn eject_finish(&mut self, s: u8) {
-        let g = &mut self.s.guest;
-        g.stuck = false;
-        g.children.remove(&s);
-        g.running = None;
-        if g.change == Some(Change::Eject(s)) {
-            g.change = None;
-        }
-        self.input(Input::GuestNote(Note::EjectionComplete(s)));
     }
 }

@@ -101,6 +101,8 @@ pub struct Host {
     pub slows: u8,
     /// Stale relations messages sent so far.
     pub stales: u8,
+    /// Config reads its devices were slow on so far.
+    pub slow_reads: u8,
     /// An EJECTION_COMPLETE arrived for a slot that was owed none.
     pub stray_ejection_complete: Option<u8>,
 }
@@ -125,6 +127,7 @@ impl Host {
             late_answers: 0,
             slows: 0,
             stales: 0,
+            slow_reads: 0,
             stray_ejection_complete: None,
         }
     }

@@ -5,9 +5,12 @@
 //! - `wire.rs`: the packets both sides exchange with the relay;
 //! - `host.rs`: the host (slots, identities, owed EJECTION_COMPLETEs, forwarded requests);
 //! - `guest.rs`: the Linux 6.2 guest and the races it can die of;
+//! - `work.rs`: the guest's ordered workqueue (relations and eject work);
+//! - `reads.rs`: the guest's config reads, which the device answers in an action of its own;
 //! - `state.rs`: the state (the relay itself plus both sides) and the actions;
 //! - `props.rs`: the properties;
 //! - `scenarios.rs`: scripted scenarios, one per counterexample the checker found;
+//! - `read_scenarios.rs`: the same for config reads the device is slow on;
 //! - `bounds.rs`: how far the host (and the guest) may go, and the named bounds;
 //! - this file: one step of the model, and helpers for scripted scenarios.
 
@@ -17,16 +20,21 @@ mod bounds;
 mod guest;
 mod host;
 mod props;
+mod read_scenarios;
+mod reads;
 mod scenarios;
 mod state;
 mod wire;
+mod work;
 
 pub use bounds::*;
 pub use guest::*;
 pub use host::*;
 pub use props::*;
+pub use reads::Reader;
 pub use state::*;
 pub use wire::{Ident, Req};
+pub use work::Running;
 
 use stateright::{Model, Property};
 use std::time::Duration;
@@ -189,12 +197,18 @@ impl RelayModel {
         next
     }
 
-    /// Lets the guest run until every context waits.
+    /// Lets the guest run until every context waits (the device answering its config reads
+    /// at once).
     pub fn run_guest(&self, mut s: State) -> State {
-        while let Some(&g) = s.guest.runnable().first() {
-            s = self.step(&s, Action::Guest(g));
+        loop {
+            if let Some(&g) = s.guest.runnable().first() {
+                s = self.step(&s, Action::Guest(g));
+            } else if s.guest.read.is_some() {
+                s = self.step(&s, Action::DeviceAnswer);
+            } else {
+                return s;
+            }
         }
-        s
     }
 
     /// Lets the guest run and time pass (while the host owes nothing) until the guest waits
@@ -203,9 +217,12 @@ impl RelayModel {
         loop {
             let mut enabled = Vec::new();
             self.actions(&s, &mut enabled);
-            let next = enabled
-                .into_iter()
-                .find(|a| matches!(a, Action::Guest(_) | Action::AdvanceTime));
+            let next = enabled.into_iter().find(|a| {
+                matches!(
+                    a,
+                    Action::Guest(_) | Action::DeviceAnswer | Action::AdvanceTime
+                )
+            });
             match next {
                 Some(a) => s = self.step(&s, a),
                 None => return s,
@@ -232,7 +249,10 @@ impl RelayModel {
             let mut enabled = Vec::new();
             self.actions(&s, &mut enabled);
             let next = enabled.into_iter().find(|a| match a {
-                Action::Guest(_) | Action::AdvanceTime | Action::HostSlowAnswer { .. } => true,
+                Action::Guest(_)
+                | Action::DeviceAnswer
+                | Action::AdvanceTime
+                | Action::HostSlowAnswer { .. } => true,
                 Action::HostComplete { outcome, .. } => *outcome == Outcome::Success,
                 _ => false,
             });
@@ -368,12 +388,26 @@ impl Model for RelayModel {
             }
             actions.extend(h.slow.keys().map(|&txid| Action::HostSlowAnswer { txid }));
         }
+        // A config read in flight: the device answers it at any time (the service finishes
+        // every forwarded access, after a rescind too), or takes its time.
+        if let Some(r) = &s.guest.read {
+            actions.push(Action::DeviceAnswer);
+            if !r.slow && h.slow_reads < b.slow_reads && r.device_present(h) {
+                actions.push(Action::DeviceSlow);
+            }
+        }
         // Time passes only while the guest waits and the host owes no prompt answer: guest
-        // steps and host answers are quick next to the settle window. (A request the host
-        // answers slowly, or ignores, does not stop the clock.) With `guest_stalls`, the
-        // guest's eject work may also be slow to finish.
+        // steps, host answers and config reads are quick next to the settle window. (A
+        // request the host answers slowly, or ignores, and a read the device is slow on, do
+        // not stop the clock.) With `guest_stalls`, the guest's eject work may also be slow
+        // to finish.
         let stall = !idle && s.guest.may_stall() && s.guest.stalls < b.guest_stalls;
-        if (idle || stall) && (h.pending.is_empty() || h.rescinded) && s.next_time().is_some() {
+        let read_owed = s.guest.read.is_some_and(|r| r.owed_promptly(h));
+        if (idle || stall)
+            && (h.pending.is_empty() || h.rescinded)
+            && !read_owed
+            && s.next_time().is_some()
+        {
             actions.push(Action::AdvanceTime);
         }
     }
@@ -394,7 +428,11 @@ impl Model for RelayModel {
             Action::HostComplete { outcome, .. } => {
                 outcome != Outcome::Ignore && outcome != Outcome::Slow
             }
-            Action::Guest(_) | Action::AdvanceTime | Action::HostStaleRelations => false,
+            Action::Guest(_)
+            | Action::AdvanceTime
+            | Action::HostStaleRelations
+            | Action::DeviceAnswer
+            | Action::DeviceSlow => false,
             _ => true,
         };
         if sends {
@@ -516,8 +554,19 @@ impl Model for RelayModel {
                     ok: true,
                 });
             }
+            Action::DeviceAnswer => st.device_answers(),
+            Action::DeviceSlow => {
+                let r = st.s.guest.read.as_mut()?;
+                r.slow = true;
+                let slot = r.slot;
+                st.s.host.slow_reads += 1;
+                st.note(format!("the device is slow on the read of {slot}"));
+            }
             Action::AdvanceTime => {
                 let t = last.next_time()?;
+                if last.guest.read.is_some() {
+                    st.s.seen.slow_read = true;
+                }
                 if !last.guest.runnable().is_empty() {
                     st.s.guest.stalls += 1;
                     st.s.guest.stuck = true;

@@ -62,6 +62,11 @@ pub const MAX_HOLD_REACHED: &str = "a change ran into max_hold";
 /// Sometimes: the relay delivered the next change to a guest stuck on its last one.
 pub const MOVED_ON: &str = "the relay moved on from a stuck guest";
 
+/// Sometimes: time passed while the guest sat in a config read.
+pub const SLOW_READ: &str = "a device was slow on a config read";
+/// Sometimes: the device answered a config read after the host had removed it.
+pub const READ_OUTLIVED_DEVICE: &str = "a config read was answered after its device left";
+
 /// Every property of the model.
 pub fn properties() -> Vec<Property<RelayModel>> {
     vec![
@@ -113,6 +118,10 @@ pub fn properties() -> Vec<Property<RelayModel>> {
         Property::sometimes(GUEST_STALLED, |_, s: &State| s.seen.guest_stalled),
         Property::sometimes(MAX_HOLD_REACHED, |_, s: &State| s.seen.change_timed_out),
         Property::sometimes(MOVED_ON, |_, s: &State| s.seen.moved_on_from_stuck),
+        Property::sometimes(SLOW_READ, |_, s: &State| s.seen.slow_read),
+        Property::sometimes(READ_OUTLIVED_DEVICE, |_, s: &State| {
+            s.seen.read_outlived_device
+        }),
     ]
 }
 

@@ -5,7 +5,7 @@ use super::*;
 use vpci_relay::Safeguards;
 
 /// Bounds generous enough for the scripted scenarios below.
-const SCRIPT: Bounds = Bounds {
+pub(super) const SCRIPT: Bounds = Bounds {
     relations: 8,
     ejects: 4,
     adds: 4,
@@ -20,6 +20,7 @@ const SCRIPT: Bounds = Bounds {
     slows: 2,
     stales: 2,
     guest_stalls: 2,
+    slow_reads: 2,
     two_at_boot: false,
 };
 
@@ -38,7 +39,7 @@ fn driver_1_waits(m: &RelayModel) -> State {
 }
 
 /// Asserts that `s` is quiescent and that every promise to both peers holds in it.
-fn assert_promises_kept(s: &State) {
+pub(super) fn assert_promises_kept(s: &State) {
     println!("{s:?}");
     assert!(s.quiescent(), "not quiescent: {s:?}");
     assert_eq!(s.guest.failure, None);

@@ -98,6 +98,13 @@ pub struct Seen {
     /// The relay gave up on a change (ran into `max_hold`) while the guest was not stuck in
     /// its own work on it (it was waiting on the host, however slow, or had finished).
     pub gave_up_on_live_guest: Option<String>,
+    /// Time passed while the guest sat in a config read (the device was slow).
+    pub slow_read: bool,
+    /// The device answered a config read after the host had removed it.
+    pub read_outlived_device: bool,
+    /// A change reached the guest while it sat in a config read the relay no longer counted
+    /// (it forgets accesses when the host is lost).
+    pub change_in_forgotten_read: bool,
     /// The guest channel was closed after the host's rescind.
     pub guest_closed_after_rescind: bool,
     /// An eject work removed a driver.
@@ -190,6 +197,7 @@ impl State {
             && self.guest.runnable().is_empty()
             && self.host.pending.is_empty()
             && self.host.slow.is_empty()
+            && self.guest.read.is_none()
             && self.timeout.is_none()
     }
 
@@ -277,6 +285,11 @@ pub enum Action {
     /// A relations message the host built before it processed the latest EJECTION_COMPLETE
     /// reaches the relay (it still lists the function that EJECTION_COMPLETE removed).
     HostStaleRelations,
+    /// The device answers the guest's config read in flight.
+    DeviceAnswer,
+    /// The device takes its time over the guest's config read in flight: time may pass
+    /// before it answers (if it ever does within the bound).
+    DeviceSlow,
     /// The clock moves to the relay's next timer (or the host's EJECT deadline, if sooner).
     AdvanceTime,
 }

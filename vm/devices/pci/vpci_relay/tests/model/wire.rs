@@ -4,7 +4,7 @@
 use vmbus_channel::Packet;
 use vpci_protocol::wire::*;
 use vpci_protocol::*;
-use vpci_relay::{BusRelay, ConfigAccess, ConfigAction};
+use vpci_relay::{AccessId, BusRelay, ConfigAccess, ConfigAction};
 use zerocopy::FromZeros;
 
 /// The vendor id of every function the host model lists.
@@ -32,6 +32,12 @@ pub fn slot_dev(s: WinSlot) -> u8 {
 /// The device id that carries identity `ident`.
 pub fn device_id(ident: Ident) -> u16 {
     0x00b0 + u16::from(ident)
+}
+
+/// The dword at offset 0 of function `ident`'s config space (vendor and device id): what its
+/// device answers to the guest's read.
+pub fn vendor_dword(ident: Ident) -> u32 {
+    u32::from(VENDOR) | (u32::from(device_id(ident)) << 16)
 }
 
 /// The description the host lists for function `ident` in slot `dev`.
@@ -196,13 +202,17 @@ pub enum Input {
     GuestRequest { txid: u64, req: Req },
     /// A guest message without completion.
     GuestNote(Note),
-    /// A 4-byte config read at offset 0 through the window.
+    /// The guest starts a 4-byte config read at offset 0 through the window.
     ConfigRead(u8),
+    /// The device answered the forwarded config access `id` (with the dword it read, or
+    /// nothing when the device is gone).
+    ConfigDone { id: u64, value: Option<u32> },
     /// The relay's timer fired.
     Timeout,
 }
 
-/// Feeds one input to the relay; for a config read, returns what the relay decided.
+/// Feeds one input to the relay; for the start of a config read, returns what the relay
+/// decided.
 pub fn feed(relay: &mut BusRelay, now: std::time::Duration, input: &Input) -> Option<ConfigAction> {
     match input {
         Input::HostRelations(fns) => {
@@ -230,20 +240,19 @@ pub fn feed(relay: &mut BusRelay, now: std::time::Duration, input: &Input) -> Op
         }
         Input::GuestNote(n) => relay.handle_guest(now, Packet::in_band(0, n.payload())),
         Input::ConfigRead(s) => {
-            let action = relay.handle_config_access(
+            // The relay decides at once; a forwarded read is answered later, by its own
+            // input (`ConfigDone`), and the guest's vCPU waits in it meanwhile.
+            return Some(relay.handle_config_access(
                 now,
                 ConfigAccess::Read {
                     slot: wslot(*s),
                     offset: 0,
                     len: 4,
                 },
-            );
-            // The model's device answers a config read at once (a read that takes the host
-            // time is `tests/guarantees.rs`'s `g2_access_in_flight_*`).
-            if let ConfigAction::Forward(id) = action {
-                relay.handle_config_done(now, id, None);
-            }
-            return Some(action);
+            ));
+        }
+        Input::ConfigDone { id, value } => {
+            relay.handle_config_done(now, AccessId::from_raw(*id), *value);
         }
         Input::Timeout => relay.handle_timeout(now),
     }
