@@ -99,7 +99,7 @@ fn mutate(s: &mut SavedRelay, src: &mut Source<'_>) {
         _ => u64::MAX - u64::from(src.byte()),
     };
     let t = time(src);
-    match src.below(14) {
+    match src.below(15) {
         0 => {
             let any = src.u32();
             s.format = src.pick(&[0, 1, 2, any]);
@@ -202,6 +202,26 @@ fn mutate(s: &mut SavedRelay, src: &mut Source<'_>) {
                     transaction_id: u64::from(src.byte()),
                     payload: src.bytes(40),
                 }),
+            });
+        }
+        13 => {
+            // Config accesses in flight: ids around the next one, widths and offsets the
+            // window cannot carry, times ahead or before the access, departures.
+            let a = s.accesses.get_or_insert_with(Default::default);
+            let any = u64::from(src.u16());
+            a.next_id = src.pick(&[0, 1, 9, u64::MAX, any]);
+            a.in_flight.push(SavedAccess {
+                id: u64::from(src.below(12) as u8),
+                write: src.bool(),
+                slot: slot(src),
+                offset: {
+                    let any = src.u32();
+                    src.pick(&[0, 0x10, 0xffc, 0x1000, any])
+                },
+                len: src.below(6) as u32,
+                value: src.u32(),
+                since_ns: t,
+                departed_ns: if src.bool() { Some(time(src)) } else { None },
             });
         }
         _ => {
