@@ -239,9 +239,12 @@ fn host_closes_its_control_connection_holding_an_access() {
     stops_cleanly(&mut rig);
 }
 
-/// (2b) Mid-storm the host holds a guest's access to bus1 (answering it 5 s late) and
-/// closes bus1's ring: the guest, blocked on the access, cannot let bus1 go, so the relay
-/// closes bus1 at `max_hold` (1.5 s). The access still waiting at the host must then be
+/// (2b) Mid-storm the host holds a guest's access to bus1 (answering it 8 s late) and
+/// closes bus1's ring: the guest, blocked on the access, cannot let bus1 go. The relay waits
+/// on the access for `departed_request_timeout` (1 s) after the loss (the guest sits in it),
+/// gives it up, sends the guest its EJECT, and closes bus1 when that EJECT has waited
+/// `max_hold` (1.5 s) unanswered: about 2.5 s after the loss. The access still waiting at
+/// the host must then be
 /// answered by the service, not dropped: the model guest runs every bus on one thread and
 /// gives up on an access after 10 s (taking every bus down), so it closes bus1 long before
 /// the host's late answer only if the service answered it. (Blocking that one thread stalls
@@ -253,7 +256,7 @@ fn host_holds_an_access_while_its_ring_closes() {
         "hold-access",
         &format!(
             "buses=2,functions=1,storm={CYCLES},fault=hold_access,fault_bus=1,\
-             fault_after={FAULT_AFTER},fault_hold_ms=5000"
+             fault_after={FAULT_AFTER},fault_hold_ms=8000"
         ),
         &["--max-hold", "1500ms"],
         "model=6.3",
@@ -261,9 +264,9 @@ fn host_holds_an_access_while_its_ring_closes() {
     rig.host.expect_line(LIMIT, |l| {
         l.starts_with("host fault bus1 hold_access holding an access")
     });
-    // Well before the host's answer at 5 s: the service answered the access when bus1
-    // stopped (at 1.5 s), and the guest went on to see bus1 closed.
-    rig.guest.expect_line(Duration::from_secs(4), |l| {
+    // Well before the host's answer at 8 s: the service answered the access when bus1
+    // stopped (at about 2.5 s), and the guest went on to see bus1 closed.
+    rig.guest.expect_line(Duration::from_secs(6), |l| {
         l.starts_with("guest state bus1 ") && l.contains("closed=1")
     });
     let line = rig
