@@ -227,15 +227,14 @@ fn inspect_watch_follows_an_update() {
     let _ = watch.wait();
 }
 
-/// SIGTERM while an update has every bus stopped (a failpoint holds that moment for a
-/// second): the update gives up with "shutting down", and the service then shuts down in
-/// order (the guest releases its bus) instead of losing the signal with the old image.
-#[test]
-fn a_shutdown_during_an_update_is_not_lost() {
-    let mut rig = start_with_env(
-        "shutdown",
+/// Starts a one-bus rig whose service holds an update at `failpoint` for a second, starts
+/// an update, sends the service SIGTERM while it is held there, and returns the updater's
+/// exit status and output once it has answered.
+fn sigterm_during_update(test: &str, failpoint: &str) -> (Rig, bool, String) {
+    let rig = start_with_env(
+        test,
         "buses=1,functions=1",
-        &[("FAILPOINTS", "update-stopped=sleep(1000)")],
+        &[("FAILPOINTS", &format!("{failpoint}=sleep(1000)"))],
     );
     rig.guest.expect_line(LIMIT, |l| l == "guest probed bus0");
     let control = rig.dir.join("control.sock");
@@ -245,21 +244,39 @@ fn a_shutdown_during_an_update_is_not_lost() {
             .arg(control)
             .output()
             .expect("run openhcl-vpci update");
-        format!(
+        let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        )
+        );
+        (out.status.success(), text)
     });
     std::thread::sleep(Duration::from_millis(400));
     rig.service.signal(rustix::process::Signal::TERM);
-    let text = updater.join().expect("the updater");
-    assert!(text.contains("shutting down"), "{text}");
+    let (ok, text) = updater.join().expect("the updater");
+    (rig, ok, text)
+}
+
+/// The service exits 0 and the guest saw its bus released in order.
+fn shut_down_in_order(rig: &mut Rig) {
     let status = rig.service.wait_exit(LIMIT);
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the service shuts down in order: {status:?}"
+    );
     rig.guest
         .expect_line(LIMIT, |l| l.starts_with("guest released bus0 failed=false"));
-    no_guest_failure(&rig);
+    no_guest_failure(rig);
+}
+
+/// SIGTERM while an update has every bus stopped (a failpoint holds that moment for a
+/// second): the update gives up with "shutting down", and the service then shuts down in
+/// order (the guest releases its bus) instead of losing the signal with the old image.
+#[test]
+fn a_shutdown_during_an_update_is_not_lost() {
+    let (mut rig, _, text) = sigterm_during_update("shutdown", "update-stopped");
+    assert!(text.contains("shutting down"), "{text}");
+    shut_down_in_order(&mut rig);
 }
 
 /// SIGTERM at the very last moment of an update, with the state handed over and the exec
@@ -268,40 +285,9 @@ fn a_shutdown_during_an_update_is_not_lost() {
 /// pending across the exec, the update completes, and the successor shuts down in order.
 #[test]
 fn a_shutdown_at_the_exec_reaches_the_successor() {
-    let mut rig = start_with_env(
-        "shutdown-exec",
-        "buses=1,functions=1",
-        &[("FAILPOINTS", "update-handover=sleep(1000)")],
-    );
-    rig.guest.expect_line(LIMIT, |l| l == "guest probed bus0");
-    let control = rig.dir.join("control.sock");
-    let updater = std::thread::spawn(move || {
-        let out = Command::new(BIN)
-            .args(["update", "--control"])
-            .arg(control)
-            .output()
-            .expect("run openhcl-vpci update");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    });
-    std::thread::sleep(Duration::from_millis(400));
-    rig.service.signal(rustix::process::Signal::TERM);
-    let (ok, text) = updater.join().expect("the updater");
+    let (mut rig, ok, text) = sigterm_during_update("shutdown-exec", "update-handover");
     assert!(ok, "the update completes: {text}");
-    let status = rig.service.wait_exit(LIMIT);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "the successor shuts down in order: {status:?}"
-    );
-    rig.guest
-        .expect_line(LIMIT, |l| l.starts_with("guest released bus0 failed=false"));
-    no_guest_failure(&rig);
+    shut_down_in_order(&mut rig);
 }
 
 /// `inspect --watch | head -1`: once its reader is gone, the next change ends the watch
