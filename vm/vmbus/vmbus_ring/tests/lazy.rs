@@ -5,8 +5,6 @@ mod common;
 
 use common::*;
 use shared_mem::SharedMem;
-use std::sync::Arc;
-use std::time::Duration;
 use vmbus_ring::*;
 
 /// The read index as the writer sees it.
@@ -140,37 +138,6 @@ fn unmask_publishes_and_hands_the_signal_to_the_next_commit() {
     assert!(!reader.commit().unwrap(), "owed once");
 }
 
-/// A doorbell like an eventfd: a ring is remembered until the waiter takes it.
-struct Doorbell {
-    rung: std::sync::Mutex<bool>,
-    cv: std::sync::Condvar,
-}
-
-impl Doorbell {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            rung: std::sync::Mutex::new(false),
-            cv: std::sync::Condvar::new(),
-        })
-    }
-
-    fn ring(&self) {
-        *self.rung.lock().unwrap() = true;
-        self.cv.notify_one();
-    }
-
-    /// Waits for a ring; a wait that times out is a lost wake-up.
-    fn wait(&self, who: &str) {
-        let rung = self.rung.lock().unwrap();
-        let (mut rung, timeout) = self
-            .cv
-            .wait_timeout_while(rung, Duration::from_secs(20), |r| !*r)
-            .unwrap();
-        assert!(!timeout.timed_out(), "{who} was never signalled");
-        *rung = false;
-    }
-}
-
 /// Packet `i`'s payload length: mostly small, so the unpublished bytes of a lazy reader
 /// often sit under its quarter limit, and every seventh packet so large (3400 to 3600 bytes
 /// of a 4096-byte ring) that the writer blocks on space only a publish can give it.
@@ -187,36 +154,10 @@ fn len_of(i: u64) -> usize {
 /// (0: never sleeps). The writer sleeps whenever the ring is full. Neither polls the other's
 /// doorbell: a lost wake-up hangs one side and fails the test by timeout.
 fn stress(count: u64, sleep_every: u64) {
-    let (_, mut writer, mut reader) = lazy_ring();
+    let (_, writer, mut reader) = lazy_ring();
     let reader_bell = Doorbell::new();
     let writer_bell = Doorbell::new();
-    let producer = {
-        let (reader_bell, writer_bell) = (reader_bell.clone(), writer_bell.clone());
-        std::thread::spawn(move || {
-            let mut waits = 0u64;
-            for i in 0..count {
-                let body = payload(i, len_of(i));
-                loop {
-                    match writer.write_packet(&inband(i), &body) {
-                        Ok(out) => {
-                            if out.signal_reader {
-                                reader_bell.ring();
-                            }
-                            break;
-                        }
-                        Err(WriteError::Full { needed, .. }) => {
-                            if !writer.set_pending_send_size(needed).unwrap() {
-                                waits += 1;
-                                writer_bell.wait("the blocked writer");
-                            }
-                        }
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-            }
-            waits
-        })
-    };
+    let producer = blocking_writer(writer, count, len_of, &reader_bell, &writer_bell);
     let mut buf = vec![0; reader.max_packet_len()];
     let (mut i, mut empty_polls, mut sleeps) = (0u64, 0u64, 0u64);
     while i < count {

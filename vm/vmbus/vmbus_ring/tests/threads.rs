@@ -101,37 +101,6 @@ fn two_threads_two_memfd_mappings() {
     producer.join().unwrap();
 }
 
-/// A doorbell like an eventfd: a ring is remembered until the waiter takes it.
-struct Doorbell {
-    rung: std::sync::Mutex<bool>,
-    cv: std::sync::Condvar,
-}
-
-impl Doorbell {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            rung: std::sync::Mutex::new(false),
-            cv: std::sync::Condvar::new(),
-        })
-    }
-
-    fn ring(&self) {
-        *self.rung.lock().unwrap() = true;
-        self.cv.notify_one();
-    }
-
-    /// Waits for a ring; a wait that times out is a lost wakeup, i.e. a signalling bug.
-    fn wait(&self, who: &str) {
-        let rung = self.rung.lock().unwrap();
-        let (mut rung, timeout) = self
-            .cv
-            .wait_timeout_while(rung, std::time::Duration::from_secs(20), |r| !*r)
-            .unwrap();
-        assert!(!timeout.timed_out(), "{who} was never signalled");
-        *rung = false;
-    }
-}
-
 /// Neither side polls: each sleeps on its doorbell and is woken only when the other side's
 /// signalling rule says so (empty -> non-empty for the reader, pending_send_sz crossed for a
 /// blocked writer). A lost wakeup in either rule would hang one side and fail the test.
@@ -140,37 +109,11 @@ fn signalling_without_polling_never_loses_a_wakeup() {
     let count = if cfg!(miri) { 30 } else { 100_000 };
     let mem = Arc::new(HeapMem::new(CONTROL_PAGE_SIZE + 4096));
     Ring::new(mem.clone()).unwrap().initialize().unwrap();
-    let mut writer = RingWriter::new(mem.clone()).unwrap();
+    let writer = RingWriter::new(mem.clone()).unwrap();
     let mut reader = RingReader::new(mem).unwrap();
     let reader_bell = Doorbell::new();
     let writer_bell = Doorbell::new();
-    let producer = {
-        let (reader_bell, writer_bell) = (reader_bell.clone(), writer_bell.clone());
-        std::thread::spawn(move || {
-            let mut waits = 0u64;
-            for i in 0..count {
-                let body = payload(i, len_of(i));
-                loop {
-                    match writer.write_packet(&inband(i), &body) {
-                        Ok(out) => {
-                            if out.signal_reader {
-                                reader_bell.ring();
-                            }
-                            break;
-                        }
-                        Err(WriteError::Full { needed, .. }) => {
-                            if !writer.set_pending_send_size(needed).unwrap() {
-                                waits += 1;
-                                writer_bell.wait("the blocked writer");
-                            }
-                        }
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-            }
-            waits
-        })
-    };
+    let producer = blocking_writer(writer, count, len_of, &reader_bell, &writer_bell);
     let mut buf = vec![0; reader.max_packet_len()];
     let mut i = 0;
     let mut sleeps = 0u64;

@@ -63,3 +63,71 @@ pub fn data(mem: &Mem, offset: usize, len: usize) -> Vec<u8> {
     mem.read_at(CONTROL_PAGE_SIZE + offset, &mut v).unwrap();
     v
 }
+
+/// A doorbell like an eventfd: a ring is remembered until the waiter takes it.
+pub struct Doorbell {
+    rung: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Doorbell {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            rung: std::sync::Mutex::new(false),
+            cv: std::sync::Condvar::new(),
+        })
+    }
+
+    pub fn ring(&self) {
+        *self.rung.lock().unwrap() = true;
+        self.cv.notify_one();
+    }
+
+    /// Waits for a ring; a wait that times out is a lost wake-up, i.e. a signalling bug.
+    pub fn wait(&self, who: &str) {
+        let rung = self.rung.lock().unwrap();
+        let (mut rung, timeout) = self
+            .cv
+            .wait_timeout_while(rung, std::time::Duration::from_secs(20), |r| !*r)
+            .unwrap();
+        assert!(!timeout.timed_out(), "{who} was never signalled");
+        *rung = false;
+    }
+}
+
+/// A writer thread that writes packets `0..count` (packet `i` of `len_of(i)` bytes), rings
+/// `reader_bell` whenever the signalling rule says so, and never polls: when the ring is
+/// full it sets its pending send size and sleeps on `writer_bell`. Returns how often it slept.
+pub fn blocking_writer(
+    mut writer: RingWriter<Mem>,
+    count: u64,
+    len_of: fn(u64) -> usize,
+    reader_bell: &Arc<Doorbell>,
+    writer_bell: &Arc<Doorbell>,
+) -> std::thread::JoinHandle<u64> {
+    let (reader_bell, writer_bell) = (reader_bell.clone(), writer_bell.clone());
+    std::thread::spawn(move || {
+        let mut waits = 0u64;
+        for i in 0..count {
+            let body = payload(i, len_of(i));
+            loop {
+                match writer.write_packet(&inband(i), &body) {
+                    Ok(out) => {
+                        if out.signal_reader {
+                            reader_bell.ring();
+                        }
+                        break;
+                    }
+                    Err(vmbus_ring::WriteError::Full { needed, .. }) => {
+                        if !writer.set_pending_send_size(needed).unwrap() {
+                            waits += 1;
+                            writer_bell.wait("the blocked writer");
+                        }
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        waits
+    })
+}
