@@ -2,35 +2,12 @@
 //! fast as the host allows, for hundreds of cycles, through the relay. Nothing fails, every
 //! device reaches the guest and leaves it, and no table in the relay grows with the cycles.
 
-use guest_linux::{GuestConfig, KernelModel};
-use host_sim::{BusConfig, FunctionSpec, HostAction};
+use guest_linux::KernelModel;
+use host_sim::{FunctionSpec, HostAction};
 use petri::outcome::Outcome;
 use petri::sched::Chooser;
-use petri::vm::{RunLimits, Vm, VmSpec};
+use petri::vm::{Vm, VmSpec};
 use std::time::Duration;
-use vpci_relay::RelayConfig;
-
-fn spec(model: KernelModel) -> VmSpec {
-    let mut guest = GuestConfig::new(model);
-    guest.trace = false;
-    VmSpec {
-        buses: vec![BusConfig {
-            functions: vec![FunctionSpec::nic(1)],
-            ..BusConfig::default()
-        }],
-        guest,
-        relay: Some(RelayConfig::default()),
-        limits: RunLimits {
-            max_steps: u64::MAX,
-            max_time: Duration::from_secs(1_000_000),
-        },
-        record: false,
-        chaos: None,
-        stall: None,
-        checks: Vec::new(),
-        safeguards: vpci_relay::Safeguards::ALL_ON,
-    }
-}
 
 fn count(tree: &inspect::Node, path: &str) -> usize {
     match tree.query(path) {
@@ -46,7 +23,7 @@ fn count(tree: &inspect::Node, path: &str) -> usize {
 /// listing of it from announcing it again), no live request.
 #[test]
 fn hot_plug_long_haul_through_the_relay() {
-    let mut vm = Vm::new(&spec(KernelModel::Linux62), Chooser::seeded(7)).unwrap();
+    let mut vm = Vm::new(&VmSpec::hot_plug(KernelModel::Linux62), Chooser::seeded(7)).unwrap();
     assert_eq!(vm.settle(), None);
     assert!(vm.guest_installed(0));
     for cycle in 0..300 {
@@ -94,7 +71,7 @@ fn hot_plug_long_haul_through_the_relay() {
 #[ignore = "minutes in a debug build; run by `cargo xflowey catalogue`"]
 fn hot_plug_long_haul_100k() {
     for model in [KernelModel::Linux62, KernelModel::Linux63] {
-        let mut vm = Vm::new(&spec(model), Chooser::seeded(11)).unwrap();
+        let mut vm = Vm::new(&VmSpec::hot_plug(model), Chooser::seeded(11)).unwrap();
         assert_eq!(vm.settle(), None);
         for cycle in 0..100_000u32 {
             vm.host_act(
@@ -156,7 +133,11 @@ fn counter(tree: &inspect::Node, name: &str) -> u64 {
 /// had every EJECT answered and the guest holds exactly what the host has; at 10%, 50% and
 /// 100% of the cycles the process's resident memory and the relay's tables are recorded.
 fn soak(cycles: u32, seed: u64) -> Vec<Mark> {
-    let mut vm = Vm::new(&spec(KernelModel::Linux62), Chooser::seeded(seed)).unwrap();
+    let mut vm = Vm::new(
+        &VmSpec::hot_plug(KernelModel::Linux62),
+        Chooser::seeded(seed),
+    )
+    .unwrap();
     assert_eq!(vm.settle(), None);
     let mut rng = seed | 1;
     let mut next = || {

@@ -10,16 +10,15 @@
 mod cli;
 
 use cli::{petri, stdout, temp};
-use guest_linux::{GuestConfig, KernelModel};
-use host_sim::{BusConfig, FunctionSpec, HostAction};
+use guest_linux::KernelModel;
+use host_sim::{FunctionSpec, HostAction};
 use petri::explore::{Strategy, explore, run_seed};
 use petri::outcome::{Outcome, RunResult};
 use petri::scenario::{GuestKind, Scenario, Servicing, catalogue, load};
 use petri::sched::Chooser;
 use petri::trace::{Line, Mark};
-use petri::vm::{RunLimits, Vm, VmSpec};
-use std::time::Duration;
-use vpci_relay::{RelayConfig, SavedBus};
+use petri::vm::{Vm, VmSpec};
+use vpci_relay::SavedBus;
 
 /// Seeds per built-in scenario for each model, and for each real driver (each run is a
 /// guest process, and the serviced one services at every one of its hundreds of points).
@@ -169,32 +168,10 @@ fn chaos_serviced_at_every_step_ends_as_unserviced() {
     }
 }
 
-fn soak_spec(model: KernelModel) -> VmSpec {
-    let mut guest = GuestConfig::new(model);
-    guest.trace = false;
-    VmSpec {
-        buses: vec![BusConfig {
-            functions: vec![FunctionSpec::nic(1)],
-            ..BusConfig::default()
-        }],
-        guest,
-        relay: Some(RelayConfig::default()),
-        limits: RunLimits {
-            max_steps: u64::MAX,
-            max_time: Duration::from_secs(1_000_000),
-        },
-        record: false,
-        chaos: None,
-        stall: None,
-        checks: Vec::new(),
-        safeguards: vpci_relay::Safeguards::ALL_ON,
-    }
-}
-
 /// What a host acting at random moments saw: after each cycle, the guest's view and the
 /// host's verdict; then the end of the run.
 fn random_host(model: KernelModel, seed: u64, servicing: Servicing) -> (Vec<String>, RunResult) {
-    let mut vm = Vm::new(&soak_spec(model), Chooser::seeded(seed))
+    let mut vm = Vm::new(&VmSpec::hot_plug(model), Chooser::seeded(seed))
         .expect("vm")
         .with_servicing(servicing);
     let mut seen = Vec::new();

@@ -78,6 +78,34 @@ pub struct VmSpec {
     pub safeguards: vpci_relay::Safeguards,
 }
 
+impl VmSpec {
+    /// A hot-plug run of `model` through the relay (default configuration): one bus with one
+    /// NIC in slot 1, no time or step bound (a long haul or soak bounds itself by its cycles),
+    /// nothing recorded, no chaos or stall, every safeguard on.
+    pub fn hot_plug(model: guest_linux::KernelModel) -> Self {
+        let mut guest = GuestConfig::new(model);
+        guest.trace = false;
+        Self {
+            buses: vec![BusConfig {
+                functions: vec![host_sim::FunctionSpec::nic(1)],
+                ..BusConfig::default()
+            }],
+            guest,
+            relay: Some(RelayConfig::default()),
+            limits: RunLimits {
+                max_steps: u64::MAX,
+                max_time: Duration::from_secs(1_000_000),
+            },
+            record: false,
+            chaos: None,
+            stall: None,
+            checks: Vec::new(),
+            #[cfg(feature = "safeguard-switches")]
+            safeguards: vpci_relay::Safeguards::ALL_ON,
+        }
+    }
+}
+
 /// What the scheduler can pick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
