@@ -6,6 +6,9 @@
 //!   vs over a direct ring between the same two processes. Measured interleaved: many rounds,
 //!   each one batch of round trips on each path back to back (which goes first alternates);
 //!   the figure is the ratio of the two medians of the per-round-trip times (target <= 1.5).
+//!   A third path goes through a bare forwarder process (`support/forwarder.rs`: the same
+//!   hop, no relay), so the summary also splits the service's cost into the hop's and the
+//!   relay's.
 //! - **64 buses**: the vPCI part of a probe (version, relations, requirements, D0 entry,
 //!   resources; 1 ms per host answer) on 64 buses at once, a guest thread per bus, vs on one
 //!   bus: wall-clock ratio (target <= 1.3).
@@ -22,6 +25,8 @@
 #[allow(dead_code, unreachable_pub)]
 #[path = "support/client.rs"]
 mod client;
+#[path = "support/forwarder.rs"]
+mod forwarder;
 
 use client::{Offers, RawBus};
 use std::path::{Path, PathBuf};
@@ -134,12 +139,23 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// (a) Round-trip latency through the service vs direct, interleaved.
-fn latency(smoke: bool) -> (f64, f64) {
+/// Median round-trip times, in microseconds, over the three paths of the latency figure.
+struct Latency {
+    /// Through the service.
+    through: f64,
+    /// Over a direct ring to the host.
+    direct: f64,
+    /// Through a bare forwarder process ([`forwarder`]): the hop without the relay.
+    forwarded: f64,
+}
+
+/// (a) Round-trip latency through the service, direct, and through a bare forwarder,
+/// interleaved (each round times a batch on each path; the order rotates).
+fn latency(smoke: bool) -> Latency {
     let rig = Rig::start(
         "latency",
         "buses=1,functions=2,monitor_ms=100",
-        &["host.sock", "direct.sock"],
+        &["host.sock", "direct.sock", "forward.sock"],
     );
     let guest = rig.guest();
     let bus = guest.offers(1).remove(0);
@@ -149,10 +165,26 @@ fn latency(smoke: bool) -> (f64, f64) {
     let bus = direct_offers.offers(1).remove(0);
     let mut direct = RawBus::new(direct_offers.open(&bus));
     direct.probe(&[0, 1]);
+    let fwd_socket = rig.dir.join("forwarder.sock");
+    let _forwarder = Proc(
+        Command::new(std::env::current_exe().expect("exe"))
+            .env(ROLE, "forwarder")
+            .env("BENCH_FWD_HOST", rig.dir.join("forward.sock"))
+            .env("BENCH_FWD_GUEST", &fwd_socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("forwarder"),
+    );
+    wait_for_socket(&fwd_socket);
+    let stream = std::os::unix::net::UnixStream::connect(&fwd_socket).expect("forwarder");
+    let ring = vmbus_channel::RingChannel::open_from(std::os::fd::OwnedFd::from(stream))
+        .expect("forwarder ring");
+    let mut forwarded = RawBus::new(ring);
+    forwarded.probe(&[0, 1]);
     // Past the relay's settle window: the bus is installed, the steady state.
     std::thread::sleep(Duration::from_millis(300));
-    let (rounds, batch) = if smoke { (5, 5) } else { (400, 50) };
-    let (mut through, mut straight) = (Vec::new(), Vec::new());
+    let (rounds, batch) = if smoke { (6, 5) } else { (402, 50) };
+    let mut times: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let time = |b: &mut RawBus| {
         let t = Instant::now();
         for _ in 0..batch {
@@ -160,20 +192,27 @@ fn latency(smoke: bool) -> (f64, f64) {
         }
         t.elapsed().as_secs_f64() * 1e6 / f64::from(batch)
     };
+    let mut paths = [&mut relayed, &mut direct, &mut forwarded];
     for _ in 0..3 {
-        time(&mut relayed);
-        time(&mut direct);
-    }
-    for r in 0..rounds {
-        if r % 2 == 0 {
-            through.push(time(&mut relayed));
-            straight.push(time(&mut direct));
-        } else {
-            straight.push(time(&mut direct));
-            through.push(time(&mut relayed));
+        for p in paths.iter_mut() {
+            time(p);
         }
     }
-    (median(&mut through), median(&mut straight))
+    for r in 0..rounds {
+        for k in 0..3 {
+            let i = (r + k) % 3;
+            if let (Some(p), Some(t)) = (paths.get_mut(i), times.get_mut(i)) {
+                t.push(time(p));
+            }
+        }
+    }
+    let [through, direct, forwarded] = times;
+    let (mut through, mut direct, mut forwarded) = (through, direct, forwarded);
+    Latency {
+        through: median(&mut through),
+        direct: median(&mut direct),
+        forwarded: median(&mut forwarded),
+    }
 }
 
 /// CPU time the live threads of process `pid` have used so far, in nanoseconds (the first
@@ -297,9 +336,13 @@ fn idle_memory(n: usize) -> u64 {
 }
 
 fn main() {
-    if std::env::var(ROLE).as_deref() == Ok("host") {
-        host_role();
-        return;
+    match std::env::var(ROLE).as_deref() {
+        Ok("host") => return host_role(),
+        Ok("forwarder") => {
+            let var = |name| PathBuf::from(std::env::var_os(name).unwrap_or_default());
+            return forwarder::run(&var("BENCH_FWD_HOST"), &var("BENCH_FWD_GUEST"));
+        }
+        _ => {}
     }
     let smoke = std::env::args().any(|a| a == "--test");
     let parts = ["latency", "probe", "memory"];
@@ -311,11 +354,17 @@ fn main() {
         only(smoke, &run);
         return;
     }
-    let (through, direct) = latency(smoke);
+    let Latency {
+        through,
+        direct,
+        forwarded,
+    } = latency(smoke);
     println!(
-        "latency: through the service {through:.1} us, direct ring {direct:.1} us per request/completion \
-         (the service adds {:.1} us)",
-        through - direct
+        "latency: through the service {through:.1} us, direct ring {direct:.1} us, through a bare \
+         forwarder {forwarded:.1} us per request/completion (the service adds {:.1} us; the \
+         relay over the bare hop {:.1} us)",
+        through - direct,
+        through - forwarded
     );
     let many = if smoke { 4 } else { 64 };
     let (one, one_cpu) = probe_buses(1);
@@ -337,8 +386,11 @@ fn main() {
         return;
     }
     println!(
-        "summary: service/direct latency ratio of medians {:.2} (target <= 1.5)",
-        through / direct
+        "summary: service/direct latency ratio of medians {:.2} (target <= 1.5); a bare \
+         forwarder/direct {:.2}, service/bare forwarder {:.2}",
+        through / direct,
+        forwarded / direct,
+        through / forwarded
     );
     println!(
         "summary: {many} buses / 1 bus probe wall-clock ratio {:.2} (target <= 1.3); \
@@ -352,8 +404,11 @@ fn main() {
 /// Runs the parts `run` selects and prints their raw figures (no summary).
 fn only(smoke: bool, run: &dyn Fn(&str) -> bool) {
     if run("latency") {
-        let (through, direct) = latency(smoke);
-        println!("latency: through the service {through:.1} us, direct ring {direct:.1} us");
+        let l = latency(smoke);
+        println!(
+            "latency: through the service {:.1} us, direct ring {:.1} us, bare forwarder {:.1} us",
+            l.through, l.direct, l.forwarded
+        );
     }
     if run("probe") {
         let many = if smoke { 4 } else { 64 };

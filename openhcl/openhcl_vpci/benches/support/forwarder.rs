@@ -1,0 +1,99 @@
+//! A bare forwarder for the latency benchmark: a process that sits where the service sits
+//! (one ring to the host endpoint, one to the guest) and copies every packet across without
+//! looking at it. No relay, no control plane beyond opening the two rings, the same waiting
+//! as the service's bus threads (poll on the rings' doorbells). Through it, a round trip pays
+//! the extra hop's wake-ups and copies alone, so against the service it shows what the relay
+//! itself adds, and against the direct ring what any process in the middle costs.
+
+use crate::client::Offers;
+use rustix::event::{PollFd, PollFlags, poll};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::task::{Context, Poll};
+use vmbus_channel::{Channel, RingChannel, RingChannelConfig, WaitSource};
+
+/// One side of the forwarder: its ring and the ring's waiting.
+struct End {
+    ring: RingChannel,
+    source: WaitSource,
+}
+
+impl End {
+    fn new(mut ring: RingChannel) -> Self {
+        let source = ring.wait_source().expect("wait source");
+        Self { ring, source }
+    }
+}
+
+/// Runs the forwarder: opens the one bus the host at `host` offers, waits for the guest on
+/// `guest` (a Unix socket it creates; the guest opens the ring sent over it with
+/// `RingChannel::open_from`), then copies packets both ways until either side goes away.
+pub(crate) fn run(host: &Path, guest: &Path) {
+    let offers = Offers::connect(host);
+    let bus = offers.offers(1).remove(0);
+    let mut host = End::new(offers.open(&bus));
+    let listener = UnixListener::bind(guest).expect("guest socket");
+    let (stream, _) = listener.accept().expect("guest");
+    let ring = RingChannel::create_over(OwnedFd::from(stream), RingChannelConfig::default())
+        .expect("guest ring");
+    let mut guest = End::new(ring);
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        let (Some(up), Some(down)) = (
+            pump(&mut host, &mut guest, &mut cx),
+            pump(&mut guest, &mut host, &mut cx),
+        ) else {
+            return;
+        };
+        if up || down {
+            continue;
+        }
+        let (h, g) = (host.source.fds(), guest.source.fds());
+        let mut polled: Vec<PollFd<'_>> = h
+            .iter()
+            .chain(g.iter())
+            .map(|fd| PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP))
+            .collect();
+        match poll(&mut polled, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("poll: {e}"),
+        }
+        let ready: Vec<usize> = polled
+            .iter()
+            .enumerate()
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        let split = h.len();
+        drop(polled);
+        for i in ready {
+            if i < split {
+                host.source.ready_fd(i);
+            } else {
+                guest.source.ready_fd(i - split);
+            }
+        }
+    }
+}
+
+/// Moves every packet `from` has to `to`; whether any moved. `None` once either side has
+/// gone away (the forwarder then ends).
+fn pump(from: &mut End, to: &mut End, cx: &mut Context<'_>) -> Option<bool> {
+    let mut moved = false;
+    loop {
+        match from.ring.poll_recv(cx) {
+            Poll::Ready(Ok(packet)) => {
+                // The rings are far larger than the one request in flight: a send that
+                // cannot go now is a peer that stopped reading.
+                match to.ring.poll_send(cx, &packet) {
+                    Poll::Ready(Ok(())) => moved = true,
+                    Poll::Ready(Err(_)) | Poll::Pending => return None,
+                }
+            }
+            Poll::Ready(Err(_)) => return None,
+            Poll::Pending => return Some(moved),
+        }
+    }
+}
