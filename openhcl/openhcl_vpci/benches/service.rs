@@ -8,7 +8,7 @@
 //!   the figure is the ratio of the two medians of the per-round-trip times (target <= 1.5).
 //!   A third path goes through a bare forwarder process (`support/forwarder.rs`: the same
 //!   hop, no relay), so the summary also splits the service's cost into the hop's and the
-//!   relay's.
+//!   relay's; the 64-bus figure is also measured through it.
 //! - **64 buses**: the vPCI part of a probe (version, relations, requirements, D0 entry,
 //!   resources; 1 ms per host answer) on 64 buses at once, a guest thread per bus, vs on one
 //!   bus: wall-clock ratio (target <= 1.3).
@@ -165,21 +165,8 @@ fn latency(smoke: bool) -> Latency {
     let bus = direct_offers.offers(1).remove(0);
     let mut direct = RawBus::new(direct_offers.open(&bus));
     direct.probe(&[0, 1]);
-    let fwd_socket = rig.dir.join("forwarder.sock");
-    let _forwarder = Proc(
-        Command::new(std::env::current_exe().expect("exe"))
-            .env(ROLE, "forwarder")
-            .env("BENCH_FWD_HOST", rig.dir.join("forward.sock"))
-            .env("BENCH_FWD_GUEST", &fwd_socket)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("forwarder"),
-    );
-    wait_for_socket(&fwd_socket);
-    let stream = std::os::unix::net::UnixStream::connect(&fwd_socket).expect("forwarder");
-    let ring = vmbus_channel::RingChannel::open_from(std::os::fd::OwnedFd::from(stream))
-        .expect("forwarder ring");
-    let mut forwarded = RawBus::new(ring);
+    let (_forwarder, mut rings) = start_forwarder(&rig, "forward.sock", 1);
+    let mut forwarded = RawBus::new(rings.remove(0));
     forwarded.probe(&[0, 1]);
     // Past the relay's settle window: the bus is installed, the steady state.
     std::thread::sleep(Duration::from_millis(300));
@@ -215,6 +202,35 @@ fn latency(smoke: bool) -> Latency {
     }
 }
 
+/// A bare forwarder process in front of the host socket `host_socket` of `rig`, for `buses`
+/// buses, and the guest end of each bus's ring through it.
+fn start_forwarder(
+    rig: &Rig,
+    host_socket: &str,
+    buses: usize,
+) -> (Proc, Vec<vmbus_channel::RingChannel>) {
+    let socket = rig.dir.join(format!("forwarder-{host_socket}"));
+    let forwarder = Proc(
+        Command::new(std::env::current_exe().expect("exe"))
+            .env(ROLE, "forwarder")
+            .env("BENCH_FWD_HOST", rig.dir.join(host_socket))
+            .env("BENCH_FWD_GUEST", &socket)
+            .env("BENCH_FWD_BUSES", buses.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("forwarder"),
+    );
+    wait_for_socket(&socket);
+    let rings = (0..buses)
+        .map(|_| {
+            let stream = std::os::unix::net::UnixStream::connect(&socket).expect("forwarder");
+            vmbus_channel::RingChannel::open_from(std::os::fd::OwnedFd::from(stream))
+                .expect("forwarder ring")
+        })
+        .collect();
+    (forwarder, rings)
+}
+
 /// CPU time the live threads of process `pid` have used so far, in nanoseconds (the first
 /// field of each `/proc/PID/task/TID/schedstat`). Exact where the clock-tick counts of
 /// `/proc/PID/stat` are 10 ms steps; it misses threads that end in between, which is why the
@@ -236,18 +252,37 @@ fn cpu_ns(pid: u32) -> u64 {
 
 /// (b) The vPCI probe on `n` buses at once (a thread per bus): wall-clock time, and the CPU
 /// time the three processes spent in it (ms).
-fn probe_buses(n: usize) -> (Duration, Duration) {
+/// What stands between the benchmark's guest and the host.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// `openhcl-vpci`.
+    Service,
+    /// A bare forwarder process ([`forwarder`]): the hop without the relay.
+    Forwarder,
+}
+
+fn probe_buses(n: usize, via: Via) -> (Duration, Duration) {
     let rig = Rig::start(
         &format!("probe{n}"),
         &format!("buses={n},functions=2,latency_ms=1,monitor_ms=100"),
-        &["host.sock"],
+        &["host.sock", "forward.sock"],
     );
-    let guest = rig.guest();
-    let buses = guest.offers(n);
     // Open every ring first (the service opens the host's on each open), then probe all.
-    let rings: Vec<_> = buses.iter().map(|b| guest.open(b)).collect();
+    let (middle, rings) = match via {
+        Via::Service => {
+            let guest = rig.guest();
+            let buses = guest.offers(n);
+            let rings: Vec<_> = buses.iter().map(|b| guest.open(b)).collect();
+            (None, rings)
+        }
+        Via::Forwarder => {
+            let (forwarder, rings) = start_forwarder(&rig, "forward.sock", n);
+            (Some(forwarder), rings)
+        }
+    };
     std::thread::sleep(Duration::from_millis(200));
-    let pids = [std::process::id(), rig._host.0.id(), rig.service.0.id()];
+    let middle_pid = middle.as_ref().map_or(rig.service.0.id(), |p| p.0.id());
+    let pids = [std::process::id(), rig._host.0.id(), middle_pid];
     // The guest threads exist before the window opens and keep their rings past its end: the
     // window holds the probes, not thread creation or the rings' teardown.
     let (go, finish) = (Arc::new(Barrier::new(n + 1)), Arc::new(Barrier::new(n + 1)));
@@ -340,7 +375,11 @@ fn main() {
         Ok("host") => return host_role(),
         Ok("forwarder") => {
             let var = |name| PathBuf::from(std::env::var_os(name).unwrap_or_default());
-            return forwarder::run(&var("BENCH_FWD_HOST"), &var("BENCH_FWD_GUEST"));
+            let buses = std::env::var("BENCH_FWD_BUSES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            return forwarder::run(&var("BENCH_FWD_HOST"), &var("BENCH_FWD_GUEST"), buses);
         }
         _ => {}
     }
@@ -367,12 +406,15 @@ fn main() {
         through - forwarded
     );
     let many = if smoke { 4 } else { 64 };
-    let (one, one_cpu) = probe_buses(1);
-    let (all, all_cpu) = probe_buses(many);
+    let (one, one_cpu) = probe_buses(1, Via::Service);
+    let (all, all_cpu) = probe_buses(many, Via::Service);
     println!(
         "probe: 1 bus {one:.1?} ({one_cpu:.1?} CPU), {many} buses {all:.1?} ({all_cpu:.1?} CPU, \
          the three processes)"
     );
+    let (fwd_one, _) = probe_buses(1, Via::Forwarder);
+    let (fwd_all, _) = probe_buses(many, Via::Forwarder);
+    println!("probe through a bare forwarder: 1 bus {fwd_one:.1?}, {many} buses {fwd_all:.1?}");
     let (few, lots) = if smoke { (1, 3) } else { (1, 65) };
     let base = idle_memory(few);
     let more = idle_memory(lots);
@@ -398,6 +440,10 @@ fn main() {
         all.as_secs_f64() / one.as_secs_f64(),
         all_cpu.as_secs_f64() * 1e3 / many as f64
     );
+    println!(
+        "summary: through a bare forwarder (the hop, no relay) {many} buses / 1 bus {:.2}",
+        fwd_all.as_secs_f64() / fwd_one.as_secs_f64()
+    );
     println!("summary: {per_bus:.1} KiB resident per idle bus, rings excluded (target <= 64 KiB)");
 }
 
@@ -412,8 +458,8 @@ fn only(smoke: bool, run: &dyn Fn(&str) -> bool) {
     }
     if run("probe") {
         let many = if smoke { 4 } else { 64 };
-        let (one, one_cpu) = probe_buses(1);
-        let (all, all_cpu) = probe_buses(many);
+        let (one, one_cpu) = probe_buses(1, Via::Service);
+        let (all, all_cpu) = probe_buses(many, Via::Service);
         println!(
             "probe: 1 bus {one:.1?} ({one_cpu:.1?} CPU), {many} buses {all:.1?} ({all_cpu:.1?} CPU)"
         );

@@ -1,4 +1,4 @@
-//! A bare forwarder for the latency benchmark: a process that sits where the service sits
+//! A bare forwarder for the latency and 64-bus benchmarks: a process that sits where the service sits
 //! (one ring to the host endpoint, one to the guest) and copies every packet across without
 //! looking at it. No relay, no control plane beyond opening the two rings, the same waiting
 //! as the service's bus threads (poll on the rings' doorbells). Through it, a round trip pays
@@ -26,18 +26,33 @@ impl End {
     }
 }
 
-/// Runs the forwarder: opens the one bus the host at `host` offers, waits for the guest on
-/// `guest` (a Unix socket it creates; the guest opens the ring sent over it with
-/// `RingChannel::open_from`), then copies packets both ways until either side goes away.
-pub(crate) fn run(host: &Path, guest: &Path) {
+/// Runs the forwarder for `buses` buses: opens each bus the host at `host` offers, then for
+/// each (in offer order) accepts one guest connection on `guest` (a Unix socket it creates;
+/// the guest opens the ring sent over it with `RingChannel::open_from`) and copies packets
+/// both ways on a thread of the bus's own, as the service runs a thread per bus, until
+/// either side goes away.
+pub(crate) fn run(host: &Path, guest: &Path, buses: usize) {
     let offers = Offers::connect(host);
-    let bus = offers.offers(1).remove(0);
-    let mut host = End::new(offers.open(&bus));
+    let names = offers.offers(buses);
+    let hosts: Vec<RingChannel> = names.iter().map(|b| offers.open(b)).collect();
     let listener = UnixListener::bind(guest).expect("guest socket");
-    let (stream, _) = listener.accept().expect("guest");
-    let ring = RingChannel::create_over(OwnedFd::from(stream), RingChannelConfig::default())
-        .expect("guest ring");
-    let mut guest = End::new(ring);
+    let threads: Vec<_> = hosts
+        .into_iter()
+        .map(|host| {
+            let (stream, _) = listener.accept().expect("guest");
+            let ring =
+                RingChannel::create_over(OwnedFd::from(stream), RingChannelConfig::default())
+                    .expect("guest ring");
+            std::thread::spawn(move || forward(End::new(host), End::new(ring)))
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// Copies packets between `host` and `guest` until either side goes away.
+fn forward(mut host: End, mut guest: End) {
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
     loop {
