@@ -54,9 +54,20 @@
 //! polling (tried, no gain, removed). What the line count misses is the code: the summary's
 //! single-thread round trip (the same two writes and two reads, every line in L1) takes
 //! 98-102 ns, 1.6 times the whole ping-pong. Validation, staging copies and the atomic word
-//! copies of `shared_mem` cost more here than the upgrade and fence the lazy reader saves;
-//! the rest (about 130-160 ns against the ping-pong's 62) is the index line, then the data
-//! line, fetched one after the other.
+//! copies of `shared_mem` cost more here than the upgrade and fence the lazy reader saves.
+//!
+//! The layout is not the limit. The summary also times the layout's floor: a two-line
+//! ping-pong that, each way, stores a 40-byte packet's words on one line and then an index
+//! on another (release), while the other side polls the index (acquire) and then loads the
+//! words (`TwoLines`): 67-68 ns, 1.02-1.04 times the one-atomic ping-pong (same machine,
+//! three runs). The data line's fetch overlaps the index line's (measured, not traced: most
+//! likely the data loads issue speculatively while the index load is outstanding), so
+//! index-then-data costs no second crossing. The ring is 3.7-3.8 times that floor: its code (about 100 ns on one thread) plus
+//! what it adds to the critical path across cores beyond the two lines: the fences, which
+//! wait for the stores' ownership transfers (the writer's after `write_index`, the eager
+//! reader's after `read_index`), and the control line's extra trips for `read_index` and
+//! `interrupt_mask`. A ring within 2 times the ping-pong would have to get its code to about
+//! half and take the fences off the critical path; both are what remains of this target.
 //!
 //! What stays, and why: the writer's full fence between publishing `write_index` and loading
 //! `interrupt_mask` is the Dekker handshake with a reader that unmasks then re-checks (without
@@ -235,6 +246,76 @@ fn atomic_round_trips(cell: &AtomicU64, iters: u64) -> Duration {
         while cell.load(Ordering::Acquire) != v + 1 {
             std::hint::spin_loop();
         }
+    }
+    start.elapsed()
+}
+
+/// One direction of the two-line ping-pong: a packet's worth of data on its own line and an
+/// index on another, as the ring's layout puts them.
+#[repr(align(128))]
+#[derive(Default)]
+struct Lines {
+    /// Five words: a 40-byte request (descriptor, payload, trailer).
+    data: [AtomicU64; 5],
+    /// The index, a line (and its adjacent-line prefetch pair) away from the data.
+    index: Aligned,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Aligned(AtomicU64);
+
+/// What a round trip must move with the ring's layout and nothing else: per direction, the
+/// writer stores the packet's words on the data line, then the index on the control line
+/// (release); the reader polls the index (acquire), then loads the data. No validation, no
+/// copies beyond the words, no read index, no signalling checks: the floor under any ring
+/// with the Hyper-V layout.
+struct TwoLines {
+    request: Lines,
+    completion: Lines,
+}
+
+/// A thread that answers each request of `lines` with a completion.
+fn start_two_line_server(lines: Arc<TwoLines>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut seen = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let i = lines.request.index.0.load(Ordering::Acquire);
+            if i == seen {
+                std::hint::spin_loop();
+                continue;
+            }
+            seen = i;
+            let mut sum = 0u64;
+            for w in &lines.request.data {
+                sum = sum.wrapping_add(w.load(Ordering::Relaxed));
+            }
+            for w in lines.completion.data.iter().take(4) {
+                w.store(black_box(sum), Ordering::Relaxed);
+            }
+            lines.completion.index.0.store(i, Ordering::Release);
+        }
+    })
+}
+
+/// Times `iters` request/completion round trips over the two-line layout.
+fn two_line_round_trips(lines: &TwoLines, iters: u64) -> Duration {
+    let start = Instant::now();
+    let first = lines.request.index.0.load(Ordering::Relaxed);
+    for n in 1..=iters {
+        let i = first + n;
+        for w in &lines.request.data {
+            w.store(i, Ordering::Relaxed);
+        }
+        lines.request.index.0.store(i, Ordering::Release);
+        while lines.completion.index.0.load(Ordering::Acquire) != i {
+            std::hint::spin_loop();
+        }
+        let mut sum = 0u64;
+        for w in lines.completion.data.iter().take(4) {
+            sum = sum.wrapping_add(w.load(Ordering::Relaxed));
+        }
+        black_box(sum);
     }
     start.elapsed()
 }
@@ -499,6 +580,16 @@ fn summary() {
     let atomic_rt = atomic_round_trips(&cell, iters);
     stop.store(true, Ordering::Relaxed);
     t.join().unwrap();
+    let lines = Arc::new(TwoLines {
+        request: Lines::default(),
+        completion: Lines::default(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = start_two_line_server(lines.clone(), stop.clone());
+    two_line_round_trips(&lines, iters / 10);
+    let two_line_rt = two_line_round_trips(&lines, iters);
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap();
 
     let (writer, mut reader) = ring(256 * 1024, false);
     let producer = Producer::start(writer, 4096);
@@ -535,6 +626,13 @@ fn summary() {
         "summary: the same round trip on one thread (the code alone, no line crossing cores) \
          {:.0} ns",
         per(loopback, iters)
+    );
+    eprintln!(
+        "summary: the layout's floor, a two-line ping-pong (data line then index line each way, \
+         no ring code) {:.0} ns: {:.2}x the atomic; the ring {:.2}x it",
+        per(two_line_rt, iters),
+        two_line_rt.as_secs_f64() / atomic_rt.as_secs_f64(),
+        ring_rt.as_secs_f64() / two_line_rt.as_secs_f64()
     );
     eprintln!(
         "summary: 4 KiB stream ring {:.2} GB/s, single-core memcpy {:.2} GB/s, {:.0}% of it \
