@@ -103,6 +103,38 @@ pub trait SharedMem: Send + Sync {
 
     /// Stores `value` at the 8-byte-aligned `offset` with `Release` ordering.
     fn store_u64(&self, offset: usize, value: u64) -> Result<(), MemError>;
+
+    /// Copies `buf.len()` little-endian 8-byte words starting at the 8-byte-aligned `offset`
+    /// into `buf`, relaxed and atomic per word, like [`SharedMem::read_at`] without the
+    /// partial words and byte shuffling (the fast path for word-framed data such as ring
+    /// packets). The default goes through [`SharedMem::read_at`].
+    fn read_words(&self, offset: usize, buf: &mut [u64]) -> Result<(), MemError> {
+        if offset % 8 != 0 {
+            return Err(MemError::Misaligned { offset, size: 8 });
+        }
+        let mut bytes = [0u8; 8];
+        for (i, word) in buf.iter_mut().enumerate() {
+            self.read_at(offset.saturating_add(i.saturating_mul(8)), &mut bytes)?;
+            *word = u64::from_le_bytes(bytes);
+        }
+        Ok(())
+    }
+
+    /// Copies the words of `data` (little-endian) into the region starting at the
+    /// 8-byte-aligned `offset`, relaxed and atomic per word. The default goes through
+    /// [`SharedMem::write_at`].
+    fn write_words(&self, offset: usize, data: &[u64]) -> Result<(), MemError> {
+        if offset % 8 != 0 {
+            return Err(MemError::Misaligned { offset, size: 8 });
+        }
+        for (i, word) in data.iter().enumerate() {
+            self.write_at(
+                offset.saturating_add(i.saturating_mul(8)),
+                &word.to_le_bytes(),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 macro_rules! forward_shared_mem {
@@ -135,6 +167,14 @@ macro_rules! forward_shared_mem {
             #[inline]
             fn store_u64(&self, offset: usize, value: u64) -> Result<(), MemError> {
                 (**self).store_u64(offset, value)
+            }
+            #[inline]
+            fn read_words(&self, offset: usize, buf: &mut [u64]) -> Result<(), MemError> {
+                (**self).read_words(offset, buf)
+            }
+            #[inline]
+            fn write_words(&self, offset: usize, data: &[u64]) -> Result<(), MemError> {
+                (**self).write_words(offset, data)
             }
         }
     )*};
@@ -226,6 +266,22 @@ impl Raw {
             len: 8,
             region_len: self.len,
         })
+    }
+
+    /// The `count` whole words starting at the 8-aligned `offset`.
+    #[inline]
+    fn word_range(&self, offset: usize, count: usize) -> Result<&[AtomicU64], MemError> {
+        let oob = || MemError::OutOfBounds {
+            offset,
+            len: count.saturating_mul(8),
+            region_len: self.len,
+        };
+        self.check(offset, count.checked_mul(8).ok_or_else(oob)?)?;
+        if offset % 8 != 0 {
+            return Err(MemError::Misaligned { offset, size: 8 });
+        }
+        let first = offset / 8;
+        self.words().get(first..first + count).ok_or_else(oob)
     }
 
     /// Splits the checked range `offset..offset + len` into (head word, first byte in it,
@@ -354,6 +410,21 @@ macro_rules! impl_shared_mem_for_raw {
             #[inline]
             fn store_u64(&self, offset: usize, value: u64) -> Result<(), MemError> {
                 self.raw.word64(offset)?.store(value, Ordering::Release);
+                Ok(())
+            }
+            #[inline]
+            fn read_words(&self, offset: usize, buf: &mut [u64]) -> Result<(), MemError> {
+                let src = self.raw.word_range(offset, buf.len())?;
+                for (dst, src) in buf.iter_mut().zip(src) {
+                    *dst = u64::from_le(src.load(Ordering::Relaxed));
+                }
+                Ok(())
+            }
+            #[inline]
+            fn write_words(&self, offset: usize, data: &[u64]) -> Result<(), MemError> {
+                for (src, dst) in data.iter().zip(self.raw.word_range(offset, data.len())?) {
+                    dst.store(src.to_le(), Ordering::Relaxed);
+                }
                 Ok(())
             }
         }

@@ -187,3 +187,99 @@ fn trait_objects_forward() {
     assert_eq!(generic(mem.clone()), 7);
     assert_eq!(mem.len(), 8);
 }
+
+/// Memory that implements only the required methods, so the word copies take the defaults.
+struct BytesOnly(HeapMem);
+
+impl SharedMem for BytesOnly {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), MemError> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), MemError> {
+        self.0.write_at(offset, data)
+    }
+    fn load_u32(&self, offset: usize) -> Result<u32, MemError> {
+        self.0.load_u32(offset)
+    }
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
+        self.0.store_u32(offset, value)
+    }
+    fn load_u64(&self, offset: usize) -> Result<u64, MemError> {
+        self.0.load_u64(offset)
+    }
+    fn store_u64(&self, offset: usize, value: u64) -> Result<(), MemError> {
+        self.0.store_u64(offset, value)
+    }
+}
+
+/// Word copies agree with byte copies (little-endian words), reject misaligned offsets and
+/// ranges past the end (including a count whose byte length overflows), and leave the
+/// neighbouring words alone; for the fast path and for the trait's defaults alike.
+fn words_agree_with_bytes(mem: &dyn SharedMem) {
+    let words = [0x0102_0304_0506_0708u64, 0x1112_1314_1516_1718, u64::MAX];
+    mem.write_words(8, &words).unwrap();
+    let mut bytes = [0u8; 40];
+    mem.read_at(0, &mut bytes).unwrap();
+    assert_eq!(&bytes[..8], &[0; 8]);
+    assert_eq!(&bytes[8..16], &words[0].to_le_bytes());
+    assert_eq!(&bytes[16..24], &words[1].to_le_bytes());
+    assert_eq!(&bytes[24..32], &words[2].to_le_bytes());
+    assert_eq!(&bytes[32..], &[0; 8]);
+    let data: Vec<u8> = (0..40).collect();
+    mem.write_at(0, &data).unwrap();
+    let mut back = [0u64; 5];
+    mem.read_words(0, &mut back).unwrap();
+    for (i, w) in back.iter().enumerate() {
+        assert_eq!(w.to_le_bytes(), data[i * 8..i * 8 + 8], "word {i}");
+    }
+    let mut one = [7u64];
+    assert_eq!(
+        mem.read_words(4, &mut one),
+        Err(MemError::Misaligned { offset: 4, size: 8 })
+    );
+    assert_eq!(
+        mem.write_words(12, &one),
+        Err(MemError::Misaligned {
+            offset: 12,
+            size: 8
+        })
+    );
+    assert!(matches!(
+        mem.read_words(40, &mut one),
+        Err(MemError::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        mem.write_words(usize::MAX - 7, &one),
+        Err(MemError::OutOfBounds { .. })
+    ));
+    assert_eq!(one, [7]);
+    assert_eq!(
+        mem.load_u64(32).unwrap(),
+        u64::from_le_bytes(data[32..40].try_into().unwrap())
+    );
+}
+
+/// The region's own word copies.
+#[test]
+fn heap_word_copies() {
+    words_agree_with_bytes(&HeapMem::new(40));
+}
+
+/// The trait's default word copies, built on the byte copies.
+#[test]
+fn default_word_copies() {
+    words_agree_with_bytes(&BytesOnly(HeapMem::new(40)));
+}
+
+/// A word count whose byte length overflows is out of bounds, not a panic.
+#[test]
+fn word_count_overflow_is_refused() {
+    let mem = HeapMem::new(40);
+    assert!(matches!(
+        mem.raw.word_range(0, usize::MAX / 4),
+        Err(MemError::OutOfBounds { .. })
+    ));
+}

@@ -125,6 +125,7 @@ impl<M: SharedMem> Ring<M> {
     }
 
     /// The data area's size in bytes.
+    #[inline]
     pub fn data_size(&self) -> usize {
         self.data_size as usize
     }
@@ -172,20 +173,39 @@ impl<M: SharedMem> Ring<M> {
         Ok(())
     }
 
+    /// Copies `data`'s words into the data area starting at `pos` (8-aligned), wrapping at
+    /// the end.
+    #[inline]
+    pub(crate) fn write_words(&self, pos: u32, data: &[u64]) -> Result<(), RingError> {
+        let first = data
+            .len()
+            .min(self.data_size().saturating_sub(pos as usize) / 8);
+        let (a, b) = data.split_at(first);
+        self.mem.write_words(CONTROL_PAGE_SIZE + pos as usize, a)?;
+        if !b.is_empty() {
+            self.mem.write_words(CONTROL_PAGE_SIZE, b)?;
+        }
+        Ok(())
+    }
+
+    #[inline]
     pub(crate) fn load(&self, offset: usize) -> Result<u32, RingError> {
         Ok(self.mem.load_u32(offset)?)
     }
 
+    #[inline]
     pub(crate) fn store(&self, offset: usize, value: u32) -> Result<(), RingError> {
         Ok(self.mem.store_u32(offset, value)?)
     }
 
     /// Whether `index` is a valid position in the data area.
+    #[inline]
     pub(crate) fn index_ok(&self, index: u32) -> bool {
         index < self.data_size && index % 8 == 0
     }
 
     /// Loads and validates the write index.
+    #[inline]
     pub(crate) fn load_write_index(&self) -> Result<u32, RingError> {
         let value = self.load(WRITE_INDEX_OFFSET)?;
         if self.index_ok(value) {
@@ -199,6 +219,7 @@ impl<M: SharedMem> Ring<M> {
     }
 
     /// Loads and validates the read index.
+    #[inline]
     pub(crate) fn load_read_index(&self) -> Result<u32, RingError> {
         let value = self.load(READ_INDEX_OFFSET)?;
         if self.index_ok(value) {
@@ -212,6 +233,7 @@ impl<M: SharedMem> Ring<M> {
     }
 
     /// Bytes from `from` forward to `to`, modulo the data size (both valid indices).
+    #[inline]
     pub(crate) fn distance(&self, from: u32, to: u32) -> u32 {
         if to >= from {
             to - from
@@ -226,6 +248,7 @@ impl<M: SharedMem> Ring<M> {
     /// Both are below the data size on every path a packet takes, so this is an add and a
     /// conditional subtract; the division (tens of cycles, twice per packet) is left for
     /// arguments out of that range.
+    #[inline]
     pub(crate) fn advance(&self, pos: u32, n: usize) -> u32 {
         let size = u64::from(self.data_size);
         let reduce = |x: u64| if x < size { x } else { x % size };

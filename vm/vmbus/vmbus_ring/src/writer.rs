@@ -8,6 +8,7 @@ use crate::layout::READ_INDEX_OFFSET;
 use crate::layout::Ring;
 use crate::layout::WRITE_INDEX_OFFSET;
 use crate::packet::PACKET_ALIGN;
+use crate::packet::PacketDescriptor;
 use crate::packet::PacketMeta;
 use crate::packet::TRAILER_SIZE;
 use crate::packet::encode_descriptor;
@@ -23,6 +24,46 @@ const STAGE_SIZE: usize = 256;
 
 /// Larger packets carry their last bytes and the trailer in one copy of up to this size.
 const TAIL_STAGE: usize = 64;
+
+/// [`STAGE_SIZE`] in words.
+const STAGE_WORDS: usize = STAGE_SIZE / PACKET_ALIGN;
+
+/// The descriptor's two words as they lie in the ring (little-endian), built from its fields.
+#[inline]
+fn descriptor_words(desc: &PacketDescriptor) -> [u64; 2] {
+    [
+        u64::from(desc.packet_type)
+            | u64::from(desc.offset8) << 16
+            | u64::from(desc.len8) << 32
+            | u64::from(desc.flags) << 48,
+        desc.transaction_id,
+    ]
+}
+
+/// Packs `bytes` into the words at the start of `words` (little-endian, the last partial word
+/// zero-padded); bytes past `words`' end are dropped (callers size the stage first).
+#[inline]
+fn stage_bytes(words: &mut [u64], bytes: &[u8]) {
+    let mut chunks = bytes.chunks_exact(PACKET_ALIGN);
+    let mut words = words.iter_mut();
+    // Chunks first: `zip` stops on the first exhausted iterator without taking from the
+    // second, so the word for the remainder is still there after the loop.
+    for (chunk, word) in (&mut chunks).zip(&mut words) {
+        let mut b = [0u8; PACKET_ALIGN];
+        b.copy_from_slice(chunk);
+        *word = u64::from_le_bytes(b);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        if let Some(word) = words.next() {
+            let mut b = [0u8; PACKET_ALIGN];
+            if let Some(dst) = b.get_mut(..rest.len()) {
+                dst.copy_from_slice(rest);
+            }
+            *word = u64::from_le_bytes(b);
+        }
+    }
+}
 
 /// What a successful write asks of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +121,7 @@ impl<M: SharedMem> RingWriter<M> {
 
     /// Writes a packet made of a standard 16-byte descriptor built from `meta` and `payload`
     /// (zero-padded to 8 bytes).
+    #[inline]
     pub fn write_packet(
         &mut self,
         meta: &PacketMeta,
@@ -94,6 +136,17 @@ impl<M: SharedMem> RingWriter<M> {
             });
         };
         let len = usize::from(desc.len8) * PACKET_ALIGN;
+        if len + TRAILER_SIZE <= STAGE_SIZE {
+            // Small packet: descriptor, payload and trailer staged as the words they are in
+            // the ring and stored with one word copy. The descriptor's words are built from
+            // its fields (not copied as bytes), and the payload's last partial word goes out
+            // zero-padded, so every store is a whole aligned word.
+            let mut stage = [0u64; STAGE_WORDS];
+            let (head, rest) = stage.split_at_mut(2);
+            head.copy_from_slice(&descriptor_words(&desc));
+            stage_bytes(rest, payload);
+            return self.write_staged(len, &mut stage);
+        }
         // The payload's last partial word and the padding go out as one whole word, so every
         // store into the ring is a full aligned word (no read-modify-write of shared memory).
         let whole = payload.len() - payload.len() % PACKET_ALIGN;
@@ -120,7 +173,53 @@ impl<M: SharedMem> RingWriter<M> {
                 len: framed.len(),
             }));
         }
+        if framed.len() + TRAILER_SIZE <= STAGE_SIZE {
+            let mut stage = [0u64; STAGE_WORDS];
+            stage_bytes(&mut stage, framed);
+            return self.write_staged(framed.len(), &mut stage);
+        }
         self.write_parts(framed.len(), &[framed])
+    }
+
+    /// Writes a small packet of `len` bytes whose words are at the start of `stage`, followed
+    /// by its trailer (put into `stage` here).
+    #[inline]
+    fn write_staged(
+        &mut self,
+        len: usize,
+        stage: &mut [u64; STAGE_WORDS],
+    ) -> Result<WriteOutcome, WriteError> {
+        let needed = len + TRAILER_SIZE;
+        self.reserve(needed)?;
+        let start = self.write_index;
+        let words = needed / PACKET_ALIGN;
+        let Some(trailer) = stage.get_mut(words - 1) else {
+            return Err(WriteError::TooLarge {
+                needed,
+                data_size: self.ring.data_size(),
+            });
+        };
+        *trailer = u64::from(start) << 32;
+        self.ring
+            .write_words(start, stage.get(..words).unwrap_or_default())?;
+        self.publish(start, needed)
+    }
+
+    /// Checks that `needed` bytes (packet and trailer) fit, re-reading the read index only
+    /// when the cached one does not leave enough.
+    #[inline]
+    fn reserve(&mut self, needed: usize) -> Result<(), WriteError> {
+        let data_size = self.ring.data_size();
+        if needed >= data_size || needed > crate::MAX_PACKET_SIZE + TRAILER_SIZE {
+            return Err(WriteError::TooLarge { needed, data_size });
+        }
+        if self.free_from_cache() <= needed {
+            let free = self.free_bytes()?;
+            if free <= needed {
+                return Err(WriteError::Full { needed, free });
+            }
+        }
+        Ok(())
     }
 
     /// Bytes free for writing now (re-reading the peer's read index), trailer space included.
@@ -155,34 +254,14 @@ impl<M: SharedMem> RingWriter<M> {
         Ok(())
     }
 
+    /// Writes a packet too large for the stage, from its parts.
     fn write_parts(&mut self, len: usize, parts: &[&[u8]]) -> Result<WriteOutcome, WriteError> {
         let needed = len + TRAILER_SIZE;
-        let data_size = self.ring.data_size();
-        if needed >= data_size || len > crate::MAX_PACKET_SIZE {
-            return Err(WriteError::TooLarge { needed, data_size });
-        }
-        if self.free_from_cache() <= needed {
-            let free = self.free_bytes()?;
-            if free <= needed {
-                return Err(WriteError::Full { needed, free });
-            }
-        }
+        self.reserve(needed)?;
         let start = self.write_index;
         let trailer = (u64::from(start) << 32).to_le_bytes();
-        if needed <= STAGE_SIZE {
-            // Small packet: assemble it with its trailer and copy it into the ring in one go.
-            let mut stage = [0u8; STAGE_SIZE];
-            let mut at = 0;
-            for part in parts.iter().chain([&&trailer[..]]) {
-                if let Some(dst) = stage.get_mut(at..at + part.len()) {
-                    dst.copy_from_slice(part);
-                }
-                at += part.len();
-            }
-            self.ring
-                .write_data(start, stage.get(..needed).unwrap_or_default())?;
-        } else {
-            // Large packet: the parts go out as they are, except that the last few bytes of
+        {
+            // Large packet (small ones are staged as words by the callers): the parts go out as they are, except that the last few bytes of
             // the last part travel with the trailer in one store (same line, one copy).
             let mut pos = start;
             let (last, init): (&[u8], &[&[u8]]) = match parts.split_last() {
@@ -208,6 +287,13 @@ impl<M: SharedMem> RingWriter<M> {
             self.ring
                 .write_data(pos, stage.get(..staged).unwrap_or_default())?;
         }
+        self.publish(start, needed)
+    }
+
+    /// Publishes the packet of `needed` bytes (trailer included) written at `start`, and
+    /// decides whether the reader must be signalled.
+    #[inline]
+    fn publish(&mut self, start: u32, needed: usize) -> Result<WriteOutcome, WriteError> {
         let end = self.ring.advance(start, needed);
         // Release: the packet bytes are visible before the index that publishes them.
         self.ring.store(WRITE_INDEX_OFFSET, end)?;

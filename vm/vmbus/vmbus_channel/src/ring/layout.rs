@@ -187,6 +187,16 @@ impl<M: SharedMem> SharedMem for Window<M> {
     fn store_u64(&self, offset: usize, value: u64) -> Result<(), MemError> {
         self.mem.store_u64(self.at(offset, 8)?, value)
     }
+
+    fn read_words(&self, offset: usize, buf: &mut [u64]) -> Result<(), MemError> {
+        let len = buf.len().saturating_mul(8);
+        self.mem.read_words(self.at(offset, len)?, buf)
+    }
+
+    fn write_words(&self, offset: usize, data: &[u64]) -> Result<(), MemError> {
+        let len = data.len().saturating_mul(8);
+        self.mem.write_words(self.at(offset, len)?, data)
+    }
 }
 
 /// Writes the channel page header (creator side).
