@@ -173,6 +173,21 @@ impl<M: SharedMem> Ring<M> {
         Ok(())
     }
 
+    /// Copies `buf.len()` words of the data area starting at `pos` (8-aligned), wrapping at
+    /// the end; `buf` at most the data area long, else a typed error.
+    #[inline]
+    pub(crate) fn read_words(&self, pos: u32, buf: &mut [u64]) -> Result<(), RingError> {
+        let first = buf
+            .len()
+            .min(self.data_size().saturating_sub(pos as usize) / 8);
+        let (a, b) = buf.split_at_mut(first);
+        self.mem.read_words(CONTROL_PAGE_SIZE + pos as usize, a)?;
+        if !b.is_empty() {
+            self.mem.read_words(CONTROL_PAGE_SIZE, b)?;
+        }
+        Ok(())
+    }
+
     /// Copies `data`'s words into the data area starting at `pos` (8-aligned), wrapping at
     /// the end.
     #[inline]

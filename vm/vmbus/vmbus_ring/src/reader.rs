@@ -17,8 +17,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::atomic::fence;
 
-/// How many bytes `peek` fetches at once before it knows the packet's length.
-const PREFIX_SIZE: usize = 128;
+/// How many words `peek` fetches at once before it knows the packet's length: one line's
+/// worth, which holds a packet of up to 56 bytes with its trailer. A larger stage costs every
+/// packet its zeroing (16 words measured 4 ns slower per single-thread round trip than 8).
+const PREFIX_WORDS: usize = 8;
 
 /// A packet copied out of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,16 +198,20 @@ impl<M: SharedMem> RingReader<M> {
                 available,
             });
         }
-        // Fetch a prefix of the published bytes once: the descriptor is parsed from this copy
+        // Fetch a prefix of the published words once: the descriptor is parsed from this copy
         // and the same copy lands in `buf`, so what we validated is what the caller gets.
         // Small packets (and their trailers) are entirely in the prefix: one copy in all.
-        let mut prefix = [0u8; PREFIX_SIZE];
+        let mut prefix = [0u64; PREFIX_WORDS];
         let prefix = prefix
-            .get_mut(..PREFIX_SIZE.min(available as usize))
+            .get_mut(..PREFIX_WORDS.min(available as usize / PACKET_ALIGN))
             .unwrap_or_default();
-        self.ring.read_data(start, prefix)?;
+        self.ring.read_words(start, prefix)?;
+        let mut desc = [0u8; DESCRIPTOR_SIZE];
+        for (dst, word) in desc.chunks_exact_mut(PACKET_ALIGN).zip(&*prefix) {
+            dst.copy_from_slice(&word.to_le_bytes());
+        }
         // The packet and its trailer must fit in what the writer published.
-        let header = parse_descriptor_with_available(prefix, available as usize - TRAILER_SIZE)
+        let header = parse_descriptor_with_available(&desc, available as usize - TRAILER_SIZE)
             .map_err(|error| RingError::BadPacket {
                 offset: start,
                 error,
@@ -218,21 +224,26 @@ impl<M: SharedMem> RingReader<M> {
                 capacity: buf.len(),
             });
         };
-        let from_prefix = len.min(prefix.len());
+        let from_prefix = len.min(prefix.len() * PACKET_ALIGN);
         let (out_head, out_rest) = out.split_at_mut(from_prefix);
-        out_head.copy_from_slice(prefix.get(..from_prefix).unwrap_or_default());
+        for (dst, word) in out_head.chunks_exact_mut(PACKET_ALIGN).zip(&*prefix) {
+            dst.copy_from_slice(&word.to_le_bytes());
+        }
         if !out_rest.is_empty() {
             self.ring
                 .read_data(self.ring.advance(start, from_prefix), out_rest)?;
         }
-        let mut trailer = [0u8; TRAILER_SIZE];
-        match prefix.get(len..len + TRAILER_SIZE) {
-            Some(t) => trailer.copy_from_slice(t),
-            None => self
-                .ring
-                .read_data(self.ring.advance(start, len), &mut trailer)?,
-        }
-        let trailer = u64::from_le_bytes(trailer);
+        let trailer = match prefix.get(len / PACKET_ALIGN) {
+            Some(&t) => t,
+            None => {
+                let mut t = [0u64];
+                self.ring
+                    .read_words(self.ring.advance(start, len), &mut t)?;
+                let [t] = t;
+                t
+            }
+        };
+
         if self.check_trailer && (trailer >> 32) as u32 != start {
             return Err(RingError::BadTrailer {
                 offset: start,
