@@ -69,6 +69,23 @@
 //! `interrupt_mask`. A ring within 2 times the ping-pong would have to get its code to about
 //! half and take the fences off the critical path; both are what remains of this target.
 //!
+//! The code, measured (issue 15's ring target, `perf record` of the single-thread round
+//! trip): a third of it was `write_packet` assembling small packets in a zeroed 256-byte byte
+//! stage with a libc `memmove` per part, re-reading the descriptor's fields as bytes (a
+//! store-forwarding stall) and handing the bytes to `shared_mem`'s general byte copy with its
+//! partial-word splitting; the reader zeroed a 128-byte prefix stage per packet. Small packets
+//! are now staged as words (the descriptor's two built from its fields) and stored with
+//! `SharedMem::write_words`, and the reader fetches up to 8 words with `read_words` and parses
+//! the descriptor from that one copy: single thread 99-103 ns -> 76-77 -> 71-73 ns (three runs
+//! each). Tried and dropped: a 16-word read stage (4 ns slower: its zeroing), the stage kept
+//! in the reader (10 ns slower), reading the payload straight into the caller's buffer through
+//! the byte copy (about 25 ns slower). What remains per round trip: the writer's full fence (one per
+//! direction, the Dekker handshake, kept), libc `memcpy` calls the compiler makes of
+//! the variable-length word loops (the payload into the stage, the prefix into the caller's
+//! buffer), and the `Result` plumbing of each bounds-checked shared-memory access. The
+//! cross-core figures of those runs could not be compared: this host's one-atomic ping-pong
+//! had moved from 66 ns to 334-350 ns between runs.
+//!
 //! What stays, and why: the writer's full fence between publishing `write_index` and loading
 //! `interrupt_mask` is the Dekker handshake with a reader that unmasks then re-checks (without
 //! it both may read the other's old value and the reader sleeps on a packet); it holds the
