@@ -1,7 +1,9 @@
 //! Shared memory that another process may write at any time, behind a small bounds-checked trait.
 //!
 //! [`SharedMem`] is the whole interface: byte copies in and out ([`SharedMem::read_at`],
-//! [`SharedMem::write_at`]) and aligned atomic loads and stores of `u32` and `u64`. Every
+//! [`SharedMem::write_at`]), copies of whole aligned words ([`SharedMem::read_words`],
+//! [`SharedMem::write_words`], the fast path for word-framed data) and aligned atomic loads
+//! and stores of `u32` and `u64`. Every
 //! access is checked against the region's length (and, for the atomics, alignment) and
 //! returns a [`MemError`] instead of panicking. Two regions implement it:
 //!
