@@ -59,15 +59,18 @@
 //! The layout is not the limit. The summary also times the layout's floor: a two-line
 //! ping-pong that, each way, stores a 40-byte packet's words on one line and then an index
 //! on another (release), while the other side polls the index (acquire) and then loads the
-//! words (`TwoLines`): 67-68 ns, 1.02-1.04 times the one-atomic ping-pong (same machine,
-//! three runs). The data line's fetch overlaps the index line's (measured, not traced: most
-//! likely the data loads issue speculatively while the index load is outstanding), so
-//! index-then-data costs no second crossing. The ring is 3.7-3.8 times that floor: its code (about 100 ns on one thread) plus
-//! what it adds to the critical path across cores beyond the two lines: the fences, which
-//! wait for the stores' ownership transfers (the writer's after `write_index`, the eager
-//! reader's after `read_index`), and the control line's extra trips for `read_index` and
-//! `interrupt_mask`. A ring within 2 times the ping-pong would have to get its code to about
-//! half and take the fences off the critical path; both are what remains of this target.
+//! words (`TwoLines`): 67-104 ns over a dozen runs, 1.02-1.57 times the one-atomic
+//! ping-pong of the same run. In the fast runs the data line's fetch overlaps the index
+//! line's (measured, not traced: most likely the data loads issue speculatively while the
+//! index load is outstanding), so index-then-data costs no second crossing; in the slow ones
+//! it costs about half of one. Before the code cuts below, the ring was 3.7-3.8 times that
+//! floor: its code (about 100 ns on one thread) plus what it adds to the critical path across
+//! cores beyond the two lines: the fences, which wait for the stores' ownership transfers (the
+//! writer's after `write_index`, the eager reader's after `read_index`), and the control
+//! line's extra trips for `read_index` and `interrupt_mask`. After them (three runs, load
+//! 0.5): eager 215-217 ns, lazy 216-220 ns, 2.74-3.33 times the ping-pong and 2.2-2.5 times
+//! the floor, the code 72-74 ns on one thread. A ring within 2 times the ping-pong would have
+//! to take most of the remaining code and the fences off the critical path.
 //!
 //! The code, measured (issue 15's ring target, `perf record` of the single-thread round
 //! trip): a third of it was `write_packet` assembling small packets in a zeroed 256-byte byte
@@ -82,9 +85,10 @@
 //! the byte copy (about 25 ns slower). What remains per round trip: the writer's full fence (one per
 //! direction, the Dekker handshake, kept), libc `memcpy` calls the compiler makes of
 //! the variable-length word loops (the payload into the stage, the prefix into the caller's
-//! buffer), and the `Result` plumbing of each bounds-checked shared-memory access. The
-//! cross-core figures of those runs could not be compared: this host's one-atomic ping-pong
-//! had moved from 66 ns to 334-350 ns between runs.
+//! buffer), and the `Result` plumbing of each bounds-checked shared-memory access. (The
+//! cross-core figures of the runs that measured the cuts step by step were left out: the
+//! host's one-atomic ping-pong had moved from 66 ns to 334-350 ns for a while; the figures
+//! above are from after it came back.)
 //!
 //! What stays, and why: the writer's full fence between publishing `write_index` and loading
 //! `interrupt_mask` is the Dekker handshake with a reader that unmasks then re-checks (without
