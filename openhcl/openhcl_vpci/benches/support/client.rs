@@ -57,6 +57,37 @@ impl Offers {
     }
 }
 
+/// Sleeps in `poll(2)` until a descriptor of one of `sources` is ready, then tells each source
+/// which of its descriptors are.
+pub fn wait_any(sources: &mut [&mut WaitSource]) {
+    let ready: Vec<(usize, usize)> = {
+        let fds: Vec<Vec<_>> = sources.iter().map(|s| s.fds()).collect();
+        let mut polled: Vec<PollFd<'_>> = fds
+            .iter()
+            .flatten()
+            .map(|fd| PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP))
+            .collect();
+        match poll(&mut polled, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("poll: {e}"),
+        }
+        let owners = fds
+            .iter()
+            .enumerate()
+            .flat_map(|(s, f)| (0..f.len()).map(move |i| (s, i)));
+        owners
+            .zip(&polled)
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|(owner, _)| owner)
+            .collect()
+    };
+    for (s, i) in ready {
+        if let Some(source) = sources.get_mut(s) {
+            source.ready_fd(i);
+        }
+    }
+}
+
 /// One bus as the raw guest drives it.
 pub struct RawBus {
     ring: RingChannel,
@@ -85,25 +116,7 @@ impl RawBus {
             if let Poll::Ready(out) = op(&mut self.ring, &mut cx) {
                 return out;
             }
-            let fds = self.source.fds();
-            let mut polled: Vec<PollFd<'_>> = fds
-                .iter()
-                .map(|fd| PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP))
-                .collect();
-            match poll(&mut polled, None) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => panic!("poll: {e}"),
-            }
-            let ready: Vec<usize> = polled
-                .iter()
-                .enumerate()
-                .filter(|(_, fd)| !fd.revents().is_empty())
-                .map(|(i, _)| i)
-                .collect();
-            drop(polled);
-            for i in ready {
-                self.source.ready_fd(i);
-            }
+            wait_any(&mut [&mut self.source]);
         }
     }
 

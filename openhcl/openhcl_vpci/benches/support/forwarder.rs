@@ -5,8 +5,7 @@
 //! the extra hop's wake-ups and copies alone, so against the service it shows what the relay
 //! itself adds, and against the direct ring what any process in the middle costs.
 
-use crate::client::Offers;
-use rustix::event::{PollFd, PollFlags, poll};
+use crate::client::{Offers, wait_any};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -65,31 +64,7 @@ fn forward(mut host: End, mut guest: End) {
         if up || down {
             continue;
         }
-        let (h, g) = (host.source.fds(), guest.source.fds());
-        let mut polled: Vec<PollFd<'_>> = h
-            .iter()
-            .chain(g.iter())
-            .map(|fd| PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP))
-            .collect();
-        match poll(&mut polled, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => panic!("poll: {e}"),
-        }
-        let ready: Vec<usize> = polled
-            .iter()
-            .enumerate()
-            .filter(|(_, fd)| !fd.revents().is_empty())
-            .map(|(i, _)| i)
-            .collect();
-        let split = h.len();
-        drop(polled);
-        for i in ready {
-            if i < split {
-                host.source.ready_fd(i);
-            } else {
-                guest.source.ready_fd(i - split);
-            }
-        }
+        wait_any(&mut [&mut host.source, &mut guest.source]);
     }
 }
 
