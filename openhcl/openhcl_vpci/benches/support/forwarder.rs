@@ -12,16 +12,22 @@ use std::path::Path;
 use std::task::{Context, Poll};
 use vmbus_channel::{Channel, RingChannel, RingChannelConfig, WaitSource};
 
-/// One side of the forwarder: its ring and the ring's waiting.
+/// One side of the forwarder: its ring, the ring's waiting, and a packet for it that did not
+/// fit yet.
 struct End {
     ring: RingChannel,
     source: WaitSource,
+    held: Option<vmbus_channel::Packet>,
 }
 
 impl End {
     fn new(mut ring: RingChannel) -> Self {
         let source = ring.wait_source().expect("wait source");
-        Self { ring, source }
+        Self {
+            ring,
+            source,
+            held: None,
+        }
     }
 }
 
@@ -68,22 +74,27 @@ fn forward(mut host: End, mut guest: End) {
     }
 }
 
-/// Moves every packet `from` has to `to`; whether any moved. `None` once either side has
-/// gone away (the forwarder then ends).
+/// Moves every packet `from` has to `to` (holding one that does not fit until it does);
+/// whether any moved. `None` once either side has gone away (the forwarder then ends).
 fn pump(from: &mut End, to: &mut End, cx: &mut Context<'_>) -> Option<bool> {
     let mut moved = false;
     loop {
-        match from.ring.poll_recv(cx) {
-            Poll::Ready(Ok(packet)) => {
-                // The rings are far larger than the one request in flight: a send that
-                // cannot go now is a peer that stopped reading.
-                match to.ring.poll_send(cx, &packet) {
-                    Poll::Ready(Ok(())) => moved = true,
-                    Poll::Ready(Err(_)) | Poll::Pending => return None,
-                }
-            }
+        // A packet that did not fit goes first; until it does, nothing more is read.
+        let packet = match to.held.take() {
+            Some(p) => p,
+            None => match from.ring.poll_recv(cx) {
+                Poll::Ready(Ok(packet)) => packet,
+                Poll::Ready(Err(_)) => return None,
+                Poll::Pending => return Some(moved),
+            },
+        };
+        match to.ring.poll_send(cx, &packet) {
+            Poll::Ready(Ok(())) => moved = true,
             Poll::Ready(Err(_)) => return None,
-            Poll::Pending => return Some(moved),
+            Poll::Pending => {
+                to.held = Some(packet);
+                return Some(moved);
+            }
         }
     }
 }
