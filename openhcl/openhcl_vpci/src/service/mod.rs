@@ -5,6 +5,7 @@
 //! Only the event loop writes to the peers, one whole frame at a time, so a shutdown never
 //! leaves a message half-sent.
 
+mod exec;
 mod fds;
 pub mod handover;
 mod mmio;
@@ -14,7 +15,8 @@ mod signals;
 pub(crate) mod threads;
 mod update;
 
-pub use update::{RESUME_FLAG, RestoreInfo, UpdateRequest};
+pub use exec::RESUME_FLAG;
+pub use update::{RestoreInfo, UpdateRequest};
 
 use crate::RelayService;
 use crate::bars::RecordingBars;
