@@ -56,21 +56,25 @@
 //! 98-102 ns, 1.6 times the whole ping-pong. Validation, staging copies and the atomic word
 //! copies of `shared_mem` cost more here than the upgrade and fence the lazy reader saves.
 //!
-//! The layout is not the limit. The summary also times the layout's floor: a two-line
-//! ping-pong that, each way, stores a 40-byte packet's words on one line and then an index
-//! on another (release), while the other side polls the index (acquire) and then loads the
-//! words (`TwoLines`): 67-104 ns over a dozen runs, 1.02-1.57 times the one-atomic
-//! ping-pong of the same run. In the fast runs the data line's fetch overlaps the index
-//! line's (measured, not traced: most likely the data loads issue speculatively while the
-//! index load is outstanding), so index-then-data costs no second crossing; in the slow ones
-//! it costs about half of one. Before the code cuts below, the ring was 3.7-3.8 times that
-//! floor: its code (about 100 ns on one thread) plus what it adds to the critical path across
-//! cores beyond the two lines: the fences, which wait for the stores' ownership transfers (the
-//! writer's after `write_index`, the eager reader's after `read_index`), and the control
-//! line's extra trips for `read_index` and `interrupt_mask`. After them (three runs, load
-//! 0.5): eager 215-217 ns, lazy 216-220 ns, 2.74-3.33 times the ping-pong and 2.2-2.5 times
-//! the floor, the code 72-74 ns on one thread. A ring within 2 times the ping-pong would have
-//! to take most of the remaining code and the fences off the critical path.
+//! The layout sets a floor, and it is not the one-line ping-pong. The summary times three
+//! ring-free floors (`ring/floors.rs`): per direction a 40- or 32-byte packet's words stored
+//! on data lines, then an index on a line of its own (release), the other side polling the
+//! index (acquire) and then loading the words. With every packet at the same place (`Fixed`,
+//! which no ring can do) the floor is 1.08-1.13 times the atomic ping-pong (fast runs) and the
+//! data line's fetch overlaps the index line's. With packets one after another as a ring puts
+//! them (`Rotating`), about every other packet spills onto a line the writer last wrote a lap
+//! ago, and the floor is 137-139 ns, 2.19-2.23 times the atomic: already past the 2x target
+//! with no ring code at all. (In the slow runs, when the host's ping-pong takes 323-356 ns,
+//! a scratch copy of the same floors measured fixed 417-472 ns, rotating 634-687 ns: 1.9-2.1
+//! times.) A writer that stores a word one line past the next packet's start after each
+//! publish (`RotatingOwnAhead`: that line's ownership moves while nobody waits) brings the
+//! floor to 100-102 ns, 1.61-1.64 times; the same store in `RingWriter::publish` did not
+//! shorten the ring (three A/B runs each: 208-215 ns with it, 212-213 without), so it is not
+//! in the ring. The ring's round trip is the rotating floor plus its code, almost exactly:
+//! 210-216 ns = 137-139 + 72 (the code alone, one thread). Before the code cuts below it was
+//! 3.7-3.8 times the fixed floor, its code about 100 ns. Within 2 times the ping-pong would
+//! need the writer's early ownership to pay off and the four packet operations of a round trip
+//! (two writes, two validated reads) in about 25 ns together.
 //!
 //! The code, measured (issue 15's ring target, `perf record` of the single-thread round
 //! trip): a third of it was `write_packet` assembling small packets in a zeroed 256-byte byte
@@ -119,6 +123,11 @@ use vmbus_ring::RingReader;
 use vmbus_ring::RingWriter;
 use vmbus_ring::WriteError;
 use vmbus_ring::packet_type;
+
+#[path = "ring/floors.rs"]
+mod floors;
+
+use floors::{Floor, Lanes, atomic_round_trips, start_ponger};
 
 type Mem = Arc<HeapMem>;
 
@@ -240,103 +249,6 @@ fn loopback_round_trips(iters: u64) -> Duration {
         let id = take(&mut req_r, &mut buf);
         put(&mut comp_w, &meta(packet_type::COMP, id), &status);
         black_box(take(&mut comp_r, &mut buf));
-    }
-    start.elapsed()
-}
-
-/// A thread that answers every odd value of `cell` with the next even one.
-fn start_ponger(cell: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let v = cell.load(Ordering::Acquire);
-            if v % 2 == 1 {
-                cell.store(v + 1, Ordering::Release);
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-    })
-}
-
-/// Times `iters` ping-pongs of one atomic between two threads.
-fn atomic_round_trips(cell: &AtomicU64, iters: u64) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        let v = cell.load(Ordering::Relaxed) + 1;
-        cell.store(v, Ordering::Release);
-        while cell.load(Ordering::Acquire) != v + 1 {
-            std::hint::spin_loop();
-        }
-    }
-    start.elapsed()
-}
-
-/// One direction of the two-line ping-pong: a packet's worth of data on its own line and an
-/// index on another, as the ring's layout puts them.
-#[repr(align(128))]
-#[derive(Default)]
-struct Lines {
-    /// Five words: a 40-byte request (descriptor, payload, trailer).
-    data: [AtomicU64; 5],
-    /// The index, a line (and its adjacent-line prefetch pair) away from the data.
-    index: Aligned,
-}
-
-#[repr(align(128))]
-#[derive(Default)]
-struct Aligned(AtomicU64);
-
-/// What a round trip must move with the ring's layout and nothing else: per direction, the
-/// writer stores the packet's words on the data line, then the index on the control line
-/// (release); the reader polls the index (acquire), then loads the data. No validation, no
-/// copies beyond the words, no read index, no signalling checks: the floor under any ring
-/// with the Hyper-V layout.
-struct TwoLines {
-    request: Lines,
-    completion: Lines,
-}
-
-/// A thread that answers each request of `lines` with a completion.
-fn start_two_line_server(lines: Arc<TwoLines>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut seen = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let i = lines.request.index.0.load(Ordering::Acquire);
-            if i == seen {
-                std::hint::spin_loop();
-                continue;
-            }
-            seen = i;
-            let mut sum = 0u64;
-            for w in &lines.request.data {
-                sum = sum.wrapping_add(w.load(Ordering::Relaxed));
-            }
-            for w in lines.completion.data.iter().take(4) {
-                w.store(black_box(sum), Ordering::Relaxed);
-            }
-            lines.completion.index.0.store(i, Ordering::Release);
-        }
-    })
-}
-
-/// Times `iters` request/completion round trips over the two-line layout.
-fn two_line_round_trips(lines: &TwoLines, iters: u64) -> Duration {
-    let start = Instant::now();
-    let first = lines.request.index.0.load(Ordering::Relaxed);
-    for n in 1..=iters {
-        let i = first + n;
-        for w in &lines.request.data {
-            w.store(i, Ordering::Relaxed);
-        }
-        lines.request.index.0.store(i, Ordering::Release);
-        while lines.completion.index.0.load(Ordering::Acquire) != i {
-            std::hint::spin_loop();
-        }
-        let mut sum = 0u64;
-        for w in lines.completion.data.iter().take(4) {
-            sum = sum.wrapping_add(w.load(Ordering::Relaxed));
-        }
-        black_box(sum);
     }
     start.elapsed()
 }
@@ -601,16 +513,16 @@ fn summary() {
     let atomic_rt = atomic_round_trips(&cell, iters);
     stop.store(true, Ordering::Relaxed);
     t.join().unwrap();
-    let lines = Arc::new(TwoLines {
-        request: Lines::default(),
-        completion: Lines::default(),
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = start_two_line_server(lines.clone(), stop.clone());
-    two_line_round_trips(&lines, iters / 10);
-    let two_line_rt = two_line_round_trips(&lines, iters);
-    stop.store(true, Ordering::Relaxed);
-    t.join().unwrap();
+    let floor = |floor| {
+        let mut lanes = Lanes::start(floor);
+        lanes.round_trips(iters / 10);
+        (lanes.floor(), lanes.round_trips(iters))
+    };
+    let floors = [
+        floor(Floor::Fixed),
+        floor(Floor::Rotating),
+        floor(Floor::RotatingOwnAhead),
+    ];
 
     let (writer, mut reader) = ring(256 * 1024, false);
     let producer = Producer::start(writer, 4096);
@@ -648,13 +560,20 @@ fn summary() {
          {:.0} ns",
         per(loopback, iters)
     );
-    eprintln!(
-        "summary: the layout's floor, a two-line ping-pong (data line then index line each way, \
-         no ring code) {:.0} ns: {:.2}x the atomic; the ring {:.2}x it",
-        per(two_line_rt, iters),
-        two_line_rt.as_secs_f64() / atomic_rt.as_secs_f64(),
-        ring_rt.as_secs_f64() / two_line_rt.as_secs_f64()
-    );
+    for (floor, took) in floors {
+        let what = match floor {
+            Floor::Fixed => "every packet at the same place (not a ring)",
+            Floor::Rotating => "packets one after another, as in a ring",
+            Floor::RotatingOwnAhead => "as in a ring, the writer owning the next line ahead",
+        };
+        eprintln!(
+            "summary: floor {floor:?} ({what}, no ring code) {:.0} ns: {:.2}x the atomic; the \
+             ring {:.2}x it",
+            per(took, iters),
+            took.as_secs_f64() / atomic_rt.as_secs_f64(),
+            ring_rt.as_secs_f64() / took.as_secs_f64()
+        );
+    }
     eprintln!(
         "summary: 4 KiB stream ring {:.2} GB/s, single-core memcpy {:.2} GB/s, {:.0}% of it \
          (a figure, no target)",
