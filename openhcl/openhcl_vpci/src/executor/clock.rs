@@ -15,57 +15,39 @@
 //! same.
 
 use super::sleep_until;
-use std::time::{Duration, Instant};
-use vpci_relay::Clock;
+use std::time::Duration;
 use vpci_relay::driver::Sleep as RelaySleep;
+use vpci_relay::{Clock, TimeBase};
 
-/// The monotonic clock, read as a [`Duration`] since the clock was made plus where it started,
-/// with timers from [`sleep_until`] (see the module's documentation).
-#[derive(Clone, Debug)]
+/// The relay's time on the monotonic clock ([`TimeBase`], as `vpci_relay::SystemClock` reads
+/// it), with timers from [`sleep_until`] (see the module's documentation).
+#[derive(Clone, Debug, Default)]
 pub struct LoopClock {
-    epoch: Instant,
-    /// What the clock read at `epoch`: zero for a new relay, for a restored one its saved time
-    /// plus the time the bus was stopped.
-    start: Duration,
+    base: TimeBase,
 }
 
 impl LoopClock {
     /// A clock that reads zero now.
     pub fn new() -> Self {
-        Self::starting_at(Duration::ZERO)
+        Self::default()
     }
 
     /// A clock that reads `start` now: for a restored relay, the saved relay's time plus the
-    /// time the bus spent stopped, so that the restored relay's time continues the old one's
-    /// ([`vpci_relay::BusDriver::restore`]).
+    /// time the bus spent stopped ([`TimeBase::starting_at`]).
     pub fn starting_at(start: Duration) -> Self {
         Self {
-            epoch: Instant::now(),
-            start,
+            base: TimeBase::starting_at(start),
         }
-    }
-
-    /// The instant at which the clock reads `deadline`; `None` if that is past what an
-    /// [`Instant`] can hold (a timer that never fires).
-    fn instant_of(&self, deadline: Duration) -> Option<Instant> {
-        // A deadline before the clock's start is already due: the epoch has passed.
-        self.epoch.checked_add(deadline.saturating_sub(self.start))
-    }
-}
-
-impl Default for LoopClock {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
 impl Clock for LoopClock {
     fn now(&self) -> Duration {
-        self.start.saturating_add(self.epoch.elapsed())
+        self.base.now()
     }
 
     fn sleep_until(&self, deadline: Duration) -> RelaySleep {
-        match self.instant_of(deadline) {
+        match self.base.instant_of(deadline) {
             Some(at) => Box::pin(sleep_until(at)),
             None => Box::pin(std::future::pending()),
         }
@@ -77,6 +59,7 @@ mod tests {
     use super::super::{TIMERS, block_on_sources};
     use super::*;
     use std::task::Poll;
+    use std::time::Instant;
 
     /// How many timers this thread's loop holds armed (`None` outside any loop).
     fn armed() -> Option<usize> {

@@ -30,22 +30,25 @@ pub trait Clock {
     fn sleep_until(&self, deadline: Duration) -> Sleep;
 }
 
-/// Real time, from the monotonic clock; timers from `futures-timer` (no runtime needed).
-#[derive(Clone, Debug)]
-pub struct SystemClock {
+/// A relay's time on the monotonic clock: a [`Duration`] that reads `start` when the base is
+/// made and runs with [`Instant`] from then on. Every real-time [`Clock`] reads the relay's
+/// time through one (this crate's [`SystemClock`], the service's loop clock), so they agree on
+/// what a restored relay's time is and differ only in how they wait.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeBase {
     epoch: Instant,
-    /// Where the clock starts: a clock that continues a saved relay's time base starts at
-    /// the saved time plus the time the bus was stopped.
+    /// What the base reads at `epoch`: zero for a new relay; for a restored one, the saved
+    /// relay's time plus the time the bus was stopped.
     start: Duration,
 }
 
-impl SystemClock {
-    /// A clock whose epoch is now.
+impl TimeBase {
+    /// A base that reads zero now.
     pub fn new() -> Self {
         Self::starting_at(Duration::ZERO)
     }
 
-    /// A clock that reads `start` now: for a restored relay, the saved relay's time plus the
+    /// A base that reads `start` now: for a restored relay, the saved relay's time plus the
     /// time the bus spent stopped (measured on a time base that survives servicing), so that
     /// the restored relay's time continues the old one's ([`BusRelay::restore`](crate::BusRelay::restore)).
     pub fn starting_at(start: Duration) -> Self {
@@ -54,17 +57,50 @@ impl SystemClock {
             start,
         }
     }
+
+    /// The relay's time now.
+    pub fn now(&self) -> Duration {
+        self.start.saturating_add(self.epoch.elapsed())
+    }
+
+    /// The instant at which the base reads `deadline` (a deadline before the base's start is
+    /// already due: its instant is the epoch, which has passed); `None` if that is past what
+    /// an [`Instant`] can hold (a timer that never fires).
+    pub fn instant_of(&self, deadline: Duration) -> Option<Instant> {
+        self.epoch.checked_add(deadline.saturating_sub(self.start))
+    }
 }
 
-impl Default for SystemClock {
+impl Default for TimeBase {
     fn default() -> Self {
         Self::new()
     }
 }
 
+/// Real time, from the monotonic clock ([`TimeBase`]); timers from `futures-timer` (no
+/// runtime needed).
+#[derive(Clone, Debug, Default)]
+pub struct SystemClock {
+    base: TimeBase,
+}
+
+impl SystemClock {
+    /// A clock whose epoch is now.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A clock that reads `start` now ([`TimeBase::starting_at`]).
+    pub fn starting_at(start: Duration) -> Self {
+        Self {
+            base: TimeBase::starting_at(start),
+        }
+    }
+}
+
 impl Clock for SystemClock {
     fn now(&self) -> Duration {
-        self.start.saturating_add(self.epoch.elapsed())
+        self.base.now()
     }
 
     fn sleep_until(&self, deadline: Duration) -> Sleep {
@@ -175,5 +211,31 @@ impl Future for VirtualSleep {
 impl Drop for VirtualSleep {
     fn drop(&mut self) {
         self.clock.lock().sleepers.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A base made to start at `start` reads `start` plus no more than the time since it was
+    /// made; a deadline maps to the instant the base reads it (an earlier one to the epoch,
+    /// one past what an `Instant` holds to none); both real clocks read the same base.
+    #[test]
+    fn a_time_base_continues_from_its_start() {
+        let start = Duration::from_secs(5);
+        let before = Instant::now();
+        let base = TimeBase::starting_at(start);
+        let read = base.now();
+        let elapsed = before.elapsed();
+        assert!(read >= start && read <= start + elapsed, "{read:?}");
+        let at = base.instant_of(start + Duration::from_millis(10)).unwrap();
+        let epoch = base.instant_of(Duration::ZERO).unwrap();
+        assert_eq!(at - epoch, Duration::from_millis(10));
+        assert_eq!(base.instant_of(start), Some(epoch));
+        assert_eq!(base.instant_of(Duration::MAX), None);
+        assert!(TimeBase::new().now() < start);
+        let clock = SystemClock::starting_at(start);
+        assert!(clock.now() >= start);
     }
 }

@@ -70,7 +70,7 @@ pub mod save;
 #[cfg(feature = "sim")]
 pub mod sim;
 
-pub use clock::{Clock, SystemClock, VirtualClock};
+pub use clock::{Clock, SystemClock, TimeBase, VirtualClock};
 pub use config::{
     AllowRule, ConfigError, HOST_EJECT_TIMEOUT, Limits, MAX_HOLD_LIMIT, RelayConfig, Safeguards,
 };
