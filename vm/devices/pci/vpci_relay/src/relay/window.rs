@@ -65,7 +65,19 @@ impl BusRelay {
                 f.touched(now);
                 if host_up && f.host == HostState::Listed || !shield {
                     match self.accesses.start(access, now, in_flight_limit) {
-                        Some(id) => ConfigAction::Forward(id),
+                        Some(id) => {
+                            // The write lands in the relay's copy too, as the device takes it:
+                            // should the host remove the function before the guest lets go
+                            // (even with this write still in flight), the shield goes on from
+                            // the state the guest left it in (a BAR sized here reads back its
+                            // size mask there).
+                            if let ConfigAccess::Write { value, .. } = access {
+                                if shield {
+                                    f.shadow_write(offset, len, value, limit);
+                                }
+                            }
+                            ConfigAction::Forward(id)
+                        }
                         // More in flight than the limit (a guest whose own driver serializes
                         // config accesses per bus never gets here): a master abort.
                         None => {
