@@ -55,20 +55,22 @@ pub struct Bounds {
 }
 
 impl Bounds {
-    /// The teeth's bound: the old model's host (a hot-add, ejects only of listed functions,
-    /// no new identity in a slot still in use, every request answered).
-    pub const SMALL: Self = Self {
+    /// What every named bound starts from (each states only what it changes): 3 relations
+    /// messages, 2 ejects, 1 new function, re-listing and ejects of any slot the host has
+    /// listed, a request limit of 4 with 4 remembered answers; no surprise removal, ignored
+    /// or slow answer, stale message, rescind, guest stall or slow read; slot 1 at boot.
+    pub const BASE: Self = Self {
         relations: 3,
         ejects: 2,
         adds: 1,
         drops: 0,
         ignores: 0,
         late_answers: 0,
-        rescinds: 1,
+        rescinds: 0,
         request_limit: 4,
         remembered_answers: 4,
-        relist: false,
-        free_ejects: false,
+        relist: true,
+        free_ejects: true,
         slows: 0,
         stales: 0,
         guest_stalls: 0,
@@ -76,26 +78,21 @@ impl Bounds {
         two_at_boot: false,
     };
 
+    /// The teeth's bound: the old model's host (a hot-add, ejects only of listed functions,
+    /// no new identity in a slot still in use, every request answered) and a rescind.
+    pub const SMALL: Self = Self {
+        rescinds: 1,
+        relist: false,
+        free_ejects: false,
+        ..Self::BASE
+    };
+
     /// Slow config reads: the teeth's host and a rescind, one config read the device takes
     /// its time over (the rescind once let a held EJECT reach a guest still in the slow read:
     /// `host_loss_during_slow_read_lets_a_held_eject_in`).
     pub const SLOW_READ: Self = Self {
-        relations: 3,
-        ejects: 2,
-        adds: 1,
-        drops: 0,
-        ignores: 0,
-        late_answers: 0,
-        rescinds: 1,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: false,
-        free_ejects: false,
-        slows: 0,
-        stales: 0,
-        guest_stalls: 0,
         slow_reads: 1,
-        two_at_boot: false,
+        ..Self::SMALL
     };
 
     /// The default check: a new function, a surprise removal, two ejects of any slot the host
@@ -103,106 +100,43 @@ impl Bounds {
     /// (Ignored requests are in `REQUEST_TABLE`, slow answers and a stuck guest in `SLOW`;
     /// `LARGE` has them all.)
     pub const DEFAULT: Self = Self {
-        relations: 3,
-        ejects: 2,
-        adds: 1,
         drops: 1,
-        ignores: 0,
-        late_answers: 0,
         rescinds: 1,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
-        slows: 0,
         stales: 1,
-        guest_stalls: 0,
-        slow_reads: 0,
-        two_at_boot: false,
+        ..Self::BASE
     };
 
     /// Slowness: the host answers one probe-path request (BUS_D0ENTRY or
     /// QUERY_RESOURCE_REQUIREMENTS) as slowly as it likes, beyond `max_hold`, and the guest's
     /// eject work may stall beyond `max_hold`; a new function and two ejects.
     pub const SLOW: Self = Self {
-        relations: 3,
-        ejects: 2,
-        adds: 1,
-        drops: 0,
-        ignores: 0,
-        late_answers: 0,
-        rescinds: 0,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
         slows: 1,
-        stales: 0,
         guest_stalls: 1,
-        slow_reads: 0,
-        two_at_boot: false,
+        ..Self::BASE
     };
 
     /// Identities: two new functions (so a slot can be re-listed twice, while its old function
     /// is listed, ejecting or held), every request answered, a stale relations message.
     pub const RELIST: Self = Self {
-        relations: 3,
-        ejects: 2,
         adds: 2,
-        drops: 0,
-        ignores: 0,
-        late_answers: 0,
-        rescinds: 0,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
-        slows: 0,
         stales: 1,
-        guest_stalls: 0,
-        slow_reads: 0,
-        two_at_boot: false,
+        ..Self::BASE
     };
 
     /// Both functions present at boot, a stale relations message.
     pub const TWO_AT_BOOT: Self = Self {
-        relations: 3,
-        ejects: 2,
-        adds: 1,
-        drops: 0,
-        ignores: 0,
-        late_answers: 0,
-        rescinds: 0,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
-        slows: 0,
         stales: 1,
-        guest_stalls: 0,
-        slow_reads: 0,
         two_at_boot: true,
+        ..Self::BASE
     };
 
     /// The request table: a limit of one request, so a single entry the relay keeps for a
     /// request it already answered refuses the next one; an ignored request answered late.
     pub const REQUEST_TABLE: Self = Self {
-        relations: 3,
-        ejects: 2,
-        adds: 1,
-        drops: 0,
         ignores: 1,
         late_answers: 1,
-        rescinds: 0,
         request_limit: 1,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
-        slows: 0,
-        stales: 0,
-        guest_stalls: 0,
-        slow_reads: 0,
-        two_at_boot: false,
+        ..Self::BASE
     };
 
     /// A larger bound (run with `--ignored`, best with `--release`): the old default (4
@@ -210,41 +144,20 @@ impl Bounds {
     /// (a slow answer, a stale relations message, a stuck guest).
     pub const LARGE: Self = Self {
         relations: 4,
-        ejects: 2,
-        adds: 1,
         drops: 1,
         ignores: 1,
-        late_answers: 0,
         rescinds: 1,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
         slows: 1,
         stales: 1,
         guest_stalls: 1,
-        slow_reads: 0,
-        two_at_boot: false,
+        ..Self::BASE
     };
 
     /// Both functions at boot, a larger bound (run with `--ignored`).
     pub const LARGE_TWO_AT_BOOT: Self = Self {
-        relations: 4,
-        ejects: 2,
-        adds: 1,
-        drops: 1,
-        ignores: 1,
-        late_answers: 0,
-        rescinds: 1,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
-        slows: 1,
-        stales: 1,
         guest_stalls: 0,
-        slow_reads: 0,
         two_at_boot: true,
+        ..Self::LARGE
     };
 }
 
