@@ -50,6 +50,10 @@ pub struct Bounds {
     /// sits in one; the device answers when it likes, or never within the bound). Every
     /// other read is answered before time moves, but host actions may come first.
     pub slow_reads: u8,
+    /// Config accesses the guest makes beyond each context's first read at offset 0 (BAR
+    /// sizing writes and read-backs in the root-bus scan, command register writes in a
+    /// driver's probe and remove; see `Reader::plan`), over the whole run.
+    pub accesses: u8,
     /// Whether slot 2 is present at boot too (otherwise only slot 1 is).
     pub two_at_boot: bool,
 }
@@ -75,6 +79,7 @@ impl Bounds {
         stales: 0,
         guest_stalls: 0,
         slow_reads: 0,
+        accesses: 0,
         two_at_boot: false,
     };
 
@@ -175,6 +180,7 @@ impl Bounds {
             MAX_HOLD_REACHED | MOVED_ON => self.guest_stalls > 0,
             SLOW_READ => self.slow_reads > 0,
             READ_OUTLIVED_DEVICE => self.ejects > 0,
+            WRITE_FORWARDED | WRITE_SHIELDED => self.accesses > 0,
             _ => true,
         }
     }

@@ -166,8 +166,11 @@ pub struct Guest {
     /// Its eject work is stalled: the guest is stuck in its own work on its current change
     /// (until that eject work ends).
     pub stuck: bool,
-    /// The config read a vCPU sits in (at most one: the config lock).
+    /// The config access a vCPU sits in (at most one: the config lock).
     pub read: Option<Read>,
+    /// Config accesses made beyond each context's first read (bounded by
+    /// `Bounds::accesses`).
+    pub extra_accesses: u8,
 }
 
 impl Guest {
@@ -192,6 +195,7 @@ impl Guest {
             stalls: 0,
             stuck: false,
             read: None,
+            extra_accesses: 0,
         }
     }
 
@@ -531,7 +535,7 @@ impl Step {
             GuestStep::Probe => self.probe_step(),
             GuestStep::Work => self.work_step(),
             GuestStep::Driver(s) => {
-                if self.config_read(s, Reader::Driver) {
+                if self.config_read(s, Reader::Driver, 0) {
                     if let Some(c) = self.s.guest.children.get_mut(&s) {
                         c.driver = Driver::Reading;
                     }

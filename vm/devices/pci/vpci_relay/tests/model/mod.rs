@@ -58,6 +58,8 @@ pub struct Step {
     pub origin: Option<Ident>,
     /// The relay's request limit.
     pub limit: usize,
+    /// The bound on the guest's config accesses beyond each context's first read.
+    pub accesses: u8,
 }
 
 impl Step {
@@ -153,6 +155,21 @@ impl Step {
             // The model's host sends the guest no requests.
             self.s.seen.overgrown.get_or_insert(format!(
                 "{host_requests} host requests outstanding, none sent"
+            ));
+        }
+        // Every forwarded access counts as in flight until it is reported done, once: the
+        // relay holds exactly the one the guest sits in (if any), and lets it go early only
+        // when its device is gone (the departed-access timeout, or the host's loss).
+        let in_flight = relay.accesses_in_flight();
+        let sits_in = usize::from(self.s.guest.read.is_some());
+        let gone = self
+            .s
+            .guest
+            .read
+            .is_some_and(|r| !r.device_present(&self.s.host));
+        if in_flight > sits_in || (in_flight < sits_in && !gone) {
+            self.s.seen.access_count.get_or_insert(format!(
+                "the relay counts {in_flight} accesses in flight, the guest sits in {sits_in}"
             ));
         }
         let functions = relay.functions().count();
@@ -418,6 +435,7 @@ impl Model for RelayModel {
             s: last.clone(),
             origin: None,
             limit: b.request_limit,
+            accesses: b.accesses,
         };
         st.s.last.clear();
         let can_send = last.host.survey_seen && last.host.relations_sent < b.relations;
