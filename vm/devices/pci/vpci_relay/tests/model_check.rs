@@ -592,8 +592,9 @@ fn model_check_large_two_at_boot() {
 
 /// The check at a bound given in the environment, for hunting at larger bounds (best with
 /// `--release`): `MODEL_BOUNDS=relations,ejects,adds,drops,ignores,late_answers,rescinds,
-/// request_limit,two_at_boot,slows,stales,guest_stalls,slow_reads` (`two_at_boot` 0 or 1), every
-/// freedom on. `MODEL_TIMEOUT=seconds` stops any check early (to measure a bound's growth).
+/// request_limit,two_at_boot,slows,stales,guest_stalls,slow_reads[,accesses]` (`two_at_boot` 0
+/// or 1; `accesses`, the guest's config accesses beyond each context's first read, 0 if left
+/// out), every freedom on. `MODEL_TIMEOUT=seconds` stops any check early (to measure a bound's growth).
 #[test]
 #[ignore = "a tool: MODEL_BOUNDS=5,3,2,1,1,1,1,4,0,1,1,1,1 cargo test --release ... -- --ignored model_check_custom"]
 fn model_check_custom() {
@@ -602,7 +603,10 @@ fn model_check_custom() {
         .split(',')
         .map(|x| x.trim().parse().expect("a number"))
         .collect();
-    assert_eq!(v.len(), 13, "thirteen numbers");
+    assert!(
+        v.len() == 13 || v.len() == 14,
+        "thirteen numbers, and optionally the accesses budget"
+    );
     check_all_on(Bounds {
         relations: v[0],
         ejects: v[1],
@@ -618,6 +622,7 @@ fn model_check_custom() {
         stales: v[10],
         guest_stalls: v[11],
         slow_reads: v[12],
+        accesses: v.get(13).copied().unwrap_or(0),
         ..Bounds::DEFAULT
     });
 }
