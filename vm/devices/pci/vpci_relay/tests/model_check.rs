@@ -464,9 +464,17 @@ fn print_path(name: &str, path: stateright::Path<State, Action>) {
     }
 }
 
+/// Properties the relay is known to break, each with the ignored scripted test that shows it
+/// failing: the check prints their counterexamples and asserts that it still finds them (so
+/// an entry goes once the relay is fixed), and fails on any other.
+const KNOWN_RELAY_BUGS: &[(&str, &str)] = &[(
+    BAR_READ_BACK,
+    "bar_sizing_across_removal.rs: a forwarded BAR sizing write is lost at the removal",
+)];
+
 /// Runs the exhaustive check with all safeguards on, prints its size and every failure, and
 /// asserts that every property holds (and every `sometimes` property the bound can reach was
-/// reached).
+/// reached), but for [`KNOWN_RELAY_BUGS`], which must fail where the bound can reach them.
 fn check_all_on(bounds: Bounds) {
     let start = Instant::now();
     let mut checker = RelayModel::new(bounds, Safeguards::ALL_ON)
@@ -489,9 +497,17 @@ fn check_all_on(bounds: Bounds) {
     );
     let mut broken = Vec::new();
     for p in c.model().properties() {
+        let known = KNOWN_RELAY_BUGS.iter().find(|(name, _)| *name == p.name);
         match (c.discovery(p.name), p.expectation) {
             (Some(path), Expectation::Always) => {
                 print_path(p.name, path);
+                match known {
+                    Some((_, test)) => println!("known relay bug: {test}"),
+                    None => broken.push(p.name),
+                }
+            }
+            (None, Expectation::Always) if known.is_some() && bounds.can_reach(p.name) => {
+                println!("known relay bug no longer found: {}", p.name);
                 broken.push(p.name);
             }
             (Some(_), _) => println!("reached: {}", p.name),
@@ -744,4 +760,41 @@ fn teeth_removal_shield() {
             .iter()
             .any(|(_, f)| matches!(f, Some(Failure::C7BarFault(_) | Failure::C7ConfigFault(_))))
     );
+}
+
+/// Runs the checker with one safeguard off until it finds a counterexample for `property`
+/// (one thread), prints it, and returns whether it found one.
+fn teeth_for(bounds: Bounds, off: fn(&mut Safeguards), property: &'static str) -> bool {
+    let mut safeguards = Safeguards::ALL_ON;
+    off(&mut safeguards);
+    let start = Instant::now();
+    let c = RelayModel::new(bounds, safeguards)
+        .checker()
+        .finish_when(HasDiscoveries::AnyOf([property].into()))
+        .spawn_bfs()
+        .join();
+    println!(
+        "{safeguards:?}: {} unique states, {:?}",
+        c.unique_state_count(),
+        start.elapsed()
+    );
+    let found = c.discovery(property);
+    let is_found = found.is_some();
+    if let Some(path) = found {
+        print_path(property, path);
+    }
+    is_found
+}
+
+/// Teeth of guarantee 8 for writes, at the default bound (which holds with every safeguard
+/// on): without the shield, a config write that follows a read across the host's removal of
+/// the function (an EJECT or a rescind; the read forwarded while the host had it, the write
+/// after: the root-bus scan's BAR sizing) is forwarded to the torn-down device.
+#[test]
+fn teeth_removal_shield_writes() {
+    assert!(teeth_for(
+        Bounds::DEFAULT,
+        |s| s.removal_shield = false,
+        WRITES_SHIELDED
+    ));
 }

@@ -108,6 +108,7 @@ impl Bounds {
         drops: 1,
         rescinds: 1,
         stales: 1,
+        accesses: 4,
         ..Self::BASE
     };
 
@@ -181,6 +182,8 @@ impl Bounds {
             SLOW_READ => self.slow_reads > 0,
             READ_OUTLIVED_DEVICE => self.ejects > 0,
             WRITE_FORWARDED | WRITE_SHIELDED => self.accesses > 0,
+            // The sizing write and its read-back, with an EJECT between them.
+            BAR_READ_BACK => self.accesses > 1 && self.ejects > 0,
             _ => true,
         }
     }
