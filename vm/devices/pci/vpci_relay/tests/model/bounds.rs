@@ -92,16 +92,20 @@ impl Bounds {
         ..Self::BASE
     };
 
-    /// Slow config reads: the teeth's host and a rescind, one config read the device takes
-    /// its time over (the rescind once let a held EJECT reach a guest still in the slow read:
-    /// `host_loss_during_slow_read_lets_a_held_eject_in`).
+    /// Slow config accesses: the teeth's host and a rescind, one config access the device
+    /// takes its time over (the rescind once let a held EJECT reach a guest still in the slow
+    /// read: `host_loss_during_slow_read_lets_a_held_eject_in`), and 4 accesses beyond the
+    /// first reads (so a slow one may be a write).
     pub const SLOW_READ: Self = Self {
         slow_reads: 1,
+        accesses: 4,
         ..Self::SMALL
     };
 
     /// The default check: a new function, a surprise removal, two ejects of any slot the host
-    /// has listed (so an EJECT after a re-listing), a stale relations message, a rescind.
+    /// has listed (so an EJECT after a re-listing), a stale relations message, a rescind, and
+    /// 4 config accesses beyond the first reads (the boot scan's BAR sizing, and then
+    /// command register writes).
     /// (Ignored requests are in `REQUEST_TABLE`, slow answers and a stuck guest in `SLOW`;
     /// `LARGE` has them all.)
     pub const DEFAULT: Self = Self {

@@ -33,7 +33,7 @@ pub use host::*;
 pub use props::*;
 pub use reads::Reader;
 pub use state::*;
-pub use wire::{Ident, Req};
+pub use wire::{Acc, Ident, Req};
 pub use work::Running;
 
 use stateright::{Model, Property};

@@ -17,7 +17,7 @@
 
 use super::Step;
 use super::guest::{Driver, Failure, Probe};
-use super::wire::{Acc, BAR0_MASK, Ident, Input};
+use super::wire::{Acc, Ident, Input};
 use super::work::Running;
 use std::collections::BTreeSet;
 use vpci_relay::ConfigAction;
@@ -151,18 +151,23 @@ impl Step {
     }
 
     /// What the guest read back from BAR0 after its sizing write (whoever answered it: the
-    /// device or the relay's copy) is the size mask, as the device would answer, unless the
-    /// guest has been told to let go of the function (which then reads as absent).
+    /// device or the relay's copy) is the size mask the function's requirements answer gave
+    /// the guest (0 for no BAR), as a device would answer, unless the guest has been told to
+    /// let go of the function (which then reads as absent).
     fn read_back(&mut self, s: u8, acc: Acc, value: u32) {
-        if acc != Acc::BarRead || value == BAR0_MASK {
+        if acc != Acc::BarRead {
             return;
         }
-        let letting_go = self.s.guest.children.get(&s).is_none_or(|c| c.ejecting);
+        let child = self.s.guest.children.get(&s);
+        if child.is_some_and(|c| c.bar0 == value) {
+            return;
+        }
+        let letting_go = child.is_none_or(|c| c.ejecting);
         if !(letting_go && value == u32::MAX) {
-            self.s
-                .seen
-                .bar_read_back
-                .get_or_insert(format!("BAR0 of {s} read back {value:#x}"));
+            self.s.seen.bar_read_back.get_or_insert(format!(
+                "BAR0 of {s} read back {value:#x}, its requirements said {:#x?}",
+                child.map(|c| c.bar0)
+            ));
         }
     }
 
