@@ -94,11 +94,11 @@ impl Bounds {
 
     /// Slow config accesses: the teeth's host and a rescind, one config access the device
     /// takes its time over (the rescind once let a held EJECT reach a guest still in the slow
-    /// read: `host_loss_during_slow_read_lets_a_held_eject_in`), and 4 accesses beyond the
-    /// first reads (so a slow one may be a write).
+    /// read: `host_loss_during_slow_read_lets_a_held_eject_in`), and 2 accesses beyond the
+    /// first reads (the boot scan's BAR sizing: so a slow one may be a write).
     pub const SLOW_READ: Self = Self {
         slow_reads: 1,
-        accesses: 4,
+        accesses: 2,
         ..Self::SMALL
     };
 
