@@ -46,9 +46,10 @@ pub struct Bounds {
     /// Times the guest's eject work stalls (its driver's remove path is slow) while time
     /// passes, before it sends EJECTION_COMPLETE.
     pub guest_stalls: u8,
-    /// Config reads the guest's devices take their time over (time passes while the guest
-    /// sits in one; the device answers when it likes, or never within the bound). Every
-    /// other read is answered before time moves, but host actions may come first.
+    /// Config accesses (reads, and with `accesses` writes too) the guest's devices take their
+    /// time over (time passes while the guest sits in one; the device answers when it likes,
+    /// or never within the bound). Every other access is answered before time moves, but host
+    /// actions may come first.
     pub slow_reads: u8,
     /// Config accesses the guest makes beyond each context's first read at offset 0 (BAR
     /// sizing writes and read-backs in the root-bus scan, command register writes in a

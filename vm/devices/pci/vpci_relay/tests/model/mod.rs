@@ -6,11 +6,12 @@
 //! - `host.rs`: the host (slots, identities, owed EJECTION_COMPLETEs, forwarded requests);
 //! - `guest.rs`: the Linux 6.2 guest and the races it can die of;
 //! - `work.rs`: the guest's ordered workqueue (relations and eject work);
-//! - `reads.rs`: the guest's config reads, which the device answers in an action of its own;
+//! - `reads.rs`: the guest's config accesses (reads and writes), which the device answers in
+//!   an action of its own;
 //! - `state.rs`: the state (the relay itself plus both sides) and the actions;
 //! - `props.rs`: the properties;
 //! - `scenarios.rs`: scripted scenarios, one per counterexample the checker found;
-//! - `read_scenarios.rs`: the same for config reads the device is slow on;
+//! - `read_scenarios.rs`: the same for config accesses the device is slow on;
 //! - `bounds.rs`: how far the host (and the guest) may go, and the named bounds;
 //! - this file: one step of the model, and helpers for scripted scenarios.
 

@@ -302,9 +302,9 @@ pub enum Action {
     /// A relations message the host built before it processed the latest EJECTION_COMPLETE
     /// reaches the relay (it still lists the function that EJECTION_COMPLETE removed).
     HostStaleRelations,
-    /// The device answers the guest's config read in flight.
+    /// The device answers the guest's config access in flight.
     DeviceAnswer,
-    /// The device takes its time over the guest's config read in flight: time may pass
+    /// The device takes its time over the guest's config access in flight: time may pass
     /// before it answers (if it ever does within the bound).
     DeviceSlow,
     /// The clock moves to the relay's next timer (or the host's EJECT deadline, if sooner).
