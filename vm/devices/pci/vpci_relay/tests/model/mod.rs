@@ -13,6 +13,7 @@
 //! - `scenarios.rs`: scripted scenarios, one per counterexample the checker found;
 //! - `read_scenarios.rs`: the same for config accesses the device is slow on;
 //! - `bounds.rs`: how far the host (and the guest) may go, and the named bounds;
+//! - `teeth.rs`: each safeguard switched off, and the counterexample the checker finds;
 //! - this file: one step of the model, and helpers for scripted scenarios.
 
 #![allow(dead_code, unreachable_pub)]
@@ -25,6 +26,7 @@ mod read_scenarios;
 mod reads;
 mod scenarios;
 mod state;
+mod teeth;
 mod wire;
 mod work;
 
