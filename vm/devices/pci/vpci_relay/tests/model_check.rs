@@ -289,7 +289,8 @@
 //! machine: 14.5 to 15.0 s CPU before, 16.9 to 17.2 s after (about 16% more); wall 9.3 to
 //! 14.1 s before and 9.0 to 28.9 s after, at load averages 3.1 to 5.8 (too noisy to compare;
 //! in a quieter batch, load 2.5 to 3.1, with `SLOW_READ` at 4 accesses: 7.7 s before, 9.4 to
-//! 10.8 s after). States: `DEFAULT` 312,546 to 451,448, `SLOW_READ`
+//! 10.8 s after; in a debug build, twice each at load 4.4: 110 to 114 s CPU before, 132 s
+//! after, 97 to 107 s wall either way). States: `DEFAULT` 312,546 to 451,448, `SLOW_READ`
 //! 204,801 to 261,107, the seven checks 1,688,020 to 1,883,228. With 4 accesses `SLOW_READ`
 //! has 316,506 states and `RELIST` 609,349 (from 399,522), all properties holding but the
 //! known one: those are left to `model_check_custom` (its fourteenth number).
