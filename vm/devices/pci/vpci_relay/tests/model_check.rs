@@ -7,9 +7,10 @@
 //!
 //! `wire.rs` (the packets), `host.rs`, `guest.rs`, `state.rs` (state and actions),
 //! `props.rs` (properties), `mod.rs` (bounds, one step, helpers for scripted scenarios),
-//! `work.rs` (the guest's workqueue), `reads.rs` (the guest's config reads and the device's
-//! answers), `scenarios.rs` and
-//! `read_scenarios.rs` (the scripted scenarios: each counterexample found, replayed).
+//! `work.rs` (the guest's workqueue), `reads.rs` (the guest's config accesses, reads and
+//! writes, and the device's answers), `scenarios.rs` and
+//! `read_scenarios.rs` (the scripted scenarios: each counterexample found, replayed),
+//! `teeth.rs` (each safeguard switched off).
 //!
 //! **State.** The state holds the relay itself (`BusRelay` is `Clone`): `next_state` clones
 //! the previous state, feeds the relay one input and drains its outputs. A state's identity
@@ -69,9 +70,9 @@
 //!   guest's probe-path requests, of any function, `Slow`: time passes, beyond the relay's
 //!   `max_hold` if its timers go that far, and the host answers when it likes
 //!   (`HostSlowAnswer`);
-//! - `DeviceAnswer`: the device answers the guest's config read in flight (the vendor and
-//!   device id of the function it was for; all ones, reported as no value, if the host has
-//!   removed that function since), at any time: at once, after an EJECT, relations change,
+//! - `DeviceAnswer`: the device answers the guest's config access in flight (a read with the
+//!   vendor and device id of the function it was for, or BAR0's size mask; a write as taken;
+//!   all ones, reported as no value, if the host has removed that function since), at any time: at once, after an EJECT, relations change,
 //!   drop or re-listing of that function, after a rescind (the service finishes every
 //!   forwarded access), or (`slow_reads`) after `DeviceSlow`, when time has passed, if ever
 //!   within the bound. A read is answered before time moves unless the device is slow on it,
@@ -91,14 +92,23 @@
 //! work: QUERY_RESOURCE_REQUIREMENTS per new function, then survey completion, or a rescan
 //! once installed; eject work: remove the driver (DELETE_INTERRUPT, a BAR read, a config read)
 //! then EJECTION_COMPLETE, or, with no root bus yet, EJECTION_COMPLETE at once); one driver
-//! per function (config and BAR reads, CREATE_INTERRUPT_MESSAGE2, wait, unmask). A config
-//! read is two events (`model/reads.rs`): the guest starts it and the relay decides at once;
+//! per function (config and BAR reads, CREATE_INTERRUPT_MESSAGE2, wait, unmask). Each context
+//! that touches config space makes a fixed series of accesses (`Reader::plan` in
+//! `model/reads.rs`): a 4-byte read at offset 0 first, then, while the bound's budget
+//! ([`Bounds::accesses`], counted over the run) lasts, the root-bus scan sizes BAR0 (writes
+//! all ones at 0x10, reads the mask back), a driver's probe writes the command register
+//! (offset 4: memory and bus master on) and its remove path writes it again (off). These take
+//! the relay's distinct paths: forwarded reads and writes, a removed function's reads
+//! answered from the description or from what the guest wrote, its writes kept in the
+//! relay's copy, reads of a function the guest was told to let go answered with all ones. A
+//! config access is two events: the guest starts it and the relay decides at once;
 //! if the relay forwards it to the device, the context's vCPU sits in the read until the
 //! device answers (`DeviceAnswer`), and then carries on with the rest of its step in the
 //! same breath (root-bus creation scans the next slot; a driver reads its BARs and asks for
-//! its interrupt; the eject work goes on to EJECTION_COMPLETE). Linux reads config space
-//! under the bus's config lock, so at most one read is in flight: a context whose next step
-//! reads config space waits while another's read is in flight. The channel
+//! its interrupt; the eject work goes on to EJECTION_COMPLETE), starting with the next access
+//! of its series, if any. Linux accesses config space under the bus's config lock, so at most
+//! one access is in flight: a context whose next step touches config space waits while
+//! another's access is in flight. The channel
 //! callback runs atomically when a packet arrives: completions wake their waiter, relations
 //! become the newest record plus a work item (records collapse), EJECT marks the child and
 //! queues the eject work. Children are matched as Linux matches them: by slot, vendor id,
@@ -188,6 +198,20 @@
 //!   relay's to change, and the public API says the same.)
 //! - *A guest request is refused only at the limit*: BAD_DATA only when at least
 //!   `max_outstanding_requests` requests are really outstanding.
+//! - *A write to a removed function never reaches the host* (`WRITES_SHIELDED`): the relay
+//!   forwards a guest config write only while the host still has the function the guest
+//!   wrote to, with the guest's identity (not after an EJECT, a drop, a re-listing of the slot
+//!   or the host's loss); otherwise it keeps the write in its copy (`Drop`). A write is never
+//!   answered as a read, nor a read dropped as a write.
+//! - *Every forwarded access is in flight until done, once* (`ACCESSES_DONE_ONCE`): after
+//!   every step the relay counts in flight exactly the access the guest sits in (none after
+//!   the device's one report; fewer only when the access's device is gone), and none at
+//!   quiescence.
+//! - *A BAR reads back its size mask after the sizing write* (`BAR_READ_BACK`): whoever
+//!   answers the read-back (the device, or the relay's copy of a removed function), the guest
+//!   reads the mask its requirements answer gave it (all ones only once it was told to let
+//!   go). Broken by the relay (below); listed in `KNOWN_RELAY_BUGS`, so the checks print its
+//!   counterexample and assert that they still find it.
 //!
 //! Sometimes (so the check is not vacuous; asserted where the bound allows): an eject was
 //! held, a function was coalesced, a request was answered locally, an eject removed a bound
@@ -196,7 +220,8 @@
 //! message arrived after an EJECTION_COMPLETE, an EJECT after a re-list ejected the new
 //! function, the guest's eject work stalled, a change ran into `max_hold`, the relay moved on
 //! from a stuck guest, a device was slow on a config read (time passed meanwhile), a config
-//! read was answered after its device left.
+//! read was answered after its device left, a config write was forwarded to the device, a
+//! config write to a removed function was kept by the relay.
 //!
 //! # Bounds and cost
 //!
@@ -258,6 +283,18 @@
 //! a slow read, no rescind), 356,189 states in 30 s, all properties hold. So the default run
 //! has one small slow-read bound; the larger ones are for `model_check_custom`.
 //!
+//! **Config writes and other offsets** ([`Bounds::accesses`]: 4 in `DEFAULT`, 2 in
+//! `SLOW_READ`, 0 elsewhere). Measured with `cargo test -p vpci_relay --test model_check
+//! --release`, the binary before (c5b79f1) and after run in turn three times on the shared
+//! machine: 14.5 to 15.0 s CPU before, 16.9 to 17.2 s after (about 16% more); wall 9.3 to
+//! 14.1 s before and 9.0 to 28.9 s after, at load averages 3.1 to 5.8 (too noisy to compare;
+//! in a quieter batch, load 2.5 to 3.1, with `SLOW_READ` at 4 accesses: 7.7 s before, 9.4 to
+//! 10.8 s after; in a debug build, twice each at load 4.4: 110 to 114 s CPU before, 132 s
+//! after, 97 to 107 s wall either way). States: `DEFAULT` 312,546 to 451,448, `SLOW_READ`
+//! 204,801 to 261,107, the seven checks 1,688,020 to 1,883,228. With 4 accesses `SLOW_READ`
+//! has 316,506 states and `RELIST` 609,349 (from 399,522), all properties holding but the
+//! known one: those are left to `model_check_custom` (its fourteenth number).
+//!
 //! The teeth run at [`Bounds::SMALL`] on one thread and stop at the first counterexample
 //! (under a second each).
 //!
@@ -274,7 +311,13 @@
 //! device: C7); and at [`Bounds::SLOW_READ`] (`model_check_slow_read`),
 //! `accesses_hold_the_bus` (a guest sitting in a config read the device is slow on looks
 //! quiet, and relations adding a function, or an EJECT, reach it mid-read:
-//! `ChangeDuringAccess`).
+//! `ChangeDuringAccess`; the same for a slow command write,
+//! `slow_write_holds_an_eject_of_another_function`). For writes, at [`Bounds::DEFAULT`]
+//! (`teeth_removal_shield_writes`): without `removal_shield`, the root-bus scan's BAR sizing
+//! write after its vendor read, with the host rescinded between them, is forwarded to the
+//! gone device (`WRITES_SHIELDED`). `ACCESSES_DONE_ONCE` has no safeguard of its own; with
+//! the model's guest broken so that it never reports a write done, the default check finds
+//! "the relay counts 2 accesses in flight, the guest sits in 1" (and the final view).
 //!
 //! # Relay bugs this model found
 //!
@@ -387,6 +430,17 @@
 //! re-added function never announced; a host EJECT of the re-added function dropped as a
 //! repeat (C7, G3); a successor waiting for a bus-quiet timer nobody armed.
 //!
+//! Found with config writes (`model/reads.rs`), against the relay of c5b79f1, not fixed (an
+//! ignored test in `tests/bar_sizing_across_removal.rs`):
+//! - **A forwarded BAR sizing write is lost at the removal** (`BAR_READ_BACK`, every bound
+//!   with accesses): the root-bus scan writes all ones to BAR0 of 1#1, which the relay
+//!   forwards; `HostEject(1)` (held: the write is in flight); the device answers; the scan
+//!   reads BAR0 back, and the relay, shielding the removed function, answers from its copy,
+//!   which has only writes it kept itself: all ones, not the size mask (Linux takes it for an
+//!   unimplemented BAR), though the guest has not been told to let go. The same when the
+//!   device took the write before the EJECT. A write kept in the copy
+//!   (`held_eject_keeps_bar_sizing_working`) reads back right.
+//!
 //! # Not modelled
 //!
 //! How the host pairs EJECTION_COMPLETEs with its EJECTs of a slot: each answers the oldest
@@ -399,8 +453,10 @@
 //! work.
 //!
 //! Version fallback (the guest asks for 1.4 only), D0 entry failure and the kdump retry,
-//! config writes (the promises fuzz target has them, and slow), reads at other offsets (the
-//! relay's config cache sees only the vendor/device dword), a device slow on a read after
+//! config accesses beyond the series above (narrow accesses, the MSI-X capability, the
+//! BAR address written back after sizing; the promises fuzz target has arbitrary ones), a
+//! device that keeps state across accesses (it answers BAR0 with the mask: the model's only
+//! read of BAR0 follows the sizing write), a device slow on an access after
 //! the host removed its function (it answers at once: the relay gives such a read up
 //! `departed_request_timeout` after the departure, by design), slow reads together with a
 //! rescind in the default bounds (above), the allow-list
@@ -431,7 +487,7 @@ mod model;
 
 use model::*;
 
-use stateright::{Checker, Expectation, HasDiscoveries, Model};
+use stateright::{Checker, Expectation, Model};
 use std::time::Instant;
 use vpci_relay::Safeguards;
 
@@ -464,9 +520,17 @@ fn print_path(name: &str, path: stateright::Path<State, Action>) {
     }
 }
 
+/// Properties the relay is known to break, each with the ignored scripted test that shows it
+/// failing: the check prints their counterexamples and asserts that it still finds them (so
+/// an entry goes once the relay is fixed), and fails on any other.
+const KNOWN_RELAY_BUGS: &[(&str, &str)] = &[(
+    BAR_READ_BACK,
+    "bar_sizing_across_removal.rs: a forwarded BAR sizing write is lost at the removal",
+)];
+
 /// Runs the exhaustive check with all safeguards on, prints its size and every failure, and
 /// asserts that every property holds (and every `sometimes` property the bound can reach was
-/// reached).
+/// reached), but for [`KNOWN_RELAY_BUGS`], which must fail where the bound can reach them.
 fn check_all_on(bounds: Bounds) {
     let start = Instant::now();
     let mut checker = RelayModel::new(bounds, Safeguards::ALL_ON)
@@ -489,9 +553,17 @@ fn check_all_on(bounds: Bounds) {
     );
     let mut broken = Vec::new();
     for p in c.model().properties() {
+        let known = KNOWN_RELAY_BUGS.iter().find(|(name, _)| *name == p.name);
         match (c.discovery(p.name), p.expectation) {
             (Some(path), Expectation::Always) => {
                 print_path(p.name, path);
+                match known {
+                    Some((_, test)) => println!("known relay bug: {test}"),
+                    None => broken.push(p.name),
+                }
+            }
+            (None, Expectation::Always) if known.is_some() && bounds.can_reach(p.name) => {
+                println!("known relay bug no longer found: {}", p.name);
                 broken.push(p.name);
             }
             (Some(_), _) => println!("reached: {}", p.name),
@@ -568,9 +640,10 @@ fn model_check_teeth_bound() {
     check_all_on(Bounds::SMALL);
 }
 
-/// A config read the device takes its time over (any read: the root-bus scan's, a driver's
-/// probe, a driver's removal), and host actions around it; with every safeguard on no EJECT
-/// or relations change reaches the guest mid-read.
+/// A config access the device takes its time over (any read: the root-bus scan's, a driver's
+/// probe, a driver's removal; or the scan's BAR sizing write or read-back), and host actions
+/// around it; with every safeguard on no EJECT or relations change reaches the guest
+/// mid-access.
 #[test]
 fn model_check_slow_read() {
     check_all_on(Bounds::SLOW_READ);
@@ -592,8 +665,9 @@ fn model_check_large_two_at_boot() {
 
 /// The check at a bound given in the environment, for hunting at larger bounds (best with
 /// `--release`): `MODEL_BOUNDS=relations,ejects,adds,drops,ignores,late_answers,rescinds,
-/// request_limit,two_at_boot,slows,stales,guest_stalls,slow_reads` (`two_at_boot` 0 or 1), every
-/// freedom on. `MODEL_TIMEOUT=seconds` stops any check early (to measure a bound's growth).
+/// request_limit,two_at_boot,slows,stales,guest_stalls,slow_reads[,accesses]` (`two_at_boot` 0
+/// or 1; `accesses`, the guest's config accesses beyond each context's first read, 0 if left
+/// out), every freedom on. `MODEL_TIMEOUT=seconds` stops any check early (to measure a bound's growth).
 #[test]
 #[ignore = "a tool: MODEL_BOUNDS=5,3,2,1,1,1,1,4,0,1,1,1,1 cargo test --release ... -- --ignored model_check_custom"]
 fn model_check_custom() {
@@ -602,7 +676,10 @@ fn model_check_custom() {
         .split(',')
         .map(|x| x.trim().parse().expect("a number"))
         .collect();
-    assert_eq!(v.len(), 13, "thirteen numbers");
+    assert!(
+        v.len() == 13 || v.len() == 14,
+        "thirteen numbers, and optionally the accesses budget"
+    );
     check_all_on(Bounds {
         relations: v[0],
         ejects: v[1],
@@ -618,125 +695,7 @@ fn model_check_custom() {
         stales: v[10],
         guest_stalls: v[11],
         slow_reads: v[12],
+        accesses: v.get(13).copied().unwrap_or(0),
         ..Bounds::DEFAULT
     });
-}
-
-/// Runs the checker with one safeguard off until the first failure (one thread, so the search
-/// order and the counterexample are the same on every run), prints each counterexample, and
-/// returns the failed properties with the failure (if any) the guest died of.
-fn teeth(off: fn(&mut Safeguards)) -> Vec<(&'static str, Option<Failure>)> {
-    teeth_at(Bounds::SMALL, off)
-}
-
-/// [`teeth`] at another bound (one that holds with every safeguard on).
-fn teeth_at(bounds: Bounds, off: fn(&mut Safeguards)) -> Vec<(&'static str, Option<Failure>)> {
-    let mut safeguards = Safeguards::ALL_ON;
-    off(&mut safeguards);
-    let start = Instant::now();
-    let c = RelayModel::new(bounds, safeguards)
-        .checker()
-        .finish_when(HasDiscoveries::AnyFailures)
-        .spawn_bfs()
-        .join();
-    println!(
-        "{safeguards:?}: {} unique states, {:?}",
-        c.unique_state_count(),
-        start.elapsed()
-    );
-    let mut failed = Vec::new();
-    for p in c.model().properties() {
-        if p.expectation != Expectation::Always {
-            continue;
-        }
-        if let Some(path) = c.discovery(p.name) {
-            let failure = path.last_state().guest.failure;
-            print_path(p.name, path);
-            failed.push((p.name, failure));
-        }
-    }
-    assert!(!failed.is_empty(), "no counterexample found");
-    failed
-}
-
-/// Teeth of guarantee 1: without one change at a time, the hot-add that arrives during the
-/// probe path reaches the guest before its survey answer is done (C4; G1 broken).
-#[test]
-fn teeth_one_change_at_a_time() {
-    let failed = teeth(|s| s.one_change_at_a_time = false);
-    assert!(
-        failed
-            .iter()
-            .any(|(name, f)| *name == G1 || matches!(f, Some(Failure::C4AddedDuringProbe(_))))
-    );
-}
-
-/// Teeth of guarantee 2: without the hold, an EJECT lands during the probe path (C3; G2
-/// broken).
-#[test]
-fn teeth_hold_eject_until_settled() {
-    let failed = teeth(|s| s.hold_eject_until_settled = false);
-    assert!(failed.iter().any(|(name, f)| *name == G2
-        || matches!(
-            f,
-            Some(Failure::C3TouchedEjected(_) | Failure::C2NullDescriptor(_))
-        )));
-}
-
-/// Teeth of guarantee 3: without coalescing, a function the host took back before the guest
-/// heard of it is announced to the guest (G3 broken).
-#[test]
-fn teeth_coalesce() {
-    let failed = teeth(|s| s.coalesce = false);
-    assert!(failed.iter().any(|(name, _)| *name == G3));
-}
-
-/// Teeth of guarantee 4: without local answers, the host's failure of an interrupt request for
-/// a function it ejected reaches the guest: NULL descriptor at unmask (C2).
-#[test]
-fn teeth_local_answers() {
-    let failed = teeth(|s| s.local_answers = false);
-    assert!(
-        failed
-            .iter()
-            .any(|(name, f)| *name == G7 || matches!(f, Some(Failure::C2NullDescriptor(_))))
-    );
-}
-
-/// Teeth of guarantee 5: without the safe point, a rescind during the probe path closes the
-/// guest channel under it (C5).
-#[test]
-fn teeth_rescind_at_safe_point() {
-    let failed = teeth(|s| s.rescind_at_safe_point = false);
-    assert!(
-        failed
-            .iter()
-            .any(|(name, f)| *name == G5 || matches!(f, Some(Failure::C5CloseDuringProbe)))
-    );
-}
-
-/// Teeth of guarantee 2's wait: without it, a guest whose vCPU sits in a config read the
-/// device is slow on looks quiet once the settle window has passed, and a change (an EJECT
-/// or relations adding a function) reaches it mid-read (`ChangeDuringAccess`).
-#[test]
-fn teeth_accesses_hold_the_bus() {
-    let failed = teeth_at(Bounds::SLOW_READ, |s| s.accesses_hold_the_bus = false);
-    assert!(
-        failed
-            .iter()
-            .any(|(_, f)| matches!(f, Some(Failure::ChangeDuringAccess(_)))),
-        "{failed:?}"
-    );
-}
-
-/// Teeth of guarantee 8: without the shield, the guest's driver-remove path touches a device
-/// the host tore down at its EJECT (C7).
-#[test]
-fn teeth_removal_shield() {
-    let failed = teeth(|s| s.removal_shield = false);
-    assert!(
-        failed
-            .iter()
-            .any(|(_, f)| matches!(f, Some(Failure::C7BarFault(_) | Failure::C7ConfigFault(_))))
-    );
 }

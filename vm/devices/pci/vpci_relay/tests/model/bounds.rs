@@ -46,163 +46,108 @@ pub struct Bounds {
     /// Times the guest's eject work stalls (its driver's remove path is slow) while time
     /// passes, before it sends EJECTION_COMPLETE.
     pub guest_stalls: u8,
-    /// Config reads the guest's devices take their time over (time passes while the guest
-    /// sits in one; the device answers when it likes, or never within the bound). Every
-    /// other read is answered before time moves, but host actions may come first.
+    /// Config accesses (reads, and with `accesses` writes too) the guest's devices take their
+    /// time over (time passes while the guest sits in one; the device answers when it likes,
+    /// or never within the bound). Every other access is answered before time moves, but host
+    /// actions may come first.
     pub slow_reads: u8,
+    /// Config accesses the guest makes beyond each context's first read at offset 0 (BAR
+    /// sizing writes and read-backs in the root-bus scan, command register writes in a
+    /// driver's probe and remove; see `Reader::plan`), over the whole run.
+    pub accesses: u8,
     /// Whether slot 2 is present at boot too (otherwise only slot 1 is).
     pub two_at_boot: bool,
 }
 
 impl Bounds {
-    /// The teeth's bound: the old model's host (a hot-add, ejects only of listed functions,
-    /// no new identity in a slot still in use, every request answered).
-    pub const SMALL: Self = Self {
+    /// What every named bound starts from (each states only what it changes): 3 relations
+    /// messages, 2 ejects, 1 new function, re-listing and ejects of any slot the host has
+    /// listed, a request limit of 4 with 4 remembered answers; no surprise removal, ignored
+    /// or slow answer, stale message, rescind, guest stall or slow read; slot 1 at boot.
+    pub const BASE: Self = Self {
         relations: 3,
         ejects: 2,
         adds: 1,
         drops: 0,
         ignores: 0,
         late_answers: 0,
-        rescinds: 1,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: false,
-        free_ejects: false,
-        slows: 0,
-        stales: 0,
-        guest_stalls: 0,
-        slow_reads: 0,
-        two_at_boot: false,
-    };
-
-    /// Slow config reads: the teeth's host and a rescind, one config read the device takes
-    /// its time over (the rescind once let a held EJECT reach a guest still in the slow read:
-    /// `host_loss_during_slow_read_lets_a_held_eject_in`).
-    pub const SLOW_READ: Self = Self {
-        relations: 3,
-        ejects: 2,
-        adds: 1,
-        drops: 0,
-        ignores: 0,
-        late_answers: 0,
-        rescinds: 1,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: false,
-        free_ejects: false,
-        slows: 0,
-        stales: 0,
-        guest_stalls: 0,
-        slow_reads: 1,
-        two_at_boot: false,
-    };
-
-    /// The default check: a new function, a surprise removal, two ejects of any slot the host
-    /// has listed (so an EJECT after a re-listing), a stale relations message, a rescind.
-    /// (Ignored requests are in `REQUEST_TABLE`, slow answers and a stuck guest in `SLOW`;
-    /// `LARGE` has them all.)
-    pub const DEFAULT: Self = Self {
-        relations: 3,
-        ejects: 2,
-        adds: 1,
-        drops: 1,
-        ignores: 0,
-        late_answers: 0,
-        rescinds: 1,
+        rescinds: 0,
         request_limit: 4,
         remembered_answers: 4,
         relist: true,
         free_ejects: true,
         slows: 0,
-        stales: 1,
+        stales: 0,
         guest_stalls: 0,
         slow_reads: 0,
+        accesses: 0,
         two_at_boot: false,
+    };
+
+    /// The teeth's bound: the old model's host (a hot-add, ejects only of listed functions,
+    /// no new identity in a slot still in use, every request answered) and a rescind.
+    pub const SMALL: Self = Self {
+        rescinds: 1,
+        relist: false,
+        free_ejects: false,
+        ..Self::BASE
+    };
+
+    /// Slow config accesses: the teeth's host and a rescind, one config access the device
+    /// takes its time over (the rescind once let a held EJECT reach a guest still in the slow
+    /// read: `host_loss_during_slow_read_lets_a_held_eject_in`), and 2 accesses beyond the
+    /// first reads (the boot scan's BAR sizing: so a slow one may be a write).
+    pub const SLOW_READ: Self = Self {
+        slow_reads: 1,
+        accesses: 2,
+        ..Self::SMALL
+    };
+
+    /// The default check: a new function, a surprise removal, two ejects of any slot the host
+    /// has listed (so an EJECT after a re-listing), a stale relations message, a rescind, and
+    /// 4 config accesses beyond the first reads (the boot scan's BAR sizing, and then
+    /// command register writes).
+    /// (Ignored requests are in `REQUEST_TABLE`, slow answers and a stuck guest in `SLOW`;
+    /// `LARGE` has them all.)
+    pub const DEFAULT: Self = Self {
+        drops: 1,
+        rescinds: 1,
+        stales: 1,
+        accesses: 4,
+        ..Self::BASE
     };
 
     /// Slowness: the host answers one probe-path request (BUS_D0ENTRY or
     /// QUERY_RESOURCE_REQUIREMENTS) as slowly as it likes, beyond `max_hold`, and the guest's
     /// eject work may stall beyond `max_hold`; a new function and two ejects.
     pub const SLOW: Self = Self {
-        relations: 3,
-        ejects: 2,
-        adds: 1,
-        drops: 0,
-        ignores: 0,
-        late_answers: 0,
-        rescinds: 0,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
         slows: 1,
-        stales: 0,
         guest_stalls: 1,
-        slow_reads: 0,
-        two_at_boot: false,
+        ..Self::BASE
     };
 
     /// Identities: two new functions (so a slot can be re-listed twice, while its old function
     /// is listed, ejecting or held), every request answered, a stale relations message.
     pub const RELIST: Self = Self {
-        relations: 3,
-        ejects: 2,
         adds: 2,
-        drops: 0,
-        ignores: 0,
-        late_answers: 0,
-        rescinds: 0,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
-        slows: 0,
         stales: 1,
-        guest_stalls: 0,
-        slow_reads: 0,
-        two_at_boot: false,
+        ..Self::BASE
     };
 
     /// Both functions present at boot, a stale relations message.
     pub const TWO_AT_BOOT: Self = Self {
-        relations: 3,
-        ejects: 2,
-        adds: 1,
-        drops: 0,
-        ignores: 0,
-        late_answers: 0,
-        rescinds: 0,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
-        slows: 0,
         stales: 1,
-        guest_stalls: 0,
-        slow_reads: 0,
         two_at_boot: true,
+        ..Self::BASE
     };
 
     /// The request table: a limit of one request, so a single entry the relay keeps for a
     /// request it already answered refuses the next one; an ignored request answered late.
     pub const REQUEST_TABLE: Self = Self {
-        relations: 3,
-        ejects: 2,
-        adds: 1,
-        drops: 0,
         ignores: 1,
         late_answers: 1,
-        rescinds: 0,
         request_limit: 1,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
-        slows: 0,
-        stales: 0,
-        guest_stalls: 0,
-        slow_reads: 0,
-        two_at_boot: false,
+        ..Self::BASE
     };
 
     /// A larger bound (run with `--ignored`, best with `--release`): the old default (4
@@ -210,41 +155,20 @@ impl Bounds {
     /// (a slow answer, a stale relations message, a stuck guest).
     pub const LARGE: Self = Self {
         relations: 4,
-        ejects: 2,
-        adds: 1,
         drops: 1,
         ignores: 1,
-        late_answers: 0,
         rescinds: 1,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
         slows: 1,
         stales: 1,
         guest_stalls: 1,
-        slow_reads: 0,
-        two_at_boot: false,
+        ..Self::BASE
     };
 
     /// Both functions at boot, a larger bound (run with `--ignored`).
     pub const LARGE_TWO_AT_BOOT: Self = Self {
-        relations: 4,
-        ejects: 2,
-        adds: 1,
-        drops: 1,
-        ignores: 1,
-        late_answers: 0,
-        rescinds: 1,
-        request_limit: 4,
-        remembered_answers: 4,
-        relist: true,
-        free_ejects: true,
-        slows: 1,
-        stales: 1,
         guest_stalls: 0,
-        slow_reads: 0,
         two_at_boot: true,
+        ..Self::LARGE
     };
 }
 
@@ -262,6 +186,9 @@ impl Bounds {
             MAX_HOLD_REACHED | MOVED_ON => self.guest_stalls > 0,
             SLOW_READ => self.slow_reads > 0,
             READ_OUTLIVED_DEVICE => self.ejects > 0,
+            WRITE_FORWARDED | WRITE_SHIELDED => self.accesses > 0,
+            // The sizing write and its read-back, with an EJECT between them.
+            BAR_READ_BACK => self.accesses > 1 && self.ejects > 0,
             _ => true,
         }
     }

@@ -93,6 +93,9 @@ pub struct Child {
     pub driver: Driver,
     /// Marked ejecting by the channel callback.
     pub ejecting: bool,
+    /// BAR0 as its QUERY_RESOURCE_REQUIREMENTS answer probed it (the size mask, or 0 for
+    /// none): what its BAR0 must read back after the guest writes all ones to it.
+    pub bar0: u32,
 }
 
 /// A host change the guest is working on (for G1).
@@ -166,8 +169,11 @@ pub struct Guest {
     /// Its eject work is stalled: the guest is stuck in its own work on its current change
     /// (until that eject work ends).
     pub stuck: bool,
-    /// The config read a vCPU sits in (at most one: the config lock).
+    /// The config access a vCPU sits in (at most one: the config lock).
     pub read: Option<Read>,
+    /// Config accesses made beyond each context's first read (bounded by
+    /// `Bounds::accesses`).
+    pub extra_accesses: u8,
 }
 
 impl Guest {
@@ -192,6 +198,7 @@ impl Guest {
             stalls: 0,
             stuck: false,
             read: None,
+            extra_accesses: 0,
         }
     }
 
@@ -420,6 +427,12 @@ impl Step {
             .and_then(|b| b.try_into().ok())
             .map(u32::from_le_bytes);
         let ok = status == Some(Status::SUCCESS.0);
+        // A requirements answer's first probed BAR follows its status.
+        let bar0 = p
+            .payload
+            .get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes);
         self.note(format!("guest<-done {req:?} ok={ok}"));
         if status == Some(Status::BAD_DATA.0) {
             // The relay refused it for its request limit: fair only if that many really are
@@ -457,6 +470,7 @@ impl Step {
                                 assigned: false,
                                 driver: Driver::None,
                                 ejecting: false,
+                                bar0,
                             },
                         );
                     }
@@ -531,7 +545,7 @@ impl Step {
             GuestStep::Probe => self.probe_step(),
             GuestStep::Work => self.work_step(),
             GuestStep::Driver(s) => {
-                if self.config_read(s, Reader::Driver) {
+                if self.config_read(s, Reader::Driver, 0) {
                     if let Some(c) = self.s.guest.children.get_mut(&s) {
                         c.driver = Driver::Reading;
                     }

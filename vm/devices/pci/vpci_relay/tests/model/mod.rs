@@ -6,12 +6,14 @@
 //! - `host.rs`: the host (slots, identities, owed EJECTION_COMPLETEs, forwarded requests);
 //! - `guest.rs`: the Linux 6.2 guest and the races it can die of;
 //! - `work.rs`: the guest's ordered workqueue (relations and eject work);
-//! - `reads.rs`: the guest's config reads, which the device answers in an action of its own;
+//! - `reads.rs`: the guest's config accesses (reads and writes), which the device answers in
+//!   an action of its own;
 //! - `state.rs`: the state (the relay itself plus both sides) and the actions;
 //! - `props.rs`: the properties;
 //! - `scenarios.rs`: scripted scenarios, one per counterexample the checker found;
-//! - `read_scenarios.rs`: the same for config reads the device is slow on;
+//! - `read_scenarios.rs`: the same for config accesses the device is slow on;
 //! - `bounds.rs`: how far the host (and the guest) may go, and the named bounds;
+//! - `teeth.rs`: each safeguard switched off, and the counterexample the checker finds;
 //! - this file: one step of the model, and helpers for scripted scenarios.
 
 #![allow(dead_code, unreachable_pub)]
@@ -24,6 +26,7 @@ mod read_scenarios;
 mod reads;
 mod scenarios;
 mod state;
+mod teeth;
 mod wire;
 mod work;
 
@@ -33,7 +36,7 @@ pub use host::*;
 pub use props::*;
 pub use reads::Reader;
 pub use state::*;
-pub use wire::{Ident, Req};
+pub use wire::{Acc, Ident, Req};
 pub use work::Running;
 
 use stateright::{Model, Property};
@@ -58,6 +61,8 @@ pub struct Step {
     pub origin: Option<Ident>,
     /// The relay's request limit.
     pub limit: usize,
+    /// The bound on the guest's config accesses beyond each context's first read.
+    pub accesses: u8,
 }
 
 impl Step {
@@ -153,6 +158,21 @@ impl Step {
             // The model's host sends the guest no requests.
             self.s.seen.overgrown.get_or_insert(format!(
                 "{host_requests} host requests outstanding, none sent"
+            ));
+        }
+        // Every forwarded access counts as in flight until it is reported done, once: the
+        // relay holds exactly the one the guest sits in (if any), and lets it go early only
+        // when its device is gone (the departed-access timeout, or the host's loss).
+        let in_flight = relay.accesses_in_flight();
+        let sits_in = usize::from(self.s.guest.read.is_some());
+        let gone = self
+            .s
+            .guest
+            .read
+            .is_some_and(|r| !r.device_present(&self.s.host));
+        if in_flight > sits_in || (in_flight < sits_in && !gone) {
+            self.s.seen.access_count.get_or_insert(format!(
+                "the relay counts {in_flight} accesses in flight, the guest sits in {sits_in}"
             ));
         }
         let functions = relay.functions().count();
@@ -418,6 +438,7 @@ impl Model for RelayModel {
             s: last.clone(),
             origin: None,
             limit: b.request_limit,
+            accesses: b.accesses,
         };
         st.s.last.clear();
         let can_send = last.host.survey_seen && last.host.relations_sent < b.relations;

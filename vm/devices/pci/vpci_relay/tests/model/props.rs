@@ -41,6 +41,19 @@ pub const HOST_NOT_BLAMED: &str = "a conformant host is never counted malformed"
 pub const TABLES: &str = "no relay table outgrows what is live";
 /// The request limit counts only live requests.
 pub const REFUSALS: &str = "a guest request is refused only at the limit";
+/// Guarantee 8, writes: a guest config write to a function the host has removed (ejected,
+/// dropped, replaced in its slot, or the host lost) is never forwarded to the host's device
+/// (the relay keeps it in its copy instead); a write is never answered as a read, nor a read
+/// dropped as a write.
+pub const WRITES_SHIELDED: &str = "a write to a removed function never reaches the host";
+/// Forwarded accesses: each holds the bus until it is reported done, once; the relay's count
+/// of accesses in flight is exactly the one the guest sits in (it may give one up early only
+/// when its device is gone), so none is leaked or released twice.
+pub const ACCESSES_DONE_ONCE: &str = "every forwarded access is in flight until done, once";
+/// Guarantee 8, read-back: after its sizing write of all ones the guest reads BAR0's size
+/// mask back, whether the device or the relay's copy answers (all ones only once the guest
+/// was told to let go of the function).
+pub const BAR_READ_BACK: &str = "a BAR reads back its size mask after the sizing write";
 
 /// Sometimes: the host put a new function in a slot whose old one the guest held.
 pub const RELISTED: &str = "a slot was re-listed while the guest held it";
@@ -66,6 +79,10 @@ pub const MOVED_ON: &str = "the relay moved on from a stuck guest";
 pub const SLOW_READ: &str = "a device was slow on a config read";
 /// Sometimes: the device answered a config read after the host had removed it.
 pub const READ_OUTLIVED_DEVICE: &str = "a config read was answered after its device left";
+/// Sometimes: a guest config write was forwarded to the device.
+pub const WRITE_FORWARDED: &str = "a config write was forwarded to the device";
+/// Sometimes: a guest config write to a function the host had removed was kept by the relay.
+pub const WRITE_SHIELDED: &str = "a config write to a removed function was kept by the relay";
 
 /// Every property of the model.
 pub fn properties() -> Vec<Property<RelayModel>> {
@@ -99,6 +116,14 @@ pub fn properties() -> Vec<Property<RelayModel>> {
             s.seen.overgrown.is_none() && (!s.quiescent() || s.host.rescinded || tables_live(s))
         }),
         Property::always(REFUSALS, |_, s: &State| s.seen.unjust_refusal.is_none()),
+        Property::always(WRITES_SHIELDED, |_, s: &State| {
+            s.seen.write_to_removed.is_none() && s.seen.access_misanswered.is_none()
+        }),
+        Property::always(ACCESSES_DONE_ONCE, |_, s: &State| {
+            s.seen.access_count.is_none()
+                && (!s.quiescent() || s.relay.relay.accesses_in_flight() == 0)
+        }),
+        Property::always(BAR_READ_BACK, |_, s: &State| s.seen.bar_read_back.is_none()),
         Property::sometimes("an eject was held", |_, s: &State| s.seen.eject_held),
         Property::sometimes("a function was coalesced", |_, s: &State| s.seen.coalesced),
         Property::sometimes("a request was answered locally", |_, s: &State| {
@@ -122,6 +147,8 @@ pub fn properties() -> Vec<Property<RelayModel>> {
         Property::sometimes(READ_OUTLIVED_DEVICE, |_, s: &State| {
             s.seen.read_outlived_device
         }),
+        Property::sometimes(WRITE_FORWARDED, |_, s: &State| s.seen.write_forwarded),
+        Property::sometimes(WRITE_SHIELDED, |_, s: &State| s.seen.write_shielded),
     ]
 }
 

@@ -119,3 +119,49 @@ fn host_loss_during_slow_read_lets_a_held_eject_in() {
         "a change reached the guest mid-read after the host was lost"
     );
 }
+
+/// Guarantee 2's wait holds for writes too: the guest's driver of 2#1 enables the function
+/// (a command register write after its config read) and the device is slow on the write;
+/// the host ejects 1#1 meanwhile. With every safeguard on the EJECT waits for the write;
+/// without `accesses_hold_the_bus` it reaches the guest mid-write.
+#[test]
+fn slow_write_holds_an_eject_of_another_function() {
+    let bounds = Bounds {
+        accesses: 4,
+        ..SCRIPT
+    };
+    let run = |safeguards: Safeguards| {
+        let m = RelayModel::new(bounds, safeguards);
+        let mut s = m.booted();
+        s = m.step(&s, Action::HostAdd(2));
+        s = until_read(&m, s);
+        s = m.step(&s, Action::DeviceAnswer);
+        assert_eq!(
+            s.guest.read.map(|r| (r.slot, r.by, r.acc)),
+            Some((2, Reader::Driver, Acc::Command(0x0006))),
+            "the driver's command write is in flight"
+        );
+        s = m.step(&s, Action::DeviceSlow);
+        let mut enabled = Vec::new();
+        m.actions(&s, &mut enabled);
+        while enabled.contains(&Action::AdvanceTime) {
+            s = m.step(&s, Action::AdvanceTime);
+            enabled.clear();
+            m.actions(&s, &mut enabled);
+        }
+        let s = m.step(&s, Action::HostEject(1));
+        (m, s)
+    };
+    let mut off = Safeguards::ALL_ON;
+    off.accesses_hold_the_bus = false;
+    let (_, s) = run(off);
+    assert_eq!(s.guest.failure, Some(Failure::ChangeDuringAccess(2)));
+    let (m, mut s) = run(Safeguards::ALL_ON);
+    assert_eq!(s.guest.failure, None);
+    assert_eq!(s.guest.change, None, "a change reached the guest mid-write");
+    s = m.step(&s, Action::DeviceAnswer);
+    s = m.settle(s);
+    assert_promises_kept(&s);
+    assert!(s.seen.write_forwarded);
+    assert_eq!(s.guest.held(), vec![(2, 1)]);
+}

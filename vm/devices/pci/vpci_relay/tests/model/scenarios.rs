@@ -13,15 +13,11 @@ pub(super) const SCRIPT: Bounds = Bounds {
     ignores: 2,
     late_answers: 2,
     rescinds: 1,
-    request_limit: 4,
-    remembered_answers: 4,
-    relist: true,
-    free_ejects: true,
     slows: 2,
     stales: 2,
     guest_stalls: 2,
     slow_reads: 2,
-    two_at_boot: false,
+    ..Bounds::BASE
 };
 
 /// The state where the guest's driver of function 1 waits for its CREATE_INTERRUPT_MESSAGE2

@@ -105,6 +105,23 @@ pub struct Seen {
     /// A change reached the guest while it sat in a config read the relay no longer counted
     /// (it forgets accesses when the host is lost).
     pub change_in_forgotten_read: bool,
+    /// A guest config write reached the device the relay forwards to.
+    pub write_forwarded: bool,
+    /// A guest config write to a function the host had removed was kept by the relay.
+    pub write_shielded: bool,
+    /// A BAR read of a function the host had removed was answered by the relay.
+    pub shielded_read: bool,
+    /// A guest config write forwarded while the host no longer had the function the guest
+    /// wrote to (the slot): it would reach the host's device as if the function were there.
+    pub write_to_removed: Option<u8>,
+    /// The relay's count of forwarded accesses in flight disagreed with what the guest sits
+    /// in (an access not released by its one report, or given up while its device is there).
+    pub access_count: Option<String>,
+    /// A write answered as a read, or a read dropped as a write (slot and access).
+    pub access_misanswered: Option<(u8, super::wire::Acc)>,
+    /// The guest read back from BAR0 after its sizing write something other than what the
+    /// device would answer (the size mask; all ones once it was told to let go).
+    pub bar_read_back: Option<String>,
     /// The guest channel was closed after the host's rescind.
     pub guest_closed_after_rescind: bool,
     /// An eject work removed a driver.
@@ -285,9 +302,9 @@ pub enum Action {
     /// A relations message the host built before it processed the latest EJECTION_COMPLETE
     /// reaches the relay (it still lists the function that EJECTION_COMPLETE removed).
     HostStaleRelations,
-    /// The device answers the guest's config read in flight.
+    /// The device answers the guest's config access in flight.
     DeviceAnswer,
-    /// The device takes its time over the guest's config read in flight: time may pass
+    /// The device takes its time over the guest's config access in flight: time may pass
     /// before it answers (if it ever does within the bound).
     DeviceSlow,
     /// The clock moves to the relay's next timer (or the host's EJECT deadline, if sooner).

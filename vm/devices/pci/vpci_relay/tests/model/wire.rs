@@ -131,7 +131,7 @@ impl Req {
         let mut v = status(Status::SUCCESS);
         match self {
             Req::Requirements(_) => {
-                v.extend_from_slice(&0xffff_c000u32.to_le_bytes());
+                v.extend_from_slice(&BAR0_MASK.to_le_bytes());
                 v.extend_from_slice(&[0; 20]);
             }
             Req::Interrupt(_) => v.extend_from_slice(&[0; 20]),
@@ -202,16 +202,82 @@ pub enum Input {
     GuestRequest { txid: u64, req: Req },
     /// A guest message without completion.
     GuestNote(Note),
-    /// The guest starts a 4-byte config read at offset 0 through the window.
-    ConfigRead(u8),
-    /// The device answered the forwarded config access `id` (with the dword it read, or
-    /// nothing when the device is gone).
+    /// The guest starts a config access to a slot through the window.
+    Config(u8, Acc),
+    /// The device answered the forwarded config access `id` (with the dword a read read, 0
+    /// for a write it took, or nothing when the device is gone).
     ConfigDone { id: u64, value: Option<u32> },
     /// The relay's timer fired.
     Timeout,
 }
 
-/// Feeds one input to the relay; for the start of a config read, returns what the relay
+/// The size mask BAR0 of every function the host model lists reads after all ones were
+/// written to it (a 16 KiB 32-bit memory BAR: what its QUERY_RESOURCE_REQUIREMENTS answer
+/// says).
+pub const BAR0_MASK: u32 = 0xffff_c000;
+
+/// The guest's config accesses the model covers: one per relay path worth telling apart (a
+/// read the relay may answer from the description, a read it may answer from what the guest
+/// wrote, a write of a BAR and a write of the command register).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Acc {
+    /// A 4-byte read at offset 0 (vendor and device id): the first access of every context.
+    Vendor,
+    /// A 4-byte write of all ones to BAR0 (offset 0x10): the PCI core sizing the BAR.
+    BarSize,
+    /// A 4-byte read of BAR0 (offset 0x10) after the sizing write: the size mask.
+    BarRead,
+    /// A 2-byte write of the command register (offset 4): memory decoding and bus mastering
+    /// on (a driver's `pci_enable_device`) or off (its remove path's `pci_disable_device`).
+    Command(u16),
+}
+
+impl Acc {
+    /// Whether it writes config space.
+    pub fn is_write(self) -> bool {
+        matches!(self, Acc::BarSize | Acc::Command(_))
+    }
+
+    /// The window access for slot `s`.
+    pub fn access(self, s: u8) -> ConfigAccess {
+        let slot = wslot(s);
+        match self {
+            Acc::Vendor => ConfigAccess::Read {
+                slot,
+                offset: 0,
+                len: 4,
+            },
+            Acc::BarRead => ConfigAccess::Read {
+                slot,
+                offset: 0x10,
+                len: 4,
+            },
+            Acc::BarSize => ConfigAccess::Write {
+                slot,
+                offset: 0x10,
+                len: 4,
+                value: u32::MAX,
+            },
+            Acc::Command(v) => ConfigAccess::Write {
+                slot,
+                offset: 4,
+                len: 2,
+                value: v.into(),
+            },
+        }
+    }
+
+    /// What function `ident`'s device answers to it (a read's dword; 0 for a write).
+    pub fn device_answer(self, ident: Ident) -> u32 {
+        match self {
+            Acc::Vendor => vendor_dword(ident),
+            Acc::BarRead => BAR0_MASK,
+            Acc::BarSize | Acc::Command(_) => 0,
+        }
+    }
+}
+
+/// Feeds one input to the relay; for the start of a config access, returns what the relay
 /// decided.
 pub fn feed(relay: &mut BusRelay, now: std::time::Duration, input: &Input) -> Option<ConfigAction> {
     match input {
@@ -239,17 +305,10 @@ pub fn feed(relay: &mut BusRelay, now: std::time::Duration, input: &Input) -> Op
             relay.handle_guest(now, Packet::request(*txid, req.payload()))
         }
         Input::GuestNote(n) => relay.handle_guest(now, Packet::in_band(0, n.payload())),
-        Input::ConfigRead(s) => {
-            // The relay decides at once; a forwarded read is answered later, by its own
+        Input::Config(s, acc) => {
+            // The relay decides at once; a forwarded access is answered later, by its own
             // input (`ConfigDone`), and the guest's vCPU waits in it meanwhile.
-            return Some(relay.handle_config_access(
-                now,
-                ConfigAccess::Read {
-                    slot: wslot(*s),
-                    offset: 0,
-                    len: 4,
-                },
-            ));
+            return Some(relay.handle_config_access(now, acc.access(*s)));
         }
         Input::ConfigDone { id, value } => {
             relay.handle_config_done(now, AccessId::from_raw(*id), *value);

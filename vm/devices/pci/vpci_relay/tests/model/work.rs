@@ -129,7 +129,7 @@ impl Step {
             self.input(Input::GuestNote(Note::DeleteInterrupt(s)));
         }
         self.bar_read(s);
-        self.s.guest.running = Some(if self.config_read(s, Reader::Eject) {
+        self.s.guest.running = Some(if self.config_read(s, Reader::Eject, 0) {
             Running::EjectReading(s)
         } else {
             Running::EjectRemoved(s)
