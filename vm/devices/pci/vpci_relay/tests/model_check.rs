@@ -210,8 +210,7 @@
 //! - *A BAR reads back its size mask after the sizing write* (`BAR_READ_BACK`): whoever
 //!   answers the read-back (the device, or the relay's copy of a removed function), the guest
 //!   reads the mask its requirements answer gave it (all ones only once it was told to let
-//!   go). Broken by the relay (below); listed in `KNOWN_RELAY_BUGS`, so the checks print its
-//!   counterexample and assert that they still find it.
+//!   go). It found the relay bug below (fixed since).
 //!
 //! Sometimes (so the check is not vacuous; asserted where the bound allows): an eject was
 //! held, a function was coalesced, a request was answered locally, an eject removed a bound
@@ -430,8 +429,9 @@
 //! re-added function never announced; a host EJECT of the re-added function dropped as a
 //! repeat (C7, G3); a successor waiting for a bus-quiet timer nobody armed.
 //!
-//! Found with config writes (`model/reads.rs`), against the relay of c5b79f1, not fixed (an
-//! ignored test in `tests/bar_sizing_across_removal.rs`):
+//! Found with config writes (`model/reads.rs`), against the relay of c5b79f1, fixed by
+//! 81649ad (forwarded writes land in the shield's copy too; kept as the tests of
+//! `tests/bar_sizing_across_removal.rs`):
 //! - **A forwarded BAR sizing write is lost at the removal** (`BAR_READ_BACK`, every bound
 //!   with accesses): the root-bus scan writes all ones to BAR0 of 1#1, which the relay
 //!   forwards; `HostEject(1)` (held: the write is in flight); the device answers; the scan
@@ -523,10 +523,7 @@ fn print_path(name: &str, path: stateright::Path<State, Action>) {
 /// Properties the relay is known to break, each with the ignored scripted test that shows it
 /// failing: the check prints their counterexamples and asserts that it still finds them (so
 /// an entry goes once the relay is fixed), and fails on any other.
-const KNOWN_RELAY_BUGS: &[(&str, &str)] = &[(
-    BAR_READ_BACK,
-    "bar_sizing_across_removal.rs: a forwarded BAR sizing write is lost at the removal",
-)];
+const KNOWN_RELAY_BUGS: &[(&str, &str)] = &[];
 
 /// Runs the exhaustive check with all safeguards on, prints its size and every failure, and
 /// asserts that every property holds (and every `sometimes` property the bound can reach was
