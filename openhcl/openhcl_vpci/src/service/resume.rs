@@ -4,17 +4,14 @@
 
 use super::fds::{take_listener, take_ring, take_stream};
 use super::handover;
-use super::saved::{FORMAT, SavedBusEntry, SavedError, SavedRing, SavedService};
+use super::saved::{SavedBusEntry, SavedError, SavedRing, SavedService, Validated, validate};
 use super::threads;
 use super::update::{RestoreInfo, restore_driver};
 use super::{Pending, Service};
 use crate::bars::RecordingBars;
-use crate::control::MmioOp;
 use crate::executor::LoopClock;
 use crate::revocable::Revocable;
 use crate::table::BusTable;
-use prost::Message as _;
-use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc;
@@ -39,39 +36,25 @@ struct Checked {
 }
 
 fn check(state: &[u8], fds: Vec<OwnedFd>) -> Result<Checked, SavedError> {
-    let saved = SavedService::decode(state)?;
-    if saved.format != FORMAT {
-        return Err(SavedError::Format(saved.format));
-    }
+    let Validated { saved, table, ops } = validate(state, fds.len())?;
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
-    let table = BusTable::restore(
-        saved
-            .table
-            .as_ref()
-            .ok_or_else(|| SavedError::Invalid("no bus table".into()))?,
-    )?;
-    let mut pending = Vec::new();
-    let mut ids = HashSet::new();
-    for p in &saved.pending {
-        let op: MmioOp = serde_json::from_str(&p.op_json)
-            .map_err(|e| SavedError::Invalid(format!("access {}: {e}", p.host_id)))?;
-        if !ids.insert(p.host_id) || p.host_id >= saved.next_mmio {
-            return Err(SavedError::Invalid(format!("access id {}", p.host_id)));
-        }
-        if pending.len() >= super::MAX_PENDING_MMIO {
-            return Err(SavedError::Invalid("too many accesses outstanding".into()));
-        }
-        pending.push((
-            p.host_id,
-            Pending {
-                guest_id: p.guest_id,
-                bus: p.bus.clone(),
-                generation: p.generation,
-                op,
-                access: p.relay_access.map(AccessId::from_raw),
-            },
-        ));
-    }
+    let pending = saved
+        .pending
+        .iter()
+        .zip(ops)
+        .map(|(p, op)| {
+            (
+                p.host_id,
+                Pending {
+                    guest_id: p.guest_id,
+                    bus: p.bus.clone(),
+                    generation: p.generation,
+                    op,
+                    access: p.relay_access.map(AccessId::from_raw),
+                },
+            )
+        })
+        .collect();
     let host = saved
         .host_fd
         .map(|i| take_stream(i, &mut fds))
@@ -86,35 +69,16 @@ fn check(state: &[u8], fds: Vec<OwnedFd>) -> Result<Checked, SavedError> {
         .requester_fd
         .map(|i| take_stream(i, &mut fds))
         .transpose()?;
+    // `validate` checked every bus and every descriptor index; what is left can only fail
+    // on the descriptors themselves.
     let mut buses = Vec::new();
-    let mut names = HashSet::new();
     for entry in &saved.buses {
-        if !names.insert(entry.bus.clone()) {
-            return Err(SavedError::Invalid(format!(
-                "bus {} saved twice",
-                entry.bus
-            )));
-        }
-        if table.running(&entry.bus) != Some(entry.generation) {
-            return Err(SavedError::Invalid(format!(
-                "bus {} generation {} is not running in the table",
-                entry.bus, entry.generation
-            )));
-        }
         let ring = |r: &Option<SavedRing>, which: &str| {
             r.clone()
                 .ok_or_else(|| SavedError::Invalid(format!("bus {}: no {which} ring", entry.bus)))
         };
         let host_ring = take_ring(&ring(&entry.host_ring, "host")?, &mut fds)?;
         let guest_ring = take_ring(&ring(&entry.guest_ring, "guest")?, &mut fds)?;
-        for bar in &entry.bars {
-            if !(1..=2).contains(&bar.backing) {
-                return Err(SavedError::Invalid(format!(
-                    "bus {}: backing {} of slot {:#x}",
-                    entry.bus, bar.backing, bar.slot
-                )));
-            }
-        }
         buses.push((entry.clone(), host_ring, guest_ring));
     }
     Ok(Checked {
@@ -289,7 +253,8 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::saved::{SavedMmio, SavedTable, SavedTableEntry};
+    use crate::service::saved::{FORMAT, SavedMmio, SavedTable, SavedTableEntry};
+    use prost::Message as _;
 
     fn null() -> OwnedFd {
         OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"))
