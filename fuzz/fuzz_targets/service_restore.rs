@@ -472,6 +472,17 @@ fn for_each_fd(state: &mut SavedService, mut f: impl FnMut(&mut u32, u32)) {
     }
 }
 
+/// Sets the `k`-th place that names a descriptor (a ring end's first) to `index`.
+fn set_fd(state: &mut SavedService, k: usize, index: u32) {
+    let mut i = 0;
+    for_each_fd(state, |fd, _| {
+        if i == k {
+            *fd = index;
+        }
+        i += 1;
+    });
+}
+
 /// The `i`-th of `len` items (wrapping), if any.
 fn pick(i: impl Into<usize>, len: usize) -> Option<usize> {
     (len > 0).then(|| i.into() % len)
@@ -642,14 +653,7 @@ fn corrupt(state: &mut SavedService, layout: &mut Layout, c: &Corruption) -> Opt
             let beyond = (layout.descriptors + usize::from(x)) as u32;
             let mut n = 0;
             for_each_fd(state, |_, _| n += 1);
-            let k = pick(k, n)?;
-            let mut i = 0;
-            for_each_fd(state, |fd, _| {
-                if i == k {
-                    *fd = beyond;
-                }
-                i += 1;
-            });
+            set_fd(state, pick(k, n)?, beyond);
             Some(Expect::Descriptor)
         }
         Corruption::FdTwice(a, b) => {
@@ -661,14 +665,7 @@ fn corrupt(state: &mut SavedService, layout: &mut Layout, c: &Corruption) -> Opt
             if a == b {
                 b = (b + 1) % n;
             }
-            let target = *firsts.get(b)?;
-            let mut i = 0;
-            for_each_fd(state, |fd, _| {
-                if i == a {
-                    *fd = target;
-                }
-                i += 1;
-            });
+            set_fd(state, a, *firsts.get(b)?);
             (a != b).then_some(Expect::Descriptor)
         }
         Corruption::FewerDescriptors(k) => {

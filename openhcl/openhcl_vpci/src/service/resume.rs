@@ -253,65 +253,12 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::saved::{FORMAT, SavedMmio, SavedTable, SavedTableEntry};
+    use crate::service::saved::tests::{ring, valid};
+    use crate::service::saved::{FORMAT, SavedMmio};
     use prost::Message as _;
 
     fn null() -> OwnedFd {
         OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"))
-    }
-
-    fn ring(first_fd: u32) -> SavedRing {
-        SavedRing {
-            creator: false,
-            local_end: 0,
-            peer_end: 0,
-            broken: false,
-            peer_gone: false,
-            first_fd,
-            fd_count: 3,
-        }
-    }
-
-    /// A service with both listeners (descriptors 0 and 1) and one running bus `bus0`
-    /// (generation 1) whose ring ends are descriptors 2-4 and 5-7.
-    fn valid() -> SavedService {
-        SavedService {
-            format: FORMAT,
-            writer_version: "test".into(),
-            table: Some(SavedTable {
-                buses: vec![SavedTableEntry {
-                    bus: "bus0".into(),
-                    guest: 3,
-                    host: 2,
-                    generation: 1,
-                    rescinds: 0,
-                    held_reoffers: 0,
-                }],
-                guest_connected: true,
-                all_offers_delivered: true,
-                next_generation: 1,
-            }),
-            pending: Vec::new(),
-            next_mmio: 1,
-            host_fd: None,
-            guest: None,
-            guest_listener_fd: 0,
-            control_listener_fd: 1,
-            requester_fd: None,
-            next_guest_id: 2,
-            buses: vec![SavedBusEntry {
-                bus: "bus0".into(),
-                generation: 1,
-                driver: Vec::new(),
-                host_ring: Some(ring(2)),
-                guest_ring: Some(ring(5)),
-                host_revoked: false,
-                bars: Vec::new(),
-                relay_now_ns: 0,
-            }],
-            updates: 0,
-            saved_at_unix_ns: 0,
-        }
     }
 
     fn checked(state: &SavedService, fds: usize) -> Result<Checked, SavedError> {

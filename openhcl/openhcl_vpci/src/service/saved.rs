@@ -463,10 +463,11 @@ impl BusTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn ring(first_fd: u32) -> SavedRing {
+    /// A ring end of 3 descriptors from `first_fd`, nothing ended.
+    pub(in crate::service) fn ring(first_fd: u32) -> SavedRing {
         SavedRing {
             creator: true,
             local_end: 0,
@@ -479,8 +480,8 @@ mod tests {
     }
 
     /// Both listeners (descriptors 0 and 1), one running bus `bus0` at generation 1 with ring
-    /// ends 2-4 and 5-7, one access outstanding at the host.
-    fn valid() -> SavedService {
+    /// ends 2-4 and 5-7, one access outstanding at the host (id 0).
+    pub(in crate::service) fn valid() -> SavedService {
         SavedService {
             format: FORMAT,
             writer_version: "test".into(),
@@ -571,33 +572,34 @@ mod tests {
     /// "closed".
     #[test]
     fn ring_end_codes_out_of_range_are_refused() {
-        for code in [3, 255, 256, u32::MAX] {
+        let with_end = |host: bool, local: bool, code: u32| {
             let mut s = valid();
-            s.buses[0].host_ring = Some(SavedRing {
-                local_end: code,
-                ..ring(2)
-            });
-            assert!(
-                matches!(check(&s, 8), Err(SavedError::Invalid(_))),
-                "{code}"
-            );
-            let mut s = valid();
-            s.buses[0].guest_ring = Some(SavedRing {
-                peer_end: code,
-                ..ring(5)
-            });
-            assert!(
-                matches!(check(&s, 8), Err(SavedError::Invalid(_))),
-                "{code}"
-            );
+            let bus = &mut s.buses[0];
+            let ring = if host {
+                bus.host_ring.as_mut()
+            } else {
+                bus.guest_ring.as_mut()
+            };
+            if let Some(r) = ring {
+                if local {
+                    r.local_end = code;
+                } else {
+                    r.peer_end = code;
+                }
+            }
+            check(&s, 8)
+        };
+        for (host, local) in [(true, true), (true, false), (false, true), (false, false)] {
+            for code in [3, 255, 256, u32::MAX] {
+                assert!(
+                    matches!(with_end(host, local, code), Err(SavedError::Invalid(_))),
+                    "host {host} local {local} code {code}"
+                );
+            }
+            for code in 0..=2 {
+                assert!(with_end(host, local, code).is_ok(), "{code}");
+            }
         }
-        let mut s = valid();
-        s.buses[0].host_ring = Some(SavedRing {
-            local_end: 2,
-            peer_end: 1,
-            ..ring(2)
-        });
-        assert!(check(&s, 8).is_ok());
     }
 
     /// An outstanding access the control plane would have refused (a width other than 1, 2
