@@ -483,6 +483,15 @@ fn set_fd(state: &mut SavedService, k: usize, index: u32) {
     });
 }
 
+/// `code` moved out of `range` (by the range's length) if it is in it.
+fn outside(code: u32, range: std::ops::RangeInclusive<u32>) -> u32 {
+    if range.contains(&code) {
+        code + (range.end() - range.start() + 1)
+    } else {
+        code
+    }
+}
+
 /// The `i`-th of `len` items (wrapping), if any.
 fn pick(i: impl Into<usize>, len: usize) -> Option<usize> {
     (len > 0).then(|| i.into() % len)
@@ -499,11 +508,11 @@ fn table_bus(state: &mut SavedService, b: u8) -> Option<&mut SavedTableEntry> {
     table.buses.get_mut(i)
 }
 
-fn ring_of(bus: &mut SavedBusEntry, host: bool) -> Option<&mut SavedRing> {
+fn ring_slot(bus: &mut SavedBusEntry, host: bool) -> &mut Option<SavedRing> {
     if host {
-        bus.host_ring.as_mut()
+        &mut bus.host_ring
     } else {
-        bus.guest_ring.as_mut()
+        &mut bus.guest_ring
     }
 }
 
@@ -520,19 +529,11 @@ fn corrupt(state: &mut SavedService, layout: &mut Layout, c: &Corruption) -> Opt
             Some(Expect::Invalid)
         }
         Corruption::GuestState(b, code) => {
-            table_bus(state, b)?.guest = if (1..=5).contains(&code) {
-                code + 5
-            } else {
-                code
-            };
+            table_bus(state, b)?.guest = outside(code, 1..=5);
             Some(Expect::Invalid)
         }
         Corruption::HostState(b, code) => {
-            table_bus(state, b)?.host = if (1..=4).contains(&code) {
-                code + 4
-            } else {
-                code
-            };
+            table_bus(state, b)?.host = outside(code, 1..=4);
             Some(Expect::Invalid)
         }
         Corruption::GenerationBeyond(b, x) => {
@@ -564,24 +565,15 @@ fn corrupt(state: &mut SavedService, layout: &mut Layout, c: &Corruption) -> Opt
             Some(Expect::Invalid)
         }
         Corruption::NoRing(b, host) => {
-            let bus = running_bus(state, b)?;
-            if host {
-                bus.host_ring = None;
-            } else {
-                bus.guest_ring = None;
-            }
+            *ring_slot(running_bus(state, b)?, host) = None;
             Some(Expect::Invalid)
         }
         Corruption::RingFdCount(b, host, count) => {
-            ring_of(running_bus(state, b)?, host)?.fd_count = if (3..=4).contains(&count) {
-                count + 2
-            } else {
-                count
-            };
+            ring_slot(running_bus(state, b)?, host).as_mut()?.fd_count = outside(count, 3..=4);
             Some(Expect::Invalid)
         }
         Corruption::RingEndCode(b, host, local, code) => {
-            let ring = ring_of(running_bus(state, b)?, host)?;
+            let ring = ring_slot(running_bus(state, b)?, host).as_mut()?;
             let code = code.max(3);
             if local {
                 ring.local_end = code;
@@ -591,11 +583,7 @@ fn corrupt(state: &mut SavedService, layout: &mut Layout, c: &Corruption) -> Opt
             Some(Expect::Invalid)
         }
         Corruption::Backing(b, slot, code) => {
-            let backing = if (1..=2).contains(&code) {
-                code + 2
-            } else {
-                code
-            };
+            let backing = outside(code, 1..=2);
             running_bus(state, b)?.bars.push(SavedBar { slot, backing });
             Some(Expect::Invalid)
         }
