@@ -179,16 +179,23 @@ fn an_unanswered_access_to_a_departed_function_is_given_up() {
     assert_eq!(bus.guest_ejects(), [slot(1)]);
 }
 
+/// Function 1 installed, the guest in a read of it that went to the device, and the host
+/// lost.
+fn read_then_host_lost() -> (Bus, AccessId) {
+    let mut bus = Bus::installed_with(&[1]);
+    let id = start_read(&mut bus, 1);
+    bus.relay.handle_host_closed(bus.now);
+    bus.drain();
+    (bus, id)
+}
+
 /// A lost host answers nothing more, but the guest still sits in its read: the access holds
 /// the bus (its function departed with the host) until it is done, or until
 /// `departed_request_timeout` after the loss; then the functions are ejected at safe points
 /// and the guest channel closes, long before `max_hold`.
 #[test]
 fn host_loss_keeps_the_guest_in_its_read() {
-    let mut bus = Bus::installed_with(&[1]);
-    let id = start_read(&mut bus, 1);
-    bus.relay.handle_host_closed(bus.now);
-    bus.drain();
+    let (mut bus, id) = read_then_host_lost();
     assert_eq!(bus.relay.accesses_in_flight(), 1);
     bus.advance(Duration::from_millis(500));
     no_eject_mid_read(&bus);
@@ -202,10 +209,7 @@ fn host_loss_keeps_the_guest_in_its_read() {
 /// after the loss (counted), and the bus winds down.
 #[test]
 fn host_loss_gives_up_an_unfinished_access_in_time() {
-    let mut bus = Bus::installed_with(&[1]);
-    let _id = start_read(&mut bus, 1);
-    bus.relay.handle_host_closed(bus.now);
-    bus.drain();
+    let (mut bus, _id) = read_then_host_lost();
     bus.advance(Duration::from_millis(900));
     no_eject_mid_read(&bus);
     bus.advance(Duration::from_secs(2));
@@ -255,6 +259,16 @@ fn an_access_in_flight_survives_servicing() {
     done_then_eject_goes_out(&mut restored, id, Some(0x1234_1414));
 }
 
+/// Function 1 installed, the guest 5 s into a read of it that went to the device, when the
+/// host ejects it.
+fn slow_read_then_ejected() -> (Bus, AccessId) {
+    let mut bus = Bus::installed_with(&[1]);
+    let id = start_read(&mut bus, 1);
+    bus.advance(Duration::from_secs(5));
+    bus.host_sends(eject(1));
+    (bus, id)
+}
+
 /// A read the device was slow on before the host removed its function still holds the bus
 /// for `departed_request_timeout` counted from the removal, not from when the read began: the
 /// host's EJECT of a function the guest has been reading for a long time must not reach the
@@ -263,10 +277,7 @@ fn an_access_in_flight_survives_servicing() {
 /// delivered a held EJECT into the probe path: C3.)
 #[test]
 fn a_slow_access_holds_for_the_timeout_after_its_function_departs() {
-    let mut bus = Bus::installed_with(&[1]);
-    let id = start_read(&mut bus, 1);
-    bus.advance(Duration::from_secs(5));
-    bus.host_sends(eject(1));
+    let (mut bus, id) = slow_read_then_ejected();
     assert!(
         bus.guest_ejects().is_empty(),
         "EJECT reached a guest mid-read the moment its function departed"
@@ -287,10 +298,7 @@ fn a_slow_access_holds_for_the_timeout_after_its_function_departs() {
 /// read up a second after the departure, not a second after the restore or at once.
 #[test]
 fn a_departed_access_keeps_its_departure_time_across_servicing() {
-    let mut bus = Bus::installed_with(&[1]);
-    let _id = start_read(&mut bus, 1);
-    bus.advance(Duration::from_secs(5));
-    bus.host_sends(eject(1));
+    let (mut bus, _id) = slow_read_then_ejected();
     bus.advance(Duration::from_millis(600));
     let mut restored = serviced(&bus);
     assert_eq!(restored.relay.accesses_in_flight(), 1);
