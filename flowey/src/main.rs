@@ -271,6 +271,8 @@ const FUZZ_RING: Step = fuzz!("fuzz-ring-reader", fuzz_run!("ring_reader", "60")
 const FUZZ_RELAY: Step = fuzz!("fuzz-relay", fuzz_run!("relay", "60"));
 const FUZZ_PROMISES: Step = fuzz!("fuzz-relay-promises", fuzz_run!("relay_promises", "60"));
 const FUZZ_RESTORE: Step = fuzz!("fuzz-restore", fuzz_run!("restore", "60"));
+const FUZZ_SERVICE_RESTORE: Step =
+    fuzz!("fuzz-service-restore", fuzz_run!("service_restore", "60"),);
 const SMOKE_DECODE: Step = fuzz!("fuzz-smoke-decode", fuzz_run!("decode", "20"));
 const SMOKE_RING: Step = fuzz!("fuzz-smoke-ring-reader", fuzz_run!("ring_reader", "20"));
 const SMOKE_RELAY: Step = fuzz!("fuzz-smoke-relay", fuzz_run!("relay", "20"));
@@ -279,6 +281,10 @@ const SMOKE_PROMISES: Step = fuzz!(
     fuzz_run!("relay_promises", "20"),
 );
 const SMOKE_RESTORE: Step = fuzz!("fuzz-smoke-restore", fuzz_run!("restore", "20"));
+const SMOKE_SERVICE_RESTORE: Step = fuzz!(
+    "fuzz-smoke-service-restore",
+    fuzz_run!("service_restore", "20"),
+);
 
 /// A named list of steps.
 #[derive(Debug)]
@@ -333,6 +339,7 @@ const PIPELINES: &[Pipeline] = &[
             FUZZ_RELAY,
             FUZZ_PROMISES,
             FUZZ_RESTORE,
+            FUZZ_SERVICE_RESTORE,
         ],
     },
     Pipeline {
@@ -345,6 +352,7 @@ const PIPELINES: &[Pipeline] = &[
             SMOKE_RELAY,
             SMOKE_PROMISES,
             SMOKE_RESTORE,
+            SMOKE_SERVICE_RESTORE,
         ],
     },
 ];

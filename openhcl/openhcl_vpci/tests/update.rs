@@ -179,12 +179,18 @@ fn an_update_mid_probe_is_a_pause() {
     no_timer_thread(&rig);
 }
 
-/// `inspect --watch` follows the service across an update: the update closes its control
-/// connection with the old image, it reconnects to the new one and prints the change.
-#[test]
-fn inspect_watch_follows_an_update() {
-    use std::io::{BufRead, BufReader};
-    let rig = start("watch", "buses=1,functions=1");
+/// Once the rig's guest has probed its bus, starts `inspect restored --watch` (every 20 ms)
+/// on the rig's control socket, with `stderr` as given, and reads its first answer (waiting
+/// at most `LIMIT`), which must say the service was never restored; returns the watcher and
+/// the rest of its output.
+fn watch_restored(
+    rig: &Rig,
+    stderr: std::process::Stdio,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
     rig.guest.expect_line(LIMIT, |l| l == "guest probed bus0");
     let mut watch = Command::new(BIN)
         .args([
@@ -197,20 +203,37 @@ fn inspect_watch_follows_an_update() {
         ])
         .arg(rig.dir.join("control.sock"))
         .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("run inspect --watch");
-    let stdout = watch.stdout.take().expect("stdout");
+    let mut stdout = std::io::BufReader::new(watch.stdout.take().expect("stdout"));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
+        let mut first = String::new();
+        let read = stdout.read_line(&mut first).map(|_| first);
+        let _ = tx.send((read, stdout));
+    });
+    let (first, stdout) = rx.recv_timeout(LIMIT).expect("an answer in time");
+    assert_eq!(first.expect("the first answer").trim(), "never");
+    (watch, stdout)
+}
+
+/// `inspect --watch` follows the service across an update: the update closes its control
+/// connection with the old image, it reconnects to the new one and prints the change.
+#[test]
+fn inspect_watch_follows_an_update() {
+    use std::io::BufRead;
+    let rig = start("watch", "buses=1,functions=1");
+    let (mut watch, stdout) = watch_restored(&rig, std::process::Stdio::inherit());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
             let Ok(line) = line else { break };
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
-    let first = rx.recv_timeout(LIMIT).expect("the first answer");
-    assert_eq!(first.trim(), "never");
     let (ok, text) = update(&rig, None);
     assert!(ok, "{text}");
     let deadline = std::time::Instant::now() + LIMIT;
@@ -294,28 +317,9 @@ fn a_shutdown_at_the_exec_reaches_the_successor() {
 /// quietly (exit 0), not with a panic about a broken pipe.
 #[test]
 fn inspect_watch_ends_quietly_when_its_reader_goes() {
-    use std::io::{BufRead, BufReader};
     let rig = start("watch-pipe", "buses=1,functions=1");
-    rig.guest.expect_line(LIMIT, |l| l == "guest probed bus0");
-    let mut watch = Command::new(BIN)
-        .args([
-            "inspect",
-            "restored",
-            "--watch",
-            "--interval",
-            "20ms",
-            "--control",
-        ])
-        .arg(rig.dir.join("control.sock"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run inspect --watch");
-    let mut first = String::new();
-    BufReader::new(watch.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("the first answer");
-    assert_eq!(first.trim(), "never");
+    let (mut watch, stdout) = watch_restored(&rig, std::process::Stdio::piped());
+    drop(stdout);
     // The reader is gone; a change makes the watch write again.
     let (ok, text) = update(&rig, None);
     assert!(ok, "{text}");

@@ -12,7 +12,7 @@ mod cli;
 use cli::{petri, stdout, temp};
 use guest_linux::KernelModel;
 use host_sim::{FunctionSpec, HostAction};
-use petri::explore::{Strategy, explore, run_seed};
+use petri::explore::{Strategy, Summary, explore, run_seed};
 use petri::outcome::{Outcome, RunResult};
 use petri::scenario::{GuestKind, Scenario, Servicing, catalogue, load};
 use petri::sched::Chooser;
@@ -226,6 +226,18 @@ fn random_host_serviced_at_every_step_ends_as_unserviced() {
     }
 }
 
+/// One seed on the 6.3 model through the relay: `plain` unserviced, and `lossy` (serviced at
+/// every step by a servicing that tampers with the saved state), which must have been
+/// serviced at every step. Whether the comparison of the two caught a difference, with the
+/// unserviced run and the lossy one.
+fn lossy_run(plain: &Scenario, lossy: &Scenario, seed: u64) -> (bool, RunResult, RunResult) {
+    let unserviced = run_seed(plain, GuestKind::Linux63, true, seed, true).expect("plain");
+    let serviced = run_seed(lossy, GuestKind::Linux63, true, seed, true).expect("lossy");
+    assert_serviced("lossy", &serviced);
+    let caught = std::panic::catch_unwind(|| assert_same("lossy", &unserviced, &serviced)).is_err();
+    (caught, unserviced, serviced)
+}
+
 /// Test-only lossy servicing: the host's relations not yet reflected to the guest are lost
 /// (a state that still restores: the loss is only seen in what the guest ends up with).
 fn forget_host_relations(saved: &mut SavedBus) {
@@ -245,7 +257,7 @@ fn a_lossy_servicing_is_caught() {
     lossy.relay.tamper = Some(forget_host_relations);
     let mut caught = 0;
     for seed in 0..4 {
-        let plain = run_seed(&re_add, GuestKind::Linux63, true, seed, true).expect("plain");
+        let (failed, plain, serviced) = lossy_run(&re_add, &lossy, seed);
         let faithful = run_seed(
             &with_servicing(&re_add, Servicing::EveryStep),
             GuestKind::Linux63,
@@ -255,9 +267,6 @@ fn a_lossy_servicing_is_caught() {
         )
         .expect("serviced");
         assert_same("faithful", &plain, &faithful);
-        let serviced = run_seed(&lossy, GuestKind::Linux63, true, seed, true).expect("lossy");
-        assert_serviced("lossy", &serviced);
-        let failed = std::panic::catch_unwind(|| assert_same("lossy", &plain, &serviced)).is_err();
         if failed {
             assert_eq!(serviced.outcome.kind(), "lost_device", "seed {seed}");
             caught += 1;
@@ -279,11 +288,23 @@ fn a_lost_host_queue_is_caught() {
     let mut lossy = with_servicing(&c2, Servicing::EveryStep);
     lossy.relay.tamper = Some(drop_host_queue);
     for seed in 0..4 {
-        let plain = run_seed(&c2, GuestKind::Linux63, true, seed, true).expect("plain");
-        let serviced = run_seed(&lossy, GuestKind::Linux63, true, seed, true).expect("lossy");
-        let failed = std::panic::catch_unwind(|| assert_same("lossy", &plain, &serviced)).is_err();
+        let (failed, _, _) = lossy_run(&c2, &lossy, seed);
         assert!(failed, "seed {seed}: losing the host queue went unnoticed");
     }
+}
+
+/// `schedules` random schedules (from seed 0) of `scenario` on the 6.3 model, through the
+/// relay or directly.
+fn explore_63(scenario: &Scenario, relay: bool, schedules: u64) -> Summary {
+    explore(
+        scenario,
+        GuestKind::Linux63,
+        relay,
+        schedules,
+        Strategy::Random { first_seed: 0 },
+        |_| {},
+    )
+    .expect("explore")
 }
 
 /// A run set that asks for servicing and services nothing is refused, never a silent pass:
@@ -292,26 +313,10 @@ fn a_lost_host_queue_is_caught() {
 #[test]
 fn the_summary_counts_servicings() {
     let c2 = with_servicing(&load("c2").expect("c2"), Servicing::EveryStep);
-    let relayed = explore(
-        &c2,
-        GuestKind::Linux63,
-        true,
-        3,
-        Strategy::Random { first_seed: 0 },
-        |_| {},
-    )
-    .expect("explore");
+    let relayed = explore_63(&c2, true, 3);
     assert!(relayed.servicings.is_some_and(|n| n > 0), "{relayed:?}");
     assert!(petri::explore::check(&c2, GuestKind::Linux63, &relayed).is_ok());
-    let direct = explore(
-        &c2,
-        GuestKind::Linux63,
-        false,
-        3,
-        Strategy::Random { first_seed: 0 },
-        |_| {},
-    )
-    .expect("explore");
+    let direct = explore_63(&c2, false, 3);
     assert_eq!(direct.servicings, None);
     let mut none = relayed.clone();
     none.servicings = Some(0);
@@ -426,14 +431,6 @@ fn a_refused_restore_is_a_harness_error() {
             r.outcome
         );
     }
-    let summary = explore(
-        &c2,
-        GuestKind::Linux63,
-        true,
-        2,
-        Strategy::Random { first_seed: 0 },
-        |_| {},
-    )
-    .expect("explore");
+    let summary = explore_63(&c2, true, 2);
     assert!(petri::explore::check(&c2, GuestKind::Linux63, &summary).is_err());
 }

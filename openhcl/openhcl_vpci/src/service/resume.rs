@@ -4,17 +4,14 @@
 
 use super::fds::{take_listener, take_ring, take_stream};
 use super::handover;
-use super::saved::{FORMAT, SavedBusEntry, SavedError, SavedRing, SavedService};
+use super::saved::{SavedBusEntry, SavedError, SavedRing, SavedService, Validated, validate};
 use super::threads;
 use super::update::{RestoreInfo, restore_driver};
 use super::{Pending, Service};
 use crate::bars::RecordingBars;
-use crate::control::MmioOp;
 use crate::executor::LoopClock;
 use crate::revocable::Revocable;
 use crate::table::BusTable;
-use prost::Message as _;
-use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc;
@@ -39,39 +36,25 @@ struct Checked {
 }
 
 fn check(state: &[u8], fds: Vec<OwnedFd>) -> Result<Checked, SavedError> {
-    let saved = SavedService::decode(state)?;
-    if saved.format != FORMAT {
-        return Err(SavedError::Format(saved.format));
-    }
+    let Validated { saved, table, ops } = validate(state, fds.len())?;
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
-    let table = BusTable::restore(
-        saved
-            .table
-            .as_ref()
-            .ok_or_else(|| SavedError::Invalid("no bus table".into()))?,
-    )?;
-    let mut pending = Vec::new();
-    let mut ids = HashSet::new();
-    for p in &saved.pending {
-        let op: MmioOp = serde_json::from_str(&p.op_json)
-            .map_err(|e| SavedError::Invalid(format!("access {}: {e}", p.host_id)))?;
-        if !ids.insert(p.host_id) || p.host_id >= saved.next_mmio {
-            return Err(SavedError::Invalid(format!("access id {}", p.host_id)));
-        }
-        if pending.len() >= super::MAX_PENDING_MMIO {
-            return Err(SavedError::Invalid("too many accesses outstanding".into()));
-        }
-        pending.push((
-            p.host_id,
-            Pending {
-                guest_id: p.guest_id,
-                bus: p.bus.clone(),
-                generation: p.generation,
-                op,
-                access: p.relay_access.map(AccessId::from_raw),
-            },
-        ));
-    }
+    let pending = saved
+        .pending
+        .iter()
+        .zip(ops)
+        .map(|(p, op)| {
+            (
+                p.host_id,
+                Pending {
+                    guest_id: p.guest_id,
+                    bus: p.bus.clone(),
+                    generation: p.generation,
+                    op,
+                    access: p.relay_access.map(AccessId::from_raw),
+                },
+            )
+        })
+        .collect();
     let host = saved
         .host_fd
         .map(|i| take_stream(i, &mut fds))
@@ -86,35 +69,16 @@ fn check(state: &[u8], fds: Vec<OwnedFd>) -> Result<Checked, SavedError> {
         .requester_fd
         .map(|i| take_stream(i, &mut fds))
         .transpose()?;
+    // `validate` checked every bus and every descriptor index; what is left can only fail
+    // on the descriptors themselves.
     let mut buses = Vec::new();
-    let mut names = HashSet::new();
     for entry in &saved.buses {
-        if !names.insert(entry.bus.clone()) {
-            return Err(SavedError::Invalid(format!(
-                "bus {} saved twice",
-                entry.bus
-            )));
-        }
-        if table.running(&entry.bus) != Some(entry.generation) {
-            return Err(SavedError::Invalid(format!(
-                "bus {} generation {} is not running in the table",
-                entry.bus, entry.generation
-            )));
-        }
         let ring = |r: &Option<SavedRing>, which: &str| {
             r.clone()
                 .ok_or_else(|| SavedError::Invalid(format!("bus {}: no {which} ring", entry.bus)))
         };
         let host_ring = take_ring(&ring(&entry.host_ring, "host")?, &mut fds)?;
         let guest_ring = take_ring(&ring(&entry.guest_ring, "guest")?, &mut fds)?;
-        for bar in &entry.bars {
-            if !(1..=2).contains(&bar.backing) {
-                return Err(SavedError::Invalid(format!(
-                    "bus {}: backing {} of slot {:#x}",
-                    entry.bus, bar.backing, bar.slot
-                )));
-            }
-        }
         buses.push((entry.clone(), host_ring, guest_ring));
     }
     Ok(Checked {
@@ -289,64 +253,12 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::saved::{SavedMmio, SavedTable, SavedTableEntry};
+    use crate::service::saved::tests::{ring, valid};
+    use crate::service::saved::{FORMAT, SavedMmio};
+    use prost::Message as _;
 
     fn null() -> OwnedFd {
         OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"))
-    }
-
-    fn ring(first_fd: u32) -> SavedRing {
-        SavedRing {
-            creator: false,
-            local_end: 0,
-            peer_end: 0,
-            broken: false,
-            peer_gone: false,
-            first_fd,
-            fd_count: 3,
-        }
-    }
-
-    /// A service with both listeners (descriptors 0 and 1) and one running bus `bus0`
-    /// (generation 1) whose ring ends are descriptors 2-4 and 5-7.
-    fn valid() -> SavedService {
-        SavedService {
-            format: FORMAT,
-            writer_version: "test".into(),
-            table: Some(SavedTable {
-                buses: vec![SavedTableEntry {
-                    bus: "bus0".into(),
-                    guest: 3,
-                    host: 2,
-                    generation: 1,
-                    rescinds: 0,
-                    held_reoffers: 0,
-                }],
-                guest_connected: true,
-                all_offers_delivered: true,
-                next_generation: 1,
-            }),
-            pending: Vec::new(),
-            next_mmio: 1,
-            host_fd: None,
-            guest: None,
-            guest_listener_fd: 0,
-            control_listener_fd: 1,
-            requester_fd: None,
-            next_guest_id: 2,
-            buses: vec![SavedBusEntry {
-                bus: "bus0".into(),
-                generation: 1,
-                driver: Vec::new(),
-                host_ring: Some(ring(2)),
-                guest_ring: Some(ring(5)),
-                host_revoked: false,
-                bars: Vec::new(),
-                relay_now_ns: 0,
-            }],
-            updates: 0,
-            saved_at_unix_ns: 0,
-        }
     }
 
     fn checked(state: &SavedService, fds: usize) -> Result<Checked, SavedError> {

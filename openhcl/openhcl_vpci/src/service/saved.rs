@@ -5,7 +5,10 @@
 //! Descriptors cannot travel in bytes: each saved item names its descriptors by index into
 //! the handover's descriptor list ([`super::handover`]), and restore checks every index.
 
+use crate::control::{Message, MmioOp};
 use crate::table::{BusTable, GuestSide, HostSide};
+use prost::Message as _;
+use std::collections::HashSet;
 use thiserror::Error;
 
 /// The format this service writes. A successor refuses a state whose major format it does not
@@ -222,6 +225,142 @@ pub enum SavedError {
     },
 }
 
+/// A saved service state decoded and checked in everything that needs no descriptor (see
+/// [`validate`]).
+#[derive(Debug)]
+pub struct Validated {
+    /// The state as decoded.
+    pub saved: SavedService,
+    /// The bus table it holds.
+    pub table: BusTable,
+    /// Each outstanding access's operation, in the order of `saved.pending`.
+    pub ops: Vec<MmioOp>,
+}
+
+/// The largest ring end code a saved ring holds (0 none, 1 closed, 2 revoked).
+const MAX_END_CODE: u32 = 2;
+
+/// Decodes a saved service state and checks all of it that needs no live descriptor: the
+/// format; the bus table (states in range, generations given out, bus ids the control plane
+/// accepts, no bus twice); each outstanding access (its operation, an id issued and unique,
+/// a width and bus id the control plane accepts, at most
+/// [`MAX_PENDING_MMIO`](super::MAX_PENDING_MMIO)); each running bus (saved once, running in
+/// the table at its generation, both ring ends present with 3 or 4 descriptors and end codes
+/// in range, known backings); and every descriptor index the state names, each below
+/// `descriptors` (how many the handover carried) and named once.
+///
+/// The successor runs this before it takes any descriptor, so a state that passes names
+/// only descriptors it can take. The drivers' own states (`SavedBusEntry::driver`) are
+/// checked per bus when each is restored: a bad one closes its bus only.
+pub fn validate(state: &[u8], descriptors: usize) -> Result<Validated, SavedError> {
+    let saved = SavedService::decode(state)?;
+    if saved.format != FORMAT {
+        return Err(SavedError::Format(saved.format));
+    }
+    let table = BusTable::restore(
+        saved
+            .table
+            .as_ref()
+            .ok_or_else(|| SavedError::Invalid("no bus table".into()))?,
+    )?;
+    let mut ops = Vec::new();
+    let mut ids = HashSet::new();
+    for p in &saved.pending {
+        let op: MmioOp = serde_json::from_str(&p.op_json)
+            .map_err(|e| SavedError::Invalid(format!("access {}: {e}", p.host_id)))?;
+        if !ids.insert(p.host_id) || p.host_id >= saved.next_mmio {
+            return Err(SavedError::Invalid(format!("access id {}", p.host_id)));
+        }
+        if ops.len() >= super::MAX_PENDING_MMIO {
+            return Err(SavedError::Invalid("too many accesses outstanding".into()));
+        }
+        let message = Message::Mmio {
+            id: p.host_id,
+            bus: p.bus.clone(),
+            op,
+        };
+        message
+            .validate()
+            .map_err(|e| SavedError::Invalid(format!("access {}: {e}", p.host_id)))?;
+        ops.push(op);
+    }
+    let mut named = Descriptors {
+        count: descriptors,
+        seen: HashSet::new(),
+    };
+    named.one(saved.host_fd)?;
+    named.one(saved.guest.as_ref().map(|g| g.fd))?;
+    named.one(Some(saved.guest_listener_fd))?;
+    named.one(Some(saved.control_listener_fd))?;
+    named.one(saved.requester_fd)?;
+    let mut names = HashSet::new();
+    for entry in &saved.buses {
+        if !names.insert(entry.bus.as_str()) {
+            return Err(SavedError::Invalid(format!(
+                "bus {} saved twice",
+                entry.bus
+            )));
+        }
+        if table.running(&entry.bus) != Some(entry.generation) {
+            return Err(SavedError::Invalid(format!(
+                "bus {} generation {} is not running in the table",
+                entry.bus, entry.generation
+            )));
+        }
+        for (ring, which) in [(&entry.host_ring, "host"), (&entry.guest_ring, "guest")] {
+            let ring = ring.as_ref().ok_or_else(|| {
+                SavedError::Invalid(format!("bus {}: no {which} ring", entry.bus))
+            })?;
+            if !(3..=4).contains(&ring.fd_count) {
+                return Err(SavedError::Invalid(format!(
+                    "bus {}: a {which} ring end with {} descriptors",
+                    entry.bus, ring.fd_count
+                )));
+            }
+            if ring.local_end > MAX_END_CODE || ring.peer_end > MAX_END_CODE {
+                return Err(SavedError::Invalid(format!(
+                    "bus {}: {which} ring end codes {} and {}",
+                    entry.bus, ring.local_end, ring.peer_end
+                )));
+            }
+            for i in 0..ring.fd_count {
+                named.one(Some(ring.first_fd.saturating_add(i)))?;
+            }
+        }
+        for bar in &entry.bars {
+            if !(1..=2).contains(&bar.backing) {
+                return Err(SavedError::Invalid(format!(
+                    "bus {}: backing {} of slot {:#x}",
+                    entry.bus, bar.backing, bar.slot
+                )));
+            }
+        }
+    }
+    Ok(Validated { saved, table, ops })
+}
+
+/// The descriptor indices a state names so far.
+struct Descriptors {
+    count: usize,
+    seen: HashSet<u32>,
+}
+
+impl Descriptors {
+    /// Notes `index` (if any): an error if it is beyond `count` or named before.
+    fn one(&mut self, index: Option<u32>) -> Result<(), SavedError> {
+        let Some(index) = index else {
+            return Ok(());
+        };
+        if usize::try_from(index).map_or(true, |i| i >= self.count) || !self.seen.insert(index) {
+            return Err(SavedError::Descriptor {
+                index,
+                count: self.count,
+            });
+        }
+        Ok(())
+    }
+}
+
 fn guest_code(side: GuestSide) -> u32 {
     match side {
         GuestSide::NotOffered => 1,
@@ -263,8 +402,8 @@ fn host_side(code: u32) -> Option<HostSide> {
 }
 
 impl BusTable {
-    /// The table as saved state.
-    pub(crate) fn save(&self) -> SavedTable {
+    /// The table as saved state (what [`BusTable::restore`] reads back).
+    pub fn save(&self) -> SavedTable {
         let (buses, guest_connected, all_offers_delivered, next_generation) = self.parts();
         SavedTable {
             buses: buses
@@ -284,7 +423,7 @@ impl BusTable {
     }
 
     /// A table from saved state, every field checked.
-    pub(crate) fn restore(saved: &SavedTable) -> Result<Self, SavedError> {
+    pub fn restore(saved: &SavedTable) -> Result<Self, SavedError> {
         let mut table = BusTable::new();
         for e in &saved.buses {
             let guest = guest_side(e.guest).ok_or_else(|| {
@@ -320,5 +459,166 @@ impl BusTable {
             saved.next_generation,
         );
         Ok(table)
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A ring end of 3 descriptors from `first_fd`, nothing ended.
+    pub(in crate::service) fn ring(first_fd: u32) -> SavedRing {
+        SavedRing {
+            creator: true,
+            local_end: 0,
+            peer_end: 0,
+            broken: false,
+            peer_gone: false,
+            first_fd,
+            fd_count: 3,
+        }
+    }
+
+    /// Both listeners (descriptors 0 and 1), one running bus `bus0` at generation 1 with ring
+    /// ends 2-4 and 5-7, one access outstanding at the host (id 0).
+    pub(in crate::service) fn valid() -> SavedService {
+        SavedService {
+            format: FORMAT,
+            writer_version: "test".into(),
+            table: Some(SavedTable {
+                buses: vec![SavedTableEntry {
+                    bus: "bus0".into(),
+                    guest: 3,
+                    host: 2,
+                    generation: 1,
+                    rescinds: 0,
+                    held_reoffers: 0,
+                }],
+                guest_connected: true,
+                all_offers_delivered: true,
+                next_generation: 1,
+            }),
+            pending: vec![SavedMmio {
+                host_id: 0,
+                guest_id: 7,
+                bus: "bus0".into(),
+                generation: 1,
+                op_json: r#"{"op":"config_read","slot":0,"offset":0,"len":4}"#.into(),
+                relay_access: Some(3),
+            }],
+            next_mmio: 1,
+            host_fd: None,
+            guest: None,
+            guest_listener_fd: 0,
+            control_listener_fd: 1,
+            requester_fd: None,
+            next_guest_id: 2,
+            buses: vec![SavedBusEntry {
+                bus: "bus0".into(),
+                generation: 1,
+                driver: vec![1, 2, 3],
+                host_ring: Some(ring(2)),
+                guest_ring: Some(ring(5)),
+                host_revoked: false,
+                bars: vec![SavedBar {
+                    slot: 0,
+                    backing: 2,
+                }],
+                relay_now_ns: 5,
+            }],
+            updates: 0,
+            saved_at_unix_ns: 0,
+        }
+    }
+
+    fn check(state: &SavedService, descriptors: usize) -> Result<Validated, SavedError> {
+        validate(&state.encode_to_vec(), descriptors)
+    }
+
+    #[test]
+    fn a_valid_state_validates_and_its_table_saves_back() {
+        let v = check(&valid(), 8).expect("valid");
+        assert_eq!(v.saved, valid());
+        assert_eq!(Some(v.table.save()), valid().table);
+        assert_eq!(
+            v.ops,
+            vec![MmioOp::ConfigRead {
+                slot: 0,
+                offset: 0,
+                len: 4
+            }]
+        );
+    }
+
+    #[test]
+    fn descriptor_indices_are_checked_without_descriptors() {
+        assert!(matches!(
+            check(&valid(), 7),
+            Err(SavedError::Descriptor { index: 7, count: 7 })
+        ));
+        let mut s = valid();
+        s.host_fd = Some(1);
+        assert!(matches!(
+            check(&s, 8),
+            Err(SavedError::Descriptor { index: 1, .. })
+        ));
+        // A ring end reaching past the last index does not wrap around.
+        let mut s = valid();
+        s.buses[0].guest_ring = Some(ring(u32::MAX - 1));
+        assert!(matches!(check(&s, 8), Err(SavedError::Descriptor { .. })));
+    }
+
+    /// A ring end code the saver never writes (only 0, 1 and 2 exist) is refused, not read as
+    /// "closed".
+    #[test]
+    fn ring_end_codes_out_of_range_are_refused() {
+        let with_end = |host: bool, local: bool, code: u32| {
+            let mut s = valid();
+            let bus = &mut s.buses[0];
+            let ring = if host {
+                bus.host_ring.as_mut()
+            } else {
+                bus.guest_ring.as_mut()
+            };
+            if let Some(r) = ring {
+                if local {
+                    r.local_end = code;
+                } else {
+                    r.peer_end = code;
+                }
+            }
+            check(&s, 8)
+        };
+        for (host, local) in [(true, true), (true, false), (false, true), (false, false)] {
+            for code in [3, 255, 256, u32::MAX] {
+                assert!(
+                    matches!(with_end(host, local, code), Err(SavedError::Invalid(_))),
+                    "host {host} local {local} code {code}"
+                );
+            }
+            for code in 0..=2 {
+                assert!(with_end(host, local, code).is_ok(), "{code}");
+            }
+        }
+    }
+
+    /// An outstanding access the control plane would have refused (a width other than 1, 2
+    /// or 4, or a bad bus id) is refused from a saved state too.
+    #[test]
+    fn accesses_the_control_plane_refuses_are_refused() {
+        for json in [
+            r#"{"op":"config_read","slot":0,"offset":0,"len":3}"#,
+            r#"{"op":"bar_write","slot":0,"bar":0,"offset":0,"len":0,"value":1}"#,
+        ] {
+            let mut s = valid();
+            s.pending[0].op_json = json.into();
+            assert!(
+                matches!(check(&s, 8), Err(SavedError::Invalid(m)) if m.starts_with("access 0:")),
+                "{json}"
+            );
+        }
+        let mut s = valid();
+        s.pending[0].bus = "bus 0".into();
+        assert!(matches!(check(&s, 8), Err(SavedError::Invalid(_))));
     }
 }

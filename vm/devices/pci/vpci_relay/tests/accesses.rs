@@ -39,6 +39,32 @@ fn done(bus: &mut Bus, id: AccessId, value: Option<u32>) {
     bus.drain();
 }
 
+/// The guest, still in its read, has not been sent an EJECT.
+fn no_eject_mid_read(bus: &Bus) {
+    assert!(
+        bus.guest_ejects().is_empty(),
+        "EJECT reached a guest mid-read"
+    );
+}
+
+/// Reports the access done with `value`; a second later the held EJECT of function 1 has
+/// reached the guest.
+fn done_then_eject_goes_out(bus: &mut Bus, id: AccessId, value: Option<u32>) {
+    done(bus, id, value);
+    bus.advance(Duration::from_secs(1));
+    assert_eq!(bus.guest_ejects(), [slot(1)]);
+}
+
+/// `bus`'s relay serviced: saved, and restored at the same time on a fresh bus.
+fn serviced(bus: &Bus) -> Bus {
+    let saved = bus.relay.save();
+    let mut restored = Bus::new();
+    restored.now = bus.now;
+    restored.relay = BusRelay::restore(RelayConfig::default(), &saved, bus.now)
+        .expect("the relay's own state restores");
+    restored
+}
+
 /// The guest's driver is probing function 1 (reading its config space through the window)
 /// when the host ejects it, and the device is slow to answer the read.
 fn eject_during_slow_read(safeguards: Safeguards) -> (Bus, AccessId) {
@@ -57,10 +83,7 @@ fn eject_during_slow_read(safeguards: Safeguards) -> (Bus, AccessId) {
 #[test]
 fn an_access_in_flight_holds_an_eject() {
     let (mut bus, id) = eject_during_slow_read(Safeguards::ALL_ON);
-    assert!(
-        bus.guest_ejects().is_empty(),
-        "EJECT reached a guest mid-read"
-    );
+    no_eject_mid_read(&bus);
     assert_eq!(bus.relay.accesses_in_flight(), 1);
     done(&mut bus, id, Some(0x1234_1414));
     assert_eq!(bus.relay.accesses_in_flight(), 0);
@@ -87,19 +110,14 @@ fn an_access_in_flight_holds_an_eject_teeth() {
 fn a_slow_host_never_opens_the_window() {
     let (mut bus, id) = eject_during_slow_read(Safeguards::ALL_ON);
     bus.advance(Duration::from_secs(40));
-    assert!(
-        bus.guest_ejects().is_empty(),
-        "EJECT reached a guest mid-read"
-    );
+    no_eject_mid_read(&bus);
     assert_eq!(bus.relay.counters().ejects_answered_at_deadline, 1);
     assert_eq!(
         ejection_completes_to_host(&bus, 1),
         1,
         "the host is answered"
     );
-    done(&mut bus, id, Some(0x1234_1414));
-    bus.advance(Duration::from_secs(1));
-    assert_eq!(bus.guest_ejects(), [slot(1)]);
+    done_then_eject_goes_out(&mut bus, id, Some(0x1234_1414));
 }
 
 /// The probe path does not count as done while the guest reads a function's config space.
@@ -161,25 +179,27 @@ fn an_unanswered_access_to_a_departed_function_is_given_up() {
     assert_eq!(bus.guest_ejects(), [slot(1)]);
 }
 
+/// Function 1 installed, the guest in a read of it that went to the device, and the host
+/// lost.
+fn read_then_host_lost() -> (Bus, AccessId) {
+    let mut bus = Bus::installed_with(&[1]);
+    let id = start_read(&mut bus, 1);
+    bus.relay.handle_host_closed(bus.now);
+    bus.drain();
+    (bus, id)
+}
+
 /// A lost host answers nothing more, but the guest still sits in its read: the access holds
 /// the bus (its function departed with the host) until it is done, or until
 /// `departed_request_timeout` after the loss; then the functions are ejected at safe points
 /// and the guest channel closes, long before `max_hold`.
 #[test]
 fn host_loss_keeps_the_guest_in_its_read() {
-    let mut bus = Bus::installed_with(&[1]);
-    let id = start_read(&mut bus, 1);
-    bus.relay.handle_host_closed(bus.now);
-    bus.drain();
+    let (mut bus, id) = read_then_host_lost();
     assert_eq!(bus.relay.accesses_in_flight(), 1);
     bus.advance(Duration::from_millis(500));
-    assert!(
-        bus.guest_ejects().is_empty(),
-        "EJECT reached a guest mid-read"
-    );
-    done(&mut bus, id, None);
-    bus.advance(Duration::from_secs(1));
-    assert_eq!(bus.guest_ejects(), [slot(1)]);
+    no_eject_mid_read(&bus);
+    done_then_eject_goes_out(&mut bus, id, None);
     bus.guest_sends(ejection_complete(1));
     bus.advance(Duration::from_secs(1));
     assert!(bus.closed, "the guest channel closes at the safe point");
@@ -189,15 +209,9 @@ fn host_loss_keeps_the_guest_in_its_read() {
 /// after the loss (counted), and the bus winds down.
 #[test]
 fn host_loss_gives_up_an_unfinished_access_in_time() {
-    let mut bus = Bus::installed_with(&[1]);
-    let _id = start_read(&mut bus, 1);
-    bus.relay.handle_host_closed(bus.now);
-    bus.drain();
+    let (mut bus, _id) = read_then_host_lost();
     bus.advance(Duration::from_millis(900));
-    assert!(
-        bus.guest_ejects().is_empty(),
-        "EJECT reached a guest mid-read"
-    );
+    no_eject_mid_read(&bus);
     bus.advance(Duration::from_secs(2));
     assert_eq!(bus.relay.counters().accesses_abandoned, 1);
     assert_eq!(bus.guest_ejects(), [slot(1)]);
@@ -238,20 +252,21 @@ fn accesses_in_flight_are_bounded_and_done_once() {
 #[test]
 fn an_access_in_flight_survives_servicing() {
     let (bus, id) = eject_during_slow_read(Safeguards::ALL_ON);
-    let saved = bus.relay.save();
-    let mut restored = Bus::new();
-    restored.now = bus.now;
-    restored.relay = BusRelay::restore(RelayConfig::default(), &saved, bus.now)
-        .expect("the relay's own state restores");
+    let mut restored = serviced(&bus);
     assert_eq!(restored.relay.accesses_in_flight(), 1);
     restored.advance(Duration::from_secs(1));
-    assert!(
-        restored.guest_ejects().is_empty(),
-        "EJECT reached a guest mid-read"
-    );
-    done(&mut restored, id, Some(0x1234_1414));
-    restored.advance(Duration::from_secs(1));
-    assert_eq!(restored.guest_ejects(), [slot(1)]);
+    no_eject_mid_read(&restored);
+    done_then_eject_goes_out(&mut restored, id, Some(0x1234_1414));
+}
+
+/// Function 1 installed, the guest 5 s into a read of it that went to the device, when the
+/// host ejects it.
+fn slow_read_then_ejected() -> (Bus, AccessId) {
+    let mut bus = Bus::installed_with(&[1]);
+    let id = start_read(&mut bus, 1);
+    bus.advance(Duration::from_secs(5));
+    bus.host_sends(eject(1));
+    (bus, id)
 }
 
 /// A read the device was slow on before the host removed its function still holds the bus
@@ -262,20 +277,14 @@ fn an_access_in_flight_survives_servicing() {
 /// delivered a held EJECT into the probe path: C3.)
 #[test]
 fn a_slow_access_holds_for_the_timeout_after_its_function_departs() {
-    let mut bus = Bus::installed_with(&[1]);
-    let id = start_read(&mut bus, 1);
-    bus.advance(Duration::from_secs(5));
-    bus.host_sends(eject(1));
+    let (mut bus, id) = slow_read_then_ejected();
     assert!(
         bus.guest_ejects().is_empty(),
         "EJECT reached a guest mid-read the moment its function departed"
     );
     assert_eq!(bus.relay.accesses_in_flight(), 1);
     bus.advance(Duration::from_millis(900));
-    assert!(
-        bus.guest_ejects().is_empty(),
-        "EJECT reached a guest mid-read"
-    );
+    no_eject_mid_read(&bus);
     assert_eq!(bus.relay.accesses_in_flight(), 1);
     // A second after the departure the relay gives the read up (the host may never answer
     // for a device it removed), as it answers requests for departed functions.
@@ -289,16 +298,9 @@ fn a_slow_access_holds_for_the_timeout_after_its_function_departs() {
 /// read up a second after the departure, not a second after the restore or at once.
 #[test]
 fn a_departed_access_keeps_its_departure_time_across_servicing() {
-    let mut bus = Bus::installed_with(&[1]);
-    let _id = start_read(&mut bus, 1);
-    bus.advance(Duration::from_secs(5));
-    bus.host_sends(eject(1));
+    let (mut bus, _id) = slow_read_then_ejected();
     bus.advance(Duration::from_millis(600));
-    let saved = bus.relay.save();
-    let mut restored = Bus::new();
-    restored.now = bus.now;
-    restored.relay = BusRelay::restore(RelayConfig::default(), &saved, bus.now)
-        .expect("the relay's own state restores");
+    let mut restored = serviced(&bus);
     assert_eq!(restored.relay.accesses_in_flight(), 1);
     restored.advance(Duration::from_millis(300));
     assert_eq!(restored.relay.accesses_in_flight(), 1, "given up early");
