@@ -241,8 +241,9 @@ macro_rules! fuzz {
 /// read only) into a scratch corpus (`target/fuzz-corpus/T`), so a run never grows the
 /// committed seeds; libFuzzer exits non-zero on a crash and leaves it in `fuzz/artifacts/T`
 /// (copy it to `fuzz/regressions/T` once understood: `cargo test -p vpci_relay --test
-/// fuzz_regressions` replays it). The first step replays the ring reader's regressions, the
-/// one target whose harness `cargo test` cannot reach.
+/// fuzz_regressions` replays it). The first two steps replay the regressions of the ring
+/// reader and of the service's saved state, the targets whose harnesses `cargo test` cannot
+/// reach.
 macro_rules! fuzz_run {
     ($target:literal, $default:literal) => {
         concat!(
@@ -265,6 +266,10 @@ macro_rules! fuzz_run {
 const FUZZ_RING_REGRESSIONS: Step = fuzz!(
     "fuzz-ring-reader-regressions",
     "cargo fuzz run ring_reader -s none \"$PWD/fuzz/regressions/ring_reader\" -- -runs=0",
+);
+const FUZZ_SERVICE_REGRESSIONS: Step = fuzz!(
+    "fuzz-service-restore-regressions",
+    "cargo fuzz run service_restore -s none \"$PWD/fuzz/regressions/service_restore\" -- -runs=0",
 );
 const FUZZ_DECODE: Step = fuzz!("fuzz-decode", fuzz_run!("decode", "60"));
 const FUZZ_RING: Step = fuzz!("fuzz-ring-reader", fuzz_run!("ring_reader", "60"));
@@ -334,6 +339,7 @@ const PIPELINES: &[Pipeline] = &[
         about: "each fuzz target for FUZZ_SECONDS (default 60) from its seeds, after the ring reader's regressions (needs cargo-fuzz)",
         steps: &[
             FUZZ_RING_REGRESSIONS,
+            FUZZ_SERVICE_REGRESSIONS,
             FUZZ_DECODE,
             FUZZ_RING,
             FUZZ_RELAY,
@@ -347,6 +353,7 @@ const PIPELINES: &[Pipeline] = &[
         about: "each fuzz target for 20 s (FUZZ_SECONDS overrides), as .ci/run does after the CI pipeline (needs cargo-fuzz)",
         steps: &[
             FUZZ_RING_REGRESSIONS,
+            FUZZ_SERVICE_REGRESSIONS,
             SMOKE_DECODE,
             SMOKE_RING,
             SMOKE_RELAY,
