@@ -28,11 +28,21 @@ enum Corruption {
     /// The write index moved by a few bytes (misaligned, or past a packet's end).
     WriteIndexNudge(i8),
     /// A field of the first packet's descriptor: 0 type, 2 offset8, 4 len8, 6 flags.
-    Descriptor { field: u8, value: u16 },
+    Descriptor {
+        field: u8,
+        value: u16,
+    },
     /// A descriptor field of the packet at this data offset (may be mid-packet).
-    DescriptorAt { at: u16, field: u8, value: u16 },
+    DescriptorAt {
+        at: u16,
+        field: u8,
+        value: u16,
+    },
     PendingSendSize(u32),
-    Byte { at: u16, value: u8 },
+    Byte {
+        at: u16,
+        value: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -45,15 +55,23 @@ struct Image {
 
 fuzz_target!(|img: Image| {
     let mem = Arc::new(HeapMem::new(CONTROL_PAGE_SIZE + DATA));
-    let Ok(ring) = Ring::new(mem.clone()) else { return };
+    let Ok(ring) = Ring::new(mem.clone()) else {
+        return;
+    };
     let _ = ring.initialize();
     let start = u32::from(img.start) % DATA as u32 & !7;
     let _ = mem.store_u32(WRITE_INDEX_OFFSET, start);
     let _ = mem.store_u32(READ_INDEX_OFFSET, start);
-    let Ok(mut writer) = RingWriter::new(mem.clone()) else { return };
+    let Ok(mut writer) = RingWriter::new(mem.clone()) else {
+        return;
+    };
     for (i, &(fill, len, request)) in img.packets.iter().take(64).enumerate() {
         let meta = PacketMeta {
-            packet_type: if request { packet_type::DATA_INBAND } else { packet_type::COMP },
+            packet_type: if request {
+                packet_type::DATA_INBAND
+            } else {
+                packet_type::COMP
+            },
             flags: u16::from(request),
             transaction_id: i as u64,
         };
@@ -81,7 +99,9 @@ fuzz_target!(|img: Image| {
             Corruption::Byte { at, value } => mem.write_at(data_at(u32::from(at)), &[value]),
         };
     }
-    let Ok(mut reader) = RingReader::new(mem.clone()) else { return };
+    let Ok(mut reader) = RingReader::new(mem.clone()) else {
+        return;
+    };
     let mut buf = vec![0u8; reader.max_packet_len()];
     // A data area of DATA bytes holds at most DATA / 24 packets; more reads is a loop.
     for _ in 0..DATA / 24 + 1 {

@@ -244,6 +244,10 @@ pub(crate) fn build(parts: &Parts) -> (SavedService, Layout, Vec<MmioOp>) {
         host_id += 1;
     }
 
+    // With a guest connected, at least one id was issued before the next one.
+    let next_guest_id = parts
+        .next_guest_id
+        .max(if parts.guest.is_some() { 2 } else { 1 });
     let mut state = SavedService {
         format: FORMAT,
         writer_version: parts.writer_version.chars().take(32).collect(),
@@ -256,11 +260,15 @@ pub(crate) fn build(parts: &Parts) -> (SavedService, Layout, Vec<MmioOp>) {
         pending,
         next_mmio: host_id + u64::from(parts.ids_after),
         host_fd: parts.host.then_some(0),
-        guest: parts.guest.map(|id| SavedGuest { id, fd: 0 }),
+        // A connected guest's id was issued: 1 up to below the next id.
+        guest: parts.guest.map(|id| SavedGuest {
+            id: 1 + id % (next_guest_id - 1),
+            fd: 0,
+        }),
         guest_listener_fd: 0,
         control_listener_fd: 0,
         requester_fd: parts.requester.then_some(0),
-        next_guest_id: parts.next_guest_id,
+        next_guest_id,
         buses: running,
         updates: parts.updates,
         saved_at_unix_ns: parts.saved_at_unix_ns,

@@ -19,6 +19,7 @@ const MAX_PENDING: usize = openhcl_vpci::service::MAX_PENDING_MMIO;
 pub(crate) enum Corruption {
     Format(u32),
     NoTable,
+    GuestIdNotIssued(u64),
     GuestState(u8, u32),
     HostState(u8, u32),
     GenerationBeyond(u8, u8),
@@ -146,6 +147,16 @@ pub(crate) fn corrupt(
         }
         Corruption::NoTable => {
             state.table = None;
+            Some(Expect::Invalid)
+        }
+        Corruption::GuestIdNotIssued(k) => {
+            let next = state.next_guest_id;
+            let guest = state.guest.as_mut()?;
+            guest.id = if k % 2 == 0 {
+                0
+            } else {
+                next.saturating_add(k / 2)
+            };
             Some(Expect::Invalid)
         }
         Corruption::GuestState(b, code) => {

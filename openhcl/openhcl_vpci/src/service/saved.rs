@@ -284,6 +284,16 @@ pub fn validate(state: &[u8], descriptors: usize) -> Result<Validated, SavedErro
             .map_err(|e| SavedError::Invalid(format!("access {}: {e}", p.host_id)))?;
         ops.push(op);
     }
+    // The guest connection's id was issued before the saved next one (ids start at 1), so a
+    // guest that connects after the update never gets the id of the one restored.
+    if let Some(g) = &saved.guest {
+        if g.id == 0 || g.id >= saved.next_guest_id {
+            return Err(SavedError::Invalid(format!(
+                "guest connection id {} was not issued (next id {})",
+                g.id, saved.next_guest_id
+            )));
+        }
+    }
     let mut named = Descriptors {
         count: descriptors,
         seen: HashSet::new(),
@@ -570,6 +580,24 @@ pub(super) mod tests {
 
     /// A ring end code the saver never writes (only 0, 1 and 2 exist) is refused, not read as
     /// "closed".
+    /// A restored guest connection's id must be one the saved service issued: below its next
+    /// id, and not 0 (ids start at 1).
+    #[test]
+    fn a_guest_id_not_issued_is_refused() {
+        let with_guest = |id: u64| {
+            let mut s = valid();
+            s.guest = Some(SavedGuest { id, fd: 8 });
+            s
+        };
+        assert!(check(&with_guest(1), 9).is_ok());
+        for id in [0, 2, 3, u64::MAX] {
+            assert!(
+                matches!(check(&with_guest(id), 9), Err(SavedError::Invalid(_))),
+                "guest id {id}"
+            );
+        }
+    }
+
     #[test]
     fn ring_end_codes_out_of_range_are_refused() {
         let with_end = |host: bool, local: bool, code: u32| {
