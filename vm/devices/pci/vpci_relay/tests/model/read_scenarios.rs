@@ -58,17 +58,28 @@ fn slow_read_holds_an_eject_of_another_function() {
         let s = m.step(&s, Action::HostEject(1));
         (m, s)
     };
+    eject_waits_for_the_access(run);
+}
+
+/// The EJECT of 1#1 that `run` makes while 2#1's access is slow reaches the guest mid-access
+/// without `accesses_hold_the_bus`; with every safeguard on it waits, and once the device
+/// answers and the bus settles the promises hold and the guest keeps 2#1. The settled state.
+fn eject_waits_for_the_access(run: impl Fn(Safeguards) -> (RelayModel, State)) -> State {
     let mut off = Safeguards::ALL_ON;
     off.accesses_hold_the_bus = false;
     let (_, s) = run(off);
     assert_eq!(s.guest.failure, Some(Failure::ChangeDuringAccess(2)));
     let (m, mut s) = run(Safeguards::ALL_ON);
     assert_eq!(s.guest.failure, None);
-    assert_eq!(s.guest.change, None, "a change reached the guest mid-read");
+    assert_eq!(
+        s.guest.change, None,
+        "a change reached the guest mid-access"
+    );
     s = m.step(&s, Action::DeviceAnswer);
     s = m.settle(s);
     assert_promises_kept(&s);
     assert_eq!(s.guest.held(), vec![(2, 1)]);
+    s
 }
 
 /// A read the device was slow on, whose function the host then ejects: the relay holds the
@@ -152,16 +163,6 @@ fn slow_write_holds_an_eject_of_another_function() {
         let s = m.step(&s, Action::HostEject(1));
         (m, s)
     };
-    let mut off = Safeguards::ALL_ON;
-    off.accesses_hold_the_bus = false;
-    let (_, s) = run(off);
-    assert_eq!(s.guest.failure, Some(Failure::ChangeDuringAccess(2)));
-    let (m, mut s) = run(Safeguards::ALL_ON);
-    assert_eq!(s.guest.failure, None);
-    assert_eq!(s.guest.change, None, "a change reached the guest mid-write");
-    s = m.step(&s, Action::DeviceAnswer);
-    s = m.settle(s);
-    assert_promises_kept(&s);
+    let s = eject_waits_for_the_access(run);
     assert!(s.seen.write_forwarded);
-    assert_eq!(s.guest.held(), vec![(2, 1)]);
 }
