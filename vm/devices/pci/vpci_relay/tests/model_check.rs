@@ -282,8 +282,8 @@
 //! a slow read, no rescind), 356,189 states in 30 s, all properties hold. So the default run
 //! has one small slow-read bound; the larger ones are for `model_check_custom`.
 //!
-//! **Config writes and other offsets** ([`Bounds::accesses`]: 4 in `DEFAULT`, 2 in
-//! `SLOW_READ`, 0 elsewhere). Measured with `cargo test -p vpci_relay --test model_check
+//! **Config writes and other offsets** ([`Bounds::accesses`]: 4 in `DEFAULT` and `RELIST`,
+//! 2 in `SLOW_READ`, 0 elsewhere). Measured with `cargo test -p vpci_relay --test model_check
 //! --release`, the binary before (c5b79f1) and after run in turn three times on the shared
 //! machine: 14.5 to 15.0 s CPU before, 16.9 to 17.2 s after (about 16% more); wall 9.3 to
 //! 14.1 s before and 9.0 to 28.9 s after, at load averages 3.1 to 5.8 (too noisy to compare;
@@ -291,8 +291,11 @@
 //! 10.8 s after; in a debug build, twice each at load 4.4: 110 to 114 s CPU before, 132 s
 //! after, 97 to 107 s wall either way). States: `DEFAULT` 312,546 to 451,448, `SLOW_READ`
 //! 204,801 to 261,107, the seven checks 1,688,020 to 1,883,228. With 4 accesses `SLOW_READ`
-//! has 316,506 states and `RELIST` 609,349 (from 399,522), all properties holding but the
-//! known one: those are left to `model_check_custom` (its fourteenth number).
+//! has 316,506 states, all properties holding, left to `model_check_custom` (its fourteenth
+//! number). Once the BAR read-back bug was fixed (81649ad), `RELIST` got 4 accesses too (a
+//! sizing write and its read-back across a re-listing with a new identity): 569,749 states
+//! (from 399,522), 6 s in a release build at load average about 4; the seven checks about
+//! 2.05 million.
 //!
 //! The teeth run at [`Bounds::SMALL`] on one thread and stop at the first counterexample
 //! (under a second each).

@@ -127,10 +127,12 @@ impl Bounds {
     };
 
     /// Identities: two new functions (so a slot can be re-listed twice, while its old function
-    /// is listed, ejecting or held), every request answered, a stale relations message.
+    /// is listed, ejecting or held), every request answered, a stale relations message, and
+    /// the guest's config writes (a BAR sizing and its read-back may straddle a re-listing).
     pub const RELIST: Self = Self {
         adds: 2,
         stales: 1,
+        accesses: 4,
         ..Self::BASE
     };
 
