@@ -34,7 +34,15 @@ fn driver_2_in_slow_read(m: &RelayModel) -> State {
         s.guest.read.map(|r| (r.slot, r.by)),
         Some((2, Reader::Driver))
     );
-    s = m.step(&s, Action::DeviceSlow);
+    s = device_slow_while_time_passes(m, s);
+    assert!(s.seen.slow_read);
+    s
+}
+
+/// The device turns slow on the access in flight, and time passes as far as the relay's
+/// timers go.
+fn device_slow_while_time_passes(m: &RelayModel, s: State) -> State {
+    let mut s = m.step(&s, Action::DeviceSlow);
     let mut enabled = Vec::new();
     m.actions(&s, &mut enabled);
     while enabled.contains(&Action::AdvanceTime) {
@@ -42,7 +50,6 @@ fn driver_2_in_slow_read(m: &RelayModel) -> State {
         enabled.clear();
         m.actions(&s, &mut enabled);
     }
-    assert!(s.seen.slow_read);
     s
 }
 
@@ -152,14 +159,7 @@ fn slow_write_holds_an_eject_of_another_function() {
             Some((2, Reader::Driver, Acc::Command(0x0006))),
             "the driver's command write is in flight"
         );
-        s = m.step(&s, Action::DeviceSlow);
-        let mut enabled = Vec::new();
-        m.actions(&s, &mut enabled);
-        while enabled.contains(&Action::AdvanceTime) {
-            s = m.step(&s, Action::AdvanceTime);
-            enabled.clear();
-            m.actions(&s, &mut enabled);
-        }
+        s = device_slow_while_time_passes(&m, s);
         let s = m.step(&s, Action::HostEject(1));
         (m, s)
     };

@@ -8,6 +8,30 @@ use stateright::{Checker, Expectation, HasDiscoveries, Model};
 use std::time::Instant;
 use vpci_relay::Safeguards;
 
+/// Runs the checker (breadth first, one thread: the search order and the counterexample are
+/// the same on every run) at `bounds` with the safeguard `off` switches off, until `finish`,
+/// and prints how many states it saw and how long it took.
+fn check_with_one_off(
+    bounds: Bounds,
+    off: fn(&mut Safeguards),
+    finish: HasDiscoveries,
+) -> impl Checker<RelayModel> {
+    let mut safeguards = Safeguards::ALL_ON;
+    off(&mut safeguards);
+    let start = Instant::now();
+    let c = RelayModel::new(bounds, safeguards)
+        .checker()
+        .finish_when(finish)
+        .spawn_bfs()
+        .join();
+    println!(
+        "{safeguards:?}: {} unique states, {:?}",
+        c.unique_state_count(),
+        start.elapsed()
+    );
+    c
+}
+
 /// Runs the checker with one safeguard off until the first failure (one thread, so the search
 /// order and the counterexample are the same on every run), prints each counterexample, and
 /// returns the failed properties with the failure (if any) the guest died of.
@@ -17,19 +41,7 @@ fn teeth(off: fn(&mut Safeguards)) -> Vec<(&'static str, Option<Failure>)> {
 
 /// [`teeth`] at another bound (one that holds with every safeguard on).
 fn teeth_at(bounds: Bounds, off: fn(&mut Safeguards)) -> Vec<(&'static str, Option<Failure>)> {
-    let mut safeguards = Safeguards::ALL_ON;
-    off(&mut safeguards);
-    let start = Instant::now();
-    let c = RelayModel::new(bounds, safeguards)
-        .checker()
-        .finish_when(HasDiscoveries::AnyFailures)
-        .spawn_bfs()
-        .join();
-    println!(
-        "{safeguards:?}: {} unique states, {:?}",
-        c.unique_state_count(),
-        start.elapsed()
-    );
+    let c = check_with_one_off(bounds, off, HasDiscoveries::AnyFailures);
     let mut failed = Vec::new();
     for p in c.model().properties() {
         if p.expectation != Expectation::Always {
@@ -130,19 +142,7 @@ fn teeth_removal_shield() {
 /// Runs the checker with one safeguard off until it finds a counterexample for `property`
 /// (one thread), prints it, and returns whether it found one.
 fn teeth_for(bounds: Bounds, off: fn(&mut Safeguards), property: &'static str) -> bool {
-    let mut safeguards = Safeguards::ALL_ON;
-    off(&mut safeguards);
-    let start = Instant::now();
-    let c = RelayModel::new(bounds, safeguards)
-        .checker()
-        .finish_when(HasDiscoveries::AnyOf([property].into()))
-        .spawn_bfs()
-        .join();
-    println!(
-        "{safeguards:?}: {} unique states, {:?}",
-        c.unique_state_count(),
-        start.elapsed()
-    );
+    let c = check_with_one_off(bounds, off, HasDiscoveries::AnyOf([property].into()));
     let found = c.discovery(property);
     let is_found = found.is_some();
     if let Some(path) = found {
