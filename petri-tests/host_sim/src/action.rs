@@ -38,9 +38,9 @@ pub enum HostAction {
         slot: u32,
     },
     /// Sends relations again, unchanged (a duplicate).
-    SendRelations,
+    SendRelations {},
     /// Rescinds the channel: the bus ends and the host sends nothing more.
-    Rescind,
+    Rescind {},
     /// Sends a packet that breaks the protocol.
     Hostile {
         /// Which packet.
@@ -67,14 +67,14 @@ pub enum HostilePacket {
         payload: HexBytes,
     },
     /// An in-band packet with no payload at all.
-    Empty,
+    Empty {},
     /// A message whose type the protocol does not define.
     UnknownMessageType {
         /// The type to send.
         message_type: u32,
     },
     /// Relations whose last function description is cut in half.
-    TruncatedRelations,
+    TruncatedRelations {},
     /// Relations whose device count claims more functions than the packet holds.
     RelationsCountOverflow {
         /// The count to claim.
@@ -89,7 +89,7 @@ pub enum HostilePacket {
         status: u32,
     },
     /// The last completion the host sent, again.
-    RepeatLastCompletion,
+    RepeatLastCompletion {},
     /// EJECT for a slot, whatever the host has there (for a slot it never offered).
     EjectUnknownSlot {
         /// The slot (raw wslot).
@@ -147,7 +147,7 @@ mod tests {
             serde_json::from_str(r#"{"kind": "hot_add", "slot": 2, "serial": 5}"#).unwrap();
         assert_eq!(a, HostAction::HotAdd(FunctionSpec::nic(2).with_serial(5)));
         let a: HostAction = serde_json::from_str(r#"{"kind": "rescind"}"#).unwrap();
-        assert_eq!(a, HostAction::Rescind);
+        assert_eq!(a, HostAction::Rescind {});
         let a: HostAction = serde_json::from_str(
             r#"{"kind": "hostile", "packet": {"type": "raw", "payload": "0b004942"}}"#,
         )
@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(
             a,
             HostAction::Hostile {
-                packet: HostilePacket::Empty
+                packet: HostilePacket::Empty {}
             }
         );
         assert!(serde_json::from_str::<HostAction>(r#"{"kind": "eject", "slott": 1}"#).is_err());

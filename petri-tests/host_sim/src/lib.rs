@@ -27,7 +27,7 @@
 //!     ..BusConfig::default()
 //! })?;
 //! // Before the guest has agreed a version the host cannot send relations...
-//! assert!(bus.act(Duration::ZERO, HostAction::SendRelations).is_err());
+//! assert!(bus.act(Duration::ZERO, HostAction::SendRelations {}).is_err());
 //! // ...but it can eject: EJECT goes out, and the host waits 60 s for the guest.
 //! bus.act(Duration::ZERO, HostAction::Eject { slot: 1 })?;
 //! assert!(bus.poll_transmit().is_some());

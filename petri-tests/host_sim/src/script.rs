@@ -597,7 +597,7 @@ mod tests {
         ScriptStep {
             when,
             after: Time(Duration::from_millis(after_ms)),
-            action: HostAction::SendRelations,
+            action: HostAction::SendRelations {},
             optional: false,
         }
     }

@@ -106,8 +106,10 @@ fn adapter_runs_a_bus_over_a_channel() {
         "removed by force at 60 s"
     );
 
-    shared.act(clock.now(), HostAction::SendRelations).unwrap();
-    shared.act(clock.now(), HostAction::Rescind).unwrap();
+    shared
+        .act(clock.now(), HostAction::SendRelations {})
+        .unwrap();
+    shared.act(clock.now(), HostAction::Rescind {}).unwrap();
     pool.run_until_stalled();
     assert_eq!(run.now_or_never().unwrap().unwrap(), RunExit::Rescinded);
     let last = guest.recv().now_or_never().unwrap().unwrap();
@@ -182,7 +184,7 @@ fn host_sim_buses_are_independent() {
     assert_eq!(sim.bus(a).unwrap().slots(), [slot(1)]);
     assert_eq!(sim.bus(a).unwrap().version(), Some(ProtocolVersion::V1_3));
     assert_eq!(
-        sim.act(BusId(7), Duration::ZERO, HostAction::Rescind),
+        sim.act(BusId(7), Duration::ZERO, HostAction::Rescind {}),
         Err(ActionError::NoSuchBus(7))
     );
     assert!(sim.poll_event().is_some());

@@ -82,7 +82,7 @@ fn hostile_packets() {
         out.into_iter().next().unwrap()
     };
 
-    let p = hostile(&mut g, HostilePacket::TruncatedRelations);
+    let p = hostile(&mut g, HostilePacket::TruncatedRelations {});
     assert!(matches!(
         decode(&p.payload, Sender::Host, v),
         Err(DecodeError::CountTooLarge { .. })
@@ -109,7 +109,7 @@ fn hostile_packets() {
         Err(DecodeError::UnknownType { .. })
     ));
 
-    let p = hostile(&mut g, HostilePacket::Empty);
+    let p = hostile(&mut g, HostilePacket::Empty {});
     assert!(p.payload.is_empty());
 
     let p = hostile(
@@ -148,14 +148,14 @@ fn repeat_last_completion() {
     let mut g = Guest::with_functions(&[1]);
     assert_eq!(
         g.act(HostAction::Hostile {
-            packet: HostilePacket::RepeatLastCompletion
+            packet: HostilePacket::RepeatLastCompletion {}
         }),
         Err(ActionError::NothingToRepeat)
     );
     let id = g.request(query_version(ProtocolVersion::V1_4));
     let first = g.take();
     g.act(HostAction::Hostile {
-        packet: HostilePacket::RepeatLastCompletion,
+        packet: HostilePacket::RepeatLastCompletion {},
     })
     .unwrap();
     let again = g.take();
@@ -222,7 +222,7 @@ fn broke_protocol_is_recorded() {
     let mut g = Guest::with_functions(&[1]);
     g.probe_to_survey(ProtocolVersion::V1_4);
     g.act(HostAction::Hostile {
-        packet: HostilePacket::Empty,
+        packet: HostilePacket::Empty {},
     })
     .unwrap();
     assert!(g.bus.broke_protocol());

@@ -53,8 +53,8 @@ fn action(which: usize, dev: u8) -> HostAction {
         1 => HostAction::HotAdd(FunctionSpec::nic(slot)),
         2 => HostAction::SurpriseRemove { slot },
         3 => HostAction::Reserial { slot, serial: 7 },
-        4 => HostAction::SendRelations,
-        _ => HostAction::Rescind,
+        4 => HostAction::SendRelations {},
+        _ => HostAction::Rescind {},
     }
 }
 
@@ -211,14 +211,14 @@ fn rule(which: usize, message: usize) -> ResponseRule {
 
 fn hostile(which: usize) -> HostilePacket {
     match which % 7 {
-        0 => HostilePacket::Empty,
-        1 => HostilePacket::TruncatedRelations,
+        0 => HostilePacket::Empty {},
+        1 => HostilePacket::TruncatedRelations {},
         2 => HostilePacket::RelationsCountOverflow { claimed: u32::MAX },
         3 => HostilePacket::CompletionForUnknownTransaction {
             transaction_id: 1,
             status: 0,
         },
-        4 => HostilePacket::RepeatLastCompletion,
+        4 => HostilePacket::RepeatLastCompletion {},
         5 => HostilePacket::EjectUnknownSlot { slot: 0xff },
         _ => HostilePacket::UnknownMessageType { message_type: 0 },
     }

@@ -534,7 +534,7 @@ fn config_window_mapping() {
         );
         g.enter_d0(0xfe00_0000);
         assert_eq!(g.bus.config_read(slot(1), 0, 2), Ok(0x15b3));
-        g.act(HostAction::Rescind).unwrap();
+        g.act(HostAction::Rescind {}).unwrap();
         let mut b = [0u8];
         match teardown {
             Teardown::AtEject => {

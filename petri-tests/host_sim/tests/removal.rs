@@ -167,7 +167,7 @@ fn rescind_ends_the_bus() {
     let mut g = Guest::with_functions(&[1]);
     g.probe_to_survey(ProtocolVersion::V1_4);
     g.bus.act(g.now, HostAction::Eject { slot: 1 }).unwrap();
-    g.bus.act(g.now, HostAction::Rescind).unwrap();
+    g.bus.act(g.now, HostAction::Rescind {}).unwrap();
     assert!(g.bus.rescinded());
     assert!(
         g.bus.poll_transmit().is_some(),
@@ -179,7 +179,7 @@ fn rescind_ends_the_bus() {
     assert!(g.take().is_empty());
     assert!(g.has_event(|e| matches!(e, HostEventKind::IgnoredAfterRescind)));
     assert_eq!(
-        g.act(HostAction::SendRelations),
+        g.act(HostAction::SendRelations {}),
         Err(ActionError::Rescinded)
     );
 }
@@ -222,8 +222,8 @@ fn hot_add_surprise_remove_and_reserial() {
         Err(ActionError::NoSuchSlot(1))
     );
     // A duplicate relations message repeats the current list unchanged.
-    g.act(HostAction::SendRelations).unwrap();
-    g.act(HostAction::SendRelations).unwrap();
+    g.act(HostAction::SendRelations {}).unwrap();
+    g.act(HostAction::SendRelations {}).unwrap();
     let out = g.take();
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].payload, out[1].payload);

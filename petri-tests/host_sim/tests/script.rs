@@ -414,7 +414,7 @@ fn family_trigger_and_fired_steps() {
                         MessageType::CREATE_INTERRUPT_MESSAGE3,
                         Some(1),
                     )),
-                    HostAction::SendRelations,
+                    HostAction::SendRelations {},
                 ),
             ],
             responses: vec![],

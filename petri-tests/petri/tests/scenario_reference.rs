@@ -58,6 +58,31 @@ fn probes() -> Vec<(&'static str, Vec<String>)> {
             )),
         ),
         (
+            "bar",
+            vec!["name = \"x\"\n[[bus]]\nfunctions = [{ slot = 1, bars = [{ bogus = 1 }] }]".to_owned()],
+        ),
+        (
+            "msix",
+            vec!["name = \"x\"\n[[bus]]\nfunctions = [{ slot = 1, msix = { bogus = 1 } }]".to_owned()],
+        ),
+        (
+            "packet",
+            [
+                "raw",
+                "unknown_message_type",
+                "relations_count_overflow",
+                "completion_for_unknown_transaction",
+                "eject_unknown_slot",
+            ]
+            .into_iter()
+            .map(|kind| {
+                format!(
+                    "{BUS}{STEP}action = {{ kind = \"hostile\", packet = {{ type = \"{kind}\", bogus = 1 }} }}"
+                )
+            })
+            .collect(),
+        ),
+        (
             "response",
             vec![
                 format!("{BUS}{RULE}response = \"bogus\""),
@@ -130,4 +155,39 @@ fn the_reference_lists_every_key() {
         page.contains("bare integer, which means **milliseconds**"),
         "durations' unit"
     );
+}
+
+/// An action or hostile packet that takes no other keys refuses one all the same, by name
+/// (regression test: serde let a bogus key through on a kind without fields, so
+/// `{ kind = "rescind", after = "5ms" }`, a misplaced `after`, was silently ignored).
+#[test]
+fn kinds_without_keys_refuse_a_bogus_one() {
+    let actions = [
+        "kind = \"rescind\"",
+        "kind = \"send_relations\"",
+        "kind = \"hostile\", packet = { type = \"empty\", bogus = 1 }",
+        "kind = \"hostile\", packet = { type = \"truncated_relations\", bogus = 1 }",
+        "kind = \"hostile\", packet = { type = \"repeat_last_completion\", bogus = 1 }",
+    ];
+    for action in actions {
+        let bogus = if action.contains("bogus") {
+            action.to_owned()
+        } else {
+            format!("{action}, bogus = 1")
+        };
+        let toml = format!("{BUS}{STEP}action = {{ {bogus} }}");
+        let e = Scenario::from_toml("probe.toml", &toml)
+            .err()
+            .unwrap_or_else(|| panic!("a bogus key was accepted in {{ {bogus} }}"));
+        assert!(
+            e.to_string().contains("unknown field `bogus`"),
+            "{action}: {e}"
+        );
+        let fine = format!(
+            "{BUS}{STEP}action = {{ {} }}",
+            bogus.replace(", bogus = 1", "")
+        );
+        Scenario::from_toml("probe.toml", &fine)
+            .unwrap_or_else(|e| panic!("{{ {action} }} without the bogus key: {e}"));
+    }
 }

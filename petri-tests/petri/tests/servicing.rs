@@ -192,7 +192,7 @@ fn random_host(model: KernelModel, seed: u64, servicing: Servicing) -> (Vec<Stri
         let mid = vm.run_for(next() % 48);
         // Sometimes the host re-lists or ejects the booted function too.
         if next() % 4 == 0 {
-            let _ = vm.host_act(0, HostAction::SendRelations);
+            let _ = vm.host_act(0, HostAction::SendRelations {});
         }
         vm.host_act(0, HostAction::Eject { slot: 2 })
             .expect("eject");

@@ -315,7 +315,7 @@ pub fn run_with(
             match m {
                 Message::Offer { bus } => g.offer(bus),
                 Message::Rescind { bus } => g.rescind(&bus),
-                Message::AllOffersDelivered => println!("@@ guest all offers delivered"),
+                Message::AllOffersDelivered {} => println!("@@ guest all offers delivered"),
                 other => println!("@@ guest unexpected {other:?}"),
             }
         }

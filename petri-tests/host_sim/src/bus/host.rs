@@ -47,12 +47,12 @@ impl HostBus {
                 Ok(())
             }
             HostAction::Eject { slot } => self.eject(slot),
-            HostAction::SendRelations => {
+            HostAction::SendRelations {} => {
                 let out = self.relations_out(None).ok_or(ActionError::NotNegotiated)?;
                 self.send_out(out);
                 Ok(())
             }
-            HostAction::Rescind => {
+            HostAction::Rescind {} => {
                 self.rescinded = true;
                 if self.policy.teardown == Teardown::AtEject {
                     // An eager host pulls every mapping as it removes the bus.
@@ -286,12 +286,12 @@ impl HostBus {
                     payload: payload.0,
                 },
             ),
-            HostilePacket::Empty => ("empty", Packet::in_band(0, Vec::new())),
+            HostilePacket::Empty {} => ("empty", Packet::in_band(0, Vec::new())),
             HostilePacket::UnknownMessageType { message_type } => (
                 "unknown_message_type",
                 Packet::in_band(0, message_type.to_le_bytes().to_vec()),
             ),
-            HostilePacket::TruncatedRelations => {
+            HostilePacket::TruncatedRelations {} => {
                 let (mut payload, size) = self.raw_relations(1);
                 payload.extend(std::iter::repeat_n(0u8, size / 2));
                 ("truncated_relations", Packet::in_band(0, payload))
@@ -310,7 +310,7 @@ impl HostBus {
                 "completion_for_unknown_transaction",
                 Packet::completion(transaction_id, status.to_le_bytes().to_vec()),
             ),
-            HostilePacket::RepeatLastCompletion => (
+            HostilePacket::RepeatLastCompletion {} => (
                 "repeat_last_completion",
                 self.last_completion
                     .clone()

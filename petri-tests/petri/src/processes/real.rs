@@ -80,7 +80,7 @@ fn boot_offers(ctl: &mut Ctl) -> Vec<String> {
             Some(Message::Offer { bus }) => {
                 println!("@@ guest ignores offer {bus}: at most {MAX_BUSES} buses")
             }
-            Some(Message::AllOffersDelivered) if !buses.is_empty() => return buses,
+            Some(Message::AllOffersDelivered {}) if !buses.is_empty() => return buses,
             Some(_) => {}
             None if ctl.gone() || start.elapsed() > Duration::from_secs(30) => return buses,
             None if first.is_some_and(|t| t.elapsed() > OFFER_WAIT) => return buses,

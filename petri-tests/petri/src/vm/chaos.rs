@@ -121,8 +121,8 @@ impl Chaos {
             (5 | 2 | 3, false) => HostAction::Hostile {
                 packet: HostilePacket::EjectUnknownSlot { slot },
             },
-            (6, _) => HostAction::Rescind,
-            _ => HostAction::SendRelations,
+            (6, _) => HostAction::Rescind {},
+            _ => HostAction::SendRelations {},
         }
     }
 }

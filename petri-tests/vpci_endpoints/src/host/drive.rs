@@ -133,7 +133,7 @@ pub(super) fn reoffer(host: &Host, bus: &str, wake: &mpsc::Receiver<()>) {
         return;
     }
     for r in 0..host.spec.reoffer {
-        let _ = shared.act(host.clock.now(), HostAction::Rescind);
+        let _ = shared.act(host.clock.now(), HostAction::Rescind {});
         if wake.recv_timeout(LIMIT).is_err() {
             println!("@@ reoffer {bus} no release at round {r}");
             return;

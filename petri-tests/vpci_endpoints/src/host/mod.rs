@@ -261,7 +261,7 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
     for i in 0..host.spec.at_boot() {
         host.writer.send(&Message::Offer { bus: bus_name(i) });
     }
-    host.writer.send(&Message::AllOffersDelivered);
+    host.writer.send(&Message::AllOffersDelivered {});
     if host.spec.late > 0 {
         let h = host.clone();
         std::thread::spawn(move || {
