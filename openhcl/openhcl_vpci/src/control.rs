@@ -110,7 +110,7 @@ pub enum Message {
         bus: String,
     },
     /// Offerer: every boot-time bus has been offered.
-    AllOffersDelivered,
+    AllOffersDelivered {},
     /// Offerer: the bus is gone; the opener must [`Message::Release`] it.
     Rescind {
         /// The bus's instance id.
@@ -423,6 +423,9 @@ mod tests {
             r#"{"type":"open","bus":"x"}"#,
             r#"{"type":"mmio","id":1,"bus":"x","op":{"op":"config_read","slot":0,"offset":0,"len":3}}"#,
             r#"{"type":"offer","bus":"x","extra":1}"#,
+            // A message without fields refuses one too (serde let it through on a unit
+            // variant).
+            r#"{"type":"all_offers_delivered","extra":1}"#,
         ] {
             let (mut a, b) = UnixStream::pair().unwrap();
             a.write_all(&(body.len() as u32).to_le_bytes()).unwrap();

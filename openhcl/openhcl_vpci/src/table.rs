@@ -186,7 +186,7 @@ impl BusTable {
     pub fn host_all_offers_delivered(&mut self) -> Vec<Action> {
         self.all_offers_delivered = true;
         if self.guest_connected {
-            vec![Action::ToGuest(Message::AllOffersDelivered)]
+            vec![Action::ToGuest(Message::AllOffersDelivered {})]
         } else {
             vec![]
         }
@@ -235,7 +235,7 @@ impl BusTable {
             }
         }
         if self.all_offers_delivered {
-            actions.push(Action::ToGuest(Message::AllOffersDelivered));
+            actions.push(Action::ToGuest(Message::AllOffersDelivered {}));
         }
         Ok(actions)
     }

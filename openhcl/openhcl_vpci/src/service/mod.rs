@@ -344,7 +344,7 @@ impl Service {
                 tracing::info!(bus = %bus, "host rescinded a bus");
                 self.table.host_rescind(&bus)?
             }
-            Message::AllOffersDelivered => self.table.host_all_offers_delivered(),
+            Message::AllOffersDelivered {} => self.table.host_all_offers_delivered(),
             Message::MmioDone { id, value } => {
                 self.mmio_done(id, value);
                 vec![]
