@@ -389,3 +389,45 @@ fn guest_writes_a_garbage_ring_index() {
     assert!(tree.contains("\"host\": \"connected\""), "{tree}");
     stops_cleanly(&mut rig);
 }
+
+/// (5) Mid-storm the host pulls bus1's device memory without telling: from then on it
+/// answers every BAR access to bus1 the service forwards with a fault, while the relay still
+/// sees the functions listed (as in the window before a host's EJECT reaches the relay, on
+/// a host that unmaps at its EJECT). The guest must never see the fault: each such access
+/// is answered as a master abort (reads all ones, writes dropped), as the removal shield
+/// would, and counted. Every bus, bus1 too, runs its storm to the end with host and guest
+/// agreeing. (Regression test: the fault went through and the 6.2 model died of an
+/// unbacked access writing its MSI-X table, found by a chaotic host across processes.)
+#[test]
+fn host_pulls_device_memory_without_telling() {
+    let mut rig = start(
+        "pull-bars",
+        // Armed from the bus's second packet: the boot function's driver probe (its BAR
+        // read, its MSI-X table writes) meets the pulled memory; few storm cycles reach a
+        // driver before their EJECT.
+        &storm_host(",fault=pull_bars,fault_bus=1,fault_after=1"),
+        "model=6.2",
+    );
+    rig.host.expect_line(LIMIT, |l| {
+        l == "host fault bus1 pull_bars faulted a BAR access"
+    });
+    others_storm_to_the_end(&rig, "none");
+    no_guest_failure(&rig);
+    let tree = inspect(&rig, "");
+    assert!(number(&tree, "mmio_host_faults") > 0, "{tree}");
+    assert_eq!(number(&tree, "mmio_pending"), 0, "{tree}");
+    stops_cleanly(&mut rig);
+}
+
+/// (6) A guest's driver touches its device's BARs on a bus the service does not run (its
+/// relay closed it, or the host went, while the driver was still in its probe: seen with a
+/// chaotic host across processes): the read reads all ones and the write is dropped, as
+/// the shield answers, never a fault. (Regression test: both faulted.)
+#[test]
+fn guest_touches_a_bus_that_is_not_running() {
+    let mut rig = start("touch", "buses=1,functions=1", "model=6.2,touch_bus=bus9");
+    rig.guest
+        .expect_line(LIMIT, |l| l == "guest touch bus9 read=ffffffff write=0");
+    no_guest_failure(&rig);
+    stops_cleanly(&mut rig);
+}

@@ -53,14 +53,18 @@ pub struct ModelFaults {
     pub garbage_bus: Option<usize>,
     /// How many EJECTs on that bus are answered before the one held.
     pub garbage_after: u32,
+    /// Once connected, read and write a BAR of slot 0 on this bus, which the service does
+    /// not run (as a driver that touches its device after its bus went away would), and
+    /// print what came back: `guest touch BUS read=V write=V` (`fault` for none).
+    pub touch_bus: Option<String>,
 }
 
 /// The spec keys [`ModelFaults`] reads (and [`ModelSpec::parse`] leaves to it).
-const FAULT_KEYS: [&str; 3] = ["requests", "garbage_bus", "garbage_after"];
+const FAULT_KEYS: [&str; 4] = ["requests", "garbage_bus", "garbage_after", "touch_bus"];
 
 impl ModelFaults {
-    /// Reads `requests=0|1`, `garbage_bus=N` and `garbage_after=N` (0 by default) from a
-    /// model guest's spec string, ignoring its other keys.
+    /// Reads `requests=0|1`, `garbage_bus=N`, `garbage_after=N` (0 by default) and
+    /// `touch_bus=NAME` from a model guest's spec string, ignoring its other keys.
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         let mut faults = Self::default();
         for kv in s.split(',').filter(|kv| !kv.is_empty()) {
@@ -69,6 +73,7 @@ impl ModelFaults {
                 ("requests", v) => faults.trace_requests = v == "1",
                 ("garbage_bus", v) => faults.garbage_bus = Some(v.parse().map_err(|_| bad())?),
                 ("garbage_after", v) => faults.garbage_after = v.parse().map_err(|_| bad())?,
+                ("touch_bus", v) => faults.touch_bus = Some(v.to_owned()),
                 _ => {}
             }
         }
@@ -298,8 +303,24 @@ pub fn run_with(
     faults: ModelFaults,
 ) -> std::io::Result<()> {
     let start = Instant::now();
-    let ctl = Ctl::connect(socket)?;
+    let mut ctl = Ctl::connect(socket)?;
     println!("@@ guest connected");
+    if let Some(bus) = &faults.touch_bus {
+        let text = |v: Option<u32>| v.map_or("fault".to_owned(), |v| format!("{v:x}"));
+        let (slot, bar, offset, len) = (0, 0, 0x1c, 4);
+        let read = ctl.mmio(bus, MmioOp::BarRead { slot, bar, offset, len });
+        let write = ctl.mmio(
+            bus,
+            MmioOp::BarWrite {
+                slot,
+                bar,
+                offset,
+                len,
+                value: 1,
+            },
+        );
+        println!("@@ guest touch {bus} read={} write={}", text(read), text(write));
+    }
     let mut g = Guest {
         spec,
         faults,

@@ -17,16 +17,25 @@ fn all_ones(len: u8) -> u32 {
     }
 }
 
+/// PCI's master abort, the answer to an access no device takes: a read reads all ones, a
+/// write is dropped. Never a fault: what the host does to its device must not crash the
+/// guest.
+fn master_abort_value(op: MmioOp) -> u32 {
+    match op {
+        MmioOp::ConfigRead { len, .. } | MmioOp::BarRead { len, .. } => all_ones(len),
+        MmioOp::ConfigWrite { .. } | MmioOp::BarWrite { .. } => 0,
+    }
+}
+
 impl Service {
     pub(super) fn mmio(&mut self, id: u64, bus: String, op: MmioOp) {
         let reply = |value| Message::MmioDone { id, value };
+        // A bus the service does not run (any more): its relay closed it, or the host went,
+        // and the guest may still be in a driver touching its device before its rescind
+        // path lets the functions go. A master abort, as the shield would answer, never a
+        // fault.
         let Some(running) = self.running.get(&bus) else {
-            let value = match op {
-                MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
-                MmioOp::ConfigWrite { .. } => Some(0),
-                _ => None,
-            };
-            self.send_guest(&reply(value));
+            self.send_guest(&reply(Some(master_abort_value(op))));
             return;
         };
         let generation = running.generation;
@@ -119,15 +128,29 @@ impl Service {
         }
     }
 
+    /// The host's answer to a forwarded access. A fault from the host (nothing backs the
+    /// access: it pulled the device's memory, in the window before the relay reads the
+    /// EJECT or relations that say so, or out of turn) reaches the guest as a master abort,
+    /// as the removal shield would answer it, never as a fault; the relay hears that the
+    /// access failed.
     pub(super) fn mmio_done(&mut self, id: u64, value: Option<u32>) {
         let Some(p) = self.pending.remove(&id) else {
             tracing::warn!(id, "host answered an access nobody asked");
             return;
         };
         self.finish_access(&p, value);
+        let value = value.unwrap_or_else(|| {
+            self.mmio_host_faults += 1;
+            tracing::warn!(
+                bus = %p.bus,
+                op = ?p.op,
+                "the host faulted a forwarded access: answered as a master abort"
+            );
+            master_abort_value(p.op)
+        });
         self.send_guest(&Message::MmioDone {
             id: p.guest_id,
-            value,
+            value: Some(value),
         });
     }
 
@@ -148,17 +171,13 @@ impl Service {
         }
     }
 
-    /// Answers an access the host will not answer (any more) as a master abort: a config
-    /// read reads all ones, anything else faults.
+    /// Answers an access the host will not answer (any more) as a master abort: a read
+    /// reads all ones, a write is dropped (the host's loss must not fault the guest).
     pub(super) fn master_abort(&mut self, p: &Pending) {
         self.finish_access(p, None);
-        let value = match p.op {
-            MmioOp::ConfigRead { len, .. } => Some(all_ones(len)),
-            _ => None,
-        };
         self.send_guest(&Message::MmioDone {
             id: p.guest_id,
-            value,
+            value: Some(master_abort_value(p.op)),
         });
     }
 

@@ -114,6 +114,10 @@ pub struct Service {
     guest: Option<(u64, UnixStream)>,
     pending: HashMap<u64, Pending>,
     next_mmio: u64,
+    /// Forwarded accesses the host answered with a fault (its device memory pulled while
+    /// the relay still saw the function listed), answered to the guest as master aborts,
+    /// since this image started.
+    mmio_host_faults: u64,
     ring: RingChannelConfig,
     closing: bool,
     /// Pauses the reader and listener threads for an update.
@@ -193,6 +197,7 @@ impl Service {
             guest: None,
             pending: HashMap::new(),
             next_mmio: 1,
+            mmio_host_faults: 0,
             ring: RingChannelConfig::default(),
             closing: false,
             pause: threads::Pause::new()?,
@@ -603,6 +608,7 @@ impl Service {
                 }),
             )
             .child("mmio_pending", Node::display(&self.pending.len()))
+            .child("mmio_host_faults", Node::display(&self.mmio_host_faults))
             .child(
                 "restored",
                 match &self.restored {

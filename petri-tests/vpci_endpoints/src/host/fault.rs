@@ -10,7 +10,10 @@
 //!   closes the bus's ring and answers the access only `fault_hold_ms` later (4 s by
 //!   default), as a host slow to answer whose bus ends meanwhile;
 //! - `garbage`: writes a write index past the end of the data area into the host's own ring
-//!   of the bus, wakes the service, and sends nothing more on that ring.
+//!   of the bus, wakes the service, and sends nothing more on that ring;
+//! - `pull_bars`: from then on answers every BAR access to the bus the service forwards with
+//!   a fault (nothing backs it), as a host that pulled its devices' memory without telling
+//!   (or before its EJECT reaches the relay) would; the bus runs on otherwise.
 //!
 //! Each prints `@@ host fault BUS KIND ...` when it strikes.
 
@@ -33,16 +36,19 @@ pub enum FaultKind {
     HoldAccess,
     /// Write an invalid write index into the host's ring of the bus.
     Garbage,
+    /// Answer every forwarded BAR access to the bus with a fault.
+    PullBars,
 }
 
 impl FaultKind {
-    /// Parses `close_ring`, `close_control`, `hold_access` or `garbage`.
+    /// Parses `close_ring`, `close_control`, `hold_access`, `garbage` or `pull_bars`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "close_ring" => Some(Self::CloseRing),
             "close_control" => Some(Self::CloseControl),
             "hold_access" => Some(Self::HoldAccess),
             "garbage" => Some(Self::Garbage),
+            "pull_bars" => Some(Self::PullBars),
             _ => None,
         }
     }
@@ -156,7 +162,7 @@ impl FaultyRing {
     /// it, if anything.
     fn strike(&mut self, packet: &Packet) -> Option<Result<Packet, ChannelError>> {
         match self.spec.kind {
-            FaultKind::CloseControl | FaultKind::HoldAccess => {
+            FaultKind::CloseControl | FaultKind::HoldAccess | FaultKind::PullBars => {
                 self.armed.arm();
                 None
             }

@@ -23,7 +23,7 @@ pub use fault::{FaultKind, FaultSpec};
 
 use crate::{SpecError, bus_name};
 use host_sim::{BusConfig, FunctionSpec, HostClock, RunExit, SharedBus, Sleep, Time};
-use openhcl_vpci::control::{self, Message};
+use openhcl_vpci::control::{self, Message, MmioOp};
 use openhcl_vpci::executor;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -79,7 +79,7 @@ impl HostSpec {
     /// Parses `buses=N,functions=N,latency_ms=N` (1 bus of 1 function with no latency by
     /// default) with `storm=N` or `reoffer=N`, and `late=N,late_ms=N` (the last `late`
     /// buses offered `late_ms` after the boot-time ones), and a fault: `fault=close_ring|
-    /// close_control|hold_access|garbage,fault_bus=N,fault_after=N,fault_hold_ms=N`
+    /// close_control|hold_access|garbage|pull_bars,fault_bus=N,fault_after=N,fault_hold_ms=N`
     /// ([`FaultSpec`]); `monitor_ms=N` sets [`monitor_period`](Self::monitor_period) (at
     /// least 1).
     pub fn parse(s: &str) -> Result<Self, SpecError> {
@@ -274,6 +274,8 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
     }
     // A frame that does not decode ends the connection like a close.
     let mut held = false;
+    // BAR accesses faulted by `pull_bars`.
+    let mut pulled = 0u64;
     while let Ok(Some((message, fd))) = control::recv(&stream) {
         match message {
             Message::Open { bus } => match fd {
@@ -299,6 +301,19 @@ pub fn run(socket: &std::path::Path, spec: HostSpec) -> std::io::Result<()> {
             {
                 held = true;
                 hold_access(&host, id, bus, op);
+            }
+            Message::Mmio { id, bus, op }
+                if host.armed.is_armed()
+                    && matches!(op, MmioOp::BarRead { .. } | MmioOp::BarWrite { .. })
+                    && host
+                        .fault_on(&bus)
+                        .is_some_and(|f| f.kind == FaultKind::PullBars) =>
+            {
+                pulled += 1;
+                if pulled == 1 {
+                    println!("@@ host fault {bus} pull_bars faulted a BAR access");
+                }
+                host.writer.send(&Message::MmioDone { id, value: None });
             }
             Message::Mmio { id, bus, op } => {
                 let value = host
