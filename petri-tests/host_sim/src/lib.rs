@@ -42,6 +42,7 @@
 mod action;
 mod adapter;
 mod bus;
+mod chaos;
 mod config;
 mod device;
 mod event;
@@ -56,6 +57,7 @@ pub use bus::{
     CONFIG_WINDOW_SIZE, CONFIG_WINDOW_SPACE, Counters, FunctionIdentity, HostBus, Interrupt,
     MmioTarget,
 };
+pub use chaos::{Chaos, ChaosSpec};
 pub use config::{AbsentConfig, BusConfig, ConfigError, HostPolicy, Teardown, UnknownSlot};
 pub use device::{
     CONFIG_SPACE_SIZE, Device, MAX_BAR_PAGES, SimpleDevice, Unmapped, UnmappedReason, cfg,

@@ -116,6 +116,30 @@ pub struct UnfiredStep {
 }
 
 impl UnfiredStep {
+    /// The steps of `scenario` that did not fire, each described in scenario words, from how
+    /// many runs each missed: `(bus, step)` keys count from 0 (bus and step alike), in order.
+    pub fn described(
+        scenario: &Scenario,
+        missed: impl IntoIterator<Item = ((usize, usize), u64)>,
+    ) -> Vec<Self> {
+        missed
+            .into_iter()
+            .map(|((bus, step), missed)| {
+                let s = scenario
+                    .buses
+                    .get(bus)
+                    .and_then(|b| b.script.steps.get(step));
+                Self {
+                    bus,
+                    step: step + 1,
+                    when: s.map(|s| s.when.to_string()).unwrap_or_default(),
+                    optional: s.is_some_and(|s| s.optional),
+                    missed,
+                }
+            })
+            .collect()
+    }
+
     /// Whether the step never fired in any of `schedules` schedules and is not optional: the
     /// run set did not reach what the scenario is about.
     pub fn fatal(&self, schedules: u64) -> bool {
@@ -312,22 +336,7 @@ pub fn explore(
         let done = systematic.next_prefix().is_none();
         done && systematic.exhausted()
     };
-    summary.unfired_steps = missed
-        .into_iter()
-        .map(|((bus, step), missed)| {
-            let s = scenario
-                .buses
-                .get(bus)
-                .and_then(|b| b.script.steps.get(step));
-            UnfiredStep {
-                bus,
-                step: step + 1,
-                when: s.map(|s| s.when.to_string()).unwrap_or_default(),
-                optional: s.is_some_and(|s| s.optional),
-                missed,
-            }
-        })
-        .collect();
+    summary.unfired_steps = UnfiredStep::described(scenario, missed);
     Ok(summary)
 }
 

@@ -2,8 +2,10 @@
 //! own process, in real time (see [`petri::processes`]). Prints one line per run and a
 //! summary; a run is not replayable.
 
+use petri::explore::UnfiredStep;
 use petri::processes::{self, ProcessOptions};
 use petri::scenario::{self, GuestKind};
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -48,6 +50,7 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
     for &guest in &args.guests {
         let mut failures = Vec::new();
         let mut total = Duration::ZERO;
+        let mut missed: BTreeMap<(usize, usize), u64> = BTreeMap::new();
         for run in 0..args.runs {
             let r = match processes::run(&args.scenario, guest, &opts) {
                 Ok(r) => r,
@@ -57,6 +60,9 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
                 }
             };
             total += r.elapsed;
+            for &step in &r.unfired {
+                *missed.entry(step).or_default() += 1;
+            }
             if run == 0 && !args.json {
                 println!("service: {}", r.service);
             }
@@ -96,6 +102,9 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
                 );
             }
             if r.outcome.failed() || opts.verbose {
+                for l in &r.host_lines[r.host_lines.len().saturating_sub(12)..] {
+                    println!("  host: {l}");
+                }
                 for l in &r.guest_lines[r.guest_lines.len().saturating_sub(12)..] {
                     println!("  guest: {l}");
                 }
@@ -108,7 +117,11 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
         // of a failure is met only by runs that failed (never by runs that passed).
         let expectation = sc.expectation(guest, true);
         let judgement = processes::judge(expectation, &failures);
-        let met = judgement.ok();
+        let unfired = UnfiredStep::described(&sc, missed);
+        // A required step that fired in no run: the runs never reached what the scenario is
+        // about, so they show nothing, whatever their outcome.
+        let never = unfired.iter().find(|u| u.fatal(args.runs));
+        let met = judgement.ok() && never.is_none();
         all_met &= met;
         if args.json {
             let line = serde_json::json!({
@@ -117,11 +130,13 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
                 "mode": "processes",
                 "runs": args.runs,
                 "failed": failures.len(),
-                "expectation": match judgement {
-                    processes::Judgement::Unstated => "unstated",
-                    processes::Judgement::Met => "met",
-                    processes::Judgement::Unmet => "unmet",
+                "expectation": match (never, judgement) {
+                    (Some(_), _) => "unreached",
+                    (None, processes::Judgement::Unstated) => "unstated",
+                    (None, processes::Judgement::Met) => "met",
+                    (None, processes::Judgement::Unmet) => "unmet",
                 },
+                "unfired_steps": unfired,
             });
             println!("{line}");
         } else {
@@ -138,8 +153,32 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
                     format!(" ({})", failures.join(", "))
                 },
                 total.as_secs_f64(),
-                judgement.describe(expectation.map(|e| e.result))
+                match never {
+                    Some(u) => format!(
+                        "NOT AS EXPECTED: {} ({}) never fired in any of {} runs: the runs never \
+                         reached the scenario's window",
+                        u.name(),
+                        u.when,
+                        args.runs
+                    ),
+                    None => judgement.describe(expectation.map(|e| e.result)).to_owned(),
+                }
             );
+            for u in &unfired {
+                println!(
+                    "  {} ({}) {} in {} of {} runs{}",
+                    u.name(),
+                    u.when,
+                    if u.missed >= args.runs {
+                        "never fired"
+                    } else {
+                        "did not fire"
+                    },
+                    u.missed,
+                    args.runs,
+                    if u.optional { " (optional)" } else { "" }
+                );
+            }
         }
     }
     if all_met {

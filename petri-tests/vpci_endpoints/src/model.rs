@@ -308,7 +308,15 @@ pub fn run_with(
     if let Some(bus) = &faults.touch_bus {
         let text = |v: Option<u32>| v.map_or("fault".to_owned(), |v| format!("{v:x}"));
         let (slot, bar, offset, len) = (0, 0, 0x1c, 4);
-        let read = ctl.mmio(bus, MmioOp::BarRead { slot, bar, offset, len });
+        let read = ctl.mmio(
+            bus,
+            MmioOp::BarRead {
+                slot,
+                bar,
+                offset,
+                len,
+            },
+        );
         let write = ctl.mmio(
             bus,
             MmioOp::BarWrite {
@@ -319,7 +327,11 @@ pub fn run_with(
                 value: 1,
             },
         );
-        println!("@@ guest touch {bus} read={} write={}", text(read), text(write));
+        println!(
+            "@@ guest touch {bus} read={} write={}",
+            text(read),
+            text(write)
+        );
     }
     let mut g = Guest {
         spec,

@@ -29,6 +29,12 @@ pub struct HostState {
     pub ejecting: Vec<WinSlot>,
     /// The functions the host has, with their identities.
     pub functions: Vec<(WinSlot, FunctionId)>,
+    /// The host still has something of its own to do (an answer it holds back, a script step
+    /// waiting on its time: [`host_sim::HostBus::has_scheduled`]): the run is not over.
+    pub busy: bool,
+    /// The bus's script steps that have not fired (yet), counting from 1 in script order: a
+    /// run that ends with one of them has not played what its scenario is about.
+    pub unfired: Vec<usize>,
 }
 
 /// The guest's state of one bus (`guest state BUS ...`).
@@ -127,32 +133,46 @@ impl HostState {
     /// The `@@` line (without the `@@ `).
     pub fn line(&self) -> String {
         let ejecting: Vec<String> = self.ejecting.iter().map(|s| s.raw().to_string()).collect();
+        let unfired: Vec<String> = self.unfired.iter().map(usize::to_string).collect();
         format!(
-            "host state {} rescinded={} broke={} ejecting=[{}] functions={}",
+            "host state {} rescinded={} broke={} ejecting=[{}] functions={} busy={} unfired=[{}]",
             self.bus,
             u8::from(self.rescinded),
             u8::from(self.broke_protocol),
             ejecting.join(";"),
-            functions_text(&self.functions)
+            functions_text(&self.functions),
+            u8::from(self.busy),
+            unfired.join(";")
         )
     }
 
     /// Parses [`HostState::line`].
     pub fn parse(line: &str) -> Option<Self> {
         let (bus, f) = fields(line, "host state ")?;
-        let ejecting = get(&f, "ejecting")?
-            .strip_prefix('[')?
-            .strip_suffix(']')?
-            .split(';')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().ok().map(WinSlot::from_raw))
-            .collect::<Option<Vec<_>>>()?;
+        let numbers = |key: &str| {
+            get(&f, key)?
+                .strip_prefix('[')?
+                .strip_suffix(']')?
+                .split(';')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().ok())
+                .collect::<Option<Vec<_>>>()
+        };
         Some(Self {
             bus: bus.to_owned(),
             rescinded: get(&f, "rescinded")? == "1",
             broke_protocol: get(&f, "broke")? == "1",
-            ejecting,
+            ejecting: numbers("ejecting")?
+                .into_iter()
+                .map(WinSlot::from_raw)
+                .collect(),
             functions: parse_functions(get(&f, "functions")?)?,
+            busy: get(&f, "busy")? == "1",
+            unfired: numbers("unfired")?
+                .into_iter()
+                .map(usize::try_from)
+                .collect::<Result<_, _>>()
+                .ok()?,
         })
     }
 
@@ -334,8 +354,16 @@ mod tests {
             broke_protocol: true,
             ejecting: vec![WinSlot::from_raw(2)],
             functions: vec![(WinSlot::from_raw(1), id(1))],
+            busy: true,
+            unfired: vec![1, 3],
         };
         assert_eq!(HostState::parse(&host.line()), Some(host.clone()));
+        let fired = HostState {
+            busy: false,
+            unfired: vec![],
+            ..host.clone()
+        };
+        assert_eq!(HostState::parse(&fired.line()), Some(fired));
         let guest = GuestState {
             bus: "bus0".into(),
             probed: true,

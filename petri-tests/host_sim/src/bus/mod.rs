@@ -245,6 +245,14 @@ impl HostBus {
             .min()
     }
 
+    /// Whether the host has something of its own still to do: an answer it holds back (a
+    /// policy latency or a response rule's delay) or a script step waiting on its time. An
+    /// EJECT waiting for its answer is not counted: the guest owes that, not the host. A
+    /// verdict taken while this holds would judge a run the host has not finished playing.
+    pub fn has_scheduled(&self) -> bool {
+        !self.delayed.is_empty() || self.script.next_deadline().is_some()
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<HostEvent> {
         self.events.pop_front()

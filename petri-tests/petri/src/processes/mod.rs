@@ -79,9 +79,19 @@ fn host_spec(spec: &str) -> Result<HostSpec, String> {
             None => rest.push(kv),
         }
     }
+    let seed = rest
+        .iter()
+        .find_map(|kv| kv.strip_prefix("seed="))
+        .map(|v| v.parse::<u64>().map_err(|_| format!("bad seed {v:?}")))
+        .transpose()?;
+    rest.retain(|kv| !kv.starts_with("seed="));
     let mut host = HostSpec::parse(&rest.join(",")).map_err(|e| e.to_string())?;
     if let Some(s) = scenario {
         host.buses = s.buses;
+        host.chaos = s.chaos.map(|c| host_sim::ChaosSpec {
+            seed: seed.unwrap_or(0),
+            ..c
+        });
         host.validate().map_err(|e| e.to_string())?;
     }
     Ok(host)
@@ -158,7 +168,8 @@ pub struct ProcessRun {
     pub outcome: Outcome,
     /// Wall-clock time of the run, teardown included.
     pub elapsed: Duration,
-    /// The storm's summary lines (`storm bus0 cycles=... ms=...`), if there was one.
+    /// The storm's or the chaotic host's summary lines (`storm bus0 cycles=... ms=...`,
+    /// `chaos bus0 actions=... rescinded=...`), if there was one.
     pub storm: Vec<String>,
     /// How many `openhcl-vpci update`s succeeded (each answered by the new image).
     pub updates: u32,
@@ -166,6 +177,11 @@ pub struct ProcessRun {
     pub service: String,
     /// Every `@@` line the guest printed.
     pub guest_lines: Vec<String>,
+    /// Every `@@` line the host printed.
+    pub host_lines: Vec<String>,
+    /// The script steps that never fired in this run, as `(bus, step)` counting from 0, in
+    /// order: from the host's last state of each bus (every step of a bus it never reported).
+    pub unfired: Vec<(usize, usize)>,
 }
 
 /// Runs `scenario` (by name or path) once with `guest` through the service, in three
@@ -176,6 +192,7 @@ pub fn run(
     opts: &ProcessOptions,
 ) -> Result<ProcessRun, String> {
     let sc = scenario::load(scenario_ref).map_err(|e| e.to_string())?;
+    playable(&sc, opts)?;
     if guest.driver().is_some() && sc.buses.len() > real::MAX_BUSES {
         return Err(format!(
             "{}: a real guest runs at most {} buses ({} given)",
@@ -198,8 +215,10 @@ pub fn run(
         launch: Launch::Subcommand(opts.exe.clone()),
         service,
         host: format!(
-            "scenario={scenario_ref},storm={},late={}",
-            opts.storm, opts.late_buses
+            "scenario={scenario_ref},storm={},late={},seed={}",
+            opts.storm,
+            opts.late_buses,
+            chaos_seed()
         ),
         guest: format!("guest={},scenario={scenario_ref}", guest.name()),
         service_args: vec![
@@ -231,12 +250,26 @@ pub fn run(
                 .map_err(|e| e.to_string())?;
         }
     }
+    if sc.chaos.is_some() {
+        for i in 0..buses {
+            let bus = bus_name(i);
+            let left = deadline.saturating_duration_since(Instant::now());
+            rig.host
+                .wait_for(left, |l| l.starts_with(&format!("chaos {bus} ")))
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let updated = updater.map(|u| u.finish(deadline));
-    let settled = rig.wait_quiet(opts.quiet, deadline);
+    let settled = wait_settled(&rig, buses, opts.quiet, deadline);
     let outcome = if settled {
         verdict(&rig, buses)
     } else {
         Outcome::TimeLimit
+    };
+    let outcome = if outcome.failed() || sc.checks.is_empty() {
+        outcome
+    } else {
+        inspect_checks(&rig, &sc)
     };
     // An update that failed is the service's failure, never the guest's.
     let outcome = match &updated {
@@ -245,12 +278,14 @@ pub fn run(
         },
         _ => outcome,
     };
+    let host_lines = rig.host.seen();
+    let unfired = unfired_steps(&sc, &host_lines);
     let outcome = teardown(&mut rig, guest, outcome);
     let storm = rig
         .host
         .seen()
         .into_iter()
-        .filter(|l| l.starts_with("storm "))
+        .filter(|l| l.starts_with("storm ") || l.starts_with("chaos "))
         .collect();
     Ok(ProcessRun {
         outcome,
@@ -262,7 +297,132 @@ pub fn run(
         },
         service: rig.service_kind.clone(),
         guest_lines: rig.guest.seen(),
+        host_lines,
+        unfired,
     })
+}
+
+/// Refuses what a scenario asks that a run across processes cannot play, rather than pass a
+/// run that never played it: a guest stall (the simulated scheduler's), servicing at every
+/// scheduling point (there are none across processes: `--updates` services the real
+/// service), and a chaotic host together with a storm.
+fn playable(sc: &scenario::Scenario, opts: &ProcessOptions) -> Result<(), String> {
+    let refuse = |what: &str| {
+        Err(format!(
+            "{}: {what} is not played across processes; run it without --processes",
+            sc.name
+        ))
+    };
+    if sc.guest.stall.is_some() {
+        return refuse("[guest] stall");
+    }
+    if sc.relay.servicing != scenario::Servicing::Off {
+        return refuse(
+            "[relay] servicing (each scheduling point of a simulated run; across processes \
+             `--updates N` replaces the service itself)",
+        );
+    }
+    if sc.chaos.is_some() && opts.storm > 0 {
+        return Err(format!(
+            "{}: a chaotic host ([chaos]) and --storm exclude each other",
+            sc.name
+        ));
+    }
+    Ok(())
+}
+
+/// A chaotic host's seed for one run: runs across processes do not replay, so each run's
+/// host plays other choices.
+fn chaos_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The scenario's `[[check]]`s against the running service's inspect tree (each bus's relay
+/// at `buses/BUS/relay`, or its final tree at `buses/BUS/last_relay` once it stopped), taken
+/// once the run settled: the first that does not hold is `check_failed`.
+fn inspect_checks(rig: &Rig, sc: &scenario::Scenario) -> Outcome {
+    let socket = rig.dir.join("control.sock");
+    let stream = match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome::HarnessError {
+                reason: format!("the service's control socket for the checks: {e}"),
+            };
+        }
+    };
+    for check in &sc.checks {
+        let bus = bus_name(check.bus);
+        let path = check.path.trim_matches('/');
+        let got = ["relay", "last_relay"]
+            .iter()
+            .find_map(|tree| {
+                let text = openhcl_vpci::inspect_server::query(
+                    &stream,
+                    &format!("buses/{bus}/{tree}/{path}"),
+                    true,
+                )
+                .ok()?;
+                serde_json::from_str::<serde_json::Value>(&text).ok()
+            })
+            .unwrap_or_else(|| serde_json::Value::String("nothing (no such path)".to_owned()));
+        if got != check.equals {
+            return Outcome::CheckFailed {
+                bus: check.bus,
+                path: check.path.clone(),
+                expected: check.equals.to_string(),
+                got: got.to_string(),
+            };
+        }
+    }
+    Outcome::Ok
+}
+
+/// The script steps of `sc` that had not fired by the host's last state of their bus among
+/// `host_lines` (all of a bus's steps if the host never reported it).
+fn unfired_steps(sc: &scenario::Scenario, host_lines: &[String]) -> Vec<(usize, usize)> {
+    let mut unfired = Vec::new();
+    for (i, bus) in sc.buses.iter().enumerate() {
+        let steps = bus.script.steps.len();
+        match HostState::last(host_lines, &bus_name(i)) {
+            Some(state) => unfired.extend(
+                state
+                    .unfired
+                    .iter()
+                    .filter_map(|n| n.checked_sub(1))
+                    .filter(|&step| step < steps)
+                    .map(|step| (i, step)),
+            ),
+            None => unfired.extend((0..steps).map(|step| (i, step))),
+        }
+    }
+    unfired
+}
+
+/// Waits until the run has settled: no process printed a line for `quiet`, and no host bus
+/// still has something of its own to play (an answer held back by a slow host, a script step
+/// waiting on its time). Quiet output alone is not enough: a guest waiting on a slow host's
+/// answers prints nothing, and a verdict taken then would judge a probe half done (it did:
+/// a host answering 300 ms late was judged settled before its first script step fired).
+/// False at the deadline.
+fn wait_settled(rig: &Rig, buses: usize, quiet: Duration, deadline: Instant) -> bool {
+    loop {
+        if !rig.wait_quiet(quiet, deadline) {
+            return false;
+        }
+        let host = rig.host.seen();
+        let busy = (0..buses)
+            .any(|i| HostState::last(&host, &bus_name(i)).is_some_and(|s| s.busy && !s.rescinded));
+        if !busy {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The first failure: the guest's own, else each bus's end-of-run check.

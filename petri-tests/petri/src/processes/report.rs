@@ -142,6 +142,8 @@ mod tests {
             broke_protocol: false,
             ejecting: vec![],
             functions: vec![(WinSlot::from_raw(1), id(1))],
+            busy: false,
+            unfired: vec![],
         };
         let mut guest = GuestState {
             bus: "bus0".into(),

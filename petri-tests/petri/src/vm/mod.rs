@@ -9,7 +9,6 @@
 //! The same chooser choices always give the same run.
 
 mod bus;
-mod chaos;
 mod env;
 mod history;
 mod servicing;
@@ -31,8 +30,8 @@ use vpci_relay::sim::RelayRig;
 use vpci_relay::{RelayConfig, VirtualClock};
 
 pub use crate::host_side::describe;
-pub(crate) use chaos::Chaos;
-pub use chaos::ChaosSpec;
+pub(crate) use host_sim::Chaos;
+pub use host_sim::ChaosSpec;
 pub use spec::{RunLimits, VmSpec};
 pub use stall::GuestStall;
 pub(crate) use stall::inspect_checks;
@@ -57,7 +56,7 @@ pub struct Vm {
     limits: RunLimits,
     trace: Option<Trace>,
     steps: u64,
-    chaos: Option<chaos::Chaos>,
+    chaos: Option<Chaos>,
     /// The guest of one bus stalls for a while, or from some time on.
     stall: Option<GuestStall>,
     /// What the guests did with devices.
@@ -101,7 +100,7 @@ impl Vm {
             limits: spec.limits,
             trace: spec.record.then(Trace::default),
             steps: 0,
-            chaos: spec.chaos.map(chaos::Chaos::new),
+            chaos: spec.chaos.map(Chaos::new),
             stall: spec.stall,
             history: history::DeviceHistory::default(),
             checks: spec.checks.clone(),

@@ -1,11 +1,11 @@
-//! What the host does to a bus once it negotiated, if the spec asks: a hot-plug storm, or a
-//! loop of rescinds and re-offers. Each prints its summary as an `@@` line. A storm stops
+//! What the host does to a bus once it negotiated, if the spec asks: a hot-plug storm, a
+//! loop of rescinds and re-offers, or a chaotic host. Each prints its summary as an `@@` line. A storm stops
 //! early when its bus's ring ends (a fault), counting the EJECT it waited for as answered
 //! only if the answer came before the end; each EJECT unanswered is printed with its cycle.
 
 use super::Host;
 use crate::report::StormSummary;
-use host_sim::{FunctionSpec, HostAction, HostClock, HostEventKind, SharedBus};
+use host_sim::{Chaos, ChaosSpec, FunctionSpec, HostAction, HostClock, HostEventKind, SharedBus};
 use openhcl_vpci::control::Message;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -155,4 +155,48 @@ pub(super) fn reoffer(host: &Host, bus: &str, wake: &mpsc::Receiver<()>) {
         }
     }
     println!("@@ reoffer {bus} done={}", host.spec.reoffer);
+}
+
+/// A chaotic host on `bus` (bus `i` of `n` takes every `n`-th of the spec's actions, its
+/// choices seeded by the spec's seed and `i`): waits 0 to `2 * every` ms, then takes the next
+/// action the host's current state allows, until its share is done or it rescinded the bus.
+/// Prints `chaos BUS actions=N rescinded=0|1`.
+pub(super) fn chaos(host: &Host, bus: &str, spec: ChaosSpec) {
+    let Some(shared) = host.current(bus) else {
+        return;
+    };
+    if !negotiated(&shared) {
+        println!("@@ host {bus} never negotiated");
+        return;
+    }
+    let buses = host.spec.buses.len().max(1);
+    let index = (0..buses).find(|&i| crate::bus_name(i) == bus).unwrap_or(0);
+    let share = (0..spec.actions as usize)
+        .filter(|a| a % buses == index)
+        .count();
+    let mut chaos = Chaos::new(ChaosSpec {
+        actions: u32::try_from(share).unwrap_or(u32::MAX),
+        seed: spec.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ..spec
+    });
+    let (mut taken, mut rescinded) = (0u32, false);
+    while chaos.left() > 0 && !host.ring_ended(bus) {
+        let wait = chaos.below(2 * spec.every.max(1) + 1);
+        std::thread::sleep(Duration::from_millis(u64::from(wait)));
+        // Nothing else reads this bus's events.
+        shared.with(|b| while b.poll_event().is_some() {});
+        let action = shared.with(|b| chaos.action(b));
+        let rescind = matches!(action, HostAction::Rescind {});
+        println!("@@ host chaos {bus} {action:?}");
+        let _ = shared.act(host.clock.now(), action);
+        taken += 1;
+        if rescind {
+            rescinded = true;
+            break;
+        }
+    }
+    println!(
+        "@@ chaos {bus} actions={taken} rescinded={}",
+        u8::from(rescinded)
+    );
 }

@@ -41,6 +41,11 @@ pub struct HostSpec {
     pub storm: u32,
     /// Rescind/re-offer rounds per bus once it negotiated (0: none).
     pub reoffer: u32,
+    /// A chaotic host (a scenario's `[chaos]`), played on every bus once it negotiated, at
+    /// random moments of real time: its actions are shared out among the buses (bus `i` of
+    /// `n` takes every `n`-th), each waits 0 to `2 * every` ms before its next action, and
+    /// each bus's choices are seeded by the spec's seed and the bus's index.
+    pub chaos: Option<host_sim::ChaosSpec>,
     /// How many of the last buses are offered late: `late_delay` after the message that all
     /// boot-time offers were delivered (0: every bus at boot).
     pub late: usize,
@@ -69,6 +74,7 @@ impl HostSpec {
             buses: (0..buses).map(|_| bus()).collect(),
             storm: 0,
             reoffer: 0,
+            chaos: None,
             late: 0,
             late_delay: DEFAULT_LATE_DELAY,
             fault: None,
@@ -125,12 +131,17 @@ impl HostSpec {
         Ok(spec)
     }
 
-    /// Refuses a storm and a re-offer loop together (both read the bus's events), and more
-    /// late buses than buses.
+    /// Refuses two of a storm, a re-offer loop and a chaotic host together (each reads the
+    /// bus's events and acts on it), and more late buses than buses.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.storm > 0 && self.reoffer > 0 {
             return Err(SpecError::Conflict(
                 "a storm and a re-offer loop exclude each other",
+            ));
+        }
+        if self.chaos.is_some() && (self.storm > 0 || self.reoffer > 0) {
+            return Err(SpecError::Conflict(
+                "a chaotic host excludes a storm and a re-offer loop",
             ));
         }
         if self.late > self.buses.len() {
@@ -428,7 +439,7 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
             Err(e) => end(Err(e)),
         }
     });
-    let quiet = host.spec.storm == 0 && host.spec.reoffer == 0;
+    let quiet = host.spec.storm == 0 && host.spec.reoffer == 0 && host.spec.chaos.is_none();
     let _ = host
         .monitor
         .send(monitor::Watched::new(bus.clone(), shared, quiet));
@@ -442,6 +453,8 @@ fn open(host: &Host, bus: String, fd: OwnedFd) {
         std::thread::spawn(move || drive::storm(&h, &bus));
     } else if host.spec.reoffer > 0 {
         std::thread::spawn(move || drive::reoffer(&h, &bus, &wake_rx));
+    } else if let Some(spec) = host.spec.chaos {
+        std::thread::spawn(move || drive::chaos(&h, &bus, spec));
     }
 }
 

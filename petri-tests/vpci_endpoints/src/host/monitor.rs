@@ -53,6 +53,14 @@ impl Watched {
                     .filter(|&s| b.eject_outstanding(s))
                     .collect(),
                 functions: crate::report::host_functions(b),
+                busy: b.has_scheduled(),
+                unfired: b
+                    .script_steps_fired()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, fired)| !**fired)
+                    .map(|(i, _)| i + 1)
+                    .collect(),
             }
         });
         if last.as_ref() == Some(&state) {

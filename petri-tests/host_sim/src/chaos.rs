@@ -1,6 +1,7 @@
 //! A host that uses the protocol's full freedom at random moments: between any two guest
-//! steps it may hot-add, eject, drop, re-list a slot with a new identity, resend relations,
-//! eject what it already dropped, or rescind. Seeded, so a failing run replays.
+//! steps of petri's simulated VMs (or, across processes, at random moments of real time) it
+//! may hot-add, eject, drop, re-list a slot with a new identity, resend relations, eject
+//! what it already dropped, or rescind. Seeded, so a failing simulated run replays.
 //!
 //! It uses every order the protocol allows, the one that used to be ambiguous too: an EJECT
 //! names only a slot, and the protocol reads it as naming the function the host listed last
@@ -9,7 +10,7 @@
 //! tracks the two ejects apart); without a new listing since, it repeats the first. A slot
 //! that got an EJECT of a function the host dropped may be re-added at once.
 
-use host_sim::{FunctionSpec, HostAction, HostBus, HostilePacket};
+use crate::{FunctionSpec, HostAction, HostBus, HostilePacket};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use serde::Deserialize;
@@ -56,9 +57,10 @@ impl Default for ChaosSpec {
     }
 }
 
-/// The chaotic host's state in one run.
+/// The chaotic host's state in one run: petri's simulated VMs ask it at each scheduling
+/// point, the host endpoint of a run across processes at random moments of real time.
 #[derive(Clone, Debug)]
-pub(crate) struct Chaos {
+pub struct Chaos {
     spec: ChaosSpec,
     rng: ChaCha8Rng,
     left: u32,
@@ -66,7 +68,8 @@ pub(crate) struct Chaos {
 }
 
 impl Chaos {
-    pub(crate) fn new(spec: ChaosSpec) -> Self {
+    /// A chaotic host playing `spec` (its choices seeded by `spec.seed`).
+    pub fn new(spec: ChaosSpec) -> Self {
         Self {
             spec,
             // Its own stream, so the guest's schedule and the host's actions vary apart.
@@ -76,18 +79,29 @@ impl Chaos {
         }
     }
 
+    /// How many actions it has left.
+    pub fn left(&self) -> u32 {
+        self.left
+    }
+
+    /// A number below `bound` (at least 1) from the host's own stream: how long a host in
+    /// real time waits before its next action.
+    pub fn below(&mut self, bound: u32) -> u32 {
+        self.rng.next_u32() % bound.max(1)
+    }
+
     /// Whether the host acts now (`quiet`: nothing else would happen otherwise).
-    pub(crate) fn acts_now(&mut self, quiet: bool) -> bool {
+    pub fn acts_now(&mut self, quiet: bool) -> bool {
         self.left > 0 && (quiet || self.rng.next_u32() % self.spec.every.max(1) == 0)
     }
 
     /// Which of `buses` buses acts.
-    pub(crate) fn bus(&mut self, buses: usize) -> usize {
+    pub fn bus(&mut self, buses: usize) -> usize {
         usize::try_from(self.rng.next_u32()).unwrap_or(0) % buses.max(1)
     }
 
     /// The next action, given what the host has now.
-    pub(crate) fn action(&mut self, host: &HostBus) -> HostAction {
+    pub fn action(&mut self, host: &HostBus) -> HostAction {
         self.left = self.left.saturating_sub(1);
         let slots = u32::from(self.spec.slots.max(1));
         let slot = 1 + self.rng.next_u32() % slots;
