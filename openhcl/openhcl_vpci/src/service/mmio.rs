@@ -138,7 +138,9 @@ impl Service {
             tracing::warn!(id, "host answered an access nobody asked");
             return;
         };
-        self.finish_access(&p, value);
+        // A config read's answer is the relay's: the device's value, or the shield's if the
+        // device turned out gone before the relay heard of it.
+        let value = self.finish_access(&p, value).or(value);
         let value = value.unwrap_or_else(|| {
             self.mmio_host_faults += 1;
             tracing::warn!(
@@ -174,25 +176,27 @@ impl Service {
     /// Answers an access the host will not answer (any more) as a master abort: a read
     /// reads all ones, a write is dropped (the host's loss must not fault the guest).
     pub(super) fn master_abort(&mut self, p: &Pending) {
-        self.finish_access(p, None);
+        let value = self
+            .finish_access(p, None)
+            .unwrap_or_else(|| master_abort_value(p.op));
         self.send_guest(&Message::MmioDone {
             id: p.guest_id,
-            value: Some(master_abort_value(p.op)),
+            value: Some(value),
         });
     }
 
     /// Tells the bus's relay that a config access it forwarded is done (`value`: a read's
-    /// value; `None` if it failed), if the bus still runs the relay that forwarded it.
-    fn finish_access(&mut self, p: &Pending, value: Option<u32>) {
-        let Some(id) = p.access else {
-            return;
-        };
+    /// value; `None` if it failed), if the bus still runs the relay that forwarded it; what
+    /// the guest must read, for a read the relay answered.
+    fn finish_access(&mut self, p: &Pending, value: Option<u32>) -> Option<u32> {
+        let id = p.access?;
         let current = self
             .running
             .get(&p.bus)
             .is_some_and(|r| r.generation == p.generation);
-        if let (true, Some(mut port)) = (current, self.relays.port(&p.bus)) {
-            block_on(port.access_done(id, value));
+        match (current, self.relays.port(&p.bus)) {
+            (true, Some(mut port)) => block_on(port.access_done(id, value)),
+            _ => None,
         }
     }
 }

@@ -30,9 +30,9 @@ impl RealController {
         side.relay_dirty = true;
         match relay.access(ConfigAccess::Read { slot, offset, len }) {
             Some(ConfigAction::Forward(id)) => {
+                // The relay's answer, as the service gives it.
                 let value = side.host.config_read(slot, offset, len).ok();
-                relay.access_done(id, value);
-                value.unwrap_or(ones)
+                relay.access_done(id, value).or(value).unwrap_or(ones)
             }
             Some(ConfigAction::Answer(value)) => value,
             _ => ones,

@@ -47,9 +47,10 @@ impl GuestEnv for Env<'_> {
         self.touched_relay = true;
         match relay.access(ConfigAccess::Read { slot, offset, len }) {
             Some(ConfigAction::Forward(id)) => {
+                // The relay's answer, as the service gives it: the device's value, or the
+                // shield's if the device turned out gone.
                 let value = self.host.config_read(slot, offset, len).ok();
-                relay.access_done(id, value);
-                value
+                relay.access_done(id, value).or(value)
             }
             Some(ConfigAction::Answer(value)) => Some(value),
             // A stopped relay (or a dropped read) leaves nothing there: a master abort.

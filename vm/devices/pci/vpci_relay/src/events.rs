@@ -171,6 +171,15 @@ pub enum RelayEvent {
         /// The function selected in the window.
         slot: WinSlot,
     },
+    /// A forwarded config read came back saying the device is gone (it failed, or an
+    /// identity register read all ones) while the relay had not heard of its removal: the
+    /// guest was given the removal shield's answer instead.
+    DeviceGoneRead {
+        /// The function selected in the window.
+        slot: WinSlot,
+        /// The offset read.
+        offset: u16,
+    },
     /// The relay's progress loop hit its step bound (a logic error; the relay stays usable
     /// and resumes at the next input).
     ProgressStalled,

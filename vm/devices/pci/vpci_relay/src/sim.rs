@@ -413,10 +413,12 @@ impl RelayRig {
     }
 
     /// Reports a forwarded config access done ([`BusPort::access_done`](crate::BusPort::access_done)):
-    /// a read's value (`None`: the access failed).
-    pub fn access_done(&mut self, id: AccessId, result: Option<u32>) {
+    /// a read's value (`None`: the access failed). Returns what the guest must read for a
+    /// read (`None` for a write, or a stopped driver).
+    pub fn access_done(&mut self, id: AccessId, result: Option<u32>) -> Option<u32> {
         let mut port = self.port.clone();
-        let _ = self.drive(Box::pin(async move { port.access_done(id, result).await }));
+        self.drive(Box::pin(async move { port.access_done(id, result).await }))
+            .flatten()
     }
 
     /// The bus's inspect tree (the relay's and the driver's), running the driver until it

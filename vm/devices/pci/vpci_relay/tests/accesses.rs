@@ -311,3 +311,68 @@ fn a_departed_access_keeps_its_departure_time_across_servicing() {
         "a second after the departure, not after the restore"
     );
 }
+
+/// A read the relay forwarded while it still saw the function listed comes back saying the
+/// device is gone: the host removed it (a surprise removal, or its teardown at an EJECT)
+/// before the relations or EJECT reached the relay. The guest is never shown the function
+/// vanish that it was not told to let go: an identity register reading all ones is answered
+/// with the identity the host described (Linux 6.2 polls the vendor id while it composes an
+/// MSI and gives the interrupt up when it reads all ones, then dereferences the missing
+/// descriptor at unmask: C2, found with a chaotic host across processes), and a failed read
+/// with the shield's copy; a live device's values pass through. Teeth: without the removal
+/// shield the guest reads the all ones.
+#[test]
+fn a_read_that_finds_the_device_gone_is_answered_from_the_shield() {
+    let read = |bus: &mut Bus, offset: u16, len: u8, device: Option<u32>| {
+        let access = ConfigAccess::Read {
+            slot: slot(1),
+            offset,
+            len,
+        };
+        let ConfigAction::Forward(id) = bus.relay.handle_config_access(bus.now, access) else {
+            panic!("a listed function's read goes to the device");
+        };
+        let value = bus.relay.handle_config_done(bus.now, id, device);
+        bus.drain();
+        value
+    };
+    let identity = |safeguards: Safeguards| {
+        let mut bus = Bus::with(RelayConfig::default(), safeguards);
+        bus.survey(&[1]);
+        bus.finish_probe(&[1]);
+        // As `survey` lists it: vendor 0x1414, device 0x00b1.
+        let desc = desc2(1, 0x1414);
+        let vendor = u32::from(desc.v_id.get());
+        let ids = vendor | (u32::from(desc.d_id.get()) << 16);
+        (bus, vendor, ids)
+    };
+    let (mut bus, vendor, ids) = identity(Safeguards::ALL_ON);
+    // A live device: its values.
+    assert_eq!(read(&mut bus, 0, 4, Some(ids)), Some(ids));
+    assert_eq!(
+        read(&mut bus, 0x10, 4, Some(0xfe00_000c)),
+        Some(0xfe00_000c)
+    );
+    // Gone: the vendor id (narrow and whole dword) reads as described.
+    assert_eq!(read(&mut bus, 0, 2, Some(0xffff)), Some(vendor));
+    assert_eq!(read(&mut bus, 0, 4, Some(u32::MAX)), Some(ids));
+    // A failed read: the shield's copy (the BAR read before), all ones for what was never read.
+    assert_eq!(read(&mut bus, 0x10, 4, None), Some(0xfe00_000c));
+    assert_eq!(read(&mut bus, 0x40, 4, None), Some(u32::MAX));
+    // All ones in a register that is not an identity one is the device's to say.
+    assert_eq!(read(&mut bus, 0x10, 4, Some(u32::MAX)), Some(u32::MAX));
+    // A write has no value to give.
+    let write = ConfigAccess::Write {
+        slot: slot(1),
+        offset: 4,
+        len: 2,
+        value: 6,
+    };
+    let ConfigAction::Forward(id) = bus.relay.handle_config_access(bus.now, write) else {
+        panic!("a listed function's write goes to the device");
+    };
+    assert_eq!(bus.relay.handle_config_done(bus.now, id, None), None);
+
+    let (mut bus, _, _) = identity(off(|s| s.removal_shield = false));
+    assert_eq!(read(&mut bus, 0, 2, Some(0xffff)), Some(0xffff));
+}

@@ -75,7 +75,7 @@ enum ConfigRequest {
     Access(ConfigAccess, oneshot::Sender<ConfigAction>),
     Inspect(oneshot::Sender<inspect::Node>),
     Stop,
-    Done(AccessId, Option<u32>),
+    Done(AccessId, Option<u32>, oneshot::Sender<Option<u32>>),
 }
 
 /// A handle on one bus's running driver: the config-window trap asks it about each guest
@@ -91,7 +91,7 @@ impl std::fmt::Debug for ConfigRequest {
             ConfigRequest::Access(a, _) => f.debug_tuple("Access").field(a).finish(),
             ConfigRequest::Inspect(_) => f.write_str("Inspect"),
             ConfigRequest::Stop => f.write_str("Stop"),
-            ConfigRequest::Done(id, result) => {
+            ConfigRequest::Done(id, result, _) => {
                 f.debug_tuple("Done").field(id).field(result).finish()
             }
         }
@@ -142,12 +142,17 @@ impl BusPort {
     }
 
     /// Reports a forwarded config access done ([`BusRelay::handle_config_done`]): `result`
-    /// is a read's value, `None` if the access failed. Every
-    /// [`ConfigAction::Forward`] must be reported once, or the bus stays busy until
-    /// `departed_request_timeout` after its function departs (a lost host's functions depart
-    /// with it). Nothing happens if the driver has stopped.
-    pub async fn access_done(&mut self, id: AccessId, result: Option<u32>) {
-        let _ = futures::SinkExt::send(&mut self.tx, ConfigRequest::Done(id, result)).await;
+    /// is a read's value, `None` if the access failed. Returns what the guest must read for
+    /// a read (the device's value, or the removal shield's when the device turned out gone);
+    /// `None` for a write, or if the driver has stopped. Every [`ConfigAction::Forward`] must
+    /// be reported once, or the bus stays busy until `departed_request_timeout` after its
+    /// function departs (a lost host's functions depart with it).
+    pub async fn access_done(&mut self, id: AccessId, result: Option<u32>) -> Option<u32> {
+        let (tx, rx) = oneshot::channel();
+        futures::SinkExt::send(&mut self.tx, ConfigRequest::Done(id, result, tx))
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
     }
 }
 
@@ -426,8 +431,9 @@ where
                     let _ = reply.send(self.inspect_tree());
                     progress = true;
                 }
-                Poll::Ready(Some(ConfigRequest::Done(id, result))) => {
-                    self.relay.handle_config_done(self.clock.now(), id, result);
+                Poll::Ready(Some(ConfigRequest::Done(id, result, reply))) => {
+                    let value = self.relay.handle_config_done(self.clock.now(), id, result);
+                    let _ = reply.send(value);
                     progress = true;
                 }
                 Poll::Ready(None) | Poll::Pending => {}

@@ -374,14 +374,24 @@ impl BusRelay {
     }
 
     /// A forwarded config access is done: the device answered it (`result`: a read's value,
-    /// ignored for a write) or it failed (`None`; the guest got a fault or all ones). The
-    /// relay remembers a read's value, so it can keep answering it after the host has removed
-    /// the function, and counts the guest's quiet from now. An id that is not in flight (done
-    /// twice, never issued, or given up on) is ignored.
-    pub fn handle_config_done(&mut self, now: Duration, id: AccessId, result: Option<u32>) {
+    /// ignored for a write) or it failed (`None`). The relay remembers a read's value, so it
+    /// can keep answering it after the host has removed the function, and counts the guest's
+    /// quiet from now. Returns what the guest must read for a read: the device's value,
+    /// unless that says the device is gone (the access failed, or an identity register reads
+    /// all ones: the host removed the function before the relay heard of it), when it is the
+    /// removal shield's answer (a `RelayEvent::DeviceGoneRead`): a guest is never shown a
+    /// function vanish that it was not told to let go. `None` for a write; an id that is not
+    /// in flight (done twice, never issued, or given up on) is ignored and gives `None`.
+    pub fn handle_config_done(
+        &mut self,
+        now: Duration,
+        id: AccessId,
+        result: Option<u32>,
+    ) -> Option<u32> {
         self.tick(now);
-        self.config_done(id, result);
+        let value = self.config_done(id, result);
         self.progress();
+        value
     }
 
     /// A timer armed from [`poll_timeout`](Self::poll_timeout) fired.

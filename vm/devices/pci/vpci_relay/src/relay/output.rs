@@ -127,6 +127,7 @@ impl Outputs {
             }
             | RelayEvent::ChangeFinished(_)
             | RelayEvent::HostLost { .. }
+            | RelayEvent::DeviceGoneRead { .. }
             | RelayEvent::Backing { .. }
             | RelayEvent::GuestClosed
             | RelayEvent::Installed
@@ -237,6 +238,14 @@ fn trace_event(bus: &str, event: &RelayEvent) {
                 bus,
                 %slot,
                 "config access to a departed function unanswered; no longer waited for"
+            );
+        }
+        RelayEvent::DeviceGoneRead { slot, offset } => {
+            tracing::warn!(
+                bus,
+                %slot,
+                offset,
+                "config read says the device is gone before the host said so: answered from the shield"
             );
         }
         RelayEvent::Timer(at) => tracing::trace!(bus, ?at, "timer"),

@@ -113,22 +113,48 @@ impl BusRelay {
     }
 
     /// A forwarded access is done ([`BusRelay::handle_config_done`]): the guest acts on the
-    /// answer from now, and a read's value is remembered for the removal shield.
-    pub(super) fn config_done(&mut self, id: AccessId, result: Option<u32>) {
-        let Some(done) = self.accesses.finish(id) else {
-            return;
-        };
+    /// answer from now, and a read's value is remembered for the removal shield. Returns what
+    /// the guest reads for a read: the device's value, unless that says the device is gone
+    /// (the access failed, or an identity register reads all ones: the host removed the
+    /// function before the relay heard of it), when it is the shield's answer instead (the
+    /// identity the host described, else what the guest last read, else all ones). `None`
+    /// for a write, or an access not in flight.
+    pub(super) fn config_done(&mut self, id: AccessId, result: Option<u32>) -> Option<u32> {
+        let done = self.accesses.finish(id)?;
         let now = self.now;
         self.guest.touch(now);
         let slot = done.slot();
         let limit = self.config.limits.max_config_cache;
-        if let Some(f) = self.functions.get_mut(slot) {
-            f.touched(now);
-            if let (ConfigAccess::Read { offset, len, .. }, Some(value)) = (done.access, result) {
+        let f = self.functions.get_mut(slot)?;
+        f.touched(now);
+        let ConfigAccess::Read { offset, len, .. } = done.access else {
+            return None;
+        };
+        // Without the removal shield the guest reads what the device gave, gone or not.
+        let gone = self.safeguards.removal_shield
+            && match result {
+                None => true,
+                Some(value) => is_identity(offset) && value == extract(u32::MAX, offset, len),
+            };
+        match result {
+            Some(value) if !gone => {
                 f.remember_read(offset, len, value, limit);
+                Some(value)
+            }
+            _ => {
+                let value = extract(f.config_copy(offset & !3), offset, len);
+                self.out.emit(RelayEvent::DeviceGoneRead { slot, offset });
+                Some(value)
             }
         }
     }
+}
+
+/// Whether `offset` is in one of the identity dwords the host's description of a function
+/// gives (vendor and device id; revision and class; subsystem ids): read-only registers
+/// that read all ones only once the device is gone.
+fn is_identity(offset: u16) -> bool {
+    matches!(offset & !3, 0x00 | 0x08 | 0x2c)
 }
 
 /// The `len` bytes at `offset` of a config dword (an access wider than 4 bytes reads the
