@@ -199,19 +199,7 @@ fn print_summary(scenario: &Scenario, guest: GuestKind, summary: &Summary) {
         kinds
     );
     for u in &summary.unfired_steps {
-        println!(
-            "  {} ({}) {} in {} of {} schedules{}",
-            u.name(),
-            u.when,
-            if u.missed >= summary.schedules {
-                "never fired"
-            } else {
-                "did not fire"
-            },
-            u.missed,
-            summary.schedules,
-            if u.optional { " (optional)" } else { "" }
-        );
+        println!("  {}", u.line(summary.schedules, "schedules"));
     }
     if summary.exhaustive {
         println!(

@@ -146,6 +146,23 @@ impl UnfiredStep {
         !self.optional && schedules > 0 && self.missed >= schedules
     }
 
+    /// `step 1 (received BUS_D0ENTRY) never fired in 20 of 20 schedules (optional)`: the
+    /// line `petri run` prints for it, out of `of` runs called `unit` (`schedules`, `runs`).
+    pub fn line(&self, of: u64, unit: &str) -> String {
+        format!(
+            "{} ({}) {} in {} of {of} {unit}{}",
+            self.name(),
+            self.when,
+            if self.missed >= of {
+                "never fired"
+            } else {
+                "did not fire"
+            },
+            self.missed,
+            if self.optional { " (optional)" } else { "" }
+        )
+    }
+
     /// `step 1` (or `bus 2 step 1` beyond the first bus).
     pub fn name(&self) -> String {
         if self.bus == 0 {

@@ -165,19 +165,7 @@ pub(crate) fn run(args: ProcessArgs) -> ExitCode {
                 }
             );
             for u in &unfired {
-                println!(
-                    "  {} ({}) {} in {} of {} runs{}",
-                    u.name(),
-                    u.when,
-                    if u.missed >= args.runs {
-                        "never fired"
-                    } else {
-                        "did not fire"
-                    },
-                    u.missed,
-                    args.runs,
-                    if u.optional { " (optional)" } else { "" }
-                );
+                println!("  {}", u.line(args.runs, "runs"));
             }
         }
     }

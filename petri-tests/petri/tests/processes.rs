@@ -307,21 +307,12 @@ fn cli_says_not_replayable() {
 /// and exits 1 (and says `unmet` in JSON), never as a pass.
 #[test]
 fn cli_reports_an_expected_failure_that_did_not_happen_as_unmet() {
-    let dir = std::env::temp_dir().join(format!("petri-processes-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let path = dir.join("expects-failure.toml");
-    let text = "name = \"expects-failure\"\n\n[[bus]]\nfunctions = [{ slot = 1 }]\n\n\
-                [[expect]]\nguest = \"linux-6.2\"\nrelay = true\nresult = \"fail\"\n";
-    std::fs::write(&path, text).expect("scenario file");
-    let path = path.to_str().expect("utf-8 path");
-    let petri = |json: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_petri"));
-        cmd.args(["run", path, "--guest", "6.2", "--processes"]);
-        if json {
-            cmd.arg("--json");
-        }
-        cmd.output().expect("petri")
-    };
+    let path = scenario_file(
+        "expects-failure",
+        "[[bus]]\nfunctions = [{ slot = 1 }]\n\n\
+         [[expect]]\nguest = \"linux-6.2\"\nrelay = true\nresult = \"fail\"\n",
+    );
+    let petri = |json: bool| petri_processes(&path, json);
     let out = petri(false);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -337,4 +328,57 @@ fn cli_reports_an_expected_failure_that_did_not_happen_as_unmet() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("\"expectation\":\"unmet\""), "{text}");
+}
+
+/// Writes the scenario `name` (`text` after its name line) in this test binary's scratch
+/// directory; its path.
+fn scenario_file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("petri-processes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, format!("name = \"{name}\"\n{text}")).expect("scenario file");
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+/// `petri run PATH --guest 6.2 --processes` (with `--json`), as a user runs it.
+fn petri_processes(path: &str, json: bool) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_petri"));
+    cmd.args(["run", path, "--guest", "6.2", "--processes"]);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().expect("petri")
+}
+
+/// A required step that cannot fire (its trigger names a slot the host never has) fires in
+/// no run: the run set is NOT AS EXPECTED and `petri run` exits 1, naming the step, though
+/// every run passed; JSON says `unreached` and lists the step. (Regression test: the runs
+/// passed, the step unmentioned.)
+#[test]
+fn cli_fails_a_run_set_whose_step_never_fires() {
+    let path = scenario_file(
+        "never-fires",
+        "[[bus]]\nfunctions = [{ slot = 1 }]\n\n[[bus.script.steps]]\n\
+         when = { ejection_completed = { slot = 7 } }\naction = { kind = \"send_relations\" }\n",
+    );
+    let out = petri_processes(&path, false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("never-fires linux-6.2 processes: 0/1 failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("NOT AS EXPECTED: step 1 (ejection_completed for slot 7) never fired"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  step 1 (ejection_completed for slot 7) never fired in 1 of 1 runs"),
+        "{text}"
+    );
+    let out = petri_processes(&path, true);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("\"expectation\":\"unreached\""), "{text}");
+    assert!(text.contains("\"missed\":1"), "{text}");
 }
