@@ -3,6 +3,10 @@
 //! reports each one the relay forwarded done at a later step the bytes choose, or never
 //! within the program (then only when the program ends).
 //!
+//! A device whose function departed (as the relay saw the host's packets) is gone by the
+//! time it answers: a read fails or reads all ones (the host tore it down before the relay
+//! heard), as a real host's device would.
+//!
 //! The promise checked after every step: no EJECT and no relations change reaches the guest
 //! while an access the relay forwarded is still in flight, unless the host is lost or the
 //! access's function departed (as the relay saw the host's packets) at least
@@ -27,8 +31,31 @@ struct Tracked {
     departed: Option<Duration>,
     /// The step at which the device reports it done (`None`: not within the program).
     due: Option<usize>,
-    /// A read's value, as the device reports it.
+    /// A read's value, as the device reports it while present.
     value: Option<u32>,
+    /// The offset and width of a read.
+    read: Option<(u16, u8)>,
+}
+
+/// A read of `len` bytes of a device that is gone.
+pub fn all_ones(len: u8) -> u32 {
+    match len {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => u32::MAX,
+    }
+}
+
+/// A forwarded access the device reports done: what it answered, and what was read.
+pub struct Done {
+    /// The relay's id.
+    pub id: AccessId,
+    /// The device's answer (`None`: the access failed).
+    pub value: Option<u32>,
+    /// The slot's device number.
+    pub slot: u8,
+    /// The offset and width of a read (`None` for a write).
+    pub read: Option<(u16, u8)>,
 }
 
 /// What the harness knows of the accesses in flight and of what the host listed.
@@ -129,6 +156,7 @@ impl Accesses {
                     departed: None,
                     due,
                     value,
+                    read: read.then_some((offset, len)),
                 },
             );
             assert!(fresh.is_none(), "{id} issued twice while in flight");
@@ -138,8 +166,9 @@ impl Accesses {
     }
 
     /// The accesses the device reports done at `step` (all of them once the program ends:
-    /// `None`), with their values; they are forgotten here.
-    pub fn due(&mut self, step: Option<usize>) -> Vec<(AccessId, Option<u32>)> {
+    /// `None`), with their answers (a departed function's device is gone: its read fails,
+    /// or reads all ones, by the id's parity); they are forgotten here.
+    pub fn due(&mut self, step: Option<usize>) -> Vec<Done> {
         let ids: Vec<u64> = self
             .in_flight
             .iter()
@@ -150,7 +179,17 @@ impl Accesses {
             .filter_map(|id| {
                 let a = self.in_flight.remove(&id)?;
                 self.done += 1;
-                Some((AccessId::from_raw(id), a.value))
+                let value = match (a.departed, a.read) {
+                    (None, _) => a.value,
+                    (Some(_), Some((_, len))) if id % 2 == 1 => Some(all_ones(len)),
+                    (Some(_), _) => None,
+                };
+                Some(Done {
+                    id: AccessId::from_raw(id),
+                    value,
+                    slot: a.slot,
+                    read: a.read,
+                })
             })
             .collect()
     }

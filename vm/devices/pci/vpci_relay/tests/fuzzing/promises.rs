@@ -13,7 +13,9 @@
 //! the guest while its probe waits on an answer; no EJECT or relations change reaches it
 //! while a config access the relay forwarded is in flight (unless the host is lost, or the
 //! access's function departed `departed_request_timeout` ago, when the relay may give it
-//! up, and only then); nothing malformed reaches either peer; no completion the guest never
+//! up, and only then); a read of an identity register of a function the guest holds never
+//! reads all ones, though the device answering it may be gone; nothing malformed reaches
+//! either peer; no completion the guest never
 //! asked for, none twice; the relay's tables within bounds (the accesses table counting
 //! exactly the accesses neither done nor given up, within its limit). At
 //! quiescence: every guest request and every host EJECT answered exactly once (each EJECT
@@ -413,8 +415,22 @@ impl World {
         if due.is_empty() {
             return;
         }
-        for (id, value) in due {
-            self.relay.handle_config_done(self.now, id, value);
+        for done in due {
+            let guest = self.relay.handle_config_done(self.now, done.id, done.value);
+            // The guest is never shown a function it holds vanish: an identity register
+            // reads as described, whatever the gone device answered.
+            if let Some((offset, len)) = done.read {
+                let identity = matches!(offset & !3, 0x00 | 0x08 | 0x2c);
+                if identity && self.guest.held.contains_key(&done.slot) {
+                    assert!(
+                        guest.is_some_and(|v| v != super::accesses::all_ones(len)),
+                        "the guest, holding slot {}, read {guest:?} at {offset:#x} (the device \
+                         answered {:?})",
+                        done.slot,
+                        done.value
+                    );
+                }
+            }
         }
         self.pump();
         if self.service {
