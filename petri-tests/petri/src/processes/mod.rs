@@ -241,21 +241,18 @@ pub fn run(
         }
         _ => None,
     };
-    if opts.storm > 0 {
+    // A storm's or a chaotic host's summary line on every bus: what it drove is over.
+    let summary = match (opts.storm > 0, sc.chaos.is_some()) {
+        (true, _) => Some("storm"),
+        (false, true) => Some("chaos"),
+        (false, false) => None,
+    };
+    if let Some(kind) = summary {
         for i in 0..buses {
-            let bus = bus_name(i);
+            let prefix = format!("{kind} {} ", bus_name(i));
             let left = deadline.saturating_duration_since(Instant::now());
             rig.host
-                .wait_for(left, |l| l.starts_with(&format!("storm {bus} ")))
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    if sc.chaos.is_some() {
-        for i in 0..buses {
-            let bus = bus_name(i);
-            let left = deadline.saturating_duration_since(Instant::now());
-            rig.host
-                .wait_for(left, |l| l.starts_with(&format!("chaos {bus} ")))
+                .wait_for(left, |l| l.starts_with(&prefix))
                 .map_err(|e| e.to_string())?;
         }
     }
