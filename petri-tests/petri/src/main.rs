@@ -89,9 +89,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         chart: Option<String>,
         /// Run through the real service in three processes (host_sim, `openhcl-vpci`, the
-        /// guest), in real time: not replayable; `--schedules` is the number of runs
-        /// [default 1].
-        #[arg(long, conflicts_with_all = ["systematic", "chart", "direct", "relay"])]
+        /// guest), in real time: not replayable (no seed) and always through the relay (no
+        /// mode); the number of runs is `--schedules` for a model, `--real-schedules` (else
+        /// `--schedules`) for a real driver [default 1].
+        #[arg(
+            long,
+            conflicts_with_all = ["systematic", "chart", "direct", "relay", "mode", "seed"]
+        )]
         processes: bool,
         /// With --processes: hot-add/eject cycles per bus once the scenario played out.
         #[arg(long, default_value_t = 0, requires = "processes")]
@@ -298,6 +302,7 @@ fn main() -> ExitCode {
             scenario,
             guest,
             schedules,
+            real_schedules,
             json,
             processes: true,
             storm,
@@ -306,7 +311,11 @@ fn main() -> ExitCode {
         } => processes_cmd::run(processes_cmd::ProcessArgs {
             scenario,
             guests: guest.map_or(vec![GuestKind::Linux62], |g| vec![g]),
-            runs: schedules.unwrap_or(1),
+            // A real driver's runs are counted as in a simulated run set.
+            runs: match guest.and_then(|g| g.driver()) {
+                Some(_) => real_schedules.or(schedules).unwrap_or(1),
+                None => schedules.unwrap_or(1),
+            },
             storm,
             updates,
             json,

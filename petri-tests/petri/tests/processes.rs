@@ -382,3 +382,39 @@ fn cli_fails_a_run_set_whose_step_never_fires() {
     assert!(text.contains("\"expectation\":\"unreached\""), "{text}");
     assert!(text.contains("\"missed\":1"), "{text}");
 }
+
+/// What `--processes` cannot honour is refused, never silently dropped: a mode (runs across
+/// processes always go through the relay) or a seed (they do not replay). A real driver's
+/// runs are counted by `--real-schedules`, as in a simulated run set. (Regression test:
+/// `--mode direct` ran through the relay and `--real-schedules 2` ran once.)
+#[test]
+fn cli_refuses_what_processes_cannot_honour() {
+    for extra in [["--mode", "direct"], ["--seed", "3"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_petri"))
+            .args(["run", "c2", "--guest", "6.2", "--processes"])
+            .args(extra)
+            .output()
+            .expect("petri");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {text}");
+        assert!(text.contains("cannot be used with"), "{extra:?}: {text}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_petri"))
+        .args([
+            "run",
+            "c2",
+            "--guest",
+            "5.10",
+            "--processes",
+            "--real-schedules",
+            "2",
+        ])
+        .output()
+        .expect("petri");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("c2 debian-5.10 processes: 0/2 failed"),
+        "{text}"
+    );
+}
